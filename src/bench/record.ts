@@ -1,0 +1,60 @@
+/**
+ * Benchmark result records (SPEC §5): bench/results/<kind>-<device-slug>.json, newest run
+ * replacing the older one, with device, driver, commit, date and the reproducing command.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { dirname } from 'node:path';
+
+export type RecordKind = 'runtime' | 'select' | 'build' | 'attend' | 'step' | 'quality' | 'reliability';
+
+export interface RecordRow {
+  readonly impl: string;
+  readonly config: Readonly<Record<string, number | string>>;
+  readonly wall_us?: { readonly median: number; readonly p90: number; readonly p99: number };
+  readonly gpu_us?: { readonly median: number; readonly p90?: number; readonly p99?: number };
+  readonly matches_oracle?: boolean;
+  readonly extra?: Readonly<Record<string, unknown>>;
+}
+
+export interface BenchRecord {
+  readonly kind: RecordKind;
+  readonly device: string;
+  readonly driver: string;
+  readonly commit: string;
+  readonly date: string;
+  readonly command: string;
+  readonly rows: RecordRow[];
+}
+
+export function deviceSlug(device: string): string {
+  return device.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+}
+
+export function cpuDeviceName(): string {
+  return `CPU ${cpus()[0]?.model.trim() ?? 'unknown'}`;
+}
+
+/** The commit the measured code came from: $PQCACHE_COMMIT (set by the device pack), else git. */
+export function currentCommit(): string {
+  if (process.env.PQCACHE_COMMIT) return process.env.PQCACHE_COMMIT;
+  try {
+    return execFileSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function newRecord(kind: RecordKind, device: string, driver: string, command: string): BenchRecord {
+  return { kind, device, driver, commit: currentCommit(), date: new Date().toISOString(), command, rows: [] };
+}
+
+export function defaultRecordPath(kind: RecordKind, device: string): string {
+  return `bench/results/${kind}-${deviceSlug(device)}.json`;
+}
+
+export function writeRecord(path: string, record: BenchRecord): void {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, JSON.stringify(record, null, 2) + '\n');
+}

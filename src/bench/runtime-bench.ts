@@ -1,0 +1,157 @@
+/**
+ * Runtime-layer measurements (SPEC §5 anchors): empty-kernel launch + sync round trip, a graph
+ * of 4 empty kernels launch + sync, host cost of cuLaunchKernel, and device memory bandwidth
+ * (copy kernel, fill kernel, memset) and pinned host⇄device copies.
+ */
+import { CudaContext } from '../cuda/context.js';
+import { GraphExec } from '../cuda/graph.js';
+import { LaunchArgs, launch } from '../cuda/launch.js';
+import { DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
+import { Event, Stream } from '../cuda/stream.js';
+import { loadKernels } from '../pq/kernels.js';
+import type { RecordRow } from './record.js';
+import { nowUs, round3, summarize } from './stats.js';
+
+export interface RuntimeBenchOptions {
+  readonly iters: number;
+  readonly bandwidthBytes: number;
+}
+
+function latencyRow(impl: string, what: string, samples: number[], extra: Record<string, unknown> = {}): RecordRow {
+  const s = summarize(samples);
+  return { impl, config: { what }, wall_us: { median: round3(s.median), p90: round3(s.p90), p99: round3(s.p99) }, extra };
+}
+
+/** Device-to-device copy bandwidth in GB/s (bytes read + written), by a 16-byte copy kernel. */
+export function measureCopyBandwidth(stream: Stream, bytes: number, reps = 10): number {
+  const mod = loadKernels('runtime');
+  const copy = mod.kernel('pq_copy_u4');
+  const src = new DeviceBuffer(bytes);
+  const dst = new DeviceBuffer(bytes);
+  const args = new LaunchArgs(['ptr', 'ptr', 'u64'] as const).setAll([src.ptr, dst.ptr, BigInt(bytes / 16)]);
+  const e0 = new Event();
+  const e1 = new Event();
+  try {
+    copies.fill32Async(src, 0x3f800000, bytes / 4, stream);
+    const sms = CudaContext.primary().device.multiprocessorCount;
+    const shape = { grid: [sms * 8, 1, 1] as const, block: [256, 1, 1] as const };
+    launch(copy, shape, args, stream);
+    const times: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      e0.record(stream);
+      launch(copy, shape, args, stream);
+      e1.record(stream);
+      e1.synchronize();
+      times.push(e1.elapsedSince(e0) / 1000);
+    }
+    return (2 * bytes) / summarize(times).median / 1e9;
+  } finally {
+    e0.dispose();
+    e1.dispose();
+    args.dispose();
+    src.dispose();
+    dst.dispose();
+  }
+}
+
+export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
+  const ctx = CudaContext.primary();
+  const mod = loadKernels('runtime');
+  const empty = mod.kernel('pq_empty');
+  const fill = mod.kernel('pq_fill_u32');
+  const stream = new Stream();
+  const noArgs = new LaunchArgs([] as const);
+  const one = { grid: [1, 1, 1] as const, block: [1, 1, 1] as const };
+  const rows: RecordRow[] = [];
+  try {
+    for (let i = 0; i < 200; i++) {
+      launch(empty, one, noArgs, stream);
+      stream.synchronize();
+    }
+    const rt: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      const t0 = nowUs();
+      launch(empty, one, noArgs, stream);
+      stream.synchronize();
+      rt.push(nowUs() - t0);
+    }
+    rows.push(latencyRow('pqcache-cuda', 'empty kernel launch + sync', rt, { spec_anchor_us: 8.4 }));
+
+    const graph = GraphExec.capture(stream, () => {
+      for (let i = 0; i < 4; i++) launch(empty, one, noArgs, stream);
+    });
+    try {
+      for (let i = 0; i < 200; i++) {
+        graph.launch(stream);
+        stream.synchronize();
+      }
+      const gt: number[] = [];
+      for (let i = 0; i < o.iters; i++) {
+        const t0 = nowUs();
+        graph.launch(stream);
+        stream.synchronize();
+        gt.push(nowUs() - t0);
+      }
+      rows.push(latencyRow('pqcache-cuda', 'graph of 4 empty kernels launch + sync', gt, { spec_anchor_us: 7.9 }));
+    } finally {
+      graph.dispose();
+    }
+
+    const batch = 1000;
+    const lt: number[] = [];
+    for (let r = 0; r < 30; r++) {
+      const t0 = nowUs();
+      for (let i = 0; i < batch; i++) launch(empty, one, noArgs, stream);
+      lt.push((nowUs() - t0) / batch);
+      stream.synchronize();
+    }
+    rows.push(latencyRow('pqcache-cuda', 'cuLaunchKernel host cost per launch', lt, { spec_anchor_us: 3.4 }));
+
+    const bytes = o.bandwidthBytes;
+    const copyGBs = measureCopyBandwidth(stream, bytes);
+    rows.push({ impl: 'pqcache-cuda', config: { what: 'device copy kernel (16 B/thread)', bytes }, extra: { GBs_read_plus_write: round3(copyGBs) } });
+
+    const buf = new DeviceBuffer(bytes);
+    const e0 = new Event();
+    const e1 = new Event();
+    const fillArgs = new LaunchArgs(['ptr', 'u32', 'u64'] as const).setAll([buf.ptr, 0x12345678, BigInt(bytes / 4)]);
+    try {
+      const timeIt = (f: () => void): number => {
+        f();
+        const ts: number[] = [];
+        for (let i = 0; i < 10; i++) {
+          e0.record(stream);
+          f();
+          e1.record(stream);
+          e1.synchronize();
+          ts.push(e1.elapsedSince(e0) / 1000);
+        }
+        return summarize(ts).median;
+      };
+      const sms = ctx.device.multiprocessorCount;
+      const fillS = timeIt(() => launch(fill, { grid: [sms * 8, 1, 1], block: [256, 1, 1] }, fillArgs, stream));
+      rows.push({ impl: 'pqcache-cuda', config: { what: 'fill kernel (device write)', bytes }, extra: { GBs_write: round3(bytes / fillS / 1e9), spec_anchor_TBs: 3.1 } });
+      const memsetS = timeIt(() => copies.fill32Async(buf, 7, bytes / 4, stream));
+      rows.push({ impl: 'pqcache-cuda', config: { what: 'cuMemsetD32Async', bytes }, extra: { GBs_write: round3(bytes / memsetS / 1e9) } });
+      const hostBytes = Math.min(bytes, 256 << 20);
+      const pinned = new PinnedBuffer(hostBytes);
+      try {
+        const h2d = timeIt(() => pinned.copyToDeviceAsync(buf, hostBytes, stream));
+        const d2h = timeIt(() => pinned.copyFromDeviceAsync(buf, hostBytes, stream));
+        rows.push({ impl: 'pqcache-cuda', config: { what: 'pinned host to device copy', bytes: hostBytes }, extra: { GBs: round3(hostBytes / h2d / 1e9) } });
+        rows.push({ impl: 'pqcache-cuda', config: { what: 'device to pinned host copy', bytes: hostBytes }, extra: { GBs: round3(hostBytes / d2h / 1e9) } });
+      } finally {
+        pinned.dispose();
+      }
+    } finally {
+      fillArgs.dispose();
+      e0.dispose();
+      e1.dispose();
+      buf.dispose();
+    }
+  } finally {
+    noArgs.dispose();
+    stream.dispose();
+  }
+  return rows;
+}

@@ -1,0 +1,234 @@
+/**
+ * The decode-step benchmark: append one key and select, per call, on an index of random
+ * centroids and codes (select's cost does not depend on how the index was built).
+ *
+ * Wall-clock: host clock from the call to the result being ready (stream synchronized for CUDA,
+ * arrays returned for the CPU), no events in that loop. GPU time: CUDA events around the same
+ * call in a separate loop. Inputs rotate over several query/key sets so no call hits a cache
+ * that a real decode step would miss.
+ */
+import { randomFillSync } from 'node:crypto';
+import { CudaContext } from '../cuda/context.js';
+import { DeviceArena, copies } from '../cuda/memory.js';
+import { Event } from '../cuda/stream.js';
+import { checkSelect } from '../pq/brute-force.js';
+import { CpuPQCache } from '../pq/cache.js';
+import { type Layout, type Metric, makeLayout } from '../pq/config.js';
+import { appendCodesCpu } from '../pq/cpu-build.js';
+import { CudaPQCache } from '../pq/cuda-cache.js';
+import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
+import { SplitMix32 } from '../pq/rng.js';
+import { deviceTensor } from '../tensor/device-tensor.js';
+import { HostTensor } from '../tensor/host-tensor.js';
+import type { RecordRow } from './record.js';
+import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
+
+export interface SelectBenchConfig {
+  readonly B: number;
+  readonly H: number;
+  readonly Hkv: number;
+  readonly D: number;
+  readonly sk: number;
+  readonly S: number;
+  readonly W: number;
+  readonly K: number;
+  readonly M: number;
+  readonly pqBits: number;
+  readonly O: number;
+  readonly metric: Metric;
+}
+
+export const SEED_BENCH: SelectBenchConfig = { B: 1, H: 32, Hkv: 32, D: 128, sk: 32000, S: 128, W: 128, K: 128, M: 2, pqBits: 6, O: 128, metric: 'euclidean' };
+
+export function benchLayout(c: SelectBenchConfig): Layout {
+  return makeLayout(
+    { batch: c.B, heads: c.H, kvHeads: c.Hkv, headDim: c.D },
+    { sinkSize: c.S, windowSize: c.W, heavySize: c.K, pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, metric: c.metric, kmeansIters: 10 },
+  );
+}
+
+/** Random normal centroids and uniform codes for positions O … sk−1. */
+export function randomState(layout: Layout, seqLen: number, capacity: number, seed: number): PQIndexState {
+  const state = emptyIndexState(layout, capacity);
+  const rng = new SplitMix32(seed);
+  for (let i = 0; i < state.centroids.length; i++) state.centroids[i] = rng.normal();
+  randomFillSync(state.codes);
+  const mask = layout.numCentroids - 1;
+  for (let i = 0; i < state.codes.length; i++) state.codes[i] &= mask;
+  const { batch: B, kvHeads: Hkv } = layout.shape;
+  for (let bh = 0; bh < B * Hkv; bh++) {
+    // Positions at and past sk hold no codes yet; below O none are stored.
+    state.codes.fill(0, codeOffset(layout, capacity, 0, bh, seqLen), codeOffset(layout, capacity, 0, bh, capacity));
+    state.codes.fill(0, codeOffset(layout, capacity, 0, bh, 0), codeOffset(layout, capacity, 0, bh, layout.config.initOffset));
+  }
+  if (layout.config.metric === 'ip') state.phi.fill(100);
+  state.seqLen = seqLen;
+  return state;
+}
+
+function randomInputs(layout: Layout, sets: number, seed: number): { queries: Float32Array[]; keys: Float32Array[] } {
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
+  const rng = new SplitMix32(seed);
+  const queries = Array.from({ length: sets }, () => new Float32Array(B * H * D).map(() => rng.normal()));
+  const keys = Array.from({ length: sets }, () => new Float32Array(B * Hkv * D).map(() => rng.normal()));
+  return { queries, keys };
+}
+
+export interface BenchOptions {
+  readonly iters: number;
+  readonly warmup: number;
+  readonly seed: number;
+  readonly sliceLen?: number;
+}
+
+export function configRecord(c: SelectBenchConfig): Record<string, number | string> {
+  return { ...c };
+}
+
+function wallRow(impl: string, c: SelectBenchConfig, wall: LatencySummary, extra: Record<string, unknown>, gpu?: LatencySummary, matches?: boolean): RecordRow {
+  return {
+    impl,
+    config: configRecord(c),
+    wall_us: { median: round3(wall.median), p90: round3(wall.p90), p99: round3(wall.p99) },
+    ...(gpu ? { gpu_us: { median: round3(gpu.median), p90: round3(gpu.p90), p99: round3(gpu.p99) } } : {}),
+    ...(matches !== undefined ? { matches_oracle: matches } : {}),
+    extra,
+  };
+}
+
+/** CPU backend: stepToHost per call (append + select + host arrays). */
+export function benchSelectCpu(c: SelectBenchConfig, o: BenchOptions): RecordRow {
+  const layout = benchLayout(c);
+  const capacity = c.sk + o.warmup + o.iters + 8;
+  const state = randomState(layout, c.sk - 1, capacity, o.seed);
+  const check: PQIndexState = { ...state, codes: state.codes.slice() };
+  const cache = CpuPQCache.fromState(state);
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
+  const { queries, keys } = randomInputs(layout, 4, o.seed + 1);
+  const q = queries.map((x) => new HostTensor('f32', [B, H, 1, D], x));
+  const k = keys.map((x) => new HostTensor('f32', [B, Hkv, 1, D], x));
+  // Correctness on the first step, against the float64 brute force.
+  const first = cache.stepToHost(q[0], k[0]);
+  appendCodesCpu(check, keys[0], 1);
+  const errors = checkSelect(check, queries[0], {
+    sparseList: first.sparseList.data as Int32Array,
+    sparseLen: first.sparseLen.data as Int32Array,
+    weights: first.weights.data as Float32Array,
+    weightsDType: 'f32',
+  }, 'tolerant');
+  for (let i = 0; i < o.warmup; i++) cache.stepToHost(q[i % 4], k[i % 4]);
+  const wall: number[] = [];
+  for (let i = 0; i < o.iters; i++) {
+    const t0 = nowUs();
+    cache.stepToHost(q[i % 4], k[i % 4]);
+    wall.push(nowUs() - t0);
+  }
+  const selectOnly: number[] = [];
+  for (let i = 0; i < Math.min(o.iters, 30); i++) {
+    const t0 = nowUs();
+    cache.selectToHost(q[i % 4]);
+    selectOnly.push(nowUs() - t0);
+  }
+  cache.dispose();
+  return wallRow('pqcache-cpu', c, summarize(wall), { select_only_wall_us_median: round3(summarize(selectOnly).median), mismatches: errors.slice(0, 3) }, undefined, errors.length === 0);
+}
+
+export interface CudaBenchResult {
+  readonly rows: RecordRow[];
+  readonly plan: { numSlices: number; sliceLen: number };
+}
+
+/**
+ * CUDA backend: step(query, key) on device inputs + synchronize, per call; then the same with
+ * host inputs (pinned staging copied inside the graph). `copyGBs`: the device's measured copy
+ * bandwidth (bytes read + written per second), for the bandwidth ratio.
+ */
+export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: number): CudaBenchResult {
+  const layout = benchLayout(c);
+  const sets = 8;
+  const capacity = c.sk + o.warmup + 2 * o.iters + sets + 64;
+  const state = randomState(layout, c.sk - 1, capacity, o.seed);
+  const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen });
+  const inputs = randomInputs(layout, sets, o.seed + 1);
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
+  const qBytes = B * H * D * 4;
+  const kBytes = B * Hkv * D * 4;
+  const arena = DeviceArena.allocate({ q: qBytes * sets, k: kBytes * sets });
+  const ev0 = new Event();
+  const ev1 = new Event();
+  try {
+    cache.uploadState(state);
+    for (let i = 0; i < sets; i++) {
+      copies.fromHost(arena.slices.q, inputs.queries[i], i * qBytes);
+      copies.fromHost(arena.slices.k, inputs.keys[i], i * kBytes);
+    }
+    const qDev = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr + BigInt(i * qBytes)));
+    const kDev = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr + BigInt(i * kBytes)));
+    // Correctness of the first step against the brute force (tolerant: real-valued inputs).
+    const first = cache.stepToHost(new HostTensor('f32', [B, H, 1, D], inputs.queries[0]), new HostTensor('f32', [B, Hkv, 1, D], inputs.keys[0]));
+    appendCodesCpu(oracle, inputs.keys[0], 1);
+    const errors = checkSelect(oracle, inputs.queries[0], {
+      sparseList: first.sparseList.data as Int32Array,
+      sparseLen: first.sparseLen.data as Int32Array,
+      weights: first.weights.data as Float32Array,
+      weightsDType: 'f32',
+    }, 'tolerant');
+    for (let i = 0; i < o.warmup; i++) {
+      cache.step(qDev[i % sets], kDev[i % sets]);
+      cache.synchronize();
+    }
+    const wall: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      const t0 = nowUs();
+      cache.step(qDev[i % sets], kDev[i % sets]);
+      cache.synchronize();
+      wall.push(nowUs() - t0);
+    }
+    const gpu: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      ev0.record(cache.stream);
+      cache.step(qDev[i % sets], kDev[i % sets]);
+      ev1.record(cache.stream);
+      ev1.synchronize();
+      gpu.push(ev1.elapsedSince(ev0) * 1000);
+    }
+    cache.synchronize();
+    const hostQ = inputs.queries.map((x) => new HostTensor('f32', [B, H, 1, D], x));
+    const hostK = inputs.keys.map((x) => new HostTensor('f32', [B, Hkv, 1, D], x));
+    const wallHost: number[] = [];
+    for (let i = 0; i < Math.min(o.iters, 100); i++) {
+      const t0 = nowUs();
+      cache.step(hostQ[i % sets], hostK[i % sets]);
+      cache.synchronize();
+      wallHost.push(nowUs() - t0);
+    }
+    const g = summarize(gpu);
+    const plan = cache.planFor(cache.seqLen);
+    const M = c.M;
+    const span = Math.max(0, cache.seqLen - c.W - Math.max(c.O, c.S));
+    const bytes =
+      B * Hkv * span * M + // codes
+      B * Hkv * M * layout.numCentroids * Math.ceil(layout.centroidDim / 4) * 4 * 4 + // centroids
+      B * H * layout.listCapacity * 4 * 2 + // list read + write
+      B * H * (c.S + c.K + c.W) * 4 * 2; // weights cleared + set
+    const gbs = bytes / (g.median * 1e-6) / 1e9;
+    const extra = {
+      slices: plan.numSlices,
+      slice_len: plan.sliceLen,
+      bytes_per_call: bytes,
+      effective_GBs: round3(gbs),
+      copy_GBs: round3(copyGBs),
+      fraction_of_copy_bandwidth: round3(gbs / copyGBs),
+      host_inputs_wall_us_median: round3(summarize(wallHost).median),
+      device: CudaContext.primary().device.name,
+      mismatches: errors.slice(0, 3),
+    };
+    return { rows: [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)], plan };
+  } finally {
+    ev0.dispose();
+    ev1.dispose();
+    arena.dispose();
+    cache.dispose();
+  }
+}

@@ -1,0 +1,79 @@
+/** `pqcache bench`: latency tables and result records (SPEC §5). */
+import { CudaContext } from '../cuda/context.js';
+import { Stream } from '../cuda/stream.js';
+import { type BenchRecord, type RecordRow, cpuDeviceName, defaultRecordPath, newRecord, writeRecord } from '../bench/record.js';
+import { benchRuntime, measureCopyBandwidth } from '../bench/runtime-bench.js';
+import { SEED_BENCH, type SelectBenchConfig, benchSelectCpu, benchSelectCuda } from '../bench/select-bench.js';
+import { decideBackend } from '../pq/backend.js';
+import { table } from './format.js';
+
+export interface BenchCliOptions {
+  readonly backend: 'cpu' | 'cuda';
+  readonly kind: 'select' | 'runtime';
+  readonly config: 'seed' | 'matrix';
+  readonly json?: string;
+  readonly iters: number;
+  readonly warmup: number;
+  readonly sliceLen?: number;
+  readonly command: string;
+}
+
+/** The issue-4 matrix: the seed config, then sk ∈ {8192, 32768, 131072, 524288} × B ∈ {1, 8}. */
+export function selectMatrix(): SelectBenchConfig[] {
+  const out: SelectBenchConfig[] = [SEED_BENCH];
+  for (const B of [1, 8]) for (const sk of [8192, 32768, 131072, 524288]) out.push({ ...SEED_BENCH, B, sk });
+  return out;
+}
+
+function printSelect(rows: readonly RecordRow[]): void {
+  console.log(
+    table(
+      ['impl', 'B', 'sk', 'wall med', 'p90', 'p99', 'gpu med', 'GB/s', 'of copy', 'host-in wall', 'oracle'],
+      rows.map((r) => {
+        const e = (r.extra ?? {}) as Record<string, number | undefined>;
+        return [
+          r.impl, String(r.config.B), String(r.config.sk), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN,
+          r.gpu_us?.median ?? NaN, e.effective_GBs ?? NaN, e.fraction_of_copy_bandwidth ?? NaN, e.host_inputs_wall_us_median ?? NaN,
+          r.matches_oracle === undefined ? '-' : r.matches_oracle ? 'yes' : 'NO',
+        ];
+      }),
+    ),
+  );
+  console.log('(times in μs; wall = call → result ready on the host clock; gpu = CUDA events)');
+}
+
+export function runBench(o: BenchCliOptions): number {
+  const decision = decideBackend(o.backend);
+  let record: BenchRecord;
+  if (decision.backend === 'cpu') {
+    if (o.kind !== 'select') throw new Error(`bench --kind ${o.kind} needs --backend cuda`);
+    record = newRecord('select', cpuDeviceName(), 'n/a', o.command);
+    const configs = o.config === 'seed' ? [SEED_BENCH] : selectMatrix().slice(0, 2);
+    for (const c of configs) record.rows.push(benchSelectCpu(c, { iters: o.iters, warmup: o.warmup, seed: 1 }));
+    printSelect(record.rows);
+  } else {
+    const dev = CudaContext.primary().device;
+    record = newRecord(o.kind, dev.name, dev.driverVersion, o.command);
+    if (o.kind === 'runtime') {
+      record.rows.push(...benchRuntime({ iters: o.iters, bandwidthBytes: 1 << 30 }));
+      console.log(table(['what', 'wall med', 'p90', 'p99', 'extra'], record.rows.map((r) => [String(r.config.what), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN, JSON.stringify(r.extra ?? {})])));
+    } else {
+      const stream = new Stream();
+      const copyGBs = measureCopyBandwidth(stream, 1 << 30);
+      stream.dispose();
+      const configs = o.config === 'seed' ? [SEED_BENCH] : selectMatrix();
+      for (const c of configs) {
+        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen }, copyGBs);
+        record.rows.push(...r.rows);
+        console.error(`bench: B=${c.B} sk=${c.sk}: wall ${r.rows[0].wall_us?.median} μs, gpu ${r.rows[0].gpu_us?.median} μs (${r.plan.numSlices} slices of ${r.plan.sliceLen})`);
+      }
+      printSelect(record.rows);
+    }
+  }
+  const path = o.json ?? (decision.backend === 'cuda' ? defaultRecordPath(record.kind, record.device) : undefined);
+  if (path) {
+    writeRecord(path, record);
+    console.log(`wrote ${path}`);
+  }
+  return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
+}

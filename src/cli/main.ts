@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+/** The `pqcache` command line: info, demo, verify, bench. */
+import { readFileSync } from 'node:fs';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { PQCacheError } from '../errors.js';
+import { runBench } from './bench.js';
+import { runDemo } from './demo.js';
+import { runInfo } from './info.js';
+import { runVerify } from './verify.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+function int(name: string, min = 0): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer ≥ ${min}`);
+    return n;
+  };
+}
+
+const program = new Command();
+program.name('pqcache').description('PQCache sparse attention for LLM decoding (CUDA + CPU)').version(pkg.version);
+
+program.command('info').description('backends, device and driver').action(() => runInfo(pkg.version));
+
+program
+  .command('demo')
+  .description('build an index on synthetic LLM-like keys, decode N steps, print latency and quality')
+  .addOption(new Option('--backend <name>', 'auto | cpu | cuda').choices(['auto', 'cpu', 'cuda']).default('auto'))
+  .option('--steps <n>', 'decode steps', int('steps', 1), 100)
+  .option('--seq-len <n>', 'cached tokens before decoding (default 32000 on cuda, 8192 on cpu)', int('seq-len', 1024))
+  .option('--heads <n>', 'query heads', int('heads', 1), 32)
+  .option('--kv-heads <n>', 'key/value heads', int('kv-heads', 1), 8)
+  .option('--quality-every <n>', 'measure quality every n steps', int('quality-every', 1), 25)
+  .action((o) => {
+    process.exitCode = runDemo({ backend: o.backend, steps: o.steps, seqLen: o.seqLen, heads: o.heads, kvHeads: o.kvHeads, qualityEvery: o.qualityEvery });
+  });
+
+program
+  .command('verify')
+  .description('check a backend against a float64 brute force on random configs (exit 1 on mismatch)')
+  .addOption(new Option('--backend <name>', 'cpu | cuda').choices(['cpu', 'cuda']).default('cpu'))
+  .option('--cases <n>', 'random cases', int('cases', 1), 100)
+  .option('--seed <n>', 'seed of the case generator', int('seed'), 1)
+  .option('--first <n>', 'index of the first case (to rerun one)', int('first'), 0)
+  .option('--verbose', 'print every case')
+  .action((o) => {
+    process.exitCode = runVerify({ backend: o.backend, cases: o.cases, seed: o.seed, verbose: o.verbose === true, first: o.first });
+  });
+
+program
+  .command('bench')
+  .description('latency tables; writes a result record (bench/results/<kind>-<device>.json for cuda, or --json FILE)')
+  .addOption(new Option('--backend <name>', 'cpu | cuda').choices(['cpu', 'cuda']).default('cuda'))
+  .addOption(new Option('--kind <kind>', 'select | runtime').choices(['select', 'runtime']).default('select'))
+  .addOption(new Option('--config <name>', 'seed | matrix').choices(['seed', 'matrix']).default('seed'))
+  .option('--json <file>', 'write the record here')
+  .option('--iters <n>', 'timed calls per row', int('iters', 1), 300)
+  .option('--warmup <n>', 'untimed calls first', int('warmup', 0), 50)
+  .option('--slice-len <n>', 'select plan slice length (tuning)', int('slice-len', 256))
+  .action((o) => {
+    process.exitCode = runBench({
+      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen,
+      command: `pqcache ${process.argv.slice(2).join(' ')}`,
+    });
+  });
+
+try {
+  program.parse();
+} catch (e) {
+  if (e instanceof PQCacheError) {
+    console.error(`pqcache: ${e.name}: ${e.message}`);
+    process.exitCode = 2;
+  } else {
+    throw e;
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Kernel launches with argument blocks packed once in native memory.
+ *
+ * cuLaunchKernel takes `void **kernelParams`: an array of pointers, one per argument, each to
+ * the argument's value. A LaunchArgs owns a native block holding the values (8 bytes a slot)
+ * followed by that pointer array, so a launch passes one bigint and allocates nothing in JS;
+ * changing an argument is a DataView write into the block.
+ */
+import koffi from 'koffi';
+import { ConfigError, DisposedError } from '../errors.js';
+import { check, driver } from './driver.js';
+import type { Kernel } from './module.js';
+import type { Stream } from './stream.js';
+
+export type ArgKind = 'ptr' | 'u64' | 'i32' | 'u32' | 'f32';
+export type ArgValue<K extends ArgKind> = K extends 'ptr' | 'u64' ? bigint : number;
+
+const SLOT = 8;
+
+export class LaunchArgs<Kinds extends readonly ArgKind[] = readonly ArgKind[]> {
+  readonly kinds: Kinds;
+  private block: bigint | undefined;
+  private view: DataView | undefined;
+  /** The `void **kernelParams` address to pass to cuLaunchKernel. */
+  private paramsAddr: bigint;
+
+  constructor(kinds: Kinds) {
+    this.kinds = kinds;
+    const n = Math.max(kinds.length, 1);
+    const bytes = n * SLOT * 2;
+    this.block = koffi.alloc('uint8_t', bytes) as bigint;
+    this.view = new DataView(koffi.view(this.block, bytes));
+    this.paramsAddr = this.block + BigInt(n * SLOT);
+    for (let i = 0; i < kinds.length; i++) this.view.setBigUint64(n * SLOT + i * SLOT, this.block + BigInt(i * SLOT), true);
+  }
+
+  private dv(): DataView {
+    if (this.view === undefined) throw new DisposedError('LaunchArgs');
+    return this.view;
+  }
+
+  set<I extends number>(index: I, value: ArgValue<Kinds[I]>): this {
+    const kind = this.kinds[index];
+    const dv = this.dv();
+    const at = index * SLOT;
+    switch (kind) {
+      case 'ptr':
+      case 'u64':
+        if (typeof value !== 'bigint') throw new ConfigError(`argument ${index} (${kind})`, 'a bigint', value);
+        dv.setBigUint64(at, value, true);
+        break;
+      case 'i32':
+        dv.setInt32(at, value as number, true);
+        break;
+      case 'u32':
+        dv.setUint32(at, value as number, true);
+        break;
+      case 'f32':
+        dv.setFloat32(at, value as number, true);
+        break;
+      default:
+        throw new ConfigError('argument index', `0 … ${this.kinds.length - 1}`, index);
+    }
+    return this;
+  }
+
+  /** Set every argument in order. */
+  setAll(values: { [I in keyof Kinds]: ArgValue<Kinds[I]> }): this {
+    (values as readonly (number | bigint)[]).forEach((v, i) => this.set(i, v as ArgValue<Kinds[number]>));
+    return this;
+  }
+
+  get address(): bigint {
+    if (this.block === undefined) throw new DisposedError('LaunchArgs');
+    return this.paramsAddr;
+  }
+
+  dispose(): void {
+    if (this.block === undefined) return;
+    koffi.free(this.block);
+    this.block = undefined;
+    this.view = undefined;
+  }
+}
+
+export interface LaunchShape {
+  readonly grid: readonly [number, number, number];
+  readonly block: readonly [number, number, number];
+  readonly sharedBytes?: number;
+}
+
+/** Enqueue `kernel` on `stream`; launch-configuration errors throw CudaError(cuLaunchKernel). */
+export function launch(kernel: Kernel, shape: LaunchShape, args: LaunchArgs, stream: Stream): void {
+  const [gx, gy, gz] = shape.grid;
+  const [bx, by, bz] = shape.block;
+  const rc = driver().cuLaunchKernel(kernel.handle, gx, gy, gz, bx, by, bz, shape.sharedBytes ?? 0, stream.handle, args.address, null);
+  if (rc !== 0) check(`cuLaunchKernel(${kernel.name})`, rc);
+}

@@ -1,0 +1,100 @@
+/**
+ * Kernel images (fatbin or PTX) loaded with cuModuleLoadData, and their functions.
+ */
+import { DisposedError } from '../errors.js';
+import { type Handle, check, driver, out, outHandle } from './driver.js';
+
+const FUNC_ATTR = {
+  maxThreadsPerBlock: 0,
+  staticSharedBytes: 1,
+  localBytesPerThread: 3,
+  numRegs: 4,
+  maxDynamicSharedBytes: 8,
+} as const;
+
+export interface KernelAttributes {
+  readonly maxThreadsPerBlock: number;
+  readonly staticSharedBytes: number;
+  readonly localBytesPerThread: number;
+  readonly numRegs: number;
+  readonly maxDynamicSharedBytes: number;
+}
+
+export class Kernel {
+  constructor(
+    readonly name: string,
+    readonly handle: Handle,
+  ) {}
+
+  attributes(): KernelAttributes {
+    const d = driver();
+    const get = (a: number): number => out(`cuFuncGetAttribute(${this.name})`, 0, (s) => d.cuFuncGetAttribute(s, a, this.handle));
+    return {
+      maxThreadsPerBlock: get(FUNC_ATTR.maxThreadsPerBlock),
+      staticSharedBytes: get(FUNC_ATTR.staticSharedBytes),
+      localBytesPerThread: get(FUNC_ATTR.localBytesPerThread),
+      numRegs: get(FUNC_ATTR.numRegs),
+      maxDynamicSharedBytes: get(FUNC_ATTR.maxDynamicSharedBytes),
+    };
+  }
+
+  /** Opt in to more than 48 KB of dynamic shared memory per block. */
+  setMaxDynamicSharedBytes(bytes: number): void {
+    check(`cuFuncSetAttribute(${this.name})`, driver().cuFuncSetAttribute(this.handle, FUNC_ATTR.maxDynamicSharedBytes, bytes));
+  }
+
+  /** Resident blocks per multiprocessor at this block size. */
+  occupancy(blockSize: number, dynamicSharedBytes = 0): number {
+    const d = driver();
+    return out('cuOccupancyMaxActiveBlocksPerMultiprocessor', 0, (s) =>
+      d.cuOccupancyMaxActiveBlocksPerMultiprocessor(s, this.handle, blockSize, dynamicSharedBytes),
+    );
+  }
+}
+
+export class Module {
+  private h: Handle | undefined;
+  private readonly kernels = new Map<string, Kernel>();
+
+  constructor(image: Uint8Array, readonly source = 'image') {
+    const d = driver();
+    // PTX must be NUL-terminated text; a fatbin/cubin is used as is.
+    const bytes = isPtx(image) && image[image.length - 1] !== 0 ? withNul(image) : image;
+    this.h = outHandle(`cuModuleLoadData(${source})`, (s) => d.cuModuleLoadData(s, bytes));
+  }
+
+  get handle(): Handle {
+    if (this.h === undefined) throw new DisposedError(`Module(${this.source})`);
+    return this.h;
+  }
+
+  kernel(name: string): Kernel {
+    let k = this.kernels.get(name);
+    if (k === undefined) {
+      const d = driver();
+      const mod = this.handle;
+      k = new Kernel(name, outHandle(`cuModuleGetFunction(${name})`, (s) => d.cuModuleGetFunction(s, mod, name)));
+      this.kernels.set(name, k);
+    }
+    return k;
+  }
+
+  dispose(): void {
+    if (this.h === undefined) return;
+    const h = this.h;
+    this.h = undefined;
+    this.kernels.clear();
+    check('cuModuleUnload', driver().cuModuleUnload(h));
+  }
+}
+
+function isPtx(image: Uint8Array): boolean {
+  const head = Buffer.from(image.subarray(0, 256)).toString('latin1');
+  return head.includes('.version') || head.startsWith('//');
+}
+
+function withNul(image: Uint8Array): Uint8Array {
+  const out = new Uint8Array(image.length + 1);
+  out.set(image);
+  return out;
+}

@@ -1,0 +1,503 @@
+/**
+ * The CUDA backend of one layer's PQ cache: device-resident centroids and uint8 codes with
+ * capacity reserved up front, and the decode step (append → fused select) captured once per
+ * launch plan in a CUDA graph and replayed. Nothing is allocated, copied or synchronized in the
+ * step unless the caller asks for host results.
+ *
+ * Device layout (one arena):
+ *   centroids [B, Hkv, M, C, cstride] f32, cstride = roundUp(cdim, 4) for 16-byte rows
+ *   codes     [B, Hkv, capPad, M] u8, capPad = roundUp(capacity, 16)
+ *   weights   [B, H, capPad] (f32 or 16-bit), rows updated incrementally by the kernel
+ *   seqState  [sk, …]: the device's own sk, advanced by the append kernel
+ * The status word (non-finite device inputs) lives in pinned host memory that the kernels
+ * write through unified addressing, so checking it after a sync costs no copy.
+ */
+import { CudaContext } from '../cuda/context.js';
+import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, check, driver } from '../cuda/driver.js';
+import { GraphExec } from '../cuda/graph.js';
+import { LaunchArgs, launch } from '../cuda/launch.js';
+import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
+import type { Kernel } from '../cuda/module.js';
+import { Event, Stream } from '../cuda/stream.js';
+import koffi from 'koffi';
+import { DeviceInputError, DisposedError, ShapeError } from '../errors.js';
+import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
+import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
+import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
+import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
+import { buildIndexCpu } from './cpu-build.js';
+import { type SelectPlan, SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, planSelect, selectKernelName } from './cuda-plan.js';
+import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
+import { loadKernels } from './kernels.js';
+import { encodeIndex } from './persist.js';
+import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, checkStepKey } from './validate.js';
+
+const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
+const STATUS_QUERY_NONFINITE = 1;
+const STATUS_KEY_NONFINITE = 2;
+
+export interface CudaPQCacheOptions extends PQCacheOptions {
+  /** Device ordinal (default 0). */
+  readonly device?: number;
+  /** Run on this stream instead of one the cache creates (integration with other GPU work). */
+  readonly stream?: Stream;
+  /** Slice length of the select plan (tuning; default: planned from the SM count). */
+  readonly sliceLen?: number;
+}
+
+type Query = HostTensor | DeviceTensor;
+
+const SELECT_ARGS = [
+  'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
+  'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+] as const;
+const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+
+type ArenaSlice =
+  | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
+  | 'candCount' | 'sparseList' | 'sparseLen' | 'weights' | 'queryIn' | 'keyIn';
+
+function roundUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+export class CudaPQCache implements PQCache {
+  readonly backend = 'cuda' as const;
+  readonly layout: Layout;
+  readonly capacity: number;
+  readonly context: CudaContext;
+  readonly stream: Stream;
+  private readonly ownsStream: boolean;
+  private readonly capPad: number;
+  private readonly centroidStride: number;
+  private readonly maxSlices: number;
+  private readonly arena: DeviceArena<ArenaSlice>;
+  private readonly status: PinnedBuffer;
+  private readonly statusView: Int32Array;
+  private readonly stagingQuery: PinnedBuffer;
+  private readonly stagingKey: PinnedBuffer;
+  /** Recorded after a graph that copies from the staging buffers: they may be rewritten once it completes. */
+  private readonly stagingConsumed: Event;
+  private stagingPending = false;
+  private readonly selectKernel: Kernel;
+  private readonly appendKernel: Kernel;
+  private readonly sliceLenOverride: number | undefined;
+  private readonly graphs = new Map<string, GraphExec>();
+  private graphPlan: SelectPlan | undefined;
+  private hostSeqLen = 0;
+  private isBuilt = false;
+  private weightsDType: FloatDType | undefined;
+  private disposed = false;
+
+  constructor(options: CudaPQCacheOptions) {
+    this.layout = makeLayout(options.shape, options.config);
+    const problem = cudaLayoutProblem(this.layout);
+    if (problem) throw problem;
+    this.capacity = checkCapacityOption(options.capacity);
+    this.context = CudaContext.primary(options.device ?? 0);
+    this.sliceLenOverride = options.sliceLen;
+    const mod = loadKernels('select');
+    this.selectKernel = mod.kernel(selectKernelName(this.layout));
+    this.appendKernel = mod.kernel('pq_append');
+
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
+    const M = this.layout.config.pqGroupFactor;
+    const C = this.layout.numCentroids;
+    const K = this.layout.config.heavySize;
+    const rows = B * H;
+    this.capPad = roundUp(this.capacity, 16);
+    this.centroidStride = roundUp(this.layout.centroidDim, 4);
+    this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
+    const made: Array<{ dispose(): void }> = [];
+    try {
+      this.arena = DeviceArena.allocate<ArenaSlice>({
+        centroids: B * Hkv * M * C * this.centroidStride * 4,
+        codes: B * Hkv * this.capPad * M,
+        phi: B * Hkv * M * 4,
+        seqState: 16,
+        appendCounter: 4,
+        selectCounters: rows * 4,
+        candScore: rows * this.maxSlices * K * 4,
+        candPos: rows * this.maxSlices * K * 4,
+        candCount: rows * this.maxSlices * 4,
+        sparseList: rows * this.layout.listCapacity * 4,
+        sparseLen: rows * 4,
+        weights: rows * this.capPad * 4,
+        queryIn: rows * D * 4,
+        keyIn: B * Hkv * D * 4,
+      });
+      made.push(this.arena);
+      this.status = new PinnedBuffer(16);
+      made.push(this.status);
+      this.statusView = new Int32Array(this.status.arrayBuffer, 0, 1);
+      this.statusView[0] = 0;
+      this.stagingQuery = new PinnedBuffer(rows * D * 4);
+      made.push(this.stagingQuery);
+      this.stagingKey = new PinnedBuffer(B * Hkv * D * 4);
+      made.push(this.stagingKey);
+      this.stagingConsumed = new Event({ timing: false });
+      made.push(this.stagingConsumed);
+      this.ownsStream = options.stream === undefined;
+      this.stream = options.stream ?? new Stream();
+      copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
+      this.stream.synchronize();
+    } catch (e) {
+      for (const m of made.reverse()) m.dispose();
+      throw e;
+    }
+  }
+
+  get seqLen(): number {
+    return this.hostSeqLen;
+  }
+
+  get built(): boolean {
+    return this.isBuilt;
+  }
+
+  private live(): void {
+    if (this.disposed) throw new DisposedError('CudaPQCache');
+  }
+
+  private requireBuilt(operation: string): void {
+    this.live();
+    checkBuilt(operation, this.isBuilt);
+  }
+
+  // ---- index state ------------------------------------------------------------------------
+
+  /** Build on the host (the oracle's k-means), then upload. */
+  build(keys: HostTensor, options: BuildOptions = {}): void {
+    this.live();
+    const sk = checkKeys(this.layout, keys, 'keys', this.layout.config.initOffset + 1);
+    checkCapacity('keys', this.capacity, sk);
+    this.uploadState(buildIndexCpu(this.layout, keys.toFloat32(), sk, this.capacity, options.onProgress));
+  }
+
+  /** Replace the device index with a host state (built elsewhere, loaded, or made by hand). */
+  uploadState(state: PQIndexState): void {
+    this.live();
+    const describe = (l: Layout): string => JSON.stringify({ shape: l.shape, config: l.config });
+    if (describe(state.layout) !== describe(this.layout)) {
+      throw new ShapeError('state', `an index with ${describe(this.layout)}`, describe(state.layout));
+    }
+    checkCapacity('state.seqLen', this.capacity, state.seqLen);
+    const { batch: B, kvHeads: Hkv } = this.layout.shape;
+    const M = this.layout.config.pqGroupFactor;
+    const cdim = this.layout.centroidDim;
+    const s = this.arena.slices;
+    const rows = state.centroids.length / cdim;
+    const padded = new Float32Array(rows * this.centroidStride);
+    for (let r = 0; r < rows; r++) padded.set(state.centroids.subarray(r * cdim, (r + 1) * cdim), r * this.centroidStride);
+    this.stream.synchronize();
+    copies.fromHost(s.centroids, padded);
+    const codes = new Uint8Array(B * Hkv * this.capPad * M);
+    for (let bh = 0; bh < B * Hkv; bh++) {
+      const src = codeOffset(state.layout, state.capacity, 0, bh, 0);
+      codes.set(state.codes.subarray(src, src + state.seqLen * M), bh * this.capPad * M);
+    }
+    copies.fromHost(s.codes, codes);
+    copies.fromHost(s.phi, state.phi);
+    copies.fromHost(s.seqState, new Int32Array([state.seqLen, 0, 0, 0]));
+    this.hostSeqLen = state.seqLen;
+    this.isBuilt = true;
+    this.weightsDType = undefined; // forces a full output reset before the next select
+  }
+
+  exportState(): PQIndexState {
+    this.requireBuilt('exportState');
+    this.synchronize();
+    const state = emptyIndexState(this.layout, this.capacity);
+    const { batch: B, kvHeads: Hkv } = this.layout.shape;
+    const M = this.layout.config.pqGroupFactor;
+    const cdim = this.layout.centroidDim;
+    const s = this.arena.slices;
+    const padded = new Float32Array(s.centroids.bytes / 4);
+    copies.toHost(padded, s.centroids);
+    for (let r = 0; r < state.centroids.length / cdim; r++) {
+      state.centroids.set(padded.subarray(r * this.centroidStride, r * this.centroidStride + cdim), r * cdim);
+    }
+    const codes = new Uint8Array(s.codes.bytes);
+    copies.toHost(codes, s.codes);
+    for (let bh = 0; bh < B * Hkv; bh++) {
+      state.codes.set(codes.subarray(bh * this.capPad * M, bh * this.capPad * M + this.hostSeqLen * M), codeOffset(this.layout, this.capacity, 0, bh, 0));
+    }
+    copies.toHost(state.phi, s.phi);
+    state.seqLen = this.hostSeqLen;
+    return state;
+  }
+
+  serialize(): Uint8Array {
+    return encodeIndex(this.exportState());
+  }
+
+  // ---- decode step ------------------------------------------------------------------------
+
+  /** Append keys [B, Hkv, n, D] (host): codes on the device, then sk += n. Synchronizes. */
+  append(keys: HostTensor): void {
+    this.requireBuilt('append');
+    const n = checkKeys(this.layout, keys, 'keys', 1);
+    checkCapacity('keys', this.capacity, this.hostSeqLen + n);
+    const data = keys.dtype === 'f32' ? keys.data : keys.toFloat32();
+    const tmp = DeviceArena.allocate({ keys: data.byteLength });
+    try {
+      copies.fromHost(tmp.slices.keys, data);
+      const args = new LaunchArgs(APPEND_ARGS);
+      try {
+        this.setAppendArgs(args, tmp.slices.keys.ptr, 'f32', n);
+        launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.stream);
+      } finally {
+        args.dispose();
+      }
+      this.hostSeqLen += n;
+      this.synchronize();
+    } finally {
+      tmp.dispose();
+    }
+  }
+
+  /** Enqueue select for a query (host [B,H,1,D] or device tensor); returns device views. */
+  select(query: Query): SelectResult<DeviceTensor> {
+    this.requireBuilt('select');
+    this.enqueue(query, undefined);
+    return this.outputs();
+  }
+
+  /** Enqueue one decode step: append `key` [B,Hkv,1,D], then select for `query`. */
+  step(query: Query, key: HostTensor | DeviceTensor): SelectResult<DeviceTensor> {
+    this.requireBuilt('step');
+    this.enqueue(query, key);
+    return this.outputs();
+  }
+
+  selectToHost(query: HostTensor): SelectResult<HostTensor> {
+    this.requireBuilt('select');
+    const dtype = this.enqueue(query, undefined);
+    return this.readOutputs(dtype);
+  }
+
+  stepToHost(query: HostTensor, key: HostTensor): SelectResult<HostTensor> {
+    this.requireBuilt('step');
+    const dtype = this.enqueue(query, key);
+    return this.readOutputs(dtype);
+  }
+
+  /** Wait for the stream; throw DeviceInputError if a kernel saw non-finite device inputs. */
+  synchronize(): void {
+    this.live();
+    this.stream.synchronize();
+    const st = this.statusView[0];
+    if (st !== 0) {
+      this.statusView[0] = 0;
+      if (st & STATUS_QUERY_NONFINITE) throw new DeviceInputError('query', 'finite values', 'NaN or Inf');
+      if (st & STATUS_KEY_NONFINITE) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
+    }
+  }
+
+  /** Device views of the outputs of the last select (valid after the stream reaches it). */
+  outputs(): SelectResult<DeviceTensor> {
+    const { batch: B, heads: H } = this.layout.shape;
+    const s = this.arena.slices;
+    const L = this.layout.listCapacity;
+    return {
+      sparseList: deviceTensor('i32', [B, H, L], s.sparseList.ptr),
+      sparseLen: deviceTensor('i32', [B, H], s.sparseLen.ptr),
+      weights: deviceTensor(this.weightsDType ?? 'f32', [B, H, this.hostSeqLen], s.weights.ptr, [H * this.capPad, this.capPad, 1]),
+    };
+  }
+
+  private queryDType(query: Query, argument: string): FloatDType {
+    expectDType(argument, query, FLOAT_DTYPES);
+    const { batch: B, heads: H, headDim: D } = this.layout.shape;
+    expectShape(argument, query, [B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
+    if ('device' in query) {
+      const st = query.strides;
+      if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
+        throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
+      }
+    }
+    return query.dtype as FloatDType;
+  }
+
+  /** Validate, stage host inputs, (re)capture if needed, launch the graph. Returns the weights dtype. */
+  private enqueue(query: Query, key: HostTensor | DeviceTensor | undefined): FloatDType {
+    const qdtype = this.queryDType(query, 'query');
+    if (!('device' in query)) checkQuery(this.layout, query);
+    let kdtype: FloatDType = 'f32';
+    if (key !== undefined) {
+      if ('device' in key) {
+        expectDType('key', key, FLOAT_DTYPES);
+        const { batch: B, kvHeads: Hkv, headDim: D } = this.layout.shape;
+        expectShape('key', key, [B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`);
+        kdtype = key.dtype as FloatDType;
+      } else {
+        checkStepKey(this.layout, key);
+      }
+      checkCapacity('key', this.capacity, this.hostSeqLen + 1);
+    }
+    if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+
+    // Host inputs go through pinned staging; the graph copies them to the device. A previous
+    // graph may still be about to read the staging buffers: wait for it before rewriting them.
+    const hostQ = !('device' in query);
+    const hostK = key !== undefined && !('device' in key);
+    if ((hostQ || hostK) && this.stagingPending) {
+      this.stagingConsumed.synchronize();
+      this.stagingPending = false;
+    }
+    let qptr: DevicePtr;
+    const qcode = DTYPE_CODE[qdtype];
+    const s = this.arena.slices;
+    if ('device' in query) {
+      qptr = query.ptr;
+    } else {
+      new Uint8Array(this.stagingQuery.arrayBuffer, 0, query.data.byteLength).set(new Uint8Array(query.data.buffer, query.data.byteOffset, query.data.byteLength));
+      qptr = s.queryIn.ptr;
+    }
+    let kptr: DevicePtr | undefined;
+    if (key !== undefined) {
+      if ('device' in key) {
+        kptr = key.ptr;
+      } else {
+        const kd = key.dtype === 'f32' ? (key.data as Float32Array) : key.toFloat32();
+        new Float32Array(this.stagingKey.arrayBuffer, 0, kd.length).set(kd);
+        kptr = s.keyIn.ptr;
+        kdtype = 'f32';
+      }
+    }
+    const sk = this.hostSeqLen + (key !== undefined ? 1 : 0);
+    const plan = this.currentPlan(sk);
+    const graphKey = `${plan.numSlices}/${plan.sliceLen}/${qcode}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
+    let graph = this.graphs.get(graphKey);
+    if (graph === undefined) {
+      graph = GraphExec.capture(this.stream, () => {
+        if (hostQ) this.stagingQuery.copyToDeviceAsync(s.queryIn, s.queryIn.bytes, this.stream);
+        if (hostK) this.stagingKey.copyToDeviceAsync(s.keyIn, s.keyIn.bytes, this.stream);
+        if (kptr !== undefined) this.launchAppend(kptr, kdtype, 1);
+        this.launchSelect(qptr, qcode, plan);
+      });
+      this.graphs.set(graphKey, graph);
+    }
+    graph.launch(this.stream);
+    if (hostQ || hostK) {
+      this.stagingConsumed.record(this.stream);
+      this.stagingPending = true;
+    }
+    if (key !== undefined) this.hostSeqLen += 1;
+    return qdtype;
+  }
+
+  private currentPlan(sk: number): SelectPlan {
+    if (this.graphPlan === undefined || sk > this.graphPlan.maxSeqLen) {
+      for (const g of this.graphs.values()) g.dispose();
+      this.graphs.clear();
+      this.graphPlan = planSelect(this.layout, sk, this.context.device.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
+    }
+    return this.graphPlan;
+  }
+
+  /** The plan the next select will use (for benchmarks and tests). */
+  planFor(seqLen: number): SelectPlan {
+    return planSelect(this.layout, seqLen, this.context.device.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
+  }
+
+  private setAppendArgs(args: LaunchArgs<typeof APPEND_ARGS>, keys: DevicePtr, kdtype: FloatDType, n: number): void {
+    const s = this.arena.slices;
+    const { headDim: D } = this.layout.shape;
+    const { pqGroupFactor: M, initOffset: O, metric } = this.layout.config;
+    args.setAll([
+      keys, DTYPE_CODE[kdtype], n, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, s.seqState.ptr,
+      s.appendCounter.ptr, this.status.ptr, D, M, this.layout.numCentroids, this.capPad, O, metric === 'ip' ? 1 : 0,
+    ]);
+  }
+
+  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number): void {
+    const args = new LaunchArgs(APPEND_ARGS);
+    try {
+      this.setAppendArgs(args, keys, kdtype, n);
+      launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.stream);
+    } finally {
+      args.dispose(); // the captured node keeps its own copy of the arguments
+    }
+  }
+
+  private launchSelect(qptr: DevicePtr, qcode: number, plan: SelectPlan): void {
+    const s = this.arena.slices;
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
+    const c = this.layout.config;
+    const args = new LaunchArgs(SELECT_ARGS);
+    try {
+      args.setAll([
+        qptr, qcode, s.centroids.ptr, s.codes.ptr, s.seqState.ptr, s.candScore.ptr, s.candPos.ptr, s.candCount.ptr,
+        s.selectCounters.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'],
+        BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, H, Hkv, D, this.layout.numCentroids,
+        this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
+        fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
+      ]);
+      launch(this.selectKernel, { grid: [plan.numSlices, B * H, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
+    } finally {
+      args.dispose();
+    }
+  }
+
+  /** Zero the weights, empty the lists: the kernel's incremental update starts from here. */
+  private resetOutputs(dtype: FloatDType): void {
+    const s = this.arena.slices;
+    copies.fill32Async(s.weights, 0, s.weights.bytes / 4, this.stream);
+    copies.fill32Async(s.sparseLen, 0, s.sparseLen.bytes / 4, this.stream);
+    copies.fill32Async(s.sparseList, 0xffffffff, s.sparseList.bytes / 4, this.stream);
+    this.weightsDType = dtype;
+    // Captured graphs bake the weights dtype in: drop them.
+    for (const g of this.graphs.values()) g.dispose();
+    this.graphs.clear();
+  }
+
+  /** Copy the outputs to new host arrays and synchronize. */
+  private readOutputs(dtype: FloatDType): SelectResult<HostTensor> {
+    const { batch: B, heads: H } = this.layout.shape;
+    const rows = B * H;
+    const L = this.layout.listCapacity;
+    const sk = this.hostSeqLen;
+    const s = this.arena.slices;
+    const d = driver();
+    const sparseList = new Int32Array(rows * L);
+    const sparseLen = new Int32Array(rows);
+    const eb = BYTES_PER_ELEMENT[dtype];
+    const weights = dtype === 'f32' ? new Float32Array(rows * sk) : new Uint16Array(rows * sk);
+    check('cuMemcpyDtoHAsync_v2', d.cuMemcpyDtoHAsync_v2(sparseList, s.sparseList.ptr, sparseList.byteLength, this.stream.handle));
+    check('cuMemcpyDtoHAsync_v2', d.cuMemcpyDtoHAsync_v2(sparseLen, s.sparseLen.ptr, sparseLen.byteLength, this.stream.handle));
+    if (sk > 0) {
+      check(
+        'cuMemcpy2DAsync_v2',
+        d.cuMemcpy2DAsync_v2(
+          {
+            srcXInBytes: 0, srcY: 0, srcMemoryType: CU_MEMORYTYPE_DEVICE, srcHost: null, srcDevice: s.weights.ptr, srcArray: null,
+            srcPitch: this.capPad * eb, dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_HOST,
+            dstHost: koffi.address(weights) as bigint, dstDevice: 0n, dstArray: null, dstPitch: sk * eb, WidthInBytes: sk * eb, Height: rows,
+          },
+          this.stream.handle,
+        ),
+      );
+    }
+    this.synchronize();
+    return hostSelectResult(this.layout, sk, dtype, { sparseList, sparseLen, weights });
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    try {
+      this.stream.synchronize();
+    } finally {
+      for (const g of this.graphs.values()) g.dispose();
+      this.graphs.clear();
+      this.arena.dispose();
+      this.status.dispose();
+      this.stagingQuery.dispose();
+      this.stagingKey.dispose();
+      this.stagingConsumed.dispose();
+      if (this.ownsStream) this.stream.dispose();
+    }
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * Launch planning for the fused select kernel (kernels/select.cu): how many slices each query
+ * head's eligible span is cut into, and which template instance runs. Pure functions of the
+ * layout and sk, so they are testable without a GPU.
+ */
+import { ConfigError } from '../errors.js';
+import type { Layout } from './config.js';
+
+/** Threads per block and positions per thread per tile: must match kernels/select.cu. */
+export const SELECT_THREADS = 256;
+export const SELECT_TILE = SELECT_THREADS * 16;
+/** Slice lengths are multiples of this (≥ 16 / M, the positions of one 16-byte code chunk). */
+export const SLICE_ALIGN = 256;
+/** Largest supported D, M·C and K (kernel shared-memory arrays). */
+export const MAX_HEAD_DIM = 1024;
+export const MAX_LUT = 2048;
+export const MAX_HEAVY = 2048;
+
+/** Why the CUDA backend cannot run a layout (undefined when it can). */
+export function cudaLayoutProblem(layout: Layout): ConfigError | undefined {
+  const { pqGroupFactor: M, heavySize: K } = layout.config;
+  if (![1, 2, 4, 8].includes(M)) return new ConfigError('pqGroupFactor', '1, 2, 4 or 8 on the cuda backend', M);
+  if (layout.subDim % 4 !== 0) return new ConfigError('headDim / pqGroupFactor', 'a multiple of 4 on the cuda backend', layout.subDim);
+  if (layout.shape.headDim > MAX_HEAD_DIM) return new ConfigError('headDim', `at most ${MAX_HEAD_DIM} on the cuda backend`, layout.shape.headDim);
+  if (M * layout.numCentroids > MAX_LUT) return new ConfigError('pqGroupFactor · 2^pqBits', `at most ${MAX_LUT} on the cuda backend`, M * layout.numCentroids);
+  if (K > MAX_HEAVY) return new ConfigError('heavySize', `at most ${MAX_HEAVY} on the cuda backend`, K);
+  return undefined;
+}
+
+/** Candidates per thread (CE) of the kernel instance: K ≤ 256 → 1, K ≤ 2048 → 8. */
+export function selectKernelName(layout: Layout): string {
+  const ce = layout.config.heavySize <= SELECT_THREADS ? 1 : 8;
+  return `pq_select_m${layout.config.pqGroupFactor}_c${ce}`;
+}
+
+export interface SelectPlan {
+  readonly numSlices: number;
+  readonly sliceLen: number;
+  /** The plan is valid for every sk ≤ this (a multiple of SELECT_TILE). */
+  readonly maxSeqLen: number;
+}
+
+function roundUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+/** Positions of the eligible span (from its 16-byte-aligned start) at sequence length sk. */
+export function eligibleSpan(layout: Layout, seqLen: number): number {
+  const { initOffset: O, sinkSize: S, windowSize: W, pqGroupFactor: M } = layout.config;
+  const ppc = 16 / M;
+  const start = Math.floor(Math.max(O, S) / ppc) * ppc;
+  return Math.max(0, seqLen - W - start);
+}
+
+/**
+ * Slices per row so that about two blocks per SM run (two fit at 128 registers), each slice at
+ * least 1024 positions; valid for sk up to the next multiple of SELECT_TILE so growth by one
+ * position per step re-plans (and re-captures) only every 4096 steps.
+ */
+export function planSelect(layout: Layout, seqLen: number, multiprocessors: number, maxSlices: number, sliceLenOverride?: number): SelectPlan {
+  const maxSeqLen = roundUp(Math.max(seqLen, 1), SELECT_TILE);
+  const span = eligibleSpan(layout, maxSeqLen);
+  const rows = layout.shape.batch * layout.shape.heads;
+  const wanted = Math.max(1, Math.min(maxSlices, Math.ceil((2 * multiprocessors) / rows)));
+  let sliceLen = sliceLenOverride ?? Math.max(1024, roundUp(Math.ceil(span / wanted), SLICE_ALIGN));
+  sliceLen = roundUp(Math.max(sliceLen, SLICE_ALIGN), SLICE_ALIGN);
+  let numSlices = Math.max(1, Math.ceil(span / sliceLen));
+  if (numSlices > maxSlices) {
+    numSlices = maxSlices;
+    sliceLen = roundUp(Math.ceil(span / numSlices), SLICE_ALIGN);
+  }
+  return { numSlices, sliceLen, maxSeqLen };
+}
+
+/** Scratch capacity (slices per row) to allocate: enough for any plan up to `capacity`. */
+export function maxSlicesFor(layout: Layout, multiprocessors: number): number {
+  const rows = layout.shape.batch * layout.shape.heads;
+  return Math.max(1, Math.ceil((2 * multiprocessors) / rows)) + 1;
+}

@@ -1,0 +1,39 @@
+/**
+ * A typed view of device memory: dtype, shape, element strides and the device pointer.
+ * Views never own memory; the object that allocated it (a cache, an arena) frees it.
+ */
+import type { DevicePtr } from '../cuda/driver.js';
+import { BYTES_PER_ELEMENT, type DType } from './dtype.js';
+
+export interface DeviceTensor<D extends DType = DType> {
+  readonly device: 'cuda';
+  readonly dtype: D;
+  readonly shape: readonly number[];
+  /** Element strides per dimension (row-major contiguous unless a dimension is padded). */
+  readonly strides: readonly number[];
+  readonly ptr: DevicePtr;
+}
+
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const strides = new Array<number>(shape.length);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= shape[i];
+  }
+  return strides;
+}
+
+export function deviceTensor<D extends DType>(dtype: D, shape: readonly number[], ptr: DevicePtr, strides?: readonly number[]): DeviceTensor<D> {
+  return Object.freeze({
+    device: 'cuda' as const,
+    dtype,
+    shape: Object.freeze([...shape]),
+    strides: Object.freeze([...(strides ?? contiguousStrides(shape))]),
+    ptr,
+  });
+}
+
+export function elementBytes(t: { dtype: DType }): number {
+  return BYTES_PER_ELEMENT[t.dtype];
+}

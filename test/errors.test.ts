@@ -1,0 +1,99 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import test from 'node:test';
+import { check } from '../src/cuda/driver.js';
+import {
+  CapacityError, ConfigError, CudaError, CudaOutOfMemoryError, CudaUnavailableError, DTypeError, DisposedError,
+  FormatError, KernelsNotBuiltError, NonFiniteError, PQCacheError, ShapeError, StateError,
+} from '../src/errors.js';
+import { createPQCache } from '../src/pq/backend.js';
+import { CpuPQCache } from '../src/pq/cache.js';
+import { makeLayout } from '../src/pq/config.js';
+import { loadKernels } from '../src/pq/kernels.js';
+import { decodeIndex } from '../src/pq/persist.js';
+import { HostTensor } from '../src/tensor/host-tensor.js';
+
+const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 8 };
+const config = { pqGroupFactor: 2, pqBits: 2, heavySize: 2, sinkSize: 1, windowSize: 1, initOffset: 1, kmeansIters: 1 };
+function built(): CpuPQCache {
+  const c = new CpuPQCache({ shape, config, capacity: 20 });
+  c.build(new HostTensor('f32', [1, 1, 10, 8], new Float32Array(80).map((_, i) => (i % 7) - 3)));
+  return c;
+}
+const isA = (cls: new (...a: never[]) => Error, pattern: RegExp) => (e: unknown): boolean => e instanceof cls && e instanceof PQCacheError && pattern.test((e as Error).message);
+
+test('ShapeError names the argument, the expected and the actual shape', () => {
+  assert.throws(() => built().selectToHost(new HostTensor('f32', [1, 2, 1, 4])), isA(ShapeError, /^query: expected shape \[B=1, H=2, 1, D=8\], got \[1, 2, 1, 4\]$/));
+});
+
+test('DTypeError for an integer query', () => {
+  assert.throws(() => built().selectToHost(new HostTensor('i32', [1, 2, 1, 8])), isA(DTypeError, /^query: expected dtype f32 \| f16 \| bf16, got i32$/));
+});
+
+test('ConfigError for out-of-range and inconsistent config', () => {
+  assert.throws(() => makeLayout(shape, { pqBits: 9 }), isA(ConfigError, /^pqBits: expected an integer in \[1, 8\], got 9$/));
+  assert.throws(() => makeLayout({ ...shape, kvHeads: 3 }), isA(ConfigError, /kvHeads: expected a divisor of heads \(2\), got 3/));
+  assert.throws(() => makeLayout(shape, { pqGroupFactor: 3 }), isA(ConfigError, /pqGroupFactor: expected a divisor of headDim \(8\), got 3/));
+  assert.throws(() => makeLayout(shape, { metric: 'cosine' as never }), isA(ConfigError, /metric/));
+  assert.throws(() => new CpuPQCache({ shape, config, capacity: 0 }), isA(ConfigError, /capacity/));
+});
+
+test('NonFiniteError reports NaN/Inf in queries and keys with the index', () => {
+  const q = new Float32Array(16);
+  q[5] = Infinity;
+  assert.throws(() => built().selectToHost(new HostTensor('f32', [1, 2, 1, 8], q)), isA(NonFiniteError, /^query: expected finite values, got Infinity at flat index 5$/));
+  const k = new Float32Array(80);
+  k[17] = NaN;
+  assert.throws(() => new CpuPQCache({ shape, config, capacity: 20 }).build(new HostTensor('f32', [1, 1, 10, 8], k)), isA(NonFiniteError, /keys.*NaN at flat index 17/));
+});
+
+test('CapacityError when appends would exceed the reserved capacity', () => {
+  assert.throws(() => built().append(new HostTensor('f32', [1, 1, 11, 8])), isA(CapacityError, /^keys: expected at most 20 cached positions \(the capacity\), got 21$/));
+});
+
+test('StateError for select before build', () => {
+  assert.throws(() => new CpuPQCache({ shape, config, capacity: 20 }).selectToHost(new HostTensor('f32', [1, 2, 1, 8])), isA(StateError, /^select: expected an index built/));
+});
+
+test('DisposedError after dispose', () => {
+  const c = built();
+  c.dispose();
+  assert.throws(() => c.selectToHost(new HostTensor('f32', [1, 2, 1, 8])), isA(DisposedError, /CpuPQCache/));
+});
+
+test('FormatError for a file that is not an index', () => {
+  assert.throws(() => decodeIndex(new Uint8Array(16), undefined, 'x.safetensors'), isA(FormatError, /^x\.safetensors: /));
+});
+
+test('CudaError and CudaOutOfMemoryError name the driver call and the error', () => {
+  assert.doesNotThrow(() => check('cuNothing', 0));
+  assert.throws(() => check('cuMemAlloc_v2', 2, 1 << 30), (e: unknown) => e instanceof CudaOutOfMemoryError && e instanceof CudaError && /^cuMemAlloc_v2: expected CUDA_SUCCESS, got /.test((e as Error).message) && /1073741824 bytes/.test((e as Error).message));
+  assert.throws(() => check('cuLaunchKernel(k)', 1), (e: unknown) => e instanceof CudaError && !(e instanceof CudaOutOfMemoryError) && (e as CudaError).call === 'cuLaunchKernel(k)');
+});
+
+test('KernelsNotBuiltError when the kernel images are missing', () => {
+  const saved = process.env.PQCACHE_KERNELS_DIR;
+  process.env.PQCACHE_KERNELS_DIR = mkdtempSync(`${tmpdir()}/pqcache-empty-`);
+  try {
+    assert.throws(() => loadKernels('attention'), isA(KernelsNotBuiltError, /attention\.fatbin.*npm run build:kernels/));
+  } finally {
+    if (saved === undefined) delete process.env.PQCACHE_KERNELS_DIR;
+    else process.env.PQCACHE_KERNELS_DIR = saved;
+  }
+});
+
+test('CudaUnavailableError when cuda is asked for without a driver; auto falls back to the CPU and says so', { skip: process.env.PQCACHE_LIBCUDA === undefined && hasDriver() ? 'a driver is present' : false }, () => {
+  assert.throws(() => createPQCache({ backend: 'cuda', shape, config, capacity: 8 }), isA(CudaUnavailableError, /^cuda backend: expected an NVIDIA driver/));
+  const auto = createPQCache({ backend: 'auto', shape, config, capacity: 8 });
+  assert.equal(auto.backend, 'cpu');
+  assert.match(auto.backendReason, /CUDA unavailable/);
+});
+
+function hasDriver(): boolean {
+  try {
+    return createPQCache({ backend: 'auto', shape, config, capacity: 8 }).backend === 'cuda';
+  } catch {
+    return false;
+  }
+}

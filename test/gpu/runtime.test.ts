@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import test from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { CudaContext } from '../../src/cuda/context.js';
+import { GraphExec } from '../../src/cuda/graph.js';
+import { LaunchArgs, launch } from '../../src/cuda/launch.js';
+import { DeviceArena, DeviceBuffer, PinnedBuffer, allocationStats, copies } from '../../src/cuda/memory.js';
+import { Event, Stream } from '../../src/cuda/stream.js';
+import { CudaError, CudaOutOfMemoryError } from '../../src/errors.js';
+import { loadKernels } from '../../src/pq/kernels.js';
+import { gpuSkip } from './gpu.js';
+
+const skip = gpuSkip();
+const rand = (n: number, seed: number): Float32Array => new Float32Array(n).map((_, i) => Math.sin(seed + i * 1.618) * 1000);
+
+test('copies round-trip exactly: sync, device-to-device, pinned async, odd sizes', { skip }, () => {
+  CudaContext.primary();
+  const stream = new Stream();
+  for (const n of [1, 3, 1000, 262147]) {
+    const src = rand(n, n);
+    const a = new DeviceBuffer(n * 4);
+    const b = new DeviceBuffer(n * 4);
+    const pin = new PinnedBuffer(n * 4);
+    try {
+      copies.fromHost(a, src);
+      copies.deviceToDevice(b, a, n * 4);
+      const back = new Float32Array(n).fill(NaN);
+      copies.toHost(back, b);
+      assert.deepEqual(back, src);
+      new Float32Array(pin.arrayBuffer).fill(-1);
+      pin.copyFromDeviceAsync(b, n * 4, stream);
+      stream.synchronize();
+      assert.deepEqual(new Float32Array(pin.arrayBuffer, 0, n), src);
+      new Float32Array(pin.arrayBuffer).set(rand(n, 7));
+      pin.copyToDeviceAsync(a, n * 4, stream);
+      stream.synchronize();
+      copies.toHost(back, a);
+      assert.deepEqual(back, rand(n, 7));
+    } finally {
+      a.dispose();
+      b.dispose();
+      pin.dispose();
+    }
+  }
+  stream.dispose();
+});
+
+test('a vector kernel writes every element (output poisoned first); graph replay equals eager launches', { skip }, () => {
+  CudaContext.primary();
+  const add = loadKernels('runtime').kernel('pq_vector_add');
+  const stream = new Stream();
+  const n = 100003;
+  const arena = DeviceArena.allocate({ a: n * 4, b: n * 4, c: n * 4 });
+  const s = arena.slices;
+  const args = new LaunchArgs(['ptr', 'ptr', 'ptr', 'i32'] as const).setAll([s.a.ptr, s.b.ptr, s.c.ptr, n]);
+  const shape = { grid: [Math.ceil(n / 256), 1, 1] as const, block: [256, 1, 1] as const };
+  try {
+    const a = rand(n, 1);
+    const b = rand(n, 2);
+    copies.fromHost(s.a, a);
+    copies.fromHost(s.b, b);
+    copies.fill32Async(s.c, 0x7fc00001, n, stream); // NaN poison
+    launch(add, shape, args, stream);
+    stream.synchronize();
+    const c = new Float32Array(n);
+    copies.toHost(c, s.c);
+    for (let i = 0; i < n; i++) assert.equal(c[i], Math.fround(a[i] + b[i]), `element ${i}`);
+    const graph = GraphExec.capture(stream, () => launch(add, shape, args, stream));
+    copies.fill32Async(s.c, 0x7fc00001, n, stream);
+    graph.launch(stream);
+    graph.launch(stream);
+    stream.synchronize();
+    const g = new Float32Array(n);
+    copies.toHost(g, s.c);
+    assert.deepEqual(g, c);
+    graph.dispose();
+  } finally {
+    args.dispose();
+    arena.dispose();
+    stream.dispose();
+  }
+});
+
+test('event timing is positive and consistent with the host clock', { skip }, () => {
+  CudaContext.primary();
+  const fill = loadKernels('runtime').kernel('pq_fill_u32');
+  const stream = new Stream();
+  const bytes = 1 << 30;
+  const buf = new DeviceBuffer(bytes);
+  const args = new LaunchArgs(['ptr', 'u32', 'u64'] as const).setAll([buf.ptr, 1, BigInt(bytes / 4)]);
+  const e0 = new Event();
+  const e1 = new Event();
+  try {
+    launch(fill, { grid: [1024, 1, 1], block: [256, 1, 1] }, args, stream);
+    stream.synchronize();
+    const t0 = performance.now();
+    e0.record(stream);
+    for (let i = 0; i < 20; i++) launch(fill, { grid: [1024, 1, 1], block: [256, 1, 1] }, args, stream);
+    e1.record(stream);
+    e1.synchronize();
+    const host = performance.now() - t0;
+    const gpu = e1.elapsedSince(e0);
+    assert.ok(gpu > 0, `gpu ${gpu} ms`);
+    assert.ok(gpu <= host * 1.05 + 0.05 && gpu >= host * 0.5, `gpu ${gpu} ms vs host ${host} ms`);
+  } finally {
+    e0.dispose();
+    e1.dispose();
+    args.dispose();
+    buf.dispose();
+    stream.dispose();
+  }
+});
+
+test('an invalid launch configuration raises CudaError naming cuLaunchKernel and the error', { skip }, () => {
+  CudaContext.primary();
+  const empty = loadKernels('runtime').kernel('pq_empty');
+  const stream = new Stream();
+  const args = new LaunchArgs([] as const);
+  try {
+    assert.throws(() => launch(empty, { grid: [1, 1, 1], block: [4096, 1, 1] }, args, stream), (e: unknown) => e instanceof CudaError && /^cuLaunchKernel\(pq_empty\): expected CUDA_SUCCESS, got CUDA_ERROR_INVALID_VALUE/.test((e as Error).message));
+    launch(empty, { grid: [1, 1, 1], block: [32, 1, 1] }, args, stream); // the context is still usable
+    stream.synchronize();
+  } finally {
+    args.dispose();
+    stream.dispose();
+  }
+});
+
+test('an allocation larger than the device raises CudaOutOfMemoryError and leaks nothing', { skip }, () => {
+  const ctx = CudaContext.primary();
+  const before = ctx.memInfo().free;
+  const stats = allocationStats();
+  assert.throws(() => new DeviceBuffer(ctx.device.totalMemoryBytes * 2), (e: unknown) => e instanceof CudaOutOfMemoryError && /cuMemAlloc_v2: expected CUDA_SUCCESS, got CUDA_ERROR_OUT_OF_MEMORY/.test((e as Error).message));
+  assert.deepEqual(allocationStats(), stats);
+  assert.equal(ctx.memInfo().free, before);
+});
+
+test('a kernel fault surfaces as a CudaError at the next sync (child process)', { skip }, () => {
+  const script = fileURLToPath(new URL('./trap-child.js', import.meta.url));
+  const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 60000 });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /CudaError cuStreamSynchronize: expected CUDA_SUCCESS, got CUDA_ERROR_/);
+});

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { CudaContext } from '../../src/cuda/context.js';
+import { DeviceArena, allocationStats, copies } from '../../src/cuda/memory.js';
+import { DeviceInputError } from '../../src/errors.js';
+import { checkSelect } from '../../src/pq/brute-force.js';
+import { CpuPQCache } from '../../src/pq/cache.js';
+import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
+import { CudaPQCache } from '../../src/pq/cuda-cache.js';
+import { type PQIndexState, codeOffset, emptyIndexState } from '../../src/pq/index-state.js';
+import { CUDA_LIMITS, makeCase, runCase } from '../../src/pq/verify.js';
+import { deviceTensor } from '../../src/tensor/device-tensor.js';
+import { HostTensor } from '../../src/tensor/host-tensor.js';
+import { gpuSkip } from './gpu.js';
+
+const skip = gpuSkip();
+
+function cudaFromState(state: PQIndexState): CudaPQCache {
+  const c = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity });
+  c.uploadState(state);
+  return c;
+}
+
+test('cuda select and append agree with the oracle on random configs (integer: bit-exact; real: near-ties only)', { skip }, () => {
+  const n = Number(process.env.PQCACHE_GPU_CASES ?? 120);
+  const failures: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = runCase(makeCase(i, 4242, CUDA_LIMITS), cudaFromState);
+    if (r.errors.length > 0) failures.push(`${r.description}\n  ${r.errors.slice(0, 3).join('\n  ')}`);
+  }
+  assert.deepEqual(failures, []);
+});
+
+/** Integer-valued index for multi-step tests: exact scores, so CPU and GPU must agree exactly. */
+function integerState(seqLen: number, capacity: number, config: object, shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 }): PQIndexState {
+  const layout = makeLayout(shape, { kmeansIters: 0, ...config });
+  const st = emptyIndexState(layout, capacity);
+  let r = 12345;
+  const rnd = (lo: number, hi: number): number => {
+    r = (Math.imul(r, 1103515245) + 12345) >>> 0;
+    return lo + ((r >>> 8) % (hi - lo + 1));
+  };
+  for (let i = 0; i < st.centroids.length; i++) st.centroids[i] = rnd(-6, 6);
+  const M = layout.config.pqGroupFactor;
+  for (let bh = 0; bh < shape.batch * shape.kvHeads; bh++) {
+    for (let p = layout.config.initOffset; p < seqLen; p++) {
+      for (let m = 0; m < M; m++) st.codes[codeOffset(layout, capacity, 0, bh, p) + m] = rnd(0, layout.numCentroids - 1);
+    }
+  }
+  st.seqLen = seqLen;
+  return st;
+}
+
+test('incremental weights stay exact over many steps, across the full-attention threshold and a re-plan', { skip }, () => {
+  const config = { sinkSize: 4, windowSize: 8, heavySize: 16, pqGroupFactor: 2, pqBits: 4, initOffset: 6 };
+  const thr = fullAttentionThreshold(makeLayout({ batch: 1, heads: 1, kvHeads: 1, headDim: 64 }, config).config, 16);
+  const start = thr - 5;
+  const steps = 4200; // crosses sk = 4096: the plan (and graph) changes
+  const st = integerState(start, start + steps + 1, config);
+  const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+  const gpu = cudaFromState(st);
+  try {
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
+    let r = 99;
+    const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+    for (let s = 0; s < steps; s++) {
+      const q = HostTensor.fromNumbers(s % 3 === 2 ? 'bf16' : 'f32', [B, H, 1, D], Array.from({ length: B * H * D }, rnd));
+      const k = HostTensor.fromNumbers('f32', [B, Hkv, 1, D], Array.from({ length: B * Hkv * D }, rnd));
+      const check = s < 40 || s % 97 === 0 || s > steps - 5;
+      if (!check) {
+        cpu.append(k);
+        gpu.step(q, k);
+        continue;
+      }
+      const want = cpu.stepToHost(q, k);
+      const got = gpu.stepToHost(q, k);
+      assert.deepEqual(got.sparseLen.data, want.sparseLen.data, `step ${s} sparseLen`);
+      assert.deepEqual(got.sparseList.data, want.sparseList.data, `step ${s} sparseList`);
+      assert.deepEqual(got.weights.data, want.weights.data, `step ${s} weights (${q.dtype})`);
+    }
+    gpu.synchronize();
+    assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes);
+  } finally {
+    gpu.dispose();
+  }
+});
+
+test('device-tensor inputs give the same result as host inputs; non-finite device queries are reported', { skip }, () => {
+  const st = integerState(3000, 3100, { sinkSize: 16, windowSize: 16, heavySize: 64, pqGroupFactor: 4, pqBits: 6, initOffset: 16 });
+  const gpu = cudaFromState(st);
+  const { batch: B, heads: H, headDim: D } = st.layout.shape;
+  const arena = DeviceArena.allocate({ q: B * H * D * 4 });
+  try {
+    const qv = new Float32Array(B * H * D).map((_, i) => ((i * 7) % 13) - 6);
+    const host = gpu.selectToHost(new HostTensor('f32', [B, H, 1, D], qv));
+    copies.fromHost(arena.slices.q, qv);
+    const out = gpu.select(deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr));
+    gpu.synchronize();
+    const list = new Int32Array(host.sparseList.size);
+    copies.toHost(list, { ptr: out.sparseList.ptr, bytes: list.byteLength });
+    assert.deepEqual(list, host.sparseList.data);
+    qv[5] = NaN;
+    copies.fromHost(arena.slices.q, qv);
+    gpu.select(deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr));
+    assert.throws(() => gpu.synchronize(), (e: unknown) => e instanceof DeviceInputError && /query: expected finite values/.test((e as Error).message));
+    qv[5] = 1;
+    const again = gpu.selectToHost(new HostTensor('f32', [B, H, 1, D], qv)); // still usable
+    assert.equal(again.sparseLen.size, B * H);
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
+});
+
+test('creating and disposing caches leaks no device memory', { skip }, () => {
+  const ctx = CudaContext.primary();
+  const stats = allocationStats();
+  const free = ctx.memInfo().free;
+  for (let i = 0; i < 5; i++) {
+    const st = integerState(2000, 2100, { sinkSize: 8, windowSize: 8, heavySize: 32, pqGroupFactor: 2, pqBits: 5, initOffset: 8 });
+    const gpu = cudaFromState(st);
+    gpu.selectToHost(new HostTensor('f32', [2, 4, 1, 64], new Float32Array(512).fill(1)));
+    gpu.dispose();
+  }
+  assert.deepEqual(allocationStats(), stats);
+  assert.equal(ctx.memInfo().free, free);
+});
+
+test('large K (> 256, the CE = 8 kernel) and long contexts agree with the brute force', { skip }, () => {
+  for (const [K, sk, M] of [[2048, 70000, 2], [700, 20000, 8], [256, 140000, 1]] as const) {
+    const st = integerState(sk, sk + 2, { sinkSize: 64, windowSize: 64, heavySize: K, pqGroupFactor: M, pqBits: 8, initOffset: 64 }, { batch: 1, heads: 2, kvHeads: 1, headDim: 64 });
+    const gpu = cudaFromState(st);
+    try {
+      const q = new Float32Array(2 * 64).map((_, i) => ((i * 5) % 11) - 5);
+      const got = gpu.selectToHost(new HostTensor('f32', [1, 2, 1, 64], q));
+      const errors = checkSelect(st, q, { sparseList: got.sparseList.data as Int32Array, sparseLen: got.sparseLen.data as Int32Array, weights: got.weights.data as Float32Array, weightsDType: 'f32' }, 'exact');
+      assert.deepEqual(errors, [], `K=${K} sk=${sk} M=${M}`);
+    } finally {
+      gpu.dispose();
+    }
+  }
+});

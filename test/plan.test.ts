@@ -1,0 +1,33 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import fc from 'fast-check';
+import { makeLayout } from '../src/pq/config.js';
+import { SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, planSelect, selectKernelName } from '../src/pq/cuda-plan.js';
+
+test('select plan: slices cover the eligible span for every sk up to the plan limit, aligned', () => {
+  fc.assert(
+    fc.property(
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32, 64), sk: fc.integer({ min: 1, max: 600000 }), M: fc.constantFrom(1, 2, 4, 8), K: fc.integer({ min: 1, max: 2048 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), sms: fc.constantFrom(108, 132), override: fc.option(fc.integer({ min: 256, max: 70000 })) }),
+      (c) => {
+        const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, heavySize: c.K, initOffset: c.O, sinkSize: c.S, windowSize: c.W });
+        const maxSlices = maxSlicesFor(layout, c.sms);
+        const plan = planSelect(layout, c.sk, c.sms, maxSlices, c.override ?? undefined);
+        assert.ok(plan.maxSeqLen >= c.sk && plan.maxSeqLen % SELECT_TILE === 0);
+        assert.ok(plan.numSlices >= 1 && plan.numSlices <= maxSlices);
+        assert.equal(plan.sliceLen % 256, 0);
+        assert.ok(plan.numSlices * plan.sliceLen >= eligibleSpan(layout, plan.maxSeqLen));
+      },
+    ),
+    { numRuns: 500, seed: 3 },
+  );
+});
+
+test('cuda layout limits and kernel names', () => {
+  const l = (c: object, D = 128) => makeLayout({ batch: 1, heads: 1, kvHeads: 1, headDim: D }, c);
+  assert.equal(cudaLayoutProblem(l({ pqGroupFactor: 2 })), undefined);
+  assert.match(String(cudaLayoutProblem(l({ pqGroupFactor: 16 }))), /pqGroupFactor/);
+  assert.match(String(cudaLayoutProblem(l({ pqGroupFactor: 8 }, 40))), /multiple of 4/);
+  assert.match(String(cudaLayoutProblem(l({ heavySize: 4096 }))), /heavySize/);
+  assert.equal(selectKernelName(l({ pqGroupFactor: 4, heavySize: 256 })), 'pq_select_m4_c1');
+  assert.equal(selectKernelName(l({ pqGroupFactor: 1, heavySize: 257 })), 'pq_select_m1_c8');
+});
