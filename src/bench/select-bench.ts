@@ -8,6 +8,8 @@
  * that a real decode step would miss.
  */
 import { randomFillSync } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
 import { Event } from '../cuda/stream.js';
@@ -18,6 +20,7 @@ import { appendCodesCpu } from '../pq/cpu-build.js';
 import { CudaPQCache } from '../pq/cuda-cache.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
+import { encodeSafetensors } from '../pq/safetensors.js';
 import { deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import type { RecordRow } from './record.js';
@@ -79,6 +82,33 @@ export interface BenchOptions {
   readonly warmup: number;
   readonly seed: number;
   readonly sliceLen?: number;
+  /** Write this config's inputs here (safetensors) for baselines measured on the same data. */
+  readonly dumpDir?: string;
+}
+
+/** Inputs of one bench config as safetensors: the index, the rotating query/key sets, the config. */
+function dumpInputs(dir: string, c: SelectBenchConfig, state: PQIndexState, queries: Float32Array[], keys: Float32Array[]): void {
+  const { layout } = state;
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
+  const M = layout.config.pqGroupFactor;
+  const cat = (xs: Float32Array[]): Float32Array => {
+    const out = new Float32Array(xs.reduce((n, x) => n + x.length, 0));
+    xs.reduce((at, x) => (out.set(x, at), at + x.length), 0);
+    return out;
+  };
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(
+    join(dir, `select-B${c.B}-sk${c.sk}.safetensors`),
+    encodeSafetensors(
+      [
+        ['centroids', new HostTensor('f32', [B, Hkv, M, layout.numCentroids, layout.centroidDim], state.centroids)],
+        ['codes', new HostTensor('u8', [B, Hkv, state.capacity, M], state.codes)],
+        ['queries', new HostTensor('f32', [queries.length, B, H, D], cat(queries))],
+        ['keys', new HostTensor('f32', [keys.length, B, Hkv, D], cat(keys))],
+      ],
+      { config: JSON.stringify(c), seqLen: String(state.seqLen) },
+    ),
+  );
 }
 
 export function configRecord(c: SelectBenchConfig): Record<string, number | string> {
@@ -151,6 +181,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen });
   const inputs = randomInputs(layout, sets, o.seed + 1);
+  if (o.dumpDir) dumpInputs(o.dumpDir, c, state, inputs.queries, inputs.keys);
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
   const qBytes = B * H * D * 4;
   const kBytes = B * Hkv * D * 4;

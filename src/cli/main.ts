@@ -58,9 +58,10 @@ program
   .option('--iters <n>', 'timed calls per row', int('iters', 1), 300)
   .option('--warmup <n>', 'untimed calls first', int('warmup', 0), 50)
   .option('--slice-len <n>', 'select plan slice length (tuning)', int('slice-len', 256))
+  .option('--dump-dir <dir>', 'write each config\'s inputs as safetensors (for bench/torch_select_baseline.py)')
   .action((o) => {
     process.exitCode = runBench({
-      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen,
+      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, dumpDir: o.dumpDir,
       command: `pqcache ${process.argv.slice(2).join(' ')}`,
     });
   });

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The full GPU battery, run on the device machine through device-run.sh:
+#   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
+# Steps (default all): info tests verify sanitize runtime select torch. Logs and records go to
+# $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
+set -uo pipefail
+OUT="${OUT:-/tmp/pqcache-out}"
+mkdir -p "$OUT" bench/results
+steps="${*:-info tests verify sanitize runtime select torch}"
+summary=()
+run() { # name limit cmd…
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-10s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E 'passed|# (pass|fail)|ERROR SUMMARY|wrote|merged' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-150)")")
+  tail -25 "$OUT/$name.log"
+}
+for s in $steps; do
+  case $s in
+    info) run info 60 pqcache info; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv ;;
+    tests) run tests 300 env PQCACHE_REQUIRE_GPU=1 PQCACHE_GPU_CASES=60 node scripts/run-tests.mjs .device/app/dist/test/gpu ;;
+    verify) run verify 240 pqcache verify --backend cuda --cases 500 --seed 11 ;;
+    sanitize)
+      run memcheck 200 compute-sanitizer --tool memcheck --target-processes all pqcache verify --backend cuda --cases 12 --seed 3
+      run racecheck 200 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 4 --seed 4 ;;
+    runtime) run runtime 120 pqcache bench --backend cuda --kind runtime --iters 3000 ;;
+    select) run select 300 pqcache bench --backend cuda --config matrix --dump-dir /tmp/pqdump ;;
+    seedtune) for sl in 1024 2048 4096 8192; do run "tune$sl" 60 pqcache bench --backend cuda --config seed --slice-len "$sl" --json "/tmp/tune$sl.json"; done ;;
+    torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
+  esac
+done
+cp bench/results/*.json "$OUT/" 2>/dev/null
+echo; echo "== summary"; printf '%s\n' "${summary[@]}"
