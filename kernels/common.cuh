@@ -40,21 +40,48 @@ __device__ __forceinline__ uint32_t pq_draw(uint32_t seed, uint32_t stream, uint
   return pq_mix32(pq_mix32(pq_mix32(seed) ^ stream) ^ counter);
 }
 
-// Squared L2 distance in the canonical order of src/pq/kmeans.ts (no FMA contraction):
-// d = sum_j (x_j - c_j)^2 accumulated j = 0 .. dim-1, each op rounded to fp32.
-__device__ __forceinline__ float pq_distance_canonical(const float* x, const float* c, int dim) {
-  float d = 0.0f;
-  for (int j = 0; j < dim; ++j) {
+// Squared L2 distance in the canonical order of src/pq/kmeans.ts: 8 interleaved partial sums
+// P_r = sum over j = r, r+8, ... of (x_j - c_j)^2 (each op rounded to fp32, no FMA contraction),
+// combined as ((P0 + P1) + (P2 + P3)) + ((P4 + P5) + (P6 + P7)).
+//
+// Lane form: the 8 lanes of an aligned group of 8 (lane8 = lane & 7) each compute one partial;
+// pq_tree8 combines them with xor shuffles (fp32 addition is commutative, so every lane ends
+// with the canonical value). All 32 lanes of the warp must call pq_tree8.
+__device__ __forceinline__ float pq_partial_distance(const float* x, const float* c, int dim, int lane8) {
+  float p = 0.0f;
+  for (int j = lane8; j < dim; j += 8) {
     const float t = __fsub_rn(x[j], c[j]);
-    d = __fadd_rn(d, __fmul_rn(t, t));
+    p = __fadd_rn(p, __fmul_rn(t, t));
   }
-  return d;
+  return p;
 }
 
-__device__ __forceinline__ float pq_squared_norm_canonical(const float* x, int dim) {
-  float s = 0.0f;
-  for (int j = 0; j < dim; ++j) s = __fadd_rn(s, __fmul_rn(x[j], x[j]));
-  return s;
+__device__ __forceinline__ float pq_partial_squared_norm(const float* x, int dim, int lane8) {
+  float p = 0.0f;
+  for (int j = lane8; j < dim; j += 8) p = __fadd_rn(p, __fmul_rn(x[j], x[j]));
+  return p;
+}
+
+__device__ __forceinline__ float pq_tree8(float p) {
+  p = __fadd_rn(p, __shfl_xor_sync(0xffffffffu, p, 1));
+  p = __fadd_rn(p, __shfl_xor_sync(0xffffffffu, p, 2));
+  p = __fadd_rn(p, __shfl_xor_sync(0xffffffffu, p, 4));
+  return p;
+}
+
+// The same value computed by one thread (for kernels that give a point to each thread).
+__device__ __forceinline__ float pq_distance_canonical(const float* x, const float* c, int dim) {
+  float p[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  for (int j0 = 0; j0 < dim; j0 += 8) {
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (j0 + r < dim) {
+        const float t = __fsub_rn(x[j0 + r], c[j0 + r]);
+        p[r] = __fadd_rn(p[r], __fmul_rn(t, t));
+      }
+    }
+  }
+  return __fadd_rn(__fadd_rn(__fadd_rn(p[0], p[1]), __fadd_rn(p[2], p[3])), __fadd_rn(__fadd_rn(p[4], p[5]), __fadd_rn(p[6], p[7])));
 }
 
 // sqrt(max(phi - |x|^2, 0)) in fp32, as ipAugment() on the CPU.

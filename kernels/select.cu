@@ -1,5 +1,8 @@
 // Decode-step selection for sq = 1 (SPEC §2 select) and the key append that precedes it.
 //
+// The general select, for any M (1, 2, 4, 8) and C: select_pairs.cu is the faster path for
+// M <= 2 (src/pq/cuda-plan.ts picks). The key append runs before it (append.cu).
+//
 // pq_select_m{M}_c{CE}: one fused kernel, score -> exact top-K -> sparse list -> weights.
 //   Launch: grid (num_slices, B*H), block NT = 256 threads (<= 128 registers: 2 blocks per SM),
 //   static shared memory (< 48 KB).
@@ -12,13 +15,14 @@
 //   block) merges them with the same select and writes sparseList, sparseLen and the weights.
 //   Weights are updated incrementally: the previous list's entries are cleared, the new set.
 // Invariants the host guarantees (src/pq/cuda-select.ts):
-//   - seq_state[0] = sk (device-side, written by pq_append); sk <= capacity;
+//   - seq_state[0] = sk (device-side, written by pq_append in append.cu); sk <= capacity;
 //   - codes of (b, kvh) start 16-byte aligned (capacity*M % 16 == 0), centroid rows have a
 //     stride cstride % 4 == 0 floats, dsub % 4 == 0, D <= MAX_D, M*C <= MAX_LUT, K <= CE*NT;
 //   - slice_len % TILE_ALIGN == 0 and num_slices * slice_len covers the eligible span;
 //   - counters[row] == 0 before a launch; sparse_len/sparse_list/weights hold the previous
 //     step's consistent output (or zeros / -1 after the host's reset).
 #include "common.cuh"
+#include "select_common.cuh"
 
 namespace {
 
@@ -256,58 +260,6 @@ __device__ __forceinline__ void load_candidates(const SelectShared& sm, int cand
   }
 }
 
-__device__ __forceinline__ void store_weight(void* weights, int wdtype, int64_t i, bool one) {
-  if (wdtype == PQ_F32) {
-    static_cast<uint32_t*>(weights)[i] = one ? 0x3f800000u : 0u;
-  } else {
-    static_cast<uint16_t*>(weights)[i] = one ? (wdtype == PQ_F16 ? 0x3c00u : 0x3f80u) : 0u;
-  }
-}
-
-struct OutputArgs {
-  int* sparse_list;
-  int* sparse_len;
-  void* weights;
-  int wdtype;
-  int64_t wstride;
-  int L;
-};
-
-// Write one row's list (sink, heavy from sm.cand_pos[0 .. n_heavy), window), its length and the
-// weights, clearing the previous list's weights first. `full`: the list is 0 .. sk-1.
-__device__ void write_row(const SelectShared& sm, const OutputArgs& o, int row, int sk, int S, int W, int n_heavy, bool full) {
-  const int tid = threadIdx.x;
-  int* list = o.sparse_list + static_cast<int64_t>(row) * o.L;
-  const int64_t wrow = static_cast<int64_t>(row) * o.wstride;
-  const int old_len = o.sparse_len[row];
-  for (int i = tid; i < old_len && i < o.L; i += NT) {
-    const int p = list[i];
-    if (p >= 0) store_weight(o.weights, o.wdtype, wrow + p, false);
-  }
-  __syncthreads();
-  int sink_end = 0, win_start = 0, len = sk;
-  if (!full) {
-    sink_end = min(S, sk);
-    win_start = max(sk - min(W, sk), sink_end);
-    len = sink_end + n_heavy + (sk - win_start);
-  }
-  for (int i = tid; i < o.L; i += NT) {
-    int p = -1;
-    if (full) {
-      p = i < sk ? i : -1;
-    } else if (i < sink_end) {
-      p = i;
-    } else if (i < sink_end + n_heavy) {
-      p = sm.cand_pos[i - sink_end];
-    } else if (i < len) {
-      p = win_start + (i - sink_end - n_heavy);
-    }
-    list[i] = p;
-    if (p >= 0) store_weight(o.weights, o.wdtype, wrow + p, true);
-  }
-  if (tid == 0) o.sparse_len[row] = len;
-}
-
 template <int M, int CE>
 __device__ void select_impl(const void* __restrict__ query, int qdtype, const float* __restrict__ centroids,
                             const uint8_t* __restrict__ codes, const int* __restrict__ seq_state, float* cand_score_g,
@@ -326,7 +278,7 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
   const int sk = seq_state[0];
 
   if (sk <= full_threshold) {
-    if (slice == 0) write_row(sm, out, row, sk, S, W, 0, true);
+    if (slice == 0) write_row<NT>(sm.cand_pos, out, row, sk, S, W, 0, true);
     return;
   }
   const int lo = max(O, S);
@@ -414,7 +366,7 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
   }
 
   if (num_slices == 1) {
-    write_row(sm, out, row, sk, S, W, cand_count, false);
+    write_row<NT>(sm.cand_pos, out, row, sk, S, W, cand_count, false);
     return;
   }
 
@@ -459,7 +411,7 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
     cand_count = select_top_k<CE, EM>(
         sm, K, cand_count, cs, cp, ts, tvalid, [&](int i) { return i * NT + tid; }, [&](int i) { return tp[i]; });
   }
-  write_row(sm, out, row, sk, S, W, cand_count, false);
+  write_row<NT>(sm.cand_pos, out, row, sk, S, W, cand_count, false);
 }
 
 }  // namespace
@@ -484,70 +436,3 @@ PQ_SELECT_KERNELS_FOR_M(1)
 PQ_SELECT_KERNELS_FOR_M(2)
 PQ_SELECT_KERNELS_FOR_M(4)
 PQ_SELECT_KERNELS_FOR_M(8)
-
-// pq_append: codes of n new keys at positions sk .. sk+n-1, then sk += n.
-//   Launch: grid B*Hkv*n blocks (block x = (b*Hkv + kvh)*n + i), block 256 threads.
-//   Each block computes the canonical-order L2 distance (common.cuh, bit-identical to the CPU
-//   oracle) of its key's M sub-vectors to all C centroids (ip: augmented with the stored phi),
-//   takes the nearest (ties -> lower index) and writes the code when the position is >= O.
-//   The last block to finish (atomic counter, reset by it) commits seq_state[0] = sk + n, so
-//   every block reads the old sk.
-extern "C" __global__ void __launch_bounds__(256) pq_append(
-    const void* keys, int kdtype, int n, const float* centroids, int cstride, const float* phi, uint8_t* codes,
-    int* seq_state, unsigned* append_counter, int* status, int D, int M, int C, int capacity, int O, int ip) {
-  __shared__ float x[MAX_D];
-  __shared__ float aug[8];
-  __shared__ float dist[MAX_LUT];
-  const int tid = threadIdx.x;
-  const int bkv = blockIdx.x / n;
-  const int i = blockIdx.x - bkv * n;
-  const int sk = seq_state[0];
-  const int p = sk + i;
-  const int dsub = D / M;
-  for (int d = tid; d < D; d += 256) {
-    const float v = pq_load_float(keys, kdtype, static_cast<int64_t>(blockIdx.x) * D + d);
-    if (!isfinite(v)) atomicOr(status, PQ_STATUS_KEY_NONFINITE);
-    x[d] = v;
-  }
-  __syncthreads();
-  if (ip && tid < M) aug[tid] = pq_ip_augment(phi[bkv * M + tid], pq_squared_norm_canonical(x + tid * dsub, dsub));
-  __syncthreads();
-  for (int e = tid; e < M * C; e += 256) {
-    const int m = e / C;
-    const float* crow = centroids + (static_cast<int64_t>(bkv) * M * C + e) * cstride;
-    float d = pq_distance_canonical(x + m * dsub, crow, dsub);
-    if (ip) {
-      const float t = __fsub_rn(aug[m], crow[dsub]);
-      d = __fadd_rn(d, __fmul_rn(t, t));
-    }
-    dist[e] = d;
-  }
-  __syncthreads();
-  const int warp = tid >> 5;
-  const int lane = tid & 31;
-  for (int m = warp; m < M; m += 8) {
-    float best = INFINITY;
-    int best_c = 0x7fffffff;
-    for (int c = lane; c < C; c += 32) {
-      const float d = dist[m * C + c];
-      if (d < best) { best = d; best_c = c; }  // c ascends per lane: keeps the lower index on ties
-    }
-    if (best_c == 0x7fffffff) best_c = 0;  // every distance non-finite: the CPU oracle also keeps 0
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oc = __shfl_xor_sync(0xffffffffu, best_c, o);
-      if (ob < best || (ob == best && oc < best_c)) { best = ob; best_c = oc; }
-    }
-    if (lane == 0 && p >= O) codes[(static_cast<int64_t>(bkv) * capacity + p) * M + m] = static_cast<uint8_t>(best_c);
-  }
-  __syncthreads();
-  if (tid == 0) {
-    __threadfence();
-    if (atomicAdd(append_counter, 1u) == gridDim.x - 1) {
-      seq_state[0] = sk + n;
-      *append_counter = 0u;
-      __threadfence();
-    }
-  }
-}

@@ -34,7 +34,7 @@ for dep in koffi @koromix/koffi-linux-x64 commander cli-progress string-width st
     cp -r "node_modules/$dep" ".device/app/node_modules/$dep"
   fi
 done
-rm -rf .device/app/node_modules/koffi/src .device/app/node_modules/koffi/vendor .device/app/node_modules/koffi/doc
+rm -rf .device/app/node_modules/koffi/vendor .device/app/node_modules/koffi/doc
 git rev-parse HEAD > .device/COMMIT 2>/dev/null || echo unknown > .device/COMMIT
 git status --porcelain | grep -q . && echo "$(cat .device/COMMIT)+dirty" > .device/COMMIT || true
 size=$(du -sm .device | cut -f1)

@@ -29,5 +29,7 @@ test('cuda layout limits and kernel names', () => {
   assert.match(String(cudaLayoutProblem(l({ pqGroupFactor: 8 }, 40))), /multiple of 4/);
   assert.match(String(cudaLayoutProblem(l({ heavySize: 4096 }))), /heavySize/);
   assert.equal(selectKernelName(l({ pqGroupFactor: 4, heavySize: 256 })), 'pq_select_m4_c1');
-  assert.equal(selectKernelName(l({ pqGroupFactor: 1, heavySize: 257 })), 'pq_select_m1_c8');
+  assert.equal(selectKernelName(l({ pqGroupFactor: 2, pqBits: 8, heavySize: 257 })), 'pq_select_m2_c8'); // C² = 65536: general path
+  assert.equal(selectKernelName(l({ pqGroupFactor: 2, pqBits: 6 })), 'pq_select_pairs_m2');
+  assert.equal(selectKernelName(l({ pqGroupFactor: 1, pqBits: 8, heavySize: 2000 })), 'pq_select_pairs_m1');
 });

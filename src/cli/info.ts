@@ -18,7 +18,7 @@ export function runInfo(version: string): void {
       `${(d.totalMemoryBytes / 2 ** 30).toFixed(1)} GiB, L2 ${(d.l2CacheBytes / 2 ** 20).toFixed(0)} MiB`);
     console.log(`driver:   ${d.driverVersion} (CUDA ${d.cudaDriverVersion})`);
   }
-  const families = ['select', 'runtime'] as const;
+  const families = ['append', 'select', 'select_pairs', 'runtime'] as const;
   const present = families.filter((f) => existsSync(kernelImagePath(f)));
   console.log(`kernels:  ${kernelsDir()} (${present.length > 0 ? present.map((f) => `${f}.fatbin`).join(', ') : 'not built: npm run build:kernels'})`);
 }

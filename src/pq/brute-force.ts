@@ -91,7 +91,7 @@ export interface CandidateSelect {
 export type CheckMode = 'exact' | 'tolerant';
 
 /** Compare a backend's select output with the brute force. Returns human-readable mismatches (empty = agree). */
-export function checkSelect(state: PQIndexState, query: Float32Array, got: CandidateSelect, mode: CheckMode, maxReports = 10): string[] {
+export function checkSelect(state: PQIndexState, query: Float32Array, got: CandidateSelect, mode: CheckMode, maxReports = 10, maxRows = Infinity): string[] {
   const layout = state.layout;
   const { batch: B, heads: H } = layout.shape;
   const L = layout.listCapacity;
@@ -104,6 +104,7 @@ export function checkSelect(state: PQIndexState, query: Float32Array, got: Candi
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const row = b * H + h;
+      if (row >= maxRows) return errors;
       const exp = bruteForceRow(state, query, b, h);
       const len = got.sparseLen[row];
       const list = Array.from(got.sparseList.subarray(row * L, row * L + Math.max(0, Math.min(len, L))));

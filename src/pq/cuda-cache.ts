@@ -27,7 +27,7 @@ import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { type SelectPlan, SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, planSelect, selectKernelName } from './cuda-plan.js';
+import { type SelectPlan, SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planSelect, selectKernelName } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { loadKernels } from './kernels.js';
 import { encodeIndex } from './persist.js';
@@ -48,15 +48,21 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
 
 type Query = HostTensor | DeviceTensor;
 
+// Argument lists of the kernels (kernels/*.cu signatures, in order).
 const SELECT_ARGS = [
   'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
   'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
 ] as const;
-const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const SELECT_PAIRS_ARGS = [
+  'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
+  'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+] as const;
+const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
-  | 'candCount' | 'sparseList' | 'sparseLen' | 'weights' | 'queryIn' | 'keyIn';
+  | 'candCount' | 'pairCount' | 'sparseList' | 'sparseLen' | 'weights' | 'queryIn' | 'keyIn';
 
 function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -82,6 +88,9 @@ export class CudaPQCache implements PQCache {
   private stagingPending = false;
   private readonly selectKernel: Kernel;
   private readonly appendKernel: Kernel;
+  /** C^M when the pair-table fast path runs (M ≤ 2), else 0. */
+  private readonly pairs: number;
+  private readonly pairsCountKernel: Kernel | undefined;
   private readonly sliceLenOverride: number | undefined;
   private readonly graphs = new Map<string, GraphExec>();
   private graphPlan: SelectPlan | undefined;
@@ -97,9 +106,11 @@ export class CudaPQCache implements PQCache {
     this.capacity = checkCapacityOption(options.capacity);
     this.context = CudaContext.primary(options.device ?? 0);
     this.sliceLenOverride = options.sliceLen;
-    const mod = loadKernels('select');
-    this.selectKernel = mod.kernel(selectKernelName(this.layout));
-    this.appendKernel = mod.kernel('pq_append');
+    this.pairs = pairTableSize(this.layout);
+    const selectFamily = loadKernels(this.pairs > 0 ? 'select_pairs' : 'select');
+    this.selectKernel = selectFamily.kernel(selectKernelName(this.layout));
+    this.pairsCountKernel = this.pairs > 0 ? selectFamily.kernel('pq_pairs_count') : undefined;
+    this.appendKernel = loadKernels('append').kernel('pq_append');
 
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const M = this.layout.config.pqGroupFactor;
@@ -118,9 +129,11 @@ export class CudaPQCache implements PQCache {
         seqState: 16,
         appendCounter: 4,
         selectCounters: rows * 4,
-        candScore: rows * this.maxSlices * K * 4,
-        candPos: rows * this.maxSlices * K * 4,
-        candCount: rows * this.maxSlices * 4,
+        // Per-slice candidates: general path K (score, position) pairs; pair path 2K (position, tag).
+        candScore: rows * this.maxSlices * K * 4 * (this.pairs > 0 ? 2 : 1),
+        candPos: rows * this.maxSlices * K * 4 * (this.pairs > 0 ? 2 : 1),
+        candCount: rows * this.maxSlices * 4 * 2,
+        pairCount: B * Hkv * Math.max(this.pairs, 1) * 4,
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,
@@ -200,6 +213,11 @@ export class CudaPQCache implements PQCache {
     copies.fromHost(s.codes, codes);
     copies.fromHost(s.phi, state.phi);
     copies.fromHost(s.seqState, new Int32Array([state.seqLen, 0, 0, 0]));
+    if (this.pairs > 0) {
+      copies.fill32Async(s.pairCount, 0, s.pairCount.bytes / 4, this.stream);
+      this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), state.seqLen - this.layout.config.windowSize);
+      this.stream.synchronize();
+    }
     this.hostSeqLen = state.seqLen;
     this.isBuilt = true;
     this.weightsDType = undefined; // forces a full output reset before the next select
@@ -243,13 +261,10 @@ export class CudaPQCache implements PQCache {
     const tmp = DeviceArena.allocate({ keys: data.byteLength });
     try {
       copies.fromHost(tmp.slices.keys, data);
-      const args = new LaunchArgs(APPEND_ARGS);
-      try {
-        this.setAppendArgs(args, tmp.slices.keys.ptr, 'f32', n);
-        launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.stream);
-      } finally {
-        args.dispose();
-      }
+      this.launchAppend(tmp.slices.keys.ptr, 'f32', n);
+      const { initOffset: O, sinkSize: S, windowSize: W } = this.layout.config;
+      // The kernel updates the pair table for one key only; count the newly eligible range here.
+      if (n > 1) this.countPairs(Math.max(O, S, this.hostSeqLen - W), this.hostSeqLen + n - W);
       this.hostSeqLen += n;
       this.synchronize();
     } finally {
@@ -402,20 +417,30 @@ export class CudaPQCache implements PQCache {
     return planSelect(this.layout, seqLen, this.context.device.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
   }
 
-  private setAppendArgs(args: LaunchArgs<typeof APPEND_ARGS>, keys: DevicePtr, kdtype: FloatDType, n: number): void {
-    const s = this.arena.slices;
-    const { headDim: D } = this.layout.shape;
-    const { pqGroupFactor: M, initOffset: O, metric } = this.layout.config;
-    args.setAll([
-      keys, DTYPE_CODE[kdtype], n, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, s.seqState.ptr,
-      s.appendCounter.ptr, this.status.ptr, D, M, this.layout.numCentroids, this.capPad, O, metric === 'ip' ? 1 : 0,
-    ]);
+  /** pair_count += 1 for the codes of positions [from, to) (pair path only). */
+  private countPairs(from: number, to: number): void {
+    if (this.pairsCountKernel === undefined || to <= from) return;
+    const { batch: B, kvHeads: Hkv } = this.layout.shape;
+    const args = new LaunchArgs(PAIRS_COUNT_ARGS);
+    try {
+      args.setAll([this.arena.slices.codes.ptr, this.arena.slices.pairCount.ptr, from, to, this.capPad, this.layout.config.pqGroupFactor, this.layout.numCentroids]);
+      launch(this.pairsCountKernel, { grid: [Math.ceil((to - from) / 256), B * Hkv, 1], block: [256, 1, 1] }, args, this.stream);
+    } finally {
+      args.dispose();
+    }
   }
 
   private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number): void {
+    const s = this.arena.slices;
+    const { headDim: D } = this.layout.shape;
+    const { pqGroupFactor: M, initOffset: O, sinkSize: S, windowSize: W, metric } = this.layout.config;
     const args = new LaunchArgs(APPEND_ARGS);
     try {
-      this.setAppendArgs(args, keys, kdtype, n);
+      args.setAll([
+        keys, DTYPE_CODE[kdtype], n, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, s.seqState.ptr,
+        s.appendCounter.ptr, this.status.ptr, this.pairs > 0 && n === 1 ? s.pairCount.ptr : 0n, D, M, this.layout.numCentroids,
+        this.capPad, O, metric === 'ip' ? 1 : 0, Math.max(O, S), W,
+      ]);
       launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.stream);
     } finally {
       args.dispose(); // the captured node keeps its own copy of the arguments
@@ -426,16 +451,27 @@ export class CudaPQCache implements PQCache {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
+    const outputs = [s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr] as const;
+    const shape = [
+      H, Hkv, D, this.layout.numCentroids, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize,
+      c.initOffset, fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
+    ] as const;
+    const grid = { grid: [plan.numSlices, B * H, 1] as const, block: [SELECT_THREADS, 1, 1] as const };
+    if (this.pairs > 0) {
+      const args = new LaunchArgs(SELECT_PAIRS_ARGS);
+      try {
+        // slice positions / tags / meta reuse the candidate scratch (candPos, candScore, candCount).
+        args.setAll([qptr, qcode, s.centroids.ptr, s.codes.ptr, s.seqState.ptr, s.pairCount.ptr, s.candPos.ptr, s.candScore.ptr, s.candCount.ptr, s.selectCounters.ptr, ...outputs, ...shape]);
+        launch(this.selectKernel, grid, args, this.stream);
+      } finally {
+        args.dispose();
+      }
+      return;
+    }
     const args = new LaunchArgs(SELECT_ARGS);
     try {
-      args.setAll([
-        qptr, qcode, s.centroids.ptr, s.codes.ptr, s.seqState.ptr, s.candScore.ptr, s.candPos.ptr, s.candCount.ptr,
-        s.selectCounters.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'],
-        BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, H, Hkv, D, this.layout.numCentroids,
-        this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
-        fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
-      ]);
-      launch(this.selectKernel, { grid: [plan.numSlices, B * H, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
+      args.setAll([qptr, qcode, s.centroids.ptr, s.codes.ptr, s.seqState.ptr, s.candScore.ptr, s.candPos.ptr, s.candCount.ptr, s.selectCounters.ptr, ...outputs, ...shape]);
+      launch(this.selectKernel, grid, args, this.stream);
     } finally {
       args.dispose();
     }

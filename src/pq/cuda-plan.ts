@@ -27,8 +27,21 @@ export function cudaLayoutProblem(layout: Layout): ConfigError | undefined {
   return undefined;
 }
 
+/** Largest C^M of the pair-table fast path (kernels/select_pairs.cu). */
+export const MAX_PAIRS = 16384;
+/** Most slices per row the pair path assembles (kernels/select_pairs.cu MAX_SLICES). */
+export const MAX_PAIR_SLICES = 64;
+
+/** Code combinations per kv-head when the pair-table fast path applies (M ≤ 2, C^M ≤ 16384), else 0. */
+export function pairTableSize(layout: Layout): number {
+  const M = layout.config.pqGroupFactor;
+  const pairs = M === 1 ? layout.numCentroids : M === 2 ? layout.numCentroids ** 2 : Infinity;
+  return pairs <= MAX_PAIRS ? pairs : 0;
+}
+
 /** Candidates per thread (CE) of the kernel instance: K ≤ 256 → 1, K ≤ 2048 → 8. */
 export function selectKernelName(layout: Layout): string {
+  if (pairTableSize(layout) > 0) return `pq_select_pairs_m${layout.config.pqGroupFactor}`;
   const ce = layout.config.heavySize <= SELECT_THREADS ? 1 : 8;
   return `pq_select_m${layout.config.pqGroupFactor}_c${ce}`;
 }
@@ -44,11 +57,11 @@ function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
-/** Positions of the eligible span (from its 16-byte-aligned start) at sequence length sk. */
+/** Positions of the eligible span (from its 16-aligned start) at sequence length sk. */
 export function eligibleSpan(layout: Layout, seqLen: number): number {
-  const { initOffset: O, sinkSize: S, windowSize: W, pqGroupFactor: M } = layout.config;
-  const ppc = 16 / M;
-  const start = Math.floor(Math.max(O, S) / ppc) * ppc;
+  const { initOffset: O, sinkSize: S, windowSize: W } = layout.config;
+  // Kernels start their first slice at max(O, S) rounded down to 16 (or to 16 / M ≥ that).
+  const start = Math.floor(Math.max(O, S) / 16) * 16;
   return Math.max(0, seqLen - W - start);
 }
 
@@ -75,5 +88,5 @@ export function planSelect(layout: Layout, seqLen: number, multiprocessors: numb
 /** Scratch capacity (slices per row) to allocate: enough for any plan up to `capacity`. */
 export function maxSlicesFor(layout: Layout, multiprocessors: number): number {
   const rows = layout.shape.batch * layout.shape.heads;
-  return Math.max(1, Math.ceil((2 * multiprocessors) / rows)) + 1;
+  return Math.min(MAX_PAIR_SLICES, Math.max(1, Math.ceil((2 * multiprocessors) / rows)) + 1);
 }

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Module } from '../cuda/module.js';
 import { KernelsNotBuiltError } from '../errors.js';
 
-export type KernelFamily = 'select' | 'runtime' | 'build' | 'attention';
+export type KernelFamily = 'append' | 'select' | 'select_pairs' | 'runtime' | 'build' | 'attention';
 
 /** kernels/dist of this package (dist/src/pq/kernels.js → ../../../kernels/dist), or $PQCACHE_KERNELS_DIR. */
 export function kernelsDir(): string {

@@ -1,8 +1,9 @@
 /**
  * The k-means of one (b, kv-head, sub-space) group, in the exact fp32 operation order that the
- * CUDA build kernels use, so that on integer-valued data both produce identical codes and
- * centroids:
- *   distance(x, c) = Σ_j (x_j − c_j)², accumulated j = 0 … d−1, every op rounded to fp32;
+ * CUDA kernels use (kernels/common.cuh), so that both produce identical codes and centroids:
+ *   distance(x, c) = Σ_j (x_j − c_j)² as 8 interleaved partial sums P_r = Σ_{j ≡ r (mod 8)}
+ *                    (ascending j, every op rounded to fp32), combined as
+ *                    ((P0 + P1) + (P2 + P3)) + ((P4 + P5) + (P6 + P7)) — 8 lanes on the GPU;
  *   nearest = lowest index among the minimal distances;
  *   mean    = fp32(sum / count), sums accumulated exactly (float64) then rounded once.
  * Math.fround of a float64 op on fp32 inputs equals the fp32 op (+ − × ÷ √: 53 ≥ 2·24 + 2).
@@ -11,14 +12,21 @@ import { drawIndex, initialSampleIndices, reseedCounter, reseedStream } from './
 
 const fr = Math.fround;
 
-/** Squared L2 distance in the canonical fp32 order. */
+/** Combine 8 partial sums in the canonical tree order. */
+function tree8(p: Float64Array): number {
+  return fr(fr(fr(p[0] + p[1]) + fr(p[2] + p[3])) + fr(fr(p[4] + p[5]) + fr(p[6] + p[7])));
+}
+
+const partials = new Float64Array(8);
+
+/** Squared L2 distance in the canonical fp32 order (8 interleaved partial sums, fixed tree). */
 export function distanceF32(x: Float32Array, xOff: number, c: Float32Array, cOff: number, dim: number): number {
-  let d = 0;
+  partials.fill(0);
   for (let j = 0; j < dim; j++) {
     const t = fr(x[xOff + j] - c[cOff + j]);
-    d = fr(d + fr(t * t));
+    partials[j & 7] = fr(partials[j & 7] + fr(t * t));
   }
-  return d;
+  return tree8(partials);
 }
 
 /** Index of the nearest centroid (ties → lower index). */
@@ -42,11 +50,11 @@ export function nearestCentroid(
   return best;
 }
 
-/** |x|² in fp32 order. */
+/** |x|² in the canonical order (the distance to the origin). */
 export function squaredNormF32(x: Float32Array, off: number, dim: number): number {
-  let s = 0;
-  for (let j = 0; j < dim; j++) s = fr(s + fr(x[off + j] * x[off + j]));
-  return s;
+  partials.fill(0);
+  for (let j = 0; j < dim; j++) partials[j & 7] = fr(partials[j & 7] + fr(x[off + j] * x[off + j]));
+  return tree8(partials);
 }
 
 /** The ip augmentation coordinate sqrt(max(φ − |x|², 0)) in fp32. */

@@ -129,11 +129,13 @@ test('an invalid launch configuration raises CudaError naming cuLaunchKernel and
 
 test('an allocation larger than the device raises CudaOutOfMemoryError and leaks nothing', { skip }, () => {
   const ctx = CudaContext.primary();
+  ctx.synchronize();
   const before = ctx.memInfo().free;
   const stats = allocationStats();
   assert.throws(() => new DeviceBuffer(ctx.device.totalMemoryBytes * 2), (e: unknown) => e instanceof CudaOutOfMemoryError && /cuMemAlloc_v2: expected CUDA_SUCCESS, got CUDA_ERROR_OUT_OF_MEMORY/.test((e as Error).message));
   assert.deepEqual(allocationStats(), stats);
-  assert.equal(ctx.memInfo().free, before);
+  // The driver may release earlier frees meanwhile, so free memory can only grow.
+  assert.ok(ctx.memInfo().free >= before, `free ${ctx.memInfo().free} < ${before}`);
 });
 
 test('a kernel fault surfaces as a CudaError at the next sync (child process)', { skip }, () => {

@@ -114,6 +114,7 @@ test('device-tensor inputs give the same result as host inputs; non-finite devic
 
 test('creating and disposing caches leaks no device memory', { skip }, () => {
   const ctx = CudaContext.primary();
+  ctx.synchronize();
   const stats = allocationStats();
   const free = ctx.memInfo().free;
   for (let i = 0; i < 5; i++) {
@@ -123,7 +124,7 @@ test('creating and disposing caches leaks no device memory', { skip }, () => {
     gpu.dispose();
   }
   assert.deepEqual(allocationStats(), stats);
-  assert.equal(ctx.memInfo().free, free);
+  assert.ok(ctx.memInfo().free >= free, `free ${ctx.memInfo().free} < ${free}`);
 });
 
 test('large K (> 256, the CE = 8 kernel) and long contexts agree with the brute force', { skip }, () => {
