@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
-import { assignAll, distanceF32, kmeansGroup, nearestCentroid } from '../src/pq/kmeans.js';
+import { assignAll, distanceF32, kmeansGroup, nearestCentroid, squaredNormF32 } from '../src/pq/kmeans.js';
 import { initialSampleIndices } from '../src/pq/rng.js';
 import { makeLayout } from '../src/pq/config.js';
 import { buildIndexCpu } from '../src/pq/cpu-build.js';
@@ -71,11 +71,7 @@ test('build: ip augments with φ = max |x|² and codes every position from O', (
   for (let b = 0; b < 2; b++) {
     for (let m = 0; m < 2; m++) {
       let phi = 0;
-      for (let p = 5; p < sk; p++) {
-        let s = 0;
-        for (let j = 0; j < 4; j++) s = Math.fround(s + Math.fround(keys[(b * sk + p) * 8 + m * 4 + j] ** 2));
-        phi = Math.max(phi, s);
-      }
+      for (let p = 5; p < sk; p++) phi = Math.max(phi, squaredNormF32(keys, (b * sk + p) * 8 + m * 4, 4));
       assert.equal(st.phi[b * 2 + m], phi);
       // The augmented coordinate of every centroid is non-negative (means of sqrt(...) ≥ 0).
       for (let c = 0; c < 8; c++) assert.ok(st.centroids[centroidOffset(layout, b, 0, m, c) + 4] >= 0);
