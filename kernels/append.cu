@@ -40,6 +40,18 @@ extern "C" __global__ void __launch_bounds__(NT) pq_append(
     if (!isfinite(v)) atomicOr(status, PQ_STATUS_KEY_NONFINITE);
     x[(d / dsub) * cdim + d % dsub] = v;
   }
+  // The position entering the eligible range, q = sk - W, already has its code when W > 0: count
+  // it now (a fire-and-forget atomic) instead of on the block's serial tail.
+  const int q = sk - W;
+  auto count_pair = [&](auto code_of) {
+    int idx = 0;
+    for (int m = M - 1; m >= 0; --m) idx = idx * C + code_of(m);
+    atomicAdd(&pair_count[static_cast<int64_t>(bkv) * (M == 1 ? C : C * C) + idx], 1u);
+  };
+  const bool counts_q = pair_count != nullptr && q >= lo_eligible && q >= 0;
+  if (counts_q && q != p && tid == NT - 1) {
+    count_pair([&](int m) { return static_cast<int>(codes[(static_cast<int64_t>(bkv) * capacity + q) * M + m]); });
+  }
   __syncthreads();
   if (ip) {
     // |x_m|^2 by the 8 lanes of group m (canonical order), then the augmented coordinate.
@@ -52,6 +64,7 @@ extern "C" __global__ void __launch_bounds__(NT) pq_append(
     __syncthreads();
   }
   const int entries = M * C;
+#pragma unroll 2
   for (int e0 = 0; e0 < entries; e0 += NT / 8) {
     const int e = e0 + tid / 8;
     float part = 0.0f;
@@ -84,17 +97,7 @@ extern "C" __global__ void __launch_bounds__(NT) pq_append(
   }
   __syncthreads();
   if (tid == 0) {
-    if (pair_count != nullptr) {
-      const int q = sk - W;  // enters the eligible range [lo, sk + 1 - W) with this append
-      if (q >= lo_eligible && q >= 0) {
-        int idx = 0;
-        for (int m = M - 1; m >= 0; --m) {
-          const int code = q == p ? best_code[m] : codes[(static_cast<int64_t>(bkv) * capacity + q) * M + m];
-          idx = idx * C + code;
-        }
-        atomicAdd(&pair_count[static_cast<int64_t>(bkv) * (M == 1 ? C : C * C) + idx], 1u);
-      }
-    }
+    if (counts_q && q == p) count_pair([&](int m) { return best_code[m]; });  // W == 0: the new key itself
     __threadfence();
     if (atomicAdd(append_counter, 1u) == gridDim.x - 1) {
       seq_state[0] = sk + n;

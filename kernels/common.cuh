@@ -49,6 +49,7 @@ __device__ __forceinline__ uint32_t pq_draw(uint32_t seed, uint32_t stream, uint
 // with the canonical value). All 32 lanes of the warp must call pq_tree8.
 __device__ __forceinline__ float pq_partial_distance(const float* x, const float* c, int dim, int lane8) {
   float p = 0.0f;
+#pragma unroll 8
   for (int j = lane8; j < dim; j += 8) {
     const float t = __fsub_rn(x[j], c[j]);
     p = __fadd_rn(p, __fmul_rn(t, t));

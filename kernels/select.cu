@@ -306,6 +306,7 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
   const int dsub = D / M;
   const int entries = M * C;
   const float* head_centroids = centroids + static_cast<int64_t>(b * Hkv + kvh) * M * C * cstride;
+#pragma unroll 2
   for (int e0 = 0; e0 < entries; e0 += NT / 4) {
     const int e = e0 + (tid >> 2);
     const int lane4 = tid & 3;
@@ -314,6 +315,7 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
       const int m = e / C;
       const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
       const float4* qv = reinterpret_cast<const float4*>(sm.q + m * dsub);
+#pragma unroll 4
       for (int j4 = lane4; j4 < dsub / 4; j4 += 4) {
         const float4 cv = __ldg(crow + j4);
         const float4 x = qv[j4];

@@ -117,6 +117,7 @@ __device__ int classify_pairs(PairShared& sm, const unsigned* __restrict__ table
   const bool linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
   auto bin_of = [&](float s) -> int { return linear ? min(255, max(0, __float2int_rz((s - lo_b) * scale))) : 0; };
 
+#pragma unroll 16
   for (int i = tid; i < pairs; i += NT) {
     const unsigned w = __ldg(table + i);
     if (w != 0u) atomicAdd(&sm.hist[bin_of(pair_score(sm.lut, M, C, i))], static_cast<int>(w));
@@ -132,6 +133,7 @@ __device__ int classify_pairs(PairShared& sm, const unsigned* __restrict__ table
   uint32_t prefix = 0u;
   bool partial = false;
   if (!whole_bin) {
+#pragma unroll 16
     for (int i = tid; i < pairs; i += NT) {
       const unsigned w = __ldg(table + i);
       if (w == 0u) continue;
@@ -229,26 +231,28 @@ __device__ void select_pairs_impl(const void* __restrict__ query, int qdtype, co
   const int h = row - b * H;
   const int kvh = h / (H / Hkv);
   const int bkv = b * Hkv + kvh;
+  const int lo = max(O, S);
+  const int s0 = (lo & ~15) + slice * slice_len;
+  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
+  constexpr int CHUNKS = M;  // 16 positions x M bytes = M uint4 per thread
+  uint4 raw[CHUNKS];
+  // Loads bounded by `limit`; the first tile is prefetched against the capacity, before sk arrives
+  // (codes past sk are stale or zero and get masked by the position check).
+  auto load_tile = [&](int t0, int limit) {
+    const int p0 = t0 + tid * E;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+      raw[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
+  };
+  load_tile(s0, min(s0 + slice_len, capacity));
   const int sk = seq_state[0];
   if (sk <= full_threshold) {
     if (slice == 0) write_row<NT>(sm.heavy, out, row, sk, S, W, 0, true);
     return;
   }
-  const int lo = max(O, S);
   const int hi = sk - W;
   const int total = max(0, hi - lo);
-  const int s0 = (lo & ~15) + slice * slice_len;
   const int s1 = min(s0 + slice_len, hi);
-  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
-  constexpr int CHUNKS = M;  // 16 positions x M bytes = M uint4 per thread
-  uint4 raw[CHUNKS];
-  auto load_tile = [&](int t0) {
-    const int p0 = t0 + tid * E;
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c)
-      raw[c] = p0 < s1 ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
-  };
-  load_tile(s0);
 
   // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry).
   for (int d = tid; d < D; d += NT) {
@@ -259,12 +263,14 @@ __device__ void select_pairs_impl(const void* __restrict__ query, int qdtype, co
   __syncthreads();
   const int dsub = D / M;
   const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
+#pragma unroll 2
   for (int e0 = 0; e0 < M * C; e0 += NT / 4) {
     const int e = e0 + (tid >> 2);
     float acc = 0.0f;
     if (e < M * C) {
       const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
       const float4* qv = reinterpret_cast<const float4*>(sm.q + (e / C) * dsub);
+#pragma unroll 4
       for (int j4 = tid & 3; j4 < dsub / 4; j4 += 4) {
         const float4 cv = __ldg(crow + j4);
         const float4 x = qv[j4];
@@ -286,7 +292,7 @@ __device__ void select_pairs_impl(const void* __restrict__ query, int qdtype, co
   int* my_tag = slice_tag + (static_cast<int64_t>(row) * num_slices + slice) * cap;
   int take_base = 0, tie_base = 0;
   for (int t0 = s0; t0 < s1; t0 += TILE) {
-    if (t0 != s0) load_tile(t0);
+    if (t0 != s0) load_tile(t0, s1);
     const int p0 = t0 + tid * E;
     uint32_t take_bits = 0u, tie_bits = 0u;
 #pragma unroll
@@ -344,14 +350,19 @@ __device__ void select_pairs_impl(const void* __restrict__ query, int qdtype, co
   } else {
     __syncthreads();
   }
-  if (tid == 0) {
+  // One lane per slice loads its counts; a warp scan gives the ties of earlier slices.
+  if (tid < 32) {
     int ties_before = 0;
-    for (int s = 0; s < num_slices; ++s) {
-      const int st = __ldcg(slice_meta + (row * num_slices + s) * 2);
-      const int ti = __ldcg(slice_meta + (row * num_slices + s) * 2 + 1);
-      sm.slice_stored[s] = st;
-      sm.slice_quota[s] = max(0, min(ti, quota - ties_before));
-      ties_before += ti;
+    for (int s0w = 0; s0w < num_slices; s0w += 32) {
+      const int s = s0w + tid;
+      const int st = s < num_slices ? __ldcg(slice_meta + (row * num_slices + s) * 2) : 0;
+      const int ti = s < num_slices ? __ldcg(slice_meta + (row * num_slices + s) * 2 + 1) : 0;
+      const int inc = pq_warp_inclusive_scan(ti);
+      if (s < num_slices) {
+        sm.slice_stored[s] = st;
+        sm.slice_quota[s] = max(0, min(ti, quota - (ties_before + inc - ti)));
+      }
+      ties_before += __shfl_sync(0xffffffffu, inc, 31);
     }
   }
   __syncthreads();
