@@ -1,73 +1,95 @@
-// Decode-step select for M <= 2 through a pair-count table (the fast path; select.cu is general).
+// Decode step for M <= 2 through a pair-count table (the fast path; select.cu is the general path).
 //
 // With M <= 2 a score takes one of at most P = C^M values: s(c0, c1) = LUT[0][c0] + LUT[1][c1].
-// pair_count[b, kvh, c0 + C*c1] counts the eligible positions (max(O, S) <= p < sk - W) carrying
-// that code combination; append.cu keeps it exact at every step. The K-th largest score is then a
-// weighted select over P pair scores, independent of sk, and the pass over the positions only
-// classifies each one by a table lookup (take / tie / skip) and compacts in position order.
+// pair_count[b, kvh, c0 + C*c1] counts the positions of the eligible range [lo, sk - W)
+// (lo = max(O, S)) that carry the code pair. The K-th largest score is then a weighted select over
+// the pair scores, independent of sk, and the pass over the positions only classifies each one by
+// a table lookup (take / tie / skip) and compacts in position order.
 //
-// pq_select_pairs_m{M}: launch grid (num_slices, B*H), block NT = 256, static shared memory.
-//   Every block of a row computes the row's LUT and threshold (the same, deterministically), then
-//   scans its slice: thread t owns 16 consecutive positions of each 4096-position tile. It writes
-//   its take positions and its first `need` tie positions, in order, to its slice list; the last
-//   block of the row (atomic counter, reset by it) keeps every take and the ties of lowest position
-//   (tie rank below need minus the ties of earlier slices), and writes the list and the weights.
-// Invariants (src/pq/cuda-cache.ts): seq_state[0] = sk; pair_count exact for sk; C^M <= MAX_PAIRS;
-//   K <= MAX_K; slice_len % 256 == 0; num_slices * slice_len covers [lo & ~15, sk - W);
-//   slice_pos/slice_tag hold 2K entries per (row, slice); counters[row] == 0 before a launch.
+// pq_step_pairs_m{M}_p{CL}: one launch per decode step.
+//   Grid (CL, rows + append_rows), block NT = 256, thread-block clusters of CL blocks along x
+//   (CL = 1 on GPUs before sm_90). Cluster y < rows selects for query head `row = y`; its block of
+//   rank r owns slice r of the positions and 1/CL of the pairs. The blocks exchange partial weight
+//   histograms, boundary-bin members and pair classes through distributed shared memory, so every
+//   block derives the same threshold; each block then writes its heavy hitters straight into the
+//   row of sparseList at the offset given by the cluster prefix of (take, tie) counts.
+//   Rows y >= rows are append blocks (only when `appended`): block a = (y - rows)*CL + x codes the
+//   new key of kv-head a at position sk_old (append_block.cuh); block 0 writes *seq_write.
+// Step semantics: sk_old = *seq_read; sk = sk_old + appended. With appended, W >= 1 (the host
+//   uses pq_append + appended = 0 when W == 0), so the new key lies in the window: no select block
+//   reads its code. The position q = sk_old - W enters the eligible range: its pair is counted
+//   virtually by this step's readers, and added to pair_count by the last of the G query heads of
+//   its kv-head to finish reading the table (readers[b, kvh] counter, reset by that head).
+// Invariants (src/pq/cuda-cache.ts): pair_count exact for [lo, sk_old - W); C^M <= MAX_PAIRS and C a
+//   power of two; K <= 2048; slice_len % 256 == 0; CL * slice_len covers [lo & ~15, sk - W);
+//   readers[] == 0 before a launch; sparse_len/sparse_list/weights hold the previous output.
 //
 // pq_pairs_count: pair_count[b, kvh, pair(p)] += 1 for p in [from, to). Launch: grid
-//   (ceil((to - from) / 256), B*Hkv), block 256. Used after an upload (from a zeroed table) and after
+//   (ceil((to - from) / 256), B*Hkv), block 256. After an upload (on a zeroed table) and after
 //   multi-key appends.
-#include "common.cuh"
+#include <cooperative_groups.h>
+
+#include "append_block.cuh"
 #include "select_common.cuh"
+
+namespace cg = cooperative_groups;
 
 namespace {
 
 constexpr int NT = 256;
-constexpr int E = 16;             // consecutive positions per thread per tile
+constexpr int E = 16;  // consecutive positions per thread per tile
 constexpr int TILE = NT * E;
-constexpr int MAX_D = 1024;
+constexpr int MAX_D = PQ_APPEND_MAX_D;
 constexpr int MAX_PAIRS = 16384;
-constexpr int MAX_K = 2048;
-constexpr int MAX_MEMBERS = 1024;
-constexpr int MAX_SLICES = 64;
+constexpr int LOCAL_MEMBERS = 256;    // boundary-bin members one block may list
+constexpr int GATHERED_MEMBERS = 1024;
 constexpr int NW = NT / 32;
 
 enum : uint8_t { CLS_SKIP = 0, CLS_TIE = 1, CLS_TAKE = 2 };
 
-struct PairShared {
-  float q[MAX_D];
+struct StepShared {
+  float x[MAX_D + PQ_APPEND_MAX_M];  // query (select blocks) or key (append blocks)
   float lut[512];
-  uint8_t cls[MAX_PAIRS];
-  uint32_t member_key[MAX_MEMBERS];
-  uint32_t member_w[MAX_MEMBERS];
-  int heavy[MAX_K];
-  int hist[256];
+  union {
+    uint8_t cls[MAX_PAIRS];
+    float dist[PQ_APPEND_MAX_ENTRIES];  // append blocks
+  };
+  int hist[256];        // this block's partial histogram (read by the cluster)
+  int hist_total[256];  // the cluster's histogram
+  uint32_t member_key[LOCAL_MEMBERS];  // this block's boundary-bin members (read by the cluster)
+  uint32_t member_w[LOCAL_MEMBERS];
+  uint32_t all_key[GATHERED_MEMBERS];
+  uint32_t all_w[GATHERED_MEMBERS];
   uint32_t reduce[4 * NW];
   int scan[NW];
   float bounds[4];
-  int slice_ties[MAX_SLICES];
-  int slice_quota[MAX_SLICES];
-  int slice_stored[MAX_SLICES];
-  int n_members;
-  int found_bin;
-  int found_need;
-  int found_count;
-  int is_last;
+  int n_members;   // this block's member count (read by the cluster)
+  int counts[2];   // this block's (take, tie) positions (read by the cluster)
+  int best_code[PQ_APPEND_MAX_M];
+  int found_bin, found_need, found_count;
 };
 
-__device__ __forceinline__ int pair_index(int M, int C, uint32_t c0, uint32_t c1) {
-  return M == 1 ? static_cast<int>(c0) : static_cast<int>(c0 + C * c1);
+// ---- cluster helpers (a cluster of one block before sm_90) ----
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+  cg::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
 }
 
-__device__ __forceinline__ float pair_score(const float* lut, int M, int C, int i) {
-  return M == 1 ? lut[i] : lut[i % C] + lut[C + i / C];
+template <typename T>
+__device__ __forceinline__ T* peer(T* local, int rank) {
+#if __CUDA_ARCH__ >= 900
+  return cg::this_cluster().map_shared_rank(local, rank);
+#else
+  return local;
+#endif
 }
 
-// bin d* of 256 (weighted) bins holding the need-th largest: above < need <= above + hist[d*].
-__device__ __forceinline__ void find_bin(PairShared& sm, int need) {
-  const int v = sm.hist[255 - threadIdx.x];
+// bin d* of the 256 weighted bins in `hist` holding the need-th largest.
+__device__ __forceinline__ void find_bin(StepShared& sm, const int* hist, int need) {
+  const int v = hist[255 - threadIdx.x];
   int total;
   const int excl = pq_block_exclusive_scan<NT>(v, sm.scan, &total);
   if (excl < need && excl + v >= need) {
@@ -78,18 +100,32 @@ __device__ __forceinline__ void find_bin(PairShared& sm, int need) {
   __syncthreads();
 }
 
-// The row's classification of the P pair scores into sm.cls; returns the tie quota (positions
-// with a tie-class score to take, lowest first), 0 when there are no ties to break.
-template <int M>
-__device__ int classify_pairs(PairShared& sm, const unsigned* __restrict__ table, int C, int K, int total) {
+struct Threshold {
+  int bstar;        // linear bin of the K-th largest
+  bool whole_bin;   // every position of bin d* is taken
+  int shift;        // else: keys with (key >> shift) > prefix are taken, == prefix tie or taken
+  uint32_t prefix;
+  bool partial;     // == prefix: ties, of which `quota` (lowest positions) are taken
+  int quota;
+};
+
+template <int M, int CL>
+__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, int virtual_pair, int C, int log2c, int K,
+                           int total, int rank, Threshold& th, bool take_all) {
   const int tid = threadIdx.x;
-  const int pairs = M == 1 ? C : C * C;
-  if (total <= K) {
-    for (int i = tid; i < pairs; i += NT) sm.cls[i] = CLS_TAKE;
-    __syncthreads();
-    return 0;
+  const int pairs = M == 1 ? C : C << log2c;
+  const int share = pairs / CL;
+  const int first = rank * share;
+  auto score_of = [&](int i) -> float {
+    return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)];
+  };
+  auto weight_of = [&](int i) -> unsigned { return __ldg(table + i) + (i == virtual_pair ? 1u : 0u); };
+  th = Threshold{0, true, 32, 0u, false, 0};
+  if (take_all) {
+    for (int i = first + tid; i < first + share; i += NT) sm.cls[i] = CLS_TAKE;
+    return;
   }
-  // Score bounds from the LUT alone: s = l0 + l1 is monotone in each term.
+  // Score bounds from the LUT alone (s = l0 + l1 is monotone in each term): linear bins.
   if (tid < 32 * M) {
     const int m = tid >> 5;
     float mn = INFINITY, mx = -INFINITY;
@@ -117,60 +153,79 @@ __device__ int classify_pairs(PairShared& sm, const unsigned* __restrict__ table
   const bool linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
   auto bin_of = [&](float s) -> int { return linear ? min(255, max(0, __float2int_rz((s - lo_b) * scale))) : 0; };
 
-#pragma unroll 16
-  for (int i = tid; i < pairs; i += NT) {
-    const unsigned w = __ldg(table + i);
-    if (w != 0u) atomicAdd(&sm.hist[bin_of(pair_score(sm.lut, M, C, i))], static_cast<int>(w));
+  // 1. Partial histogram of this block's share; the cluster's sum in every block.
+  for (int i = first + tid; i < first + share; i += NT) {
+    const unsigned w = weight_of(i);
+    if (w != 0u) atomicAdd(&sm.hist[bin_of(score_of(i))], static_cast<int>(w));
+  }
+  cluster_sync();
+  {
+    int sum = 0;
+#pragma unroll
+    for (int r = 0; r < CL; ++r) sum += peer(sm.hist, r)[tid];
+    sm.hist_total[tid] = sum;
   }
   __syncthreads();
-  find_bin(sm, K);
-  const int bstar = sm.found_bin;
+  find_bin(sm, sm.hist_total, K);
+  th.bstar = sm.found_bin;
   int need = sm.found_need;
-  const bool whole_bin = sm.found_count == need;
+  th.whole_bin = sm.found_count == need;
 
-  // Refine inside bin d*: a weighted radix select on the members' score keys.
-  int shift = 32;
-  uint32_t prefix = 0u;
-  bool partial = false;
-  if (!whole_bin) {
-#pragma unroll 16
-    for (int i = tid; i < pairs; i += NT) {
-      const unsigned w = __ldg(table + i);
+  if (!th.whole_bin) {
+    // 2. Members of bin d*: each block lists its share's; every block gathers all (rank order).
+    for (int i = first + tid; i < first + share; i += NT) {
+      const unsigned w = weight_of(i);
       if (w == 0u) continue;
-      const float s = pair_score(sm.lut, M, C, i);
-      if (bin_of(s) != bstar) continue;
+      const float s = score_of(i);
+      if (bin_of(s) != th.bstar) continue;
       const int slot = atomicAdd(&sm.n_members, 1);
-      if (slot < MAX_MEMBERS) {
+      if (slot < LOCAL_MEMBERS) {
         sm.member_key[slot] = pq_score_key(s);
         sm.member_w[slot] = w;
       }
     }
+    cluster_sync();
+    int gathered = 0;
+    bool overflow = false;
+#pragma unroll
+    for (int r = 0; r < CL; ++r) {
+      const int n = *peer(&sm.n_members, r);
+      overflow |= n > LOCAL_MEMBERS || gathered + n > GATHERED_MEMBERS;
+      if (!overflow) {
+        const uint32_t* pk = peer(sm.member_key, r);
+        const uint32_t* pw = peer(sm.member_w, r);
+        for (int j = tid; j < n; j += NT) {
+          sm.all_key[gathered + j] = pk[j];
+          sm.all_w[gathered + j] = pw[j];
+        }
+      }
+      gathered += n;
+    }
     __syncthreads();
-    const int n_members = sm.n_members;
-    const bool listed = n_members <= MAX_MEMBERS;
-    // Iterate over the members (the list, or all pairs again when the bin is too crowded).
+    // Iterate over the members: the gathered list, or (a crowded bin) every pair again.
     auto for_members = [&](auto&& f) {
-      if (listed) {
-        for (int j = tid; j < n_members; j += NT) f(sm.member_key[j], sm.member_w[j]);
+      if (!overflow) {
+        for (int j = tid; j < gathered; j += NT) f(sm.all_key[j], sm.all_w[j]);
       } else {
         for (int i = tid; i < pairs; i += NT) {
-          const unsigned w = __ldg(table + i);
+          const unsigned w = weight_of(i);
           if (w == 0u) continue;
-          const float s = pair_score(sm.lut, M, C, i);
-          if (bin_of(s) == bstar) f(pq_score_key(s), w);
+          const float s = score_of(i);
+          if (bin_of(s) == th.bstar) f(pq_score_key(s), w);
         }
       }
     };
-    uint32_t kmin = 0xffffffffu, kmax = 0u, unused0 = 0u, unused1 = 0u;
+    // 3. Weighted radix select on the members' score keys, from the highest differing bit.
+    uint32_t kmin = 0xffffffffu, kmax = 0u, u0 = 0u, u1 = 0u;
     for_members([&](uint32_t k, uint32_t) { kmin = min(kmin, k); kmax = max(kmax, k); });
-    pq_block_minmax_u32<NT>(kmin, kmax, unused0, unused1, sm.reduce);
+    pq_block_minmax_u32<NT>(kmin, kmax, u0, u1, sm.reduce);
     if (kmin == kmax) {
-      shift = 0;
-      prefix = kmin;
-      partial = true;  // one score value, more positions than needed: ties
+      th.shift = 0;
+      th.prefix = kmin;
+      th.partial = true;
     } else {
       int top = 31 - __clz(kmin ^ kmax);
-      prefix = top >= 31 ? 0u : (kmin >> (top + 1));
+      uint32_t prefix = top >= 31 ? 0u : (kmin >> (top + 1));
       for (;;) {
         const int sh = max(top - 7, 0);
         const int width = top - sh + 1;
@@ -181,242 +236,299 @@ __device__ int classify_pairs(PairShared& sm, const unsigned* __restrict__ table
           if (top >= 31 || (k >> (top + 1)) == prefix) atomicAdd(&sm.hist[(k >> sh) & mask], static_cast<int>(w));
         });
         __syncthreads();
-        find_bin(sm, need);
+        find_bin(sm, sm.hist, need);
         prefix = (prefix << width) | static_cast<uint32_t>(sm.found_bin);
         need = sm.found_need;
-        shift = sh;
+        th.shift = sh;
         top = sh - 1;
-        if (sm.found_count == need) break;  // the whole group is taken
+        if (sm.found_count == need) break;
         if (top < 0) {
-          partial = true;  // one exact score value with more positions than needed
+          th.partial = true;
           break;
         }
       }
+      th.prefix = prefix;
     }
+    th.quota = th.partial ? need : 0;
   }
 
-  for (int i = tid; i < pairs; i += NT) {
-    const float s = pair_score(sm.lut, M, C, i);
+  // 4. Classes of this block's share of the pairs (the cluster gathers them after a barrier).
+  for (int i = first + tid; i < first + share; i += NT) {
+    const float s = score_of(i);
     const int bin = bin_of(s);
     uint8_t c = CLS_SKIP;
-    if (bin > bstar) {
+    if (bin > th.bstar) {
       c = CLS_TAKE;
-    } else if (bin == bstar) {
-      if (whole_bin) {
+    } else if (bin == th.bstar) {
+      if (th.whole_bin) {
         c = CLS_TAKE;
       } else {
-        const uint32_t k = pq_score_key(s) >> shift;
-        if (k > prefix || (k == prefix && !partial)) c = CLS_TAKE;
-        else if (k == prefix) c = CLS_TIE;
+        const uint32_t k = pq_score_key(s) >> th.shift;
+        if (k > th.prefix || (k == th.prefix && !th.partial)) c = CLS_TAKE;
+        else if (k == th.prefix) c = CLS_TIE;
       }
     }
     sm.cls[i] = c;
   }
-  __syncthreads();
-  return partial ? need : 0;
 }
 
-template <int M>
-__device__ void select_pairs_impl(const void* __restrict__ query, int qdtype, const float* __restrict__ centroids,
-                                  const uint8_t* __restrict__ codes, const int* __restrict__ seq_state,
-                                  const unsigned* __restrict__ pair_count, int* slice_pos, int* slice_tag,
-                                  int* slice_meta, unsigned* counters, OutputArgs out, int* status, int H, int Hkv, int D,
-                                  int C, int cstride, int capacity, int S, int W, int K, int O, int full_threshold,
-                                  int num_slices, int slice_len) {
-  __shared__ PairShared sm;
+template <int M, int CL>
+__device__ void step_pairs(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
+                           const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
+                           const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
+                           OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
+                           int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len) {
+  __shared__ StepShared sm;
   const int tid = threadIdx.x;
-  const int row = blockIdx.y;
-  const int slice = blockIdx.x;
-  const int b = row / H;
-  const int h = row - b * H;
-  const int kvh = h / (H / Hkv);
-  const int bkv = b * Hkv + kvh;
-  const int lo = max(O, S);
-  const int s0 = (lo & ~15) + slice * slice_len;
-  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
-  constexpr int CHUNKS = M;  // 16 positions x M bytes = M uint4 per thread
-  uint4 raw[CHUNKS];
-  // Loads bounded by `limit`; the first tile is prefetched against the capacity, before sk arrives
-  // (codes past sk are stale or zero and get masked by the position check).
-  auto load_tile = [&](int t0, int limit) {
-    const int p0 = t0 + tid * E;
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c)
-      raw[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
-  };
-  load_tile(s0, min(s0 + slice_len, capacity));
-  const int sk = seq_state[0];
-  if (sk <= full_threshold) {
-    if (slice == 0) write_row<NT>(sm.heavy, out, row, sk, S, W, 0, true);
+  const int rows = B * H;
+  const int sk_old = *seq_read;
+  if (static_cast<int>(blockIdx.y) >= rows) {
+    // Append blocks: the code of kv-head a's new key at position sk_old.
+    const int a = (blockIdx.y - rows) * CL + blockIdx.x;
+    if (a < B * Hkv) {
+      pq_append_one_key<NT>(keys, kdtype, a, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
+                            sm.x, sm.dist, sm.best_code);
+      if (a == 0 && tid == 0) *seq_write = sk_old + 1;
+    }
     return;
   }
+  const int rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1): rank = x
+  const int row = blockIdx.y;
+  const int b = row / H;
+  const int h = row - b * H;
+  const int G = H / Hkv;
+  const int kvh = h / G;
+  const int bkv = b * Hkv + kvh;
+  const int lo = max(O, S);
+  const int sk = sk_old + appended;
   const int hi = sk - W;
   const int total = max(0, hi - lo);
+  const int s0 = (lo & ~15) + rank * slice_len;
   const int s1 = min(s0 + slice_len, hi);
+  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
 
-  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry).
-  for (int d = tid; d < D; d += NT) {
-    const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
-    if (!isfinite(v)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
-    sm.q[d] = v;
-  }
-  __syncthreads();
-  const int dsub = D / M;
-  const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
-#pragma unroll 2
-  for (int e0 = 0; e0 < M * C; e0 += NT / 4) {
-    const int e = e0 + (tid >> 2);
-    float acc = 0.0f;
-    if (e < M * C) {
-      const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
-      const float4* qv = reinterpret_cast<const float4*>(sm.q + (e / C) * dsub);
-#pragma unroll 4
-      for (int j4 = tid & 3; j4 < dsub / 4; j4 += 4) {
-        const float4 cv = __ldg(crow + j4);
-        const float4 x = qv[j4];
-        acc += x.x * cv.x + x.y * cv.y + x.z * cv.z + x.w * cv.w;
-      }
-    }
-    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-    if (e < M * C && (tid & 3) == 0) sm.lut[e] = acc;
-  }
-  __syncthreads();
-
-  const int pairs = M == 1 ? C : C * C;
-  const int quota = classify_pairs<M>(sm, pair_count + static_cast<int64_t>(bkv) * pairs, C, K, total);
-
-  // Scan the slice: classify, count, and write takes and the first `quota` ties in order.
-  const int cap = 2 * K;
-  int* my_pos = slice_pos + (static_cast<int64_t>(row) * num_slices + slice) * cap;
-  int* my_tag = slice_tag + (static_cast<int64_t>(row) * num_slices + slice) * cap;
-  int take_base = 0, tie_base = 0;
-  for (int t0 = s0; t0 < s1; t0 += TILE) {
-    if (t0 != s0) load_tile(t0, s1);
+  uint4 raw[M];  // 16 positions x M bytes
+  auto load_tile = [&](int t0) {
     const int p0 = t0 + tid * E;
-    uint32_t take_bits = 0u, tie_bits = 0u;
 #pragma unroll
-    for (int j = 0; j < E; ++j) {
-      const int p = p0 + j;
-      uint32_t c0, c1 = 0u;
-      if (M == 1) {
-        const uint32_t w = (&raw[0].x)[j >> 2];
-        c0 = (w >> (8 * (j & 3))) & 0xffu;
-      } else {
-        const uint32_t w = (&raw[0].x)[j >> 1];  // 2 bytes per position
-        c0 = (w >> (16 * (j & 1))) & 0xffu;
-        c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
-      }
-      const uint8_t c = (p >= lo && p < s1) ? sm.cls[pair_index(M, C, c0, c1)] : CLS_SKIP;
-      take_bits |= (c == CLS_TAKE ? 1u : 0u) << j;
-      tie_bits |= (c == CLS_TIE ? 1u : 0u) << j;
-    }
-    int tile_total;
-    const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);
-    int take_before = take_base + (packed & 0xffff);
-    int tie_before = tie_base + (packed >> 16);
-#pragma unroll
-    for (int j = 0; j < E; ++j) {
-      const bool take = take_bits >> j & 1u;
-      const bool tie = tie_bits >> j & 1u;
-      if (take || (tie && tie_before < quota)) {
-        const int slot = take_before + min(tie_before, quota);
-        if (slot < cap) {
-          my_pos[slot] = p0 + j;
-          my_tag[slot] = take ? -1 : tie_before;
-        }
-      }
-      take_before += take ? 1 : 0;
-      tie_before += tie ? 1 : 0;
-    }
-    take_base += tile_total & 0xffff;
-    tie_base += tile_total >> 16;
+    for (int c = 0; c < M; ++c)
+      raw[c] = p0 < s1 ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
+  };
+  load_tile(s0);
+  // The position entering the eligible range with this step (already coded: W >= 1).
+  const int q = sk_old - W;
+  const bool q_enters = appended != 0 && q >= lo && q >= 0;
+  int virtual_pair = -1;
+  if (q_enters) {
+    const uint8_t* qc = head_codes + static_cast<int64_t>(q) * M;
+    virtual_pair = M == 1 ? qc[0] : qc[0] + (qc[1] << log2c);
   }
-  const int stored = min(take_base + min(tie_base, quota), cap);
+  const int old_len = out.sparse_len[row];
 
-  // Publish; the last block of the row assembles the list.
-  if (tid == 0) {
-    slice_meta[(row * num_slices + slice) * 2] = stored;
-    slice_meta[(row * num_slices + slice) * 2 + 1] = tie_base;
-  }
-  if (num_slices > 1) {
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) sm.is_last = atomicAdd(&counters[row], 1u) == static_cast<unsigned>(num_slices - 1);
-    __syncthreads();
-    if (!sm.is_last) return;
-    __threadfence();
-    if (tid == 0) counters[row] = 0u;
+  if (sk <= full_threshold) {
+    if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
   } else {
-    __syncthreads();
-  }
-  // One lane per slice loads its counts; a warp scan gives the ties of earlier slices.
-  if (tid < 32) {
-    int ties_before = 0;
-    for (int s0w = 0; s0w < num_slices; s0w += 32) {
-      const int s = s0w + tid;
-      const int st = s < num_slices ? __ldcg(slice_meta + (row * num_slices + s) * 2) : 0;
-      const int ti = s < num_slices ? __ldcg(slice_meta + (row * num_slices + s) * 2 + 1) : 0;
-      const int inc = pq_warp_inclusive_scan(ti);
-      if (s < num_slices) {
-        sm.slice_stored[s] = st;
-        sm.slice_quota[s] = max(0, min(ti, quota - (ties_before + inc - ti)));
-      }
-      ties_before += __shfl_sync(0xffffffffu, inc, 31);
+    // Query row and LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry).
+    for (int d = tid; d < D; d += NT) {
+      const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
+      if (!isfinite(v)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
+      sm.x[d] = v;
     }
-  }
-  __syncthreads();
-  const int flat = num_slices * cap;
-  const int* row_pos = slice_pos + static_cast<int64_t>(row) * flat;
-  const int* row_tag = slice_tag + static_cast<int64_t>(row) * flat;
-  int base = 0;
-  for (int f0 = 0; f0 < flat; f0 += NT * E) {
-    // Thread t takes E consecutive entries, so the scan keeps the (position) order.
-    uint32_t sel = 0u;
-#pragma unroll
-    for (int j = 0; j < E; ++j) {
-      const int f = f0 + tid * E + j;
-      if (f < flat) {
-        const int s = f / cap;
-        const int idx = f - s * cap;
-        if (idx < sm.slice_stored[s]) {
-          const int tag = __ldcg(row_tag + f);
-          if (tag < 0 || tag < sm.slice_quota[s]) sel |= 1u << j;
+    // Clear the previous list's weights (this block's share of it) before anyone sets new ones.
+    int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
+    for (int i = rank * NT + tid; i < old_len && i < out.L; i += CL * NT) {
+      const int p = list[i];
+      if (p >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p, false);
+    }
+    __syncthreads();
+    const int dsub = D / M;
+    const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
+    for (int e0 = 0; e0 < M * C; e0 += NT / 4) {
+      const int e = e0 + (tid >> 2);
+      float acc = 0.0f;
+      if (e < M * C) {
+        const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
+        const float4* qv = reinterpret_cast<const float4*>(sm.x + (e >> log2c) * dsub);
+#pragma unroll 4
+        for (int j4 = tid & 3; j4 < dsub / 4; j4 += 4) {
+          const float4 cv = __ldg(crow + j4);
+          const float4 xv = qv[j4];
+          acc += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
         }
       }
+      acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+      if (e < M * C && (tid & 3) == 0) sm.lut[e] = acc;
     }
-    int chunk_total;
-    int at = base + pq_block_exclusive_scan<NT>(__popc(sel), sm.scan, &chunk_total);
-#pragma unroll
-    for (int j = 0; j < E; ++j) {
-      if (sel >> j & 1u) {
-        if (at < MAX_K) sm.heavy[at] = __ldcg(row_pos + f0 + tid * E + j);
-        ++at;
+    __syncthreads();
+
+    const bool take_all = total <= K;
+    Threshold th;
+    const int pairs = M == 1 ? C : C << log2c;
+    select_row<M, CL>(sm, pair_count + static_cast<int64_t>(bkv) * pairs, virtual_pair, C, log2c, K, total, rank, th, take_all);
+    cluster_sync();  // every block's class share is written; the old weights are cleared
+    // Gather the other blocks' class shares (16-byte copies over distributed shared memory).
+    if (CL > 1) {
+      const int share = pairs / CL;
+      for (int r = 0; r < CL; ++r) {
+        if (r == rank) continue;
+        const uint4* src = reinterpret_cast<const uint4*>(peer(sm.cls, r) + r * share);
+        uint4* dst = reinterpret_cast<uint4*>(sm.cls + r * share);
+        for (int j = tid; j < share / 16; j += NT) dst[j] = src[j];
+        if (share % 16 != 0)  // small tables (M == 1, C < 16 * CL)
+          for (int j = tid; j < share; j += NT) sm.cls[r * share + j] = peer(sm.cls, r)[r * share + j];
       }
+      __syncthreads();
     }
-    base += chunk_total;
+
+    // Scan this block's slice: classes of 16 consecutive positions per thread per tile.
+    int take_total = 0, tie_total = 0;
+    uint32_t take_bits = 0u, tie_bits = 0u;  // the last tile's classes (all of them when tiles == 1)
+    const int tiles = s1 > s0 ? (s1 - s0 + TILE - 1) / TILE : 0;
+    // Pass A: counts only (multi-tile slices are re-read in pass B).
+    for (int t = 0; t < tiles; ++t) {
+      const int t0 = s0 + t * TILE;
+      if (t != 0) load_tile(t0);
+      const int p0 = t0 + tid * E;
+      uint32_t tk = 0u, ti = 0u;
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        const int p = p0 + j;
+        uint32_t c0, c1 = 0u;
+        if (M == 1) {
+          c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
+        } else {
+          const uint32_t w = (&raw[0].x)[j >> 1];
+          c0 = (w >> (16 * (j & 1))) & 0xffu;
+          c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
+        }
+        const uint8_t c = (p >= lo && p < s1) ? sm.cls[M == 1 ? c0 : c0 + (c1 << log2c)] : CLS_SKIP;
+        tk |= (c == CLS_TAKE ? 1u : 0u) << j;
+        ti |= (c == CLS_TIE ? 1u : 0u) << j;
+      }
+      take_bits = tk;
+      tie_bits = ti;
+      take_total += __popc(tk);
+      tie_total += __popc(ti);
+    }
+    const int block_takes = pq_block_sum<NT>(take_total, sm.scan);
+    const int block_ties = pq_block_sum<NT>(tie_total, sm.scan);
+    if (tid == 0) {
+      sm.counts[0] = block_takes;
+      sm.counts[1] = block_ties;
+    }
+    cluster_sync();
+    // Positions taken before this block: every take, and ties up to the quota, in rank order.
+    int take_before = 0, tie_before = 0;
+    for (int r = 0; r < rank; ++r) {
+      take_before += peer(sm.counts, r)[0];
+      tie_before += peer(sm.counts, r)[1];
+    }
+    const int quota = th.quota;
+    const int sink_end = min(S, sk);
+    const int n_heavy = min(K, total);
+    // Pass B: write this block's heavy hitters at their final slots.
+    for (int t = 0; t < tiles; ++t) {
+      const int t0 = s0 + t * TILE;
+      if (tiles > 1) {
+        load_tile(t0);
+        const int p0 = t0 + tid * E;
+        uint32_t tk = 0u, ti = 0u;
+#pragma unroll
+        for (int j = 0; j < E; ++j) {
+          const int p = p0 + j;
+          uint32_t c0, c1 = 0u;
+          if (M == 1) {
+            c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
+          } else {
+            const uint32_t w = (&raw[0].x)[j >> 1];
+            c0 = (w >> (16 * (j & 1))) & 0xffu;
+            c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
+          }
+          const uint8_t c = (p >= lo && p < s1) ? sm.cls[M == 1 ? c0 : c0 + (c1 << log2c)] : CLS_SKIP;
+          tk |= (c == CLS_TAKE ? 1u : 0u) << j;
+          ti |= (c == CLS_TIE ? 1u : 0u) << j;
+        }
+        take_bits = tk;
+        tie_bits = ti;
+      }
+      int tile_total;
+      const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
+      int tk_before = take_before + (packed & 0xffff);
+      int ti_before = tie_before + (packed >> 16);
+      const int p0 = t0 + tid * E;
+#pragma unroll
+      for (int j = 0; j < E; ++j) {
+        const bool take = take_bits >> j & 1u;
+        const bool tie = tie_bits >> j & 1u;
+        if (take || (tie && ti_before < quota)) {
+          const int slot = tk_before + min(ti_before, quota);
+          if (slot < n_heavy) {
+            list[sink_end + slot] = p0 + j;
+            store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p0 + j, true);
+          }
+        }
+        tk_before += take ? 1 : 0;
+        ti_before += tie ? 1 : 0;
+      }
+      take_before += tile_total & 0xffff;
+      tie_before += tile_total >> 16;
+    }
+    if (rank == 0) {
+      // Sink, window, padding and length.
+      const int win_start = max(sk - min(W, sk), sink_end);
+      const int len = sink_end + n_heavy + (sk - win_start);
+      for (int i = tid; i < out.L; i += NT) {
+        int p = -2;  // heavy slots are written by the slice owners
+        if (i < sink_end) p = i;
+        else if (i >= sink_end + n_heavy) p = i < len ? win_start + (i - sink_end - n_heavy) : -1;
+        if (p != -2) {
+          list[i] = p;
+          if (p >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p, true);
+        }
+      }
+      if (tid == 0) out.sparse_len[row] = len;
+    }
   }
-  __syncthreads();
-  write_row<NT>(sm.heavy, out, row, sk, S, W, min(base, K), false);
+  // The last of the kv-head's G query heads to be done with the table adds q to it.
+  if (rank == 0 && tid == 0) {
+    if (atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
+      readers[bkv] = 0u;
+      if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * (M == 1 ? C : C << log2c) + virtual_pair], 1u);
+    }
+  }
+  cluster_sync();  // keep this block's shared memory alive until the cluster has read it
 }
 
 }  // namespace
 
-#define PQ_SELECT_PAIRS_KERNEL(M)                                                                                    \
-  extern "C" __global__ void __launch_bounds__(NT) pq_select_pairs_m##M(                                           \
-      const void* query, int qdtype, const float* centroids, const uint8_t* codes, const int* seq_state,          \
-      const unsigned* pair_count, int* slice_pos, int* slice_tag, int* slice_meta, unsigned* counters,             \
-      int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int H,   \
-      int Hkv, int D, int C, int cstride, int capacity, int S, int W, int K, int O, int full_threshold,            \
-      int num_slices, int slice_len) {                                                                             \
-    const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                    \
-    select_pairs_impl<M>(query, qdtype, centroids, codes, seq_state, pair_count, slice_pos, slice_tag, slice_meta, \
-                         counters, out, status, H, Hkv, D, C, cstride, capacity, S, W, K, O, full_threshold,         \
-                         num_slices, slice_len);                                                                   \
+#if __CUDA_ARCH__ >= 900
+#define PQ_CLUSTER(CL) __cluster_dims__(CL, 1, 1)
+#else
+#define PQ_CLUSTER(CL)
+#endif
+
+#define PQ_STEP_PAIRS_KERNEL(M, CL)                                                                                    \
+  extern "C" __global__ void PQ_CLUSTER(CL) __launch_bounds__(NT) pq_step_pairs_m##M##_p##CL(                          \
+      const void* query, int qdtype, const void* keys, int kdtype, const float* centroids, const float* phi,          \
+      uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
+      int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
+      int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
+      int full_threshold, int slice_len) {                                                                           \
+    const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
+    step_pairs<M, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count,  \
+                      readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
+                      slice_len);                                                                                    \
   }
 
-PQ_SELECT_PAIRS_KERNEL(1)
-PQ_SELECT_PAIRS_KERNEL(2)
+PQ_STEP_PAIRS_KERNEL(1, 1)
+PQ_STEP_PAIRS_KERNEL(1, 2)
+PQ_STEP_PAIRS_KERNEL(1, 4)
+PQ_STEP_PAIRS_KERNEL(1, 8)
+PQ_STEP_PAIRS_KERNEL(2, 1)
+PQ_STEP_PAIRS_KERNEL(2, 2)
+PQ_STEP_PAIRS_KERNEL(2, 4)
+PQ_STEP_PAIRS_KERNEL(2, 8)
 
 extern "C" __global__ void __launch_bounds__(256) pq_pairs_count(const uint8_t* codes, unsigned* pair_count, int from,
                                                                   int to, int capacity, int M, int C) {

@@ -26,7 +26,7 @@ for s in $steps; do
       run racecheck 200 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 4 --seed 4 ;;
     runtime) run runtime 120 pqcache bench --backend cuda --kind runtime --iters 3000 ;;
     select) run select 300 pqcache bench --backend cuda --config matrix --dump-dir /tmp/pqdump ;;
-    seedtune) for sl in 1024 2048 4096 8192; do run "tune$sl" 60 pqcache bench --backend cuda --config seed --slice-len "$sl" --json "/tmp/tune$sl.json"; done ;;
+    seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done

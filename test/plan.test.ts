@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { makeLayout } from '../src/pq/config.js';
-import { SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, planSelect, selectKernelName } from '../src/pq/cuda-plan.js';
+import { SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName } from '../src/pq/cuda-plan.js';
 
 test('select plan: slices cover the eligible span for every sk up to the plan limit, aligned', () => {
   fc.assert(
@@ -30,6 +30,26 @@ test('cuda layout limits and kernel names', () => {
   assert.match(String(cudaLayoutProblem(l({ heavySize: 4096 }))), /heavySize/);
   assert.equal(selectKernelName(l({ pqGroupFactor: 4, heavySize: 256 })), 'pq_select_m4_c1');
   assert.equal(selectKernelName(l({ pqGroupFactor: 2, pqBits: 8, heavySize: 257 })), 'pq_select_m2_c8'); // C² = 65536: general path
-  assert.equal(selectKernelName(l({ pqGroupFactor: 2, pqBits: 6 })), 'pq_select_pairs_m2');
-  assert.equal(selectKernelName(l({ pqGroupFactor: 1, pqBits: 8, heavySize: 2000 })), 'pq_select_pairs_m1');
+  assert.equal(pairTableSize(l({ pqGroupFactor: 2, pqBits: 6 })), 4096);
+  assert.equal(pairTableSize(l({ pqGroupFactor: 1, pqBits: 8 })), 256);
+  assert.equal(pairTableSize(l({ pqGroupFactor: 4, pqBits: 2 })), 0);
+  assert.equal(stepPairsKernelName(l({ pqGroupFactor: 2 }), 8), 'pq_step_pairs_m2_p8');
+});
+
+test('pair plan: one power-of-two cluster per head whose slices cover the span', () => {
+  fc.assert(
+    fc.property(
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 600000 }), bits: fc.integer({ min: 1, max: 7 }), M: fc.constantFrom(1, 2), W: fc.integer({ min: 0, max: 300 }), clusters: fc.boolean() }),
+      (c) => {
+        const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, pqBits: c.bits, windowSize: c.W });
+        const plan = planPairs(layout, c.sk, 132, c.clusters);
+        assert.ok([1, 2, 4, 8].includes(plan.cluster) && (c.clusters || plan.cluster === 1));
+        assert.ok(plan.cluster <= pairTableSize(layout));
+        assert.ok(plan.cluster * plan.sliceLen >= eligibleSpan(layout, plan.maxSeqLen) && plan.sliceLen % 256 === 0);
+      },
+    ),
+    { numRuns: 300, seed: 5 },
+  );
+  const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, {});
+  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 8, sliceLen: 4096, maxSeqLen: 32768 });
 });

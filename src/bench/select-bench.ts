@@ -82,6 +82,7 @@ export interface BenchOptions {
   readonly warmup: number;
   readonly seed: number;
   readonly sliceLen?: number;
+  readonly cluster?: number;
   /** Write this config's inputs here (safetensors) for baselines measured on the same data. */
   readonly dumpDir?: string;
 }
@@ -181,7 +182,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const capacity = c.sk + 1 + o.warmup + 2 * o.iters + hostInputCalls + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
   const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
-  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen });
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster });
   const inputs = randomInputs(layout, sets, o.seed + 1);
   if (o.dumpDir) dumpInputs(o.dumpDir, c, state, inputs.queries, inputs.keys);
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;

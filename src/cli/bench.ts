@@ -15,6 +15,7 @@ export interface BenchCliOptions {
   readonly iters: number;
   readonly warmup: number;
   readonly sliceLen?: number;
+  readonly cluster?: number;
   readonly dumpDir?: string;
   readonly command: string;
 }
@@ -64,7 +65,7 @@ export function runBench(o: BenchCliOptions): number {
       stream.dispose();
       const configs = o.config === 'seed' ? [SEED_BENCH] : selectMatrix();
       for (const c of configs) {
-        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, dumpDir: o.dumpDir }, copyGBs);
+        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, dumpDir: o.dumpDir }, copyGBs);
         record.rows.push(...r.rows);
         console.error(`bench: B=${c.B} sk=${c.sk}: wall ${r.rows[0].wall_us?.median} μs, gpu ${r.rows[0].gpu_us?.median} μs (${r.plan.numSlices} slices of ${r.plan.sliceLen})`);
       }

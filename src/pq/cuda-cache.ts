@@ -8,7 +8,8 @@
  *   centroids [B, Hkv, M, C, cstride] f32, cstride = roundUp(cdim, 4) for 16-byte rows
  *   codes     [B, Hkv, capPad, M] u8, capPad = roundUp(capacity, 16)
  *   weights   [B, H, capPad] (f32 or 16-bit), rows updated incrementally by the kernel
- *   seqState  [sk, …]: the device's own sk, advanced by the append kernel
+ *   seqState  [sk, sk]: two slots, alternating by step parity: a step reads slot `seqSlot` and
+ *             writes sk + 1 to the other, so no block ever reads a slot being written
  * The status word (non-finite device inputs) lives in pinned host memory that the kernels
  * write through unified addressing, so checking it after a sync costs no copy.
  */
@@ -27,7 +28,9 @@ import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { type SelectPlan, SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planSelect, selectKernelName } from './cuda-plan.js';
+import {
+  SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
+} from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { loadKernels } from './kernels.js';
 import { encodeIndex } from './persist.js';
@@ -42,8 +45,10 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   readonly device?: number;
   /** Run on this stream instead of one the cache creates (integration with other GPU work). */
   readonly stream?: Stream;
-  /** Slice length of the select plan (tuning; default: planned from the SM count). */
+  /** Slice length of the general select plan (tuning; default: planned from the SM count). */
   readonly sliceLen?: number;
+  /** Blocks per query head on the pair path: 1, 2, 4 or 8 (tuning; default: planned). */
+  readonly cluster?: number;
 }
 
 type Query = HostTensor | DeviceTensor;
@@ -53,16 +58,16 @@ const SELECT_ARGS = [
   'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
   'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
 ] as const;
-const SELECT_PAIRS_ARGS = [
-  'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
-  'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+const STEP_PAIRS_ARGS = [
+  'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
+  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
 ] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
-  | 'candCount' | 'pairCount' | 'sparseList' | 'sparseLen' | 'weights' | 'queryIn' | 'keyIn';
+  | 'candCount' | 'pairCount' | 'readers' | 'sparseList' | 'sparseLen' | 'weights' | 'queryIn' | 'keyIn';
 
 function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -86,14 +91,19 @@ export class CudaPQCache implements PQCache {
   /** Recorded after a graph that copies from the staging buffers: they may be rewritten once it completes. */
   private readonly stagingConsumed: Event;
   private stagingPending = false;
-  private readonly selectKernel: Kernel;
   private readonly appendKernel: Kernel;
+  /** General path: the select kernel. Pair path: undefined (the step kernel is per cluster size). */
+  private readonly selectKernel: Kernel | undefined;
   /** C^M when the pair-table fast path runs (M ≤ 2), else 0. */
   private readonly pairs: number;
   private readonly pairsCountKernel: Kernel | undefined;
   private readonly sliceLenOverride: number | undefined;
+  private readonly clusterOverride: number | undefined;
   private readonly graphs = new Map<string, GraphExec>();
-  private graphPlan: SelectPlan | undefined;
+  /** The launch plan the captured graphs use, valid for sk ≤ maxSeqLen. */
+  private graphPlan: { numSlices: number; sliceLen: number; maxSeqLen: number } | undefined;
+  /** The seqState slot holding the current sk (steps alternate slots). */
+  private seqSlot = 0;
   private hostSeqLen = 0;
   private isBuilt = false;
   private weightsDType: FloatDType | undefined;
@@ -106,10 +116,10 @@ export class CudaPQCache implements PQCache {
     this.capacity = checkCapacityOption(options.capacity);
     this.context = CudaContext.primary(options.device ?? 0);
     this.sliceLenOverride = options.sliceLen;
+    this.clusterOverride = options.cluster;
     this.pairs = pairTableSize(this.layout);
-    const selectFamily = loadKernels(this.pairs > 0 ? 'select_pairs' : 'select');
-    this.selectKernel = selectFamily.kernel(selectKernelName(this.layout));
-    this.pairsCountKernel = this.pairs > 0 ? selectFamily.kernel('pq_pairs_count') : undefined;
+    this.selectKernel = this.pairs > 0 ? undefined : loadKernels('select').kernel(selectKernelName(this.layout));
+    this.pairsCountKernel = this.pairs > 0 ? loadKernels('select_pairs').kernel('pq_pairs_count') : undefined;
     this.appendKernel = loadKernels('append').kernel('pq_append');
 
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
@@ -134,6 +144,7 @@ export class CudaPQCache implements PQCache {
         candPos: rows * this.maxSlices * K * 4 * (this.pairs > 0 ? 2 : 1),
         candCount: rows * this.maxSlices * 4 * 2,
         pairCount: B * Hkv * Math.max(this.pairs, 1) * 4,
+        readers: B * Hkv * 4,
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,
@@ -212,9 +223,11 @@ export class CudaPQCache implements PQCache {
     }
     copies.fromHost(s.codes, codes);
     copies.fromHost(s.phi, state.phi);
-    copies.fromHost(s.seqState, new Int32Array([state.seqLen, 0, 0, 0]));
+    copies.fromHost(s.seqState, new Int32Array([state.seqLen, state.seqLen, 0, 0]));
+    this.seqSlot = 0;
     if (this.pairs > 0) {
       copies.fill32Async(s.pairCount, 0, s.pairCount.bytes / 4, this.stream);
+      copies.fill32Async(s.readers, 0, s.readers.bytes / 4, this.stream);
       this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), state.seqLen - this.layout.config.windowSize);
       this.stream.synchronize();
     }
@@ -261,7 +274,8 @@ export class CudaPQCache implements PQCache {
     const tmp = DeviceArena.allocate({ keys: data.byteLength });
     try {
       copies.fromHost(tmp.slices.keys, data);
-      this.launchAppend(tmp.slices.keys.ptr, 'f32', n);
+      this.launchAppend(tmp.slices.keys.ptr, 'f32', n, this.seqSlot);
+      this.seqSlot ^= 1;
       const { initOffset: O, sinkSize: S, windowSize: W } = this.layout.config;
       // The kernel updates the pair table for one key only; count the newly eligible range here.
       if (n > 1) this.countPairs(Math.max(O, S, this.hostSeqLen - W), this.hostSeqLen + n - W);
@@ -383,14 +397,26 @@ export class CudaPQCache implements PQCache {
     }
     const sk = this.hostSeqLen + (key !== undefined ? 1 : 0);
     const plan = this.currentPlan(sk);
-    const graphKey = `${plan.numSlices}/${plan.sliceLen}/${qcode}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
+    const slot = this.seqSlot;
+    const graphKey = `${slot}/${plan.numSlices}/${plan.sliceLen}/${qcode}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
     let graph = this.graphs.get(graphKey);
     if (graph === undefined) {
       graph = GraphExec.capture(this.stream, () => {
         if (hostQ) this.stagingQuery.copyToDeviceAsync(s.queryIn, s.queryIn.bytes, this.stream);
         if (hostK) this.stagingKey.copyToDeviceAsync(s.keyIn, s.keyIn.bytes, this.stream);
-        if (kptr !== undefined) this.launchAppend(kptr, kdtype, 1);
-        this.launchSelect(qptr, qcode, plan);
+        const fused = kptr !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
+        if (fused) {
+          // One launch: the append blocks ride along with the select clusters.
+          this.launchStepPairs(qptr, qcode, kptr, kdtype, plan, slot);
+        } else {
+          let readSlot = slot;
+          if (kptr !== undefined) {
+            this.launchAppend(kptr, kdtype, 1, slot);
+            readSlot ^= 1;
+          }
+          if (this.pairs > 0) this.launchStepPairs(qptr, qcode, undefined, kdtype, plan, readSlot);
+          else this.launchSelect(qptr, qcode, plan, readSlot);
+        }
       });
       this.graphs.set(graphKey, graph);
     }
@@ -399,22 +425,30 @@ export class CudaPQCache implements PQCache {
       this.stagingConsumed.record(this.stream);
       this.stagingPending = true;
     }
-    if (key !== undefined) this.hostSeqLen += 1;
+    if (key !== undefined) {
+      this.hostSeqLen += 1;
+      this.seqSlot ^= 1;
+    }
     return qdtype;
   }
 
-  private currentPlan(sk: number): SelectPlan {
+  private currentPlan(sk: number): { numSlices: number; sliceLen: number; maxSeqLen: number } {
     if (this.graphPlan === undefined || sk > this.graphPlan.maxSeqLen) {
       for (const g of this.graphs.values()) g.dispose();
       this.graphs.clear();
-      this.graphPlan = planSelect(this.layout, sk, this.context.device.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
+      this.graphPlan = this.planFor(sk);
     }
     return this.graphPlan;
   }
 
-  /** The plan the next select will use (for benchmarks and tests). */
-  planFor(seqLen: number): SelectPlan {
-    return planSelect(this.layout, seqLen, this.context.device.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
+  /** The launch plan for a sequence length (slices per head and their length). */
+  planFor(seqLen: number): { numSlices: number; sliceLen: number; maxSeqLen: number } {
+    const dev = this.context.device;
+    if (this.pairs > 0) {
+      const p = planPairs(this.layout, seqLen, dev.multiprocessorCount, dev.computeCapability[0] >= 9, this.clusterOverride);
+      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen };
+    }
+    return planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
   }
 
   /** pair_count += 1 for the codes of positions [from, to) (pair path only). */
@@ -430,15 +464,16 @@ export class CudaPQCache implements PQCache {
     }
   }
 
-  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number): void {
+  /** pq_append reading sk from `slot` and writing sk + n to the other slot. */
+  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number, slot: number): void {
     const s = this.arena.slices;
     const { headDim: D } = this.layout.shape;
     const { pqGroupFactor: M, initOffset: O, sinkSize: S, windowSize: W, metric } = this.layout.config;
     const args = new LaunchArgs(APPEND_ARGS);
     try {
       args.setAll([
-        keys, DTYPE_CODE[kdtype], n, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, s.seqState.ptr,
-        s.appendCounter.ptr, this.status.ptr, this.pairs > 0 && n === 1 ? s.pairCount.ptr : 0n, D, M, this.layout.numCentroids,
+        keys, DTYPE_CODE[kdtype], n, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, this.seqPtr(slot),
+        this.seqPtr(slot ^ 1), this.status.ptr, this.pairs > 0 && n === 1 ? s.pairCount.ptr : 0n, D, M, this.layout.numCentroids,
         this.capPad, O, metric === 'ip' ? 1 : 0, Math.max(O, S), W,
       ]);
       launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.stream);
@@ -447,31 +482,50 @@ export class CudaPQCache implements PQCache {
     }
   }
 
-  private launchSelect(qptr: DevicePtr, qcode: number, plan: SelectPlan): void {
+  private seqPtr(slot: number): DevicePtr {
+    return this.arena.slices.seqState.ptr + BigInt(4 * slot);
+  }
+
+  /** The general select kernel (M > 2 or large C), reading sk from `slot`. */
+  private launchSelect(qptr: DevicePtr, qcode: number, plan: { numSlices: number; sliceLen: number }, slot: number): void {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
-    const outputs = [s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr] as const;
-    const shape = [
-      H, Hkv, D, this.layout.numCentroids, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize,
-      c.initOffset, fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
-    ] as const;
-    const grid = { grid: [plan.numSlices, B * H, 1] as const, block: [SELECT_THREADS, 1, 1] as const };
-    if (this.pairs > 0) {
-      const args = new LaunchArgs(SELECT_PAIRS_ARGS);
-      try {
-        // slice positions / tags / meta reuse the candidate scratch (candPos, candScore, candCount).
-        args.setAll([qptr, qcode, s.centroids.ptr, s.codes.ptr, s.seqState.ptr, s.pairCount.ptr, s.candPos.ptr, s.candScore.ptr, s.candCount.ptr, s.selectCounters.ptr, ...outputs, ...shape]);
-        launch(this.selectKernel, grid, args, this.stream);
-      } finally {
-        args.dispose();
-      }
-      return;
-    }
     const args = new LaunchArgs(SELECT_ARGS);
     try {
-      args.setAll([qptr, qcode, s.centroids.ptr, s.codes.ptr, s.seqState.ptr, s.candScore.ptr, s.candPos.ptr, s.candCount.ptr, s.selectCounters.ptr, ...outputs, ...shape]);
-      launch(this.selectKernel, grid, args, this.stream);
+      args.setAll([
+        qptr, qcode, s.centroids.ptr, s.codes.ptr, this.seqPtr(slot), s.candScore.ptr, s.candPos.ptr, s.candCount.ptr, s.selectCounters.ptr,
+        s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity,
+        this.status.ptr, H, Hkv, D, this.layout.numCentroids, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize,
+        c.initOffset, fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
+      ]);
+      launch(this.selectKernel as Kernel, { grid: [plan.numSlices, B * H, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
+    } finally {
+      args.dispose();
+    }
+  }
+
+  /**
+   * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
+   * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
+   */
+  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: { numSlices: number; sliceLen: number }, slot: number): void {
+    const s = this.arena.slices;
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
+    const c = this.layout.config;
+    const cluster = plan.numSlices;
+    const kernel = loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster));
+    const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
+    const args = new LaunchArgs(STEP_PAIRS_ARGS);
+    try {
+      args.setAll([
+        qptr, qcode, keys ?? 0n, DTYPE_CODE[kdtype], s.centroids.ptr, s.phi.ptr, s.codes.ptr, this.seqPtr(slot), this.seqPtr(slot ^ 1),
+        keys !== undefined ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr,
+        DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
+        this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
+        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen,
+      ]);
+      launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
     } finally {
       args.dispose();
     }

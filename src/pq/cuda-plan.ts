@@ -39,9 +39,8 @@ export function pairTableSize(layout: Layout): number {
   return pairs <= MAX_PAIRS ? pairs : 0;
 }
 
-/** Candidates per thread (CE) of the kernel instance: K ≤ 256 → 1, K ≤ 2048 → 8. */
+/** The general select kernel: candidates per thread (CE) K ≤ 256 → 1, K ≤ 2048 → 8. */
 export function selectKernelName(layout: Layout): string {
-  if (pairTableSize(layout) > 0) return `pq_select_pairs_m${layout.config.pqGroupFactor}`;
   const ce = layout.config.heavySize <= SELECT_THREADS ? 1 : 8;
   return `pq_select_m${layout.config.pqGroupFactor}_c${ce}`;
 }
@@ -89,4 +88,36 @@ export function planSelect(layout: Layout, seqLen: number, multiprocessors: numb
 export function maxSlicesFor(layout: Layout, multiprocessors: number): number {
   const rows = layout.shape.batch * layout.shape.heads;
   return Math.min(MAX_PAIR_SLICES, Math.max(1, Math.ceil((2 * multiprocessors) / rows)) + 1);
+}
+
+export interface PairsPlan {
+  /** Blocks per query head: one thread-block cluster (1, 2, 4 or 8), one slice each. */
+  readonly cluster: number;
+  readonly sliceLen: number;
+  readonly maxSeqLen: number;
+}
+
+function nextPow2(n: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+}
+
+/**
+ * The pair path's cluster size and slice length: about two blocks per SM (clusters need sm_90;
+ * before that one block per head), at most 8 (the portable cluster size) and at most the pair
+ * count; slices cover the eligible span up to the next multiple of SELECT_TILE.
+ */
+export function planPairs(layout: Layout, seqLen: number, multiprocessors: number, clusters: boolean, clusterOverride?: number): PairsPlan {
+  const maxSeqLen = roundUp(Math.max(seqLen, 1), SELECT_TILE);
+  const span = eligibleSpan(layout, maxSeqLen);
+  const rows = layout.shape.batch * layout.shape.heads;
+  const pairs = pairTableSize(layout);
+  let cluster = clusterOverride ?? nextPow2(Math.ceil((2 * multiprocessors) / rows));
+  cluster = clusters ? Math.max(1, Math.min(8, cluster, 2 ** Math.floor(Math.log2(pairs)))) : 1;
+  const sliceLen = Math.max(SLICE_ALIGN, roundUp(Math.ceil(span / cluster), SLICE_ALIGN));
+  return { cluster, sliceLen, maxSeqLen };
+}
+
+/** The fused step kernel of the pair path. */
+export function stepPairsKernelName(layout: Layout, cluster: number): string {
+  return `pq_step_pairs_m${layout.config.pqGroupFactor}_p${cluster}`;
 }
