@@ -23,6 +23,7 @@
 // Invariants (src/pq/cuda-cache.ts): pair_count exact for [lo, sk_old - W); C^M <= MAX_PAIRS and C a
 //   power of two; K <= 2048; slice_len % 256 == 0; CL * slice_len covers [lo & ~15, sk - W);
 //   readers[] == 0 before a launch; sparse_len/sparse_list/weights hold the previous output.
+//   phase_clock (optional, for `bench --phases`): clock64 stamps of each phase, 16 per block.
 //
 // pq_pairs_count: pair_count[b, kvh, pair(p)] += 1 for p in [from, to). Launch: grid
 //   (ceil((to - from) / 256), B*Hkv), block 256. After an upload (on a zeroed table) and after
@@ -109,9 +110,9 @@ struct Threshold {
   int quota;
 };
 
-template <int M, int CL>
+template <int M, int CL, typename Stamp>
 __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, int virtual_pair, int C, int log2c, int K,
-                           int total, int rank, Threshold& th, bool take_all) {
+                           int total, int rank, Threshold& th, bool take_all, Stamp stamp) {
   const int tid = threadIdx.x;
   const int pairs = M == 1 ? C : C << log2c;
   const int share = pairs / CL;
@@ -167,6 +168,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   }
   __syncthreads();
   find_bin(sm, sm.hist_total, K);
+  stamp(2);  // PH_HIST
   th.bstar = sm.found_bin;
   int need = sm.found_need;
   th.whole_bin = sm.found_count == need;
@@ -202,6 +204,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
       gathered += n;
     }
     __syncthreads();
+    stamp(3);  // PH_MEMBERS
     // Iterate over the members: the gathered list, or (a crowded bin) every pair again.
     auto for_members = [&](auto&& f) {
       if (!overflow) {
@@ -250,6 +253,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
       th.prefix = prefix;
     }
     th.quota = th.partial ? need : 0;
+    stamp(4);  // PH_REFINE
   }
 
   // 4. Classes of this block's share of the pairs (the cluster gathers them after a barrier).
@@ -272,14 +276,25 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   }
 }
 
+// Phase stamps (clock64) for `bench --phases`: slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k].
+enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_GATHER, PH_COUNTS, PH_WRITE, PH_END, PH_N };
+
 template <int M, int CL>
 __device__ void step_pairs(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                            const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
-                           int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len) {
+                           int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len,
+                           long long* phase_clock) {
   __shared__ StepShared sm;
   const int tid = threadIdx.x;
+  long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
+  auto stamp = [&](int k) {
+    if (stamps != nullptr && tid == 0) stamps[k] = clock64();
+  };
+  if (stamps != nullptr && tid == 0)
+    for (int k = 0; k < PH_N; ++k) stamps[k] = 0;  // phases a block skips stay 0
+  stamp(PH_START);
   const int rows = B * H;
   const int sk_old = *seq_read;
   if (static_cast<int>(blockIdx.y) >= rows) {
@@ -290,6 +305,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
     }
+    stamp(PH_END);
     return;
   }
   const int rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1): rank = x
@@ -361,12 +377,14 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       if (e < M * C && (tid & 3) == 0) sm.lut[e] = acc;
     }
     __syncthreads();
+    stamp(PH_LUT);
 
     const bool take_all = total <= K;
     Threshold th;
     const int pairs = M == 1 ? C : C << log2c;
-    select_row<M, CL>(sm, pair_count + static_cast<int64_t>(bkv) * pairs, virtual_pair, C, log2c, K, total, rank, th, take_all);
+    select_row<M, CL>(sm, pair_count + static_cast<int64_t>(bkv) * pairs, virtual_pair, C, log2c, K, total, rank, th, take_all, stamp);
     cluster_sync();  // every block's class share is written; the old weights are cleared
+    stamp(PH_CLASSES);
     // Gather the other blocks' class shares (16-byte copies over distributed shared memory).
     if (CL > 1) {
       const int share = pairs / CL;
@@ -380,6 +398,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       }
       __syncthreads();
     }
+    stamp(PH_GATHER);
 
     // Scan this block's slice: classes of 16 consecutive positions per thread per tile.
     int take_total = 0, tie_total = 0;
@@ -418,6 +437,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       sm.counts[1] = block_ties;
     }
     cluster_sync();
+    stamp(PH_COUNTS);
     // Positions taken before this block: every take, and ties up to the quota, in rank order.
     int take_before = 0, tie_before = 0;
     for (int r = 0; r < rank; ++r) {
@@ -474,6 +494,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       take_before += tile_total & 0xffff;
       tie_before += tile_total >> 16;
     }
+    stamp(PH_WRITE);
     if (rank == 0) {
       // Sink, window, padding and length.
       const int win_start = max(sk - min(W, sk), sink_end);
@@ -498,6 +519,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     }
   }
   cluster_sync();  // keep this block's shared memory alive until the cluster has read it
+  stamp(PH_END);
 }
 
 }  // namespace
@@ -514,11 +536,11 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
       int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
-      int full_threshold, int slice_len) {                                                                           \
+      int full_threshold, int slice_len, long long* phase_clock) {                                                   \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_pairs<M, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count,  \
                       readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
-                      slice_len);                                                                                    \
+                      slice_len, phase_clock);                                                                       \
   }
 
 PQ_STEP_PAIRS_KERNEL(1, 1)

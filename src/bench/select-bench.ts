@@ -17,11 +17,11 @@ import { checkSelect } from '../pq/brute-force.js';
 import { CpuPQCache } from '../pq/cache.js';
 import { type Layout, type Metric, makeLayout } from '../pq/config.js';
 import { appendCodesCpu } from '../pq/cpu-build.js';
-import { CudaPQCache } from '../pq/cuda-cache.js';
+import { CudaPQCache, STEP_PHASES } from '../pq/cuda-cache.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
-import { deviceTensor } from '../tensor/device-tensor.js';
+import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import type { RecordRow } from './record.js';
 import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
@@ -83,6 +83,8 @@ export interface BenchOptions {
   readonly seed: number;
   readonly sliceLen?: number;
   readonly cluster?: number;
+  /** Also run steps with in-kernel phase stamps and report where the GPU time goes (pair path). */
+  readonly phases?: boolean;
   /** Write this config's inputs here (safetensors) for baselines measured on the same data. */
   readonly dumpDir?: string;
 }
@@ -247,7 +249,9 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       B * H * layout.listCapacity * 4 * 2 + // list read + write
       B * H * (c.S + c.K + c.W) * 4 * 2; // weights cleared + set
     const gbs = bytes / (g.median * 1e-6) / 1e9;
+    const phases = o.phases ? measurePhases(layout, state, capacity, o, qDev, kDev) : undefined;
     const extra = {
+      ...(phases ? { phases_us: phases } : {}),
       slices: plan.numSlices,
       slice_len: plan.sliceLen,
       bytes_per_call: bytes,
@@ -265,4 +269,55 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     arena.dispose();
     cache.dispose();
   }
+}
+
+/**
+ * Where the step kernel's time goes: median over blocks and steps of the time from the block's
+ * start to each phase (μs at the device clock), separately for select blocks (by rank) and append
+ * blocks. Runs on a separate cache created with phase stamps so the timed loops stay clean.
+ */
+function measurePhases(
+  layout: Layout,
+  state: PQIndexState,
+  capacity: number,
+  o: BenchOptions,
+  qDev: readonly DeviceTensor[],
+  kDev: readonly DeviceTensor[],
+): Record<string, Record<string, number>> {
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, cluster: o.cluster, phaseTiming: true });
+  const mhz = CudaContext.primary().device.clockRateKHz / 1000;
+  const rows = layout.shape.batch * layout.shape.heads;
+  const samples = new Map<string, number[]>();
+  const add = (k: string, v: number): void => {
+    const xs = samples.get(k) ?? [];
+    xs.push(v);
+    samples.set(k, xs);
+  };
+  try {
+    cache.uploadState({ ...state, codes: state.codes.slice() });
+    for (let i = 0; i < 120; i++) {
+      cache.step(qDev[i % qDev.length], kDev[i % kDev.length]);
+      if (i < 20) continue;
+      const { grid, cycles } = cache.phaseClocks();
+      for (let y = 0; y < grid[1]; y++) {
+        for (let x = 0; x < grid[0]; x++) {
+          const base = (y * grid[0] + x) * 16;
+          const t0 = cycles[base];
+          const group = y < rows ? `select rank ${x}` : 'append';
+          STEP_PHASES.forEach((name, k) => {
+            const t = cycles[base + 1 + k];
+            if (t !== 0n) add(`${group}/${name}`, Number(t - t0) / mhz);
+          });
+        }
+      }
+    }
+  } finally {
+    cache.dispose();
+  }
+  const out: Record<string, Record<string, number>> = {};
+  for (const [key, xs] of samples) {
+    const [group, phase] = key.split('/');
+    (out[group] ??= {})[phase] = round3(summarize(xs).median);
+  }
+  return out;
 }

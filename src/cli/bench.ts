@@ -16,6 +16,7 @@ export interface BenchCliOptions {
   readonly warmup: number;
   readonly sliceLen?: number;
   readonly cluster?: number;
+  readonly phases?: boolean;
   readonly dumpDir?: string;
   readonly command: string;
 }
@@ -65,9 +66,15 @@ export function runBench(o: BenchCliOptions): number {
       stream.dispose();
       const configs = o.config === 'seed' ? [SEED_BENCH] : selectMatrix();
       for (const c of configs) {
-        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, dumpDir: o.dumpDir }, copyGBs);
+        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, phases: o.phases, dumpDir: o.dumpDir }, copyGBs);
         record.rows.push(...r.rows);
         console.error(`bench: B=${c.B} sk=${c.sk}: wall ${r.rows[0].wall_us?.median} μs, gpu ${r.rows[0].gpu_us?.median} μs (${r.plan.numSlices} slices of ${r.plan.sliceLen})`);
+        const phases = (r.rows[0].extra as { phases_us?: Record<string, Record<string, number>> } | undefined)?.phases_us;
+        if (phases) {
+          const names = [...new Set(Object.values(phases).flatMap((p) => Object.keys(p)))];
+          console.log(`phases (μs from block start, median), B=${c.B} sk=${c.sk}:`);
+          console.log(table(['block', ...names], Object.entries(phases).sort().map(([g, p]) => [g, ...names.map((n) => p[n] ?? NaN)])));
+        }
       }
       printSelect(record.rows);
     }

@@ -59,10 +59,11 @@ program
   .option('--warmup <n>', 'untimed calls first', int('warmup', 0), 50)
   .option('--slice-len <n>', 'general select plan: slice length (tuning)', int('slice-len', 256))
   .option('--cluster <n>', 'pair path: blocks per query head, 1 | 2 | 4 | 8 (tuning)', int('cluster', 1))
+  .option('--phases', 'pair path: also report in-kernel phase timing')
   .option('--dump-dir <dir>', 'write each config\'s inputs as safetensors (for bench/torch_select_baseline.py)')
   .action((o) => {
     process.exitCode = runBench({
-      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, cluster: o.cluster, dumpDir: o.dumpDir,
+      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, cluster: o.cluster, phases: o.phases === true, dumpDir: o.dumpDir,
       command: `pqcache ${process.argv.slice(2).join(' ')}`,
     });
   });

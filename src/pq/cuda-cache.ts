@@ -17,11 +17,11 @@ import { CudaContext } from '../cuda/context.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, check, driver } from '../cuda/driver.js';
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
-import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
+import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
-import { DeviceInputError, DisposedError, ShapeError } from '../errors.js';
+import { DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
@@ -49,6 +49,8 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   readonly sliceLen?: number;
   /** Blocks per query head on the pair path: 1, 2, 4 or 8 (tuning; default: planned). */
   readonly cluster?: number;
+  /** Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). */
+  readonly phaseTiming?: boolean;
 }
 
 type Query = HostTensor | DeviceTensor;
@@ -60,8 +62,10 @@ const SELECT_ARGS = [
 ] as const;
 const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
-  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
 ] as const;
+/** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
+export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'gather', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
@@ -105,6 +109,8 @@ export class CudaPQCache implements PQCache {
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
+  private readonly phaseBuffer: DeviceBuffer | undefined;
+  private lastStepGrid: readonly [number, number] = [0, 0];
   private isBuilt = false;
   private weightsDType: FloatDType | undefined;
   private disposed = false;
@@ -162,6 +168,10 @@ export class CudaPQCache implements PQCache {
       made.push(this.stagingKey);
       this.stagingConsumed = new Event({ timing: false });
       made.push(this.stagingConsumed);
+      if (options.phaseTiming === true && this.pairs > 0) {
+        this.phaseBuffer = new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8);
+        made.push(this.phaseBuffer);
+      }
       this.ownsStream = options.stream === undefined;
       this.stream = options.stream ?? new Stream();
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
@@ -523,12 +533,27 @@ export class CudaPQCache implements PQCache {
         keys !== undefined ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr,
         DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
         this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
-        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen,
+        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, this.phaseBuffer?.ptr ?? 0n,
       ]);
       launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
+      this.lastStepGrid = [cluster, B * H + appendRows];
     } finally {
       args.dispose();
     }
+  }
+
+  /**
+   * Per-block phase durations (SM cycles) of the last pair step kernel, when created with
+   * phaseTiming: for each block (x, y), the cycles from the start to each of STEP_PHASES (0 when the
+   * block skipped a phase). Synchronizes.
+   */
+  phaseClocks(): { grid: readonly [number, number]; cycles: BigInt64Array } {
+    if (this.phaseBuffer === undefined) throw new StateError('phaseClocks', 'a cache created with phaseTiming on the pair path', 'none');
+    this.synchronize();
+    const [gx, gy] = this.lastStepGrid;
+    const cycles = new BigInt64Array(gx * gy * 16);
+    copies.toHost(cycles, this.phaseBuffer);
+    return { grid: this.lastStepGrid, cycles };
   }
 
   /** Zero the weights, empty the lists: the kernel's incremental update starts from here. */
@@ -587,6 +612,7 @@ export class CudaPQCache implements PQCache {
       this.stagingQuery.dispose();
       this.stagingKey.dispose();
       this.stagingConsumed.dispose();
+      this.phaseBuffer?.dispose();
       if (this.ownsStream) this.stream.dispose();
     }
   }
