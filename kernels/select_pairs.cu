@@ -65,6 +65,11 @@ struct StepShared {
   int scan[NW];
   float bounds[4];
   int n_members;   // this block's member count (read by the cluster)
+  int member_offset[8];
+  int member_count[8];
+  int member_total;
+  int member_overflow;
+  uint32_t found_key;
   int counts[2];   // this block's (take, tie) positions (read by the cluster)
   int best_code[PQ_APPEND_MAX_M];
   int found_bin, found_need, found_count;
@@ -110,20 +115,41 @@ struct Threshold {
   int quota;
 };
 
+// Weights of this block's share of the pairs held in registers: the first WPT * NT of the share
+// (all of it up to 4096 pairs in total); a larger share reads the rest from the table in loops.
+template <int CL>
+struct ShareWeights {
+  static constexpr int WPT = (4096 / NT) / CL > 0 ? (4096 / NT) / CL : 1;
+  unsigned w[WPT];
+};
+
+// The row's threshold over the pair scores (identical in every block of the cluster), then the
+// class of every pair in this block's sm.cls. Contains 1 or 2 cluster barriers (uniform).
 template <int M, int CL, typename Stamp>
-__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, int virtual_pair, int C, int log2c, int K,
-                           int total, int rank, Threshold& th, bool take_all, Stamp stamp) {
+__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, const ShareWeights<CL>& sw, int virtual_pair,
+                           int C, int log2c, int K, int rank, Threshold& th, bool take_all, Stamp stamp) {
   const int tid = threadIdx.x;
   const int pairs = M == 1 ? C : C << log2c;
   const int share = pairs / CL;
   const int first = rank * share;
+  constexpr int WPT = ShareWeights<CL>::WPT;
   auto score_of = [&](int i) -> float {
     return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)];
   };
-  auto weight_of = [&](int i) -> unsigned { return __ldg(table + i) + (i == virtual_pair ? 1u : 0u); };
+  // f(i, w) over this thread's pairs of the share: the first WPT from registers (compile-time
+  // indices), the rest (shares over 4096 / CL pairs) from the table.
+  auto for_share = [&](auto&& f) {
+#pragma unroll
+    for (int k = 0; k < WPT; ++k) {
+      const int i = first + k * NT + tid;
+      if (i < first + share) f(i, sw.w[k] + (i == virtual_pair ? 1u : 0u));
+    }
+    for (int i = first + WPT * NT + tid; i < first + share; i += NT) f(i, __ldg(table + i) + (i == virtual_pair ? 1u : 0u));
+  };
   th = Threshold{0, true, 32, 0u, false, 0};
   if (take_all) {
-    for (int i = first + tid; i < first + share; i += NT) sm.cls[i] = CLS_TAKE;
+    for (int i = tid; i < pairs; i += NT) sm.cls[i] = CLS_TAKE;
+    __syncthreads();
     return;
   }
   // Score bounds from the LUT alone (s = l0 + l1 is monotone in each term): linear bins.
@@ -155,15 +181,17 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   auto bin_of = [&](float s) -> int { return linear ? min(255, max(0, __float2int_rz((s - lo_b) * scale))) : 0; };
 
   // 1. Partial histogram of this block's share; the cluster's sum in every block.
-  for (int i = first + tid; i < first + share; i += NT) {
-    const unsigned w = weight_of(i);
+  for_share([&](int i, unsigned w) {
     if (w != 0u) atomicAdd(&sm.hist[bin_of(score_of(i))], static_cast<int>(w));
-  }
+  });
   cluster_sync();
   {
+    int parts[CL];
+#pragma unroll
+    for (int r = 0; r < CL; ++r) parts[r] = peer(sm.hist, r)[tid];
     int sum = 0;
 #pragma unroll
-    for (int r = 0; r < CL; ++r) sum += peer(sm.hist, r)[tid];
+    for (int r = 0; r < CL; ++r) sum += parts[r];
     sm.hist_total[tid] = sum;
   }
   __syncthreads();
@@ -175,89 +203,123 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
 
   if (!th.whole_bin) {
     // 2. Members of bin d*: each block lists its share's; every block gathers all (rank order).
-    for (int i = first + tid; i < first + share; i += NT) {
-      const unsigned w = weight_of(i);
-      if (w == 0u) continue;
+    for_share([&](int i, unsigned w) {
+      if (w == 0u) return;
       const float s = score_of(i);
-      if (bin_of(s) != th.bstar) continue;
+      if (bin_of(s) != th.bstar) return;
       const int slot = atomicAdd(&sm.n_members, 1);
       if (slot < LOCAL_MEMBERS) {
         sm.member_key[slot] = pq_score_key(s);
         sm.member_w[slot] = w;
       }
-    }
+    });
     cluster_sync();
-    int gathered = 0;
-    bool overflow = false;
+    // Member counts of all blocks at once, then their lists (loads issued before the stores).
+    if (tid < 32) {
+      const int n = tid < CL ? *peer(&sm.n_members, tid) : 0;
+      const int inc = pq_warp_inclusive_scan(n);
+      if (tid < CL) {
+        sm.member_offset[tid] = inc - n;
+        sm.member_count[tid] = n;
+      }
+      if (tid == 31) sm.member_total = inc;
+      const int over = __any_sync(0xffffffffu, tid < CL && n > LOCAL_MEMBERS);
+      if (tid == 0) sm.member_overflow = over || inc > GATHERED_MEMBERS;
+    }
+    __syncthreads();
+    const bool overflow = sm.member_overflow;
+    const int gathered = sm.member_total;
+    if (!overflow) {
 #pragma unroll
-    for (int r = 0; r < CL; ++r) {
-      const int n = *peer(&sm.n_members, r);
-      overflow |= n > LOCAL_MEMBERS || gathered + n > GATHERED_MEMBERS;
-      if (!overflow) {
+      for (int r = 0; r < CL; ++r) {
+        const int n = sm.member_count[r];
+        const int at = sm.member_offset[r];
         const uint32_t* pk = peer(sm.member_key, r);
         const uint32_t* pw = peer(sm.member_w, r);
         for (int j = tid; j < n; j += NT) {
-          sm.all_key[gathered + j] = pk[j];
-          sm.all_w[gathered + j] = pw[j];
+          sm.all_key[at + j] = pk[j];
+          sm.all_w[at + j] = pw[j];
         }
       }
-      gathered += n;
     }
     __syncthreads();
     stamp(3);  // PH_MEMBERS
-    // Iterate over the members: the gathered list, or (a crowded bin) every pair again.
-    auto for_members = [&](auto&& f) {
-      if (!overflow) {
-        for (int j = tid; j < gathered; j += NT) f(sm.all_key[j], sm.all_w[j]);
-      } else {
-        for (int i = tid; i < pairs; i += NT) {
-          const unsigned w = weight_of(i);
-          if (w == 0u) continue;
-          const float s = score_of(i);
-          if (bin_of(s) == th.bstar) f(pq_score_key(s), w);
+    if (!overflow && gathered <= NT) {
+      // 3a. Few members: rank them all at once. Thread j: weight above and equal to its key.
+      const uint32_t key = tid < gathered ? sm.all_key[tid] : 0u;
+      unsigned above = 0u, equal = 0u;
+      if (tid < gathered) {
+        for (int k = 0; k < gathered; ++k) {
+          const uint32_t kk = sm.all_key[k];
+          const unsigned w = sm.all_w[k];
+          above += kk > key ? w : 0u;
+          equal += kk == key ? w : 0u;
+        }
+        if (static_cast<int>(above) < need && static_cast<int>(above + equal) >= need) {
+          sm.found_key = key;  // every member with this key agrees: one value is written
+          sm.found_need = need - static_cast<int>(above);
+          sm.found_count = static_cast<int>(equal);
         }
       }
-    };
-    // 3. Weighted radix select on the members' score keys, from the highest differing bit.
-    uint32_t kmin = 0xffffffffu, kmax = 0u, u0 = 0u, u1 = 0u;
-    for_members([&](uint32_t k, uint32_t) { kmin = min(kmin, k); kmax = max(kmax, k); });
-    pq_block_minmax_u32<NT>(kmin, kmax, u0, u1, sm.reduce);
-    if (kmin == kmax) {
+      __syncthreads();
       th.shift = 0;
-      th.prefix = kmin;
-      th.partial = true;
+      th.prefix = sm.found_key;
+      need = sm.found_need;
+      th.partial = sm.found_count > need;
     } else {
-      int top = 31 - __clz(kmin ^ kmax);
-      uint32_t prefix = top >= 31 ? 0u : (kmin >> (top + 1));
-      for (;;) {
-        const int sh = max(top - 7, 0);
-        const int width = top - sh + 1;
-        const uint32_t mask = (1u << width) - 1u;
-        sm.hist[tid] = 0;
-        __syncthreads();
-        for_members([&](uint32_t k, uint32_t w) {
-          if (top >= 31 || (k >> (top + 1)) == prefix) atomicAdd(&sm.hist[(k >> sh) & mask], static_cast<int>(w));
-        });
-        __syncthreads();
-        find_bin(sm, sm.hist, need);
-        prefix = (prefix << width) | static_cast<uint32_t>(sm.found_bin);
-        need = sm.found_need;
-        th.shift = sh;
-        top = sh - 1;
-        if (sm.found_count == need) break;
-        if (top < 0) {
-          th.partial = true;
-          break;
+      // 3b. Many members: weighted radix select on their score keys from the highest differing bit.
+      auto for_members = [&](auto&& f) {
+        if (!overflow) {
+          for (int j = tid; j < gathered; j += NT) f(sm.all_key[j], sm.all_w[j]);
+        } else {
+          for (int i = tid; i < pairs; i += NT) {
+            const unsigned w = __ldg(table + i) + (i == virtual_pair ? 1u : 0u);
+            if (w == 0u) continue;
+            const float s = score_of(i);
+            if (bin_of(s) == th.bstar) f(pq_score_key(s), w);
+          }
         }
+      };
+      uint32_t kmin = 0xffffffffu, kmax = 0u, u0 = 0u, u1 = 0u;
+      for_members([&](uint32_t k, uint32_t) { kmin = min(kmin, k); kmax = max(kmax, k); });
+      pq_block_minmax_u32<NT>(kmin, kmax, u0, u1, sm.reduce);
+      if (kmin == kmax) {
+        th.shift = 0;
+        th.prefix = kmin;
+        th.partial = true;
+      } else {
+        int top = 31 - __clz(kmin ^ kmax);
+        uint32_t prefix = top >= 31 ? 0u : (kmin >> (top + 1));
+        for (;;) {
+          const int sh = max(top - 7, 0);
+          const int width = top - sh + 1;
+          const uint32_t mask = (1u << width) - 1u;
+          sm.hist[tid] = 0;
+          __syncthreads();
+          for_members([&](uint32_t k, uint32_t w) {
+            if (top >= 31 || (k >> (top + 1)) == prefix) atomicAdd(&sm.hist[(k >> sh) & mask], static_cast<int>(w));
+          });
+          __syncthreads();
+          find_bin(sm, sm.hist, need);
+          prefix = (prefix << width) | static_cast<uint32_t>(sm.found_bin);
+          need = sm.found_need;
+          th.shift = sh;
+          top = sh - 1;
+          if (sm.found_count == need) break;
+          if (top < 0) {
+            th.partial = true;
+            break;
+          }
+        }
+        th.prefix = prefix;
       }
-      th.prefix = prefix;
     }
     th.quota = th.partial ? need : 0;
     stamp(4);  // PH_REFINE
   }
 
-  // 4. Classes of this block's share of the pairs (the cluster gathers them after a barrier).
-  for (int i = first + tid; i < first + share; i += NT) {
+  // 4. The class of every pair (each block all of them: no exchange needed).
+  for (int i = tid; i < pairs; i += NT) {
     const float s = score_of(i);
     const int bin = bin_of(s);
     uint8_t c = CLS_SKIP;
@@ -274,10 +336,18 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
     }
     sm.cls[i] = c;
   }
+  __syncthreads();
 }
 
-// Phase stamps (clock64) for `bench --phases`: slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k].
-enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_GATHER, PH_COUNTS, PH_WRITE, PH_END, PH_N };
+// Phase stamps (clock64) for `bench --phases`: slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k];
+// slots 14 and 15 hold the block's start and end on the global timer (ns).
+enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END };
+
+__device__ __forceinline__ long long global_timer_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 template <int M, int CL>
 __device__ void step_pairs(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
@@ -292,9 +362,15 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   auto stamp = [&](int k) {
     if (stamps != nullptr && tid == 0) stamps[k] = clock64();
   };
-  if (stamps != nullptr && tid == 0)
-    for (int k = 0; k < PH_N; ++k) stamps[k] = 0;  // phases a block skips stay 0
+  if (stamps != nullptr && tid == 0) {
+    for (int k = 0; k < 16; ++k) stamps[k] = 0;  // phases a block skips stay 0
+    stamps[14] = global_timer_ns();
+  }
   stamp(PH_START);
+  auto finish = [&]() {
+    stamp(PH_END);
+    if (stamps != nullptr && tid == 0) stamps[15] = global_timer_ns();
+  };
   const int rows = B * H;
   const int sk_old = *seq_read;
   if (static_cast<int>(blockIdx.y) >= rows) {
@@ -305,7 +381,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
     }
-    stamp(PH_END);
+    finish();
     return;
   }
   const int rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1): rank = x
@@ -316,13 +392,60 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int kvh = h / G;
   const int bkv = b * Hkv + kvh;
   const int lo = max(O, S);
+  const int pairs = M == 1 ? C : C << log2c;
+  const unsigned* table = pair_count + static_cast<int64_t>(bkv) * pairs;
+  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
+  const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
+  const int dsub = D / M;
+
+  // ---- Everything that does not depend on sk goes in flight first. ----
+  // This block's share of the pair weights.
+  ShareWeights<CL> sw;
+  {
+    const int share = pairs / CL;
+    const int first = rank * share;
+#pragma unroll
+    for (int k = 0; k < ShareWeights<CL>::WPT; ++k) {
+      const int i = first + k * NT + tid;
+      sw.w[k] = i < first + share ? __ldg(table + i) : 0u;
+    }
+  }
+  // The first 128 LUT entries' centroid rows: entry (tid >> 2) + 64k, float4 (tid & 3) + 4jj.
+  float4 crow_regs[2][4];
+  auto load_centroids = [&](int e0) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int e = e0 + (tid >> 2) + 64 * k;
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j4 = (tid & 3) + 4 * jj;
+        crow_regs[k][jj] = e < M * C && j4 < dsub / 4 ? __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4)
+                                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+  };
+  load_centroids(0);
+  // The previous list (speculatively: its length arrives with it).
+  int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
+  const int old_len = out.sparse_len[row];
+  constexpr int OLD_PER_THREAD = 4;
+  int old_entries[OLD_PER_THREAD];
+#pragma unroll
+  for (int k = 0; k < OLD_PER_THREAD; ++k) {
+    const int i = rank * NT + tid + k * CL * NT;
+    old_entries[k] = i < out.L ? list[i] : -1;
+  }
+  for (int d = tid; d < D; d += NT) {
+    const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
+    if (!isfinite(v)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
+    sm.x[d] = v;
+  }
+
   const int sk = sk_old + appended;
   const int hi = sk - W;
   const int total = max(0, hi - lo);
   const int s0 = (lo & ~15) + rank * slice_len;
   const int s1 = min(s0 + slice_len, hi);
-  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
-
   uint4 raw[M];  // 16 positions x M bytes
   auto load_tile = [&](int t0) {
     const int p0 = t0 + tid * E;
@@ -339,187 +462,197 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     const uint8_t* qc = head_codes + static_cast<int64_t>(q) * M;
     virtual_pair = M == 1 ? qc[0] : qc[0] + (qc[1] << log2c);
   }
-  const int old_len = out.sparse_len[row];
 
   if (sk <= full_threshold) {
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
-  } else {
-    // Query row and LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry).
-    for (int d = tid; d < D; d += NT) {
-      const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
-      if (!isfinite(v)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
-      sm.x[d] = v;
-    }
-    // Clear the previous list's weights (this block's share of it) before anyone sets new ones.
-    int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
-    for (int i = rank * NT + tid; i < old_len && i < out.L; i += CL * NT) {
-      const int p = list[i];
-      if (p >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p, false);
-    }
-    __syncthreads();
-    const int dsub = D / M;
-    const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
-    for (int e0 = 0; e0 < M * C; e0 += NT / 4) {
-      const int e = e0 + (tid >> 2);
-      float acc = 0.0f;
-      if (e < M * C) {
-        const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
-        const float4* qv = reinterpret_cast<const float4*>(sm.x + (e >> log2c) * dsub);
-#pragma unroll 4
-        for (int j4 = tid & 3; j4 < dsub / 4; j4 += 4) {
-          const float4 cv = __ldg(crow + j4);
-          const float4 xv = qv[j4];
-          acc += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
-        }
-      }
-      acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-      acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-      if (e < M * C && (tid & 3) == 0) sm.lut[e] = acc;
-    }
-    __syncthreads();
-    stamp(PH_LUT);
-
-    const bool take_all = total <= K;
-    Threshold th;
-    const int pairs = M == 1 ? C : C << log2c;
-    select_row<M, CL>(sm, pair_count + static_cast<int64_t>(bkv) * pairs, virtual_pair, C, log2c, K, total, rank, th, take_all, stamp);
-    cluster_sync();  // every block's class share is written; the old weights are cleared
-    stamp(PH_CLASSES);
-    // Gather the other blocks' class shares (16-byte copies over distributed shared memory).
-    if (CL > 1) {
-      const int share = pairs / CL;
-      for (int r = 0; r < CL; ++r) {
-        if (r == rank) continue;
-        const uint4* src = reinterpret_cast<const uint4*>(peer(sm.cls, r) + r * share);
-        uint4* dst = reinterpret_cast<uint4*>(sm.cls + r * share);
-        for (int j = tid; j < share / 16; j += NT) dst[j] = src[j];
-        if (share % 16 != 0)  // small tables (M == 1, C < 16 * CL)
-          for (int j = tid; j < share; j += NT) sm.cls[r * share + j] = peer(sm.cls, r)[r * share + j];
-      }
-      __syncthreads();
-    }
-    stamp(PH_GATHER);
-
-    // Scan this block's slice: classes of 16 consecutive positions per thread per tile.
-    int take_total = 0, tie_total = 0;
-    uint32_t take_bits = 0u, tie_bits = 0u;  // the last tile's classes (all of them when tiles == 1)
-    const int tiles = s1 > s0 ? (s1 - s0 + TILE - 1) / TILE : 0;
-    // Pass A: counts only (multi-tile slices are re-read in pass B).
-    for (int t = 0; t < tiles; ++t) {
-      const int t0 = s0 + t * TILE;
-      if (t != 0) load_tile(t0);
-      const int p0 = t0 + tid * E;
-      uint32_t tk = 0u, ti = 0u;
-#pragma unroll
-      for (int j = 0; j < E; ++j) {
-        const int p = p0 + j;
-        uint32_t c0, c1 = 0u;
-        if (M == 1) {
-          c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
-        } else {
-          const uint32_t w = (&raw[0].x)[j >> 1];
-          c0 = (w >> (16 * (j & 1))) & 0xffu;
-          c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
-        }
-        const uint8_t c = (p >= lo && p < s1) ? sm.cls[M == 1 ? c0 : c0 + (c1 << log2c)] : CLS_SKIP;
-        tk |= (c == CLS_TAKE ? 1u : 0u) << j;
-        ti |= (c == CLS_TIE ? 1u : 0u) << j;
-      }
-      take_bits = tk;
-      tie_bits = ti;
-      take_total += __popc(tk);
-      tie_total += __popc(ti);
-    }
-    const int block_takes = pq_block_sum<NT>(take_total, sm.scan);
-    const int block_ties = pq_block_sum<NT>(tie_total, sm.scan);
-    if (tid == 0) {
-      sm.counts[0] = block_takes;
-      sm.counts[1] = block_ties;
+    if (rank == 0 && tid == 0 && atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
+      readers[bkv] = 0u;
+      if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + virtual_pair], 1u);
     }
     cluster_sync();
-    stamp(PH_COUNTS);
-    // Positions taken before this block: every take, and ties up to the quota, in rank order.
-    int take_before = 0, tie_before = 0;
-    for (int r = 0; r < rank; ++r) {
-      take_before += peer(sm.counts, r)[0];
-      tie_before += peer(sm.counts, r)[1];
-    }
-    const int quota = th.quota;
-    const int sink_end = min(S, sk);
-    const int n_heavy = min(K, total);
-    // Pass B: write this block's heavy hitters at their final slots.
-    for (int t = 0; t < tiles; ++t) {
-      const int t0 = s0 + t * TILE;
-      if (tiles > 1) {
-        load_tile(t0);
-        const int p0 = t0 + tid * E;
-        uint32_t tk = 0u, ti = 0u;
+    finish();
+    return;
+  }
+  __syncthreads();  // the query row is in shared memory
+
+  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry, 2 entries per lane group).
+  for (int e0 = 0; e0 < M * C; e0 += 128) {
+    if (e0 != 0) load_centroids(e0);
+    float acc[2];
 #pragma unroll
-        for (int j = 0; j < E; ++j) {
-          const int p = p0 + j;
-          uint32_t c0, c1 = 0u;
-          if (M == 1) {
-            c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
-          } else {
-            const uint32_t w = (&raw[0].x)[j >> 1];
-            c0 = (w >> (16 * (j & 1))) & 0xffu;
-            c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
-          }
-          const uint8_t c = (p >= lo && p < s1) ? sm.cls[M == 1 ? c0 : c0 + (c1 << log2c)] : CLS_SKIP;
-          tk |= (c == CLS_TAKE ? 1u : 0u) << j;
-          ti |= (c == CLS_TIE ? 1u : 0u) << j;
-        }
-        take_bits = tk;
-        tie_bits = ti;
-      }
-      int tile_total;
-      const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
-      int tk_before = take_before + (packed & 0xffff);
-      int ti_before = tie_before + (packed >> 16);
-      const int p0 = t0 + tid * E;
+    for (int k = 0; k < 2; ++k) {
+      const int e = e0 + (tid >> 2) + 64 * k;
+      const float4* qv = reinterpret_cast<const float4*>(sm.x + (min(e, M * C - 1) >> log2c) * dsub);
+      float a = 0.0f;
 #pragma unroll
-      for (int j = 0; j < E; ++j) {
-        const bool take = take_bits >> j & 1u;
-        const bool tie = tie_bits >> j & 1u;
-        if (take || (tie && ti_before < quota)) {
-          const int slot = tk_before + min(ti_before, quota);
-          if (slot < n_heavy) {
-            list[sink_end + slot] = p0 + j;
-            store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p0 + j, true);
-          }
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j4 = (tid & 3) + 4 * jj;
+        if (j4 < dsub / 4) {
+          const float4 xv = qv[j4];
+          const float4 cv = crow_regs[k][jj];
+          a += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
         }
-        tk_before += take ? 1 : 0;
-        ti_before += tie ? 1 : 0;
       }
-      take_before += tile_total & 0xffff;
-      tie_before += tile_total >> 16;
+      for (int j4 = (tid & 3) + 16; j4 < dsub / 4 && e < M * C; j4 += 4) {  // dsub > 64
+        const float4 cv = __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4);
+        const float4 xv = qv[j4];
+        a += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
+      }
+      acc[k] = a;
     }
-    stamp(PH_WRITE);
-    if (rank == 0) {
-      // Sink, window, padding and length.
-      const int win_start = max(sk - min(W, sk), sink_end);
-      const int len = sink_end + n_heavy + (sk - win_start);
-      for (int i = tid; i < out.L; i += NT) {
-        int p = -2;  // heavy slots are written by the slice owners
-        if (i < sink_end) p = i;
-        else if (i >= sink_end + n_heavy) p = i < len ? win_start + (i - sink_end - n_heavy) : -1;
-        if (p != -2) {
-          list[i] = p;
-          if (p >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p, true);
-        }
-      }
-      if (tid == 0) out.sparse_len[row] = len;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 1);
+      acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 2);
+      const int e = e0 + (tid >> 2) + 64 * k;
+      if (e < M * C && (tid & 3) == 0) sm.lut[e] = acc[k];
     }
   }
-  // The last of the kv-head's G query heads to be done with the table adds q to it.
-  if (rank == 0 && tid == 0) {
-    if (atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
-      readers[bkv] = 0u;
-      if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * (M == 1 ? C : C << log2c) + virtual_pair], 1u);
+  // Clear the previous list's weights (this block's share of it): before the counts barrier,
+  // after which any block sets new ones.
+#pragma unroll
+  for (int k = 0; k < OLD_PER_THREAD; ++k) {
+    const int i = rank * NT + tid + k * CL * NT;
+    if (i < old_len && old_entries[k] >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + old_entries[k], false);
+  }
+  for (int i = rank * NT + tid + OLD_PER_THREAD * CL * NT; i < old_len && i < out.L; i += CL * NT) {
+    const int p = list[i];
+    if (p >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p, false);
+  }
+  __syncthreads();
+  stamp(PH_LUT);
+
+  const bool take_all = total <= K;
+  Threshold th;
+  select_row<M, CL>(sm, table, sw, virtual_pair, C, log2c, K, rank, th, take_all, stamp);
+  stamp(PH_CLASSES);
+
+  // Scan this block's slice: classes of 16 consecutive positions per thread per tile.
+  int take_total = 0, tie_total = 0;
+  uint32_t take_bits = 0u, tie_bits = 0u;  // the last tile's classes (all of them when tiles == 1)
+  const int tiles = s1 > s0 ? (s1 - s0 + TILE - 1) / TILE : 0;
+  auto classify_tile = [&](int t0) {
+    const int p0 = t0 + tid * E;
+    uint32_t tk = 0u, ti = 0u;
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const int p = p0 + j;
+      uint32_t c0, c1 = 0u;
+      if (M == 1) {
+        c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
+      } else {
+        const uint32_t w = (&raw[0].x)[j >> 1];
+        c0 = (w >> (16 * (j & 1))) & 0xffu;
+        c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
+      }
+      const uint8_t c = (p >= lo && p < s1) ? sm.cls[M == 1 ? c0 : c0 + (c1 << log2c)] : CLS_SKIP;
+      tk |= (c == CLS_TAKE ? 1u : 0u) << j;
+      ti |= (c == CLS_TIE ? 1u : 0u) << j;
     }
+    take_bits = tk;
+    tie_bits = ti;
+  };
+  for (int t = 0; t < tiles; ++t) {
+    if (t != 0) load_tile(s0 + t * TILE);
+    classify_tile(s0 + t * TILE);
+    take_total += __popc(take_bits);
+    tie_total += __popc(tie_bits);
+  }
+  // Both block totals in one reduction.
+  {
+    int a = take_total, c = tie_total;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      a += __shfl_xor_sync(0xffffffffu, a, o);
+      c += __shfl_xor_sync(0xffffffffu, c, o);
+    }
+    if ((tid & 31) == 0) {
+      sm.reduce[tid >> 5] = static_cast<uint32_t>(a);
+      sm.reduce[NW + (tid >> 5)] = static_cast<uint32_t>(c);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int ta = 0, tc = 0;
+      for (int w = 0; w < NW; ++w) {
+        ta += static_cast<int>(sm.reduce[w]);
+        tc += static_cast<int>(sm.reduce[NW + w]);
+      }
+      sm.counts[0] = ta;
+      sm.counts[1] = tc;
+    }
+  }
+  cluster_sync();  // counts published; every block's old weights cleared; the table is no longer read
+  stamp(PH_COUNTS);
+  // The last of the kv-head's G query heads to be done with the table adds q to it.
+  if (rank == 0 && tid == 0 && atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
+    readers[bkv] = 0u;
+    if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + virtual_pair], 1u);
+  }
+  // Positions taken before this block: every take, and ties up to the quota, in rank order.
+  int take_before = 0, tie_before = 0;
+  {
+    int tb[CL], ib[CL];
+#pragma unroll
+    for (int r = 0; r < CL; ++r) {
+      tb[r] = r < rank ? peer(sm.counts, r)[0] : 0;
+      ib[r] = r < rank ? peer(sm.counts, r)[1] : 0;
+    }
+#pragma unroll
+    for (int r = 0; r < CL; ++r) {
+      take_before += tb[r];
+      tie_before += ib[r];
+    }
+  }
+  const int quota = th.quota;
+  const int sink_end = min(S, sk);
+  const int n_heavy = min(K, total);
+  // Write this block's heavy hitters at their final slots.
+  for (int t = 0; t < tiles; ++t) {
+    const int t0 = s0 + t * TILE;
+    if (tiles > 1) {
+      load_tile(t0);
+      classify_tile(t0);
+    }
+    int tile_total;
+    const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
+    int tk_before = take_before + (packed & 0xffff);
+    int ti_before = tie_before + (packed >> 16);
+    const int p0 = t0 + tid * E;
+#pragma unroll
+    for (int j = 0; j < E; ++j) {
+      const bool take = take_bits >> j & 1u;
+      const bool tie = tie_bits >> j & 1u;
+      if (take || (tie && ti_before < quota)) {
+        const int slot = tk_before + min(ti_before, quota);
+        if (slot < n_heavy) {
+          list[sink_end + slot] = p0 + j;
+          store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p0 + j, true);
+        }
+      }
+      tk_before += take ? 1 : 0;
+      ti_before += tie ? 1 : 0;
+    }
+    take_before += tile_total & 0xffff;
+    tie_before += tile_total >> 16;
+  }
+  stamp(PH_WRITE);
+  if (rank == 0) {
+    // Sink, window, padding and length.
+    const int win_start = max(sk - min(W, sk), sink_end);
+    const int len = sink_end + n_heavy + (sk - win_start);
+    for (int i = tid; i < out.L; i += NT) {
+      int p = -2;  // heavy slots are written by the slice owners
+      if (i < sink_end) p = i;
+      else if (i >= sink_end + n_heavy) p = i < len ? win_start + (i - sink_end - n_heavy) : -1;
+      if (p != -2) {
+        list[i] = p;
+        if (p >= 0) store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p, true);
+      }
+    }
+    if (tid == 0) out.sparse_len[row] = len;
   }
   cluster_sync();  // keep this block's shared memory alive until the cluster has read it
-  stamp(PH_END);
+  finish();
 }
 
 }  // namespace

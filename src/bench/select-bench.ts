@@ -299,6 +299,15 @@ function measurePhases(
       cache.step(qDev[i % qDev.length], kDev[i % kDev.length]);
       if (i < 20) continue;
       const { grid, cycles } = cache.phaseClocks();
+      // Global-timer stamps (slots 14, 15): when blocks start relative to the first, and the span.
+      let first = BigInt(Number.MAX_SAFE_INTEGER);
+      let last = 0n;
+      for (let b = 0; b < grid[0] * grid[1]; b++) {
+        if (cycles[b * 16 + 14] < first) first = cycles[b * 16 + 14];
+        if (cycles[b * 16 + 15] > last) last = cycles[b * 16 + 15];
+      }
+      add('kernel/first start to last end', Number(last - first) / 1000);
+      for (let b = 0; b < grid[0] * grid[1]; b++) add('kernel/block start after first', Number(cycles[b * 16 + 14] - first) / 1000);
       for (let y = 0; y < grid[1]; y++) {
         for (let x = 0; x < grid[0]; x++) {
           const base = (y * grid[0] + x) * 16;

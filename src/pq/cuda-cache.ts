@@ -65,7 +65,7 @@ const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
 ] as const;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
-export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'gather', 'counts', 'write', 'end'] as const;
+export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
