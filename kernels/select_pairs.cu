@@ -42,8 +42,7 @@ constexpr int E = 16;  // consecutive positions per thread per tile
 constexpr int TILE = NT * E;
 constexpr int MAX_D = PQ_APPEND_MAX_D;
 constexpr int MAX_PAIRS = 16384;
-constexpr int LOCAL_MEMBERS = 256;    // boundary-bin members one block may list
-constexpr int GATHERED_MEMBERS = 1024;
+constexpr int GATHERED_MEMBERS = 1024;  // boundary-bin members listed (more: recomputed per pass)
 constexpr int NW = NT / 32;
 
 enum : uint8_t { CLS_SKIP = 0, CLS_TIE = 1, CLS_TAKE = 2 };
@@ -55,20 +54,13 @@ struct StepShared {
     uint8_t cls[MAX_PAIRS];
     float dist[PQ_APPEND_MAX_ENTRIES];  // append blocks
   };
-  int hist[256];        // this block's partial histogram (read by the cluster)
-  int hist_total[256];  // the cluster's histogram
-  uint32_t member_key[LOCAL_MEMBERS];  // this block's boundary-bin members (read by the cluster)
-  uint32_t member_w[LOCAL_MEMBERS];
-  uint32_t all_key[GATHERED_MEMBERS];
+  int hist[256];
+  uint32_t all_key[GATHERED_MEMBERS];  // boundary-bin members
   uint32_t all_w[GATHERED_MEMBERS];
   uint32_t reduce[4 * NW];
   int scan[NW];
   float bounds[4];
-  int n_members;   // this block's member count (read by the cluster)
-  int member_offset[8];
-  int member_count[8];
-  int member_total;
-  int member_overflow;
+  int n_members;
   uint32_t found_key;
   int counts[2];   // this block's (take, tie) positions (read by the cluster)
   int best_code[PQ_APPEND_MAX_M];
@@ -115,36 +107,19 @@ struct Threshold {
   int quota;
 };
 
-// Weights of this block's share of the pairs held in registers: the first WPT * NT of the share
-// (all of it up to 4096 pairs in total); a larger share reads the rest from the table in loops.
-template <int CL>
-struct ShareWeights {
-  static constexpr int WPT = (4096 / NT) / CL > 0 ? (4096 / NT) / CL : 1;
-  unsigned w[WPT];
-};
+// The pair weights in registers: thread t holds pairs t + k*NT for k < PAIRS_PER_THREAD (all of
+// them up to 4096 pairs); larger tables (C = 128) read the rest from the table in loops.
+constexpr int PAIRS_PER_THREAD = 4096 / NT;
 
-// The row's threshold over the pair scores (identical in every block of the cluster), then the
-// class of every pair in this block's sm.cls. Contains 1 or 2 cluster barriers (uniform).
-template <int M, int CL, typename Stamp>
-__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, const ShareWeights<CL>& sw, int virtual_pair,
-                           int C, int log2c, int K, int rank, Threshold& th, bool take_all, Stamp stamp) {
+// The row's threshold over the pair scores and the class of every pair in sm.cls; every block of
+// the cluster computes the same, with no exchange.
+template <int M, typename Stamp>
+__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, const unsigned (&wreg)[PAIRS_PER_THREAD],
+                           int virtual_pair, int C, int log2c, int K, Threshold& th, bool take_all, Stamp stamp) {
   const int tid = threadIdx.x;
   const int pairs = M == 1 ? C : C << log2c;
-  const int share = pairs / CL;
-  const int first = rank * share;
-  constexpr int WPT = ShareWeights<CL>::WPT;
   auto score_of = [&](int i) -> float {
     return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)];
-  };
-  // f(i, w) over this thread's pairs of the share: the first WPT from registers (compile-time
-  // indices), the rest (shares over 4096 / CL pairs) from the table.
-  auto for_share = [&](auto&& f) {
-#pragma unroll
-    for (int k = 0; k < WPT; ++k) {
-      const int i = first + k * NT + tid;
-      if (i < first + share) f(i, sw.w[k] + (i == virtual_pair ? 1u : 0u));
-    }
-    for (int i = first + WPT * NT + tid; i < first + share; i += NT) f(i, __ldg(table + i) + (i == virtual_pair ? 1u : 0u));
   };
   th = Threshold{0, true, 32, 0u, false, 0};
   if (take_all) {
@@ -180,75 +155,57 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, c
   const bool linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
   auto bin_of = [&](float s) -> int { return linear ? min(255, max(0, __float2int_rz((s - lo_b) * scale))) : 0; };
 
-  // 1. Partial histogram of this block's share; the cluster's sum in every block.
-  for_share([&](int i, unsigned w) {
-    if (w != 0u) atomicAdd(&sm.hist[bin_of(score_of(i))], static_cast<int>(w));
-  });
-  cluster_sync();
-  {
-    int parts[CL];
+  // Scores and weights of this thread's pairs, once (bins are recomputed: cheaper than registers).
+  float sc[PAIRS_PER_THREAD];
+  unsigned wt[PAIRS_PER_THREAD];
 #pragma unroll
-    for (int r = 0; r < CL; ++r) parts[r] = peer(sm.hist, r)[tid];
-    int sum = 0;
-#pragma unroll
-    for (int r = 0; r < CL; ++r) sum += parts[r];
-    sm.hist_total[tid] = sum;
+  for (int k = 0; k < PAIRS_PER_THREAD; ++k) {
+    const int i = tid + k * NT;
+    sc[k] = i < pairs ? score_of(i) : 0.0f;
+    wt[k] = i < pairs ? wreg[k] + (i == virtual_pair ? 1u : 0u) : 0u;
   }
+  auto for_rest = [&](auto&& f) {  // pairs beyond 4096
+    for (int i = tid + PAIRS_PER_THREAD * NT; i < pairs; i += NT) f(i, score_of(i), __ldg(table + i) + (i == virtual_pair ? 1u : 0u));
+  };
+
+  // 1. Weighted histogram and the bin d* of the K-th largest.
+#pragma unroll
+  for (int k = 0; k < PAIRS_PER_THREAD; ++k)
+    if (wt[k] != 0u) atomicAdd(&sm.hist[bin_of(sc[k])], static_cast<int>(wt[k]));
+  for_rest([&](int, float s, unsigned w) {
+    if (w != 0u) atomicAdd(&sm.hist[bin_of(s)], static_cast<int>(w));
+  });
   __syncthreads();
-  find_bin(sm, sm.hist_total, K);
+  find_bin(sm, sm.hist, K);
   stamp(2);  // PH_HIST
   th.bstar = sm.found_bin;
   int need = sm.found_need;
   th.whole_bin = sm.found_count == need;
 
   if (!th.whole_bin) {
-    // 2. Members of bin d*: each block lists its share's; every block gathers all (rank order).
-    for_share([&](int i, unsigned w) {
-      if (w == 0u) return;
-      const float s = score_of(i);
-      if (bin_of(s) != th.bstar) return;
+    // 2. Members of bin d*.
+    auto add_member = [&](float s, unsigned w) {
       const int slot = atomicAdd(&sm.n_members, 1);
-      if (slot < LOCAL_MEMBERS) {
-        sm.member_key[slot] = pq_score_key(s);
-        sm.member_w[slot] = w;
+      if (slot < GATHERED_MEMBERS) {
+        sm.all_key[slot] = pq_score_key(s);
+        sm.all_w[slot] = w;
       }
-    });
-    cluster_sync();
-    // Member counts of all blocks at once, then their lists (loads issued before the stores).
-    if (tid < 32) {
-      const int n = tid < CL ? *peer(&sm.n_members, tid) : 0;
-      const int inc = pq_warp_inclusive_scan(n);
-      if (tid < CL) {
-        sm.member_offset[tid] = inc - n;
-        sm.member_count[tid] = n;
-      }
-      if (tid == 31) sm.member_total = inc;
-      const int over = __any_sync(0xffffffffu, tid < CL && n > LOCAL_MEMBERS);
-      if (tid == 0) sm.member_overflow = over || inc > GATHERED_MEMBERS;
-    }
-    __syncthreads();
-    const bool overflow = sm.member_overflow;
-    const int gathered = sm.member_total;
-    if (!overflow) {
+    };
 #pragma unroll
-      for (int r = 0; r < CL; ++r) {
-        const int n = sm.member_count[r];
-        const int at = sm.member_offset[r];
-        const uint32_t* pk = peer(sm.member_key, r);
-        const uint32_t* pw = peer(sm.member_w, r);
-        for (int j = tid; j < n; j += NT) {
-          sm.all_key[at + j] = pk[j];
-          sm.all_w[at + j] = pw[j];
-        }
-      }
-    }
+    for (int k = 0; k < PAIRS_PER_THREAD; ++k)
+      if (wt[k] != 0u && bin_of(sc[k]) == th.bstar) add_member(sc[k], wt[k]);
+    for_rest([&](int, float s, unsigned w) {
+      if (w != 0u && bin_of(s) == th.bstar) add_member(s, w);
+    });
     __syncthreads();
     stamp(3);  // PH_MEMBERS
+    const int gathered = sm.n_members;
+    const bool overflow = gathered > GATHERED_MEMBERS;
     if (!overflow && gathered <= NT) {
       // 3a. Few members: rank them all at once. Thread j: weight above and equal to its key.
       const uint32_t key = tid < gathered ? sm.all_key[tid] : 0u;
-      unsigned above = 0u, equal = 0u;
       if (tid < gathered) {
+        unsigned above = 0u, equal = 0u;
         for (int k = 0; k < gathered; ++k) {
           const uint32_t kk = sm.all_key[k];
           const unsigned w = sm.all_w[k];
@@ -318,24 +275,21 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, c
     stamp(4);  // PH_REFINE
   }
 
-  // 4. The class of every pair (each block all of them: no exchange needed).
-  for (int i = tid; i < pairs; i += NT) {
-    const float s = score_of(i);
-    const int bin = bin_of(s);
-    uint8_t c = CLS_SKIP;
-    if (bin > th.bstar) {
-      c = CLS_TAKE;
-    } else if (bin == th.bstar) {
-      if (th.whole_bin) {
-        c = CLS_TAKE;
-      } else {
-        const uint32_t k = pq_score_key(s) >> th.shift;
-        if (k > th.prefix || (k == th.prefix && !th.partial)) c = CLS_TAKE;
-        else if (k == th.prefix) c = CLS_TIE;
-      }
-    }
-    sm.cls[i] = c;
+  // 4. The class of every pair.
+  auto class_of = [&](float s, int bin) -> uint8_t {
+    if (bin > th.bstar) return CLS_TAKE;
+    if (bin < th.bstar) return CLS_SKIP;
+    if (th.whole_bin) return CLS_TAKE;
+    const uint32_t k = pq_score_key(s) >> th.shift;
+    if (k > th.prefix || (k == th.prefix && !th.partial)) return CLS_TAKE;
+    return k == th.prefix ? CLS_TIE : CLS_SKIP;
+  };
+#pragma unroll
+  for (int k = 0; k < PAIRS_PER_THREAD; ++k) {
+    const int i = tid + k * NT;
+    if (i < pairs) sm.cls[i] = class_of(sc[k], bin_of(sc[k]));
   }
+  for_rest([&](int i, float s, unsigned) { sm.cls[i] = class_of(s, bin_of(s)); });
   __syncthreads();
 }
 
@@ -397,18 +351,15 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
   const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
   const int dsub = D / M;
+  const int s0 = (lo & ~15) + rank * slice_len;
 
   // ---- Everything that does not depend on sk goes in flight first. ----
-  // This block's share of the pair weights.
-  ShareWeights<CL> sw;
-  {
-    const int share = pairs / CL;
-    const int first = rank * share;
+  // The pair weights (this thread's 16 of the first 4096).
+  unsigned wreg[PAIRS_PER_THREAD];
 #pragma unroll
-    for (int k = 0; k < ShareWeights<CL>::WPT; ++k) {
-      const int i = first + k * NT + tid;
-      sw.w[k] = i < first + share ? __ldg(table + i) : 0u;
-    }
+  for (int k = 0; k < PAIRS_PER_THREAD; ++k) {
+    const int i = tid + k * NT;
+    wreg[k] = i < pairs ? __ldg(table + i) : 0u;
   }
   // The first 128 LUT entries' centroid rows: entry (tid >> 2) + 64k, float4 (tid & 3) + 4jj.
   float4 crow_regs[2][4];
@@ -444,16 +395,19 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int sk = sk_old + appended;
   const int hi = sk - W;
   const int total = max(0, hi - lo);
-  const int s0 = (lo & ~15) + rank * slice_len;
   const int s1 = min(s0 + slice_len, hi);
-  uint4 raw[M];  // 16 positions x M bytes
-  auto load_tile = [&](int t0) {
+  // Code tiles: the first PF are loaded up front, bounded by the capacity (before sk arrives; codes
+  // past sk are masked by the position check); later ones when scanned.
+  constexpr int PF = 2;
+  uint4 raw[PF][M];  // 16 positions x M bytes per tile
+  auto load_into = [&](uint4 (&dst)[M], int t0, int limit) {
     const int p0 = t0 + tid * E;
 #pragma unroll
     for (int c = 0; c < M; ++c)
-      raw[c] = p0 < s1 ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
+      dst[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
   };
-  load_tile(s0);
+#pragma unroll
+  for (int t = 0; t < PF; ++t) load_into(raw[t], s0 + t * TILE, min(s0 + slice_len, capacity));
   // The position entering the eligible range with this step (already coded: W >= 1).
   const int q = sk_old - W;
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
@@ -524,24 +478,27 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 
   const bool take_all = total <= K;
   Threshold th;
-  select_row<M, CL>(sm, table, sw, virtual_pair, C, log2c, K, rank, th, take_all, stamp);
+  select_row<M>(sm, table, wreg, virtual_pair, C, log2c, K, th, take_all, stamp);
   stamp(PH_CLASSES);
 
-  // Scan this block's slice: classes of 16 consecutive positions per thread per tile.
+  // Scan this block's slice: classes of 16 consecutive positions per thread per tile; the class
+  // bits of the first BT tiles stay in registers for the write pass.
+  constexpr int BT = 4;
+  uint32_t take_bits[BT], tie_bits[BT];
   int take_total = 0, tie_total = 0;
-  uint32_t take_bits = 0u, tie_bits = 0u;  // the last tile's classes (all of them when tiles == 1)
   const int tiles = s1 > s0 ? (s1 - s0 + TILE - 1) / TILE : 0;
-  auto classify_tile = [&](int t0) {
+  auto classify = [&](const uint4 (&codes_tile)[M], int t0, uint32_t& tk, uint32_t& ti) {
     const int p0 = t0 + tid * E;
-    uint32_t tk = 0u, ti = 0u;
+    tk = 0u;
+    ti = 0u;
 #pragma unroll
     for (int j = 0; j < E; ++j) {
       const int p = p0 + j;
       uint32_t c0, c1 = 0u;
       if (M == 1) {
-        c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
+        c0 = ((&codes_tile[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
       } else {
-        const uint32_t w = (&raw[0].x)[j >> 1];
+        const uint32_t w = (&codes_tile[0].x)[j >> 1];
         c0 = (w >> (16 * (j & 1))) & 0xffu;
         c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
       }
@@ -549,14 +506,29 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       tk |= (c == CLS_TAKE ? 1u : 0u) << j;
       ti |= (c == CLS_TIE ? 1u : 0u) << j;
     }
-    take_bits = tk;
-    tie_bits = ti;
   };
-  for (int t = 0; t < tiles; ++t) {
-    if (t != 0) load_tile(s0 + t * TILE);
-    classify_tile(s0 + t * TILE);
-    take_total += __popc(take_bits);
-    tie_total += __popc(tie_bits);
+#pragma unroll
+  for (int t = 0; t < BT; ++t) {
+    take_bits[t] = tie_bits[t] = 0u;
+    if (t < tiles) {
+      if (t < PF) {
+        classify(raw[t < PF ? t : 0], s0 + t * TILE, take_bits[t], tie_bits[t]);
+      } else {
+        uint4 tmp[M];
+        load_into(tmp, s0 + t * TILE, s1);
+        classify(tmp, s0 + t * TILE, take_bits[t], tie_bits[t]);
+      }
+      take_total += __popc(take_bits[t]);
+      tie_total += __popc(tie_bits[t]);
+    }
+  }
+  for (int t = BT; t < tiles; ++t) {
+    uint4 tmp[M];
+    uint32_t tk, ti;
+    load_into(tmp, s0 + t * TILE, s1);
+    classify(tmp, s0 + t * TILE, tk, ti);
+    take_total += __popc(tk);
+    tie_total += __popc(ti);
   }
   // Both block totals in one reduction.
   {
@@ -607,21 +579,16 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int sink_end = min(S, sk);
   const int n_heavy = min(K, total);
   // Write this block's heavy hitters at their final slots.
-  for (int t = 0; t < tiles; ++t) {
-    const int t0 = s0 + t * TILE;
-    if (tiles > 1) {
-      load_tile(t0);
-      classify_tile(t0);
-    }
+  auto write_tile = [&](int t0, uint32_t tk, uint32_t ti) {
     int tile_total;
-    const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
+    const int packed = pq_block_exclusive_scan<NT>(__popc(tk) | (__popc(ti) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
     int tk_before = take_before + (packed & 0xffff);
     int ti_before = tie_before + (packed >> 16);
     const int p0 = t0 + tid * E;
 #pragma unroll
     for (int j = 0; j < E; ++j) {
-      const bool take = take_bits >> j & 1u;
-      const bool tie = tie_bits >> j & 1u;
+      const bool take = tk >> j & 1u;
+      const bool tie = ti >> j & 1u;
       if (take || (tie && ti_before < quota)) {
         const int slot = tk_before + min(ti_before, quota);
         if (slot < n_heavy) {
@@ -634,6 +601,16 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     }
     take_before += tile_total & 0xffff;
     tie_before += tile_total >> 16;
+  };
+#pragma unroll
+  for (int t = 0; t < BT; ++t)
+    if (t < tiles) write_tile(s0 + t * TILE, take_bits[t], tie_bits[t]);
+  for (int t = BT; t < tiles; ++t) {
+    uint4 tmp[M];
+    uint32_t tk, ti;
+    load_into(tmp, s0 + t * TILE, s1);
+    classify(tmp, s0 + t * TILE, tk, ti);
+    write_tile(s0 + t * TILE, tk, ti);
   }
   stamp(PH_WRITE);
   if (rank == 0) {

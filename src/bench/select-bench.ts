@@ -300,8 +300,8 @@ function measurePhases(
       if (i < 20) continue;
       const { grid, cycles } = cache.phaseClocks();
       // Global-timer stamps (slots 14, 15): when blocks start relative to the first, and the span.
-      let first = BigInt(Number.MAX_SAFE_INTEGER);
-      let last = 0n;
+      let first = cycles[14];
+      let last = cycles[15];
       for (let b = 0; b < grid[0] * grid[1]; b++) {
         if (cycles[b * 16 + 14] < first) first = cycles[b * 16 + 14];
         if (cycles[b * 16 + 15] > last) last = cycles[b * 16 + 15];

@@ -97,21 +97,21 @@ export interface PairsPlan {
   readonly maxSeqLen: number;
 }
 
-function nextPow2(n: number): number {
-  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
-}
-
 /**
- * The pair path's cluster size and slice length: about two blocks per SM (clusters need sm_90;
- * before that one block per head), at most 8 (the portable cluster size) and at most the pair
- * count; slices cover the eligible span up to the next multiple of SELECT_TILE.
+ * The pair path's cluster size and slice length: the largest power of two such that the select
+ * blocks plus the append blocks (one per kv-head) fit in one wave of two blocks per SM (the step
+ * kernel uses 128 registers per thread); clusters need sm_90 (before that one block per head), at
+ * most 8 (the portable cluster size) and at most the pair count. Slices cover the eligible span up
+ * to the next multiple of SELECT_TILE.
  */
 export function planPairs(layout: Layout, seqLen: number, multiprocessors: number, clusters: boolean, clusterOverride?: number): PairsPlan {
   const maxSeqLen = roundUp(Math.max(seqLen, 1), SELECT_TILE);
   const span = eligibleSpan(layout, maxSeqLen);
   const rows = layout.shape.batch * layout.shape.heads;
   const pairs = pairTableSize(layout);
-  let cluster = clusterOverride ?? nextPow2(Math.ceil((2 * multiprocessors) / rows));
+  const appendBlocks = layout.shape.batch * layout.shape.kvHeads;
+  const fit = Math.max(1, Math.floor((2 * multiprocessors - appendBlocks) / rows));
+  let cluster = clusterOverride ?? 2 ** Math.floor(Math.log2(fit));
   cluster = clusters ? Math.max(1, Math.min(8, cluster, 2 ** Math.floor(Math.log2(pairs)))) : 1;
   const sliceLen = Math.max(SLICE_ALIGN, roundUp(Math.ceil(span / cluster), SLICE_ALIGN));
   return { cluster, sliceLen, maxSeqLen };
