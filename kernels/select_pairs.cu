@@ -43,6 +43,7 @@ constexpr int TILE = NT * E;
 constexpr int MAX_D = PQ_APPEND_MAX_D;
 constexpr int MAX_PAIRS = 16384;
 constexpr int GATHERED_MEMBERS = 1024;  // boundary-bin members listed (more: recomputed per pass)
+constexpr int BITS_TILES = 2;           // tiles whose class bits are kept for the write pass
 constexpr int NW = NT / 32;
 
 enum : uint8_t { CLS_SKIP = 0, CLS_TIE = 1, CLS_TAKE = 2 };
@@ -55,6 +56,8 @@ struct StepShared {
     float dist[PQ_APPEND_MAX_ENTRIES];  // append blocks
   };
   int hist[256];
+  uint32_t take_bits[BITS_TILES][NT];  // class bits of the first tiles, for the write pass
+  uint32_t tie_bits[BITS_TILES][NT];
   uint32_t all_key[GATHERED_MEMBERS];  // boundary-bin members
   uint32_t all_w[GATHERED_MEMBERS];
   uint32_t reduce[4 * NW];
@@ -107,20 +110,18 @@ struct Threshold {
   int quota;
 };
 
-// The pair weights in registers: thread t holds pairs t + k*NT for k < PAIRS_PER_THREAD (all of
-// them up to 4096 pairs); larger tables (C = 128) read the rest from the table in loops.
-constexpr int PAIRS_PER_THREAD = 4096 / NT;
-
 // The row's threshold over the pair scores and the class of every pair in sm.cls; every block of
-// the cluster computes the same, with no exchange.
+// the cluster computes the same, with no exchange. Loops are kept rolled on purpose: each block
+// runs this once, so instruction fetch, not arithmetic, is the cost of unrolled code.
 template <int M, typename Stamp>
-__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, const unsigned (&wreg)[PAIRS_PER_THREAD],
-                           int virtual_pair, int C, int log2c, int K, Threshold& th, bool take_all, Stamp stamp) {
+__device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, int virtual_pair, int C, int log2c, int K,
+                           Threshold& th, bool take_all, Stamp stamp) {
   const int tid = threadIdx.x;
   const int pairs = M == 1 ? C : C << log2c;
   auto score_of = [&](int i) -> float {
     return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)];
   };
+  auto weight_of = [&](int i) -> unsigned { return __ldg(table + i) + (i == virtual_pair ? 1u : 0u); };
   th = Threshold{0, true, 32, 0u, false, 0};
   if (take_all) {
     for (int i = tid; i < pairs; i += NT) sm.cls[i] = CLS_TAKE;
@@ -155,26 +156,12 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, c
   const bool linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
   auto bin_of = [&](float s) -> int { return linear ? min(255, max(0, __float2int_rz((s - lo_b) * scale))) : 0; };
 
-  // Scores and weights of this thread's pairs, once (bins are recomputed: cheaper than registers).
-  float sc[PAIRS_PER_THREAD];
-  unsigned wt[PAIRS_PER_THREAD];
-#pragma unroll
-  for (int k = 0; k < PAIRS_PER_THREAD; ++k) {
-    const int i = tid + k * NT;
-    sc[k] = i < pairs ? score_of(i) : 0.0f;
-    wt[k] = i < pairs ? wreg[k] + (i == virtual_pair ? 1u : 0u) : 0u;
-  }
-  auto for_rest = [&](auto&& f) {  // pairs beyond 4096
-    for (int i = tid + PAIRS_PER_THREAD * NT; i < pairs; i += NT) f(i, score_of(i), __ldg(table + i) + (i == virtual_pair ? 1u : 0u));
-  };
-
   // 1. Weighted histogram and the bin d* of the K-th largest.
-#pragma unroll
-  for (int k = 0; k < PAIRS_PER_THREAD; ++k)
-    if (wt[k] != 0u) atomicAdd(&sm.hist[bin_of(sc[k])], static_cast<int>(wt[k]));
-  for_rest([&](int, float s, unsigned w) {
-    if (w != 0u) atomicAdd(&sm.hist[bin_of(s)], static_cast<int>(w));
-  });
+#pragma unroll 1
+  for (int i = tid; i < pairs; i += NT) {
+    const unsigned w = weight_of(i);
+    if (w != 0u) atomicAdd(&sm.hist[bin_of(score_of(i))], static_cast<int>(w));
+  }
   __syncthreads();
   find_bin(sm, sm.hist, K);
   stamp(2);  // PH_HIST
@@ -191,12 +178,13 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, c
         sm.all_w[slot] = w;
       }
     };
-#pragma unroll
-    for (int k = 0; k < PAIRS_PER_THREAD; ++k)
-      if (wt[k] != 0u && bin_of(sc[k]) == th.bstar) add_member(sc[k], wt[k]);
-    for_rest([&](int, float s, unsigned w) {
-      if (w != 0u && bin_of(s) == th.bstar) add_member(s, w);
-    });
+#pragma unroll 1
+    for (int i = tid; i < pairs; i += NT) {
+      const float s = score_of(i);
+      if (bin_of(s) != th.bstar) continue;
+      const unsigned w = weight_of(i);
+      if (w != 0u) add_member(s, w);
+    }
     __syncthreads();
     stamp(3);  // PH_MEMBERS
     const int gathered = sm.n_members;
@@ -230,7 +218,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, c
           for (int j = tid; j < gathered; j += NT) f(sm.all_key[j], sm.all_w[j]);
         } else {
           for (int i = tid; i < pairs; i += NT) {
-            const unsigned w = __ldg(table + i) + (i == virtual_pair ? 1u : 0u);
+            const unsigned w = weight_of(i);
             if (w == 0u) continue;
             const float s = score_of(i);
             if (bin_of(s) == th.bstar) f(pq_score_key(s), w);
@@ -284,12 +272,11 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, c
     if (k > th.prefix || (k == th.prefix && !th.partial)) return CLS_TAKE;
     return k == th.prefix ? CLS_TIE : CLS_SKIP;
   };
-#pragma unroll
-  for (int k = 0; k < PAIRS_PER_THREAD; ++k) {
-    const int i = tid + k * NT;
-    if (i < pairs) sm.cls[i] = class_of(sc[k], bin_of(sc[k]));
+#pragma unroll 1
+  for (int i = tid; i < pairs; i += NT) {
+    const float s = score_of(i);
+    sm.cls[i] = class_of(s, bin_of(s));
   }
-  for_rest([&](int i, float s, unsigned) { sm.cls[i] = class_of(s, bin_of(s)); });
   __syncthreads();
 }
 
@@ -354,28 +341,6 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int s0 = (lo & ~15) + rank * slice_len;
 
   // ---- Everything that does not depend on sk goes in flight first. ----
-  // The pair weights (this thread's 16 of the first 4096).
-  unsigned wreg[PAIRS_PER_THREAD];
-#pragma unroll
-  for (int k = 0; k < PAIRS_PER_THREAD; ++k) {
-    const int i = tid + k * NT;
-    wreg[k] = i < pairs ? __ldg(table + i) : 0u;
-  }
-  // The first 128 LUT entries' centroid rows: entry (tid >> 2) + 64k, float4 (tid & 3) + 4jj.
-  float4 crow_regs[2][4];
-  auto load_centroids = [&](int e0) {
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      const int e = e0 + (tid >> 2) + 64 * k;
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        const int j4 = (tid & 3) + 4 * jj;
-        crow_regs[k][jj] = e < M * C && j4 < dsub / 4 ? __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4)
-                                                      : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-    }
-  };
-  load_centroids(0);
   // The previous list (speculatively: its length arrives with it).
   int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
   const int old_len = out.sparse_len[row];
@@ -396,18 +361,16 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int hi = sk - W;
   const int total = max(0, hi - lo);
   const int s1 = min(s0 + slice_len, hi);
-  // Code tiles: the first PF are loaded up front, bounded by the capacity (before sk arrives; codes
-  // past sk are masked by the position check); later ones when scanned.
-  constexpr int PF = 2;
-  uint4 raw[PF][M];  // 16 positions x M bytes per tile
-  auto load_into = [&](uint4 (&dst)[M], int t0, int limit) {
+  // The first code tile is loaded up front, bounded by the capacity (before sk arrives; codes past sk
+  // are masked by the position check); later tiles when scanned.
+  uint4 raw[M];  // 16 positions x M bytes
+  auto load_tile = [&](int t0, int limit) {
     const int p0 = t0 + tid * E;
 #pragma unroll
     for (int c = 0; c < M; ++c)
-      dst[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
+      raw[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
   };
-#pragma unroll
-  for (int t = 0; t < PF; ++t) load_into(raw[t], s0 + t * TILE, min(s0 + slice_len, capacity));
+  load_tile(s0, min(s0 + slice_len, capacity));
   // The position entering the eligible range with this step (already coded: W >= 1).
   const int q = sk_old - W;
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
@@ -429,36 +392,30 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   }
   __syncthreads();  // the query row is in shared memory
 
-  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry, 2 entries per lane group).
-  for (int e0 = 0; e0 < M * C; e0 += 128) {
-    if (e0 != 0) load_centroids(e0);
-    float acc[2];
+  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>: 4 lanes per entry, 2 entries per lane group
+  // per round so 8 row loads are in flight.
+#pragma unroll 1
+  for (int e0 = 0; e0 < M * C; e0 += 2 * (NT / 4)) {
+    float acc[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
-      const int e = e0 + (tid >> 2) + 64 * k;
-      const float4* qv = reinterpret_cast<const float4*>(sm.x + (min(e, M * C - 1) >> log2c) * dsub);
-      float a = 0.0f;
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        const int j4 = (tid & 3) + 4 * jj;
-        if (j4 < dsub / 4) {
+      const int e = e0 + (tid >> 2) + k * (NT / 4);
+      if (e < M * C) {
+        const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
+        const float4* qv = reinterpret_cast<const float4*>(sm.x + (e >> log2c) * dsub);
+#pragma unroll 4
+        for (int j4 = tid & 3; j4 < dsub / 4; j4 += 4) {
+          const float4 cv = __ldg(crow + j4);
           const float4 xv = qv[j4];
-          const float4 cv = crow_regs[k][jj];
-          a += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
+          acc[k] += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
         }
       }
-      for (int j4 = (tid & 3) + 16; j4 < dsub / 4 && e < M * C; j4 += 4) {  // dsub > 64
-        const float4 cv = __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4);
-        const float4 xv = qv[j4];
-        a += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
-      }
-      acc[k] = a;
     }
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 1);
       acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 2);
-      const int e = e0 + (tid >> 2) + 64 * k;
+      const int e = e0 + (tid >> 2) + k * (NT / 4);
       if (e < M * C && (tid & 3) == 0) sm.lut[e] = acc[k];
     }
   }
@@ -478,57 +435,44 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 
   const bool take_all = total <= K;
   Threshold th;
-  select_row<M>(sm, table, wreg, virtual_pair, C, log2c, K, th, take_all, stamp);
+  select_row<M>(sm, table, virtual_pair, C, log2c, K, th, take_all, stamp);
   stamp(PH_CLASSES);
 
   // Scan this block's slice: classes of 16 consecutive positions per thread per tile; the class
-  // bits of the first BT tiles stay in registers for the write pass.
-  constexpr int BT = 4;
-  uint32_t take_bits[BT], tie_bits[BT];
+  // bits of the first BITS_TILES tiles are kept in shared memory for the write pass.
   int take_total = 0, tie_total = 0;
   const int tiles = s1 > s0 ? (s1 - s0 + TILE - 1) / TILE : 0;
-  auto classify = [&](const uint4 (&codes_tile)[M], int t0, uint32_t& tk, uint32_t& ti) {
+  uint32_t take_bits = 0u, tie_bits = 0u;
+  auto classify = [&](int t0) {  // classes of this thread's 16 positions of the tile in raw[]
     const int p0 = t0 + tid * E;
-    tk = 0u;
-    ti = 0u;
+    take_bits = 0u;
+    tie_bits = 0u;
 #pragma unroll
     for (int j = 0; j < E; ++j) {
       const int p = p0 + j;
       uint32_t c0, c1 = 0u;
       if (M == 1) {
-        c0 = ((&codes_tile[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
+        c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
       } else {
-        const uint32_t w = (&codes_tile[0].x)[j >> 1];
+        const uint32_t w = (&raw[0].x)[j >> 1];
         c0 = (w >> (16 * (j & 1))) & 0xffu;
         c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
       }
       const uint8_t c = (p >= lo && p < s1) ? sm.cls[M == 1 ? c0 : c0 + (c1 << log2c)] : CLS_SKIP;
-      tk |= (c == CLS_TAKE ? 1u : 0u) << j;
-      ti |= (c == CLS_TIE ? 1u : 0u) << j;
+      take_bits |= (c == CLS_TAKE ? 1u : 0u) << j;
+      tie_bits |= (c == CLS_TIE ? 1u : 0u) << j;
     }
   };
-#pragma unroll
-  for (int t = 0; t < BT; ++t) {
-    take_bits[t] = tie_bits[t] = 0u;
-    if (t < tiles) {
-      if (t < PF) {
-        classify(raw[t < PF ? t : 0], s0 + t * TILE, take_bits[t], tie_bits[t]);
-      } else {
-        uint4 tmp[M];
-        load_into(tmp, s0 + t * TILE, s1);
-        classify(tmp, s0 + t * TILE, take_bits[t], tie_bits[t]);
-      }
-      take_total += __popc(take_bits[t]);
-      tie_total += __popc(tie_bits[t]);
+#pragma unroll 1
+  for (int t = 0; t < tiles; ++t) {
+    if (t != 0) load_tile(s0 + t * TILE, s1);
+    classify(s0 + t * TILE);
+    if (t < BITS_TILES) {
+      sm.take_bits[t][tid] = take_bits;
+      sm.tie_bits[t][tid] = tie_bits;
     }
-  }
-  for (int t = BT; t < tiles; ++t) {
-    uint4 tmp[M];
-    uint32_t tk, ti;
-    load_into(tmp, s0 + t * TILE, s1);
-    classify(tmp, s0 + t * TILE, tk, ti);
-    take_total += __popc(tk);
-    tie_total += __popc(ti);
+    take_total += __popc(take_bits);
+    tie_total += __popc(tie_bits);
   }
   // Both block totals in one reduction.
   {
@@ -579,38 +523,39 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int sink_end = min(S, sk);
   const int n_heavy = min(K, total);
   // Write this block's heavy hitters at their final slots.
-  auto write_tile = [&](int t0, uint32_t tk, uint32_t ti) {
+#pragma unroll 1
+  for (int t = 0; t < tiles; ++t) {
+    const int t0 = s0 + t * TILE;
+    if (t < BITS_TILES) {
+      take_bits = sm.take_bits[t][tid];
+      tie_bits = sm.tie_bits[t][tid];
+    } else {
+      load_tile(t0, s1);
+      classify(t0);
+    }
     int tile_total;
-    const int packed = pq_block_exclusive_scan<NT>(__popc(tk) | (__popc(ti) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
+    const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
     int tk_before = take_before + (packed & 0xffff);
     int ti_before = tie_before + (packed >> 16);
     const int p0 = t0 + tid * E;
-#pragma unroll
-    for (int j = 0; j < E; ++j) {
-      const bool take = tk >> j & 1u;
-      const bool tie = ti >> j & 1u;
-      if (take || (tie && ti_before < quota)) {
-        const int slot = tk_before + min(ti_before, quota);
+    uint32_t selected = take_bits | tie_bits;
+    while (selected != 0u) {  // only the set bits: most threads have none
+      const int j = __ffs(selected) - 1;
+      selected &= selected - 1u;
+      const uint32_t below = (1u << j) - 1u;
+      const bool take = take_bits >> j & 1u;
+      const int tkb = tk_before + __popc(take_bits & below);
+      const int tib = ti_before + __popc(tie_bits & below);
+      if (take || tib < quota) {
+        const int slot = tkb + min(tib, quota);
         if (slot < n_heavy) {
           list[sink_end + slot] = p0 + j;
           store_weight(out.weights, out.wdtype, static_cast<int64_t>(row) * out.wstride + p0 + j, true);
         }
       }
-      tk_before += take ? 1 : 0;
-      ti_before += tie ? 1 : 0;
     }
     take_before += tile_total & 0xffff;
     tie_before += tile_total >> 16;
-  };
-#pragma unroll
-  for (int t = 0; t < BT; ++t)
-    if (t < tiles) write_tile(s0 + t * TILE, take_bits[t], tie_bits[t]);
-  for (int t = BT; t < tiles; ++t) {
-    uint4 tmp[M];
-    uint32_t tk, ti;
-    load_into(tmp, s0 + t * TILE, s1);
-    classify(tmp, s0 + t * TILE, tk, ti);
-    write_tile(s0 + t * TILE, tk, ti);
   }
   stamp(PH_WRITE);
   if (rank == 0) {
@@ -641,7 +586,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 #endif
 
 #define PQ_STEP_PAIRS_KERNEL(M, CL)                                                                                    \
-  extern "C" __global__ void PQ_CLUSTER(CL) __launch_bounds__(NT) pq_step_pairs_m##M##_p##CL(                          \
+  extern "C" __global__ void PQ_CLUSTER(CL) __launch_bounds__(NT, 3) pq_step_pairs_m##M##_p##CL(                        \
       const void* query, int qdtype, const void* keys, int kdtype, const float* centroids, const float* phi,          \
       uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
       int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
