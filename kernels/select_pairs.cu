@@ -44,6 +44,7 @@ constexpr int MAX_D = PQ_APPEND_MAX_D;
 constexpr int MAX_PAIRS = 16384;
 constexpr int GATHERED_MEMBERS = 1024;  // boundary-bin members listed (more: recomputed per pass)
 constexpr int BITS_TILES = 2;           // tiles whose class bits are kept for the write pass
+constexpr int SMEM_WEIGHTS = 4096;      // pair counts staged in shared memory (the rest read from L2)
 constexpr int NW = NT / 32;
 
 enum : uint8_t { CLS_SKIP = 0, CLS_TIE = 1, CLS_TAKE = 2 };
@@ -52,7 +53,8 @@ struct StepShared {
   float x[MAX_D + PQ_APPEND_MAX_M];  // query (select blocks) or key (append blocks)
   float lut[512];
   union {
-    uint8_t cls[MAX_PAIRS];
+    uint8_t cls[MAX_PAIRS];             // pair classes (written last)
+    unsigned weights[SMEM_WEIGHTS];     // the pair table's first 4096 counts (read before that)
     float dist[PQ_APPEND_MAX_ENTRIES];  // append blocks
   };
   int hist[256];
@@ -121,7 +123,9 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   auto score_of = [&](int i) -> float {
     return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)];
   };
-  auto weight_of = [&](int i) -> unsigned { return __ldg(table + i) + (i == virtual_pair ? 1u : 0u); };
+  auto weight_of = [&](int i) -> unsigned {
+    return (i < SMEM_WEIGHTS ? sm.weights[i] : __ldg(table + i)) + (i == virtual_pair ? 1u : 0u);
+  };
   th = Threshold{0, true, 32, 0u, false, 0};
   if (take_all) {
     for (int i = tid; i < pairs; i += NT) sm.cls[i] = CLS_TAKE;
@@ -157,7 +161,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   auto bin_of = [&](float s) -> int { return linear ? min(255, max(0, __float2int_rz((s - lo_b) * scale))) : 0; };
 
   // 1. Weighted histogram and the bin d* of the K-th largest.
-#pragma unroll 1
+#pragma unroll 4
   for (int i = tid; i < pairs; i += NT) {
     const unsigned w = weight_of(i);
     if (w != 0u) atomicAdd(&sm.hist[bin_of(score_of(i))], static_cast<int>(w));
@@ -178,7 +182,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
         sm.all_w[slot] = w;
       }
     };
-#pragma unroll 1
+#pragma unroll 4
     for (int i = tid; i < pairs; i += NT) {
       const float s = score_of(i);
       if (bin_of(s) != th.bstar) continue;
@@ -272,7 +276,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
     if (k > th.prefix || (k == th.prefix && !th.partial)) return CLS_TAKE;
     return k == th.prefix ? CLS_TIE : CLS_SKIP;
   };
-#pragma unroll 1
+#pragma unroll 4
   for (int i = tid; i < pairs; i += NT) {
     const float s = score_of(i);
     sm.cls[i] = class_of(s, bin_of(s));
@@ -341,6 +345,24 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int s0 = (lo & ~15) + rank * slice_len;
 
   // ---- Everything that does not depend on sk goes in flight first. ----
+  // The pair table's first 4096 counts into shared memory (16-byte loads).
+  for (int j = tid; j < min(pairs, SMEM_WEIGHTS) / 4; j += NT)
+    reinterpret_cast<uint4*>(sm.weights)[j] = __ldg(reinterpret_cast<const uint4*>(table) + j);
+  // This round of the LUT's centroid rows (entries (tid >> 2) + 64k, float4 (tid & 3) + 4jj).
+  float4 crow[2][4];
+  auto load_rows = [&](int e0) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int e = e0 + (tid >> 2) + k * (NT / 4);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j4 = (tid & 3) + 4 * jj;
+        crow[k][jj] = e < M * C && j4 < dsub / 4 ? __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4)
+                                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+  };
+  load_rows(0);
   // The previous list (speculatively: its length arrives with it).
   int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
   const int old_len = out.sparse_len[row];
@@ -393,22 +415,29 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   __syncthreads();  // the query row is in shared memory
 
   // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>: 4 lanes per entry, 2 entries per lane group
-  // per round so 8 row loads are in flight.
+  // per round (the first round's rows were loaded with everything else).
 #pragma unroll 1
   for (int e0 = 0; e0 < M * C; e0 += 2 * (NT / 4)) {
+    if (e0 != 0) load_rows(e0);
     float acc[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       const int e = e0 + (tid >> 2) + k * (NT / 4);
-      if (e < M * C) {
-        const float4* crow = reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride);
-        const float4* qv = reinterpret_cast<const float4*>(sm.x + (e >> log2c) * dsub);
-#pragma unroll 4
-        for (int j4 = tid & 3; j4 < dsub / 4; j4 += 4) {
-          const float4 cv = __ldg(crow + j4);
+      const float4* qv = reinterpret_cast<const float4*>(sm.x + (min(e, M * C - 1) >> log2c) * dsub);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j4 = (tid & 3) + 4 * jj;
+        if (j4 < dsub / 4) {
           const float4 xv = qv[j4];
+          const float4 cv = crow[k][jj];
           acc[k] += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
         }
+      }
+#pragma unroll 1
+      for (int j4 = (tid & 3) + 16; j4 < dsub / 4 && e < M * C; j4 += 4) {  // dsub > 64
+        const float4 cv = __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4);
+        const float4 xv = qv[j4];
+        acc[k] += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
       }
     }
 #pragma unroll
