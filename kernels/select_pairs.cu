@@ -345,9 +345,11 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const int s0 = (lo & ~15) + rank * slice_len;
 
   // ---- Everything that does not depend on sk goes in flight first. ----
-  // The pair table's first 4096 counts into shared memory (16-byte loads).
-  for (int j = tid; j < min(pairs, SMEM_WEIGHTS) / 4; j += NT)
-    reinterpret_cast<uint4*>(sm.weights)[j] = __ldg(reinterpret_cast<const uint4*>(table) + j);
+  // The pair table's first 4096 counts into shared memory (16-byte loads, then the tail: a table
+  // of 2 pairs has no full 16-byte word).
+  const int staged = min(pairs, SMEM_WEIGHTS);
+  for (int j = tid; j < staged / 4; j += NT) reinterpret_cast<uint4*>(sm.weights)[j] = __ldg(reinterpret_cast<const uint4*>(table) + j);
+  for (int i = (staged & ~3) + tid; i < staged; i += NT) sm.weights[i] = __ldg(table + i);
   // This round of the LUT's centroid rows (entries (tid >> 2) + 64k, float4 (tid & 3) + 4jj).
   float4 crow[2][4];
   auto load_rows = [&](int e0) {

@@ -20,10 +20,13 @@ for s in $steps; do
   case $s in
     info) run info 60 pqcache info; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv ;;
     tests) run tests 300 env PQCACHE_REQUIRE_GPU=1 PQCACHE_GPU_CASES=60 node scripts/run-tests.mjs .device/app/dist/test/gpu ;;
-    verify) run verify 240 pqcache verify --backend cuda --cases 500 --seed 11 ;;
+    verify) run verify 240 pqcache verify --backend cuda --cases 500 --seed 11; grep -E "^FAIL" -A2 "$OUT/verify.log" | head -20 ;;
+    demo) run demo 300 pqcache demo --backend cuda --steps 100 --seq-len 16384 ;;
     sanitize)
       run memcheck 200 compute-sanitizer --tool memcheck --target-processes all pqcache verify --backend cuda --cases 12 --seed 3
-      run racecheck 200 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 4 --seed 4 ;;
+      run racecheck 200 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 4
+      run initcheck 200 compute-sanitizer --tool initcheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 5
+      run synccheck 200 compute-sanitizer --tool synccheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 6 ;;
     runtime) run runtime 120 pqcache bench --backend cuda --kind runtime --iters 3000 ;;
     select) run select 300 pqcache bench --backend cuda --config matrix --dump-dir /tmp/pqdump ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;

@@ -51,5 +51,5 @@ test('pair plan: one power-of-two cluster per head whose slices cover the span',
     { numRuns: 300, seed: 5 },
   );
   const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, {});
-  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 8, sliceLen: 4096, maxSeqLen: 32768 });
+  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 4, sliceLen: 8192, maxSeqLen: 32768 });
 });

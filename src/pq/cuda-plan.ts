@@ -99,8 +99,8 @@ export interface PairsPlan {
 
 /**
  * The pair path's cluster size and slice length: the largest power of two such that the select
- * blocks plus the append blocks (one per kv-head) fit in one wave of three blocks per SM (the step
- * kernel is built for three: ≤ 85 registers per thread, 36 KB of shared memory); clusters need sm_90 (before that one block per head), at
+ * blocks plus the append blocks (one per kv-head) fit in two blocks per SM (the kernel fits three,
+ * but on the seed config cluster 4 measured faster than 8: each block repeats the pair work); clusters need sm_90 (before that one block per head), at
  * most 8 (the portable cluster size) and at most the pair count. Slices cover the eligible span up
  * to the next multiple of SELECT_TILE.
  */
@@ -110,7 +110,7 @@ export function planPairs(layout: Layout, seqLen: number, multiprocessors: numbe
   const rows = layout.shape.batch * layout.shape.heads;
   const pairs = pairTableSize(layout);
   const appendBlocks = layout.shape.batch * layout.shape.kvHeads;
-  const fit = Math.max(1, Math.floor((3 * multiprocessors - appendBlocks) / rows));
+  const fit = Math.max(1, Math.floor((2 * multiprocessors - appendBlocks) / rows));
   let cluster = clusterOverride ?? 2 ** Math.floor(Math.log2(fit));
   cluster = clusters ? Math.max(1, Math.min(8, cluster, 2 ** Math.floor(Math.log2(pairs)))) : 1;
   const sliceLen = Math.max(SLICE_ALIGN, roundUp(Math.ceil(span / cluster), SLICE_ALIGN));

@@ -141,3 +141,22 @@ test('large K (> 256, the CE = 8 kernel) and long contexts agree with the brute 
     }
   }
 });
+
+test('tiny code books (C = 2 or 4, M = 1 or 2: pair tables smaller than a 16-byte word) match exactly', { skip }, () => {
+  for (const [M, bits] of [[1, 1], [1, 2], [2, 1]] as const) {
+    const st = integerState(3000, 3002, { sinkSize: 8, windowSize: 8, heavySize: 40, pqGroupFactor: M, pqBits: bits, initOffset: 8 });
+    const gpu = cudaFromState(st);
+    try {
+      const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
+      const q = new Float32Array(B * H * D).map((_, i) => ((i * 3) % 7) - 3);
+      const k = new Float32Array(B * Hkv * D).map((_, i) => ((i * 5) % 9) - 4);
+      const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+      const want = cpu.stepToHost(new HostTensor('f32', [B, H, 1, D], q), new HostTensor('f32', [B, Hkv, 1, D], k));
+      const got = gpu.stepToHost(new HostTensor('f32', [B, H, 1, D], q), new HostTensor('f32', [B, Hkv, 1, D], k));
+      assert.deepEqual(got.sparseList.data, want.sparseList.data, `M=${M} bits=${bits}`);
+      assert.deepEqual(got.weights.data, want.weights.data, `M=${M} bits=${bits}`);
+    } finally {
+      gpu.dispose();
+    }
+  }
+});
