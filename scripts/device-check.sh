@@ -23,12 +23,15 @@ for s in $steps; do
     verify) run verify 240 pqcache verify --backend cuda --cases 500 --seed 11; grep -E "^FAIL" -A2 "$OUT/verify.log" | head -20 ;;
     demo) run demo 300 pqcache demo --backend cuda --steps 100 --seq-len 16384 ;;
     sanitize)
+      run memcheck-tests 300 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=20 compute-sanitizer --tool memcheck --target-processes all node scripts/run-tests.mjs .device/app/dist/test/gpu
       run memcheck 200 compute-sanitizer --tool memcheck --target-processes all pqcache verify --backend cuda --cases 12 --seed 3
       run racecheck 200 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 4
       run initcheck 200 compute-sanitizer --tool initcheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 5
       run synccheck 200 compute-sanitizer --tool synccheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 6 ;;
     runtime) run runtime 120 pqcache bench --backend cuda --kind runtime --iters 3000 ;;
     select) run select 300 pqcache bench --backend cuda --config matrix --dump-dir /tmp/pqdump ;;
+    phases) run phases 120 pqcache bench --backend cuda --config seed --phases --iters 100 --json /tmp/phases.json
+            run phases-large 120 pqcache bench --backend cuda --config matrix --phases --iters 50 --json /tmp/phases-matrix.json ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
