@@ -82,7 +82,7 @@ export function runDemo(o: DemoOptions): number {
   const mean = (f: (q: (typeof quality)[number]) => number): number => quality.reduce((a, q) => a + f(q), 0) / quality.length;
   console.log(table(
     ['backend', 'steps', 'step median μs', 'p99 μs', 'recall@128', 'softmax mass', 'attend rel err'],
-    [[backend, o.steps, round3(l.median), round3(l.p99), mean((q) => q.recall), mean((q) => q.softmaxMass), mean((q) => q.attendRelError)]],
+    [[backend, o.steps, round3(l.median), round3(l.p99), mean((q) => q.recall).toFixed(3), mean((q) => q.softmaxMass).toFixed(6), mean((q) => q.attendRelError).toExponential(2)]],
   ));
   console.log('(step = append the new key + select, results copied to the host; quality from sampled steps vs exact attention)');
   return 0;

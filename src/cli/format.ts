@@ -10,5 +10,6 @@ export function formatNumber(x: number): string {
   if (!Number.isFinite(x)) return String(x);
   if (Number.isInteger(x)) return String(x);
   const a = Math.abs(x);
+  if (a !== 0 && a < 1e-3) return x.toExponential(2);
   return a >= 100 ? x.toFixed(1) : a >= 1 ? x.toFixed(2) : x.toFixed(3);
 }

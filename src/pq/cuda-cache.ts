@@ -1,17 +1,24 @@
 /**
  * The CUDA backend of one layer's PQ cache: device-resident centroids and uint8 codes with
- * capacity reserved up front, and the decode step (append → fused select) captured once per
- * launch plan in a CUDA graph and replayed. Nothing is allocated, copied or synchronized in the
- * step unless the caller asks for host results.
+ * capacity reserved up front, and the decode step captured once per launch plan in a CUDA graph
+ * and replayed. Nothing is allocated, copied or synchronized in the step unless the caller asks for
+ * host results.
+ *
+ * Two paths (src/pq/cuda-plan.ts decides):
+ *   M ≤ 2, C^M ≤ 16384: the pair path — one kernel per step (kernels/select_pairs.cu) that also
+ *     appends the new key when W ≥ 1 (else pq_append runs first), driven by a per-kv-head table of
+ *     code-pair counts kept exact on the device;
+ *   otherwise: pq_append (kernels/append.cu) then the general select (kernels/select.cu).
  *
  * Device layout (one arena):
  *   centroids [B, Hkv, M, C, cstride] f32, cstride = roundUp(cdim, 4) for 16-byte rows
  *   codes     [B, Hkv, capPad, M] u8, capPad = roundUp(capacity, 16)
+ *   pairCount [B, Hkv, C^M] u32 and readers [B, Hkv] (pair path)
  *   weights   [B, H, capPad] (f32 or 16-bit), rows updated incrementally by the kernel
- *   seqState  [sk, sk]: two slots, alternating by step parity: a step reads slot `seqSlot` and
+ *   seqState  [sk, sk]: two slots alternating by step parity — a step reads slot `seqSlot` and
  *             writes sk + 1 to the other, so no block ever reads a slot being written
- * The status word (non-finite device inputs) lives in pinned host memory that the kernels
- * write through unified addressing, so checking it after a sync costs no copy.
+ * The status word (non-finite device inputs) lives in pinned host memory that the kernels write
+ * through unified addressing, so checking it after a sync costs no copy.
  */
 import { CudaContext } from '../cuda/context.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, check, driver } from '../cuda/driver.js';
