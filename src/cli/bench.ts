@@ -4,12 +4,13 @@ import { Stream } from '../cuda/stream.js';
 import { type BenchRecord, type RecordRow, cpuDeviceName, defaultRecordPath, newRecord, writeRecord } from '../bench/record.js';
 import { benchRuntime, measureCopyBandwidth } from '../bench/runtime-bench.js';
 import { SEED_BENCH, type SelectBenchConfig, benchSelectCpu, benchSelectCuda } from '../bench/select-bench.js';
+import { SEED_BUILD, benchBuildCuda } from '../bench/build-bench.js';
 import { decideBackend } from '../pq/backend.js';
 import { table } from './format.js';
 
 export interface BenchCliOptions {
   readonly backend: 'cpu' | 'cuda';
-  readonly kind: 'select' | 'runtime';
+  readonly kind: 'select' | 'runtime' | 'build';
   readonly config: 'seed' | 'matrix';
   readonly json?: string;
   readonly iters: number;
@@ -57,7 +58,11 @@ export function runBench(o: BenchCliOptions): number {
   } else {
     const dev = CudaContext.primary().device;
     record = newRecord(o.kind, dev.name, dev.driverVersion, o.command);
-    if (o.kind === 'runtime') {
+    if (o.kind === 'build') {
+      const configs = o.config === 'seed' ? [SEED_BUILD] : [SEED_BUILD, { ...SEED_BUILD, sk: 131072 }];
+      for (const c of configs) record.rows.push(benchBuildCuda(c, 5, o.dumpDir));
+      console.log(table(['impl', 'sk', 'wall med μs', 'gpu med μs', 'quantization error'], record.rows.map((r) => [r.impl, String(r.config.sk), r.wall_us?.median ?? NaN, r.gpu_us?.median ?? NaN, Number((r.extra as { quantization_error: number }).quantization_error).toExponential(4)])));
+    } else if (o.kind === 'runtime') {
       record.rows.push(...benchRuntime({ iters: o.iters, bandwidthBytes: 1 << 30 }));
       console.log(table(['what', 'wall med', 'p90', 'p99', 'extra'], record.rows.map((r) => [String(r.config.what), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN, JSON.stringify(r.extra ?? {})])));
     } else {

@@ -52,7 +52,7 @@ program
   .command('bench')
   .description('latency tables; writes a result record (bench/results/<kind>-<device>.json for cuda, or --json FILE)')
   .addOption(new Option('--backend <name>', 'cpu | cuda').choices(['cpu', 'cuda']).default('cuda'))
-  .addOption(new Option('--kind <kind>', 'select | runtime').choices(['select', 'runtime']).default('select'))
+  .addOption(new Option('--kind <kind>', 'select | runtime | build').choices(['select', 'runtime', 'build']).default('select'))
   .addOption(new Option('--config <name>', 'seed | matrix').choices(['seed', 'matrix']).default('seed'))
   .option('--json <file>', 'write the record here')
   .option('--iters <n>', 'timed calls per row', int('iters', 1), 300)

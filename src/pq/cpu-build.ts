@@ -7,7 +7,7 @@ import { type PQIndexState, centroidOffset, codeOffset, emptyIndexState, groupId
 import { ipAugment, kmeansGroup, nearestCentroid, squaredNormF32 } from './kmeans.js';
 
 export interface BuildProgress {
-  /** Groups finished so far, out of `total` = B · Hkv · M. */
+  /** Work finished so far out of `total`: k-means groups (B · Hkv · M) on the CPU, rounds on the GPU. */
   readonly done: number;
   readonly total: number;
 }

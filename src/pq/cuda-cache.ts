@@ -35,6 +35,7 @@ import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
+import { buildOnDevice, deviceBuildSupported } from './cuda-build.js';
 import {
   SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
 } from './cuda-plan.js';
@@ -208,12 +209,30 @@ export class CudaPQCache implements PQCache {
 
   // ---- index state ------------------------------------------------------------------------
 
-  /** Build on the host (the oracle's k-means), then upload. */
+  /**
+   * Build the index on the GPU (kernels/build.cu: the oracle's k-means, all groups at once), or on
+   * the host for layouts those kernels do not cover (dsub > 128).
+   */
   build(keys: HostTensor, options: BuildOptions = {}): void {
     this.live();
     const sk = checkKeys(this.layout, keys, 'keys', this.layout.config.initOffset + 1);
     checkCapacity('keys', this.capacity, sk);
-    this.uploadState(buildIndexCpu(this.layout, keys.toFloat32(), sk, this.capacity, options.onProgress));
+    if (!deviceBuildSupported(this.layout)) {
+      this.uploadState(buildIndexCpu(this.layout, keys.toFloat32(), sk, this.capacity, options.onProgress));
+      return;
+    }
+    this.stream.synchronize();
+    this.isBuilt = false; // a failure below leaves no half-built index behind
+    const s = this.arena.slices;
+    buildOnDevice(
+      this.layout,
+      keys.toFloat32(),
+      sk,
+      { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi },
+      this.stream,
+      options.onProgress ? (done, total) => options.onProgress?.({ done, total }) : undefined,
+    );
+    this.resetSequence(sk);
   }
 
   /** Replace the device index with a host state (built elsewhere, loaded, or made by hand). */
@@ -240,15 +259,21 @@ export class CudaPQCache implements PQCache {
     }
     copies.fromHost(s.codes, codes);
     copies.fromHost(s.phi, state.phi);
-    copies.fromHost(s.seqState, new Int32Array([state.seqLen, state.seqLen, 0, 0]));
+    this.resetSequence(state.seqLen);
+  }
+
+  /** After a new index (built or uploaded): sk on the device, the pair table, a fresh output. */
+  private resetSequence(seqLen: number): void {
+    const s = this.arena.slices;
+    copies.fromHost(s.seqState, new Int32Array([seqLen, seqLen, 0, 0]));
     this.seqSlot = 0;
     if (this.pairs > 0) {
       copies.fill32Async(s.pairCount, 0, s.pairCount.bytes / 4, this.stream);
       copies.fill32Async(s.readers, 0, s.readers.bytes / 4, this.stream);
-      this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), state.seqLen - this.layout.config.windowSize);
-      this.stream.synchronize();
+      this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), seqLen - this.layout.config.windowSize);
     }
-    this.hostSeqLen = state.seqLen;
+    this.stream.synchronize();
+    this.hostSeqLen = seqLen;
     this.isBuilt = true;
     this.weightsDType = undefined; // forces a full output reset before the next select
   }

@@ -1,0 +1,112 @@
+/**
+ * The PQ build benchmark (issue 5): k-means of the seed config on the GPU, GPU time of the k-means
+ * kernels from events (the key upload excluded) and wall-clock of the whole build (upload included),
+ * plus the quantization error; inputs optionally dumped for bench/torch_build_baseline.py.
+ */
+import { randomFillSync } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CudaContext } from '../cuda/context.js';
+import { DeviceArena, copies } from '../cuda/memory.js';
+import { Event, Stream } from '../cuda/stream.js';
+import { type Layout, makeLayout } from '../pq/config.js';
+import { buildOnDevice } from '../pq/cuda-build.js';
+import { groupId } from '../pq/index-state.js';
+import { initialSampleIndices } from '../pq/rng.js';
+import { encodeSafetensors } from '../pq/safetensors.js';
+import { HostTensor } from '../tensor/host-tensor.js';
+import type { RecordRow } from './record.js';
+import { nowUs, round3, summarize } from './stats.js';
+
+export interface BuildBenchConfig {
+  readonly B: number;
+  readonly Hkv: number;
+  readonly D: number;
+  readonly sk: number;
+  readonly M: number;
+  readonly pqBits: number;
+  readonly O: number;
+  readonly iters: number;
+}
+
+export const SEED_BUILD: BuildBenchConfig = { B: 1, Hkv: 32, D: 128, sk: 32000, M: 2, pqBits: 6, O: 128, iters: 10 };
+
+/** Uniform keys in [−4, 4): quick to draw at this size. */
+function randomKeys(n: number): Float32Array {
+  const u = new Uint32Array(n);
+  randomFillSync(u);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (u[i] / 4294967296) * 8 - 4;
+  return out;
+}
+
+export function benchBuildCuda(c: BuildBenchConfig, reps: number, dumpDir?: string): RecordRow {
+  const layout: Layout = makeLayout(
+    { batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D },
+    { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters },
+  );
+  const keys = randomKeys(c.B * c.Hkv * c.sk * c.D);
+  const G = c.B * c.Hkv * c.M;
+  const C = layout.numCentroids;
+  const cstride = Math.ceil(layout.centroidDim / 4) * 4;
+  const capPad = Math.ceil(c.sk / 16) * 16;
+  if (dumpDir) {
+    const n = c.sk - c.O;
+    const init = new Int32Array(G * C);
+    for (let g = 0; g < G; g++) init.set(initialSampleIndices(layout.config.seed, g, n, C), g * C);
+    mkdirSync(dumpDir, { recursive: true });
+    writeFileSync(
+      join(dumpDir, `build-sk${c.sk}.safetensors`),
+      encodeSafetensors([['keys', new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys)], ['init', new HostTensor('i32', [G, C], init)]], { config: JSON.stringify(c) }),
+    );
+  }
+  CudaContext.primary();
+  const stream = new Stream();
+  const e0 = new Event();
+  const e1 = new Event();
+  const target = DeviceArena.allocate({ centroids: G * C * cstride * 4, codes: c.B * c.Hkv * capPad * c.M, phi: G * 4 });
+  try {
+    const t = { centroids: target.slices.centroids, centroidStride: cstride, codes: target.slices.codes, capPad, phi: target.slices.phi };
+    buildOnDevice(layout, keys, c.sk, t, stream); // warm-up (module load, first touch)
+    const wall: number[] = [];
+    const gpu: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      const t0 = nowUs();
+      buildOnDevice(layout, keys, c.sk, t, stream, undefined, { start: e0, end: e1 });
+      wall.push(nowUs() - t0);
+      gpu.push(e1.elapsedSince(e0) * 1000);
+    }
+    const w = summarize(wall);
+    const g = summarize(gpu);
+    // Quantization error of the last build, on the host (float64 sums).
+    const cent = new Float32Array(G * C * cstride);
+    const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
+    copies.toHost(cent, target.slices.centroids);
+    copies.toHost(codes, target.slices.codes);
+    const dsub = layout.subDim;
+    let err = 0;
+    for (let bkv = 0; bkv < c.B * c.Hkv; bkv++) {
+      for (let m = 0; m < c.M; m++) {
+        const grp = groupId(layout, 0, bkv, m);
+        for (let p = c.O; p < c.sk; p++) {
+          const code = codes[(bkv * capPad + p) * c.M + m];
+          const co = (grp * C + code) * cstride;
+          const ko = (bkv * c.sk + p) * c.D + m * dsub;
+          for (let j = 0; j < dsub; j++) err += (keys[ko + j] - cent[co + j]) ** 2;
+        }
+      }
+    }
+    return {
+      impl: 'pqcache-cuda',
+      config: { ...c },
+      wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
+      gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) },
+      extra: { quantization_error: err, gpu_ms_kmeans: round3(g.median / 1000), note: 'wall includes the host→device key upload; gpu covers the k-means kernels' },
+    };
+  } finally {
+    target.dispose();
+    e0.dispose();
+    e1.dispose();
+    stream.dispose();
+  }
+}

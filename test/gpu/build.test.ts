@@ -1,0 +1,108 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { makeLayout } from '../../src/pq/config.js';
+import { buildIndexCpu } from '../../src/pq/cpu-build.js';
+import { CudaPQCache } from '../../src/pq/cuda-cache.js';
+import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
+import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
+import { SplitMix32 } from '../../src/pq/rng.js';
+import { HostTensor } from '../../src/tensor/host-tensor.js';
+import { gpuSkip } from './gpu.js';
+
+const skip = gpuSkip();
+
+interface Case { B: number; H: number; Hkv: number; D: number; M: number; bits: number; sk: number; O: number; ip: boolean; iters: number }
+
+function keysFor(c: Case, integer: boolean, seed: number): Float32Array {
+  const rng = new SplitMix32(seed);
+  return new Float32Array(c.B * c.Hkv * c.sk * c.D).map(() => (integer ? rng.int(-6, 6) : rng.normal() * 3));
+}
+
+function build(c: Case, keys: Float32Array): { cpu: PQIndexState; gpu: PQIndexState } {
+  const shape = { batch: c.B, heads: c.H, kvHeads: c.Hkv, headDim: c.D };
+  const config = { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, kmeansIters: c.iters, metric: c.ip ? ('ip' as const) : ('euclidean' as const), sinkSize: 4, windowSize: 4, heavySize: 8, seed: 77 };
+  const layout = makeLayout(shape, config);
+  const cpu = buildIndexCpu(layout, keys, c.sk, c.sk + 4);
+  const cache = new CudaPQCache({ shape, config, capacity: c.sk + 4 });
+  try {
+    cache.build(new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys));
+    return { cpu, gpu: cache.exportState() };
+  } finally {
+    cache.dispose();
+  }
+}
+
+const CASES: Case[] = [
+  { B: 1, H: 4, Hkv: 2, D: 64, M: 2, bits: 6, sk: 3000, O: 16, ip: false, iters: 6 },
+  { B: 2, H: 2, Hkv: 2, D: 32, M: 1, bits: 8, sk: 1500, O: 0, ip: false, iters: 4 },
+  { B: 1, H: 8, Hkv: 2, D: 64, M: 4, bits: 3, sk: 2000, O: 5, ip: true, iters: 5 },
+  { B: 1, H: 2, Hkv: 1, D: 128, M: 8, bits: 1, sk: 800, O: 100, ip: false, iters: 3 },
+  { B: 2, H: 4, Hkv: 4, D: 128, M: 2, bits: 5, sk: 1200, O: 7, ip: true, iters: 10 },
+];
+
+test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1–8, pqBits 1–8, GQA)', { skip }, () => {
+  for (const c of CASES) {
+    const { cpu, gpu } = build(c, keysFor(c, true, 11));
+    assert.deepEqual(gpu.phi, cpu.phi, `phi ${JSON.stringify(c)}`);
+    assert.deepEqual(gpu.centroids, cpu.centroids, `centroids ${JSON.stringify(c)}`);
+    assert.deepEqual(gpu.codes, cpu.codes, `codes ${JSON.stringify(c)}`);
+  }
+});
+
+/** Σ over groups and points of the distance to the assigned centroid (float64). */
+function quantizationError(st: PQIndexState, keys: Float32Array): number {
+  const { layout } = st;
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  const { pqGroupFactor: M, initOffset: O } = layout.config;
+  const dsub = layout.subDim;
+  const cdim = layout.centroidDim;
+  const n = st.seqLen - O;
+  let total = 0;
+  const pts = new Float32Array(cdim);
+  for (let b = 0; b < B; b++) {
+    for (let kvh = 0; kvh < Hkv; kvh++) {
+      for (let m = 0; m < M; m++) {
+        const g = groupId(layout, b, kvh, m);
+        const cb = centroidOffset(layout, b, kvh, m, 0);
+        for (let p = 0; p < n; p++) {
+          const src = ((b * Hkv + kvh) * st.seqLen + O + p) * D + m * dsub;
+          pts.set(keys.subarray(src, src + dsub));
+          if (cdim > dsub) pts[dsub] = ipAugment(st.phi[g], squaredNormF32(pts, 0, dsub));
+          const code = st.codes[codeOffset(layout, st.capacity, b, kvh, O + p) + m];
+          for (let j = 0; j < cdim; j++) total += (pts[j] - st.centroids[cb + code * cdim + j]) ** 2;
+        }
+      }
+    }
+  }
+  return total;
+}
+
+test('GPU build on real data: quantization error within 0.1% of the oracle, codes nearest their centroids', { skip }, () => {
+  for (const c of CASES.slice(0, 3)) {
+    const keys = keysFor(c, false, 12);
+    const { cpu, gpu } = build(c, keys);
+    const ec = quantizationError(cpu, keys);
+    const eg = quantizationError(gpu, keys);
+    assert.ok(Math.abs(eg - ec) <= 1e-3 * ec, `quantization error ${eg} vs ${ec} (${JSON.stringify(c)})`);
+    // Every GPU code is its point's nearest GPU centroid (the final assignment is exact).
+    const layout = gpu.layout;
+    const { pqGroupFactor: M, initOffset: O } = layout.config;
+    const n = gpu.seqLen - O;
+    for (let bh = 0; bh < c.B * c.Hkv; bh++) {
+      for (let m = 0; m < M; m++) {
+        const dsub = layout.subDim;
+        const cdim = layout.centroidDim;
+        const pts = new Float32Array(n * cdim);
+        for (let p = 0; p < n; p++) {
+          const src = (bh * c.sk + O + p) * c.D + m * dsub;
+          pts.set(keys.subarray(src, src + dsub), p * cdim);
+          if (cdim > dsub) pts[p * cdim + dsub] = ipAugment(gpu.phi[bh * M + m], squaredNormF32(pts, p * cdim, dsub));
+        }
+        const want = new Uint8Array(n);
+        const cb = centroidOffset(layout, 0, bh, m, 0);
+        assignAll(pts, n, cdim, gpu.centroids.subarray(cb, cb + layout.numCentroids * cdim), layout.numCentroids, want);
+        for (let p = 0; p < n; p++) assert.equal(gpu.codes[codeOffset(layout, gpu.capacity, 0, bh, O + p) + m], want[p], `point ${p}`);
+      }
+    }
+  }
+});
