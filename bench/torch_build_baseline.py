@@ -1,17 +1,56 @@
 #!/usr/bin/env python3
 """Vectorised PyTorch k-means baseline for the PQ build (issue 5), on the keys and initial draw that
-`pqcache bench --backend cuda --kind build --dump-dir DIR` used, in the same run on the same GPU:
+`pqcache bench --backend cuda --kind build` used, in the same run on the same GPU (both regenerated
+here: key[i] = mix32(i ^ 0x5eed5eed) / 2^32 * 8 - 4, and the seeded draw of src/pq/rng.ts):
 distances by matmul (|x|^2 - 2 x.c + |c|^2), argmin, scatter_add sums, bincount counts, means (empty
 clusters keep their centroid). GPU time from CUDA events (keys already on the device), median of 5.
 Rows are merged into the pqcache build record with the speed-up and the quantization error ratio.
 """
 import argparse
-import glob
 import json
-import os
 
 import torch
-from safetensors.torch import load_file
+
+M32 = 0xFFFFFFFF
+
+
+def mix32(x):
+    """lowbias32 on python ints or int64 tensors holding uint32 values (src/pq/rng.ts)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & M32
+    return x ^ (x >> 16)
+
+
+def draw(seed, stream, counter):
+    return mix32(mix32(mix32(seed) ^ stream) ^ counter)
+
+
+def initial_sample_indices(seed, group, n, C):
+    """rng.ts initialSampleIndices: partial Fisher-Yates, then draws with replacement."""
+    swapped = {}
+    at = lambda i: swapped.get(i, i)
+    out = []
+    stream = (group * 2) & M32
+    distinct = min(C, n)
+    for i in range(distinct):
+        j = i + draw(seed, stream, i) % (n - i)
+        vi, vj = at(i), at(j)
+        swapped[i], swapped[j] = vj, vi
+        out.append(vj)
+    for i in range(distinct, C):
+        out.append(at(draw(seed, stream, i) % n))
+    return out
+
+
+def bench_keys(count, device):
+    keys = torch.empty(count, dtype=torch.float32, device=device)
+    step = 1 << 26
+    for start in range(0, count, step):
+        i = torch.arange(start, min(start + step, count), dtype=torch.int64, device=device)
+        keys[start:start + len(i)] = mix32(i ^ 0x5EED5EED).to(torch.float64).div(4294967296.0).mul(8).sub(4).to(torch.float32)
+    return keys
 
 
 def kmeans(x, init, iters):
@@ -32,19 +71,19 @@ def kmeans(x, init, iters):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dump-dir", required=True)
     ap.add_argument("--record", required=True)
     a = ap.parse_args()
     rec = json.load(open(a.record))
     rec["rows"] = [r for r in rec["rows"] if r["impl"] != "torch-kmeans"]
-    for path in sorted(glob.glob(os.path.join(a.dump_dir, "build-*.safetensors"))):
-        t = load_file(path)
-        meta = json.loads(open(path, "rb").read(8 + int.from_bytes(open(path, "rb").read(8), "little"))[8:])["__metadata__"]
-        cfg = json.loads(meta["config"])
+    seed = 0x5EED  # DEFAULT_CONFIG.seed
+    for cfg in [r["config"] for r in rec["rows"] if r["impl"] == "pqcache-cuda"]:
         B, Hkv, sk, D, M, O, iters = cfg["B"], cfg["Hkv"], cfg["sk"], cfg["D"], cfg["M"], cfg["O"], cfg["iters"]
-        keys = t["keys"].cuda()
-        x = keys[:, :, O:, :].reshape(B * Hkv, sk - O, M, D // M).permute(0, 2, 1, 3).reshape(B * Hkv * M, sk - O, D // M).contiguous()
-        init = t["init"].cuda()
+        C = 1 << cfg["pqBits"]
+        keys = bench_keys(B * Hkv * sk * D, "cuda").view(B, Hkv, sk, D)
+        n = sk - O
+        x = keys[:, :, O:, :].reshape(B * Hkv, n, M, D // M).permute(0, 2, 1, 3).reshape(B * Hkv * M, n, D // M).contiguous()
+        del keys
+        init = torch.tensor([initial_sample_indices(seed, g, n, C) for g in range(B * Hkv * M)], device="cuda")
         kmeans(x, init, iters)
         times = []
         for _ in range(5):
@@ -55,15 +94,16 @@ def main():
             e1.synchronize()
             times.append(e0.elapsed_time(e1) * 1000)
         times.sort()
-        err = float(((x - torch.gather(c, 1, codes.unsqueeze(-1).expand_as(x))) ** 2).sum().double())
-        row = {"impl": "torch-kmeans", "config": cfg, "gpu_us": {"median": round(times[2], 3)}, "extra": {"quantization_error": err}}
-        rec["rows"].append(row)
+        err = float(((x - torch.gather(c, 1, codes.unsqueeze(-1).expand_as(x))) ** 2).sum(dtype=torch.float64))
+        rec["rows"].append({"impl": "torch-kmeans", "config": cfg, "gpu_us": {"median": round(times[2], 3)}, "extra": {"quantization_error": err}})
         for r in rec["rows"]:
             if r["impl"] == "pqcache-cuda" and r["config"] == cfg:
                 r["extra"]["speedup_gpu_vs_torch_kmeans"] = round(times[2] / r["gpu_us"]["median"], 2)
                 r["extra"]["quantization_error_ratio_vs_torch"] = round(r["extra"]["quantization_error"] / err, 4)
         print(f"torch-kmeans sk={sk}: gpu {times[2]:.1f} us, quantization error {err:.4e}", flush=True)
-    rec["command"] += f" && python3 bench/torch_build_baseline.py --dump-dir {a.dump_dir} --record {a.record}"
+        del x
+        torch.cuda.empty_cache()
+    rec["command"] += f" && python3 bench/torch_build_baseline.py --record {a.record}"
     json.dump(rec, open(a.record, "w"), indent=2)
     open(a.record, "a").write("\n")
 

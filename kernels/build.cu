@@ -16,8 +16,9 @@
 //                        per thread, held in registers (dsub <= N), canonical distance to every
 //                        centroid, nearest (ties -> lower index) into codes_tmp and, when
 //                        index_codes is given, into the index's code buffer.
-//   pq_build_accumulate  grid (chunks, G), block 256, dynamic smem C*(cdim+1) floats: per-cluster
-//                        sums in shared memory, then added to the global sums.
+//   pq_build_accumulate  grid (chunks, G), block 256, dynamic smem C*cdim doubles + C counts:
+//                        per-cluster float64 sums in shared memory (or straight to global when too
+//                        large), then added to the global sums; the mean rounds once, as the oracle.
 //   pq_build_finalize    grid (G), block 256: means (fp32 division) or the re-seed.
 // Invariants: cdim = dsub + ip <= 129; C <= 256; cstride % 4 == 0; n >= 1.
 #include "common.cuh"
@@ -137,17 +138,26 @@ PQ_BUILD_ASSIGN(32)
 PQ_BUILD_ASSIGN(64)
 PQ_BUILD_ASSIGN(128)
 
-// Sums and counts per cluster: shared-memory accumulation of a chunk of points, then global atomics.
+// Sums (float64, as the CPU oracle: one rounding to fp32 at the mean) and counts per cluster:
+// shared-memory accumulation of a chunk of points, then global atomics; `direct` skips shared memory
+// (tables over the shared-memory limit: C * cdim doubles).
 extern "C" __global__ void __launch_bounds__(256) pq_build_accumulate(const float* keys, const float* norms, const float* phi,
-                                                                      const uint8_t* codes_tmp, float* sums, unsigned* counts,
+                                                                      const uint8_t* codes_tmp, double* sums, unsigned* counts,
                                                                       int n, int M, int sk, int D, int O, int C, int cdim,
-                                                                      int chunk) {
-  extern __shared__ float acc[];  // C * cdim sums, then C counts
+                                                                      int chunk, int direct) {
+  extern __shared__ double acc[];  // C * cdim sums, then C counts
   unsigned* cnt = reinterpret_cast<unsigned*>(acc + C * cdim);
   const int g = blockIdx.y;
   const int dsub = D / M;
-  for (int e = threadIdx.x; e < C * cdim + C; e += 256) acc[e] = 0.0f;
-  __syncthreads();
+  double* gsums = sums + static_cast<int64_t>(g) * C * cdim;
+  unsigned* gcounts = counts + static_cast<int64_t>(g) * C;
+  if (!direct) {
+    for (int e = threadIdx.x; e < C * cdim; e += 256) acc[e] = 0.0;
+    for (int c = threadIdx.x; c < C; c += 256) cnt[c] = 0u;
+    __syncthreads();
+  }
+  double* tsum = direct ? gsums : acc;
+  unsigned* tcnt = direct ? gcounts : cnt;
   const int p0 = blockIdx.x * chunk;
   const int p1 = min(p0 + chunk, n);
   // Warp w takes a point at a time; its lanes stride over the coordinates.
@@ -155,21 +165,22 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_accumulate(const floa
   for (int p = p0 + (threadIdx.x >> 5); p < p1; p += 8) {
     const int c = codes_tmp[static_cast<int64_t>(g) * n + p];
     const float* row = point_row(keys, g, p, M, 0, sk, D, O);
-    for (int j = lane; j < dsub; j += 32) atomicAdd(&acc[c * cdim + j], row[j]);
+    for (int j = lane; j < dsub; j += 32) atomicAdd(&tsum[c * cdim + j], static_cast<double>(row[j]));
     if (lane == 0) {
-      if (cdim > dsub) atomicAdd(&acc[c * cdim + dsub], pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]));
-      atomicAdd(&cnt[c], 1u);
+      if (cdim > dsub) atomicAdd(&tsum[c * cdim + dsub], static_cast<double>(pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p])));
+      atomicAdd(&tcnt[c], 1u);
     }
   }
+  if (direct) return;
   __syncthreads();
   for (int e = threadIdx.x; e < C * cdim; e += 256)
-    if (acc[e] != 0.0f) atomicAdd(&sums[static_cast<int64_t>(g) * C * cdim + e], acc[e]);
+    if (acc[e] != 0.0) atomicAdd(&gsums[e], acc[e]);
   for (int c = threadIdx.x; c < C; c += 256)
-    if (cnt[c] != 0u) atomicAdd(&counts[static_cast<int64_t>(g) * C + c], cnt[c]);
+    if (cnt[c] != 0u) atomicAdd(&gcounts[c], cnt[c]);
 }
 
 extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float* keys, const float* norms, const float* phi,
-                                                                    const float* sums, const unsigned* counts, float* centroids,
+                                                                    const double* sums, const unsigned* counts, float* centroids,
                                                                     int n, int M, int sk, int D, int O, int C, int cdim,
                                                                     int cstride, unsigned seed, int round) {
   const int g = blockIdx.x;
@@ -183,7 +194,7 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float*
       const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
       v = point_coord(keys, norms, phi, g, s, j, n, M, sk, D, O, dsub);
     } else {
-      v = __fdiv_rn(sums[(static_cast<int64_t>(g) * C + c) * cdim + j], static_cast<float>(count));
+      v = __fdiv_rn(__double2float_rn(sums[(static_cast<int64_t>(g) * C + c) * cdim + j]), static_cast<float>(count));
     }
     centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = v;
   }

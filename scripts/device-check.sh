@@ -32,8 +32,8 @@ for s in $steps; do
     select) run select 300 pqcache bench --backend cuda --config matrix --dump-dir /tmp/pqdump ;;
     phases) run phases 120 pqcache bench --backend cuda --config seed --phases --iters 100 --json /tmp/phases.json
             run phases-large 120 pqcache bench --backend cuda --config matrix --phases --iters 50 --json /tmp/phases-matrix.json ;;
-    build) run build 300 pqcache bench --backend cuda --kind build --config matrix --dump-dir /tmp/pqbuild
-           run torchbuild 300 python3 bench/torch_build_baseline.py --dump-dir /tmp/pqbuild --record "$(ls -t bench/results/build-*.json | head -1)" ;;
+    build) run build 300 pqcache bench --backend cuda --kind build --config matrix
+           run torchbuild 300 python3 bench/torch_build_baseline.py --record "$(ls -t bench/results/build-*.json | head -1)" ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac

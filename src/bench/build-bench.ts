@@ -1,20 +1,15 @@
 /**
  * The PQ build benchmark (issue 5): k-means of the seed config on the GPU, GPU time of the k-means
  * kernels from events (the key upload excluded) and wall-clock of the whole build (upload included),
- * plus the quantization error; inputs optionally dumped for bench/torch_build_baseline.py.
+ * plus the quantization error, on keys that bench/torch_build_baseline.py regenerates.
  */
-import { randomFillSync } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
 import { buildOnDevice } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
-import { initialSampleIndices } from '../pq/rng.js';
-import { encodeSafetensors } from '../pq/safetensors.js';
-import { HostTensor } from '../tensor/host-tensor.js';
+import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
 import { nowUs, round3, summarize } from './stats.js';
 
@@ -31,35 +26,27 @@ export interface BuildBenchConfig {
 
 export const SEED_BUILD: BuildBenchConfig = { B: 1, Hkv: 32, D: 128, sk: 32000, M: 2, pqBits: 6, O: 128, iters: 10 };
 
-/** Uniform keys in [−4, 4): quick to draw at this size. */
-function randomKeys(n: number): Float32Array {
-  const u = new Uint32Array(n);
-  randomFillSync(u);
+/**
+ * Keys uniform in [−4, 4) as a pure function of the flat index: key[i] = mix32(i ^ 0x5eed5eed) / 2^32 · 8 − 4,
+ * so bench/torch_build_baseline.py regenerates the very same inputs (and the initial draw from
+ * rng.ts) without a multi-gigabyte dump.
+ */
+export function benchKeys(n: number): Float32Array {
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = (u[i] / 4294967296) * 8 - 4;
+  for (let i = 0; i < n; i++) out[i] = (mix32((i ^ 0x5eed5eed) >>> 0) / 4294967296) * 8 - 4;
   return out;
 }
 
-export function benchBuildCuda(c: BuildBenchConfig, reps: number, dumpDir?: string): RecordRow {
+export function benchBuildCuda(c: BuildBenchConfig, reps: number): RecordRow {
   const layout: Layout = makeLayout(
     { batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D },
     { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters },
   );
-  const keys = randomKeys(c.B * c.Hkv * c.sk * c.D);
+  const keys = benchKeys(c.B * c.Hkv * c.sk * c.D);
   const G = c.B * c.Hkv * c.M;
   const C = layout.numCentroids;
   const cstride = Math.ceil(layout.centroidDim / 4) * 4;
   const capPad = Math.ceil(c.sk / 16) * 16;
-  if (dumpDir) {
-    const n = c.sk - c.O;
-    const init = new Int32Array(G * C);
-    for (let g = 0; g < G; g++) init.set(initialSampleIndices(layout.config.seed, g, n, C), g * C);
-    mkdirSync(dumpDir, { recursive: true });
-    writeFileSync(
-      join(dumpDir, `build-sk${c.sk}.safetensors`),
-      encodeSafetensors([['keys', new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys)], ['init', new HostTensor('i32', [G, C], init)]], { config: JSON.stringify(c) }),
-    );
-  }
   CudaContext.primary();
   const stream = new Stream();
   const e0 = new Event();

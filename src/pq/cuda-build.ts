@@ -35,7 +35,9 @@ export function deviceBuildSupported(layout: Layout): boolean {
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ASSIGN_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ACCUMULATE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ACCUMULATE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+/** Shared memory the accumulation may use (f64 sums); beyond it, global atomics. */
+const ACCUMULATE_SMEM_LIMIT = 200 * 1024;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32'] as const;
 
 /**
@@ -64,7 +66,9 @@ export function buildOnDevice(
   const assign = mod.kernel(`pq_build_assign_d${width}`);
   const accumulate = mod.kernel('pq_build_accumulate');
   const assignSmem = C * cstride * 4;
-  const accumulateSmem = (C * cdim + C) * 4;
+  const accumulateBytes = C * cdim * 8 + C * 4;
+  const direct = accumulateBytes > ACCUMULATE_SMEM_LIMIT;
+  const accumulateSmem = direct ? 0 : accumulateBytes;
   optIn(assign, assignSmem);
   optIn(accumulate, accumulateSmem);
 
@@ -81,7 +85,7 @@ export function buildOnDevice(
     keys: keys.byteLength,
     norms: G * n * 4,
     init: init.byteLength,
-    sums: G * C * cdim * 4,
+    sums: G * C * cdim * 8,
     counts: G * C * 4,
     codes: G * n,
   });
@@ -112,7 +116,7 @@ export function buildOnDevice(
       args(ASSIGN_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.codes.ptr, indexCodes, n, M, seqLen, D, O, C, cdim, cstride, target.capPad]);
     const assignShape = { grid: [Math.ceil(n / 128), G, 1] as const, block: [128, 1, 1] as const, sharedBytes: assignSmem };
     const roundAssign = assignArgs(0n);
-    const accumulateArgs = args(ACCUMULATE_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim, ACCUMULATE_CHUNK]);
+    const accumulateArgs = args(ACCUMULATE_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim, ACCUMULATE_CHUNK, direct ? 1 : 0]);
     const finalizeArgs = args(FINALIZE_ARGS);
     const finalize = mod.kernel('pq_build_finalize');
     for (let round = 0; round < iters; round++) {
