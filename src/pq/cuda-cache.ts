@@ -366,6 +366,18 @@ export class CudaPQCache implements PQCache {
     }
   }
 
+  /** The last select's sparseList and sparseLen on the host (no weights copy). Synchronizes. */
+  listsToHost(): { sparseList: Int32Array; sparseLen: Int32Array } {
+    this.requireBuilt('listsToHost');
+    const { batch: B, heads: H } = this.layout.shape;
+    const sparseList = new Int32Array(B * H * this.layout.listCapacity);
+    const sparseLen = new Int32Array(B * H);
+    this.synchronize();
+    copies.toHost(sparseList, this.arena.slices.sparseList);
+    copies.toHost(sparseLen, this.arena.slices.sparseLen);
+    return { sparseList, sparseLen };
+  }
+
   /** Device views of the outputs of the last select (valid after the stream reaches it). */
   outputs(): SelectResult<DeviceTensor> {
     const { batch: B, heads: H } = this.layout.shape;
