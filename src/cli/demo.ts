@@ -68,21 +68,21 @@ export function runDemo(o: DemoOptions): number {
     const q = gen.query(s);
     const qt = new HostTensor('f32', [1, H, 1, D], q);
     const kt = new HostTensor('f32', [1, Hkv, 1, D], key);
-    let lists: { sparseList: Int32Array; sparseLen: Int32Array } | undefined;
+    const measure = s % o.qualityEvery === 0 || s === o.steps - 1;
+    let lists: { sparseList: Int32Array; sparseLen: Int32Array };
     const ts = nowUs();
     if (cache instanceof CudaPQCache) {
       // What a model does each token: one graph launch, results stay on the GPU; wait for them.
       cache.step(qt, kt);
       cache.synchronize();
+      lat.push(nowUs() - ts);
+      lists = measure ? cache.listsToHost() : { sparseList: new Int32Array(0), sparseLen: new Int32Array(0) };
     } else {
       const res = cache.stepToHost(qt, kt);
+      lat.push(nowUs() - ts);
       lists = { sparseList: res.sparseList.data as Int32Array, sparseLen: res.sparseLen.data as Int32Array };
     }
-    lat.push(nowUs() - ts);
-    if (s % o.qualityEvery === 0 || s === o.steps - 1) {
-      lists ??= (cache as CudaPQCache).listsToHost();
-      quality.push(measureQuality({ layout, query: q, keys, values, seqStride: capacity, seqLen: p + 1, ...lists }));
-    }
+    if (measure) quality.push(measureQuality({ layout, query: q, keys, values, seqStride: capacity, seqLen: p + 1, ...lists }));
     stepBar.update(s + 1, o.steps);
   }
   stepBar.stop();
