@@ -79,7 +79,7 @@ const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as co
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
-  | 'candCount' | 'pairCount' | 'readers' | 'sparseList' | 'sparseLen' | 'weights' | 'queryIn' | 'keyIn';
+  | 'candCount' | 'pairCount' | 'readers' | 'sparseList' | 'sparseLen' | 'weights';
 
 function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -162,8 +162,6 @@ export class CudaPQCache implements PQCache {
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,
-        queryIn: rows * D * 4,
-        keyIn: B * Hkv * D * 4,
       });
       made.push(this.arena);
       this.status = new PinnedBuffer(16);
@@ -432,11 +430,13 @@ export class CudaPQCache implements PQCache {
     let qptr: DevicePtr;
     const qcode = DTYPE_CODE[qdtype];
     const s = this.arena.slices;
+    // Host inputs are read by the kernels straight from the pinned staging buffers (mapped into the
+    // device's address space): cheaper than memcpy nodes in the graph for a few kilobytes.
     if ('device' in query) {
       qptr = query.ptr;
     } else {
       new Uint8Array(this.stagingQuery.arrayBuffer, 0, query.data.byteLength).set(new Uint8Array(query.data.buffer, query.data.byteOffset, query.data.byteLength));
-      qptr = s.queryIn.ptr;
+      qptr = this.stagingQuery.ptr;
     }
     let kptr: DevicePtr | undefined;
     if (key !== undefined) {
@@ -445,7 +445,7 @@ export class CudaPQCache implements PQCache {
       } else {
         const kd = key.dtype === 'f32' ? (key.data as Float32Array) : key.toFloat32();
         new Float32Array(this.stagingKey.arrayBuffer, 0, kd.length).set(kd);
-        kptr = s.keyIn.ptr;
+        kptr = this.stagingKey.ptr;
         kdtype = 'f32';
       }
     }
@@ -456,8 +456,6 @@ export class CudaPQCache implements PQCache {
     let graph = this.graphs.get(graphKey);
     if (graph === undefined) {
       graph = GraphExec.capture(this.stream, () => {
-        if (hostQ) this.stagingQuery.copyToDeviceAsync(s.queryIn, s.queryIn.bytes, this.stream);
-        if (hostK) this.stagingKey.copyToDeviceAsync(s.keyIn, s.keyIn.bytes, this.stream);
         const fused = kptr !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
         if (fused) {
           // One launch: the append blocks ride along with the select clusters.
