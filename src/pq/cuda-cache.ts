@@ -144,6 +144,7 @@ export class CudaPQCache implements PQCache {
     this.capPad = roundUp(this.capacity, 16);
     this.centroidStride = roundUp(this.layout.centroidDim, 4);
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
+    const general = this.pairs === 0;
     const made: Array<{ dispose(): void }> = [];
     try {
       this.arena = DeviceArena.allocate<ArenaSlice>({
@@ -152,13 +153,14 @@ export class CudaPQCache implements PQCache {
         phi: B * Hkv * M * 4,
         seqState: 16,
         appendCounter: 4,
-        selectCounters: rows * 4,
-        // Per-slice candidates: general path K (score, position) pairs; pair path 2K (position, tag).
-        candScore: rows * this.maxSlices * K * 4 * (this.pairs > 0 ? 2 : 1),
-        candPos: rows * this.maxSlices * K * 4 * (this.pairs > 0 ? 2 : 1),
-        candCount: rows * this.maxSlices * 4 * 2,
-        pairCount: B * Hkv * Math.max(this.pairs, 1) * 4,
-        readers: B * Hkv * 4,
+        // General path: per-slice candidates (score, position) and the merge counters.
+        selectCounters: general ? rows * 4 : 0,
+        candScore: general ? rows * this.maxSlices * K * 4 : 0,
+        candPos: general ? rows * this.maxSlices * K * 4 : 0,
+        candCount: general ? rows * this.maxSlices * 4 : 0,
+        // Pair path: the code-pair counts and the per-kv-head reader counters.
+        pairCount: general ? 0 : B * Hkv * this.pairs * 4,
+        readers: general ? 0 : B * Hkv * 4,
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,

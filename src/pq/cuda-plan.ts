@@ -29,8 +29,8 @@ export function cudaLayoutProblem(layout: Layout): ConfigError | undefined {
 
 /** Largest C^M of the pair-table fast path (kernels/select_pairs.cu). */
 export const MAX_PAIRS = 16384;
-/** Most slices per row the pair path assembles (kernels/select_pairs.cu MAX_SLICES). */
-export const MAX_PAIR_SLICES = 64;
+/** Most slices per row of the general select (bounds its candidate scratch). */
+export const MAX_GENERAL_SLICES = 64;
 
 /** Code combinations per kv-head when the pair-table fast path applies (M ≤ 2, C^M ≤ 16384), else 0. */
 export function pairTableSize(layout: Layout): number {
@@ -84,10 +84,10 @@ export function planSelect(layout: Layout, seqLen: number, multiprocessors: numb
   return { numSlices, sliceLen, maxSeqLen };
 }
 
-/** Scratch capacity (slices per row) to allocate: enough for any plan up to `capacity`. */
+/** Scratch capacity (slices per row) of the general select: enough for any of its plans. */
 export function maxSlicesFor(layout: Layout, multiprocessors: number): number {
   const rows = layout.shape.batch * layout.shape.heads;
-  return Math.min(MAX_PAIR_SLICES, Math.max(1, Math.ceil((2 * multiprocessors) / rows)) + 1);
+  return Math.min(MAX_GENERAL_SLICES, Math.max(1, Math.ceil((2 * multiprocessors) / rows)) + 1);
 }
 
 export interface PairsPlan {
