@@ -25,8 +25,7 @@
 
 namespace {
 
-__device__ __forceinline__ const float* point_row(const float* keys, int g, int p, int M, int Hkv_times_sk_unused,
-                                                  int sk, int D, int O) {
+__device__ __forceinline__ const float* point_row(const float* keys, int g, int p, int M, int sk, int D, int O) {
   const int bkv = g / M;
   const int m = g - bkv * M;
   return keys + (static_cast<int64_t>(bkv) * sk + O + p) * D + m * (D / M);
@@ -40,15 +39,14 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* ke
   const int p = blockIdx.x * 256 + threadIdx.x;
   if (p >= n) return;
   const int dsub = D / M;
-  const float* x = point_row(keys, g, p, M, 0, sk, D, O);
+  const float* x = point_row(keys, g, p, M, sk, D, O);
   float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   for (int j0 = 0; j0 < dsub; j0 += 8) {
 #pragma unroll
     for (int r = 0; r < 8; ++r)
       if (j0 + r < dsub) part[r] = __fadd_rn(part[r], __fmul_rn(x[j0 + r], x[j0 + r]));
   }
-  const float s = __fadd_rn(__fadd_rn(__fadd_rn(part[0], part[1]), __fadd_rn(part[2], part[3])),
-                            __fadd_rn(__fadd_rn(part[4], part[5]), __fadd_rn(part[6], part[7])));
+  const float s = pq_tree8_sum(part);
   norms[static_cast<int64_t>(g) * n + p] = s;
   atomicMax(reinterpret_cast<int*>(phi) + g, __float_as_int(s));  // s >= 0: int order = float order
 }
@@ -56,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* ke
 // Coordinate j of point p of group g (j == dsub: the ip augmentation).
 __device__ __forceinline__ float point_coord(const float* keys, const float* norms, const float* phi, int g, int p, int j,
                                              int n, int M, int sk, int D, int O, int dsub) {
-  if (j < dsub) return point_row(keys, g, p, M, 0, sk, D, O)[j];
+  if (j < dsub) return point_row(keys, g, p, M, sk, D, O)[j];
   return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
 }
 
@@ -87,7 +85,7 @@ __device__ void build_assign(const float* keys, const float* norms, const float*
   if (p >= n) return;
   const int dsub = D / M;
   float x[DS + 1];
-  const float* row = point_row(keys, g, p, M, 0, sk, D, O);
+  const float* row = point_row(keys, g, p, M, sk, D, O);
 #pragma unroll
   for (int j = 0; j < DS; ++j) x[j] = j < dsub ? row[j] : 0.0f;
   x[DS] = cdim > dsub ? pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]) : 0.0f;
@@ -110,8 +108,7 @@ __device__ void build_assign(const float* keys, const float* norms, const float*
       for (int k = 0; k < 8; ++k)
         if (k == r) part[k] = __fadd_rn(part[k], __fmul_rn(t, t));
     }
-    const float d = __fadd_rn(__fadd_rn(__fadd_rn(part[0], part[1]), __fadd_rn(part[2], part[3])),
-                              __fadd_rn(__fadd_rn(part[4], part[5]), __fadd_rn(part[6], part[7])));
+    const float d = pq_tree8_sum(part);
     if (d < best) {
       best = d;
       best_c = c;
@@ -164,7 +161,7 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_accumulate(const floa
   const int lane = threadIdx.x & 31;
   for (int p = p0 + (threadIdx.x >> 5); p < p1; p += 8) {
     const int c = codes_tmp[static_cast<int64_t>(g) * n + p];
-    const float* row = point_row(keys, g, p, M, 0, sk, D, O);
+    const float* row = point_row(keys, g, p, M, sk, D, O);
     for (int j = lane; j < dsub; j += 32) atomicAdd(&tsum[c * cdim + j], static_cast<double>(row[j]));
     if (lane == 0) {
       if (cdim > dsub) atomicAdd(&tsum[c * cdim + dsub], static_cast<double>(pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p])));

@@ -70,18 +70,9 @@ __device__ __forceinline__ float pq_tree8(float p) {
   return p;
 }
 
-// The same value computed by one thread (for kernels that give a point to each thread).
-__device__ __forceinline__ float pq_distance_canonical(const float* x, const float* c, int dim) {
-  float p[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  for (int j0 = 0; j0 < dim; j0 += 8) {
-#pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      if (j0 + r < dim) {
-        const float t = __fsub_rn(x[j0 + r], c[j0 + r]);
-        p[r] = __fadd_rn(p[r], __fmul_rn(t, t));
-      }
-    }
-  }
+// The canonical combination of the 8 partial sums, for kernels that give a point to each thread
+// (the partials then live in one thread's registers, indexed by j & 7 with unrolled j).
+__device__ __forceinline__ float pq_tree8_sum(const float (&p)[8]) {
   return __fadd_rn(__fadd_rn(__fadd_rn(p[0], p[1]), __fadd_rn(p[2], p[3])), __fadd_rn(__fadd_rn(p[4], p[5]), __fadd_rn(p[6], p[7])));
 }
 

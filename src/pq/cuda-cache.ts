@@ -390,15 +390,18 @@ export class CudaPQCache implements PQCache {
     };
   }
 
+  /** Validate a query: host tensors fully (shape, dtype, finite values), device tensors by shape, dtype and layout. */
   private queryDType(query: Query, argument: string): FloatDType {
+    if (!('device' in query)) {
+      checkQuery(this.layout, query, argument);
+      return query.dtype;
+    }
     expectDType(argument, query, FLOAT_DTYPES);
     const { batch: B, heads: H, headDim: D } = this.layout.shape;
     expectShape(argument, query, [B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
-    if ('device' in query) {
-      const st = query.strides;
-      if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
-        throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
-      }
+    const st = query.strides;
+    if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
+      throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
     }
     return query.dtype as FloatDType;
   }
@@ -406,7 +409,6 @@ export class CudaPQCache implements PQCache {
   /** Validate, stage host inputs, (re)capture if needed, launch the graph. Returns the weights dtype. */
   private enqueue(query: Query, key: HostTensor | DeviceTensor | undefined): FloatDType {
     const qdtype = this.queryDType(query, 'query');
-    if (!('device' in query)) checkQuery(this.layout, query);
     let kdtype: FloatDType = 'f32';
     if (key !== undefined) {
       if ('device' in key) {
