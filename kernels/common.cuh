@@ -9,7 +9,12 @@
 enum PqDType : int { PQ_F32 = 0, PQ_F16 = 1, PQ_BF16 = 2 };
 
 // Bits of the device status word: set by kernels, read by the host at its next sync.
-enum PqStatus : int { PQ_STATUS_QUERY_NONFINITE = 1, PQ_STATUS_KEY_NONFINITE = 2 };
+enum PqStatus : int {
+  PQ_STATUS_QUERY_NONFINITE = 1,
+  PQ_STATUS_KEY_NONFINITE = 2,
+  PQ_STATUS_LIST_RANGE = 4,       // attend: a sparse-list position outside [0, sk)
+  PQ_STATUS_VALUE_NONFINITE = 8,  // K/V append: a non-finite value
+};
 
 __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t i) {
   if (dtype == PQ_F32) return static_cast<const float*>(p)[i];

@@ -1,6 +1,8 @@
 // Kernels that exercise and measure the runtime layer (src/cuda): tests and `bench --kind runtime`.
 #include <cstdint>
 
+#include "common.cuh"
+
 // Does nothing: the launch + sync round trip. Launch: any shape.
 extern "C" __global__ void pq_empty() {}
 
@@ -30,3 +32,17 @@ extern "C" __global__ void pq_copy_u4(const uint4* __restrict__ src, uint4* __re
 
 // Traps: a test-only kernel fault, to prove faults surface as typed errors.
 extern "C" __global__ void pq_trap() { __trap(); }
+
+// out[i] = scale * u(i), u uniform in [-1, 1) from a hash of (seed, i), stored as f32 (dtype 0),
+// f16 (1) or bf16 (2). Synthetic device-resident data for benchmarks too large to make on the host.
+// Launch: grid-stride, any 1-D shape.
+extern "C" __global__ void pq_fill_hash(void* out, int dtype, long long n, unsigned seed, float scale) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const uint32_t h = pq_mix32(static_cast<uint32_t>(i) ^ pq_mix32(static_cast<uint32_t>(i >> 32) ^ pq_mix32(seed)));
+    const float v = scale * (static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
+    if (dtype == 0) static_cast<float*>(out)[i] = v;
+    else if (dtype == 1) static_cast<__half*>(out)[i] = __float2half_rn(v);
+    else static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16_rn(v);
+  }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default all): info tests verify sanitize runtime select torch. Logs and records go to
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune
+# attend step attsan). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"
@@ -35,6 +36,12 @@ for s in $steps; do
     build) run build 300 pqcache bench --backend cuda --kind build --config matrix
            run torchbuild 300 python3 bench/torch_build_baseline.py --record "$(ls -t bench/results/build-*.json | head -1)" ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
+    attend) run attend 400 pqcache bench --backend cuda --kind attend --config matrix --iters 200 --warmup 30
+            run torchattend 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/attend-*.json | head -1)" ;;
+    step) run step 400 pqcache bench --backend cuda --kind step --config matrix --layers 32 --iters 100 --warmup 20
+          run torchstep 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/step-*.json | head -1)" --iters 50 ;;
+    attsan) run attsan 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --report-api-errors no --target-processes all node --test .device/app/dist/test/gpu/attention.test.js
+            run attrace 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --target-processes all node --test .device/app/dist/test/gpu/attention.test.js ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done

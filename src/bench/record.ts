@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname } from 'node:path';
+import { type LatencySummary, round3 } from './stats.js';
 
 export type RecordKind = 'runtime' | 'select' | 'build' | 'attend' | 'step' | 'quality' | 'reliability';
 
@@ -57,4 +58,24 @@ export function defaultRecordPath(kind: RecordKind, device: string): string {
 export function writeRecord(path: string, record: BenchRecord): void {
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, JSON.stringify(record, null, 2) + '\n');
+}
+
+/** A row of latency results: wall-clock (and GPU) median/p90/p99 in μs, rounded for the record. */
+export function latencyRow(
+  impl: string,
+  config: Readonly<Record<string, number | string>>,
+  wall: LatencySummary,
+  extra: Record<string, unknown>,
+  gpu?: LatencySummary,
+  matches?: boolean,
+): RecordRow {
+  const r = (s: LatencySummary): { median: number; p90: number; p99: number } => ({ median: round3(s.median), p90: round3(s.p90), p99: round3(s.p99) });
+  return {
+    impl,
+    config,
+    wall_us: r(wall),
+    ...(gpu ? { gpu_us: r(gpu) } : {}),
+    ...(matches !== undefined ? { matches_oracle: matches } : {}),
+    extra,
+  };
 }

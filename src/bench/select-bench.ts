@@ -23,7 +23,7 @@ import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
-import type { RecordRow } from './record.js';
+import { type RecordRow, latencyRow } from './record.js';
 import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
 
 export interface SelectBenchConfig {
@@ -119,14 +119,7 @@ export function configRecord(c: SelectBenchConfig): Record<string, number | stri
 }
 
 function wallRow(impl: string, c: SelectBenchConfig, wall: LatencySummary, extra: Record<string, unknown>, gpu?: LatencySummary, matches?: boolean): RecordRow {
-  return {
-    impl,
-    config: configRecord(c),
-    wall_us: { median: round3(wall.median), p90: round3(wall.p90), p99: round3(wall.p99) },
-    ...(gpu ? { gpu_us: { median: round3(gpu.median), p90: round3(gpu.p90), p99: round3(gpu.p99) } } : {}),
-    ...(matches !== undefined ? { matches_oracle: matches } : {}),
-    extra,
-  };
+  return latencyRow(impl, configRecord(c), wall, extra, gpu, matches);
 }
 
 /** CPU backend: stepToHost per call (append + select + host arrays). */

@@ -5,12 +5,13 @@ import { type BenchRecord, type RecordRow, cpuDeviceName, defaultRecordPath, new
 import { benchRuntime, measureCopyBandwidth } from '../bench/runtime-bench.js';
 import { SEED_BENCH, type SelectBenchConfig, benchSelectCpu, benchSelectCuda } from '../bench/select-bench.js';
 import { SEED_BUILD, benchBuildCuda } from '../bench/build-bench.js';
+import { attendMatrix, benchAttendCuda, benchStepCuda, stepMatrix } from '../bench/attend-bench.js';
 import { decideBackend } from '../pq/backend.js';
 import { table } from './format.js';
 
 export interface BenchCliOptions {
   readonly backend: 'cpu' | 'cuda';
-  readonly kind: 'select' | 'runtime' | 'build';
+  readonly kind: 'select' | 'runtime' | 'build' | 'attend' | 'step';
   readonly config: 'seed' | 'matrix';
   readonly json?: string;
   readonly iters: number;
@@ -19,6 +20,7 @@ export interface BenchCliOptions {
   readonly cluster?: number;
   readonly phases?: boolean;
   readonly dumpDir?: string;
+  readonly layers?: number;
   readonly command: string;
 }
 
@@ -62,6 +64,30 @@ export function runBench(o: BenchCliOptions): number {
       const configs = o.config === 'seed' ? [SEED_BUILD] : [SEED_BUILD, { ...SEED_BUILD, sk: 131072 }];
       for (const c of configs) record.rows.push(benchBuildCuda(c, 5));
       console.log(table(['impl', 'sk', 'wall med μs', 'gpu med μs', 'quantization error'], record.rows.map((r) => [r.impl, String(r.config.sk), r.wall_us?.median ?? NaN, r.gpu_us?.median ?? NaN, Number((r.extra as { quantization_error: number }).quantization_error).toExponential(4)])));
+    } else if (o.kind === 'attend' || o.kind === 'step') {
+      const stream = new Stream();
+      const copyGBs = measureCopyBandwidth(stream, 1 << 30);
+      stream.dispose();
+      const all = o.kind === 'attend' ? attendMatrix() : stepMatrix(o.layers ?? 32);
+      const configs = o.config === 'seed' ? all.slice(0, 1) : all;
+      for (const c of configs) {
+        const rows = o.kind === 'attend' ? benchAttendCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1 }, copyGBs) : benchStepCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1 });
+        record.rows.push(...rows);
+        console.error(`bench: B=${c.B} sk=${c.sk} layers=${c.layers}: ${rows.map((r) => `${r.impl} ${r.wall_us?.median} μs`).join(', ')}`);
+      }
+      console.log(
+        table(
+          ['impl', 'B', 'sk', 'layers', 'wall med', 'p99', 'gpu med', 'speed-up', 'of copy', 'oracle'],
+          record.rows.map((r) => {
+            const e = (r.extra ?? {}) as Record<string, number | undefined>;
+            return [
+              r.impl, String(r.config.B), String(r.config.sk), String(r.config.layers), r.wall_us?.median ?? NaN, r.wall_us?.p99 ?? NaN, r.gpu_us?.median ?? NaN,
+              e.speedup_vs_dense_gpu ?? NaN, e.fraction_of_copy_bandwidth ?? NaN, r.matches_oracle === undefined ? '-' : r.matches_oracle ? 'yes' : 'NO',
+            ];
+          }),
+        ),
+      );
+      console.log('(times in μs; speed-up = dense GPU time / sparse GPU time; of copy = dense K/V read rate / device copy bandwidth)');
     } else if (o.kind === 'runtime') {
       record.rows.push(...benchRuntime({ iters: o.iters, bandwidthBytes: 1 << 30 }));
       console.log(table(['what', 'wall med', 'p90', 'p99', 'extra'], record.rows.map((r) => [String(r.config.what), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN, JSON.stringify(r.extra ?? {})])));

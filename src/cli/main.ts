@@ -52,7 +52,7 @@ program
   .command('bench')
   .description('latency tables; writes a result record (bench/results/<kind>-<device>.json for cuda, or --json FILE)')
   .addOption(new Option('--backend <name>', 'cpu | cuda').choices(['cpu', 'cuda']).default('cuda'))
-  .addOption(new Option('--kind <kind>', 'select | runtime | build').choices(['select', 'runtime', 'build']).default('select'))
+  .addOption(new Option('--kind <kind>', 'select | runtime | build | attend | step').choices(['select', 'runtime', 'build', 'attend', 'step']).default('select'))
   .addOption(new Option('--config <name>', 'seed | matrix').choices(['seed', 'matrix']).default('seed'))
   .option('--json <file>', 'write the record here')
   .option('--iters <n>', 'timed calls per row', int('iters', 1), 300)
@@ -61,9 +61,10 @@ program
   .option('--cluster <n>', 'pair path: blocks per query head, 1 | 2 | 4 | 8 (tuning)', int('cluster', 1))
   .option('--phases', 'pair path: also report in-kernel phase timing')
   .option('--dump-dir <dir>', 'write each config\'s inputs as safetensors (for bench/torch_select_baseline.py)')
+  .option('--layers <n>', 'step: layers per token', int('layers', 1), 32)
   .action((o) => {
     process.exitCode = runBench({
-      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, cluster: o.cluster, phases: o.phases === true, dumpDir: o.dumpDir,
+      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, cluster: o.cluster, phases: o.phases === true, dumpDir: o.dumpDir, layers: o.layers,
       command: `pqcache ${process.argv.slice(2).join(' ')}`,
     });
   });

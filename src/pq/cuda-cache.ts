@@ -47,6 +47,8 @@ import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, 
 const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
 const STATUS_QUERY_NONFINITE = 1;
 const STATUS_KEY_NONFINITE = 2;
+const STATUS_LIST_RANGE = 4;
+const STATUS_VALUE_NONFINITE = 8;
 
 export interface CudaPQCacheOptions extends PQCacheOptions {
   /** Device ordinal (default 0). */
@@ -363,6 +365,8 @@ export class CudaPQCache implements PQCache {
       this.statusView[0] = 0;
       if (st & STATUS_QUERY_NONFINITE) throw new DeviceInputError('query', 'finite values', 'NaN or Inf');
       if (st & STATUS_KEY_NONFINITE) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
+      if (st & STATUS_LIST_RANGE) throw new DeviceInputError('sparseList', `positions in [0, ${this.hostSeqLen})`, 'a position out of range');
+      if (st & STATUS_VALUE_NONFINITE) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
     }
   }
 
@@ -421,7 +425,6 @@ export class CudaPQCache implements PQCache {
       }
       checkCapacity('key', this.capacity, this.hostSeqLen + 1);
     }
-    if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
 
     // Host inputs go through pinned staging; the graph copies them to the device. A previous
     // graph may still be about to read the staging buffers: wait for it before rewriting them.
@@ -432,8 +435,6 @@ export class CudaPQCache implements PQCache {
       this.stagingPending = false;
     }
     let qptr: DevicePtr;
-    const qcode = DTYPE_CODE[qdtype];
-    const s = this.arena.slices;
     // Host inputs are read by the kernels straight from the pinned staging buffers (mapped into the
     // device's address space): cheaper than memcpy nodes in the graph for a few kilobytes.
     if ('device' in query) {
@@ -453,27 +454,12 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
-    const sk = this.hostSeqLen + (key !== undefined ? 1 : 0);
-    const plan = this.currentPlan(sk);
-    const slot = this.seqSlot;
-    const graphKey = `${slot}/${plan.numSlices}/${plan.sliceLen}/${qcode}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
+    const binding = this.prepareStep(qdtype, key !== undefined);
+    const graphKey = `${binding.signature}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
     let graph = this.graphs.get(graphKey);
     if (graph === undefined) {
-      graph = GraphExec.capture(this.stream, () => {
-        const fused = kptr !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
-        if (fused) {
-          // One launch: the append blocks ride along with the select clusters.
-          this.launchStepPairs(qptr, qcode, kptr, kdtype, plan, slot);
-        } else {
-          let readSlot = slot;
-          if (kptr !== undefined) {
-            this.launchAppend(kptr, kdtype, 1, slot);
-            readSlot ^= 1;
-          }
-          if (this.pairs > 0) this.launchStepPairs(qptr, qcode, undefined, kdtype, plan, readSlot);
-          else this.launchSelect(qptr, qcode, plan, readSlot);
-        }
-      });
+      const k = kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype };
+      graph = GraphExec.capture(this.stream, () => this.recordStep({ ptr: qptr, dtype: qdtype }, k));
       this.graphs.set(graphKey, graph);
     }
     graph.launch(this.stream);
@@ -481,11 +467,61 @@ export class CudaPQCache implements PQCache {
       this.stagingConsumed.record(this.stream);
       this.stagingPending = true;
     }
-    if (key !== undefined) {
-      this.hostSeqLen += 1;
-      this.seqSlot ^= 1;
-    }
+    this.commitStep(key !== undefined);
     return qdtype;
+  }
+
+  // ---- the step for holders that capture it with other kernels (src/attention/decode-layer.ts) ----
+
+  /**
+   * Get ready for one step (select, or append + select when `appending`): checks the capacity,
+   * resets the outputs when the weights dtype changes, plans for the new sk. The signature changes
+   * whenever the kernels recordStep() launches would differ (graphs are keyed by it); seqRead holds
+   * sk before the step, seqWrite sk after it (the same pointer without an append).
+   */
+  prepareStep(qdtype: FloatDType, appending: boolean): { signature: string; seqRead: DevicePtr; seqWrite: DevicePtr } {
+    this.requireBuilt('step');
+    if (appending) checkCapacity('key', this.capacity, this.hostSeqLen + 1);
+    if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+    const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
+    const slot = this.seqSlot;
+    return {
+      signature: `${slot}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
+      seqRead: this.seqPtr(slot),
+      seqWrite: this.seqPtr(appending ? slot ^ 1 : slot),
+    };
+  }
+
+  /** Launch the step's kernels on the stream (no graph of its own: the caller captures). After prepareStep(). */
+  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: { ptr: DevicePtr; dtype: FloatDType } | undefined): void {
+    const plan = this.currentPlan(this.hostSeqLen + (key !== undefined ? 1 : 0));
+    const slot = this.seqSlot;
+    const qcode = DTYPE_CODE[query.dtype];
+    const fused = key !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
+    if (fused) {
+      // One launch: the append blocks ride along with the select clusters.
+      this.launchStepPairs(query.ptr, qcode, key.ptr, key.dtype, plan, slot);
+      return;
+    }
+    let readSlot = slot;
+    if (key !== undefined) {
+      this.launchAppend(key.ptr, key.dtype, 1, slot);
+      readSlot ^= 1;
+    }
+    if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, 'f32', plan, readSlot);
+    else this.launchSelect(query.ptr, qcode, plan, readSlot);
+  }
+
+  /** The step was launched: advance sk and the slot parity when it appended. */
+  commitStep(appended: boolean): void {
+    if (!appended) return;
+    this.hostSeqLen += 1;
+    this.seqSlot ^= 1;
+  }
+
+  /** The pinned status word the kernels flag bad device inputs in (PqStatus bits). */
+  get statusPtr(): DevicePtr {
+    return this.status.ptr;
   }
 
   private currentPlan(sk: number): { numSlices: number; sliceLen: number; maxSeqLen: number } {

@@ -1,0 +1,355 @@
+// Decode attention (SPEC §2 attend) with split-K (flash-decoding), and the K/V cache append.
+//
+//   out[b,h] = sum_p w_p e^{s_p - m} v_p / sum_p w_p e^{s_p - m},  s_p = <q[b,h], k[b,kvh,p]> / sqrt(D)
+//
+// The positions of a row are split across blocks. Each block keeps an online softmax per query head
+// (running max m, sum l, accumulator acc[D], all fp32, scores in the log2 domain) and writes it as a
+// partial; the last block of the row to finish (atomic counter) merges the partials with
+// log-sum-exp weights and writes the output.
+//
+// pq_attend_sparse_<T>_d<DMAX>: row = (b, h) of B*H. Positions list[row][i] for i < len[row]
+//   (ascending or not; -1 padding beyond len is never read); w_p = weights[row*w_stride + p] in
+//   wdtype. Positions with w_p == 0 are skipped (no load). A position outside [0, sk) sets
+//   PQ_STATUS_LIST_RANGE and is skipped. Each query head gathers its own rows: the G heads of a
+//   kv-head select different positions, and the rows they share (sink, window) come from L2.
+// pq_attend_dense_<T>_d<DMAX>_g<GH>: row = (b, kvh, head group) of B*Hkv*ceil(G/GH); positions
+//   0 .. sk-1 with w = 1; each K/V row is loaded once for the GH query heads of the group.
+//   Launch: grid (splits, rows), block NT = 128 (4 warps). Block x covers [x*chunk, (x+1)*chunk) of
+//   the row's positions; its warps take U positions at a time, issuing all 2U row loads before use.
+//   Lane l holds dims [l*DPL, l*DPL + DPL) of q, k, v and acc (DPL = DMAX/32).
+// Layout: q [B,H,D] (qdtype), k/v caches [B,Hkv,kv_stride,D] (T), out [B,H,D] (T),
+//   partial [rows, splits, GH, D+2] f32 (m, l, acc), counters [rows] u32.
+// sk = *seq_len + seq_add (seq_len == nullptr: sk = seq_add).
+// Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % DPL == 0, k/v/q... rows 16-byte
+//   aligned at D*sizeof(T) granularity (k, v base pointers 16-byte aligned); counters zero before a
+//   launch (the merging block re-zeroes its row); splits * chunk covers the longest row.
+//
+// pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype) written at position
+//   sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
+//   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
+//   when no PQ index runs). Launch: grid B*Hkv, block 128.
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace {
+
+constexpr int NT = 128;
+constexpr int NWARPS = NT / 32;
+constexpr float LOG2E = 1.4426950408889634f;
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+};
+template <>
+struct Elem<__half> {
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+// DPL consecutive elements of one row, loaded as 8- or 16-byte vectors and kept packed until used.
+template <typename T, int DPL>
+struct Packet {
+  static constexpr int WORDS = DPL * static_cast<int>(sizeof(T)) / 4;
+  uint32_t w[WORDS];
+
+  __device__ __forceinline__ void load(const T* p) {
+    if constexpr (WORDS == 2) {
+      const uint2 a = __ldg(reinterpret_cast<const uint2*>(p));
+      w[0] = a.x;
+      w[1] = a.y;
+    } else {
+#pragma unroll
+      for (int i = 0; i < WORDS / 4; ++i) {
+        const uint4 a = __ldg(reinterpret_cast<const uint4*>(p) + i);
+        w[4 * i] = a.x;
+        w[4 * i + 1] = a.y;
+        w[4 * i + 2] = a.z;
+        w[4 * i + 3] = a.w;
+      }
+    }
+  }
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < WORDS; ++i) w[i] = 0u;
+  }
+
+  __device__ __forceinline__ float get(int j) const {
+    if constexpr (sizeof(T) == 4) {
+      return __uint_as_float(w[j]);
+    } else {
+      const uint32_t bits = (w[j >> 1] >> ((j & 1) * 16)) & 0xffffu;
+      const unsigned short s = static_cast<unsigned short>(bits);
+      if constexpr (std::is_same<T, __half>::value) return __half2float(__ushort_as_half(s));
+      else return __bfloat162float(__ushort_as_bfloat16(s));
+    }
+  }
+};
+
+// Positions per warp iteration: as many as the registers allow (scores GH*U, packets 2U).
+template <int DPL, int GH>
+__host__ __device__ constexpr int positions_per_warp() {
+  return GH * DPL >= 32 ? 4 : 8;
+}
+
+template <typename T, int DPL, int GH, bool SPARSE>
+__device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
+                             const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
+                             const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
+                             float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
+                             int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
+  constexpr int U = positions_per_warp<DPL, GH>();
+  __shared__ float sm_m[NWARPS][GH];
+  __shared__ float sm_l[NWARPS][GH];
+  __shared__ float sm_acc[NWARPS][GH][DPL * 32];
+  __shared__ bool sm_last;
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int row = blockIdx.y;
+  const int split = blockIdx.x;
+  const int splits = gridDim.x;
+  const int G = H / Hkv;
+  const int groups = (G + GH - 1) / GH;
+  const int sk = (seq_len != nullptr ? *seq_len : 0) + seq_add;
+
+  // Which query heads this row holds.
+  int b, kvh, first_head, heads;
+  if constexpr (SPARSE) {
+    b = row / H;
+    first_head = row - b * H;
+    kvh = first_head / G;
+    heads = 1;
+  } else {
+    const int bk = row / groups;
+    const int grp = row - bk * groups;
+    b = bk / Hkv;
+    kvh = bk - b * Hkv;
+    first_head = kvh * G + grp * GH;
+    heads = min(GH, G - grp * GH);
+  }
+  const int d0 = lane * DPL;
+  const bool lane_active = d0 < D;
+  const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
+
+  float qf[GH][DPL];
+#pragma unroll
+  for (int g = 0; g < GH; ++g)
+#pragma unroll
+    for (int j = 0; j < DPL; ++j)
+      qf[g][j] = (g < heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(b * H + first_head + g) * D + d0 + j) * scale : 0.0f;
+
+  float m[GH], l[GH], acc[GH][DPL];
+#pragma unroll
+  for (int g = 0; g < GH; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) acc[g][j] = 0.0f;
+  }
+
+  const int n = SPARSE ? list_len[row] : sk;
+  const int begin = split * chunk;
+  const int end = min(n, begin + chunk);
+  const int64_t kv_row0 = static_cast<int64_t>(b * Hkv + kvh) * kv_stride;
+  for (int base = begin + warp * U; base < end; base += NWARPS * U) {
+    int pos[U];
+    float w[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = base + u;
+      int p = -1;
+      float wp = 0.0f;
+      if (i < end) {
+        if constexpr (SPARSE) {
+          p = list[static_cast<int64_t>(row) * list_stride + i];
+          if (p < 0 || p >= sk) {
+            if (lane == 0) atomicOr(status, PQ_STATUS_LIST_RANGE);
+            p = -1;
+          } else {
+            wp = pq_load_float(weights, wdtype, row * w_stride + p);
+            if (!(wp > 0.0f)) p = -1;  // zero (or invalid) weight: contributes nothing
+          }
+        } else {
+          p = i;
+          wp = 1.0f;
+        }
+      }
+      pos[u] = p;
+      w[u] = p >= 0 ? wp : 0.0f;
+    }
+    Packet<T, DPL> kp[U], vp[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (pos[u] >= 0 && lane_active) {
+        kp[u].load(kcache + (kv_row0 + pos[u]) * D + d0);
+        vp[u].load(vcache + (kv_row0 + pos[u]) * D + d0);
+      } else {
+        kp[u].zero();
+        vp[u].zero();
+      }
+    }
+    float s[GH][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int g = 0; g < GH; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) dot = fmaf(qf[g][j], kp[u].get(j), dot);
+        s[g][u] = pq_warp_sum(dot);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GH; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (pos[u] >= 0) mx = fmaxf(mx, s[g][u]);
+      if (mx == -INFINITY) continue;  // nothing seen yet (uniform across the warp)
+      const float corr = exp2f(m[g] - mx);  // m = -inf -> 0
+      l[g] *= corr;
+#pragma unroll
+      for (int j = 0; j < DPL; ++j) acc[g][j] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float e = pos[u] >= 0 ? w[u] * exp2f(s[g][u] - mx) : 0.0f;
+        l[g] += e;
+#pragma unroll
+        for (int j = 0; j < DPL; ++j) acc[g][j] = fmaf(e, vp[u].get(j), acc[g][j]);
+      }
+      m[g] = mx;
+    }
+  }
+
+  // Combine the warps of the block into one partial per head.
+#pragma unroll
+  for (int g = 0; g < GH; ++g) {
+    if (lane == 0) {
+      sm_m[warp][g] = m[g];
+      sm_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) sm_acc[warp][g][d0 + j] = acc[g][j];
+  }
+  __syncthreads();
+  const int rec = D + 2;
+  float* my_partial = partial + (static_cast<int64_t>(row) * splits + split) * GH * rec;
+  for (int t = threadIdx.x; t < heads * (D + 1); t += NT) {
+    const int g = t / (D + 1);
+    const int d = t - g * (D + 1);  // d == D: the (m, l) pair
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w2 = 0; w2 < NWARPS; ++w2) mx = fmaxf(mx, sm_m[w2][g]);
+    float sum = 0.0f;
+#pragma unroll
+    for (int w2 = 0; w2 < NWARPS; ++w2) {
+      const float f = sm_m[w2][g] == -INFINITY ? 0.0f : exp2f(sm_m[w2][g] - mx);
+      sum += f * (d < D ? sm_acc[w2][g][d] : sm_l[w2][g]);
+    }
+    if (d < D) {
+      my_partial[g * rec + 2 + d] = sum;
+    } else {
+      my_partial[g * rec] = mx;
+      my_partial[g * rec + 1] = sum;
+    }
+  }
+
+  // The last block of the row merges every split's partial.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) sm_last = atomicAdd(&counters[row], 1u) == static_cast<unsigned>(splits - 1);
+  __syncthreads();
+  if (!sm_last) return;
+  __threadfence();
+  const float* row_partial = partial + static_cast<int64_t>(row) * splits * GH * rec;
+  for (int t = threadIdx.x; t < heads * D; t += NT) {
+    const int g = t / D;
+    const int d = t - g * D;
+    float mx = -INFINITY;
+    for (int x = 0; x < splits; ++x) mx = fmaxf(mx, __ldcg(row_partial + (x * GH + g) * rec));
+    float num = 0.0f, den = 0.0f;
+    if (mx != -INFINITY) {
+      for (int x = 0; x < splits; ++x) {
+        const float* pr = row_partial + (x * GH + g) * rec;
+        const float mi = __ldcg(pr);
+        if (mi == -INFINITY) continue;
+        const float f = exp2f(mi - mx);
+        den += f * __ldcg(pr + 1);
+        num += f * __ldcg(pr + 2 + d);
+      }
+    }
+    out[static_cast<int64_t>(b * H + first_head + g) * D + d] = Elem<T>::from_float(den > 0.0f ? num / den : 0.0f);
+  }
+  if (threadIdx.x == 0) counters[row] = 0u;
+}
+
+template <typename T>
+__device__ void kv_append(const void* key, int kdtype, const void* value, int vdtype, T* kcache, T* vcache, const int* seq_len,
+                          int* seq_write, int kv_stride, int D, int* status) {
+  const int bkv = blockIdx.x;
+  const int p = *seq_len;
+  if (seq_write != nullptr && bkv == 0 && threadIdx.x == 0) *seq_write = p + 1;
+  const int64_t dst = (static_cast<int64_t>(bkv) * kv_stride + p) * D;
+  bool bad_key = false, bad_value = false;
+  for (int d = threadIdx.x; d < D; d += NT) {
+    const float k = pq_load_float(key, kdtype, static_cast<int64_t>(bkv) * D + d);
+    const float v = pq_load_float(value, vdtype, static_cast<int64_t>(bkv) * D + d);
+    bad_key |= !isfinite(k);
+    bad_value |= !isfinite(v);
+    kcache[dst + d] = Elem<T>::from_float(k);
+    vcache[dst + d] = Elem<T>::from_float(v);
+  }
+  if (bad_value) atomicOr(status, PQ_STATUS_VALUE_NONFINITE);
+  if (bad_key && seq_write != nullptr) atomicOr(status, PQ_STATUS_KEY_NONFINITE);  // no PQ append checks it
+}
+
+}  // namespace
+
+#define PQ_ATTEND_SPARSE(NAME, T, DPL, DMAX)                                                                          \
+  extern "C" __global__ void __launch_bounds__(NT) pq_attend_sparse_##NAME##_d##DMAX(                                  \
+      const void* q, int qdtype, const T* kcache, const T* vcache, const int* list, const int* list_len, int list_stride, \
+      const void* weights, int wdtype, long long w_stride, T* out, float* partial, unsigned* counters, int* status,    \
+      const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                              \
+    attend_block<T, DPL, 1, true>(q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride, out, \
+                                  partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);            \
+  }
+
+#define PQ_ATTEND_DENSE(NAME, T, DPL, DMAX, GH)                                                                        \
+  extern "C" __global__ void __launch_bounds__(NT) pq_attend_dense_##NAME##_d##DMAX##_g##GH(                           \
+      const void* q, int qdtype, const T* kcache, const T* vcache, T* out, float* partial, unsigned* counters,          \
+      int* status, const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                 \
+    attend_block<T, DPL, GH, false>(q, qdtype, kcache, vcache, nullptr, nullptr, 0, nullptr, 0, 0, out, partial,        \
+                                    counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                  \
+  }
+
+#define PQ_ATTEND_FAMILY(NAME, T)                                                                                      \
+  PQ_ATTEND_SPARSE(NAME, T, 4, 128)                                                                                         \
+  PQ_ATTEND_SPARSE(NAME, T, 8, 256)                                                                                         \
+  PQ_ATTEND_DENSE(NAME, T, 4, 128, 1)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 4, 128, 2)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 4, 128, 4)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 4, 128, 8)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 8, 256, 1)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 8, 256, 2)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 8, 256, 4)                                                                                       \
+  PQ_ATTEND_DENSE(NAME, T, 8, 256, 8)                                                                                       \
+  extern "C" __global__ void __launch_bounds__(NT) pq_kv_append_##NAME(                                               \
+      const void* key, int kdtype, const void* value, int vdtype, T* kcache, T* vcache, const int* seq_len,             \
+      int* seq_write, int kv_stride, int D, int* status) {                                                              \
+    kv_append<T>(key, kdtype, value, vdtype, kcache, vcache, seq_len, seq_write, kv_stride, D, status);                 \
+  }
+
+PQ_ATTEND_FAMILY(f32, float)
+PQ_ATTEND_FAMILY(f16, __half)
+PQ_ATTEND_FAMILY(bf16, __nv_bfloat16)

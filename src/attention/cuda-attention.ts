@@ -1,0 +1,296 @@
+/**
+ * Decode attention on the GPU (kernels/attention.cu): launch planning, the K/V cache, and the
+ * launchers the decode layer captures into its graph.
+ *
+ * Split-K: a row's positions are cut into `splits` chunks, one block each; the last block of a row
+ * merges the partial softmax states. Sparse rows are (b, h) over the selected list; dense rows are
+ * (b, kvh, head group) over every position, so each K/V row is read once for its query heads.
+ */
+import type { CudaContext } from '../cuda/context.js';
+import type { DevicePtr } from '../cuda/driver.js';
+import { LaunchArgs, launch } from '../cuda/launch.js';
+import { DeviceArena, copies } from '../cuda/memory.js';
+import type { Kernel } from '../cuda/module.js';
+import type { Stream } from '../cuda/stream.js';
+import { ConfigError } from '../errors.js';
+import type { CacheShape } from '../pq/config.js';
+import { loadKernels } from '../pq/kernels.js';
+import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
+import { HostTensor } from '../tensor/host-tensor.js';
+
+/** Threads per block and warps of the attention kernels (kernels/attention.cu NT). */
+export const ATTEND_THREADS = 128;
+const WARPS = ATTEND_THREADS / 32;
+/** Largest head dimension of the attention kernels. */
+export const MAX_ATTEND_HEAD_DIM = 256;
+/** Blocks per SM the plans aim for (enough loads in flight to cover HBM latency). */
+const BLOCKS_PER_SM = 4;
+
+export const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
+
+/** Why the attention kernels cannot run this head dimension (undefined when they can). */
+export function attentionProblem(headDim: number): ConfigError | undefined {
+  if (headDim > MAX_ATTEND_HEAD_DIM) return new ConfigError('headDim', `at most ${MAX_ATTEND_HEAD_DIM} for CUDA attention`, headDim);
+  const dpl = dimsPerLane(headDim);
+  if (headDim % dpl !== 0) return new ConfigError('headDim', `a multiple of ${dpl} for CUDA attention`, headDim);
+  return undefined;
+}
+
+/** Elements of a row each lane holds: 4 for D ≤ 128, 8 for D ≤ 256. */
+export function dimsPerLane(headDim: number): 4 | 8 {
+  return headDim <= 128 ? 4 : 8;
+}
+
+/** Positions a warp takes per iteration (kernels/attention.cu positions_per_warp). */
+export function positionsPerWarp(dpl: number, groupHeads: number): number {
+  return groupHeads * dpl >= 32 ? 4 : 8;
+}
+
+/** Query heads per dense row: the smallest of 1, 2, 4, 8 covering min(G, 8). */
+export function denseGroupHeads(group: number): 1 | 2 | 4 | 8 {
+  const g = Math.min(group, 8);
+  return g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
+}
+
+export interface AttendPlan {
+  readonly kind: 'sparse' | 'dense';
+  /** Rows of the grid (y) and splits per row (x). */
+  readonly rows: number;
+  readonly splits: number;
+  /** Positions per split. */
+  readonly chunk: number;
+  /** Query heads per row (1 for sparse). */
+  readonly groupHeads: number;
+  /** Longest row the plan covers (splits · chunk ≥ this). */
+  readonly maxLen: number;
+  readonly kernel: string;
+}
+
+function roundUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+function splitPlan(rows: number, maxLen: number, step: number, sms: number): { chunk: number; splits: number } {
+  const wantSplits = Math.max(1, Math.ceil((BLOCKS_PER_SM * sms) / rows));
+  const chunk = Math.max(step, roundUp(Math.ceil(maxLen / wantSplits), step));
+  return { chunk, splits: Math.max(1, Math.ceil(maxLen / chunk)) };
+}
+
+/** Sparse attention over lists of up to `listCapacity` positions. */
+export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number): AttendPlan {
+  const dpl = dimsPerLane(shape.headDim);
+  const rows = shape.batch * shape.heads;
+  const { chunk, splits } = splitPlan(rows, listCapacity, WARPS * positionsPerWarp(dpl, 1), sms);
+  return { kind: 'sparse', rows, splits, chunk, groupHeads: 1, maxLen: listCapacity, kernel: `pq_attend_sparse_${kvDType}_d${dpl * 32}` };
+}
+
+/** Dense attention over every position, valid while sk ≤ maxSeqLen. */
+export function planDenseAttend(shape: CacheShape, kvDType: FloatDType, maxSeqLen: number, sms: number): AttendPlan {
+  const dpl = dimsPerLane(shape.headDim);
+  const gh = denseGroupHeads(shape.heads / shape.kvHeads);
+  const rows = shape.batch * shape.kvHeads * Math.ceil(shape.heads / shape.kvHeads / gh);
+  const { chunk, splits } = splitPlan(rows, maxSeqLen, WARPS * positionsPerWarp(dpl, gh), sms);
+  return { kind: 'dense', rows, splits, chunk, groupHeads: gh, maxLen: maxSeqLen, kernel: `pq_attend_dense_${kvDType}_d${dpl * 32}_g${gh}` };
+}
+
+/** Per-split partial softmax states and per-row merge counters of one plan. */
+export class AttendScratch {
+  private readonly arena: DeviceArena<'partial' | 'counters'>;
+
+  constructor(readonly plan: AttendPlan, headDim: number, stream: Stream) {
+    this.arena = DeviceArena.allocate({
+      partial: plan.rows * plan.splits * plan.groupHeads * (headDim + 2) * 4,
+      counters: plan.rows * 4,
+    });
+    copies.fill32Async(this.arena.slices.counters, 0, plan.rows, stream); // the kernels keep them zero between launches
+  }
+
+  get partial(): DevicePtr {
+    return this.arena.slices.partial.ptr;
+  }
+
+  get counters(): DevicePtr {
+    return this.arena.slices.counters.ptr;
+  }
+
+  dispose(): void {
+    this.arena.dispose();
+  }
+}
+
+/** K/V cache rows [B, Hkv, stride, D] in one dtype: ours (KVCache) or a caller's device memory. */
+export interface KVCacheView {
+  readonly dtype: FloatDType;
+  readonly keys: DevicePtr;
+  readonly values: DevicePtr;
+  /** Positions per (b, kv-head) row. */
+  readonly stride: number;
+}
+
+/** A K/V cache in device memory with `capacity` positions reserved per (b, kv-head). */
+export class KVCache implements KVCacheView {
+  private readonly arena: DeviceArena<'keys' | 'values'>;
+
+  constructor(readonly shape: CacheShape, readonly capacity: number, readonly dtype: FloatDType) {
+    const bytes = shape.batch * shape.kvHeads * capacity * shape.headDim * BYTES_PER_ELEMENT[dtype];
+    this.arena = DeviceArena.allocate({ keys: bytes, values: bytes });
+  }
+
+  get keys(): DevicePtr {
+    return this.arena.slices.keys.ptr;
+  }
+
+  get values(): DevicePtr {
+    return this.arena.slices.values.ptr;
+  }
+
+  get stride(): number {
+    return this.capacity;
+  }
+
+  /** Write host keys/values [B, Hkv, n, D] at positions 0 … n−1 (converted to the cache dtype). Synchronous. */
+  upload(keys: HostTensor, values: HostTensor): void {
+    uploadKVRows(this, this.shape, keys, values);
+  }
+
+  dispose(): void {
+    this.arena.dispose();
+  }
+}
+
+/** Write host keys/values [B, Hkv, n, D] at positions 0 … n−1 of a K/V cache (converted to its dtype). Synchronous. */
+export function uploadKVRows(kv: KVCacheView, shape: CacheShape, keys: HostTensor, values: HostTensor): void {
+  const { batch: B, kvHeads: Hkv, headDim: D } = shape;
+  const n = keys.shape[2];
+  const eb = BYTES_PER_ELEMENT[kv.dtype];
+  const rowBytes = n * D * eb;
+  for (const [t, base] of [[keys, kv.keys], [values, kv.values]] as const) {
+    const data = t.dtype === kv.dtype ? t.data : HostTensor.fromNumbers(kv.dtype, t.shape, t.toFloat32()).data;
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    for (let r = 0; r < B * Hkv; r++) {
+      copies.fromHost({ ptr: base + BigInt(r * kv.stride * D * eb), bytes: rowBytes }, bytes.subarray(r * rowBytes, (r + 1) * rowBytes));
+    }
+  }
+}
+
+/** Positions 0 … n−1 of a K/V cache back on the host as f32 [B, Hkv, n, D]. Synchronous. */
+export function kvRowsToHost(kv: KVCacheView, shape: CacheShape, n: number): { keys: Float32Array; values: Float32Array } {
+  const { batch: B, kvHeads: Hkv, headDim: D } = shape;
+  const eb = BYTES_PER_ELEMENT[kv.dtype];
+  const rowBytes = n * D * eb;
+  const read = (base: DevicePtr): Float32Array => {
+    const raw = new Uint8Array(B * Hkv * rowBytes);
+    for (let r = 0; r < B * Hkv; r++) {
+      copies.toHost(raw.subarray(r * rowBytes, (r + 1) * rowBytes), { ptr: base + BigInt(r * kv.stride * D * eb), bytes: rowBytes });
+    }
+    const storage = kv.dtype === 'f32' ? new Float32Array(raw.buffer) : new Uint16Array(raw.buffer);
+    return new HostTensor(kv.dtype, [B, Hkv, n, D], storage).toFloat32();
+  };
+  return { keys: read(kv.keys), values: read(kv.values) };
+}
+
+/** sk as the kernels read it: *ptr + add (ptr 0n: sk = add). */
+export interface SeqLenRef {
+  readonly ptr: DevicePtr;
+  readonly add: number;
+}
+
+export interface AttendIO {
+  /** [B, H, D] (or [B, H, 1, D]), contiguous. */
+  readonly query: DevicePtr;
+  readonly queryDType: FloatDType;
+  readonly kv: KVCacheView;
+  /** [B, H, D] in the K/V dtype. */
+  readonly out: DevicePtr;
+  readonly seqLen: SeqLenRef;
+  /** Pinned status word (kernels/common.cuh PqStatus bits). */
+  readonly status: DevicePtr;
+}
+
+export interface SparseIO extends AttendIO {
+  readonly sparseList: DevicePtr;
+  readonly sparseLen: DevicePtr;
+  /** Elements between rows of sparseList. */
+  readonly listStride: number;
+  readonly weights: DevicePtr;
+  readonly weightsDType: FloatDType;
+  /** Elements between rows of weights. */
+  readonly weightsStride: number;
+}
+
+const SPARSE_ARGS = [
+  'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'i32', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+] as const;
+const DENSE_ARGS = ['ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const KV_APPEND_ARGS = ['ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'ptr'] as const;
+
+/** Launchers of the attention kernels for one shape (capturable: no sync, no copies). */
+export class CudaAttention {
+  constructor(readonly context: CudaContext, readonly shape: CacheShape) {
+    const problem = attentionProblem(shape.headDim);
+    if (problem) throw problem;
+  }
+
+  private kernel(name: string): Kernel {
+    return loadKernels('attention').kernel(name);
+  }
+
+  sparsePlan(kvDType: FloatDType, listCapacity: number): AttendPlan {
+    return planSparseAttend(this.shape, kvDType, listCapacity, this.context.device.multiprocessorCount);
+  }
+
+  densePlan(kvDType: FloatDType, maxSeqLen: number): AttendPlan {
+    return planDenseAttend(this.shape, kvDType, maxSeqLen, this.context.device.multiprocessorCount);
+  }
+
+  launchSparse(plan: AttendPlan, scratch: AttendScratch, io: SparseIO, stream: Stream): void {
+    const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    const args = new LaunchArgs(SPARSE_ARGS);
+    try {
+      args.setAll([
+        io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
+        DTYPE_CODE[io.weightsDType], BigInt(io.weightsStride), io.out, scratch.partial, scratch.counters, io.status, io.seqLen.ptr,
+        io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
+      ]);
+      launch(this.kernel(plan.kernel), { grid: [plan.splits, plan.rows, 1], block: [ATTEND_THREADS, 1, 1] }, args, stream);
+    } finally {
+      args.dispose();
+    }
+  }
+
+  launchDense(plan: AttendPlan, scratch: AttendScratch, io: AttendIO, stream: Stream): void {
+    const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    const args = new LaunchArgs(DENSE_ARGS);
+    try {
+      args.setAll([
+        io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.out, scratch.partial, scratch.counters, io.status,
+        io.seqLen.ptr, io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
+      ]);
+      launch(this.kernel(plan.kernel), { grid: [plan.splits, plan.rows, 1], block: [ATTEND_THREADS, 1, 1] }, args, stream);
+    } finally {
+      args.dispose();
+    }
+  }
+
+  /**
+   * Write the new key and value rows [B, Hkv, 1, D] at position *seqRead of the cache; with
+   * seqWrite (≠ 0n) also store sk + 1 there (layers without a PQ index advance sk this way).
+   */
+  launchKVAppend(
+    kv: KVCacheView,
+    key: { ptr: DevicePtr; dtype: FloatDType },
+    value: { ptr: DevicePtr; dtype: FloatDType },
+    seqRead: DevicePtr,
+    seqWrite: DevicePtr,
+    status: DevicePtr,
+    stream: Stream,
+  ): void {
+    const args = new LaunchArgs(KV_APPEND_ARGS);
+    try {
+      args.setAll([key.ptr, DTYPE_CODE[key.dtype], value.ptr, DTYPE_CODE[value.dtype], kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.headDim, status]);
+      launch(this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1] }, args, stream);
+    } finally {
+      args.dispose();
+    }
+  }
+}

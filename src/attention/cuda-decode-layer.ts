@@ -1,0 +1,392 @@
+/**
+ * The decode step on the GPU: one layer's K/V append → PQ select → sparse attention (or K/V append
+ * → dense attention), captured as one CUDA graph per launch plan and input binding, and replayed.
+ * sk lives on the device (the PQ cache's two-slot state, or the layer's own for dense layers), so a
+ * step needs no argument updates, no copies and no sync. CudaDecodeStack captures many layers in
+ * one graph.
+ *
+ * Kernels per step: pq_kv_append_<T>, the PQ step (src/pq/cuda-cache.ts, one kernel on the pair
+ * path), pq_attend_sparse_<T>; dense layers: pq_kv_append_<T>, pq_attend_dense_<T>.
+ */
+import { CudaContext } from '../cuda/context.js';
+import type { DevicePtr } from '../cuda/driver.js';
+import { GraphExec } from '../cuda/graph.js';
+import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
+import { Event, Stream } from '../cuda/stream.js';
+import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
+import type { BuildOptions } from '../pq/cache.js';
+import { makeLayout, type PQConfig } from '../pq/config.js';
+import { CudaPQCache } from '../pq/cuda-cache.js';
+import type { PQIndexState } from '../pq/index-state.js';
+import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
+import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
+import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
+import {
+  type AttendPlan, AttendScratch, CudaAttention, KVCache, type KVCacheView, kvRowsToHost, uploadKVRows,
+} from './cuda-attention.js';
+import {
+  type AttentionMode, type DecodeLayer, type DecodeLayerOptions, type StepInputs, checkPrefill, resolveLayerOptions,
+} from './decode-layer.js';
+
+export interface CudaDecodeLayerOptions extends DecodeLayerOptions {
+  /** Device ordinal (default 0). */
+  readonly device?: number;
+  /** Run on this stream (CudaDecodeStack passes one stream to all its layers). */
+  readonly stream?: Stream;
+  /** A K/V cache in the caller's device memory (dtype = kvDType, stride ≥ capacity); default: the layer allocates one. */
+  readonly kv?: KVCacheView;
+  /** Blocks per query head of the PQ pair path (tuning; see CudaPQCacheOptions). */
+  readonly cluster?: number;
+}
+
+type Input = HostTensor | DeviceTensor;
+interface Bound {
+  readonly ptr: DevicePtr;
+  readonly dtype: FloatDType;
+}
+/** A step's inputs as the kernels read them (device or pinned-staging pointers). */
+export interface BoundInputs {
+  readonly query: Bound;
+  readonly key: Bound;
+  readonly value: Bound;
+  /** Some input came from the host through the staging buffers. */
+  readonly staged: boolean;
+}
+/** One prepared step: its graph key and the launches that make it. */
+export interface PreparedStep {
+  readonly signature: string;
+  record(): void;
+}
+
+const STATUS_KEY_NONFINITE = 2;
+const STATUS_LIST_RANGE = 4;
+const STATUS_VALUE_NONFINITE = 8;
+/** Graphs kept per layer before the cache is cleared (plans and bindings rarely change). */
+const MAX_GRAPHS = 16;
+
+export class CudaDecodeLayer implements DecodeLayer {
+  readonly backend = 'cuda' as const;
+  readonly mode: AttentionMode;
+  readonly shape: DecodeLayerOptions['shape'];
+  readonly capacity: number;
+  readonly kvDType: FloatDType;
+  readonly context: CudaContext;
+  readonly stream: Stream;
+  /** The PQ index (sparse layers). */
+  readonly pq: CudaPQCache | undefined;
+  readonly kv: KVCacheView;
+  private readonly config: Partial<PQConfig> | undefined;
+  private readonly ownsStream: boolean;
+  private readonly ownedKV: KVCache | undefined;
+  private readonly attention: CudaAttention;
+  private readonly arena: DeviceArena<'out' | 'seqState'>;
+  private readonly status: PinnedBuffer;
+  private readonly statusView: Int32Array;
+  private readonly staging: PinnedBuffer;
+  private readonly stagingConsumed: Event;
+  private stagingPending = false;
+  private scratch: AttendScratch | undefined;
+  private readonly graphs = new Map<string, GraphExec>();
+  /** Dense layers: sk and the slot of the device state holding it. */
+  private denseSeqLen = 0;
+  private denseSlot = 0;
+  private filled = false;
+  private disposed = false;
+
+  constructor(options: CudaDecodeLayerOptions) {
+    const o = resolveLayerOptions(options);
+    this.mode = o.mode;
+    this.kvDType = o.kvDType;
+    this.capacity = o.capacity;
+    this.config = options.config;
+    const layout = makeLayout(options.shape, options.config);
+    this.shape = layout.shape;
+    this.context = CudaContext.primary(options.device ?? 0);
+    this.attention = new CudaAttention(this.context, this.shape);
+    if (options.kv !== undefined) {
+      if (options.kv.dtype !== this.kvDType) throw new ConfigError('kv.dtype', `the layer's kvDType ${this.kvDType}`, options.kv.dtype);
+      if (options.kv.stride < this.capacity) throw new ConfigError('kv.stride', `at least capacity = ${this.capacity}`, options.kv.stride);
+      const misaligned = [options.kv.keys, options.kv.values].find((p) => p % 16n !== 0n);
+      if (misaligned !== undefined) throw new ConfigError('kv.keys / kv.values', '16-byte aligned device pointers', `0x${misaligned.toString(16)}`);
+    }
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    const made: Array<{ dispose(): void }> = [];
+    try {
+      this.ownsStream = options.stream === undefined;
+      this.stream = options.stream ?? new Stream();
+      if (this.ownsStream) made.push(this.stream);
+      this.ownedKV = options.kv === undefined ? new KVCache(this.shape, this.capacity, this.kvDType) : undefined;
+      if (this.ownedKV) made.push(this.ownedKV);
+      this.kv = options.kv ?? (this.ownedKV as KVCache);
+      this.arena = DeviceArena.allocate({ out: B * H * D * BYTES_PER_ELEMENT[this.kvDType], seqState: 16 });
+      made.push(this.arena);
+      this.status = new PinnedBuffer(16);
+      made.push(this.status);
+      this.statusView = new Int32Array(this.status.arrayBuffer, 0, 1);
+      this.statusView[0] = 0;
+      // Staging for host inputs: query, key, value regions of 4 bytes per element at most.
+      this.staging = new PinnedBuffer(4 * D * (B * H + 2 * B * Hkv));
+      made.push(this.staging);
+      this.stagingConsumed = new Event({ timing: false });
+      made.push(this.stagingConsumed);
+      this.pq = this.mode === 'sparse'
+        ? new CudaPQCache({ shape: options.shape, config: options.config, capacity: this.capacity, device: options.device, stream: this.stream, cluster: options.cluster })
+        : undefined;
+      if (this.pq) {
+        made.push(this.pq);
+        this.scratch = new AttendScratch(this.attention.sparsePlan(this.kvDType, this.pq.layout.listCapacity), D, this.stream);
+        made.push(this.scratch);
+      }
+      copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
+      this.stream.synchronize();
+    } catch (e) {
+      for (const m of made.reverse()) m.dispose();
+      throw e;
+    }
+  }
+
+  get seqLen(): number {
+    return this.pq ? this.pq.seqLen : this.denseSeqLen;
+  }
+
+  private live(): void {
+    if (this.disposed) throw new DisposedError('CudaDecodeLayer');
+  }
+
+  /** Fill the K/V cache (positions 0 … sk−1) and, for sparse layers, build the index on the keys. */
+  prefill(keys: HostTensor, values: HostTensor, options?: BuildOptions): void {
+    this.live();
+    const sk = checkPrefill(this.shape, this.config, this.capacity, keys, values);
+    this.stream.synchronize();
+    this.filled = false; // a failure below leaves no half-filled layer behind
+    uploadKVRows(this.kv, this.shape, keys, values);
+    if (this.pq) {
+      this.pq.build(keys, options);
+    } else {
+      copies.fromHost(this.arena.slices.seqState, new Int32Array([sk, sk, 0, 0]));
+      this.denseSeqLen = sk;
+      this.denseSlot = 0;
+    }
+    this.filled = true;
+  }
+
+  /**
+   * Use K/V rows 0 … seqLen−1 that are already in the cache (written by the caller, e.g. an
+   * engine's own prefill into an external cache) with an index built elsewhere or loaded
+   * (sparse layers; its seqLen must be seqLen).
+   */
+  adoptPrefilled(seqLen: number, index?: PQIndexState): void {
+    this.live();
+    checkCapacity('seqLen', this.capacity, seqLen);
+    if (this.pq) {
+      if (index === undefined || index.seqLen !== seqLen) {
+        throw new StateError('adoptPrefilled', `an index of ${seqLen} positions for a sparse layer`, index === undefined ? 'none' : `${index.seqLen} positions`);
+      }
+      this.pq.uploadState(index);
+    } else {
+      this.stream.synchronize();
+      copies.fromHost(this.arena.slices.seqState, new Int32Array([seqLen, seqLen, 0, 0]));
+      this.denseSeqLen = seqLen;
+      this.denseSlot = 0;
+    }
+    this.filled = true;
+  }
+
+  /** The attention output [B, H, D] of the last step (valid once the stream reaches it). */
+  output(): DeviceTensor {
+    const { batch: B, heads: H, headDim: D } = this.shape;
+    return deviceTensor(this.kvDType, [B, H, D], this.arena.slices.out.ptr);
+  }
+
+  /** Enqueue one step (one graph launch); returns the output's device view. */
+  step(inputs: StepInputs<Input>): DeviceTensor {
+    const bound = this.bind(inputs);
+    const prepared = this.prepare(bound);
+    let graph = this.graphs.get(prepared.signature);
+    if (graph === undefined) {
+      if (this.graphs.size >= MAX_GRAPHS) this.dropGraphs();
+      graph = GraphExec.capture(this.stream, () => prepared.record());
+      this.graphs.set(prepared.signature, graph);
+    }
+    graph.launch(this.stream);
+    this.launched(bound);
+    return this.output();
+  }
+
+  stepToHost(inputs: StepInputs<HostTensor>): HostTensor {
+    this.step(inputs);
+    return this.outputToHost();
+  }
+
+  /** Copy the last output to the host (synchronizes). */
+  outputToHost(): HostTensor {
+    const { batch: B, heads: H, headDim: D } = this.shape;
+    this.synchronize();
+    const n = B * H * D;
+    const data = this.kvDType === 'f32' ? new Float32Array(n) : new Uint16Array(n);
+    copies.toHost(data, this.arena.slices.out);
+    return new HostTensor(this.kvDType, [B, H, D], data);
+  }
+
+  listsToHost(): { sparseList: Int32Array; sparseLen: Int32Array; listCapacity: number } {
+    this.live();
+    if (this.pq === undefined) throw new StateError('listsToHost', 'a sparse layer', 'a dense layer');
+    return { ...this.pq.listsToHost(), listCapacity: this.pq.layout.listCapacity };
+  }
+
+  /** The K/V cache rows 0 … sk−1 on the host (f32 [B, Hkv, sk, D]). Synchronizes. */
+  kvToHost(): { keys: Float32Array; values: Float32Array } {
+    this.synchronize();
+    return kvRowsToHost(this.kv, this.shape, this.seqLen);
+  }
+
+  /** Wait for the stream; throw DeviceInputError if a kernel flagged bad device inputs. */
+  synchronize(): void {
+    this.live();
+    this.stream.synchronize();
+    this.pq?.synchronize();
+    const st = this.statusView[0];
+    if (st !== 0) {
+      this.statusView[0] = 0;
+      if (st & STATUS_KEY_NONFINITE) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
+      if (st & STATUS_VALUE_NONFINITE) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
+      if (st & STATUS_LIST_RANGE) throw new DeviceInputError('sparseList', `positions in [0, ${this.seqLen})`, 'a position out of range');
+    }
+  }
+
+  // ---- the pieces CudaDecodeStack composes ---------------------------------------------------
+
+  /**
+   * Validate the inputs and give each a pointer the kernels read: device tensors as they are,
+   * host tensors through the pinned staging buffers (mapped into the device's address space).
+   */
+  bind(inputs: StepInputs<Input>): BoundInputs {
+    this.live();
+    checkBuilt('step', this.filled);
+    checkCapacity('key', this.capacity, this.seqLen + 1);
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    const layout = makeLayout(this.shape, this.config);
+    const hostInputs = [inputs.query, inputs.key, inputs.value].filter((t): t is HostTensor => !('device' in t));
+    const device = (t: DeviceTensor, argument: string, heads: number): Bound => {
+      expectDType(argument, t, FLOAT_DTYPES);
+      expectShape(argument, t, [B, heads, 1, D], `[B=${B}, ${heads}, 1, D=${D}]`);
+      const st = t.strides;
+      if (st[3] !== 1 || st[1] !== D || st[0] !== heads * D) throw new ShapeError(`${argument}.strides`, `contiguous [${heads}·D, D, D, 1]`, [...st]);
+      return { ptr: t.ptr, dtype: t.dtype as FloatDType };
+    };
+    // Host inputs: shape, dtype and finite values, before anything is staged.
+    if (!('device' in inputs.query)) checkQuery(layout, inputs.query, 'query');
+    if (!('device' in inputs.key)) checkStepKey(layout, inputs.key, 'key');
+    if (!('device' in inputs.value)) checkStepKey(layout, inputs.value, 'value');
+    if (hostInputs.length > 0 && this.stagingPending) {
+      this.stagingConsumed.synchronize(); // the previous step may still read the staging buffers
+      this.stagingPending = false;
+    }
+    let offset = 0;
+    const stage = (t: HostTensor): Bound => {
+      const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+      new Uint8Array(this.staging.arrayBuffer, offset, bytes.length).set(bytes);
+      const ptr = this.staging.ptr + BigInt(offset);
+      offset += Math.ceil(bytes.length / 256) * 256;
+      return { ptr, dtype: t.dtype as FloatDType };
+    };
+    const bindOne = (t: Input, name: string, heads: number): Bound => ('device' in t ? device(t, name, heads) : stage(t));
+    return {
+      query: bindOne(inputs.query, 'query', H),
+      key: bindOne(inputs.key, 'key', Hkv),
+      value: bindOne(inputs.value, 'value', Hkv),
+      staged: hostInputs.length > 0,
+    };
+  }
+
+  /** Plan the step for these inputs: the graph key and the kernel launches (recorded inside a capture). */
+  prepare(io: BoundInputs): PreparedStep {
+    const ptrs = `${io.query.ptr}:${io.query.dtype}/${io.key.ptr}:${io.key.dtype}/${io.value.ptr}:${io.value.dtype}`;
+    const s = this.arena.slices;
+    const out = s.out.ptr;
+    const status = this.status.ptr;
+    if (this.pq) {
+      const pq = this.pq;
+      const binding = pq.prepareStep(io.query.dtype, true);
+      const scratch = this.scratch as AttendScratch;
+      const sel = pq.outputs();
+      return {
+        signature: `sparse/${binding.signature}/${ptrs}`,
+        record: () => {
+          this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream);
+          pq.recordStep(io.query, io.key);
+          this.attention.launchSparse(scratch.plan, scratch, {
+            query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
+            sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr, listStride: sel.sparseList.strides[1],
+            weights: sel.weights.ptr, weightsDType: sel.weights.dtype as FloatDType, weightsStride: sel.weights.strides[1],
+          }, this.stream);
+        },
+      };
+    }
+    const plan = this.densePlanFor(this.denseSeqLen + 1);
+    const scratch = this.scratch as AttendScratch;
+    const slot = this.denseSlot;
+    const seqRead = s.seqState.ptr + BigInt(4 * slot);
+    const seqWrite = s.seqState.ptr + BigInt(4 * (slot ^ 1));
+    return {
+      signature: `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${ptrs}`,
+      record: () => {
+        this.attention.launchKVAppend(this.kv, io.key, io.value, seqRead, seqWrite, status, this.stream);
+        this.attention.launchDense(plan, scratch, { query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: seqWrite, add: 0 }, status }, this.stream);
+      },
+    };
+  }
+
+  /** After the graph holding the step was launched: staging bookkeeping, sk + 1. */
+  launched(io: BoundInputs): void {
+    if (io.staged) {
+      this.stagingConsumed.record(this.stream);
+      this.stagingPending = true;
+    }
+    if (this.pq) {
+      this.pq.commitStep(true);
+    } else {
+      this.denseSeqLen += 1;
+      this.denseSlot ^= 1;
+    }
+  }
+
+  /** The dense plan covering sk; re-planned (with new scratch) when sk outgrows it. */
+  private densePlanFor(sk: number): AttendPlan {
+    const current = this.scratch?.plan;
+    if (current !== undefined && sk <= current.maxLen) return current;
+    // Cover 1/8 more than sk, so that growth re-plans every sk/8 steps rather than every step.
+    const maxLen = Math.min(this.capacity, Math.ceil((sk * 9) / 8 / 1024) * 1024);
+    const plan = this.attention.densePlan(this.kvDType, Math.max(maxLen, sk));
+    this.dropGraphs();
+    this.stream.synchronize();
+    this.scratch?.dispose();
+    this.scratch = undefined;
+    this.scratch = new AttendScratch(plan, this.shape.headDim, this.stream);
+    return plan;
+  }
+
+  private dropGraphs(): void {
+    for (const g of this.graphs.values()) g.dispose();
+    this.graphs.clear();
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    try {
+      this.stream.synchronize();
+    } finally {
+      this.dropGraphs();
+      this.pq?.dispose();
+      this.scratch?.dispose();
+      this.ownedKV?.dispose();
+      this.arena.dispose();
+      this.status.dispose();
+      this.staging.dispose();
+      this.stagingConsumed.dispose();
+      if (this.ownsStream) this.stream.dispose();
+    }
+  }
+}

@@ -1,0 +1,147 @@
+/**
+ * Many layers' decode steps per token. On the GPU every layer's kernels (K/V append → PQ select →
+ * attend) are captured in one graph, so a token costs one launch whatever the layer count; on the
+ * CPU the layers run one after another.
+ */
+import { CudaContext } from '../cuda/context.js';
+import { GraphExec } from '../cuda/graph.js';
+import { Stream } from '../cuda/stream.js';
+import { ConfigError, DisposedError, ShapeError } from '../errors.js';
+import type { BuildOptions } from '../pq/cache.js';
+import type { DeviceTensor } from '../tensor/device-tensor.js';
+import type { HostTensor } from '../tensor/host-tensor.js';
+import type { KVCacheView } from './cuda-attention.js';
+import { CudaDecodeLayer, type CudaDecodeLayerOptions } from './cuda-decode-layer.js';
+import { CpuDecodeLayer, type DecodeLayer, type DecodeLayerOptions, type StepInputs } from './decode-layer.js';
+
+export interface DecodeStackOptions extends DecodeLayerOptions {
+  readonly numLayers: number;
+}
+
+export interface CudaDecodeStackOptions extends Omit<CudaDecodeLayerOptions, 'kv' | 'stream'> {
+  readonly numLayers: number;
+  /** One external K/V cache per layer (default: each layer allocates its own). */
+  readonly kvs?: readonly KVCacheView[];
+}
+
+function checkLayerCount(n: unknown): number {
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1024) throw new ConfigError('numLayers', 'an integer in [1, 1024]', n);
+  return n;
+}
+
+function perLayer(argument: string, expected: number, values: readonly unknown[]): void {
+  if (values.length !== expected) throw new ShapeError(argument, `${expected} entries (one per layer)`, `${values.length} entries`);
+}
+
+/** Graphs kept before the cache is cleared. */
+const MAX_GRAPHS = 8;
+
+export class CudaDecodeStack {
+  readonly layers: readonly CudaDecodeLayer[];
+  readonly stream: Stream;
+  private readonly graphs = new Map<string, GraphExec>();
+  private disposed = false;
+
+  constructor(options: CudaDecodeStackOptions) {
+    const n = checkLayerCount(options.numLayers);
+    if (options.kvs !== undefined) perLayer('kvs', n, options.kvs);
+    CudaContext.primary(options.device ?? 0); // current before the stream is made
+    this.stream = new Stream();
+    const layers: CudaDecodeLayer[] = [];
+    try {
+      for (let i = 0; i < n; i++) layers.push(new CudaDecodeLayer({ ...options, stream: this.stream, kv: options.kvs?.[i] }));
+    } catch (e) {
+      for (const l of layers) l.dispose();
+      this.stream.dispose();
+      throw e;
+    }
+    this.layers = layers;
+  }
+
+  private live(): void {
+    if (this.disposed) throw new DisposedError('CudaDecodeStack');
+  }
+
+  /** Prefill every layer: keys[i], values[i] are layer i's [B, Hkv, sk, D]. */
+  prefill(keys: readonly HostTensor[], values: readonly HostTensor[], options?: BuildOptions & { onLayer?: (layer: number) => void }): void {
+    this.live();
+    perLayer('keys', this.layers.length, keys);
+    perLayer('values', this.layers.length, values);
+    this.layers.forEach((layer, i) => {
+      options?.onLayer?.(i);
+      layer.prefill(keys[i], values[i], options);
+    });
+  }
+
+  /** One token: every layer's step in one graph launch. Returns each layer's output view. */
+  step(inputs: readonly StepInputs<HostTensor | DeviceTensor>[]): DeviceTensor[] {
+    this.live();
+    perLayer('inputs', this.layers.length, inputs);
+    const bound = this.layers.map((layer, i) => layer.bind(inputs[i]));
+    const prepared = this.layers.map((layer, i) => layer.prepare(bound[i]));
+    const key = prepared.map((p) => p.signature).join('|');
+    let graph = this.graphs.get(key);
+    if (graph === undefined) {
+      if (this.graphs.size >= MAX_GRAPHS) this.dropGraphs();
+      graph = GraphExec.capture(this.stream, () => {
+        for (const p of prepared) p.record();
+      });
+      this.graphs.set(key, graph);
+    }
+    graph.launch(this.stream);
+    this.layers.forEach((layer, i) => layer.launched(bound[i]));
+    return this.layers.map((layer) => layer.output());
+  }
+
+  stepToHost(inputs: readonly StepInputs<HostTensor>[]): HostTensor[] {
+    this.step(inputs);
+    return this.layers.map((layer) => layer.outputToHost());
+  }
+
+  synchronize(): void {
+    this.live();
+    for (const layer of this.layers) layer.synchronize();
+  }
+
+  private dropGraphs(): void {
+    for (const g of this.graphs.values()) g.dispose();
+    this.graphs.clear();
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    try {
+      this.stream.synchronize();
+    } finally {
+      this.dropGraphs();
+      for (const layer of this.layers) layer.dispose();
+      this.stream.dispose();
+    }
+  }
+}
+
+/** The CPU stack: layers stepped in turn. */
+export class CpuDecodeStack {
+  readonly layers: readonly DecodeLayer[];
+
+  constructor(options: DecodeStackOptions) {
+    const n = checkLayerCount(options.numLayers);
+    this.layers = Array.from({ length: n }, () => new CpuDecodeLayer(options));
+  }
+
+  prefill(keys: readonly HostTensor[], values: readonly HostTensor[], options?: BuildOptions): void {
+    perLayer('keys', this.layers.length, keys);
+    perLayer('values', this.layers.length, values);
+    this.layers.forEach((layer, i) => layer.prefill(keys[i], values[i], options));
+  }
+
+  stepToHost(inputs: readonly StepInputs<HostTensor>[]): HostTensor[] {
+    perLayer('inputs', this.layers.length, inputs);
+    return this.layers.map((layer, i) => layer.stepToHost(inputs[i]));
+  }
+
+  dispose(): void {
+    for (const layer of this.layers) layer.dispose();
+  }
+}

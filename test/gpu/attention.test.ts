@@ -1,0 +1,312 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { type AttentionInputs, attendCpu, denseAttentionCpu } from '../../src/attention/cpu-attention.js';
+import { AttendScratch, CudaAttention, KVCache } from '../../src/attention/cuda-attention.js';
+import { CudaDecodeLayer } from '../../src/attention/cuda-decode-layer.js';
+import { CpuDecodeLayer } from '../../src/attention/decode-layer.js';
+import { CudaDecodeStack } from '../../src/attention/decode-stack.js';
+import { CudaContext } from '../../src/cuda/context.js';
+import { DeviceArena, PinnedBuffer, allocationStats, copies } from '../../src/cuda/memory.js';
+import { Stream } from '../../src/cuda/stream.js';
+import { DeviceInputError } from '../../src/errors.js';
+import type { CacheShape } from '../../src/pq/config.js';
+import { SplitMix32 } from '../../src/pq/rng.js';
+import { deviceTensor } from '../../src/tensor/device-tensor.js';
+import { type FloatDType } from '../../src/tensor/dtype.js';
+import { HostTensor } from '../../src/tensor/host-tensor.js';
+import { gpuSkip } from './gpu.js';
+
+const skip = gpuSkip();
+const TOLERANCE: Record<FloatDType, number> = { f32: 1e-5, f16: 1e-2, bf16: 1e-2 };
+const POISON = 0x7fc0dead; // an f32 NaN pattern: any element the kernel does not write stays NaN
+
+function rounded(dtype: FloatDType, x: Float32Array): Float32Array {
+  return dtype === 'f32' ? x : HostTensor.fromNumbers(dtype, [x.length], x).toFloat32();
+}
+
+/** Worst per-row ‖got − want‖ / ‖want‖ over [rows, D]. */
+function worstRowError(got: Float32Array, want: Float32Array, D: number): number {
+  let worst = 0;
+  for (let r = 0; r < want.length / D; r++) {
+    let num = 0;
+    let den = 0;
+    for (let d = 0; d < D; d++) {
+      const g = got[r * D + d];
+      if (Number.isNaN(g)) return Infinity;
+      num += (g - want[r * D + d]) ** 2;
+      den += want[r * D + d] ** 2;
+    }
+    worst = Math.max(worst, Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30));
+  }
+  return worst;
+}
+
+/** The lists the kernel should have used: row 0 without its first entry when that entry was corrupted. */
+function withoutFirst(list: Int32Array, len: Int32Array, drop: boolean): { sparseList: Int32Array; sparseLen: Int32Array } {
+  if (!drop) return { sparseList: list, sparseLen: len };
+  const sparseList = list.slice();
+  const sparseLen = len.slice();
+  sparseList.copyWithin(0, 1, len[0]);
+  sparseList[len[0] - 1] = -1;
+  sparseLen[0] -= 1;
+  return { sparseList, sparseLen };
+}
+
+interface KernelCase {
+  shape: CacheShape;
+  dtype: FloatDType;
+  qdtype: FloatDType;
+  wdtype: FloatDType;
+  sk: number;
+  capacity: number;
+  listCapacity: number;
+}
+
+/** Run the sparse or dense kernel directly on random inputs; returns the output and the f64 reference. */
+function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', corrupt?: 'list'): { got: Float32Array; want: Float32Array } {
+  const ctx = CudaContext.primary();
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = c.shape;
+  const rows = B * H;
+  const rand = (n: number, s: number): Float32Array => Float32Array.from({ length: n }, () => (rng.next() * 2 - 1) * s);
+  const q = rounded(c.qdtype, rand(rows * D, 2));
+  const keys = rounded(c.dtype, rand(B * Hkv * c.capacity * D, 1));
+  const values = rounded(c.dtype, rand(B * Hkv * c.capacity * D, 1));
+  // Lists: random distinct positions (unsorted), some rows short (−1 padding), weights 0, 1 or 0.5.
+  const L = c.listCapacity;
+  const list = new Int32Array(rows * L).fill(-1);
+  const len = new Int32Array(rows);
+  const weights = new Float32Array(rows * c.sk);
+  for (let r = 0; r < rows; r++) {
+    len[r] = r % 5 === 4 ? 0 : Math.min(c.sk, 1 + Math.floor(rng.next() * L));
+    const chosen = new Set<number>();
+    while (chosen.size < len[r]) chosen.add(Math.floor(rng.next() * c.sk));
+    [...chosen].forEach((p, i) => {
+      list[r * L + i] = p;
+      const u = rng.next();
+      weights[r * c.sk + p] = u < 0.1 ? 0 : u < 0.2 ? 0.5 : 1;
+    });
+  }
+  if (corrupt === 'list') list[0] = c.sk + 3;
+  const kv = new KVCache(c.shape, c.capacity, c.dtype);
+  const stream = new Stream();
+  const status = new PinnedBuffer(16);
+  new Int32Array(status.arrayBuffer, 0, 1)[0] = 0;
+  const arena = DeviceArena.allocate({ q: rows * D * 4, list: list.byteLength, len: len.byteLength, w: weights.byteLength, out: rows * D * 4 });
+  const attention = new CudaAttention(ctx, c.shape);
+  const plan = kind === 'sparse' ? attention.sparsePlan(c.dtype, L) : attention.densePlan(c.dtype, c.sk);
+  const scratch = new AttendScratch(plan, D, stream);
+  try {
+    kv.upload(new HostTensor('f32', [B, Hkv, c.capacity, D], keys), new HostTensor('f32', [B, Hkv, c.capacity, D], values));
+    const enc = (dtype: FloatDType, x: Float32Array): Float32Array | Uint16Array => HostTensor.fromNumbers(dtype, [x.length], x).data as Float32Array | Uint16Array;
+    copies.fromHost(arena.slices.q, enc(c.qdtype, q));
+    copies.fromHost(arena.slices.list, list);
+    copies.fromHost(arena.slices.len, len);
+    copies.fromHost(arena.slices.w, enc(c.wdtype, weights));
+    copies.fill32Async(arena.slices.out, POISON, rows * D, stream);
+    const io = { query: arena.slices.q.ptr, queryDType: c.qdtype, kv, out: arena.slices.out.ptr, seqLen: { ptr: 0n, add: c.sk }, status: status.ptr };
+    // Twice: the merge counters must be back at zero after a launch.
+    for (let rep = 0; rep < 2; rep++) {
+      if (kind === 'sparse') {
+        attention.launchSparse(plan, scratch, { ...io, sparseList: arena.slices.list.ptr, sparseLen: arena.slices.len.ptr, listStride: L, weights: arena.slices.w.ptr, weightsDType: c.wdtype, weightsStride: c.sk }, stream);
+      } else {
+        attention.launchDense(plan, scratch, io, stream);
+      }
+    }
+    stream.synchronize();
+    const st = new Int32Array(status.arrayBuffer, 0, 1)[0];
+    if (corrupt === 'list') {
+      assert.equal(st & 4, 4, 'an out-of-range list position must set PQ_STATUS_LIST_RANGE');
+    } else {
+      assert.equal(st, 0, `status ${st}`);
+    }
+    const raw = c.dtype === 'f32' ? new Float32Array(rows * D) : new Uint16Array(rows * D);
+    copies.toHost(raw, { ptr: arena.slices.out.ptr, bytes: raw.byteLength });
+    const got = new HostTensor(c.dtype, [rows * D], raw).toFloat32();
+    const inputs: AttentionInputs = { shape: c.shape, query: q, keys, values, seqStride: c.capacity, seqLen: c.sk };
+    const wq = rounded(c.wdtype, weights);
+    const want = kind === 'sparse'
+      ? attendCpu(inputs, { ...withoutFirst(list, len, corrupt === 'list'), listCapacity: L, weight: (r, p) => wq[r * c.sk + p] })
+      : denseAttentionCpu(inputs);
+    return { got, want };
+  } finally {
+    scratch.dispose();
+    arena.dispose();
+    status.dispose();
+    kv.dispose();
+    stream.dispose();
+  }
+}
+
+test('sparse attention kernel matches the CPU oracle (GQA, −1 padding, zero and fractional weights, all dtypes)', { skip }, () => {
+  const rng = new SplitMix32(7);
+  const failures: string[] = [];
+  const shapes: CacheShape[] = [
+    { batch: 1, heads: 4, kvHeads: 4, headDim: 128 },
+    { batch: 2, heads: 8, kvHeads: 2, headDim: 64 },
+    { batch: 3, heads: 6, kvHeads: 3, headDim: 96 },
+    { batch: 1, heads: 4, kvHeads: 1, headDim: 256 },
+    { batch: 2, heads: 2, kvHeads: 1, headDim: 160 },
+  ];
+  let n = 0;
+  for (const shape of shapes) {
+    for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+      for (const listCapacity of [1, 37, 384, 1500]) {
+        const sk = 50 + Math.floor(rng.next() * 3000);
+        const c: KernelCase = { shape, dtype, qdtype: (['f32', 'bf16', 'f16'] as const)[n % 3], wdtype: (['f32', 'f16', 'bf16'] as const)[(n + 1) % 3], sk, capacity: sk + 5, listCapacity };
+        n++;
+        // Remove the (rare) list wider than sk: distinct positions need listCapacity ≤ sk.
+        const { got, want } = runKernel({ ...c, listCapacity: Math.min(listCapacity, sk) }, rng, 'sparse');
+        const err = worstRowError(got, want, shape.headDim);
+        if (!(err <= TOLERANCE[dtype])) failures.push(`${JSON.stringify(c)}: worst row rel. error ${err}`);
+      }
+    }
+  }
+  assert.deepEqual(failures, []);
+});
+
+test('dense attention kernel matches the CPU oracle (G = 1, 2, 4, 8, 16; all dtypes)', { skip }, () => {
+  const rng = new SplitMix32(11);
+  const failures: string[] = [];
+  for (const [H, Hkv, D] of [[4, 4, 128], [8, 4, 64], [16, 4, 128], [16, 2, 128], [32, 2, 64], [8, 1, 256], [6, 2, 200]] as const) {
+    for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+      const sk = 1 + Math.floor(rng.next() * 5000);
+      const c: KernelCase = { shape: { batch: 2, heads: H, kvHeads: Hkv, headDim: D }, dtype, qdtype: 'f32', wdtype: 'f32', sk, capacity: sk + 17, listCapacity: 1 };
+      const { got, want } = runKernel(c, rng, 'dense');
+      const err = worstRowError(got, want, D);
+      if (!(err <= TOLERANCE[dtype])) failures.push(`H=${H} Hkv=${Hkv} D=${D} ${dtype} sk=${sk}: worst row rel. error ${err}`);
+    }
+  }
+  assert.deepEqual(failures, []);
+});
+
+test('a list position outside [0, sk) is flagged and skipped, not read', { skip }, () => {
+  const rng = new SplitMix32(3);
+  const c: KernelCase = { shape: { batch: 1, heads: 2, kvHeads: 1, headDim: 64 }, dtype: 'f32', qdtype: 'f32', wdtype: 'f32', sk: 500, capacity: 500, listCapacity: 64 };
+  const { got, want } = runKernel(c, rng, 'sparse', 'list');
+  assert.ok(worstRowError(got, want, 64) <= 1e-5);
+});
+
+/** Integer-valued inputs: PQ scores are exact, so CPU and GPU select the same lists. */
+function intTensor(rng: SplitMix32, dtype: FloatDType, shape: number[], lo: number, hi: number): HostTensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return HostTensor.fromNumbers(dtype, shape, Array.from({ length: n }, () => rng.int(lo, hi)));
+}
+
+test('decode layers (sparse and dense) match the CPU layers step by step; the stack runs all layers in one graph', { skip }, () => {
+  const shape = { batch: 2, heads: 8, kvHeads: 2, headDim: 64 };
+  const config = { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 4, initOffset: 8, kmeansIters: 0 };
+  const rng = new SplitMix32(5);
+  const sk = 1500;
+  const steps = 40;
+  for (const [mode, kvDType] of [['sparse', 'f32'], ['sparse', 'bf16'], ['dense', 'f16']] as const) {
+    const options = { shape, config, capacity: sk + steps, kvDType, attention: mode };
+    const cpu = new CpuDecodeLayer(options);
+    const gpu = new CudaDecodeLayer(options);
+    try {
+      const keys = intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2);
+      const values = intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3);
+      cpu.prefill(keys, values);
+      gpu.prefill(keys, values);
+      for (let s = 0; s < steps; s++) {
+        const inputs = {
+          query: intTensor(rng, s % 2 ? 'bf16' : 'f32', [2, 8, 1, 64], -1, 1),
+          key: intTensor(rng, 'f32', [2, 2, 1, 64], -2, 2),
+          value: intTensor(rng, 'f32', [2, 2, 1, 64], -3, 3),
+        };
+        const want = cpu.stepToHost(inputs).toFloat32();
+        const got = gpu.stepToHost(inputs).toFloat32();
+        const err = worstRowError(got, want, 64);
+        assert.ok(err <= TOLERANCE[kvDType], `${mode} ${kvDType} step ${s}: rel. error ${err}`);
+        if (mode === 'sparse') assert.deepEqual(gpu.listsToHost().sparseList, cpu.listsToHost().sparseList, `step ${s} lists`);
+      }
+      const kvGot = gpu.kvToHost();
+      const kvWant = cpu.kvToHost();
+      assert.deepEqual(kvGot.keys, kvWant.keys, 'K cache');
+      assert.deepEqual(kvGot.values, kvWant.values, 'V cache');
+    } finally {
+      gpu.dispose();
+      cpu.dispose();
+    }
+  }
+
+  // Three layers in one graph, host and device inputs, against three CPU layers.
+  const L = 3;
+  const stack = new CudaDecodeStack({ shape, config, capacity: sk + 10, kvDType: 'f32', numLayers: L });
+  const cpus = Array.from({ length: L }, () => new CpuDecodeLayer({ shape, config, capacity: sk + 10, kvDType: 'f32' }));
+  const arena = DeviceArena.allocate({ q: 2 * 8 * 64 * 4, k: 2 * 2 * 64 * 4, v: 2 * 2 * 64 * 4 });
+  try {
+    const keys = Array.from({ length: L }, () => intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2));
+    const values = Array.from({ length: L }, () => intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3));
+    stack.prefill(keys, values);
+    cpus.forEach((c, i) => c.prefill(keys[i], values[i]));
+    for (let s = 0; s < 6; s++) {
+      const inputs = Array.from({ length: L }, () => ({
+        query: intTensor(rng, 'f32', [2, 8, 1, 64], -1, 1),
+        key: intTensor(rng, 'f32', [2, 2, 1, 64], -2, 2),
+        value: intTensor(rng, 'f32', [2, 2, 1, 64], -3, 3),
+      }));
+      const want = cpus.map((c, i) => c.stepToHost(inputs[i]).toFloat32());
+      let got: Float32Array[];
+      if (s % 2 === 0) {
+        got = stack.stepToHost(inputs).map((t) => t.toFloat32());
+      } else {
+        // Layer 0 from device tensors (same values), the others from the host.
+        copies.fromHost(arena.slices.q, inputs[0].query.data);
+        copies.fromHost(arena.slices.k, inputs[0].key.data);
+        copies.fromHost(arena.slices.v, inputs[0].value.data);
+        const dev = {
+          query: deviceTensor('f32', [2, 8, 1, 64], arena.slices.q.ptr),
+          key: deviceTensor('f32', [2, 2, 1, 64], arena.slices.k.ptr),
+          value: deviceTensor('f32', [2, 2, 1, 64], arena.slices.v.ptr),
+        };
+        stack.step([dev, ...inputs.slice(1)]);
+        got = stack.layers.map((l) => l.outputToHost().toFloat32());
+      }
+      for (let i = 0; i < L; i++) assert.ok(worstRowError(got[i], want[i], 64) <= 1e-5, `stack step ${s} layer ${i}`);
+    }
+  } finally {
+    arena.dispose();
+    stack.dispose();
+    for (const c of cpus) c.dispose();
+  }
+});
+
+test('a non-finite value on the device is reported as DeviceInputError(value); the layer stays usable', { skip }, () => {
+  const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 64 };
+  const layer = new CudaDecodeLayer({ shape, config: { sinkSize: 4, windowSize: 4, heavySize: 8, initOffset: 4, pqBits: 3 }, capacity: 400, kvDType: 'bf16' });
+  const arena = DeviceArena.allocate({ v: 64 * 4 });
+  try {
+    const rng = new SplitMix32(9);
+    layer.prefill(intTensor(rng, 'f32', [1, 1, 300, 64], -2, 2), intTensor(rng, 'f32', [1, 1, 300, 64], -2, 2));
+    const v = new Float32Array(64).fill(1);
+    v[7] = Infinity;
+    copies.fromHost(arena.slices.v, v);
+    const query = intTensor(rng, 'f32', [1, 2, 1, 64], -1, 1);
+    const key = intTensor(rng, 'f32', [1, 1, 1, 64], -1, 1);
+    layer.step({ query, key, value: deviceTensor('f32', [1, 1, 1, 64], arena.slices.v.ptr) });
+    assert.throws(() => layer.synchronize(), (e: unknown) => e instanceof DeviceInputError && /value/.test((e as Error).message));
+    const out = layer.stepToHost({ query, key, value: intTensor(rng, 'f32', [1, 1, 1, 64], -1, 1) });
+    assert.equal(out.shape.join(','), '1,2,64');
+  } finally {
+    arena.dispose();
+    layer.dispose();
+  }
+});
+
+test('creating, stepping and disposing decode layers and stacks leaks no device memory', { skip }, () => {
+  const ctx = CudaContext.primary();
+  ctx.synchronize();
+  const before = allocationStats();
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const rng = new SplitMix32(1);
+  for (let i = 0; i < 3; i++) {
+    const stack = new CudaDecodeStack({ shape, config: { pqBits: 4 }, capacity: 1200, numLayers: 2, attention: i === 1 ? 'dense' : 'sparse' });
+    const kv = () => intTensor(rng, 'f32', [1, 2, 1000, 64], -2, 2);
+    stack.prefill([kv(), kv()], [kv(), kv()]);
+    const inputs = () => ({ query: intTensor(rng, 'f32', [1, 4, 1, 64], -1, 1), key: intTensor(rng, 'f32', [1, 2, 1, 64], -1, 1), value: intTensor(rng, 'f32', [1, 2, 1, 64], -1, 1) });
+    for (let s = 0; s < 5; s++) stack.step([inputs(), inputs()]);
+    stack.synchronize();
+    stack.dispose();
+  }
+  assert.deepEqual(allocationStats(), before);
+});
