@@ -17,5 +17,7 @@ if (files.length === 0) {
   console.error(`run-tests: no *.test.js under ${process.argv.slice(2).join(', ')}`);
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', ...files], { stdio: 'inherit' });
+// GPU test files run one at a time: they share one device, and some measure its free memory.
+const serial = process.argv.slice(2).some((d) => /(^|\/)gpu\/?$/.test(d)) ? ['--test-concurrency=1'] : [];
+const r = spawnSync(process.execPath, ['--test', ...serial, ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);
