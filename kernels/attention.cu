@@ -15,14 +15,16 @@
 // pq_attend_dense_<T>_d<DMAX>_g<GH>: row = (b, kvh, head group) of B*Hkv*ceil(G/GH); positions
 //   0 .. sk-1 with w = 1; each K/V row is loaded once for the GH query heads of the group.
 //   Launch: grid (splits, rows), block NT = 128 (4 warps). Block x covers [x*chunk, (x+1)*chunk) of
-//   the row's positions; its warps take U positions at a time, issuing all 2U row loads before use.
-//   Lane l holds dims [l*DPL, l*DPL + DPL) of q, k, v and acc (DPL = DMAX/32).
+//   the row's positions. In a warp, groups of LP lanes take one position each (lane_per_position),
+//   a lane holding DPL = DMAX/LP dims of q, k, v and acc; a warp loads U sub-steps of 32/LP
+//   positions (all K and V rows) before using them.
 // Layout: q [B,H,D] (qdtype), k/v caches [B,Hkv,kv_stride,D] (T), out [B,H,D] (T),
 //   partial [rows, splits, GH, D+2] f32 (m, l, acc), counters [rows] u32.
 // sk = *seq_len + seq_add (seq_len == nullptr: sk = seq_add).
-// Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % DPL == 0, k/v/q... rows 16-byte
-//   aligned at D*sizeof(T) granularity (k, v base pointers 16-byte aligned); counters zero before a
-//   launch (the merging block re-zeroes its row); splits * chunk covers the longest row.
+// Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % 8 == 0 and k/v base pointers 16-byte
+//   aligned (so full packets are aligned vector loads; a lane past D % DPL loads element-wise);
+//   counters zero before a launch (the merging block re-zeroes its row); splits * chunk covers
+//   the longest row.
 //
 // pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype) written at position
 //   sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
@@ -79,6 +81,21 @@ struct Packet {
     }
   }
 
+  // The first `count` < DPL elements (the row's last lane when D % DPL != 0); the rest zero.
+  __device__ __forceinline__ void load_partial(const T* p, int count) {
+    zero();
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+      if (j >= count) continue;
+      if constexpr (sizeof(T) == 4) {
+        w[j] = __float_as_uint(static_cast<const float*>(static_cast<const void*>(p))[j]);
+      } else {
+        const uint32_t bits = static_cast<const unsigned short*>(static_cast<const void*>(p))[j];
+        w[j >> 1] |= bits << ((j & 1) * 16);
+      }
+    }
+  }
+
   __device__ __forceinline__ void zero() {
 #pragma unroll
     for (int i = 0; i < WORDS; ++i) w[i] = 0u;
@@ -96,26 +113,61 @@ struct Packet {
   }
 };
 
-// Positions per warp iteration: as many as the registers allow (scores GH*U, packets 2U).
-template <int DPL, int GH>
-__host__ __device__ constexpr int positions_per_warp() {
-  return GH * DPL >= 32 ? 4 : 8;
+// Work split of a warp (host mirror: src/attention/cuda-attention.ts attendGeometry):
+//   LP lanes share one position, each holding DPL = DMAX / LP consecutive dims, so a score costs
+//   log2(LP) shuffles for PW = 32 / LP positions at once; GH * DPL <= 32 keeps q and acc at 64
+//   registers. U sub-steps (PW positions each) are loaded before use: 2U packets of <= 32 words.
+template <int DMAX, int GH>
+__host__ __device__ constexpr int lanes_per_position() {
+  return GH * DMAX / 32 < 8 ? 8 : GH * DMAX / 32 > 32 ? 32 : GH * DMAX / 32;
+}
+template <typename T, int DMAX, int GH>
+__host__ __device__ constexpr int substeps() {
+  return 32 / (2 * (DMAX / lanes_per_position<DMAX, GH>()) * static_cast<int>(sizeof(T)) / 4) < 1
+             ? 1
+             : 32 / (2 * (DMAX / lanes_per_position<DMAX, GH>()) * static_cast<int>(sizeof(T)) / 4);
 }
 
-template <typename T, int DPL, int GH, bool SPARSE>
+// Merge online-softmax states (m, l, acc) of two parts; m == -inf marks an empty part.
+template <int GH, int DPL>
+__device__ __forceinline__ void merge_state(float (&m)[GH], float (&l)[GH], float (&acc)[GH][DPL], int xor_mask) {
+#pragma unroll
+  for (int g = 0; g < GH; ++g) {
+    const float mo = __shfl_xor_sync(0xffffffffu, m[g], xor_mask);
+    const float lo = __shfl_xor_sync(0xffffffffu, l[g], xor_mask);
+    const float mx = fmaxf(m[g], mo);
+    const float fa = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - mx);
+    const float fb = mo == -INFINITY ? 0.0f : exp2f(mo - mx);
+    l[g] = l[g] * fa + lo * fb;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) {
+      const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], xor_mask);
+      acc[g][j] = acc[g][j] * fa + ao * fb;
+    }
+    m[g] = mx;
+  }
+}
+
+template <typename T, int DMAX, int GH, bool SPARSE>
 __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
                              const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
                              const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
                              float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
                              int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
-  constexpr int U = positions_per_warp<DPL, GH>();
+  constexpr int LP = lanes_per_position<DMAX, GH>();
+  constexpr int DPL = DMAX / LP;
+  constexpr int PW = 32 / LP;
+  constexpr int U = substeps<T, DMAX, GH>();
+  constexpr int PER_WARP = PW * U;  // positions per warp per batch
   __shared__ float sm_m[NWARPS][GH];
   __shared__ float sm_l[NWARPS][GH];
-  __shared__ float sm_acc[NWARPS][GH][DPL * 32];
+  __shared__ float sm_acc[NWARPS][GH][DMAX];
   __shared__ bool sm_last;
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
+  const int slot = lane / LP;  // which of the PW positions of a sub-step
+  const int sub = lane % LP;   // which dim slice
   const int row = blockIdx.y;
   const int split = blockIdx.x;
   const int splits = gridDim.x;
@@ -138,8 +190,8 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     first_head = kvh * G + grp * GH;
     heads = min(GH, G - grp * GH);
   }
-  const int d0 = lane * DPL;
-  const bool lane_active = d0 < D;
+  const int d0 = sub * DPL;
+  const int lane_dims = max(0, min(DPL, D - d0));  // DPL, except on the last lane when D % DPL != 0
   const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
 
   float qf[GH][DPL];
@@ -149,6 +201,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     for (int j = 0; j < DPL; ++j)
       qf[g][j] = (g < heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(b * H + first_head + g) * D + d0 + j) * scale : 0.0f;
 
+  // Online softmax per query head, per lane group (uniform across the LP lanes of a group).
   float m[GH], l[GH], acc[GH][DPL];
 #pragma unroll
   for (int g = 0; g < GH; ++g) {
@@ -162,19 +215,19 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   const int begin = split * chunk;
   const int end = min(n, begin + chunk);
   const int64_t kv_row0 = static_cast<int64_t>(b * Hkv + kvh) * kv_stride;
-  for (int base = begin + warp * U; base < end; base += NWARPS * U) {
+  for (int base = begin + warp * PER_WARP; base < end; base += NWARPS * PER_WARP) {
     int pos[U];
     float w[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int i = base + u;
+      const int i = base + u * PW + slot;
       int p = -1;
       float wp = 0.0f;
       if (i < end) {
         if constexpr (SPARSE) {
           p = list[static_cast<int64_t>(row) * list_stride + i];
           if (p < 0 || p >= sk) {
-            if (lane == 0) atomicOr(status, PQ_STATUS_LIST_RANGE);
+            if (sub == 0) atomicOr(status, PQ_STATUS_LIST_RANGE);
             p = -1;
           } else {
             wp = pq_load_float(weights, wdtype, row * w_stride + p);
@@ -191,9 +244,12 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     Packet<T, DPL> kp[U], vp[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (pos[u] >= 0 && lane_active) {
+      if (pos[u] >= 0 && lane_dims == DPL) {
         kp[u].load(kcache + (kv_row0 + pos[u]) * D + d0);
         vp[u].load(vcache + (kv_row0 + pos[u]) * D + d0);
+      } else if (pos[u] >= 0 && lane_dims > 0) {
+        kp[u].load_partial(kcache + (kv_row0 + pos[u]) * D + d0, lane_dims);
+        vp[u].load_partial(vcache + (kv_row0 + pos[u]) * D + d0, lane_dims);
       } else {
         kp[u].zero();
         vp[u].zero();
@@ -207,7 +263,9 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
         float dot = 0.0f;
 #pragma unroll
         for (int j = 0; j < DPL; ++j) dot = fmaf(qf[g][j], kp[u].get(j), dot);
-        s[g][u] = pq_warp_sum(dot);
+#pragma unroll
+        for (int o = LP / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        s[g][u] = dot;
       }
     }
 #pragma unroll
@@ -216,7 +274,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (pos[u] >= 0) mx = fmaxf(mx, s[g][u]);
-      if (mx == -INFINITY) continue;  // nothing seen yet (uniform across the warp)
+      if (mx == -INFINITY) continue;  // nothing seen yet by this lane group
       const float corr = exp2f(m[g] - mx);  // m = -inf -> 0
       l[g] *= corr;
 #pragma unroll
@@ -232,15 +290,20 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     }
   }
 
-  // Combine the warps of the block into one partial per head.
+  // Merge the PW lane groups of the warp, then the warps of the block, into one partial per head.
 #pragma unroll
-  for (int g = 0; g < GH; ++g) {
-    if (lane == 0) {
-      sm_m[warp][g] = m[g];
-      sm_l[warp][g] = l[g];
+  for (int o = LP; o < 32; o <<= 1) merge_state<GH, DPL>(m, l, acc, o);
+  if (slot == 0) {
+#pragma unroll
+    for (int g = 0; g < GH; ++g) {
+      if (sub == 0) {
+        sm_m[warp][g] = m[g];
+        sm_l[warp][g] = l[g];
+      }
+#pragma unroll
+      for (int j = 0; j < DPL; ++j)
+        if (j < lane_dims) sm_acc[warp][g][d0 + j] = acc[g][j];
     }
-#pragma unroll
-    for (int j = 0; j < DPL; ++j) sm_acc[warp][g][d0 + j] = acc[g][j];
   }
   __syncthreads();
   const int rec = D + 2;
@@ -321,7 +384,7 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
       const void* q, int qdtype, const T* kcache, const T* vcache, const int* list, const int* list_len, int list_stride, \
       const void* weights, int wdtype, long long w_stride, T* out, float* partial, unsigned* counters, int* status,    \
       const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                              \
-    attend_block<T, DPL, 1, true>(q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride, out, \
+    attend_block<T, DMAX, 1, true>(q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride, out, \
                                   partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);            \
   }
 
@@ -329,7 +392,7 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
   extern "C" __global__ void __launch_bounds__(NT) pq_attend_dense_##NAME##_d##DMAX##_g##GH(                           \
       const void* q, int qdtype, const T* kcache, const T* vcache, T* out, float* partial, unsigned* counters,          \
       int* status, const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                 \
-    attend_block<T, DPL, GH, false>(q, qdtype, kcache, vcache, nullptr, nullptr, 0, nullptr, 0, 0, out, partial,        \
+    attend_block<T, DMAX, GH, false>(q, qdtype, kcache, vcache, nullptr, nullptr, 0, nullptr, 0, 0, out, partial,        \
                                     counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                  \
   }
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { attentionProblem, denseGroupHeads, planDenseAttend, planSparseAttend } from '../src/attention/cuda-attention.js';
+import { attendGeometry, attentionProblem, denseGroupHeads, planDenseAttend, planSparseAttend } from '../src/attention/cuda-attention.js';
 import { CpuDecodeLayer } from '../src/attention/decode-layer.js';
 import { CpuDecodeStack } from '../src/attention/decode-stack.js';
 import { CapacityError, ConfigError, DisposedError, NonFiniteError, ShapeError, StateError } from '../src/errors.js';
@@ -86,15 +86,23 @@ test('the CPU stack steps each layer with its own inputs', () => {
   assert.throws(() => stack.stepToHost([inputs[0]]), ShapeError);
 });
 
+test('the host mirror of the kernels\' warp geometry', () => {
+  // kernels/attention.cu: LP = clamp(GH·DMAX/32, 8, 32); U = max(1, 32 / (2·DPL·bytes/4)).
+  assert.deepEqual(attendGeometry(128, 1, 'bf16'), { dmax: 128, lanesPerPosition: 8, dimsPerLane: 16, positionsPerWarp: 8 });
+  assert.deepEqual(attendGeometry(128, 4, 'bf16'), { dmax: 128, lanesPerPosition: 16, dimsPerLane: 8, positionsPerWarp: 8 });
+  assert.deepEqual(attendGeometry(128, 8, 'f32'), { dmax: 128, lanesPerPosition: 32, dimsPerLane: 4, positionsPerWarp: 4 });
+  assert.deepEqual(attendGeometry(256, 1, 'f32'), { dmax: 256, lanesPerPosition: 8, dimsPerLane: 32, positionsPerWarp: 4 });
+});
+
 test('attention launch plans cover their rows and pick the kernel for D and G', () => {
   for (const D of [64, 96, 128, 200, 256]) assert.equal(attentionProblem(D), undefined, `D=${D}`);
   assert.ok(attentionProblem(320) instanceof ConfigError);
-  assert.ok(attentionProblem(130) instanceof ConfigError, 'D > 128 needs a multiple of 8');
+  assert.ok(attentionProblem(100) instanceof ConfigError, 'D must be a multiple of 8');
   assert.deepEqual([1, 2, 3, 4, 5, 8, 16].map(denseGroupHeads), [1, 2, 4, 4, 8, 8, 8]);
   const s = { batch: 1, heads: 32, kvHeads: 8, headDim: 128 };
   for (const L of [1, 384, 4097]) {
     const p = planSparseAttend(s, 'bf16', L, 132);
-    assert.ok(p.splits * p.chunk >= L && p.chunk % 32 === 0, JSON.stringify(p));
+    assert.ok(p.splits * p.chunk >= L && p.chunk % (4 * attendGeometry(128, 1, 'bf16').positionsPerWarp) === 0, JSON.stringify(p));
     assert.equal(p.kernel, 'pq_attend_sparse_bf16_d128');
   }
   for (const sk of [1, 1000, 131072, 524288]) {

@@ -31,19 +31,22 @@ export const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1
 /** Why the attention kernels cannot run this head dimension (undefined when they can). */
 export function attentionProblem(headDim: number): ConfigError | undefined {
   if (headDim > MAX_ATTEND_HEAD_DIM) return new ConfigError('headDim', `at most ${MAX_ATTEND_HEAD_DIM} for CUDA attention`, headDim);
-  const dpl = dimsPerLane(headDim);
-  if (headDim % dpl !== 0) return new ConfigError('headDim', `a multiple of ${dpl} for CUDA attention`, headDim);
+  // 16-byte K/V rows in every dtype: the kernels' vector loads stay aligned.
+  if (headDim % 8 !== 0) return new ConfigError('headDim', 'a multiple of 8 for CUDA attention', headDim);
   return undefined;
 }
 
-/** Elements of a row each lane holds: 4 for D ≤ 128, 8 for D ≤ 256. */
-export function dimsPerLane(headDim: number): 4 | 8 {
-  return headDim <= 128 ? 4 : 8;
-}
-
-/** Positions a warp takes per iteration (kernels/attention.cu positions_per_warp). */
-export function positionsPerWarp(dpl: number, groupHeads: number): number {
-  return groupHeads * dpl >= 32 ? 4 : 8;
+/**
+ * How a warp splits its work (kernels/attention.cu lanes_per_position, substeps): LP lanes per
+ * position with DPL dims each, PW = 32 / LP positions per sub-step, U sub-steps loaded at once.
+ */
+export function attendGeometry(headDim: number, groupHeads: number, kvDType: FloatDType): { dmax: 128 | 256; lanesPerPosition: number; dimsPerLane: number; positionsPerWarp: number } {
+  const dmax = headDim <= 128 ? 128 : 256;
+  const lp = Math.min(32, Math.max(8, (groupHeads * dmax) / 32));
+  const dpl = dmax / lp;
+  const words = (dpl * BYTES_PER_ELEMENT[kvDType]) / 4;
+  const substeps = Math.max(1, Math.floor(32 / (2 * words)));
+  return { dmax, lanesPerPosition: lp, dimsPerLane: dpl, positionsPerWarp: (32 / lp) * substeps };
 }
 
 /** Query heads per dense row: the smallest of 1, 2, 4, 8 covering min(G, 8). */
@@ -78,19 +81,19 @@ function splitPlan(rows: number, maxLen: number, step: number, sms: number): { c
 
 /** Sparse attention over lists of up to `listCapacity` positions. */
 export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number): AttendPlan {
-  const dpl = dimsPerLane(shape.headDim);
+  const geo = attendGeometry(shape.headDim, 1, kvDType);
   const rows = shape.batch * shape.heads;
-  const { chunk, splits } = splitPlan(rows, listCapacity, WARPS * positionsPerWarp(dpl, 1), sms);
-  return { kind: 'sparse', rows, splits, chunk, groupHeads: 1, maxLen: listCapacity, kernel: `pq_attend_sparse_${kvDType}_d${dpl * 32}` };
+  const { chunk, splits } = splitPlan(rows, listCapacity, WARPS * geo.positionsPerWarp, sms);
+  return { kind: 'sparse', rows, splits, chunk, groupHeads: 1, maxLen: listCapacity, kernel: `pq_attend_sparse_${kvDType}_d${geo.dmax}` };
 }
 
 /** Dense attention over every position, valid while sk ≤ maxSeqLen. */
 export function planDenseAttend(shape: CacheShape, kvDType: FloatDType, maxSeqLen: number, sms: number): AttendPlan {
-  const dpl = dimsPerLane(shape.headDim);
   const gh = denseGroupHeads(shape.heads / shape.kvHeads);
+  const geo = attendGeometry(shape.headDim, gh, kvDType);
   const rows = shape.batch * shape.kvHeads * Math.ceil(shape.heads / shape.kvHeads / gh);
-  const { chunk, splits } = splitPlan(rows, maxSeqLen, WARPS * positionsPerWarp(dpl, gh), sms);
-  return { kind: 'dense', rows, splits, chunk, groupHeads: gh, maxLen: maxSeqLen, kernel: `pq_attend_dense_${kvDType}_d${dpl * 32}_g${gh}` };
+  const { chunk, splits } = splitPlan(rows, maxSeqLen, WARPS * geo.positionsPerWarp, sms);
+  return { kind: 'dense', rows, splits, chunk, groupHeads: gh, maxLen: maxSeqLen, kernel: `pq_attend_dense_${kvDType}_d${geo.dmax}_g${gh}` };
 }
 
 /** Per-split partial softmax states and per-row merge counters of one plan. */

@@ -10,14 +10,15 @@
  * config checks sampled output rows against a float64 recomputation from the device's own lists,
  * weights and K/V rows before timing.
  */
-import { KVCache } from '../attention/cuda-attention.js';
+import { AttendScratch, CudaAttention, KVCache } from '../attention/cuda-attention.js';
+import { GraphExec } from '../cuda/graph.js';
 import { CudaDecodeLayer } from '../attention/cuda-decode-layer.js';
 import type { StepInputs } from '../attention/decode-layer.js';
 import { CudaDecodeStack } from '../attention/decode-stack.js';
 import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
-import { DeviceArena, copies } from '../cuda/memory.js';
+import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, type Stream } from '../cuda/stream.js';
 import type { CacheShape, Layout } from '../pq/config.js';
 import { loadKernels } from '../pq/kernels.js';
@@ -209,6 +210,35 @@ function timeSteps(step: (i: number) => void, stream: Stream, o: AttendBenchOpti
   return { wall: summarize(wall), gpu: summarize(gpu) };
 }
 
+/** The sparse attention kernel alone, in a graph, over the layer's current lists and K/V. */
+function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>, o: AttendBenchOptions): Timing {
+  const pq = layer.pq as NonNullable<typeof layer.pq>;
+  const attention = new CudaAttention(layer.context, layer.shape);
+  const plan = attention.sparsePlan(layer.kvDType, pq.layout.listCapacity);
+  const scratch = new AttendScratch(plan, layer.shape.headDim, layer.stream);
+  const status = new PinnedBuffer(16);
+  const out = DeviceArena.allocate({ out: layer.shape.batch * layer.shape.heads * layer.shape.headDim * 4 });
+  try {
+    const sel = pq.outputs();
+    const graph = GraphExec.capture(layer.stream, () =>
+      attention.launchSparse(plan, scratch, {
+        query: inputs.query.ptr, queryDType: inputs.query.dtype as FloatDType, kv: layer.kv, out: out.slices.out.ptr,
+        seqLen: { ptr: 0n, add: layer.seqLen }, status: status.ptr, sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr,
+        listStride: sel.sparseList.strides[1], weights: sel.weights.ptr, weightsDType: sel.weights.dtype as FloatDType, weightsStride: sel.weights.strides[1],
+      }, layer.stream),
+    );
+    try {
+      return timeSteps(() => graph.launch(layer.stream), layer.stream, o);
+    } finally {
+      graph.dispose();
+    }
+  } finally {
+    out.dispose();
+    status.dispose();
+    scratch.dispose();
+  }
+}
+
 function configOf(c: AttendBenchConfig): Record<string, number | string> {
   return { ...c };
 }
@@ -223,8 +253,8 @@ function denseBytes(c: AttendBenchConfig): number {
 export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, copyGBs: number): RecordRow[] {
   const layout = benchLayout(c);
   const shape = layout.shape;
-  // Steps append: one checked step, warm-up and two timed loops per layer kind.
-  const capacity = c.sk + 2 * (1 + o.warmup + 2 * o.iters) + 16;
+  // Steps append: one checked step, warm-up and two timed loops per layer kind, and the select-only loops.
+  const capacity = c.sk + 3 * (1 + o.warmup + 2 * o.iters) + 16;
   const kv = new KVCache(shape, capacity, c.dtype);
   const made: Array<{ dispose(): void }> = [kv];
   try {
@@ -244,6 +274,10 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
     sparse.step(inputs.sets[0]);
     const sparseErr = sampleRowError(sparse, inputs.sets[0], layout);
     const ts = timeSteps((i) => sparse.step(inputs.sets[i % SETS]), stream, o);
+    // Where the sparse step's time goes: the PQ step alone (its own graph), the attention alone.
+    const pq = sparse.pq as NonNullable<typeof sparse.pq>;
+    const tSelect = timeSteps((i) => pq.step(inputs.sets[i % SETS].query, inputs.sets[i % SETS].key), stream, o);
+    const tAttend = timeAttendOnly(sparse, inputs.sets[0], o);
     // The dense layer starts at the same sk (its appends overwrite rows the sparse steps wrote).
     dense.adoptPrefilled(c.sk);
     dense.step(inputs.sets[0]);
@@ -256,6 +290,7 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
       latencyRow('pqcache-cuda-sparse-step', configOf(c), ts.wall, {
         device, sample_row_rel_error: sparseErr, speedup_vs_dense_gpu: round3(td.gpu.median / ts.gpu.median),
         speedup_vs_dense_wall: round3(td.wall.median / ts.wall.median), list_capacity: layout.listCapacity,
+        select_step_only_gpu_us: round3(tSelect.gpu.median), sparse_attend_only_gpu_us: round3(tAttend.gpu.median),
       }, ts.gpu, sparseErr <= tol),
       latencyRow('pqcache-cuda-dense-step', configOf(c), td.wall, {
         device, sample_row_rel_error: denseErr, kv_bytes: denseBytes(c), effective_GBs: round3(denseGBs), copy_GBs: round3(copyGBs),
