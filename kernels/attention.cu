@@ -217,43 +217,46 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   const int64_t kv_row0 = static_cast<int64_t>(b * Hkv + kvh) * kv_stride;
   for (int base = begin + warp * PER_WARP; base < end; base += NWARPS * PER_WARP) {
     int pos[U];
-    float w[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int i = base + u * PW + slot;
       int p = -1;
-      float wp = 0.0f;
       if (i < end) {
         if constexpr (SPARSE) {
           p = list[static_cast<int64_t>(row) * list_stride + i];
           if (p < 0 || p >= sk) {
             if (sub == 0) atomicOr(status, PQ_STATUS_LIST_RANGE);
             p = -1;
-          } else {
-            wp = pq_load_float(weights, wdtype, row * w_stride + p);
-            if (!(wp > 0.0f)) p = -1;  // zero (or invalid) weight: contributes nothing
           }
         } else {
           p = i;
-          wp = 1.0f;
         }
       }
       pos[u] = p;
-      w[u] = p >= 0 ? wp : 0.0f;
     }
+    // K/V loads go out before the weights arrive (a zero weight only drops the position later).
+    // Addresses are clamped in range for lanes that load nothing.
     Packet<T, DPL> kp[U], vp[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const int64_t at = (kv_row0 + max(pos[u], 0)) * D + (lane_dims > 0 ? d0 : 0);
       if (pos[u] >= 0 && lane_dims == DPL) {
-        kp[u].load(kcache + (kv_row0 + pos[u]) * D + d0);
-        vp[u].load(vcache + (kv_row0 + pos[u]) * D + d0);
+        kp[u].load(kcache + at);
+        vp[u].load(vcache + at);
       } else if (pos[u] >= 0 && lane_dims > 0) {
-        kp[u].load_partial(kcache + (kv_row0 + pos[u]) * D + d0, lane_dims);
-        vp[u].load_partial(vcache + (kv_row0 + pos[u]) * D + d0, lane_dims);
+        kp[u].load_partial(kcache + at, lane_dims);
+        vp[u].load_partial(vcache + at, lane_dims);
       } else {
         kp[u].zero();
         vp[u].zero();
       }
+    }
+    float w[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      w[u] = 0.0f;
+      if (pos[u] >= 0) w[u] = SPARSE ? pq_load_float(weights, wdtype, row * w_stride + pos[u]) : 1.0f;
+      if (!(w[u] > 0.0f)) pos[u] = -1;  // zero (or invalid) weight: contributes nothing
     }
     float s[GH][U];
 #pragma unroll
