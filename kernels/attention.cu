@@ -19,7 +19,7 @@
 //   a lane holding DPL = DMAX/LP dims of q, k, v and acc; a warp loads U sub-steps of 32/LP
 //   positions (all K and V rows) before using them.
 // Layout: q [B,H,D] (qdtype), k/v caches [B,Hkv,kv_stride,D] (T), out [B,H,D] (T),
-//   partial [rows, splits, GH, D+2] f32 (m, l, acc), counters [rows] u32.
+//   partial [rows, splits, GH, D+4] f32 (m, l, -, -, acc), counters [rows] u32; splits <= MAX_SPLITS.
 // sk = *seq_len + seq_add (seq_len == nullptr: sk = seq_add).
 // Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % 8 == 0 and k/v base pointers 16-byte
 //   aligned (so full packets are aligned vector loads; a lane past D % DPL loads element-wise);
@@ -39,6 +39,7 @@ namespace {
 constexpr int NT = 128;
 constexpr int NWARPS = NT / 32;
 constexpr float LOG2E = 1.4426950408889634f;
+constexpr int MAX_SPLITS = 256;  // splits per row (the merge keeps one weight per split and head)
 
 template <typename T>
 struct Elem;
@@ -104,11 +105,10 @@ struct Packet {
   __device__ __forceinline__ float get(int j) const {
     if constexpr (sizeof(T) == 4) {
       return __uint_as_float(w[j]);
+    } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+      return __uint_as_float((j & 1) ? (w[j >> 1] & 0xffff0000u) : (w[j >> 1] << 16));  // bf16 = high half of f32
     } else {
-      const uint32_t bits = (w[j >> 1] >> ((j & 1) * 16)) & 0xffffu;
-      const unsigned short s = static_cast<unsigned short>(bits);
-      if constexpr (std::is_same<T, __half>::value) return __half2float(__ushort_as_half(s));
-      else return __bfloat162float(__ushort_as_bfloat16(s));
+      return __half2float(__ushort_as_half(static_cast<unsigned short>((w[j >> 1] >> ((j & 1) * 16)) & 0xffffu)));
     }
   }
 };
@@ -309,7 +309,8 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     }
   }
   __syncthreads();
-  const int rec = D + 2;
+  // Partial record per head: [m, l, -, -, acc[D]] (acc 16-byte aligned for the merge's float4 loads).
+  const int rec = D + 4;
   float* my_partial = partial + (static_cast<int64_t>(row) * splits + split) * GH * rec;
   for (int t = threadIdx.x; t < heads * (D + 1); t += NT) {
     const int g = t / (D + 1);
@@ -324,38 +325,69 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
       sum += f * (d < D ? sm_acc[w2][g][d] : sm_l[w2][g]);
     }
     if (d < D) {
-      my_partial[g * rec + 2 + d] = sum;
+      my_partial[g * rec + 4 + d] = sum;
     } else {
       my_partial[g * rec] = mx;
       my_partial[g * rec + 1] = sum;
     }
   }
 
-  // The last block of the row merges every split's partial.
+  // The last block of the row merges every split's partial: the split weights f = 2^(m_x - M)
+  // first (in shared memory), then each thread sums 4 consecutive dims over the splits with
+  // independent float4 loads, 16 splits at a time.
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) sm_last = atomicAdd(&counters[row], 1u) == static_cast<unsigned>(splits - 1);
   __syncthreads();
   if (!sm_last) return;
   __threadfence();
+  __shared__ float sm_f[MAX_SPLITS][GH];
+  __shared__ float sm_den[GH];
   const float* row_partial = partial + static_cast<int64_t>(row) * splits * GH * rec;
-  for (int t = threadIdx.x; t < heads * D; t += NT) {
-    const int g = t / D;
-    const int d = t - g * D;
+  for (int t = threadIdx.x; t < splits * heads; t += NT) {
+    const int x = t / heads;
+    const int g = t - x * heads;
+    sm_f[x][g] = __ldcg(row_partial + (x * GH + g) * rec);  // m_x for now
+  }
+  __syncthreads();
+  if (threadIdx.x < heads) {
+    const int g = threadIdx.x;
     float mx = -INFINITY;
-    for (int x = 0; x < splits; ++x) mx = fmaxf(mx, __ldcg(row_partial + (x * GH + g) * rec));
-    float num = 0.0f, den = 0.0f;
-    if (mx != -INFINITY) {
-      for (int x = 0; x < splits; ++x) {
-        const float* pr = row_partial + (x * GH + g) * rec;
-        const float mi = __ldcg(pr);
-        if (mi == -INFINITY) continue;
-        const float f = exp2f(mi - mx);
-        den += f * __ldcg(pr + 1);
-        num += f * __ldcg(pr + 2 + d);
+    for (int x = 0; x < splits; ++x) mx = fmaxf(mx, sm_f[x][g]);
+    float den = 0.0f;
+    for (int x = 0; x < splits; ++x) {
+      const float f = sm_f[x][g] == -INFINITY ? 0.0f : exp2f(sm_f[x][g] - mx);
+      den += f * __ldcg(row_partial + (x * GH + g) * rec + 1);
+      sm_f[x][g] = f;
+    }
+    sm_den[g] = den;
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < heads * (D / 4); t += NT) {
+    const int g = t / (D / 4);
+    const int d = (t - g * (D / 4)) * 4;
+    float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int x0 = 0; x0 < splits; x0 += 16) {
+      float4 a[16];
+#pragma unroll
+      for (int k = 0; k < 16; ++k)
+        a[k] = x0 + k < splits ? __ldcg(reinterpret_cast<const float4*>(row_partial + ((x0 + k) * GH + g) * rec + 4 + d))
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int k = 0; k < 16; ++k) {
+        const float f = x0 + k < splits ? sm_f[x0 + k][g] : 0.0f;
+        num.x = fmaf(f, a[k].x, num.x);
+        num.y = fmaf(f, a[k].y, num.y);
+        num.z = fmaf(f, a[k].z, num.z);
+        num.w = fmaf(f, a[k].w, num.w);
       }
     }
-    out[static_cast<int64_t>(b * H + first_head + g) * D + d] = Elem<T>::from_float(den > 0.0f ? num / den : 0.0f);
+    const float den = sm_den[g];
+    T* o = out + static_cast<int64_t>(b * H + first_head + g) * D + d;
+    o[0] = Elem<T>::from_float(den > 0.0f ? num.x / den : 0.0f);
+    o[1] = Elem<T>::from_float(den > 0.0f ? num.y / den : 0.0f);
+    o[2] = Elem<T>::from_float(den > 0.0f ? num.z / den : 0.0f);
+    o[3] = Elem<T>::from_float(den > 0.0f ? num.w / den : 0.0f);
   }
   if (threadIdx.x == 0) counters[row] = 0u;
 }

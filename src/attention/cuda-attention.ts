@@ -73,8 +73,11 @@ function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
+/** Most splits per row (kernels/attention.cu MAX_SPLITS). */
+export const MAX_ATTEND_SPLITS = 256;
+
 function splitPlan(rows: number, maxLen: number, step: number, sms: number): { chunk: number; splits: number } {
-  const wantSplits = Math.max(1, Math.ceil((BLOCKS_PER_SM * sms) / rows));
+  const wantSplits = Math.min(MAX_ATTEND_SPLITS, Math.max(1, Math.ceil((BLOCKS_PER_SM * sms) / rows)));
   const chunk = Math.max(step, roundUp(Math.ceil(maxLen / wantSplits), step));
   return { chunk, splits: Math.max(1, Math.ceil(maxLen / chunk)) };
 }
@@ -102,7 +105,7 @@ export class AttendScratch {
 
   constructor(readonly plan: AttendPlan, headDim: number, stream: Stream) {
     this.arena = DeviceArena.allocate({
-      partial: plan.rows * plan.splits * plan.groupHeads * (headDim + 2) * 4,
+      partial: plan.rows * plan.splits * plan.groupHeads * (headDim + 4) * 4,
       counters: plan.rows * 4,
     });
     copies.fill32Async(this.arena.slices.counters, 0, plan.rows, stream); // the kernels keep them zero between launches
