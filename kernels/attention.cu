@@ -341,13 +341,18 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   __syncthreads();
   if (!sm_last) return;
   __threadfence();
-  __shared__ float sm_f[MAX_SPLITS][GH];
+  // The warps' accumulators are written out: their shared memory holds the split weights now.
+  static_assert(NWARPS * DMAX >= 2 * MAX_SPLITS, "sm_acc must hold sm_f and sm_sl");
+  float(*sm_f)[GH] = reinterpret_cast<float(*)[GH]>(&sm_acc[0][0][0]);
+  float(*sm_sl)[GH] = sm_f + MAX_SPLITS;
   __shared__ float sm_den[GH];
   const float* row_partial = partial + static_cast<int64_t>(row) * splits * GH * rec;
-  for (int t = threadIdx.x; t < splits * heads; t += NT) {
+  for (int t = threadIdx.x; t < splits * heads; t += NT) {  // every (m, l) at once: one round trip
     const int x = t / heads;
     const int g = t - x * heads;
-    sm_f[x][g] = __ldcg(row_partial + (x * GH + g) * rec);  // m_x for now
+    const float2 ml = __ldcg(reinterpret_cast<const float2*>(row_partial + (x * GH + g) * rec));
+    sm_f[x][g] = ml.x;  // m_x for now
+    sm_sl[x][g] = ml.y;
   }
   __syncthreads();
   if (threadIdx.x < heads) {
@@ -357,7 +362,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     float den = 0.0f;
     for (int x = 0; x < splits; ++x) {
       const float f = sm_f[x][g] == -INFINITY ? 0.0f : exp2f(sm_f[x][g] - mx);
-      den += f * __ldcg(row_partial + (x * GH + g) * rec + 1);
+      den += f * sm_sl[x][g];
       sm_f[x][g] = f;
     }
     sm_den[g] = den;

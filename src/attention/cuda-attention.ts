@@ -23,8 +23,8 @@ export const ATTEND_THREADS = 128;
 const WARPS = ATTEND_THREADS / 32;
 /** Largest head dimension of the attention kernels. */
 export const MAX_ATTEND_HEAD_DIM = 256;
-/** Blocks per SM the plans aim for (enough loads in flight to cover HBM latency). */
-const BLOCKS_PER_SM = 4;
+/** Blocks per SM the plans assume when the kernel's occupancy is not known. */
+const DEFAULT_BLOCKS_PER_SM = 4;
 
 export const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
 
@@ -76,26 +76,27 @@ function roundUp(n: number, a: number): number {
 /** Most splits per row (kernels/attention.cu MAX_SPLITS). */
 export const MAX_ATTEND_SPLITS = 256;
 
-function splitPlan(rows: number, maxLen: number, step: number, sms: number): { chunk: number; splits: number } {
-  const wantSplits = Math.min(MAX_ATTEND_SPLITS, Math.max(1, Math.ceil((BLOCKS_PER_SM * sms) / rows)));
+/** Splits so that rows × splits fills one wave of resident blocks (no half-empty second wave). */
+function splitPlan(rows: number, maxLen: number, step: number, sms: number, blocksPerSM: number): { chunk: number; splits: number } {
+  const wantSplits = Math.min(MAX_ATTEND_SPLITS, Math.max(1, Math.floor((blocksPerSM * sms) / rows)));
   const chunk = Math.max(step, roundUp(Math.ceil(maxLen / wantSplits), step));
   return { chunk, splits: Math.max(1, Math.ceil(maxLen / chunk)) };
 }
 
 /** Sparse attention over lists of up to `listCapacity` positions. */
-export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number): AttendPlan {
+export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM): AttendPlan {
   const geo = attendGeometry(shape.headDim, 1, kvDType);
   const rows = shape.batch * shape.heads;
-  const { chunk, splits } = splitPlan(rows, listCapacity, WARPS * geo.positionsPerWarp, sms);
+  const { chunk, splits } = splitPlan(rows, listCapacity, WARPS * geo.positionsPerWarp, sms, blocksPerSM);
   return { kind: 'sparse', rows, splits, chunk, groupHeads: 1, maxLen: listCapacity, kernel: `pq_attend_sparse_${kvDType}_d${geo.dmax}` };
 }
 
 /** Dense attention over every position, valid while sk ≤ maxSeqLen. */
-export function planDenseAttend(shape: CacheShape, kvDType: FloatDType, maxSeqLen: number, sms: number): AttendPlan {
+export function planDenseAttend(shape: CacheShape, kvDType: FloatDType, maxSeqLen: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM): AttendPlan {
   const gh = denseGroupHeads(shape.heads / shape.kvHeads);
   const geo = attendGeometry(shape.headDim, gh, kvDType);
   const rows = shape.batch * shape.kvHeads * Math.ceil(shape.heads / shape.kvHeads / gh);
-  const { chunk, splits } = splitPlan(rows, maxSeqLen, WARPS * geo.positionsPerWarp, sms);
+  const { chunk, splits } = splitPlan(rows, maxSeqLen, WARPS * geo.positionsPerWarp, sms, blocksPerSM);
   return { kind: 'dense', rows, splits, chunk, groupHeads: gh, maxLen: maxSeqLen, kernel: `pq_attend_dense_${kvDType}_d${geo.dmax}_g${gh}` };
 }
 
@@ -241,12 +242,21 @@ export class CudaAttention {
     return loadKernels('attention').kernel(name);
   }
 
+  /** Resident blocks per SM of a kernel (registers and shared memory decide). */
+  private blocksPerSM(name: string): number {
+    return Math.max(1, this.kernel(name).occupancy(ATTEND_THREADS));
+  }
+
   sparsePlan(kvDType: FloatDType, listCapacity: number): AttendPlan {
-    return planSparseAttend(this.shape, kvDType, listCapacity, this.context.device.multiprocessorCount);
+    const sms = this.context.device.multiprocessorCount;
+    const name = planSparseAttend(this.shape, kvDType, listCapacity, sms).kernel;
+    return planSparseAttend(this.shape, kvDType, listCapacity, sms, this.blocksPerSM(name));
   }
 
   densePlan(kvDType: FloatDType, maxSeqLen: number): AttendPlan {
-    return planDenseAttend(this.shape, kvDType, maxSeqLen, this.context.device.multiprocessorCount);
+    const sms = this.context.device.multiprocessorCount;
+    const name = planDenseAttend(this.shape, kvDType, maxSeqLen, sms).kernel;
+    return planDenseAttend(this.shape, kvDType, maxSeqLen, sms, this.blocksPerSM(name));
   }
 
   launchSparse(plan: AttendPlan, scratch: AttendScratch, io: SparseIO, stream: Stream): void {
