@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-/** The `pqcache` command line: info, demo, verify, bench. */
+/** The `pqcache` command line: info, demo, verify, quality, bench. */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PQCacheError } from '../errors.js';
 import { runBench } from './bench.js';
 import { runDemo } from './demo.js';
 import { runInfo } from './info.js';
+import { runQualityCli } from './quality.js';
 import { runVerify } from './verify.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -46,6 +47,17 @@ program
   .option('--verbose', 'print every case')
   .action((o) => {
     process.exitCode = runVerify({ backend: o.backend, cases: o.cases, seed: o.seed, verbose: o.verbose === true, first: o.first });
+  });
+
+program
+  .command('quality')
+  .description('recall@K, softmax mass and attention error of PQ selection vs exact top-K, sink+window and random, on synthetic LLM data')
+  .addOption(new Option('--backend <name>', 'auto | cpu | cuda').choices(['auto', 'cpu', 'cuda']).default('auto'))
+  .option('--quick', 'a small grid that runs in seconds on the CPU (CI)')
+  .option('--seed <n>', 'seed of the synthetic data', int('seed'))
+  .option('--json <file>', 'write the record here (default for full cuda runs: bench/results/quality-<device>.json)')
+  .action((o) => {
+    process.exitCode = runQualityCli({ backend: o.backend, quick: o.quick === true, json: o.json, seed: o.seed, command: `pqcache ${process.argv.slice(2).join(' ')}` });
   });
 
 program

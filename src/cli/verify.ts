@@ -1,9 +1,8 @@
 /** `pqcache verify`: a backend against the float64 brute force on random configs; exit 1 on mismatch. */
-import { CpuPQCache, type PQCache } from '../pq/cache.js';
-import { CudaPQCache } from '../pq/cuda-cache.js';
+import type { PQCache } from '../pq/cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { CPU_LIMITS, CUDA_LIMITS, type CaseResult, makeCase, runCase } from '../pq/verify.js';
-import { decideBackend } from '../pq/backend.js';
+import { cacheFromState, decideBackend } from '../pq/backend.js';
 import { progress } from './progress.js';
 
 export interface VerifyOptions {
@@ -17,17 +16,7 @@ export interface VerifyOptions {
 export function runVerify(o: VerifyOptions): number {
   decideBackend(o.backend); // throws CudaUnavailableError when cuda is asked for and absent
   const limits = o.backend === 'cuda' ? CUDA_LIMITS : CPU_LIMITS;
-  const create = (state: PQIndexState): PQCache => {
-    if (o.backend === 'cpu') return CpuPQCache.fromState(state);
-    const cache = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity });
-    try {
-      cache.uploadState(state);
-    } catch (e) {
-      cache.dispose();
-      throw e;
-    }
-    return cache;
-  };
+  const create = (state: PQIndexState): PQCache => cacheFromState(o.backend, state);
   const bar = progress(`verify ${o.backend}`);
   const failed: CaseResult[] = [];
   const counts = { exact: 0, tolerant: 0, built: 0 };

@@ -9,6 +9,7 @@ import { type BackendName, CpuPQCache, type PQCache } from './cache.js';
 import { makeLayout } from './config.js';
 import { CudaPQCache, type CudaPQCacheOptions } from './cuda-cache.js';
 import { cudaLayoutProblem } from './cuda-plan.js';
+import type { PQIndexState } from './index-state.js';
 import { kernelImagePath } from './kernels.js';
 
 export type BackendChoice = BackendName | 'auto';
@@ -52,4 +53,17 @@ export function createPQCache(options: CreateOptions): PQCache & { readonly back
   const decision = decideBackend(options.backend ?? 'auto', options);
   const cache = decision.backend === 'cuda' ? new CudaPQCache(options) : new CpuPQCache(options);
   return Object.assign(cache, { backendReason: decision.reason });
+}
+
+/** A cache on `backend` holding an existing index state (built elsewhere, loaded, or made by hand). */
+export function cacheFromState(backend: BackendName, state: PQIndexState): PQCache {
+  if (backend === 'cpu') return CpuPQCache.fromState(state);
+  const cache = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity });
+  try {
+    cache.uploadState(state);
+  } catch (e) {
+    cache.dispose();
+    throw e;
+  }
+  return cache;
 }
