@@ -38,3 +38,24 @@ test('bad arguments are reported with the argument name', () => {
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /cases must be an integer/);
 });
+
+test('pqcache quality --quick runs on the CPU, prints the baselines and writes a record', () => {
+  const file = join(mkdtempSync(join(tmpdir(), 'pqcache-')), 'quality.json');
+  const r = run('quality', '--quick', '--backend', 'cpu', '--json', file);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  for (const impl of ['exact-topk', 'sink-window', 'random-k', 'pqcache-cpu']) assert.match(r.stdout, new RegExp(impl));
+  const rec = JSON.parse(readFileSync(file, 'utf8'));
+  assert.equal(rec.kind, 'quality');
+  assert.ok(rec.rows.every((row: { extra: { recall: number } }) => row.extra.recall >= 0 && row.extra.recall <= 1));
+});
+
+test('pqcache demo on the CPU decodes, checks quality and writes the report', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pqcache-report-'));
+  const r = run('demo', '--backend', 'cpu', '--steps', '6', '--seq-len', '1024', '--heads', '4', '--kv-heads', '2', '--quality-every', '3', '--report', dir);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /recall@128 vs exact top-128\s+0\.\d+/);
+  assert.match(r.stdout, /speed-up over dense\s+[\d.]+×/);
+  const html = readFileSync(join(dir, 'index.html'), 'utf8');
+  assert.match(html, /<img src="recall.svg"/);
+  assert.match(readFileSync(join(dir, 'recall.svg'), 'utf8'), /^<svg/);
+});

@@ -26,15 +26,16 @@ program.command('info').description('backends, device and driver').action(() => 
 
 program
   .command('demo')
-  .description('build an index on synthetic LLM-like keys, decode N steps, print latency and quality')
+  .description('build an index on synthetic LLM-like keys, decode N steps (append + select + attend), print latency and quality, write a report')
   .addOption(new Option('--backend <name>', 'auto | cpu | cuda').choices(['auto', 'cpu', 'cuda']).default('auto'))
-  .option('--steps <n>', 'decode steps', int('steps', 1), 100)
+  .option('--steps <n>', 'decode steps', int('steps', 1), 200)
   .option('--seq-len <n>', 'cached tokens before decoding (default 32000 on cuda, 8192 on cpu)', int('seq-len', 1024))
   .option('--heads <n>', 'query heads', int('heads', 1), 32)
   .option('--kv-heads <n>', 'key/value heads', int('kv-heads', 1), 8)
   .option('--quality-every <n>', 'measure quality every n steps', int('quality-every', 1), 25)
-  .action((o) => {
-    process.exitCode = runDemo({ backend: o.backend, steps: o.steps, seqLen: o.seqLen, heads: o.heads, kvHeads: o.kvHeads, qualityEvery: o.qualityEvery });
+  .option('--report <dir>', 'where to write index.html and the charts', 'report')
+  .action(async (o) => {
+    process.exitCode = await runDemo({ backend: o.backend, steps: o.steps, seqLen: o.seqLen, heads: o.heads, kvHeads: o.kvHeads, qualityEvery: o.qualityEvery, reportDir: o.report });
   });
 
 program
@@ -82,7 +83,7 @@ program
   });
 
 try {
-  program.parse();
+  await program.parseAsync();
 } catch (e) {
   if (e instanceof PQCacheError) {
     console.error(`pqcache: ${e.name}: ${e.message}`);
