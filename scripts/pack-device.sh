@@ -26,14 +26,19 @@ cp package.json .device/app/
 cp -r dist .device/app/dist
 rm -rf .device/app/dist/test/*.map .device/app/dist/src/**/*.map 2>/dev/null || true
 cp -r kernels/dist .device/app/kernels/dist
-# Production dependencies plus fast-check (the GPU tests use it), without the typescript toolchain.
+# Production dependencies (npm ls --omit=dev) plus fast-check (the GPU tests use it), without the
+# typescript toolchain; source maps and typings stay behind.
 mkdir -p .device/app/node_modules
-for dep in koffi @koromix/koffi-linux-x64 commander cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point fast-check pure-rand; do
-  if [ -d "node_modules/$dep" ]; then
-    mkdir -p ".device/app/node_modules/$(dirname "$dep")"
-    cp -r "node_modules/$dep" ".device/app/node_modules/$dep"
-  fi
+deps=$( (npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2; echo "$PWD/node_modules/fast-check"; echo "$PWD/node_modules/pure-rand") | sed "s|^$PWD/||" | sort -u)
+for dep in $deps; do
+  mkdir -p ".device/app/$(dirname "$dep")"
+  cp -r "$dep" ".device/app/$dep"
 done
+find .device/app/node_modules \( -name '*.map' -o -name '*.d.ts' -o -name '*.md' \) -type f -delete
+# vega and vega-lite are imported as ES modules (build/vega.module.js, build/index.js): drop the
+# browser bundles, schemas and TypeScript sources they also ship.
+(cd .device/app/node_modules && rm -rf vega/build/vega.js vega/build/vega.min.js vega/build/vega-core.js vega/build/vega-core.min.js \
+  vega/build/vega-schema.json vega-lite/build/vega-lite.min.js vega-lite/build/vega-lite-schema.json vega-lite/src)
 rm -rf .device/app/node_modules/koffi/vendor .device/app/node_modules/koffi/doc
 git rev-parse HEAD > .device/COMMIT 2>/dev/null || echo unknown > .device/COMMIT
 git status --porcelain | grep -q . && echo "$(cat .device/COMMIT)+dirty" > .device/COMMIT || true
