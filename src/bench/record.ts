@@ -3,7 +3,7 @@
  * replacing the older one, with device, driver, commit, date and the reproducing command.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname } from 'node:path';
 import { type LatencySummary, round3 } from './stats.js';
@@ -78,4 +78,24 @@ export function latencyRow(
     ...(matches !== undefined ? { matches_oracle: matches } : {}),
     extra,
   };
+}
+
+/**
+ * Merge rows into the record at `path` (kept rows: those of other producers), so several commands
+ * (fuzz, soak, sanitizers) can fill one record; rows whose impl starts with one of `replace` go.
+ */
+export function mergeIntoRecord(path: string, fresh: BenchRecord, replace: readonly string[]): BenchRecord {
+  let rows: RecordRow[] = [];
+  let command = fresh.command;
+  if (existsSync(path)) {
+    const old = JSON.parse(readFileSync(path, 'utf8')) as BenchRecord;
+    if (old.device === fresh.device && old.kind === fresh.kind) {
+      // Kept rows remember the commit they were measured at.
+      rows = old.rows.filter((r) => !replace.some((p) => r.impl.startsWith(p))).map((r) => ({ ...r, extra: { commit: old.commit, ...r.extra } }));
+      if (rows.length > 0) command = old.command.includes(fresh.command) ? old.command : `${old.command} && ${fresh.command}`;
+    }
+  }
+  const merged: BenchRecord = { ...fresh, command, rows: [...rows, ...fresh.rows.map((r) => ({ ...r, extra: { commit: fresh.commit, ...r.extra } }))] };
+  writeRecord(path, merged);
+  return merged;
 }

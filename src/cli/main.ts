@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** The `pqcache` command line: info, demo, verify, quality, bench. */
+/** The `pqcache` command line: info, demo, verify, quality, fuzz, soak, bench. */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PQCacheError } from '../errors.js';
@@ -7,6 +7,7 @@ import { runBench } from './bench.js';
 import { runDemo } from './demo.js';
 import { runInfo } from './info.js';
 import { runQualityCli } from './quality.js';
+import { runFaultProbe, runFuzzCli, runSoakCli } from './reliability.js';
 import { runVerify } from './verify.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -60,6 +61,33 @@ program
   .action((o) => {
     process.exitCode = runQualityCli({ backend: o.backend, quick: o.quick === true, json: o.json, seed: o.seed, command: `pqcache ${process.argv.slice(2).join(' ')}` });
   });
+
+program
+  .command('fuzz')
+  .description('random valid and invalid inputs against the oracles (and the fault paths on cuda); exit 1 on any mismatch')
+  .addOption(new Option('--backend <name>', 'cpu | cuda').choices(['cpu', 'cuda']).default('cpu'))
+  .option('--cases <n>', 'valid cases (decode steps, layer steps, builds)', int('cases', 1), 2000)
+  .option('--seed <n>', 'seed', int('seed'), 1)
+  .option('--json <file>', 'merge the rows into this record (default bench/results/reliability-<device>.json)')
+  .action((o) => {
+    process.exitCode = runFuzzCli({ backend: o.backend, cases: o.cases, seed: o.seed, json: o.json, command: `pqcache ${process.argv.slice(2).join(' ')}` });
+  });
+
+program
+  .command('soak')
+  .description('long runs on reused indexes (cuda): device memory, RSS and latency over time')
+  .option('--steps <n>', 'decode steps on one index', int('steps', 1), 1_000_000)
+  .option('--request-len <n>', 'steps per request (the index is reset to the prefill between requests)', int('request-len', 1), 1000)
+  .option('--indexes <n>', 'indexes of the interleaved run', int('indexes', 1), 10)
+  .option('--interleaved-steps <n>', 'steps of the interleaved run (all indexes)', int('interleaved-steps', 0), 200_000)
+  .option('--json <file>', 'merge the rows into this record')
+  .action((o) => {
+    process.exitCode = runSoakCli({ steps: o.steps, requestLen: o.requestLen, indexes: o.indexes, interleavedSteps: o.interleavedSteps, json: o.json, command: `pqcache ${process.argv.slice(2).join(' ')}` });
+  });
+
+program.command('_fault <kind>', { hidden: true }).action((kind: string) => {
+  process.exitCode = runFaultProbe(kind);
+});
 
 program
   .command('bench')

@@ -1,0 +1,121 @@
+/**
+ * `pqcache soak`: many decode steps on long-lived indexes, watching device memory, host RSS and
+ * latency over time. A serving process reuses an index across requests, so the steps come as
+ * requests: the index state is reset to the same prefill (uploadState) and then `requestLen`
+ * decode steps (append + select, one graph launch, synchronized) run on it. Latency therefore
+ * compares like with like from the first request to the last, and any growth is a leak.
+ *   one index:   the seed config, `steps` steps in all;
+ *   N indexes:   N caches, each on its own stream, stepped round-robin (interleaved).
+ */
+import { CudaContext } from '../cuda/context.js';
+import { DeviceArena, allocationStats, copies } from '../cuda/memory.js';
+import { CudaPQCache } from '../pq/cuda-cache.js';
+import { SplitMix32 } from '../pq/rng.js';
+import { deviceTensor } from '../tensor/device-tensor.js';
+import type { RecordRow } from './record.js';
+import { SEED_BENCH, benchLayout, randomState } from './select-bench.js';
+import { nowUs, percentile, round3, summarize } from './stats.js';
+
+export interface SoakOptions {
+  readonly steps: number;
+  readonly requestLen: number;
+  readonly indexes: number;
+  /** Steps of the interleaved run (over all its indexes). */
+  readonly interleavedSteps: number;
+  readonly onProgress?: (done: number, total: number) => void;
+}
+
+interface Sample {
+  readonly step: number;
+  readonly deviceFreeMiB: number;
+  readonly ourDeviceMiB: number;
+  readonly rssMiB: number;
+  readonly p50: number;
+  readonly p99: number;
+}
+
+const MiB = 1024 * 1024;
+
+function sample(step: number, window: number[]): Sample {
+  const s = [...window].sort((a, b) => a - b);
+  return {
+    step,
+    deviceFreeMiB: round3(CudaContext.primary().memInfo().free / MiB),
+    ourDeviceMiB: round3(allocationStats().deviceBytes / MiB),
+    rssMiB: round3(process.memoryUsage().rss / MiB),
+    p50: round3(percentile(s, 0.5)),
+    p99: round3(percentile(s, 0.99)),
+  };
+}
+
+/** Run `total` steps over `count` caches round-robin; reset each cache every requestLen of its steps. */
+function soakRun(name: string, count: number, total: number, o: SoakOptions, done0: number, grandTotal: number): RecordRow {
+  const c = { ...SEED_BENCH, H: count > 1 ? 8 : SEED_BENCH.H, Hkv: count > 1 ? 8 : SEED_BENCH.Hkv };
+  const layout = benchLayout(c);
+  const capacity = c.sk + o.requestLen + 8;
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
+  const sets = 8;
+  const rng = new SplitMix32(11);
+  const arena = DeviceArena.allocate({ q: sets * B * H * D * 4, k: sets * B * Hkv * D * 4 });
+  const caches: CudaPQCache[] = [];
+  const windows: Sample[] = [];
+  const all: number[] = [];
+  try {
+    copies.fromHost(arena.slices.q, Float32Array.from({ length: sets * B * H * D }, () => rng.normal()));
+    copies.fromHost(arena.slices.k, Float32Array.from({ length: sets * B * Hkv * D }, () => rng.normal()));
+    const q = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr + BigInt(i * B * H * D * 4)));
+    const k = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr + BigInt(i * B * Hkv * D * 4)));
+    const prefill = randomState(layout, c.sk - 1, capacity, 5);
+    for (let i = 0; i < count; i++) caches.push(new CudaPQCache({ shape: layout.shape, config: layout.config, capacity }));
+    const stepsOf = new Array<number>(count).fill(0);
+    let window: number[] = [];
+    const windowLen = Math.max(o.requestLen, Math.floor(total / 50));
+    windows.push(sample(0, [0]));
+    for (let s = 0; s < total; s++) {
+      const i = s % count;
+      const cache = caches[i];
+      if (stepsOf[i] % o.requestLen === 0) cache.uploadState({ ...prefill, codes: prefill.codes.slice() }); // a new request
+      stepsOf[i]++;
+      const t0 = nowUs();
+      cache.step(q[s % sets], k[(s + i) % sets]);
+      cache.synchronize();
+      const dt = nowUs() - t0;
+      window.push(dt);
+      all.push(dt);
+      if (window.length === windowLen) {
+        windows.push(sample(s + 1, window));
+        window = [];
+        o.onProgress?.(done0 + s + 1, grandTotal);
+      }
+    }
+    if (window.length > 0) windows.push(sample(total, window));
+  } finally {
+    for (const cache of caches) cache.dispose();
+    arena.dispose();
+  }
+  const first = windows[1];
+  const last = windows[windows.length - 1];
+  const wall = summarize(all);
+  const drift = (last.p99 - first.p99) / first.p99;
+  return {
+    impl: name,
+    config: { ...c, indexes: count, steps: total, request_len: o.requestLen },
+    wall_us: { median: round3(wall.median), p90: round3(wall.p90), p99: round3(wall.p99) },
+    extra: {
+      device: CudaContext.primary().device.name,
+      device_free_mib: { start: windows[0].deviceFreeMiB, end: last.deviceFreeMiB },
+      our_device_mib: { start: windows[0].ourDeviceMiB, end: last.ourDeviceMiB },
+      rss_mib: { start: first.rssMiB, end: last.rssMiB },
+      p99_us: { first_window: first.p99, last_window: last.p99 },
+      p99_drift: round3(drift),
+      windows,
+    },
+  };
+}
+
+export function runSoak(o: SoakOptions): RecordRow[] {
+  const grand = o.steps + o.interleavedSteps;
+  const rows = [soakRun('soak-1-index', 1, o.steps, o, 0, grand)];
+  if (o.indexes > 1 && o.interleavedSteps > 0) rows.push(soakRun(`soak-${o.indexes}-indexes-interleaved`, o.indexes, o.interleavedSteps, o, o.steps, grand));
+  return rows;
+}
