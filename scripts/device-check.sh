@@ -2,11 +2,12 @@
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
 # Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune
-# attend step attsan). Logs and records go to
+# attend step attsan fuzz soak quality report sanall). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"
 mkdir -p "$OUT" bench/results
+marker=$(mktemp); touch "$marker"  # records written after this came from this run
 steps="${*:-info tests verify sanitize runtime select torch}"
 summary=()
 run() { # name limit cmd…
@@ -14,7 +15,7 @@ run() { # name limit cmd…
   local t0=$(date +%s)
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  summary+=("$(printf '%-10s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E 'passed|# (pass|fail)|ERROR SUMMARY|wrote|merged' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-150)")")
+  summary+=("$(printf '%-10s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E 'passed|# (pass|fail)|ERROR SUMMARY|wrote|merged|mismatches' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-150)")")
   tail -25 "$OUT/$name.log"
 }
 for s in $steps; do
@@ -42,10 +43,22 @@ for s in $steps; do
           run torchstep 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/step-*.json | head -1)" --iters 50 ;;
     attsan) run attsan 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --report-api-errors no --target-processes all node --test .device/app/dist/test/gpu/attention.test.js
             run attrace 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --target-processes all node --test .device/app/dist/test/gpu/attention.test.js ;;
+    fuzz) run fuzz 560 pqcache fuzz --backend cuda --cases 100000 --seed 2026 ;;
+    soak) run soak 240 pqcache soak --steps 1000000 --interleaved-steps 200000 ;;
+    quality) run quality 300 pqcache quality --backend cuda ;;
+    report) run report 300 pqcache demo --backend cuda --report "$OUT/report" ;;
+    sanall)
+      for tool in memcheck racecheck initcheck synccheck; do
+        run "san-$tool" 400 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=10 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 $(ls .device/app/dist/test/gpu/*.test.js)
+      done
+      node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done
-cp bench/results/*.json "$OUT/" 2>/dev/null
-# At most 8 files come back from $OUT: fold the logs into one archive when there are more.
-if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then (cd "$OUT" && tar czf logs.tgz *.log && rm -f *.log); fi
+find bench/results -name '*.json' -newer "$marker" -exec cp {} "$OUT/" \;
+# At most 8 files come back from $OUT: fold the logs (and the report) into one archive, then the
+# records into another, while there are more.
+count() { find "$OUT" -type f | wc -l; }
+if [ "$(count)" -gt 8 ]; then (cd "$OUT" && tar czf logs.tgz $(ls *.log 2>/dev/null) $( [ -d report ] && echo report) && rm -rf *.log report); fi
+if [ "$(count)" -gt 8 ]; then (cd "$OUT" && tar czf records.tgz *.json && rm -f *.json); fi
 echo; echo "== summary"; printf '%s\n' "${summary[@]}"
