@@ -25,4 +25,4 @@ for (const f of readdirSync(dir).filter((f) => /^san-.*\.log$/.test(f)).sort()) 
   });
   console.log(`${tool}: ${errors} errors over ${summary.length} processes, tests ${tests} passed / ${failed} failed`);
 }
-mergeIntoRecord(defaultRecordPath('reliability', dev.name), record, ['sanitizer-']);
+mergeIntoRecord(defaultRecordPath('reliability', dev.name), record, record.rows.map((r) => r.impl));
