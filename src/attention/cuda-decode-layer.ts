@@ -62,6 +62,11 @@ export interface PreparedStep {
 const STATUS_KEY_NONFINITE = 2;
 const STATUS_LIST_RANGE = 4;
 const STATUS_VALUE_NONFINITE = 8;
+/** Bytes a staged input occupies: its size rounded up to 256 (each region 256-byte aligned). */
+function stagingBytes(bytes: number): number {
+  return Math.ceil(bytes / 256) * 256;
+}
+
 /** Graphs kept per layer before the cache is cleared (plans and bindings rarely change). */
 const MAX_GRAPHS = 16;
 
@@ -125,8 +130,9 @@ export class CudaDecodeLayer implements DecodeLayer {
       made.push(this.status);
       this.statusView = new Int32Array(this.status.arrayBuffer, 0, 1);
       this.statusView[0] = 0;
-      // Staging for host inputs: query, key, value regions of 4 bytes per element at most.
-      this.staging = new PinnedBuffer(4 * D * (B * H + 2 * B * Hkv));
+      // Staging for host inputs: query, key and value regions of 4 bytes per element at most,
+      // each starting on a 256-byte boundary (bind() lays them out the same way).
+      this.staging = new PinnedBuffer(stagingBytes(4 * D * B * H) + 2 * stagingBytes(4 * D * B * Hkv));
       made.push(this.staging);
       this.stagingConsumed = new Event({ timing: false });
       made.push(this.stagingConsumed);
@@ -288,7 +294,7 @@ export class CudaDecodeLayer implements DecodeLayer {
       const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
       new Uint8Array(this.staging.arrayBuffer, offset, bytes.length).set(bytes);
       const ptr = this.staging.ptr + BigInt(offset);
-      offset += Math.ceil(bytes.length / 256) * 256;
+      offset += stagingBytes(bytes.length);
       return { ptr, dtype: t.dtype as FloatDType };
     };
     const bindOne = (t: Input, name: string, heads: number): Bound => ('device' in t ? device(t, name, heads) : stage(t));

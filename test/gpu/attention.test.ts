@@ -271,6 +271,27 @@ test('decode layers (sparse and dense) match the CPU layers step by step; the st
   }
 });
 
+test('host inputs of the smallest shapes fit the staging buffers (one head, D = 32)', { skip }, () => {
+  const rng = new SplitMix32(21);
+  const shape = { batch: 1, heads: 1, kvHeads: 1, headDim: 32 };
+  const options = { shape, config: { sinkSize: 2, windowSize: 2, heavySize: 4, initOffset: 2, pqBits: 2, kmeansIters: 0 }, capacity: 120 };
+  const cpu = new CpuDecodeLayer(options);
+  const gpu = new CudaDecodeLayer(options);
+  try {
+    const keys = intTensor(rng, 'f32', [1, 1, 100, 32], -2, 2);
+    const values = intTensor(rng, 'f32', [1, 1, 100, 32], -2, 2);
+    cpu.prefill(keys, values);
+    gpu.prefill(keys, values);
+    for (let s = 0; s < 5; s++) {
+      const inputs = { query: intTensor(rng, 'f32', [1, 1, 1, 32], -1, 1), key: intTensor(rng, 'f32', [1, 1, 1, 32], -2, 2), value: intTensor(rng, 'f32', [1, 1, 1, 32], -2, 2) };
+      assert.ok(worstRowError(gpu.stepToHost(inputs).toFloat32(), cpu.stepToHost(inputs).toFloat32(), 32) <= 1e-5, `step ${s}`);
+    }
+  } finally {
+    gpu.dispose();
+    cpu.dispose();
+  }
+});
+
 test('a non-finite value on the device is reported as DeviceInputError(value); the layer stays usable', { skip }, () => {
   const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 64 };
   const layer = new CudaDecodeLayer({ shape, config: { sinkSize: 4, windowSize: 4, heavySize: 8, initOffset: 4, pqBits: 3 }, capacity: 400, kvDType: 'bf16' });
