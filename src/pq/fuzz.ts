@@ -403,7 +403,8 @@ function fuzzBuild(rng: SplitMix32, t: Tally, g: number): number {
   const kvHeads = pick(rng, [1, 2]);
   const shape = { batch: rng.int(1, 2), heads: kvHeads, kvHeads, headDim: pick(rng, [16, 32, 64]) };
   const config = {
-    pqGroupFactor: Math.min(pick(rng, [1, 2, 4, 8]), shape.headDim / 4), // the CUDA kernels need dsub % 4 == 0 pqBits: rng.int(1, 8), kmeansIters: rng.int(0, 4), initOffset: rng.int(0, 16),
+    pqGroupFactor: Math.min(pick(rng, [1, 2, 4, 8]), shape.headDim / 4), // the CUDA kernels need dsub % 4 == 0
+    pqBits: rng.int(1, 8), kmeansIters: rng.int(0, 4), initOffset: rng.int(0, 16),
     metric: rng.next() < 0.3 ? ('ip' as const) : ('euclidean' as const), seed: rng.nextU32(),
   };
   const layout = makeLayout(shape, config);
