@@ -21,7 +21,8 @@ for (const f of readdirSync(dir).filter((f) => /^san-.*\.log$/.test(f)).sort()) 
   record.rows.push({
     impl: `sanitizer-${tool}`,
     config: { tool, over: 'every GPU test (node --test dist/test/gpu): runtime, select + append, attention + decode layers, build kernels' },
-    extra: { errors, processes_reported: summary.length, tests_passed: Number(tests ?? 0), tests_failed: Number(failed ?? 0) },
+    // complete: the test run finished under the tool (a time limit can cut it short).
+    extra: { errors, processes_reported: summary.length, tests_passed: Number(tests ?? 0), tests_failed: Number(failed ?? 0), complete: tests !== undefined },
   });
   console.log(`${tool}: ${errors} errors over ${summary.length} processes, tests ${tests} passed / ${failed} failed`);
 }

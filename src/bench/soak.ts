@@ -56,6 +56,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
   const sets = 8;
   const rng = new SplitMix32(11);
+  CudaContext.primary(); // current before the first allocation
   const arena = DeviceArena.allocate({ q: sets * B * H * D * 4, k: sets * B * Hkv * D * 4 });
   const caches: CudaPQCache[] = [];
   const windows: Sample[] = [];
