@@ -26,6 +26,7 @@ cp package.json .device/app/
 cp -r dist .device/app/dist
 rm -rf .device/app/dist/test/*.map .device/app/dist/src/**/*.map 2>/dev/null || true
 cp -r kernels/dist .device/app/kernels/dist
+mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records
 # Production dependencies (npm ls --omit=dev) plus fast-check (the GPU tests use it), without the
 # typescript toolchain; source maps and typings stay behind.
 mkdir -p .device/app/node_modules

@@ -7,6 +7,8 @@
  *   one index:   the seed config, `steps` steps in all;
  *   N indexes:   N caches, each on its own stream, stepped round-robin (interleaved).
  */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceArena, allocationStats, copies } from '../cuda/memory.js';
 import { CudaPQCache } from '../pq/cuda-cache.js';
@@ -30,19 +32,29 @@ interface Sample {
   readonly deviceFreeMiB: number;
   readonly ourDeviceMiB: number;
   readonly rssMiB: number;
+  /** V8 heap in use after a full collection: what a JS-side leak would grow. */
+  readonly heapMiB: number;
   readonly p50: number;
   readonly p99: number;
 }
 
 const MiB = 1024 * 1024;
 
-function sample(step: number, window: number[]): Sample {
-  const s = [...window].sort((a, b) => a - b);
+/** A full garbage collection before each memory sample, so the numbers show live memory only. */
+const collect: () => void = (() => {
+  setFlagsFromString('--expose_gc');
+  return runInNewContext('gc') as () => void;
+})();
+
+function sample(step: number, window: ArrayLike<number>): Sample {
+  const s = Array.from(window).sort((a, b) => a - b);
+  collect();
   return {
     step,
     deviceFreeMiB: round3(CudaContext.primary().memInfo().free / MiB),
     ourDeviceMiB: round3(allocationStats().deviceBytes / MiB),
     rssMiB: round3(process.memoryUsage().rss / MiB),
+    heapMiB: round3(process.memoryUsage().heapUsed / MiB),
     p50: round3(percentile(s, 0.5)),
     p99: round3(percentile(s, 0.99)),
   };
@@ -60,7 +72,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
   const arena = DeviceArena.allocate({ q: sets * B * H * D * 4, k: sets * B * Hkv * D * 4 });
   const caches: CudaPQCache[] = [];
   const windows: Sample[] = [];
-  const all: number[] = [];
+  const all = new Float64Array(total); // allocated before the first sample: not growth
   try {
     copies.fromHost(arena.slices.q, Float32Array.from({ length: sets * B * H * D }, () => rng.normal()));
     copies.fromHost(arena.slices.k, Float32Array.from({ length: sets * B * Hkv * D }, () => rng.normal()));
@@ -69,8 +81,8 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
     const prefill = randomState(layout, c.sk - 1, capacity, 5);
     for (let i = 0; i < count; i++) caches.push(new CudaPQCache({ shape: layout.shape, config: layout.config, capacity }));
     const stepsOf = new Array<number>(count).fill(0);
-    let window: number[] = [];
     const windowLen = Math.max(o.requestLen, Math.floor(total / 50));
+    let from = 0;
     windows.push(sample(0, [0]));
     for (let s = 0; s < total; s++) {
       const i = s % count;
@@ -80,24 +92,26 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
       const t0 = nowUs();
       cache.step(q[s % sets], k[(s + i) % sets]);
       cache.synchronize();
-      const dt = nowUs() - t0;
-      window.push(dt);
-      all.push(dt);
-      if (window.length === windowLen) {
-        windows.push(sample(s + 1, window));
-        window = [];
+      all[s] = nowUs() - t0;
+      if (s + 1 - from === windowLen || s + 1 === total) {
+        windows.push(sample(s + 1, all.subarray(from, s + 1)));
+        from = s + 1;
         o.onProgress?.(done0 + s + 1, grandTotal);
       }
     }
-    if (window.length > 0) windows.push(sample(total, window));
   } finally {
     for (const cache of caches) cache.dispose();
     arena.dispose();
   }
-  const first = windows[1];
+  // Drift: the p99 of the last five windows against windows 2–6 (the first holds the graph
+  // captures and JIT warm-up), each as the median of its five window p99s.
+  const med = (xs: Sample[]): number => summarize(xs.map((w) => w.p99)).median;
+  const early = windows.slice(2, 7);
+  const late = windows.slice(-5);
+  const first = windows[2] ?? windows[1];
   const last = windows[windows.length - 1];
-  const wall = summarize(all);
-  const drift = (last.p99 - first.p99) / first.p99;
+  const wall = summarize(Array.from(all));
+  const drift = (med(late) - med(early)) / med(early);
   return {
     impl: name,
     config: { ...c, indexes: count, steps: total, request_len: o.requestLen },
@@ -107,7 +121,8 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
       device_free_mib: { start: windows[0].deviceFreeMiB, end: last.deviceFreeMiB },
       our_device_mib: { start: windows[0].ourDeviceMiB, end: last.ourDeviceMiB },
       rss_mib: { start: first.rssMiB, end: last.rssMiB },
-      p99_us: { first_window: first.p99, last_window: last.p99 },
+      heap_mib: { start: first.heapMiB, end: last.heapMiB },
+      p99_us: { early_windows: round3(med(early)), late_windows: round3(med(late)) },
       p99_drift: round3(drift),
       windows,
     },

@@ -154,11 +154,13 @@ export function runSoakCli(o: SoakCliOptions): number {
   const rows = runSoak({ ...o, onProgress: (d, t) => bar.update(d, t) });
   bar.stop();
   console.log(table(
-    ['run', 'steps', 'wall p50', 'p99', 'p99 first → last window', 'drift', 'device free MiB', 'ours MiB', 'RSS MiB'],
+    ['run', 'steps', 'wall p50', 'p99', 'p99 early → late windows', 'drift', 'device free MiB', 'ours MiB', 'RSS MiB', 'JS heap MiB'],
     rows.map((r) => {
-      const e = r.extra as { p99_us: { first_window: number; last_window: number }; p99_drift: number; device_free_mib: { start: number; end: number }; our_device_mib: { start: number; end: number }; rss_mib: { start: number; end: number } };
-      return [r.impl, String(r.config.steps), r.wall_us?.median ?? NaN, r.wall_us?.p99 ?? NaN, `${e.p99_us.first_window} → ${e.p99_us.last_window}`, `${(e.p99_drift * 100).toFixed(1)}%`,
-        `${e.device_free_mib.start} → ${e.device_free_mib.end}`, `${e.our_device_mib.start} → ${e.our_device_mib.end}`, `${e.rss_mib.start} → ${e.rss_mib.end}`];
+      type Range = { start: number; end: number };
+      const e = r.extra as { p99_us: { early_windows: number; late_windows: number }; p99_drift: number; device_free_mib: Range; our_device_mib: Range; rss_mib: Range; heap_mib: Range };
+      const range = (x: Range): string => `${x.start} → ${x.end}`;
+      return [r.impl, String(r.config.steps), r.wall_us?.median ?? NaN, r.wall_us?.p99 ?? NaN, `${e.p99_us.early_windows} → ${e.p99_us.late_windows}`, `${(e.p99_drift * 100).toFixed(1)}%`,
+        range(e.device_free_mib), range(e.our_device_mib), range(e.rss_mib), range(e.heap_mib)];
     }),
   ));
   const record = recordFor('cuda', o.command);
