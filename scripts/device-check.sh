@@ -49,7 +49,7 @@ for s in $steps; do
     report) run report 300 pqcache demo --backend cuda --report "$OUT/report" ;;
     sanall)
       for tool in ${SAN_TOOLS:-memcheck racecheck initcheck synccheck}; do
-        run "san-$tool" "${SAN_LIMIT:-400}" env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=10 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 $(ls .device/app/dist/test/gpu/*.test.js)
+        run "san-$tool" "${SAN_LIMIT:-400}" env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=10 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 ${SAN_FILES:-$(ls .device/app/dist/test/gpu/*.test.js)}
       done
       node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;

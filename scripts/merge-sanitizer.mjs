@@ -14,13 +14,14 @@ const record = newRecord('reliability', dev.name, dev.driverVersion, 'bash scrip
 for (const f of readdirSync(dir).filter((f) => /^san-.*\.log$/.test(f)).sort()) {
   const log = readFileSync(join(dir, f), 'utf8');
   const tool = f.replace(/^san-|\.log$/g, '');
-  const summary = log.match(/ERROR SUMMARY: (\d+) error/g) ?? [];
+  // memcheck, initcheck, synccheck: "ERROR SUMMARY: N errors"; racecheck: "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".
+  const summary = log.match(/(ERROR SUMMARY: \d+ error|RACECHECK SUMMARY: \d+ hazard)/g) ?? [];
   const errors = summary.reduce((n, s) => n + Number(s.match(/(\d+)/)[1]), 0);
   const tests = log.match(/^# pass (\d+)/m)?.[1];
   const failed = log.match(/^# fail (\d+)/m)?.[1];
   record.rows.push({
     impl: `sanitizer-${tool}`,
-    config: { tool, over: 'every GPU test (node --test dist/test/gpu): runtime, select + append, attention + decode layers, build kernels' },
+    config: { tool, over: process.env.SAN_OVER ?? 'every GPU test (node --test dist/test/gpu): runtime, select + append, attention + decode layers, build kernels' },
     // complete: the test run finished under the tool (a time limit can cut it short).
     extra: { errors, processes_reported: summary.length, tests_passed: Number(tests ?? 0), tests_failed: Number(failed ?? 0), complete: tests !== undefined },
   });
