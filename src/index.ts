@@ -30,3 +30,8 @@ export { saveIndex, loadIndex, encodeIndex, decodeIndex } from './pq/persist.js'
 export { SyntheticLLM } from './pq/synthetic.js';
 export { attendCpu, denseAttentionCpu } from './attention/cpu-attention.js';
 export * as cuda from './cuda/index.js';
+export { CpuDecodeLayer, type DecodeLayer, type DecodeLayerOptions, type StepInputs, type AttentionMode } from './attention/decode-layer.js';
+export { CudaDecodeLayer, type CudaDecodeLayerOptions } from './attention/cuda-decode-layer.js';
+export { CudaDecodeStack, CpuDecodeStack, type CudaDecodeStackOptions, type DecodeStackOptions } from './attention/decode-stack.js';
+export { CudaAttention, KVCache, type KVCacheView } from './attention/cuda-attention.js';
+export { QualityReference, measureQuality, type QualityResult } from './pq/quality.js';
