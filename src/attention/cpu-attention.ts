@@ -29,31 +29,35 @@ export interface SparseSelection {
 }
 
 function attendRow(inp: AttentionInputs, b: number, h: number, positions: ArrayLike<number>, count: number, weightOf: (p: number) => number, out: Float32Array): void {
+  // Locals, not inp.* in the loops: callers pass objects of different shapes, and property loads of
+  // a megamorphic site inside the D-loops cost several times the arithmetic.
+  const { query, keys, values, seqLen } = inp;
   const { heads: H, kvHeads: Hkv, headDim: D } = inp.shape;
   const kvh = Math.floor(h / (H / Hkv));
   const qOff = (b * H + h) * D;
   const kvBase = (b * Hkv + kvh) * inp.seqStride;
   const scale = 1 / Math.sqrt(D);
   const s = new Float64Array(count);
+  const w = new Float64Array(count);
   let mx = -Infinity;
   for (let i = 0; i < count; i++) {
     const p = positions[i];
-    if (p < 0 || p >= inp.seqLen) throw new StateError('attend', `list positions in [0, ${inp.seqLen})`, `${p}`);
+    if (p < 0 || p >= seqLen) throw new StateError('attend', `list positions in [0, ${seqLen})`, `${p}`);
     const kOff = (kvBase + p) * D;
     let dot = 0;
-    for (let j = 0; j < D; j++) dot += inp.query[qOff + j] * inp.keys[kOff + j];
+    for (let j = 0; j < D; j++) dot += query[qOff + j] * keys[kOff + j];
     s[i] = dot * scale;
-    if (weightOf(p) > 0 && s[i] > mx) mx = s[i];
+    w[i] = weightOf(p);
+    if (w[i] > 0 && s[i] > mx) mx = s[i];
   }
   const acc = new Float64Array(D);
   let den = 0;
   for (let i = 0; i < count; i++) {
-    const w = weightOf(positions[i]);
-    if (w === 0) continue;
-    const e = w * Math.exp(s[i] - mx);
+    if (w[i] === 0) continue;
+    const e = w[i] * Math.exp(s[i] - mx);
     den += e;
     const vOff = (kvBase + positions[i]) * D;
-    for (let j = 0; j < D; j++) acc[j] += e * inp.values[vOff + j];
+    for (let j = 0; j < D; j++) acc[j] += e * values[vOff + j];
   }
   for (let j = 0; j < D; j++) out[qOff + j] = den > 0 ? acc[j] / den : 0;
 }
