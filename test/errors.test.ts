@@ -10,6 +10,7 @@ import {
 import { createPQCache } from '../src/pq/backend.js';
 import { CpuPQCache } from '../src/pq/cache.js';
 import { makeLayout } from '../src/pq/config.js';
+import { checkFinite } from '../src/pq/validate.js';
 import { loadKernels } from '../src/pq/kernels.js';
 import { decodeIndex } from '../src/pq/persist.js';
 import { HostTensor } from '../src/tensor/host-tensor.js';
@@ -97,3 +98,13 @@ function hasDriver(): boolean {
     return false;
   }
 }
+
+test('checkFinite finds NaN and ±Inf in every float dtype, and passes the largest finite values', () => {
+  for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+    const big = dtype === 'f16' ? 65504 : dtype === 'bf16' ? 3.3895313892515355e38 : 3.4028234663852886e38;
+    checkFinite('x', HostTensor.fromNumbers(dtype, [4], [big, -big, 0, -0]));
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      assert.throws(() => checkFinite('x', HostTensor.fromNumbers(dtype, [3], [1, bad, 2])), (e: unknown) => e instanceof NonFiniteError && /x: expected finite values/.test((e as Error).message) && /flat index 1/.test((e as Error).message), `${dtype} ${bad}`);
+    }
+  }
+});

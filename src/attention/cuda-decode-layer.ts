@@ -15,7 +15,7 @@ import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
-import { makeLayout, type PQConfig } from '../pq/config.js';
+import { type Layout, makeLayout, type PQConfig } from '../pq/config.js';
 import { CudaPQCache } from '../pq/cuda-cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
@@ -82,6 +82,8 @@ export class CudaDecodeLayer implements DecodeLayer {
   readonly pq: CudaPQCache | undefined;
   readonly kv: KVCacheView;
   private readonly config: Partial<PQConfig> | undefined;
+  /** The validated shape and config (checked once, used by every step's input checks). */
+  private readonly layout: Layout;
   private readonly ownsStream: boolean;
   private readonly ownedKV: KVCache | undefined;
   private readonly attention: CudaAttention;
@@ -106,6 +108,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     this.capacity = o.capacity;
     this.config = options.config;
     const layout = makeLayout(options.shape, options.config);
+    this.layout = layout;
     this.shape = layout.shape;
     this.context = CudaContext.primary(options.device ?? 0);
     this.attention = new CudaAttention(this.context, this.shape);
@@ -272,7 +275,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     checkBuilt('step', this.filled);
     checkCapacity('key', this.capacity, this.seqLen + 1);
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
-    const layout = makeLayout(this.shape, this.config);
+    const layout = this.layout;
     const hostInputs = [inputs.query, inputs.key, inputs.value].filter((t): t is HostTensor => !('device' in t));
     const device = (t: DeviceTensor, argument: string, heads: number): Bound => {
       expectDType(argument, t, FLOAT_DTYPES);

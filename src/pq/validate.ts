@@ -7,12 +7,21 @@ import { type FloatDType, FLOAT_DTYPES, readFloat } from '../tensor/dtype.js';
 import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
 
+/** Exponent bits of the 16-bit formats: all ones means Inf or NaN. */
+const NONFINITE_EXPONENT: Readonly<Record<'f16' | 'bf16', number>> = { f16: 0x7c00, bf16: 0x7f80 };
+
 export function checkFinite(argument: string, t: HostTensor): void {
   const dtype = t.dtype as FloatDType;
-  const data = t.data as Float32Array | Uint16Array;
+  // Every decode step checks its inputs: one tight loop per dtype, no per-element conversion.
+  if (dtype === 'f32') {
+    const data = t.data as Float32Array;
+    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) throw new NonFiniteError(argument, i, data[i]);
+    return;
+  }
+  const data = t.data as Uint16Array;
+  const mask = NONFINITE_EXPONENT[dtype];
   for (let i = 0; i < data.length; i++) {
-    const v = readFloat(dtype, data, i);
-    if (!Number.isFinite(v)) throw new NonFiniteError(argument, i, v);
+    if ((data[i] & mask) === mask) throw new NonFiniteError(argument, i, readFloat(dtype, data, i));
   }
 }
 
