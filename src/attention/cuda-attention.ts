@@ -14,7 +14,7 @@ import type { Kernel } from '../cuda/module.js';
 import type { Stream } from '../cuda/stream.js';
 import { ConfigError } from '../errors.js';
 import type { CacheShape } from '../pq/config.js';
-import { loadKernels } from '../pq/kernels.js';
+import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 
@@ -25,8 +25,6 @@ const WARPS = ATTEND_THREADS / 32;
 export const MAX_ATTEND_HEAD_DIM = 256;
 /** Blocks per SM the plans assume when the kernel's occupancy is not known. */
 const DEFAULT_BLOCKS_PER_SM = 4;
-
-export const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
 
 /** Why the attention kernels cannot run this head dimension (undefined when they can). */
 export function attentionProblem(headDim: number): ConfigError | undefined {

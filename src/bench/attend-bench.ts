@@ -21,7 +21,7 @@ import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, type Stream } from '../cuda/stream.js';
 import type { CacheShape, Layout } from '../pq/config.js';
-import { loadKernels } from '../pq/kernels.js';
+import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
@@ -54,8 +54,6 @@ export interface AttendBenchOptions {
 }
 
 const FILL_ARGS = ['ptr', 'i32', 'u64', 'u32', 'f32'] as const;
-const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
-
 /** Fill n elements at ptr with seeded uniform values in [−scale, scale) (kernels/runtime.cu pq_fill_hash). */
 function fillHash(ptr: DevicePtr, dtype: FloatDType, n: number, seed: number, scale: number, stream: Stream): void {
   const args = new LaunchArgs(FILL_ARGS);

@@ -40,11 +40,10 @@ import {
   SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
-import { loadKernels } from './kernels.js';
+import { DTYPE_CODE, loadKernels } from './kernels.js';
 import { encodeIndex } from './persist.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
-const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
 const STATUS_QUERY_NONFINITE = 1;
 const STATUS_KEY_NONFINITE = 2;
 const STATUS_LIST_RANGE = 4;

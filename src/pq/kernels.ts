@@ -6,6 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Module } from '../cuda/module.js';
 import { KernelsNotBuiltError } from '../errors.js';
+import type { FloatDType } from '../tensor/dtype.js';
+
+/** Element-type codes the kernels take for float tensors (kernels/common.cuh PqDType). */
+export const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
 
 export type KernelFamily = 'append' | 'select' | 'select_pairs' | 'runtime' | 'build' | 'attention';
 
