@@ -10,7 +10,7 @@
  */
 import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
-import { GraphExec } from '../cuda/graph.js';
+import { GraphCache } from '../cuda/graph.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -94,7 +94,7 @@ export class CudaDecodeLayer implements DecodeLayer {
   private readonly stagingConsumed: Event;
   private stagingPending = false;
   private scratch: AttendScratch | undefined;
-  private readonly graphs = new Map<string, GraphExec>();
+  private readonly graphs = new GraphCache(MAX_GRAPHS);
   /** Dense layers: sk and the slot of the device state holding it. */
   private denseSeqLen = 0;
   private denseSlot = 0;
@@ -212,12 +212,7 @@ export class CudaDecodeLayer implements DecodeLayer {
   step(inputs: StepInputs<Input>): DeviceTensor {
     const bound = this.bind(inputs);
     const prepared = this.prepare(bound);
-    let graph = this.graphs.get(prepared.signature);
-    if (graph === undefined) {
-      if (this.graphs.size >= MAX_GRAPHS) this.dropGraphs();
-      graph = GraphExec.capture(this.stream, () => prepared.record());
-      this.graphs.set(prepared.signature, graph);
-    }
+    const graph = this.graphs.get(prepared.signature, this.stream, () => prepared.record());
     graph.launch(this.stream);
     this.launched(bound);
     return this.output();
@@ -368,17 +363,12 @@ export class CudaDecodeLayer implements DecodeLayer {
     // Cover 1/8 more than sk, so that growth re-plans every sk/8 steps rather than every step.
     const maxLen = Math.min(this.capacity, Math.ceil((sk * 9) / 8 / 1024) * 1024);
     const plan = this.attention.densePlan(this.kvDType, Math.max(maxLen, sk));
-    this.dropGraphs();
+    this.graphs.clear();
     this.stream.synchronize();
     this.scratch?.dispose();
     this.scratch = undefined;
     this.scratch = new AttendScratch(plan, this.shape.headDim, this.stream);
     return plan;
-  }
-
-  private dropGraphs(): void {
-    for (const g of this.graphs.values()) g.dispose();
-    this.graphs.clear();
   }
 
   dispose(): void {
@@ -387,7 +377,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     try {
       this.stream.synchronize();
     } finally {
-      this.dropGraphs();
+      this.graphs.clear();
       this.pq?.dispose();
       this.scratch?.dispose();
       this.ownedKV?.dispose();

@@ -4,7 +4,7 @@
  * CPU the layers run one after another.
  */
 import { CudaContext } from '../cuda/context.js';
-import { GraphExec } from '../cuda/graph.js';
+import { GraphCache } from '../cuda/graph.js';
 import { Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
@@ -39,7 +39,7 @@ const MAX_GRAPHS = 8;
 export class CudaDecodeStack {
   readonly layers: readonly CudaDecodeLayer[];
   readonly stream: Stream;
-  private readonly graphs = new Map<string, GraphExec>();
+  private readonly graphs = new GraphCache(MAX_GRAPHS);
   private disposed = false;
 
   constructor(options: CudaDecodeStackOptions) {
@@ -80,14 +80,9 @@ export class CudaDecodeStack {
     const bound = this.layers.map((layer, i) => layer.bind(inputs[i]));
     const prepared = this.layers.map((layer, i) => layer.prepare(bound[i]));
     const key = prepared.map((p) => p.signature).join('|');
-    let graph = this.graphs.get(key);
-    if (graph === undefined) {
-      if (this.graphs.size >= MAX_GRAPHS) this.dropGraphs();
-      graph = GraphExec.capture(this.stream, () => {
-        for (const p of prepared) p.record();
-      });
-      this.graphs.set(key, graph);
-    }
+    const graph = this.graphs.get(key, this.stream, () => {
+      for (const p of prepared) p.record();
+    });
     graph.launch(this.stream);
     this.layers.forEach((layer, i) => layer.launched(bound[i]));
     return this.layers.map((layer) => layer.output());
@@ -103,18 +98,13 @@ export class CudaDecodeStack {
     for (const layer of this.layers) layer.synchronize();
   }
 
-  private dropGraphs(): void {
-    for (const g of this.graphs.values()) g.dispose();
-    this.graphs.clear();
-  }
-
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
     try {
       this.stream.synchronize();
     } finally {
-      this.dropGraphs();
+      this.graphs.clear();
       for (const layer of this.layers) layer.dispose();
       this.stream.dispose();
     }

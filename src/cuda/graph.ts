@@ -63,3 +63,31 @@ export class GraphExec {
     if (graph !== undefined) check('cuGraphDestroy', d.cuGraphDestroy(graph));
   }
 }
+
+/**
+ * Captured graphs by key (a launch plan and its input binding): capture on first use, replay after.
+ * With a limit, reaching it drops every graph first (bindings rarely change, so a full cache means
+ * the caller is cycling through inputs and old graphs are unlikely to come back).
+ */
+export class GraphCache {
+  private readonly graphs = new Map<string, GraphExec>();
+
+  constructor(private readonly limit = Infinity) {}
+
+  /** The graph for `key`, captured from `enqueue` on `stream` if there is none yet. */
+  get(key: string, stream: Stream, enqueue: () => void): GraphExec {
+    let graph = this.graphs.get(key);
+    if (graph === undefined) {
+      if (this.graphs.size >= this.limit) this.clear();
+      graph = GraphExec.capture(stream, enqueue);
+      this.graphs.set(key, graph);
+    }
+    return graph;
+  }
+
+  /** Destroy every graph (their plan, dtype or buffers changed). */
+  clear(): void {
+    for (const g of this.graphs.values()) g.dispose();
+    this.graphs.clear();
+  }
+}

@@ -13,4 +13,4 @@ export {
 } from './memory.js';
 export { Module, Kernel, type KernelAttributes } from './module.js';
 export { LaunchArgs, launch, type ArgKind, type LaunchShape } from './launch.js';
-export { GraphExec } from './graph.js';
+export { GraphCache, GraphExec } from './graph.js';

@@ -22,7 +22,7 @@
  */
 import { CudaContext } from '../cuda/context.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, check, driver } from '../cuda/driver.js';
-import { GraphExec } from '../cuda/graph.js';
+import { GraphCache } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
@@ -112,7 +112,7 @@ export class CudaPQCache implements PQCache {
   private readonly pairsCountKernel: Kernel | undefined;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
-  private readonly graphs = new Map<string, GraphExec>();
+  private readonly graphs = new GraphCache();
   /** The launch plan the captured graphs use, valid for sk ≤ maxSeqLen. */
   private graphPlan: { numSlices: number; sliceLen: number; maxSeqLen: number } | undefined;
   /** The seqState slot holding the current sk (steps alternate slots). */
@@ -455,12 +455,8 @@ export class CudaPQCache implements PQCache {
     }
     const binding = this.prepareStep(qdtype, key !== undefined);
     const graphKey = `${binding.signature}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
-    let graph = this.graphs.get(graphKey);
-    if (graph === undefined) {
-      const k = kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype };
-      graph = GraphExec.capture(this.stream, () => this.recordStep({ ptr: qptr, dtype: qdtype }, k));
-      this.graphs.set(graphKey, graph);
-    }
+    const k = kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype };
+    const graph = this.graphs.get(graphKey, this.stream, () => this.recordStep({ ptr: qptr, dtype: qdtype }, k));
     graph.launch(this.stream);
     if (hostQ || hostK) {
       this.stagingConsumed.record(this.stream);
@@ -525,7 +521,6 @@ export class CudaPQCache implements PQCache {
 
   private currentPlan(sk: number): { numSlices: number; sliceLen: number; maxSeqLen: number } {
     if (this.graphPlan === undefined || sk > this.graphPlan.maxSeqLen) {
-      for (const g of this.graphs.values()) g.dispose();
       this.graphs.clear();
       this.graphPlan = this.planFor(sk);
     }
@@ -645,7 +640,6 @@ export class CudaPQCache implements PQCache {
     copies.fill32Async(s.sparseList, 0xffffffff, s.sparseList.bytes / 4, this.stream);
     this.weightsDType = dtype;
     // Captured graphs bake the weights dtype in: drop them.
-    for (const g of this.graphs.values()) g.dispose();
     this.graphs.clear();
   }
 
@@ -686,7 +680,6 @@ export class CudaPQCache implements PQCache {
     try {
       this.stream.synchronize();
     } finally {
-      for (const g of this.graphs.values()) g.dispose();
       this.graphs.clear();
       this.arena.dispose();
       this.status.dispose();
