@@ -13,7 +13,8 @@ import type { DevicePtr } from '../cuda/driver.js';
 import { GraphCache } from '../cuda/graph.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
-import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
+import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
+import { throwDeviceStatus } from '../pq/kernels.js';
 import type { BuildOptions } from '../pq/cache.js';
 import { type Layout, makeLayout, type PQConfig } from '../pq/config.js';
 import { CudaPQCache } from '../pq/cuda-cache.js';
@@ -59,9 +60,6 @@ export interface PreparedStep {
   record(): void;
 }
 
-const STATUS_KEY_NONFINITE = 2;
-const STATUS_LIST_RANGE = 4;
-const STATUS_VALUE_NONFINITE = 8;
 /** Bytes a staged input occupies: its size rounded up to 256 (each region 256-byte aligned). */
 function stagingBytes(bytes: number): number {
   return Math.ceil(bytes / 256) * 256;
@@ -249,15 +247,18 @@ export class CudaDecodeLayer implements DecodeLayer {
   synchronize(): void {
     this.live();
     this.stream.synchronize();
-    this.pq?.synchronize();
-    const st = this.statusView[0];
-    if (st !== 0) {
-      this.statusView[0] = 0;
-      if (st & STATUS_KEY_NONFINITE) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
-      if (st & STATUS_VALUE_NONFINITE) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
-      if (st & STATUS_LIST_RANGE) throw new DeviceInputError('sparseList', `positions in [0, ${this.seqLen})`, 'a position out of range');
-    }
+    this.checkStatus();
   }
+
+  /** Throw for what this layer's kernels flagged (the PQ cache's word, then the layer's own). After a sync. */
+  checkStatus(): void {
+    this.pq?.checkStatus();
+    const st = this.statusView[0];
+    if (st === 0) return;
+    this.statusView[0] = 0;
+    throwDeviceStatus(st, this.seqLen);
+  }
+
 
   // ---- the pieces CudaDecodeStack composes ---------------------------------------------------
 
@@ -314,10 +315,10 @@ export class CudaDecodeLayer implements DecodeLayer {
       const pq = this.pq;
       const binding = pq.prepareStep(io.query.dtype, true);
       const scratch = this.scratch as AttendScratch;
-      const sel = pq.outputs();
       return {
         signature: `sparse/${binding.signature}/${ptrs}`,
         record: () => {
+          const sel = pq.outputs(); // views of fixed buffers: built only when capturing
           this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream);
           pq.recordStep(io.query, io.key);
           this.attention.launchSparse(scratch.plan, scratch, {
@@ -366,7 +367,6 @@ export class CudaDecodeLayer implements DecodeLayer {
     this.graphs.clear();
     this.stream.synchronize();
     this.scratch?.dispose();
-    this.scratch = undefined;
     this.scratch = new AttendScratch(plan, this.shape.headDim, this.stream);
     return plan;
   }

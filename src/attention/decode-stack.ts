@@ -93,9 +93,11 @@ export class CudaDecodeStack {
     return this.layers.map((layer) => layer.outputToHost());
   }
 
+  /** Wait for the shared stream once, then report what any layer's kernels flagged. */
   synchronize(): void {
     this.live();
-    for (const layer of this.layers) layer.synchronize();
+    this.stream.synchronize();
+    for (const layer of this.layers) layer.checkStatus();
   }
 
   dispose(): void {

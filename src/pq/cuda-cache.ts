@@ -28,7 +28,7 @@ import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.
 import type { Kernel } from '../cuda/module.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
-import { DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
+import { DisposedError, ShapeError, StateError } from '../errors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
@@ -40,14 +40,10 @@ import {
   SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
-import { DTYPE_CODE, loadKernels } from './kernels.js';
+import { DTYPE_CODE, loadKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
-const STATUS_QUERY_NONFINITE = 1;
-const STATUS_KEY_NONFINITE = 2;
-const STATUS_LIST_RANGE = 4;
-const STATUS_VALUE_NONFINITE = 8;
 
 export interface CudaPQCacheOptions extends PQCacheOptions {
   /** Device ordinal (default 0). */
@@ -359,14 +355,18 @@ export class CudaPQCache implements PQCache {
   synchronize(): void {
     this.live();
     this.stream.synchronize();
+    this.checkStatus();
+  }
+
+  /**
+   * Throw DeviceInputError for what the kernels flagged (bits of the pinned status word), then
+   * clear it. Only meaningful once the stream has reached the kernels: after a sync.
+   */
+  checkStatus(): void {
     const st = this.statusView[0];
-    if (st !== 0) {
-      this.statusView[0] = 0;
-      if (st & STATUS_QUERY_NONFINITE) throw new DeviceInputError('query', 'finite values', 'NaN or Inf');
-      if (st & STATUS_KEY_NONFINITE) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
-      if (st & STATUS_LIST_RANGE) throw new DeviceInputError('sparseList', `positions in [0, ${this.hostSeqLen})`, 'a position out of range');
-      if (st & STATUS_VALUE_NONFINITE) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
-    }
+    if (st === 0) return;
+    this.statusView[0] = 0;
+    throwDeviceStatus(st, this.hostSeqLen);
   }
 
   /** The last select's sparseList and sparseLen on the host (no weights copy). Synchronizes. */
@@ -455,8 +455,8 @@ export class CudaPQCache implements PQCache {
     }
     const binding = this.prepareStep(qdtype, key !== undefined);
     const graphKey = `${binding.signature}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
-    const k = kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype };
-    const graph = this.graphs.get(graphKey, this.stream, () => this.recordStep({ ptr: qptr, dtype: qdtype }, k));
+    const graph = this.graphs.get(graphKey, this.stream, () =>
+      this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
     graph.launch(this.stream);
     if (hostQ || hostK) {
       this.stagingConsumed.record(this.stream);

@@ -5,11 +5,22 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Module } from '../cuda/module.js';
-import { KernelsNotBuiltError } from '../errors.js';
+import { DeviceInputError, KernelsNotBuiltError } from '../errors.js';
 import type { FloatDType } from '../tensor/dtype.js';
 
 /** Element-type codes the kernels take for float tensors (kernels/common.cuh PqDType). */
 export const DTYPE_CODE: Readonly<Record<FloatDType, number>> = { f32: 0, f16: 1, bf16: 2 };
+
+/**
+ * Bits of the pinned status word the kernels set for bad device inputs (kernels/common.cuh
+ * PqStatus). Read after a sync: throw for the first bit set (sk names the valid list range).
+ */
+export function throwDeviceStatus(bits: number, seqLen: number): void {
+  if (bits & 1) throw new DeviceInputError('query', 'finite values', 'NaN or Inf');
+  if (bits & 2) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
+  if (bits & 4) throw new DeviceInputError('sparseList', `positions in [0, ${seqLen})`, 'a position out of range');
+  if (bits & 8) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
+}
 
 export type KernelFamily = 'append' | 'select' | 'select_pairs' | 'runtime' | 'build' | 'attention';
 
