@@ -8,7 +8,7 @@
  */
 import type { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
-import { LaunchArgs, launch } from '../cuda/launch.js';
+import { launchWith } from '../cuda/launch.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
 import type { Stream } from '../cuda/stream.js';
@@ -257,33 +257,25 @@ export class CudaAttention {
     return planDenseAttend(this.shape, kvDType, maxSeqLen, sms, this.blocksPerSM(name));
   }
 
+  private grid(plan: AttendPlan): { grid: [number, number, number]; block: [number, number, number] } {
+    return { grid: [plan.splits, plan.rows, 1], block: [ATTEND_THREADS, 1, 1] };
+  }
+
   launchSparse(plan: AttendPlan, scratch: AttendScratch, io: SparseIO, stream: Stream): void {
     const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
-    const args = new LaunchArgs(SPARSE_ARGS);
-    try {
-      args.setAll([
-        io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
-        DTYPE_CODE[io.weightsDType], BigInt(io.weightsStride), io.out, scratch.partial, scratch.counters, io.status, io.seqLen.ptr,
-        io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
-      ]);
-      launch(this.kernel(plan.kernel), { grid: [plan.splits, plan.rows, 1], block: [ATTEND_THREADS, 1, 1] }, args, stream);
-    } finally {
-      args.dispose();
-    }
+    launchWith(this.kernel(plan.kernel), this.grid(plan), SPARSE_ARGS, [
+      io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
+      DTYPE_CODE[io.weightsDType], BigInt(io.weightsStride), io.out, scratch.partial, scratch.counters, io.status, io.seqLen.ptr,
+      io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
+    ], stream);
   }
 
   launchDense(plan: AttendPlan, scratch: AttendScratch, io: AttendIO, stream: Stream): void {
     const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
-    const args = new LaunchArgs(DENSE_ARGS);
-    try {
-      args.setAll([
-        io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.out, scratch.partial, scratch.counters, io.status,
-        io.seqLen.ptr, io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
-      ]);
-      launch(this.kernel(plan.kernel), { grid: [plan.splits, plan.rows, 1], block: [ATTEND_THREADS, 1, 1] }, args, stream);
-    } finally {
-      args.dispose();
-    }
+    launchWith(this.kernel(plan.kernel), this.grid(plan), DENSE_ARGS, [
+      io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.out, scratch.partial, scratch.counters, io.status,
+      io.seqLen.ptr, io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
+    ], stream);
   }
 
   /**
@@ -299,12 +291,10 @@ export class CudaAttention {
     status: DevicePtr,
     stream: Stream,
   ): void {
-    const args = new LaunchArgs(KV_APPEND_ARGS);
-    try {
-      args.setAll([key.ptr, DTYPE_CODE[key.dtype], value.ptr, DTYPE_CODE[value.dtype], kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.headDim, status]);
-      launch(this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1] }, args, stream);
-    } finally {
-      args.dispose();
-    }
+    launchWith(
+      this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1] }, KV_APPEND_ARGS,
+      [key.ptr, DTYPE_CODE[key.dtype], value.ptr, DTYPE_CODE[value.dtype], kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.headDim, status],
+      stream,
+    );
   }
 }

@@ -17,7 +17,7 @@ import type { StepInputs } from '../attention/decode-layer.js';
 import { CudaDecodeStack } from '../attention/decode-stack.js';
 import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
-import { LaunchArgs, launch } from '../cuda/launch.js';
+import { launchWith } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, type Stream } from '../cuda/stream.js';
 import type { CacheShape, Layout } from '../pq/config.js';
@@ -56,13 +56,7 @@ export interface AttendBenchOptions {
 const FILL_ARGS = ['ptr', 'i32', 'u64', 'u32', 'f32'] as const;
 /** Fill n elements at ptr with seeded uniform values in [−scale, scale) (kernels/runtime.cu pq_fill_hash). */
 function fillHash(ptr: DevicePtr, dtype: FloatDType, n: number, seed: number, scale: number, stream: Stream): void {
-  const args = new LaunchArgs(FILL_ARGS);
-  try {
-    args.setAll([ptr, DTYPE_CODE[dtype], BigInt(n), seed >>> 0, scale]);
-    launch(loadKernels('runtime').kernel('pq_fill_hash'), { grid: [Math.min(65535, Math.ceil(n / 256)), 1, 1], block: [256, 1, 1] }, args, stream);
-  } finally {
-    args.dispose();
-  }
+  launchWith(loadKernels('runtime').kernel('pq_fill_hash'), { grid: [Math.min(65535, Math.ceil(n / 256)), 1, 1], block: [256, 1, 1] }, FILL_ARGS, [ptr, DTYPE_CODE[dtype], BigInt(n), seed >>> 0, scale], stream);
 }
 
 /** Rotating device input sets: query [B,H,1,D], key/value [B,Hkv,1,D] in dtype. */

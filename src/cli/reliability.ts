@@ -9,7 +9,7 @@ import { type BenchRecord, type RecordRow, cpuDeviceName, defaultRecordPath, mer
 import { runSoak } from '../bench/soak.js';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceBuffer } from '../cuda/memory.js';
-import { LaunchArgs, launch } from '../cuda/launch.js';
+import { launchWith } from '../cuda/launch.js';
 import { Stream } from '../cuda/stream.js';
 import { CudaError, CudaOutOfMemoryError, CudaUnavailableError } from '../errors.js';
 import { createPQCache, decideBackend } from '../pq/backend.js';
@@ -127,8 +127,7 @@ export function runFaultProbe(kind: string): number {
   if (kind !== 'trap') throw new Error(`unknown fault ${kind}`);
   CudaContext.primary();
   const stream = new Stream();
-  const args = new LaunchArgs([] as const);
-  launch(loadKernels('runtime').kernel('pq_trap'), { grid: [1, 1, 1], block: [1, 1, 1] }, args, stream);
+  launchWith(loadKernels('runtime').kernel('pq_trap'), { grid: [1, 1, 1], block: [1, 1, 1] }, [] as const, [], stream);
   try {
     stream.synchronize();
     console.log('no error');

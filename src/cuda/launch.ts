@@ -96,3 +96,23 @@ export function launch(kernel: Kernel, shape: LaunchShape, args: LaunchArgs, str
   const rc = driver().cuLaunchKernel(kernel.handle, gx, gy, gz, bx, by, bz, shape.sharedBytes ?? 0, stream.handle, args.address, null);
   if (rc !== 0) check(`cuLaunchKernel(${kernel.name})`, rc);
 }
+
+/**
+ * Enqueue `kernel` with these argument values through a one-shot argument block. The driver copies
+ * the parameters at launch (and into the node when capturing), so the block is freed right after.
+ */
+export function launchWith<Kinds extends readonly ArgKind[]>(
+  kernel: Kernel,
+  shape: LaunchShape,
+  kinds: Kinds,
+  values: { [I in keyof Kinds]: ArgValue<Kinds[I]> },
+  stream: Stream,
+): void {
+  const args = new LaunchArgs(kinds);
+  try {
+    args.setAll(values);
+    launch(kernel, shape, args, stream);
+  } finally {
+    args.dispose();
+  }
+}

@@ -148,8 +148,9 @@ test('an allocation larger than the device raises CudaOutOfMemoryError and leaks
 // Under compute-sanitizer the deliberate fault would be reported as an error: PQCACHE_NO_FAULT_TEST=1.
 const faultSkip = skip || (process.env.PQCACHE_NO_FAULT_TEST === '1' ? 'fault test disabled (PQCACHE_NO_FAULT_TEST=1)' : false);
 test('a kernel fault surfaces as a CudaError at the next sync (child process)', { skip: faultSkip }, () => {
-  const script = fileURLToPath(new URL('./trap-child.js', import.meta.url));
-  const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 60000 });
+  // The CLI's fault probe (pqcache _fault trap) launches the trapping kernel and reports how it surfaced.
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const r = spawnSync(process.execPath, [cli, '_fault', 'trap'], { encoding: 'utf8', timeout: 60000 });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /CudaError cuStreamSynchronize: expected CUDA_SUCCESS, got CUDA_ERROR_/);
 });
