@@ -12,21 +12,13 @@ Timing as pqcache: warm-up, per-call wall-clock (perf_counter around call + sync
 events in a separate loop. Each pqcache row gains speedup_*_vs_torch-sdpa-* fields (torch time / ours).
 """
 import argparse
-import json
-import time
 
 import torch
 import torch.nn.functional as F
 
+from torch_common import add_speedups, load_record, mix32, save_record, summary, time_calls
+
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-
-
-def mix32(x):
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
 
 
 def fill_hash(shape, dtype, seed, scale, dev, chunk=1 << 26):
@@ -39,37 +31,6 @@ def fill_hash(shape, dtype, seed, scale, dev, chunk=1 << 26):
         h = mix32((i & 0xFFFFFFFF) ^ mix32((i >> 32) ^ s))
         flat[start:start + i.numel()] = (scale * ((h >> 8).to(torch.float32) * (2.0 / 16777216.0) - 1.0)).to(dtype)
     return out
-
-
-def pct(xs, q):
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, int(-(-q * len(s) // 1)) - 1))]
-
-
-def summary(xs):
-    return {"median": round(pct(xs, 0.5), 3), "p90": round(pct(xs, 0.9), 3), "p99": round(pct(xs, 0.99), 3)}
-
-
-def time_calls(fn, iters, warmup):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    wall = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        wall.append((time.perf_counter() - t0) * 1e6)
-    e0 = torch.cuda.Event(enable_timing=True)
-    e1 = torch.cuda.Event(enable_timing=True)
-    gpu = []
-    for _ in range(iters):
-        e0.record()
-        fn()
-        e1.record()
-        e1.synchronize()
-        gpu.append(e0.elapsed_time(e1) * 1000)
-    return summary(wall), summary(gpu)
 
 
 def bench_config(cfg, iters, warmup, dev):
@@ -85,7 +46,7 @@ def bench_config(cfg, iters, warmup, dev):
 
     rows = []
     wall, gpu = time_calls(token, iters, warmup)
-    rows.append({"impl": "torch-sdpa-eager", "config": cfg, "wall_us": wall, "gpu_us": gpu, "extra": {"layers": layers}})
+    rows.append({"impl": "torch-sdpa-eager", "config": cfg, "wall_us": summary(wall), "gpu_us": summary(gpu), "extra": {"layers": layers}})
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -96,11 +57,9 @@ def bench_config(cfg, iters, warmup, dev):
     with torch.cuda.graph(g):
         token()
     wall, gpu = time_calls(g.replay, iters, warmup)
-    rows.append({"impl": "torch-sdpa-graph", "config": cfg, "wall_us": wall, "gpu_us": gpu, "extra": {"layers": layers}})
+    rows.append({"impl": "torch-sdpa-graph", "config": cfg, "wall_us": summary(wall), "gpu_us": summary(gpu), "extra": {"layers": layers}})
     for r in rows:
         print(f"{r['impl']:17s} B={B} sk={sk} layers={layers}: wall {r['wall_us']['median']} us, gpu {r['gpu_us']['median']} us", flush=True)
-    del kv, out, g
-    torch.cuda.empty_cache()
     return rows
 
 
@@ -111,27 +70,17 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     a = ap.parse_args()
     dev = torch.device("cuda")
-    rec = json.load(open(a.record))
-    if rec["device"] != torch.cuda.get_device_name(0):
-        raise SystemExit(f"record device {rec['device']} != {torch.cuda.get_device_name(0)}")
-    rec["rows"] = [r for r in rec["rows"] if not r["impl"].startswith("torch")]
+    rec = load_record(a.record)
     configs = []
     for r in rec["rows"]:
         if r["config"] not in configs:
             configs.append(r["config"])
     for cfg in configs:
         rows = bench_config(cfg, a.iters, a.warmup, dev)
-        for r in rec["rows"]:
-            if r["config"] == cfg and r["impl"].startswith("pqcache"):
-                for b in rows:
-                    r["extra"][f"speedup_wall_vs_{b['impl']}"] = round(b["wall_us"]["median"] / r["wall_us"]["median"], 2)
-                    r["extra"][f"speedup_gpu_vs_{b['impl']}"] = round(b["gpu_us"]["median"] / r["gpu_us"]["median"], 2)
+        torch.cuda.empty_cache()  # this config's caches died with bench_config
+        add_speedups(rec, cfg, rows, lambda impl: impl.startswith("pqcache"))
         rec["rows"].extend(rows)
-    rec["command"] += f" && python3 bench/torch_attend_baseline.py --record {a.record}"
-    json.dump(rec, open(a.record, "w"), indent=2)
-    open(a.record, "a").write("\n")
-    print(f"merged into {a.record}")
-
+    save_record(rec, a.record, f"python3 bench/torch_attend_baseline.py --record {a.record}")
 
 if __name__ == "__main__":
     main()

@@ -7,20 +7,10 @@ clusters keep their centroid). GPU time from CUDA events (keys already on the de
 Rows are merged into the pqcache build record with the speed-up and the quantization error ratio.
 """
 import argparse
-import json
 
 import torch
 
-M32 = 0xFFFFFFFF
-
-
-def mix32(x):
-    """lowbias32 on python ints or int64 tensors holding uint32 values (src/pq/rng.ts)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & M32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & M32
-    return x ^ (x >> 16)
+from torch_common import M32, load_record, mix32, save_record
 
 
 def draw(seed, stream, counter):
@@ -73,8 +63,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", required=True)
     a = ap.parse_args()
-    rec = json.load(open(a.record))
-    rec["rows"] = [r for r in rec["rows"] if r["impl"] != "torch-kmeans"]
+    rec = load_record(a.record)
     seed = 0x5EED  # DEFAULT_CONFIG.seed
     for cfg in [r["config"] for r in rec["rows"] if r["impl"] == "pqcache-cuda"]:
         B, Hkv, sk, D, M, O, iters = cfg["B"], cfg["Hkv"], cfg["sk"], cfg["D"], cfg["M"], cfg["O"], cfg["iters"]
@@ -103,9 +92,7 @@ def main():
         print(f"torch-kmeans sk={sk}: gpu {times[2]:.1f} us, quantization error {err:.4e}", flush=True)
         del x
         torch.cuda.empty_cache()
-    rec["command"] += f" && python3 bench/torch_build_baseline.py --record {a.record}"
-    json.dump(rec, open(a.record, "w"), indent=2)
-    open(a.record, "a").write("\n")
+    save_record(rec, a.record, f"python3 bench/torch_build_baseline.py --record {a.record}")
 
 
 if __name__ == "__main__":

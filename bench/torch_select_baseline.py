@@ -17,19 +17,11 @@ import argparse
 import glob
 import json
 import os
-import time
 
 import torch
 from safetensors.torch import load_file
 
-
-def pct(xs, q):
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, int(-(-q * len(s) // 1)) - 1))]
-
-
-def summary(xs):
-    return {"median": round(pct(xs, 0.5), 3), "p90": round(pct(xs, 0.9), 3), "p99": round(pct(xs, 0.99), 3)}
+from torch_common import add_speedups, load_record, save_record, summary, time_calls
 
 
 class TorchStep:
@@ -78,28 +70,6 @@ class TorchStep:
         return lst
 
 
-def time_calls(fn, iters, warmup, sync):
-    for _ in range(warmup):
-        fn()
-    sync()
-    wall = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        wall.append((time.perf_counter() - t0) * 1e6)
-    gpu = []
-    e0 = torch.cuda.Event(enable_timing=True)
-    e1 = torch.cuda.Event(enable_timing=True)
-    for _ in range(iters):
-        e0.record()
-        fn()
-        e1.record()
-        e1.synchronize()
-        gpu.append(e0.elapsed_time(e1) * 1000)
-    return wall, gpu
-
-
 def bench_file(path, iters, warmup, dev):
     t = load_file(path)
     meta = json.loads(open(path, "rb").read(8 + int.from_bytes(open(path, "rb").read(8), "little"))[8:])["__metadata__"]
@@ -141,7 +111,7 @@ def bench_file(path, iters, warmup, dev):
 
         if seq_len + warmup + 2 * iters + 8 > st.cap:
             raise SystemExit(f"{path}: capacity {st.cap} too small for {warmup + 2 * iters} appends")
-        wall, gpu = time_calls(call, iters, warmup, torch.cuda.synchronize)
+        wall, gpu = time_calls(call, iters, warmup)
         rows.append({"impl": impl, "config": cfg, "wall_us": summary(wall), "gpu_us": summary(gpu),
                      "extra": {"note": "same inputs as pqcache-cuda; torch.topk tie order is unspecified, so not checked against the oracle"}})
         print(f"{impl:12s} B={cfg['B']} sk={cfg['sk']}: wall {rows[-1]['wall_us']['median']} us, gpu {rows[-1]['gpu_us']['median']} us", flush=True)
@@ -156,23 +126,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=50)
     a = ap.parse_args()
     dev = torch.device("cuda")
-    rec = json.load(open(a.record))
-    if rec["device"] != torch.cuda.get_device_name(0):
-        raise SystemExit(f"record device {rec['device']} != {torch.cuda.get_device_name(0)}")
-    rec["rows"] = [r for r in rec["rows"] if not r["impl"].startswith("torch")]
+    rec = load_record(a.record)
     for path in sorted(glob.glob(os.path.join(a.dump_dir, "select-*.safetensors"))):
         cfg, rows = bench_file(path, a.iters, a.warmup, dev)
         rec["rows"].extend(rows)
-        for r in rec["rows"]:
-            if r["impl"] == "pqcache-cuda" and r["config"] == cfg:
-                for b in rows:
-                    r["extra"][f"speedup_wall_vs_{b['impl']}"] = round(b["wall_us"]["median"] / r["wall_us"]["median"], 2)
-                    r["extra"][f"speedup_gpu_vs_{b['impl']}"] = round(b["gpu_us"]["median"] / r["gpu_us"]["median"], 2)
-    rec["command"] += f" && python3 bench/torch_select_baseline.py --dump-dir {a.dump_dir} --record {a.record}"
-    json.dump(rec, open(a.record, "w"), indent=2)
-    open(a.record, "a").write("\n")
-    print(f"merged into {a.record}")
-
+        add_speedups(rec, cfg, rows, lambda impl: impl == "pqcache-cuda")
+    save_record(rec, a.record, f"python3 bench/torch_select_baseline.py --dump-dir {a.dump_dir} --record {a.record}")
 
 if __name__ == "__main__":
     main()
