@@ -16,7 +16,7 @@ import { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
 import { throwDeviceStatus } from '../pq/kernels.js';
 import type { BuildOptions } from '../pq/cache.js';
-import { type Layout, makeLayout, type PQConfig } from '../pq/config.js';
+import { type Layout, makeLayout } from '../pq/config.js';
 import { CudaPQCache } from '../pq/cuda-cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
@@ -79,7 +79,6 @@ export class CudaDecodeLayer implements DecodeLayer {
   /** The PQ index (sparse layers). */
   readonly pq: CudaPQCache | undefined;
   readonly kv: KVCacheView;
-  private readonly config: Partial<PQConfig> | undefined;
   /** The validated shape and config (checked once, used by every step's input checks). */
   private readonly layout: Layout;
   private readonly ownsStream: boolean;
@@ -104,7 +103,6 @@ export class CudaDecodeLayer implements DecodeLayer {
     this.mode = o.mode;
     this.kvDType = o.kvDType;
     this.capacity = o.capacity;
-    this.config = options.config;
     const layout = makeLayout(options.shape, options.config);
     this.layout = layout;
     this.shape = layout.shape;
@@ -164,7 +162,7 @@ export class CudaDecodeLayer implements DecodeLayer {
   /** Fill the K/V cache (positions 0 … sk−1) and, for sparse layers, build the index on the keys. */
   prefill(keys: HostTensor, values: HostTensor, options?: BuildOptions): void {
     this.live();
-    const sk = checkPrefill(this.shape, this.config, this.capacity, keys, values);
+    const sk = checkPrefill(this.layout, this.capacity, keys, values);
     this.stream.synchronize();
     this.filled = false; // a failure below leaves no half-filled layer behind
     uploadKVRows(this.kv, this.shape, keys, values);

@@ -9,7 +9,7 @@
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
 import { CpuPQCache } from '../pq/cache.js';
-import { type CacheShape, type PQConfig, makeLayout } from '../pq/config.js';
+import { type CacheShape, type Layout, type PQConfig, makeLayout } from '../pq/config.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, checkStepKey } from '../pq/validate.js';
 import { type FloatDType, FLOAT_DTYPES, readFloat } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
@@ -60,8 +60,7 @@ export function resolveLayerOptions(options: DecodeLayerOptions): { mode: Attent
 }
 
 /** Keys and values of a prefill: [B, Hkv, sk, D] each, the same sk; returns sk. */
-export function checkPrefill(shape: CacheShape, config: Partial<PQConfig> | undefined, capacity: number, keys: HostTensor, values: HostTensor): number {
-  const layout = makeLayout(shape, config);
+export function checkPrefill(layout: Layout, capacity: number, keys: HostTensor, values: HostTensor): number {
   const sk = checkKeys(layout, keys, 'keys', 1);
   const sv = checkKeys(layout, values, 'values', 1);
   if (sv !== sk) throw new ShapeError('values', `[B, Hkv, ${sk}, D] (as many positions as keys)`, values.shape);
@@ -70,8 +69,7 @@ export function checkPrefill(shape: CacheShape, config: Partial<PQConfig> | unde
 }
 
 /** A step's host inputs: query [B,H,1,D], key and value [B,Hkv,1,D], float, finite. */
-export function checkStepInputs(shape: CacheShape, config: Partial<PQConfig> | undefined, inputs: StepInputs<HostTensor>): void {
-  const layout = makeLayout(shape, config);
+export function checkStepInputs(layout: Layout, inputs: StepInputs<HostTensor>): void {
   checkQuery(layout, inputs.query, 'query');
   checkStepKey(layout, inputs.key, 'key');
   checkStepKey(layout, inputs.value, 'value');
@@ -90,7 +88,8 @@ export class CpuDecodeLayer implements DecodeLayer {
   readonly shape: CacheShape;
   readonly capacity: number;
   readonly kvDType: FloatDType;
-  private readonly config: Partial<PQConfig> | undefined;
+  /** The validated shape and config, checked once. */
+  private readonly layout: Layout;
   private readonly pq: CpuPQCache | undefined;
   private readonly keys: Float32Array;
   private readonly values: Float32Array;
@@ -104,8 +103,8 @@ export class CpuDecodeLayer implements DecodeLayer {
     this.mode = o.mode;
     this.kvDType = o.kvDType;
     this.capacity = o.capacity;
-    this.shape = makeLayout(options.shape, options.config).shape;
-    this.config = options.config;
+    this.layout = makeLayout(options.shape, options.config);
+    this.shape = this.layout.shape;
     this.pq = this.mode === 'sparse' ? new CpuPQCache({ shape: options.shape, config: options.config, capacity: this.capacity }) : undefined;
     const n = this.shape.batch * this.shape.kvHeads * this.capacity * this.shape.headDim;
     this.keys = new Float32Array(n);
@@ -129,7 +128,7 @@ export class CpuDecodeLayer implements DecodeLayer {
 
   prefill(keys: HostTensor, values: HostTensor, options?: BuildOptions): void {
     this.live();
-    const sk = checkPrefill(this.shape, this.config, this.capacity, keys, values);
+    const sk = checkPrefill(this.layout, this.capacity, keys, values);
     this.pq?.build(keys, options);
     this.writeRows(this.keys, keys.toFloat32(), 0, sk);
     this.writeRows(this.values, values.toFloat32(), 0, sk);
@@ -140,7 +139,7 @@ export class CpuDecodeLayer implements DecodeLayer {
   stepToHost(inputs: StepInputs<HostTensor>): HostTensor {
     this.live();
     checkBuilt('step', this.filled);
-    checkStepInputs(this.shape, this.config, inputs);
+    checkStepInputs(this.layout, inputs);
     checkCapacity('key', this.capacity, this.length + 1);
     const selection = this.pq?.stepToHost(inputs.query, inputs.key);
     this.writeRows(this.keys, inputs.key.toFloat32(), this.length, 1);
