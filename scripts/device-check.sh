@@ -2,7 +2,7 @@
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
 # Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune
-# attend step attsan fuzz soak quality report sanall sanfast). Logs and records go to
+# attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"
@@ -52,12 +52,17 @@ for s in $steps; do
         run "san-$tool" "${SAN_LIMIT:-400}" env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=10 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 ${SAN_FILES:-$(ls .device/app/dist/test/gpu/*.test.js)}
       done
       node scripts/merge-sanitizer.mjs "$OUT" ;;
-    sanfast) # the tools that are too slow over the whole suite, over the kernels' own tests only
-      run san-racecheck 200 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/attention.test.js .device/app/dist/test/gpu/build.test.js
-      run san-racecheck-select 150 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 4
-      run san-initcheck 200 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=5 compute-sanitizer --tool initcheck --report-api-errors no --target-processes all node --test --test-concurrency=1 $(ls .device/app/dist/test/gpu/*.test.js)
-      run san-synccheck 200 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=5 compute-sanitizer --tool synccheck --report-api-errors no --target-processes all node --test --test-concurrency=1 $(ls .device/app/dist/test/gpu/*.test.js)
-      SAN_OVER="racecheck: attention, decode-layer and build tests and 6 verify cases (select kernels); initcheck, synccheck: every GPU test" node scripts/merge-sanitizer.mjs "$OUT" ;;
+    sanrace|saninit|sanfast) # the tools too slow over the whole suite: racecheck over the kernels' own tests
+      if [ "$s" != saninit ]; then
+        run san-racecheck 200 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/attention.test.js .device/app/dist/test/gpu/build.test.js
+        run san-racecheck-select 150 compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 6 --seed 4
+      fi
+      if [ "$s" != sanrace ]; then
+        run san-initcheck 200 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=5 compute-sanitizer --tool initcheck --report-api-errors no --target-processes all node --test --test-concurrency=1 $(ls .device/app/dist/test/gpu/*.test.js)
+        run san-synccheck 200 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 PQCACHE_GPU_CASES=5 compute-sanitizer --tool synccheck --report-api-errors no --target-processes all node --test --test-concurrency=1 $(ls .device/app/dist/test/gpu/*.test.js)
+      fi
+      SAN_OVER_racecheck="attention + decode-layer and build tests" SAN_OVER_racecheck_select="6 verify cases (select and append kernels)" \
+        SAN_OVER="every GPU test (PQCACHE_GPU_CASES=5)" node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Merges compute-sanitizer results into the reliability record: for each $OUT/san-<tool>.log,
-// the tool, what it ran over and its "ERROR SUMMARY" count.
+// the tool, what it ran over (SAN_OVER_<tool>, else SAN_OVER, else every GPU test) and its "ERROR SUMMARY" count.
 //   node scripts/merge-sanitizer.mjs OUT_DIR
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,7 +21,7 @@ for (const f of readdirSync(dir).filter((f) => /^san-.*\.log$/.test(f)).sort()) 
   const failed = log.match(/^# fail (\d+)/m)?.[1];
   record.rows.push({
     impl: `sanitizer-${tool}`,
-    config: { tool, over: process.env.SAN_OVER ?? 'every GPU test (node --test dist/test/gpu): runtime, select + append, attention + decode layers, build kernels' },
+    config: { tool, over: process.env[`SAN_OVER_${tool.replace(/-/g, '_')}`] ?? process.env.SAN_OVER ?? 'every GPU test (node --test dist/test/gpu): runtime, select + append, attention + decode layers, build kernels' },
     // complete: the test run finished under the tool (a time limit can cut it short).
     extra: { errors, processes_reported: summary.length, tests_passed: Number(tests ?? 0), tests_failed: Number(failed ?? 0), complete: tests !== undefined },
   });

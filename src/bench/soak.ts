@@ -87,7 +87,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
     for (let s = 0; s < total; s++) {
       const i = s % count;
       const cache = caches[i];
-      if (stepsOf[i] % o.requestLen === 0) cache.uploadState({ ...prefill, codes: prefill.codes.slice() }); // a new request
+      if (stepsOf[i] % o.requestLen === 0) cache.uploadState(prefill); // a new request (uploadState copies, never mutates)
       stepsOf[i]++;
       const t0 = nowUs();
       cache.step(q[s % sets], k[(s + i) % sets]);

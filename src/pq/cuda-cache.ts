@@ -73,6 +73,8 @@ const STEP_PAIRS_ARGS = [
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+/** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
+const MAX_STEP_GRAPHS = 32;
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
@@ -108,7 +110,8 @@ export class CudaPQCache implements PQCache {
   private readonly pairsCountKernel: Kernel | undefined;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
-  private readonly graphs = new GraphCache();
+  /** Bounded: device inputs at ever-new addresses would otherwise capture a graph per address. */
+  private readonly graphs = new GraphCache(MAX_STEP_GRAPHS);
   /** The launch plan the captured graphs use, valid for sk ≤ maxSeqLen. */
   private graphPlan: { numSlices: number; sliceLen: number; maxSeqLen: number } | undefined;
   /** The seqState slot holding the current sk (steps alternate slots). */
@@ -639,8 +642,8 @@ export class CudaPQCache implements PQCache {
     copies.fill32Async(s.sparseLen, 0, s.sparseLen.bytes / 4, this.stream);
     copies.fill32Async(s.sparseList, 0xffffffff, s.sparseList.bytes / 4, this.stream);
     this.weightsDType = dtype;
-    // Captured graphs bake the weights dtype in: drop them.
-    this.graphs.clear();
+    // Graphs stay: their key carries the weights dtype, and the buffers they read and write are
+    // the arena's, so a new request (uploadState) replays the graphs captured by the last one.
   }
 
   /** Copy the outputs to new host arrays and synchronize. */

@@ -32,10 +32,10 @@ test('cuda select and append agree with the oracle on random configs (integer: b
 });
 
 /** Integer-valued index for multi-step tests: exact scores, so CPU and GPU must agree exactly. */
-function integerState(seqLen: number, capacity: number, config: object, shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 }): PQIndexState {
+function integerState(seqLen: number, capacity: number, config: object, shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 }, seed = 12345): PQIndexState {
   const layout = makeLayout(shape, { kmeansIters: 0, ...config });
   const st = emptyIndexState(layout, capacity);
-  let r = 12345;
+  let r = seed;
   const rnd = (lo: number, hi: number): number => {
     r = (Math.imul(r, 1103515245) + 12345) >>> 0;
     return lo + ((r >>> 8) % (hi - lo + 1));
@@ -80,6 +80,37 @@ test('incremental weights stay exact over many steps, across the full-attention 
     }
     gpu.synchronize();
     assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes);
+  } finally {
+    gpu.dispose();
+  }
+});
+
+test('new requests on one index (uploadState, longer and shorter prefills, both dtypes) replay its graphs and stay exact', { skip }, () => {
+  const config = { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 5, initOffset: 8 };
+  const shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 };
+  const capacity = 6000;
+  const gpu = new CudaPQCache({ shape, config: makeLayout(shape, { kmeansIters: 0, ...config }).config, capacity });
+  try {
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+    let r = 7;
+    const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+    // 5000 → 1200 keeps the plan made for the longer prefill; the seeds change every code.
+    for (const [req, seqLen] of [5000, 1200, 3000, 1200].entries()) {
+      const st = integerState(seqLen, capacity, config, shape, 1000 + req);
+      gpu.uploadState(st);
+      const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+      for (let s = 0; s < 12; s++) {
+        const q = HostTensor.fromNumbers((s + req) % 2 === 0 ? 'f32' : 'bf16', [B, H, 1, D], Array.from({ length: B * H * D }, rnd));
+        const k = HostTensor.fromNumbers('f32', [B, Hkv, 1, D], Array.from({ length: B * Hkv * D }, rnd));
+        const want = cpu.stepToHost(q, k);
+        const got = gpu.stepToHost(q, k);
+        const at = `request ${req} step ${s} (${q.dtype})`;
+        assert.deepEqual(got.sparseLen.data, want.sparseLen.data, `${at} sparseLen`);
+        assert.deepEqual(got.sparseList.data, want.sparseList.data, `${at} sparseList`);
+        assert.deepEqual(got.weights.data, want.weights.data, `${at} weights`);
+      }
+      assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes, `request ${req} codes`);
+    }
   } finally {
     gpu.dispose();
   }
