@@ -97,6 +97,31 @@ export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
       graph.dispose();
     }
 
+    // The floor under any one-kernel step graph: what CUDA events read around an empty kernel.
+    const single = GraphExec.capture(stream, () => launch(empty, one, noArgs, stream));
+    const ev0 = new Event();
+    const ev1 = new Event();
+    try {
+      const wall: number[] = [];
+      const gpu: number[] = [];
+      for (let i = 0; i < 200 + o.iters; i++) {
+        const t0 = nowUs();
+        ev0.record(stream);
+        single.launch(stream);
+        ev1.record(stream);
+        stream.synchronize();
+        if (i < 200) continue;
+        wall.push(nowUs() - t0);
+        gpu.push(ev1.elapsedSince(ev0) * 1000);
+      }
+      const g = summarize(gpu);
+      rows.push({ ...latencyRow('pqcache-cuda', 'graph of 1 empty kernel between events, launch + sync', wall), gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) } });
+    } finally {
+      single.dispose();
+      ev0.dispose();
+      ev1.dispose();
+    }
+
     const batch = 1000;
     const lt: number[] = [];
     for (let r = 0; r < 30; r++) {

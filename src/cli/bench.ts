@@ -91,7 +91,7 @@ export function runBench(o: BenchCliOptions): number {
       console.log(' of copy = dense K/V read rate / device copy bandwidth)');
     } else if (o.kind === 'runtime') {
       record.rows.push(...benchRuntime({ iters: o.iters, bandwidthBytes: 1 << 30 }));
-      console.log(table(['what', 'wall med', 'p90', 'p99', 'extra'], record.rows.map((r) => [String(r.config.what), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN, JSON.stringify(r.extra ?? {})])));
+      console.log(table(['what', 'wall med', 'p90', 'p99', 'gpu med', 'extra'], record.rows.map((r) => [String(r.config.what), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN, r.gpu_us?.median ?? NaN, JSON.stringify(r.extra ?? {})])));
     } else {
       const stream = new Stream();
       const copyGBs = measureCopyBandwidth(stream, 1 << 30);

@@ -9,7 +9,7 @@
  */
 import koffi from 'koffi';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
-import { type DevicePtr, type Handle, check, driver, outHandle } from './driver.js';
+import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, type Handle, check, driver, outHandle } from './driver.js';
 import type { Stream } from './stream.js';
 
 const live = { deviceBuffers: 0, deviceBytes: 0, pinnedBuffers: 0, pinnedBytes: 0 };
@@ -44,6 +44,23 @@ export const copies = {
   fromHost(dst: DeviceRange, src: ArrayBufferView, dstOffset = 0): void {
     checkFits('src', dst, dstOffset, hostBytes(src));
     check('cuMemcpyHtoD_v2', driver().cuMemcpyHtoD_v2(dst.ptr + BigInt(dstOffset), src, hostBytes(src)));
+  },
+  /**
+   * Rows of `widthBytes` from host rows `srcPitch` apart to device rows `dstPitch` apart, without a
+   * host-side repacking copy; done when it returns (the stream is synchronized).
+   */
+  fromHost2D(dst: DeviceRange, dstPitch: number, src: ArrayBufferView, srcPitch: number, widthBytes: number, height: number, stream: Stream): void {
+    if (height === 0 || widthBytes === 0) return;
+    if (widthBytes > srcPitch || widthBytes > dstPitch) throw new ShapeError('widthBytes', `at most the pitches (${srcPitch}, ${dstPitch})`, String(widthBytes));
+    checkFits('dst', dst, 0, (height - 1) * dstPitch + widthBytes);
+    if ((height - 1) * srcPitch + widthBytes > hostBytes(src)) throw new ShapeError('src', `at least ${(height - 1) * srcPitch + widthBytes} bytes`, `${hostBytes(src)} bytes`);
+    const copy = {
+      srcXInBytes: 0, srcY: 0, srcMemoryType: CU_MEMORYTYPE_HOST, srcHost: koffi.address(src) as bigint, srcDevice: 0n, srcArray: null, srcPitch,
+      dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_DEVICE, dstHost: null, dstDevice: dst.ptr, dstArray: null, dstPitch,
+      WidthInBytes: widthBytes, Height: height,
+    };
+    check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
+    stream.synchronize(); // pageable source: it must stay untouched until the copy is done
   },
   toHost(dst: ArrayBufferView, src: DeviceRange, srcOffset = 0): void {
     checkFits('dst', src, srcOffset, hostBytes(dst));

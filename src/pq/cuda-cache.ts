@@ -247,17 +247,15 @@ export class CudaPQCache implements PQCache {
     const M = this.layout.config.pqGroupFactor;
     const cdim = this.layout.centroidDim;
     const s = this.arena.slices;
-    const rows = state.centroids.length / cdim;
-    const padded = new Float32Array(rows * this.centroidStride);
-    for (let r = 0; r < rows; r++) padded.set(state.centroids.subarray(r * cdim, (r + 1) * cdim), r * this.centroidStride);
     this.stream.synchronize();
-    copies.fromHost(s.centroids, padded);
-    const codes = new Uint8Array(B * Hkv * this.capPad * M);
-    for (let bh = 0; bh < B * Hkv; bh++) {
-      const src = codeOffset(state.layout, state.capacity, 0, bh, 0);
-      codes.set(state.codes.subarray(src, src + state.seqLen * M), bh * this.capPad * M);
+    // Straight from the state's arrays into the padded device rows: no host-side repacking, so a
+    // serving process that uploads a prefill per request allocates nothing here.
+    copies.fromHost2D(s.centroids, this.centroidStride * 4, state.centroids, cdim * 4, cdim * 4, state.centroids.length / cdim, this.stream);
+    if (state.seqLen > 0) {
+      const rowBytes = state.capacity * M;
+      const codes = state.codes.subarray(codeOffset(state.layout, state.capacity, 0, 0, 0), B * Hkv * rowBytes);
+      copies.fromHost2D(s.codes, this.capPad * M, codes, rowBytes, state.seqLen * M, B * Hkv, this.stream);
     }
-    copies.fromHost(s.codes, codes);
     copies.fromHost(s.phi, state.phi);
     this.resetSequence(state.seqLen);
   }
