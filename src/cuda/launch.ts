@@ -2,9 +2,12 @@
  * Kernel launches with argument blocks packed once in native memory.
  *
  * cuLaunchKernel takes `void **kernelParams`: an array of pointers, one per argument, each to
- * the argument's value. A LaunchArgs owns a native block holding the values (8 bytes a slot)
- * followed by that pointer array, so a launch passes one bigint and allocates nothing in JS;
- * changing an argument is a DataView write into the block.
+ * the argument's value. A LaunchArgs owns a block holding the values (8 bytes a slot) followed by
+ * that pointer array, so a launch passes one bigint and allocates nothing in JS; changing an
+ * argument is a DataView write into the block.
+ * The block is a JS ArrayBuffer (its backing store lives outside the moving heap, so its address is
+ * stable while the object is alive), not koffi.alloc + koffi.view: koffi 3.3 keeps ≈ 220 bytes per
+ * view forever, which a serving process creating argument blocks per request accumulates (soak).
  */
 import koffi from 'koffi';
 import { ConfigError, DisposedError } from '../errors.js';
@@ -19,7 +22,7 @@ const SLOT = 8;
 
 export class LaunchArgs<Kinds extends readonly ArgKind[] = readonly ArgKind[]> {
   readonly kinds: Kinds;
-  private block: bigint | undefined;
+  private block: ArrayBuffer | undefined;
   private view: DataView | undefined;
   /** The `void **kernelParams` address to pass to cuLaunchKernel. */
   private paramsAddr: bigint;
@@ -27,11 +30,11 @@ export class LaunchArgs<Kinds extends readonly ArgKind[] = readonly ArgKind[]> {
   constructor(kinds: Kinds) {
     this.kinds = kinds;
     const n = Math.max(kinds.length, 1);
-    const bytes = n * SLOT * 2;
-    this.block = koffi.alloc('uint8_t', bytes) as bigint;
-    this.view = new DataView(koffi.view(this.block, bytes));
-    this.paramsAddr = this.block + BigInt(n * SLOT);
-    for (let i = 0; i < kinds.length; i++) this.view.setBigUint64(n * SLOT + i * SLOT, this.block + BigInt(i * SLOT), true);
+    this.block = new ArrayBuffer(n * SLOT * 2);
+    this.view = new DataView(this.block);
+    const base = koffi.address(this.block) as bigint;
+    this.paramsAddr = base + BigInt(n * SLOT);
+    for (let i = 0; i < kinds.length; i++) this.view.setBigUint64(n * SLOT + i * SLOT, base + BigInt(i * SLOT), true);
   }
 
   private dv(): DataView {
@@ -77,8 +80,8 @@ export class LaunchArgs<Kinds extends readonly ArgKind[] = readonly ArgKind[]> {
 
   dispose(): void {
     if (this.block === undefined) return;
-    koffi.free(this.block);
-    this.block = undefined;
+    this.block = undefined; // the garbage collector frees it
+
     this.view = undefined;
   }
 }
