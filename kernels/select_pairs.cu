@@ -8,7 +8,10 @@
 //
 // pq_step_pairs_m{M}_p{CL}: one launch per decode step.
 //   Grid (CL, rows + append_rows), block NT = 256, thread-block clusters of CL blocks along x
-//   (CL = 1 on GPUs before sm_90). Cluster y < rows selects for query head `row = y`; its block of
+//   (CL = 1 on GPUs before sm_90); dynamic shared memory (bits_tiles * 2 * NT + tiles * 2 * NT/32) * 4
+//   bytes, tiles = ceil(slice_len / 4096): the take and tie bits of the slice's first bits_tiles
+//   tiles, kept from the scan for the write pass (tiles beyond are loaded and classified again), and
+//   per-(tile, warp) count prefixes. Cluster y < rows selects for query head `row = y`; its block of
 //   rank r owns slice r of the positions and 1/CL of the pairs. The blocks exchange partial weight
 //   histograms, boundary-bin members and pair classes through distributed shared memory, so every
 //   block derives the same threshold; each block then writes its heavy hitters straight into the
@@ -43,7 +46,6 @@ constexpr int TILE = NT * E;
 constexpr int MAX_D = PQ_APPEND_MAX_D;
 constexpr int MAX_PAIRS = 16384;
 constexpr int GATHERED_MEMBERS = 1024;  // boundary-bin members listed (more: recomputed per pass)
-constexpr int BITS_TILES = 2;           // tiles whose class bits are kept for the write pass
 constexpr int SMEM_WEIGHTS = 4096;      // pair counts staged in shared memory (the rest read from L2)
 constexpr int NW = NT / 32;
 
@@ -58,8 +60,6 @@ struct StepShared {
     float dist[PQ_APPEND_MAX_ENTRIES];  // append blocks
   };
   int hist[256];
-  uint32_t take_bits[BITS_TILES][NT];  // class bits of the first tiles, for the write pass
-  uint32_t tie_bits[BITS_TILES][NT];
   uint32_t all_key[GATHERED_MEMBERS];  // boundary-bin members
   uint32_t all_w[GATHERED_MEMBERS];
   uint32_t reduce[4 * NW];
@@ -300,8 +300,9 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                            int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len,
-                           long long* phase_clock) {
+                           int bits_tiles, long long* phase_clock) {
   __shared__ StepShared sm;
+  extern __shared__ uint32_t class_bits[];  // [bits_tiles][take, tie][NT]
   const int tid = threadIdx.x;
   long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
   auto stamp = [&](int k) {
@@ -469,12 +470,15 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   select_row<M>(sm, table, virtual_pair, C, log2c, K, th, take_all, stamp);
   stamp(PH_CLASSES);
 
-  // Scan this block's slice: classes of 16 consecutive positions per thread per tile; the class
-  // bits of the first BITS_TILES tiles are kept in shared memory for the write pass.
-  int take_total = 0, tie_total = 0;
+  // Scan this block's slice: classes of 16 consecutive positions per thread per tile, the next
+  // tile's codes in flight while this one is classified; the class bits of the first bits_tiles
+  // tiles stay in shared memory for the write pass.
   const int tiles = s1 > s0 ? (s1 - s0 + TILE - 1) / TILE : 0;
+  // Per (tile, warp): the warp's (take, tie) counts, turned into exclusive prefixes in position
+  // order below, so the write pass needs no block-wide scan per tile.
+  int* tile_prefix = reinterpret_cast<int*>(class_bits + bits_tiles * 2 * NT);  // [tiles][take, tie][NW]
   uint32_t take_bits = 0u, tie_bits = 0u;
-  auto classify = [&](int t0) {  // classes of this thread's 16 positions of the tile in raw[]
+  auto classify = [&](const uint4 (&tile)[M], int t0) {  // classes of this thread's 16 positions of the tile
     const int p0 = t0 + tid * E;
     take_bits = 0u;
     tie_bits = 0u;
@@ -483,9 +487,9 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       const int p = p0 + j;
       uint32_t c0, c1 = 0u;
       if (M == 1) {
-        c0 = ((&raw[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
+        c0 = ((&tile[0].x)[j >> 2] >> (8 * (j & 3))) & 0xffu;
       } else {
-        const uint32_t w = (&raw[0].x)[j >> 1];
+        const uint32_t w = (&tile[0].x)[j >> 1];
         c0 = (w >> (16 * (j & 1))) & 0xffu;
         c1 = (w >> (16 * (j & 1) + 8)) & 0xffu;
       }
@@ -496,36 +500,41 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   };
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
-    if (t != 0) load_tile(s0 + t * TILE, s1);
-    classify(s0 + t * TILE);
-    if (t < BITS_TILES) {
-      sm.take_bits[t][tid] = take_bits;
-      sm.tie_bits[t][tid] = tie_bits;
-    }
-    take_total += __popc(take_bits);
-    tie_total += __popc(tie_bits);
-  }
-  // Both block totals in one reduction.
-  {
-    int a = take_total, c = tie_total;
+    uint4 cur[M];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      a += __shfl_xor_sync(0xffffffffu, a, o);
-      c += __shfl_xor_sync(0xffffffffu, c, o);
+    for (int c = 0; c < M; ++c) cur[c] = raw[c];
+    if (t + 1 < tiles) load_tile(s0 + (t + 1) * TILE, s1);
+    classify(cur, s0 + t * TILE);
+    if (t < bits_tiles) {
+      class_bits[(2 * t) * NT + tid] = take_bits;
+      class_bits[(2 * t + 1) * NT + tid] = tie_bits;
     }
+    const int warp_take = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(__popc(take_bits)));
+    const int warp_tie = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(__popc(tie_bits)));
     if ((tid & 31) == 0) {
-      sm.reduce[tid >> 5] = static_cast<uint32_t>(a);
-      sm.reduce[NW + (tid >> 5)] = static_cast<uint32_t>(c);
+      tile_prefix[(2 * t) * NW + (tid >> 5)] = warp_take;
+      tile_prefix[(2 * t + 1) * NW + (tid >> 5)] = warp_tie;
     }
-    __syncthreads();
-    if (tid == 0) {
-      int ta = 0, tc = 0;
-      for (int w = 0; w < NW; ++w) {
-        ta += static_cast<int>(sm.reduce[w]);
-        tc += static_cast<int>(sm.reduce[NW + w]);
+  }
+  // Exclusive prefixes over (tile, warp) in position order, and the block totals: warp 0, each lane
+  // summing a run of consecutive entries, then one warp scan over the runs.
+  __syncthreads();
+  if (tid < 32) {
+    const int n = tiles * NW;
+    const int run = (n + 31) / 32;
+#pragma unroll
+    for (int f = 0; f < 2; ++f) {  // f = 0: takes, 1: ties
+      auto at = [&](int i) -> int& { return tile_prefix[(2 * (i / NW) + f) * NW + i % NW]; };
+      int sum = 0;
+      for (int i = tid * run; i < min(n, (tid + 1) * run); ++i) sum += at(i);
+      const int incl = pq_warp_inclusive_scan(sum);
+      int acc = incl - sum;
+      for (int i = tid * run; i < min(n, (tid + 1) * run); ++i) {
+        const int v = at(i);
+        at(i) = acc;
+        acc += v;
       }
-      sm.counts[0] = ta;
-      sm.counts[1] = tc;
+      if (tid == 31) sm.counts[f] = incl;
     }
   }
   cluster_sync();  // counts published; every block's old weights cleared; the table is no longer read
@@ -557,17 +566,17 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
     const int t0 = s0 + t * TILE;
-    if (t < BITS_TILES) {
-      take_bits = sm.take_bits[t][tid];
-      tie_bits = sm.tie_bits[t][tid];
+    if (t < bits_tiles) {
+      take_bits = class_bits[(2 * t) * NT + tid];
+      tie_bits = class_bits[(2 * t + 1) * NT + tid];
     } else {
       load_tile(t0, s1);
-      classify(t0);
+      classify(raw, t0);
     }
-    int tile_total;
-    const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);  // ≤ 4096 per field
-    int tk_before = take_before + (packed & 0xffff);
-    int ti_before = tie_before + (packed >> 16);
+    if (__ballot_sync(0xffffffffu, (take_bits | tie_bits) != 0u) == 0u) continue;  // nothing of this warp's
+    const int nt = __popc(take_bits), ni = __popc(tie_bits);
+    const int tk_before = take_before + tile_prefix[(2 * t) * NW + (tid >> 5)] + pq_warp_inclusive_scan(nt) - nt;
+    const int ti_before = tie_before + tile_prefix[(2 * t + 1) * NW + (tid >> 5)] + pq_warp_inclusive_scan(ni) - ni;
     const int p0 = t0 + tid * E;
     uint32_t selected = take_bits | tie_bits;
     while (selected != 0u) {  // only the set bits: most threads have none
@@ -585,8 +594,6 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
         }
       }
     }
-    take_before += tile_total & 0xffff;
-    tie_before += tile_total >> 16;
   }
   stamp(PH_WRITE);
   if (rank == 0) {
@@ -622,11 +629,11 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
       int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
-      int full_threshold, int slice_len, long long* phase_clock) {                                                   \
+      int full_threshold, int slice_len, int bits_tiles, long long* phase_clock) {                                   \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_pairs<M, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count,  \
                       readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
-                      slice_len, phase_clock);                                                                       \
+                      slice_len, bits_tiles, phase_clock);                                                           \
   }
 
 PQ_STEP_PAIRS_KERNEL(1, 1)

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { makeLayout } from '../src/pq/config.js';
-import { SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName } from '../src/pq/cuda-plan.js';
+import { MAX_BITS_TILES, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName } from '../src/pq/cuda-plan.js';
 
 test('select plan: slices cover the eligible span for every sk up to the plan limit, aligned', () => {
   fc.assert(
@@ -46,10 +46,15 @@ test('pair plan: one power-of-two cluster per head whose slices cover the span',
         assert.ok([1, 2, 4, 8].includes(plan.cluster) && (c.clusters || plan.cluster === 1));
         assert.ok(plan.cluster <= pairTableSize(layout));
         assert.ok(plan.cluster * plan.sliceLen >= eligibleSpan(layout, plan.maxSeqLen) && plan.sliceLen % 256 === 0);
+        const tiles = Math.ceil(plan.sliceLen / SELECT_TILE);
+        assert.equal(plan.bitsTiles, Math.min(tiles, MAX_BITS_TILES));
+        assert.equal(plan.sharedBytes, (plan.bitsTiles * 512 + tiles * 16) * 4);
+        // Class bits fit whenever the cluster can grow to make them fit.
+        if (c.clusters && plan.cluster < 8 && plan.cluster < pairTableSize(layout)) assert.equal(plan.bitsTiles, tiles);
       },
     ),
     { numRuns: 300, seed: 5 },
   );
   const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, {});
-  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 4, sliceLen: 8192, maxSeqLen: 32768 });
+  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 4, sliceLen: 8192, maxSeqLen: 32768, bitsTiles: 2, sharedBytes: 4224 });
 });

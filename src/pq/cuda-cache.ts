@@ -67,12 +67,16 @@ const SELECT_ARGS = [
 ] as const;
 const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
-  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
+  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
 ] as const;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+/** A launch plan of the step: slices per head (the cluster on the pair path) and their length. */
+type StepPlan = { numSlices: number; sliceLen: number; maxSeqLen: number; bitsTiles: number; sharedBytes: number };
+/** Dynamic shared memory a kernel may use without opting in (cuFuncSetAttribute). */
+const DEFAULT_DYNAMIC_SHARED = 48 * 1024;
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
@@ -113,7 +117,7 @@ export class CudaPQCache implements PQCache {
   /** Bounded: device inputs at ever-new addresses would otherwise capture a graph per address. */
   private readonly graphs = new GraphCache(MAX_STEP_GRAPHS);
   /** The launch plan the captured graphs use, valid for sk ≤ maxSeqLen. */
-  private graphPlan: { numSlices: number; sliceLen: number; maxSeqLen: number } | undefined;
+  private graphPlan: StepPlan | undefined;
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
@@ -520,7 +524,7 @@ export class CudaPQCache implements PQCache {
     return this.status.ptr;
   }
 
-  private currentPlan(sk: number): { numSlices: number; sliceLen: number; maxSeqLen: number } {
+  private currentPlan(sk: number): StepPlan {
     if (this.graphPlan === undefined || sk > this.graphPlan.maxSeqLen) {
       this.graphs.clear();
       this.graphPlan = this.planFor(sk);
@@ -529,13 +533,13 @@ export class CudaPQCache implements PQCache {
   }
 
   /** The launch plan for a sequence length (slices per head and their length). */
-  planFor(seqLen: number): { numSlices: number; sliceLen: number; maxSeqLen: number } {
+  planFor(seqLen: number): StepPlan {
     const dev = this.context.device;
     if (this.pairs > 0) {
       const p = planPairs(this.layout, seqLen, dev.multiprocessorCount, dev.computeCapability[0] >= 9, this.clusterOverride);
-      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen };
+      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen, bitsTiles: p.bitsTiles, sharedBytes: p.sharedBytes };
     }
-    return planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride);
+    return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), bitsTiles: 0, sharedBytes: 0 };
   }
 
   /** pair_count += 1 for the codes of positions [from, to) (pair path only). */
@@ -596,7 +600,7 @@ export class CudaPQCache implements PQCache {
    * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
-  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: { numSlices: number; sliceLen: number }, slot: number): void {
+  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number): void {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
@@ -610,9 +614,10 @@ export class CudaPQCache implements PQCache {
         keys !== undefined ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr,
         DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
         this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
-        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, this.phaseBuffer?.ptr ?? 0n,
+        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
       ]);
-      launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
+      if (plan.sharedBytes > DEFAULT_DYNAMIC_SHARED) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
+      launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [SELECT_THREADS, 1, 1], sharedBytes: plan.sharedBytes }, args, this.stream);
       this.lastStepGrid = [cluster, B * H + appendRows];
     } finally {
       args.dispose();

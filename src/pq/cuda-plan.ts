@@ -95,14 +95,23 @@ export interface PairsPlan {
   readonly cluster: number;
   readonly sliceLen: number;
   readonly maxSeqLen: number;
+  /** Tiles of a slice whose class bits stay in shared memory from the scan to the write pass. */
+  readonly bitsTiles: number;
+  /** The step kernel's dynamic shared memory: those class bits and per-(tile, warp) count prefixes. */
+  readonly sharedBytes: number;
 }
+
+/** Class-bit tiles a block keeps (64 KB of shared memory); longer slices re-read their later tiles. */
+export const MAX_BITS_TILES = 32;
 
 /**
  * The pair path's cluster size and slice length: the largest power of two such that the select
  * blocks plus the append blocks (one per kv-head) fit in two blocks per SM (the kernel fits three,
- * but on the seed config cluster 4 measured faster than 8: each block repeats the pair work); clusters need sm_90 (before that one block per head), at
- * most 8 (the portable cluster size) and at most the pair count. Slices cover the eligible span up
- * to the next multiple of SELECT_TILE.
+ * but on the seed config cluster 4 measured faster than 8: each block repeats the pair work), raised
+ * when needed so a slice's class bits fit in shared memory (MAX_BITS_TILES: the write pass then
+ * reads no codes again); clusters need sm_90 (before that one block per head), at most 8 (the
+ * portable cluster size) and at most the pair count. Slices cover the eligible span up to the next
+ * multiple of SELECT_TILE.
  */
 export function planPairs(layout: Layout, seqLen: number, multiprocessors: number, clusters: boolean, clusterOverride?: number): PairsPlan {
   const maxSeqLen = roundUp(Math.max(seqLen, 1), SELECT_TILE);
@@ -111,10 +120,14 @@ export function planPairs(layout: Layout, seqLen: number, multiprocessors: numbe
   const pairs = pairTableSize(layout);
   const appendBlocks = layout.shape.batch * layout.shape.kvHeads;
   const fit = Math.max(1, Math.floor((2 * multiprocessors - appendBlocks) / rows));
-  let cluster = clusterOverride ?? 2 ** Math.floor(Math.log2(fit));
+  const forBits = 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(span / SELECT_TILE / MAX_BITS_TILES))));
+  let cluster = clusterOverride ?? Math.max(2 ** Math.floor(Math.log2(fit)), forBits);
   cluster = clusters ? Math.max(1, Math.min(8, cluster, 2 ** Math.floor(Math.log2(pairs)))) : 1;
   const sliceLen = Math.max(SLICE_ALIGN, roundUp(Math.ceil(span / cluster), SLICE_ALIGN));
-  return { cluster, sliceLen, maxSeqLen };
+  const tiles = Math.ceil(sliceLen / SELECT_TILE);
+  const bitsTiles = Math.min(tiles, MAX_BITS_TILES);
+  const sharedBytes = (bitsTiles * 2 * SELECT_THREADS + tiles * 2 * (SELECT_THREADS / 32)) * 4;
+  return { cluster, sliceLen, maxSeqLen, bitsTiles, sharedBytes };
 }
 
 /** The fused step kernel of the pair path. */

@@ -173,6 +173,27 @@ test('large K (> 256, the CE = 8 kernel) and long contexts agree with the brute 
   }
 });
 
+test('pair path over many tiles: class bits kept or re-read, heavy ties split across tiles and cluster blocks', { skip }, () => {
+  // C = 16 with M = 2: 256 code pairs over 300,000 positions, so the threshold pair has ~1,000 tied
+  // positions and the quota of ties spans tiles and blocks. Cluster 1 gives one block 74 tiles (32
+  // kept in shared memory, 42 re-read by the write pass); 2 and 8 split them; undefined: the planner.
+  for (const cluster of [1, 2, 8, undefined]) {
+    const st = integerState(300000, 300002, { sinkSize: 32, windowSize: 32, heavySize: 2048, pqGroupFactor: 2, pqBits: 4, initOffset: 32 }, { batch: 1, heads: 2, kvHeads: 1, headDim: 64 }, 77);
+    const gpu = new CudaPQCache({ shape: st.layout.shape, config: st.layout.config, capacity: st.capacity, cluster });
+    try {
+      gpu.uploadState(st);
+      for (const salt of [0, 1, 2]) {
+        const q = new Float32Array(2 * 64).map((_, i) => ((i * (5 + salt)) % 11) - 5);
+        const got = gpu.selectToHost(new HostTensor('f32', [1, 2, 1, 64], q));
+        const errors = checkSelect(st, q, { sparseList: got.sparseList.data as Int32Array, sparseLen: got.sparseLen.data as Int32Array, weights: got.weights.data as Float32Array, weightsDType: 'f32' }, 'exact');
+        assert.deepEqual(errors, [], `cluster ${cluster ?? 'planned'} query ${salt}`);
+      }
+    } finally {
+      gpu.dispose();
+    }
+  }
+});
+
 test('tiny code books (C = 2 or 4, M = 1 or 2: pair tables smaller than a 16-byte word) match exactly', { skip }, () => {
   for (const [M, bits] of [[1, 1], [1, 2], [2, 1]] as const) {
     const st = integerState(3000, 3002, { sinkSize: 8, windowSize: 8, heavySize: 40, pqGroupFactor: M, pqBits: bits, initOffset: 8 });
