@@ -8,10 +8,11 @@
 //
 // pq_step_pairs_m{M}_p{CL}: one launch per decode step.
 //   Grid (CL, rows + append_rows), block NT = 256, thread-block clusters of CL blocks along x
-//   (CL = 1 on GPUs before sm_90); dynamic shared memory (bits_tiles * 2 * NT + tiles * 2 * NT/32) * 4
-//   bytes, tiles = ceil(slice_len / 4096): the take and tie bits of the slice's first bits_tiles
-//   tiles, kept from the scan for the write pass (tiles beyond are loaded and classified again), and
-//   per-(tile, warp) count prefixes. Cluster y < rows selects for query head `row = y`; its block of
+//   (CL = 1 on GPUs before sm_90); dynamic shared memory stage_tiles * 4096 * M + (bits_tiles * 2 * NT
+//   + tiles * 2 * NT/32) * 4 bytes, tiles = ceil(slice_len / 4096): the codes of a short slice
+//   (stage_tiles = tiles, else 0) copied in at the start, the take and tie bits of the slice's first
+//   bits_tiles tiles, kept from the scan for the write pass (tiles beyond are loaded and classified
+//   again), and per-(tile, warp) count prefixes. Cluster y < rows selects for query head `row = y`; its block of
 //   rank r owns slice r of the positions and 1/CL of the pairs. The blocks exchange partial weight
 //   histograms, boundary-bin members and pair classes through distributed shared memory, so every
 //   block derives the same threshold; each block then writes its heavy hitters straight into the
@@ -300,9 +301,13 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                            int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len,
-                           int bits_tiles, long long* phase_clock) {
+                           int stage_tiles, int bits_tiles, long long* phase_clock) {
   __shared__ StepShared sm;
-  extern __shared__ uint32_t class_bits[];  // [bits_tiles][take, tie][NT]
+  // Dynamic shared memory: [stage_tiles][NT][M] uint4 staged codes, then [bits_tiles][take, tie][NT]
+  // class bits, then [tiles][take, tie][NW] count prefixes.
+  extern __shared__ uint4 dynamic_smem[];
+  uint4* staged_codes = dynamic_smem;
+  uint32_t* class_bits = reinterpret_cast<uint32_t*>(dynamic_smem + stage_tiles * NT * M);
   const int tid = threadIdx.x;
   long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
   auto stamp = [&](int k) {
@@ -395,7 +400,24 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     for (int c = 0; c < M; ++c)
       raw[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
   };
-  load_tile(s0, min(s0 + slice_len, capacity));
+  // Short slices (stage_tiles > 0, all of the slice) go to shared memory by cp.async right away, so
+  // the scan after the threshold waits for no global load; otherwise the first tile goes to registers.
+  // Each thread copies the 16 positions it will classify, so it waits only for its own copies.
+  if (stage_tiles > 0) {
+    const int limit = min(s0 + slice_len, capacity);
+    for (int t = 0; t < stage_tiles; ++t) {
+      const int p0 = s0 + t * TILE + tid * E;
+#pragma unroll
+      for (int c = 0; c < M; ++c) {
+        const uint4* src = reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(max(0, min(p0, limit - E))) * M) + c;
+        const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(staged_codes + (t * NT + tid) * M + c));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(p0 < limit ? 16 : 0) : "memory");
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+  } else {
+    load_tile(s0, min(s0 + slice_len, capacity));
+  }
   // The position entering the eligible range with this step (already coded: W >= 1).
   const int q = sk_old - W;
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
@@ -406,6 +428,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   }
 
   if (sk <= full_threshold) {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");  // no copy outlives the block
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
     if (rank == 0 && tid == 0 && atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
       readers[bkv] = 0u;
@@ -498,12 +521,13 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       tie_bits |= (c == CLS_TIE ? 1u : 0u) << j;
     }
   };
+  if (stage_tiles > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
     uint4 cur[M];
 #pragma unroll
-    for (int c = 0; c < M; ++c) cur[c] = raw[c];
-    if (t + 1 < tiles) load_tile(s0 + (t + 1) * TILE, s1);
+    for (int c = 0; c < M; ++c) cur[c] = t < stage_tiles ? staged_codes[(t * NT + tid) * M + c] : raw[c];
+    if (t + 1 < tiles && t + 1 >= stage_tiles) load_tile(s0 + (t + 1) * TILE, s1);
     classify(cur, s0 + t * TILE);
     if (t < bits_tiles) {
       class_bits[(2 * t) * NT + tid] = take_bits;
@@ -629,11 +653,11 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
       int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
-      int full_threshold, int slice_len, int bits_tiles, long long* phase_clock) {                                   \
+      int full_threshold, int slice_len, int stage_tiles, int bits_tiles, long long* phase_clock) {                  \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_pairs<M, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count,  \
                       readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
-                      slice_len, bits_tiles, phase_clock);                                                           \
+                      slice_len, stage_tiles, bits_tiles, phase_clock);                                              \
   }
 
 PQ_STEP_PAIRS_KERNEL(1, 1)

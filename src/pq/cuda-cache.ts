@@ -67,16 +67,14 @@ const SELECT_ARGS = [
 ] as const;
 const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
-  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
+  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
 ] as const;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** A launch plan of the step: slices per head (the cluster on the pair path) and their length. */
-type StepPlan = { numSlices: number; sliceLen: number; maxSeqLen: number; bitsTiles: number; sharedBytes: number };
-/** Dynamic shared memory a kernel may use without opting in (cuFuncSetAttribute). */
-const DEFAULT_DYNAMIC_SHARED = 48 * 1024;
+type StepPlan = { numSlices: number; sliceLen: number; maxSeqLen: number; stageTiles: number; bitsTiles: number; sharedBytes: number };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
@@ -537,9 +535,9 @@ export class CudaPQCache implements PQCache {
     const dev = this.context.device;
     if (this.pairs > 0) {
       const p = planPairs(this.layout, seqLen, dev.multiprocessorCount, dev.computeCapability[0] >= 9, this.clusterOverride);
-      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen, bitsTiles: p.bitsTiles, sharedBytes: p.sharedBytes };
+      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen, stageTiles: p.stageTiles, bitsTiles: p.bitsTiles, sharedBytes: p.sharedBytes };
     }
-    return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), bitsTiles: 0, sharedBytes: 0 };
+    return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), stageTiles: 0, bitsTiles: 0, sharedBytes: 0 };
   }
 
   /** pair_count += 1 for the codes of positions [from, to) (pair path only). */
@@ -614,9 +612,10 @@ export class CudaPQCache implements PQCache {
         keys !== undefined ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr,
         DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
         this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
-        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
+        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.stageTiles, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
       ]);
-      if (plan.sharedBytes > DEFAULT_DYNAMIC_SHARED) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
+      // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
+      if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
       launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [SELECT_THREADS, 1, 1], sharedBytes: plan.sharedBytes }, args, this.stream);
       this.lastStepGrid = [cluster, B * H + appendRows];
     } finally {
