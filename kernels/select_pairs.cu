@@ -6,13 +6,15 @@
 // the pair scores, independent of sk, and the pass over the positions only classifies each one by
 // a table lookup (take / tie / skip) and compacts in position order.
 //
-// pq_step_pairs_m{M}_p{CL}: one launch per decode step.
+// pq_step_pairs_m{M}_p{CL} (short slices, ≤ 3 tiles of 4096 positions) and
+// pq_step_pairs_long_m{M}_p{CL} (longer: the next code tile in flight during the scan, and
+// per-(tile, warp) count prefixes instead of a block scan per tile in the write pass): one launch per
+// decode step.
 //   Grid (CL, rows + append_rows), block NT = 256, thread-block clusters of CL blocks along x
-//   (CL = 1 on GPUs before sm_90); dynamic shared memory stage_tiles * 4096 * M + (bits_tiles * 2 * NT
-//   + tiles * 2 * NT/32) * 4 bytes, tiles = ceil(slice_len / 4096): the codes of a short slice
-//   (stage_tiles = tiles, else 0) copied in at the start, the take and tie bits of the slice's first
-//   bits_tiles tiles, kept from the scan for the write pass (tiles beyond are loaded and classified
-//   again), and per-(tile, warp) count prefixes. Cluster y < rows selects for query head `row = y`; its block of
+//   (CL = 1 on GPUs before sm_90); dynamic shared memory (bits_tiles * 2 * NT + tiles * 2 * NT/32) * 4
+//   bytes, tiles = ceil(slice_len / 4096): the take and tie bits of the slice's first bits_tiles
+//   tiles, kept from the scan for the write pass (tiles beyond are loaded and classified again), and
+//   per-(tile, warp) count prefixes. Cluster y < rows selects for query head `row = y`; its block of
 //   rank r owns slice r of the positions and 1/CL of the pairs. The blocks exchange partial weight
 //   histograms, boundary-bin members and pair classes through distributed shared memory, so every
 //   block derives the same threshold; each block then writes its heavy hitters straight into the
@@ -295,19 +297,15 @@ __device__ __forceinline__ long long global_timer_ns() {
   return t;
 }
 
-template <int M, int CL>
+template <int M, int CL, bool LONG>
 __device__ void step_pairs(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                            const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                            int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len,
-                           int stage_tiles, int bits_tiles, long long* phase_clock) {
+                           int bits_tiles, long long* phase_clock) {
   __shared__ StepShared sm;
-  // Dynamic shared memory: [stage_tiles][NT][M] uint4 staged codes, then [bits_tiles][take, tie][NT]
-  // class bits, then [tiles][take, tie][NW] count prefixes.
-  extern __shared__ uint4 dynamic_smem[];
-  uint4* staged_codes = dynamic_smem;
-  uint32_t* class_bits = reinterpret_cast<uint32_t*>(dynamic_smem + stage_tiles * NT * M);
+  extern __shared__ uint32_t class_bits[];  // [bits_tiles][take, tie][NT]
   const int tid = threadIdx.x;
   long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
   auto stamp = [&](int k) {
@@ -400,24 +398,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     for (int c = 0; c < M; ++c)
       raw[c] = p0 < limit ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(p0) * M) + c) : make_uint4(0, 0, 0, 0);
   };
-  // Short slices (stage_tiles > 0, all of the slice) go to shared memory by cp.async right away, so
-  // the scan after the threshold waits for no global load; otherwise the first tile goes to registers.
-  // Each thread copies the 16 positions it will classify, so it waits only for its own copies.
-  if (stage_tiles > 0) {
-    const int limit = min(s0 + slice_len, capacity);
-    for (int t = 0; t < stage_tiles; ++t) {
-      const int p0 = s0 + t * TILE + tid * E;
-#pragma unroll
-      for (int c = 0; c < M; ++c) {
-        const uint4* src = reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(max(0, min(p0, limit - E))) * M) + c;
-        const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(staged_codes + (t * NT + tid) * M + c));
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(p0 < limit ? 16 : 0) : "memory");
-      }
-    }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-  } else {
-    load_tile(s0, min(s0 + slice_len, capacity));
-  }
+  load_tile(s0, min(s0 + slice_len, capacity));
   // The position entering the eligible range with this step (already coded: W >= 1).
   const int q = sk_old - W;
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
@@ -428,7 +409,6 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   }
 
   if (sk <= full_threshold) {
-    asm volatile("cp.async.wait_all;\n" ::: "memory");  // no copy outlives the block
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
     if (rank == 0 && tid == 0 && atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
       readers[bkv] = 0u;
@@ -521,44 +501,79 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       tie_bits |= (c == CLS_TIE ? 1u : 0u) << j;
     }
   };
-  if (stage_tiles > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");
+  int take_total = 0, tie_total = 0;  // short slices: the block's totals
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
     uint4 cur[M];
+    if (LONG) {  // the next tile in flight while this one is classified
 #pragma unroll
-    for (int c = 0; c < M; ++c) cur[c] = t < stage_tiles ? staged_codes[(t * NT + tid) * M + c] : raw[c];
-    if (t + 1 < tiles && t + 1 >= stage_tiles) load_tile(s0 + (t + 1) * TILE, s1);
+      for (int c = 0; c < M; ++c) cur[c] = raw[c];
+      if (t + 1 < tiles) load_tile(s0 + (t + 1) * TILE, s1);
+    } else {
+      if (t != 0) load_tile(s0 + t * TILE, s1);
+#pragma unroll
+      for (int c = 0; c < M; ++c) cur[c] = raw[c];
+    }
     classify(cur, s0 + t * TILE);
     if (t < bits_tiles) {
       class_bits[(2 * t) * NT + tid] = take_bits;
       class_bits[(2 * t + 1) * NT + tid] = tie_bits;
     }
-    const int warp_take = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(__popc(take_bits)));
-    const int warp_tie = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(__popc(tie_bits)));
-    if ((tid & 31) == 0) {
-      tile_prefix[(2 * t) * NW + (tid >> 5)] = warp_take;
-      tile_prefix[(2 * t + 1) * NW + (tid >> 5)] = warp_tie;
+    if (LONG) {
+      const int warp_take = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(__popc(take_bits)));
+      const int warp_tie = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(__popc(tie_bits)));
+      if ((tid & 31) == 0) {
+        tile_prefix[(2 * t) * NW + (tid >> 5)] = warp_take;
+        tile_prefix[(2 * t + 1) * NW + (tid >> 5)] = warp_tie;
+      }
+    } else {
+      take_total += __popc(take_bits);
+      tie_total += __popc(tie_bits);
     }
   }
-  // Exclusive prefixes over (tile, warp) in position order, and the block totals: warp 0, each lane
-  // summing a run of consecutive entries, then one warp scan over the runs.
-  __syncthreads();
-  if (tid < 32) {
-    const int n = tiles * NW;
-    const int run = (n + 31) / 32;
-#pragma unroll
-    for (int f = 0; f < 2; ++f) {  // f = 0: takes, 1: ties
-      auto at = [&](int i) -> int& { return tile_prefix[(2 * (i / NW) + f) * NW + i % NW]; };
-      int sum = 0;
-      for (int i = tid * run; i < min(n, (tid + 1) * run); ++i) sum += at(i);
-      const int incl = pq_warp_inclusive_scan(sum);
-      int acc = incl - sum;
-      for (int i = tid * run; i < min(n, (tid + 1) * run); ++i) {
-        const int v = at(i);
-        at(i) = acc;
-        acc += v;
+  if (LONG) {
+    // Exclusive prefixes over (tile, warp) in position order, and the block totals: warp 0, each lane
+    // summing a run of consecutive entries, then one warp scan over the runs.
+    __syncthreads();
+    if (tid < 32) {
+      const int n = tiles * NW;
+      const int run = (n + 31) / 32;
+  #pragma unroll
+      for (int f = 0; f < 2; ++f) {  // f = 0: takes, 1: ties
+        auto at = [&](int i) -> int& { return tile_prefix[(2 * (i / NW) + f) * NW + i % NW]; };
+        int sum = 0;
+        for (int i = tid * run; i < min(n, (tid + 1) * run); ++i) sum += at(i);
+        const int incl = pq_warp_inclusive_scan(sum);
+        int acc = incl - sum;
+        for (int i = tid * run; i < min(n, (tid + 1) * run); ++i) {
+          const int v = at(i);
+          at(i) = acc;
+          acc += v;
+        }
+        if (tid == 31) sm.counts[f] = incl;
       }
-      if (tid == 31) sm.counts[f] = incl;
+    }
+  } else {
+    // Short slices: both block totals in one reduction.
+    int a = take_total, c = tie_total;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      a += __shfl_xor_sync(0xffffffffu, a, o);
+      c += __shfl_xor_sync(0xffffffffu, c, o);
+    }
+    if ((tid & 31) == 0) {
+      sm.reduce[tid >> 5] = static_cast<uint32_t>(a);
+      sm.reduce[NW + (tid >> 5)] = static_cast<uint32_t>(c);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int ta = 0, tc = 0;
+      for (int w = 0; w < NW; ++w) {
+        ta += static_cast<int>(sm.reduce[w]);
+        tc += static_cast<int>(sm.reduce[NW + w]);
+      }
+      sm.counts[0] = ta;
+      sm.counts[1] = tc;
     }
   }
   cluster_sync();  // counts published; every block's old weights cleared; the table is no longer read
@@ -597,10 +612,20 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
       load_tile(t0, s1);
       classify(raw, t0);
     }
-    if (__ballot_sync(0xffffffffu, (take_bits | tie_bits) != 0u) == 0u) continue;  // nothing of this warp's
-    const int nt = __popc(take_bits), ni = __popc(tie_bits);
-    const int tk_before = take_before + tile_prefix[(2 * t) * NW + (tid >> 5)] + pq_warp_inclusive_scan(nt) - nt;
-    const int ti_before = tie_before + tile_prefix[(2 * t + 1) * NW + (tid >> 5)] + pq_warp_inclusive_scan(ni) - ni;
+    int tk_before, ti_before;
+    if (LONG) {
+      if (__ballot_sync(0xffffffffu, (take_bits | tie_bits) != 0u) == 0u) continue;  // nothing of this warp's
+      const int nt = __popc(take_bits), ni = __popc(tie_bits);
+      tk_before = take_before + tile_prefix[(2 * t) * NW + (tid >> 5)] + pq_warp_inclusive_scan(nt) - nt;
+      ti_before = tie_before + tile_prefix[(2 * t + 1) * NW + (tid >> 5)] + pq_warp_inclusive_scan(ni) - ni;
+    } else {  // one block scan per tile (≤ 4096 positions per field)
+      int tile_total;
+      const int packed = pq_block_exclusive_scan<NT>(__popc(take_bits) | (__popc(tie_bits) << 16), sm.scan, &tile_total);
+      tk_before = take_before + (packed & 0xffff);
+      ti_before = tie_before + (packed >> 16);
+      take_before += tile_total & 0xffff;
+      tie_before += tile_total >> 16;
+    }
     const int p0 = t0 + tid * E;
     uint32_t selected = take_bits | tie_bits;
     while (selected != 0u) {  // only the set bits: most threads have none
@@ -647,27 +672,37 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 #define PQ_CLUSTER(CL)
 #endif
 
-#define PQ_STEP_PAIRS_KERNEL(M, CL)                                                                                    \
-  extern "C" __global__ void PQ_CLUSTER(CL) __launch_bounds__(NT, 3) pq_step_pairs_m##M##_p##CL(                        \
+#define PQ_STEP_PAIRS_KERNEL(NAME, M, CL, LONG)                                                                        \
+  extern "C" __global__ void PQ_CLUSTER(CL) __launch_bounds__(NT, 3) NAME(                                              \
       const void* query, int qdtype, const void* keys, int kdtype, const float* centroids, const float* phi,          \
       uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
       int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
-      int full_threshold, int slice_len, int stage_tiles, int bits_tiles, long long* phase_clock) {                  \
+      int full_threshold, int slice_len, int bits_tiles, long long* phase_clock) {                                   \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
-    step_pairs<M, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count,  \
-                      readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
-                      slice_len, stage_tiles, bits_tiles, phase_clock);                                              \
+    step_pairs<M, CL, LONG>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended,        \
+                            pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \
+                            ip, full_threshold, slice_len, bits_tiles, phase_clock);                                 \
   }
 
-PQ_STEP_PAIRS_KERNEL(1, 1)
-PQ_STEP_PAIRS_KERNEL(1, 2)
-PQ_STEP_PAIRS_KERNEL(1, 4)
-PQ_STEP_PAIRS_KERNEL(1, 8)
-PQ_STEP_PAIRS_KERNEL(2, 1)
-PQ_STEP_PAIRS_KERNEL(2, 2)
-PQ_STEP_PAIRS_KERNEL(2, 4)
-PQ_STEP_PAIRS_KERNEL(2, 8)
+// Short slices (≤ 3 tiles, the latency-bound small contexts): block scans, as measured fastest there.
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m1_p1, 1, 1, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m1_p2, 1, 2, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m1_p4, 1, 4, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m1_p8, 1, 8, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m2_p1, 2, 1, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m2_p2, 2, 2, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m2_p4, 2, 4, false)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_m2_p8, 2, 8, false)
+// Long slices: the next tile in flight, per-(tile, warp) prefixes, no block scan per tile.
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m1_p1, 1, 1, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m1_p2, 1, 2, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m1_p4, 1, 4, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m1_p8, 1, 8, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m2_p1, 2, 1, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m2_p2, 2, 2, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m2_p4, 2, 4, true)
+PQ_STEP_PAIRS_KERNEL(pq_step_pairs_long_m2_p8, 2, 8, true)
 
 extern "C" __global__ void __launch_bounds__(256) pq_pairs_count(const uint8_t* codes, unsigned* pair_count, int from,
                                                                   int to, int capacity, int M, int C) {

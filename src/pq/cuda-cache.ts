@@ -67,14 +67,14 @@ const SELECT_ARGS = [
 ] as const;
 const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
-  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
+  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
 ] as const;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** A launch plan of the step: slices per head (the cluster on the pair path) and their length. */
-type StepPlan = { numSlices: number; sliceLen: number; maxSeqLen: number; stageTiles: number; bitsTiles: number; sharedBytes: number };
+type StepPlan = { numSlices: number; sliceLen: number; maxSeqLen: number; long: boolean; bitsTiles: number; sharedBytes: number };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
@@ -484,7 +484,7 @@ export class CudaPQCache implements PQCache {
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
     const slot = this.seqSlot;
     return {
-      signature: `${slot}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
+      signature: `${slot}/${plan.numSlices}/${plan.sliceLen}/${plan.long}/${DTYPE_CODE[qdtype]}/${appending}`,
       seqRead: this.seqPtr(slot),
       seqWrite: this.seqPtr(appending ? slot ^ 1 : slot),
     };
@@ -535,9 +535,9 @@ export class CudaPQCache implements PQCache {
     const dev = this.context.device;
     if (this.pairs > 0) {
       const p = planPairs(this.layout, seqLen, dev.multiprocessorCount, dev.computeCapability[0] >= 9, this.clusterOverride);
-      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen, stageTiles: p.stageTiles, bitsTiles: p.bitsTiles, sharedBytes: p.sharedBytes };
+      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen, long: p.long, bitsTiles: p.bitsTiles, sharedBytes: p.sharedBytes };
     }
-    return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), stageTiles: 0, bitsTiles: 0, sharedBytes: 0 };
+    return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), long: false, bitsTiles: 0, sharedBytes: 0 };
   }
 
   /** pair_count += 1 for the codes of positions [from, to) (pair path only). */
@@ -603,7 +603,7 @@ export class CudaPQCache implements PQCache {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const kernel = loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster));
+    const kernel = loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
@@ -612,7 +612,7 @@ export class CudaPQCache implements PQCache {
         keys !== undefined ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr,
         DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
         this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
-        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.stageTiles, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
+        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
       ]);
       // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
       if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);

@@ -95,22 +95,22 @@ export interface PairsPlan {
   readonly cluster: number;
   readonly sliceLen: number;
   readonly maxSeqLen: number;
-  /** Tiles of a short slice copied to shared memory at the kernel's start (all of them, or none). */
-  readonly stageTiles: number;
+  /** Slices of more than SHORT_SLICE_TILES tiles run the long-slice kernel (see select_pairs.cu). */
+  readonly long: boolean;
   /** Tiles of a slice whose class bits stay in shared memory from the scan to the write pass. */
   readonly bitsTiles: number;
-  /** The step kernel's dynamic shared memory: staged codes, class bits, per-(tile, warp) count prefixes. */
+  /** The step kernel's dynamic shared memory: those class bits and per-(tile, warp) count prefixes. */
   readonly sharedBytes: number;
 }
 
 /** Class-bit tiles a block keeps (64 KB of shared memory); longer slices re-read their later tiles. */
 export const MAX_BITS_TILES = 32;
 /**
- * Slices of at most this many tiles are copied to shared memory while the threshold is computed
- * (≤ 32 KB at M = 2), so the scan after it waits for no global load; longer ones stream through
- * registers, one tile ahead.
+ * Up to this many tiles a slice runs the short-slice kernel: on the H100 the long-slice one (tile
+ * prefetch, per-warp prefixes) was 1.5–3.4 μs slower at 1–2 tiles per block and faster from 8 on
+ * (select record, session 3; NOTES.md).
  */
-export const MAX_STAGE_TILES = 4;
+export const SHORT_SLICE_TILES = 3;
 
 /**
  * The pair path's cluster size and slice length: the largest power of two such that the select
@@ -133,13 +133,12 @@ export function planPairs(layout: Layout, seqLen: number, multiprocessors: numbe
   cluster = clusters ? Math.max(1, Math.min(8, cluster, 2 ** Math.floor(Math.log2(pairs)))) : 1;
   const sliceLen = Math.max(SLICE_ALIGN, roundUp(Math.ceil(span / cluster), SLICE_ALIGN));
   const tiles = Math.ceil(sliceLen / SELECT_TILE);
-  const stageTiles = tiles <= MAX_STAGE_TILES ? tiles : 0;
   const bitsTiles = Math.min(tiles, MAX_BITS_TILES);
-  const sharedBytes = stageTiles * SELECT_TILE * layout.config.pqGroupFactor + (bitsTiles * 2 * SELECT_THREADS + tiles * 2 * (SELECT_THREADS / 32)) * 4;
-  return { cluster, sliceLen, maxSeqLen, stageTiles, bitsTiles, sharedBytes };
+  const sharedBytes = (bitsTiles * 2 * SELECT_THREADS + tiles * 2 * (SELECT_THREADS / 32)) * 4;
+  return { cluster, sliceLen, maxSeqLen, long: tiles > SHORT_SLICE_TILES, bitsTiles, sharedBytes };
 }
 
 /** The fused step kernel of the pair path. */
-export function stepPairsKernelName(layout: Layout, cluster: number): string {
-  return `pq_step_pairs_m${layout.config.pqGroupFactor}_p${cluster}`;
+export function stepPairsKernelName(layout: Layout, cluster: number, long = false): string {
+  return `pq_step_pairs_${long ? 'long_' : ''}m${layout.config.pqGroupFactor}_p${cluster}`;
 }
