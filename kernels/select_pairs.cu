@@ -63,6 +63,7 @@ struct StepShared {
     float dist[PQ_APPEND_MAX_ENTRIES];  // append blocks
   };
   int hist[256];
+  uint32_t short_bits[2 * 2 * NT];  // short slices: [tile < 2][take, tie][NT] class bits (no dynamic memory)
   uint32_t all_key[GATHERED_MEMBERS];  // boundary-bin members
   uint32_t all_w[GATHERED_MEMBERS];
   uint32_t reduce[4 * NW];
@@ -305,7 +306,8 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
                            int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len,
                            int bits_tiles, long long* phase_clock) {
   __shared__ StepShared sm;
-  extern __shared__ uint32_t class_bits[];  // [bits_tiles][take, tie][NT]
+  extern __shared__ uint32_t long_bits[];  // long slices: [bits_tiles][take, tie][NT], then the prefixes
+  uint32_t* class_bits = LONG ? long_bits : sm.short_bits;
   const int tid = threadIdx.x;
   long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
   auto stamp = [&](int k) {

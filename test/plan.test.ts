@@ -48,15 +48,15 @@ test('pair plan: one power-of-two cluster per head whose slices cover the span',
         assert.ok(plan.cluster <= pairTableSize(layout));
         assert.ok(plan.cluster * plan.sliceLen >= eligibleSpan(layout, plan.maxSeqLen) && plan.sliceLen % 256 === 0);
         const tiles = Math.ceil(plan.sliceLen / SELECT_TILE);
-        assert.equal(plan.bitsTiles, Math.min(tiles, MAX_BITS_TILES));
         assert.equal(plan.long, tiles > 3);
-        assert.equal(plan.sharedBytes, (plan.bitsTiles * 512 + tiles * 16) * 4);
+        assert.equal(plan.bitsTiles, Math.min(tiles, plan.long ? MAX_BITS_TILES : 2));
+        assert.equal(plan.sharedBytes, plan.long ? (plan.bitsTiles * 512 + tiles * 16) * 4 : 0);
         // Class bits fit whenever the cluster can grow to make them fit.
-        if (c.clusters && plan.cluster < 8 && plan.cluster < pairTableSize(layout)) assert.equal(plan.bitsTiles, tiles);
+        if (plan.long && c.clusters && plan.cluster < 8 && plan.cluster < pairTableSize(layout)) assert.equal(plan.bitsTiles, tiles);
       },
     ),
     { numRuns: 300, seed: 5 },
   );
   const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, {});
-  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 4, sliceLen: 8192, maxSeqLen: 32768, long: false, bitsTiles: 2, sharedBytes: 4224 });
+  assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 4, sliceLen: 8192, maxSeqLen: 32768, long: false, bitsTiles: 2, sharedBytes: 0 });
 });

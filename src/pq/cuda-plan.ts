@@ -133,9 +133,11 @@ export function planPairs(layout: Layout, seqLen: number, multiprocessors: numbe
   cluster = clusters ? Math.max(1, Math.min(8, cluster, 2 ** Math.floor(Math.log2(pairs)))) : 1;
   const sliceLen = Math.max(SLICE_ALIGN, roundUp(Math.ceil(span / cluster), SLICE_ALIGN));
   const tiles = Math.ceil(sliceLen / SELECT_TILE);
-  const bitsTiles = Math.min(tiles, MAX_BITS_TILES);
-  const sharedBytes = (bitsTiles * 2 * SELECT_THREADS + tiles * 2 * (SELECT_THREADS / 32)) * 4;
-  return { cluster, sliceLen, maxSeqLen, long: tiles > SHORT_SLICE_TILES, bitsTiles, sharedBytes };
+  const long = tiles > SHORT_SLICE_TILES;
+  // The short-slice kernel keeps 2 tiles of bits in static shared memory and needs no dynamic memory.
+  const bitsTiles = Math.min(tiles, long ? MAX_BITS_TILES : 2);
+  const sharedBytes = long ? (bitsTiles * 2 * SELECT_THREADS + tiles * 2 * (SELECT_THREADS / 32)) * 4 : 0;
+  return { cluster, sliceLen, maxSeqLen, long, bitsTiles, sharedBytes };
 }
 
 /** The fused step kernel of the pair path. */
