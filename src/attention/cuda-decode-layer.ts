@@ -11,6 +11,7 @@
 import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
 import { GraphCache } from '../cuda/graph.js';
+import { Owned } from '../cuda/owned.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -81,8 +82,8 @@ export class CudaDecodeLayer implements DecodeLayer {
   readonly kv: KVCacheView;
   /** The validated shape and config (checked once, used by every step's input checks). */
   private readonly layout: Layout;
-  private readonly ownsStream: boolean;
-  private readonly ownedKV: KVCache | undefined;
+  /** Every buffer, event, the PQ cache and (when it made them) the stream and K/V cache; not the scratch, replaced on re-plans. */
+  private readonly owned = new Owned();
   private readonly attention: CudaAttention;
   private readonly arena: DeviceArena<'out' | 'seqState'>;
   private readonly status: PinnedBuffer;
@@ -115,38 +116,27 @@ export class CudaDecodeLayer implements DecodeLayer {
       if (misaligned !== undefined) throw new ConfigError('kv.keys / kv.values', '16-byte aligned device pointers', `0x${misaligned.toString(16)}`);
     }
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
-    const made: Array<{ dispose(): void }> = [];
+    const owned = this.owned;
     try {
-      this.ownsStream = options.stream === undefined;
-      this.stream = options.stream ?? new Stream();
-      if (this.ownsStream) made.push(this.stream);
-      this.ownedKV = options.kv === undefined ? new KVCache(this.shape, this.capacity, this.kvDType) : undefined;
-      if (this.ownedKV) made.push(this.ownedKV);
-      this.kv = options.kv ?? (this.ownedKV as KVCache);
-      this.arena = DeviceArena.allocate({ out: B * H * D * BYTES_PER_ELEMENT[this.kvDType], seqState: 16 });
-      made.push(this.arena);
-      this.status = new PinnedBuffer(16);
-      made.push(this.status);
+      this.stream = options.stream ?? owned.add(new Stream());
+      this.kv = options.kv ?? owned.add(new KVCache(this.shape, this.capacity, this.kvDType));
+      this.arena = owned.add(DeviceArena.allocate({ out: B * H * D * BYTES_PER_ELEMENT[this.kvDType], seqState: 16 }));
+      this.status = owned.add(new PinnedBuffer(16));
       this.statusView = new Int32Array(this.status.arrayBuffer, 0, 1);
       this.statusView[0] = 0;
       // Staging for host inputs: query, key and value regions of 4 bytes per element at most,
       // each starting on a 256-byte boundary (bind() lays them out the same way).
-      this.staging = new PinnedBuffer(stagingBytes(4 * D * B * H) + 2 * stagingBytes(4 * D * B * Hkv));
-      made.push(this.staging);
-      this.stagingConsumed = new Event({ timing: false });
-      made.push(this.stagingConsumed);
+      this.staging = owned.add(new PinnedBuffer(stagingBytes(4 * D * B * H) + 2 * stagingBytes(4 * D * B * Hkv)));
+      this.stagingConsumed = owned.add(new Event({ timing: false }));
       this.pq = this.mode === 'sparse'
-        ? new CudaPQCache({ shape: options.shape, config: options.config, capacity: this.capacity, device: options.device, stream: this.stream, cluster: options.cluster })
+        ? owned.add(new CudaPQCache({ shape: options.shape, config: options.config, capacity: this.capacity, device: options.device, stream: this.stream, cluster: options.cluster }))
         : undefined;
-      if (this.pq) {
-        made.push(this.pq);
-        this.scratch = new AttendScratch(this.attention.sparsePlan(this.kvDType, this.pq.layout.listCapacity), D, this.stream);
-        made.push(this.scratch);
-      }
+      if (this.pq) this.scratch = new AttendScratch(this.attention.sparsePlan(this.kvDType, this.pq.layout.listCapacity), D, this.stream);
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
     } catch (e) {
-      for (const m of made.reverse()) m.dispose();
+      this.scratch?.dispose();
+      owned.dispose();
       throw e;
     }
   }
@@ -376,14 +366,8 @@ export class CudaDecodeLayer implements DecodeLayer {
       this.stream.synchronize();
     } finally {
       this.graphs.clear();
-      this.pq?.dispose();
       this.scratch?.dispose();
-      this.ownedKV?.dispose();
-      this.arena.dispose();
-      this.status.dispose();
-      this.staging.dispose();
-      this.stagingConsumed.dispose();
-      if (this.ownsStream) this.stream.dispose();
+      this.owned.dispose();
     }
   }
 }

@@ -5,6 +5,7 @@
  */
 import { CudaContext } from '../cuda/context.js';
 import { GraphCache } from '../cuda/graph.js';
+import { Owned } from '../cuda/owned.js';
 import { Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
@@ -40,19 +41,20 @@ export class CudaDecodeStack {
   readonly layers: readonly CudaDecodeLayer[];
   readonly stream: Stream;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
+  /** The stream and the layers, freed together. */
+  private readonly owned = new Owned();
   private disposed = false;
 
   constructor(options: CudaDecodeStackOptions) {
     const n = checkLayerCount(options.numLayers);
     if (options.kvs !== undefined) perLayer('kvs', n, options.kvs);
     CudaContext.primary(options.device ?? 0); // current before the stream is made
-    this.stream = new Stream();
+    this.stream = this.owned.add(new Stream());
     const layers: CudaDecodeLayer[] = [];
     try {
-      for (let i = 0; i < n; i++) layers.push(new CudaDecodeLayer({ ...options, stream: this.stream, kv: options.kvs?.[i] }));
+      for (let i = 0; i < n; i++) layers.push(this.owned.add(new CudaDecodeLayer({ ...options, stream: this.stream, kv: options.kvs?.[i] })));
     } catch (e) {
-      for (const l of layers) l.dispose();
-      this.stream.dispose();
+      this.owned.dispose();
       throw e;
     }
     this.layers = layers;
@@ -107,8 +109,7 @@ export class CudaDecodeStack {
       this.stream.synchronize();
     } finally {
       this.graphs.clear();
-      for (const layer of this.layers) layer.dispose();
-      this.stream.dispose();
+      this.owned.dispose();
     }
   }
 }

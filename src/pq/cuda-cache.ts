@@ -26,6 +26,7 @@ import { GraphCache } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
+import { Owned } from '../cuda/owned.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { DisposedError, ShapeError, StateError } from '../errors.js';
@@ -37,7 +38,7 @@ import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported } from './cuda-build.js';
 import {
-  SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
+  type PairsPlan, type SelectPlan, SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, throwDeviceStatus } from './kernels.js';
@@ -73,8 +74,8 @@ const STEP_PAIRS_ARGS = [
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-/** A launch plan of the step: slices per head (the cluster on the pair path) and their length. */
-type StepPlan = { numSlices: number; sliceLen: number; maxSeqLen: number; long: boolean; bitsTiles: number; sharedBytes: number };
+/** A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and shared memory (none there). */
+type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'>;
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
@@ -92,7 +93,8 @@ export class CudaPQCache implements PQCache {
   readonly capacity: number;
   readonly context: CudaContext;
   readonly stream: Stream;
-  private readonly ownsStream: boolean;
+  /** Every buffer, event and (when it made it) the stream: freed together by dispose(). */
+  private readonly owned = new Owned();
   private readonly capPad: number;
   private readonly centroidStride: number;
   private readonly maxSlices: number;
@@ -147,9 +149,10 @@ export class CudaPQCache implements PQCache {
     this.centroidStride = roundUp(this.layout.centroidDim, 4);
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
     const general = this.pairs === 0;
-    const made: Array<{ dispose(): void }> = [];
+    const owned = this.owned;
     try {
-      this.arena = DeviceArena.allocate<ArenaSlice>({
+      this.stream = options.stream ?? owned.add(new Stream());
+      this.arena = owned.add(DeviceArena.allocate<ArenaSlice>({
         centroids: B * Hkv * M * C * this.centroidStride * 4,
         codes: B * Hkv * this.capPad * M,
         phi: B * Hkv * M * 4,
@@ -166,28 +169,18 @@ export class CudaPQCache implements PQCache {
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,
-      });
-      made.push(this.arena);
-      this.status = new PinnedBuffer(16);
-      made.push(this.status);
+      }));
+      this.status = owned.add(new PinnedBuffer(16));
       this.statusView = new Int32Array(this.status.arrayBuffer, 0, 1);
       this.statusView[0] = 0;
-      this.stagingQuery = new PinnedBuffer(rows * D * 4);
-      made.push(this.stagingQuery);
-      this.stagingKey = new PinnedBuffer(B * Hkv * D * 4);
-      made.push(this.stagingKey);
-      this.stagingConsumed = new Event({ timing: false });
-      made.push(this.stagingConsumed);
-      if (options.phaseTiming === true && this.pairs > 0) {
-        this.phaseBuffer = new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8);
-        made.push(this.phaseBuffer);
-      }
-      this.ownsStream = options.stream === undefined;
-      this.stream = options.stream ?? new Stream();
+      this.stagingQuery = owned.add(new PinnedBuffer(rows * D * 4));
+      this.stagingKey = owned.add(new PinnedBuffer(B * Hkv * D * 4));
+      this.stagingConsumed = owned.add(new Event({ timing: false }));
+      if (options.phaseTiming === true && this.pairs > 0) this.phaseBuffer = owned.add(new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8));
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
     } catch (e) {
-      for (const m of made.reverse()) m.dispose();
+      owned.dispose();
       throw e;
     }
   }
@@ -484,7 +477,7 @@ export class CudaPQCache implements PQCache {
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
     const slot = this.seqSlot;
     return {
-      signature: `${slot}/${plan.numSlices}/${plan.sliceLen}/${plan.long}/${DTYPE_CODE[qdtype]}/${appending}`,
+      signature: `${slot}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`, // the rest of the plan follows from these
       seqRead: this.seqPtr(slot),
       seqWrite: this.seqPtr(appending ? slot ^ 1 : slot),
     };
@@ -535,7 +528,7 @@ export class CudaPQCache implements PQCache {
     const dev = this.context.device;
     if (this.pairs > 0) {
       const p = planPairs(this.layout, seqLen, dev.multiprocessorCount, dev.computeCapability[0] >= 9, this.clusterOverride);
-      return { numSlices: p.cluster, sliceLen: p.sliceLen, maxSeqLen: p.maxSeqLen, long: p.long, bitsTiles: p.bitsTiles, sharedBytes: p.sharedBytes };
+      return { ...p, numSlices: p.cluster };
     }
     return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), long: false, bitsTiles: 0, sharedBytes: 0 };
   }
@@ -686,13 +679,7 @@ export class CudaPQCache implements PQCache {
       this.stream.synchronize();
     } finally {
       this.graphs.clear();
-      this.arena.dispose();
-      this.status.dispose();
-      this.stagingQuery.dispose();
-      this.stagingKey.dispose();
-      this.stagingConsumed.dispose();
-      this.phaseBuffer?.dispose();
-      if (this.ownsStream) this.stream.dispose();
+      this.owned.dispose();
     }
   }
 }
