@@ -11,10 +11,10 @@ test('Owned disposes newest first, every item once, even when one throws (first 
       if (fail) throw new Error(`${name} failed`);
     },
   });
-  const a = owned.add(item('a'));
+  const a = item('a');
+  assert.equal(owned.add(a), a, 'add returns the item');
   owned.add(item('b', true));
   owned.add(item('c', true));
-  assert.equal(a.dispose, a.dispose, 'add returns the item');
   assert.throws(() => owned.dispose(), /c failed/);
   assert.deepEqual(log, ['c', 'b', 'a']);
   owned.dispose(); // already empty: nothing disposed twice
