@@ -1,34 +1,137 @@
-// PQ build: batched k-means over every (b, kv-head, sub-space) group at once (SPEC §2 build), in
-// the operation order of the CPU oracle (src/pq/kmeans.ts), so that from the same initial draw both
-// give identical codes and centroids on integer-valued data.
+// PQ build: batched k-means over every (b, kv-head, sub-space) group at once (SPEC §2 build), with
+// the codes and centroids of the CPU oracle (src/pq/kmeans.ts): from the same initial draw both give
+// identical codes and centroids on integer-valued data.
 //
 // Groups g = (b*Hkv + kvh)*M + m; the n = sk - O points of group g are the sub-vectors
 // keys[b, kvh, O + p, m*dsub : (m+1)*dsub] (fp32), augmented for ip with
 // sqrt(max(phi_g - |x|^2, 0)) where phi_g = max |x|^2 over the group. Centroids are [G, C, cstride].
 //
-// One round = pq_build_assign (codes) -> pq_build_accumulate (sums, counts) -> pq_build_finalize
-// (means; an empty cluster takes the point drawn by pq_draw(seed, 2g+1, round*256 + c)).
+// Assignment without the canonical cost. The oracle's nearest centroid uses its own fp32 order
+// (8 interleaved partial sums of (x_j - c_j)^2), 3 dependent ops per coordinate and centroid. Here
+// the tensor cores compute the scores x.c - |c|^2/2 (the ip coordinate is one more k column) with x
+// and c split into bf16 hi + lo (products hi*hi + hi*lo + lo*hi, fp32 accumulation), and a bound on
+// their distance from the canonical order decides: when a single centroid scores within the band of
+// the best, it is the canonical nearest centroid; otherwise ("flagged", ~1% of points) the centroids
+// within the band are re-scored in the canonical order and the lowest index among the minimal
+// canonical distances wins, exactly as the oracle. Non-finite values, or magnitudes at which a
+// distance could overflow, make the band infinite: every centroid is then re-scored.
+//
+// Sums without re-reading the keys. Cluster sums (float64, rounded once to fp32 at the mean as the
+// oracle) and counts persist across rounds: a round adds a point to its new cluster and takes it out
+// of its old one only when its code changed (float64 atomics), from the tile it just scored.
+//
+// One round = pq_build_round (codes, sums) -> pq_build_finalize (means; an empty cluster takes the
+// point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round).
 //
 // Launch shapes:
-//   pq_build_norms       grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
-//   pq_build_init        grid (G), block 256: centroid c of g = point init_index[g, c].
-//   pq_build_assign_dN   grid (ceil(n/128), G), block 128, dynamic smem C*cstride floats: one point
-//                        per thread, held in registers (dsub <= N), canonical distance to every
-//                        centroid, nearest (ties -> lower index) into codes_tmp and, when
-//                        index_codes is given, into the index's code buffer.
-//   pq_build_accumulate  grid (chunks, G), block 256, dynamic smem C*cdim doubles + C counts:
-//                        per-cluster float64 sums in shared memory (or straight to global when too
-//                        large), then added to the global sums; the mean rounds once, as the oracle.
-//   pq_build_finalize    grid (G), block 256: means (fp32 division) or the re-seed.
-// Invariants: cdim = dsub + ip <= 129; C <= 256; cstride % 4 == 0; n >= 1.
+//   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
+//   pq_build_init      grid (G), block 256: centroid c of g = point init_index[g, c]; packs.
+//   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16 +
+//                      stages*64*RS*4 bytes: block x of group g scores the 64-point tiles x, x + P, ...
+//                      (staged by cp.async, `stages - 1` tiles ahead); warp w the 16 points
+//                      64*tile + 16w ... + 15 (one m16 MMA tile). KS = ceil(cdim/16) (template N),
+//                      RS = tile_stride(KS).
+//   pq_build_finalize  grid (G), block 256: means (fp32 division) or the re-seed; packs.
+// Packed operands of group g (written by init/finalize, read by the round):
+//   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
+//     16ks..16ks+15 (zero past C and cdim): {b0 hi, b1 hi, b0 lo, b1 lo} as bf16 pairs;
+//   info[g]: |c|^2/2 for c < NT*8 (+inf past C), then max |c|.
+// Invariants: cdim = dsub + ip <= 129; dsub <= 128 and a multiple of 4 (16-byte rows);
+// C <= 256; NT = ceil(C/8); cstride >= cdim; n >= 1.
+#include <climits>
+
 #include "common.cuh"
 
 namespace {
+
+constexpr int kRoundThreads = 128;
+constexpr int kTilePoints = 64;  // 4 warps x 16 rows
 
 __device__ __forceinline__ const float* point_row(const float* keys, int g, int p, int M, int sk, int D, int O) {
   const int bkv = g / M;
   const int m = g - bkv * M;
   return keys + (static_cast<int64_t>(bkv) * sk + O + p) * D + m * (D / M);
+}
+
+// Coordinate j of point p of group g (j == dsub: the ip augmentation).
+__device__ __forceinline__ float point_coord(const float* keys, const float* norms, const float* phi, int g, int p, int j,
+                                             int n, int M, int sk, int D, int O, int dsub) {
+  if (j < dsub) return point_row(keys, g, p, M, sk, D, O)[j];
+  return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
+}
+
+// The oracle's distanceF32 over cdim coordinates, by one thread (x[dsub] is `xaug` for ip).
+__device__ float canonical_distance(const float* x, float xaug, const float* c, int dsub, int cdim) {
+  float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int j0 = 0; j0 < dsub; j0 += 8) {
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (j0 + r < dsub) {
+        const float t = __fsub_rn(x[j0 + r], c[j0 + r]);
+        part[r] = __fadd_rn(part[r], __fmul_rn(t, t));
+      }
+    }
+  }
+  if (cdim > dsub) {
+    const float t = __fsub_rn(xaug, c[dsub]);
+#pragma unroll
+    for (int r = 0; r < 8; ++r)
+      if (r == (dsub & 7)) part[r] = __fadd_rn(part[r], __fmul_rn(t, t));
+  }
+  return pq_tree8_sum(part);
+}
+
+// bf16 hi + lo of two fp32 values, as the packed pairs an mma fragment register holds
+// (first value in the low half). x - hi is exact in fp32.
+__device__ __forceinline__ void split_pair(float v0, float v1, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(__fsub_rn(v0, hf.x), __fsub_rn(v1, hf.y));
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Packs group g's centroids (already in global memory, written by this block) into its mma
+// fragments and info. All threads of the block call it.
+__device__ void pack_group(const float* centroids, uint4* frag, float* info, int g, int C, int cdim, int cstride,
+                           int NT, int KS) {
+  const float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
+  uint4* gf = frag + static_cast<int64_t>(g) * NT * KS * 32;
+  const int CP = NT * 8;
+  float* gi = info + static_cast<int64_t>(g) * (CP + 1);
+  __shared__ unsigned max_norm_bits;
+  if (threadIdx.x == 0) max_norm_bits = 0u;
+  __syncthreads();
+  for (int e = threadIdx.x; e < NT * KS * 32; e += blockDim.x) {
+    const int lane = e & 31;
+    const int ks = (e >> 5) % KS;
+    const int nt = (e >> 5) / KS;
+    const int c = nt * 8 + (lane >> 2);
+    const int k = ks * 16 + 2 * (lane & 3);
+    auto v = [&](int j) { return (c < C && j < cdim) ? gc[c * cstride + j] : 0.0f; };
+    uint4 f;
+    split_pair(v(k), v(k + 1), f.x, f.z);
+    split_pair(v(k + 8), v(k + 9), f.y, f.w);
+    gf[e] = f;
+  }
+  for (int c = threadIdx.x; c < CP; c += blockDim.x) {
+    float half_norm2 = INFINITY;  // padding centroids never win
+    if (c < C) {
+      double s = 0.0;
+      for (int j = 0; j < cdim; ++j) s += static_cast<double>(gc[c * cstride + j]) * gc[c * cstride + j];
+      half_norm2 = static_cast<float>(0.5 * s);
+      atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+    }
+    gi[c] = half_norm2;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) gi[CP] = __uint_as_float(max_norm_bits);
 }
 
 }  // namespace
@@ -51,16 +154,10 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* ke
   atomicMax(reinterpret_cast<int*>(phi) + g, __float_as_int(s));  // s >= 0: int order = float order
 }
 
-// Coordinate j of point p of group g (j == dsub: the ip augmentation).
-__device__ __forceinline__ float point_coord(const float* keys, const float* norms, const float* phi, int g, int p, int j,
-                                             int n, int M, int sk, int D, int O, int dsub) {
-  if (j < dsub) return point_row(keys, g, p, M, sk, D, O)[j];
-  return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
-}
-
 extern "C" __global__ void __launch_bounds__(256) pq_build_init(const float* keys, const float* norms, const float* phi,
-                                                                const int* init_index, float* centroids, int n, int M,
-                                                                int sk, int D, int O, int C, int cdim, int cstride) {
+                                                                const int* init_index, float* centroids, uint4* frag,
+                                                                float* info, int n, int M, int sk, int D, int O, int C,
+                                                                int cdim, int cstride, int NT, int KS) {
   const int g = blockIdx.x;
   const int dsub = D / M;
   for (int e = threadIdx.x; e < C * cdim; e += 256) {
@@ -69,130 +166,387 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_init(const float* key
     const int p = init_index[g * C + c];
     centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = point_coord(keys, norms, phi, g, p, j, n, M, sk, D, O, dsub);
   }
+  __syncthreads();  // the centroids written above are read back by pack_group
+  pack_group(centroids, frag, info, g, C, cdim, cstride, NT, KS);
 }
 
-// One point per thread, coordinates in registers (DS = dsub rounded up to 8, plus the ip slot).
-template <int DS>
-__device__ void build_assign(const float* keys, const float* norms, const float* phi, const float* centroids,
-                             uint8_t* codes_tmp, uint8_t* index_codes, int n, int M, int sk, int D, int O, int C, int cdim,
-                             int cstride, int capacity) {
-  extern __shared__ float cs[];  // C * cstride
-  const int g = blockIdx.y;
-  const float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
-  for (int e = threadIdx.x; e < C * cstride; e += blockDim.x) cs[e] = gc[e];
-  __syncthreads();
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= n) return;
-  const int dsub = D / M;
-  float x[DS + 1];
-  const float* row = point_row(keys, g, p, M, sk, D, O);
+// Modes of a round: the first round has no previous codes; the final assignment writes the index.
+enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2 };
+
+// Half the bound on the distance of the tensor-core estimate from the canonical order, in score
+// units (score = x.c - |c|^2/2 = (|x|^2 - D)/2; see the header): split and accumulation error of
+// x.c <= ~2^-13.3 |x||c| (taken twice in the comparison), the canonical order's own error
+// <= 2^-18 (|x| + |c|)^2, an absolute floor for flushed subnormal products; every term with a
+// margin >= 2x. The canonical bound holds only while no distance can overflow: (|x| + |c|)^2
+// must stay below 2^126, else the band is infinite (every centroid re-scored).
+__device__ __forceinline__ float score_band(float xnorm, float cmax) {
+  const float s = xnorm + cmax;
+  if (!(s < 0x1p63f)) return INFINITY;
+  return 0x1p-11f * xnorm * cmax + 0x1p-17f * s * s + 0x1p-101f;
+}
+
+// Scores x.c - |c|^2/2 of a warp's 16 points with the 64 centroids of n-tiles nt0 .. nt0+7.
+template <int KS>
+__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const uint32_t (&ah)[KS][4], const uint32_t (&al)[KS][4],
+                                             const uint4* frag, const float* half_norm2, int nt0, int NT, int lane) {
 #pragma unroll
-  for (int j = 0; j < DS; ++j) x[j] = j < dsub ? row[j] : 0.0f;
-  x[DS] = cdim > dsub ? pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]) : 0.0f;
-  float best = INFINITY;
-  int best_c = 0;
-  for (int c = 0; c < C; ++c) {
-    const float* cr = cs + c * cstride;
-    float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
-    for (int j = 0; j < DS; ++j) {
-      if (j < dsub) {
-        const float t = __fsub_rn(x[j], cr[j]);
-        part[j & 7] = __fadd_rn(part[j & 7], __fmul_rn(t, t));
+  for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (nt0 + j < NT) {
+        const uint4 b = frag[((nt0 + j) * KS + ks) * 32 + lane];
+        mma_bf16(acc[j], ah[ks], b.x, b.y);
+        mma_bf16(acc[j], ah[ks], b.z, b.w);
+        mma_bf16(acc[j], al[ks], b.x, b.y);
       }
     }
-    if (cdim > dsub) {  // the ip coordinate is dimension dsub: partial dsub % 8
-      const float t = __fsub_rn(x[DS], cr[dsub]);
-      const int r = dsub & 7;
+  }
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (k == r) part[k] = __fadd_rn(part[k], __fmul_rn(t, t));
+  for (int j = 0; j < 8; ++j) {
+    if (nt0 + j < NT) {
+      const float h0 = half_norm2[(nt0 + j) * 8 + 2 * (lane & 3)];
+      const float h1 = half_norm2[(nt0 + j) * 8 + 2 * (lane & 3) + 1];
+      acc[j][0] -= h0;
+      acc[j][1] -= h1;
+      acc[j][2] -= h0;
+      acc[j][3] -= h1;
+    } else {
+      acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = -INFINITY;
     }
-    const float d = pq_tree8_sum(part);
-    if (d < best) {
-      best = d;
-      best_c = c;
-    }
-  }
-  codes_tmp[static_cast<int64_t>(g) * n + p] = static_cast<uint8_t>(best_c);
-  if (index_codes != nullptr) {
-    const int bkv = g / M;
-    const int m = g - bkv * M;
-    index_codes[(static_cast<int64_t>(bkv) * capacity + O + p) * M + m] = static_cast<uint8_t>(best_c);
   }
 }
 
-#define PQ_BUILD_ASSIGN(DS)                                                                                         \
-  extern "C" __global__ void __launch_bounds__(128) pq_build_assign_d##DS(                                         \
-      const float* keys, const float* norms, const float* phi, const float* centroids, uint8_t* codes_tmp,         \
-      uint8_t* index_codes, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity) {     \
-    build_assign<DS>(keys, norms, phi, centroids, codes_tmp, index_codes, n, M, sk, D, O, C, cdim, cstride,       \
-                     capacity);                                                                                    \
-  }
-PQ_BUILD_ASSIGN(8)
-PQ_BUILD_ASSIGN(16)
-PQ_BUILD_ASSIGN(32)
-PQ_BUILD_ASSIGN(64)
-PQ_BUILD_ASSIGN(128)
+// What one round's assignment needs of group g.
+struct GroupView {
+  const uint4* frag;        // smem: packed centroid fragments
+  const float* half_norm2;  // smem: |c|^2 / 2
+  float cmax;               // max |c|
+  const float* cent;        // global: the group's fp32 centroids (canonical re-scoring)
+  const float* norms;
+  float phi;
+  int g, n, C, cdim, cstride, dsub, NT;
+};
 
-// Sums (float64, as the CPU oracle: one rounding to fp32 at the mean) and counts per cluster:
-// shared-memory accumulation of a chunk of points, then global atomics; `direct` skips shared memory
-// (tables over the shared-memory limit: C * cdim doubles).
-extern "C" __global__ void __launch_bounds__(256) pq_build_accumulate(const float* keys, const float* norms, const float* phi,
-                                                                      const uint8_t* codes_tmp, double* sums, unsigned* counts,
-                                                                      int n, int M, int sk, int D, int O, int C, int cdim,
-                                                                      int chunk, int direct) {
-  extern __shared__ double acc[];  // C * cdim sums, then C counts
-  unsigned* cnt = reinterpret_cast<unsigned*>(acc + C * cdim);
-  const int g = blockIdx.y;
-  const int dsub = D / M;
-  double* gsums = sums + static_cast<int64_t>(g) * C * cdim;
-  unsigned* gcounts = counts + static_cast<int64_t>(g) * C;
-  if (!direct) {
-    for (int e = threadIdx.x; e < C * cdim; e += 256) acc[e] = 0.0;
-    for (int c = threadIdx.x; c < C; c += 256) cnt[c] = 0u;
-    __syncthreads();
-  }
-  double* tsum = direct ? gsums : acc;
-  unsigned* tcnt = direct ? gcounts : cnt;
-  const int p0 = blockIdx.x * chunk;
-  const int p1 = min(p0 + chunk, n);
-  // Warp w takes a point at a time; its lanes stride over the coordinates.
+// Row stride (floats) of a staged tile: >= KS*16 and = 8 (mod 32), so that the A-fragment loads
+// (8-byte, rows q and q + 8) hit 16 distinct 8-byte bank pairs per half-warp.
+__host__ __device__ constexpr int tile_stride(int KS) { return ((KS * 16 - 8 + 31) / 32) * 32 + 8; }
+
+// Nearest centroid of the warp's 16 staged points (tile rows q and q + 8 of the lane; point index
+// pbase + row). Returns the number of rows flagged for canonical re-scoring.
+template <int KS>
+__device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float* rows, int pbase, int (&code)[2],
+                                                 bool (&valid)[2], float (&xaug)[2]) {
+  constexpr int RS = tile_stride(KS);
   const int lane = threadIdx.x & 31;
-  for (int p = p0 + (threadIdx.x >> 5); p < p1; p += 8) {
-    const int c = codes_tmp[static_cast<int64_t>(g) * n + p];
-    const float* row = point_row(keys, g, p, M, sk, D, O);
-    for (int j = lane; j < dsub; j += 32) atomicAdd(&tsum[c * cdim + j], static_cast<double>(row[j]));
-    if (lane == 0) {
-      if (cdim > dsub) atomicAdd(&tsum[c * cdim + dsub], static_cast<double>(pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p])));
-      atomicAdd(&tcnt[c], 1u);
+  const int q = lane >> 2;  // mma row group: rows q and q + 8
+  const int t = lane & 3;   // mma column pair
+  const bool ip = v.cdim > v.dsub;
+  float half_band[2];
+  uint32_t ah[KS][4];
+  uint32_t al[KS][4];
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    const float* x = rows + (q + 8 * rs) * RS;
+    valid[rs] = pbase + q + 8 * rs < v.n;
+    xaug[rs] = (ip && valid[rs]) ? pq_ip_augment(v.phi, v.norms[static_cast<int64_t>(v.g) * v.n + pbase + q + 8 * rs]) : 0.0f;
+    float sq = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int col = ks * 16 + half * 8 + 2 * t;
+        float2 p = *reinterpret_cast<const float2*>(x + col);  // zero past dsub
+        if (ip && col == v.dsub) p.x = xaug[rs];                 // dsub is even: the ip slot is a .x
+        split_pair(p.x, p.y, ah[ks][half * 2 + rs], al[ks][half * 2 + rs]);
+        sq = fmaf(p.x, p.x, fmaf(p.y, p.y, sq));
+      }
+    }
+    sq += __shfl_xor_sync(0xffffffffu, sq, 1);
+    sq += __shfl_xor_sync(0xffffffffu, sq, 2);
+    half_band[rs] = score_band(__fsqrt_ru(sq), v.cmax);
+  }
+
+  // Pass A: the best score per row.
+  float acc[8][4];
+  float best[2] = {-INFINITY, -INFINITY};
+  for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
+    chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, v.NT, lane);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) best[i >> 1] = fmaxf(best[i >> 1], acc[j][i]);
+  }
+  float threshold[2];
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 1));
+    best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 2));
+    threshold[rs] = best[rs] - half_band[rs];  // NaN / -inf when the band is infinite: every centroid
+  }
+  // Pass B: the centroids within the band of the best (one, unless a near tie).
+  int within[2] = {0, 0};
+  int first[2] = {INT_MAX, INT_MAX};
+  for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
+    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, v.NT, lane);  // one chunk: acc holds it
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = (nt0 + j) * 8 + 2 * t + (i & 1);
+        if (c < v.C && !(acc[j][i] < threshold[i >> 1])) {
+          within[i >> 1] += 1;
+          first[i >> 1] = min(first[i >> 1], c);
+        }
+      }
     }
   }
-  if (direct) return;
-  __syncthreads();
-  for (int e = threadIdx.x; e < C * cdim; e += 256)
-    if (acc[e] != 0.0) atomicAdd(&gsums[e], acc[e]);
-  for (int c = threadIdx.x; c < C; c += 256)
-    if (cnt[c] != 0u) atomicAdd(&gcounts[c], cnt[c]);
+  bool flagged[2];
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    within[rs] += __shfl_xor_sync(0xffffffffu, within[rs], 1);
+    within[rs] += __shfl_xor_sync(0xffffffffu, within[rs], 2);
+    first[rs] = min(first[rs], __shfl_xor_sync(0xffffffffu, first[rs], 1));
+    first[rs] = min(first[rs], __shfl_xor_sync(0xffffffffu, first[rs], 2));
+    flagged[rs] = valid[rs] && (within[rs] != 1 || !(half_band[rs] < INFINITY));
+    code[rs] = first[rs];
+  }
+  const unsigned flagged_rows = __ballot_sync(0xffffffffu, t == 0 && flagged[0]) | (__ballot_sync(0xffffffffu, t == 0 && flagged[1]) << 1);
+  if (flagged_rows == 0u) return 0u;
+
+  // Pass C (flagged rows): canonical distances of the centroids within the band; the lowest index
+  // among the minimal ones, as the oracle.
+  float cd[2] = {INFINITY, INFINITY};
+  int cc[2] = {INT_MAX, INT_MAX};
+  for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
+    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, v.NT, lane);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int rs = i >> 1;
+        const int c = (nt0 + j) * 8 + 2 * t + (i & 1);
+        if (!flagged[rs] || c >= v.C || acc[j][i] < threshold[rs]) continue;
+        const float d = canonical_distance(rows + (q + 8 * rs) * RS, xaug[rs], v.cent + c * v.cstride, v.dsub, v.cdim);
+        if (d < cd[rs]) {  // c ascends within a lane: ties keep the lower index
+          cd[rs] = d;
+          cc[rs] = c;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+      const float od = __shfl_xor_sync(0xffffffffu, cd[rs], o);
+      const int oc = __shfl_xor_sync(0xffffffffu, cc[rs], o);
+      if (od < cd[rs] || (od == cd[rs] && oc < cc[rs])) {
+        cd[rs] = od;
+        cc[rs] = oc;
+      }
+    }
+    if (flagged[rs]) code[rs] = cc[rs] == INT_MAX ? 0 : cc[rs];  // no finite distance: centroid 0
+  }
+  return static_cast<unsigned>(__popc(flagged_rows));
 }
+
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* src, bool fill) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0));
+}
+
+// Stages the dsub coordinates of the points of `tile` into rows of RS floats (zeros past n), as
+// one cp.async group (empty when tile >= tiles). `group_keys` points at point 0 of the group.
+__device__ __forceinline__ void stage_tile(float* rows, int RS, const float* group_keys, int D, int tile, int tiles, int n,
+                                           int chunks, int r0, int k0, int r_step, int k_step) {
+  if (tile < tiles) {
+    int r = r0;
+    int k = k0;
+    while (r < kTilePoints) {
+      const int p = tile * kTilePoints + r;
+      cp_async16(rows + r * RS + 4 * k, group_keys + static_cast<int64_t>(p < n ? p : 0) * D + 4 * k, p < n);
+      r += r_step;
+      k += k_step;
+      if (k >= chunks) {
+        k -= chunks;
+        r += 1;
+      }
+    }
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int KS>
+__device__ void build_round(const float* keys, const float* norms, const float* phi, const float* centroids,
+                            const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint8_t* index_codes,
+                            double* sums, unsigned* counts, unsigned* stats, int n, int M, int sk, int D, int O, int C,
+                            int cdim, int cstride, int capacity, int NT, int mode, int stages) {
+  constexpr int RS = tile_stride(KS);
+  extern __shared__ uint4 smem[];
+  const int CP = NT * 8;
+  uint4* frag = smem;
+  float* info = reinterpret_cast<float*>(frag + NT * KS * 32);
+  float* tiles_smem = info + ((CP + 1 + 3) / 4) * 4;  // a ring of `stages` buffers of kTilePoints rows
+  const bool accumulate = mode != ROUND_FINAL;
+  const int g = blockIdx.y;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int dsub = D / M;
+  const int tiles = (n + kTilePoints - 1) / kTilePoints;
+  // Copy assignment: thread i copies 16-byte chunk k of row r, r*chunks + k = i + 128*j.
+  const int chunks = dsub / 4;
+  const int bkv = g / M;
+  const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
+  const int r0 = threadIdx.x / chunks;
+  const int k0 = threadIdx.x - r0 * chunks;
+  const int r_step = kRoundThreads / chunks;
+  const int k_step = kRoundThreads - r_step * chunks;
+  for (int s = 0; s + 1 < stages; ++s)
+    stage_tile(tiles_smem + s * kTilePoints * RS, RS, group_keys, D, blockIdx.x + s * gridDim.x, tiles, n, chunks, r0, k0, r_step, k_step);
+  {
+    const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
+    for (int e = threadIdx.x; e < NT * KS * 32; e += kRoundThreads) frag[e] = src[e];
+    const float* isrc = info_g + static_cast<int64_t>(g) * (CP + 1);
+    for (int e = threadIdx.x; e < CP + 1; e += kRoundThreads) info[e] = isrc[e];
+    // Columns dsub .. RS-1 of the buffers stay zero (the copies write columns < dsub only).
+    for (int e = threadIdx.x; e < stages * kTilePoints * (RS - dsub); e += kRoundThreads) {
+      const int r = e / (RS - dsub);
+      tiles_smem[r * RS + dsub + (e - r * (RS - dsub))] = 0.0f;
+    }
+  }
+  GroupView view;
+  view.frag = frag;
+  view.half_norm2 = info;
+  view.cent = centroids + static_cast<int64_t>(g) * C * cstride;
+  view.norms = norms;
+  view.dsub = dsub;
+  view.phi = cdim > dsub ? phi[g] : 0.0f;
+  view.g = g;
+  view.n = n;
+  view.C = C;
+  view.cdim = cdim;
+  view.cstride = cstride;
+  view.NT = NT;
+  const int q = lane >> 2;
+  const int t = lane & 3;
+  unsigned flagged_total = 0;
+  unsigned changed_total = 0;
+
+  int buffer = 0;  // ring slot of `tile`
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buffer = buffer + 1 == stages ? 0 : buffer + 1) {
+    // Tile + (stages - 1) steps ahead streams in while this one is scored.
+    const int ahead = buffer + stages - 1 >= stages ? buffer - 1 : buffer + stages - 1;
+    stage_tile(tiles_smem + ahead * kTilePoints * RS, RS, group_keys, D, tile + (stages - 1) * gridDim.x, tiles, n, chunks,
+               r0, k0, r_step, k_step);
+    if (stages >= 3) asm volatile("cp.async.wait_group 2;\n" ::);
+    else if (stages == 2) asm volatile("cp.async.wait_group 1;\n" ::);
+    else asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+    view.cmax = info[CP];
+    const float* rows = tiles_smem + buffer * kTilePoints * RS;
+    const int pbase = tile * kTilePoints + warp * 16;
+    int code[2] = {-1, -1};
+    bool valid[2] = {false, false};
+    float xaug[2] = {0.0f, 0.0f};
+    if (pbase < n) flagged_total += nearest_rows<KS>(view, rows + warp * 16 * RS, pbase, code, valid, xaug);
+    if (!accumulate) {
+      if (index_codes != nullptr && t == 0) {
+        const int m = g - bkv * M;
+#pragma unroll
+        for (int rs = 0; rs < 2; ++rs)
+          if (valid[rs]) index_codes[(static_cast<int64_t>(bkv) * capacity + O + pbase + q + 8 * rs) * M + m] = static_cast<uint8_t>(code[rs]);
+      }
+      __syncthreads();  // this buffer is restaged next iteration
+      continue;
+    }
+    // Codes that changed move their point between the clusters' sums.
+    int old[2] = {-1, -1};
+    bool changed[2] = {false, false};
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
+      if (valid[rs]) {
+        const int64_t at = static_cast<int64_t>(g) * n + pbase + q + 8 * rs;
+        if (mode == ROUND_NEXT) old[rs] = codes_tmp[at];
+        changed[rs] = code[rs] != old[rs];
+        if (changed[rs] && t == 0) codes_tmp[at] = static_cast<uint8_t>(code[rs]);
+      }
+    }
+    const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
+    const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
+    changed_total += __popc(moved0) + __popc(moved1);
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
+      unsigned moved = rs == 0 ? moved0 : moved1;
+      while (moved != 0u) {
+        const int src = __ffs(moved) - 1;
+        moved &= moved - 1u;
+        const int to = __shfl_sync(0xffffffffu, code[rs], src);
+        const int from = __shfl_sync(0xffffffffu, old[rs], src);
+        const float aug = __shfl_sync(0xffffffffu, xaug[rs], src);
+        const float* xr = rows + (warp * 16 + (src >> 2) + 8 * rs) * RS;
+        double* to_sum = sums + (static_cast<int64_t>(g) * C + to) * cdim;
+        double* from_sum = sums + (static_cast<int64_t>(g) * C + from) * cdim;
+        for (int j = lane; j < cdim; j += 32) {
+          const double x = j < dsub ? static_cast<double>(xr[j]) : static_cast<double>(aug);
+          atomicAdd(to_sum + j, x);
+          if (from >= 0) atomicAdd(from_sum + j, -x);
+        }
+        if (lane == 0) {
+          atomicAdd(counts + g * C + to, 1u);
+          if (from >= 0) atomicSub(counts + g * C + from, 1u);
+        }
+      }
+    }
+    __syncthreads();  // this buffer is restaged next iteration
+  }
+  if (lane == 0 && stats != nullptr) {
+    if (flagged_total != 0u) atomicAdd(stats, flagged_total);
+    if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
+  }
+}
+
+#define PQ_BUILD_ROUND(KS)                                                                                          \
+  extern "C" __global__ void __launch_bounds__(kRoundThreads, 2) pq_build_round_k##KS(                                \
+      const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
+      const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
+      unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT,      \
+      int mode, int stages) {                                                                                      \
+    build_round<KS>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts, stats, n, M, sk, \
+                    D, O, C, cdim, cstride, capacity, NT, mode, stages);                                           \
+  }
+PQ_BUILD_ROUND(1)
+PQ_BUILD_ROUND(2)
+PQ_BUILD_ROUND(3)
+PQ_BUILD_ROUND(4)
+PQ_BUILD_ROUND(5)
+PQ_BUILD_ROUND(6)
+PQ_BUILD_ROUND(7)
+PQ_BUILD_ROUND(8)
+PQ_BUILD_ROUND(9)
 
 extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float* keys, const float* norms, const float* phi,
                                                                     const double* sums, const unsigned* counts, float* centroids,
-                                                                    int n, int M, int sk, int D, int O, int C, int cdim,
-                                                                    int cstride, unsigned seed, int round) {
+                                                                    uint4* frag, float* info, int n, int M, int sk, int D,
+                                                                    int O, int C, int cdim, int cstride, int NT, int KS,
+                                                                    unsigned seed, int round) {
   const int g = blockIdx.x;
   const int dsub = D / M;
   for (int e = threadIdx.x; e < C * cdim; e += 256) {
     const int c = e / cdim;
     const int j = e - c * cdim;
     const unsigned count = counts[g * C + c];
+    const double sum = sums[static_cast<int64_t>(g) * C * cdim + e];
     float v;
     if (count == 0u) {
       const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
       v = point_coord(keys, norms, phi, g, s, j, n, M, sk, D, O, dsub);
     } else {
-      v = __fdiv_rn(__double2float_rn(sums[(static_cast<int64_t>(g) * C + c) * cdim + j]), static_cast<float>(count));
+      v = __fdiv_rn(__double2float_rn(sum), static_cast<float>(count));
     }
     centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = v;
   }
+  __syncthreads();
+  pack_group(centroids, frag, info, g, C, cdim, cstride, NT, KS);
 }

@@ -7,7 +7,7 @@ import { CudaContext } from '../cuda/context.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { buildOnDevice } from '../pq/cuda-build.js';
+import { type BuildStats, type BuildTuning, buildOnDevice } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
@@ -37,7 +37,7 @@ export function benchKeys(n: number): Float32Array {
   return out;
 }
 
-export function benchBuildCuda(c: BuildBenchConfig, reps: number): RecordRow {
+export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildTuning = {}): RecordRow {
   const layout: Layout = makeLayout(
     { batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D },
     { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters },
@@ -54,12 +54,13 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number): RecordRow {
   const target = DeviceArena.allocate({ centroids: G * C * cstride * 4, codes: c.B * c.Hkv * capPad * c.M, phi: G * 4 });
   try {
     const t = { centroids: target.slices.centroids, centroidStride: cstride, codes: target.slices.codes, capPad, phi: target.slices.phi };
-    buildOnDevice(layout, keys, c.sk, t, stream); // warm-up (module load, first touch)
+    buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning); // warm-up (module load, first touch)
     const wall: number[] = [];
     const gpu: number[] = [];
+    let stats: BuildStats | undefined;
     for (let r = 0; r < reps; r++) {
       const t0 = nowUs();
-      buildOnDevice(layout, keys, c.sk, t, stream, undefined, { start: e0, end: e1 });
+      stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, { start: e0, end: e1 }, tuning);
       wall.push(nowUs() - t0);
       gpu.push(e1.elapsedSince(e0) * 1000);
     }
@@ -88,7 +89,15 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number): RecordRow {
       config: { ...c },
       wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
       gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) },
-      extra: { quantization_error: err, gpu_ms_kmeans: round3(g.median / 1000), note: 'wall includes the host→device key upload; gpu covers the k-means kernels' },
+      extra: {
+        quantization_error: err,
+        gpu_ms_kmeans: round3(g.median / 1000),
+        note: 'wall includes the host→device key upload; gpu covers the k-means kernels',
+        // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
+        // and share whose code changed, per assignment pass (last: the final assignment).
+        flagged_share_per_round: shares(stats?.flaggedPerRound, stats?.points),
+        changed_share_per_round: shares(stats?.changedPerRound, stats?.points),
+      },
     };
   } finally {
     target.dispose();
@@ -96,4 +105,8 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number): RecordRow {
     e1.dispose();
     stream.dispose();
   }
+}
+
+function shares(counts: readonly number[] | undefined, points: number | undefined): number[] {
+  return counts && points ? counts.map((c) => Math.round((c / points) * 1e5) / 1e5) : [];
 }

@@ -5,6 +5,7 @@ import { type BenchRecord, type RecordRow, cpuDeviceName, defaultRecordPath, new
 import { benchRuntime, measureCopyBandwidth } from '../bench/runtime-bench.js';
 import { SEED_BENCH, type SelectBenchConfig, benchSelectCpu, benchSelectCuda } from '../bench/select-bench.js';
 import { SEED_BUILD, benchBuildCuda } from '../bench/build-bench.js';
+import type { BuildTuning } from '../pq/cuda-build.js';
 import { attendMatrix, benchAttendCuda, benchStepCuda, stepMatrix } from '../bench/attend-bench.js';
 import { decideBackend } from '../pq/backend.js';
 import { table } from './format.js';
@@ -62,7 +63,7 @@ export function runBench(o: BenchCliOptions): number {
     record = newRecord(o.kind, dev.name, dev.driverVersion, o.command);
     if (o.kind === 'build') {
       const configs = o.config === 'seed' ? [SEED_BUILD] : [SEED_BUILD, { ...SEED_BUILD, sk: 131072 }];
-      for (const c of configs) record.rows.push(benchBuildCuda(c, 5));
+      for (const c of configs) record.rows.push(benchBuildCuda(c, 5, buildTuningFromEnv()));
       console.log(table(['impl', 'sk', 'wall med μs', 'gpu med μs', 'quantization error'], record.rows.map((r) => [r.impl, String(r.config.sk), r.wall_us?.median ?? NaN, r.gpu_us?.median ?? NaN, Number((r.extra as { quantization_error: number }).quantization_error).toExponential(4)])));
     } else if (o.kind === 'attend' || o.kind === 'step') {
       const stream = new Stream();
@@ -117,4 +118,10 @@ export function runBench(o: BenchCliOptions): number {
     console.log(`wrote ${path}`);
   }
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
+}
+
+/** PQCACHE_BUILD_STAGES=1|2|3 overrides the build kernel's staged tile buffers (A/B runs). */
+function buildTuningFromEnv(): BuildTuning {
+  const stages = Number(process.env.PQCACHE_BUILD_STAGES);
+  return stages === 1 || stages === 2 || stages === 3 ? { stages } : {};
 }

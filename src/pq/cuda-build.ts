@@ -1,20 +1,25 @@
 /**
  * PQ build on the GPU (kernels/build.cu): batched k-means over all B·Hkv·M groups at once, from the
- * oracle's seeded initial draw (rng.ts), with the oracle's distance order, means and re-seeding, so
- * that integer-valued data gives identical centroids and codes on both backends.
+ * oracle's seeded initial draw (rng.ts), with the oracle's nearest centroid (tensor-core estimates,
+ * near ties re-scored in its canonical order), means and re-seeding, so that integer-valued data
+ * gives identical centroids and codes on both backends. One pass over the keys per round: the
+ * cluster sums follow the points whose code changed.
  */
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, copies, type DeviceRange } from '../cuda/memory.js';
-import type { Kernel } from '../cuda/module.js';
+import { CudaContext } from '../cuda/context.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import type { Layout } from './config.js';
 import { groupId } from './index-state.js';
 import { loadKernels } from './kernels.js';
 import { initialSampleIndices } from './rng.js';
 
-/** Sub-vector widths the register-resident assignment kernels are built for. */
-const ASSIGN_WIDTHS = [8, 16, 32, 64, 128] as const;
-const ACCUMULATE_CHUNK = 2048;
+const ROUND_THREADS = 128;
+const TILE_POINTS = 64;
+/** Round modes of kernels/build.cu (BuildRoundMode). */
+const ROUND_FIRST = 0;
+const ROUND_NEXT = 1;
+const ROUND_FINAL = 2;
 
 export interface DeviceBuildTarget {
   /** [G, C, cstride] f32 (G = B·Hkv·M) */
@@ -27,18 +32,36 @@ export interface DeviceBuildTarget {
   readonly phi: DeviceRange;
 }
 
+/** What the assignment passes did, per round (the last entry is the final assignment). */
+export interface BuildStats {
+  /** Points whose tensor-core estimate left a near tie, re-scored in the canonical order. */
+  readonly flaggedPerRound: readonly number[];
+  /** Points whose code changed (moved between cluster sums); all of them in round 0. */
+  readonly changedPerRound: readonly number[];
+  /** Points per round (all groups). */
+  readonly points: number;
+}
+
+/** Benchmark override of the round kernel's choice (default: what fits). */
+export interface BuildTuning {
+  /** Staged tile buffers: tiles in flight + 1 (a tile streams in while another is scored). */
+  readonly stages?: 1 | 2 | 3;
+}
+
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
 export function deviceBuildSupported(layout: Layout): boolean {
-  return layout.subDim <= 128 && layout.numCentroids <= 256;
+  return layout.subDim <= 128 && layout.subDim % 4 === 0 && layout.numCentroids <= 256;
+}
+
+/** Row stride (floats) of a staged tile in kernels/build.cu (tile_stride). */
+function tileStride(ks: number): number {
+  return Math.ceil((ks * 16 - 8) / 32) * 32 + 8;
 }
 
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ASSIGN_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ACCUMULATE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-/** Shared memory the accumulation may use (f64 sums); beyond it, global atomics. */
-const ACCUMULATE_SMEM_LIMIT = 200 * 1024;
-const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32'] as const;
+const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32'] as const;
 
 /**
  * Run the k-means of `keys` ([B, Hkv, sk, D] f32 on the host) into `target`, enqueued on `stream`
@@ -53,7 +76,8 @@ export function buildOnDevice(
   onRound?: (done: number, total: number) => void,
   /** Recorded around the k-means kernels (after the key upload) when given, for benchmarks. */
   events?: { readonly start: Event; readonly end: Event },
-): void {
+  tuning: BuildTuning = {},
+): BuildStats {
   const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
   const { pqGroupFactor: M, initOffset: O, kmeansIters: iters, seed, metric } = layout.config;
   const C = layout.numCentroids;
@@ -61,16 +85,24 @@ export function buildOnDevice(
   const cstride = target.centroidStride;
   const G = B * Hkv * M;
   const n = seqLen - O;
+  const NT = Math.ceil(C / 8); // n-tiles of 8 centroids
+  const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
+  const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
-  const width = ASSIGN_WIDTHS.find((w) => w >= layout.subDim) ?? 128;
-  const assign = mod.kernel(`pq_build_assign_d${width}`);
-  const accumulate = mod.kernel('pq_build_accumulate');
-  const assignSmem = C * cstride * 4;
-  const accumulateBytes = C * cdim * 8 + C * 4;
-  const direct = accumulateBytes > ACCUMULATE_SMEM_LIMIT;
-  const accumulateSmem = direct ? 0 : accumulateBytes;
-  optIn(assign, assignSmem);
-  optIn(accumulate, accumulateSmem);
+  const round = mod.kernel(`pq_build_round_k${KS}`);
+  // Per-block sums in shared memory when they fit in a share that keeps ≥ 2 blocks per SM.
+  const fixedBytes = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16;
+  const tileBytes = TILE_POINTS * tileStride(KS) * 4;
+  const dev = CudaContext.primary().device;
+  // Staged tiles in flight: as many as fit (≤ 3) while two blocks share an SM, else what fits.
+  const fits = (stages: number, blocks: number): boolean => blocks * (fixedBytes + stages * tileBytes + 1024) <= dev.maxSharedPerMultiprocessor && fixedBytes + stages * tileBytes <= dev.maxSharedPerBlockOptin;
+  const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, 2)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
+  const roundSmem = fixedBytes + stages * tileBytes;
+  if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
+  const tiles = Math.ceil(n / TILE_POINTS);
+  const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
+  const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
+  const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
 
   const init = new Int32Array(G * C);
   for (let b = 0; b < B; b++) {
@@ -88,6 +120,9 @@ export function buildOnDevice(
     sums: G * C * cdim * 8,
     counts: G * C * 4,
     codes: G * n,
+    frag: G * NT * KS * 32 * 16,
+    info: G * infoStride * 4,
+    stats: (iters + 1) * 2 * 4,
   });
   const argsList: LaunchArgs[] = [];
   const args = <K extends readonly ('ptr' | 'u64' | 'i32' | 'u32' | 'f32')[]>(kinds: K): LaunchArgs<K> => {
@@ -101,46 +136,50 @@ export function buildOnDevice(
     copies.fromHost(s.init, init);
     copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
     copies.fill32Async(target.centroids, 0, target.centroids.bytes / 4, stream);
+    copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
+    copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
+    copies.fill32Async(s.stats, 0, s.stats.bytes / 4, stream);
     events?.start.record(stream);
-    const ip = metric === 'ip';
-    if (ip) {
+    if (metric === 'ip') {
       launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
     }
     launch(
       mod.kernel('pq_build_init'),
       { grid: [G, 1, 1], block: [256, 1, 1] },
-      args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, n, M, seqLen, D, O, C, cdim, cstride]),
+      args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS]),
       stream,
     );
-    const assignArgs = (indexCodes: bigint): LaunchArgs =>
-      args(ASSIGN_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.codes.ptr, indexCodes, n, M, seqLen, D, O, C, cdim, cstride, target.capPad]);
-    const assignShape = { grid: [Math.ceil(n / 128), G, 1] as const, block: [128, 1, 1] as const, sharedBytes: assignSmem };
-    const roundAssign = assignArgs(0n);
-    const accumulateArgs = args(ACCUMULATE_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim, ACCUMULATE_CHUNK, direct ? 1 : 0]);
-    const finalizeArgs = args(FINALIZE_ARGS);
+    const roundArgs = (r: number, mode: number): LaunchArgs =>
+      args(ROUND_ARGS).setAll([
+        s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
+        mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
+        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode, stages,
+      ]);
     const finalize = mod.kernel('pq_build_finalize');
-    for (let round = 0; round < iters; round++) {
-      launch(assign, assignShape, roundAssign, stream);
-      copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
-      copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
-      launch(accumulate, { grid: [Math.ceil(n / ACCUMULATE_CHUNK), G, 1], block: [256, 1, 1], sharedBytes: accumulateSmem }, accumulateArgs, stream);
-      finalizeArgs.setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, n, M, seqLen, D, O, C, cdim, cstride, seed, round]);
+    const finalizeArgs = args(FINALIZE_ARGS);
+    for (let r = 0; r < iters; r++) {
+      launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
+      finalizeArgs.setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r]);
       launch(finalize, { grid: [G, 1, 1], block: [256, 1, 1] }, finalizeArgs, stream);
       if (onRound) {
         stream.synchronize();
-        onRound(round + 1, iters + 1);
+        onRound(r + 1, iters + 1);
       }
     }
-    launch(assign, assignShape, assignArgs(target.codes.ptr), stream);
+    launch(round, roundShape, roundArgs(iters, ROUND_FINAL), stream);
     events?.end.record(stream);
     stream.synchronize();
+    const stats = new Uint32Array((iters + 1) * 2);
+    copies.toHost(stats, s.stats);
     onRound?.(iters + 1, iters + 1);
+    return {
+      flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
+      changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
+      points: G * n,
+    };
   } finally {
     for (const a of argsList) a.dispose();
     tmp.dispose();
   }
 }
 
-function optIn(kernel: Kernel, sharedBytes: number): void {
-  if (sharedBytes > 48 * 1024) kernel.setMaxDynamicSharedBytes(sharedBytes);
-}

@@ -38,6 +38,12 @@ const CASES: Case[] = [
   { B: 1, H: 8, Hkv: 2, D: 64, M: 4, bits: 3, sk: 2000, O: 5, ip: true, iters: 5 },
   { B: 1, H: 2, Hkv: 1, D: 128, M: 8, bits: 1, sk: 800, O: 100, ip: false, iters: 3 },
   { B: 2, H: 4, Hkv: 4, D: 128, M: 2, bits: 5, sk: 1200, O: 7, ip: true, iters: 10 },
+  // dsub 128 + the ip coordinate (8 k-steps), and dsub 12 / 20 (part-filled k-steps)
+  { B: 1, H: 2, Hkv: 1, D: 128, M: 1, bits: 7, sk: 900, O: 3, ip: true, iters: 4 },
+  { B: 1, H: 3, Hkv: 3, D: 96, M: 8, bits: 4, sk: 700, O: 0, ip: false, iters: 5 },
+  { B: 1, H: 2, Hkv: 2, D: 80, M: 4, bits: 2, sk: 600, O: 9, ip: true, iters: 3 },
+  // the largest tables: one staged tile buffer, float64 atomics on the global sums, 4 centroid chunks
+  { B: 1, H: 1, Hkv: 1, D: 128, M: 1, bits: 8, sk: 700, O: 0, ip: true, iters: 2 },
 ];
 
 test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1–8, pqBits 1–8, GQA)', { skip }, () => {
@@ -84,25 +90,39 @@ test('GPU build on real data: quantization error within 0.1% of the oracle, code
     const ec = quantizationError(cpu, keys);
     const eg = quantizationError(gpu, keys);
     assert.ok(Math.abs(eg - ec) <= 1e-3 * ec, `quantization error ${eg} vs ${ec} (${JSON.stringify(c)})`);
-    // Every GPU code is its point's nearest GPU centroid (the final assignment is exact).
-    const layout = gpu.layout;
-    const { pqGroupFactor: M, initOffset: O } = layout.config;
-    const n = gpu.seqLen - O;
-    for (let bh = 0; bh < c.B * c.Hkv; bh++) {
-      for (let m = 0; m < M; m++) {
-        const dsub = layout.subDim;
-        const cdim = layout.centroidDim;
-        const pts = new Float32Array(n * cdim);
-        for (let p = 0; p < n; p++) {
-          const src = (bh * c.sk + O + p) * c.D + m * dsub;
-          pts.set(keys.subarray(src, src + dsub), p * cdim);
-          if (cdim > dsub) pts[p * cdim + dsub] = ipAugment(gpu.phi[bh * M + m], squaredNormF32(pts, p * cdim, dsub));
-        }
-        const want = new Uint8Array(n);
-        const cb = centroidOffset(layout, 0, bh, m, 0);
-        assignAll(pts, n, cdim, gpu.centroids.subarray(cb, cb + layout.numCentroids * cdim), layout.numCentroids, want);
-        for (let p = 0; p < n; p++) assert.equal(gpu.codes[codeOffset(layout, gpu.capacity, 0, bh, O + p) + m], want[p], `point ${p}`);
+    assertCodesNearest(c, gpu, keys);
+  }
+});
+
+/** Every GPU code is its point's nearest GPU centroid in the canonical order (the final assignment is exact). */
+function assertCodesNearest(c: Case, gpu: PQIndexState, keys: Float32Array): void {
+  const layout = gpu.layout;
+  const { pqGroupFactor: M, initOffset: O } = layout.config;
+  const n = gpu.seqLen - O;
+  for (let bh = 0; bh < c.B * c.Hkv; bh++) {
+    for (let m = 0; m < M; m++) {
+      const dsub = layout.subDim;
+      const cdim = layout.centroidDim;
+      const pts = new Float32Array(n * cdim);
+      for (let p = 0; p < n; p++) {
+        const src = (bh * c.sk + O + p) * c.D + m * dsub;
+        pts.set(keys.subarray(src, src + dsub), p * cdim);
+        if (cdim > dsub) pts[p * cdim + dsub] = ipAugment(gpu.phi[bh * M + m], squaredNormF32(pts, p * cdim, dsub));
       }
+      const want = new Uint8Array(n);
+      const cb = centroidOffset(layout, 0, bh, m, 0);
+      assignAll(pts, n, cdim, gpu.centroids.subarray(cb, cb + layout.numCentroids * cdim), layout.numCentroids, want);
+      for (let p = 0; p < n; p++) assert.equal(gpu.codes[codeOffset(layout, gpu.capacity, 0, bh, O + p) + m], want[p], `point ${p} of ${JSON.stringify(c)}`);
+    }
+  }
+}
+
+test('GPU build at extreme magnitudes (squares that underflow or overflow fp32): codes still nearest in the canonical order', { skip }, () => {
+  for (const scale of [1e-21, 1e-17, 1e18, 3e18]) {
+    for (const c of [CASES[0], CASES[2]]) {
+      const keys = keysFor(c, false, 13).map((v) => v * scale);
+      const { gpu } = build(c, keys);
+      assertCodesNearest(c, gpu, keys);
     }
   }
 });
