@@ -362,12 +362,6 @@ export class CudaDecodeLayer implements DecodeLayer {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    try {
-      this.stream.synchronize();
-    } finally {
-      this.graphs.clear();
-      this.scratch?.dispose();
-      this.owned.dispose();
-    }
+    this.owned.disposeAfter(this.stream, this.graphs, this.scratch);
   }
 }

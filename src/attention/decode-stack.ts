@@ -105,12 +105,7 @@ export class CudaDecodeStack {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    try {
-      this.stream.synchronize();
-    } finally {
-      this.graphs.clear();
-      this.owned.dispose();
-    }
+    this.owned.disposeAfter(this.stream, this.graphs);
   }
 }
 

@@ -90,4 +90,9 @@ export class GraphCache {
     for (const g of this.graphs.values()) g.dispose();
     this.graphs.clear();
   }
+  /** Free every graph (the cache stays usable). */
+  dispose(): void {
+    this.clear();
+  }
+
 }

@@ -16,6 +16,20 @@ export class Owned {
     return item;
   }
 
+  /**
+   * The dispose() of an object whose GPU work runs on `stream`: wait for that work, then dispose
+   * `first` in order (caches and swappable scratch not on the list) and everything owned — also when the
+   * wait throws (a faulted stream must not leak its memory).
+   */
+  disposeAfter(stream: { synchronize(): void }, ...first: (Disposable | undefined)[]): void {
+    try {
+      stream.synchronize();
+    } finally {
+      for (const item of [...first].reverse()) if (item !== undefined) this.items.push(item); // first[0] goes first
+      this.dispose();
+    }
+  }
+
   /** Dispose everything, newest first; every item is disposed even if one throws (the first error is rethrown). */
   dispose(): void {
     let first: unknown;

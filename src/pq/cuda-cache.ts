@@ -675,11 +675,6 @@ export class CudaPQCache implements PQCache {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    try {
-      this.stream.synchronize();
-    } finally {
-      this.graphs.clear();
-      this.owned.dispose();
-    }
+    this.owned.disposeAfter(this.stream, this.graphs);
   }
 }
