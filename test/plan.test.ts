@@ -2,7 +2,10 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { makeLayout } from '../src/pq/config.js';
-import { MAX_BITS_TILES, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName } from '../src/pq/cuda-plan.js';
+import {
+  MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planPairs, planRow, planSelect, selectKernelName, stepPairsKernelName,
+  stepRowKernelName,
+} from '../src/pq/cuda-plan.js';
 
 test('select plan: slices cover the eligible span for every sk up to the plan limit, aligned', () => {
   fc.assert(
@@ -59,4 +62,35 @@ test('pair plan: one power-of-two cluster per head whose slices cover the span',
   );
   const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, {});
   assert.deepEqual(planPairs(seed, 32000, 132, true), { cluster: 4, sliceLen: 8192, maxSeqLen: 32768, long: false, bitsTiles: 2, sharedBytes: 0 });
+});
+
+test('row plan: the smallest positions-per-thread instance that holds the span, valid exactly while it does', () => {
+  fc.assert(
+    fc.property(
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), M: fc.constantFrom(1, 2), bits: fc.integer({ min: 1, max: 8 }), sk: fc.integer({ min: 1, max: 80000 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'row', 'cluster') as fc.Arbitrary<'auto' | 'row' | 'cluster'> }),
+      (c) => {
+        const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, sinkSize: c.S, windowSize: c.W });
+        const plan = planRow(layout, c.sk, 132, c.choice);
+        const pairs = pairTableSize(layout);
+        const cluster = 2 * c.B * c.H + c.B * c.H <= 132 ? 2 : 1; // kvHeads = heads here
+        const fits = pairs > 0 && pairs <= 4 * ROW_THREADS && eligibleSpan(layout, c.sk) <= cluster * 64 * ROW_THREADS;
+        const wanted = c.choice === 'row' || (c.choice === 'auto' && c.B * c.H <= 132);
+        assert.equal(plan !== undefined, fits && wanted);
+        if (plan === undefined) return;
+        assert.equal(plan.cluster, cluster);
+        const cap = plan.cluster * plan.positionsPerThread * ROW_THREADS;
+        assert.ok(plan.maxSeqLen >= c.sk);
+        assert.ok(eligibleSpan(layout, plan.maxSeqLen) <= cap && eligibleSpan(layout, plan.maxSeqLen + 1) > cap);
+        if (plan.positionsPerThread > 16) assert.ok(eligibleSpan(layout, c.sk) > (cap / 2));
+      },
+    ),
+    { numRuns: 500, seed: 5 },
+  );
+  const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, { pqGroupFactor: 2, pqBits: 6, sinkSize: 128, windowSize: 128, heavySize: 128, initOffset: 128 });
+  const plan = planRow(seed, 32000, 132);
+  assert.deepEqual(plan, { cluster: 2, positionsPerThread: 16, maxSeqLen: 2 * 16 * 1024 + 128 + 128 });
+  assert.equal(stepRowKernelName(seed, plan!), 'pq_step_row_m2_e16_c2');
+  assert.equal(stepRowKernelName(seed, planRow(seed, 32000, 132, 'auto', false)!), 'pq_step_row_m2_e32'); // no clusters before sm_90
+  assert.equal(planRow(makeLayout({ batch: 8, heads: 32, kvHeads: 32, headDim: 128 }, { pqGroupFactor: 2, pqBits: 6 }), 32000, 132), undefined); // B·H > SMs
+  assert.equal(planRow(makeLayout({ batch: 1, heads: 1, kvHeads: 1, headDim: 128 }, { pqGroupFactor: 2, pqBits: 7 }), 32000, 132, 'row'), undefined); // C² = 16384
 });

@@ -18,6 +18,7 @@ import { CpuPQCache } from '../pq/cache.js';
 import { type Layout, type Metric, makeLayout } from '../pq/config.js';
 import { appendCodesCpu } from '../pq/cpu-build.js';
 import { CudaPQCache, STEP_PHASES } from '../pq/cuda-cache.js';
+import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
@@ -83,6 +84,8 @@ export interface BenchOptions {
   readonly seed: number;
   readonly sliceLen?: number;
   readonly cluster?: number;
+  /** The pair path's step kernel (default 'auto'). */
+  readonly stepKernel?: StepKernelChoice;
   /** Also run steps with in-kernel phase stamps and report where the GPU time goes (pair path). */
   readonly phases?: boolean;
   /** Write this config's inputs here (safetensors) for baselines measured on the same data. */
@@ -161,7 +164,7 @@ export function benchSelectCpu(c: SelectBenchConfig, o: BenchOptions): RecordRow
 
 export interface CudaBenchResult {
   readonly rows: RecordRow[];
-  readonly plan: { numSlices: number; sliceLen: number };
+  readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number } };
 }
 
 /**
@@ -177,7 +180,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const capacity = c.sk + 1 + o.warmup + 2 * o.iters + hostInputCalls + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
   const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
-  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster });
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel });
   const inputs = randomInputs(layout, sets, o.seed + 1);
   if (o.dumpDir) dumpInputs(o.dumpDir, c, state, inputs.queries, inputs.keys);
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
@@ -245,6 +248,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const phases = o.phases ? measurePhases(layout, state, capacity, o, qDev, kDev) : undefined;
     const extra = {
       ...(phases ? { phases_us: phases } : {}),
+      step_kernel: plan.row ? `row ×${plan.numSlices} (${plan.row.positionsPerThread} positions/thread)` : `pairs cluster ${plan.numSlices}`,
       slices: plan.numSlices,
       slice_len: plan.sliceLen,
       bytes_per_call: bytes,
@@ -277,7 +281,7 @@ function measurePhases(
   qDev: readonly DeviceTensor[],
   kDev: readonly DeviceTensor[],
 ): Record<string, Record<string, number>> {
-  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, cluster: o.cluster, phaseTiming: true });
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, cluster: o.cluster, stepKernel: o.stepKernel, phaseTiming: true });
   const mhz = CudaContext.primary().device.clockRateKHz / 1000;
   const rows = layout.shape.batch * layout.shape.heads;
   const samples = new Map<string, number[]>();

@@ -6,6 +6,7 @@ import { benchRuntime, measureCopyBandwidth } from '../bench/runtime-bench.js';
 import { SEED_BENCH, type SelectBenchConfig, benchSelectCpu, benchSelectCuda } from '../bench/select-bench.js';
 import { SEED_BUILD, benchBuildCuda } from '../bench/build-bench.js';
 import type { BuildTuning } from '../pq/cuda-build.js';
+import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import { attendMatrix, benchAttendCuda, benchStepCuda, stepMatrix } from '../bench/attend-bench.js';
 import { decideBackend } from '../pq/backend.js';
 import { table } from './format.js';
@@ -19,6 +20,7 @@ export interface BenchCliOptions {
   readonly warmup: number;
   readonly sliceLen?: number;
   readonly cluster?: number;
+  readonly stepKernel?: StepKernelChoice;
   readonly phases?: boolean;
   readonly dumpDir?: string;
   readonly layers?: number;
@@ -99,7 +101,7 @@ export function runBench(o: BenchCliOptions): number {
       stream.dispose();
       const configs = o.config === 'seed' ? [SEED_BENCH] : selectMatrix();
       for (const c of configs) {
-        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, phases: o.phases, dumpDir: o.dumpDir }, copyGBs);
+        const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, phases: o.phases, dumpDir: o.dumpDir }, copyGBs);
         record.rows.push(...r.rows);
         console.error(`bench: B=${c.B} sk=${c.sk}: wall ${r.rows[0].wall_us?.median} μs, gpu ${r.rows[0].gpu_us?.median} μs (${r.plan.numSlices} slices of ${r.plan.sliceLen})`);
         const phases = (r.rows[0].extra as { phases_us?: Record<string, Record<string, number>> } | undefined)?.phases_us;

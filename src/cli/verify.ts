@@ -1,5 +1,6 @@
 /** `pqcache verify`: a backend against the float64 brute force on random configs; exit 1 on mismatch. */
 import type { PQCache } from '../pq/cache.js';
+import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { CPU_LIMITS, CUDA_LIMITS, type CaseResult, makeCase, runCase } from '../pq/verify.js';
 import { cacheFromState, decideBackend } from '../pq/backend.js';
@@ -16,7 +17,9 @@ export interface VerifyOptions {
 export function runVerify(o: VerifyOptions): number {
   decideBackend(o.backend); // throws CudaUnavailableError when cuda is asked for and absent
   const limits = o.backend === 'cuda' ? CUDA_LIMITS : CPU_LIMITS;
-  const create = (state: PQIndexState): PQCache => cacheFromState(o.backend, state);
+  // CUDA: even cases run the planned step kernel (the one-block-per-head kernel wherever it fits),
+  // odd ones force the cluster kernel, so both are checked on every kind of case.
+  const stepKernel = (id: number): StepKernelChoice => (id % 2 === 0 ? 'auto' : 'cluster');
   const bar = progress(`verify ${o.backend}`);
   const failed: CaseResult[] = [];
   const counts = { exact: 0, tolerant: 0, built: 0 };
@@ -25,7 +28,7 @@ export function runVerify(o: VerifyOptions): number {
     const c = makeCase(o.first + i, o.seed, limits);
     counts[c.mode]++;
     if (c.built) counts.built++;
-    const r = runCase(c, create);
+    const r = runCase(c, (state: PQIndexState): PQCache => cacheFromState(o.backend, state, { stepKernel: stepKernel(c.id) }));
     if (o.verbose) console.log(`${r.errors.length === 0 ? 'ok  ' : 'FAIL'} ${r.description}`);
     if (r.errors.length > 0) {
       failed.push(r);

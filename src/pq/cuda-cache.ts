@@ -38,7 +38,8 @@ import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported } from './cuda-build.js';
 import {
-  type PairsPlan, type SelectPlan, SELECT_THREADS, cudaLayoutProblem, maxSlicesFor, pairTableSize, planPairs, planSelect, selectKernelName, stepPairsKernelName,
+  type PairsPlan, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice, cudaLayoutProblem, maxSlicesFor, pairTableSize,
+  planPairs, planRow, planSelect, selectKernelName, stepPairsKernelName, stepRowKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, throwDeviceStatus } from './kernels.js';
@@ -55,6 +56,12 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   readonly sliceLen?: number;
   /** Blocks per query head on the pair path: 1, 2, 4 or 8 (tuning; default: planned). */
   readonly cluster?: number;
+  /**
+   * The pair path's step kernel: 'row' (one 1024-thread block per query head, where C^M ≤ 4096 and
+   * the eligible span fits 65,536 positions), 'cluster' (thread-block clusters), or 'auto' (row
+   * when it fits and B·H ≤ the SM count). Tuning and tests; default 'auto'.
+   */
+  readonly stepKernel?: StepKernelChoice;
   /** Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). */
   readonly phaseTiming?: boolean;
 }
@@ -71,11 +78,14 @@ const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
 ] as const;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
-export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end'] as const;
+export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-/** A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and shared memory (none there). */
-type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'>;
+/**
+ * A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and
+ * shared memory (none there); `row` when the one-block-per-head kernel runs.
+ */
+type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
@@ -114,6 +124,7 @@ export class CudaPQCache implements PQCache {
   private readonly pairsCountKernel: Kernel | undefined;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
+  private readonly stepKernel: StepKernelChoice;
   /** Bounded: device inputs at ever-new addresses would otherwise capture a graph per address. */
   private readonly graphs = new GraphCache(MAX_STEP_GRAPHS);
   /** The launch plan the captured graphs use, valid for sk ≤ maxSeqLen. */
@@ -135,6 +146,7 @@ export class CudaPQCache implements PQCache {
     this.context = CudaContext.primary(options.device ?? 0);
     this.sliceLenOverride = options.sliceLen;
     this.clusterOverride = options.cluster;
+    this.stepKernel = options.stepKernel ?? 'auto';
     this.pairs = pairTableSize(this.layout);
     this.selectKernel = this.pairs > 0 ? undefined : loadKernels('select').kernel(selectKernelName(this.layout));
     this.pairsCountKernel = this.pairs > 0 ? loadKernels('select_pairs').kernel('pq_pairs_count') : undefined;
@@ -477,7 +489,8 @@ export class CudaPQCache implements PQCache {
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
     const slot = this.seqSlot;
     return {
-      signature: `${slot}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`, // the rest of the plan follows from these
+      // The rest of the plan follows from these.
+      signature: `${slot}/${plan.row ? `row${plan.row.positionsPerThread}` : 'cl'}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
       seqRead: this.seqPtr(slot),
       seqWrite: this.seqPtr(appending ? slot ^ 1 : slot),
     };
@@ -527,6 +540,10 @@ export class CudaPQCache implements PQCache {
   planFor(seqLen: number): StepPlan {
     const dev = this.context.device;
     if (this.pairs > 0) {
+      const row = planRow(this.layout, seqLen, dev.multiprocessorCount, this.stepKernel, dev.computeCapability[0] >= 9, this.clusterOverride);
+      if (row !== undefined) {
+        return { numSlices: row.cluster, sliceLen: row.positionsPerThread * ROW_THREADS, maxSeqLen: row.maxSeqLen, long: false, bitsTiles: 0, sharedBytes: 0, row };
+      }
       const p = planPairs(this.layout, seqLen, dev.multiprocessorCount, dev.computeCapability[0] >= 9, this.clusterOverride);
       return { ...p, numSlices: p.cluster };
     }
@@ -596,8 +613,11 @@ export class CudaPQCache implements PQCache {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const kernel = loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
+    const kernel = plan.row !== undefined
+      ? loadKernels('select_row').kernel(stepRowKernelName(this.layout, plan.row))
+      : loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
+    const threads = plan.row !== undefined ? ROW_THREADS : SELECT_THREADS;
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll([
@@ -609,7 +629,7 @@ export class CudaPQCache implements PQCache {
       ]);
       // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
       if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
-      launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [SELECT_THREADS, 1, 1], sharedBytes: plan.sharedBytes }, args, this.stream);
+      launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes: plan.sharedBytes }, args, this.stream);
       this.lastStepGrid = [cluster, B * H + appendRows];
     } finally {
       args.dispose();

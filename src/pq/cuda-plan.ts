@@ -140,6 +140,57 @@ export function planPairs(layout: Layout, seqLen: number, multiprocessors: numbe
   return { cluster, sliceLen, maxSeqLen, long, bitsTiles, sharedBytes };
 }
 
+/** Threads per block of the one-block-per-head step kernel (kernels/select_row.cu NT). */
+export const ROW_THREADS = 1024;
+/** Its limits: C^M ≤ 4 pairs per thread, ≤ 64 positions per thread. */
+export const ROW_MAX_PAIRS = 4 * ROW_THREADS;
+export const ROW_POSITIONS_PER_THREAD = [16, 32, 64] as const;
+
+/** Which step kernel the pair path runs: planned, or one forced (tuning, tests). */
+export type StepKernelChoice = 'auto' | 'row' | 'cluster';
+
+export interface RowPlan {
+  /** Blocks per query head: 1, or a thread-block cluster of 2 (sm_90) splitting positions and LUT. */
+  readonly cluster: 1 | 2;
+  /** Positions per thread (a template instance of the kernel). */
+  readonly positionsPerThread: (typeof ROW_POSITIONS_PER_THREAD)[number];
+  /** The plan is valid for every sk ≤ this: the eligible span still fits the block. */
+  readonly maxSeqLen: number;
+}
+
+/**
+ * The row kernel (kernels/select_row.cu) when it applies: C^M ≤ 4096, the eligible span at sk fits
+ * the blocks of a head (1024 threads × ≤ 64 positions each), and (unless forced) every query head
+ * gets an SM of its own (B·H ≤ SMs; beyond that the pair clusters spread the work). Two blocks per
+ * head (a cluster, sm_90) when the select and append blocks still fit one wave, else one; the
+ * smallest positions-per-thread instance that holds the span, valid until the span outgrows it.
+ * `clusterOverride` (1 or 2) forces the blocks per head (tuning).
+ */
+export function planRow(
+  layout: Layout, seqLen: number, multiprocessors: number, choice: StepKernelChoice = 'auto', clusters = true, clusterOverride?: number,
+): RowPlan | undefined {
+  const pairs = pairTableSize(layout);
+  if (choice === 'cluster' || pairs === 0 || pairs > ROW_MAX_PAIRS) return undefined;
+  const rows = layout.shape.batch * layout.shape.heads;
+  if (choice === 'auto' && rows > multiprocessors) return undefined;
+  const appendBlocks = layout.shape.batch * layout.shape.kvHeads;
+  const cluster: 1 | 2 = clusterOverride === 1 || clusterOverride === 2
+    ? (clusters ? clusterOverride : 1)
+    : clusters && 2 * rows + appendBlocks <= multiprocessors ? 2 : 1;
+  const span = eligibleSpan(layout, seqLen);
+  const e = ROW_POSITIONS_PER_THREAD.find((n) => cluster * n * ROW_THREADS >= span);
+  if (e === undefined) return undefined;
+  // eligibleSpan(sk) = sk − W − start ≤ cluster · e · NT  ⇔  sk ≤ cluster · e · NT + W + start.
+  const { initOffset: O, sinkSize: S, windowSize: W } = layout.config;
+  const start = Math.floor(Math.max(O, S) / 16) * 16;
+  return { cluster, positionsPerThread: e, maxSeqLen: cluster * e * ROW_THREADS + W + start };
+}
+
+/** The row kernel's name (kernels/select_row.cu). */
+export function stepRowKernelName(layout: Layout, plan: RowPlan): string {
+  return `pq_step_row_m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
+}
+
 /** The fused step kernel of the pair path. */
 export function stepPairsKernelName(layout: Layout, cluster: number, long = false): string {
   return `pq_step_pairs_${long ? 'long_' : ''}m${layout.config.pqGroupFactor}_p${cluster}`;

@@ -22,7 +22,7 @@ export function throwDeviceStatus(bits: number, seqLen: number): void {
   if (bits & 8) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
 }
 
-export type KernelFamily = 'append' | 'select' | 'select_pairs' | 'runtime' | 'build' | 'attention';
+export type KernelFamily = 'append' | 'select' | 'select_pairs' | 'select_row' | 'runtime' | 'build' | 'attention';
 
 /** kernels/dist of this package (dist/src/pq/kernels.js → ../../../kernels/dist), or $PQCACHE_KERNELS_DIR. */
 export function kernelsDir(): string {

@@ -7,6 +7,7 @@ import { checkSelect } from '../../src/pq/brute-force.js';
 import { CpuPQCache } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
+import { type StepKernelChoice, planRow } from '../../src/pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../../src/pq/index-state.js';
 import { CUDA_LIMITS, makeCase, runCase } from '../../src/pq/verify.js';
 import { deviceTensor } from '../../src/tensor/device-tensor.js';
@@ -15,18 +16,22 @@ import { gpuSkip } from './gpu.js';
 
 const skip = gpuSkip();
 
-function cudaFromState(state: PQIndexState): CudaPQCache {
-  const c = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity });
+function cudaFromState(state: PQIndexState, stepKernel: StepKernelChoice = 'auto', cluster?: number): CudaPQCache {
+  const c = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity, stepKernel, cluster });
   c.uploadState(state);
   return c;
 }
 
 test('cuda select and append agree with the oracle on random configs (integer: bit-exact; real: near-ties only)', { skip }, () => {
-  const n = Number(process.env.PQCACHE_GPU_CASES ?? 120);
+  const n = Number(process.env.PQCACHE_GPU_CASES ?? 150);
   const failures: string[] = [];
+  // The planned kernel (mostly the row kernel in clusters of two), the row kernel one block per
+  // head, and the pair clusters.
+  const kernels: [StepKernelChoice, number | undefined][] = [['auto', undefined], ['row', 1], ['cluster', undefined]];
   for (let i = 0; i < n; i++) {
-    const r = runCase(makeCase(i, 4242, CUDA_LIMITS), cudaFromState);
-    if (r.errors.length > 0) failures.push(`${r.description}\n  ${r.errors.slice(0, 3).join('\n  ')}`);
+    const [stepKernel, cluster] = kernels[i % 3];
+    const r = runCase(makeCase(i, 4242, CUDA_LIMITS), (st) => cudaFromState(st, stepKernel, cluster));
+    if (r.errors.length > 0) failures.push(`${stepKernel}/${cluster ?? 'planned'}: ${r.description}\n  ${r.errors.slice(0, 3).join('\n  ')}`);
   }
   assert.deepEqual(failures, []);
 });
@@ -210,5 +215,89 @@ test('tiny code books (C = 2 or 4, M = 1 or 2: pair tables smaller than a 16-byt
     } finally {
       gpu.dispose();
     }
+  }
+});
+
+/** Step a CPU oracle and a GPU index together on integer inputs; every output must match exactly. */
+function stepTogether(st: PQIndexState, gpu: CudaPQCache, steps: number, label: string, seed = 5, query?: () => number): void {
+  const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
+  let r = seed;
+  const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+  for (let s = 0; s < steps; s++) {
+    const q = HostTensor.fromNumbers('f32', [B, H, 1, D], Array.from({ length: B * H * D }, query ?? rnd));
+    const k = HostTensor.fromNumbers('f32', [B, Hkv, 1, D], Array.from({ length: B * Hkv * D }, rnd));
+    const want = cpu.stepToHost(q, k);
+    const got = gpu.stepToHost(q, k);
+    const at = `${label} step ${s} (sk ${gpu.seqLen})`;
+    assert.deepEqual(got.sparseLen.data, want.sparseLen.data, `${at} sparseLen`);
+    assert.deepEqual(got.sparseList.data, want.sparseList.data, `${at} sparseList`);
+    assert.deepEqual(got.weights.data, want.weights.data, `${at} weights`);
+  }
+  gpu.synchronize();
+  assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes, `${label} codes`);
+}
+
+test('row kernel: exact across its 16 → 32 → 64 positions-per-thread instances and the hand-over to clusters', { skip }, () => {
+  const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const layout = makeLayout(shape, { kmeansIters: 0, ...config });
+  for (const cluster of [1, 2]) {
+    let sk = 1;
+    for (const e of [16, 32, 64]) {
+      // Start three steps below the instance's limit: the run re-plans (and re-captures) mid-way,
+      // the last one onto the pair clusters.
+      const plan = planRow(layout, sk, 132, 'row', true, cluster);
+      assert.equal(plan?.positionsPerThread, e);
+      const start = (plan?.maxSeqLen ?? 0) - 3;
+      sk = (plan?.maxSeqLen ?? 0) + 1;
+      const st = integerState(start, start + 8, config, shape, 300 + e);
+      const gpu = cudaFromState(st, 'row', cluster);
+      try {
+        stepTogether(st, gpu, 6, `cluster ${cluster} e${e}`);
+      } finally {
+        gpu.dispose();
+      }
+    }
+  }
+});
+
+test('row kernel: more query heads than SMs, GQA, ip, K = 2048 with split ties, M = 1 with C = 256', { skip }, () => {
+  const cases: [object, { batch: number; heads: number; kvHeads: number; headDim: number }, number][] = [
+    [{ sinkSize: 8, windowSize: 8, heavySize: 64, pqGroupFactor: 2, pqBits: 5, initOffset: 8 }, { batch: 8, heads: 32, kvHeads: 8, headDim: 64 }, 3000],
+    [{ sinkSize: 16, windowSize: 16, heavySize: 2048, pqGroupFactor: 2, pqBits: 2, initOffset: 16, metric: 'ip' }, { batch: 2, heads: 4, kvHeads: 1, headDim: 64 }, 20000],
+    [{ sinkSize: 4, windowSize: 4, heavySize: 500, pqGroupFactor: 1, pqBits: 8, initOffset: 0 }, { batch: 1, heads: 2, kvHeads: 2, headDim: 128 }, 30000],
+  ];
+  for (const [i, [config, shape, sk]] of cases.entries()) {
+    for (const cluster of [1, 2]) {
+      const st = integerState(sk, sk + 4, config, shape, 50 + i);
+      for (let p = 0; p < st.phi.length; p++) st.phi[p] = 200 + p;
+      const gpu = cudaFromState(st, 'row', cluster);
+      try {
+        stepTogether(st, gpu, 3, `case ${i} cluster ${cluster}`);
+      } finally {
+        gpu.dispose();
+      }
+    }
+  }
+});
+
+test('row and cluster kernels: a boundary bin of thousands of pairs (radix refinement) and all-equal scores', { skip }, () => {
+  const config = { sinkSize: 8, windowSize: 8, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 8 };
+  const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 64 };
+  for (const [stepKernel, cluster] of [['row', 1], ['row', 2], ['cluster', undefined]] as const) {
+    // One centroid of sub-space 0 far out: the linear bins span ±5e6, so the 4032 ordinary pairs
+    // (integer scores in a few dozen values) share one bin and the exact keys are refined by radix.
+    const st = integerState(12000, 12004, config, shape, 9);
+    const C = st.layout.numCentroids;
+    for (let j = 0; j < 32; j++) st.centroids[5 * 32 + j] = 10000;
+    const gpu = cudaFromState(st, stepKernel, cluster);
+    try {
+      stepTogether(st, gpu, 2, `${stepKernel} ${cluster} outlier`);
+      stepTogether({ ...gpu.exportState() }, gpu, 2, `${stepKernel} ${cluster} zero query`, 7, () => 0); // every score 0: ties by position
+    } finally {
+      gpu.dispose();
+    }
+    assert.equal(C, 64);
   }
 });

@@ -1,0 +1,692 @@
+// Decode step for short contexts through the pair-count table: one 1024-thread block per query
+// head, no clusters. The latency-bound fast path of select_pairs.cu (same semantics, same
+// arguments): there, every block of a cluster re-reads its head's centroids and pair table and
+// walks the pairs 16 per thread in three passes; here one block per head holds 4 pairs and E
+// positions per thread in registers, so the step is a short chain of barriers:
+//   query staged → LUT → 4096-bin weighted histogram → boundary bin → its members ranked → pair
+//   classes → positions classified and counted (one block scan) → heavy hitters written.
+//
+// pq_step_row_m{M}_e{E}: grid (1, rows + append_rows), block NT = 1024.
+//   Block y < rows = B*H selects for query head row = y; thread t owns pairs 4t … 4t+3 and
+//   positions s0 + t*E … s0 + t*E + E − 1 (s0 = lo & ~15), so thread order is position order.
+//   Blocks y >= rows append (only when `appended`): block a = y − rows codes kv-head a's new key
+//   at position sk_old (append_block.cuh); block 0 writes *seq_write.
+// Invariants (src/pq/cuda-plan.ts planRow, src/pq/cuda-cache.ts): C^M ≤ 4096 (M ≤ 2; M = 2 needs
+//   C ≤ 64); sk − W − s0 ≤ NT*E; K ≤ 2048; pair_count exact for [lo, sk_old − W); readers[] == 0
+//   before a launch; sparse_len/sparse_list/weights hold the previous output. With `appended`,
+//   W ≥ 1, so no select block reads the new key's code; the position q = sk_old − W entering the
+//   eligible range is counted virtually here and added to pair_count by the last of its kv-head's
+//   G query heads (readers counter), exactly as in select_pairs.cu.
+// Exactness: the threshold is the K-th largest score key (weights = pair counts), ties to the
+// lower position, as the CPU oracle ranks (src/pq/cpu-select.ts). Linear bins are monotone in the
+// score, so bins above the boundary bin are taken and those below skipped; inside it the exact
+// keys decide.
+#include "append_block.cuh"
+#include "select_common.cuh"
+
+namespace {
+
+constexpr int NT = 1024;
+constexpr int NW = NT / 32;
+constexpr int PPT = 4;                   // pairs per thread
+constexpr int MAX_ROW_PAIRS = NT * PPT;  // 4096
+constexpr int NB = 4096;                 // linear score bins of the first pass
+constexpr int MAX_MEMBERS = NT;          // boundary-bin members ranked directly (more: radix passes)
+constexpr int CLS_STRIDE = 64;           // M = 2: class of (c0, c1) at c0 + 64*c1 (any C ≤ 64)
+
+// 2-bit pair classes; positions pack them 16 to a word, so a take is an even bit, a tie an odd one.
+enum : uint32_t { CLS_SKIP = 0, CLS_TAKE = 1, CLS_TIE = 2 };
+constexpr uint32_t EVEN_BITS = 0x55555555u;
+
+struct __align__(16) RowShared {
+  float x[PQ_APPEND_MAX_D + PQ_APPEND_MAX_M];  // query (select blocks) or key (append blocks)
+  float lut[MAX_ROW_PAIRS / 16];               // M*C ≤ 256 entries
+  union {
+    int hist[NB];                              // weighted histogram (reversed bins: 0 = highest)
+    float dist[PQ_APPEND_MAX_ENTRIES];         // append blocks
+  };
+  uint8_t cls[MAX_ROW_PAIRS];
+  union {
+    uint32_t bin_key[NB];      // key + 1 of the first pair counted in each bin (0: none yet)
+    struct {
+      uint32_t member_key[MAX_MEMBERS];
+      uint32_t member_w[MAX_MEMBERS];
+    };
+  };
+  uint32_t bin_multi[NB / 32];  // bit b: bin b holds pairs of two or more distinct keys
+  int warp_total[2][NW];                       // block scans (two, so consecutive scans need no extra barrier)
+  int n_members;
+  int virtual_pair;  // the pair of the position entering the eligible range (from its slice's block)
+  uint64_t lut_mail, counts_mail;  // mailboxes (CL == 2): the peer's LUT entries and vp word; earlier ranks' counts
+  int vp_from[2];                  // each rank's virtual-pair word (−1 where q is not in its slice)
+  int counts_from[2];              // earlier ranks' packed (takes, ties)
+  int found_rbin, found_need, found_count;
+  uint32_t found_key;
+  int found_single;  // the boundary bin holds one distinct key (found_key)
+  int best_code[PQ_APPEND_MAX_M];
+};
+
+// Exclusive scan of one int per thread over the block, and the block total. One barrier; the
+// scratch half `parity` must not be reused before another barrier has passed.
+__device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* total) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int inc = pq_warp_inclusive_scan(v);
+  if (lane == 31) sm.warp_total[parity][warp] = inc;
+  __syncthreads();
+  const int w = sm.warp_total[parity][lane];  // NW == 32: lane l holds warp l's total
+  const int winc = pq_warp_inclusive_scan(w);
+  *total = __shfl_sync(0xffffffffu, winc, 31);
+  return __shfl_sync(0xffffffffu, winc - w, warp) + inc - v;
+}
+
+// ---- cluster mailboxes (CL == 2, sm_90) ----
+// A block's peers push words into its shared memory with st.async; each push completes its bytes
+// on the receiving block's mbarrier, on which the receiver waits. Unlike a cluster barrier (whose
+// release half fences all of the block's global stores first, ≈ 1 μs here) this orders nothing but
+// the pushed words. Ordering of global writes between the blocks of a cluster is never needed: a
+// weight is cleared and set only by the block owning its position (weight_owner).
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ uint32_t cluster_addr(const void* local, int rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(local)), "r"(rank));
+  return r;
+}
+// Set up a one-shot mailbox expecting `bytes` (thread 0), visible to the cluster before any push.
+__device__ __forceinline__ void mailbox_init(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.relaxed.cta.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mailbox_push(const void* local_slot, int rank, uint32_t value, uint64_t* bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(cluster_addr(local_slot, rank)),
+               "r"(value), "r"(cluster_addr(bar, rank))
+               : "memory");
+}
+__device__ __forceinline__ void mailbox_wait(uint64_t* bar) {
+  asm volatile(
+      "{\n .reg .pred done;\n"
+      "WAIT_%=:\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], 0;\n"
+      " @!done bra WAIT_%=;\n}" ::"r"(smem_u32(bar))
+      : "memory");
+}
+// The mailboxes' initialisation reaches the cluster (arrive, every thread) before any push (wait).
+__device__ __forceinline__ void mailboxes_ready_arrive() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void mailboxes_ready_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+#else  // no clusters before sm_90: the host plans CL == 1 there, and these are never reached
+__device__ __forceinline__ void mailbox_init(uint64_t*, unsigned) { __trap(); }
+__device__ __forceinline__ void mailbox_push(const void*, int, uint32_t, uint64_t*) { __trap(); }
+__device__ __forceinline__ void mailbox_wait(uint64_t*) { __trap(); }
+__device__ __forceinline__ void mailboxes_ready_arrive() { __trap(); }
+__device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
+#endif
+
+// Phase stamps for `bench --phases`, as in select_pairs.cu.
+// Slots 9–11 split the first phase: loads issued, sk and the query element arrived, staged (barrier).
+enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED };
+
+__device__ __forceinline__ long long global_timer_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+template <int M, int E, int CL>
+__device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
+                         const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
+                         const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
+                         OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
+                         int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock) {
+  static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
+  constexpr int WORDS = E / 16;           // 2-bit class words per thread
+  constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
+  __shared__ RowShared sm;
+  const int tid = threadIdx.x;
+  long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
+  auto stamp = [&](int k) {
+    if (stamps != nullptr && tid == 0) stamps[k] = clock64();
+  };
+  if (stamps != nullptr && tid == 0) {
+    for (int k = 0; k < 16; ++k) stamps[k] = 0;
+    stamps[14] = global_timer_ns();
+  }
+  stamp(PH_START);
+  auto finish = [&]() {
+    stamp(PH_END);
+    if (stamps != nullptr && tid == 0) stamps[15] = global_timer_ns();
+  };
+  const int rows = B * H;
+  if (static_cast<int>(blockIdx.y) >= rows) {
+    const int a = (blockIdx.y - rows) * CL + blockIdx.x;
+    if (a < B * Hkv) {
+      const int sk_old = *seq_read;
+      pq_append_one_key<NT>(keys, kdtype, a, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
+                            sm.x, sm.dist, sm.best_code);
+      if (a == 0 && tid == 0) *seq_write = sk_old + 1;
+    }
+    finish();
+    return;
+  }
+  const int rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1)
+  const int row = blockIdx.y;
+  const int b = row / H;
+  const int h = row - b * H;
+  const int G = H / Hkv;
+  const int bkv = b * Hkv + h / G;
+  const int lo = max(O, S);
+  const int pairs = M == 1 ? C : C << log2c;
+  const unsigned* table = pair_count + static_cast<int64_t>(bkv) * pairs;
+  const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
+  const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
+  const int dsub = D / M;
+  const int s0 = lo & ~15;
+
+  // ---- Everything in flight at once, no load waiting for another: sk, the query element, pair
+  // counts, the LUT's first centroid rows, this thread's codes (bounded by the capacity; positions
+  // past sk are masked below), the previous list. ----
+  const int sk_old = *seq_read;
+  const float query_value = tid < D ? pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + tid) : 0.0f;  // D ≤ NT
+  uint32_t weight[PPT];
+  if (pairs >= PPT) {
+    const uint4 w4 = tid < pairs / PPT ? __ldg(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
+    weight[0] = w4.x, weight[1] = w4.y, weight[2] = w4.z, weight[3] = w4.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? __ldg(table + PPT * tid + j) : 0u;
+  }
+  // LUT rows: 8 lanes per entry (e = e0 + tid/8), lane8 takes float4 chunks lane8, lane8 + 8, ….
+  const int lane8 = tid & 7;
+  float4 crow[2];
+  // This block's share of the LUT entries (the rest come from the cluster's other blocks).
+  const int e_per_rank = M * C / CL;
+  const int e_begin = rank * e_per_rank;
+  const int e_end = e_begin + e_per_rank;
+  auto load_rows = [&](int e0) {
+    const int e = e0 + (tid >> 3);
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int j4 = lane8 + 8 * k;
+      crow[k] = e < e_end && j4 < dsub / 4
+                    ? __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4)
+                    : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  load_rows(e_begin);
+  const int p0 = s0 + rank * NT * E + tid * E;
+  uint4 raw[CHUNKS];  // positions p0 … p0 + E − 1, M bytes each
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    const int pc = p0 + c * (16 / M);
+    raw[c] = pc < capacity ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
+  }
+  int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
+  const int64_t wrow = static_cast<int64_t>(row) * out.wstride;
+  const int old_len = out.sparse_len[row];
+  const int old_first = tid < out.L ? list[tid] : -1;
+  stamp(PH_ISSUED);
+  const int sk = sk_old + appended;
+  const int hi = sk - W;
+  const int total = max(0, hi - lo);
+  const int q = sk_old - W;  // enters the eligible range with this step (already coded: W ≥ 1)
+  const bool q_enters = appended != 0 && q >= lo && q >= 0;
+
+  if (sk <= full_threshold) {
+    if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
+    if (rank == 0 && tid == 0 && (G == 1 || atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1))) {
+      if (G > 1) readers[bkv] = 0u;
+      if (q_enters) {
+        const uint8_t* qc = head_codes + static_cast<int64_t>(q) * M;
+        atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + (M == 1 ? qc[0] : qc[0] + (qc[1] << log2c))], 1u);
+      }
+    }
+    finish();
+    return;
+  }
+  // The block whose slice holds position p clears and sets its weight (p outside every slice: the
+  // nearest), so no write to a weight needs ordering across the cluster.
+  auto weight_owner = [&](int p) { return CL == 1 ? 0 : min(max(p - s0, 0) / (NT * E), CL - 1); };
+  const int q_owner = weight_owner(q);
+  if (CL > 1) {
+    if (tid == 0) {
+      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1) * 4);  // each peer's LUT entries and vp word
+      mailbox_init(&sm.counts_mail, rank * 4);                      // each earlier rank's counts
+    }
+    mailboxes_ready_arrive();
+  }
+  // q's pair from the registers of the thread that holds it (q < hi ≤ s0 + CL*NT*E), published with
+  // the first barrier.
+  if (q_enters && q >= p0 && q < p0 + E) {
+    const int j = q - p0;
+    uint32_t v = 0u;  // the 32-bit code word holding q (selected, not indexed: raw stays in registers)
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v = (j * M) / 4 == 4 * c + k ? w[k] : v;
+    }
+    const uint32_t c0 = (v >> (8 * ((j * M) % 4))) & 0xffu;
+    const uint32_t c1 = M == 1 ? 0u : (v >> (8 * ((j * M) % 4) + 8)) & 0xffu;
+    sm.virtual_pair = static_cast<int>(c0 + (c1 << log2c));
+  }
+  // The previous list's weights (of this block's positions) cleared now; the barriers below order
+  // them before any new one.
+  if (tid < old_len && old_first >= 0 && weight_owner(old_first) == rank) store_weight(out.weights, out.wdtype, wrow + old_first, false);
+  for (int i = tid + NT; i < old_len && i < out.L; i += NT) {
+    const int p = list[i];
+    if (p >= 0 && weight_owner(p) == rank) store_weight(out.weights, out.wdtype, wrow + p, false);
+  }
+  if (tid < D) {
+    if (!isfinite(query_value)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
+    sm.x[tid] = query_value;
+  }
+  if (sk_old < 0) stamp(PH_INPUTS);  // never true: makes the stamp wait for sk as well
+  stamp(PH_INPUTS);
+  reinterpret_cast<int4*>(sm.hist)[tid] = make_int4(0, 0, 0, 0);  // NB == 4 * NT
+  reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0, 0, 0, 0);
+  if (tid < NB / 32) sm.bin_multi[tid] = 0u;
+  if (tid == 0) sm.n_members = 0;
+  __syncthreads();  // query staged, histogram zeroed
+  stamp(PH_STAGED);
+
+  const int sink_end = min(S, sk);
+  const int n_heavy = min(K, total);
+
+  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>: this block's entries, also pushed to the peers.
+  if (CL > 1) mailboxes_ready_wait();
+#pragma unroll 1
+  for (int e0 = e_begin; e0 < e_end; e0 += NT / 8) {
+    if (e0 != e_begin) load_rows(e0);
+    const int e = e0 + (tid >> 3);
+    const float4* qv = reinterpret_cast<const float4*>(sm.x + (min(e, M * C - 1) >> log2c) * dsub);
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int j4 = lane8 + 8 * k;
+      if (j4 < dsub / 4) {
+        const float4 xv = qv[j4];
+        acc += xv.x * crow[k].x + xv.y * crow[k].y + xv.z * crow[k].z + xv.w * crow[k].w;
+      }
+    }
+#pragma unroll 1
+    for (int j4 = lane8 + 16; j4 < dsub / 4 && e < e_end; j4 += 8) {  // dsub > 64
+      const float4 cv = __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4);
+      const float4 xv = qv[j4];
+      acc += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
+    }
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 4);
+    if (e < e_end && lane8 == 0) {
+      sm.lut[e] = acc;
+#pragma unroll
+      for (int r = 0; r < CL; ++r)
+        if (r != rank) mailbox_push(&sm.lut[e], r, __float_as_uint(acc), &sm.lut_mail);
+    }
+  }
+  if (CL > 1 && tid == 0) {
+    const int vp = q_enters && q_owner == rank ? sm.virtual_pair : -1;  // written before the first barrier
+#pragma unroll
+    for (int r = 0; r < CL; ++r)
+      if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
+  }
+  __syncthreads();                    // this block's entries
+  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries and vp words
+  const int virtual_pair = !q_enters ? -1 : q_owner == rank ? sm.virtual_pair : sm.vp_from[q_owner];
+  stamp(PH_LUT);
+
+  // Sink, window, padding and the length (their slots do not depend on the threshold): the list by
+  // rank 0, each weight by its owner.
+  {
+    const int win_start = max(sk - min(W, sk), sink_end);
+    const int len = sink_end + n_heavy + (sk - win_start);
+    for (int i = tid; i < out.L; i += NT) {
+      int p = -2;  // heavy slots are written below
+      if (i < sink_end) p = i;
+      else if (i >= sink_end + n_heavy) p = i < len ? win_start + (i - sink_end - n_heavy) : -1;
+      if (p != -2) {
+        if (rank == 0) list[i] = p;
+        if (p >= 0 && weight_owner(p) == rank) store_weight(out.weights, out.wdtype, wrow + p, true);
+      }
+    }
+    if (rank == 0 && tid == 0) out.sparse_len[row] = len;
+  }
+
+  // This thread's pair scores and keys; the score range from the LUT alone (s = l0 + l1 is
+  // monotone in each term), reduced by every warp on its own (no barrier).
+  float score[PPT];
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int i = PPT * tid + j;
+    const int ii = min(i, pairs - 1);
+    score[j] = M == 1 ? sm.lut[ii] : sm.lut[ii & (C - 1)] + sm.lut[C + (ii >> log2c)];
+    weight[j] = i < pairs ? weight[j] + (i == virtual_pair ? 1u : 0u) : 0u;
+  }
+  const bool take_all = total <= K;
+  bool whole_bin = true;       // every position of the boundary bin is taken
+  int shift = 32;              // else: keys with (key >> shift) > prefix taken, == prefix tie or taken
+  uint32_t prefix = 0u;
+  bool partial = false;        // == prefix: ties, of which `quota` (lowest positions) are taken
+  int quota = 0;
+  int rb_star = NB;            // reversed boundary bin (take_all: every bin is above it)
+  float lo_b = 0.0f, scale = 0.0f;
+  bool linear = false;
+  auto rbin_of = [&](float s) -> int {
+    return NB - 1 - (linear ? min(NB - 1, max(0, __float2int_rz((s - lo_b) * scale))) : 0);
+  };
+  if (!take_all) {
+    float bmin[M], bmax[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float mn = INFINITY, mx = -INFINITY;
+      for (int c = tid & 31; c < C; c += 32) {
+        mn = fminf(mn, sm.lut[m * C + c]);
+        mx = fmaxf(mx, sm.lut[m * C + c]);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      }
+      bmin[m] = mn;
+      bmax[m] = mx;
+    }
+    lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
+    const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
+    const float range = hi_b - lo_b;
+    scale = static_cast<float>(NB) / range;
+    linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
+
+    // 1. Weighted histogram; the reversed bin holding the K-th largest (4 bins per thread).
+    // Also the distinct keys of each bin, as far as "one or more than one": most boundary bins
+    // hold a single key, and then its members need not be gathered and ranked.
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) {
+      if (weight[j] == 0u) continue;
+      const int rb = rbin_of(score[j]);
+      atomicAdd(&sm.hist[rb], static_cast<int>(weight[j]));
+      const uint32_t k1 = pq_score_key(score[j]) + 1u;  // ≤ 0xff800001: no wrap
+      const uint32_t seen = atomicCAS(&sm.bin_key[rb], 0u, k1);
+      if (seen != 0u && seen != k1) atomicOr(&sm.bin_multi[rb >> 5], 1u << (rb & 31));
+    }
+    __syncthreads();
+    const int4 h4 = reinterpret_cast<const int4*>(sm.hist)[tid];
+    int bins_total;
+    const int above = row_scan(sm, 0, h4.x + h4.y + h4.z + h4.w, &bins_total);
+    if (above < K && above + h4.x + h4.y + h4.z + h4.w >= K) {
+      const int hv[4] = {h4.x, h4.y, h4.z, h4.w};
+      int acc = above;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (acc < K && acc + hv[k] >= K) {
+          const int rb = PPT * tid + k;
+          sm.found_rbin = rb;
+          sm.found_need = K - acc;
+          sm.found_count = hv[k];
+          sm.found_single = (sm.bin_multi[rb >> 5] >> (rb & 31) & 1u) == 0u;
+          sm.found_key = sm.bin_key[rb] - 1u;
+        }
+        acc += hv[k];
+      }
+    }
+    __syncthreads();
+    stamp(PH_HIST);
+    rb_star = sm.found_rbin;
+    int need = sm.found_need;
+    whole_bin = sm.found_count == need;
+    if (!whole_bin && sm.found_single) {
+      // One key in the boundary bin: it is the threshold, with ties unless the bin is needed whole.
+      shift = 0;
+      prefix = sm.found_key;
+      partial = true;
+      quota = need;
+    } else if (!whole_bin) {
+      // 2. Members of the boundary bin.
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        if (weight[j] != 0u && rbin_of(score[j]) == rb_star) {
+          const int slot = atomicAdd(&sm.n_members, 1);
+          if (slot < MAX_MEMBERS) {
+            sm.member_key[slot] = pq_score_key(score[j]);
+            sm.member_w[slot] = weight[j];
+          }
+        }
+      }
+      __syncthreads();
+      stamp(PH_MEMBERS);
+      const int gathered = sm.n_members;
+      if (gathered <= MAX_MEMBERS) {
+        // 3a. Rank the members at once: member t sums the weight above and equal to its key.
+        if (tid < gathered) {
+          const uint32_t mine = sm.member_key[tid];
+          unsigned w_above = 0u, w_equal = 0u;
+          for (int k = 0; k < gathered; ++k) {
+            const uint32_t kk = sm.member_key[k];
+            const unsigned w = sm.member_w[k];
+            w_above += kk > mine ? w : 0u;
+            w_equal += kk == mine ? w : 0u;
+          }
+          if (static_cast<int>(w_above) < need && static_cast<int>(w_above + w_equal) >= need) {
+            sm.found_key = mine;  // every member with this key agrees: one value is written
+            sm.found_need = need - static_cast<int>(w_above);
+            sm.found_count = static_cast<int>(w_equal);
+          }
+        }
+        __syncthreads();
+        shift = 0;
+        prefix = sm.found_key;
+        need = sm.found_need;
+        partial = sm.found_count > need;
+      } else {
+        // 3b. Too many members (repeated or non-finite scores): weighted radix select on their keys,
+        // 8 bits at a time from the highest bit in which they differ.
+        uint32_t kmin = 0xffffffffu, kmax = 0u;
+#pragma unroll
+        for (int j = 0; j < PPT; ++j) {
+          if (weight[j] != 0u && rbin_of(score[j]) == rb_star) {
+            kmin = min(kmin, pq_score_key(score[j]));
+            kmax = max(kmax, pq_score_key(score[j]));
+          }
+        }
+        uint32_t u0 = 0u, u1 = 0u;
+        pq_block_minmax_u32<NT>(kmin, kmax, u0, u1, sm.member_key);
+        if (kmin == kmax) {
+          shift = 0;
+          prefix = kmin;
+          partial = true;
+        } else {
+          int top = 31 - __clz(kmin ^ kmax);
+          prefix = top >= 31 ? 0u : (kmin >> (top + 1));
+          for (;;) {
+            const int sh = max(top - 7, 0);
+            const int width = top - sh + 1;
+            const uint32_t mask = (1u << width) - 1u;
+            if (tid < 256) sm.hist[tid] = 0;
+            __syncthreads();
+#pragma unroll
+            for (int j = 0; j < PPT; ++j) {
+              const uint32_t kj = pq_score_key(score[j]);
+              if (weight[j] != 0u && rbin_of(score[j]) == rb_star && (top >= 31 || (kj >> (top + 1)) == prefix))
+                atomicAdd(&sm.hist[255 - ((kj >> sh) & mask)], static_cast<int>(weight[j]));
+            }
+            __syncthreads();
+            // The 256 reversed digits: threads < 256 one each (the scan covers the whole block).
+            const int v = tid < 256 ? sm.hist[tid] : 0;
+            int digits_total;
+            const int ex = row_scan(sm, 1, v, &digits_total);
+            if (tid < 256 && ex < need && ex + v >= need) {
+              sm.found_rbin = 255 - tid;
+              sm.found_need = need - ex;
+              sm.found_count = v;
+            }
+            __syncthreads();
+            prefix = (prefix << width) | static_cast<uint32_t>(sm.found_rbin);
+            need = sm.found_need;
+            shift = sh;
+            top = sh - 1;
+            if (sm.found_count == need) break;
+            if (top < 0) {
+              partial = true;
+              break;
+            }
+            __syncthreads();  // found_* read by all before the next pass rewrites them
+          }
+        }
+      }
+      quota = partial ? need : 0;
+      stamp(PH_REFINE);
+    }
+  }
+
+  // 4. The class of every pair (M = 2: at c0 + CLS_STRIDE*c1).
+  auto class_of = [&](int j) -> uint32_t {
+    if (take_all) return CLS_TAKE;
+    const int rb = rbin_of(score[j]);
+    if (rb < rb_star) return CLS_TAKE;
+    if (rb > rb_star) return CLS_SKIP;
+    if (whole_bin) return CLS_TAKE;
+    const uint32_t k = pq_score_key(score[j]) >> shift;
+    if (k > prefix || (k == prefix && !partial)) return CLS_TAKE;
+    return k == prefix ? CLS_TIE : CLS_SKIP;
+  };
+  if (PPT * tid < pairs) {
+    if (M == 1 || C >= PPT) {
+      const int i = PPT * tid;
+      const int at = M == 1 ? i : (i & (C - 1)) + CLS_STRIDE * (i >> log2c);
+      *reinterpret_cast<uint32_t*>(sm.cls + at) = class_of(0) | class_of(1) << 8 | class_of(2) << 16 | class_of(3) << 24;
+    } else {
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        const int i = PPT * tid + j;
+        if (i < pairs) sm.cls[(i & (C - 1)) + CLS_STRIDE * (i >> log2c)] = static_cast<uint8_t>(class_of(j));
+      }
+    }
+  }
+  __syncthreads();
+  stamp(PH_CLASSES);
+  // 5. Classes of this thread's positions, 2 bits each, 16 to a word; outside [lo, hi) skipped.
+  uint32_t word[WORDS];
+#pragma unroll
+  for (int wi = 0; wi < WORDS; ++wi) word[wi] = 0u;
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    const uint32_t v[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+#pragma unroll
+      for (int u = 0; u < 4 / M; ++u) {  // positions in this 32-bit word
+        const int j = c * (16 / M) + k * (4 / M) + u;
+        uint32_t at;
+        if (M == 1) {
+          at = (v[k] >> (8 * u)) & 0xffu;
+        } else {
+          const uint32_t pw = v[k] >> (16 * u);  // c0 | c1 << 8 in the low 16 bits
+          at = (pw & 0x3fu) | ((pw >> 2) & 0xfc0u);
+        }
+        word[j / 16] += static_cast<uint32_t>(sm.cls[at]) << (2 * (j % 16));
+      }
+    }
+  }
+  int n_take = 0, n_tie = 0;
+#pragma unroll
+  for (int wi = 0; wi < WORDS; ++wi) {
+    // Eligible positions of this word: [lo, hi) ∩ [p0 + 16 wi, p0 + 16 wi + 16).
+    const int first = min(max(lo - (p0 + 16 * wi), 0), 16);
+    const int last = min(max(hi - (p0 + 16 * wi), 0), 16);
+    const uint32_t upto_last = last >= 16 ? 0xffffffffu : (1u << (2 * last)) - 1u;
+    const uint32_t from_first = first >= 16 ? 0u : 0xffffffffu << (2 * first);
+    word[wi] &= upto_last & from_first;
+    n_take += __popc(word[wi] & EVEN_BITS);
+    n_tie += __popc(word[wi] & ~EVEN_BITS);
+  }
+  // 6. Position-order prefix of (takes, ties), packed: takes ≤ K ≤ 2048 in bits 17 …, ties ≤ NT*E
+  // ≤ 2^16 in bits 0 … 16 (the sum stays below 2^31).
+  int packed_total;
+  int packed = row_scan(sm, 1, n_take << 17 | n_tie, &packed_total);
+  if (CL > 1) {
+    // The earlier ranks' positions come first: each block sends its totals to the later ranks.
+    if (tid == 0) {
+#pragma unroll
+      for (int r = 0; r < CL; ++r)
+        if (r > rank) mailbox_push(&sm.counts_from[rank], r, static_cast<uint32_t>(packed_total), &sm.counts_mail);
+    }
+    if (rank > 0) {
+      mailbox_wait(&sm.counts_mail);
+#pragma unroll
+      for (int r = 0; r < CL - 1; ++r) packed += r < rank ? sm.counts_from[r] : 0;
+    }
+  }
+  // q joins the table once every reader of this step is done with it: the last rank has the counts of
+  // the others, so they are past their classes, which consumed the weights. One query head per
+  // kv-head: now, with no reply awaited; G of them: the last one to finish (readers counter), at the end.
+  if (G == 1 && rank == CL - 1 && tid == 0 && q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + virtual_pair], 1u);
+  stamp(PH_COUNTS);
+  int take_before = packed >> 17;
+  int tie_before = packed & 0x1ffff;
+#pragma unroll
+  for (int wi = 0; wi < WORDS; ++wi) {
+    uint32_t sel = (word[wi] | word[wi] >> 1) & EVEN_BITS;
+    while (sel != 0u) {  // only the set fields: most threads have none
+      const int bit = __ffs(sel) - 1;
+      sel &= sel - 1u;
+      const uint32_t below = word[wi] & ((1u << bit) - 1u);
+      const bool take = (word[wi] >> bit) & 1u;
+      const int tkb = take_before + __popc(below & EVEN_BITS);
+      const int tib = tie_before + __popc(below & ~EVEN_BITS);
+      if (take || tib < quota) {
+        const int slot = tkb + min(tib, quota);
+        const int p = p0 + 16 * wi + bit / 2;
+        if (slot < n_heavy) {
+          list[sink_end + slot] = p;
+          store_weight(out.weights, out.wdtype, wrow + p, true);
+        }
+      }
+    }
+    take_before += __popc(word[wi] & EVEN_BITS);
+    tie_before += __popc(word[wi] & ~EVEN_BITS);
+  }
+  stamp(PH_WRITE);
+  if (G > 1 && rank == CL - 1 && tid == 0 && atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
+    readers[bkv] = 0u;
+    if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + virtual_pair], 1u);
+  }
+  finish();
+}
+
+}  // namespace
+
+#if __CUDA_ARCH__ >= 900
+#define PQ_ROW_CLUSTER(CL) __cluster_dims__(CL, 1, 1)
+#else
+#define PQ_ROW_CLUSTER(CL)
+#endif
+
+#define PQ_STEP_ROW_KERNEL(NAME, M, E, CL)                                                                             \
+  extern "C" __global__ void PQ_ROW_CLUSTER(CL) __launch_bounds__(NT, 1) NAME(                                        \
+      const void* query, int qdtype, const void* keys, int kdtype, const float* centroids, const float* phi,          \
+      uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
+      int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
+      int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
+      int full_threshold, int slice_len, int bits_tiles, long long* phase_clock) {                                   \
+    const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
+    step_row<M, E, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+                       readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
+                       phase_clock);                                                                                  \
+  }
+
+// The argument list is select_pairs.cu's (slice_len and bits_tiles unused), so the host launches
+// either family with one argument layout. _c2: clusters of two blocks per query head (sm_90; one
+// block per head before).
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16, 1, 16, 1)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32, 1, 32, 1)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64, 1, 64, 1)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16, 2, 16, 1)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32, 2, 32, 1)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64, 2, 64, 1)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16_c2, 1, 16, 2)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32_c2, 1, 32, 2)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64_c2, 1, 64, 2)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16_c2, 2, 16, 2)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32_c2, 2, 32, 2)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64_c2, 2, 64, 2)
