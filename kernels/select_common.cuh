@@ -55,3 +55,46 @@ __device__ void write_row(const int* heavy, const OutputArgs& o, int row, int sk
   }
   if (tid == 0) o.sparse_len[row] = len;
 }
+
+// Global timer (ns) for the phase stamps of `bench --phases`.
+__device__ __forceinline__ long long pq_global_timer_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Weighted rank of the n ≤ blockDim.x members of a boundary bin: member t sums the weight above and
+// equal to its key; the one whose key holds the need-th largest writes that key, the need left inside
+// it and the weight equal to it (every member with the key agrees, so one value is written).
+// The caller synchronizes before reading the results.
+__device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint32_t* weights, int n, int need,
+                                                uint32_t* found_key, int* found_need, int* found_count) {
+  const int t = threadIdx.x;
+  if (t >= n) return;
+  const uint32_t mine = keys[t];
+  unsigned above = 0u, equal = 0u;
+  for (int k = 0; k < n; ++k) {
+    const uint32_t kk = keys[k];
+    above += kk > mine ? weights[k] : 0u;
+    equal += kk == mine ? weights[k] : 0u;
+  }
+  if (static_cast<int>(above) < need && static_cast<int>(above + equal) >= need) {
+    *found_key = mine;
+    *found_need = need - static_cast<int>(above);
+    *found_count = static_cast<int>(equal);
+  }
+}
+
+// The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
+// (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches.
+#if __CUDA_ARCH__ >= 900
+#define PQ_CLUSTER_DIMS(CL) __cluster_dims__(CL, 1, 1)
+#else
+#define PQ_CLUSTER_DIMS(CL)
+#endif
+#define PQ_STEP_PARAMS                                                                                              \
+  const void *query, int qdtype, const void *keys, int kdtype, const float *centroids, const float *phi,            \
+      uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \
+      int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
+      int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,      \
+      int full_threshold, int slice_len, int bits_tiles, long long *phase_clock

@@ -198,22 +198,8 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
     const int gathered = sm.n_members;
     const bool overflow = gathered > GATHERED_MEMBERS;
     if (!overflow && gathered <= NT) {
-      // 3a. Few members: rank them all at once. Thread j: weight above and equal to its key.
-      const uint32_t key = tid < gathered ? sm.all_key[tid] : 0u;
-      if (tid < gathered) {
-        unsigned above = 0u, equal = 0u;
-        for (int k = 0; k < gathered; ++k) {
-          const uint32_t kk = sm.all_key[k];
-          const unsigned w = sm.all_w[k];
-          above += kk > key ? w : 0u;
-          equal += kk == key ? w : 0u;
-        }
-        if (static_cast<int>(above) < need && static_cast<int>(above + equal) >= need) {
-          sm.found_key = key;  // every member with this key agrees: one value is written
-          sm.found_need = need - static_cast<int>(above);
-          sm.found_count = static_cast<int>(equal);
-        }
-      }
+      // 3a. Few members: rank them all at once.
+      pq_rank_members(sm.all_key, sm.all_w, gathered, need, &sm.found_key, &sm.found_need, &sm.found_count);
       __syncthreads();
       th.shift = 0;
       th.prefix = sm.found_key;
@@ -292,11 +278,6 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
 // slots 14 and 15 hold the block's start and end on the global timer (ns).
 enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END };
 
-__device__ __forceinline__ long long global_timer_ns() {
-  long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 
 template <int M, int CL, bool LONG>
 __device__ void step_pairs(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
@@ -315,12 +296,12 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   };
   if (stamps != nullptr && tid == 0) {
     for (int k = 0; k < 16; ++k) stamps[k] = 0;  // phases a block skips stay 0
-    stamps[14] = global_timer_ns();
+    stamps[14] = pq_global_timer_ns();
   }
   stamp(PH_START);
   auto finish = [&]() {
     stamp(PH_END);
-    if (stamps != nullptr && tid == 0) stamps[15] = global_timer_ns();
+    if (stamps != nullptr && tid == 0) stamps[15] = pq_global_timer_ns();
   };
   const int rows = B * H;
   const int sk_old = *seq_read;
@@ -668,19 +649,8 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 
 }  // namespace
 
-#if __CUDA_ARCH__ >= 900
-#define PQ_CLUSTER(CL) __cluster_dims__(CL, 1, 1)
-#else
-#define PQ_CLUSTER(CL)
-#endif
-
 #define PQ_STEP_PAIRS_KERNEL(NAME, M, CL, LONG)                                                                        \
-  extern "C" __global__ void PQ_CLUSTER(CL) __launch_bounds__(NT, 3) NAME(                                              \
-      const void* query, int qdtype, const void* keys, int kdtype, const float* centroids, const float* phi,          \
-      uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
-      int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
-      int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
-      int full_threshold, int slice_len, int bits_tiles, long long* phase_clock) {                                   \
+  extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 3) NAME(PQ_STEP_PARAMS) {                        \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_pairs<M, CL, LONG>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended,        \
                             pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \

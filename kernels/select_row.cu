@@ -127,11 +127,6 @@ __device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
 // Slots 9–11 split the first phase: loads issued, sk and the query element arrived, staged (barrier).
 enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED };
 
-__device__ __forceinline__ long long global_timer_ns() {
-  long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 
 template <int M, int E, int CL>
 __device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
@@ -150,12 +145,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   };
   if (stamps != nullptr && tid == 0) {
     for (int k = 0; k < 16; ++k) stamps[k] = 0;
-    stamps[14] = global_timer_ns();
+    stamps[14] = pq_global_timer_ns();
   }
   stamp(PH_START);
   auto finish = [&]() {
     stamp(PH_END);
-    if (stamps != nullptr && tid == 0) stamps[15] = global_timer_ns();
+    if (stamps != nullptr && tid == 0) stamps[15] = pq_global_timer_ns();
   };
   const int rows = B * H;
   if (static_cast<int>(blockIdx.y) >= rows) {
@@ -457,22 +452,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       stamp(PH_MEMBERS);
       const int gathered = sm.n_members;
       if (gathered <= MAX_MEMBERS) {
-        // 3a. Rank the members at once: member t sums the weight above and equal to its key.
-        if (tid < gathered) {
-          const uint32_t mine = sm.member_key[tid];
-          unsigned w_above = 0u, w_equal = 0u;
-          for (int k = 0; k < gathered; ++k) {
-            const uint32_t kk = sm.member_key[k];
-            const unsigned w = sm.member_w[k];
-            w_above += kk > mine ? w : 0u;
-            w_equal += kk == mine ? w : 0u;
-          }
-          if (static_cast<int>(w_above) < need && static_cast<int>(w_above + w_equal) >= need) {
-            sm.found_key = mine;  // every member with this key agrees: one value is written
-            sm.found_need = need - static_cast<int>(w_above);
-            sm.found_count = static_cast<int>(w_equal);
-          }
-        }
+        // 3a. Rank the members at once.
+        pq_rank_members(sm.member_key, sm.member_w, gathered, need, &sm.found_key, &sm.found_need, &sm.found_count);
         __syncthreads();
         shift = 0;
         prefix = sm.found_key;
@@ -656,19 +637,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 
 }  // namespace
 
-#if __CUDA_ARCH__ >= 900
-#define PQ_ROW_CLUSTER(CL) __cluster_dims__(CL, 1, 1)
-#else
-#define PQ_ROW_CLUSTER(CL)
-#endif
-
 #define PQ_STEP_ROW_KERNEL(NAME, M, E, CL)                                                                             \
-  extern "C" __global__ void PQ_ROW_CLUSTER(CL) __launch_bounds__(NT, 1) NAME(                                        \
-      const void* query, int qdtype, const void* keys, int kdtype, const float* centroids, const float* phi,          \
-      uint8_t* codes, const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,      \
-      int* sparse_list, int* sparse_len, void* weights, int wdtype, long long wstride, int L, int* status, int B,      \
-      int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,          \
-      int full_threshold, int slice_len, int bits_tiles, long long* phase_clock) {                                   \
+  extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                      \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_row<M, E, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                        readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
