@@ -129,16 +129,21 @@ __device__ __forceinline__ int pq_block_exclusive_scan(int v, int* scratch, int*
   return warp_prefix + inc - v;
 }
 
-// Block-wide reductions of a few values at once; `scratch` holds 4 * NT/32 words.
-template <int NT>
-__device__ __forceinline__ void pq_block_minmax(float& mn, float& mx, float* scratch) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
+// Min and max over the warp (NaN ignored, as fminf/fmaxf do); every lane gets both.
+__device__ __forceinline__ void pq_warp_minmax(float& mn, float& mx) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   }
+}
+
+// Block-wide reductions of a few values at once; `scratch` holds 4 * NT/32 words.
+template <int NT>
+__device__ __forceinline__ void pq_block_minmax(float& mn, float& mx, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  pq_warp_minmax(mn, mx);
   if (lane == 0) {
     scratch[warp] = mn;
     scratch[NT / 32 + warp] = mx;

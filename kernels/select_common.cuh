@@ -56,6 +56,17 @@ __device__ void write_row(const int* heavy, const OutputArgs& o, int row, int sk
   if (tid == 0) o.sparse_len[row] = len;
 }
 
+// Min and max of one LUT row of C entries, by one warp (every lane gets both).
+__device__ __forceinline__ void pq_lut_row_range(const float* row, int C, float& mn, float& mx) {
+  mn = INFINITY;
+  mx = -INFINITY;
+  for (int c = threadIdx.x & 31; c < C; c += 32) {
+    mn = fminf(mn, row[c]);
+    mx = fmaxf(mx, row[c]);
+  }
+  pq_warp_minmax(mn, mx);
+}
+
 // Global timer (ns) for the phase stamps of `bench --phases`.
 __device__ __forceinline__ long long pq_global_timer_ns() {
   long long t;

@@ -139,16 +139,8 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   // Score bounds from the LUT alone (s = l0 + l1 is monotone in each term): linear bins.
   if (tid < 32 * M) {
     const int m = tid >> 5;
-    float mn = INFINITY, mx = -INFINITY;
-    for (int c = tid & 31; c < C; c += 32) {
-      mn = fminf(mn, sm.lut[m * C + c]);
-      mx = fmaxf(mx, sm.lut[m * C + c]);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    }
+    float mn, mx;
+    pq_lut_row_range(sm.lut + m * C, C, mn, mx);
     if ((tid & 31) == 0) {
       sm.bounds[2 * m] = mn;
       sm.bounds[2 * m + 1] = mx;

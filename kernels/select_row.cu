@@ -226,15 +226,21 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int total = max(0, hi - lo);
   const int q = sk_old - W;  // enters the eligible range with this step (already coded: W ≥ 1)
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
+  // q joins the pair table once every reader of this step is done with it: at once with one query
+  // head per kv-head (no reply awaited), else by the last of the G heads to finish (readers counter).
+  auto q_joins_table = [&](int pair) {
+    if (G > 1) {
+      if (atomicAdd(&readers[bkv], 1u) != static_cast<unsigned>(G - 1)) return;
+      readers[bkv] = 0u;
+    }
+    if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + pair], 1u);
+  };
 
   if (sk <= full_threshold) {
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
-    if (rank == 0 && tid == 0 && (G == 1 || atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1))) {
-      if (G > 1) readers[bkv] = 0u;
-      if (q_enters) {
-        const uint8_t* qc = head_codes + static_cast<int64_t>(q) * M;
-        atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + (M == 1 ? qc[0] : qc[0] + (qc[1] << log2c))], 1u);
-      }
+    if (rank == 0 && tid == 0) {
+      const uint8_t* qc = head_codes + static_cast<int64_t>(max(q, 0)) * M;
+      q_joins_table(!q_enters ? 0 : M == 1 ? qc[0] : qc[0] + (qc[1] << log2c));
     }
     finish();
     return;
@@ -348,8 +354,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     if (rank == 0 && tid == 0) out.sparse_len[row] = len;
   }
 
-  // This thread's pair scores and keys; the score range from the LUT alone (s = l0 + l1 is
-  // monotone in each term), reduced by every warp on its own (no barrier).
+  // This thread's pair scores and weights (q's pair counted virtually).
   float score[PPT];
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
@@ -365,28 +370,14 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   bool partial = false;        // == prefix: ties, of which `quota` (lowest positions) are taken
   int quota = 0;
   int rb_star = NB;            // reversed boundary bin (take_all: every bin is above it)
-  float lo_b = 0.0f, scale = 0.0f;
+  float lo_b = 0.0f, scale = 0.0f;  // linear bins over the LUT-bounded score range
   bool linear = false;
-  auto rbin_of = [&](float s) -> int {
-    return NB - 1 - (linear ? min(NB - 1, max(0, __float2int_rz((s - lo_b) * scale))) : 0);
-  };
+  auto rbin_of = [&](float s) -> int { return NB - 1 - (linear ? min(NB - 1, max(0, __float2int_rz((s - lo_b) * scale))) : 0); };
   if (!take_all) {
+    // The score range from the LUT rows, reduced by every warp on its own (no barrier).
     float bmin[M], bmax[M];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float mn = INFINITY, mx = -INFINITY;
-      for (int c = tid & 31; c < C; c += 32) {
-        mn = fminf(mn, sm.lut[m * C + c]);
-        mx = fmaxf(mx, sm.lut[m * C + c]);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, o));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      }
-      bmin[m] = mn;
-      bmax[m] = mx;
-    }
+    for (int m = 0; m < M; ++m) pq_lut_row_range(sm.lut + m * C, C, bmin[m], bmax[m]);
     lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
     const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
     const float range = hi_b - lo_b;
@@ -598,10 +589,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       for (int r = 0; r < CL - 1; ++r) packed += r < rank ? sm.counts_from[r] : 0;
     }
   }
-  // q joins the table once every reader of this step is done with it: the last rank has the counts of
-  // the others, so they are past their classes, which consumed the weights. One query head per
-  // kv-head: now, with no reply awaited; G of them: the last one to finish (readers counter), at the end.
-  if (G == 1 && rank == CL - 1 && tid == 0 && q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + virtual_pair], 1u);
+  // Every rank is past its classes (the last one has the others' counts), which consumed the weights.
+  // One query head per kv-head: q joins the table now; G of them: at the end (readers counter).
+  if (G == 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   stamp(PH_COUNTS);
   int take_before = packed >> 17;
   int tie_before = packed & 0x1ffff;
@@ -628,10 +618,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     tie_before += __popc(word[wi] & ~EVEN_BITS);
   }
   stamp(PH_WRITE);
-  if (G > 1 && rank == CL - 1 && tid == 0 && atomicAdd(&readers[bkv], 1u) == static_cast<unsigned>(G - 1)) {
-    readers[bkv] = 0u;
-    if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + virtual_pair], 1u);
-  }
+  if (G > 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   finish();
 }
 
