@@ -5,13 +5,21 @@
 // report (registers, shared memory, spills) to kernels/dist/resource-usage.txt.
 // Skips a family whose fatbin is newer than its sources. Without nvcc: a notice, exit 0
 // (the CPU backend needs no kernels; the CUDA backend then reports KernelsNotBuiltError).
+//   node kernels/build.mjs [--force] [--sm90-only --out DIR]
+// --sm90-only --out DIR: sm_90 SASS only, into DIR (scripts/pack-device.sh: the GPU machine is a
+// Hopper and its carry budget is small; the SASS is the same as in the full build).
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const dist = join(here, 'dist');
+const argAfter = (flag) => {
+  const i = process.argv.indexOf(flag);
+  return i < 0 ? undefined : process.argv[i + 1];
+};
+const dist = argAfter('--out') ?? join(here, 'dist');
+const sm90Only = process.argv.includes('--sm90-only');
 const force = process.argv.includes('--force');
 const nvcc = process.env.NVCC ?? 'nvcc';
 
@@ -33,7 +41,9 @@ mkdirSync(dist, { recursive: true });
 const headers = readdirSync(here).filter((f) => f.endsWith('.cuh')).map((f) => join(here, f));
 const families = readdirSync(here).filter((f) => f.endsWith('.cu')).sort();
 const newest = (files) => Math.max(...files.map((f) => statSync(f).mtimeMs));
-const GENCODE = ['-gencode', 'arch=compute_80,code=[sm_80,compute_80]', '-gencode', 'arch=compute_90,code=sm_90'];
+const GENCODE = sm90Only
+  ? ['-gencode', 'arch=compute_90,code=sm_90']
+  : ['-gencode', 'arch=compute_80,code=[sm_80,compute_80]', '-gencode', 'arch=compute_90,code=sm_90'];
 
 function build(family) {
   const src = join(here, family);
@@ -65,7 +75,7 @@ if (built.length > 0) {
   writeFileSync(join(dist, 'resource-usage.txt'), report + '\n');
   const spills = report.split('\n').filter((l) => /[1-9][0-9]* bytes spill stores/.test(l)).length;
   console.log(`build:kernels: built ${built.map((r) => r.family).join(', ')} in ${((Date.now() - started) / 1000).toFixed(1)} s` +
-    (spills ? ` (${spills} entries with spills, see kernels/dist/resource-usage.txt)` : ''));
+    (spills ? ` (${spills} entries with spills, see ${join(dist, 'resource-usage.txt')})` : ''));
 } else {
   console.log('build:kernels: up to date');
 }

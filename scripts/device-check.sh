@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune rowab
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune rowab baseab
 # attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -41,6 +41,12 @@ for s in $steps; do
         run "ab-${k/:/}-$i" 120 pqcache bench --backend cuda --config seed --step-kernel "${k%:*}" --cluster "${k#*:}" --iters 2000 --json "$OUT/ab-${k/:/}-$i.json"
       done; done
       for cl in 1 2; do run "phases-row$cl" 120 pqcache bench --backend cuda --config seed --step-kernel row --cluster $cl --phases --iters 100 --json "$OUT/phases-row$cl.json"; done ;;
+    baseab) # same-run A/B of the seed config: the BASE build (pack-device.sh BASE=…) vs this one, alternating
+      for i in 1 2 3; do for v in base new; do
+        cli=pqcache; [ "$v" = base ] && cli=pqcache-base
+        run "ab-$v-$i" 120 "$cli" bench --backend cuda --config seed --iters 3000 --json "$OUT/ab-$v-$i.json"
+      done; done
+      node scripts/ab-table.mjs "$OUT"/ab-*.json ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     attend) run attend 400 pqcache bench --backend cuda --kind attend --config matrix --iters 200 --warmup 30
             run torchattend 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/attend-*.json | head -1)" ;;

@@ -37,15 +37,17 @@ const cases = [
 const ev0 = new Event();
 const ev1 = new Event();
 const f = (x) => x.toFixed(2).padStart(7);
-console.log('launch shape'.padEnd(52), 'wall med    p90   gpu med    p90');
+console.log('launch shape'.padEnd(52), 'wall med    p90   gpu med    p90  launch med');
 for (const [name, family, kname, grid, block, args] of cases) {
   const kernel = loadKernels(family).kernel(kname);
   const graph = GraphExec.capture(stream, () => launch(kernel, { grid, block }, args, stream));
   const wall = [];
   const gpu = [];
+  const host = []; // cuGraphLaunch from call to return
   for (let i = 0; i < 300 + iters; i++) {
     const t0 = nowUs();
     graph.launch(stream);
+    const tl = nowUs();
     stream.synchronize();
     const t1 = nowUs();
     ev0.record(stream);
@@ -54,10 +56,11 @@ for (const [name, family, kname, grid, block, args] of cases) {
     ev1.synchronize();
     if (i < 300) continue;
     wall.push(t1 - t0);
+    host.push(tl - t0);
     gpu.push(ev1.elapsedSince(ev0) * 1000);
   }
   graph.dispose();
   const w = summarize(wall);
   const g = summarize(gpu);
-  console.log(name.padEnd(52), f(w.median), f(w.p90), ' ', f(g.median), f(g.p90));
+  console.log(name.padEnd(52), f(w.median), f(w.p90), ' ', f(g.median), f(g.p90), '  ', f(summarize(host).median));
 }

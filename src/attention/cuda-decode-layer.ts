@@ -23,7 +23,7 @@ import type { PQIndexState } from '../pq/index-state.js';
 import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
-import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
+import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
 import {
   type AttendPlan, AttendScratch, CudaAttention, KVCache, type KVCacheView, kvRowsToHost, uploadKVRows,
 } from './cuda-attention.js';
@@ -55,9 +55,10 @@ export interface BoundInputs {
   /** Some input came from the host through the staging buffers. */
   readonly staged: boolean;
 }
-/** One prepared step: its graph key and the launches that make it. */
+/** One prepared step: its graph key (signature and the input pointers) and the launches that make it. */
 export interface PreparedStep {
   readonly signature: string;
+  readonly pointers: readonly DevicePtr[];
   record(): void;
 }
 
@@ -75,6 +76,10 @@ export class CudaDecodeLayer implements DecodeLayer {
   readonly shape: DecodeLayerOptions['shape'];
   readonly capacity: number;
   readonly kvDType: FloatDType;
+  /** The output's device view (a fixed buffer): made on first use. */
+  private outputView: DeviceTensor | undefined;
+  private readonly queryShape: ExpectedShape;
+  private readonly kvShape: ExpectedShape;
   readonly context: CudaContext;
   readonly stream: Stream;
   /** The PQ index (sparse layers). */
@@ -116,6 +121,8 @@ export class CudaDecodeLayer implements DecodeLayer {
       if (misaligned !== undefined) throw new ConfigError('kv.keys / kv.values', '16-byte aligned device pointers', `0x${misaligned.toString(16)}`);
     }
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    this.queryShape = expectedShape([B, H, 1, D], `[B=${B}, ${H}, 1, D=${D}]`);
+    this.kvShape = expectedShape([B, Hkv, 1, D], `[B=${B}, ${Hkv}, 1, D=${D}]`);
     const owned = this.owned;
     try {
       this.stream = options.stream ?? owned.add(new Stream());
@@ -190,15 +197,18 @@ export class CudaDecodeLayer implements DecodeLayer {
 
   /** The attention output [B, H, D] of the last step (valid once the stream reaches it). */
   output(): DeviceTensor {
-    const { batch: B, heads: H, headDim: D } = this.shape;
-    return deviceTensor(this.kvDType, [B, H, D], this.arena.slices.out.ptr);
+    if (this.outputView === undefined) {
+      const { batch: B, heads: H, headDim: D } = this.shape;
+      this.outputView = deviceTensor(this.kvDType, [B, H, D], this.arena.slices.out.ptr);
+    }
+    return this.outputView;
   }
 
   /** Enqueue one step (one graph launch); returns the output's device view. */
   step(inputs: StepInputs<Input>): DeviceTensor {
     const bound = this.bind(inputs);
     const prepared = this.prepare(bound);
-    const graph = this.graphs.get(prepared.signature, this.stream, () => prepared.record());
+    const graph = this.graphs.get(prepared.signature, prepared.pointers, this.stream, () => prepared.record());
     graph.launch(this.stream);
     this.launched(bound);
     return this.output();
@@ -263,7 +273,8 @@ export class CudaDecodeLayer implements DecodeLayer {
     const hostInputs = [inputs.query, inputs.key, inputs.value].filter((t): t is HostTensor => !('device' in t));
     const device = (t: DeviceTensor, argument: string, heads: number): Bound => {
       expectDType(argument, t, FLOAT_DTYPES);
-      expectShape(argument, t, [B, heads, 1, D], `[B=${B}, ${heads}, 1, D=${D}]`);
+      const expected = heads === H ? this.queryShape : this.kvShape;
+      expectShape(argument, t, expected.dims, expected.label);
       const st = t.strides;
       if (st[3] !== 1 || st[1] !== D || st[0] !== heads * D) throw new ShapeError(`${argument}.strides`, `contiguous [${heads}·D, D, D, 1]`, [...st]);
       return { ptr: t.ptr, dtype: t.dtype as FloatDType };
@@ -295,7 +306,8 @@ export class CudaDecodeLayer implements DecodeLayer {
 
   /** Plan the step for these inputs: the graph key and the kernel launches (recorded inside a capture). */
   prepare(io: BoundInputs): PreparedStep {
-    const ptrs = `${io.query.ptr}:${io.query.dtype}/${io.key.ptr}:${io.key.dtype}/${io.value.ptr}:${io.value.dtype}`;
+    const dtypes = `${io.query.dtype}/${io.key.dtype}/${io.value.dtype}`;
+    const pointers = [io.query.ptr, io.key.ptr, io.value.ptr];
     const s = this.arena.slices;
     const out = s.out.ptr;
     const status = this.status.ptr;
@@ -304,7 +316,8 @@ export class CudaDecodeLayer implements DecodeLayer {
       const binding = pq.prepareStep(io.query.dtype, true);
       const scratch = this.scratch as AttendScratch;
       return {
-        signature: `sparse/${binding.signature}/${ptrs}`,
+        signature: `sparse/${binding.signature}/${dtypes}`,
+        pointers,
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
           this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream);
@@ -323,7 +336,8 @@ export class CudaDecodeLayer implements DecodeLayer {
     const seqRead = s.seqState.ptr + BigInt(4 * slot);
     const seqWrite = s.seqState.ptr + BigInt(4 * (slot ^ 1));
     return {
-      signature: `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${ptrs}`,
+      signature: `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${dtypes}`,
+      pointers,
       record: () => {
         this.attention.launchKVAppend(this.kv, io.key, io.value, seqRead, seqWrite, status, this.stream);
         this.attention.launchDense(plan, scratch, { query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: seqWrite, add: 0 }, status }, this.stream);

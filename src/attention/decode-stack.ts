@@ -82,7 +82,7 @@ export class CudaDecodeStack {
     const bound = this.layers.map((layer, i) => layer.bind(inputs[i]));
     const prepared = this.layers.map((layer, i) => layer.prepare(bound[i]));
     const key = prepared.map((p) => p.signature).join('|');
-    const graph = this.graphs.get(key, this.stream, () => {
+    const graph = this.graphs.get(key, prepared.flatMap((p) => p.pointers), this.stream, () => {
       for (const p of prepared) p.record();
     });
     graph.launch(this.stream);

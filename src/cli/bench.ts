@@ -37,18 +37,18 @@ export function selectMatrix(): SelectBenchConfig[] {
 function printSelect(rows: readonly RecordRow[]): void {
   console.log(
     table(
-      ['impl', 'B', 'sk', 'wall med', 'p90', 'p99', 'gpu med', 'GB/s', 'of copy', 'host-in wall', 'oracle'],
+      ['impl', 'B', 'sk', 'wall med', 'p90', 'p99', 'gpu med', 'enqueue', 'GB/s', 'of copy', 'host-in wall', 'oracle'],
       rows.map((r) => {
         const e = (r.extra ?? {}) as Record<string, number | undefined>;
         return [
           r.impl, String(r.config.B), String(r.config.sk), r.wall_us?.median ?? NaN, r.wall_us?.p90 ?? NaN, r.wall_us?.p99 ?? NaN,
-          r.gpu_us?.median ?? NaN, e.effective_GBs ?? NaN, e.fraction_of_copy_bandwidth ?? NaN, e.host_inputs_wall_us_median ?? NaN,
+          r.gpu_us?.median ?? NaN, e.host_enqueue_us_median ?? NaN, e.effective_GBs ?? NaN, e.fraction_of_copy_bandwidth ?? NaN, e.host_inputs_wall_us_median ?? NaN,
           r.matches_oracle === undefined ? '-' : r.matches_oracle ? 'yes' : 'NO',
         ];
       }),
     ),
   );
-  console.log('(times in μs; wall = call → result ready on the host clock; gpu = CUDA events)');
+  console.log('(times in μs; wall = call → result ready on the host clock; gpu = CUDA events; enqueue = step() call → return)');
 }
 
 export function runBench(o: BenchCliOptions): number {

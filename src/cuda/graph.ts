@@ -3,7 +3,7 @@
  * it with one cuGraphLaunch. When shapes change, capture again (the old graph is destroyed).
  */
 import { DisposedError } from '../errors.js';
-import { type Handle, check, driver, outHandle } from './driver.js';
+import { type DevicePtr, type Handle, check, driver, outHandle } from './driver.js';
 import type { Stream } from './stream.js';
 
 const CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
@@ -65,34 +65,54 @@ export class GraphExec {
 }
 
 /**
- * Captured graphs by key (a launch plan and its input binding): capture on first use, replay after.
- * With a limit, reaching it drops every graph first (bindings rarely change, so a full cache means
- * the caller is cycling through inputs and old graphs are unlikely to come back).
+ * Captured graphs by key: a signature (the launch plan, dtypes, flags) and the device pointers the
+ * kernels were captured with. Capture on first use, replay after. Pointers are compared as they
+ * are (no string conversion: this lookup sits on every decode step). With a limit, reaching it
+ * drops every graph first (bindings rarely change, so a full cache means the caller is cycling
+ * through inputs and old graphs are unlikely to come back).
  */
 export class GraphCache {
-  private readonly graphs = new Map<string, GraphExec>();
+  private readonly graphs = new Map<string, { readonly pointers: readonly DevicePtr[]; readonly graph: GraphExec }[]>();
+  private count = 0;
 
   constructor(private readonly limit = Infinity) {}
 
-  /** The graph for `key`, captured from `enqueue` on `stream` if there is none yet. */
-  get(key: string, stream: Stream, enqueue: () => void): GraphExec {
-    let graph = this.graphs.get(key);
-    if (graph === undefined) {
-      if (this.graphs.size >= this.limit) this.clear();
-      graph = GraphExec.capture(stream, enqueue);
-      this.graphs.set(key, graph);
+  /** The graph for (`signature`, `pointers`), captured from `enqueue` on `stream` if there is none yet. */
+  get(signature: string, pointers: readonly DevicePtr[], stream: Stream, enqueue: () => void): GraphExec {
+    const bound = this.graphs.get(signature);
+    if (bound !== undefined) {
+      for (const entry of bound) if (samePointers(entry.pointers, pointers)) return entry.graph;
     }
+    if (this.count >= this.limit) this.clear();
+    const graph = GraphExec.capture(stream, enqueue);
+    const entry = { pointers: [...pointers], graph };
+    const list = this.graphs.get(signature);
+    if (list === undefined) this.graphs.set(signature, [entry]);
+    else list.push(entry);
+    this.count += 1;
     return graph;
+  }
+
+  /** How many graphs are held. */
+  get size(): number {
+    return this.count;
   }
 
   /** Destroy every graph (their plan, dtype or buffers changed). */
   clear(): void {
-    for (const g of this.graphs.values()) g.dispose();
+    for (const list of this.graphs.values()) for (const e of list) e.graph.dispose();
     this.graphs.clear();
+    this.count = 0;
   }
+
   /** Free every graph (the cache stays usable). */
   dispose(): void {
     this.clear();
   }
+}
 
+function samePointers(a: readonly DevicePtr[], b: readonly DevicePtr[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -32,7 +32,7 @@ import koffi from 'koffi';
 import { DisposedError, ShapeError, StateError } from '../errors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
-import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
+import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
@@ -137,6 +137,13 @@ export class CudaPQCache implements PQCache {
   private isBuilt = false;
   private weightsDType: FloatDType | undefined;
   private disposed = false;
+  // Per-step checks and results, made once: the step's host-side cost is part of its latency.
+  private readonly queryShape: ExpectedShape;
+  private readonly keyShape: ExpectedShape;
+  private readonly listView: DeviceTensor<'i32'>;
+  private readonly lenView: DeviceTensor<'i32'>;
+  private readonly weightStrides: readonly number[];
+  private lastOutputs: SelectResult<DeviceTensor> | undefined;
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -158,6 +165,8 @@ export class CudaPQCache implements PQCache {
     const K = this.layout.config.heavySize;
     const rows = B * H;
     this.capPad = roundUp(this.capacity, 16);
+    this.queryShape = expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
+    this.keyShape = expectedShape([B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`);
     this.centroidStride = roundUp(this.layout.centroidDim, 4);
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
     const general = this.pairs === 0;
@@ -188,6 +197,9 @@ export class CudaPQCache implements PQCache {
       this.stagingQuery = owned.add(new PinnedBuffer(rows * D * 4));
       this.stagingKey = owned.add(new PinnedBuffer(B * Hkv * D * 4));
       this.stagingConsumed = owned.add(new Event({ timing: false }));
+      this.listView = deviceTensor('i32', [B, H, this.layout.listCapacity], this.arena.slices.sparseList.ptr);
+      this.lenView = deviceTensor('i32', [B, H], this.arena.slices.sparseLen.ptr);
+      this.weightStrides = Object.freeze([H * this.capPad, this.capPad, 1]);
       if (options.phaseTiming === true && this.pairs > 0) this.phaseBuffer = owned.add(new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8));
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
@@ -391,14 +403,16 @@ export class CudaPQCache implements PQCache {
 
   /** Device views of the outputs of the last select (valid after the stream reaches it). */
   outputs(): SelectResult<DeviceTensor> {
+    const dtype = this.weightsDType ?? 'f32';
+    const last = this.lastOutputs;
+    if (last !== undefined && last.weights.dtype === dtype && last.weights.shape[2] === this.hostSeqLen) return last;
+    // Only the weights view changes with sk: built here without re-copying the constant parts.
     const { batch: B, heads: H } = this.layout.shape;
-    const s = this.arena.slices;
-    const L = this.layout.listCapacity;
-    return {
-      sparseList: deviceTensor('i32', [B, H, L], s.sparseList.ptr),
-      sparseLen: deviceTensor('i32', [B, H], s.sparseLen.ptr),
-      weights: deviceTensor(this.weightsDType ?? 'f32', [B, H, this.hostSeqLen], s.weights.ptr, [H * this.capPad, this.capPad, 1]),
-    };
+    const weights: DeviceTensor = Object.freeze({
+      device: 'cuda' as const, dtype, shape: Object.freeze([B, H, this.hostSeqLen]), strides: this.weightStrides, ptr: this.arena.slices.weights.ptr,
+    });
+    this.lastOutputs = Object.freeze({ sparseList: this.listView, sparseLen: this.lenView, weights });
+    return this.lastOutputs;
   }
 
   /** Validate a query: host tensors fully (shape, dtype, finite values), device tensors by shape, dtype and layout. */
@@ -408,8 +422,8 @@ export class CudaPQCache implements PQCache {
       return query.dtype;
     }
     expectDType(argument, query, FLOAT_DTYPES);
-    const { batch: B, heads: H, headDim: D } = this.layout.shape;
-    expectShape(argument, query, [B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
+    const { heads: H, headDim: D } = this.layout.shape;
+    expectShape(argument, query, this.queryShape.dims, this.queryShape.label);
     const st = query.strides;
     if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
       throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
@@ -424,8 +438,7 @@ export class CudaPQCache implements PQCache {
     if (key !== undefined) {
       if ('device' in key) {
         expectDType('key', key, FLOAT_DTYPES);
-        const { batch: B, kvHeads: Hkv, headDim: D } = this.layout.shape;
-        expectShape('key', key, [B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`);
+        expectShape('key', key, this.keyShape.dims, this.keyShape.label);
         kdtype = key.dtype as FloatDType;
       } else {
         checkStepKey(this.layout, key);
@@ -462,8 +475,8 @@ export class CudaPQCache implements PQCache {
       }
     }
     const binding = this.prepareStep(qdtype, key !== undefined);
-    const graphKey = `${binding.signature}/${qptr}/${hostQ}/${kptr ?? '-'}/${kdtype}/${hostK}`;
-    const graph = this.graphs.get(graphKey, this.stream, () =>
+    const signature = `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`;
+    const graph = this.graphs.get(signature, kptr === undefined ? [qptr] : [qptr, kptr], this.stream, () =>
       this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
     graph.launch(this.stream);
     if (hostQ || hostK) {

@@ -84,9 +84,20 @@ export class HostTensor<D extends DType = DType> {
   }
 }
 
+/** An expected shape and its label in errors, made once for checks that run on every step. */
+export interface ExpectedShape {
+  readonly dims: readonly number[];
+  readonly label: string;
+}
+
+export function expectedShape(dims: readonly number[], label: string): ExpectedShape {
+  return Object.freeze({ dims: Object.freeze([...dims]), label });
+}
+
 /** Check a tensor argument's shape exactly; `expected` entries of -1 match any size. */
 export function expectShape(argument: string, t: { shape: readonly number[] }, expected: readonly number[], label?: string): void {
-  const ok = t.shape.length === expected.length && expected.every((d, i) => d === -1 || d === t.shape[i]);
+  let ok = t.shape.length === expected.length;
+  for (let i = 0; ok && i < expected.length; i++) ok = expected[i] === -1 || expected[i] === t.shape[i];
   if (!ok) {
     const exp = label ?? shapeText(expected.map((d) => (d === -1 ? NaN : d))).replace(/NaN/g, '*');
     throw new ShapeError(argument, exp, t.shape);

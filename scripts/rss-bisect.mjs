@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+// Which host-side call of a new request (CudaPQCache.uploadState) keeps host memory: each
+// candidate runs alone many times, after a warm-up, and the RSS growth per call is printed.
+//   bash scripts/device-run.sh node scripts/rss-bisect.mjs [calls]   (device; reads .device/app/dist)
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const dist = existsSync(`${root}.device/app/dist`) ? `${root}.device/app/dist` : `${root}dist`;
+process.env.PQCACHE_KERNELS_DIR ??= `${dist}/../kernels/dist/`;
+const koffi = (await import('koffi')).default;
+const { CudaContext } = await import(`${dist}/src/cuda/context.js`);
+const { LaunchArgs, launch } = await import(`${dist}/src/cuda/launch.js`);
+const { DeviceBuffer, copies } = await import(`${dist}/src/cuda/memory.js`);
+const { Stream } = await import(`${dist}/src/cuda/stream.js`);
+const { loadKernels } = await import(`${dist}/src/pq/kernels.js`);
+const { CudaPQCache } = await import(`${dist}/src/pq/cuda-cache.js`);
+const { SEED_BENCH, benchLayout, randomState } = await import(`${dist}/src/bench/select-bench.js`);
+
+const calls = Number(process.argv[2] ?? 4000);
+CudaContext.primary();
+const stream = new Stream();
+const dev = new DeviceBuffer(4 << 20);
+const host = new Float32Array(1 << 20); // 4 MiB pageable
+const small = new Int32Array([1, 2, 3, 4]);
+const layout = benchLayout(SEED_BENCH);
+const capacity = SEED_BENCH.sk + 64;
+const state = randomState(layout, SEED_BENCH.sk - 1, capacity, 5);
+const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity });
+const empty = loadKernels('runtime').kernel('pq_empty');
+const none = new LaunchArgs([]);
+
+const candidates = [
+  ['koffi.address(typed array)', () => koffi.address(host)],
+  ['fromHost 16 B (cuMemcpyHtoD)', () => copies.fromHost(dev, small)],
+  ['fromHost2D 1 MiB (cuMemcpy2DAsync, struct)', () => copies.fromHost2D(dev, 4096, host, 4096, 4096, 256, stream)],
+  ['fromHost2D 4 MiB', () => copies.fromHost2D(dev, 4096, host, 4096, 4096, 1024, stream)],
+  ['fill32Async + sync', () => { copies.fill32Async(dev, 0, 1024, stream); stream.synchronize(); }],
+  ['eager launch, kept args + sync', () => { launch(empty, { grid: [1, 1, 1], block: [32, 1, 1] }, none, stream); stream.synchronize(); }],
+  ['eager launch, new args + dispose', () => { const a = new LaunchArgs(['ptr', 'i32']); a.setAll([dev.ptr, 1]); launch(empty, { grid: [1, 1, 1], block: [32, 1, 1] }, a, stream); a.dispose(); stream.synchronize(); }],
+  ['new Int32Array(4) + fromHost', () => copies.fromHost(dev, new Int32Array([1, 2, 3, 4]))],
+  ['uploadState (seed config)', () => cache.uploadState(state)],
+];
+const rss = () => process.memoryUsage().rss;
+console.log('candidate'.padEnd(46), 'calls', ' RSS growth (bytes/call)', ' heap growth (bytes/call)');
+for (const [name, f] of candidates) {
+  const n = name.startsWith('uploadState') ? Math.min(calls, 1500) : calls;
+  for (let i = 0; i < 200; i++) f();
+  globalThis.gc?.();
+  const r0 = rss();
+  const h0 = process.memoryUsage().heapUsed;
+  for (let i = 0; i < n; i++) f();
+  globalThis.gc?.();
+  const r1 = rss();
+  const h1 = process.memoryUsage().heapUsed;
+  console.log(name.padEnd(46), String(n).padStart(5), ((r1 - r0) / n).toFixed(1).padStart(22), ((h1 - h0) / n).toFixed(1).padStart(24));
+}
+cache.dispose();
+dev.dispose();
