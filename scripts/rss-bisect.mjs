@@ -3,12 +3,13 @@
 // candidate runs alone many times, after a warm-up, and the RSS growth per call is printed.
 //   bash scripts/device-run.sh node scripts/rss-bisect.mjs [calls]   (device; reads .device/app/dist)
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dist = existsSync(`${root}.device/app/dist`) ? `${root}.device/app/dist` : `${root}dist`;
 process.env.PQCACHE_KERNELS_DIR ??= `${dist}/../kernels/dist/`;
-const koffi = (await import('koffi')).default;
+const koffi = createRequire(`${dist}/../package.json`)('koffi'); // the app's own copy
 const { CudaContext } = await import(`${dist}/src/cuda/context.js`);
 const { LaunchArgs, launch } = await import(`${dist}/src/cuda/launch.js`);
 const { DeviceBuffer, copies } = await import(`${dist}/src/cuda/memory.js`);
