@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune rowab baseab
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build seedtune rowab baseab sanrow
 # attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -74,6 +74,14 @@ for s in $steps; do
       fi
       SAN_OVER_racecheck="attention + decode-layer and build tests" SAN_OVER_racecheck_select="6 verify cases (select and append kernels)" \
         SAN_OVER="every GPU test (PQCACHE_GPU_CASES=5)" node scripts/merge-sanitizer.mjs "$OUT" ;;
+    sanrow) # the row step kernel (select.test.js has its instances, hand-overs and edge cases): every tool
+      for tool in memcheck initcheck synccheck; do
+        run "san-$tool-row" 300 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/select.test.js
+      done
+      # racecheck over the whole select file takes > 140 s: the seed config on both cluster sizes, and 4 verify cases
+      run san-racecheck-row 300 bash -c 'for cl in 1 2; do compute-sanitizer --tool racecheck --target-processes all pqcache bench --backend cuda --config seed --step-kernel row --cluster $cl --iters 2 --warmup 1 --json /tmp/rc$cl.json; done; compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 4 --seed 9'
+      SAN_OVER="select.test.js (row kernel instances, hand-overs, GQA, ip, K=2048 ties, radix refinement)" \
+        SAN_OVER_racecheck_row="seed config with clusters of 1 and 2 (bench, 3 steps each) + 4 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Which host-side call of a new request (CudaPQCache.uploadState) keeps host memory: each
-// candidate runs alone many times, after a warm-up, and the RSS growth per call is printed.
+// candidate runs alone many times, after a warm-up, and the RSS growth of each batch is printed.
 //   bash scripts/device-run.sh node scripts/rss-bisect.mjs [calls]   (device; reads .device/app/dist)
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -18,7 +18,7 @@ const { loadKernels } = await import(`${dist}/src/pq/kernels.js`);
 const { CudaPQCache } = await import(`${dist}/src/pq/cuda-cache.js`);
 const { SEED_BENCH, benchLayout, randomState } = await import(`${dist}/src/bench/select-bench.js`);
 
-const calls = Number(process.argv[2] ?? 4000);
+const calls = Number(process.argv[2] ?? 8000);
 CudaContext.primary();
 const stream = new Stream();
 const dev = new DeviceBuffer(4 << 20);
@@ -42,19 +42,24 @@ const candidates = [
   ['new Int32Array(4) + fromHost', () => copies.fromHost(dev, new Int32Array([1, 2, 3, 4]))],
   ['uploadState (seed config)', () => cache.uploadState(state)],
 ];
-const rss = () => process.memoryUsage().rss;
-console.log('candidate'.padEnd(46), 'calls', ' RSS growth (bytes/call)', ' heap growth (bytes/call)');
+// Four batches each: growth that stops after the first is the allocator or V8 settling; growth in
+// every batch is a leak.
+const mem = () => process.memoryUsage();
+const kb = (x) => (x / 1024).toFixed(0).padStart(6);
+console.log('candidate'.padEnd(46), 'calls/batch', ' RSS growth per batch (KiB)        ', ' heapTotal, external at the end (KiB)');
 for (const [name, f] of candidates) {
-  const n = name.startsWith('uploadState') ? Math.min(calls, 1500) : calls;
+  const n = Math.floor((name.startsWith('uploadState') ? Math.min(calls, 2000) : calls) / 4);
   for (let i = 0; i < 200; i++) f();
   globalThis.gc?.();
-  const r0 = rss();
-  const h0 = process.memoryUsage().heapUsed;
-  for (let i = 0; i < n; i++) f();
-  globalThis.gc?.();
-  const r1 = rss();
-  const h1 = process.memoryUsage().heapUsed;
-  console.log(name.padEnd(46), String(n).padStart(5), ((r1 - r0) / n).toFixed(1).padStart(22), ((h1 - h0) / n).toFixed(1).padStart(24));
+  const growth = [];
+  for (let b = 0; b < 4; b++) {
+    const r0 = mem().rss;
+    for (let i = 0; i < n; i++) f();
+    globalThis.gc?.();
+    growth.push(mem().rss - r0);
+  }
+  const m = mem();
+  console.log(name.padEnd(46), String(n).padStart(11), growth.map(kb).join(' '), '   ', kb(m.heapTotal), kb(m.external));
 }
 cache.dispose();
 dev.dispose();

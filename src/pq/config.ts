@@ -141,3 +141,15 @@ export function fullAttentionThreshold(config: PQConfig, numCentroids: number): 
 export function usesFullAttention(layout: Layout, seqLen: number): boolean {
   return seqLen <= fullAttentionThreshold(layout.config, layout.numCentroids);
 }
+
+/** The same shape and config, field by field (no strings: a check made on every new request). */
+export function sameLayout(a: Layout, b: Layout): boolean {
+  return sameFields(a.shape, b.shape) && sameFields(a.config, b.config);
+}
+
+function sameFields<T extends object>(a: T, b: T): boolean {
+  const ka = Object.keys(a) as (keyof T)[];
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) if (a[k] !== b[k]) return false;
+  return true;
+}

@@ -34,7 +34,7 @@ import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
-import { type Layout, fullAttentionThreshold, makeLayout } from './config.js';
+import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported } from './cuda-build.js';
 import {
@@ -144,6 +144,9 @@ export class CudaPQCache implements PQCache {
   private readonly lenView: DeviceTensor<'i32'>;
   private readonly weightStrides: readonly number[];
   private lastOutputs: SelectResult<DeviceTensor> | undefined;
+  // Made once and reused by every new request (uploadState, build): nothing allocated per request.
+  private readonly seqInit = new Int32Array(4);
+  private readonly pairsCountArgs = new LaunchArgs(PAIRS_COUNT_ARGS);
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -257,8 +260,8 @@ export class CudaPQCache implements PQCache {
   /** Replace the device index with a host state (built elsewhere, loaded, or made by hand). */
   uploadState(state: PQIndexState): void {
     this.live();
-    const describe = (l: Layout): string => JSON.stringify({ shape: l.shape, config: l.config });
-    if (describe(state.layout) !== describe(this.layout)) {
+    if (!sameLayout(state.layout, this.layout)) {
+      const describe = (l: Layout): string => JSON.stringify({ shape: l.shape, config: l.config });
       throw new ShapeError('state', `an index with ${describe(this.layout)}`, describe(state.layout));
     }
     checkCapacity('state.seqLen', this.capacity, state.seqLen);
@@ -282,7 +285,8 @@ export class CudaPQCache implements PQCache {
   /** After a new index (built or uploaded): sk on the device, the pair table, a fresh output. */
   private resetSequence(seqLen: number): void {
     const s = this.arena.slices;
-    copies.fromHost(s.seqState, new Int32Array([seqLen, seqLen, 0, 0]));
+    this.seqInit.set([seqLen, seqLen, 0, 0]);
+    copies.fromHost(s.seqState, this.seqInit);
     this.seqSlot = 0;
     if (this.pairs > 0) {
       copies.fill32Async(s.pairCount, 0, s.pairCount.bytes / 4, this.stream);
@@ -567,13 +571,9 @@ export class CudaPQCache implements PQCache {
   private countPairs(from: number, to: number): void {
     if (this.pairsCountKernel === undefined || to <= from) return;
     const { batch: B, kvHeads: Hkv } = this.layout.shape;
-    const args = new LaunchArgs(PAIRS_COUNT_ARGS);
-    try {
-      args.setAll([this.arena.slices.codes.ptr, this.arena.slices.pairCount.ptr, from, to, this.capPad, this.layout.config.pqGroupFactor, this.layout.numCentroids]);
-      launch(this.pairsCountKernel, { grid: [Math.ceil((to - from) / 256), B * Hkv, 1], block: [256, 1, 1] }, args, this.stream);
-    } finally {
-      args.dispose();
-    }
+    const args = this.pairsCountArgs;
+    args.setAll([this.arena.slices.codes.ptr, this.arena.slices.pairCount.ptr, from, to, this.capPad, this.layout.config.pqGroupFactor, this.layout.numCentroids]);
+    launch(this.pairsCountKernel, { grid: [Math.ceil((to - from) / 256), B * Hkv, 1], block: [256, 1, 1] }, args, this.stream);
   }
 
   /** pq_append reading sk from `slot` and writing sk + n to the other slot. */
