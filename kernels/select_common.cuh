@@ -89,6 +89,34 @@ __device__ __forceinline__ long long pq_global_timer_ns() {
   return t;
 }
 
+// Phase stamps (clock64) of the step kernels for `bench --phases` (src/pq/cuda-cache.ts STEP_PHASES):
+// slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k]; slots 14 and 15 hold the block's
+// start and end on the global timer (ns). Slots 9–11 (row kernel) split the first phase: loads
+// issued, sk and the query element arrived, staged (barrier). Phases a block skips stay 0.
+enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED };
+
+struct PhaseStamps {
+  long long* slots;  // this block's 16, or nullptr when not timing
+
+  // Clears the block's slots and stamps its start (thread 0).
+  __device__ __forceinline__ explicit PhaseStamps(long long* phase_clock)
+      : slots(phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr) {
+    if (slots != nullptr && threadIdx.x == 0) {
+      for (int k = 0; k < 16; ++k) slots[k] = 0;
+      slots[14] = pq_global_timer_ns();
+    }
+    (*this)(PH_START);
+  }
+  __device__ __forceinline__ void operator()(int k) const {
+    if (slots != nullptr && threadIdx.x == 0) slots[k] = clock64();
+  }
+  // The block's end: PH_END and the global timer.
+  __device__ __forceinline__ void finish() const {
+    (*this)(PH_END);
+    if (slots != nullptr && threadIdx.x == 0) slots[15] = pq_global_timer_ns();
+  }
+};
+
 // Weighted rank of the n ≤ blockDim.x members of a boundary bin: member t sums the weight above and
 // equal to its key; the one whose key holds the need-th largest writes that key, the need left inside
 // it and the weight equal to it (every member with the key agrees, so one value is written).

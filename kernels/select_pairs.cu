@@ -266,9 +266,6 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
   __syncthreads();
 }
 
-// Phase stamps (clock64) for `bench --phases`: slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k];
-// slots 14 and 15 hold the block's start and end on the global timer (ns).
-enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END };
 
 
 template <int M, int CL, bool LONG>
@@ -282,19 +279,8 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   extern __shared__ uint32_t long_bits[];  // long slices: [bits_tiles][take, tie][NT], then the prefixes
   uint32_t* class_bits = LONG ? long_bits : sm.short_bits;
   const int tid = threadIdx.x;
-  long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
-  auto stamp = [&](int k) {
-    if (stamps != nullptr && tid == 0) stamps[k] = clock64();
-  };
-  if (stamps != nullptr && tid == 0) {
-    for (int k = 0; k < 16; ++k) stamps[k] = 0;  // phases a block skips stay 0
-    stamps[14] = pq_global_timer_ns();
-  }
-  stamp(PH_START);
-  auto finish = [&]() {
-    stamp(PH_END);
-    if (stamps != nullptr && tid == 0) stamps[15] = pq_global_timer_ns();
-  };
+  const PhaseStamps stamp(phase_clock);  // select_common.cuh
+  auto finish = [&]() { stamp.finish(); };
   const int rows = B * H;
   const int sk_old = *seq_read;
   if (static_cast<int>(blockIdx.y) >= rows) {

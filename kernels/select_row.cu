@@ -126,9 +126,6 @@ __device__ __forceinline__ void mailboxes_ready_arrive() { __trap(); }
 __device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
 #endif
 
-// Phase stamps for `bench --phases`, as in select_pairs.cu.
-// Slots 9–11 split the first phase: loads issued, sk and the query element arrived, staged (barrier).
-enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED };
 
 
 template <int M, int E, int CL>
@@ -144,19 +141,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
   __shared__ RowShared sm;
   const int tid = threadIdx.x;
-  long long* stamps = phase_clock != nullptr ? phase_clock + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 16 : nullptr;
-  auto stamp = [&](int k) {
-    if (stamps != nullptr && tid == 0) stamps[k] = clock64();
-  };
-  if (stamps != nullptr && tid == 0) {
-    for (int k = 0; k < 16; ++k) stamps[k] = 0;
-    stamps[14] = pq_global_timer_ns();
-  }
-  stamp(PH_START);
-  auto finish = [&]() {
-    stamp(PH_END);
-    if (stamps != nullptr && tid == 0) stamps[15] = pq_global_timer_ns();
-  };
+  const PhaseStamps stamp(phase_clock);  // select_common.cuh
+  auto finish = [&]() { stamp.finish(); };
   const int rows = B * H;
   if (static_cast<int>(blockIdx.y) >= rows) {
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;

@@ -81,7 +81,6 @@ export class LaunchArgs<Kinds extends readonly ArgKind[] = readonly ArgKind[]> {
   dispose(): void {
     if (this.block === undefined) return;
     this.block = undefined; // the garbage collector frees it
-
     this.view = undefined;
   }
 }

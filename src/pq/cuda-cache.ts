@@ -144,9 +144,11 @@ export class CudaPQCache implements PQCache {
   private readonly lenView: DeviceTensor<'i32'>;
   private readonly weightStrides: readonly number[];
   private lastOutputs: SelectResult<DeviceTensor> | undefined;
-  // Made once and reused by every new request (uploadState, build): nothing allocated per request.
+  // Made once and reused by every new request (uploadState, build) or step: nothing allocated per call.
   private readonly seqInit = new Int32Array(4);
   private readonly pairsCountArgs = new LaunchArgs(PAIRS_COUNT_ARGS);
+  /** The step's graph binding (query, key pointers), rewritten per call instead of allocated. */
+  private readonly stepPointers: DevicePtr[] = [0n, 0n];
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -410,11 +412,9 @@ export class CudaPQCache implements PQCache {
     const dtype = this.weightsDType ?? 'f32';
     const last = this.lastOutputs;
     if (last !== undefined && last.weights.dtype === dtype && last.weights.shape[2] === this.hostSeqLen) return last;
-    // Only the weights view changes with sk: built here without re-copying the constant parts.
+    // Only the weights view changes with sk (frozen shape and strides: deviceTensor copies neither).
     const { batch: B, heads: H } = this.layout.shape;
-    const weights: DeviceTensor = Object.freeze({
-      device: 'cuda' as const, dtype, shape: Object.freeze([B, H, this.hostSeqLen]), strides: this.weightStrides, ptr: this.arena.slices.weights.ptr,
-    });
+    const weights = deviceTensor(dtype, Object.freeze([B, H, this.hostSeqLen]), this.arena.slices.weights.ptr, this.weightStrides);
     this.lastOutputs = Object.freeze({ sparseList: this.listView, sparseLen: this.lenView, weights });
     return this.lastOutputs;
   }
@@ -480,7 +480,10 @@ export class CudaPQCache implements PQCache {
     }
     const binding = this.prepareStep(qdtype, key !== undefined);
     const signature = `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`;
-    const graph = this.graphs.get(signature, kptr === undefined ? [qptr] : [qptr, kptr], this.stream, () =>
+    const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
+    pointers[0] = qptr;
+    pointers[1] = kptr ?? 0n; // no key: the signature says so ('-')
+    const graph = this.graphs.get(signature, pointers, this.stream, () =>
       this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
     graph.launch(this.stream);
     if (hostQ || hostK) {

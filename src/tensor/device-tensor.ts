@@ -24,14 +24,19 @@ export function contiguousStrides(shape: readonly number[]): number[] {
   return strides;
 }
 
+/** Shape and strides are copied unless already frozen (views made per decode step pass frozen ones). */
 export function deviceTensor<D extends DType>(dtype: D, shape: readonly number[], ptr: DevicePtr, strides?: readonly number[]): DeviceTensor<D> {
   return Object.freeze({
     device: 'cuda' as const,
     dtype,
-    shape: Object.freeze([...shape]),
-    strides: Object.freeze([...(strides ?? contiguousStrides(shape))]),
+    shape: frozenCopy(shape),
+    strides: frozenCopy(strides ?? contiguousStrides(shape)),
     ptr,
   });
+}
+
+function frozenCopy(xs: readonly number[]): readonly number[] {
+  return Object.isFrozen(xs) ? xs : Object.freeze([...xs]);
 }
 
 export function elementBytes(t: { dtype: DType }): number {
