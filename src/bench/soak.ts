@@ -60,6 +60,21 @@ function sample(step: number, window: ArrayLike<number>): Sample {
   };
 }
 
+/** Least-squares slope of ys over xs. */
+function slope(xs: readonly number[], ys: readonly number[]): number {
+  const n = xs.length;
+  if (n < 2) return 0;
+  const mx = xs.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (xs[i] - mx) * (ys[i] - my);
+    sxx += (xs[i] - mx) ** 2;
+  }
+  return sxx === 0 ? 0 : sxy / sxx;
+}
+
 /** Run `total` steps over `count` caches round-robin; reset each cache every requestLen of its steps. */
 function soakRun(name: string, count: number, total: number, o: SoakOptions, done0: number, grandTotal: number): RecordRow {
   const c = { ...SEED_BENCH, H: count > 1 ? 8 : SEED_BENCH.H, Hkv: count > 1 ? 8 : SEED_BENCH.Hkv };
@@ -72,7 +87,10 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
   const arena = DeviceArena.allocate({ q: sets * B * H * D * 4, k: sets * B * Hkv * D * 4 });
   const caches: CudaPQCache[] = [];
   const windows: Sample[] = [];
-  const all = new Float64Array(total); // allocated before the first sample: not growth
+  // Written through once before the first sample: a fresh typed array is zero-mapped by the OS and
+  // each page becomes resident on its first write, which read as +8 bytes of RSS per step (the
+  // "leak" of sessions 5–6) when the latencies were stored step by step.
+  const all = new Float64Array(total).fill(-1);
   try {
     copies.fromHost(arena.slices.q, Float32Array.from({ length: sets * B * H * D }, () => rng.normal()));
     copies.fromHost(arena.slices.k, Float32Array.from({ length: sets * B * Hkv * D }, () => rng.normal()));
@@ -112,6 +130,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
   const last = windows[windows.length - 1];
   const wall = summarize(Array.from(all));
   const drift = (med(late) - med(early)) / med(early);
+  const half = windows.slice(Math.floor(windows.length / 2));
   return {
     impl: name,
     config: { ...c, indexes: count, steps: total, request_len: o.requestLen },
@@ -121,6 +140,8 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
       device_free_mib: { start: windows[0].deviceFreeMiB, end: last.deviceFreeMiB },
       our_device_mib: { start: windows[0].ourDeviceMiB, end: last.ourDeviceMiB },
       rss_mib: { start: first.rssMiB, end: last.rssMiB },
+      // A leak is a slope; a one-off step (allocator arenas, JIT code) is not.
+      rss_bytes_per_step_second_half: round3(slope(half.map((w) => w.step), half.map((w) => w.rssMiB * MiB))),
       heap_mib: { start: first.heapMiB, end: last.heapMiB },
       p99_us: { early_windows: round3(med(early)), late_windows: round3(med(late)) },
       p99_drift: round3(drift),

@@ -153,13 +153,13 @@ export function runSoakCli(o: SoakCliOptions): number {
   const rows = runSoak({ ...o, onProgress: (d, t) => bar.update(d, t) });
   bar.stop();
   console.log(table(
-    ['run', 'steps', 'wall p50', 'p99', 'p99 early → late windows', 'drift', 'device free MiB', 'ours MiB', 'RSS MiB', 'JS heap MiB'],
+    ['run', 'steps', 'wall p50', 'p99', 'p99 early → late windows', 'drift', 'device free MiB', 'ours MiB', 'RSS MiB', 'RSS B/step (2nd half)', 'JS heap MiB'],
     rows.map((r) => {
       type Range = { start: number; end: number };
-      const e = r.extra as { p99_us: { early_windows: number; late_windows: number }; p99_drift: number; device_free_mib: Range; our_device_mib: Range; rss_mib: Range; heap_mib: Range };
+      const e = r.extra as { p99_us: { early_windows: number; late_windows: number }; p99_drift: number; device_free_mib: Range; our_device_mib: Range; rss_mib: Range; rss_bytes_per_step_second_half: number; heap_mib: Range };
       const range = (x: Range): string => `${x.start} → ${x.end}`;
       return [r.impl, String(r.config.steps), r.wall_us?.median ?? NaN, r.wall_us?.p99 ?? NaN, `${e.p99_us.early_windows} → ${e.p99_us.late_windows}`, `${(e.p99_drift * 100).toFixed(1)}%`,
-        range(e.device_free_mib), range(e.our_device_mib), range(e.rss_mib), range(e.heap_mib)];
+        range(e.device_free_mib), range(e.our_device_mib), range(e.rss_mib), e.rss_bytes_per_step_second_half.toFixed(2), range(e.heap_mib)];
     }),
   ));
   const record = recordFor('cuda', o.command);
