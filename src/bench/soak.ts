@@ -34,6 +34,8 @@ interface Sample {
   readonly rssMiB: number;
   /** V8 heap in use after a full collection: what a JS-side leak would grow. */
   readonly heapMiB: number;
+  /** V8 heap reserved (heapTotal): includes the young generation, which V8 grows once under load. */
+  readonly heapTotalMiB: number;
   readonly p50: number;
   readonly p99: number;
 }
@@ -55,6 +57,7 @@ function sample(step: number, window: ArrayLike<number>): Sample {
     ourDeviceMiB: round3(allocationStats().deviceBytes / MiB),
     rssMiB: round3(process.memoryUsage().rss / MiB),
     heapMiB: round3(process.memoryUsage().heapUsed / MiB),
+    heapTotalMiB: round3(process.memoryUsage().heapTotal / MiB),
     p50: round3(percentile(s, 0.5)),
     p99: round3(percentile(s, 0.99)),
   };
@@ -143,6 +146,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
       // A leak is a slope; a one-off step (allocator arenas, JIT code) is not.
       rss_bytes_per_step_second_half: round3(slope(half.map((w) => w.step), half.map((w) => w.rssMiB * MiB))),
       heap_mib: { start: first.heapMiB, end: last.heapMiB },
+      heap_total_mib: { start: first.heapTotalMiB, end: last.heapTotalMiB },
       p99_us: { early_windows: round3(med(early)), late_windows: round3(med(late)) },
       p99_drift: round3(drift),
       windows,
