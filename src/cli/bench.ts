@@ -122,8 +122,15 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/** PQCACHE_BUILD_STAGES=1|2|3 overrides the build kernel's staged tile buffers (A/B runs). */
+/**
+ * A/B overrides of the build kernel's choices: PQCACHE_BUILD_STAGES=1|2|3 (staged tile buffers),
+ * PQCACHE_BUILD_SUMS=block|global (where a round collects the moves between cluster sums).
+ */
 function buildTuningFromEnv(): BuildTuning {
   const stages = Number(process.env.PQCACHE_BUILD_STAGES);
-  return stages === 1 || stages === 2 || stages === 3 ? { stages } : {};
+  const sums = process.env.PQCACHE_BUILD_SUMS;
+  return {
+    ...(stages === 1 || stages === 2 || stages === 3 ? { stages } : {}),
+    ...(sums === 'block' || sums === 'global' ? { sums } : {}),
+  };
 }
