@@ -18,11 +18,7 @@
 //
 // Sums without re-reading the keys. Cluster sums (float64, rounded once to fp32 at the mean as the
 // oracle) and counts persist across rounds: a round adds a point to its new cluster and takes it out
-// of its old one only when its code changed, from the tile it just scored. With `block_sums` (when
-// C*cdim doubles fit in shared memory) each block collects its changes there, one thread per
-// coordinate, and adds them to the global sums once at its end; otherwise every move is a float64
-// atomic per coordinate on the global sums (round 0 moves every point: 130 M atomics on the seed
-// config, ≈ 2 ms).
+// of its old one only when its code changed (float64 atomics), from the tile it just scored.
 //
 // One round = pq_build_round (codes, sums) -> pq_build_finalize (means; an empty cluster takes the
 // point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round).
@@ -31,8 +27,7 @@
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
 //   pq_build_init      grid (G), block 256: centroid c of g = point init_index[g, c]; packs.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16 +
-//                      stages*64*RS*4 [+ C*cdim*8 + C*4 + 64*8 + 16 with block_sums] bytes:
-//                      block x of group g scores the 64-point tiles x, x + P, ...
+//                      stages*64*RS*4 bytes: block x of group g scores the 64-point tiles x, x + P, ...
 //                      (staged by cp.async, `stages - 1` tiles ahead); warp w the 16 points
 //                      64*tile + 16w ... + 15 (one m16 MMA tile). KS = ceil(cdim/16) (template N),
 //                      RS = tile_stride(KS).
@@ -387,19 +382,13 @@ template <int KS>
 __device__ void build_round(const float* keys, const float* norms, const float* phi, const float* centroids,
                             const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint8_t* index_codes,
                             double* sums, unsigned* counts, unsigned* stats, int n, int M, int sk, int D, int O, int C,
-                            int cdim, int cstride, int capacity, int NT, int mode, int stages, int block_sums) {
+                            int cdim, int cstride, int capacity, int NT, int mode, int stages) {
   constexpr int RS = tile_stride(KS);
   extern __shared__ uint4 smem[];
   const int CP = NT * 8;
   uint4* frag = smem;
   float* info = reinterpret_cast<float*>(frag + NT * KS * 32);
   float* tiles_smem = info + ((CP + 1 + 3) / 4) * 4;  // a ring of `stages` buffers of kTilePoints rows
-  // With block_sums: this block's changes to the cluster sums and counts, and the tile's moves.
-  double* block_sum = reinterpret_cast<double*>(tiles_smem + stages * kTilePoints * RS);  // [C][cdim]
-  int* block_count = reinterpret_cast<int*>(block_sum + C * cdim);                        // [C]
-  unsigned* moves = reinterpret_cast<unsigned*>(block_count + C);  // row | to << 8 | (from + 1) << 16
-  float* move_aug = reinterpret_cast<float*>(moves + kTilePoints);  // the moved row's ip coordinate
-  int* move_count = reinterpret_cast<int*>(move_aug + kTilePoints);
   const bool accumulate = mode != ROUND_FINAL;
   const int g = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -425,11 +414,6 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     for (int e = threadIdx.x; e < stages * kTilePoints * (RS - dsub); e += kRoundThreads) {
       const int r = e / (RS - dsub);
       tiles_smem[r * RS + dsub + (e - r * (RS - dsub))] = 0.0f;
-    }
-    if (block_sums && accumulate) {
-      for (int e = threadIdx.x; e < C * cdim; e += kRoundThreads) block_sum[e] = 0.0;
-      for (int c = threadIdx.x; c < C; c += kRoundThreads) block_count[c] = 0;
-      if (threadIdx.x == 0) *move_count = 0;
     }
   }
   GroupView view;
@@ -492,43 +476,6 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
     const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
     changed_total += __popc(moved0) + __popc(moved1);
-    if (block_sums) {
-      // The warp's moves join the tile's list; then thread j applies every move to coordinate j
-      // of the block's sums (one owner per coordinate: no atomics, no conflicts).
-      const int warp_moves = __popc(moved0) + __popc(moved1);
-      int base = 0;
-      if (lane == 0 && warp_moves != 0) base = atomicAdd(move_count, warp_moves);
-      base = __shfl_sync(0xffffffffu, base, 0);
-      const unsigned below = (1u << lane) - 1u;
-#pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        if (t == 0 && changed[rs]) {
-          const int slot = base + (rs == 0 ? __popc(moved0 & below) : __popc(moved0) + __popc(moved1 & below));
-          moves[slot] = static_cast<unsigned>(warp * 16 + q + 8 * rs) | (static_cast<unsigned>(code[rs]) << 8) |
-                        (static_cast<unsigned>(old[rs] + 1) << 16);
-          move_aug[slot] = xaug[rs];
-        }
-      }
-      __syncthreads();  // the tile's moves are listed
-      const int listed = *move_count;
-      for (int j = threadIdx.x; j < cdim; j += kRoundThreads) {
-        for (int i = 0; i < listed; ++i) {
-          const unsigned e = moves[i];
-          const int to = (e >> 8) & 0xffu;
-          const int from = static_cast<int>(e >> 16) - 1;
-          const double x = j < dsub ? static_cast<double>(rows[(e & 0xffu) * RS + j]) : static_cast<double>(move_aug[i]);
-          block_sum[to * cdim + j] += x;
-          if (from >= 0) block_sum[from * cdim + j] -= x;
-          if (j == 0) {
-            block_count[to] += 1;
-            if (from >= 0) block_count[from] -= 1;
-          }
-        }
-      }
-      __syncthreads();  // every thread has read the list and this buffer (restaged next iteration)
-      if (threadIdx.x == 0) *move_count = 0;  // the next appends come after the next tile's barrier
-      continue;
-    }
 #pragma unroll
     for (int rs = 0; rs < 2; ++rs) {
       unsigned moved = rs == 0 ? moved0 : moved1;
@@ -554,16 +501,6 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     }
     __syncthreads();  // this buffer is restaged next iteration
   }
-  if (block_sums && accumulate) {
-    __syncthreads();  // a block without tiles never passed a barrier since the zeroing
-    // The block's changes join the group's sums (zero changes skipped: the sums start at +0 and
-    // never become −0, so adding ±0 could not change them).
-    double* group_sum = sums + static_cast<int64_t>(g) * C * cdim;
-    for (int e = threadIdx.x; e < C * cdim; e += kRoundThreads)
-      if (block_sum[e] != 0.0) atomicAdd(group_sum + e, block_sum[e]);
-    for (int c = threadIdx.x; c < C; c += kRoundThreads)
-      if (block_count[c] != 0) atomicAdd(counts + g * C + c, static_cast<unsigned>(block_count[c]));
-  }
   if (lane == 0 && stats != nullptr) {
     if (flagged_total != 0u) atomicAdd(stats, flagged_total);
     if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
@@ -575,9 +512,9 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
       const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
       const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
       unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT,      \
-      int mode, int stages, int block_sums) {                                                                      \
+      int mode, int stages) {                                                                                      \
     build_round<KS>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts, stats, n, M, sk, \
-                    D, O, C, cdim, cstride, capacity, NT, mode, stages, block_sums);                               \
+                    D, O, C, cdim, cstride, capacity, NT, mode, stages);                                           \
   }
 PQ_BUILD_ROUND(1)
 PQ_BUILD_ROUND(2)

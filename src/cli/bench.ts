@@ -122,15 +122,8 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/**
- * A/B overrides of the build kernel's choices: PQCACHE_BUILD_STAGES=1|2|3 (staged tile buffers),
- * PQCACHE_BUILD_SUMS=block|global (where a round collects the moves between cluster sums).
- */
+/** PQCACHE_BUILD_STAGES=1|2|3 overrides the build kernel's staged tile buffers (A/B runs). */
 function buildTuningFromEnv(): BuildTuning {
   const stages = Number(process.env.PQCACHE_BUILD_STAGES);
-  const sums = process.env.PQCACHE_BUILD_SUMS;
-  return {
-    ...(stages === 1 || stages === 2 || stages === 3 ? { stages } : {}),
-    ...(sums === 'block' || sums === 'global' ? { sums } : {}),
-  };
+  return stages === 1 || stages === 2 || stages === 3 ? { stages } : {};
 }

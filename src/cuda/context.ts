@@ -17,7 +17,6 @@ const ATTR = {
   ccMajor: 75,
   ccMinor: 76,
   maxSharedPerMultiprocessor: 81,
-  maxRegistersPerMultiprocessor: 82,
   maxSharedPerBlockOptin: 97,
 } as const;
 
@@ -30,7 +29,6 @@ export interface DeviceInfo {
   readonly l2CacheBytes: number;
   readonly maxSharedPerBlockOptin: number;
   readonly maxSharedPerMultiprocessor: number;
-  readonly maxRegistersPerMultiprocessor: number;
   readonly maxThreadsPerBlock: number;
   readonly clockRateKHz: number;
   /** Peak DRAM bandwidth from clock and bus width (a datasheet-style lead, not a measurement). */
@@ -81,7 +79,6 @@ export function queryDevice(ordinal: number): DeviceInfo {
     l2CacheBytes: attr(ATTR.l2CacheBytes),
     maxSharedPerBlockOptin: attr(ATTR.maxSharedPerBlockOptin),
     maxSharedPerMultiprocessor: attr(ATTR.maxSharedPerMultiprocessor),
-    maxRegistersPerMultiprocessor: attr(ATTR.maxRegistersPerMultiprocessor),
     maxThreadsPerBlock: attr(ATTR.maxThreadsPerBlock),
     clockRateKHz: attr(ATTR.clockRateKHz),
     theoreticalBandwidthGBs: (2 * memClock * 1e3 * (busWidth / 8)) / 1e9,

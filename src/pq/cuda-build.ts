@@ -5,7 +5,6 @@
  * gives identical centroids and codes on both backends. One pass over the keys per round: the
  * cluster sums follow the points whose code changed.
  */
-import { ConfigError } from '../errors.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
@@ -41,21 +40,12 @@ export interface BuildStats {
   readonly changedPerRound: readonly number[];
   /** Points per round (all groups). */
   readonly points: number;
-  /** What the round kernel ran with (BuildTuning): staged tile buffers and where sums collect. */
-  readonly stages: number;
-  readonly sums: 'block' | 'global';
 }
 
 /** Benchmark override of the round kernel's choice (default: what fits). */
 export interface BuildTuning {
   /** Staged tile buffers: tiles in flight + 1 (a tile streams in while another is scored). */
   readonly stages?: 1 | 2 | 3;
-  /**
-   * Where a round collects the moves between cluster sums: 'block' (shared memory, added to the
-   * global sums once per block; only when C·cdim doubles fit) or 'global' (a float64 atomic per
-   * coordinate and move).
-   */
-  readonly sums?: 'block' | 'global';
 }
 
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
@@ -70,7 +60,7 @@ function tileStride(ks: number): number {
 
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32'] as const;
 
 /**
@@ -100,23 +90,14 @@ export function buildOnDevice(
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
   const round = mod.kernel(`pq_build_round_k${KS}`);
+  // Per-block sums in shared memory when they fit in a share that keeps ≥ 2 blocks per SM.
   const fixedBytes = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16;
   const tileBytes = TILE_POINTS * tileStride(KS) * 4;
-  const blockSumBytes = C * cdim * 8 + C * 4 + TILE_POINTS * 8 + 16; // sums, counts, the tile's moves
   const dev = CudaContext.primary().device;
-  const fits = (stages: number, blocks: number, sumBytes: number): boolean => {
-    const perBlock = fixedBytes + stages * tileBytes + sumBytes;
-    return blocks * (perBlock + 1024) <= dev.maxSharedPerMultiprocessor && perBlock <= dev.maxSharedPerBlockOptin;
-  };
-  // Blocks per SM the registers allow (the round kernel is latency bound: resident warps first).
-  const regBlocks = Math.max(1, Math.floor(dev.maxRegistersPerMultiprocessor / (Math.ceil(round.attributes().numRegs / 8) * 8 * ROUND_THREADS)));
-  const blocksFor = (stages: number, sumBytes: number): number => [3, 2, 1].find((b) => b <= regBlocks && fits(stages, b, sumBytes)) ?? 0;
-  // Block sums whenever they fit; then the staged tiles (≤ 3) that keep the most blocks per SM.
-  const blockSums = (tuning.sums ?? 'block') === 'block' && blocksFor(tuning.stages ?? 1, blockSumBytes) > 0;
-  if (tuning.sums === 'block' && !blockSums) throw new ConfigError('sums', `block sums that fit in shared memory (${C}·${cdim} doubles)`, 'a table too large');
-  const sumBytes = blockSums ? blockSumBytes : 0;
-  const stages = tuning.stages ?? [3, 2, 1].reduce((best, st) => (blocksFor(st, sumBytes) > blocksFor(best, sumBytes) ? st : best));
-  const roundSmem = fixedBytes + stages * tileBytes + sumBytes;
+  // Staged tiles in flight: as many as fit (≤ 3) while two blocks share an SM, else what fits.
+  const fits = (stages: number, blocks: number): boolean => blocks * (fixedBytes + stages * tileBytes + 1024) <= dev.maxSharedPerMultiprocessor && fixedBytes + stages * tileBytes <= dev.maxSharedPerBlockOptin;
+  const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, 2)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
+  const roundSmem = fixedBytes + stages * tileBytes;
   if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
   const tiles = Math.ceil(n / TILE_POINTS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
@@ -172,7 +153,7 @@ export function buildOnDevice(
       args(ROUND_ARGS).setAll([
         s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
         mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
-        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode, stages, blockSums ? 1 : 0,
+        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode, stages,
       ]);
     const finalize = mod.kernel('pq_build_finalize');
     const finalizeArgs = args(FINALIZE_ARGS);
@@ -195,8 +176,6 @@ export function buildOnDevice(
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
-      stages,
-      sums: blockSums ? 'block' : 'global',
     };
   } finally {
     for (const a of argsList) a.dispose();
