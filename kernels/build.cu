@@ -27,10 +27,10 @@
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
 //   pq_build_init      grid (G), block 256: centroid c of g = point init_index[g, c]; packs.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16 +
-//                      stages*64*RS*4 bytes: block x of group g scores the 64-point tiles x, x + P, ...
-//                      (staged by cp.async, `stages - 1` tiles ahead); warp w the 16 points
-//                      64*tile + 16w ... + 15 (one m16 MMA tile). KS = ceil(cdim/16) (template N),
-//                      RS = tile_stride(KS).
+//                      4*stages*16*RS*4 bytes: warp w of block x of group g scores the 16-point
+//                      tiles (one m16 MMA tile each) 4x + w, 4x + w + 4P, ... on its own, staged by
+//                      cp.async into its own ring, `stages - 1` tiles ahead; no block barrier after
+//                      the prologue. KS = ceil(cdim/16) (template N), RS = tile_stride(KS).
 //   pq_build_finalize  grid (G), block 256: means (fp32 division) or the re-seed; packs.
 // Packed operands of group g (written by init/finalize, read by the round):
 //   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
@@ -45,7 +45,7 @@
 namespace {
 
 constexpr int kRoundThreads = 128;
-constexpr int kTilePoints = 64;  // 4 warps x 16 rows
+constexpr int kWarpPoints = 16;  // one m16 MMA tile: the points a warp scores at once
 
 __device__ __forceinline__ const float* point_row(const float* keys, int g, int p, int M, int sk, int D, int O) {
   const int bkv = g / M;
@@ -357,15 +357,16 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* src, bool
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0));
 }
 
-// Stages the dsub coordinates of the points of `tile` into rows of RS floats (zeros past n), as
-// one cp.async group (empty when tile >= tiles). `group_keys` points at point 0 of the group.
+// Stages the dsub coordinates of the points of warp tile `tile` into rows of RS floats (zeros past
+// n), as one cp.async group of the calling warp (empty when tile >= tiles). `group_keys` points at
+// point 0 of the group; lane i copies 16-byte chunk k of row r where r*chunks + k = i + 32*j.
 __device__ __forceinline__ void stage_tile(float* rows, int RS, const float* group_keys, int D, int tile, int tiles, int n,
                                            int chunks, int r0, int k0, int r_step, int k_step) {
   if (tile < tiles) {
     int r = r0;
     int k = k0;
-    while (r < kTilePoints) {
-      const int p = tile * kTilePoints + r;
+    while (r < kWarpPoints) {
+      const int p = tile * kWarpPoints + r;
       cp_async16(rows + r * RS + 4 * k, group_keys + static_cast<int64_t>(p < n ? p : 0) * D + 4 * k, p < n);
       r += r_step;
       k += k_step;
@@ -388,34 +389,41 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const int CP = NT * 8;
   uint4* frag = smem;
   float* info = reinterpret_cast<float*>(frag + NT * KS * 32);
-  float* tiles_smem = info + ((CP + 1 + 3) / 4) * 4;  // a ring of `stages` buffers of kTilePoints rows
+  float* tiles_smem = info + ((CP + 1 + 3) / 4) * 4;  // per warp, a ring of `stages` buffers of kWarpPoints rows
   const bool accumulate = mode != ROUND_FINAL;
   const int g = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int dsub = D / M;
-  const int tiles = (n + kTilePoints - 1) / kTilePoints;
-  // Copy assignment: thread i copies 16-byte chunk k of row r, r*chunks + k = i + 128*j.
+  // Warp tiles of the group: warp w of block x takes tiles 4x + w, 4x + w + 4P, … on its own (its
+  // own staging ring, no block barrier in the loop: a warp re-scoring a near tie holds up no other).
+  constexpr int kWarps = kRoundThreads / 32;
+  const int tiles = (n + kWarpPoints - 1) / kWarpPoints;
+  const int first_tile = blockIdx.x * kWarps + warp;
+  const int tile_step = gridDim.x * kWarps;
   const int chunks = dsub / 4;
   const int bkv = g / M;
   const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
-  const int r0 = threadIdx.x / chunks;
-  const int k0 = threadIdx.x - r0 * chunks;
-  const int r_step = kRoundThreads / chunks;
-  const int k_step = kRoundThreads - r_step * chunks;
-  for (int s = 0; s + 1 < stages; ++s)
-    stage_tile(tiles_smem + s * kTilePoints * RS, RS, group_keys, D, blockIdx.x + s * gridDim.x, tiles, n, chunks, r0, k0, r_step, k_step);
+  const int r0 = lane / chunks;
+  const int k0 = lane - r0 * chunks;
+  const int r_step = 32 / chunks;
+  const int k_step = 32 - r_step * chunks;
+  float* ring = tiles_smem + warp * stages * kWarpPoints * RS;
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
     for (int e = threadIdx.x; e < NT * KS * 32; e += kRoundThreads) frag[e] = src[e];
     const float* isrc = info_g + static_cast<int64_t>(g) * (CP + 1);
     for (int e = threadIdx.x; e < CP + 1; e += kRoundThreads) info[e] = isrc[e];
     // Columns dsub .. RS-1 of the buffers stay zero (the copies write columns < dsub only).
-    for (int e = threadIdx.x; e < stages * kTilePoints * (RS - dsub); e += kRoundThreads) {
+    for (int e = threadIdx.x; e < kWarps * stages * kWarpPoints * (RS - dsub); e += kRoundThreads) {
       const int r = e / (RS - dsub);
       tiles_smem[r * RS + dsub + (e - r * (RS - dsub))] = 0.0f;
     }
   }
+  for (int s = 0; s + 1 < stages; ++s)
+    stage_tile(ring + s * kWarpPoints * RS, RS, group_keys, D, first_tile + s * tile_step, tiles, n, chunks, r0, k0, r_step, k_step);
+  __syncthreads();  // centroid fragments, info and the zero columns, once
+  const float cmax = info[CP];
   GroupView view;
   view.frag = frag;
   view.half_norm2 = info;
@@ -434,23 +442,23 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   unsigned flagged_total = 0;
   unsigned changed_total = 0;
 
+  view.cmax = cmax;
   int buffer = 0;  // ring slot of `tile`
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buffer = buffer + 1 == stages ? 0 : buffer + 1) {
+  for (int tile = first_tile; tile < tiles; tile += tile_step, buffer = buffer + 1 == stages ? 0 : buffer + 1) {
     // Tile + (stages - 1) steps ahead streams in while this one is scored.
     const int ahead = buffer + stages - 1 >= stages ? buffer - 1 : buffer + stages - 1;
-    stage_tile(tiles_smem + ahead * kTilePoints * RS, RS, group_keys, D, tile + (stages - 1) * gridDim.x, tiles, n, chunks,
-               r0, k0, r_step, k_step);
+    stage_tile(ring + ahead * kWarpPoints * RS, RS, group_keys, D, tile + (stages - 1) * tile_step, tiles, n, chunks, r0,
+               k0, r_step, k_step);
     if (stages >= 3) asm volatile("cp.async.wait_group 2;\n" ::);
     else if (stages == 2) asm volatile("cp.async.wait_group 1;\n" ::);
     else asm volatile("cp.async.wait_group 0;\n" ::);
-    __syncthreads();
-    view.cmax = info[CP];
-    const float* rows = tiles_smem + buffer * kTilePoints * RS;
-    const int pbase = tile * kTilePoints + warp * 16;
+    __syncwarp();  // every lane's copies of this tile are visible to the warp
+    const float* rows = ring + buffer * kWarpPoints * RS;
+    const int pbase = tile * kWarpPoints;
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
-    if (pbase < n) flagged_total += nearest_rows<KS>(view, rows + warp * 16 * RS, pbase, code, valid, xaug);
+    flagged_total += nearest_rows<KS>(view, rows, pbase, code, valid, xaug);
     if (!accumulate) {
       if (index_codes != nullptr && t == 0) {
         const int m = g - bkv * M;
@@ -458,7 +466,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
         for (int rs = 0; rs < 2; ++rs)
           if (valid[rs]) index_codes[(static_cast<int64_t>(bkv) * capacity + O + pbase + q + 8 * rs) * M + m] = static_cast<uint8_t>(code[rs]);
       }
-      __syncthreads();  // this buffer is restaged next iteration
+      __syncwarp();  // this buffer is restaged next iteration
       continue;
     }
     // Codes that changed move their point between the clusters' sums.
@@ -485,7 +493,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
         const int to = __shfl_sync(0xffffffffu, code[rs], src);
         const int from = __shfl_sync(0xffffffffu, old[rs], src);
         const float aug = __shfl_sync(0xffffffffu, xaug[rs], src);
-        const float* xr = rows + (warp * 16 + (src >> 2) + 8 * rs) * RS;
+        const float* xr = rows + ((src >> 2) + 8 * rs) * RS;
         double* to_sum = sums + (static_cast<int64_t>(g) * C + to) * cdim;
         double* from_sum = sums + (static_cast<int64_t>(g) * C + from) * cdim;
         for (int j = lane; j < cdim; j += 32) {
@@ -499,7 +507,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
         }
       }
     }
-    __syncthreads();  // this buffer is restaged next iteration
+    __syncwarp();  // this buffer is restaged next iteration
   }
   if (lane == 0 && stats != nullptr) {
     if (flagged_total != 0u) atomicAdd(stats, flagged_total);
@@ -507,8 +515,10 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   }
 }
 
-#define PQ_BUILD_ROUND(KS)                                                                                          \
-  extern "C" __global__ void __launch_bounds__(kRoundThreads, 2) pq_build_round_k##KS(                                \
+// pq_build_round_kN: register-limited to 3 blocks (12 warps) per SM; pq_build_round_kN_b4 (KS <= 4,
+// at most 128 registers) fits 4 blocks with 2 staged tiles when latency hiding beats the spills.
+#define PQ_BUILD_ROUND(KS, MIN_BLOCKS, NAME)                                                                       \
+  extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
       const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
       unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT,      \
@@ -516,15 +526,19 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     build_round<KS>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts, stats, n, M, sk, \
                     D, O, C, cdim, cstride, capacity, NT, mode, stages);                                           \
   }
-PQ_BUILD_ROUND(1)
-PQ_BUILD_ROUND(2)
-PQ_BUILD_ROUND(3)
-PQ_BUILD_ROUND(4)
-PQ_BUILD_ROUND(5)
-PQ_BUILD_ROUND(6)
-PQ_BUILD_ROUND(7)
-PQ_BUILD_ROUND(8)
-PQ_BUILD_ROUND(9)
+PQ_BUILD_ROUND(1, 2, pq_build_round_k1)
+PQ_BUILD_ROUND(2, 2, pq_build_round_k2)
+PQ_BUILD_ROUND(3, 2, pq_build_round_k3)
+PQ_BUILD_ROUND(4, 2, pq_build_round_k4)
+PQ_BUILD_ROUND(5, 2, pq_build_round_k5)
+PQ_BUILD_ROUND(6, 2, pq_build_round_k6)
+PQ_BUILD_ROUND(7, 2, pq_build_round_k7)
+PQ_BUILD_ROUND(8, 2, pq_build_round_k8)
+PQ_BUILD_ROUND(9, 2, pq_build_round_k9)
+PQ_BUILD_ROUND(1, 4, pq_build_round_k1_b4)
+PQ_BUILD_ROUND(2, 4, pq_build_round_k2_b4)
+PQ_BUILD_ROUND(3, 4, pq_build_round_k3_b4)
+PQ_BUILD_ROUND(4, 4, pq_build_round_k4_b4)
 
 extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float* keys, const float* norms, const float* phi,
                                                                     const double* sums, const unsigned* counts, float* centroids,

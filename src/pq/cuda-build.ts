@@ -40,12 +40,17 @@ export interface BuildStats {
   readonly changedPerRound: readonly number[];
   /** Points per round (all groups). */
   readonly points: number;
+  /** The round kernel and its staged tile buffers. */
+  readonly roundKernel: string;
+  readonly stages: number;
 }
 
 /** Benchmark override of the round kernel's choice (default: what fits). */
 export interface BuildTuning {
-  /** Staged tile buffers: tiles in flight + 1 (a tile streams in while another is scored). */
+  /** Staged tile buffers per warp: tiles in flight + 1 (a tile streams in while another is scored). */
   readonly stages?: 1 | 2 | 3;
+  /** The round kernel limited to 128 registers, so 4 blocks share an SM (KS ≤ 4 only; A/B runs). */
+  readonly fourBlocks?: boolean;
 }
 
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
@@ -89,14 +94,17 @@ export function buildOnDevice(
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
-  const round = mod.kernel(`pq_build_round_k${KS}`);
+  const fourBlocks = tuning.fourBlocks === true && KS <= 4;
+  const round = mod.kernel(`pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`);
   // Per-block sums in shared memory when they fit in a share that keeps ≥ 2 blocks per SM.
   const fixedBytes = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16;
   const tileBytes = TILE_POINTS * tileStride(KS) * 4;
   const dev = CudaContext.primary().device;
-  // Staged tiles in flight: as many as fit (≤ 3) while two blocks share an SM, else what fits.
+  // Staged tiles in flight: as many as fit (≤ 3) while two blocks (four for the _b4 kernel) share
+  // an SM, else what fits.
   const fits = (stages: number, blocks: number): boolean => blocks * (fixedBytes + stages * tileBytes + 1024) <= dev.maxSharedPerMultiprocessor && fixedBytes + stages * tileBytes <= dev.maxSharedPerBlockOptin;
-  const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, 2)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
+  const shared = fourBlocks ? 4 : 2;
+  const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, shared)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
   const roundSmem = fixedBytes + stages * tileBytes;
   if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
   const tiles = Math.ceil(n / TILE_POINTS);
@@ -176,6 +184,8 @@ export function buildOnDevice(
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
+      roundKernel: `pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`,
+      stages,
     };
   } finally {
     for (const a of argsList) a.dispose();

@@ -2,6 +2,10 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { makeLayout } from '../../src/pq/config.js';
 import { buildIndexCpu } from '../../src/pq/cpu-build.js';
+import { CudaContext } from '../../src/cuda/context.js';
+import { DeviceArena, copies } from '../../src/cuda/memory.js';
+import { Stream } from '../../src/cuda/stream.js';
+import { type BuildTuning, buildOnDevice } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
 import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
@@ -18,10 +22,15 @@ function keysFor(c: Case, integer: boolean, seed: number): Float32Array {
   return new Float32Array(c.B * c.Hkv * c.sk * c.D).map(() => (integer ? rng.int(-6, 6) : rng.normal() * 3));
 }
 
-function build(c: Case, keys: Float32Array): { cpu: PQIndexState; gpu: PQIndexState } {
+function layoutOf(c: Case): ReturnType<typeof makeLayout> {
   const shape = { batch: c.B, heads: c.H, kvHeads: c.Hkv, headDim: c.D };
   const config = { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, kmeansIters: c.iters, metric: c.ip ? ('ip' as const) : ('euclidean' as const), sinkSize: 4, windowSize: 4, heavySize: 8, seed: 77 };
-  const layout = makeLayout(shape, config);
+  return makeLayout(shape, config);
+}
+
+function build(c: Case, keys: Float32Array): { cpu: PQIndexState; gpu: PQIndexState } {
+  const layout = layoutOf(c);
+  const { shape, config } = layout;
   const cpu = buildIndexCpu(layout, keys, c.sk, c.sk + 4);
   const cache = new CudaPQCache({ shape, config, capacity: c.sk + 4 });
   try {
@@ -52,6 +61,46 @@ test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1
     assert.deepEqual(gpu.phi, cpu.phi, `phi ${JSON.stringify(c)}`);
     assert.deepEqual(gpu.centroids, cpu.centroids, `centroids ${JSON.stringify(c)}`);
     assert.deepEqual(gpu.codes, cpu.codes, `codes ${JSON.stringify(c)}`);
+  }
+});
+
+test('GPU build: every round-kernel variant (1–3 staged tiles, 3 or 4 blocks per SM) equals the oracle on integer data', { skip }, () => {
+  const seedLike: Case = { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1500, O: 3, ip: false, iters: 4 }; // 4 k-steps, as the seed config
+  for (const c of [CASES[0], CASES[2], seedLike]) {
+    const layout = layoutOf(c);
+    const keys = keysFor(c, true, 21);
+    const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
+    const G = c.B * c.Hkv * c.M;
+    const C = layout.numCentroids;
+    const cdim = layout.centroidDim;
+    const cstride = Math.ceil(cdim / 4) * 4;
+    const capPad = Math.ceil(c.sk / 16) * 16;
+    CudaContext.primary();
+    const stream = new Stream();
+    const target = DeviceArena.allocate({ centroids: G * C * cstride * 4, codes: c.B * c.Hkv * capPad * c.M, phi: G * 4 });
+    try {
+      const tunings: BuildTuning[] = [{ stages: 1 }, { stages: 2 }, { stages: 3 }, { fourBlocks: true, stages: 1 }, { fourBlocks: true }];
+      for (const tuning of tunings) {
+        copies.fill32Async(target.slices.codes, 0xffffffff, target.slices.codes.bytes / 4, stream); // poison: every code is written
+        const t = { centroids: target.slices.centroids, centroidStride: cstride, codes: target.slices.codes, capPad, phi: target.slices.phi };
+        const stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning);
+        const what = `${stats.roundKernel} stages ${stats.stages} ${JSON.stringify(c)}`;
+        if (tuning.stages !== undefined) assert.equal(stats.stages, tuning.stages, what);
+        const cent = new Float32Array(G * C * cstride);
+        const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
+        copies.toHost(cent, target.slices.centroids);
+        copies.toHost(codes, target.slices.codes);
+        for (let g = 0; g < G; g++)
+          for (let k = 0; k < C; k++)
+            for (let j = 0; j < cdim; j++) assert.equal(cent[(g * C + k) * cstride + j], cpu.centroids[(g * C + k) * cdim + j], `centroid ${g}/${k}/${j} ${what}`);
+        for (let bh = 0; bh < c.B * c.Hkv; bh++)
+          for (let p = c.O; p < c.sk; p++)
+            for (let m = 0; m < c.M; m++) assert.equal(codes[(bh * capPad + p) * c.M + m], cpu.codes[codeOffset(layout, c.sk, 0, bh, p) + m], `code ${bh}/${p}/${m} ${what}`);
+      }
+    } finally {
+      target.dispose();
+      stream.dispose();
+    }
   }
 });
 
