@@ -124,12 +124,12 @@ export function runBench(o: BenchCliOptions): number {
 
 /**
  * A/B overrides of the build kernel's choices: PQCACHE_BUILD_STAGES=1|2|3 (staged tile buffers per
- * warp), PQCACHE_BUILD_B4=1 (the round kernel limited to 128 registers, four blocks per SM).
+ * warp), PQCACHE_BUILD_B4=1|0 (the round kernel limited to 128 registers, four blocks per SM, or not).
  */
 function buildTuningFromEnv(): BuildTuning {
   const stages = Number(process.env.PQCACHE_BUILD_STAGES);
   return {
     ...(stages === 1 || stages === 2 || stages === 3 ? { stages } : {}),
-    ...(process.env.PQCACHE_BUILD_B4 === '1' ? { fourBlocks: true } : {}),
+    ...(process.env.PQCACHE_BUILD_B4 === '1' || process.env.PQCACHE_BUILD_B4 === '0' ? { fourBlocks: process.env.PQCACHE_BUILD_B4 === '1' } : {}),
   };
 }

@@ -49,7 +49,10 @@ export interface BuildStats {
 export interface BuildTuning {
   /** Staged tile buffers per warp: tiles in flight + 1 (a tile streams in while another is scored). */
   readonly stages?: 1 | 2 | 3;
-  /** The round kernel limited to 128 registers, so 4 blocks share an SM (KS ≤ 4 only; A/B runs). */
+  /**
+   * The round kernel limited to 128 registers, so 4 blocks share an SM (KS ≤ 4 only; the default
+   * there: 8.6 vs 9.0 ms GPU on the seed build, H100, bench/NOTES.md).
+   */
   readonly fourBlocks?: boolean;
 }
 
@@ -94,7 +97,7 @@ export function buildOnDevice(
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
-  const fourBlocks = tuning.fourBlocks === true && KS <= 4;
+  const fourBlocks = (tuning.fourBlocks ?? true) && KS <= 4;
   const round = mod.kernel(`pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`);
   // Per-block sums in shared memory when they fit in a share that keeps ≥ 2 blocks per SM.
   const fixedBytes = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16;
