@@ -72,7 +72,7 @@ for s in $steps; do
     attsan) run attsan 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --report-api-errors no --target-processes all node --test .device/app/dist/test/gpu/attention.test.js
             run attrace 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --target-processes all node --test .device/app/dist/test/gpu/attention.test.js ;;
     fuzz) run fuzz 560 pqcache fuzz --backend cuda --cases 100000 --seed 2026 ;;
-    soak) run soak 240 pqcache soak --steps 1000000 --interleaved-steps 200000 ;;
+    soak) run soak 240 pqcache soak --steps 1000000 --interleaved-steps 1000000 ;;
     quality) run quality 300 pqcache quality --backend cuda ;;
     report) run report 300 pqcache demo --backend cuda --report "$OUT/report" ;;
     sanall)
