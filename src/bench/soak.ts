@@ -7,6 +7,7 @@
  *   one index:   the seed config, `steps` steps in all;
  *   N indexes:   N caches, each on its own stream, stepped round-robin (interleaved).
  */
+import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { CudaContext } from '../cuda/context.js';
@@ -61,6 +62,15 @@ function sample(step: number, window: ArrayLike<number>): Sample {
     p50: round3(percentile(s, 0.5)),
     p99: round3(percentile(s, 0.99)),
   };
+}
+
+/** The CPUs this process may run on (Linux), e.g. "2-3" under `taskset -c 2,3`: host placement moves p99. */
+function cpusAllowed(): string {
+  try {
+    return /^Cpus_allowed_list:\s*(.*)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
 }
 
 /** Least-squares slope of ys over xs. */
@@ -140,6 +150,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
     wall_us: { median: round3(wall.median), p90: round3(wall.p90), p99: round3(wall.p99) },
     extra: {
       device: CudaContext.primary().device.name,
+      cpus_allowed: cpusAllowed(),
       device_free_mib: { start: windows[0].deviceFreeMiB, end: last.deviceFreeMiB },
       our_device_mib: { start: windows[0].ourDeviceMiB, end: last.ourDeviceMiB },
       rss_mib: { start: first.rssMiB, end: last.rssMiB },
