@@ -27,4 +27,5 @@ for (const f of readdirSync(dir).filter((f) => /^san-.*\.log$/.test(f)).sort()) 
   });
   console.log(`${tool}: ${errors} errors over ${summary.length} processes, tests ${tests} passed / ${failed} failed`);
 }
-mergeIntoRecord(defaultRecordPath('reliability', dev.name), record, record.rows.map((r) => r.impl));
+// Exact names: a run of `memcheck` replaces that row, not `memcheck-build` or `memcheck-row`.
+mergeIntoRecord(defaultRecordPath('reliability', dev.name), record, record.rows.map((r) => r.impl), 'exact');

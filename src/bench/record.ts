@@ -82,16 +82,17 @@ export function latencyRow(
 
 /**
  * Merge rows into the record at `path` (kept rows: those of other producers), so several commands
- * (fuzz, soak, sanitizers) can fill one record; rows whose impl starts with one of `replace` go.
+ * (fuzz, soak, sanitizers) can fill one record; rows whose impl starts with (or, with `exact`, equals)
+ * one of `replace` go.
  */
-export function mergeIntoRecord(path: string, fresh: BenchRecord, replace: readonly string[]): BenchRecord {
+export function mergeIntoRecord(path: string, fresh: BenchRecord, replace: readonly string[], match: 'prefix' | 'exact' = 'prefix'): BenchRecord {
   let rows: RecordRow[] = [];
   let command = fresh.command;
   if (existsSync(path)) {
     const old = JSON.parse(readFileSync(path, 'utf8')) as BenchRecord;
     if (old.device === fresh.device && old.kind === fresh.kind) {
       // Kept rows remember the commit they were measured at.
-      rows = old.rows.filter((r) => !replace.some((p) => r.impl.startsWith(p))).map((r) => ({ ...r, extra: { commit: old.commit, ...r.extra } }));
+      rows = old.rows.filter((r) => !replace.some((p) => (match === 'exact' ? r.impl === p : r.impl.startsWith(p)))).map((r) => ({ ...r, extra: { commit: old.commit, ...r.extra } }));
       if (rows.length > 0) command = old.command.includes(fresh.command) ? old.command : `${old.command} && ${fresh.command}`;
     }
   }
