@@ -14,6 +14,7 @@ import type { Kernel } from '../cuda/module.js';
 import type { Stream } from '../cuda/stream.js';
 import { ConfigError } from '../errors.js';
 import type { CacheShape } from '../pq/config.js';
+import { roundUp } from '../pq/cuda-plan.js';
 import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
@@ -65,10 +66,6 @@ export interface AttendPlan {
   /** Longest row the plan covers (splits · chunk ≥ this). */
   readonly maxLen: number;
   readonly kernel: string;
-}
-
-function roundUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }
 
 /** Most splits per row (kernels/attention.cu MAX_SPLITS). */

@@ -4,10 +4,10 @@
  * plus the quantization error, on keys that bench/torch_build_baseline.py regenerates.
  */
 import { CudaContext } from '../cuda/context.js';
-import { DeviceArena, copies } from '../cuda/memory.js';
+import { copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { type BuildStats, type BuildTuning, buildOnDevice } from '../pq/cuda-build.js';
+import { type BuildStats, type BuildTuning, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
@@ -45,15 +45,13 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
   const keys = benchKeys(c.B * c.Hkv * c.sk * c.D);
   const G = c.B * c.Hkv * c.M;
   const C = layout.numCentroids;
-  const cstride = Math.ceil(layout.centroidDim / 4) * 4;
-  const capPad = Math.ceil(c.sk / 16) * 16;
   CudaContext.primary();
   const stream = new Stream();
   const e0 = new Event();
   const e1 = new Event();
-  const target = DeviceArena.allocate({ centroids: G * C * cstride * 4, codes: c.B * c.Hkv * capPad * c.M, phi: G * 4 });
+  const { arena, target: t } = allocateBuildTarget(layout, c.sk);
+  const { centroidStride: cstride, capPad } = t;
   try {
-    const t = { centroids: target.slices.centroids, centroidStride: cstride, codes: target.slices.codes, capPad, phi: target.slices.phi };
     buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning); // warm-up (module load, first touch)
     const wall: number[] = [];
     const gpu: number[] = [];
@@ -69,8 +67,8 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
     // Quantization error of the last build, on the host (float64 sums).
     const cent = new Float32Array(G * C * cstride);
     const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
-    copies.toHost(cent, target.slices.centroids);
-    copies.toHost(codes, target.slices.codes);
+    copies.toHost(cent, t.centroids);
+    copies.toHost(codes, t.codes);
     const dsub = layout.subDim;
     let err = 0;
     for (let bkv = 0; bkv < c.B * c.Hkv; bkv++) {
@@ -102,7 +100,7 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
       },
     };
   } finally {
-    target.dispose();
+    arena.dispose();
     e0.dispose();
     e1.dispose();
     stream.dispose();

@@ -17,6 +17,7 @@ import { checkSelect } from '../pq/brute-force.js';
 import { CpuPQCache } from '../pq/cache.js';
 import { type Layout, type Metric, makeLayout } from '../pq/config.js';
 import { appendCodesCpu } from '../pq/cpu-build.js';
+import { deviceIndexStrides } from '../pq/cuda-build.js';
 import { CudaPQCache, STEP_PHASES } from '../pq/cuda-cache.js';
 import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
@@ -248,7 +249,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const span = Math.max(0, cache.seqLen - c.W - Math.max(c.O, c.S));
     const bytes =
       B * Hkv * span * M + // codes
-      B * Hkv * M * layout.numCentroids * Math.ceil(layout.centroidDim / 4) * 4 * 4 + // centroids
+      B * Hkv * M * layout.numCentroids * deviceIndexStrides(layout, capacity).centroidStride * 4 + // centroids
       B * H * layout.listCapacity * 4 * 2 + // list read + write
       B * H * (c.S + c.K + c.W) * 4 * 2; // weights cleared + set
     const gbs = bytes / (g.median * 1e-6) / 1e9;

@@ -128,8 +128,9 @@ export function runBench(o: BenchCliOptions): number {
  */
 function buildTuningFromEnv(): BuildTuning {
   const stages = Number(process.env.PQCACHE_BUILD_STAGES);
+  const b4 = process.env.PQCACHE_BUILD_B4;
   return {
     ...(stages === 1 || stages === 2 || stages === 3 ? { stages } : {}),
-    ...(process.env.PQCACHE_BUILD_B4 === '1' || process.env.PQCACHE_BUILD_B4 === '0' ? { fourBlocks: process.env.PQCACHE_BUILD_B4 === '1' } : {}),
+    ...(b4 === '1' || b4 === '0' ? { fourBlocks: b4 === '1' } : {}),
   };
 }

@@ -10,12 +10,14 @@ import { DeviceArena, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import type { Layout } from './config.js';
+import { roundUp } from './cuda-plan.js';
 import { groupId } from './index-state.js';
 import { loadKernels } from './kernels.js';
 import { initialSampleIndices } from './rng.js';
 
 const ROUND_THREADS = 128;
-const TILE_POINTS = 64;
+/** Rows of one staged buffer over a block's warps (4 warps × one 16-point tile each). */
+const STAGE_ROWS = (ROUND_THREADS / 32) * 16;
 /** Round modes of kernels/build.cu (BuildRoundMode). */
 const ROUND_FIRST = 0;
 const ROUND_NEXT = 1;
@@ -30,6 +32,20 @@ export interface DeviceBuildTarget {
   readonly capPad: number;
   /** [G] f32: φ for ip (left 0 for euclidean) */
   readonly phi: DeviceRange;
+}
+
+/** Row strides of the index's device buffers: 16-byte centroid rows, code rows of a multiple of 16 positions. */
+export function deviceIndexStrides(layout: Layout, capacity: number): { readonly centroidStride: number; readonly capPad: number } {
+  return { centroidStride: roundUp(layout.centroidDim, 4), capPad: roundUp(capacity, 16) };
+}
+
+/** A build target of its own (benchmarks, tests): centroids, codes and φ for `capacity` positions. */
+export function allocateBuildTarget(layout: Layout, capacity: number): { readonly target: DeviceBuildTarget; readonly arena: DeviceArena<'centroids' | 'codes' | 'phi'> } {
+  const { centroidStride, capPad } = deviceIndexStrides(layout, capacity);
+  const G = layout.shape.batch * layout.shape.kvHeads * layout.config.pqGroupFactor;
+  const arena = DeviceArena.allocate({ centroids: G * layout.numCentroids * centroidStride * 4, codes: G * capPad, phi: G * 4 });
+  const s = arena.slices;
+  return { arena, target: { centroids: s.centroids, centroidStride, codes: s.codes, capPad, phi: s.phi } };
 }
 
 /** What the assignment passes did, per round (the last entry is the final assignment). */
@@ -98,10 +114,10 @@ export function buildOnDevice(
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
   const fourBlocks = (tuning.fourBlocks ?? true) && KS <= 4;
-  const round = mod.kernel(`pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`);
-  // Per-block sums in shared memory when they fit in a share that keeps ≥ 2 blocks per SM.
+  const roundKernel = `pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`;
+  const round = mod.kernel(roundKernel);
   const fixedBytes = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16;
-  const tileBytes = TILE_POINTS * tileStride(KS) * 4;
+  const tileBytes = STAGE_ROWS * tileStride(KS) * 4;
   const dev = CudaContext.primary().device;
   // Staged tiles in flight: as many as fit (≤ 3) while two blocks (four for the _b4 kernel) share
   // an SM, else what fits.
@@ -110,7 +126,7 @@ export function buildOnDevice(
   const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, shared)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
   const roundSmem = fixedBytes + stages * tileBytes;
   if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
-  const tiles = Math.ceil(n / TILE_POINTS);
+  const tiles = Math.ceil(n / STAGE_ROWS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
   const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
@@ -187,7 +203,7 @@ export function buildOnDevice(
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
-      roundKernel: `pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`,
+      roundKernel,
       stages,
     };
   } finally {

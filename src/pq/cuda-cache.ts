@@ -36,7 +36,7 @@ import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { buildOnDevice, deviceBuildSupported } from './cuda-build.js';
+import { buildOnDevice, deviceBuildSupported, deviceIndexStrides } from './cuda-build.js';
 import {
   type PairsPlan, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice, cudaLayoutProblem, maxSlicesFor, pairTableSize,
   planPairs, planRow, planSelect, selectKernelName, stepPairsKernelName, stepRowKernelName,
@@ -92,10 +92,6 @@ const MAX_STEP_GRAPHS = 32;
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
   | 'candCount' | 'pairCount' | 'readers' | 'sparseList' | 'sparseLen' | 'weights';
-
-function roundUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
 
 export class CudaPQCache implements PQCache {
   readonly backend = 'cuda' as const;
@@ -169,10 +165,9 @@ export class CudaPQCache implements PQCache {
     const C = this.layout.numCentroids;
     const K = this.layout.config.heavySize;
     const rows = B * H;
-    this.capPad = roundUp(this.capacity, 16);
+    ({ capPad: this.capPad, centroidStride: this.centroidStride } = deviceIndexStrides(this.layout, this.capacity));
     this.queryShape = expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
     this.keyShape = expectedShape([B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`);
-    this.centroidStride = roundUp(this.layout.centroidDim, 4);
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
     const general = this.pairs === 0;
     const owned = this.owned;

@@ -52,7 +52,8 @@ export interface SelectPlan {
   readonly maxSeqLen: number;
 }
 
-function roundUp(n: number, a: number): number {
+/** n rounded up to a multiple of a. */
+export function roundUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 

@@ -3,9 +3,9 @@ import test from 'node:test';
 import { makeLayout } from '../../src/pq/config.js';
 import { buildIndexCpu } from '../../src/pq/cpu-build.js';
 import { CudaContext } from '../../src/cuda/context.js';
-import { DeviceArena, copies } from '../../src/cuda/memory.js';
+import { copies } from '../../src/cuda/memory.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { type BuildTuning, buildOnDevice } from '../../src/pq/cuda-build.js';
+import { type BuildTuning, allocateBuildTarget, buildOnDevice } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
 import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
@@ -73,23 +73,21 @@ test('GPU build: every round-kernel variant (1–3 staged tiles, 3 or 4 blocks p
     const G = c.B * c.Hkv * c.M;
     const C = layout.numCentroids;
     const cdim = layout.centroidDim;
-    const cstride = Math.ceil(cdim / 4) * 4;
-    const capPad = Math.ceil(c.sk / 16) * 16;
     CudaContext.primary();
     const stream = new Stream();
-    const target = DeviceArena.allocate({ centroids: G * C * cstride * 4, codes: c.B * c.Hkv * capPad * c.M, phi: G * 4 });
+    const { arena, target: t } = allocateBuildTarget(layout, c.sk);
+    const { centroidStride: cstride, capPad } = t;
     try {
       const tunings: BuildTuning[] = [{ fourBlocks: false, stages: 1 }, { fourBlocks: false, stages: 2 }, { fourBlocks: false, stages: 3 }, { fourBlocks: true, stages: 1 }, {}];
       for (const tuning of tunings) {
-        copies.fill32Async(target.slices.codes, 0xffffffff, target.slices.codes.bytes / 4, stream); // poison: every code is written
-        const t = { centroids: target.slices.centroids, centroidStride: cstride, codes: target.slices.codes, capPad, phi: target.slices.phi };
+        copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
         const stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning);
         const what = `${stats.roundKernel} stages ${stats.stages} ${JSON.stringify(c)}`;
         if (tuning.stages !== undefined) assert.equal(stats.stages, tuning.stages, what);
         const cent = new Float32Array(G * C * cstride);
         const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
-        copies.toHost(cent, target.slices.centroids);
-        copies.toHost(codes, target.slices.codes);
+        copies.toHost(cent, t.centroids);
+        copies.toHost(codes, t.codes);
         for (let g = 0; g < G; g++)
           for (let k = 0; k < C; k++)
             for (let j = 0; j < cdim; j++) assert.equal(cent[(g * C + k) * cstride + j], cpu.centroids[(g * C + k) * cdim + j], `centroid ${g}/${k}/${j} ${what}`);
@@ -98,7 +96,7 @@ test('GPU build: every round-kernel variant (1–3 staged tiles, 3 or 4 blocks p
             for (let m = 0; m < c.M; m++) assert.equal(codes[(bh * capPad + p) * c.M + m], cpu.codes[codeOffset(layout, c.sk, 0, bh, p) + m], `code ${bh}/${p}/${m} ${what}`);
       }
     } finally {
-      target.dispose();
+      arena.dispose();
       stream.dispose();
     }
   }
