@@ -37,7 +37,8 @@
 //     16ks..16ks+15 (zero past C and cdim): {b0 hi, b1 hi, b0 lo, b1 lo} as bf16 pairs;
 //   info[g]: |c|^2/2 for c < NT*8 (+inf past C), then max |c|.
 // Invariants: cdim = dsub + ip <= 129; dsub <= 128 and a multiple of 4 (16-byte rows);
-// C <= 256; NT = ceil(C/8); cstride >= cdim; n >= 1.
+// C <= 256; NT = ceil(C/8) rounded up to a multiple of 8 (whole chunks of 64 centroids; padding
+// centroids have zero fragments and |c|^2/2 = +inf); cstride >= cdim; n >= 1.
 #include <climits>
 
 #include "common.cuh"
@@ -186,35 +187,33 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 }
 
 // Scores x.c - |c|^2/2 of a warp's 16 points with the 64 centroids of n-tiles nt0 .. nt0+7.
+// NT is a multiple of 8 (the host pads it; padding centroids have zero fragments and |c|^2/2 = +inf,
+// so they score -inf): a chunk is always whole, so no mma sits behind a guard (a guarded mma.sync
+// costs a WARPSYNC and scheduling NOPs each, and the compiler cannot interleave them).
 template <int KS>
 __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const uint32_t (&ah)[KS][4], const uint32_t (&al)[KS][4],
-                                             const uint4* frag, const float* half_norm2, int nt0, int NT, int lane) {
+                                             const uint4* frag, const float* half_norm2, int nt0, int lane) {
+  const uint4* chunk_frag = frag + nt0 * KS * 32 + lane;
+  const float* chunk_h = half_norm2 + nt0 * 8 + 2 * (lane & 3);
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      if (nt0 + j < NT) {
-        const uint4 b = frag[((nt0 + j) * KS + ks) * 32 + lane];
-        mma_bf16(acc[j], ah[ks], b.x, b.y);
-        mma_bf16(acc[j], ah[ks], b.z, b.w);
-        mma_bf16(acc[j], al[ks], b.x, b.y);
-      }
+      const uint4 b = chunk_frag[(j * KS + ks) * 32];
+      mma_bf16(acc[j], ah[ks], b.x, b.y);
+      mma_bf16(acc[j], ah[ks], b.z, b.w);
+      mma_bf16(acc[j], al[ks], b.x, b.y);
     }
   }
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    if (nt0 + j < NT) {
-      const float h0 = half_norm2[(nt0 + j) * 8 + 2 * (lane & 3)];
-      const float h1 = half_norm2[(nt0 + j) * 8 + 2 * (lane & 3) + 1];
-      acc[j][0] -= h0;
-      acc[j][1] -= h1;
-      acc[j][2] -= h0;
-      acc[j][3] -= h1;
-    } else {
-      acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = -INFINITY;
-    }
+    const float2 h = *reinterpret_cast<const float2*>(chunk_h + j * 8);
+    acc[j][0] -= h.x;
+    acc[j][1] -= h.y;
+    acc[j][2] -= h.x;
+    acc[j][3] -= h.y;
   }
 }
 
@@ -272,7 +271,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   float acc[8][4];
   float best[2] = {-INFINITY, -INFINITY};
   for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, v.NT, lane);
+    chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, lane);
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -289,7 +288,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   int within[2] = {0, 0};
   int first[2] = {INT_MAX, INT_MAX};
   for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, v.NT, lane);  // one chunk: acc holds it
+    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, lane);  // one chunk: acc holds it
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -317,22 +316,38 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
 
   // Pass C (flagged rows): canonical distances of the centroids within the band; the lowest index
   // among the minimal ones, as the oracle.
+  // The candidates of a chunk go into a bit mask (bit 4j + i: accumulator acc[j][i]) walked by one
+  // rolled loop, so the kernel holds a single copy of the canonical distance: unrolled over the 32
+  // accumulators it was 8,000 of the kernel's 11,600 instructions, and a flagged tile evicted the
+  // hot loop from the instruction cache (ncu: stall_no_instruction 30-40% of the samples).
   float cd[2] = {INFINITY, INFINITY};
   int cc[2] = {INT_MAX, INT_MAX};
   for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, v.NT, lane);
+    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, lane);
+    uint32_t candidates = 0u;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int rs = i >> 1;
         const int c = (nt0 + j) * 8 + 2 * t + (i & 1);
-        if (!flagged[rs] || c >= v.C || acc[j][i] < threshold[rs]) continue;
-        const float d = canonical_distance(rows + (q + 8 * rs) * RS, xaug[rs], v.cent + c * v.cstride, v.dsub, v.cdim);
-        if (d < cd[rs]) {  // c ascends within a lane: ties keep the lower index
-          cd[rs] = d;
-          cc[rs] = c;
-        }
+        if (flagged[rs] && c < v.C && !(acc[j][i] < threshold[rs])) candidates |= 1u << (4 * j + i);
+      }
+    }
+    while (candidates != 0u) {  // ascending bits: for each row, c ascends, so ties keep the lower index
+      const int bit = __ffs(candidates) - 1;
+      candidates &= candidates - 1u;
+      const bool second = (bit & 2) != 0;  // row q + 8 (accumulators 2, 3) or row q (0, 1)
+      const int c = (nt0 + (bit >> 2)) * 8 + 2 * t + (bit & 1);
+      const float d = canonical_distance(rows + (q + (second ? 8 : 0)) * RS, second ? xaug[1] : xaug[0],
+                                         v.cent + c * v.cstride, v.dsub, v.cdim);
+      if (!second && d < cd[0]) {
+        cd[0] = d;
+        cc[0] = c;
+      }
+      if (second && d < cd[1]) {
+        cd[1] = d;
+        cc[1] = c;
       }
     }
   }
@@ -352,26 +367,42 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   return static_cast<unsigned>(__popc(flagged_rows));
 }
 
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* src, bool fill) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0));
+// What one lane copies of every staged tile: 16-byte chunk k of row r for r*chunks + k = lane + 32*i
+// (chunks = dsub/4 per row), walked by fixed steps. The same for every tile, so made once; offsets
+// are 32-bit from the tile's base (the 64-bit address math per copy was ~30 instructions a chunk).
+struct StagePlan {
+  int r0, k0, r_step, k_step, chunks;
+};
+
+__device__ __forceinline__ StagePlan make_stage_plan(int lane, int chunks) {
+  StagePlan s;
+  s.chunks = chunks;
+  s.r0 = lane / chunks;
+  s.k0 = lane - s.r0 * chunks;
+  s.r_step = 32 / chunks;
+  s.k_step = 32 - s.r_step * chunks;
+  return s;
 }
 
 // Stages the dsub coordinates of the points of warp tile `tile` into rows of RS floats (zeros past
 // n), as one cp.async group of the calling warp (empty when tile >= tiles). `group_keys` points at
-// point 0 of the group; lane i copies 16-byte chunk k of row r where r*chunks + k = i + 32*j.
-__device__ __forceinline__ void stage_tile(float* rows, int RS, const float* group_keys, int D, int tile, int tiles, int n,
-                                           int chunks, int r0, int k0, int r_step, int k_step) {
+// point 0 of the group.
+template <int RS>
+__device__ __forceinline__ void stage_tile(float* rows, const StagePlan& s, const float* group_keys, int D, int tile,
+                                           int tiles, int n) {
   if (tile < tiles) {
-    int r = r0;
-    int k = k0;
+    const int valid_rows = min(kWarpPoints, n - tile * kWarpPoints);
+    const float* src = group_keys + static_cast<int64_t>(tile) * kWarpPoints * D;
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(rows));
+    int r = s.r0, k = s.k0;
     while (r < kWarpPoints) {
-      const int p = tile * kWarpPoints + r;
-      cp_async16(rows + r * RS + 4 * k, group_keys + static_cast<int64_t>(p < n ? p : 0) * D + 4 * k, p < n);
-      r += r_step;
-      k += k_step;
-      if (k >= chunks) {
-        k -= chunks;
+      const bool fill = r < valid_rows;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + 4 * (r * RS + 4 * k)),
+                   "l"(src + (fill ? r * D + 4 * k : 0)), "r"(fill ? 16 : 0));
+      r += s.r_step;
+      k += s.k_step;
+      if (k >= s.chunks) {
+        k -= s.chunks;
         r += 1;
       }
     }
@@ -404,10 +435,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const int chunks = dsub / 4;
   const int bkv = g / M;
   const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
-  const int r0 = lane / chunks;
-  const int k0 = lane - r0 * chunks;
-  const int r_step = 32 / chunks;
-  const int k_step = 32 - r_step * chunks;
+  const StagePlan plan = make_stage_plan(lane, chunks);
   float* ring = tiles_smem + warp * stages * kWarpPoints * RS;
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
@@ -421,7 +449,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     }
   }
   for (int s = 0; s + 1 < stages; ++s)
-    stage_tile(ring + s * kWarpPoints * RS, RS, group_keys, D, first_tile + s * tile_step, tiles, n, chunks, r0, k0, r_step, k_step);
+    stage_tile<RS>(ring + s * kWarpPoints * RS, plan, group_keys, D, first_tile + s * tile_step, tiles, n);
   __syncthreads();  // centroid fragments, info and the zero columns, once
   const float cmax = info[CP];
   GroupView view;
@@ -447,8 +475,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   for (int tile = first_tile; tile < tiles; tile += tile_step, buffer = buffer + 1 == stages ? 0 : buffer + 1) {
     // Tile + (stages - 1) steps ahead streams in while this one is scored.
     const int ahead = buffer + stages - 1 >= stages ? buffer - 1 : buffer + stages - 1;
-    stage_tile(ring + ahead * kWarpPoints * RS, RS, group_keys, D, tile + (stages - 1) * tile_step, tiles, n, chunks, r0,
-               k0, r_step, k_step);
+    stage_tile<RS>(ring + ahead * kWarpPoints * RS, plan, group_keys, D, tile + (stages - 1) * tile_step, tiles, n);
     if (stages >= 3) asm volatile("cp.async.wait_group 2;\n" ::);
     else if (stages == 2) asm volatile("cp.async.wait_group 1;\n" ::);
     else asm volatile("cp.async.wait_group 0;\n" ::);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the k-means round kernel spends its time on the seed build config: per-kernel durations
-# of one build, then ncu PC sampling of the first round (all points move) and of the final
-# assignment (no moves), with the hottest SASS lines and their stall reasons.
+# of one build, then ncu PC sampling of the first round (all points move), of round 5 and of the
+# final assignment (no moves), with the hottest SASS lines and their stall reasons.
 #   bash scripts/device-run.sh bash scripts/device-build-hotspots.sh
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"; mkdir -p "$OUT"
@@ -18,14 +18,14 @@ last = max(i for i, (k, _) in enumerate(seq) if k.startswith('pq_build_init'))
 for k, v in seq[last:]: print(f'{k:24s} {v:9.1f} us')
 print(f'{"sum":24s} {sum(v for _, v in seq[last:]):9.1f} us')
 PY
-for which in first final; do
-  skip=$([ $which = first ] && echo 0 || echo 10)
+for spec in first:0 mid:5 final:10; do
+  which=${spec%:*}; skip=${spec#*:}
   ncu --clock-control none --target-processes all -k regex:pq_build_round --launch-skip $skip --launch-count 1 \
     --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy --section SpeedOfLight --import-source no \
     -f -o /tmp/build-$which "${bench[@]}" > "$OUT/ncu-$which.log" 2>&1
   ncu -i /tmp/build-$which.ncu-rep --page details > "$OUT/ncu-details-$which.log" 2>&1
   echo "== $which round"
-  grep -E "Duration|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Issued Warp|Registers|Achieved Occupancy|Theoretical Occupancy|Block Limit" "$OUT/ncu-details-$which.log" | head -16
+  grep -E "Duration|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Issued Warp|Executed Ipc|Registers|Achieved Occupancy|Theoretical Occupancy|Block Limit|Executed Instructions " "$OUT/ncu-details-$which.log" | head -20
   ncu -i /tmp/build-$which.ncu-rep --page source --csv --print-source sass > "$OUT/ncu-sass-$which.csv" 2>&1
   python3 scripts/ncu-hotspots.py "$OUT/ncu-sass-$which.csv" 25
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab sanbuild seedtune rowab baseab sanrow
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait seedtune rowab baseab sanrow
 # attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -52,7 +52,7 @@ for s in $steps; do
         for cli in $(cd /tmp/pqcache-node/bin && ls -d pqcache@* 2>/dev/null); do
           run "bab-${cli#pqcache@}-$i" 120 "$cli" bench --backend cuda --kind build --config seed --json "$OUT/bab-${cli#pqcache@}-$i.json"
         done
-        for v in b3:auto b3:2 b4:auto b4:1; do
+        for v in ${BUILDAB_VARIANTS:-b3:auto b3:2 b4:auto b4:1}; do
           name="bab-new-${v%:*}-s${v#*:}-$i"
           run "$name" 120 env PQCACHE_BUILD_B4="$([ "${v%:*}" = b4 ] && echo 1 || echo 0)" PQCACHE_BUILD_STAGES="${v#*:}" pqcache bench --backend cuda --kind build --config seed --json "$OUT/$name.json"
         done
@@ -64,6 +64,13 @@ for s in $steps; do
       done
       SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (KS 1-9, 3 and 4 blocks per SM, 1-3 staged tiles per warp, 1-4 centroid chunks), init, finalize, norms" \
         node scripts/merge-sanitizer.mjs "$OUT" ;;
+    hostwait) # same-run A/B of the seed config: the driver's host wait mode (PQCACHE_HOST_WAIT) unpinned and pinned to one core
+      for i in 1 2; do for w in auto spin blocking; do for pin in all 2; do
+        name="hw-$w-cpu$pin-$i"
+        if [ $pin = all ]; then run "$name" 120 env PQCACHE_HOST_WAIT=$w pqcache bench --backend cuda --config seed --iters 3000 --json "$OUT/$name.json"
+        else run "$name" 120 env PQCACHE_HOST_WAIT=$w taskset -c $pin pqcache bench --backend cuda --config seed --iters 3000 --json "$OUT/$name.json"; fi
+      done; done; done
+      node scripts/ab-table.mjs "$OUT"/hw-*.json ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     attend) run attend 400 pqcache bench --backend cuda --kind attend --config matrix --iters 200 --warmup 30
             run torchattend 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/attend-*.json | head -1)" ;;

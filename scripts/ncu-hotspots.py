@@ -23,3 +23,6 @@ for r in top:
     reasons = sorted(((num(r[i]), hdr[i]) for i in stall_cols), reverse=True)[:2]
     rs = " ".join(f"{n.replace('smsp__pcsamp_warps_issue_stalled_','')}={v:.0f}" for v, n in reasons if v > 0)
     print(f"{100*num(r[allc])/tot:5.1f}%  {r[0][:8]:>8}  {r[src][:60]:60}  {rs}")
+# Totals per stall reason over every instruction: which wait dominates the kernel as a whole.
+totals = sorted(((sum(num(r[i]) for r in body), hdr[i]) for i in stall_cols), reverse=True)
+print("stall totals:", "  ".join(f"{n.replace('smsp__pcsamp_warps_issue_stalled_', '')}={100 * v / tot:.1f}%" for v, n in totals[:10] if v > 0))

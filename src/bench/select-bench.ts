@@ -26,7 +26,7 @@ import { encodeSafetensors } from '../pq/safetensors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import { type RecordRow, latencyRow } from './record.js';
-import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
+import { type LatencySummary, cpusAllowed, nowUs, round3, summarize } from './stats.js';
 
 export interface SelectBenchConfig {
   readonly B: number;
@@ -266,6 +266,9 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
       host_enqueue_us_median: round3(summarize(enqueue).median),
       device: CudaContext.primary().device.name,
+      // Host placement and the driver's wait mode both move the wall-clock (bench/NOTES.md).
+      cpus_allowed: cpusAllowed(),
+      host_wait: CudaContext.primary().hostWait(),
       mismatches: errors.slice(0, 3),
     };
     return { rows: [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)], plan };

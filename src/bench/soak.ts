@@ -7,7 +7,6 @@
  *   one index:   the seed config, `steps` steps in all;
  *   N indexes:   N caches, each on its own stream, stepped round-robin (interleaved).
  */
-import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { CudaContext } from '../cuda/context.js';
@@ -17,7 +16,7 @@ import { SplitMix32 } from '../pq/rng.js';
 import { deviceTensor } from '../tensor/device-tensor.js';
 import type { RecordRow } from './record.js';
 import { SEED_BENCH, benchLayout, randomState } from './select-bench.js';
-import { nowUs, percentile, round3, summarize } from './stats.js';
+import { cpusAllowed, nowUs, percentile, round3, summarize } from './stats.js';
 
 export interface SoakOptions {
   readonly steps: number;
@@ -62,15 +61,6 @@ function sample(step: number, window: ArrayLike<number>): Sample {
     p50: round3(percentile(s, 0.5)),
     p99: round3(percentile(s, 0.99)),
   };
-}
-
-/** The CPUs this process may run on (Linux), e.g. "2-3" under `taskset -c 2,3`: host placement moves p99. */
-function cpusAllowed(): string {
-  try {
-    return /^Cpus_allowed_list:\s*(.*)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
 }
 
 /** Least-squares slope of ys over xs. */

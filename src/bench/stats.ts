@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /** Latency statistics over many samples: median and tail percentiles (nearest-rank). */
 export interface LatencySummary {
   readonly median: number;
@@ -27,3 +29,13 @@ export function round3(x: number): number {
 export function nowUs(): number {
   return Number(process.hrtime.bigint()) / 1000;
 }
+
+/** The CPUs this process may run on (Linux), e.g. "2-3" under `taskset -c 2,3`: host placement moves p99. */
+export function cpusAllowed(): string {
+  try {
+    return /^Cpus_allowed_list:\s*(.*)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+

@@ -4,7 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { DisposedError } from '../errors.js';
+import { ConfigError, DisposedError } from '../errors.js';
 import { type Handle, check, driver, out, outHandle } from './driver.js';
 
 const ATTR = {
@@ -89,6 +89,23 @@ export function queryDevice(ordinal: number): DeviceInfo {
 
 const contexts = new Map<number, CudaContext>();
 
+/**
+ * How a host thread waits for the GPU in a synchronize (CU_CTX_SCHED_*): the driver's choice
+ * (`auto`), busy-waiting (`spin`: the lowest latency, one core busy while waiting), yielding the core
+ * between polls (`yield`), or sleeping until an interrupt (`blocking`).
+ */
+export type HostWait = 'auto' | 'spin' | 'yield' | 'blocking';
+const SCHED_FLAGS: Record<HostWait, number> = { auto: 0, spin: 1, yield: 2, blocking: 4 };
+const SCHED_MASK = 7;
+
+/** PQCACHE_HOST_WAIT, when set: the wait mode for the primary context (set before its first retain). */
+function hostWaitFromEnv(): HostWait | undefined {
+  const v = process.env.PQCACHE_HOST_WAIT;
+  if (v === undefined || v === '') return undefined;
+  if (v in SCHED_FLAGS) return v as HostWait;
+  throw new ConfigError('PQCACHE_HOST_WAIT', Object.keys(SCHED_FLAGS).join(' | '), v);
+}
+
 export class CudaContext {
   readonly device: DeviceInfo;
   readonly handle: Handle;
@@ -97,6 +114,8 @@ export class CudaContext {
   private constructor(ordinal: number) {
     const d = driver();
     const dev = out('cuDeviceGet', 0, (s) => d.cuDeviceGet(s, ordinal));
+    const wait = hostWaitFromEnv();
+    if (wait !== undefined) check('cuDevicePrimaryCtxSetFlags_v2', d.cuDevicePrimaryCtxSetFlags_v2(dev, SCHED_FLAGS[wait]));
     this.handle = outHandle('cuDevicePrimaryCtxRetain', (s) => d.cuDevicePrimaryCtxRetain(s, dev));
     check('cuCtxSetCurrent', d.cuCtxSetCurrent(this.handle));
     this.device = queryDevice(ordinal);
@@ -112,6 +131,17 @@ export class CudaContext {
       ctx.makeCurrent();
     }
     return ctx;
+  }
+
+  /** How this context's synchronizing calls wait (the primary context's scheduling flags). */
+  hostWait(): HostWait {
+    const d = driver();
+    const dev = out('cuDeviceGet', 0, (s) => d.cuDeviceGet(s, this.device.ordinal));
+    const flags: [number] = [0];
+    const active: [number] = [0];
+    check('cuDevicePrimaryCtxGetState', d.cuDevicePrimaryCtxGetState(dev, flags, active));
+    const bits = flags[0] & SCHED_MASK;
+    return (Object.keys(SCHED_FLAGS) as HostWait[]).find((k) => SCHED_FLAGS[k] === bits) ?? 'auto';
   }
 
   makeCurrent(): void {

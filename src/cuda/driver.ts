@@ -74,6 +74,8 @@ export interface DriverApi {
   cuDeviceTotalMem_v2(bytes: Out<number>, dev: number): number;
   cuDevicePrimaryCtxRetain(ctx: Out<Handle | null>, dev: number): number;
   cuDevicePrimaryCtxRelease_v2(dev: number): number;
+  cuDevicePrimaryCtxSetFlags_v2(dev: number, flags: number): number;
+  cuDevicePrimaryCtxGetState(dev: number, flags: Out<number>, active: Out<number>): number;
   cuCtxSetCurrent(ctx: Handle): number;
   cuCtxSynchronize(): number;
   cuStreamCreate(stream: Out<Handle | null>, flags: number): number;
@@ -136,6 +138,8 @@ const SIGNATURES: Record<keyof DriverApi, string> = {
   cuDeviceTotalMem_v2: 'int cuDeviceTotalMem_v2(_Out_ size_t *bytes, int dev)',
   cuDevicePrimaryCtxRetain: 'int cuDevicePrimaryCtxRetain(_Out_ void **ctx, int dev)',
   cuDevicePrimaryCtxRelease_v2: 'int cuDevicePrimaryCtxRelease_v2(int dev)',
+  cuDevicePrimaryCtxSetFlags_v2: 'int cuDevicePrimaryCtxSetFlags_v2(int dev, unsigned int flags)',
+  cuDevicePrimaryCtxGetState: 'int cuDevicePrimaryCtxGetState(int dev, _Out_ unsigned int *flags, _Out_ int *active)',
   cuCtxSetCurrent: 'int cuCtxSetCurrent(void *ctx)',
   cuCtxSynchronize: 'int cuCtxSynchronize()',
   cuStreamCreate: 'int cuStreamCreate(_Out_ void **stream, unsigned int flags)',

@@ -109,7 +109,9 @@ export function buildOnDevice(
   const cstride = target.centroidStride;
   const G = B * Hkv * M;
   const n = seqLen - O;
-  const NT = Math.ceil(C / 8); // n-tiles of 8 centroids
+  // n-tiles of 8 centroids, padded to whole chunks of 8 n-tiles: the round kernel scores 64 centroids at
+  // a time with no guard on its mma instructions (padding centroids never win).
+  const NT = roundUp(Math.ceil(C / 8), 8);
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
