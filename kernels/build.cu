@@ -232,6 +232,30 @@ struct GroupView {
 // (8-byte, rows q and q + 8) hit 16 distinct 8-byte bank pairs per half-warp.
 __host__ __device__ constexpr int tile_stride(int KS) { return ((KS * 16 - 8 + 31) / 32) * 32 + 8; }
 
+// The mma A fragments (bf16 hi and lo) of the warp's 16 staged rows (rows q and q + 8 of the lane),
+// with the ip coordinate at column ip_col (< 0: none), and this lane's share of each row's |x|^2.
+template <int KS>
+__device__ __forceinline__ void split_rows(const float* rows, int q, int t, int ip_col, const float (&xaug)[2],
+                                           uint32_t (&ah)[KS][4], uint32_t (&al)[KS][4], float (&sq)[2]) {
+  constexpr int RS = tile_stride(KS);
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    const float* x = rows + (q + 8 * rs) * RS;
+    sq[rs] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int col = ks * 16 + half * 8 + 2 * t;
+        float2 p = *reinterpret_cast<const float2*>(x + col);  // zero past dsub
+        if (col == ip_col) p.x = xaug[rs];                     // dsub is even: the ip slot is a .x
+        split_pair(p.x, p.y, ah[ks][half * 2 + rs], al[ks][half * 2 + rs]);
+        sq[rs] = fmaf(p.x, p.x, fmaf(p.y, p.y, sq[rs]));
+      }
+    }
+  }
+}
+
 // Nearest centroid of the warp's 16 staged points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring.
 template <int KS>
@@ -242,30 +266,33 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   const int q = lane >> 2;  // mma row group: rows q and q + 8
   const int t = lane & 3;   // mma column pair
   const bool ip = v.cdim > v.dsub;
-  float half_band[2];
-  uint32_t ah[KS][4];
-  uint32_t al[KS][4];
+  const int ip_col = ip ? v.dsub : -1;
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    const float* x = rows + (q + 8 * rs) * RS;
     valid[rs] = pbase + q + 8 * rs < v.n;
     xaug[rs] = (ip && valid[rs]) ? pq_ip_augment(v.phi, v.norms[static_cast<int64_t>(v.g) * v.n + pbase + q + 8 * rs]) : 0.0f;
-    float sq = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int col = ks * 16 + half * 8 + 2 * t;
-        float2 p = *reinterpret_cast<const float2*>(x + col);  // zero past dsub
-        if (ip && col == v.dsub) p.x = xaug[rs];                 // dsub is even: the ip slot is a .x
-        split_pair(p.x, p.y, ah[ks][half * 2 + rs], al[ks][half * 2 + rs]);
-        sq = fmaf(p.x, p.x, fmaf(p.y, p.y, sq));
-      }
-    }
-    sq += __shfl_xor_sync(0xffffffffu, sq, 1);
-    sq += __shfl_xor_sync(0xffffffffu, sq, 2);
-    half_band[rs] = score_band(__fsqrt_ru(sq), v.cmax);
   }
+  // The fragments live through pass A only: with more than one chunk of centroids, passes B and C
+  // split the rows again (C >= 128 only), so the common case holds 32 fewer registers after pass A.
+  uint32_t ah[KS][4];
+  uint32_t al[KS][4];
+  float sq[2];
+  split_rows<KS>(rows, q, t, ip_col, xaug, ah, al, sq);
+  float half_band[2];
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
+    sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
+    half_band[rs] = score_band(__fsqrt_ru(sq[rs]), v.cmax);
+  }
+  // Scores of chunk nt0 (passes B and C, more than one chunk): the fragments split again.
+  auto rescore_chunk = [&](float (&acc)[8][4], int nt0) {
+    uint32_t bh[KS][4];
+    uint32_t bl[KS][4];
+    float unused[2];
+    split_rows<KS>(rows, q, t, ip_col, xaug, bh, bl, unused);
+    chunk_scores<KS>(acc, bh, bl, v.frag, v.half_norm2, nt0, lane);
+  };
 
   // Pass A: the best score per row.
   float acc[8][4];
@@ -288,7 +315,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   int within[2] = {0, 0};
   int first[2] = {INT_MAX, INT_MAX};
   for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, lane);  // one chunk: acc holds it
+    if (v.NT > 8) rescore_chunk(acc, nt0);  // one chunk: acc holds it
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -323,7 +350,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   float cd[2] = {INFINITY, INFINITY};
   int cc[2] = {INT_MAX, INT_MAX};
   for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    if (v.NT > 8) chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, lane);
+    if (v.NT > 8) rescore_chunk(acc, nt0);
     uint32_t candidates = 0u;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -394,6 +421,17 @@ __device__ __forceinline__ void stage_tile(float* rows, const StagePlan& s, cons
     const int valid_rows = min(kWarpPoints, n - tile * kWarpPoints);
     const float* src = group_keys + static_cast<int64_t>(tile) * kWarpPoints * D;
     const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(rows));
+    if (s.k_step == 0) {  // chunks divides 32 (dsub 4, 8, … 128): each lane copies one column, every r_step-th row
+      const float* col_src = src + 4 * s.k0;
+      const unsigned col_dst = dst + 16 * s.k0;
+      for (int r = s.r0; r < kWarpPoints; r += s.r_step) {
+        const bool fill = r < valid_rows;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(col_dst + 4 * RS * r),
+                     "l"(col_src + (fill ? r * D : 0)), "r"(fill ? 16 : 0));
+      }
+      asm volatile("cp.async.commit_group;\n" ::);
+      return;
+    }
     int r = s.r0, k = s.k0;
     while (r < kWarpPoints) {
       const bool fill = r < valid_rows;
