@@ -78,7 +78,7 @@ for s in $steps; do
           run torchstep 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/step-*.json | head -1)" --iters 50 ;;
     attsan) run attsan 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --report-api-errors no --target-processes all node --test .device/app/dist/test/gpu/attention.test.js
             run attrace 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --target-processes all node --test .device/app/dist/test/gpu/attention.test.js ;;
-    fuzz) run fuzz 560 pqcache fuzz --backend cuda --cases 100000 --seed 2026 ;;
+    fuzz) run fuzz 560 pqcache fuzz --backend cuda --cases "${FUZZ_CASES:-100000}" --seed "${FUZZ_SEED:-2026}" ;;
     soak) # pinned to two cores: a migration of the stepping thread moves p50/p99 by 1.5/6 μs for the rest of a run
       run soak 240 taskset -c 2,3 pqcache soak --steps 1000000 --interleaved-steps 1000000 ;;
     quality) run quality 300 pqcache quality --backend cuda ;;

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Where the seed-config step kernel waits, instruction by instruction (ncu PC sampling), plus the
 # in-kernel phase stamps. Prints the hottest SASS lines with their stall reasons.
-#   bash scripts/device-run.sh bash scripts/device-select-hotspots.sh [cluster | row]
+#   bash scripts/device-run.sh bash scripts/device-select-hotspots.sh [cluster | row | auto] [bench args…]
+# e.g. `… device-select-hotspots.sh auto --batch 8 --sk 131072` (the planned kernel of that config).
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"; mkdir -p "$OUT"
 CL="${1:-8}"
-if [ "$CL" = row ]; then PICK=(--step-kernel row); KREGEX=pq_step_row; else PICK=(--step-kernel cluster --cluster "$CL"); KREGEX=pq_step_pairs; fi
+shift || true
+if [ "$CL" = row ]; then PICK=(--step-kernel row); KREGEX=pq_step_row
+elif [ "$CL" = auto ]; then PICK=("$@"); KREGEX=pq_step
+else PICK=(--step-kernel cluster --cluster "$CL" "$@"); KREGEX=pq_step_pairs; fi
 pqcache bench --backend cuda --config seed "${PICK[@]}" --phases --iters 200 --json /tmp/phases.json > "$OUT/phases.log" 2>&1
 grep -A14 "^phases" "$OUT/phases.log"
 ncu --clock-control none --target-processes all -k "regex:$KREGEX" --launch-skip 30 --launch-count 1 \

@@ -6,7 +6,8 @@
 #                     production node_modules (+ fast-check for tests)
 #   .device/app/bases/<sha>/  with BASE="<commit> …": each commit's dist/ and select/append/runtime/build
 #                     kernels, for same-run A/B of `bench --kind select|runtime` (`pqcache@<sha>` on
-#                     the device; they share app/node_modules)
+#                     the device; they share app/node_modules); BASE_KERNELS="select build" packs only those
+#                     kernel families of each base (a build A/B of several bases within the budget; the CLI probes select)
 #   .device/COMMIT    the commit the build came from
 # The node download and the sm_90 kernel builds are cached in .device-cache/ so repacking is quick.
 set -euo pipefail
@@ -44,7 +45,8 @@ for b in ${BASE:-}; do
   mkdir -p "$dst/kernels/dist"
   cp -r "$src/dist" "$dst/dist"
   cp "$src/package.json" "$dst/"
-  cp "$src"/kernels/dist/{select,select_pairs,select_row,append,runtime,build}.fatbin "$dst/kernels/dist/"  # what `bench --kind select|runtime|build` loads
+  # what `bench --kind select|runtime|build` loads (BASE_KERNELS="select build": a build A/B of several bases)
+  for k in ${BASE_KERNELS:-select select_pairs select_row append runtime build}; do cp "$src/kernels/dist/$k.fatbin" "$dst/kernels/dist/"; done
 done
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records

@@ -9,12 +9,16 @@ import type { BuildTuning } from '../pq/cuda-build.js';
 import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import { attendMatrix, benchAttendCuda, benchStepCuda, stepMatrix } from '../bench/attend-bench.js';
 import { decideBackend } from '../pq/backend.js';
+import { ConfigError } from '../errors.js';
 import { table } from './format.js';
 
 export interface BenchCliOptions {
   readonly backend: 'cpu' | 'cuda';
   readonly kind: 'select' | 'runtime' | 'build' | 'attend' | 'step';
   readonly config: 'seed' | 'matrix';
+  /** With config 'seed' (select): that config with another batch size and/or key count. */
+  readonly batch?: number;
+  readonly sk?: number;
   readonly json?: string;
   readonly iters: number;
   readonly warmup: number;
@@ -52,6 +56,9 @@ function printSelect(rows: readonly RecordRow[]): void {
 }
 
 export function runBench(o: BenchCliOptions): number {
+  if ((o.batch !== undefined || o.sk !== undefined) && (o.kind !== 'select' || o.config !== 'seed')) {
+    throw new ConfigError('--batch / --sk', 'with --kind select --config seed', `--kind ${o.kind} --config ${o.config}`);
+  }
   const decision = decideBackend(o.backend);
   let record: BenchRecord;
   if (decision.backend === 'cpu') {
@@ -99,7 +106,8 @@ export function runBench(o: BenchCliOptions): number {
       const stream = new Stream();
       const copyGBs = measureCopyBandwidth(stream, 1 << 30);
       stream.dispose();
-      const configs = o.config === 'seed' ? [SEED_BENCH] : selectMatrix();
+      const seed: SelectBenchConfig = { ...SEED_BENCH, ...(o.batch !== undefined ? { B: o.batch } : {}), ...(o.sk !== undefined ? { sk: o.sk } : {}) };
+      const configs = o.config === 'seed' ? [seed] : selectMatrix();
       for (const c of configs) {
         const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, phases: o.phases, dumpDir: o.dumpDir }, copyGBs);
         record.rows.push(...r.rows);

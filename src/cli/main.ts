@@ -104,9 +104,11 @@ program
   .option('--phases', 'pair path: also report in-kernel phase timing')
   .option('--dump-dir <dir>', 'write each config\'s inputs as safetensors (for bench/torch_select_baseline.py)')
   .option('--layers <n>', 'step: layers per token', int('layers', 1), 32)
+  .option('--batch <n>', 'select, --config seed: the seed config with this batch size', int('batch', 1))
+  .option('--sk <n>', 'select, --config seed: the seed config with this many cached keys', int('sk', 1024))
   .action((o) => {
     process.exitCode = runBench({
-      backend: o.backend, kind: o.kind, config: o.config, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, phases: o.phases === true, dumpDir: o.dumpDir, layers: o.layers,
+      backend: o.backend, kind: o.kind, config: o.config, batch: o.batch, sk: o.sk, json: o.json, iters: o.iters, warmup: o.warmup, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, phases: o.phases === true, dumpDir: o.dumpDir, layers: o.layers,
       command: `pqcache ${process.argv.slice(2).join(' ')}`,
     });
   });
