@@ -411,6 +411,11 @@ __device__ __forceinline__ StagePlan make_stage_plan(int lane, int chunks) {
   return s;
 }
 
+// One 16-byte cp.async into shared address `dst`; zeros instead of `src` when !fill.
+__device__ __forceinline__ void cp_async16(unsigned dst, const float* src, bool fill) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0));
+}
+
 // Stages the dsub coordinates of the points of warp tile `tile` into rows of RS floats (zeros past
 // n), as one cp.async group of the calling warp (empty when tile >= tiles). `group_keys` points at
 // point 0 of the group.
@@ -424,24 +429,17 @@ __device__ __forceinline__ void stage_tile(float* rows, const StagePlan& s, cons
     if (s.k_step == 0) {  // chunks divides 32 (dsub 4, 8, … 128): each lane copies one column, every r_step-th row
       const float* col_src = src + 4 * s.k0;
       const unsigned col_dst = dst + 16 * s.k0;
-      for (int r = s.r0; r < kWarpPoints; r += s.r_step) {
-        const bool fill = r < valid_rows;
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(col_dst + 4 * RS * r),
-                     "l"(col_src + (fill ? r * D : 0)), "r"(fill ? 16 : 0));
-      }
-      asm volatile("cp.async.commit_group;\n" ::);
-      return;
-    }
-    int r = s.r0, k = s.k0;
-    while (r < kWarpPoints) {
-      const bool fill = r < valid_rows;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + 4 * (r * RS + 4 * k)),
-                   "l"(src + (fill ? r * D + 4 * k : 0)), "r"(fill ? 16 : 0));
-      r += s.r_step;
-      k += s.k_step;
-      if (k >= s.chunks) {
-        k -= s.chunks;
-        r += 1;
+      for (int r = s.r0; r < kWarpPoints; r += s.r_step)
+        cp_async16(col_dst + 4 * RS * r, col_src + (r < valid_rows ? r * D : 0), r < valid_rows);
+    } else {
+      for (int r = s.r0, k = s.k0; r < kWarpPoints;) {
+        cp_async16(dst + 4 * (r * RS + 4 * k), src + (r < valid_rows ? r * D + 4 * k : 0), r < valid_rows);
+        r += s.r_step;
+        k += s.k_step;
+        if (k >= s.chunks) {
+          k -= s.chunks;
+          r += 1;
+        }
       }
     }
   }
@@ -593,7 +591,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
 
 // pq_build_round_kN: register-limited to 3 blocks (12 warps) per SM; pq_build_round_kN_b4 (KS <= 4,
 // at most 128 registers) fits 4 blocks with 2 staged tiles: the host's default there, as the round
-// is latency bound (k4_b4 spills 28 bytes and is still 5% faster on the seed build).
+// is latency bound (k4_b4 spills 48 bytes and is still 3% faster on the seed build: 4.95 vs 5.12 ms).
 #define PQ_BUILD_ROUND(KS, MIN_BLOCKS, NAME)                                                                       \
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \

@@ -38,4 +38,3 @@ export function cpusAllowed(): string {
     return 'unknown';
   }
 }
-

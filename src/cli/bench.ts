@@ -106,8 +106,8 @@ export function runBench(o: BenchCliOptions): number {
       const stream = new Stream();
       const copyGBs = measureCopyBandwidth(stream, 1 << 30);
       stream.dispose();
-      const seed: SelectBenchConfig = { ...SEED_BENCH, ...(o.batch !== undefined ? { B: o.batch } : {}), ...(o.sk !== undefined ? { sk: o.sk } : {}) };
-      const configs = o.config === 'seed' ? [seed] : selectMatrix();
+      const reshaped: SelectBenchConfig = { ...SEED_BENCH, ...(o.batch !== undefined ? { B: o.batch } : {}), ...(o.sk !== undefined ? { sk: o.sk } : {}) };
+      const configs = o.config === 'seed' ? [reshaped] : selectMatrix();
       for (const c of configs) {
         const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, phases: o.phases, dumpDir: o.dumpDir }, copyGBs);
         record.rows.push(...r.rows);

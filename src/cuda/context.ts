@@ -109,11 +109,13 @@ function hostWaitFromEnv(): HostWait | undefined {
 export class CudaContext {
   readonly device: DeviceInfo;
   readonly handle: Handle;
+  private readonly dev: number;  // the driver's device handle (CUdevice)
   private released = false;
 
   private constructor(ordinal: number) {
     const d = driver();
     const dev = out('cuDeviceGet', 0, (s) => d.cuDeviceGet(s, ordinal));
+    this.dev = dev;
     const wait = hostWaitFromEnv();
     if (wait !== undefined) check('cuDevicePrimaryCtxSetFlags_v2', d.cuDevicePrimaryCtxSetFlags_v2(dev, SCHED_FLAGS[wait]));
     this.handle = outHandle('cuDevicePrimaryCtxRetain', (s) => d.cuDevicePrimaryCtxRetain(s, dev));
@@ -135,11 +137,9 @@ export class CudaContext {
 
   /** How this context's synchronizing calls wait (the primary context's scheduling flags). */
   hostWait(): HostWait {
-    const d = driver();
-    const dev = out('cuDeviceGet', 0, (s) => d.cuDeviceGet(s, this.device.ordinal));
     const flags: [number] = [0];
     const active: [number] = [0];
-    check('cuDevicePrimaryCtxGetState', d.cuDevicePrimaryCtxGetState(dev, flags, active));
+    check('cuDevicePrimaryCtxGetState', driver().cuDevicePrimaryCtxGetState(this.dev, flags, active));
     const bits = flags[0] & SCHED_MASK;
     return (Object.keys(SCHED_FLAGS) as HostWait[]).find((k) => SCHED_FLAGS[k] === bits) ?? 'auto';
   }

@@ -67,7 +67,7 @@ export interface BuildTuning {
   readonly stages?: 1 | 2 | 3;
   /**
    * The round kernel limited to 128 registers, so 4 blocks share an SM (KS ≤ 4 only; the default
-   * there: 8.6 vs 9.0 ms GPU on the seed build, H100, bench/NOTES.md).
+   * there: 4.95 vs 5.12 ms GPU on the seed build, H100, bench/NOTES.md session 8).
    */
   readonly fourBlocks?: boolean;
 }
