@@ -109,6 +109,11 @@ struct PhaseStamps {
   }
   __device__ __forceinline__ void operator()(int k) const {
     if (slots != nullptr && threadIdx.x == 0) slots[k] = clock64();
+#ifdef PQ_DIAG_EXIT_PHASE
+    // Diagnostic builds only (scripts/pack-device.sh DIAG_EXIT): every thread exits at this phase,
+    // so the step's event time up to each phase can be measured. Never in a shipped fatbin.
+    if (k == PQ_DIAG_EXIT_PHASE) asm volatile("exit;");
+#endif
   }
   // The block's end: PH_END and the global timer.
   __device__ __forceinline__ void finish() const {

@@ -48,6 +48,19 @@ for b in ${BASE:-}; do
   # what `bench --kind select|runtime|build` loads (BASE_KERNELS="select build": a build A/B of several bases)
   for k in ${BASE_KERNELS:-select select_pairs select_row append runtime build}; do cp "$src/kernels/dist/$k.fatbin" "$dst/kernels/dist/"; done
 done
+# DIAG_EXIT="0 9 1 …": select_row builds whose threads all exit at that phase (select_common.cuh
+# PQ_DIAG_EXIT_PHASE; enum Phase numbers), xz-packed into .device/diag-exit.tar.xz for
+# `device-check.sh exitcurve` (the step's event time up to each phase). Diagnostic only.
+if [ -n "${DIAG_EXIT:-}" ]; then
+  rm -rf .device-cache/diag-exit && mkdir -p .device-cache/diag-exit
+  for ph in $DIAG_EXIT; do
+    mkdir -p ".device-cache/diag-exit/exit-$ph"
+    (cd kernels && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 -DPQ_DIAG_EXIT_PHASE="$ph" \
+      -o "../.device-cache/diag-exit/exit-$ph/select_row.fatbin" select_row.cu) &
+  done
+  wait
+  tar -C .device-cache -cJf .device/diag-exit.tar.xz diag-exit
+fi
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records
 # Production dependencies (npm ls --omit=dev) plus fast-check (the GPU tests use it), without the
