@@ -28,9 +28,16 @@ def summary(xs):
     return {"median": round(pct(xs, 0.5), 3), "p90": round(pct(xs, 0.9), 3), "p99": round(pct(xs, 0.99), 3)}
 
 
-def time_calls(fn, iters, warmup):
+# The GPU's clock for torch.cuda._sleep's cycle count: over-estimated, so a spin never ends early.
+SPIN_CYCLES_PER_US = 2100
+
+
+def time_calls(fn, iters, warmup, idle=None):
     """Warm up; per-call wall-clock (perf_counter around call + synchronize); then CUDA events in a
-    separate loop. Returns the two lists of microseconds."""
+    separate loop, with the stream kept busy ahead of each call (torch.cuda._sleep for longer than
+    the call takes on the host) so the events time the device alone, as pqcache's bench does
+    (src/bench/busy-queue.ts). Returns the two lists of microseconds; with `idle` (a list), also
+    appends the events' reading on an idle stream (host enqueue included) to it."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -40,15 +47,24 @@ def time_calls(fn, iters, warmup):
         fn()
         torch.cuda.synchronize()
         wall.append((time.perf_counter() - t0) * 1e6)
+    spin = int(SPIN_CYCLES_PER_US * max(50.0, 2 * pct(wall, 0.9)))
     e0 = torch.cuda.Event(enable_timing=True)
     e1 = torch.cuda.Event(enable_timing=True)
     gpu = []
     for _ in range(iters):
+        torch.cuda._sleep(spin)
         e0.record()
         fn()
         e1.record()
         e1.synchronize()
         gpu.append(e0.elapsed_time(e1) * 1000)
+    if idle is not None:
+        for _ in range(iters):
+            e0.record()
+            fn()
+            e1.record()
+            e1.synchronize()
+            idle.append(e0.elapsed_time(e1) * 1000)
     return wall, gpu
 
 

@@ -10,7 +10,8 @@ Shapes are static (the codes buffer has the index's capacity; sk lives in a devi
 what makes the graph capture possible; eager runs exactly the same kernels.
 
 Timing as in pqcache: warm-up, then per-call wall-clock (perf_counter around call + synchronize) and,
-in a separate loop, CUDA events; medians and tails. Rows are merged into the pqcache record (--record),
+in a separate loop, CUDA events with the stream kept busy ahead (and, recorded too, on an idle stream);
+medians and tails. Rows are merged into the pqcache record (--record),
 and each pqcache row gains the speed-up over both baselines.
 """
 import argparse
@@ -111,9 +112,12 @@ def bench_file(path, iters, warmup, dev):
 
         if seq_len + warmup + 2 * iters + 8 > st.cap:
             raise SystemExit(f"{path}: capacity {st.cap} too small for {warmup + 2 * iters} appends")
-        wall, gpu = time_calls(call, iters, warmup)
+        idle = []
+        wall, gpu = time_calls(call, iters, warmup, idle)
         rows.append({"impl": impl, "config": cfg, "wall_us": summary(wall), "gpu_us": summary(gpu),
-                     "extra": {"note": "same inputs as pqcache-cuda; torch.topk tie order is unspecified, so not checked against the oracle"}})
+                     "extra": {"note": "same inputs as pqcache-cuda; torch.topk tie order is unspecified, so not checked against the oracle",
+                               "gpu_method": "CUDA events, stream kept busy ahead (torch.cuda._sleep; host enqueue outside)",
+                               "gpu_idle_queue_us": summary(idle)}})
         print(f"{impl:12s} B={cfg['B']} sk={cfg['sk']}: wall {rows[-1]['wall_us']['median']} us, gpu {rows[-1]['gpu_us']['median']} us", flush=True)
     return cfg, rows
 

@@ -206,3 +206,10 @@ __device__ __forceinline__ int pq_block_sum(int v, int* scratch) {
   __syncthreads();
   return s;
 }
+
+// Global timer (ns): the phase stamps of `bench --phases`, and pq_spin_ns.
+__device__ __forceinline__ long long pq_global_timer_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}

@@ -46,3 +46,11 @@ extern "C" __global__ void pq_fill_hash(void* out, int dtype, long long n, unsig
     else static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16_rn(v);
   }
 }
+
+// Keeps the stream busy for `ns` nanoseconds (one thread spinning on the global timer), so that
+// work enqueued behind it is already submitted when the GPU reaches it: CUDA events around that
+// work then time the device alone, not the host's enqueue (src/bench/busy-queue.ts). Launch: 1×1.
+extern "C" __global__ void pq_spin_ns(long long ns) {
+  const long long start = pq_global_timer_ns();
+  while (pq_global_timer_ns() - start < ns) __nanosleep(1000);
+}

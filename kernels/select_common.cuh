@@ -82,13 +82,6 @@ __device__ __forceinline__ void pq_lut_row_range(const float* row, int C, float&
   pq_warp_minmax(mn, mx);
 }
 
-// Global timer (ns) for the phase stamps of `bench --phases`.
-__device__ __forceinline__ long long pq_global_timer_ns() {
-  long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
 // Phase stamps (clock64) of the step kernels for `bench --phases` (src/pq/cuda-cache.ts STEP_PHASES):
 // slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k]; slots 14 and 15 hold the block's
 // start and end on the global timer (ns). Slots 9–11 (row kernel) split the first phase: loads

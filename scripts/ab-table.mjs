@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 
 const f = (x) => (typeof x === 'number' ? x.toFixed(2) : '-').padStart(7);
-console.log('record'.padEnd(22), 'commit'.padEnd(18), 'wall med', '    p90', '    p99', ' gpu med', '    p90', 'enqueue');
+console.log('record'.padEnd(22), 'commit'.padEnd(18), 'wall med', '    p90', '    p99', ' gpu med', '    p90', ' idle-q', 'enqueue');
 for (const file of process.argv.slice(2)) {
   let rec;
   try {
@@ -22,5 +22,5 @@ for (const file of process.argv.slice(2)) {
   }
   const w = row.wall_us ?? {};
   const g = row.gpu_us ?? {};
-  console.log(basename(file).padEnd(22), String(rec.commit ?? '?').slice(0, 18).padEnd(18), f(w.median), f(w.p90), f(w.p99), f(g.median), f(g.p90), f(row.extra?.host_enqueue_us_median));
+  console.log(basename(file).padEnd(22), String(rec.commit ?? '?').slice(0, 18).padEnd(18), f(w.median), f(w.p90), f(w.p99), f(g.median), f(g.p90), f(row.extra?.gpu_idle_queue_us?.median), f(row.extra?.host_enqueue_us_median));
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve seedtune rowab baseab sanrow
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab baseab sanrow
 # attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -71,17 +71,19 @@ for s in $steps; do
         else run "$name" 120 env PQCACHE_HOST_WAIT=$w taskset -c $pin pqcache bench --backend cuda --config seed --iters 3000 --json "$OUT/$name.json"; fi
       done; done; done
       node scripts/ab-table.mjs "$OUT"/hw-*.json ;;
-    exitcurve) # the seed step's event/wall time when every select thread exits at phase N (pack with DIAG_EXIT)
-      rm -rf /tmp/diag-exit && tar -C /tmp -xJf .device/diag-exit.tar.xz
-      for d in /tmp/diag-exit/exit-*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
-      for i in 1 2; do
-        run "exit-full-$i" 120 pqcache bench --backend cuda --config seed --sk "${EXIT_SK:-20000}" --iters 3000 --json "$OUT/exit-full-$i.json"
-        for d in /tmp/diag-exit/exit-*; do
-          name="$(basename "$d")-$i"
-          run "$name" 120 env PQCACHE_KERNELS_DIR="$d" pqcache bench --backend cuda --config seed --sk "${EXIT_SK:-20000}" --iters 3000 --json "$OUT/$name.json"
+    exitcurve|rowvar) # same-run A/B of the seed step: this build against the packed row-kernel variants
+      # (pack with ROW_BASE / DIAG_EXIT); exitcurve: the exit-<phase> ones, rowvar: the base-<sha> ones
+      rm -rf /tmp/variants && tar -C /tmp -xJf .device/variants.tar.xz
+      for d in /tmp/variants/*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
+      if [ $s = exitcurve ]; then pat=exit-; else pat=base-; fi
+      for i in 1 2 3; do
+        run "$s-this-$i" 120 pqcache bench --backend cuda --config seed --sk "${VAR_SK:-20000}" --iters 3000 --json "$OUT/$s-this-$i.json"
+        for d in /tmp/variants/$pat*; do
+          name="$s-$(basename "$d")-$i"
+          run "$name" 120 env PQCACHE_KERNELS_DIR="$d" pqcache bench --backend cuda --config seed --sk "${VAR_SK:-20000}" --iters 3000 --json "$OUT/$name.json"
         done
       done
-      node scripts/ab-table.mjs "$OUT"/exit-*.json ;;
+      node scripts/ab-table.mjs "$OUT"/$s-*.json ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     attend) run attend 400 pqcache bench --backend cuda --kind attend --config matrix --iters 200 --warmup 30
             run torchattend 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/attend-*.json | head -1)" ;;

@@ -48,18 +48,27 @@ for b in ${BASE:-}; do
   # what `bench --kind select|runtime|build` loads (BASE_KERNELS="select build": a build A/B of several bases)
   for k in ${BASE_KERNELS:-select select_pairs select_row append runtime build}; do cp "$src/kernels/dist/$k.fatbin" "$dst/kernels/dist/"; done
 done
-# DIAG_EXIT="0 9 1 …": select_row builds whose threads all exit at that phase (select_common.cuh
-# PQ_DIAG_EXIT_PHASE; enum Phase numbers), xz-packed into .device/diag-exit.tar.xz for
-# `device-check.sh exitcurve` (the step's event time up to each phase). Diagnostic only.
-if [ -n "${DIAG_EXIT:-}" ]; then
-  rm -rf .device-cache/diag-exit && mkdir -p .device-cache/diag-exit
-  for ph in $DIAG_EXIT; do
-    mkdir -p ".device-cache/diag-exit/exit-$ph"
+# Row step kernel variants for same-run A/Bs with this build's host code, xz-packed into
+# .device/variants.tar.xz (each a select_row.fatbin; `device-check.sh rowvar|exitcurve`):
+#   ROW_BASE="<commit> …"  variant base-<sha>: that commit's kernels/select_row.cu and headers
+#   DIAG_EXIT="0 9 1 …"    variant exit-<N>: these sources with every select thread exiting at phase
+#                          N (select_common.cuh PQ_DIAG_EXIT_PHASE, enum Phase numbers). Diagnostic only.
+if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}" ]; then
+  v=.device-cache/variants && rm -rf "$v" && mkdir -p "$v"
+  for b in ${ROW_BASE:-}; do
+    sha=$(git rev-parse --short "$b")
+    mkdir -p "$v/src-$sha" "$v/base-$sha" && git archive "$sha" kernels | tar -x -C "$v/src-$sha"
+    (cd "$v/src-$sha/kernels" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 \
+      -o "../../base-$sha/select_row.fatbin" select_row.cu) &
+  done
+  for ph in ${DIAG_EXIT:-}; do
+    mkdir -p "$v/exit-$ph"
     (cd kernels && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 -DPQ_DIAG_EXIT_PHASE="$ph" \
-      -o "../.device-cache/diag-exit/exit-$ph/select_row.fatbin" select_row.cu) &
+      -o "../$v/exit-$ph/select_row.fatbin" select_row.cu) &
   done
   wait
-  tar -C .device-cache -cJf .device/diag-exit.tar.xz diag-exit
+  rm -rf "$v"/src-*
+  tar -C .device-cache -cJf .device/variants.tar.xz variants
 fi
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records

@@ -4,8 +4,10 @@
  *
  * Wall-clock: host clock from the call to the result being ready (stream synchronized for CUDA,
  * arrays returned for the CPU), no events in that loop. GPU time: CUDA events around the same
- * call in a separate loop. Inputs rotate over several query/key sets so no call hits a cache
- * that a real decode step would miss.
+ * call in a separate loop, with the stream kept busy ahead of it (busy-queue.ts) so the host's
+ * enqueue stays outside; the events on an idle stream (host included) are recorded as well.
+ * Inputs rotate over several query/key sets so no call hits a cache that a real decode step
+ * would miss.
  */
 import { randomFillSync } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -25,6 +27,7 @@ import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
+import { BUSY_QUEUE_NS, BusyQueue } from './busy-queue.js';
 import { type RecordRow, latencyRow } from './record.js';
 import { type LatencySummary, cpusAllowed, nowUs, round3, summarize } from './stats.js';
 
@@ -190,6 +193,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const arena = DeviceArena.allocate({ q: qBytes * sets, k: kBytes * sets });
   const ev0 = new Event();
   const ev1 = new Event();
+  const busy = new BusyQueue();
   try {
     cache.uploadState(state);
     for (let i = 0; i < sets; i++) {
@@ -220,11 +224,21 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     }
     const gpu: number[] = [];
     for (let i = 0; i < o.iters; i++) {
+      busy.fill(cache.stream);
       ev0.record(cache.stream);
       cache.step(qDev[i % sets], kDev[i % sets]);
       ev1.record(cache.stream);
       ev1.synchronize();
       gpu.push(ev1.elapsedSince(ev0) * 1000);
+    }
+    // The same events on an idle stream: the first completes at once, so the host's enqueue is in.
+    const gpuIdle: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      ev0.record(cache.stream);
+      cache.step(qDev[i % sets], kDev[i % sets]);
+      ev1.record(cache.stream);
+      ev1.synchronize();
+      gpuIdle.push(ev1.elapsedSince(ev0) * 1000);
     }
     // The host's share: step() from call to return (checks, graph lookup, cuGraphLaunch), no wait.
     const enqueue: number[] = [];
@@ -244,6 +258,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       wallHost.push(nowUs() - t0);
     }
     const g = summarize(gpu);
+    const gi = summarize(gpuIdle);
+    const idle = { median: round3(gi.median), p90: round3(gi.p90), p99: round3(gi.p99) };
     const plan = cache.planFor(cache.seqLen);
     const M = c.M;
     const span = Math.max(0, cache.seqLen - c.W - Math.max(c.O, c.S));
@@ -265,6 +281,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       fraction_of_copy_bandwidth: round3(gbs / copyGBs),
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
       host_enqueue_us_median: round3(summarize(enqueue).median),
+      gpu_method: `CUDA events, stream kept busy ${BUSY_QUEUE_NS / 1000} μs ahead (host enqueue outside)`,
+      gpu_idle_queue_us: idle,
       device: CudaContext.primary().device.name,
       // Host placement and the driver's wait mode both move the wall-clock (bench/NOTES.md).
       cpus_allowed: cpusAllowed(),
@@ -273,6 +291,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     };
     return { rows: [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)], plan };
   } finally {
+    busy.dispose();
     ev0.dispose();
     ev1.dispose();
     arena.dispose();
