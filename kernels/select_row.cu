@@ -282,6 +282,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int sink_end = min(S, sk);
   const int n_heavy = min(K, total);
 
+  // The peer's mailbox is initialised before any push (its arrive came before the staging).
+  if (CL > 1) mailboxes_ready_wait();
   // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>, all entries in every block.
 #pragma unroll 1
   for (int e0 = 0; e0 < e_end; e0 += NT / 8) {
@@ -571,7 +573,6 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   int packed = row_scan(sm, 1, n_take << 17 | n_tie, &packed_total);
   if (CL > 1) {
     // The earlier ranks' positions come first: each block sends its totals to the later ranks.
-    mailboxes_ready_wait();  // the peer's mailbox initialised (its arrive was long ago: no wait)
     if (tid == 0) {
 #pragma unroll
       for (int r = 0; r < CL; ++r)

@@ -180,8 +180,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const layout = benchLayout(c);
   const sets = 8;
   const hostInputCalls = Math.min(o.iters, 100);
-  // Every call appends one key: the first checked step, warm-up, three timed loops, host-input calls.
-  const capacity = c.sk + 1 + o.warmup + 3 * o.iters + hostInputCalls + 64;
+  // Every call appends one key: the first checked step, warm-up, four timed loops, host-input calls.
+  const capacity = c.sk + 1 + o.warmup + 4 * o.iters + hostInputCalls + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
   const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel });
