@@ -1,8 +1,9 @@
 // Decode step for short contexts through the pair-count table: one 1024-thread block per query
-// head, or a cluster of two that splits the positions. The latency-bound fast path of
-// select_pairs.cu (same semantics, same arguments): there, every block of a cluster re-reads its
-// head's centroids and pair table and walks the pairs 16 per thread in three passes; here a block
-// holds 4 pairs and E positions per thread in registers, so the step is a short chain of barriers:
+// head, or a cluster of two that splits the LUT entries and the positions (_c2). The latency-bound
+// fast path of select_pairs.cu (same semantics, same arguments): there, every block of a cluster
+// re-reads its head's centroids and pair table and walks the pairs 16 per thread in three passes;
+// here a block holds 4 pairs and E positions per thread in registers, so the step is a short
+// chain of barriers:
 //   query staged → LUT (and each LUT row's score range) → 4096-bin weighted histogram → boundary
 //   bin → its members ranked → pair classes → positions classified and counted (one block scan) →
 //   heavy hitters written.
@@ -10,8 +11,8 @@
 // pq_step_row_m{M}_e{E}[_c2]: grid (CL, rows + append_rows), block NT = 1024, clusters (CL, 1, 1).
 //   Blocks (r, y), y < rows = B*H, select for query head row = y; thread t owns pairs 4t … 4t+3
 //   and positions s0 + r*NT*E + t*E … + E − 1 (s0 = lo & ~15), so thread order is position order.
-//   Each block of a cluster computes the whole LUT and threshold; the one exchange is rank 0's
-//   (takes, ties) counts, which rank 1's list slots start after (a mailbox, below).
+//   Rank r computes LUT entries r·M·C/CL … (r+1)·M·C/CL − 1 and sends them to its peer (mailboxes,
+//   below); rank 1's list slots start after rank 0's (takes, ties) counts, its other mailbox.
 //   Blocks y >= rows append (only when `appended`): block a = (y − rows)*CL + r codes kv-head a's new key
 //   at position sk_old (append_block.cuh); block 0 writes *seq_write.
 // Invariants (src/pq/cuda-plan.ts planRow, src/pq/cuda-cache.ts): C^M ≤ 4096 (M ≤ 2; M = 2 needs
@@ -59,10 +60,11 @@ struct __align__(16) RowShared {
   uint32_t bin_multi[NB / 32];  // bit b: bin b holds pairs of two or more distinct keys
   int warp_total[2][NW];                       // block scans (two, so consecutive scans need no extra barrier)
   int n_members;
-  int virtual_pair;  // the pair of the position entering the eligible range, or −1
-  uint32_t q_word;   // the aligned code word holding that position's code (thread 0's cp.async)
-  uint64_t counts_mail;            // mailbox (CL == 2): the earlier rank's counts
-  uint32_t row_lo[2], row_hi[2];   // score keys of each LUT row's min and max
+  int virtual_pair;  // the pair of the position entering the eligible range (from its slice's block)
+  uint64_t lut_mail, counts_mail;  // mailboxes (CL == 2): the peer's LUT entries and vp word; earlier ranks' counts
+  int vp_from[2];                  // each rank's virtual-pair word (−1 where q is not in its slice)
+  uint32_t row_lo[2], row_hi[2];   // score keys of each LUT row's min and max over this block's entries
+  uint32_t peer_range[4];          // the peer's row_lo[0..M), row_hi[0..M) (CL == 2)
   int counts_from[2];              // earlier ranks' packed (takes, ties)
   int found_rbin, found_need, found_count;
   uint32_t found_key;
@@ -186,9 +188,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   // LUT rows: 8 lanes per entry (e = e0 + tid/8), lane8 takes float4 chunks lane8, lane8 + 8, ….
   const int lane8 = tid & 7;
   float4 crow[2];
-  // Every block computes all M*C LUT entries: a cluster exchanging halves waited longer for its
-  // peer's entries than the second half takes (bench/NOTES.md, session 9).
-  const int e_end = M * C;
+  // This block's share of the LUT entries (the rest come from the cluster's other blocks).
+  const int e_per_rank = M * C / CL;
+  const int e_begin = rank * e_per_rank;
+  const int e_end = e_begin + e_per_rank;
   auto load_rows = [&](int e0) {
     const int e = e0 + (tid >> 3);
 #pragma unroll
@@ -199,7 +202,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
                     : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
-  load_rows(0);
+  load_rows(e_begin);
   const int p0 = s0 + rank * NT * E + tid * E;
   uint4 raw[CHUNKS];  // positions p0 … p0 + E − 1, M bytes each
 #pragma unroll
@@ -217,18 +220,6 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int total = max(0, hi - lo);
   const int q = sk_old - W;  // enters the eligible range with this step (already coded: W ≥ 1)
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
-  // q's pair from its code (written by an earlier step: W ≥ 1). The select path copies the aligned
-  // word holding it to shared memory now (no register held through the LUT) and decodes it there.
-  auto q_pair_of = [&](uint32_t word) -> int {
-    const int sh = 8 * ((q * M) & 3);
-    const int c0 = (word >> sh) & 0xffu;
-    return !q_enters ? -1 : M == 1 ? c0 : c0 + (((word >> (sh + 8)) & 0xffu) << log2c);
-  };
-  if (tid == 0 && q_enters) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(&sm.q_word))),
-                 "l"(head_codes + (static_cast<int64_t>(q) * M & ~3LL))
-                 : "memory");
-  }
   // q joins the pair table once every reader of this step is done with it: at once with one query
   // head per kv-head (no reply awaited), else by the last of the G heads to finish (readers counter).
   auto q_joins_table = [&](int pair) {
@@ -241,9 +232,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 
   if (sk <= full_threshold) {
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
-    if (tid == 0) {
-      asm volatile("cp.async.wait_all;\n" ::: "memory");  // no block exits with its copy in flight
-      if (rank == 0) q_joins_table(q_pair_of(sm.q_word));
+    if (rank == 0 && tid == 0) {
+      const uint8_t* qc = head_codes + static_cast<int64_t>(max(q, 0)) * M;
+      q_joins_table(!q_enters ? 0 : M == 1 ? qc[0] : qc[0] + (qc[1] << log2c));
     }
     finish();
     return;
@@ -251,9 +242,28 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   // The block whose slice holds position p clears and sets its weight (p outside every slice: the
   // nearest), so no write to a weight needs ordering across the cluster.
   auto weight_owner = [&](int p) { return CL == 1 ? 0 : min(max(p - s0, 0) / (NT * E), CL - 1); };
+  const int q_owner = weight_owner(q);
   if (CL > 1) {
-    if (tid == 0) mailbox_init(&sm.counts_mail, rank * 4);  // each earlier rank's counts
+    if (tid == 0) {
+      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1 + 2 * M) * 4);  // each peer's LUT entries, vp word and row ranges
+      mailbox_init(&sm.counts_mail, rank * 4);                      // each earlier rank's counts
+    }
     mailboxes_ready_arrive();
+  }
+  // q's pair from the registers of the thread that holds it (q < hi ≤ s0 + CL*NT*E), published with
+  // the first barrier.
+  if (q_enters && q >= p0 && q < p0 + E) {
+    const int j = q - p0;
+    uint32_t v = 0u;  // the 32-bit code word holding q (selected, not indexed: raw stays in registers)
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v = (j * M) / 4 == 4 * c + k ? w[k] : v;
+    }
+    const uint32_t c0 = (v >> (8 * ((j * M) % 4))) & 0xffu;
+    const uint32_t c1 = M == 1 ? 0u : (v >> (8 * ((j * M) % 4) + 8)) & 0xffu;
+    sm.virtual_pair = static_cast<int>(c0 + (c1 << log2c));
   }
   // The previous list's weights (of this block's positions) cleared now; the barriers below order
   // them before any new one.
@@ -282,12 +292,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int sink_end = min(S, sk);
   const int n_heavy = min(K, total);
 
-  // The peer's mailbox is initialised before any push (its arrive came before the staging).
+  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>: this block's entries, also pushed to the peers.
   if (CL > 1) mailboxes_ready_wait();
-  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>, all entries in every block.
 #pragma unroll 1
-  for (int e0 = 0; e0 < e_end; e0 += NT / 8) {
-    if (e0 != 0) load_rows(e0);
+  for (int e0 = e_begin; e0 < e_end; e0 += NT / 8) {
+    if (e0 != e_begin) load_rows(e0);
     const int e = e0 + (tid >> 3);
     const float4* qv = reinterpret_cast<const float4*>(sm.x + (min(e, M * C - 1) >> log2c) * dsub);
     float acc = 0.0f;
@@ -317,13 +326,24 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         atomicMin(&sm.row_lo[e >> log2c], key);
         atomicMax(&sm.row_hi[e >> log2c], key);
       }
+#pragma unroll
+      for (int r = 0; r < CL; ++r)
+        if (r != rank) mailbox_push(&sm.lut[e], r, __float_as_uint(acc), &sm.lut_mail);
     }
   }
-  if (tid == 0) {
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-    sm.virtual_pair = q_pair_of(sm.q_word);  // published with the LUT
+  if (CL > 1 && tid == 0) {
+    const int vp = q_enters && q_owner == rank ? sm.virtual_pair : -1;  // written before the first barrier
+#pragma unroll
+    for (int r = 0; r < CL; ++r)
+      if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
   }
-  __syncthreads();  // the LUT, its rows' ranges, q's pair
+  __syncthreads();                    // this block's entries and row ranges
+  if (CL > 1 && tid < 2 * M) {  // this block's row ranges, to the peer
+    const uint32_t v = tid < M ? sm.row_lo[tid] : sm.row_hi[tid - M];
+    mailbox_push(&sm.peer_range[tid], rank ^ 1, v, &sm.lut_mail);
+  }
+  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries, vp words and row ranges
+  const int virtual_pair = !q_enters ? -1 : q_owner == rank ? sm.virtual_pair : sm.vp_from[q_owner];
   stamp(PH_LUT);
 
   // Sink, window, padding and the length (their slots do not depend on the threshold): the list by
@@ -350,7 +370,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     const int i = PPT * tid + j;
     const int ii = min(i, pairs - 1);
     score[j] = M == 1 ? sm.lut[ii] : sm.lut[ii & (C - 1)] + sm.lut[C + (ii >> log2c)];
-    weight[j] = i < pairs ? weight[j] + (i == sm.virtual_pair ? 1u : 0u) : 0u;
+    weight[j] = i < pairs ? weight[j] + (i == virtual_pair ? 1u : 0u) : 0u;
   }
   const bool take_all = total <= K;
   bool whole_bin = true;       // every position of the boundary bin is taken
@@ -367,8 +387,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     float bmin[M], bmax[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      const uint32_t klo = sm.row_lo[m];
-      const uint32_t khi = sm.row_hi[m];
+      const uint32_t klo = CL > 1 ? min(sm.row_lo[m], sm.peer_range[m]) : sm.row_lo[m];
+      const uint32_t khi = CL > 1 ? max(sm.row_hi[m], sm.peer_range[M + m]) : sm.row_hi[m];
       // No finite entry at all (every one NaN): an empty range, so the bins are not linear.
       bmin[m] = klo > khi ? INFINITY : pq_key_score(klo);
       bmax[m] = klo > khi ? -INFINITY : pq_key_score(khi);
@@ -586,7 +606,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
   // Every rank is past its classes (the last one has the others' counts), which consumed the weights.
   // One query head per kv-head: q joins the table now; G of them: at the end (readers counter).
-  if (G == 1 && rank == CL - 1 && tid == 0) q_joins_table(sm.virtual_pair);
+  if (G == 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   stamp(PH_COUNTS);
   int take_before = packed >> 17;
   int tie_before = packed & 0x1ffff;
@@ -613,7 +633,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     tie_before += __popc(word[wi] & ~EVEN_BITS);
   }
   stamp(PH_WRITE);
-  if (G > 1 && rank == CL - 1 && tid == 0) q_joins_table(sm.virtual_pair);
+  if (G > 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   finish();
 }
 

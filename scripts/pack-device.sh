@@ -51,9 +51,10 @@ done
 # Row step kernel variants for same-run A/Bs with this build's host code, xz-packed into
 # .device/variants.tar.xz (each a select_row.fatbin; `device-check.sh rowvar|exitcurve`):
 #   ROW_BASE="<commit> …"  variant base-<sha>: that commit's kernels/select_row.cu and headers
+#   ROW_LINEINFO=1         variant lineinfo: these sources with -lineinfo (sanitizer reports name lines)
 #   DIAG_EXIT="0 9 1 …"    variant exit-<N>: these sources with every select thread exiting at phase
 #                          N (select_common.cuh PQ_DIAG_EXIT_PHASE, enum Phase numbers). Diagnostic only.
-if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}" ]; then
+if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}" ]; then
   v=.device-cache/variants && rm -rf "$v" && mkdir -p "$v"
   for b in ${ROW_BASE:-}; do
     sha=$(git rev-parse --short "$b")
@@ -61,6 +62,10 @@ if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}" ]; then
     (cd "$v/src-$sha/kernels" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 \
       -o "../../base-$sha/select_row.fatbin" select_row.cu) &
   done
+  if [ -n "${ROW_LINEINFO:-}" ]; then  # variant lineinfo: these sources with -lineinfo (sanitizer reports name lines)
+    mkdir -p "$v/lineinfo"
+    (cd kernels && nvcc -std=c++17 -O3 -lineinfo -fatbin -gencode arch=compute_90,code=sm_90 -o "../$v/lineinfo/select_row.fatbin" select_row.cu) &
+  fi
   for ph in ${DIAG_EXIT:-}; do
     mkdir -p "$v/exit-$ph"
     (cd kernels && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 -DPQ_DIAG_EXIT_PHASE="$ph" \
