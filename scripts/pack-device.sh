@@ -55,22 +55,19 @@ done
 #   DIAG_EXIT="0 9 1 …"    variant exit-<N>: these sources with every select thread exiting at phase
 #                          N (select_common.cuh PQ_DIAG_EXIT_PHASE, enum Phase numbers). Diagnostic only.
 if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}" ]; then
-  v=.device-cache/variants && rm -rf "$v" && mkdir -p "$v"
+  v="$PWD/.device-cache/variants" && rm -rf "$v" && mkdir -p "$v"
+  row_variant() { # name kernels-dir [nvcc flags…]: $v/<name>/select_row.fatbin, in the background
+    local name=$1 dir=$2; shift 2
+    mkdir -p "$v/$name"
+    (cd "$dir" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 "$@" -o "$v/$name/select_row.fatbin" select_row.cu) &
+  }
   for b in ${ROW_BASE:-}; do
     sha=$(git rev-parse --short "$b")
-    mkdir -p "$v/src-$sha" "$v/base-$sha" && git archive "$sha" kernels | tar -x -C "$v/src-$sha"
-    (cd "$v/src-$sha/kernels" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 \
-      -o "../../base-$sha/select_row.fatbin" select_row.cu) &
+    mkdir -p "$v/src-$sha" && git archive "$sha" kernels | tar -x -C "$v/src-$sha"
+    row_variant "base-$sha" "$v/src-$sha/kernels"
   done
-  if [ -n "${ROW_LINEINFO:-}" ]; then  # variant lineinfo: these sources with -lineinfo (sanitizer reports name lines)
-    mkdir -p "$v/lineinfo"
-    (cd kernels && nvcc -std=c++17 -O3 -lineinfo -fatbin -gencode arch=compute_90,code=sm_90 -o "../$v/lineinfo/select_row.fatbin" select_row.cu) &
-  fi
-  for ph in ${DIAG_EXIT:-}; do
-    mkdir -p "$v/exit-$ph"
-    (cd kernels && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 -DPQ_DIAG_EXIT_PHASE="$ph" \
-      -o "../$v/exit-$ph/select_row.fatbin" select_row.cu) &
-  done
+  if [ -n "${ROW_LINEINFO:-}" ]; then row_variant lineinfo kernels -lineinfo; fi
+  for ph in ${DIAG_EXIT:-}; do row_variant "exit-$ph" kernels -DPQ_DIAG_EXIT_PHASE="$ph"; done
   wait
   rm -rf "$v"/src-*
   tar -C .device-cache -cJf .device/variants.tar.xz variants

@@ -10,7 +10,7 @@
  * config checks sampled output rows against a float64 recomputation from the device's own lists,
  * weights and K/V rows before timing.
  */
-import { BUSY_QUEUE_NS, BusyQueue } from './busy-queue.js';
+import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
 import { AttendScratch, CudaAttention, KVCache } from '../attention/cuda-attention.js';
 import { GraphExec } from '../cuda/graph.js';
 import { CudaDecodeLayer } from '../attention/cuda-decode-layer.js';
@@ -20,7 +20,7 @@ import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
 import { launchWith } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
-import { Event, type Stream } from '../cuda/stream.js';
+import type { Stream } from '../cuda/stream.js';
 import type { CacheShape, Layout } from '../pq/config.js';
 import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
@@ -185,24 +185,13 @@ function timeSteps(step: (i: number) => void, stream: Stream, o: AttendBenchOpti
     stream.synchronize();
     wall.push(nowUs() - t0);
   }
-  const e0 = new Event();
-  const e1 = new Event();
   // The stream kept busy ahead of each timed step, longer than the whole call takes on the host.
   const busy = new BusyQueue(Math.max(BUSY_QUEUE_NS, Math.ceil(2000 * summarize(wall).median)));
-  const gpu: number[] = [];
+  let gpu: number[];
   try {
-    for (let i = 0; i < o.iters; i++) {
-      busy.fill(stream);
-      e0.record(stream);
-      step(i);
-      e1.record(stream);
-      e1.synchronize();
-      gpu.push(e1.elapsedSince(e0) * 1000);
-    }
+    gpu = eventTimes(stream, o.iters, step, busy);
   } finally {
     busy.dispose();
-    e0.dispose();
-    e1.dispose();
   }
   return { wall: summarize(wall), gpu: summarize(gpu) };
 }

@@ -7,7 +7,7 @@
  */
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import type { Kernel } from '../cuda/module.js';
-import type { Stream } from '../cuda/stream.js';
+import { Event, type Stream } from '../cuda/stream.js';
 import { loadKernels } from '../pq/kernels.js';
 
 /** Long enough for a step's host path (median ≈ 3–8 μs) and most of its tail. */
@@ -29,5 +29,30 @@ export class BusyQueue {
 
   dispose(): void {
     this.args.dispose();
+  }
+}
+
+/**
+ * CUDA-event time (μs) of `call(i)` on `stream` for i < `iters`, one sample per call. With `busy`,
+ * the stream is kept busy ahead of each call (the device alone); without, the events run on an idle
+ * stream and also time the host's enqueue.
+ */
+export function eventTimes(stream: Stream, iters: number, call: (i: number) => void, busy?: BusyQueue): number[] {
+  const e0 = new Event();
+  const e1 = new Event();
+  try {
+    const out: number[] = [];
+    for (let i = 0; i < iters; i++) {
+      busy?.fill(stream);
+      e0.record(stream);
+      call(i);
+      e1.record(stream);
+      e1.synchronize();
+      out.push(e1.elapsedSince(e0) * 1000);
+    }
+    return out;
+  } finally {
+    e0.dispose();
+    e1.dispose();
   }
 }

@@ -3,7 +3,7 @@
  * of 4 empty kernels launch + sync, host cost of cuLaunchKernel, and device memory bandwidth
  * (copy kernel, fill kernel, memset) and pinned host⇄device copies.
  */
-import { BusyQueue } from './busy-queue.js';
+import { BusyQueue, eventTimes } from './busy-queue.js';
 import { CudaContext } from '../cuda/context.js';
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
@@ -119,16 +119,9 @@ export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
       rows.push({ ...latencyRow('pqcache-cuda', 'graph of 1 empty kernel between events, launch + sync', wall), gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) } });
       // The same graph with the stream kept busy ahead (busy-queue.ts): the device's share alone.
       const busy = new BusyQueue();
-      const device: number[] = [];
+      let device: number[];
       try {
-        for (let i = 0; i < 200 + o.iters; i++) {
-          busy.fill(stream);
-          ev0.record(stream);
-          single.launch(stream);
-          ev1.record(stream);
-          ev1.synchronize();
-          if (i >= 200) device.push(ev1.elapsedSince(ev0) * 1000);
-        }
+        device = eventTimes(stream, 200 + o.iters, () => single.launch(stream), busy).slice(200);
       } finally {
         busy.dispose();
       }

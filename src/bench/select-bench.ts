@@ -14,7 +14,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
-import { Event } from '../cuda/stream.js';
 import { checkSelect } from '../pq/brute-force.js';
 import { CpuPQCache } from '../pq/cache.js';
 import { type Layout, type Metric, makeLayout } from '../pq/config.js';
@@ -27,7 +26,7 @@ import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
-import { BUSY_QUEUE_NS, BusyQueue } from './busy-queue.js';
+import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
 import { type RecordRow, latencyRow } from './record.js';
 import { type LatencySummary, cpusAllowed, nowUs, round3, summarize } from './stats.js';
 
@@ -191,8 +190,6 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const qBytes = B * H * D * 4;
   const kBytes = B * Hkv * D * 4;
   const arena = DeviceArena.allocate({ q: qBytes * sets, k: kBytes * sets });
-  const ev0 = new Event();
-  const ev1 = new Event();
   const busy = new BusyQueue();
   try {
     cache.uploadState(state);
@@ -222,24 +219,10 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.synchronize();
       wall.push(nowUs() - t0);
     }
-    const gpu: number[] = [];
-    for (let i = 0; i < o.iters; i++) {
-      busy.fill(cache.stream);
-      ev0.record(cache.stream);
-      cache.step(qDev[i % sets], kDev[i % sets]);
-      ev1.record(cache.stream);
-      ev1.synchronize();
-      gpu.push(ev1.elapsedSince(ev0) * 1000);
-    }
+    const step = (i: number): void => void cache.step(qDev[i % sets], kDev[i % sets]);
+    const gpu = eventTimes(cache.stream, o.iters, step, busy);
     // The same events on an idle stream: the first completes at once, so the host's enqueue is in.
-    const gpuIdle: number[] = [];
-    for (let i = 0; i < o.iters; i++) {
-      ev0.record(cache.stream);
-      cache.step(qDev[i % sets], kDev[i % sets]);
-      ev1.record(cache.stream);
-      ev1.synchronize();
-      gpuIdle.push(ev1.elapsedSince(ev0) * 1000);
-    }
+    const gpuIdle = eventTimes(cache.stream, o.iters, step);
     // The host's share: step() from call to return (checks, graph lookup, cuGraphLaunch), no wait.
     const enqueue: number[] = [];
     for (let i = 0; i < o.iters; i++) {
@@ -292,8 +275,6 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     return { rows: [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)], plan };
   } finally {
     busy.dispose();
-    ev0.dispose();
-    ev1.dispose();
     arena.dispose();
     cache.dispose();
   }
