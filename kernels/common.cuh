@@ -14,6 +14,7 @@ enum PqStatus : int {
   PQ_STATUS_KEY_NONFINITE = 2,
   PQ_STATUS_LIST_RANGE = 4,       // attend: a sparse-list position outside [0, sk)
   PQ_STATUS_VALUE_NONFINITE = 8,  // K/V append: a non-finite value
+  PQ_STATUS_BUCKETS_STALE = 16,   // select (bucket mode): the position buckets do not match sk or the pair table (a bug)
 };
 
 __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t i) {

@@ -149,4 +149,5 @@ __device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint
       uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \
       int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,      \
-      int full_threshold, int slice_len, int bits_tiles, long long *phase_clock
+      int full_threshold, int slice_len, int bits_tiles, long long *phase_clock, const int *bucket_end,        \
+      const int *bucket_offsets, const int *buckets

@@ -21,6 +21,14 @@
 //   W ≥ 1, so no select block reads the new key's code; the position q = sk_old − W entering the
 //   eligible range is counted virtually here and added to pair_count by the last of its kv-head's
 //   G query heads (readers counter), exactly as in select_pairs.cu.
+// Bucket mode (pq_step_bucket_m{M}_w{WPT}, CL = 1, no codes in registers): the heavy hitters come
+//   from the position buckets (pq_bucket_rebuild, at the end of this file) instead of a pass over
+//   every position's codes. After the threshold, each candidate pair (taken or tied) is listed with
+//   its bucket range; the block gathers those positions into two bitmaps in dynamic shared memory
+//   (taken, tied) plus the tail [*bucket_end, hi) from its codes (≤ NT positions, one per thread),
+//   and one scan of the bitmaps writes them in position order. So the step reads ≈ K positions
+//   instead of sk codes. Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds
+//   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32.
 // Exactness: the threshold is the K-th largest score key (weights = pair counts), ties to the
 // lower position, as the CPU oracle ranks (src/pq/cpu-select.ts). Linear bins are monotone in the
 // score, so bins above the boundary bin are taken and those below skipped; inside it the exact
@@ -86,6 +94,26 @@ __device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* t
   return __shfl_sync(0xffffffffu, winc - w, warp) + inc - v;
 }
 
+// Exclusive scans of two ints per thread at once (one barrier, both scratch halves: the caller
+// makes sure a barrier has passed since either half was last read).
+__device__ __forceinline__ int2 row_scan2(RowShared& sm, int a, int b, int2* total) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int ia = pq_warp_inclusive_scan(a);
+  const int ib = pq_warp_inclusive_scan(b);
+  if (lane == 31) {
+    sm.warp_total[0][warp] = ia;
+    sm.warp_total[1][warp] = ib;
+  }
+  __syncthreads();
+  const int wa = sm.warp_total[0][lane];
+  const int wb = sm.warp_total[1][lane];
+  const int wia = pq_warp_inclusive_scan(wa);
+  const int wib = pq_warp_inclusive_scan(wb);
+  *total = make_int2(__shfl_sync(0xffffffffu, wia, 31), __shfl_sync(0xffffffffu, wib, 31));
+  return make_int2(__shfl_sync(0xffffffffu, wia - wa, warp) + ia - a, __shfl_sync(0xffffffffu, wib - wb, warp) + ib - b);
+}
+
 // ---- cluster mailboxes (CL == 2, sm_90) ----
 // A block's peers push words into its shared memory with st.async; each push completes its bytes
 // on the receiving block's mbarrier, on which the receiver waits. Unlike a cluster barrier (whose
@@ -131,18 +159,26 @@ __device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
 
 
 
-template <int M, int E, int CL>
+template <int M, int E, int CL, int WPT>
 __device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
-                         int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock) {
+                         int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock,
+                         const int* bucket_end, const int* bucket_offsets, const int* buckets) {
+  constexpr bool BUCKETS = WPT > 0;  // the heavy hitters from the position buckets (see the header)
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
   static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
   static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
+  static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT == 4 || WPT == 8)),
+                "bucket mode: one block per head, no codes in registers, 1/2/4/8 bitmap words per thread");
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
   __shared__ RowShared sm;
+  // Bucket mode: bitmaps of the taken and the tied positions, bit i = position s0 + i (dynamic).
+  extern __shared__ uint4 row_dynamic_smem[];
+  uint32_t* take_bits = reinterpret_cast<uint32_t*>(row_dynamic_smem);
+  uint32_t* tie_bits = take_bits + NT * WPT;
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
   auto finish = [&]() { stamp.finish(); };
@@ -170,7 +206,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const uint8_t* head_codes = codes + static_cast<int64_t>(bkv) * capacity * M;
   const float* head_centroids = centroids + static_cast<int64_t>(bkv) * M * C * cstride;
   const int dsub = D / M;
-  const int s0 = lo & ~15;
+  const int s0 = BUCKETS ? lo & ~31 : lo & ~15;
 
   // ---- Everything in flight at once, no load waiting for another: sk, the query element, pair
   // counts, the LUT's first centroid rows, this thread's codes (bounded by the capacity; positions
@@ -204,7 +240,23 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   };
   load_rows(e_begin);
   const int p0 = s0 + rank * NT * E + tid * E;
-  uint4 raw[CHUNKS];  // positions p0 … p0 + E − 1, M bytes each
+  uint4 raw[CHUNKS > 0 ? CHUNKS : 1];  // positions p0 … p0 + E − 1, M bytes each (row mode)
+  // Bucket mode: where the buckets end (the tail starts) and this thread's pairs' bucket offsets.
+  int base_end = 0;
+  int boff[PPT + 1];
+  if constexpr (BUCKETS) {
+    base_end = *bucket_end;
+    const int* head_off = bucket_offsets + static_cast<int64_t>(bkv) * (pairs + 4);
+    if (pairs >= PPT) {
+      const bool mine = tid < pairs / PPT;
+      const int4 o4 = mine ? __ldg(reinterpret_cast<const int4*>(head_off) + tid) : make_int4(0, 0, 0, 0);
+      boff[0] = o4.x, boff[1] = o4.y, boff[2] = o4.z, boff[3] = o4.w;
+      boff[PPT] = mine ? __ldg(head_off + PPT * tid + PPT) : 0;
+    } else {
+#pragma unroll
+      for (int j = 0; j <= PPT; ++j) boff[j] = PPT * tid + j <= pairs ? __ldg(head_off + PPT * tid + j) : 0;
+    }
+  }
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     const int pc = p0 + c * (16 / M);
@@ -229,6 +281,16 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     }
     if (q_enters) atomicAdd(&pair_count[static_cast<int64_t>(bkv) * pairs + pair], 1u);
   };
+  // Bucket mode: the tail [base_end, hi), classified from its codes (one position per thread: the
+  // host rebuilds the buckets before the tail outgrows the block), and q's code. Loaded now, decoded
+  // where used, so no thread waits for them before it has to.
+  uint32_t tail_raw = 0u, q_raw = 0u;
+  const int tail_p = base_end + tid;
+  if constexpr (BUCKETS) {
+    if (tail_p < hi) tail_raw = M == 1 ? head_codes[tail_p] : *reinterpret_cast<const uint16_t*>(head_codes + static_cast<int64_t>(tail_p) * M);
+    if (tid == 0 && q_enters) q_raw = M == 1 ? head_codes[q] : *reinterpret_cast<const uint16_t*>(head_codes + static_cast<int64_t>(q) * M);
+  }
+  auto pair_of_raw = [&](uint32_t v) -> int { return M == 1 ? static_cast<int>(v) : static_cast<int>((v & 0xffu) + ((v >> 8) << log2c)); };
 
   if (sk <= full_threshold) {
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
@@ -239,6 +301,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     finish();
     return;
   }
+  if (BUCKETS && tid == 0 && hi - base_end > NT) atomicOr(status, PQ_STATUS_BUCKETS_STALE);  // the host's rebuild was missed
   // The block whose slice holds position p clears and sets its weight (p outside every slice: the
   // nearest), so no write to a weight needs ordering across the cluster.
   auto weight_owner = [&](int p) { return CL == 1 ? 0 : min(max(p - s0, 0) / (NT * E), CL - 1); };
@@ -282,6 +345,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0, 0, 0, 0);
   if (tid < NB / 32) sm.bin_multi[tid] = 0u;
   if (tid == 0) sm.n_members = 0;
+  if constexpr (BUCKETS) {
+    for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
+  }
   if (tid < M) {
     sm.row_lo[tid] = 0xffffffffu;
     sm.row_hi[tid] = 0u;
@@ -337,6 +403,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     for (int r = 0; r < CL; ++r)
       if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
   }
+  if (BUCKETS && tid == 0 && q_enters) sm.virtual_pair = pair_of_raw(q_raw);
   __syncthreads();                    // this block's entries and row ranges
   if (CL > 1 && tid < 2 * M) {  // this block's row ranges, to the peer
     const uint32_t v = tid < M ? sm.row_lo[tid] : sm.row_hi[tid - M];
@@ -527,16 +594,131 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
 
   // 4. The class of every pair (M = 2: at c0 + CLS_STRIDE*c1).
-  auto class_of = [&](int j) -> uint32_t {
+  auto class_of_score = [&](float sc) -> uint32_t {
     if (take_all) return CLS_TAKE;
-    const int rb = rbin_of(score[j]);
+    const int rb = rbin_of(sc);
     if (rb < rb_star) return CLS_TAKE;
     if (rb > rb_star) return CLS_SKIP;
     if (whole_bin) return CLS_TAKE;
-    const uint32_t k = pq_score_key(score[j]) >> shift;
+    const uint32_t k = pq_score_key(sc) >> shift;
     if (k > prefix || (k == prefix && !partial)) return CLS_TAKE;
     return k == prefix ? CLS_TIE : CLS_SKIP;
   };
+  auto class_of = [&](int j) -> uint32_t { return class_of_score(score[j]); };
+  if constexpr (BUCKETS) {
+    if (take_all) {
+      // Every eligible position is heavy: [lo, hi) in order.
+      for (int i = tid; i < n_heavy; i += NT) {
+        list[sink_end + i] = lo + i;
+        store_weight(out.weights, out.wdtype, wrow + lo + i, true);
+      }
+      if (G == 1 && tid == 0) q_joins_table(virtual_pair);
+    } else {
+      // 5. The candidate pairs (taken or tied, with positions in the buckets) listed in pair order,
+      // each with its first slot among the gathered positions: one scan of (pairs, positions).
+      uint32_t cls[PPT];
+      int cnt[PPT];
+      int n_cand = 0, n_pos = 0;
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        cnt[j] = PPT * tid + j < pairs ? boff[j + 1] - boff[j] : 0;
+        cls[j] = cnt[j] > 0 ? class_of(j) : CLS_SKIP;
+        n_cand += cls[j] != CLS_SKIP ? 1 : 0;
+        n_pos += cls[j] != CLS_SKIP ? cnt[j] : 0;
+      }
+      int2 totals;
+      int2 before = row_scan2(sm, n_cand, n_pos, &totals);
+      // The threshold's arrays are free now (every thread is past the scan's barrier).
+      int* ent_off = sm.hist;  // bucket offset, bit 31: a tied pair
+      int* ent_start = reinterpret_cast<int*>(sm.bin_key);
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        if (cls[j] != CLS_SKIP) {
+          ent_off[before.x] = boff[j] | (cls[j] == CLS_TIE ? static_cast<int>(0x80000000u) : 0);
+          ent_start[before.x] = before.y;
+          before.x += 1;
+          before.y += cnt[j];
+        }
+      }
+      __syncthreads();
+      stamp(PH_CLASSES);
+      // 6. Gathered slot g → its entry (binary search) → its position's bit; the tail from its codes.
+      const int* head_buckets = buckets + static_cast<int64_t>(bkv) * capacity;
+      auto set_bit = [&](int p, bool tie) {
+        const unsigned i = static_cast<unsigned>(p - s0);
+        if (i < static_cast<unsigned>(NT * WPT * 32)) atomicOr((tie ? tie_bits : take_bits) + (i >> 5), 1u << (i & 31));
+      };
+      for (int g = tid; g < totals.y; g += NT) {
+        int a = 0, z = totals.x - 1;
+        while (a < z) {
+          const int mid = (a + z + 1) >> 1;
+          if (ent_start[mid] <= g) a = mid;
+          else z = mid - 1;
+        }
+        const int eo = ent_off[a];
+        set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
+      }
+      if (tail_p < hi && tail_p >= lo) {
+        const int pr = pair_of_raw(tail_raw);
+        const uint32_t c = class_of_score(M == 1 ? sm.lut[pr] : sm.lut[pr & (C - 1)] + sm.lut[C + (pr >> log2c)]);
+        if (c != CLS_SKIP) set_bit(tail_p, c == CLS_TIE);
+      }
+      __syncthreads();
+      // 7. Position-order prefix of (takes, ties) over this thread's WPT words: takes ≤ K ≤ 2048 in
+      // bits 19 …, ties ≤ NT*WPT*32 ≤ 2^18 in bits 0 … 18.
+      uint32_t tw[WPT], xw[WPT];
+      if constexpr (WPT == 1) {
+        tw[0] = take_bits[tid];
+        xw[0] = tie_bits[tid];
+      } else if constexpr (WPT == 2) {
+        const uint2 t2 = reinterpret_cast<const uint2*>(take_bits)[tid];
+        const uint2 x2 = reinterpret_cast<const uint2*>(tie_bits)[tid];
+        tw[0] = t2.x, tw[1] = t2.y, xw[0] = x2.x, xw[1] = x2.y;
+      } else {
+#pragma unroll
+        for (int k = 0; k < WPT / 4; ++k) {
+          const uint4 t4 = reinterpret_cast<const uint4*>(take_bits)[tid * (WPT / 4) + k];
+          const uint4 x4 = reinterpret_cast<const uint4*>(tie_bits)[tid * (WPT / 4) + k];
+          tw[4 * k] = t4.x, tw[4 * k + 1] = t4.y, tw[4 * k + 2] = t4.z, tw[4 * k + 3] = t4.w;
+          xw[4 * k] = x4.x, xw[4 * k + 1] = x4.y, xw[4 * k + 2] = x4.z, xw[4 * k + 3] = x4.w;
+        }
+      }
+      int n_take = 0, n_tie = 0;
+#pragma unroll
+      for (int wi = 0; wi < WPT; ++wi) {
+        n_take += __popc(tw[wi]);
+        n_tie += __popc(xw[wi]);
+      }
+      int packed_total;
+      const int packed = row_scan(sm, 0, n_take << 19 | n_tie, &packed_total);
+      if (G == 1 && tid == 0) q_joins_table(virtual_pair);
+      stamp(PH_COUNTS);
+      int take_before = packed >> 19;
+      int tie_before = packed & 0x7ffff;
+#pragma unroll
+      for (int wi = 0; wi < WPT; ++wi) {
+        uint32_t sel = tw[wi] | xw[wi];
+        while (sel != 0u) {  // only the set bits: most threads have none
+          const int bit = __ffs(sel) - 1;
+          sel &= sel - 1u;
+          const uint32_t below = (1u << bit) - 1u;
+          const bool take = (tw[wi] >> bit) & 1u;
+          const int tkb = take_before + __popc(tw[wi] & below);
+          const int tib = tie_before + __popc(xw[wi] & below);
+          if (take || tib < quota) {
+            const int slot = tkb + min(tib, quota);
+            const int p = s0 + 32 * (WPT * tid + wi) + bit;
+            if (slot < n_heavy) {
+              list[sink_end + slot] = p;
+              store_weight(out.weights, out.wdtype, wrow + p, true);
+            }
+          }
+        }
+        take_before += __popc(tw[wi]);
+        tie_before += __popc(xw[wi]);
+      }
+    }
+  } else {
   if (PPT * tid < pairs) {
     if (M == 1 || C >= PPT) {
       const int i = PPT * tid;
@@ -632,6 +814,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     take_before += __popc(word[wi] & EVEN_BITS);
     tie_before += __popc(word[wi] & ~EVEN_BITS);
   }
+  }  // row mode
   stamp(PH_WRITE);
   if (G > 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   finish();
@@ -639,26 +822,92 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 
 }  // namespace
 
-#define PQ_STEP_ROW_KERNEL(NAME, M, E, CL)                                                                             \
-  extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                      \
-    const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
-    step_row<M, E, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
-                       readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip, full_threshold, \
-                       phase_clock);                                                                                  \
+#define PQ_STEP_ROW_KERNEL(NAME, M, E, CL, WPT)                                                                           \
+  extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                         \
+    const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                         \
+    step_row<M, E, CL, WPT>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+                            readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \
+                            full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);                           \
   }
 
 // The argument list is select_pairs.cu's (slice_len and bits_tiles unused), so the host launches
 // either family with one argument layout. _c2: clusters of two blocks per query head (sm_90; one
 // block per head before).
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16, 1, 16, 1)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32, 1, 32, 1)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64, 1, 64, 1)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16, 2, 16, 1)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32, 2, 32, 1)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64, 2, 64, 1)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16_c2, 1, 16, 2)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32_c2, 1, 32, 2)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64_c2, 1, 64, 2)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16_c2, 2, 16, 2)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32_c2, 2, 32, 2)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64_c2, 2, 64, 2)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16, 1, 16, 1, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32, 1, 32, 1, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64, 1, 64, 1, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16, 2, 16, 1, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32, 2, 32, 1, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64, 2, 64, 1, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16_c2, 1, 16, 2, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32_c2, 1, 32, 2, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64_c2, 1, 64, 2, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16_c2, 2, 16, 2, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32_c2, 2, 32, 2, 0)
+PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64_c2, 2, 64, 2, 0)
+// Bucket mode (pq_step_bucket_m{M}_w{WPT}): one block per query head, dynamic shared memory
+// 2 * NT * WPT * 4 bytes (the take and tie bitmaps of positions s0 … s0 + NT*WPT*32 − 1).
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w1, 1, 0, 1, 1)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w2, 1, 0, 1, 2)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w4, 1, 0, 1, 4)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w8, 1, 0, 1, 8)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w1, 2, 0, 1, 1)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w2, 2, 0, 1, 2)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w4, 2, 0, 1, 4)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w8, 2, 0, 1, 8)
+
+// pq_bucket_rebuild: the position buckets of every (b, kv-head), for the bucket-mode step kernels.
+// Launch: grid (B*Hkv), block NT = 1024. Reads sk from seq (the slot the next step reads), sets
+// end = max(lo, sk − W) and, for kv-head a, lists the positions [lo, end) grouped by code pair:
+// offsets[a*(pairs + 4) + i] is where pair i's positions start in buckets[a*capacity …] (order inside
+// a bucket unspecified: the step sorts through its bitmap), offsets[… + pairs] = end − lo. Block 0
+// writes *bucket_end = end. Each bucket's size must equal the pair table's count (exact for
+// [lo, sk − W) between steps); a mismatch sets PQ_STATUS_BUCKETS_STALE.
+extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t* codes, const int* seq, int* bucket_end,
+                                                                   int* offsets, int* buckets, const unsigned* pair_count,
+                                                                   int* status, int capacity, int M, int C, int log2c, int lo,
+                                                                   int W) {
+  __shared__ int count[MAX_ROW_PAIRS];
+  __shared__ int warp_total[NW];
+  const int tid = threadIdx.x;
+  const int a = blockIdx.x;
+  const int pairs = M == 1 ? C : C << log2c;
+  const int end = max(lo, *seq - W);
+  const uint8_t* head_codes = codes + static_cast<int64_t>(a) * capacity * M;
+  auto pair_at = [&](int p) { return M == 1 ? head_codes[p] : head_codes[2 * p] + (head_codes[2 * p + 1] << log2c); };
+  for (int i = tid; i < pairs; i += NT) count[i] = 0;
+  __syncthreads();
+  for (int p = lo + tid; p < end; p += NT) atomicAdd(&count[pair_at(p)], 1);
+  __syncthreads();
+  // Exclusive scan of the counts, PPT consecutive pairs per thread.
+  int c[PPT];
+  int mine = 0;
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int i = PPT * tid + j;
+    c[j] = i < pairs ? count[i] : 0;
+    mine += c[j];
+    if (i < pairs && static_cast<unsigned>(c[j]) != pair_count[static_cast<int64_t>(a) * pairs + i]) atomicOr(status, PQ_STATUS_BUCKETS_STALE);
+  }
+  const int inc = pq_warp_inclusive_scan(mine);
+  if ((tid & 31) == 31) warp_total[tid >> 5] = inc;
+  __syncthreads();
+  const int w = warp_total[tid & 31];
+  const int winc = pq_warp_inclusive_scan(w);
+  int start = __shfl_sync(0xffffffffu, winc - w, tid >> 5) + inc - mine;
+  int* head_off = offsets + static_cast<int64_t>(a) * (pairs + 4);
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int i = PPT * tid + j;
+    if (i < pairs) {
+      head_off[i] = start;
+      count[i] = start;  // now the pair's next free slot
+    }
+    start += c[j];
+  }
+  if (tid == NT - 1) head_off[pairs] = start;  // = end − lo
+  __syncthreads();
+  int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
+  for (int p = lo + tid; p < end; p += NT) head_buckets[atomicAdd(&count[pair_at(p)], 1)] = p;
+  if (a == 0 && tid == 0) *bucket_end = end;
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab baseab sanrow
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab kab baseab sanrow
 # attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -41,6 +41,16 @@ for s in $steps; do
         run "ab-${k/:/}-$i" 120 pqcache bench --backend cuda --config seed --step-kernel "${k%:*}" --cluster "${k#*:}" --iters 2000 --json "$OUT/ab-${k/:/}-$i.json"
       done; done
       for cl in 1 2; do run "phases-row$cl" 120 pqcache bench --backend cuda --config seed --step-kernel row --cluster $cl --phases --iters 100 --json "$OUT/phases-row$cl.json"; done ;;
+    kab) # same-run A/B of the step kernels, alternating: bucket mode against the row kernel (seed config)
+      # and against the pair clusters (B = 8, sk = 131072); then bucket mode's phase stamps
+      for i in 1 2 3; do for k in bucket row; do
+        run "kab-seed-$k-$i" 120 pqcache bench --backend cuda --config seed --step-kernel $k --iters 300 --json "$OUT/kab-seed-$k-$i.json"
+      done; done
+      for i in 1 2; do for k in bucket cluster; do
+        run "kab-b8-$k-$i" 120 pqcache bench --backend cuda --config seed --batch 8 --sk 131072 --step-kernel $k --iters 300 --json "$OUT/kab-b8-$k-$i.json"
+      done; done
+      run phases-bucket 120 pqcache bench --backend cuda --config seed --step-kernel bucket --phases --iters 100 --json "$OUT/phases-bucket.json"
+      node scripts/ab-table.mjs "$OUT"/kab-*.json ;;
     baseab) # same-run A/B of the seed config: each BASE build (pack-device.sh BASE="…") and this one, alternating
       for i in 1 2 3; do for cli in $(cd /tmp/pqcache-node/bin && ls -d pqcache@* 2>/dev/null) pqcache; do
         v=${cli#pqcache@}; [ "$cli" = pqcache ] && v=new

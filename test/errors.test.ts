@@ -4,14 +4,14 @@ import { tmpdir } from 'node:os';
 import test from 'node:test';
 import { check } from '../src/cuda/driver.js';
 import {
-  CapacityError, ConfigError, CudaError, CudaOutOfMemoryError, CudaUnavailableError, DTypeError, DisposedError,
+  CapacityError, ConfigError, CudaError, CudaOutOfMemoryError, CudaUnavailableError, DTypeError, DeviceInputError, DisposedError,
   FormatError, KernelsNotBuiltError, NonFiniteError, PQCacheError, ShapeError, StateError,
 } from '../src/errors.js';
 import { createPQCache } from '../src/pq/backend.js';
 import { CpuPQCache } from '../src/pq/cache.js';
 import { makeLayout } from '../src/pq/config.js';
 import { checkFinite } from '../src/pq/validate.js';
-import { loadKernels } from '../src/pq/kernels.js';
+import { loadKernels, throwDeviceStatus } from '../src/pq/kernels.js';
 import { decodeIndex } from '../src/pq/persist.js';
 import { HostTensor } from '../src/tensor/host-tensor.js';
 
@@ -107,4 +107,11 @@ test('checkFinite finds NaN and ±Inf in every float dtype, and passes the large
       assert.throws(() => checkFinite('x', HostTensor.fromNumbers(dtype, [3], [1, bad, 2])), (e: unknown) => e instanceof NonFiniteError && /x: expected finite values/.test((e as Error).message) && /flat index 1/.test((e as Error).message), `${dtype} ${bad}`);
     }
   }
+});
+
+test('device status bits map to typed errors naming the input, and stale buckets to a StateError', () => {
+  assert.throws(() => throwDeviceStatus(1, 10), (e: unknown) => e instanceof DeviceInputError && /query/.test(e.message));
+  assert.throws(() => throwDeviceStatus(4, 10), (e: unknown) => e instanceof DeviceInputError && /\[0, 10\)/.test(e.message));
+  assert.throws(() => throwDeviceStatus(16, 10), (e: unknown) => e instanceof StateError && /bucket/.test(e.message));
+  assert.doesNotThrow(() => throwDeviceStatus(0, 10));
 });

@@ -3,8 +3,8 @@ import test from 'node:test';
 import fc from 'fast-check';
 import { makeLayout } from '../src/pq/config.js';
 import {
-  MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planPairs, planRow, planSelect, selectKernelName, stepPairsKernelName,
-  stepRowKernelName,
+  BUCKET_WORDS_PER_THREAD, MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect,
+  selectKernelName, stepBucketKernelName, stepPairsKernelName, stepRowKernelName,
 } from '../src/pq/cuda-plan.js';
 
 test('select plan: slices cover the eligible span for every sk up to the plan limit, aligned', () => {
@@ -93,4 +93,34 @@ test('row plan: the smallest positions-per-thread instance that holds the span, 
   assert.equal(stepRowKernelName(seed, planRow(seed, 32000, 132, 'auto', false)!), 'pq_step_row_m2_e32'); // no clusters before sm_90
   assert.equal(planRow(makeLayout({ batch: 8, heads: 32, kvHeads: 32, headDim: 128 }, { pqGroupFactor: 2, pqBits: 6 }), 32000, 132), undefined); // B·H > SMs
   assert.equal(planRow(makeLayout({ batch: 1, heads: 1, kvHeads: 1, headDim: 128 }, { pqGroupFactor: 2, pqBits: 7 }), 32000, 132, 'row'), undefined); // C² = 16384
+});
+
+test('bucket plan: the smallest bitmap instance holding the span from max(O, S) rounded down to 32, valid up to its limit', () => {
+  fc.assert(
+    fc.property(
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 300000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
+      (c) => {
+        const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, sinkSize: c.S, windowSize: c.W });
+        const plan = planBucket(layout, c.sk, c.choice, c.smem);
+        const pairs = pairTableSize(layout);
+        const start = Math.floor(Math.max(c.O, c.S) / 32) * 32;
+        const span = (sk: number): number => Math.max(0, sk - c.W - start);
+        const w = BUCKET_WORDS_PER_THREAD.find((n) => n * 32 * ROW_THREADS >= span(c.sk));
+        const fits = pairs > 0 && pairs <= 4 * ROW_THREADS && w !== undefined && 8 * ROW_THREADS * w <= c.smem;
+        assert.equal(plan !== undefined, fits && (c.choice === 'auto' || c.choice === 'bucket'));
+        if (plan === undefined) return;
+        assert.equal(plan.wordsPerThread, w);
+        assert.equal(plan.sharedBytes, 8 * ROW_THREADS * plan.wordsPerThread);
+        const cap = plan.wordsPerThread * 32 * ROW_THREADS;
+        assert.ok(plan.maxSeqLen >= c.sk && span(plan.maxSeqLen) <= cap && span(plan.maxSeqLen + 1) > cap);
+      },
+    ),
+    { numRuns: 500, seed: 6 },
+  );
+  const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, { pqGroupFactor: 2, pqBits: 6, sinkSize: 128, windowSize: 128, heavySize: 128, initOffset: 128 });
+  const plan = planBucket(seed, 32000, 'auto', 200000);
+  assert.deepEqual(plan, { wordsPerThread: 1, maxSeqLen: 32 * 1024 + 128 + 128, sharedBytes: 8192 });
+  assert.equal(stepBucketKernelName(seed, plan!), 'pq_step_bucket_m2_w1');
+  assert.equal(planBucket(seed, 131072, 'auto', 200000)?.wordsPerThread, 4);
+  assert.equal(planBucket(seed, 131072, 'auto', 20000), undefined); // the bitmaps do not fit
 });

@@ -167,7 +167,7 @@ export function benchSelectCpu(c: SelectBenchConfig, o: BenchOptions): RecordRow
 
 export interface CudaBenchResult {
   readonly rows: RecordRow[];
-  readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number } };
+  readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number }; bucket?: { wordsPerThread: number } };
 }
 
 /**
@@ -255,7 +255,11 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const phases = o.phases ? measurePhases(layout, state, capacity, o, qDev, kDev) : undefined;
     const extra = {
       ...(phases ? { phases_us: phases } : {}),
-      step_kernel: plan.row ? `row ×${plan.numSlices} (${plan.row.positionsPerThread} positions/thread)` : `pairs cluster ${plan.numSlices}`,
+      step_kernel: plan.bucket
+        ? `row, buckets (${plan.bucket.wordsPerThread} bitmap words/thread)`
+        : plan.row ? `row ×${plan.numSlices} (${plan.row.positionsPerThread} positions/thread)` : `pairs cluster ${plan.numSlices}`,
+      // Bucket mode: the rebuild a step launches first once 1024 positions were appended (GPU μs, median).
+      ...(plan.bucket ? { bucket_rebuild_gpu_us: round3(summarize(eventTimes(cache.stream, 30, () => cache.rebuildBuckets(), busy)).median) } : {}),
       slices: plan.numSlices,
       slice_len: plan.sliceLen,
       bytes_per_call: bytes,

@@ -100,7 +100,7 @@ program
   .option('--warmup <n>', 'untimed calls first', int('warmup', 0), 50)
   .option('--slice-len <n>', 'general select plan: slice length (tuning)', int('slice-len', 256))
   .option('--cluster <n>', 'pair path: blocks per query head, 1 | 2 | 4 | 8 (tuning)', int('cluster', 1))
-  .addOption(new Option('--step-kernel <name>', 'pair path: auto | row | cluster (tuning, A/B runs)').choices(['auto', 'row', 'cluster']).default('auto'))
+  .addOption(new Option('--step-kernel <name>', 'pair path: auto | bucket | row | cluster (tuning, A/B runs)').choices(['auto', 'bucket', 'row', 'cluster']).default('auto'))
   .option('--phases', 'pair path: also report in-kernel phase timing')
   .option('--dump-dir <dir>', 'write each config\'s inputs as safetensors (for bench/torch_select_baseline.py)')
   .option('--layers <n>', 'step: layers per token', int('layers', 1), 32)

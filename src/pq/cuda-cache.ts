@@ -5,18 +5,23 @@
  * host results.
  *
  * Two paths (src/pq/cuda-plan.ts decides):
- *   M ≤ 2, C^M ≤ 16384: the pair path — one kernel per step (kernels/select_pairs.cu) that also
- *     appends the new key when W ≥ 1 (else pq_append runs first), driven by a per-kv-head table of
- *     code-pair counts kept exact on the device;
+ *   M ≤ 2, C^M ≤ 16384: the pair path — one kernel per step that also appends the new key when
+ *     W ≥ 1 (else pq_append runs first), driven by a per-kv-head table of code-pair counts kept
+ *     exact on the device. Where C^M ≤ 4096 the row kernel runs (kernels/select_row.cu), in bucket
+ *     mode when its bitmaps fit: the heavy hitters are gathered from per-kv-head position buckets
+ *     (positions grouped by code pair, rebuilt by pq_bucket_rebuild before the positions appended
+ *     since outgrow the kernel's tail); else the pair clusters (kernels/select_pairs.cu);
  *   otherwise: pq_append (kernels/append.cu) then the general select (kernels/select.cu).
  *
  * Device layout (one arena):
  *   centroids [B, Hkv, M, C, cstride] f32, cstride = roundUp(cdim, 4) for 16-byte rows
  *   codes     [B, Hkv, capPad, M] u8, capPad = roundUp(capacity, 16)
  *   pairCount [B, Hkv, C^M] u32 and readers [B, Hkv] (pair path)
+ *   bucketOffsets [B, Hkv, C^M + 4] i32 and buckets [B, Hkv, capPad] i32 (bucket mode)
  *   weights   [B, H, capPad] (f32 or 16-bit), rows updated incrementally by the kernel
- *   seqState  [sk, sk]: two slots alternating by step parity — a step reads slot `seqSlot` and
- *             writes sk + 1 to the other, so no block ever reads a slot being written
+ *   seqState  [sk, sk, bucketEnd, 0]: two slots alternating by step parity — a step reads slot
+ *             `seqSlot` and writes sk + 1 to the other, so no block ever reads a slot being
+ *             written — and where the buckets end (written by pq_bucket_rebuild)
  * The status word (non-finite device inputs) lives in pinned host memory that the kernels write
  * through unified addressing, so checking it after a sync costs no copy.
  */
@@ -29,7 +34,7 @@ import type { Kernel } from '../cuda/module.js';
 import { Owned } from '../cuda/owned.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
-import { DisposedError, ShapeError, StateError } from '../errors.js';
+import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
@@ -38,8 +43,9 @@ import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './c
 import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported, deviceIndexStrides } from './cuda-build.js';
 import {
-  type PairsPlan, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice, cudaLayoutProblem, maxSlicesFor, pairTableSize,
-  planPairs, planRow, planSelect, selectKernelName, stepPairsKernelName, stepRowKernelName,
+  BUCKET_MAX_TAIL, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
+  cudaLayoutProblem, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, selectKernelName, stepBucketKernelName,
+  stepPairsKernelName, stepRowKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, throwDeviceStatus } from './kernels.js';
@@ -64,6 +70,11 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   readonly stepKernel?: StepKernelChoice;
   /** Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). */
   readonly phaseTiming?: boolean;
+  /**
+   * Bucket mode: rebuild the position buckets once this many positions were appended since the
+   * last build (1 … 1024, the kernel's limit; default 1024). Tests use small values.
+   */
+  readonly bucketTail?: number;
 }
 
 type Query = HostTensor | DeviceTensor;
@@ -76,22 +87,24 @@ const SELECT_ARGS = [
 const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
+  'ptr', 'ptr', 'ptr',
 ] as const;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /**
  * A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and
  * shared memory (none there); `row` when the one-block-per-head kernel runs.
  */
-type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan };
+type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan; readonly bucket?: BucketPlan };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
-  | 'candCount' | 'pairCount' | 'readers' | 'sparseList' | 'sparseLen' | 'weights';
+  | 'candCount' | 'pairCount' | 'readers' | 'bucketOffsets' | 'buckets' | 'sparseList' | 'sparseLen' | 'weights';
 
 export class CudaPQCache implements PQCache {
   readonly backend = 'cuda' as const;
@@ -118,6 +131,11 @@ export class CudaPQCache implements PQCache {
   /** C^M when the pair-table fast path runs (M ≤ 2), else 0. */
   private readonly pairs: number;
   private readonly pairsCountKernel: Kernel | undefined;
+  /** Bucket mode possible (C^M ≤ 4096, not forced off): the buckets are kept and this rebuilds them. */
+  private readonly bucketRebuildKernel: Kernel | undefined;
+  private readonly bucketTail: number;
+  /** Where the buckets end (host mirror of seqState[2]); −1 before the first rebuild. */
+  private bucketEnd = -1;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
   private readonly stepKernel: StepKernelChoice;
@@ -143,6 +161,7 @@ export class CudaPQCache implements PQCache {
   // Made once and reused by every new request (uploadState, build) or step: nothing allocated per call.
   private readonly seqInit = new Int32Array(4);
   private readonly pairsCountArgs = new LaunchArgs(PAIRS_COUNT_ARGS);
+  private readonly bucketRebuildArgs = new LaunchArgs(BUCKET_REBUILD_ARGS);
   /** The step's graph binding (query, key pointers), rewritten per call instead of allocated. */
   private readonly stepPointers: DevicePtr[] = [0n, 0n];
 
@@ -158,6 +177,12 @@ export class CudaPQCache implements PQCache {
     this.pairs = pairTableSize(this.layout);
     this.selectKernel = this.pairs > 0 ? undefined : loadKernels('select').kernel(selectKernelName(this.layout));
     this.pairsCountKernel = this.pairs > 0 ? loadKernels('select_pairs').kernel('pq_pairs_count') : undefined;
+    const bucketCapable = this.pairs > 0 && this.pairs <= ROW_MAX_PAIRS && this.stepKernel !== 'row' && this.stepKernel !== 'cluster';
+    this.bucketRebuildKernel = bucketCapable ? loadKernels('select_row').kernel('pq_bucket_rebuild') : undefined;
+    this.bucketTail = options.bucketTail ?? BUCKET_MAX_TAIL;
+    if (!Number.isInteger(this.bucketTail) || this.bucketTail < 1 || this.bucketTail > BUCKET_MAX_TAIL) {
+      throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
+    }
     this.appendKernel = loadKernels('append').kernel('pq_append');
 
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
@@ -187,6 +212,9 @@ export class CudaPQCache implements PQCache {
         // Pair path: the code-pair counts and the per-kv-head reader counters.
         pairCount: general ? 0 : B * Hkv * this.pairs * 4,
         readers: general ? 0 : B * Hkv * 4,
+        // Bucket mode: each kv-head's positions grouped by code pair, and where each pair's start.
+        bucketOffsets: bucketCapable ? B * Hkv * (this.pairs + 4) * 4 : 0,
+        buckets: bucketCapable ? B * Hkv * this.capPad * 4 : 0,
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,
@@ -290,8 +318,9 @@ export class CudaPQCache implements PQCache {
       copies.fill32Async(s.readers, 0, s.readers.bytes / 4, this.stream);
       this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), seqLen - this.layout.config.windowSize);
     }
-    this.stream.synchronize();
     this.hostSeqLen = seqLen;
+    this.rebuildBuckets();
+    this.stream.synchronize();
     this.isBuilt = true;
     this.weightsDType = undefined; // forces a full output reset before the next select
   }
@@ -501,11 +530,16 @@ export class CudaPQCache implements PQCache {
     this.requireBuilt('step');
     if (appending) checkCapacity('key', this.capacity, this.hostSeqLen + 1);
     if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
-    const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
+    const sk = this.hostSeqLen + (appending ? 1 : 0);
+    const plan = this.currentPlan(sk);
+    // Bucket mode classifies at most bucketTail positions past the buckets: rebuild them first (an
+    // ordinary launch before the step's graph, every ≈ bucketTail steps).
+    if (plan.bucket !== undefined && sk - this.layout.config.windowSize - this.bucketEnd > this.bucketTail) this.rebuildBuckets();
     const slot = this.seqSlot;
+    const kernel = plan.bucket ? `bucket${plan.bucket.wordsPerThread}` : plan.row ? `row${plan.row.positionsPerThread}` : 'cl';
     return {
       // The rest of the plan follows from these.
-      signature: `${slot}/${plan.row ? `row${plan.row.positionsPerThread}` : 'cl'}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
+      signature: `${slot}/${kernel}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
       seqRead: this.seqPtr(slot),
       seqWrite: this.seqPtr(appending ? slot ^ 1 : slot),
     };
@@ -555,6 +589,10 @@ export class CudaPQCache implements PQCache {
   planFor(seqLen: number): StepPlan {
     const dev = this.context.device;
     if (this.pairs > 0) {
+      const bucket = this.bucketRebuildKernel === undefined ? undefined : planBucket(this.layout, seqLen, this.stepKernel, this.bucketSharedLimit());
+      if (bucket !== undefined) {
+        return { numSlices: 1, sliceLen: bucket.wordsPerThread * ROW_THREADS * 32, maxSeqLen: bucket.maxSeqLen, long: false, bitsTiles: 0, sharedBytes: bucket.sharedBytes, bucket };
+      }
       const row = planRow(this.layout, seqLen, dev.multiprocessorCount, this.stepKernel, dev.computeCapability[0] >= 9, this.clusterOverride);
       if (row !== undefined) {
         return { numSlices: row.cluster, sliceLen: row.positionsPerThread * ROW_THREADS, maxSeqLen: row.maxSeqLen, long: false, bitsTiles: 0, sharedBytes: 0, row };
@@ -563,6 +601,39 @@ export class CudaPQCache implements PQCache {
       return { ...p, numSlices: p.cluster };
     }
     return { ...planSelect(this.layout, seqLen, dev.multiprocessorCount, this.maxSlices, this.sliceLenOverride), long: false, bitsTiles: 0, sharedBytes: 0 };
+  }
+
+  /** Dynamic shared memory a bucket-mode kernel may opt in to: the device's per-block limit less its static arrays. */
+  private bucketSharedLimit(): number {
+    const statics = loadKernels('select_row').kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1, maxSeqLen: 0, sharedBytes: 0 })).attributes().staticSharedBytes;
+    return this.context.device.maxSharedPerBlockOptin - statics;
+  }
+
+  /**
+   * Bucket mode: group every kv-head's eligible positions [lo, sk − W) by code pair
+   * (pq_bucket_rebuild, reading sk on the device), so the step gathers heavy hitters from them.
+   * Steps call this themselves once 1024 (bucketTail) positions were appended since the last
+   * rebuild; a server may call it at a moment of its choosing (between requests) to keep that
+   * launch out of a latency-critical step. Enqueued on the stream; a no-op outside bucket mode.
+   */
+  rebuildBuckets(): void {
+    this.live();
+    const kernel = this.bucketRebuildKernel;
+    if (kernel === undefined) return;
+    const s = this.arena.slices;
+    const { batch: B, kvHeads: Hkv } = this.layout.shape;
+    const c = this.layout.config;
+    const lo = Math.max(c.initOffset, c.sinkSize);
+    this.bucketRebuildArgs.setAll([
+      s.codes.ptr, this.seqPtr(this.seqSlot), this.bucketEndPtr, s.bucketOffsets.ptr, s.buckets.ptr, s.pairCount.ptr, this.status.ptr,
+      this.capPad, c.pqGroupFactor, this.layout.numCentroids, c.pqBits, lo, c.windowSize,
+    ]);
+    launch(kernel, { grid: [B * Hkv, 1, 1], block: [ROW_THREADS, 1, 1] }, this.bucketRebuildArgs, this.stream);
+    this.bucketEnd = Math.max(lo, this.hostSeqLen - c.windowSize);
+  }
+
+  private get bucketEndPtr(): DevicePtr {
+    return this.arena.slices.seqState.ptr + 8n;
   }
 
   /** pair_count += 1 for the codes of positions [from, to) (pair path only). */
@@ -624,11 +695,14 @@ export class CudaPQCache implements PQCache {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const kernel = plan.row !== undefined
-      ? loadKernels('select_row').kernel(stepRowKernelName(this.layout, plan.row))
-      : loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
+    const kernel = plan.bucket !== undefined
+      ? loadKernels('select_row').kernel(stepBucketKernelName(this.layout, plan.bucket))
+      : plan.row !== undefined
+        ? loadKernels('select_row').kernel(stepRowKernelName(this.layout, plan.row))
+        : loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
-    const threads = plan.row !== undefined ? ROW_THREADS : SELECT_THREADS;
+    const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
+    const buckets = plan.bucket !== undefined;
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll([
@@ -637,6 +711,7 @@ export class CudaPQCache implements PQCache {
         DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
         this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
         c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
+        buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n,
       ]);
       // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
       if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);

@@ -148,7 +148,7 @@ export const ROW_MAX_PAIRS = 4 * ROW_THREADS;
 export const ROW_POSITIONS_PER_THREAD = [16, 32, 64] as const;
 
 /** Which step kernel the pair path runs: planned, or one forced (tuning, tests). */
-export type StepKernelChoice = 'auto' | 'row' | 'cluster';
+export type StepKernelChoice = 'auto' | 'bucket' | 'row' | 'cluster';
 
 export interface RowPlan {
   /** Blocks per query head: 1, or a thread-block cluster of 2 (sm_90) splitting positions and LUT. */
@@ -195,4 +195,43 @@ export function stepRowKernelName(layout: Layout, plan: RowPlan): string {
 /** The fused step kernel of the pair path. */
 export function stepPairsKernelName(layout: Layout, cluster: number, long = false): string {
   return `pq_step_pairs_${long ? 'long_' : ''}m${layout.config.pqGroupFactor}_p${cluster}`;
+}
+
+/** Bitmap words per thread of the bucket-mode row kernel (its instances: positions ≤ 1024 · 32 · w). */
+export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8] as const;
+/** Most tail positions (appended since the buckets were built) the bucket kernel classifies: one per thread. */
+export const BUCKET_MAX_TAIL = ROW_THREADS;
+
+export interface BucketPlan {
+  /** Bitmap words per thread (a template instance of the kernel). */
+  readonly wordsPerThread: (typeof BUCKET_WORDS_PER_THREAD)[number];
+  /** The plan is valid for every sk ≤ this: the eligible span still fits the bitmaps. */
+  readonly maxSeqLen: number;
+  /** Dynamic shared memory: the take and tie bitmaps. */
+  readonly sharedBytes: number;
+}
+
+/**
+ * The row kernel in bucket mode (kernels/select_row.cu: heavy hitters gathered from per-kv-head
+ * position buckets instead of a pass over every code) when it applies: C^M ≤ 4096, and the eligible
+ * span (from max(O, S) rounded down to 32) fits the bitmaps of the smallest instance whose dynamic
+ * shared memory fits `maxDynamicShared` (the device's per-block opt-in minus the kernel's static
+ * shared memory). Any number of query heads: one block each. Not with 'row' or 'cluster' forced.
+ */
+export function planBucket(layout: Layout, seqLen: number, choice: StepKernelChoice, maxDynamicShared: number): BucketPlan | undefined {
+  const pairs = pairTableSize(layout);
+  if (choice === 'row' || choice === 'cluster' || pairs === 0 || pairs > ROW_MAX_PAIRS) return undefined;
+  const { initOffset: O, sinkSize: S, windowSize: W } = layout.config;
+  const start = Math.floor(Math.max(O, S) / 32) * 32;
+  const span = Math.max(0, seqLen - W - start);
+  const w = BUCKET_WORDS_PER_THREAD.find((n) => n * ROW_THREADS * 32 >= span);
+  if (w === undefined) return undefined;
+  const sharedBytes = 2 * ROW_THREADS * w * 4;
+  if (sharedBytes > maxDynamicShared) return undefined;
+  return { wordsPerThread: w, maxSeqLen: w * ROW_THREADS * 32 + W + start, sharedBytes };
+}
+
+/** The bucket-mode kernel's name (kernels/select_row.cu). */
+export function stepBucketKernelName(layout: Layout, plan: BucketPlan): string {
+  return `pq_step_bucket_m${layout.config.pqGroupFactor}_w${plan.wordsPerThread}`;
 }

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Module } from '../cuda/module.js';
-import { DeviceInputError, KernelsNotBuiltError } from '../errors.js';
+import { DeviceInputError, KernelsNotBuiltError, StateError } from '../errors.js';
 import type { FloatDType } from '../tensor/dtype.js';
 
 /** Element-type codes the kernels take for float tensors (kernels/common.cuh PqDType). */
@@ -20,6 +20,8 @@ export function throwDeviceStatus(bits: number, seqLen: number): void {
   if (bits & 2) throw new DeviceInputError('key', 'finite values', 'NaN or Inf');
   if (bits & 4) throw new DeviceInputError('sparseList', `positions in [0, ${seqLen})`, 'a position out of range');
   if (bits & 8) throw new DeviceInputError('value', 'finite values', 'NaN or Inf');
+  // Not the caller's input: the select kernel's position buckets disagree with sk or the pair table.
+  if (bits & 16) throw new StateError('select (bucket mode)', 'position buckets matching sk and the pair table', 'stale buckets (a pqcache bug)');
 }
 
 export type KernelFamily = 'append' | 'select' | 'select_pairs' | 'select_row' | 'runtime' | 'build' | 'attention';

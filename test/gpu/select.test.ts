@@ -7,7 +7,7 @@ import { checkSelect } from '../../src/pq/brute-force.js';
 import { CpuPQCache } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
-import { type StepKernelChoice, planRow } from '../../src/pq/cuda-plan.js';
+import { type StepKernelChoice, planBucket, planRow } from '../../src/pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../../src/pq/index-state.js';
 import { CUDA_LIMITS, makeCase, runCase } from '../../src/pq/verify.js';
 import { deviceTensor } from '../../src/tensor/device-tensor.js';
@@ -16,8 +16,8 @@ import { gpuSkip } from './gpu.js';
 
 const skip = gpuSkip();
 
-function cudaFromState(state: PQIndexState, stepKernel: StepKernelChoice = 'auto', cluster?: number): CudaPQCache {
-  const c = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity, stepKernel, cluster });
+function cudaFromState(state: PQIndexState, stepKernel: StepKernelChoice = 'auto', cluster?: number, bucketTail?: number): CudaPQCache {
+  const c = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity, stepKernel, cluster, bucketTail });
   c.uploadState(state);
   return c;
 }
@@ -25,11 +25,11 @@ function cudaFromState(state: PQIndexState, stepKernel: StepKernelChoice = 'auto
 test('cuda select and append agree with the oracle on random configs (integer: bit-exact; real: near-ties only)', { skip }, () => {
   const n = Number(process.env.PQCACHE_GPU_CASES ?? 150);
   const failures: string[] = [];
-  // The planned kernel (mostly the row kernel in clusters of two), the row kernel one block per
-  // head, and the pair clusters.
-  const kernels: [StepKernelChoice, number | undefined][] = [['auto', undefined], ['row', 1], ['cluster', undefined]];
+  // The planned kernel (mostly the row kernel in bucket mode), the row kernel scanning every code
+  // (one block per head, and as planned: mostly clusters of two), and the pair clusters.
+  const kernels: [StepKernelChoice, number | undefined][] = [['auto', undefined], ['row', 1], ['row', undefined], ['cluster', undefined]];
   for (let i = 0; i < n; i++) {
-    const [stepKernel, cluster] = kernels[i % 3];
+    const [stepKernel, cluster] = kernels[i % kernels.length];
     const r = runCase(makeCase(i, 4242, CUDA_LIMITS), (st) => cudaFromState(st, stepKernel, cluster));
     if (r.errors.length > 0) failures.push(`${stepKernel}/${cluster ?? 'planned'}: ${r.description}\n  ${r.errors.slice(0, 3).join('\n  ')}`);
   }
@@ -262,6 +262,38 @@ test('row kernel: exact across its 16 → 32 → 64 positions-per-thread instanc
   }
 });
 
+test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 bitmap-words instances and the hand-over past them', { skip }, () => {
+  const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const layout = makeLayout(shape, { kmeansIters: 0, ...config });
+  let sk = 1;
+  for (const w of [1, 2, 4, 8]) {
+    // Three steps below the instance's limit: the run re-plans (and re-captures) mid-way, the last
+    // one off bucket mode; a tail of 2 rebuilds the buckets every other step.
+    const plan = planBucket(layout, sk, 'bucket', 1 << 20);
+    assert.equal(plan?.wordsPerThread, w);
+    const start = (plan?.maxSeqLen ?? 0) - 3;
+    sk = (plan?.maxSeqLen ?? 0) + 1;
+    const st = integerState(start, start + 8, config, shape, 400 + w);
+    const gpu = cudaFromState(st, 'bucket', undefined, 2);
+    try {
+      assert.equal(gpu.planFor(start + 1).bucket?.wordsPerThread, w);
+      stepTogether(st, gpu, 6, `bucket w${w}`);
+    } finally {
+      gpu.dispose();
+    }
+  }
+  // Many steps on one tail of 1024 (the default): rebuilds inside the run, every step checked.
+  const st = integerState(5000, 8200, config, { batch: 2, heads: 8, kvHeads: 2, headDim: 64 }, 77);
+  const gpu = cudaFromState(st, 'auto');
+  try {
+    assert.ok(gpu.planFor(5001).bucket !== undefined, 'auto plans bucket mode');
+    stepTogether(st, gpu, 3100, 'bucket default tail');
+  } finally {
+    gpu.dispose();
+  }
+});
+
 test('row kernel: more query heads than SMs, GQA, ip, K = 2048 with split ties, M = 1 with C = 256', { skip }, () => {
   const cases: [object, { batch: number; heads: number; kvHeads: number; headDim: number }, number][] = [
     [{ sinkSize: 8, windowSize: 8, heavySize: 64, pqGroupFactor: 2, pqBits: 5, initOffset: 8 }, { batch: 8, heads: 32, kvHeads: 8, headDim: 64 }, 3000],
@@ -269,12 +301,12 @@ test('row kernel: more query heads than SMs, GQA, ip, K = 2048 with split ties, 
     [{ sinkSize: 4, windowSize: 4, heavySize: 500, pqGroupFactor: 1, pqBits: 8, initOffset: 0 }, { batch: 1, heads: 2, kvHeads: 2, headDim: 128 }, 30000],
   ];
   for (const [i, [config, shape, sk]] of cases.entries()) {
-    for (const cluster of [1, 2]) {
+    for (const [stepKernel, cluster] of [['row', 1], ['row', 2], ['bucket', undefined]] as const) {
       const st = integerState(sk, sk + 4, config, shape, 50 + i);
       for (let p = 0; p < st.phi.length; p++) st.phi[p] = 200 + p;
-      const gpu = cudaFromState(st, 'row', cluster);
+      const gpu = cudaFromState(st, stepKernel, cluster, 2);
       try {
-        stepTogether(st, gpu, 3, `case ${i} cluster ${cluster}`);
+        stepTogether(st, gpu, 3, `case ${i} ${stepKernel} ${cluster ?? ''}`);
       } finally {
         gpu.dispose();
       }
@@ -285,7 +317,7 @@ test('row kernel: more query heads than SMs, GQA, ip, K = 2048 with split ties, 
 test('row and cluster kernels: a boundary bin of thousands of pairs (radix refinement) and all-equal scores', { skip }, () => {
   const config = { sinkSize: 8, windowSize: 8, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 8 };
   const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 64 };
-  for (const [stepKernel, cluster] of [['row', 1], ['row', 2], ['cluster', undefined]] as const) {
+  for (const [stepKernel, cluster] of [['row', 1], ['row', 2], ['bucket', undefined], ['cluster', undefined]] as const) {
     // One centroid of sub-space 0 far out: the linear bins span ±5e6, so the 4032 ordinary pairs
     // (integer scores in a few dozen values) share one bin and the exact keys are refined by radix.
     const st = integerState(12000, 12004, config, shape, 9);
