@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
-# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab kab baseab sanrow
+# Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab kab baseab sanrow sanbucket
 # attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
@@ -42,14 +42,14 @@ for s in $steps; do
       done; done
       for cl in 1 2; do run "phases-row$cl" 120 pqcache bench --backend cuda --config seed --step-kernel row --cluster $cl --phases --iters 100 --json "$OUT/phases-row$cl.json"; done ;;
     kab) # same-run A/B of the step kernels, alternating: bucket mode against the row kernel (seed config)
-      # and against the pair clusters (B = 8, sk = 131072); then bucket mode's phase stamps
+      # and against the pair clusters (B = 8, sk = 131072); then both row modes' phase stamps
       for i in 1 2 3; do for k in bucket row; do
         run "kab-seed-$k-$i" 120 pqcache bench --backend cuda --config seed --step-kernel $k --iters 300 --json "$OUT/kab-seed-$k-$i.json"
       done; done
       for i in 1 2; do for k in bucket cluster; do
         run "kab-b8-$k-$i" 120 pqcache bench --backend cuda --config seed --batch 8 --sk 131072 --step-kernel $k --iters 300 --json "$OUT/kab-b8-$k-$i.json"
       done; done
-      run phases-bucket 120 pqcache bench --backend cuda --config seed --step-kernel bucket --phases --iters 100 --json "$OUT/phases-bucket.json"
+      for k in bucket row; do run phases-$k 120 pqcache bench --backend cuda --config seed --step-kernel $k --phases --iters 100 --json "$OUT/phases-$k.json"; done
       node scripts/ab-table.mjs "$OUT"/kab-*.json ;;
     baseab) # same-run A/B of the seed config: each BASE build (pack-device.sh BASE="…") and this one, alternating
       for i in 1 2 3; do for cli in $(cd /tmp/pqcache-node/bin && ls -d pqcache@* 2>/dev/null) pqcache; do
@@ -130,6 +130,12 @@ for s in $steps; do
       run san-racecheck-row 300 bash -c 'for cl in 1 2; do compute-sanitizer --tool racecheck --target-processes all pqcache bench --backend cuda --config seed --step-kernel row --cluster $cl --iters 2 --warmup 1 --json /tmp/rc$cl.json; done; compute-sanitizer --tool racecheck --target-processes all pqcache verify --backend cuda --cases 4 --seed 9'
       SAN_OVER="select.test.js (row kernel instances, hand-overs, GQA, ip, K=2048 ties, radix refinement)" \
         SAN_OVER_racecheck_row="seed config with clusters of 1 and 2 (bench, 3 steps each) + 4 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
+    sanbucket) # bucket mode (its rebuild kernel too: the bench times 30 rebuilds): every tool on the seed
+      # config, B = 8 at sk = 131072, and 8 verify cases (two of them forced onto bucket mode)
+      for tool in memcheck racecheck initcheck synccheck; do
+        run "san-$tool-bucket" 300 bash -c "set -e; for a in '' '--batch 8 --sk 131072'; do compute-sanitizer --tool $tool --target-processes all pqcache bench --backend cuda --config seed \$a --step-kernel bucket --iters 2 --warmup 1 --json /tmp/sb.json; done; compute-sanitizer --tool $tool --target-processes all pqcache verify --backend cuda --cases 8 --seed 21"
+      done
+      SAN_OVER="bucket mode: bench seed config and B=8 sk=131072 (steps and 30 bucket rebuilds each) + 8 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done

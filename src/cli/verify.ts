@@ -17,9 +17,10 @@ export interface VerifyOptions {
 export function runVerify(o: VerifyOptions): number {
   decideBackend(o.backend); // throws CudaUnavailableError when cuda is asked for and absent
   const limits = o.backend === 'cuda' ? CUDA_LIMITS : CPU_LIMITS;
-  // CUDA: cases rotate over the planned step kernel (the bucket-mode row kernel wherever it fits),
-  // the row kernel scanning every code, and the cluster kernel, so each is checked on every kind of case.
-  const stepKernel = (id: number): StepKernelChoice => (['auto', 'row', 'cluster'] as const)[id % 3];
+  // CUDA: cases rotate over the planned step kernel, the row kernel in bucket mode, the row kernel
+  // scanning every code, and the cluster kernel (each where it applies, else the planned one), so
+  // each is checked on every kind of case.
+  const stepKernel = (id: number): StepKernelChoice => (['auto', 'bucket', 'row', 'cluster'] as const)[id % 4];
   const bar = progress(`verify ${o.backend}`);
   const failed: CaseResult[] = [];
   const counts = { exact: 0, tolerant: 0, built: 0 };

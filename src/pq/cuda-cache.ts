@@ -7,8 +7,9 @@
  * Two paths (src/pq/cuda-plan.ts decides):
  *   M ≤ 2, C^M ≤ 16384: the pair path — one kernel per step that also appends the new key when
  *     W ≥ 1 (else pq_append runs first), driven by a per-kv-head table of code-pair counts kept
- *     exact on the device. Where C^M ≤ 4096 the row kernel runs (kernels/select_row.cu), in bucket
- *     mode when its bitmaps fit: the heavy hitters are gathered from per-kv-head position buckets
+ *     exact on the device. Where C^M ≤ 4096 the row kernel runs (kernels/select_row.cu): scanning
+ *     every code where that is 16 per thread, else in bucket mode where its bitmaps fit (any number
+ *     of heads): the heavy hitters are gathered from per-kv-head position buckets
  *     (positions grouped by code pair, rebuilt by pq_bucket_rebuild before the positions appended
  *     since outgrow the kernel's tail); else the pair clusters (kernels/select_pairs.cu);
  *   otherwise: pq_append (kernels/append.cu) then the general select (kernels/select.cu).
@@ -63,9 +64,11 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   /** Blocks per query head on the pair path: 1, 2, 4 or 8 (tuning; default: planned). */
   readonly cluster?: number;
   /**
-   * The pair path's step kernel: 'row' (one 1024-thread block per query head, where C^M ≤ 4096 and
-   * the eligible span fits 65,536 positions), 'cluster' (thread-block clusters), or 'auto' (row
-   * when it fits and B·H ≤ the SM count). Tuning and tests; default 'auto'.
+   * The pair path's step kernel: 'row' (one 1024-thread block per query head scanning every code,
+   * where C^M ≤ 4096 and the eligible span fits 131,072 positions), 'bucket' (the row kernel
+   * gathering from position buckets, span ≤ 262,144), 'cluster' (thread-block clusters), or 'auto'
+   * (row at 16 positions per thread and B·H ≤ the SM count, else bucket, else row, else cluster).
+   * Tuning and tests; default 'auto'.
    */
   readonly stepKernel?: StepKernelChoice;
   /** Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). */
@@ -589,11 +592,15 @@ export class CudaPQCache implements PQCache {
   planFor(seqLen: number): StepPlan {
     const dev = this.context.device;
     if (this.pairs > 0) {
-      const bucket = this.bucketRebuildKernel === undefined ? undefined : planBucket(this.layout, seqLen, this.stepKernel, this.bucketSharedLimit());
+      const row = planRow(this.layout, seqLen, dev.multiprocessorCount, this.stepKernel, dev.computeCapability[0] >= 9, this.clusterOverride);
+      // The row kernel scanning 16 codes per thread is 0.5 μs faster than bucket mode on the seed
+      // config (same-run A/B, bench/NOTES.md session 10); with more per thread, or more heads than
+      // SMs, bucket mode is faster (B = 8, sk = 131072: 31 against 81 μs).
+      const rowFirst = this.stepKernel !== 'bucket' && row?.positionsPerThread === 16;
+      const bucket = this.bucketRebuildKernel === undefined || rowFirst ? undefined : planBucket(this.layout, seqLen, this.stepKernel, this.bucketSharedLimit());
       if (bucket !== undefined) {
         return { numSlices: 1, sliceLen: bucket.wordsPerThread * ROW_THREADS * 32, maxSeqLen: bucket.maxSeqLen, long: false, bitsTiles: 0, sharedBytes: bucket.sharedBytes, bucket };
       }
-      const row = planRow(this.layout, seqLen, dev.multiprocessorCount, this.stepKernel, dev.computeCapability[0] >= 9, this.clusterOverride);
       if (row !== undefined) {
         return { numSlices: row.cluster, sliceLen: row.positionsPerThread * ROW_THREADS, maxSeqLen: row.maxSeqLen, long: false, bitsTiles: 0, sharedBytes: 0, row };
       }

@@ -25,9 +25,9 @@ function cudaFromState(state: PQIndexState, stepKernel: StepKernelChoice = 'auto
 test('cuda select and append agree with the oracle on random configs (integer: bit-exact; real: near-ties only)', { skip }, () => {
   const n = Number(process.env.PQCACHE_GPU_CASES ?? 150);
   const failures: string[] = [];
-  // The planned kernel (mostly the row kernel in bucket mode), the row kernel scanning every code
-  // (one block per head, and as planned: mostly clusters of two), and the pair clusters.
-  const kernels: [StepKernelChoice, number | undefined][] = [['auto', undefined], ['row', 1], ['row', undefined], ['cluster', undefined]];
+  // The planned kernel (mostly the row kernel in clusters of two), bucket mode, the row kernel one
+  // block per head, and the pair clusters.
+  const kernels: [StepKernelChoice, number | undefined][] = [['auto', undefined], ['bucket', undefined], ['row', 1], ['cluster', undefined]];
   for (let i = 0; i < n; i++) {
     const [stepKernel, cluster] = kernels[i % kernels.length];
     const r = runCase(makeCase(i, 4242, CUDA_LIMITS), (st) => cudaFromState(st, stepKernel, cluster));
@@ -285,9 +285,9 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 bitmap-words i
   }
   // Many steps on one tail of 1024 (the default): rebuilds inside the run, every step checked.
   const st = integerState(5000, 8200, config, { batch: 2, heads: 8, kvHeads: 2, headDim: 64 }, 77);
-  const gpu = cudaFromState(st, 'auto');
+  const gpu = cudaFromState(st, 'bucket');
   try {
-    assert.ok(gpu.planFor(5001).bucket !== undefined, 'auto plans bucket mode');
+    assert.ok(gpu.planFor(5001).bucket !== undefined, 'bucket mode planned');
     stepTogether(st, gpu, 3100, 'bucket default tail');
   } finally {
     gpu.dispose();
