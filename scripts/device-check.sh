@@ -133,7 +133,7 @@ for s in $steps; do
     sanbucket) # bucket mode (its rebuild kernel too: the bench times 30 rebuilds): every tool on the seed
       # config, B = 8 at sk = 131072, and 8 verify cases (two of them forced onto bucket mode)
       for tool in memcheck racecheck initcheck synccheck; do
-        run "san-$tool-bucket" 300 bash -c "set -e; for a in '' '--batch 8 --sk 131072'; do compute-sanitizer --tool $tool --target-processes all pqcache bench --backend cuda --config seed \$a --step-kernel bucket --iters 2 --warmup 1 --json /tmp/sb.json; done; compute-sanitizer --tool $tool --target-processes all pqcache verify --backend cuda --cases 8 --seed 21"
+        run "san-$tool-bucket" 140 bash -c "set -e; for a in '' '--batch 8 --sk 131072'; do compute-sanitizer --tool $tool --target-processes all pqcache bench --backend cuda --config seed \$a --step-kernel bucket --iters 2 --warmup 1 --json /tmp/sb.json; done; compute-sanitizer --tool $tool --target-processes all pqcache verify --backend cuda --cases 8 --seed 21"
       done
       SAN_OVER="bucket mode: bench seed config and B=8 sk=131072 (steps and 30 bucket rebuilds each) + 8 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;

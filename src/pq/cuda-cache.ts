@@ -44,8 +44,8 @@ import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './c
 import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported, deviceIndexStrides } from './cuda-build.js';
 import {
-  BUCKET_MAX_TAIL, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
-  cudaLayoutProblem, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, selectKernelName, stepBucketKernelName,
+  BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
+  cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, selectKernelName, stepBucketKernelName,
   stepPairsKernelName, stepRowKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
@@ -67,8 +67,8 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
    * The pair path's step kernel: 'row' (one 1024-thread block per query head scanning every code,
    * where C^M ≤ 4096 and the eligible span fits 131,072 positions), 'bucket' (the row kernel
    * gathering from position buckets, span ≤ 262,144), 'cluster' (thread-block clusters), or 'auto'
-   * (row at 16 positions per thread and B·H ≤ the SM count, else bucket, else row, else cluster).
-   * Tuning and tests; default 'auto'.
+   * (row at 16 positions per thread and B·H ≤ the SM count; else bucket, except the clusters when
+   * B·H > the SM count and the span ≤ 16,384; else row, else cluster). Tuning and tests; default 'auto'.
    */
   readonly stepKernel?: StepKernelChoice;
   /** Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). */
@@ -593,11 +593,14 @@ export class CudaPQCache implements PQCache {
     const dev = this.context.device;
     if (this.pairs > 0) {
       const row = planRow(this.layout, seqLen, dev.multiprocessorCount, this.stepKernel, dev.computeCapability[0] >= 9, this.clusterOverride);
-      // The row kernel scanning 16 codes per thread is 0.5 μs faster than bucket mode on the seed
-      // config (same-run A/B, bench/NOTES.md session 10); with more per thread, or more heads than
-      // SMs, bucket mode is faster (B = 8, sk = 131072: 31 against 81 μs).
-      const rowFirst = this.stepKernel !== 'bucket' && row?.positionsPerThread === 16;
-      const bucket = this.bucketRebuildKernel === undefined || rowFirst ? undefined : planBucket(this.layout, seqLen, this.stepKernel, this.bucketSharedLimit());
+      // Same-run A/Bs (bench/NOTES.md session 10): the row kernel scanning 16 codes per thread is
+      // 0.5 μs faster than bucket mode on the seed config, and with more heads than SMs the pair
+      // clusters are faster up to short spans (B = 8, sk = 8192: 22.5 against 28 μs); beyond, bucket
+      // mode (B = 8, sk = 131072: 31.5 against 81 μs).
+      const auto = this.stepKernel === 'auto';
+      const rowFirst = auto && row?.positionsPerThread === 16;
+      const clustersFirst = auto && this.layout.shape.batch * this.layout.shape.heads > dev.multiprocessorCount && eligibleSpan(this.layout, seqLen) <= BUCKET_MIN_SPAN_MANY_HEADS;
+      const bucket = this.bucketRebuildKernel === undefined || rowFirst || clustersFirst ? undefined : planBucket(this.layout, seqLen, this.stepKernel, this.bucketSharedLimit());
       if (bucket !== undefined) {
         return { numSlices: 1, sliceLen: bucket.wordsPerThread * ROW_THREADS * 32, maxSeqLen: bucket.maxSeqLen, long: false, bitsTiles: 0, sharedBytes: bucket.sharedBytes, bucket };
       }

@@ -199,6 +199,8 @@ export function stepPairsKernelName(layout: Layout, cluster: number, long = fals
 
 /** Bitmap words per thread of the bucket-mode row kernel (its instances: positions ≤ 1024 · 32 · w). */
 export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8] as const;
+/** With more query heads than SMs, 'auto' plans the pair clusters up to this eligible span, bucket mode beyond. */
+export const BUCKET_MIN_SPAN_MANY_HEADS = 16384;
 /** Most tail positions (appended since the buckets were built) the bucket kernel classifies: one per thread. */
 export const BUCKET_MAX_TAIL = ROW_THREADS;
 
