@@ -165,6 +165,14 @@ export function benchSelectCpu(c: SelectBenchConfig, o: BenchOptions): RecordRow
   return wallRow('pqcache-cpu', c, summarize(wall), { select_only_wall_us_median: round3(summarize(selectOnly).median), mismatches: errors.slice(0, 3) }, undefined, errors.length === 0);
 }
 
+type BenchPlan = CudaBenchResult['plan'];
+
+/** The step kernel a plan runs, for the record. */
+function describePlan(plan: BenchPlan): string {
+  if (plan.bucket) return `row, buckets (${plan.bucket.wordsPerThread} bitmap words/thread)`;
+  return plan.row ? `row ×${plan.numSlices} (${plan.row.positionsPerThread} positions/thread)` : `pairs cluster ${plan.numSlices}`;
+}
+
 export interface CudaBenchResult {
   readonly rows: RecordRow[];
   readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number }; bucket?: { wordsPerThread: number } };
@@ -212,6 +220,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.step(qDev[i % sets], kDev[i % sets]);
       cache.synchronize();
     }
+    // The plan of the timed loops (sk grows by one per call, so a long run can end on another one).
+    const plan = cache.planFor(cache.seqLen + 1);
     const wall: number[] = [];
     for (let i = 0; i < o.iters; i++) {
       const t0 = nowUs();
@@ -243,7 +253,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const g = summarize(gpu);
     const gi = summarize(gpuIdle);
     const idle = { median: round3(gi.median), p90: round3(gi.p90), p99: round3(gi.p99) };
-    const plan = cache.planFor(cache.seqLen);
+    const planAtEnd = cache.planFor(cache.seqLen);
     const M = c.M;
     const span = Math.max(0, cache.seqLen - c.W - Math.max(c.O, c.S));
     const bytes =
@@ -255,11 +265,10 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const phases = o.phases ? measurePhases(layout, state, capacity, o, qDev, kDev) : undefined;
     const extra = {
       ...(phases ? { phases_us: phases } : {}),
-      step_kernel: plan.bucket
-        ? `row, buckets (${plan.bucket.wordsPerThread} bitmap words/thread)`
-        : plan.row ? `row ×${plan.numSlices} (${plan.row.positionsPerThread} positions/thread)` : `pairs cluster ${plan.numSlices}`,
+      step_kernel: describePlan(plan),
       // Bucket mode: the rebuild a step launches first once 1024 positions were appended (GPU μs, median).
       ...(plan.bucket ? { bucket_rebuild_gpu_us: round3(summarize(eventTimes(cache.stream, 30, () => cache.rebuildBuckets(), busy)).median) } : {}),
+      ...(describePlan(planAtEnd) !== describePlan(plan) ? { step_kernel_at_end: describePlan(planAtEnd) } : {}),
       slices: plan.numSlices,
       slice_len: plan.sliceLen,
       bytes_per_call: bytes,
