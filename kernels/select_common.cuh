@@ -66,6 +66,11 @@ __device__ __forceinline__ int pq_div_small(int a, int d) {
   return __float2int_rz((static_cast<float>(a) + 0.5f) * r);
 }
 
+// The pair-table index of one position's M ≤ 2 codes (C = 2^log2c): c0 + c1·C.
+__device__ __forceinline__ int pq_code_pair(const uint8_t* code, int M, int log2c) {
+  return M == 1 ? code[0] : code[0] + (code[1] << log2c);
+}
+
 // Score keys (pq_score_key) back to scores: the inverse on every key of a non-NaN float.
 __device__ __forceinline__ float pq_key_score(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);

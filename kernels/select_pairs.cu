@@ -365,8 +365,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   const bool q_enters = appended != 0 && q >= lo && q >= 0;
   int virtual_pair = -1;
   if (q_enters) {
-    const uint8_t* qc = head_codes + static_cast<int64_t>(q) * M;
-    virtual_pair = M == 1 ? qc[0] : qc[0] + (qc[1] << log2c);
+    virtual_pair = pq_code_pair(head_codes + static_cast<int64_t>(q) * M, M, log2c);
   }
 
   if (sk <= full_threshold) {

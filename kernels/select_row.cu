@@ -80,15 +80,15 @@ struct __align__(16) RowShared {
   int best_code[PQ_APPEND_MAX_M];
 };
 
-// Exclusive scan of one int per thread over the block, and the block total. One barrier; the
-// scratch half `parity` must not be reused before another barrier has passed.
-__device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* total) {
+// Exclusive scan of one int per thread over the NT-thread block, and the block total. One barrier;
+// `scratch` (NW ints) must not be reused before another barrier has passed.
+__device__ __forceinline__ int block_scan(int* scratch, int v, int* total) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int inc = pq_warp_inclusive_scan(v);
-  if (lane == 31) sm.warp_total[parity][warp] = inc;
+  if (lane == 31) scratch[warp] = inc;
   __syncthreads();
-  const int w = sm.warp_total[parity][lane];  // NW == 32: lane l holds warp l's total
+  const int w = scratch[lane];  // NW == 32: lane l holds warp l's total
   const int winc = pq_warp_inclusive_scan(w);
   *total = __shfl_sync(0xffffffffu, winc, 31);
   return __shfl_sync(0xffffffffu, winc - w, warp) + inc - v;
@@ -113,6 +113,8 @@ __device__ __forceinline__ int2 row_scan2(RowShared& sm, int a, int b, int2* tot
   *total = make_int2(__shfl_sync(0xffffffffu, wia, 31), __shfl_sync(0xffffffffu, wib, 31));
   return make_int2(__shfl_sync(0xffffffffu, wia - wa, warp) + ia - a, __shfl_sync(0xffffffffu, wib - wb, warp) + ib - b);
 }
+// The row kernel's scans alternate between two scratch halves, so consecutive ones need no extra barrier.
+__device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* total) { return block_scan(sm.warp_total[parity], v, total); }
 
 // ---- cluster mailboxes (CL == 2, sm_90) ----
 // A block's peers push words into its shared memory with st.async; each push completes its bytes
@@ -295,8 +297,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (sk <= full_threshold) {
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
     if (rank == 0 && tid == 0) {
-      const uint8_t* qc = head_codes + static_cast<int64_t>(max(q, 0)) * M;
-      q_joins_table(!q_enters ? 0 : M == 1 ? qc[0] : qc[0] + (qc[1] << log2c));
+      q_joins_table(!q_enters ? 0 : pq_code_pair(head_codes + static_cast<int64_t>(q) * M, M, log2c));
     }
     finish();
     return;
@@ -430,13 +431,14 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     if (rank == 0 && tid == 0) out.sparse_len[row] = len;
   }
 
-  // This thread's pair scores and weights (q's pair counted virtually).
+  // This thread's pair scores and weights (q's pair counted virtually). One expression for every
+  // pair score (bucket mode scores its tail with it too), so equal pairs get bit-equal scores.
+  auto pair_score = [&](int i) { return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)]; };
   float score[PPT];
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
     const int i = PPT * tid + j;
-    const int ii = min(i, pairs - 1);
-    score[j] = M == 1 ? sm.lut[ii] : sm.lut[ii & (C - 1)] + sm.lut[C + (ii >> log2c)];
+    score[j] = pair_score(min(i, pairs - 1));
     weight[j] = i < pairs ? weight[j] + (i == virtual_pair ? 1u : 0u) : 0u;
   }
   const bool take_all = total <= K;
@@ -659,8 +661,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
       }
       if (tail_p < hi && tail_p >= lo) {
-        const int pr = pair_of_raw(tail_raw);
-        const uint32_t c = class_of_score(M == 1 ? sm.lut[pr] : sm.lut[pr & (C - 1)] + sm.lut[C + (pr >> log2c)]);
+        const uint32_t c = class_of_score(pair_score(pair_of_raw(tail_raw)));
         if (c != CLS_SKIP) set_bit(tail_p, c == CLS_TIE);
       }
       __syncthreads();
@@ -874,7 +875,7 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
   const int pairs = M == 1 ? C : C << log2c;
   const int end = max(lo, *seq - W);
   const uint8_t* head_codes = codes + static_cast<int64_t>(a) * capacity * M;
-  auto pair_at = [&](int p) { return M == 1 ? head_codes[p] : head_codes[2 * p] + (head_codes[2 * p + 1] << log2c); };
+  auto pair_at = [&](int p) { return pq_code_pair(head_codes + static_cast<int64_t>(p) * M, M, log2c); };
   for (int i = tid; i < pairs; i += NT) count[i] = 0;
   __syncthreads();
   for (int p = lo + tid; p < end; p += NT) atomicAdd(&count[pair_at(p)], 1);
@@ -889,12 +890,8 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
     mine += c[j];
     if (i < pairs && static_cast<unsigned>(c[j]) != pair_count[static_cast<int64_t>(a) * pairs + i]) atomicOr(status, PQ_STATUS_BUCKETS_STALE);
   }
-  const int inc = pq_warp_inclusive_scan(mine);
-  if ((tid & 31) == 31) warp_total[tid >> 5] = inc;
-  __syncthreads();
-  const int w = warp_total[tid & 31];
-  const int winc = pq_warp_inclusive_scan(w);
-  int start = __shfl_sync(0xffffffffu, winc - w, tid >> 5) + inc - mine;
+  int end_total;
+  int start = block_scan(warp_total, mine, &end_total);
   int* head_off = offsets + static_cast<int64_t>(a) * (pairs + 4);
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
@@ -905,7 +902,7 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
     }
     start += c[j];
   }
-  if (tid == NT - 1) head_off[pairs] = start;  // = end − lo
+  if (tid == 0) head_off[pairs] = end_total;  // = end − lo
   __syncthreads();
   int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
   for (int p = lo + tid; p < end; p += NT) head_buckets[atomicAdd(&count[pair_at(p)], 1)] = p;

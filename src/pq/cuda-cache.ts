@@ -615,7 +615,8 @@ export class CudaPQCache implements PQCache {
 
   /** Dynamic shared memory a bucket-mode kernel may opt in to: the device's per-block limit less its static arrays. */
   private bucketSharedLimit(): number {
-    const statics = loadKernels('select_row').kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1, maxSeqLen: 0, sharedBytes: 0 })).attributes().staticSharedBytes;
+    // Every instance has the same static arrays (RowShared): the smallest one's stand for all.
+    const statics = loadKernels('select_row').kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1 })).attributes().staticSharedBytes;
     return this.context.device.maxSharedPerBlockOptin - statics;
   }
 

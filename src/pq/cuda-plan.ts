@@ -234,6 +234,6 @@ export function planBucket(layout: Layout, seqLen: number, choice: StepKernelCho
 }
 
 /** The bucket-mode kernel's name (kernels/select_row.cu). */
-export function stepBucketKernelName(layout: Layout, plan: BucketPlan): string {
+export function stepBucketKernelName(layout: Layout, plan: Pick<BucketPlan, 'wordsPerThread'>): string {
   return `pq_step_bucket_m${layout.config.pqGroupFactor}_w${plan.wordsPerThread}`;
 }
