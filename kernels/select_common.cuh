@@ -11,6 +11,15 @@ __device__ __forceinline__ void store_weight(void* weights, int wdtype, int64_t 
   }
 }
 
+// A load through the read-only cache (ld.global.nc) where the data stays fixed while the kernel
+// runs; a plain, coherent load in resident kernels (resident.cuh), whose data changes between the
+// requests they serve.
+template <bool READ_ONLY, typename T>
+__device__ __forceinline__ T pq_load(const T* p) {
+  if constexpr (READ_ONLY) return __ldg(p);
+  else return *p;
+}
+
 struct OutputArgs {
   int* sparse_list;
   int* sparse_len;

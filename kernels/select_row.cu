@@ -34,6 +34,7 @@
 // score, so bins above the boundary bin are taken and those below skipped; inside it the exact
 // keys decide.
 #include "append_block.cuh"
+#include "resident.cuh"
 #include "select_common.cuh"
 
 namespace {
@@ -151,17 +152,22 @@ __device__ __forceinline__ void mailboxes_ready_arrive() {
   asm volatile("fence.mbarrier_init.release.cluster;\n barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
 __device__ __forceinline__ void mailboxes_ready_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+// Before a location's mbarrier is initialised again (resident kernels, step after step).
+__device__ __forceinline__ void mailboxes_inval(uint64_t* a, uint64_t* b) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n mbarrier.inval.shared::cta.b64 [%1];" ::"r"(smem_u32(a)), "r"(smem_u32(b)) : "memory");
+}
 #else  // no clusters before sm_90: the host plans CL == 1 there, and these are never reached
 __device__ __forceinline__ void mailbox_init(uint64_t*, unsigned) { __trap(); }
 __device__ __forceinline__ void mailbox_push(const void*, int, uint32_t, uint64_t*) { __trap(); }
 __device__ __forceinline__ void mailbox_wait(uint64_t*) { __trap(); }
 __device__ __forceinline__ void mailboxes_ready_arrive() { __trap(); }
 __device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
+__device__ __forceinline__ void mailboxes_inval(uint64_t*, uint64_t*) { __trap(); }
 #endif
 
 
 
-template <int M, int E, int CL, int WPT>
+template <int M, int E, int CL, int WPT, bool RESIDENT = false>
 __device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
@@ -217,11 +223,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const float query_value = tid < D ? pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + tid) : 0.0f;  // D ≤ NT
   uint32_t weight[PPT];
   if (pairs >= PPT) {
-    const uint4 w4 = tid < pairs / PPT ? __ldg(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
+    const uint4 w4 = tid < pairs / PPT ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
     weight[0] = w4.x, weight[1] = w4.y, weight[2] = w4.z, weight[3] = w4.w;
   } else {
 #pragma unroll
-    for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? __ldg(table + PPT * tid + j) : 0u;
+    for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? pq_load<!RESIDENT>(table + PPT * tid + j) : 0u;
   }
   // LUT rows: 8 lanes per entry (e = e0 + tid/8), lane8 takes float4 chunks lane8, lane8 + 8, ….
   const int lane8 = tid & 7;
@@ -262,7 +268,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     const int pc = p0 + c * (16 / M);
-    raw[c] = pc < capacity ? __ldg(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
+    raw[c] = pc < capacity ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
   }
   int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
   const int64_t wrow = static_cast<int64_t>(row) * out.wstride;
@@ -818,6 +824,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }  // row mode
   stamp(PH_WRITE);
   if (G > 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
+  if (RESIDENT && CL > 1) {
+    // The next step initialises the mailboxes again: invalidate them once every wait is over.
+    __syncthreads();
+    if (tid == 0) mailboxes_inval(&sm.lut_mail, &sm.counts_mail);
+  }
   finish();
 }
 
@@ -856,6 +867,54 @@ PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w1, 2, 0, 1, 1)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w2, 2, 0, 1, 2)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w4, 2, 0, 1, 4)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w8, 2, 0, 1, 8)
+
+// Resident form of the row kernel (pq_resident_row_m{M}_e{E}[_c2]; resident.cuh): the same grid
+// (every block co-resident: the host checks), launched once; every block serves one step per ring.
+// The bell's flag bits are the step's: bit 0 the seqState slot holding sk (seq_write is the slot
+// array; seq_read and appended are unused), bit 1 whether the step appends (else the append blocks
+// idle). `first_ticket` is the first ticket the launch serves.
+namespace {
+template <int M, int E, int CL>
+__device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {
+  __shared__ unsigned bell_word;
+  const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};
+  if (threadIdx.x == 0) pq_resident_arrive(counters, &words->ready, first_ticket, nullptr);
+  for (unsigned ticket = first_ticket;; ++ticket) {
+    const unsigned bell = pq_resident_wait(words, counters, ticket, &bell_word);
+    if (bell & PQ_RESIDENT_STOP) return;
+    const int slot = static_cast<int>(bell & 1u);
+    const int step_appends = static_cast<int>((bell >> 1) & 1u);
+    if (step_appends || static_cast<int>(blockIdx.y) < B * H) {
+      step_row<M, E, CL, 0, true>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
+                                  step_appends, pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K,
+                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);
+    }
+    __syncthreads();  // the block's results, and bell_word read by every thread
+    if (threadIdx.x == 0) pq_resident_arrive(counters, &words->done, ticket & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
+  }
+}
+}  // namespace
+
+#define PQ_RESIDENT_ROW_KERNEL(NAME, M, E, CL)                                                                         \
+  extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1)                                              \
+      NAME(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {                        \
+    resident_row<M, E, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+                           readers, sparse_list, sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, \
+                           cstride, capacity, S, W, K, O, ip, full_threshold, slice_len, bits_tiles, phase_clock,         \
+                           bucket_end, bucket_offsets, buckets, words, counters, first_ticket);                         \
+  }
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e16, 1, 16, 1)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e32, 1, 32, 1)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e64, 1, 64, 1)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e16, 2, 16, 1)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e32, 2, 32, 1)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e64, 2, 64, 1)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e16_c2, 1, 16, 2)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e32_c2, 1, 32, 2)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e64_c2, 1, 64, 2)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e16_c2, 2, 16, 2)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e32_c2, 2, 32, 2)
+PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e64_c2, 2, 64, 2)
 
 // pq_bucket_rebuild: the position buckets of every (b, kv-head), for the bucket-mode step kernels.
 // Launch: grid (B*Hkv), block NT = 1024. Reads sk from seq (the slot the next step reads), sets

@@ -2,7 +2,7 @@
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
 # Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab kab baseab sanrow sanbucket
-# attend step attsan fuzz soak quality report sanall sanrace saninit sanfast). Logs and records go to
+# attend step attsan fuzz soak quality report sanall sanrace saninit sanfast resident sanresident). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"
@@ -122,6 +122,17 @@ for s in $steps; do
       fi
       SAN_OVER_racecheck="attention + decode-layer and build tests" SAN_OVER_racecheck_select="6 verify cases (select and append kernels)" \
         SAN_OVER="every GPU test (PQCACHE_GPU_CASES=5)" node scripts/merge-sanitizer.mjs "$OUT" ;;
+    resident) # resident steps: their tests, whether the resident kernels' bell acquire drops the L1
+      # (CCTL.IVALL in the SASS), the seed config's graph and resident rows, and the runtime floors
+      run resident-tests 200 env PQCACHE_REQUIRE_GPU=1 node --test --test-concurrency=1 --test-name-pattern 'resident' .device/app/dist/test/gpu/runtime.test.js .device/app/dist/test/gpu/select.test.js
+      run resident-sass 60 bash -c 'cuobjdump -sass -fun pq_resident_row_m2_e16_c2 .device/app/kernels/dist/select_row.fatbin | grep -E "CCTL|LDG.*STRONG.SYS|ST.*STRONG.SYS|MEMBAR|FENCE" | sort | uniq -c'
+      run resident-seed 120 pqcache bench --backend cuda --config seed --iters 300 ${RESIDENT_PHASES:+--phases} --json "$OUT/resident-seed.json"
+      run resident-runtime 120 pqcache bench --backend cuda --kind runtime --iters 3000 --json "$OUT/resident-runtime.json" ;;
+    sanresident) # resident steps (their tests): every tool
+      for tool in memcheck racecheck initcheck synccheck; do
+        run "san-$tool-resident" 200 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 --test-name-pattern 'resident' .device/app/dist/test/gpu/runtime.test.js .device/app/dist/test/gpu/select.test.js
+      done
+      SAN_OVER="resident steps (the resident tests of runtime.test.js and select.test.js)" node scripts/merge-sanitizer.mjs "$OUT" ;;
     sanrow) # the row step kernel (select.test.js has its instances, hand-overs and edge cases): every tool
       for tool in memcheck initcheck synccheck; do
         run "san-$tool-row" 300 env PQCACHE_REQUIRE_GPU=1 PQCACHE_NO_FAULT_TEST=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/select.test.js

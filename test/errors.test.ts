@@ -49,6 +49,20 @@ test('NonFiniteError reports NaN/Inf in queries and keys with the index', () => 
   assert.throws(() => new CpuPQCache({ shape, config, capacity: 20 }).build(new HostTensor('f32', [1, 1, 10, 8], k)), isA(NonFiniteError, /keys.*NaN at flat index 17/));
 });
 
+test('checkFinite finds every NaN and ±Infinity position (every lane of the branch-free sums, and the tail), passes extreme finite values', () => {
+  for (const n of [1, 3, 4, 7, 4096, 4099]) {
+    const ok = new Float32Array(n).map((_, i) => (i % 3 === 0 ? 3.4e38 : i % 3 === 1 ? -1e-45 : -3.4e38));
+    checkFinite('x', new HostTensor('f32', [n], ok));
+    for (const at of new Set([0, 1, 2, 3, n - 1, n >> 1].filter((i) => i < n))) {
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const x = ok.slice();
+        x[at] = bad;
+        assert.throws(() => checkFinite('x', new HostTensor('f32', [n], x)), isA(NonFiniteError, new RegExp(`at flat index ${at}$`)));
+      }
+    }
+  }
+});
+
 test('CapacityError when appends would exceed the reserved capacity', () => {
   assert.throws(() => built().append(new HostTensor('f32', [1, 1, 11, 8])), isA(CapacityError, /^keys: expected at most 20 cached positions \(the capacity\), got 21$/));
 });

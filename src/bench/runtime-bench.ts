@@ -8,6 +8,7 @@ import { CudaContext } from '../cuda/context.js';
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
+import { ResidentLaunch } from '../cuda/resident.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { loadKernels } from '../pq/kernels.js';
 import type { RecordRow } from './record.js';
@@ -133,6 +134,8 @@ export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
       ev1.dispose();
     }
 
+    rows.push(...residentFloors(o.iters, stream));
+
     const batch = 1000;
     const lt: number[] = [];
     for (let r = 0; r < 30; r++) {
@@ -188,6 +191,65 @@ export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
   } finally {
     noArgs.dispose();
     stream.dispose();
+  }
+  return rows;
+}
+
+/**
+ * The floors under a resident step (src/cuda/resident.ts): a graph launch whose completion the host
+ * sees by polling a flag the kernel publishes in pinned memory (no cuStreamSynchronize), and the
+ * resident protocol's round trip (ring → every block arrives → done) for one small block and for
+ * the seed config's resident grid (48 clusters of two 1024-thread blocks).
+ */
+function residentFloors(iters: number, stream: Stream): RecordRow[] {
+  const mod = loadKernels('runtime');
+  const rows: RecordRow[] = [];
+  const flag = new PinnedBuffer(16);
+  const flagView = new Uint32Array(flag.arrayBuffer, 0, 1);
+  const publish = mod.kernel('pq_publish_u32');
+  const args = new LaunchArgs(['ptr', 'u32'] as const).setAll([flag.ptr, 0]);
+  let value = 0;
+  const graphs = [1, 2].map((parity) =>
+    GraphExec.capture(stream, () => launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, args.set(1, parity), stream)),
+  );
+  try {
+    const wall: number[] = [];
+    for (let i = 0; i < 200 + iters; i++) {
+      value = 1 + (i & 1);
+      const t0 = nowUs();
+      (graphs[value - 1] as GraphExec).launch(stream);
+      while (Atomics.load(flagView, 0) !== value) { /* spin on pinned memory */ }
+      if (i >= 200) wall.push(nowUs() - t0);
+    }
+    stream.synchronize();
+    rows.push(latencyRow('pqcache-cuda', 'graph of 1 kernel launch, host polls the flag it publishes (no sync call)', wall));
+  } finally {
+    for (const g of graphs) g.dispose();
+    args.dispose();
+    flag.dispose();
+  }
+  const echo = mod.kernel('pq_resident_echo');
+  for (const [what, grid, block] of [
+    ['resident round trip: 1 block of 32 threads', [1, 1, 1], [32, 1, 1]],
+    ['resident round trip: 96 blocks of 1024 threads', [96, 1, 1], [1024, 1, 1]],
+  ] as const) {
+    const resident = new ResidentLaunch();
+    try {
+      resident.start(echo, { grid, block }, [] as const, [] as const);
+      const wall: number[] = [];
+      const device: number[] = [];
+      for (let i = 0; i < 200 + iters; i++) {
+        const t0 = nowUs();
+        resident.serve(0);
+        if (i < 200) continue;
+        wall.push(nowUs() - t0);
+        device.push(resident.lastDeviceNs / 1000);
+      }
+      const d = summarize(device);
+      rows.push({ ...latencyRow('pqcache-cuda', what, wall), gpu_us: { median: round3(d.median), p90: round3(d.p90), p99: round3(d.p99) }, extra: { gpu_method: 'global timer: block 0 sees the ring → last block arrives' } });
+    } finally {
+      resident.dispose();
+    }
   }
   return rows;
 }

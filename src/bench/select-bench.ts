@@ -250,6 +250,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.synchronize();
       wallHost.push(nowUs() - t0);
     }
+    const resident = plan.row !== undefined ? benchResident(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
     const gi = summarize(gpuIdle);
     const idle = { median: round3(gi.median), p90: round3(gi.p90), p99: round3(gi.p99) };
@@ -285,10 +286,77 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       host_wait: CudaContext.primary().hostWait(),
       mismatches: errors.slice(0, 3),
     };
-    return { rows: [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)], plan };
+    const rows = [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)];
+    if (resident !== undefined) rows.push(resident);
+    return { rows, plan };
   } finally {
     busy.dispose();
     arena.dispose();
+    cache.dispose();
+  }
+}
+
+/**
+ * Resident steps (option `resident`) on a second cache with the same index: step(query, key) +
+ * synchronize per call, as the graph row, with one device query and key (a resident launch is bound
+ * to its inputs' addresses); the device time from the kernel's global timer (no launch to put events
+ * around); and host inputs (8 sets, staged), as the graph row's host_inputs_wall_us_median.
+ */
+function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, state: PQIndexState, capacity: number,
+  inputs: { queries: Float32Array[]; keys: Float32Array[] }, qDev: DeviceTensor, kDev: DeviceTensor): RecordRow {
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, resident: true });
+  try {
+    cache.uploadState(state);
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
+    const hostQ = inputs.queries.map((x) => new HostTensor('f32', [B, H, 1, D], x));
+    const hostK = inputs.keys.map((x) => new HostTensor('f32', [B, Hkv, 1, D], x));
+    // The first step against the brute force, as the graph row's.
+    const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
+    const first = cache.stepToHost(hostQ[0] as HostTensor, hostK[0] as HostTensor);
+    appendCodesCpu(oracle, inputs.keys[0] as Float32Array, 1);
+    const errors = checkSelect(oracle, inputs.queries[0] as Float32Array, {
+      sparseList: first.sparseList.data as Int32Array, sparseLen: first.sparseLen.data as Int32Array,
+      weights: first.weights.data as Float32Array, weightsDType: 'f32',
+    }, 'tolerant', 10, 8);
+    const served = cache.residentActive;
+    for (let i = 0; i < o.warmup; i++) {
+      cache.step(qDev, kDev);
+      cache.synchronize();
+    }
+    const wall: number[] = [];
+    const device: number[] = [];
+    const stepOnly: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      const t0 = nowUs();
+      cache.step(qDev, kDev);
+      const t1 = nowUs();
+      cache.synchronize();
+      wall.push(nowUs() - t0);
+      stepOnly.push(t1 - t0);
+      device.push(cache.residentDeviceMicros);
+    }
+    const hostCalls = Math.min(o.iters, 100);
+    const wallHost: number[] = [];
+    for (let i = 0; i < hostCalls; i++) {
+      const t0 = nowUs();
+      cache.step(hostQ[i % hostQ.length] as HostTensor, hostK[i % hostK.length] as HostTensor);
+      cache.synchronize();
+      wallHost.push(nowUs() - t0);
+    }
+    const d = summarize(device);
+    cache.stopResident(); // before another cache's resident kernel: one at a time
+    const phases = o.phases ? measurePhases(layout, state, capacity, o, [qDev], [kDev], true) : undefined;
+    return wallRow('pqcache-cuda-resident', c, summarize(wall), {
+      ...(phases ? { phases_us: phases } : {}),
+      served_resident: served && cache.residentActive,
+      // step() returns with the step done; synchronize() then only checks the (idle) stream.
+      step_call_us_median: round3(summarize(stepOnly).median),
+      step_kernel: describePlan(cache.planFor(cache.seqLen)),
+      host_inputs_wall_us_median: round3(summarize(wallHost).median),
+      gpu_method: 'global timer in the kernel: block (0, 0) sees the ring → the last block ends (no launch: no events around it)',
+      mismatches: errors.slice(0, 3),
+    }, d, errors.length === 0);
+  } finally {
     cache.dispose();
   }
 }
@@ -305,8 +373,9 @@ function measurePhases(
   o: BenchOptions,
   qDev: readonly DeviceTensor[],
   kDev: readonly DeviceTensor[],
+  resident = false,
 ): Record<string, Record<string, number>> {
-  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, cluster: o.cluster, stepKernel: o.stepKernel, phaseTiming: true });
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, cluster: o.cluster, stepKernel: o.stepKernel, phaseTiming: true, resident });
   const mhz = CudaContext.primary().device.clockRateKHz / 1000;
   const rows = layout.shape.batch * layout.shape.heads;
   const samples = new Map<string, number[]>();

@@ -1,5 +1,6 @@
 /** `pqcache verify`: a backend against the float64 brute force on random configs; exit 1 on mismatch. */
 import type { PQCache } from '../pq/cache.js';
+import type { CudaPQCacheOptions } from '../pq/cuda-cache.js';
 import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { CPU_LIMITS, CUDA_LIMITS, type CaseResult, makeCase, runCase } from '../pq/verify.js';
@@ -18,9 +19,10 @@ export function runVerify(o: VerifyOptions): number {
   decideBackend(o.backend); // throws CudaUnavailableError when cuda is asked for and absent
   const limits = o.backend === 'cuda' ? CUDA_LIMITS : CPU_LIMITS;
   // CUDA: cases rotate over the planned step kernel, the row kernel in bucket mode, the row kernel
-  // scanning every code, and the cluster kernel (each where it applies, else the planned one), so
-  // each is checked on every kind of case.
-  const stepKernel = (id: number): StepKernelChoice => (['auto', 'bucket', 'row', 'cluster'] as const)[id % 4];
+  // scanning every code, the cluster kernel, and resident steps of the row kernel (each where it
+  // applies, else the planned one), so each is checked on every kind of case.
+  const tuning = (id: number): Pick<CudaPQCacheOptions, 'stepKernel' | 'resident'> =>
+    id % 5 === 4 ? { stepKernel: 'row', resident: true } : { stepKernel: (['auto', 'bucket', 'row', 'cluster'] as const)[id % 5] as StepKernelChoice };
   const bar = progress(`verify ${o.backend}`);
   const failed: CaseResult[] = [];
   const counts = { exact: 0, tolerant: 0, built: 0 };
@@ -29,7 +31,7 @@ export function runVerify(o: VerifyOptions): number {
     const c = makeCase(o.first + i, o.seed, limits);
     counts[c.mode]++;
     if (c.built) counts.built++;
-    const r = runCase(c, (state: PQIndexState): PQCache => cacheFromState(o.backend, state, { stepKernel: stepKernel(c.id) }));
+    const r = runCase(c, (state: PQIndexState): PQCache => cacheFromState(o.backend, state, tuning(c.id)));
     if (o.verbose) console.log(`${r.errors.length === 0 ? 'ok  ' : 'FAIL'} ${r.description}`);
     if (r.errors.length > 0) {
       failed.push(r);

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { ConfigError, DisposedError } from '../errors.js';
 import { type Handle, check, driver, out, outHandle } from './driver.js';
+import { quiesceResident } from './resident-guard.js';
 
 const ATTR = {
   maxThreadsPerBlock: 1,
@@ -150,6 +151,7 @@ export class CudaContext {
   }
 
   synchronize(): void {
+    quiesceResident();
     check('cuCtxSynchronize', driver().cuCtxSynchronize());
   }
 

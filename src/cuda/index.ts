@@ -12,5 +12,6 @@ export {
   type DeviceSlice,
 } from './memory.js';
 export { Module, Kernel, type KernelAttributes } from './module.js';
-export { LaunchArgs, launch, type ArgKind, type LaunchShape } from './launch.js';
+export { LaunchArgs, launch, type ArgKind, type ArgValue, type ArgValues, type LaunchShape } from './launch.js';
 export { GraphCache, GraphExec } from './graph.js';
+export { ResidentLaunch, type ResidentTimeouts } from './resident.js';

@@ -17,6 +17,8 @@ import type { Stream } from './stream.js';
 
 export type ArgKind = 'ptr' | 'u64' | 'i32' | 'u32' | 'f32';
 export type ArgValue<K extends ArgKind> = K extends 'ptr' | 'u64' ? bigint : number;
+/** The values of an argument list, in order (a tuple when `Kinds` is one). */
+export type ArgValues<Kinds extends readonly ArgKind[]> = { [I in keyof Kinds]: ArgValue<Kinds[I]> };
 
 const SLOT = 8;
 
@@ -68,7 +70,7 @@ export class LaunchArgs<Kinds extends readonly ArgKind[] = readonly ArgKind[]> {
   }
 
   /** Set every argument in order. */
-  setAll(values: { [I in keyof Kinds]: ArgValue<Kinds[I]> }): this {
+  setAll(values: ArgValues<Kinds>): this {
     (values as readonly (number | bigint)[]).forEach((v, i) => this.set(i, v as ArgValue<Kinds[number]>));
     return this;
   }
@@ -107,7 +109,7 @@ export function launchWith<Kinds extends readonly ArgKind[]>(
   kernel: Kernel,
   shape: LaunchShape,
   kinds: Kinds,
-  values: { [I in keyof Kinds]: ArgValue<Kinds[I]> },
+  values: ArgValues<Kinds>,
   stream: Stream,
 ): void {
   const args = new LaunchArgs(kinds);

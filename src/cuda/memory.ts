@@ -10,6 +10,7 @@
 import koffi from 'koffi';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, type Handle, check, driver, outHandle } from './driver.js';
+import { quiesceResident } from './resident-guard.js';
 import type { Stream } from './stream.js';
 
 const live = { deviceBuffers: 0, deviceBytes: 0, pinnedBuffers: 0, pinnedBytes: 0 };
@@ -98,6 +99,7 @@ export class DeviceBuffer implements DeviceRange {
   constructor(bytes: number) {
     checkBytes('bytes', bytes);
     const d = driver();
+    quiesceResident();
     this.p = outHandle('cuMemAlloc_v2', (s) => d.cuMemAlloc_v2(s, bytes), bytes);
     this.bytes = bytes;
     live.deviceBuffers++;
@@ -119,6 +121,7 @@ export class DeviceBuffer implements DeviceRange {
     this.p = undefined;
     live.deviceBuffers--;
     live.deviceBytes -= this.bytes;
+    quiesceResident();
     check('cuMemFree_v2', driver().cuMemFree_v2(p));
   }
 }
@@ -182,6 +185,7 @@ export class PinnedBuffer {
   constructor(bytes: number) {
     checkBytes('bytes', bytes);
     const d = driver();
+    quiesceResident();
     this.p = outHandle('cuMemAllocHost_v2', (s) => d.cuMemAllocHost_v2(s, bytes), bytes);
     this.bytes = bytes;
     this.view = koffi.view(this.p, bytes);
@@ -221,6 +225,7 @@ export class PinnedBuffer {
     this.view = undefined;
     live.pinnedBuffers--;
     live.pinnedBytes -= this.bytes;
+    quiesceResident();
     check('cuMemFreeHost', driver().cuMemFreeHost(p));
   }
 }

@@ -3,6 +3,7 @@
  */
 import { DisposedError } from '../errors.js';
 import { type Handle, check, driver, out, outHandle } from './driver.js';
+import { quiesceResident } from './resident-guard.js';
 
 const FUNC_ATTR = {
   maxThreadsPerBlock: 0,
@@ -60,6 +61,7 @@ export class Module {
     const d = driver();
     // PTX must be NUL-terminated text; a fatbin/cubin is used as is.
     const bytes = isPtx(image) && image[image.length - 1] !== 0 ? withNul(image) : image;
+    quiesceResident();
     this.h = outHandle(`cuModuleLoadData(${source})`, (s) => d.cuModuleLoadData(s, bytes));
   }
 
@@ -84,6 +86,7 @@ export class Module {
     const h = this.h;
     this.h = undefined;
     this.kernels.clear();
+    quiesceResident();
     check('cuModuleUnload', driver().cuModuleUnload(h));
   }
 }

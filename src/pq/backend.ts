@@ -56,7 +56,7 @@ export function createPQCache(options: CreateOptions): PQCache & { readonly back
 }
 
 /** A cache on `backend` holding an existing index state (built elsewhere, loaded, or made by hand). */
-export function cacheFromState(backend: BackendName, state: PQIndexState, tuning: Pick<CudaPQCacheOptions, 'stepKernel'> = {}): PQCache {
+export function cacheFromState(backend: BackendName, state: PQIndexState, tuning: Pick<CudaPQCacheOptions, 'stepKernel' | 'resident'> = {}): PQCache {
   if (backend === 'cpu') return CpuPQCache.fromState(state);
   const cache = new CudaPQCache({ shape: state.layout.shape, config: state.layout.config, capacity: state.capacity, ...tuning });
   try {

@@ -25,14 +25,19 @@
  *             written — and where the buckets end (written by pq_bucket_rebuild)
  * The status word (non-finite device inputs) lives in pinned host memory that the kernels write
  * through unified addressing, so checking it after a sync costs no copy.
+ *
+ * Resident steps (option `resident`): where the row kernel runs, its resident form is launched once
+ * on a stream of its own and serves each step on a doorbell ring (src/cuda/resident.ts), so a step
+ * costs no launch; it is stopped before any other work on the index, and after `idleMs` without a step.
  */
 import { CudaContext } from '../cuda/context.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, check, driver } from '../cuda/driver.js';
 import { GraphCache } from '../cuda/graph.js';
-import { LaunchArgs, launch } from '../cuda/launch.js';
+import { type ArgValues, LaunchArgs, type LaunchShape, launch } from '../cuda/launch.js';
 import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
 import { Owned } from '../cuda/owned.js';
+import { ResidentLaunch } from '../cuda/resident.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -45,7 +50,7 @@ import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported, deviceIndexStrides } from './cuda-build.js';
 import {
   BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
-  cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, selectKernelName, stepBucketKernelName,
+  cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentRowKernelName, selectKernelName, stepBucketKernelName,
   stepPairsKernelName, stepRowKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
@@ -78,6 +83,21 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
    * last build (1 … 1024, the kernel's limit; default 1024). Tests use small values.
    */
   readonly bucketTail?: number;
+  /**
+   * Serve steps from a resident kernel where the row kernel runs (C^M ≤ 4096 with M ≤ 2, a window
+   * W ≥ 1 when steps append, spans up to 131,072 positions): launched once, it occupies one
+   * multiprocessor per block (B·H blocks, or 2·B·H in clusters of two, plus the append blocks)
+   * while it waits for the next step, and a step then returns with its results ready. Elsewhere
+   * steps run as CUDA graphs, as without this option. Default false.
+   */
+  readonly resident?: boolean | ResidentOptions;
+}
+
+export interface ResidentOptions {
+  /** Stop the resident kernel after this long without a step (ms; default 200). */
+  readonly idleMs?: number;
+  /** How long a step may take before it is reported as hung (ms; default 5000). */
+  readonly requestMs?: number;
 }
 
 type Query = HostTensor | DeviceTensor;
@@ -92,6 +112,7 @@ const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
   'ptr', 'ptr', 'ptr',
 ] as const;
+type StepPairsValues = ArgValues<typeof STEP_PAIRS_ARGS>;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
@@ -167,6 +188,19 @@ export class CudaPQCache implements PQCache {
   private readonly bucketRebuildArgs = new LaunchArgs(BUCKET_REBUILD_ARGS);
   /** The step's graph binding (query, key pointers), rewritten per call instead of allocated. */
   private readonly stepPointers: DevicePtr[] = [0n, 0n];
+  // Resident steps: the options, the launch (made at the first resident step) and what it was launched with.
+  private readonly residentOptions: Required<ResidentOptions> | undefined;
+  private resident: ResidentLaunch | undefined;
+  private residentBinding: { plan: StepPlan; qptr: DevicePtr; qdtype: FloatDType; kptr: DevicePtr; kdtype: FloatDType; wdtype: FloatDType } | undefined;
+  private residentIdleTimer: ReturnType<typeof setInterval> | undefined;
+  /**
+   * The cache made its stream and synchronized it when the resident kernel started, and everything
+   * that enqueues on it since stops the kernel first (but readOutputs, which waits for its copies).
+   */
+  private streamIdleWhileResident = false;
+  private readonly ownsStream: boolean;
+  /** Resident steps served so far (the idle check compares it across an interval). */
+  private residentSteps = 0;
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -187,6 +221,7 @@ export class CudaPQCache implements PQCache {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
     }
     this.appendKernel = loadKernels('append').kernel('pq_append');
+    this.residentOptions = residentOptionsOf(options.resident);
 
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const M = this.layout.config.pqGroupFactor;
@@ -201,6 +236,7 @@ export class CudaPQCache implements PQCache {
     const owned = this.owned;
     try {
       this.stream = options.stream ?? owned.add(new Stream());
+      this.ownsStream = options.stream === undefined;
       this.arena = owned.add(DeviceArena.allocate<ArenaSlice>({
         centroids: B * Hkv * M * C * this.centroidStride * 4,
         codes: B * Hkv * this.capPad * M,
@@ -265,6 +301,7 @@ export class CudaPQCache implements PQCache {
    */
   build(keys: HostTensor, options: BuildOptions = {}): void {
     this.live();
+    this.stopResident();
     const sk = checkKeys(this.layout, keys, 'keys', this.layout.config.initOffset + 1);
     checkCapacity('keys', this.capacity, sk);
     if (!deviceBuildSupported(this.layout)) {
@@ -288,6 +325,7 @@ export class CudaPQCache implements PQCache {
   /** Replace the device index with a host state (built elsewhere, loaded, or made by hand). */
   uploadState(state: PQIndexState): void {
     this.live();
+    this.stopResident();
     if (!sameLayout(state.layout, this.layout)) {
       const describe = (l: Layout): string => JSON.stringify({ shape: l.shape, config: l.config });
       throw new ShapeError('state', `an index with ${describe(this.layout)}`, describe(state.layout));
@@ -330,6 +368,7 @@ export class CudaPQCache implements PQCache {
 
   exportState(): PQIndexState {
     this.requireBuilt('exportState');
+    this.stopResident();
     this.synchronize();
     const state = emptyIndexState(this.layout, this.capacity);
     const { batch: B, kvHeads: Hkv } = this.layout.shape;
@@ -360,6 +399,7 @@ export class CudaPQCache implements PQCache {
   /** Append keys [B, Hkv, n, D] (host): codes on the device, then sk += n. Synchronizes. */
   append(keys: HostTensor): void {
     this.requireBuilt('append');
+    this.stopResident();
     const n = checkKeys(this.layout, keys, 'keys', 1);
     checkCapacity('keys', this.capacity, this.hostSeqLen + n);
     const data = keys.dtype === 'f32' ? keys.data : keys.toFloat32();
@@ -407,7 +447,8 @@ export class CudaPQCache implements PQCache {
   /** Wait for the stream; throw DeviceInputError if a kernel saw non-finite device inputs. */
   synchronize(): void {
     this.live();
-    this.stream.synchronize();
+    // Resident steps return complete; the cache's own stream has had nothing since the launch.
+    if (!this.streamIdleWhileResident) this.stream.synchronize();
     this.checkStatus();
   }
 
@@ -505,6 +546,7 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
+    if (this.residentOptions !== undefined && this.residentStep(qptr, qdtype, kptr, kdtype)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
     const signature = `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`;
     const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
@@ -531,6 +573,7 @@ export class CudaPQCache implements PQCache {
    */
   prepareStep(qdtype: FloatDType, appending: boolean): { signature: string; seqRead: DevicePtr; seqWrite: DevicePtr } {
     this.requireBuilt('step');
+    this.stopResident();
     if (appending) checkCapacity('key', this.capacity, this.hostSeqLen + 1);
     if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
     const sk = this.hostSeqLen + (appending ? 1 : 0);
@@ -575,6 +618,81 @@ export class CudaPQCache implements PQCache {
     this.seqSlot ^= 1;
   }
 
+  // ---- resident steps ----
+
+  /**
+   * Serve this step from the resident row kernel, (re)launching it when the plan, the inputs'
+   * addresses or dtypes changed. False where the row kernel does not run (the caller takes the
+   * graph path). Inputs are in place (staged or on the device); returns with the step complete.
+   */
+  private residentStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr | undefined, kdtype: FloatDType): boolean {
+    const appending = kptr !== undefined;
+    if (this.pairs === 0 || (appending && this.layout.config.windowSize === 0)) return false; // no fused append
+    if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+    const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
+    if (plan.row === undefined || !this.residentFits(plan.row)) return false;
+    const b = this.residentBinding;
+    const k = kptr ?? 0n;
+    // A launch with the append blocks serves select-only steps too (they idle).
+    const keyFits = b !== undefined && (k === 0n || (b.kptr === k && b.kdtype === kdtype));
+    if (this.resident?.active !== true || b === undefined || b.plan !== plan || b.qptr !== qptr || b.qdtype !== qdtype || !keyFits || b.wdtype !== qdtype) {
+      this.startResident(plan, qptr, qdtype, k, kdtype);
+    }
+    (this.resident as ResidentLaunch).serve(this.seqSlot | (appending ? 2 : 0));
+    this.residentSteps++;
+    this.commitStep(appending);
+    this.checkStatus();
+    return true;
+  }
+
+  /** The resident row kernel's grid (select and append blocks, one per multiprocessor) fits on the device at once. */
+  private residentFits(row: RowPlan): boolean {
+    const { batch: B, heads: H, kvHeads: Hkv } = this.layout.shape;
+    return row.cluster * (B * H) + row.cluster * Math.ceil((B * Hkv) / row.cluster) <= this.context.device.multiprocessorCount;
+  }
+
+  private startResident(plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): void {
+    this.stopResident();
+    const options = this.residentOptions as Required<ResidentOptions>;
+    this.resident ??= this.owned.add(new ResidentLaunch({ requestMs: options.requestMs }));
+    // Graph steps and output resets on the cache's stream are done before the kernel reads the index.
+    this.stream.synchronize();
+    this.stagingPending = false;
+    const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
+    this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
+    this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
+    this.streamIdleWhileResident = this.ownsStream;
+    this.residentBinding = { plan, qptr, qdtype, kptr, kdtype, wdtype: qdtype };
+    // Idle: no step during a whole interval stops the kernel (its blocks spin on their multiprocessors).
+    let seen = this.residentSteps;
+    this.residentIdleTimer = setInterval(() => {
+      if (this.residentSteps === seen) this.stopResident();
+      seen = this.residentSteps;
+    }, options.idleMs);
+    this.residentIdleTimer.unref();
+  }
+
+  /** Resident steps: whether the resident kernel is running now (it stops when idle, and before other work on the index). */
+  get residentActive(): boolean {
+    return this.resident?.active === true;
+  }
+
+  /** Resident steps: device time of the last step (μs, from the first block seeing the ring to the last block's end). */
+  get residentDeviceMicros(): number {
+    return this.resident === undefined ? Number.NaN : this.resident.lastDeviceNs / 1000;
+  }
+
+  /** Stop the resident kernel, if it runs (freeing its multiprocessors); the next step starts it again. */
+  stopResident(): void {
+    if (this.residentIdleTimer !== undefined) {
+      clearInterval(this.residentIdleTimer);
+      this.residentIdleTimer = undefined;
+    }
+    this.residentBinding = undefined;
+    this.streamIdleWhileResident = false;
+    this.resident?.stop();
+  }
+
   /** The pinned status word the kernels flag bad device inputs in (PqStatus bits). */
   get statusPtr(): DevicePtr {
     return this.status.ptr;
@@ -598,7 +716,10 @@ export class CudaPQCache implements PQCache {
       // clusters are faster up to short spans (B = 8, sk = 8192: 22.5 against 28 μs); beyond, bucket
       // mode (B = 8, sk = 131072: 31.5 against 81 μs).
       const auto = this.stepKernel === 'auto';
-      const rowFirst = auto && row?.positionsPerThread === 16;
+      // Resident steps need the row kernel (bucket mode rebuilds between steps): it stays first while
+      // its whole grid fits on the device at once, though at 32 or 64 positions per thread it is
+      // slower than bucket mode (the launch it saves is more).
+      const rowFirst = auto && row !== undefined && (row.positionsPerThread === 16 || (this.residentOptions !== undefined && this.residentFits(row)));
       const clustersFirst = auto && this.layout.shape.batch * this.layout.shape.heads > dev.multiprocessorCount && eligibleSpan(this.layout, seqLen) <= BUCKET_MIN_SPAN_MANY_HEADS;
       const bucket = this.bucketRebuildKernel === undefined || rowFirst || clustersFirst ? undefined : planBucket(this.layout, seqLen, this.stepKernel, this.bucketSharedLimit());
       if (bucket !== undefined) {
@@ -629,6 +750,7 @@ export class CudaPQCache implements PQCache {
    */
   rebuildBuckets(): void {
     this.live();
+    this.stopResident();
     const kernel = this.bucketRebuildKernel;
     if (kernel === undefined) return;
     const s = this.arena.slices;
@@ -702,35 +824,50 @@ export class CudaPQCache implements PQCache {
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
   private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number): void {
+    const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, keys, kdtype, plan, slot, false);
+    const args = new LaunchArgs(STEP_PAIRS_ARGS);
+    try {
+      args.setAll(values);
+      // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
+      if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
+      launch(kernel, shape, args, this.stream);
+      this.lastStepGrid = [shape.grid[0], shape.grid[1]];
+    } finally {
+      args.dispose();
+    }
+  }
+
+  /**
+   * Kernel, shape and arguments of the pair path's step. `resident`: the row kernel's resident form
+   * (plan.row), which takes the slot and whether a step appends from each ring: seq_read and
+   * seq_write are the slot array, `appended` unused.
+   */
+  private stepPairsLaunch(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number, resident: boolean):
+    { kernel: Kernel; shape: LaunchShape; values: StepPairsValues } {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const kernel = plan.bucket !== undefined
-      ? loadKernels('select_row').kernel(stepBucketKernelName(this.layout, plan.bucket))
-      : plan.row !== undefined
-        ? loadKernels('select_row').kernel(stepRowKernelName(this.layout, plan.row))
-        : loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
+    const rowKernels = loadKernels('select_row');
+    const kernel = resident && plan.row !== undefined
+      ? rowKernels.kernel(residentRowKernelName(this.layout, plan.row))
+      : plan.bucket !== undefined
+        ? rowKernels.kernel(stepBucketKernelName(this.layout, plan.bucket))
+        : plan.row !== undefined
+          ? rowKernels.kernel(stepRowKernelName(this.layout, plan.row))
+          : loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
     const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
     const buckets = plan.bucket !== undefined;
-    const args = new LaunchArgs(STEP_PAIRS_ARGS);
-    try {
-      args.setAll([
-        qptr, qcode, keys ?? 0n, DTYPE_CODE[kdtype], s.centroids.ptr, s.phi.ptr, s.codes.ptr, this.seqPtr(slot), this.seqPtr(slot ^ 1),
-        keys !== undefined ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr,
-        DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr, B, H, Hkv, D,
-        this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
-        c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
-        buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n,
-      ]);
-      // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
-      if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
-      launch(kernel, { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes: plan.sharedBytes }, args, this.stream);
-      this.lastStepGrid = [cluster, B * H + appendRows];
-    } finally {
-      args.dispose();
-    }
+    const values: StepPairsValues = [
+      qptr, qcode, keys ?? 0n, DTYPE_CODE[kdtype], s.centroids.ptr, s.phi.ptr, s.codes.ptr, this.seqPtr(resident ? 0 : slot),
+      this.seqPtr(resident ? 0 : slot ^ 1), keys !== undefined && !resident ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr,
+      s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr,
+      B, H, Hkv, D, this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
+      c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
+      buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n,
+    ];
+    return { kernel, shape: { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes: plan.sharedBytes }, values };
   }
 
   /**
@@ -785,13 +922,25 @@ export class CudaPQCache implements PQCache {
         ),
       );
     }
-    this.synchronize();
+    this.stream.synchronize(); // the copies above, also between resident steps
+    this.checkStatus();
     return hostSelectResult(this.layout, sk, dtype, { sparseList, sparseLen, weights });
   }
 
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.stopResident();
     this.owned.disposeAfter(this.stream, this.graphs);
   }
+}
+
+function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {
+  if (option === undefined || option === false) return undefined;
+  const o = option === true ? {} : option;
+  const idleMs = o.idleMs ?? 200;
+  const requestMs = o.requestMs ?? 5000;
+  if (!(idleMs > 0) || !Number.isFinite(idleMs)) throw new ConfigError('resident.idleMs', 'a positive number of milliseconds', o.idleMs);
+  if (!(requestMs > 0) || !Number.isFinite(requestMs)) throw new ConfigError('resident.requestMs', 'a positive number of milliseconds', o.requestMs);
+  return { idleMs, requestMs };
 }

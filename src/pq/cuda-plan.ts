@@ -192,6 +192,11 @@ export function stepRowKernelName(layout: Layout, plan: RowPlan): string {
   return `pq_step_row_m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
 }
 
+/** The resident form of the row kernel (kernels/select_row.cu resident_row): same plan, served per ring. */
+export function residentRowKernelName(layout: Layout, plan: RowPlan): string {
+  return `pq_resident_row_m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
+}
+
 /** The fused step kernel of the pair path. */
 export function stepPairsKernelName(layout: Layout, cluster: number, long = false): string {
   return `pq_step_pairs_${long ? 'long_' : ''}m${layout.config.pqGroupFactor}_p${cluster}`;

@@ -10,11 +10,33 @@ import type { Layout } from './config.js';
 /** Exponent bits of the 16-bit formats: all ones means Inf or NaN. */
 const NONFINITE_EXPONENT: Readonly<Record<'f16' | 'bf16', number>> = { f16: 0x7c00, bf16: 0x7f80 };
 
+/**
+ * x − x is 0 for finite x and NaN otherwise: four independent sums, no branch per element (twice as
+ * fast as Number.isFinite per element; a step checks 2·B·H·D values before every launch).
+ */
+function allFinite(data: Float32Array): boolean {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  const n = data.length & ~3;
+  let i = 0;
+  for (; i < n; i += 4) {
+    s0 += data[i] - data[i];
+    s1 += data[i + 1] - data[i + 1];
+    s2 += data[i + 2] - data[i + 2];
+    s3 += data[i + 3] - data[i + 3];
+  }
+  for (; i < data.length; i++) s0 += data[i] - data[i];
+  return s0 + s1 + s2 + s3 === 0;
+}
+
 export function checkFinite(argument: string, t: HostTensor): void {
   const dtype = t.dtype as FloatDType;
   // Every decode step checks its inputs: one tight loop per dtype, no per-element conversion.
   if (dtype === 'f32') {
     const data = t.data as Float32Array;
+    if (allFinite(data)) return;
     for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) throw new NonFiniteError(argument, i, data[i]);
     return;
   }

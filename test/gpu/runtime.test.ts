@@ -6,8 +6,9 @@ import { CudaContext } from '../../src/cuda/context.js';
 import { GraphExec } from '../../src/cuda/graph.js';
 import { LaunchArgs, launch } from '../../src/cuda/launch.js';
 import { DeviceArena, DeviceBuffer, PinnedBuffer, allocationStats, copies } from '../../src/cuda/memory.js';
+import { ResidentLaunch } from '../../src/cuda/resident.js';
 import { Event, Stream } from '../../src/cuda/stream.js';
-import { CudaError, CudaOutOfMemoryError } from '../../src/errors.js';
+import { CudaError, CudaOutOfMemoryError, StateError } from '../../src/errors.js';
 import { loadKernels } from '../../src/pq/kernels.js';
 import { gpuSkip } from './gpu.js';
 
@@ -153,4 +154,38 @@ test('a kernel fault surfaces as a CudaError at the next sync (child process)', 
   const r = spawnSync(process.execPath, [cli, '_fault', 'trap'], { encoding: 'utf8', timeout: 60000 });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /CudaError cuStreamSynchronize: expected CUDA_SUCCESS, got CUDA_ERROR_/);
+});
+
+test('resident launch: serves rings in order, reports device time, stops; a grid that cannot be resident at once is a StateError', { skip }, () => {
+  const ctx = CudaContext.primary();
+  const echo = loadKernels('runtime').kernel('pq_resident_echo');
+  const before = allocationStats();
+  const resident = new ResidentLaunch({ readyMs: 500, requestMs: 2000 });
+  try {
+    assert.equal(resident.active, false);
+    assert.throws(() => resident.serve(0), StateError);
+    for (const blocks of [1, 40]) {
+      resident.start(echo, { grid: [blocks, 1, 1], block: [256, 1, 1] }, [] as const, [] as const);
+      assert.equal(resident.active, true);
+      for (let i = 0; i < 2000; i++) resident.serve(i & 3);
+      assert.ok(resident.lastDeviceNs >= 0 && resident.lastDeviceNs < 1e6, `device time ${resident.lastDeviceNs} ns`);
+      resident.stop();
+      assert.equal(resident.active, false);
+    }
+    // More 1024-thread blocks than the device holds at once: the launch is stopped, nothing left spinning.
+    const tooMany = ctx.device.multiprocessorCount * 3;
+    assert.throws(() => resident.start(echo, { grid: [tooMany, 1, 1], block: [1024, 1, 1] }, [] as const, [] as const), (e: unknown) =>
+      e instanceof StateError && /blocks running at once/.test(e.message));
+    assert.equal(resident.active, false);
+    // Still usable afterwards; a call that may wait for all work (a free) stops it instead of hanging.
+    resident.start(echo, { grid: [2, 1, 1], block: [32, 1, 1] }, [] as const, [] as const);
+    resident.serve(1);
+    new DeviceBuffer(64).dispose();
+    assert.equal(resident.active, false, 'stopped by the free');
+    resident.start(echo, { grid: [2, 1, 1], block: [32, 1, 1] }, [] as const, [] as const);
+    resident.serve(2);
+  } finally {
+    resident.dispose();
+  }
+  assert.deepEqual(allocationStats(), before);
 });

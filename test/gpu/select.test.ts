@@ -333,3 +333,100 @@ test('row and cluster kernels: a boundary bin of thousands of pairs (radix refin
     assert.equal(C, 64);
   }
 });
+
+test('resident steps: exact over many steps (appends, GQA, clusters of 1 and 2, a re-plan, select without append, a dtype change), then back to graphs', { skip }, () => {
+  const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
+  for (const [cluster, shape] of [[1, { batch: 2, heads: 8, kvHeads: 2, headDim: 64 }], [2, { batch: 1, heads: 4, kvHeads: 4, headDim: 64 }]] as const) {
+    const layout = makeLayout(shape, { kmeansIters: 0, ...config });
+    // Start 150 steps below the 16-positions instance's limit: the run re-plans onto the next one.
+    const start = (planRow(layout, 1, 132, 'row', true, cluster)?.maxSeqLen ?? 0) - 150;
+    const st = integerState(start, start + 700, config, shape, 600 + cluster);
+    const before = allocationStats();
+    const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster, resident: { idleMs: 60000 } });
+    try {
+      gpu.uploadState(st);
+      const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+      const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+      let r = 31 + cluster;
+      const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+      for (let s = 0; s < 400; s++) {
+        const q = HostTensor.fromNumbers(s >= 300 && s < 310 ? 'bf16' : 'f32', [B, H, 1, D], Array.from({ length: B * H * D }, rnd));
+        const k = HostTensor.fromNumbers('f32', [B, Hkv, 1, D], Array.from({ length: B * Hkv * D }, rnd));
+        const appending = s % 7 !== 3; // some steps select only
+        const want = appending ? cpu.stepToHost(q, k) : cpu.selectToHost(q);
+        const got = appending ? gpu.stepToHost(q, k) : gpu.selectToHost(q);
+        assert.ok(gpu.residentActive, `step ${s}: served by the resident kernel`);
+        const at = `cluster ${cluster} step ${s} (sk ${gpu.seqLen})`;
+        assert.deepEqual(got.sparseLen.data, want.sparseLen.data, `${at} sparseLen`);
+        assert.deepEqual(got.sparseList.data, want.sparseList.data, `${at} sparseList`);
+        assert.deepEqual(got.weights.data, want.weights.data, `${at} weights`);
+        assert.ok(gpu.residentDeviceMicros > 0 && gpu.residentDeviceMicros < 10000, `${at} device time ${gpu.residentDeviceMicros}`);
+      }
+      assert.notEqual(gpu.planFor(gpu.seqLen).row?.positionsPerThread, 16, 're-planned past the first instance');
+      // Other work on the index stops the kernel; resident steps resume exactly after it.
+      const k1 = HostTensor.fromNumbers('f32', [B, Hkv, 1, D], Array.from({ length: B * Hkv * D }, rnd));
+      gpu.append(k1);
+      cpu.append(k1);
+      assert.equal(gpu.residentActive, false);
+      stepTogether(gpu.exportState(), gpu, 20, `cluster ${cluster} after append`);
+      gpu.stopResident();
+      assert.equal(gpu.residentActive, false);
+    } finally {
+      gpu.dispose();
+    }
+    assert.deepEqual(allocationStats(), before, 'no leak');
+  }
+});
+
+test('resident steps: idle stop, and the graph path where the row kernel does not run', { skip }, async () => {
+  const config = { sinkSize: 8, windowSize: 8, heavySize: 64, pqGroupFactor: 2, pqBits: 5, initOffset: 8 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const st = integerState(3000, 3100, config, shape, 71);
+  const idle = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, resident: { idleMs: 20 } });
+  try {
+    idle.uploadState(st);
+    stepTogether(st, idle, 3, 'idle');
+    // stepTogether's exportState stopped it; one more step starts it again.
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+    idle.step(HostTensor.fromNumbers('f32', [B, H, 1, D], new Array(B * H * D).fill(1)), HostTensor.fromNumbers('f32', [B, Hkv, 1, D], new Array(B * Hkv * D).fill(1)));
+    assert.equal(idle.residentActive, true);
+    await new Promise((done) => setTimeout(done, 100));
+    assert.equal(idle.residentActive, false, 'stopped after idleMs without a step');
+  } finally {
+    idle.dispose();
+  }
+  // Two resident caches: one kernel runs at a time, each step (re)starts its own, both stay exact.
+  const pair = [st, integerState(3000, 3100, config, shape, 73)].map((s0) => {
+    const c = new CudaPQCache({ shape, config: s0.layout.config, capacity: s0.capacity, resident: true });
+    c.uploadState(s0);
+    return { gpu: c, cpu: CpuPQCache.fromState({ ...s0, codes: s0.codes.slice() }) };
+  });
+  try {
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+    let r = 5;
+    const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+    for (let s = 0; s < 20; s++) {
+      const { gpu, cpu } = pair[s % 2];
+      const q = HostTensor.fromNumbers('f32', [B, H, 1, D], Array.from({ length: B * H * D }, rnd));
+      const k = HostTensor.fromNumbers('f32', [B, Hkv, 1, D], Array.from({ length: B * Hkv * D }, rnd));
+      assert.deepEqual(gpu.stepToHost(q, k).sparseList.data, cpu.stepToHost(q, k).sparseList.data, `alternating step ${s}`);
+      assert.equal(gpu.residentActive, true);
+      assert.equal(pair[1 - (s % 2)].gpu.residentActive, false, 'the other kernel was stopped');
+    }
+  } finally {
+    for (const { gpu } of pair) gpu.dispose();
+  }
+  // The pair clusters and the general path: resident requested, graphs served, still exact.
+  for (const [stepKernel, cfg] of [['cluster', config], ['auto', { ...config, pqGroupFactor: 4, pqBits: 4 }]] as const) {
+    const s2 = integerState(3000, 3100, cfg, shape, 72);
+    const gpu = new CudaPQCache({ shape, config: s2.layout.config, capacity: s2.capacity, stepKernel, resident: true });
+    try {
+      gpu.uploadState(s2);
+      stepTogether(s2, gpu, 4, `resident requested, ${stepKernel} M ${cfg.pqGroupFactor}`);
+      assert.equal(gpu.residentActive, false);
+    } finally {
+      gpu.dispose();
+    }
+  }
+  assert.throws(() => new CudaPQCache({ shape, config: st.layout.config, capacity: 10, resident: { idleMs: 0 } }), /resident.idleMs/);
+});

@@ -1,0 +1,93 @@
+// Resident kernels: launched once and kept running, each block serving one request per ring of a
+// doorbell in pinned host memory, instead of being launched per request. A request then costs no
+// launch on the host (cuGraphLaunch, 2.6–4.7 μs from Node) nor on the device (≈ 2.9 μs for an empty
+// graph, ≈ 1.6 μs to dispatch and drain 1024-thread blocks), only a PCIe round trip each way.
+// src/pq/cuda-resident.ts drives the protocol:
+//   - the host writes the request's inputs (pinned staging), then `bell` = ticket << 3 | flags;
+//   - thread 0 of block 0 spins on `bell` and relays it to a word in device memory, on which thread
+//     0 of every other block spins (96 blocks polling host memory over PCIe took 140 μs to see a
+//     ring: runtime record); each block serves the ticket it waits for, or stops on STOP;
+//   - each block then arrives on a device counter; the last to arrive resets it and publishes the
+//     ticket in `done`, on which the host spins.
+// Invariants: every block of the grid is resident at once (a block that never starts would hold
+// every request; the host checks `ready` before the first ring and stops the launch otherwise);
+// one request in flight (the host rings ticket t + 1 only after `done` == t); the data a request
+// reads that earlier requests wrote (codes, pair counts) is read with plain loads, never ld.global.nc,
+// whose data must stay read-only for the kernel's lifetime.
+#pragma once
+#include <cstdint>
+
+#include "common.cuh"
+
+// The protocol words, in pinned host memory that the kernel addresses through unified addressing.
+struct PqResidentWords {
+  unsigned bell;      // ticket << 3 | PQ_RESIDENT_STOP | flag bits 0..1 (the request's own), by the host
+  unsigned done;      // the last ticket served, by the last block to finish it
+  unsigned ready;     // the launch's first ticket, once every block has started
+  unsigned pad;
+  long long seen_ns;  // global timer when block (0, 0) saw the ring
+  long long done_ns;  // global timer when the last block finished the request
+};
+constexpr unsigned PQ_RESIDENT_STOP = 4u;
+constexpr unsigned PQ_RESIDENT_TICKET_MASK = 0x1fffffffu;
+
+__device__ __forceinline__ void pq_store_release_sys(unsigned* p, unsigned v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void pq_store_release_gpu(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// Device-memory words of a launch (zeroed, relay = the host's bell, before the launch), on separate
+// 128-byte lines: the arrivals' atomics do not contend with the blocks polling the relay.
+struct PqResidentCounters {
+  unsigned arrivals;  // blocks done with the current request (or started, before the first)
+  unsigned pad[31];
+  unsigned relay;     // the bell, as block 0 last saw it
+};
+
+__device__ __forceinline__ bool pq_resident_rung(unsigned v, unsigned want) {
+  return ((v >> 3) & PQ_RESIDENT_TICKET_MASK) == want || (v & PQ_RESIDENT_STOP) != 0u;
+}
+
+// Every thread of the block: wait for the ring of `ticket` or STOP and return the bell word (in
+// `slot`, a shared word the caller keeps for this). Block 0 reads the bell (acquire, system scope:
+// the host's writes before the ring, such as inputs, are visible after it) and relays it (release,
+// device scope); the others read the relay (acquire, device scope: by causality, the host's writes
+// too). Both acquires drop the SM's L1 lines, so loads see what other blocks wrote for earlier
+// requests; the barrier extends the order to the block.
+// Tried and reverted (runtime record, 96 blocks: 6.2 → 17 μs round trip): relaxed polling with one
+// fence after it, and block 0 polling from four staggered warps.
+__device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqResidentCounters* counters, unsigned ticket, unsigned* slot) {
+  if (threadIdx.x == 0) {
+    const unsigned want = ticket & PQ_RESIDENT_TICKET_MASK;
+    unsigned v;
+    if (blockIdx.x == 0 && blockIdx.y == 0) {
+      do {
+        asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
+      } while (!pq_resident_rung(v, want));
+      words->seen_ns = pq_global_timer_ns();
+      pq_store_release_gpu(&counters->relay, v);
+    } else {
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(&counters->relay) : "memory");
+      } while (!pq_resident_rung(v, want));
+    }
+    *slot = v;
+  }
+  __syncthreads();
+  return *slot;
+}
+
+// Thread 0, after a block barrier that follows the block's work: arrive on the counter; the grid's
+// last block resets it and publishes `value` in `*target` (after stamping `*stamp_ns`, if given).
+__device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned* target, unsigned value, long long* stamp_ns) {
+  __threadfence();  // this block's results before its arrival
+  const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+  if (atomicAdd(&counters->arrivals, 1u) == blocks - 1u) {
+    atomicExch(&counters->arrivals, 0u);
+    if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
+    __threadfence_system();  // every block's results (cumulative through the arrivals) before `done`
+    pq_store_release_sys(target, value);
+  }
+}
