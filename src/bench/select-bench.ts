@@ -344,11 +344,12 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
       wallHost.push(nowUs() - t0);
     }
     const d = summarize(device);
+    const servedThroughout = served && cache.residentActive;
     cache.stopResident(); // before another cache's resident kernel: one at a time
     const phases = o.phases ? measurePhases(layout, state, capacity, o, [qDev], [kDev], true) : undefined;
     return wallRow('pqcache-cuda-resident', c, summarize(wall), {
       ...(phases ? { phases_us: phases } : {}),
-      served_resident: served && cache.residentActive,
+      served_resident: servedThroughout,
       // step() returns with the step done; synchronize() then only checks the (idle) stream.
       step_call_us_median: round3(summarize(stepOnly).median),
       step_kernel: describePlan(cache.planFor(cache.seqLen)),

