@@ -29,6 +29,8 @@
 //   and one scan of the bitmaps writes them in position order. So the step reads ≈ K positions
 //   instead of sk codes. Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds
 //   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32.
+// Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
+//   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts).
 // Exactness: the threshold is the K-th largest score key (weights = pair counts), ties to the
 // lower position, as the CPU oracle ranks (src/pq/cpu-select.ts). Linear bins are monotone in the
 // score, so bins above the boundary bin are taken and those below skipped; inside it the exact

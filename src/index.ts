@@ -22,7 +22,7 @@ export {
   usesFullAttention,
 } from './pq/config.js';
 export { type PQCache, type PQCacheOptions, type SelectResult, type BackendName, CpuPQCache } from './pq/cache.js';
-export { CudaPQCache, type CudaPQCacheOptions } from './pq/cuda-cache.js';
+export { CudaPQCache, type CudaPQCacheOptions, type ResidentOptions } from './pq/cuda-cache.js';
 export { createPQCache, decideBackend, type BackendChoice, type CreateOptions } from './pq/backend.js';
 export { PQCacheStack } from './pq/stack.js';
 export { type PQIndexState } from './pq/index-state.js';
