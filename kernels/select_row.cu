@@ -847,18 +847,13 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 // The argument list is select_pairs.cu's (slice_len and bits_tiles unused), so the host launches
 // either family with one argument layout. _c2: clusters of two blocks per query head (sm_90; one
 // block per head before).
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16, 1, 16, 1, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32, 1, 32, 1, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64, 1, 64, 1, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16, 2, 16, 1, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32, 2, 32, 1, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64, 2, 64, 1, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e16_c2, 1, 16, 2, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e32_c2, 1, 32, 2, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m1_e64_c2, 1, 64, 2, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e16_c2, 2, 16, 2, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e32_c2, 2, 32, 2, 0)
-PQ_STEP_ROW_KERNEL(pq_step_row_m2_e64_c2, 2, 64, 2, 0)
+// The scanning instances, (name suffix, M, E, CL): the step kernels here, their resident forms below.
+#define PQ_ROW_INSTANCES(X)                                                                                    \
+  X(m1_e16, 1, 16, 1) X(m1_e32, 1, 32, 1) X(m1_e64, 1, 64, 1) X(m2_e16, 2, 16, 1) X(m2_e32, 2, 32, 1)            \
+  X(m2_e64, 2, 64, 1) X(m1_e16_c2, 1, 16, 2) X(m1_e32_c2, 1, 32, 2) X(m1_e64_c2, 1, 64, 2) X(m2_e16_c2, 2, 16, 2) \
+  X(m2_e32_c2, 2, 32, 2) X(m2_e64_c2, 2, 64, 2)
+#define PQ_STEP_ROW_INSTANCE(SUFFIX, M, E, CL) PQ_STEP_ROW_KERNEL(pq_step_row_##SUFFIX, M, E, CL, 0)
+PQ_ROW_INSTANCES(PQ_STEP_ROW_INSTANCE)
 // Bucket mode (pq_step_bucket_m{M}_w{WPT}): one block per query head, dynamic shared memory
 // 2 * NT * WPT * 4 bytes (the take and tie bitmaps of positions s0 … s0 + NT*WPT*32 − 1).
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w1, 1, 0, 1, 1)
@@ -905,18 +900,8 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
                            cstride, capacity, S, W, K, O, ip, full_threshold, slice_len, bits_tiles, phase_clock,         \
                            bucket_end, bucket_offsets, buckets, words, counters, first_ticket);                         \
   }
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e16, 1, 16, 1)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e32, 1, 32, 1)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e64, 1, 64, 1)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e16, 2, 16, 1)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e32, 2, 32, 1)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e64, 2, 64, 1)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e16_c2, 1, 16, 2)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e32_c2, 1, 32, 2)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m1_e64_c2, 1, 64, 2)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e16_c2, 2, 16, 2)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e32_c2, 2, 32, 2)
-PQ_RESIDENT_ROW_KERNEL(pq_resident_row_m2_e64_c2, 2, 64, 2)
+#define PQ_RESIDENT_ROW_INSTANCE(SUFFIX, M, E, CL) PQ_RESIDENT_ROW_KERNEL(pq_resident_row_##SUFFIX, M, E, CL)
+PQ_ROW_INSTANCES(PQ_RESIDENT_ROW_INSTANCE)
 
 // pq_bucket_rebuild: the position buckets of every (b, kv-head), for the bucket-mode step kernels.
 // Launch: grid (B*Hkv), block NT = 1024. Reads sk from seq (the slot the next step reads), sets

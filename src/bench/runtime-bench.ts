@@ -8,11 +8,10 @@ import { CudaContext } from '../cuda/context.js';
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
-import { check, driver } from '../cuda/driver.js';
 import { ResidentLaunch } from '../cuda/resident.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { loadKernels } from '../pq/kernels.js';
-import type { RecordRow } from './record.js';
+import { type RecordRow, latencyRow as recordRow } from './record.js';
 import { nowUs, round3, summarize } from './stats.js';
 
 export interface RuntimeBenchOptions {
@@ -20,9 +19,8 @@ export interface RuntimeBenchOptions {
   readonly bandwidthBytes: number;
 }
 
-function latencyRow(impl: string, what: string, samples: number[], extra: Record<string, unknown> = {}): RecordRow {
-  const s = summarize(samples);
-  return { impl, config: { what }, wall_us: { median: round3(s.median), p90: round3(s.p90), p99: round3(s.p99) }, extra };
+function latencyRow(impl: string, what: string, samples: number[], extra: Record<string, unknown> = {}, gpuSamples?: number[]): RecordRow {
+  return recordRow(impl, { what }, summarize(samples), extra, gpuSamples && summarize(gpuSamples));
 }
 
 /** Device-to-device copy bandwidth in GB/s (bytes read + written), by a 16-byte copy kernel. */
@@ -117,8 +115,7 @@ export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
         wall.push(nowUs() - t0);
         gpu.push(ev1.elapsedSince(ev0) * 1000);
       }
-      const g = summarize(gpu);
-      rows.push({ ...latencyRow('pqcache-cuda', 'graph of 1 empty kernel between events, launch + sync', wall), gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) } });
+      rows.push(latencyRow('pqcache-cuda', 'graph of 1 empty kernel between events, launch + sync', wall, {}, gpu));
       // The same graph with the stream kept busy ahead (busy-queue.ts): the device's share alone.
       const busy = new BusyQueue();
       let device: number[];
@@ -209,35 +206,26 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
   const flagView = new Uint32Array(flag.arrayBuffer, 0, 1);
   const publish = mod.kernel('pq_publish_u32');
   const args = new LaunchArgs(['ptr', 'u32'] as const).setAll([flag.ptr, 0]);
-  let value = 0;
-  const graphs = [1, 2].map((parity) =>
-    GraphExec.capture(stream, () => launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, args.set(1, parity), stream)),
+  // Two graphs publishing 1 and 2, alternately: each launch's flag differs from the one before.
+  const graphs = [1, 2].map((value) =>
+    GraphExec.capture(stream, () => launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, args.set(1, value), stream)),
   );
   try {
-    const wall: number[] = [];
-    for (let i = 0; i < 200 + iters; i++) {
-      value = 1 + (i & 1);
-      const t0 = nowUs();
-      (graphs[value - 1] as GraphExec).launch(stream);
-      while (Atomics.load(flagView, 0) !== value) { /* spin on pinned memory */ }
-      if (i >= 200) wall.push(nowUs() - t0);
-    }
-    stream.synchronize();
-    rows.push(latencyRow('pqcache-cuda', 'graph of 1 kernel launch, host polls the flag it publishes (no sync call)', wall));
-    // The same graph waited for through the driver: its sync call, and polling its stream query (the
-    // driver reports completion ≈ 2.6 μs after the kernel's own flag is visible, either way).
-    const d = driver();
+    // The same graph waited for by its own flag, and through the driver: its sync call, and polling
+    // its stream query (the driver reports completion ≈ 2.6 μs after the flag is visible, either way).
     for (const [what, wait] of [
-      ['graph of 1 kernel launch + cuStreamSynchronize', () => check('cuStreamSynchronize', d.cuStreamSynchronize(stream.handle))],
+      ['graph of 1 kernel launch, host polls the flag it publishes (no sync call)', (value: number) => { while (Atomics.load(flagView, 0) !== value) { /* spin on pinned memory */ } }],
+      ['graph of 1 kernel launch + cuStreamSynchronize', () => stream.synchronize()],
       ['graph of 1 kernel launch + cuStreamQuery polled until idle', () => { while (!stream.isIdle()) { /* poll */ } }],
     ] as const) {
       const t: number[] = [];
       for (let i = 0; i < 200 + iters; i++) {
         const t0 = nowUs();
         (graphs[i & 1] as GraphExec).launch(stream);
-        wait();
+        wait(1 + (i & 1));
         if (i >= 200) t.push(nowUs() - t0);
       }
+      stream.synchronize();
       rows.push(latencyRow('pqcache-cuda', what, t));
     }
   } finally {
@@ -262,8 +250,7 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
         wall.push(nowUs() - t0);
         device.push(resident.lastDeviceNs / 1000);
       }
-      const d = summarize(device);
-      rows.push({ ...latencyRow('pqcache-cuda', what, wall), gpu_us: { median: round3(d.median), p90: round3(d.p90), p99: round3(d.p99) }, extra: { gpu_method: 'global timer: block 0 sees the ring → last block arrives' } });
+      rows.push(latencyRow('pqcache-cuda', what, wall, { gpu_method: 'global timer: block 0 sees the ring → last block arrives' }, device));
     } finally {
       resident.dispose();
     }

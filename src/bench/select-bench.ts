@@ -190,7 +190,6 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   // Every call appends one key: the first checked step, warm-up, four timed loops, host-input calls.
   const capacity = c.sk + 1 + o.warmup + 4 * o.iters + hostInputCalls + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
-  const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel });
   const inputs = randomInputs(layout, sets, o.seed + 1);
   if (o.dumpDir) dumpInputs(o.dumpDir, c, state, inputs.queries, inputs.keys);
@@ -207,15 +206,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     }
     const qDev = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr + BigInt(i * qBytes)));
     const kDev = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr + BigInt(i * kBytes)));
-    // Correctness of the first step against the brute force (tolerant: real-valued inputs).
-    const first = cache.stepToHost(new HostTensor('f32', [B, H, 1, D], inputs.queries[0]), new HostTensor('f32', [B, Hkv, 1, D], inputs.keys[0]));
-    appendCodesCpu(oracle, inputs.keys[0], 1);
-    const errors = checkSelect(oracle, inputs.queries[0], {
-      sparseList: first.sparseList.data as Int32Array,
-      sparseLen: first.sparseLen.data as Int32Array,
-      weights: first.weights.data as Float32Array,
-      weightsDType: 'f32',
-    }, 'tolerant', 10, 8); // a sanity check of 8 rows: verify and the GPU tests cover the rest
+    const errors = checkFirstStep(cache, state, inputs);
     for (let i = 0; i < o.warmup; i++) {
       cache.step(qDev[i % sets], kDev[i % sets]);
       cache.synchronize();
@@ -297,6 +288,23 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
 }
 
 /**
+ * The first step of a cache holding `state` (query and key set 0, host inputs) against the brute
+ * force: tolerant (real-valued inputs), 8 rows — a sanity check; verify and the GPU tests cover the rest.
+ */
+function checkFirstStep(cache: CudaPQCache, state: PQIndexState, inputs: { queries: Float32Array[]; keys: Float32Array[] }): string[] {
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = state.layout.shape;
+  const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
+  const first = cache.stepToHost(new HostTensor('f32', [B, H, 1, D], inputs.queries[0] as Float32Array), new HostTensor('f32', [B, Hkv, 1, D], inputs.keys[0] as Float32Array));
+  appendCodesCpu(oracle, inputs.keys[0] as Float32Array, 1);
+  return checkSelect(oracle, inputs.queries[0] as Float32Array, {
+    sparseList: first.sparseList.data as Int32Array,
+    sparseLen: first.sparseLen.data as Int32Array,
+    weights: first.weights.data as Float32Array,
+    weightsDType: 'f32',
+  }, 'tolerant', 10, 8);
+}
+
+/**
  * Resident steps (option `resident`) on a second cache with the same index: step(query, key) +
  * synchronize per call, as the graph row, with one device query and key (a resident launch is bound
  * to its inputs' addresses); the device time from the kernel's global timer (no launch to put events
@@ -310,14 +318,7 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = layout.shape;
     const hostQ = inputs.queries.map((x) => new HostTensor('f32', [B, H, 1, D], x));
     const hostK = inputs.keys.map((x) => new HostTensor('f32', [B, Hkv, 1, D], x));
-    // The first step against the brute force, as the graph row's.
-    const oracle: PQIndexState = { ...state, codes: state.codes.slice() };
-    const first = cache.stepToHost(hostQ[0] as HostTensor, hostK[0] as HostTensor);
-    appendCodesCpu(oracle, inputs.keys[0] as Float32Array, 1);
-    const errors = checkSelect(oracle, inputs.queries[0] as Float32Array, {
-      sparseList: first.sparseList.data as Int32Array, sparseLen: first.sparseLen.data as Int32Array,
-      weights: first.weights.data as Float32Array, weightsDType: 'f32',
-    }, 'tolerant', 10, 8);
+    const errors = checkFirstStep(cache, state, inputs);
     const served = cache.residentActive;
     for (let i = 0; i < o.warmup; i++) {
       cache.step(qDev, kDev);

@@ -70,8 +70,8 @@ export class ResidentLaunch {
   private running = false;
 
   constructor(timeouts: ResidentTimeouts = {}) {
-    this.readyMs = positive('readyMs', timeouts.readyMs ?? 2000);
-    this.requestMs = positive('requestMs', timeouts.requestMs ?? 5000);
+    this.readyMs = positiveMs('readyMs', timeouts.readyMs ?? 2000);
+    this.requestMs = positiveMs('requestMs', timeouts.requestMs ?? 5000);
     try {
       this.stream = this.owned.add(new Stream());
       this.words = this.owned.add(new PinnedBuffer(WORDS_BYTES));
@@ -107,9 +107,7 @@ export class ResidentLaunch {
     Atomics.store(this.u32, BELL, bell);
     const args = new LaunchArgs<readonly ArgKind[]>([...kinds, ...PROTOCOL_ARGS]);
     try {
-      (values as readonly (number | bigint)[]).forEach((v, i) => args.set(i, v));
-      const n = kinds.length;
-      args.set(n, this.words.ptr).set(n + 1, this.counters.ptr).set(n + 2, first);
+      args.setAll([...(values as readonly (number | bigint)[]), this.words.ptr, this.counters.ptr, first]);
       launch(kernel, shape, args, this.stream);
     } finally {
       args.dispose(); // the driver copied the arguments at launch
@@ -191,7 +189,8 @@ export class ResidentLaunch {
   }
 }
 
-function positive(argument: string, ms: number): number {
+/** `ms` when it is a positive, finite number of milliseconds; ConfigError naming `argument` otherwise. */
+export function positiveMs(argument: string, ms: number): number {
   if (!(ms > 0) || !Number.isFinite(ms)) throw new ConfigError(argument, 'a positive number of milliseconds', ms);
   return ms;
 }

@@ -37,7 +37,7 @@ import { type ArgValues, LaunchArgs, type LaunchShape, launch } from '../cuda/la
 import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
 import { Owned } from '../cuda/owned.js';
-import { ResidentLaunch } from '../cuda/resident.js';
+import { ResidentLaunch, positiveMs } from '../cuda/resident.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -192,13 +192,9 @@ export class CudaPQCache implements PQCache {
   // Resident steps: the options, the launch (made at the first resident step) and what it was launched with.
   private readonly residentOptions: Required<ResidentOptions> | undefined;
   private resident: ResidentLaunch | undefined;
-  private residentBinding: { plan: StepPlan; qptr: DevicePtr; qdtype: FloatDType; kptr: DevicePtr; kdtype: FloatDType; wdtype: FloatDType } | undefined;
+  /** What the running launch was started with (the weights dtype is the query's); undefined when stopped. */
+  private residentBinding: { plan: StepPlan; qptr: DevicePtr; qdtype: FloatDType; kptr: DevicePtr; kdtype: FloatDType } | undefined;
   private residentIdleTimer: ReturnType<typeof setInterval> | undefined;
-  /**
-   * The cache made its stream and synchronized it when the resident kernel started, and everything
-   * that enqueues on it since stops the kernel first (but readOutputs, which waits for its copies).
-   */
-  private streamIdleWhileResident = false;
   private readonly ownsStream: boolean;
   /** Resident steps served so far (the idle check compares it across an interval). */
   private residentSteps = 0;
@@ -448,8 +444,10 @@ export class CudaPQCache implements PQCache {
   /** Wait for the stream; throw DeviceInputError if a kernel saw non-finite device inputs. */
   synchronize(): void {
     this.live();
-    // Resident steps return complete; the cache's own stream has had nothing since the launch.
-    if (!this.streamIdleWhileResident) this.stream.synchronize();
+    // Resident steps return complete. A stream the cache made was synchronized when the kernel
+    // started, and everything that enqueues on it since stops the kernel first (but readOutputs,
+    // which waits for its own copies).
+    if (!(this.ownsStream && this.residentBinding !== undefined)) this.stream.synchronize();
     this.checkStatus();
   }
 
@@ -636,7 +634,7 @@ export class CudaPQCache implements PQCache {
     const k = kptr ?? 0n;
     // A launch with the append blocks serves select-only steps too (they idle).
     const keyFits = b !== undefined && (k === 0n || (b.kptr === k && b.kdtype === kdtype));
-    if (this.resident?.active !== true || b === undefined || b.plan !== plan || b.qptr !== qptr || b.qdtype !== qdtype || !keyFits || b.wdtype !== qdtype) {
+    if (this.resident?.active !== true || b === undefined || b.plan !== plan || b.qptr !== qptr || b.qdtype !== qdtype || !keyFits) {
       this.startResident(plan, qptr, qdtype, k, kdtype);
     }
     (this.resident as ResidentLaunch).serve(this.seqSlot | (appending ? 2 : 0));
@@ -662,8 +660,7 @@ export class CudaPQCache implements PQCache {
     const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
     this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
-    this.streamIdleWhileResident = this.ownsStream;
-    this.residentBinding = { plan, qptr, qdtype, kptr, kdtype, wdtype: qdtype };
+    this.residentBinding = { plan, qptr, qdtype, kptr, kdtype };
     // Idle: no step during a whole interval stops the kernel (its blocks spin on their multiprocessors).
     let seen = this.residentSteps;
     this.residentIdleTimer = setInterval(() => {
@@ -690,7 +687,6 @@ export class CudaPQCache implements PQCache {
       this.residentIdleTimer = undefined;
     }
     this.residentBinding = undefined;
-    this.streamIdleWhileResident = false;
     this.resident?.stop();
   }
 
@@ -939,9 +935,5 @@ export class CudaPQCache implements PQCache {
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {
   if (option === undefined || option === false) return undefined;
   const o = option === true ? {} : option;
-  const idleMs = o.idleMs ?? 200;
-  const requestMs = o.requestMs ?? 5000;
-  if (!(idleMs > 0) || !Number.isFinite(idleMs)) throw new ConfigError('resident.idleMs', 'a positive number of milliseconds', o.idleMs);
-  if (!(requestMs > 0) || !Number.isFinite(requestMs)) throw new ConfigError('resident.requestMs', 'a positive number of milliseconds', o.requestMs);
-  return { idleMs, requestMs };
+  return { idleMs: positiveMs('resident.idleMs', o.idleMs ?? 200), requestMs: positiveMs('resident.requestMs', o.requestMs ?? 5000) };
 }
