@@ -2,9 +2,10 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceArena, allocationStats, copies } from '../../src/cuda/memory.js';
+import { Stream } from '../../src/cuda/stream.js';
 import { DeviceInputError } from '../../src/errors.js';
 import { checkSelect } from '../../src/pq/brute-force.js';
-import { CpuPQCache } from '../../src/pq/cache.js';
+import { CpuPQCache, type SelectResult } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type StepKernelChoice, planBucket, planRow } from '../../src/pq/cuda-plan.js';
@@ -429,4 +430,86 @@ test('resident steps: idle stop, and the graph path where the row kernel does no
     }
   }
   assert.throws(() => new CudaPQCache({ shape, config: st.layout.config, capacity: 10, resident: { idleMs: 0 } }), /resident.idleMs/);
+});
+
+test('graph steps publish their completion: synchronize() waits for the step, or for later work; host inputs are restaged only once read', { skip }, () => {
+  const config = { sinkSize: 8, windowSize: 16, heavySize: 48, pqGroupFactor: 2, pqBits: 6, initOffset: 8 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  // The row kernel, the pair clusters and bucket mode publish from their last block; a cache on a
+  // stream it did not make waits for the stream instead.
+  const variants: [string, (st: PQIndexState) => CudaPQCache][] = [
+    ['row', (st) => cudaFromState(st, 'row')],
+    ['cluster', (st) => cudaFromState(st, 'cluster')],
+    ['bucket', (st) => cudaFromState(st, 'bucket', undefined, 64)],
+    ['own stream', (st) => {
+      const c = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stream: extStream });
+      c.uploadState(st);
+      return c;
+    }],
+  ];
+  const extStream = new Stream();
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  try {
+    for (const [label, make] of variants) {
+      const st = integerState(3000, 3400, config, shape, 91);
+      const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+      const gpu = make(st);
+      try {
+        let r = 17;
+        const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+        const query = (): HostTensor => HostTensor.fromNumbers('f32', [B, H, 1, D], Array.from({ length: B * H * D }, rnd));
+        const key = (n = 1): HostTensor => HostTensor.fromNumbers('f32', [B, Hkv, n, D], Array.from({ length: B * Hkv * n * D }, rnd));
+        for (let s = 0; s < 60; s++) {
+          const at = `${label} round ${s} (sk ${gpu.seqLen})`;
+          let want: SelectResult<HostTensor>;
+          switch (s % 4) {
+            case 0: { // two host-input steps back to back: the second restages while the first may still run
+              const [q1, k1, q2, k2] = [query(), key(), query(), key()];
+              cpu.stepToHost(q1, k1);
+              want = cpu.stepToHost(q2, k2);
+              gpu.step(q1, k1);
+              gpu.step(q2, k2);
+              break;
+            }
+            case 1: { // device inputs
+              const [q, k] = [query(), key()];
+              want = cpu.stepToHost(q, k);
+              copies.fromHost(arena.slices.q, q.data);
+              copies.fromHost(arena.slices.k, k.data);
+              gpu.step(deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr), deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr));
+              break;
+            }
+            case 2: { // a step, then other work with no wait between: append's own wait must cover its kernel
+              const [q, k, keys, q2] = [query(), key(), key(3), query()];
+              cpu.stepToHost(q, k);
+              cpu.append(keys);
+              want = cpu.selectToHost(q2);
+              gpu.step(q, k);
+              gpu.append(keys);
+              gpu.select(q2);
+              break;
+            }
+            default: { // selects only
+              const [q1, q2] = [query(), query()];
+              cpu.selectToHost(q1);
+              want = cpu.selectToHost(q2);
+              gpu.select(q1);
+              gpu.select(q2);
+            }
+          }
+          // listsToHost: synchronize(), then copies that do not wait for the cache's stream.
+          const got = gpu.listsToHost();
+          assert.deepEqual(got.sparseLen, want.sparseLen.data, `${at} sparseLen`);
+          assert.deepEqual(got.sparseList, want.sparseList.data, `${at} sparseList`);
+        }
+        assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes, `${label} codes`);
+      } finally {
+        gpu.dispose();
+      }
+    }
+  } finally {
+    arena.dispose();
+    extStream.dispose();
+  }
 });
