@@ -214,21 +214,3 @@ __device__ __forceinline__ long long pq_global_timer_ns() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-
-// st.release at system scope: the host reading pinned memory sees every write this thread's
-// fences ordered before it (resident.cuh, pq_publish_step_done).
-__device__ __forceinline__ void pq_store_release_sys(unsigned* p, unsigned v) {
-  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-
-// Thread 0 of each block, once the block's work is done (after a block barrier): arrive on a
-// grid-wide counter. True in the grid's last block to arrive, which has reset the counter for the
-// next launch or request. Every block fences its writes before its arrival, so they are visible to
-// the last block, and cumulatively to whatever that block publishes after a system fence.
-__device__ __forceinline__ bool pq_last_block_arrives(unsigned* arrivals) {
-  __threadfence();
-  const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
-  if (atomicAdd(arrivals, 1u) != blocks - 1u) return false;
-  atomicExch(arrivals, 0u);
-  return true;
-}

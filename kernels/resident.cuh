@@ -31,6 +31,9 @@ struct PqResidentWords {
 constexpr unsigned PQ_RESIDENT_STOP = 4u;
 constexpr unsigned PQ_RESIDENT_TICKET_MASK = 0x1fffffffu;
 
+__device__ __forceinline__ void pq_store_release_sys(unsigned* p, unsigned v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
 __device__ __forceinline__ void pq_store_release_gpu(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
@@ -79,7 +82,10 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
 // Thread 0, after a block barrier that follows the block's work: arrive on the counter; the grid's
 // last block resets it and publishes `value` in `*target` (after stamping `*stamp_ns`, if given).
 __device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned* target, unsigned value, long long* stamp_ns) {
-  if (pq_last_block_arrives(&counters->arrivals)) {
+  __threadfence();  // this block's results before its arrival
+  const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+  if (atomicAdd(&counters->arrivals, 1u) == blocks - 1u) {
+    atomicExch(&counters->arrivals, 0u);
     if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
     __threadfence_system();  // every block's results (cumulative through the arrivals) before `done`
     pq_store_release_sys(target, value);

@@ -151,33 +151,6 @@ __device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint
   }
 }
 
-// Completion of a step graph, published to the host, which spins on pinned memory instead of
-// waiting for the driver to report the graph done (≈ 2.6 μs later: runtime record). In device
-// memory: the grid's arrivals, then (another 128-byte line) the count of steps published and the
-// pinned word to publish it in (set by the host). One pointer argument, read at the end: a second
-// one held through the kernel made ptxas spill.
-struct PqStepDone {
-  unsigned arrivals;
-  unsigned pad[31];
-  unsigned seq;
-  unsigned pad1;
-  unsigned* flag;
-};
-// Every thread of every block, at the block's end (the blocks of a step kernel end whole, never
-// some threads early). With `done` (nullptr: nothing to publish), the grid's last block writes
-// the step's sequence number to done->flag after every block's results (src/pq/cuda-cache.ts
-// synchronize()).
-__device__ __forceinline__ void pq_publish_step_done(PqStepDone* done) {
-  if (done == nullptr) return;
-  __syncthreads();  // the block's results
-  if (threadIdx.x == 0 && pq_last_block_arrives(&done->arrivals)) {
-    const unsigned seq = done->seq + 1u;
-    done->seq = seq;
-    __threadfence_system();
-    pq_store_release_sys(done->flag, seq);
-  }
-}
-
 // The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
 // (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches.
 #if __CUDA_ARCH__ >= 900
@@ -191,4 +164,4 @@ __device__ __forceinline__ void pq_publish_step_done(PqStepDone* done) {
       int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,      \
       int full_threshold, int slice_len, int bits_tiles, long long *phase_clock, const int *bucket_end,        \
-      const int *bucket_offsets, const int *buckets, PqStepDone *step_done
+      const int *bucket_offsets, const int *buckets

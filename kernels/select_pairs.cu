@@ -274,16 +274,13 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                            int capacity, int S, int W, int K, int O, int ip, int full_threshold, int slice_len,
-                           int bits_tiles, long long* phase_clock, PqStepDone* step_done) {
+                           int bits_tiles, long long* phase_clock) {
   __shared__ StepShared sm;
   extern __shared__ uint32_t long_bits[];  // long slices: [bits_tiles][take, tie][NT], then the prefixes
   uint32_t* class_bits = LONG ? long_bits : sm.short_bits;
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
-  auto finish = [&]() {
-    stamp.finish();
-    pq_publish_step_done(step_done);
-  };
+  auto finish = [&]() { stamp.finish(); };
   const int rows = B * H;
   const int sk_old = *seq_read;
   if (static_cast<int>(blockIdx.y) >= rows) {
@@ -634,7 +631,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_pairs<M, CL, LONG>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended,        \
                             pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \
-                            ip, full_threshold, slice_len, bits_tiles, phase_clock, step_done);                      \
+                            ip, full_threshold, slice_len, bits_tiles, phase_clock);                                 \
   }
 
 // Short slices (≤ 3 tiles, the latency-bound small contexts): block scans, as measured fastest there.

@@ -175,7 +175,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                          int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock,
-                         const int* bucket_end, const int* bucket_offsets, const int* buckets, PqStepDone* step_done) {
+                         const int* bucket_end, const int* bucket_offsets, const int* buckets) {
   constexpr bool BUCKETS = WPT > 0;  // the heavy hitters from the position buckets (see the header)
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
   static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
@@ -191,10 +191,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   uint32_t* tie_bits = take_bits + NT * WPT;
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
-  auto finish = [&]() {
-    stamp.finish();
-    pq_publish_step_done(step_done);
-  };
+  auto finish = [&]() { stamp.finish(); };
   const int rows = B * H;
   if (static_cast<int>(blockIdx.y) >= rows) {
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;
@@ -844,7 +841,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                         \
     step_row<M, E, CL, WPT>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                             readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \
-                            full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, step_done);                \
+                            full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);                           \
   }
 
 // The argument list is select_pairs.cu's (slice_len and bits_tiles unused), so the host launches
@@ -887,7 +884,7 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
     if (step_appends || static_cast<int>(blockIdx.y) < B * H) {
       step_row<M, E, CL, 0, true>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
                                   step_appends, pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K,
-                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, nullptr);
+                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);
     }
     __syncthreads();  // the block's results, and bell_word read by every thread
     if (threadIdx.x == 0) pq_resident_arrive(counters, &words->done, ticket & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
@@ -901,7 +898,7 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
     resident_row<M, E, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                            readers, sparse_list, sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, \
                            cstride, capacity, S, W, K, O, ip, full_threshold, slice_len, bits_tiles, phase_clock,         \
-                           bucket_end, bucket_offsets, buckets, step_done, words, counters, first_ticket);              \
+                           bucket_end, bucket_offsets, buckets, words, counters, first_ticket);                         \
   }
 #define PQ_RESIDENT_ROW_INSTANCE(SUFFIX, M, E, CL) PQ_RESIDENT_ROW_KERNEL(pq_resident_row_##SUFFIX, M, E, CL)
 PQ_ROW_INSTANCES(PQ_RESIDENT_ROW_INSTANCE)

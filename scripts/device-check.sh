@@ -85,7 +85,7 @@ for s in $steps; do
       # (pack with ROW_BASE / DIAG_EXIT); exitcurve: the exit-<phase> ones, rowvar: the base-<sha> ones
       rm -rf /tmp/variants && tar -C /tmp -xJf .device/variants.tar.xz
       for d in /tmp/variants/*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
-      if [ $s = exitcurve ]; then pat=exit-; else pat=base-; fi
+      if [ $s = exitcurve ]; then pat=exit-; else pat=${VAR_PAT:-base-}; fi  # VAR_PAT=def-: the ROW_DEFS ones
       for i in 1 2 3; do
         run "$s-this-$i" 120 pqcache bench --backend cuda --config seed --sk "${VAR_SK:-20000}" --iters 3000 --json "$OUT/$s-this-$i.json"
         for d in /tmp/variants/$pat*; do

@@ -52,9 +52,10 @@ done
 # .device/variants.tar.xz (each a select_row.fatbin; `device-check.sh rowvar|exitcurve`):
 #   ROW_BASE="<commit> …"  variant base-<sha>: that commit's kernels/select_row.cu and headers
 #   ROW_LINEINFO=1         variant lineinfo: these sources with -lineinfo (sanitizer reports name lines)
+#   ROW_DEFS="name:-DX=1 …" variant def-<name>: these sources compiled with the given -D flags
 #   DIAG_EXIT="0 9 1 …"    variant exit-<N>: these sources with every select thread exiting at phase
 #                          N (select_common.cuh PQ_DIAG_EXIT_PHASE, enum Phase numbers). Diagnostic only.
-if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}" ]; then
+if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}" ]; then
   v="$PWD/.device-cache/variants" && rm -rf "$v" && mkdir -p "$v"
   row_variant() { # name kernels-dir [nvcc flags…]: $v/<name>/select_row.fatbin, in the background
     local name=$1 dir=$2; shift 2
@@ -68,6 +69,7 @@ if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}" ]; then
   done
   if [ -n "${ROW_LINEINFO:-}" ]; then row_variant lineinfo kernels -lineinfo; fi
   for ph in ${DIAG_EXIT:-}; do row_variant "exit-$ph" kernels -DPQ_DIAG_EXIT_PHASE="$ph"; done
+  for d in ${ROW_DEFS:-}; do row_variant "def-${d%%:*}" kernels "${d#*:}"; done
   wait
   rm -rf "$v"/src-*
   tar -C .device-cache -cJf .device/variants.tar.xz variants

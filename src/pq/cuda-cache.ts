@@ -38,7 +38,6 @@ import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.
 import type { Kernel } from '../cuda/module.js';
 import { Owned } from '../cuda/owned.js';
 import { ResidentLaunch, positiveMs } from '../cuda/resident.js';
-import { spinForWord } from '../cuda/spin.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -112,7 +111,7 @@ const SELECT_ARGS = [
 const STEP_PAIRS_ARGS = [
   'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
-  'ptr', 'ptr', 'ptr', 'ptr',
+  'ptr', 'ptr', 'ptr',
 ] as const;
 type StepPairsValues = ArgValues<typeof STEP_PAIRS_ARGS>;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
@@ -125,22 +124,12 @@ const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i
  * shared memory (none there); `row` when the one-block-per-head kernel runs.
  */
 type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan; readonly bucket?: BucketPlan };
-/** kernels/select_common.cuh PqStepDone: its size, and where its `flag` pointer sits. */
-const STEP_DONE_BYTES = 256;
-const STEP_DONE_FLAG_OFFSET = 136;
-/** Where in the pinned status buffer the step kernels publish their sequence number (its own cache line). */
-const PUBLISHED_OFFSET = 64;
-/**
- * How long synchronize() spins on a step's published sequence number before it waits for the
- * stream through the driver (a long step, or a fault); a seed-config step takes ≈ 20 μs.
- */
-const STEP_SPIN_MS = 2;
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
-  | 'candCount' | 'pairCount' | 'readers' | 'bucketOffsets' | 'buckets' | 'sparseList' | 'sparseLen' | 'weights' | 'stepDone';
+  | 'candCount' | 'pairCount' | 'readers' | 'bucketOffsets' | 'buckets' | 'sparseList' | 'sparseLen' | 'weights';
 
 export class CudaPQCache implements PQCache {
   readonly backend = 'cuda' as const;
@@ -156,21 +145,11 @@ export class CudaPQCache implements PQCache {
   private readonly arena: DeviceArena<ArenaSlice>;
   private readonly status: PinnedBuffer;
   private readonly statusView: Int32Array;
-  /** The sequence number the last block of each pair-path step graph publishes (pinned). */
-  private readonly publishedView: Uint32Array;
-  /** Pair-path step graphs publish their completion (the cache made the stream, so it knows what else is on it). */
-  private readonly publishesSteps: boolean = false;
-  /** Step graphs launched that publish; the device counts the same (PqStepDone.seq). */
-  private stepsPublished = 0;
-  /** The number synchronize() waits for: set by a publishing step launch, cleared by any other work on the stream. */
-  private awaitedStep: number | undefined;
   private readonly stagingQuery: PinnedBuffer;
   private readonly stagingKey: PinnedBuffer;
   /** Recorded after a graph that copies from the staging buffers: they may be rewritten once it completes. */
   private readonly stagingConsumed: Event;
   private stagingPending = false;
-  /** With published steps: the step that reads the staging buffers (else stagingConsumed). */
-  private stagingStep: number | undefined;
   private readonly appendKernel: Kernel;
   /** General path: the select kernel. Pair path: undefined (the step kernel is per cluster size). */
   private readonly selectKernel: Kernel | undefined;
@@ -275,15 +254,10 @@ export class CudaPQCache implements PQCache {
         sparseList: rows * this.layout.listCapacity * 4,
         sparseLen: rows * 4,
         weights: rows * this.capPad * 4,
-        // Pair path: the step kernels' completion words (kernels/select_common.cuh PqStepDone).
-        stepDone: general ? 0 : STEP_DONE_BYTES,
       }));
-      // The status word, and on another cache line the sequence number the step graphs publish.
-      this.status = owned.add(new PinnedBuffer(128));
+      this.status = owned.add(new PinnedBuffer(16));
       this.statusView = new Int32Array(this.status.arrayBuffer, 0, 1);
       this.statusView[0] = 0;
-      this.publishedView = new Uint32Array(this.status.arrayBuffer, PUBLISHED_OFFSET, 1);
-      this.publishedView[0] = 0;
       this.stagingQuery = owned.add(new PinnedBuffer(rows * D * 4));
       this.stagingKey = owned.add(new PinnedBuffer(B * Hkv * D * 4));
       this.stagingConsumed = owned.add(new Event({ timing: false }));
@@ -293,11 +267,6 @@ export class CudaPQCache implements PQCache {
       if (options.phaseTiming === true && this.pairs > 0) this.phaseBuffer = owned.add(new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8));
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
-      this.publishesSteps = this.ownsStream && this.pairs > 0;
-      if (this.publishesSteps) {
-        // PqStepDone.flag: where the last block of a step publishes its sequence number.
-        copies.fromHost(this.arena.slices.stepDone, new BigUint64Array([this.status.ptr + BigInt(PUBLISHED_OFFSET)]), STEP_DONE_FLAG_OFFSET);
-      }
     } catch (e) {
       owned.dispose();
       throw e;
@@ -366,12 +335,11 @@ export class CudaPQCache implements PQCache {
     this.stream.synchronize();
     // Straight from the state's arrays into the padded device rows: no host-side repacking, so a
     // serving process that uploads a prefill per request allocates nothing here.
-    const stream = this.streamForOtherWork();
-    copies.fromHost2D(s.centroids, this.centroidStride * 4, state.centroids, cdim * 4, cdim * 4, state.centroids.length / cdim, stream);
+    copies.fromHost2D(s.centroids, this.centroidStride * 4, state.centroids, cdim * 4, cdim * 4, state.centroids.length / cdim, this.stream);
     if (state.seqLen > 0) {
       const rowBytes = state.capacity * M;
       const codes = state.codes.subarray(codeOffset(state.layout, state.capacity, 0, 0, 0), B * Hkv * rowBytes);
-      copies.fromHost2D(s.codes, this.capPad * M, codes, rowBytes, state.seqLen * M, B * Hkv, stream);
+      copies.fromHost2D(s.codes, this.capPad * M, codes, rowBytes, state.seqLen * M, B * Hkv, this.stream);
     }
     copies.fromHost(s.phi, state.phi);
     this.resetSequence(state.seqLen);
@@ -384,9 +352,8 @@ export class CudaPQCache implements PQCache {
     copies.fromHost(s.seqState, this.seqInit);
     this.seqSlot = 0;
     if (this.pairs > 0) {
-      const stream = this.streamForOtherWork();
-      copies.fill32Async(s.pairCount, 0, s.pairCount.bytes / 4, stream);
-      copies.fill32Async(s.readers, 0, s.readers.bytes / 4, stream);
+      copies.fill32Async(s.pairCount, 0, s.pairCount.bytes / 4, this.stream);
+      copies.fill32Async(s.readers, 0, s.readers.bytes / 4, this.stream);
       this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), seqLen - this.layout.config.windowSize);
     }
     this.hostSeqLen = seqLen;
@@ -474,47 +441,14 @@ export class CudaPQCache implements PQCache {
     return this.readOutputs(dtype);
   }
 
-  /**
-   * Wait for the work this cache enqueued; throw DeviceInputError if a kernel saw non-finite device
-   * inputs. On a stream the cache made, work you enqueue on `cache.stream` yourself needs
-   * `cache.stream.synchronize()`: after a step, this waits for the step alone.
-   */
+  /** Wait for the stream; throw DeviceInputError if a kernel saw non-finite device inputs. */
   synchronize(): void {
     this.live();
-    const awaited = this.awaitedStep;
-    if (awaited !== undefined) {
-      this.waitForStep(awaited);
-    } else if (!(this.ownsStream && this.residentBinding !== undefined)) {
-      // Resident steps return complete. A stream the cache made was synchronized when the kernel
-      // started, and everything that enqueues on it since stops the kernel first (but readOutputs,
-      // which waits for its own copies).
-      this.stream.synchronize();
-    }
+    // Resident steps return complete. A stream the cache made was synchronized when the kernel
+    // started, and everything that enqueues on it since stops the kernel first (but readOutputs,
+    // which waits for its own copies).
+    if (!(this.ownsStream && this.residentBinding !== undefined)) this.stream.synchronize();
     this.checkStatus();
-  }
-
-  /**
-   * Wait for the step graph that publishes `seq`: spin on the pinned word its last block writes;
-   * past a normal step's time, through the driver (a long step, or a fault, which throws).
-   */
-  private waitForStep(seq: number): void {
-    this.awaitedStep = undefined;
-    this.waitPublished(seq);
-  }
-
-  /** Spin until the step graphs have published `seq` (or a later one); through the driver past STEP_SPIN_MS. */
-  private waitPublished(seq: number): void {
-    const view = this.publishedView;
-    if (spinForWord(view, 0, seq, STEP_SPIN_MS, () => this.stream.isIdle(), true)) return;
-    this.stream.synchronize();
-    const seen = Atomics.load(view, 0);
-    if (((seen - seq) | 0) < 0) throw new StateError('step completion', `step ${seq} published by the step kernel`, `${seen} (the stream ended without it: a pqcache bug)`);
-  }
-
-  /** The stream, for any work but a publishing step graph: synchronize() then waits for the stream itself. */
-  private streamForOtherWork(): Stream {
-    this.awaitedStep = undefined;
-    return this.stream;
   }
 
   /**
@@ -588,8 +522,7 @@ export class CudaPQCache implements PQCache {
     const hostQ = !('device' in query);
     const hostK = key !== undefined && !('device' in key);
     if ((hostQ || hostK) && this.stagingPending) {
-      if (this.stagingStep !== undefined) this.waitPublished(this.stagingStep);
-      else this.stagingConsumed.synchronize();
+      this.stagingConsumed.synchronize();
       this.stagingPending = false;
     }
     let qptr: DevicePtr;
@@ -619,17 +552,10 @@ export class CudaPQCache implements PQCache {
     pointers[0] = qptr;
     pointers[1] = kptr ?? 0n; // no key: the signature says so ('-')
     const graph = this.graphs.get(signature, pointers, this.stream, () =>
-      this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }, this.publishesSteps));
+      this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
     graph.launch(this.stream);
-    if (this.publishesSteps) {
-      this.stepsPublished = (this.stepsPublished + 1) >>> 0;
-      this.awaitedStep = this.stepsPublished;
-    }
     if (hostQ || hostK) {
-      // The staging buffers are free again once this step has published (no event to record), or
-      // once the stream reaches the event.
-      this.stagingStep = this.publishesSteps ? this.stepsPublished : undefined;
-      if (!this.publishesSteps) this.stagingConsumed.record(this.stream);
+      this.stagingConsumed.record(this.stream);
       this.stagingPending = true;
     }
     this.commitStep(key !== undefined);
@@ -664,19 +590,15 @@ export class CudaPQCache implements PQCache {
     };
   }
 
-  /**
-   * Launch the step's kernels on the stream (no graph of its own: the caller captures). After
-   * prepareStep(). `publish` (the cache's own graphs, pair path): the step kernel's last block
-   * publishes the step's sequence number for synchronize().
-   */
-  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: { ptr: DevicePtr; dtype: FloatDType } | undefined, publish = false): void {
+  /** Launch the step's kernels on the stream (no graph of its own: the caller captures). After prepareStep(). */
+  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: { ptr: DevicePtr; dtype: FloatDType } | undefined): void {
     const plan = this.currentPlan(this.hostSeqLen + (key !== undefined ? 1 : 0));
     const slot = this.seqSlot;
     const qcode = DTYPE_CODE[query.dtype];
     const fused = key !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
     if (fused) {
       // One launch: the append blocks ride along with the select clusters.
-      this.launchStepPairs(query.ptr, qcode, key.ptr, key.dtype, plan, slot, publish);
+      this.launchStepPairs(query.ptr, qcode, key.ptr, key.dtype, plan, slot);
       return;
     }
     let readSlot = slot;
@@ -684,7 +606,7 @@ export class CudaPQCache implements PQCache {
       this.launchAppend(key.ptr, key.dtype, 1, slot);
       readSlot ^= 1;
     }
-    if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, 'f32', plan, readSlot, publish);
+    if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, 'f32', plan, readSlot);
     else this.launchSelect(query.ptr, qcode, plan, readSlot);
   }
 
@@ -734,7 +656,6 @@ export class CudaPQCache implements PQCache {
     this.resident ??= this.owned.add(new ResidentLaunch({ requestMs: options.requestMs }));
     // Graph steps and output resets on the cache's stream are done before the kernel reads the index.
     this.stream.synchronize();
-    this.awaitedStep = undefined;
     this.stagingPending = false;
     const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
@@ -837,7 +758,7 @@ export class CudaPQCache implements PQCache {
       s.codes.ptr, this.seqPtr(this.seqSlot), this.bucketEndPtr, s.bucketOffsets.ptr, s.buckets.ptr, s.pairCount.ptr, this.status.ptr,
       this.capPad, c.pqGroupFactor, this.layout.numCentroids, c.pqBits, lo, c.windowSize,
     ]);
-    launch(kernel, { grid: [B * Hkv, 1, 1], block: [ROW_THREADS, 1, 1] }, this.bucketRebuildArgs, this.streamForOtherWork());
+    launch(kernel, { grid: [B * Hkv, 1, 1], block: [ROW_THREADS, 1, 1] }, this.bucketRebuildArgs, this.stream);
     this.bucketEnd = Math.max(lo, this.hostSeqLen - c.windowSize);
   }
 
@@ -851,7 +772,7 @@ export class CudaPQCache implements PQCache {
     const { batch: B, kvHeads: Hkv } = this.layout.shape;
     const args = this.pairsCountArgs;
     args.setAll([this.arena.slices.codes.ptr, this.arena.slices.pairCount.ptr, from, to, this.capPad, this.layout.config.pqGroupFactor, this.layout.numCentroids]);
-    launch(this.pairsCountKernel, { grid: [Math.ceil((to - from) / 256), B * Hkv, 1], block: [256, 1, 1] }, args, this.streamForOtherWork());
+    launch(this.pairsCountKernel, { grid: [Math.ceil((to - from) / 256), B * Hkv, 1], block: [256, 1, 1] }, args, this.stream);
   }
 
   /** pq_append reading sk from `slot` and writing sk + n to the other slot. */
@@ -866,7 +787,7 @@ export class CudaPQCache implements PQCache {
         this.seqPtr(slot ^ 1), this.status.ptr, this.pairs > 0 && n === 1 ? s.pairCount.ptr : 0n, D, M, this.layout.numCentroids,
         this.capPad, O, metric === 'ip' ? 1 : 0, Math.max(O, S), W,
       ]);
-      launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.streamForOtherWork());
+      launch(this.appendKernel, { grid: [this.layout.shape.batch * this.layout.shape.kvHeads * n, 1, 1], block: [256, 1, 1] }, args, this.stream);
     } finally {
       args.dispose(); // the captured node keeps its own copy of the arguments
     }
@@ -889,7 +810,7 @@ export class CudaPQCache implements PQCache {
         this.status.ptr, H, Hkv, D, this.layout.numCentroids, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize,
         c.initOffset, fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
       ]);
-      launch(this.selectKernel as Kernel, { grid: [plan.numSlices, B * H, 1], block: [SELECT_THREADS, 1, 1] }, args, this.streamForOtherWork());
+      launch(this.selectKernel as Kernel, { grid: [plan.numSlices, B * H, 1], block: [SELECT_THREADS, 1, 1] }, args, this.stream);
     } finally {
       args.dispose();
     }
@@ -899,14 +820,14 @@ export class CudaPQCache implements PQCache {
    * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
-  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number, publish: boolean): void {
-    const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, keys, kdtype, plan, slot, false, publish);
+  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number): void {
+    const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, keys, kdtype, plan, slot, false);
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll(values);
       // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
       if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
-      launch(kernel, shape, args, this.streamForOtherWork());
+      launch(kernel, shape, args, this.stream);
       this.lastStepGrid = [shape.grid[0], shape.grid[1]];
     } finally {
       args.dispose();
@@ -916,12 +837,9 @@ export class CudaPQCache implements PQCache {
   /**
    * Kernel, shape and arguments of the pair path's step. `resident`: the row kernel's resident form
    * (plan.row), which takes the slot and whether a step appends from each ring: seq_read and
-   * seq_write are the slot array, `appended` unused. `publish`: the last block publishes the step's
-   * sequence number (PqStepDone).
+   * seq_write are the slot array, `appended` unused.
    */
-  private stepPairsLaunch(
-    qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number, resident: boolean, publish = false,
-  ):
+  private stepPairsLaunch(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number, resident: boolean):
     { kernel: Kernel; shape: LaunchShape; values: StepPairsValues } {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
@@ -944,7 +862,7 @@ export class CudaPQCache implements PQCache {
       s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr,
       B, H, Hkv, D, this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
       c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
-      buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n, publish ? s.stepDone.ptr : 0n,
+      buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n,
     ];
     return { kernel, shape: { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes: plan.sharedBytes }, values };
   }
@@ -966,10 +884,9 @@ export class CudaPQCache implements PQCache {
   /** Zero the weights, empty the lists: the kernel's incremental update starts from here. */
   private resetOutputs(dtype: FloatDType): void {
     const s = this.arena.slices;
-    const stream = this.streamForOtherWork();
-    copies.fill32Async(s.weights, 0, s.weights.bytes / 4, stream);
-    copies.fill32Async(s.sparseLen, 0, s.sparseLen.bytes / 4, stream);
-    copies.fill32Async(s.sparseList, 0xffffffff, s.sparseList.bytes / 4, stream);
+    copies.fill32Async(s.weights, 0, s.weights.bytes / 4, this.stream);
+    copies.fill32Async(s.sparseLen, 0, s.sparseLen.bytes / 4, this.stream);
+    copies.fill32Async(s.sparseList, 0xffffffff, s.sparseList.bytes / 4, this.stream);
     this.weightsDType = dtype;
     // Graphs stay: their key carries the weights dtype, and the buffers they read and write are
     // the arena's, so a new request (uploadState) replays the graphs captured by the last one.
@@ -987,7 +904,6 @@ export class CudaPQCache implements PQCache {
     const sparseLen = new Int32Array(rows);
     const eb = BYTES_PER_ELEMENT[dtype];
     const weights = dtype === 'f32' ? new Float32Array(rows * sk) : new Uint16Array(rows * sk);
-    this.streamForOtherWork(); // the copies below, waited for here
     check('cuMemcpyDtoHAsync_v2', d.cuMemcpyDtoHAsync_v2(sparseList, s.sparseList.ptr, sparseList.byteLength, this.stream.handle));
     check('cuMemcpyDtoHAsync_v2', d.cuMemcpyDtoHAsync_v2(sparseLen, s.sparseLen.ptr, sparseLen.byteLength, this.stream.handle));
     if (sk > 0) {

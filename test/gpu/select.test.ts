@@ -432,12 +432,11 @@ test('resident steps: idle stop, and the graph path where the row kernel does no
   assert.throws(() => new CudaPQCache({ shape, config: st.layout.config, capacity: 10, resident: { idleMs: 0 } }), /resident.idleMs/);
 });
 
-test('graph steps publish their completion: synchronize() waits for the step, or for later work; host inputs are restaged only once read', { skip }, () => {
+test('synchronize() after steps, selects and appends interleaved, host and device inputs: complete results (row, clusters, buckets, a stream the cache did not make)', { skip }, () => {
   const config = { sinkSize: 8, windowSize: 16, heavySize: 48, pqGroupFactor: 2, pqBits: 6, initOffset: 8 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
-  // The row kernel, the pair clusters and bucket mode publish from their last block; a cache on a
-  // stream it did not make waits for the stream instead.
+  // Each step kernel family, and a cache on a stream it did not make.
   const variants: [string, (st: PQIndexState) => CudaPQCache][] = [
     ['row', (st) => cudaFromState(st, 'row')],
     ['cluster', (st) => cudaFromState(st, 'cluster')],
@@ -464,7 +463,7 @@ test('graph steps publish their completion: synchronize() waits for the step, or
           const at = `${label} round ${s} (sk ${gpu.seqLen})`;
           let want: SelectResult<HostTensor>;
           switch (s % 4) {
-            case 0: { // two host-input steps back to back: the second restages while the first may still run
+            case 0: { // two host-input steps back to back: the second restages once the first has read its inputs
               const [q1, k1, q2, k2] = [query(), key(), query(), key()];
               cpu.stepToHost(q1, k1);
               want = cpu.stepToHost(q2, k2);
