@@ -218,22 +218,19 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int dsub = D / M;
   const int s0 = BUCKETS ? lo & ~31 : lo & ~15;
 
-  // ---- The LUT's inputs in flight at once, no load waiting for another: sk, the query element,
-  // the LUT's first centroid rows; and the previous list. The pair counts and this thread's codes
-  // (48 KB per block) are loaded once the query is staged: issued with the rest they shared the
-  // L2-to-SM bandwidth with the LUT's inputs and delayed them. ----
+  // ---- Everything in flight at once, no load waiting for another: sk, the query element, pair
+  // counts, the LUT's first centroid rows, this thread's codes (bounded by the capacity; positions
+  // past sk are masked below), the previous list. ----
   const int sk_old = *seq_read;
   const float query_value = tid < D ? pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + tid) : 0.0f;  // D ≤ NT
   uint32_t weight[PPT];
-  auto load_weights = [&]() {
-    if (pairs >= PPT) {
-      const uint4 w4 = tid < pairs / PPT ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
-      weight[0] = w4.x, weight[1] = w4.y, weight[2] = w4.z, weight[3] = w4.w;
-    } else {
+  if (pairs >= PPT) {
+    const uint4 w4 = tid < pairs / PPT ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
+    weight[0] = w4.x, weight[1] = w4.y, weight[2] = w4.z, weight[3] = w4.w;
+  } else {
 #pragma unroll
-      for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? pq_load<!RESIDENT>(table + PPT * tid + j) : 0u;
-    }
-  };
+    for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? pq_load<!RESIDENT>(table + PPT * tid + j) : 0u;
+  }
   // LUT rows: 8 lanes per entry (e = e0 + tid/8), lane8 takes float4 chunks lane8, lane8 + 8, ….
   const int lane8 = tid & 7;
   float4 crow[2];
@@ -270,14 +267,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       for (int j = 0; j <= PPT; ++j) boff[j] = PPT * tid + j <= pairs ? __ldg(head_off + PPT * tid + j) : 0;
     }
   }
-  // Codes of positions p0 … (bounded by the capacity; positions past sk are masked below).
-  auto load_codes = [&]() {
 #pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      const int pc = p0 + c * (16 / M);
-      raw[c] = pc < capacity ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
-    }
-  };
+  for (int c = 0; c < CHUNKS; ++c) {
+    const int pc = p0 + c * (16 / M);
+    raw[c] = pc < capacity ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
+  }
   int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
   const int64_t wrow = static_cast<int64_t>(row) * out.wstride;
   const int old_len = out.sparse_len[row];
@@ -328,6 +322,21 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     }
     mailboxes_ready_arrive();
   }
+  // q's pair from the registers of the thread that holds it (q < hi ≤ s0 + CL*NT*E), published with
+  // the first barrier.
+  if (q_enters && q >= p0 && q < p0 + E) {
+    const int j = q - p0;
+    uint32_t v = 0u;  // the 32-bit code word holding q (selected, not indexed: raw stays in registers)
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v = (j * M) / 4 == 4 * c + k ? w[k] : v;
+    }
+    const uint32_t c0 = (v >> (8 * ((j * M) % 4))) & 0xffu;
+    const uint32_t c1 = M == 1 ? 0u : (v >> (8 * ((j * M) % 4) + 8)) & 0xffu;
+    sm.virtual_pair = static_cast<int>(c0 + (c1 << log2c));
+  }
   // The previous list's weights (of this block's positions) cleared now; the barriers below order
   // them before any new one.
   if (tid < old_len && old_first >= 0 && weight_owner(old_first) == rank) store_weight(out.weights, out.wdtype, wrow + old_first, false);
@@ -354,8 +363,6 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
   __syncthreads();  // query staged, histogram zeroed
   stamp(PH_STAGED);
-  load_weights();
-  load_codes();
 
   const int sink_end = min(S, sk);
   const int n_heavy = min(K, total);
@@ -399,29 +406,14 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         if (r != rank) mailbox_push(&sm.lut[e], r, __float_as_uint(acc), &sm.lut_mail);
     }
   }
-  // q's pair from the registers of the thread that holds it (q < hi ≤ s0 + CL*NT*E), published with
-  // the barrier after the LUT (its codes have arrived by then, or this thread waits for them there).
-  if (q_enters && q >= p0 && q < p0 + E) {
-    const int j = q - p0;
-    uint32_t v = 0u;  // the 32-bit code word holding q (selected, not indexed: raw stays in registers)
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      const uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
-#pragma unroll
-      for (int k = 0; k < 4; ++k) v = (j * M) / 4 == 4 * c + k ? w[k] : v;
-    }
-    const uint32_t c0 = (v >> (8 * ((j * M) % 4))) & 0xffu;
-    const uint32_t c1 = M == 1 ? 0u : (v >> (8 * ((j * M) % 4) + 8)) & 0xffu;
-    sm.virtual_pair = static_cast<int>(c0 + (c1 << log2c));
-  }
-  if (BUCKETS && tid == 0 && q_enters) sm.virtual_pair = pair_of_raw(q_raw);
-  __syncthreads();                    // this block's entries and row ranges, q's pair
   if (CL > 1 && tid == 0) {
-    const int vp = q_enters && q_owner == rank ? sm.virtual_pair : -1;
+    const int vp = q_enters && q_owner == rank ? sm.virtual_pair : -1;  // written before the first barrier
 #pragma unroll
     for (int r = 0; r < CL; ++r)
       if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
   }
+  if (BUCKETS && tid == 0 && q_enters) sm.virtual_pair = pair_of_raw(q_raw);
+  __syncthreads();                    // this block's entries and row ranges
   if (CL > 1 && tid < 2 * M) {  // this block's row ranges, to the peer
     const uint32_t v = tid < M ? sm.row_lo[tid] : sm.row_hi[tid - M];
     mailbox_push(&sm.peer_range[tid], rank ^ 1, v, &sm.lut_mail);
