@@ -81,13 +81,18 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
 
 // Thread 0, after a block barrier that follows the block's work: arrive on the counter; the grid's
 // last block resets it and publishes `value` in `*target` (after stamping `*stamp_ns`, if given).
+// The arrival is one acq_rel atomic (its release covers the block's results through the barrier,
+// its acquire in the last block every earlier arrival), and `done` a release at system scope, which
+// makes everything before it in that chain visible to the host. No separate fences: in a same-run
+// A/B of the same chain at the end of the graph step kernel, the fence before the atomic and a
+// system fence before the release store cost 0.9 μs of device time (select-publish-ab record).
 __device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned* target, unsigned value, long long* stamp_ns) {
-  __threadfence();  // this block's results before its arrival
   const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
-  if (atomicAdd(&counters->arrivals, 1u) == blocks - 1u) {
+  unsigned before;
+  asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(before) : "l"(&counters->arrivals) : "memory");
+  if (before == blocks - 1u) {
     atomicExch(&counters->arrivals, 0u);
     if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
-    __threadfence_system();  // every block's results (cumulative through the arrivals) before `done`
     pq_store_release_sys(target, value);
   }
 }
