@@ -130,7 +130,7 @@ for s in $steps; do
       run resident-runtime 120 pqcache bench --backend cuda --kind runtime --iters 3000 --json "$OUT/resident-runtime.json" ;;
     sanresident) # resident steps (their tests): every tool
       for tool in memcheck racecheck initcheck synccheck; do
-        run "san-$tool-resident" 200 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 --test-name-pattern 'resident' .device/app/dist/test/gpu/runtime.test.js .device/app/dist/test/gpu/select.test.js
+        run "san-$tool-resident" 400 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 --test-name-pattern 'resident' .device/app/dist/test/gpu/runtime.test.js .device/app/dist/test/gpu/select.test.js
       done
       SAN_OVER="resident steps (the resident tests of runtime.test.js and select.test.js)" node scripts/merge-sanitizer.mjs "$OUT" ;;
     sanrow) # the row step kernel (select.test.js has its instances, hand-overs and edge cases): every tool
