@@ -437,6 +437,7 @@ test('synchronize() after steps, selects and appends interleaved, host and devic
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   // Each step kernel family, and a cache on a stream it did not make.
+  const extStream = new Stream();
   const variants: [string, (st: PQIndexState) => CudaPQCache][] = [
     ['row', (st) => cudaFromState(st, 'row')],
     ['cluster', (st) => cudaFromState(st, 'cluster')],
@@ -447,7 +448,6 @@ test('synchronize() after steps, selects and appends interleaved, host and devic
       return c;
     }],
   ];
-  const extStream = new Stream();
   const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
   try {
     for (const [label, make] of variants) {
