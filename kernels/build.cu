@@ -25,13 +25,15 @@
 //
 // Launch shapes:
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
-//   pq_build_init      grid (G), block 256: centroid c of g = point init_index[g, c]; packs.
+//   pq_build_init      grid (G), block 256, dynamic smem C*cstride*4 bytes when `staged` (else 0):
+//                      centroid c of g = point init_index[g, c]; packs.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16 +
 //                      4*stages*16*RS*4 bytes: warp w of block x of group g scores the 16-point
 //                      tiles (one m16 MMA tile each) 4x + w, 4x + w + 4P, ... on its own, staged by
 //                      cp.async into its own ring, `stages - 1` tiles ahead; no block barrier after
 //                      the prologue. KS = ceil(cdim/16) (template N), RS = tile_stride(KS).
-//   pq_build_finalize  grid (G), block 256: means (fp32 division) or the re-seed; packs.
+//   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
+//                      re-seed; packs.
 // Packed operands of group g (written by init/finalize, read by the round):
 //   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
 //     16ks..16ks+15 (zero past C and cdim): {b0 hi, b1 hi, b0 lo, b1 lo} as bf16 pairs;
@@ -98,11 +100,11 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Packs group g's centroids (already in global memory, written by this block) into its mma
-// fragments and info. All threads of the block call it.
-__device__ void pack_group(const float* centroids, uint4* frag, float* info, int g, int C, int cdim, int cstride,
-                           int NT, int KS) {
-  const float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
+// Packs group g's centroids into its mma fragments and info. `gc` holds them ([C, cstride]): the
+// block's shared copy, or global memory (written by this block before a barrier). All threads of
+// the 256-thread block call it.
+__device__ void pack_group(const float* gc, uint4* frag, float* info, int g, int C, int cdim, int cstride, int NT,
+                           int KS) {
   uint4* gf = frag + static_cast<int64_t>(g) * NT * KS * 32;
   const int CP = NT * 8;
   float* gi = info + static_cast<int64_t>(g) * (CP + 1);
@@ -121,15 +123,25 @@ __device__ void pack_group(const float* centroids, uint4* frag, float* info, int
     split_pair(v(k + 8), v(k + 9), f.y, f.w);
     gf[e] = f;
   }
-  for (int c = threadIdx.x; c < CP; c += blockDim.x) {
-    float half_norm2 = INFINITY;  // padding centroids never win
+  // |c|^2 in float64, four threads per centroid (CP is a multiple of 64 = 256 / 4, so every thread
+  // takes part in each step's shuffles). A serial loop per centroid waited on each coordinate's load
+  // in turn: ~20 us of the finalize's 21 (ncu).
+  for (int c0 = 0; c0 < CP; c0 += 64) {
+    const int c = c0 + (threadIdx.x >> 2);
+    double s = 0.0;
     if (c < C) {
-      double s = 0.0;
-      for (int j = 0; j < cdim; ++j) s += static_cast<double>(gc[c * cstride + j]) * gc[c * cstride + j];
-      half_norm2 = static_cast<float>(0.5 * s);
-      atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+      for (int j = threadIdx.x & 3; j < cdim; j += 4) s += static_cast<double>(gc[c * cstride + j]) * gc[c * cstride + j];
     }
-    gi[c] = half_norm2;
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if ((threadIdx.x & 3) == 0) {
+      float half_norm2 = INFINITY;  // padding centroids never win
+      if (c < C) {
+        half_norm2 = static_cast<float>(0.5 * s);
+        atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+      }
+      gi[c] = half_norm2;
+    }
   }
   __syncthreads();
   if (threadIdx.x == 0) gi[CP] = __uint_as_float(max_norm_bits);
@@ -158,17 +170,22 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* ke
 extern "C" __global__ void __launch_bounds__(256) pq_build_init(const float* keys, const float* norms, const float* phi,
                                                                 const int* init_index, float* centroids, uint4* frag,
                                                                 float* info, int n, int M, int sk, int D, int O, int C,
-                                                                int cdim, int cstride, int NT, int KS) {
+                                                                int cdim, int cstride, int NT, int KS, int staged) {
+  extern __shared__ float4 staged_centroids[];  // [C, cstride] when staged (see pq_build_finalize)
+  float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
+  float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
   for (int e = threadIdx.x; e < C * cdim; e += 256) {
     const int c = e / cdim;
     const int j = e - c * cdim;
     const int p = init_index[g * C + c];
-    centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = point_coord(keys, norms, phi, g, p, j, n, M, sk, D, O, dsub);
+    const float v = point_coord(keys, norms, phi, g, p, j, n, M, sk, D, O, dsub);
+    gc[c * cstride + j] = v;
+    if (staged) sc[c * cstride + j] = v;
   }
   __syncthreads();  // the centroids written above are read back by pack_group
-  pack_group(centroids, frag, info, g, C, cdim, cstride, NT, KS);
+  pack_group(staged ? sc : gc, frag, info, g, C, cdim, cstride, NT, KS);
 }
 
 // Modes of a round: the first round has no previous codes; the final assignment writes the index.
@@ -311,32 +328,32 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
     best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 2));
     threshold[rs] = best[rs] - half_band[rs];  // NaN / -inf when the band is infinite: every centroid
   }
-  // Pass B: the centroids within the band of the best (one, unless a near tie).
-  int within[2] = {0, 0};
-  int first[2] = {INT_MAX, INT_MAX};
+  // Pass B: how many centroids score within the band of the best (one, unless a near tie), and which.
+  // Packed per row as count << 16 | the sum of their indices less 2t (the index itself when there is
+  // one): one compare and one add per score (a count and a running minimum took 6; ncu). Padding
+  // centroids score -inf, so they count only when the band is infinite, which flags the row anyway.
+  // The low half holds at most 2*NT indices below NT*8 <= 256 per lane: < 2^16.
+  int packed[2] = {0, 0};
   for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
     if (v.NT > 8) rescore_chunk(acc, nt0);  // one chunk: acc holds it
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int c = (nt0 + j) * 8 + 2 * t + (i & 1);
-        if (c < v.C && !(acc[j][i] < threshold[i >> 1])) {
-          within[i >> 1] += 1;
-          first[i >> 1] = min(first[i >> 1], c);
-        }
-      }
+      for (int i = 0; i < 4; ++i)
+        if (!(acc[j][i] < threshold[i >> 1])) packed[i >> 1] += 0x10000 + (nt0 + j) * 8 + (i & 1);
     }
   }
   bool flagged[2];
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    within[rs] += __shfl_xor_sync(0xffffffffu, within[rs], 1);
-    within[rs] += __shfl_xor_sync(0xffffffffu, within[rs], 2);
-    first[rs] = min(first[rs], __shfl_xor_sync(0xffffffffu, first[rs], 1));
-    first[rs] = min(first[rs], __shfl_xor_sync(0xffffffffu, first[rs], 2));
-    flagged[rs] = valid[rs] && (within[rs] != 1 || !(half_band[rs] < INFINITY));
-    code[rs] = first[rs];
+    int within = packed[rs] >> 16;
+    int index_sum = (packed[rs] & 0xffff) + 2 * t * within;
+    within += __shfl_xor_sync(0xffffffffu, within, 1);
+    within += __shfl_xor_sync(0xffffffffu, within, 2);
+    index_sum += __shfl_xor_sync(0xffffffffu, index_sum, 1);
+    index_sum += __shfl_xor_sync(0xffffffffu, index_sum, 2);
+    flagged[rs] = valid[rs] && (within != 1 || !(half_band[rs] < INFINITY));
+    code[rs] = index_sum;  // the nearest centroid unless flagged (re-scored below)
   }
   const unsigned flagged_rows = __ballot_sync(0xffffffffu, t == 0 && flagged[0]) | (__ballot_sync(0xffffffffu, t == 0 && flagged[1]) << 1);
   if (flagged_rows == 0u) return 0u;
@@ -415,6 +432,9 @@ __device__ __forceinline__ StagePlan make_stage_plan(int lane, int chunks) {
 __device__ __forceinline__ void cp_async16(unsigned dst, const float* src, bool fill) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0));
 }
+__device__ __forceinline__ void cp_async16(unsigned dst, const float* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
 
 // Stages the dsub coordinates of the points of warp tile `tile` into rows of RS floats (zeros past
 // n), as one cp.async group of the calling warp (empty when tile >= tiles). `group_keys` points at
@@ -426,7 +446,18 @@ __device__ __forceinline__ void stage_tile(float* rows, const StagePlan& s, cons
     const int valid_rows = min(kWarpPoints, n - tile * kWarpPoints);
     const float* src = group_keys + static_cast<int64_t>(tile) * kWarpPoints * D;
     const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(rows));
-    if (s.k_step == 0) {  // chunks divides 32 (dsub 4, 8, … 128): each lane copies one column, every r_step-th row
+    if (s.k_step == 0 && valid_rows == kWarpPoints) {
+      // A whole tile and chunks dividing 32 (dsub 4, 8, … 128): the lane copies one column of rows
+      // r0, r0 + r_step, … (r_step divides 16, or is 32 with dsub = 4), unguarded at fixed steps
+      // (ncu: the guarded walk was ~125 instructions a tile, a tenth of a round).
+      const int copies = s.chunks >= 2 ? s.chunks >> 1 : (s.r0 < kWarpPoints ? 1 : 0);
+      const float* lane_src = src + s.r0 * D + 4 * s.k0;
+      const unsigned lane_dst = dst + 4 * (s.r0 * RS + 4 * s.k0);
+      const int src_step = s.r_step * D;
+      const unsigned dst_step = 4 * RS * s.r_step;
+#pragma unroll 4
+      for (int i = 0; i < copies; ++i) cp_async16(lane_dst + i * dst_step, lane_src + i * src_step);
+    } else if (s.k_step == 0) {
       const float* col_src = src + 4 * s.k0;
       const unsigned col_dst = dst + 16 * s.k0;
       for (int r = s.r0; r < kWarpPoints; r += s.r_step)
@@ -444,6 +475,39 @@ __device__ __forceinline__ void stage_tile(float* rows, const StagePlan& s, cons
     }
   }
   asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// Adds the staged coordinates of each point in `moved` (owner lanes of rows rs: lane 4p holds row
+// p + 8*rs) to the sums of its new cluster and, with kLeaves, takes them from its old one. The whole
+// warp takes one point at a time, one coordinate per lane. In ROUND_NEXT every valid row has an old
+// code (round 0 wrote them all), so a moved point always leaves a cluster there.
+template <int KS, bool kLeaves>
+__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
+                                            const float (&xaug)[2], const float* rows, double* group_sums, int cdim,
+                                            int dsub) {
+  constexpr int RS = tile_stride(KS);
+  const int lane = threadIdx.x & 31;
+  while (moved != 0u) {
+    const int src = __ffs(moved) - 1;
+    moved &= moved - 1u;
+    const int to = __shfl_sync(0xffffffffu, code[rs], src);
+    const int from = kLeaves ? __shfl_sync(0xffffffffu, old[rs], src) : 0;
+    const float aug = __shfl_sync(0xffffffffu, xaug[rs], src);
+    const float* xr = rows + ((src >> 2) + 8 * rs) * RS;
+    double* to_sum = group_sums + to * cdim;
+    double* from_sum = group_sums + from * cdim;
+    // cdim <= 16*KS: a fixed number of coordinates per lane, unrolled; cdim > 16*(KS - 1), so the
+    // lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
+#pragma unroll
+    for (int it = 0; it < (KS + 1) / 2; ++it) {
+      const int j = lane + 32 * it;
+      if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
+        const double x = j < dsub ? static_cast<double>(xr[j]) : static_cast<double>(aug);
+        atomicAdd(to_sum + j, x);
+        if (kLeaves) atomicAdd(from_sum + j, -x);
+      }
+    }
+  }
 }
 
 template <int KS>
@@ -472,6 +536,8 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const int bkv = g / M;
   const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
   const StagePlan plan = make_stage_plan(lane, chunks);
+  double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
+  unsigned* group_counts = counts + g * C;
   float* ring = tiles_smem + warp * stages * kWarpPoints * RS;
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
@@ -539,47 +605,27 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
       __syncwarp();  // this buffer is restaged next iteration
       continue;
     }
-    // Codes that changed move their point between the clusters' sums.
+    // Codes that changed move their point between the clusters' sums: the row's owner lane (t == 0)
+    // writes the code and moves the counts; the warp moves the coordinates, one point at a time.
     bool changed[2] = {false, false};
 #pragma unroll
     for (int rs = 0; rs < 2; ++rs) {
-      if (valid[rs]) {
-        const int64_t at = static_cast<int64_t>(g) * n + pbase + q + 8 * rs;
-        changed[rs] = code[rs] != old[rs];
-        if (changed[rs] && t == 0) codes_tmp[at] = static_cast<uint8_t>(code[rs]);
+      changed[rs] = valid[rs] && code[rs] != old[rs];
+      if (changed[rs] && t == 0) {
+        codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
+        atomicAdd(group_counts + code[rs], 1u);
+        if (mode == ROUND_NEXT) atomicSub(group_counts + old[rs], 1u);
       }
     }
     const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
     const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
     changed_total += __popc(moved0) + __popc(moved1);
-#pragma unroll
-    for (int rs = 0; rs < 2; ++rs) {
-      unsigned moved = rs == 0 ? moved0 : moved1;
-      while (moved != 0u) {
-        const int src = __ffs(moved) - 1;
-        moved &= moved - 1u;
-        const int to = __shfl_sync(0xffffffffu, code[rs], src);
-        const int from = __shfl_sync(0xffffffffu, old[rs], src);
-        const float aug = __shfl_sync(0xffffffffu, xaug[rs], src);
-        const float* xr = rows + ((src >> 2) + 8 * rs) * RS;
-        double* to_sum = sums + (static_cast<int64_t>(g) * C + to) * cdim;
-        double* from_sum = sums + (static_cast<int64_t>(g) * C + from) * cdim;
-        // cdim <= 16*KS: a fixed number of coordinates per lane, unrolled (a loop with a runtime trip
-        // count cost ~100 instructions per moved point in round 0, where every point moves).
-#pragma unroll
-        for (int it = 0; it < (KS + 1) / 2; ++it) {
-          const int j = lane + 32 * it;
-          if (j < cdim) {
-            const double x = j < dsub ? static_cast<double>(xr[j]) : static_cast<double>(aug);
-            atomicAdd(to_sum + j, x);
-            if (from >= 0) atomicAdd(from_sum + j, -x);
-          }
-        }
-        if (lane == 0) {
-          atomicAdd(counts + g * C + to, 1u);
-          if (from >= 0) atomicSub(counts + g * C + from, 1u);
-        }
-      }
+    if (mode == ROUND_FIRST) {  // every point joins its first cluster; none leaves one
+      move_points<KS, false>(moved0, 0, code, old, xaug, rows, group_sums, cdim, dsub);
+      move_points<KS, false>(moved1, 1, code, old, xaug, rows, group_sums, cdim, dsub);
+    } else {
+      move_points<KS, true>(moved0, 0, code, old, xaug, rows, group_sums, cdim, dsub);
+      move_points<KS, true>(moved1, 1, code, old, xaug, rows, group_sums, cdim, dsub);
     }
     __syncwarp();  // this buffer is restaged next iteration
   }
@@ -619,23 +665,42 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float*
                                                                     const double* sums, const unsigned* counts, float* centroids,
                                                                     uint4* frag, float* info, int n, int M, int sk, int D,
                                                                     int O, int C, int cdim, int cstride, int NT, int KS,
-                                                                    unsigned seed, int round) {
+                                                                    unsigned seed, int round, int staged) {
+  // staged: the block keeps a copy of the group's new centroids in dynamic shared memory ([C, cstride],
+  // when it fits) for pack_group, which then reads no global memory.
+  extern __shared__ float4 staged_centroids[];
+  float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
-  for (int e = threadIdx.x; e < C * cdim; e += 256) {
-    const int c = e / cdim;
-    const int j = e - c * cdim;
-    const unsigned count = counts[g * C + c];
-    const double sum = sums[static_cast<int64_t>(g) * C * cdim + e];
-    float v;
-    if (count == 0u) {
-      const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
-      v = point_coord(keys, norms, phi, g, s, j, n, M, sk, D, O, dsub);
-    } else {
-      v = __fdiv_rn(__double2float_rn(sum), static_cast<float>(count));
+  // Eight elements per thread per step, their sums and counts loaded before any is used (one at a
+  // time, each step waited on its loads: ~16 round trips to L2 per block).
+  constexpr int kBatch = 8;
+  for (int e0 = threadIdx.x; e0 < C * cdim; e0 += 256 * kBatch) {
+    unsigned count[kBatch];
+    double sum[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + 256 * k;
+      count[k] = e < C * cdim ? counts[g * C + e / cdim] : 1u;
+      sum[k] = e < C * cdim ? sums[static_cast<int64_t>(g) * C * cdim + e] : 0.0;
     }
-    centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = v;
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + 256 * k;
+      if (e >= C * cdim) break;
+      const int c = e / cdim;
+      const int j = e - c * cdim;
+      float v;
+      if (count[k] == 0u) {
+        const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
+        v = point_coord(keys, norms, phi, g, s, j, n, M, sk, D, O, dsub);
+      } else {
+        v = __fdiv_rn(__double2float_rn(sum[k]), static_cast<float>(count[k]));
+      }
+      centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = v;
+      if (staged) sc[c * cstride + j] = v;
+    }
   }
   __syncthreads();
-  pack_group(centroids, frag, info, g, C, cdim, cstride, NT, KS);
+  pack_group(staged ? sc : centroids + static_cast<int64_t>(g) * C * cstride, frag, info, g, C, cdim, cstride, NT, KS);
 }

@@ -83,9 +83,9 @@ function tileStride(ks: number): number {
 }
 
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32'] as const;
+const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32'] as const;
 
 /**
  * Run the k-means of `keys` ([B, Hkv, sk, D] f32 on the host) into `target`, enqueued on `stream`
@@ -128,6 +128,11 @@ export function buildOnDevice(
   const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, shared)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
   const roundSmem = fixedBytes + stages * tileBytes;
   if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
+  // init and finalize keep the group's centroids in shared memory for packing where they fit in the
+  // default 48 KB (C·cstride·4 bytes: 16 KB on the seed config), else pack from global memory.
+  const stagedBytes = C * cstride * 4;
+  const staged = stagedBytes <= 48 * 1024 ? 1 : 0;
+  const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
   const tiles = Math.ceil(n / STAGE_ROWS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
@@ -174,8 +179,8 @@ export function buildOnDevice(
     }
     launch(
       mod.kernel('pq_build_init'),
-      { grid: [G, 1, 1], block: [256, 1, 1] },
-      args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS]),
+      groupShape,
+      args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, staged]),
       stream,
     );
     const roundArgs = (r: number, mode: number): LaunchArgs =>
@@ -188,8 +193,8 @@ export function buildOnDevice(
     const finalizeArgs = args(FINALIZE_ARGS);
     for (let r = 0; r < iters; r++) {
       launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
-      finalizeArgs.setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r]);
-      launch(finalize, { grid: [G, 1, 1], block: [256, 1, 1] }, finalizeArgs, stream);
+      finalizeArgs.setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged]);
+      launch(finalize, groupShape, finalizeArgs, stream);
       if (onRound) {
         stream.synchronize();
         onRound(r + 1, iters + 1);
