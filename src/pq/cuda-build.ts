@@ -3,7 +3,8 @@
  * oracle's seeded initial draw (rng.ts), with the oracle's nearest centroid (tensor-core estimates,
  * near ties re-scored in its canonical order), means and re-seeding, so that integer-valued data
  * gives identical centroids and codes on both backends. One pass over the keys per round: the
- * cluster sums follow the points whose code changed.
+ * cluster sums follow the points whose code changed (round 0, where every point joins a cluster,
+ * reads them once more to form its sums in code order).
  */
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, copies, type DeviceRange } from '../cuda/memory.js';
@@ -85,6 +86,9 @@ function tileStride(ks: number): number {
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+/** Points per block of pq_build_first_sums (kSumChunk). */
+const FIRST_SUMS_CHUNK = 4096;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32'] as const;
 
 /**
@@ -190,9 +194,19 @@ export function buildOnDevice(
         n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode, stages,
       ]);
     const finalize = mod.kernel('pq_build_finalize');
+    const firstSums = mod.kernel('pq_build_first_sums');
     const finalizeArgs = args(FINALIZE_ARGS);
     for (let r = 0; r < iters; r++) {
       launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
+      if (r === 0) {
+        // Round 0 writes codes only; its sums and counts come from the codes, a block per 4096 points.
+        launch(
+          firstSums,
+          { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
+          args(FIRST_SUMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
+          stream,
+        );
+      }
       finalizeArgs.setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged]);
       launch(finalize, groupShape, finalizeArgs, stream);
       if (onRound) {
