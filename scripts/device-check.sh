@@ -72,7 +72,7 @@ for s in $steps; do
       for tool in memcheck racecheck initcheck synccheck; do
         run "san-$tool-build" 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/build.test.js
       done
-      SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (KS 1-9, 3 and 4 blocks per SM, 1-3 staged tiles per warp, 1-4 centroid chunks), init, finalize, norms" \
+      SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (KS 1-9, 3 and 4 blocks per SM, 1-3 staged tiles per warp, 1-4 centroid chunks), init, first sums, finalize, norms" \
         node scripts/merge-sanitizer.mjs "$OUT" ;;
     hostwait) # same-run A/B of the seed config: the driver's host wait mode (PQCACHE_HOST_WAIT) unpinned and pinned to one core
       for i in 1 2; do for w in auto spin blocking; do for pin in all 2; do
