@@ -133,9 +133,10 @@ export function buildOnDevice(
   const roundSmem = fixedBytes + stages * tileBytes;
   if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
   // init and finalize keep the group's centroids in shared memory for packing where they fit in the
-  // default 48 KB (C·cstride·4 bytes: 16 KB on the seed config), else pack from global memory.
+  // default 48 KB beside the kernels' few static bytes (C·cstride·4 bytes: 16 KB on the seed config),
+  // else pack from global memory.
   const stagedBytes = C * cstride * 4;
-  const staged = stagedBytes <= 48 * 1024 ? 1 : 0;
+  const staged = stagedBytes <= 47 * 1024 ? 1 : 0;
   const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
   const tiles = Math.ceil(n / STAGE_ROWS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
