@@ -643,7 +643,8 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
 
 // pq_build_round_kN: register-limited to 3 blocks (12 warps) per SM; pq_build_round_kN_b4 (KS <= 4,
 // at most 128 registers) fits 4 blocks with 2 staged tiles: the host's default there, as the round
-// is latency bound (k4_b4 spills 48 bytes and is still 3% faster on the seed build: 4.95 vs 5.12 ms).
+// is latency bound (k4_b4 spills ~56 bytes and is still at least as fast on the seed build: 4.95 vs
+// 5.12 ms in session 8, 4.65-4.66 vs 4.66-4.70 ms in session 13).
 #define PQ_BUILD_ROUND(KS, MIN_BLOCKS, NAME)                                                                       \
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
