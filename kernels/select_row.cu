@@ -30,7 +30,9 @@
 //   instead of sk codes. Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds
 //   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32.
 // Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
-//   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts).
+//   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts), and
+//   keeping its codes, pair counts and LUT rows in dynamic shared memory from one step to the next
+//   ((E*M/16 + 3) * NT * 16 bytes; ResidentState).
 // Exactness: the threshold is the K-th largest score key (weights = pair counts), ties to the
 // lower position, as the CPU oracle ranks (src/pq/cpu-select.ts). Linear bins are monotone in the
 // score, so bins above the boundary bin are taken and those below skipped; inside it the exact
@@ -169,13 +171,30 @@ __device__ __forceinline__ void mailboxes_inval(uint64_t*, uint64_t*) { __trap()
 
 
 
+// Resident steps (RESIDENT): a launch's index stays fixed but for the one position an appending
+// step makes eligible (anything else stops the kernel first, src/pq/cuda-cache.ts), so a select
+// block keeps what it loads each step in dynamic shared memory instead of reading it from global
+// memory again: its positions' codes, its pair counts (after the step, q's pair counted) and its
+// LUT centroid rows, one uint4 per thread each (slot k of thread t at k*NT + t). A step then reads
+// global memory only for the query, the previous list, sk and, in one thread, the code chunk that
+// holds the position entering the eligible range (predicted from the previous step's sk, and checked).
+// The first step of a launch, and one after a full-attention step or an sk other than predicted,
+// loads everything from global memory (and fills the cache).
+struct ResidentState {
+  bool primed;  // the cache holds this block's codes, pair counts and LUT rows
+  int sk_pred;  // sk as the next step will read it (this step's sk)
+};
+// The resident row kernels' dynamic shared memory is that cache: (E*M/16 code chunks + the pair
+// counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
+
 template <int M, int E, int CL, int WPT, bool RESIDENT = false>
 __device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                          int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock,
-                         const int* bucket_end, const int* bucket_offsets, const int* buckets) {
+                         const int* bucket_end, const int* bucket_offsets, const int* buckets,
+                         ResidentState* resident = nullptr) {
   constexpr bool BUCKETS = WPT > 0;  // the heavy hitters from the position buckets (see the header)
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
   static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
@@ -223,13 +242,24 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   // past sk are masked below), the previous list. ----
   const int sk_old = *seq_read;
   const float query_value = tid < D ? pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + tid) : 0.0f;  // D ≤ NT
+  // Resident steps read their cache instead, once primed (see ResidentState).
+  const bool cached = RESIDENT && !BUCKETS && resident->primed;
+  uint4* const rcache = row_dynamic_smem;  // resident row kernels: the cache (bucket mode: the bitmaps)
   uint32_t weight[PPT];
-  if (pairs >= PPT) {
-    const uint4 w4 = tid < pairs / PPT ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
+  auto load_weights = [&]() {
+    if (pairs >= PPT) {
+      const uint4 w4 = tid < pairs / PPT ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(table) + tid) : make_uint4(0, 0, 0, 0);
+      weight[0] = w4.x, weight[1] = w4.y, weight[2] = w4.z, weight[3] = w4.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? pq_load<!RESIDENT>(table + PPT * tid + j) : 0u;
+    }
+  };
+  if (cached) {
+    const uint4 w4 = rcache[CHUNKS * NT + tid];
     weight[0] = w4.x, weight[1] = w4.y, weight[2] = w4.z, weight[3] = w4.w;
   } else {
-#pragma unroll
-    for (int j = 0; j < PPT; ++j) weight[j] = PPT * tid + j < pairs ? pq_load<!RESIDENT>(table + PPT * tid + j) : 0u;
+    load_weights();
   }
   // LUT rows: 8 lanes per entry (e = e0 + tid/8), lane8 takes float4 chunks lane8, lane8 + 8, ….
   const int lane8 = tid & 7;
@@ -248,7 +278,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
                     : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
-  load_rows(e_begin);
+  if (cached) {
+    crow[0] = reinterpret_cast<const float4*>(rcache)[(CHUNKS + 1) * NT + tid];
+    crow[1] = reinterpret_cast<const float4*>(rcache)[(CHUNKS + 2) * NT + tid];
+  } else {
+    load_rows(e_begin);
+  }
   const int p0 = s0 + rank * NT * E + tid * E;
   uint4 raw[CHUNKS > 0 ? CHUNKS : 1];  // positions p0 … p0 + E − 1, M bytes each (row mode)
   // Bucket mode: where the buckets end (the tail starts) and this thread's pairs' bucket offsets.
@@ -267,16 +302,38 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       for (int j = 0; j <= PPT; ++j) boff[j] = PPT * tid + j <= pairs ? __ldg(head_off + PPT * tid + j) : 0;
     }
   }
+  auto load_code_chunk = [&](int c) {
+    const int pc = p0 + c * (16 / M);
+    return pc < capacity ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
+  };
+  // Cached: only the chunk holding the position this step makes eligible, if it appends (the
+  // position predicted from the previous step's sk; checked once sk is in).
+  const int q_pred = cached && appended != 0 ? resident->sk_pred - W : -1;
+  unsigned reloaded = 0u;  // chunks read from global memory while cached
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     const int pc = p0 + c * (16 / M);
-    raw[c] = pc < capacity ? pq_load<!RESIDENT>(reinterpret_cast<const uint4*>(head_codes + static_cast<int64_t>(pc) * M)) : make_uint4(0, 0, 0, 0);
+    if (cached) {
+      const bool enters = q_pred >= pc && q_pred < pc + 16 / M;
+      raw[c] = enters ? load_code_chunk(c) : rcache[c * NT + tid];
+      if (enters) reloaded |= 1u << c;
+    } else {
+      raw[c] = load_code_chunk(c);
+    }
   }
   int* list = out.sparse_list + static_cast<int64_t>(row) * out.L;
   const int64_t wrow = static_cast<int64_t>(row) * out.wstride;
   const int old_len = out.sparse_len[row];
   const int old_first = tid < out.L ? list[tid] : -1;
   stamp(PH_ISSUED);
+  if constexpr (RESIDENT && !BUCKETS) {
+    if (cached && sk_old != resident->sk_pred) {  // not as predicted: the codes and counts from global memory
+      load_weights();
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) raw[c] = load_code_chunk(c);
+      reloaded = (1u << CHUNKS) - 1u;
+    }
+  }
   const int sk = sk_old + appended;
   const int hi = sk - W;
   const int total = max(0, hi - lo);
@@ -307,6 +364,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     if (rank == 0 && tid == 0) {
       q_joins_table(!q_enters ? 0 : pq_code_pair(head_codes + static_cast<int64_t>(q) * M, M, log2c));
     }
+    if constexpr (RESIDENT && !BUCKETS) resident->primed = false;  // q joined the table, not the cache
     finish();
     return;
   }
@@ -369,6 +427,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 
   // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>: this block's entries, also pushed to the peers.
   if (CL > 1) mailboxes_ready_wait();
+  if constexpr (RESIDENT && !BUCKETS) {
+    if (!cached) {  // the first pass's rows (later passes, M*C/CL > NT/8 entries, load theirs each step)
+      reinterpret_cast<float4*>(rcache)[(CHUNKS + 1) * NT + tid] = crow[0];
+      reinterpret_cast<float4*>(rcache)[(CHUNKS + 2) * NT + tid] = crow[1];
+    }
+  }
 #pragma unroll 1
   for (int e0 = e_begin; e0 < e_end; e0 += NT / 8) {
     if (e0 != e_begin) load_rows(e0);
@@ -448,6 +512,14 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     const int i = PPT * tid + j;
     score[j] = pair_score(min(i, pairs - 1));
     weight[j] = i < pairs ? weight[j] + (i == virtual_pair ? 1u : 0u) : 0u;
+  }
+  if constexpr (RESIDENT && !BUCKETS) {  // the next step's cache: counts with q's pair, codes as read
+    rcache[CHUNKS * NT + tid] = make_uint4(weight[0], weight[1], weight[2], weight[3]);
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+      if (!cached || (reloaded >> c) & 1u) rcache[c * NT + tid] = raw[c];
+    resident->primed = true;
+    resident->sk_pred = sk;
   }
   const bool take_all = total <= K;
   bool whole_bin = true;       // every position of the boundary bin is taken
@@ -875,6 +947,7 @@ template <int M, int E, int CL>
 __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {
   __shared__ unsigned bell_word;
   const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};
+  ResidentState state{false, -1};  // per thread, the same in every thread of the block
   if (threadIdx.x == 0) pq_resident_arrive(counters, &words->ready, first_ticket, nullptr);
   for (unsigned ticket = first_ticket;; ++ticket) {
     const unsigned bell = pq_resident_wait(words, counters, ticket, &bell_word);
@@ -884,7 +957,7 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
     if (step_appends || static_cast<int>(blockIdx.y) < B * H) {
       step_row<M, E, CL, 0, true>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
                                   step_appends, pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K,
-                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);
+                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, &state);
     }
     __syncthreads();  // the block's results, and bell_word read by every thread
     if (threadIdx.x == 0) pq_resident_arrive(counters, &words->done, ticket & PQ_RESIDENT_TICKET_MASK, &words->done_ns);

@@ -50,7 +50,7 @@ import { buildIndexCpu } from './cpu-build.js';
 import { buildOnDevice, deviceBuildSupported, deviceIndexStrides } from './cuda-build.js';
 import {
   BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
-  cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentRowKernelName, selectKernelName, stepBucketKernelName,
+  cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentCacheBytes, residentRowKernelName, selectKernelName, stepBucketKernelName,
   stepPairsKernelName, stepRowKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
@@ -658,6 +658,9 @@ export class CudaPQCache implements PQCache {
     this.stream.synchronize();
     this.stagingPending = false;
     const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
+    // Its step-to-step cache in dynamic shared memory, beside the static: past 48 KB, the opt-in.
+    const sharedBytes = l.shape.sharedBytes ?? 0;
+    if (sharedBytes > l.kernel.attributes().maxDynamicSharedBytes) l.kernel.setMaxDynamicSharedBytes(sharedBytes);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
     this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
     this.residentBinding = { plan, qptr, qdtype, kptr, kdtype };
@@ -864,7 +867,8 @@ export class CudaPQCache implements PQCache {
       c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
       buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n,
     ];
-    return { kernel, shape: { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes: plan.sharedBytes }, values };
+    const sharedBytes = resident && plan.row !== undefined ? residentCacheBytes(this.layout, plan.row, ROW_THREADS) : plan.sharedBytes;
+    return { kernel, shape: { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes }, values };
   }
 
   /**

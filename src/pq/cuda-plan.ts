@@ -197,6 +197,14 @@ export function residentRowKernelName(layout: Layout, plan: RowPlan): string {
   return `pq_resident_row_m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
 }
 
+/**
+ * Dynamic shared memory of the resident row kernel: the step-to-step cache of each block (its code
+ * chunks, pair counts and LUT rows, one uint4 per thread each; kernels/select_row.cu ResidentState).
+ */
+export function residentCacheBytes(layout: Layout, plan: RowPlan, threads: number): number {
+  return ((plan.positionsPerThread * layout.config.pqGroupFactor) / 16 + 3) * threads * 16;
+}
+
 /** The fused step kernel of the pair path. */
 export function stepPairsKernelName(layout: Layout, cluster: number, long = false): string {
   return `pq_step_pairs_${long ? 'long_' : ''}m${layout.config.pqGroupFactor}_p${cluster}`;
