@@ -99,8 +99,10 @@ __device__ __forceinline__ void pq_lut_row_range(const float* row, int C, float&
 // Phase stamps (clock64) of the step kernels for `bench --phases` (src/pq/cuda-cache.ts STEP_PHASES):
 // slot k of block (x, y) at phase_clock[(y*gridDim.x + x)*16 + k]; slots 14 and 15 hold the block's
 // start and end on the global timer (ns). Slots 9–11 (row kernel) split the first phase: loads
-// issued, sk and the query element arrived, staged (barrier). Phases a block skips stay 0.
-enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED };
+// issued, sk and the query element arrived, staged (barrier); slots 12–13 (row kernel) split the
+// histogram: pairs scored (and the fixed list slots written), binned (the atomics' barrier).
+// Phases a block skips stay 0.
+enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED, PH_SCORED, PH_BINNED };
 
 struct PhaseStamps {
   long long* slots;  // this block's 16, or nullptr when not timing

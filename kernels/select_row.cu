@@ -521,6 +521,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     resident->primed = true;
     resident->sk_pred = sk;
   }
+  stamp(PH_SCORED);
   const bool take_all = total <= K;
   bool whole_bin = true;       // every position of the boundary bin is taken
   int shift = 32;              // else: keys with (key >> shift) > prefix taken, == prefix tie or taken
@@ -561,6 +562,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       if (seen != 0u && seen != k1) atomicOr(&sm.bin_multi[rb >> 5], 1u << (rb & 31));
     }
     __syncthreads();
+    stamp(PH_BINNED);
     const int4 h4 = reinterpret_cast<const int4*>(sm.hist)[tid];
     int bins_total;
     const int above = row_scan(sm, 0, h4.x + h4.y + h4.z + h4.w, &bins_total);

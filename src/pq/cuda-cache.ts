@@ -115,7 +115,7 @@ const STEP_PAIRS_ARGS = [
 ] as const;
 type StepPairsValues = ArgValues<typeof STEP_PAIRS_ARGS>;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
-export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged'] as const;
+export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged', 'scored', 'binned'] as const;
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
