@@ -59,18 +59,17 @@ struct __align__(16) RowShared {
   float x[PQ_APPEND_MAX_D + PQ_APPEND_MAX_M];  // query (select blocks) or key (append blocks)
   float lut[MAX_ROW_PAIRS / 16];               // M*C ≤ 256 entries
   union {
-    int hist[NB];                              // weighted histogram (reversed bins: 0 = highest)
+    int hist[NB];                              // weighted histogram, pair counts in the high bits (reversed bins: 0 = highest)
     float dist[PQ_APPEND_MAX_ENTRIES];         // append blocks
   };
   uint8_t cls[MAX_ROW_PAIRS];
   union {
-    uint32_t bin_key[NB];      // key + 1 of the first pair counted in each bin (0: none yet)
+    uint32_t bin_key[NB];      // scratch (bucket mode: each candidate pair's first gathered slot)
     struct {
       uint32_t member_key[MAX_MEMBERS];
       uint32_t member_w[MAX_MEMBERS];
     };
   };
-  uint32_t bin_multi[NB / 32];  // bit b: bin b holds pairs of two or more distinct keys
   int warp_total[2][NW];                       // block scans (two, so consecutive scans need no extra barrier)
   int n_members;
   int virtual_pair;  // the pair of the position entering the eligible range (from its slice's block)
@@ -81,7 +80,7 @@ struct __align__(16) RowShared {
   int counts_from[2];              // earlier ranks' packed (takes, ties)
   int found_rbin, found_need, found_count;
   uint32_t found_key;
-  int found_single;  // the boundary bin holds one distinct key (found_key)
+  int found_single;  // the boundary bin holds one pair (its key: found_key)
   int best_code[PQ_APPEND_MAX_M];
 };
 
@@ -409,8 +408,6 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (sk_old < 0) stamp(PH_INPUTS);  // never true: makes the stamp wait for sk as well
   stamp(PH_INPUTS);
   reinterpret_cast<int4*>(sm.hist)[tid] = make_int4(0, 0, 0, 0);  // NB == 4 * NT
-  reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0, 0, 0, 0);
-  if (tid < NB / 32) sm.bin_multi[tid] = 0u;
   if (tid == 0) sm.n_members = 0;
   if constexpr (BUCKETS) {
     for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
@@ -549,35 +546,37 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     scale = static_cast<float>(NB) / range;
     linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
 
-    // 1. Weighted histogram; the reversed bin holding the K-th largest (4 bins per thread).
-    // Also the distinct keys of each bin, as far as "one or more than one": most boundary bins
-    // hold a single key, and then its members need not be gathered and ranked.
+    // 1. Weighted histogram; the reversed bin holding the K-th largest (4 bins per thread). One
+    // atomic per pair adds its weight (low kWeightBits) and one to its bin's pair count (high bits):
+    // a boundary bin of one pair needs no members gathered and ranked, only that pair's key (this
+    // replaced a CAS per pair that kept each bin's "one key or more": bench/NOTES.md, session 13).
+    // The weights of a head's pairs sum to at most its positions (NT*E*CL = 131,072; bucket mode
+    // NT*WPT*32 = 262,144) < 2^19, and at most 4,096 pairs share a bin: < 2^13.
+    constexpr int kWeightBits = 19;
+    constexpr uint32_t kWeightMask = (1u << kWeightBits) - 1u;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
       if (weight[j] == 0u) continue;
-      const int rb = rbin_of(score[j]);
-      atomicAdd(&sm.hist[rb], static_cast<int>(weight[j]));
-      const uint32_t k1 = pq_score_key(score[j]) + 1u;  // ≤ 0xff800001: no wrap
-      const uint32_t seen = atomicCAS(&sm.bin_key[rb], 0u, k1);
-      if (seen != 0u && seen != k1) atomicOr(&sm.bin_multi[rb >> 5], 1u << (rb & 31));
+      atomicAdd(reinterpret_cast<uint32_t*>(sm.hist) + rbin_of(score[j]), weight[j] + (1u << kWeightBits));
     }
     __syncthreads();
     stamp(PH_BINNED);
-    const int4 h4 = reinterpret_cast<const int4*>(sm.hist)[tid];
+    const uint4 h4 = reinterpret_cast<const uint4*>(sm.hist)[tid];
+    const uint32_t hraw[4] = {h4.x, h4.y, h4.z, h4.w};
+    int hv[4];  // weighted counts
+#pragma unroll
+    for (int k = 0; k < 4; ++k) hv[k] = static_cast<int>(hraw[k] & kWeightMask);
     int bins_total;
-    const int above = row_scan(sm, 0, h4.x + h4.y + h4.z + h4.w, &bins_total);
-    if (above < K && above + h4.x + h4.y + h4.z + h4.w >= K) {
-      const int hv[4] = {h4.x, h4.y, h4.z, h4.w};
+    const int above = row_scan(sm, 0, hv[0] + hv[1] + hv[2] + hv[3], &bins_total);
+    if (above < K && above + hv[0] + hv[1] + hv[2] + hv[3] >= K) {
       int acc = above;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         if (acc < K && acc + hv[k] >= K) {
-          const int rb = PPT * tid + k;
-          sm.found_rbin = rb;
+          sm.found_rbin = PPT * tid + k;
           sm.found_need = K - acc;
           sm.found_count = hv[k];
-          sm.found_single = (sm.bin_multi[rb >> 5] >> (rb & 31) & 1u) == 0u;
-          sm.found_key = sm.bin_key[rb] - 1u;
+          sm.found_single = (hraw[k] >> kWeightBits) == 1u;
         }
         acc += hv[k];
       }
@@ -588,7 +587,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     int need = sm.found_need;
     whole_bin = sm.found_count == need;
     if (!whole_bin && sm.found_single) {
-      // One key in the boundary bin: it is the threshold, with ties unless the bin is needed whole.
+      // One pair in the boundary bin: its key is the threshold, with ties unless the bin is needed
+      // whole. Its thread (the only one with a pair there) publishes the key.
+#pragma unroll
+      for (int j = 0; j < PPT; ++j)
+        if (weight[j] != 0u && rbin_of(score[j]) == rb_star) sm.found_key = pq_score_key(score[j]);
+      __syncthreads();
       shift = 0;
       prefix = sm.found_key;
       partial = true;
