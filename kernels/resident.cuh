@@ -2,7 +2,7 @@
 // doorbell in pinned host memory, instead of being launched per request. A request then costs no
 // launch on the host (cuGraphLaunch, 2.6–4.7 μs from Node) nor on the device (≈ 2.9 μs for an empty
 // graph, ≈ 1.6 μs to dispatch and drain 1024-thread blocks), only a PCIe round trip each way.
-// src/pq/cuda-resident.ts drives the protocol:
+// src/cuda/resident.ts drives the protocol:
 //   - the host writes the request's inputs (pinned staging), then `bell` = ticket << 3 | flags;
 //   - thread 0 of block 0 spins on `bell` and relays it to a word in device memory, on which thread
 //     0 of every other block spins (96 blocks polling host memory over PCIe took 140 μs to see a

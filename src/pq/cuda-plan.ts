@@ -187,14 +187,19 @@ export function planRow(
   return { cluster, positionsPerThread: e, maxSeqLen: cluster * e * ROW_THREADS + W + start };
 }
 
+/** The instance suffix of the row kernels (kernels/select_row.cu PQ_ROW_INSTANCES): m{M}_e{E}[_c2]. */
+function rowInstance(layout: Layout, plan: RowPlan): string {
+  return `m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
+}
+
 /** The row kernel's name (kernels/select_row.cu). */
 export function stepRowKernelName(layout: Layout, plan: RowPlan): string {
-  return `pq_step_row_m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
+  return `pq_step_row_${rowInstance(layout, plan)}`;
 }
 
 /** The resident form of the row kernel (kernels/select_row.cu resident_row): same plan, served per ring. */
 export function residentRowKernelName(layout: Layout, plan: RowPlan): string {
-  return `pq_resident_row_m${layout.config.pqGroupFactor}_e${plan.positionsPerThread}${plan.cluster === 2 ? '_c2' : ''}`;
+  return `pq_resident_row_${rowInstance(layout, plan)}`;
 }
 
 /**
