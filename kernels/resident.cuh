@@ -7,8 +7,8 @@
 //   - thread 0 of block 0 spins on `bell` and relays it to a word in device memory, on which thread
 //     0 of every other block spins (96 blocks polling host memory over PCIe took 140 μs to see a
 //     ring: runtime record); each block serves the ticket it waits for, or stops on STOP;
-//   - each block then arrives on a device counter; the last to arrive resets it and publishes the
-//     ticket in `done`, on which the host spins.
+//   - each block then arrives on a device counter; the last to arrive publishes the ticket in
+//     `done`, on which the host spins (pq_resident_serve holds this loop).
 // Invariants: every block of the grid is resident at once (a block that never starts would hold
 // every request; the host checks `ready` before the first ring and stops the launch otherwise);
 // one request in flight (the host rings ticket t + 1 only after `done` == t); the data a request
@@ -79,20 +79,44 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
   return *slot;
 }
 
-// Thread 0, after a block barrier that follows the block's work: arrive on the counter; the grid's
-// last block resets it and publishes `value` in `*target` (after stamping `*stamp_ns`, if given).
+// Thread 0, after a block barrier that follows the block's work: arrive on the counter for arrival
+// round `round` (1: the blocks' start; then one per request); the round's last block publishes
+// `value` in `*target` (after stamping `*stamp_ns`, if given). The counter only grows (the host
+// zeroes it before a launch): after round r it holds r·blocks, so the last arrival of round r is the
+// one that finds r·blocks − 1 — exact in uint32 arithmetic across wrap-around, since a round begins
+// only after the previous one was published. No reset, so the last block's release waits for no
+// second atomic.
 // The arrival is one acq_rel atomic (its release covers the block's results through the barrier,
 // its acquire in the last block every earlier arrival), and `done` a release at system scope, which
 // makes everything before it in that chain visible to the host. No separate fences: in a same-run
 // A/B of the same chain at the end of the graph step kernel, the fence before the atomic and a
 // system fence before the release store cost 0.9 μs of device time (select-publish-ab record).
-__device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned* target, unsigned value, long long* stamp_ns) {
+__device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned round, unsigned* target, unsigned value,
+                                                   long long* stamp_ns) {
   const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
   unsigned before;
   asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(before) : "l"(&counters->arrivals) : "memory");
-  if (before == blocks - 1u) {
-    atomicExch(&counters->arrivals, 0u);
+  if (before == round * blocks - 1u) {
     if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
     pq_store_release_sys(target, value);
+  }
+}
+
+// A resident kernel's life, for every block: arrive once started (the host waits for `ready`),
+// then for each ring until STOP: serve(bell) with every thread, a barrier, arrive (the last block
+// publishes the ticket in `done`). `first_ticket` is the first ticket the launch serves.
+template <typename Serve>
+__device__ __forceinline__ void pq_resident_serve(PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket,
+                                                  Serve serve) {
+  __shared__ unsigned bell_word;
+  unsigned round = 1u;
+  if (threadIdx.x == 0) pq_resident_arrive(counters, round, &words->ready, first_ticket, nullptr);
+  for (unsigned ticket = first_ticket;; ++ticket) {
+    const unsigned bell = pq_resident_wait(words, counters, ticket, &bell_word);
+    if (bell & PQ_RESIDENT_STOP) return;
+    serve(bell);
+    __syncthreads();  // the block's results, and bell_word read by every thread
+    ++round;
+    if (threadIdx.x == 0) pq_resident_arrive(counters, round, &words->done, ticket & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
   }
 }

@@ -59,14 +59,7 @@ extern "C" __global__ void pq_spin_ns(long long ns) {
 // The resident protocol's round trip alone (resident.cuh): every block waits for each ring and
 // arrives, serving nothing. Launch: any grid whose blocks are all resident at once, any block size.
 extern "C" __global__ void pq_resident_echo(PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {
-  __shared__ unsigned bell_word;
-  if (threadIdx.x == 0) pq_resident_arrive(counters, &words->ready, first_ticket, nullptr);
-  for (unsigned ticket = first_ticket;; ++ticket) {
-    const unsigned bell = pq_resident_wait(words, counters, ticket, &bell_word);
-    if (bell & PQ_RESIDENT_STOP) return;
-    __syncthreads();  // bell_word read by every thread
-    if (threadIdx.x == 0) pq_resident_arrive(counters, &words->done, ticket & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
-  }
+  pq_resident_serve(words, counters, first_ticket, [](unsigned) {});
 }
 
 // *flag = value, published to the host (release, system scope): a launch whose completion the host

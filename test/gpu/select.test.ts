@@ -239,6 +239,27 @@ function stepTogether(st: PQIndexState, gpu: CudaPQCache, steps: number, label: 
   assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes, `${label} codes`);
 }
 
+test('row kernel, graph and resident steps: every layout of the lane-replicated class words (M = 1: C = 2, 16, 256; M = 2: C = 2 … 64), clusters of 1 and 2', { skip }, () => {
+  const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 32 };
+  const cases = [[1, 1], [1, 4], [1, 8], [2, 1], [2, 2], [2, 3], [2, 4], [2, 5], [2, 6]] as const;
+  for (const [M, bits] of cases) {
+    for (const cluster of [1, 2]) {
+      for (const resident of [false, true]) {
+        const config = { sinkSize: 8, windowSize: 8, heavySize: 40, pqGroupFactor: M, pqBits: bits, initOffset: 8 };
+        const st = integerState(2500, 2520, config, shape, 700 + 16 * M + bits);
+        const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster, resident: resident ? { idleMs: 60000 } : undefined });
+        try {
+          gpu.uploadState(st);
+          stepTogether(st, gpu, 5, `M=${M} bits=${bits} cluster ${cluster}${resident ? ' resident' : ''}`, 40 + bits);
+          if (resident) assert.ok(gpu.residentDeviceMicros > 0, 'served by the resident kernel'); // NaN if never
+        } finally {
+          gpu.dispose();
+        }
+      }
+    }
+  }
+});
+
 test('row kernel: exact across its 16 → 32 → 64 positions-per-thread instances and the hand-over to clusters', { skip }, () => {
   const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
