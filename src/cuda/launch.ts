@@ -93,11 +93,16 @@ export interface LaunchShape {
   readonly sharedBytes?: number;
 }
 
-/** Enqueue `kernel` on `stream`; launch-configuration errors throw CudaError(cuLaunchKernel). */
+/**
+ * Enqueue `kernel` on `stream` (opting the kernel in to its dynamic shared memory first, where that
+ * is past the default); launch-configuration errors throw CudaError(cuLaunchKernel).
+ */
 export function launch(kernel: Kernel, shape: LaunchShape, args: LaunchArgs, stream: Stream): void {
   const [gx, gy, gz] = shape.grid;
   const [bx, by, bz] = shape.block;
-  const rc = driver().cuLaunchKernel(kernel.handle, gx, gy, gz, bx, by, bz, shape.sharedBytes ?? 0, stream.handle, args.address, null);
+  const sharedBytes = shape.sharedBytes ?? 0;
+  kernel.allowDynamicShared(sharedBytes);
+  const rc = driver().cuLaunchKernel(kernel.handle, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, args.address, null);
   if (rc !== 0) check(`cuLaunchKernel(${kernel.name})`, rc);
 }
 

@@ -22,30 +22,45 @@ export interface KernelAttributes {
 }
 
 export class Kernel {
+  /** The dynamic shared-memory limit as last read or raised (undefined: not read yet). */
+  private dynamicSharedLimit: number | undefined;
+
   constructor(
     readonly name: string,
     readonly handle: Handle,
   ) {}
 
   attributes(): KernelAttributes {
-    const d = driver();
-    const get = (a: number): number => out(`cuFuncGetAttribute(${this.name})`, 0, (s) => d.cuFuncGetAttribute(s, a, this.handle));
     return {
-      maxThreadsPerBlock: get(FUNC_ATTR.maxThreadsPerBlock),
-      staticSharedBytes: get(FUNC_ATTR.staticSharedBytes),
-      localBytesPerThread: get(FUNC_ATTR.localBytesPerThread),
-      numRegs: get(FUNC_ATTR.numRegs),
-      maxDynamicSharedBytes: get(FUNC_ATTR.maxDynamicSharedBytes),
+      maxThreadsPerBlock: this.attribute(FUNC_ATTR.maxThreadsPerBlock),
+      staticSharedBytes: this.attribute(FUNC_ATTR.staticSharedBytes),
+      localBytesPerThread: this.attribute(FUNC_ATTR.localBytesPerThread),
+      numRegs: this.attribute(FUNC_ATTR.numRegs),
+      maxDynamicSharedBytes: this.attribute(FUNC_ATTR.maxDynamicSharedBytes),
     };
   }
 
-  /** Opt in to more than 48 KB of dynamic shared memory per block. */
-  setMaxDynamicSharedBytes(bytes: number): void {
-    check(`cuFuncSetAttribute(${this.name})`, driver().cuFuncSetAttribute(this.handle, FUNC_ATTR.maxDynamicSharedBytes, bytes));
+  private attribute(a: number): number {
+    const d = driver();
+    return out(`cuFuncGetAttribute(${this.name})`, 0, (s) => d.cuFuncGetAttribute(s, a, this.handle));
   }
 
-  /** Resident blocks per multiprocessor at this block size. */
+  /**
+   * Make sure a launch may use `bytes` of dynamic shared memory per block: beyond the default
+   * (48 KB less the static bytes) the kernel must opt in, once (launch() calls this). A request past
+   * the device's per-block maximum throws CudaError(cuFuncSetAttribute).
+   */
+  allowDynamicShared(bytes: number): void {
+    if (bytes <= (this.dynamicSharedLimit ?? 0)) return;
+    this.dynamicSharedLimit ??= this.attribute(FUNC_ATTR.maxDynamicSharedBytes);
+    if (bytes <= this.dynamicSharedLimit) return;
+    check(`cuFuncSetAttribute(${this.name})`, driver().cuFuncSetAttribute(this.handle, FUNC_ATTR.maxDynamicSharedBytes, bytes));
+    this.dynamicSharedLimit = bytes;
+  }
+
+  /** Resident blocks per multiprocessor at this block size (opting in to `dynamicSharedBytes`, as a launch would). */
   occupancy(blockSize: number, dynamicSharedBytes = 0): number {
+    this.allowDynamicShared(dynamicSharedBytes);
     const d = driver();
     return out('cuOccupancyMaxActiveBlocksPerMultiprocessor', 0, (s) =>
       d.cuOccupancyMaxActiveBlocksPerMultiprocessor(s, this.handle, blockSize, dynamicSharedBytes),

@@ -131,7 +131,6 @@ export function buildOnDevice(
   const shared = fourBlocks ? 4 : 2;
   const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, shared)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
   const roundSmem = fixedBytes + stages * tileBytes;
-  if (roundSmem > 48 * 1024) round.setMaxDynamicSharedBytes(roundSmem);
   // init and finalize keep the group's centroids in shared memory for packing where they fit in the
   // default 48 KB beside the kernels' few static bytes (C·cstride·4 bytes: 16 KB on the seed config),
   // else pack from global memory.

@@ -658,9 +658,6 @@ export class CudaPQCache implements PQCache {
     this.stream.synchronize();
     this.stagingPending = false;
     const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
-    // Its step-to-step cache in dynamic shared memory, beside the static: past 48 KB, the opt-in.
-    const sharedBytes = l.shape.sharedBytes ?? 0;
-    if (sharedBytes > l.kernel.attributes().maxDynamicSharedBytes) l.kernel.setMaxDynamicSharedBytes(sharedBytes);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
     this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
     this.residentBinding = { plan, qptr, qdtype, kptr, kdtype };
@@ -828,8 +825,6 @@ export class CudaPQCache implements PQCache {
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll(values);
-      // Static plus dynamic shared memory beyond 48 KB needs the kernel's opt-in (cuFuncSetAttribute).
-      if (plan.sharedBytes > kernel.attributes().maxDynamicSharedBytes) kernel.setMaxDynamicSharedBytes(plan.sharedBytes);
       launch(kernel, shape, args, this.stream);
       this.lastStepGrid = [shape.grid[0], shape.grid[1]];
     } finally {
