@@ -7,8 +7,8 @@
 //   - thread 0 of block 0 spins on `bell` and relays it to a word in device memory, on which thread
 //     0 of every other block spins (96 blocks polling host memory over PCIe took 140 μs to see a
 //     ring: runtime record); each block serves the ticket it waits for, or stops on STOP;
-//   - each block then arrives on a device counter; the last to arrive publishes the ticket in
-//     `done`, on which the host spins (pq_resident_serve holds this loop).
+//   - each block then arrives on a device counter; block 0 waits for every arrival and publishes
+//     the ticket in `done`, on which the host spins (pq_resident_serve holds this loop).
 // Invariants: every block of the grid is resident at once (a block that never starts would hold
 // every request; the host checks `ready` before the first ring and stops the launch otherwise);
 // one request in flight (the host rings ticket t + 1 only after `done` == t); the data a request
@@ -22,11 +22,11 @@
 // The protocol words, in pinned host memory that the kernel addresses through unified addressing.
 struct PqResidentWords {
   unsigned bell;      // ticket << 3 | PQ_RESIDENT_STOP | flag bits 0..1 (the request's own), by the host
-  unsigned done;      // the last ticket served, by the last block to finish it
+  unsigned done;      // the last ticket served, by block 0 once every block finished it
   unsigned ready;     // the launch's first ticket, once every block has started
   unsigned pad;
   long long seen_ns;  // global timer when block (0, 0) saw the ring
-  long long done_ns;  // global timer when the last block finished the request
+  long long done_ns;  // global timer when block 0 saw every block finish the request
 };
 constexpr unsigned PQ_RESIDENT_STOP = 4u;
 constexpr unsigned PQ_RESIDENT_TICKET_MASK = 0x1fffffffu;
@@ -41,7 +41,7 @@ __device__ __forceinline__ void pq_store_release_gpu(unsigned* p, unsigned v) {
 // Device-memory words of a launch (zeroed, relay = the host's bell, before the launch), on separate
 // 128-byte lines: the arrivals' atomics do not contend with the blocks polling the relay.
 struct PqResidentCounters {
-  unsigned arrivals;  // blocks done with the current request (or started, before the first)
+  unsigned arrivals;  // arrivals since the launch: round r complete at r·blocks (pq_resident_arrive)
   unsigned pad[31];
   unsigned relay;     // the bell, as block 0 last saw it
 };
@@ -80,30 +80,33 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
 }
 
 // Thread 0, after a block barrier that follows the block's work: arrive on the counter for arrival
-// round `round` (1: the blocks' start; then one per request); the round's last block publishes
-// `value` in `*target` (after stamping `*stamp_ns`, if given). The counter only grows (the host
-// zeroes it before a launch): after round r it holds r·blocks, so the last arrival of round r is the
-// one that finds r·blocks − 1 — exact in uint32 arithmetic across wrap-around, since a round begins
-// only after the previous one was published. No reset, so the last block's release waits for no
-// second atomic.
-// The arrival is one acq_rel atomic (its release covers the block's results through the barrier,
-// its acquire in the last block every earlier arrival), and `done` a release at system scope, which
-// makes everything before it in that chain visible to the host. No separate fences: in a same-run
-// A/B of the same chain at the end of the graph step kernel, the fence before the atomic and a
-// system fence before the release store cost 0.9 μs of device time (select-publish-ab record).
+// round `round` (1: the blocks' start; then one per request). Block 0 then waits for the round's
+// every arrival and publishes `value` in `*target` (after stamping `*stamp_ns`, if given). The
+// counter only grows (the host zeroes it before a launch): after round r it holds r·blocks, a
+// round beginning only once the previous one was published.
+// Why block 0 publishes: the release at system scope that publishes costs ≈ 0.65 μs in block 0 but
+// 1.4–1.9 μs in any other block of a 96-block launch (session 14's echo variants: the whole round
+// trip 6.2 → 4.8 μs wall when block 0 publishes instead of the last block to arrive).
+// Ordering: each arrival is a release (it covers the block's results through the barrier); block 0's
+// acquire that reads the full count synchronizes with every one of them, and its release at system
+// scope makes all of it visible to the host before `*target`. No separate fences: in a same-run A/B
+// of the same chain at the end of the graph step kernel, the fence before the atomic and a system
+// fence before the release store cost 0.9 μs of device time (select-publish-ab record).
 __device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned round, unsigned* target, unsigned value,
                                                    long long* stamp_ns) {
-  const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
-  unsigned before;
-  asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(before) : "l"(&counters->arrivals) : "memory");
-  if (before == round * blocks - 1u) {
-    if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
-    pq_store_release_sys(target, value);
-  }
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&counters->arrivals) : "memory");
+  if (blockIdx.x != 0 || blockIdx.y != 0 || blockIdx.z != 0) return;
+  const unsigned all = round * (gridDim.x * gridDim.y * gridDim.z);
+  unsigned count;
+  do {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(count) : "l"(&counters->arrivals) : "memory");
+  } while (static_cast<int>(count - all) < 0);  // wrap-safe: the count never passes `all` unpublished
+  if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
+  pq_store_release_sys(target, value);
 }
 
 // A resident kernel's life, for every block: arrive once started (the host waits for `ready`),
-// then for each ring until STOP: serve(bell) with every thread, a barrier, arrive (the last block
+// then for each ring until STOP: serve(bell) with every thread, a barrier, arrive (block 0
 // publishes the ticket in `done`). `first_ticket` is the first ticket the launch serves.
 template <typename Serve>
 __device__ __forceinline__ void pq_resident_serve(PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket,

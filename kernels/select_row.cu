@@ -55,44 +55,29 @@ constexpr int CLS_STRIDE = 64;           // M = 2: class of (c0, c1) at c0 + 64*
 enum : uint32_t { CLS_SKIP = 0, CLS_TAKE = 1, CLS_TIE = 2 };
 constexpr uint32_t EVEN_BITS = 0x55555555u;
 
-// The pair classes of the positions pass: 2 bits each, 16 to a word (class index x = code for
-// M = 1, c0 + CLS_STRIDE*c1 for M = 2: word x/16, field f = x%16 at bits 30 − 2f … 31 − 2f, so a
-// left shift by 2f brings it to the top), every word stored 32 times, word w for lane l at
-// cls_rep[32w + l]. Each lane then reads its own bank: a warp's 32 random lookups are one
-// shared-memory wavefront instead of ≈ 3.5 from a byte table (ncu, session 5: half the block's
-// shared wavefronts were bank-conflict replays of these lookups).
-constexpr int CLS_WORDS = MAX_ROW_PAIRS / 16;
-
 struct __align__(16) RowShared {
   float x[PQ_APPEND_MAX_D + PQ_APPEND_MAX_M];  // query (select blocks) or key (append blocks)
   float lut[MAX_ROW_PAIRS / 16];               // M*C ≤ 256 entries
   union {
-    struct {  // up to the threshold (bucket mode: to the end)
-      union {
-        int hist[NB];                          // weighted histogram, pair counts in the high bits (reversed bins: 0 = highest)
-        float dist[PQ_APPEND_MAX_ENTRIES];     // append blocks
-      };
-      union {
-        uint32_t bin_key[NB];  // scratch (bucket mode: each candidate pair's first gathered slot)
-        struct {
-          uint32_t member_key[MAX_MEMBERS];
-          uint32_t member_w[MAX_MEMBERS];
-        };
-      };
-    };
-    uint32_t cls_rep[CLS_WORDS * 32];  // after the threshold (every path ends its reads of the above with a barrier)
+    int hist[NB];                              // weighted histogram, pair counts in the high bits (reversed bins: 0 = highest)
+    float dist[PQ_APPEND_MAX_ENTRIES];         // append blocks
   };
-  uint8_t cls[MAX_ROW_PAIRS];  // M = 2 with C < 16: the classes by byte, staged for cls_rep
+  uint8_t cls[MAX_ROW_PAIRS];
+  union {
+    uint32_t bin_key[NB];      // scratch (bucket mode: each candidate pair's first gathered slot)
+    struct {
+      uint32_t member_key[MAX_MEMBERS];
+      uint32_t member_w[MAX_MEMBERS];
+    };
+  };
   int warp_total[2][NW];                       // block scans (two, so consecutive scans need no extra barrier)
   int n_members;
   int virtual_pair;  // the pair of the position entering the eligible range (from its slice's block)
   uint64_t lut_mail, counts_mail;  // mailboxes (CL == 2): the peer's LUT entries and vp word; earlier ranks' counts
   int vp_from[2];                  // each rank's virtual-pair word (−1 where q is not in its slice)
+  uint32_t row_lo[2], row_hi[2];   // score keys of each LUT row's min and max over this block's entries
+  uint32_t peer_range[4];          // the peer's row_lo[0..M), row_hi[0..M) (CL == 2)
   int counts_from[2];              // earlier ranks' packed (takes, ties)
-#ifdef PQ_OLD_RANGES
-  uint32_t row_lo[2], row_hi[2];
-  uint32_t peer_range[4];
-#endif
   int found_rbin, found_need, found_count;
   uint32_t found_key;
   int found_single;  // the boundary bin holds one pair (its key: found_key)
@@ -201,16 +186,6 @@ struct ResidentState {
 // The resident row kernels' dynamic shared memory is that cache: (E*M/16 code chunks + the pair
 // counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
 
-// M = 2 with C < 16 (rare: out of line, so its registers do not weigh on the common path): thread
-// c1 < C builds the class word of c1 (fields c0 < C ≤ 8) from the byte table and stores its copies.
-__device__ __forceinline__ void row_class_words_small(RowShared& sm, int C) {
-  const int c1 = threadIdx.x;
-  uint32_t w = 0u;
-  for (int c0 = 0; c0 < C; ++c0) w |= static_cast<uint32_t>(sm.cls[c0 + CLS_STRIDE * c1]) << (30 - 2 * c0);
-  uint4* copies = reinterpret_cast<uint4*>(sm.cls_rep + 32 * (CLS_STRIDE / 16) * c1);
-  for (int k = 0; k < 8; ++k) copies[k] = make_uint4(w, w, w, w);
-}
-
 template <int M, int E, int CL, int WPT, bool RESIDENT = false>
 __device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
@@ -221,7 +196,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
                          ResidentState* resident = nullptr) {
   constexpr bool BUCKETS = WPT > 0;  // the heavy hitters from the position buckets (see the header)
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
-  static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2");
+  static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
   static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
   static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT == 4 || WPT == 8)),
                 "bucket mode: one block per head, no codes in registers, 1/2/4/8 bitmap words per thread");
@@ -399,11 +374,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int q_owner = weight_owner(q);
   if (CL > 1) {
     if (tid == 0) {
-#ifdef PQ_OLD_RANGES
-      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1 + 2 * M) * 4);
-#else
-      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1) * 4);  // each peer's LUT entries and vp word
-#endif
+      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1 + 2 * M) * 4);  // each peer's LUT entries, vp word and row ranges
       mailbox_init(&sm.counts_mail, rank * 4);                      // each earlier rank's counts
     }
     mailboxes_ready_arrive();
@@ -441,12 +412,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if constexpr (BUCKETS) {
     for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
   }
-#ifdef PQ_OLD_RANGES
   if (tid < M) {
     sm.row_lo[tid] = 0xffffffffu;
     sm.row_hi[tid] = 0u;
   }
-#endif
   __syncthreads();  // query staged, histogram zeroed
   stamp(PH_STAGED);
 
@@ -486,12 +455,13 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     acc += __shfl_xor_sync(0xffffffffu, acc, 4);
     if (e < e_end && lane8 == 0) {
       sm.lut[e] = acc;
-#ifdef PQ_OLD_RANGES
+      // The row's score range, once per block (NaN entries left out, as fminf/fmaxf would).
       if (acc == acc) {
-        atomicMin(&sm.row_lo[e >> log2c], pq_score_key(acc));
-        atomicMax(&sm.row_hi[e >> log2c], pq_score_key(acc));
+        const uint32_t u = __float_as_uint(acc);
+        const uint32_t key = u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);  // pq_score_key order
+        atomicMin(&sm.row_lo[e >> log2c], key);
+        atomicMax(&sm.row_hi[e >> log2c], key);
       }
-#endif
 #pragma unroll
       for (int r = 0; r < CL; ++r)
         if (r != rank) mailbox_push(&sm.lut[e], r, __float_as_uint(acc), &sm.lut_mail);
@@ -504,51 +474,14 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
   }
   if (BUCKETS && tid == 0 && q_enters) sm.virtual_pair = pair_of_raw(q_raw);
-  __syncthreads();                    // this block's entries
-#ifdef PQ_OLD_RANGES
-  if (CL > 1 && tid < 2 * M) {
+  __syncthreads();                    // this block's entries and row ranges
+  if (CL > 1 && tid < 2 * M) {  // this block's row ranges, to the peer
     const uint32_t v = tid < M ? sm.row_lo[tid] : sm.row_hi[tid - M];
     mailbox_push(&sm.peer_range[tid], rank ^ 1, v, &sm.lut_mail);
   }
-#endif
-  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries and vp words
+  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries, vp words and row ranges
   const int virtual_pair = !q_enters ? -1 : q_owner == rank ? sm.virtual_pair : sm.vp_from[q_owner];
   stamp(PH_LUT);
-  const bool take_all = total <= K;
-  float lo_b = 0.0f, scale = 0.0f;  // linear bins over the LUT-bounded score range
-  bool linear = false;
-  if (!take_all) {
-    // The score range from the LUT rows' ranges, each warp reducing the whole LUT by itself (no
-    // barrier, no exchange of ranges between the blocks of a cluster). NaN entries are left out, as
-    // fminf/fmaxf would.
-    float bmin[M], bmax[M];
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-#ifdef PQ_OLD_RANGES
-      const uint32_t klo = CL > 1 ? min(sm.row_lo[m], sm.peer_range[m]) : sm.row_lo[m];
-      const uint32_t khi = CL > 1 ? max(sm.row_hi[m], sm.peer_range[M + m]) : sm.row_hi[m];
-#else
-      uint32_t klo = 0xffffffffu, khi = 0u;
-      for (int c = tid & 31; c < C; c += 32) {
-        const float v = sm.lut[m * C + c];
-        if (v == v) {
-          klo = min(klo, pq_score_key(v));
-          khi = max(khi, pq_score_key(v));
-        }
-      }
-      klo = __reduce_min_sync(0xffffffffu, klo);
-      khi = __reduce_max_sync(0xffffffffu, khi);
-#endif
-      // No finite entry at all (every one NaN): an empty range, so the bins are not linear.
-      bmin[m] = klo > khi ? INFINITY : pq_key_score(klo);
-      bmax[m] = klo > khi ? -INFINITY : pq_key_score(khi);
-    }
-    lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
-    const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
-    const float range = hi_b - lo_b;
-    scale = static_cast<float>(NB) / range;
-    linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
-  }
 
   // Sink, window, padding and the length (their slots do not depend on the threshold): the list by
   // rank 0, each weight by its owner.
@@ -586,14 +519,32 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     resident->sk_pred = sk;
   }
   stamp(PH_SCORED);
+  const bool take_all = total <= K;
   bool whole_bin = true;       // every position of the boundary bin is taken
   int shift = 32;              // else: keys with (key >> shift) > prefix taken, == prefix tie or taken
   uint32_t prefix = 0u;
   bool partial = false;        // == prefix: ties, of which `quota` (lowest positions) are taken
   int quota = 0;
   int rb_star = NB;            // reversed boundary bin (take_all: every bin is above it)
+  float lo_b = 0.0f, scale = 0.0f;  // linear bins over the LUT-bounded score range
+  bool linear = false;
   auto rbin_of = [&](float s) -> int { return NB - 1 - (linear ? min(NB - 1, max(0, __float2int_rz((s - lo_b) * scale))) : 0); };
   if (!take_all) {
+    // The score range from the LUT rows' ranges (this block's and the peer's entries).
+    float bmin[M], bmax[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const uint32_t klo = CL > 1 ? min(sm.row_lo[m], sm.peer_range[m]) : sm.row_lo[m];
+      const uint32_t khi = CL > 1 ? max(sm.row_hi[m], sm.peer_range[M + m]) : sm.row_hi[m];
+      // No finite entry at all (every one NaN): an empty range, so the bins are not linear.
+      bmin[m] = klo > khi ? INFINITY : pq_key_score(klo);
+      bmax[m] = klo > khi ? -INFINITY : pq_key_score(khi);
+    }
+    lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
+    const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
+    const float range = hi_b - lo_b;
+    scale = static_cast<float>(NB) / range;
+    linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
 
     // 1. Weighted histogram; the reversed bin holding the K-th largest (4 bins per thread). One
     // atomic per pair adds its weight (low kWeightBits) and one to its bin's pair count (high bits):
@@ -855,67 +806,41 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       }
     }
   } else {
-  // The pair classes into cls_rep (see there). Where each group of 4 threads' 16 pairs are one class
-  // word (M = 1; M = 2 with C ≥ 16: a thread's 4 pairs share c1 and 4 consecutive c0), the group
-  // assembles it by two shuffles and each of its threads stores 8 of the 32 copies; else (M = 2,
-  // C < 16: at most 64 pairs) through the byte table and one more barrier.
-  const int i0 = PPT * tid;
-  uint32_t mine[PPT];  // this thread's pairs' classes (pairs past the last: skipped)
+  if (PPT * tid < pairs) {
+    if (M == 1 || C >= PPT) {
+      const int i = PPT * tid;
+      const int at = M == 1 ? i : (i & (C - 1)) + CLS_STRIDE * (i >> log2c);
+      *reinterpret_cast<uint32_t*>(sm.cls + at) = class_of(0) | class_of(1) << 8 | class_of(2) << 16 | class_of(3) << 24;
+    } else {
 #pragma unroll
-  for (int j = 0; j < PPT; ++j) mine[j] = i0 + j < pairs ? class_of(j) : CLS_SKIP;
-  if (M == 1 || C >= 16) {
-    const int x0 = M == 1 ? i0 : (i0 & (C - 1)) + CLS_STRIDE * (i0 >> log2c);  // 4-aligned: fields x0%16 … +3 of word x0/16
-    uint32_t part = 0u;
-#pragma unroll
-    for (int j = 0; j < PPT; ++j) part |= mine[j] << (30 - 2 * ((x0 + j) & 15));
-    part |= __shfl_xor_sync(0xffffffffu, part, 1);
-    part |= __shfl_xor_sync(0xffffffffu, part, 2);
-    if (PPT * (tid & ~3) < pairs) {
-      uint4* copies = reinterpret_cast<uint4*>(sm.cls_rep + 32 * (x0 >> 4) + 8 * (tid & 3));
-      copies[0] = copies[1] = make_uint4(part, part, part, part);
+      for (int j = 0; j < PPT; ++j) {
+        const int i = PPT * tid + j;
+        if (i < pairs) sm.cls[(i & (C - 1)) + CLS_STRIDE * (i >> log2c)] = static_cast<uint8_t>(class_of(j));
+      }
     }
-  } else if (tid < 32) {  // ≤ 64 pairs: all in warp 0, which builds the words alone
-#pragma unroll
-    for (int j = 0; j < PPT; ++j) {
-      const int i = i0 + j;
-      if (i < pairs) sm.cls[(i & (C - 1)) + CLS_STRIDE * (i >> log2c)] = static_cast<uint8_t>(mine[j]);
-    }
-    __syncwarp();
-    if (tid < C) row_class_words_small(sm, C);
   }
   __syncthreads();
   stamp(PH_CLASSES);
-  // 5. Classes of this thread's positions, 2 bits each, 16 to a word (position j at bits 2(j%16)),
-  // outside [lo, hi) skipped. Each lookup reads this lane's copy of the class word: its byte offset
-  // (word*128 + lane*4) and the field's shift (2f, taken mod 32 by the funnel shift) come straight
-  // from the code bits; positions are taken last to first, each shifted in below the earlier ones.
-  const uint32_t lane4 = 4u * (tid & 31);
-  const char* const rep = reinterpret_cast<const char*>(sm.cls_rep);
+  // 5. Classes of this thread's positions, 2 bits each, 16 to a word; outside [lo, hi) skipped.
   uint32_t word[WORDS];
 #pragma unroll
   for (int wi = 0; wi < WORDS; ++wi) word[wi] = 0u;
 #pragma unroll
-  for (int c = CHUNKS - 1; c >= 0; --c) {
-#ifdef PQ_CLS_FENCE
-    asm volatile("" ::: "memory");
-#endif
+  for (int c = 0; c < CHUNKS; ++c) {
     const uint32_t v[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
 #pragma unroll
-    for (int k = 3; k >= 0; --k) {
+    for (int k = 0; k < 4; ++k) {
 #pragma unroll
-      for (int u = 4 / M - 1; u >= 0; --u) {  // positions in this 32-bit word
+      for (int u = 0; u < 4 / M; ++u) {  // positions in this 32-bit word
         const int j = c * (16 / M) + k * (4 / M) + u;
-        uint32_t off, sh;  // byte offset of the class word, 2f in bits 0 … 4
-        if (M == 1) {     // code c = byte u: word c >> 4 at (c >> 4) * 128, f = c & 15
-          off = ((8 * u >= 3 ? v[k] >> (8 * u - 3) : v[k] << 3) & 0x780u) | lane4;
-          sh = (u == 0 ? v[k] << 1 : v[k] >> (8 * u - 1)) & 0x1eu;
-        } else {          // c0 = bits 16u … 16u + 5, c1 = bits 16u + 8 …: word (c0 >> 4) + 4 c1, f = c0 & 15
-          sh = u == 0 ? v[k] << 1 : v[k] >> 15;  // c1 to bits 9 … 14, 2f in bits 0 … 4 (bit 0: c1's clear bit 7 for u = 1)
-          const uint32_t c0hi = u == 0 ? v[k] << 3 : v[k] >> 13;  // c0 bits 4, 5 to bits 7, 8
-          off = (sh & 0x7e00u) | (c0hi & 0x180u) | lane4;
+        uint32_t at;
+        if (M == 1) {
+          at = (v[k] >> (8 * u)) & 0xffu;
+        } else {
+          const uint32_t pw = v[k] >> (16 * u);  // c0 | c1 << 8 in the low 16 bits
+          at = (pw & 0x3fu) | ((pw >> 2) & 0xfc0u);
         }
-        const uint32_t cw = *reinterpret_cast<const uint32_t*>(rep + off);
-        word[j / 16] = __funnelshift_l(__funnelshift_l(0u, cw, sh), word[j / 16], 2);
+        word[j / 16] += static_cast<uint32_t>(sm.cls[at]) << (2 * (j % 16));
       }
     }
   }

@@ -15,7 +15,7 @@
  *
  * Memory ordering: the request's inputs are written to pinned memory with plain stores, then the
  * bell with Atomics.store (sequentially consistent: on x86 a locked store, so the inputs are visible
- * first); the kernel reads the bell with an acquire at system scope. The last block publishes
+ * first); the kernel reads the bell with an acquire at system scope. Block 0 publishes
  * `done` with a release at system scope after every block's results; Atomics.load reads it (a plain
  * typed-array read in a loop may be hoisted by the JIT).
  */
@@ -137,7 +137,7 @@ export class ResidentLaunch {
     this.ticket = t;
   }
 
-  /** Device time of the last request (ns): from block (0, 0) seeing the ring to the last block's end. */
+  /** Device time of the last request (ns): from block (0, 0) seeing the ring to its seeing every block's end. */
   get lastDeviceNs(): number {
     return Number(this.clocks[1] - this.clocks[0]);
   }

@@ -220,7 +220,7 @@ test('tiny code books (C = 2 or 4, M = 1 or 2: pair tables smaller than a 16-byt
 });
 
 /** Step a CPU oracle and a GPU index together on integer inputs; every output must match exactly. */
-function stepTogether(st: PQIndexState, gpu: CudaPQCache, steps: number, label: string, seed = 5, query?: () => number): void {
+function stepTogether(st: PQIndexState, gpu: CudaPQCache, steps: number, label: string, seed = 5, query?: () => number, eachStep?: (at: string) => void): void {
   const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
   let r = seed;
@@ -234,12 +234,13 @@ function stepTogether(st: PQIndexState, gpu: CudaPQCache, steps: number, label: 
     assert.deepEqual(got.sparseLen.data, want.sparseLen.data, `${at} sparseLen`);
     assert.deepEqual(got.sparseList.data, want.sparseList.data, `${at} sparseList`);
     assert.deepEqual(got.weights.data, want.weights.data, `${at} weights`);
+    eachStep?.(at);
   }
   gpu.synchronize();
   assert.deepEqual(gpu.exportState().codes, cpu.exportState().codes, `${label} codes`);
 }
 
-test('row kernel, graph and resident steps: every layout of the lane-replicated class words (M = 1: C = 2, 16, 256; M = 2: C = 2 … 64), clusters of 1 and 2', { skip }, () => {
+test('row kernel, graph and resident steps: every code-book size of the pair classes (M = 1: C = 2, 16, 256; M = 2: C = 2 … 64), clusters of 1 and 2', { skip }, () => {
   const shape = { batch: 1, heads: 2, kvHeads: 1, headDim: 32 };
   const cases = [[1, 1], [1, 4], [1, 8], [2, 1], [2, 2], [2, 3], [2, 4], [2, 5], [2, 6]] as const;
   for (const [M, bits] of cases) {
@@ -250,8 +251,9 @@ test('row kernel, graph and resident steps: every layout of the lane-replicated 
         const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster, resident: resident ? { idleMs: 60000 } : undefined });
         try {
           gpu.uploadState(st);
-          stepTogether(st, gpu, 5, `M=${M} bits=${bits} cluster ${cluster}${resident ? ' resident' : ''}`, 40 + bits);
-          if (resident) assert.ok(gpu.residentDeviceMicros > 0, 'served by the resident kernel'); // NaN if never
+          stepTogether(st, gpu, 5, `M=${M} bits=${bits} cluster ${cluster}${resident ? ' resident' : ''}`, 40 + bits, undefined, (at) => {
+            assert.equal(gpu.residentActive, resident, `${at}: served by the resident kernel`);
+          });
         } finally {
           gpu.dispose();
         }
