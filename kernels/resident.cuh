@@ -50,19 +50,52 @@ __device__ __forceinline__ bool pq_resident_rung(unsigned v, unsigned want) {
   return ((v >> 3) & PQ_RESIDENT_TICKET_MASK) == want || (v & PQ_RESIDENT_STOP) != 0u;
 }
 
+// Every block's thread 0, after a block barrier that follows the block's work (or its start):
+// arrive on the counter, a release (it covers the block's results through the barrier). The
+// counter only grows (the host zeroes it before a launch): after round r of arrivals (1: the
+// blocks' start; then one per request) it holds r·blocks.
+__device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&counters->arrivals) : "memory");
+}
+
+// Block 0's thread 0: wait until round `round` is complete, then publish `value` in `*target`
+// (after stamping `*stamp_ns`, if given) with a release at system scope. Its acquire that reads
+// the full count synchronizes with every arrival, and the release makes all of it visible to the
+// host before `*target`. No separate fences: in a same-run A/B of the same chain at the end of the
+// graph step kernel, a fence before each arrival and a system fence before the release store cost
+// 0.9 μs of device time (select-publish-ab record).
+// Why block 0 publishes: the release at system scope costs ≈ 0.65 μs there but 1.4–1.9 μs in any
+// other block of a 96-block launch, likely the pinned page's translation, warm only on the SM that
+// polls the bell (session 14's echo variants: the round trip 6.2 → 4.8 μs wall when block 0
+// publishes instead of the last block to arrive).
+__device__ __forceinline__ void pq_resident_publish(PqResidentCounters* counters, unsigned round, unsigned* target, unsigned value,
+                                                    long long* stamp_ns) {
+  const unsigned all = round * (gridDim.x * gridDim.y * gridDim.z);
+  unsigned count;
+  do {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(count) : "l"(&counters->arrivals) : "memory");
+  } while (static_cast<int>(count - all) < 0);  // wrap-safe: the count never passes `all` unpublished
+  if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
+  pq_store_release_sys(target, value);
+}
+
 // Every thread of the block: wait for the ring of `ticket` or STOP and return the bell word (in
-// `slot`, a shared word the caller keeps for this). Block 0 reads the bell (acquire, system scope:
-// the host's writes before the ring, such as inputs, are visible after it) and relays it (release,
-// device scope); the others read the relay (acquire, device scope: by causality, the host's writes
-// too). Both acquires drop the SM's L1 lines, so loads see what other blocks wrote for earlier
-// requests; the barrier extends the order to the block.
+// `slot`, a shared word the caller keeps for this). Block 0 first publishes the previous round
+// (`ready` after the start, else `done` for ticket − 1), then reads the bell (acquire, system
+// scope: the host's writes before the ring, such as inputs, are visible after it) and relays it
+// (release, device scope); the others read the relay (acquire, device scope: by causality, the
+// host's writes too). Both acquires drop the SM's L1 lines, so loads see what other blocks wrote
+// for earlier requests; the barrier extends the order to the block.
 // Tried and reverted (runtime record, 96 blocks: 6.2 → 17 μs round trip): relaxed polling with one
 // fence after it, and block 0 polling from four staggered warps.
-__device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqResidentCounters* counters, unsigned ticket, unsigned* slot) {
+__device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqResidentCounters* counters, unsigned ticket,
+                                                     unsigned first_ticket, unsigned round, unsigned* slot) {
   if (threadIdx.x == 0) {
     const unsigned want = ticket & PQ_RESIDENT_TICKET_MASK;
     unsigned v;
     if (blockIdx.x == 0 && blockIdx.y == 0) {
+      if (ticket == first_ticket) pq_resident_publish(counters, round, &words->ready, first_ticket, nullptr);
+      else pq_resident_publish(counters, round, &words->done, (ticket - 1u) & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
       do {
         asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
       } while (!pq_resident_rung(v, want));
@@ -79,47 +112,20 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
   return *slot;
 }
 
-// Thread 0, after a block barrier that follows the block's work: arrive on the counter for arrival
-// round `round` (1: the blocks' start; then one per request). Block 0 then waits for the round's
-// every arrival and publishes `value` in `*target` (after stamping `*stamp_ns`, if given). The
-// counter only grows (the host zeroes it before a launch): after round r it holds r·blocks, a
-// round beginning only once the previous one was published.
-// Why block 0 publishes: the release at system scope that publishes costs ≈ 0.65 μs in block 0 but
-// 1.4–1.9 μs in any other block of a 96-block launch (session 14's echo variants: the whole round
-// trip 6.2 → 4.8 μs wall when block 0 publishes instead of the last block to arrive).
-// Ordering: each arrival is a release (it covers the block's results through the barrier); block 0's
-// acquire that reads the full count synchronizes with every one of them, and its release at system
-// scope makes all of it visible to the host before `*target`. No separate fences: in a same-run A/B
-// of the same chain at the end of the graph step kernel, the fence before the atomic and a system
-// fence before the release store cost 0.9 μs of device time (select-publish-ab record).
-__device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters, unsigned round, unsigned* target, unsigned value,
-                                                   long long* stamp_ns) {
-  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&counters->arrivals) : "memory");
-  if (blockIdx.x != 0 || blockIdx.y != 0 || blockIdx.z != 0) return;
-  const unsigned all = round * (gridDim.x * gridDim.y * gridDim.z);
-  unsigned count;
-  do {
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(count) : "l"(&counters->arrivals) : "memory");
-  } while (static_cast<int>(count - all) < 0);  // wrap-safe: the count never passes `all` unpublished
-  if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
-  pq_store_release_sys(target, value);
-}
-
-// A resident kernel's life, for every block: arrive once started (the host waits for `ready`),
-// then for each ring until STOP: serve(bell) with every thread, a barrier, arrive (block 0
-// publishes the ticket in `done`). `first_ticket` is the first ticket the launch serves.
+// A resident kernel's life, for every block: arrive once started (block 0 publishes `ready` when
+// all have), then for each ring until STOP: serve(bell) with every thread, a barrier, arrive
+// (block 0 publishes the ticket in `done` when all have). `first_ticket` is the first ticket the
+// launch serves.
 template <typename Serve>
 __device__ __forceinline__ void pq_resident_serve(PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket,
                                                   Serve serve) {
   __shared__ unsigned bell_word;
-  unsigned round = 1u;
-  if (threadIdx.x == 0) pq_resident_arrive(counters, round, &words->ready, first_ticket, nullptr);
-  for (unsigned ticket = first_ticket;; ++ticket) {
-    const unsigned bell = pq_resident_wait(words, counters, ticket, &bell_word);
+  if (threadIdx.x == 0) pq_resident_arrive(counters);
+  for (unsigned ticket = first_ticket, round = 1u;; ++ticket, ++round) {
+    const unsigned bell = pq_resident_wait(words, counters, ticket, first_ticket, round, &bell_word);
     if (bell & PQ_RESIDENT_STOP) return;
     serve(bell);
     __syncthreads();  // the block's results, and bell_word read by every thread
-    ++round;
-    if (threadIdx.x == 0) pq_resident_arrive(counters, round, &words->done, ticket & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
+    if (threadIdx.x == 0) pq_resident_arrive(counters);
   }
 }
