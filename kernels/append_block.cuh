@@ -21,7 +21,7 @@ __device__ void pq_append_one_key(const void* keys, int kdtype, int64_t key_inde
   const int cdim = dsub + (ip ? 1 : 0);
   for (int d = tid; d < D; d += NT) {
     const float v = pq_load_float(keys, kdtype, key_index * D + d);
-    if (!isfinite(v)) atomicOr(status, PQ_STATUS_KEY_NONFINITE);
+    if (!isfinite(v)) pq_flag_status(status, PQ_STATUS_KEY_NONFINITE);
     x[(d / dsub) * cdim + d % dsub] = v;
   }
   __syncthreads();

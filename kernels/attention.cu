@@ -225,7 +225,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
         if constexpr (SPARSE) {
           p = list[static_cast<int64_t>(row) * list_stride + i];
           if (p < 0 || p >= sk) {
-            if (sub == 0) atomicOr(status, PQ_STATUS_LIST_RANGE);
+            if (sub == 0) pq_flag_status(status, PQ_STATUS_LIST_RANGE);
             p = -1;
           }
         } else {
@@ -413,8 +413,8 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
     kcache[dst + d] = Elem<T>::from_float(k);
     vcache[dst + d] = Elem<T>::from_float(v);
   }
-  if (bad_value) atomicOr(status, PQ_STATUS_VALUE_NONFINITE);
-  if (bad_key && seq_write != nullptr) atomicOr(status, PQ_STATUS_KEY_NONFINITE);  // no PQ append checks it
+  if (bad_value) pq_flag_status(status, PQ_STATUS_VALUE_NONFINITE);
+  if (bad_key && seq_write != nullptr) pq_flag_status(status, PQ_STATUS_KEY_NONFINITE);  // no PQ append checks it
 }
 
 }  // namespace

@@ -17,6 +17,15 @@ enum PqStatus : int {
   PQ_STATUS_BUCKETS_STALE = 16,   // select (bucket mode): the position buckets do not match sk or the pair table (a bug)
 };
 
+// Flag `bit` in the pinned status word (src/pq/cuda-cache.ts checkStatus), visible to the host
+// before anything this thread does next: a resident request's `done` is a relaxed store
+// (resident.cuh), ordered after the flag only through this fence and the block's barrier before
+// its arrival. Only on bad input, so the fence's cost does not matter.
+__device__ __forceinline__ void pq_flag_status(int* status, int bit) {
+  atomicOr(status, bit);
+  __threadfence_system();
+}
+
 __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t i) {
   if (dtype == PQ_F32) return static_cast<const float*>(p)[i];
   if (dtype == PQ_F16) return __half2float(static_cast<const __half*>(p)[i]);

@@ -19,14 +19,15 @@
 
 #include "common.cuh"
 
-// The protocol words, in pinned host memory that the kernel addresses through unified addressing.
-struct PqResidentWords {
+// The protocol words, in pinned host memory that the kernel addresses through unified addressing
+// (src/cuda/resident.ts reads them at these offsets).
+struct __align__(16) PqResidentWords {
   unsigned bell;      // ticket << 3 | PQ_RESIDENT_STOP | flag bits 0..1 (the request's own), by the host
-  unsigned done;      // the last ticket served, by block 0 once every block finished it
   unsigned ready;     // the launch's first ticket, once every block has started
-  unsigned pad;
   long long seen_ns;  // global timer when block (0, 0) saw the ring
-  long long done_ns;  // global timer when block 0 saw every block finish the request
+  long long done_ns;  // global timer when block 0 saw every block finish the request …
+  unsigned done;      // … and the ticket served: both in one 16-byte store
+  unsigned pad;
 };
 constexpr unsigned PQ_RESIDENT_STOP = 4u;
 constexpr unsigned PQ_RESIDENT_TICKET_MASK = 0x1fffffffu;
@@ -53,30 +54,39 @@ __device__ __forceinline__ bool pq_resident_rung(unsigned v, unsigned want) {
 // Every block's thread 0, after a block barrier that follows the block's work (or its start):
 // arrive on the counter, a release (it covers the block's results through the barrier). The
 // counter only grows (the host zeroes it before a launch): after round r of arrivals (1: the
-// blocks' start; then one per request) it holds r·blocks.
+// blocks' start; then one per request) it holds r·blocks. No separate fence: in a same-run A/B of
+// the same chain at the end of the graph step kernel, a fence before each arrival and a system
+// fence before the publishing store cost 0.9 μs of device time (select-publish-ab record).
 __device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters) {
   asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&counters->arrivals) : "memory");
 }
 
-// Block 0's thread 0: wait until round `round` is complete, then publish `value` in `*target`
-// (after stamping `*stamp_ns`, if given) with a release at system scope. Its acquire that reads
-// the full count synchronizes with every arrival, and the release makes all of it visible to the
-// host before `*target`. No separate fences: in a same-run A/B of the same chain at the end of the
-// graph step kernel, a fence before each arrival and a system fence before the release store cost
-// 0.9 μs of device time (select-publish-ab record).
-// Why block 0 publishes: the release at system scope costs ≈ 0.65 μs there but 1.4–1.9 μs in any
-// other block of a 96-block launch, likely the pinned page's translation, warm only on the SM that
-// polls the bell (session 14's echo variants: the round trip 6.2 → 4.8 μs wall when block 0
-// publishes instead of the last block to arrive).
-__device__ __forceinline__ void pq_resident_publish(PqResidentCounters* counters, unsigned round, unsigned* target, unsigned value,
-                                                    long long* stamp_ns) {
+// Block 0's thread 0: wait until arrival round `round` is complete. Its acquire that reads the full
+// count synchronizes with every arrival, so every block's results are visible at device scope.
+__device__ __forceinline__ void pq_resident_round_complete(PqResidentCounters* counters, unsigned round) {
   const unsigned all = round * (gridDim.x * gridDim.y * gridDim.z);
   unsigned count;
   do {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(count) : "l"(&counters->arrivals) : "memory");
   } while (static_cast<int>(count - all) < 0);  // wrap-safe: the count never passes `all` unpublished
-  if (stamp_ns != nullptr) *stamp_ns = pq_global_timer_ns();
-  pq_store_release_sys(target, value);
+}
+
+// Block 0's thread 0, once a request's round is complete: publish its ticket in `done` (with
+// `done_ns`, one 16-byte store). A relaxed store, not a release at system scope, which cost 0.6 μs
+// more per request in block 0 and 1.4–1.9 μs in any other block of a 96-block launch (session 14's
+// echo variants). What the host may rely on once it reads `done`:
+//   - the results in device memory are complete at device scope (every block's release arrival,
+//     this thread's acquire): all later device work and copies, whichever stream, read them;
+//   - a status flag raised during the request is already visible: pq_flag_status fences at system
+//     scope before the flagging block's barrier and arrival, which precede this store.
+// `ready` keeps the release at system scope (once per launch).
+// Why block 0 publishes: the pinned page is warm on the SM that polls the bell (the system-scope
+// store costs far more elsewhere, as above).
+__device__ __forceinline__ void pq_resident_publish_done(PqResidentWords* words, unsigned ticket) {
+  const long long t = pq_global_timer_ns();
+  asm volatile("st.relaxed.sys.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(&words->done_ns), "r"(static_cast<unsigned>(t)),
+               "r"(static_cast<unsigned>(static_cast<unsigned long long>(t) >> 32)), "r"(ticket), "r"(0u)
+               : "memory");
 }
 
 // Every thread of the block: wait for the ring of `ticket` or STOP and return the bell word (in
@@ -94,8 +104,9 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
     const unsigned want = ticket & PQ_RESIDENT_TICKET_MASK;
     unsigned v;
     if (blockIdx.x == 0 && blockIdx.y == 0) {
-      if (ticket == first_ticket) pq_resident_publish(counters, round, &words->ready, first_ticket, nullptr);
-      else pq_resident_publish(counters, round, &words->done, (ticket - 1u) & PQ_RESIDENT_TICKET_MASK, &words->done_ns);
+      pq_resident_round_complete(counters, round);
+      if (ticket == first_ticket) pq_store_release_sys(&words->ready, first_ticket);
+      else pq_resident_publish_done(words, (ticket - 1u) & PQ_RESIDENT_TICKET_MASK);
       do {
         asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
       } while (!pq_resident_rung(v, want));

@@ -299,7 +299,7 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
   // Query row and LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry).
   for (int d = tid; d < D; d += NT) {
     const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
-    if (!isfinite(v)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
+    if (!isfinite(v)) pq_flag_status(status, PQ_STATUS_QUERY_NONFINITE);
     sm.q[d] = v;
   }
   __syncthreads();

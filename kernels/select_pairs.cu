@@ -342,7 +342,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   }
   for (int d = tid; d < D; d += NT) {
     const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
-    if (!isfinite(v)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
+    if (!isfinite(v)) pq_flag_status(status, PQ_STATUS_QUERY_NONFINITE);
     sm.x[d] = v;
   }
 

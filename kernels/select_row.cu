@@ -367,7 +367,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     finish();
     return;
   }
-  if (BUCKETS && tid == 0 && hi - base_end > NT) atomicOr(status, PQ_STATUS_BUCKETS_STALE);  // the host's rebuild was missed
+  if (BUCKETS && tid == 0 && hi - base_end > NT) pq_flag_status(status, PQ_STATUS_BUCKETS_STALE);  // the host's rebuild was missed
   // The block whose slice holds position p clears and sets its weight (p outside every slice: the
   // nearest), so no write to a weight needs ordering across the cluster.
   auto weight_owner = [&](int p) { return CL == 1 ? 0 : min(max(p - s0, 0) / (NT * E), CL - 1); };
@@ -402,7 +402,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     if (p >= 0 && weight_owner(p) == rank) store_weight(out.weights, out.wdtype, wrow + p, false);
   }
   if (tid < D) {
-    if (!isfinite(query_value)) atomicOr(status, PQ_STATUS_QUERY_NONFINITE);
+    if (!isfinite(query_value)) pq_flag_status(status, PQ_STATUS_QUERY_NONFINITE);
     sm.x[tid] = query_value;
   }
   if (sk_old < 0) stamp(PH_INPUTS);  // never true: makes the stamp wait for sk as well
@@ -1007,7 +1007,7 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
     const int i = PPT * tid + j;
     c[j] = i < pairs ? count[i] : 0;
     mine += c[j];
-    if (i < pairs && static_cast<unsigned>(c[j]) != pair_count[static_cast<int64_t>(a) * pairs + i]) atomicOr(status, PQ_STATUS_BUCKETS_STALE);
+    if (i < pairs && static_cast<unsigned>(c[j]) != pair_count[static_cast<int64_t>(a) * pairs + i]) pq_flag_status(status, PQ_STATUS_BUCKETS_STALE);
   }
   int end_total;
   int start = block_scan(warp_total, mine, &end_total);

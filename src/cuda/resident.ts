@@ -15,8 +15,9 @@
  *
  * Memory ordering: the request's inputs are written to pinned memory with plain stores, then the
  * bell with Atomics.store (sequentially consistent: on x86 a locked store, so the inputs are visible
- * first); the kernel reads the bell with an acquire at system scope. Block 0 publishes
- * `done` with a release at system scope after every block's results; Atomics.load reads it (a plain
+ * first); the kernel reads the bell with an acquire at system scope. Block 0 publishes `done` once
+ * every block's results are complete in device memory (for later device work and copies) and any
+ * status flag raised is visible to the host (kernels/resident.cuh); Atomics.load reads it (a plain
  * typed-array read in a loop may be hoisted by the JIT).
  */
 import { ConfigError, StateError } from '../errors.js';
@@ -27,13 +28,14 @@ import { Owned } from './owned.js';
 import { quiesceResident, registerResidentStop } from './resident-guard.js';
 import { Stream } from './stream.js';
 
-/** kernels/resident.cuh: PQ_RESIDENT_STOP, PQ_RESIDENT_TICKET_MASK, PqResidentWords. */
+/** kernels/resident.cuh: PQ_RESIDENT_STOP, PQ_RESIDENT_TICKET_MASK, PqResidentWords (u32 indices; the clocks at byte 8). */
 const STOP = 4;
 const TICKET_MASK = 0x1fffffff;
 const WORDS_BYTES = 32;
 const BELL = 0;
-const DONE = 1;
-const READY = 2;
+const READY = 1;
+const DONE = 6;
+const CLOCKS_BYTE = 8;
 /** No launch has reported ready (not a ticket: tickets are 29 bits). */
 const NOT_READY = 0xffffffff;
 /** Spins between clock reads while waiting (a clock read costs more than a spin). */
@@ -75,8 +77,8 @@ export class ResidentLaunch {
     try {
       this.stream = this.owned.add(new Stream());
       this.words = this.owned.add(new PinnedBuffer(WORDS_BYTES));
-      this.u32 = new Uint32Array(this.words.arrayBuffer, 0, 4);
-      this.clocks = new BigInt64Array(this.words.arrayBuffer, 16, 2);
+      this.u32 = new Uint32Array(this.words.arrayBuffer, 0, WORDS_BYTES / 4);
+      this.clocks = new BigInt64Array(this.words.arrayBuffer, CLOCKS_BYTE, 2); // seen_ns, done_ns
       this.counters = this.owned.add(new DeviceBuffer(256));
       this.side = this.owned.add(new Stream());
     } catch (e) {

@@ -402,6 +402,41 @@ test('resident steps: exact over many steps (appends, GQA, clusters of 1 and 2, 
   }
 });
 
+test('resident steps report non-finite device queries and keys on the step that had them (the flag never trails done)', { skip }, () => {
+  const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
+  const shape = { batch: 1, heads: 4, kvHeads: 4, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const st = integerState(5000, 5400, config, shape, 77);
+  const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, resident: { idleMs: 60000 } });
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  try {
+    gpu.uploadState(st);
+    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
+    const qv = new Float32Array(B * H * D).map((_, i) => ((i * 7) % 13) - 6);
+    const kv = new Float32Array(B * Hkv * D).map((_, i) => ((i * 5) % 11) - 5);
+    for (let s = 0; s < 90; s++) {
+      const bad = s % 3; // 0: none, 1: a query element, 2: a key element (each step at another place)
+      const q2 = qv.slice();
+      const k2 = kv.slice();
+      if (bad === 1) q2[(s * 37) % q2.length] = s % 2 === 0 ? Number.NaN : Number.POSITIVE_INFINITY;
+      if (bad === 2) k2[(s * 53) % k2.length] = Number.NaN;
+      copies.fromHost(arena.slices.q, q2); // synchronous, on no stream the resident kernel waits for
+      copies.fromHost(arena.slices.k, k2);
+      const step = (): void => {
+        gpu.step(q, k);
+        gpu.synchronize();
+      };
+      if (bad === 0) step();
+      else assert.throws(step, (e: unknown) => e instanceof DeviceInputError && (bad === 1 ? /^query/ : /^key/).test((e as Error).message), `step ${s}`);
+      assert.ok(gpu.residentActive, `step ${s}: served by the resident kernel`);
+    }
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
+});
+
 test('resident steps: idle stop, and the graph path where the row kernel does not run', { skip }, async () => {
   const config = { sinkSize: 8, windowSize: 8, heavySize: 64, pqGroupFactor: 2, pqBits: 5, initOffset: 8 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
