@@ -15,20 +15,28 @@
 // reads that earlier requests wrote (codes, pair counts) is read with plain loads, never ld.global.nc,
 // whose data must stay read-only for the kernel's lifetime.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "common.cuh"
 
 // The protocol words, in pinned host memory that the kernel addresses through unified addressing
-// (src/cuda/resident.ts reads them at these offsets).
-struct __align__(16) PqResidentWords {
+// (src/cuda/resident.ts reads them at these offsets). Three 64-byte lines, one per writer and
+// reader pair: the host writes the bell's line, the GPU the others, so the host's bell store and
+// its spin on `done` do not share a line with what the GPU writes at every request.
+struct __align__(64) PqResidentWords {
   unsigned bell;      // ticket << 3 | PQ_RESIDENT_STOP | flag bits 0..1 (the request's own), by the host
-  unsigned ready;     // the launch's first ticket, once every block has started
+  unsigned pad0[15];
   long long seen_ns;  // global timer when block (0, 0) saw the ring
+  unsigned ready;     // the launch's first ticket, once every block has started
+  unsigned pad1[13];
   long long done_ns;  // global timer when block 0 saw every block finish the request …
   unsigned done;      // … and the ticket served: both in one 16-byte store
-  unsigned pad;
+  unsigned pad2[13];
 };
+static_assert(sizeof(PqResidentWords) == 192 && offsetof(PqResidentWords, seen_ns) == 64 && offsetof(PqResidentWords, ready) == 72 &&
+                  offsetof(PqResidentWords, done_ns) == 128 && offsetof(PqResidentWords, done) == 136,
+              "the offsets src/cuda/resident.ts reads");
 constexpr unsigned PQ_RESIDENT_STOP = 4u;
 constexpr unsigned PQ_RESIDENT_TICKET_MASK = 0x1fffffffu;
 

@@ -28,14 +28,15 @@ import { Owned } from './owned.js';
 import { quiesceResident, registerResidentStop } from './resident-guard.js';
 import { Stream } from './stream.js';
 
-/** kernels/resident.cuh: PQ_RESIDENT_STOP, PQ_RESIDENT_TICKET_MASK, PqResidentWords (u32 indices; the clocks at byte 8). */
+/** kernels/resident.cuh: PQ_RESIDENT_STOP, PQ_RESIDENT_TICKET_MASK, PqResidentWords (three 64-byte lines; u32 indices). */
 const STOP = 4;
 const TICKET_MASK = 0x1fffffff;
-const WORDS_BYTES = 32;
+const WORDS_BYTES = 192;
 const BELL = 0;
-const READY = 1;
-const DONE = 6;
-const CLOCKS_BYTE = 8;
+const READY = 18;
+const DONE = 34;
+const SEEN_NS_BYTE = 64;
+const DONE_NS_BYTE = 128;
 /** No launch has reported ready (not a ticket: tickets are 29 bits). */
 const NOT_READY = 0xffffffff;
 /** Spins between clock reads while waiting (a clock read costs more than a spin). */
@@ -60,7 +61,8 @@ export class ResidentLaunch {
   private readonly owned = new Owned();
   private readonly words: PinnedBuffer;
   private readonly u32: Uint32Array;
-  private readonly clocks: BigInt64Array;
+  private readonly seenNs: BigInt64Array;
+  private readonly doneNs: BigInt64Array;
   /** PqResidentCounters: arrivals at byte 0, relay at byte 128, in device memory. */
   private readonly counters: DeviceBuffer;
   /** For the stop word into the relay while the launch runs (its own stream is busy with it). */
@@ -78,7 +80,8 @@ export class ResidentLaunch {
       this.stream = this.owned.add(new Stream());
       this.words = this.owned.add(new PinnedBuffer(WORDS_BYTES));
       this.u32 = new Uint32Array(this.words.arrayBuffer, 0, WORDS_BYTES / 4);
-      this.clocks = new BigInt64Array(this.words.arrayBuffer, CLOCKS_BYTE, 2); // seen_ns, done_ns
+      this.seenNs = new BigInt64Array(this.words.arrayBuffer, SEEN_NS_BYTE, 1);
+      this.doneNs = new BigInt64Array(this.words.arrayBuffer, DONE_NS_BYTE, 1);
       this.counters = this.owned.add(new DeviceBuffer(256));
       this.side = this.owned.add(new Stream());
     } catch (e) {
@@ -141,7 +144,7 @@ export class ResidentLaunch {
 
   /** Device time of the last request (ns): from block (0, 0) seeing the ring to its seeing every block's end. */
   get lastDeviceNs(): number {
-    return Number(this.clocks[1] - this.clocks[0]);
+    return Number(this.doneNs[0] - this.seenNs[0]);
   }
 
   /** Ring STOP and wait for the launch to end (a fault in it throws CudaError here). */
