@@ -79,6 +79,23 @@ __device__ __forceinline__ void pq_resident_round_complete(PqResidentCounters* c
   } while (static_cast<int>(count - all) < 0);  // wrap-safe: the count never passes `all` unpublished
 }
 
+// Block 0's thread 0 at the start: wait for every block's first arrival, or for the host to give
+// up waiting (STOP in the bell: a grid that cannot be resident at once). In that case block 0 goes
+// on to relay the STOP, so the blocks that did start exit and free their multiprocessors for the
+// ones still waiting, which then read the STOP too. (Waiting for the count alone hung a launch
+// whose blocks filled every multiprocessor: the host's STOP into the relay is a memset that may
+// need a multiprocessor itself.) True when every block started.
+__device__ __forceinline__ bool pq_resident_started(PqResidentWords* words, PqResidentCounters* counters) {
+  const unsigned all = gridDim.x * gridDim.y * gridDim.z;
+  for (;;) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(&counters->arrivals) : "memory");
+    if (v >= all) return true;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
+    if (v & PQ_RESIDENT_STOP) return false;
+  }
+}
+
 // Block 0's thread 0, once a request's round is complete: publish its ticket in `done` (with
 // `done_ns`, one 16-byte store). A relaxed store, not a release at system scope, which cost 0.6 μs
 // more per request in block 0 and 1.4–1.9 μs in any other block of a 96-block launch (session 14's
@@ -112,9 +129,12 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
     const unsigned want = ticket & PQ_RESIDENT_TICKET_MASK;
     unsigned v;
     if (blockIdx.x == 0 && blockIdx.y == 0) {
-      pq_resident_round_complete(counters, round);
-      if (ticket == first_ticket) pq_store_release_sys(&words->ready, first_ticket);
-      else pq_resident_publish_done(words, (ticket - 1u) & PQ_RESIDENT_TICKET_MASK);
+      if (ticket != first_ticket) {
+        pq_resident_round_complete(counters, round);
+        pq_resident_publish_done(words, (ticket - 1u) & PQ_RESIDENT_TICKET_MASK);
+      } else if (pq_resident_started(words, counters)) {
+        pq_store_release_sys(&words->ready, first_ticket);
+      }
       do {
         asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
       } while (!pq_resident_rung(v, want));
