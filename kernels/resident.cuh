@@ -46,6 +46,16 @@ __device__ __forceinline__ void pq_store_release_sys(unsigned* p, unsigned v) {
 __device__ __forceinline__ void pq_store_release_gpu(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+__device__ __forceinline__ unsigned pq_load_acquire_sys(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ unsigned pq_load_acquire_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
 
 // Device-memory words of a launch (zeroed, relay = the host's bell, before the launch), on separate
 // 128-byte lines: the arrivals' atomics do not contend with the blocks polling the relay.
@@ -73,10 +83,9 @@ __device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters)
 // count synchronizes with every arrival, so every block's results are visible at device scope.
 __device__ __forceinline__ void pq_resident_round_complete(PqResidentCounters* counters, unsigned round) {
   const unsigned all = round * (gridDim.x * gridDim.y * gridDim.z);
-  unsigned count;
-  do {
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(count) : "l"(&counters->arrivals) : "memory");
-  } while (static_cast<int>(count - all) < 0);  // wrap-safe: the count never passes `all` unpublished
+  // Wrap-safe: the count never passes `all` unpublished.
+  while (static_cast<int>(pq_load_acquire_gpu(&counters->arrivals) - all) < 0) {
+  }
 }
 
 // Block 0's thread 0 at the start: wait for every block's first arrival, or for the host to give
@@ -88,11 +97,8 @@ __device__ __forceinline__ void pq_resident_round_complete(PqResidentCounters* c
 __device__ __forceinline__ bool pq_resident_started(PqResidentWords* words, PqResidentCounters* counters) {
   const unsigned all = gridDim.x * gridDim.y * gridDim.z;
   for (;;) {
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(&counters->arrivals) : "memory");
-    if (v >= all) return true;
-    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
-    if (v & PQ_RESIDENT_STOP) return false;
+    if (pq_load_acquire_gpu(&counters->arrivals) >= all) return true;
+    if (pq_load_acquire_sys(&words->bell) & PQ_RESIDENT_STOP) return false;
   }
 }
 
@@ -136,13 +142,13 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
         pq_store_release_sys(&words->ready, first_ticket);
       }
       do {
-        asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(&words->bell) : "memory");
+        v = pq_load_acquire_sys(&words->bell);
       } while (!pq_resident_rung(v, want));
       words->seen_ns = pq_global_timer_ns();
       pq_store_release_gpu(&counters->relay, v);
     } else {
       do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(&counters->relay) : "memory");
+        v = pq_load_acquire_gpu(&counters->relay);
       } while (!pq_resident_rung(v, want));
     }
     *slot = v;

@@ -862,7 +862,7 @@ export class CudaPQCache implements PQCache {
       c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
       buckets ? this.bucketEndPtr : 0n, buckets ? s.bucketOffsets.ptr : 0n, buckets ? s.buckets.ptr : 0n,
     ];
-    const sharedBytes = resident && plan.row !== undefined ? residentCacheBytes(this.layout, plan.row, ROW_THREADS) : plan.sharedBytes;
+    const sharedBytes = resident && plan.row !== undefined ? residentCacheBytes(this.layout, plan.row) : plan.sharedBytes;
     return { kernel, shape: { grid: [cluster, B * H + appendRows, 1], block: [threads, 1, 1], sharedBytes }, values };
   }
 

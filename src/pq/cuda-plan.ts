@@ -206,8 +206,8 @@ export function residentRowKernelName(layout: Layout, plan: RowPlan): string {
  * Dynamic shared memory of the resident row kernel: the step-to-step cache of each block (its code
  * chunks, pair counts and LUT rows, one uint4 per thread each; kernels/select_row.cu ResidentState).
  */
-export function residentCacheBytes(layout: Layout, plan: RowPlan, threads: number): number {
-  return ((plan.positionsPerThread * layout.config.pqGroupFactor) / 16 + 3) * threads * 16;
+export function residentCacheBytes(layout: Layout, plan: RowPlan): number {
+  return ((plan.positionsPerThread * layout.config.pqGroupFactor) / 16 + 3) * ROW_THREADS * 16;
 }
 
 /** The fused step kernel of the pair path. */
