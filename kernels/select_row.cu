@@ -11,8 +11,10 @@
 // pq_step_row_m{M}_e{E}[_c2]: grid (CL, rows + append_rows), block NT = 1024, clusters (CL, 1, 1).
 //   Blocks (r, y), y < rows = B*H, select for query head row = y; thread t owns pairs 4t … 4t+3
 //   and positions s0 + r*NT*E + t*E … + E − 1 (s0 = lo & ~15), so thread order is position order.
-//   Rank r computes LUT entries r·M·C/CL … (r+1)·M·C/CL − 1 and sends them to its peer (mailboxes,
-//   below); rank 1's list slots start after rank 0's (takes, ties) counts, its other mailbox.
+//   Every rank computes all M·C LUT entries itself (exchanging halves through the cluster cost a
+//   DSMEM round trip and a barrier on the critical path); the one word a block may lack, the pair of
+//   the position entering the eligible range, it reads from global memory. Rank 1's list slots start
+//   after rank 0's (takes, ties) counts, sent to it through a mailbox (below).
 //   Blocks y >= rows append (only when `appended`): block a = (y − rows)*CL + r codes kv-head a's new key
 //   at position sk_old (append_block.cuh); block 0 writes *seq_write.
 // Invariants (src/pq/cuda-plan.ts planRow, src/pq/cuda-cache.ts): C^M ≤ 4096 (M ≤ 2; M = 2 needs
@@ -73,10 +75,9 @@ struct __align__(16) RowShared {
   int warp_total[2][NW];                       // block scans (two, so consecutive scans need no extra barrier)
   int n_members;
   int virtual_pair;  // the pair of the position entering the eligible range (from its slice's block)
-  uint64_t lut_mail, counts_mail;  // mailboxes (CL == 2): the peer's LUT entries and vp word; earlier ranks' counts
-  int vp_from[2];                  // each rank's virtual-pair word (−1 where q is not in its slice)
-  uint32_t row_lo[2], row_hi[2];   // score keys of each LUT row's min and max over this block's entries
-  uint32_t peer_range[4];          // the peer's row_lo[0..M), row_hi[0..M) (CL == 2)
+  uint32_t vp_word;  // the code word holding it, copied from global memory (the cluster's other block)
+  uint64_t counts_mail;            // mailbox (CL == 2): earlier ranks' counts
+  uint32_t row_lo[2], row_hi[2];   // score keys of each LUT row's min and max
   int counts_from[2];              // earlier ranks' packed (takes, ties)
   int found_rbin, found_need, found_count;
   uint32_t found_key;
@@ -156,8 +157,8 @@ __device__ __forceinline__ void mailboxes_ready_arrive() {
 }
 __device__ __forceinline__ void mailboxes_ready_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 // Before a location's mbarrier is initialised again (resident kernels, step after step).
-__device__ __forceinline__ void mailboxes_inval(uint64_t* a, uint64_t* b) {
-  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n mbarrier.inval.shared::cta.b64 [%1];" ::"r"(smem_u32(a)), "r"(smem_u32(b)) : "memory");
+__device__ __forceinline__ void mailbox_inval(uint64_t* bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
 #else  // no clusters before sm_90: the host plans CL == 1 there, and these are never reached
 __device__ __forceinline__ void mailbox_init(uint64_t*, unsigned) { __trap(); }
@@ -165,7 +166,7 @@ __device__ __forceinline__ void mailbox_push(const void*, int, uint32_t, uint64_
 __device__ __forceinline__ void mailbox_wait(uint64_t*) { __trap(); }
 __device__ __forceinline__ void mailboxes_ready_arrive() { __trap(); }
 __device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
-__device__ __forceinline__ void mailboxes_inval(uint64_t*, uint64_t*) { __trap(); }
+__device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 #endif
 
 
@@ -263,16 +264,13 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   // LUT rows: 8 lanes per entry (e = e0 + tid/8), lane8 takes float4 chunks lane8, lane8 + 8, ….
   const int lane8 = tid & 7;
   float4 crow[2];
-  // This block's share of the LUT entries (the rest come from the cluster's other blocks).
-  const int e_per_rank = M * C / CL;
-  const int e_begin = rank * e_per_rank;
-  const int e_end = e_begin + e_per_rank;
+  const int entries = M * C;  // every LUT entry, in every block of a cluster
   auto load_rows = [&](int e0) {
     const int e = e0 + (tid >> 3);
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       const int j4 = lane8 + 8 * k;
-      crow[k] = e < e_end && j4 < dsub / 4
+      crow[k] = e < entries && j4 < dsub / 4
                     ? __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4)
                     : make_float4(0.f, 0.f, 0.f, 0.f);
     }
@@ -281,7 +279,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     crow[0] = reinterpret_cast<const float4*>(rcache)[(CHUNKS + 1) * NT + tid];
     crow[1] = reinterpret_cast<const float4*>(rcache)[(CHUNKS + 2) * NT + tid];
   } else {
-    load_rows(e_begin);
+    load_rows(0);
   }
   const int p0 = s0 + rank * NT * E + tid * E;
   uint4 raw[CHUNKS > 0 ? CHUNKS : 1];  // positions p0 … p0 + E − 1, M bytes each (row mode)
@@ -373,14 +371,17 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   auto weight_owner = [&](int p) { return CL == 1 ? 0 : min(max(p - s0, 0) / (NT * E), CL - 1); };
   const int q_owner = weight_owner(q);
   if (CL > 1) {
-    if (tid == 0) {
-      mailbox_init(&sm.lut_mail, (CL - 1) * (e_per_rank + 1 + 2 * M) * 4);  // each peer's LUT entries, vp word and row ranges
-      mailbox_init(&sm.counts_mail, rank * 4);                      // each earlier rank's counts
-    }
-    mailboxes_ready_arrive();
+    if (tid == 0) mailbox_init(&sm.counts_mail, rank * 4);  // each earlier rank's counts
+    mailboxes_ready_arrive();                               // waited for just before the counts are sent
   }
-  // q's pair from the registers of the thread that holds it (q < hi ≤ s0 + CL*NT*E), published with
-  // the first barrier.
+  // q's pair: in the block whose slice holds q (q < hi ≤ s0 + CL*NT*E), from the registers of the
+  // thread that holds it; in the cluster's other block, thread 0 copies the 4-byte word of codes
+  // holding q's from global memory (written W ≥ 1 steps ago) to shared memory with cp.async, waited
+  // for only at the LUT's barrier (a load into a register held across the LUT raised the resident
+  // seed kernel's spills from 8/24 to 24/40 bytes). head_codes is 16-byte aligned (capacity·M is a
+  // multiple of 16) and M ≤ 2 bytes at q·M never straddle a 4-byte word.
+  const bool vp_elsewhere = CL > 1 && q_enters && q_owner != rank;
+  if (vp_elsewhere && tid == 0) pq_cp_async4(&sm.vp_word, head_codes + (static_cast<int64_t>(q) * M & ~static_cast<int64_t>(3)));
   if (q_enters && q >= p0 && q < p0 + E) {
     const int j = q - p0;
     uint32_t v = 0u;  // the 32-bit code word holding q (selected, not indexed: raw stays in registers)
@@ -422,17 +423,16 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int sink_end = min(S, sk);
   const int n_heavy = min(K, total);
 
-  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>: this block's entries, also pushed to the peers.
-  if (CL > 1) mailboxes_ready_wait();
+  // LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]>, every entry.
   if constexpr (RESIDENT && !BUCKETS) {
-    if (!cached) {  // the first pass's rows (later passes, M*C/CL > NT/8 entries, load theirs each step)
+    if (!cached) {  // the first pass's rows (later passes, M*C > NT/8 entries, load theirs each step)
       reinterpret_cast<float4*>(rcache)[(CHUNKS + 1) * NT + tid] = crow[0];
       reinterpret_cast<float4*>(rcache)[(CHUNKS + 2) * NT + tid] = crow[1];
     }
   }
 #pragma unroll 1
-  for (int e0 = e_begin; e0 < e_end; e0 += NT / 8) {
-    if (e0 != e_begin) load_rows(e0);
+  for (int e0 = 0; e0 < entries; e0 += NT / 8) {
+    if (e0 != 0) load_rows(e0);
     const int e = e0 + (tid >> 3);
     const float4* qv = reinterpret_cast<const float4*>(sm.x + (min(e, M * C - 1) >> log2c) * dsub);
     float acc = 0.0f;
@@ -445,7 +445,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       }
     }
 #pragma unroll 1
-    for (int j4 = lane8 + 16; j4 < dsub / 4 && e < e_end; j4 += 8) {  // dsub > 64
+    for (int j4 = lane8 + 16; j4 < dsub / 4 && e < entries; j4 += 8) {  // dsub > 64
       const float4 cv = __ldg(reinterpret_cast<const float4*>(head_centroids + static_cast<int64_t>(e) * cstride) + j4);
       const float4 xv = qv[j4];
       acc += xv.x * cv.x + xv.y * cv.y + xv.z * cv.z + xv.w * cv.w;
@@ -453,7 +453,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     acc += __shfl_xor_sync(0xffffffffu, acc, 1);
     acc += __shfl_xor_sync(0xffffffffu, acc, 2);
     acc += __shfl_xor_sync(0xffffffffu, acc, 4);
-    if (e < e_end && lane8 == 0) {
+    if (e < entries && lane8 == 0) {
       sm.lut[e] = acc;
       // The row's score range, once per block (NaN entries left out, as fminf/fmaxf would).
       if (acc == acc) {
@@ -462,25 +462,16 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         atomicMin(&sm.row_lo[e >> log2c], key);
         atomicMax(&sm.row_hi[e >> log2c], key);
       }
-#pragma unroll
-      for (int r = 0; r < CL; ++r)
-        if (r != rank) mailbox_push(&sm.lut[e], r, __float_as_uint(acc), &sm.lut_mail);
     }
   }
-  if (CL > 1 && tid == 0) {
-    const int vp = q_enters && q_owner == rank ? sm.virtual_pair : -1;  // written before the first barrier
-#pragma unroll
-    for (int r = 0; r < CL; ++r)
-      if (r != rank) mailbox_push(&sm.vp_from[rank], r, static_cast<uint32_t>(vp), &sm.lut_mail);
-  }
   if (BUCKETS && tid == 0 && q_enters) sm.virtual_pair = pair_of_raw(q_raw);
-  __syncthreads();                    // this block's entries and row ranges
-  if (CL > 1 && tid < 2 * M) {  // this block's row ranges, to the peer
-    const uint32_t v = tid < M ? sm.row_lo[tid] : sm.row_hi[tid - M];
-    mailbox_push(&sm.peer_range[tid], rank ^ 1, v, &sm.lut_mail);
+  if (vp_elsewhere && tid == 0) {
+    pq_cp_async_wait_all();
+    const uint32_t w = sm.vp_word >> (8 * ((q * M) & 3));
+    sm.virtual_pair = static_cast<int>((w & 0xffu) + (M == 1 ? 0u : ((w >> 8) & 0xffu) << log2c));
   }
-  if (CL > 1) mailbox_wait(&sm.lut_mail);  // the peers' entries, vp words and row ranges
-  const int virtual_pair = !q_enters ? -1 : q_owner == rank ? sm.virtual_pair : sm.vp_from[q_owner];
+  __syncthreads();  // the LUT, its row ranges and q's pair
+  const int virtual_pair = q_enters ? sm.virtual_pair : -1;
   stamp(PH_LUT);
 
   // Sink, window, padding and the length (their slots do not depend on the threshold): the list by
@@ -530,12 +521,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   bool linear = false;
   auto rbin_of = [&](float s) -> int { return NB - 1 - (linear ? min(NB - 1, max(0, __float2int_rz((s - lo_b) * scale))) : 0); };
   if (!take_all) {
-    // The score range from the LUT rows' ranges (this block's and the peer's entries).
+    // The score range from the LUT rows' ranges.
     float bmin[M], bmax[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      const uint32_t klo = CL > 1 ? min(sm.row_lo[m], sm.peer_range[m]) : sm.row_lo[m];
-      const uint32_t khi = CL > 1 ? max(sm.row_hi[m], sm.peer_range[M + m]) : sm.row_hi[m];
+      const uint32_t klo = sm.row_lo[m];
+      const uint32_t khi = sm.row_hi[m];
       // No finite entry at all (every one NaN): an empty range, so the bins are not linear.
       bmin[m] = klo > khi ? INFINITY : pq_key_score(klo);
       bmax[m] = klo > khi ? -INFINITY : pq_key_score(khi);
@@ -861,6 +852,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   int packed_total;
   int packed = row_scan(sm, 1, n_take << 17 | n_tie, &packed_total);
   if (CL > 1) {
+    mailboxes_ready_wait();  // the peers' mailboxes are initialised (arrived long before)
     // The earlier ranks' positions come first: each block sends its totals to the later ranks.
     if (tid == 0) {
 #pragma unroll
@@ -907,7 +899,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (RESIDENT && CL > 1) {
     // The next step initialises the mailboxes again: invalidate them once every wait is over.
     __syncthreads();
-    if (tid == 0) mailboxes_inval(&sm.lut_mail, &sm.counts_mail);
+    if (tid == 0) mailbox_inval(&sm.counts_mail);
   }
   finish();
 }
