@@ -1,5 +1,5 @@
 // Decode step for short contexts through the pair-count table: one 1024-thread block per query
-// head, or a cluster of two that splits the LUT entries and the positions (_c2). The latency-bound
+// head, or a cluster of two that splits the positions (_c2). The latency-bound
 // fast path of select_pairs.cu (same semantics, same arguments): there, every block of a cluster
 // re-reads its head's centroids and pair table and walks the pairs 16 per thread in three passes;
 // here a block holds 4 pairs and E positions per thread in registers, so the step is a short

@@ -151,7 +151,7 @@ export const ROW_POSITIONS_PER_THREAD = [16, 32, 64] as const;
 export type StepKernelChoice = 'auto' | 'bucket' | 'row' | 'cluster';
 
 export interface RowPlan {
-  /** Blocks per query head: 1, or a thread-block cluster of 2 (sm_90) splitting positions and LUT. */
+  /** Blocks per query head: 1, or a thread-block cluster of 2 (sm_90) splitting the positions (each computes the whole LUT). */
   readonly cluster: 1 | 2;
   /** Positions per thread (a template instance of the kernel). */
   readonly positionsPerThread: (typeof ROW_POSITIONS_PER_THREAD)[number];
