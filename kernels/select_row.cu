@@ -362,7 +362,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     if (tail_p < hi) tail_raw = M == 1 ? head_codes[tail_p] : *reinterpret_cast<const uint16_t*>(head_codes + static_cast<int64_t>(tail_p) * M);
     if (tid == 0 && q_enters) q_raw = M == 1 ? head_codes[q] : *reinterpret_cast<const uint16_t*>(head_codes + static_cast<int64_t>(q) * M);
   }
-  auto pair_of_raw = [&](uint32_t v) -> int { return M == 1 ? static_cast<int>(v) : static_cast<int>((v & 0xffu) + ((v >> 8) << log2c)); };
+  // The pair of the position whose M codes are the low bytes of v (higher bytes ignored).
+  auto pair_of_raw = [&](uint32_t v) -> int {
+    return static_cast<int>((v & 0xffu) + (M == 1 ? 0u : ((v >> 8) & 0xffu) << log2c));
+  };
 
   if (sk <= full_threshold) {
     if (rank == 0) write_row<NT>(nullptr, out, row, sk, S, W, 0, true);
@@ -399,9 +402,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 #pragma unroll
       for (int k = 0; k < 4; ++k) v = (j * M) / 4 == 4 * c + k ? w[k] : v;
     }
-    const uint32_t c0 = (v >> (8 * ((j * M) % 4))) & 0xffu;
-    const uint32_t c1 = M == 1 ? 0u : (v >> (8 * ((j * M) % 4) + 8)) & 0xffu;
-    sm.virtual_pair = static_cast<int>(c0 + (c1 << log2c));
+    sm.virtual_pair = pair_of_raw(v >> (8 * ((j * M) % 4)));
   }
   // The previous list's weights (of this block's positions) cleared now; the barriers below order
   // them before any new one.
@@ -475,8 +476,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (BUCKETS && tid == 0 && q_enters) sm.virtual_pair = pair_of_raw(q_raw);
   if (vp_elsewhere && tid == 0) {
     pq_cp_async_wait_all();
-    const uint32_t w = sm.vp_word >> (8 * ((q * M) & 3));
-    sm.virtual_pair = static_cast<int>((w & 0xffu) + (M == 1 ? 0u : ((w >> 8) & 0xffu) << log2c));
+    sm.virtual_pair = pair_of_raw(sm.vp_word >> (8 * ((q * M) & 3)));
   }
   __syncthreads();  // the LUT, its row ranges and q's pair
   if (CL > 1 && tid == 0) mailbox_expect(&sm.counts_mail, rank * 4);
