@@ -38,6 +38,8 @@ for (const file of process.argv.slice(2)) {
     if (!groups.has(key)) groups.set(key, { wall: [], gpu: [] });
     if (typeof w.median === 'number') groups.get(key).wall.push(w.median);
     if (typeof g.median === 'number') groups.get(key).gpu.push(g.median);
+    const split = row.extra?.host_split_us_median;
+    if (split !== undefined) (groups.get(key).split ??= []).push(split);
   }
 }
 if (groups.size > 0) {
@@ -45,5 +47,17 @@ if (groups.size > 0) {
   const range = (xs) => `${median(xs).toFixed(2)} (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
   for (const [key, g] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
     console.log(key.padEnd(39), String(g.wall.length).padStart(2), range(g.wall).padEnd(32), g.gpu.length ? range(g.gpu) : '-');
+  }
+}
+// Resident rows with the host clock's breakdown of a step (select bench host_split_us_median):
+// medians over the processes of call → ring, ring → completion seen less the device time (the
+// two PCIe legs and the spin), and completion seen → return.
+const splits = [...groups].filter(([, g]) => g.split !== undefined);
+if (splits.length > 0) {
+  console.log('\nlabel / row'.padEnd(40), 'n', 'call→ring', 'ring→done', '  device', 'ring→done−device', 'done→return', 'clock read');
+  for (const [key, g] of splits.sort(([a], [b]) => a.localeCompare(b))) {
+    const m = (k) => median(g.split.map((s) => s[k]));
+    const legs = median(g.split.map((s) => s.ring_to_done_seen - s.of_which_device));
+    console.log(key.padEnd(39), String(g.split.length).padStart(2), f(m('call_to_ring')).padStart(9), f(m('ring_to_done_seen')).padStart(9), f(m('of_which_device')), f(legs).padStart(16), f(m('done_seen_to_return')).padStart(11), f(m('clock_read')).padStart(10));
   }
 }

@@ -14,6 +14,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
+import { residentTrace } from '../cuda/resident.js';
 import { checkSelect } from '../pq/brute-force.js';
 import { CpuPQCache } from '../pq/cache.js';
 import { type Layout, type Metric, makeLayout } from '../pq/config.js';
@@ -326,15 +327,34 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
     }
     const wall: number[] = [];
     const device: number[] = [];
-    const stepOnly: number[] = [];
     for (let i = 0; i < o.iters; i++) {
       const t0 = nowUs();
       cache.step(qDev, kDev);
-      const t1 = nowUs();
       cache.synchronize();
       wall.push(nowUs() - t0);
-      stepOnly.push(t1 - t0);
       device.push(cache.residentDeviceMicros);
+    }
+    // Where a step's wall-clock time goes on the host's clock (a separate loop: the trace's clock
+    // reads stay out of the timed one): call → ring, ring → completion seen, completion → return.
+    const split = { beforeRing: [] as number[], ringToDone: [] as number[], afterDone: [] as number[], device: [] as number[], stepCall: [] as number[], clockRead: [] as number[] };
+    residentTrace.enabled = true;
+    try {
+      for (let i = 0; i < Math.min(o.iters, 200); i++) {
+        const t0 = performance.now();
+        cache.step(qDev, kDev);
+        const stepped = performance.now();
+        cache.synchronize();
+        const t1 = performance.now();
+        split.stepCall.push((stepped - t0) * 1000);
+        split.beforeRing.push((residentTrace.ringMs - t0) * 1000);
+        split.ringToDone.push((residentTrace.doneMs - residentTrace.ringMs) * 1000);
+        split.afterDone.push((t1 - residentTrace.doneMs) * 1000);
+        split.device.push(cache.residentDeviceMicros);
+        const c0 = performance.now(); // what one clock read adds to each interval above
+        split.clockRead.push((performance.now() - c0) * 1000);
+      }
+    } finally {
+      residentTrace.enabled = false;
     }
     const hostCalls = Math.min(o.iters, 100);
     const wallHost: number[] = [];
@@ -351,8 +371,16 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
     return wallRow('pqcache-cuda-resident', c, summarize(wall), {
       ...(phases ? { phases_us: phases } : {}),
       served_resident: servedThroughout,
-      // step() returns with the step done; synchronize() then only checks the (idle) stream.
-      step_call_us_median: round3(summarize(stepOnly).median),
+      // step() returns with the step done (call → return, traced loop); synchronize() then only checks the (idle) stream.
+      step_call_us_median: round3(summarize(split.stepCall).median),
+      // Medians of a separate traced loop (host clock; device: the kernel's global timer).
+      host_split_us_median: {
+        call_to_ring: round3(summarize(split.beforeRing).median),
+        ring_to_done_seen: round3(summarize(split.ringToDone).median),
+        of_which_device: round3(summarize(split.device).median),
+        done_seen_to_return: round3(summarize(split.afterDone).median),
+        clock_read: round3(summarize(split.clockRead).median),
+      },
       step_kernel: describePlan(cache.planFor(cache.seqLen)),
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
       gpu_method: 'global timer in the kernel: block (0, 0) sees the ring → it sees every block ended (no launch: no events around it)',
@@ -400,6 +428,18 @@ function measurePhases(
         if (cycles[b * 16 + 15] > last) last = cycles[b * 16 + 15];
       }
       add('kernel/first start to last end', Number(last - first) / 1000);
+      // Which blocks end last: the latest select block and the latest append block (when the step appends).
+      let lastSelect = first;
+      let lastAppend = first;
+      for (let y = 0; y < grid[1]; y++) {
+        for (let x = 0; x < grid[0]; x++) {
+          const end = cycles[(y * grid[0] + x) * 16 + 15];
+          if (y < rows && end > lastSelect) lastSelect = end;
+          if (y >= rows && end > lastAppend) lastAppend = end;
+        }
+      }
+      add('kernel/first start to last select end', Number(lastSelect - first) / 1000);
+      if (lastAppend > first) add('kernel/first start to last append end', Number(lastAppend - first) / 1000);
       for (let b = 0; b < grid[0] * grid[1]; b++) add('kernel/block start after first', Number(cycles[b * 16 + 14] - first) / 1000);
       for (let y = 0; y < grid[1]; y++) {
         for (let x = 0; x < grid[0]; x++) {

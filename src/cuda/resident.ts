@@ -44,6 +44,16 @@ const SPINS_PER_CHECK = 1024;
 /** A wait this long asks the driver whether the launch ended (a driver call costs ≈ 1 μs). */
 const FAULT_CHECK_AFTER_MS = 1;
 
+/** No request in flight (tickets are 29 bits). */
+const NONE = -1;
+
+/**
+ * Host-side timestamps of the last request (performance.now(), ms), for the select bench's
+ * breakdown of a step's wall-clock time; recorded only while `enabled` (the bench turns it on for
+ * a separate loop, so its timed steps pay nothing).
+ */
+export const residentTrace = { enabled: false, ringMs: 0, doneMs: 0 };
+
 /** How long stop() waits for the launch to drain before it reports it as hung (ms). */
 const DRAIN_MS = 10000;
 /** The arguments a resident kernel takes after its own (resident.cuh). */
@@ -71,6 +81,8 @@ export class ResidentLaunch {
   private readonly requestMs: number;
   /** The last ticket served (or, before the first request, the one before the first). */
   private ticket = 0;
+  /** The ticket rung and not yet waited for (NONE: no request in flight). */
+  private inFlight = NONE;
   private running = false;
 
   constructor(timeouts: ResidentTimeouts = {}) {
@@ -131,15 +143,36 @@ export class ResidentLaunch {
    * inputs must be in place (pinned memory written before this call).
    */
   serve(flags: number): void {
-    if (!this.running) throw new StateError('ResidentLaunch.serve', 'a running launch (start() first)', 'none');
+    this.ring(flags);
+    this.wait();
+  }
+
+  /**
+   * Ring for one request (flag bits 0 … 3) without waiting: the caller does host work while the
+   * kernel serves it, then wait(). Its inputs must be in place. Nothing that may stop the launch
+   * (driver calls of src/cuda that wait for all work) belongs between the two.
+   */
+  ring(flags: number): void {
+    if (!this.running) throw new StateError('ResidentLaunch.ring', 'a running launch (start() first)', 'none');
+    if (this.inFlight !== NONE) throw new StateError('ResidentLaunch.ring', 'the previous request waited for (wait())', `ticket ${this.inFlight} in flight`);
     const t = (this.ticket + 1) & TICKET_MASK;
+    if (residentTrace.enabled) residentTrace.ringMs = performance.now();
     Atomics.store(this.u32, BELL, ((t << 3) | (flags & 3)) >>> 0);
+    this.inFlight = t;
+  }
+
+  /** Wait for the request ring() sent (StateError when it does not complete within requestMs). */
+  wait(): void {
+    const t = this.inFlight;
+    if (t === NONE) throw new StateError('ResidentLaunch.wait', 'a request in flight (ring() first)', 'none');
     if (!this.spinUntil(DONE, t, this.requestMs)) {
       // Stopping cannot complete while blocks still serve the request; leave the launch marked
       // running so dispose() waits for the stream (and reports a fault, if that is what happened).
       throw new StateError('resident request', `completion within ${this.requestMs} ms`, 'none (the kernel is hung or was stopped)');
     }
+    if (residentTrace.enabled) residentTrace.doneMs = performance.now();
     this.ticket = t;
+    this.inFlight = NONE;
   }
 
   /** Device time of the last request (ns): from block (0, 0) seeing the ring to its seeing every block's end. */
@@ -150,6 +183,9 @@ export class ResidentLaunch {
   /** Ring STOP and wait for the launch to end (a fault in it throws CudaError here). */
   stop(): void {
     if (!this.running) return;
+    // A request rung but not waited for is served first (a STOP over its ring would drop it).
+    if (this.inFlight !== NONE && this.spinUntil(DONE, this.inFlight, this.requestMs)) this.ticket = this.inFlight;
+    this.inFlight = NONE;
     this.running = false;
     registerResidentStop(undefined); // this was the registered one: one runs at a time
     const word = (((this.ticket & TICKET_MASK) << 3) | STOP) >>> 0;

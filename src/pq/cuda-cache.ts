@@ -88,8 +88,10 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
    * Serve steps from a resident kernel where the row kernel runs (C^M ≤ 4096 with M ≤ 2, a window
    * W ≥ 1 when steps append, spans up to 131,072 positions): launched once, it occupies one
    * multiprocessor per block (B·H blocks, or 2·B·H in clusters of two, plus the append blocks)
-   * while it waits for the next step, and a step then returns with its results ready. Elsewhere
-   * steps run as CUDA graphs, as without this option. Default false.
+   * while it waits for the next step, and a step then returns with its results ready. A step with
+   * the same (frozen) device tensor objects as the last one rings without validating them again:
+   * reuse the query and key tensors, writing new values into their memory. Elsewhere steps run as
+   * CUDA graphs, as without this option. Default false.
    */
   readonly resident?: boolean | ResidentOptions;
 }
@@ -194,6 +196,12 @@ export class CudaPQCache implements PQCache {
   private resident: ResidentLaunch | undefined;
   /** What the running launch was started with (the weights dtype is the query's); undefined when stopped. */
   private residentBinding: { plan: StepPlan; qptr: DevicePtr; qdtype: FloatDType; kptr: DevicePtr; kdtype: FloatDType } | undefined;
+  /**
+   * The tensors of the last resident step, when both are frozen device tensors (deviceTensor()
+   * makes them so): a step with these same objects needs no validation (residentRepeat). Cleared
+   * with the binding.
+   */
+  private residentLastInputs: { query: DeviceTensor; key: DeviceTensor | undefined } | undefined;
   private residentIdleTimer: ReturnType<typeof setInterval> | undefined;
   private readonly ownsStream: boolean;
   /** Resident steps served so far (the idle check compares it across an interval). */
@@ -417,15 +425,19 @@ export class CudaPQCache implements PQCache {
 
   /** Enqueue select for a query (host [B,H,1,D] or device tensor); returns device views. */
   select(query: Query): SelectResult<DeviceTensor> {
-    this.requireBuilt('select');
-    this.enqueue(query, undefined);
+    if (!this.residentRepeat(query, undefined)) {
+      this.requireBuilt('select');
+      this.enqueue(query, undefined);
+    }
     return this.outputs();
   }
 
   /** Enqueue one decode step: append `key` [B,Hkv,1,D], then select for `query`. */
   step(query: Query, key: HostTensor | DeviceTensor): SelectResult<DeviceTensor> {
-    this.requireBuilt('step');
-    this.enqueue(query, key);
+    if (!this.residentRepeat(query, key)) {
+      this.requireBuilt('step');
+      this.enqueue(query, key);
+    }
     return this.outputs();
   }
 
@@ -545,7 +557,7 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
-    if (this.residentOptions !== undefined && this.residentStep(qptr, qdtype, kptr, kdtype)) return qdtype;
+    if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
     const signature = `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`;
     const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
@@ -617,6 +629,12 @@ export class CudaPQCache implements PQCache {
     this.seqSlot ^= 1;
   }
 
+  /** Undo an appending step's commitStep() (a resident step that did not complete). */
+  private uncommitStep(): void {
+    this.hostSeqLen -= 1;
+    this.seqSlot ^= 1;
+  }
+
   // ---- resident steps ----
 
   /**
@@ -624,24 +642,64 @@ export class CudaPQCache implements PQCache {
    * addresses or dtypes changed. False where the row kernel does not run (the caller takes the
    * graph path). Inputs are in place (staged or on the device); returns with the step complete.
    */
-  private residentStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr | undefined, kdtype: FloatDType): boolean {
+  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr | undefined,
+    kdtype: FloatDType): boolean {
     const appending = kptr !== undefined;
     if (this.pairs === 0 || (appending && this.layout.config.windowSize === 0)) return false; // no fused append
     if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
-    if (plan.row === undefined || !this.residentFits(plan.row)) return false;
     const b = this.residentBinding;
     const k = kptr ?? 0n;
-    // A launch with the append blocks serves select-only steps too (they idle).
-    const keyFits = b !== undefined && (k === 0n || (b.kptr === k && b.kdtype === kdtype));
-    if (this.resident?.active !== true || b === undefined || b.plan !== plan || b.qptr !== qptr || b.qdtype !== qdtype || !keyFits) {
+    // A launch with the append blocks serves select-only steps too (they idle). A running launch
+    // bound to this plan passed the checks below when it started.
+    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && b.qptr === qptr && b.qdtype === qdtype &&
+      (k === 0n || (b.kptr === k && b.kdtype === kdtype));
+    if (!bound) {
+      if (plan.row === undefined || !this.residentFits(plan.row)) return false;
       this.startResident(plan, qptr, qdtype, k, kdtype);
     }
-    (this.resident as ResidentLaunch).serve(this.seqSlot | (appending ? 2 : 0));
+    this.serveResident(appending);
+    const deviceKey = key === undefined || 'device' in key;
+    this.residentLastInputs = 'device' in query && frozenTensor(query) && deviceKey && (key === undefined || frozenTensor(key))
+      ? { query, key }
+      : undefined;
+    return true;
+  }
+
+  /**
+   * A resident step with the very tensor objects of the last one: served at once, without
+   * validating them again (frozen, so unchanged since) — ≈ 1–2 μs of host time before the ring
+   * on the H100 host (bench/NOTES.md, session 16). False when anything else may differ: the launch
+   * stopped, sk outgrew the plan or the capacity, other tensors; the full path then takes the step.
+   */
+  private residentRepeat(query: Query, key: HostTensor | DeviceTensor | undefined): boolean {
+    const last = this.residentLastInputs;
+    if (last === undefined || query !== last.query || key !== last.key) return false;
+    const b = this.residentBinding;
+    const appending = key !== undefined;
+    const sk = this.hostSeqLen + (appending ? 1 : 0);
+    if (b === undefined || this.resident?.active !== true || sk > this.capacity || this.graphPlan !== b.plan || sk > b.plan.maxSeqLen || this.weightsDType !== b.qdtype) {
+      return false;
+    }
+    this.serveResident(appending);
+    return true;
+  }
+
+  /** Ring the resident kernel for this step and wait for it; sk advances when it appends. */
+  private serveResident(appending: boolean): void {
+    const launch = this.resident as ResidentLaunch;
+    launch.ring(this.seqSlot | (appending ? 2 : 0));
+    // While the kernel serves the step: advance sk and make the outputs' views for it.
     this.residentSteps++;
     this.commitStep(appending);
+    this.outputs();
+    try {
+      launch.wait();
+    } catch (e) {
+      if (appending) this.uncommitStep(); // not known to have happened
+      throw e;
+    }
     this.checkStatus();
-    return true;
   }
 
   /** The resident row kernel's grid (select and append blocks, one per multiprocessor) fits on the device at once. */
@@ -687,6 +745,7 @@ export class CudaPQCache implements PQCache {
       this.residentIdleTimer = undefined;
     }
     this.residentBinding = undefined;
+    this.residentLastInputs = undefined;
     this.resident?.stop();
   }
 
@@ -929,6 +988,11 @@ export class CudaPQCache implements PQCache {
     this.stopResident();
     this.owned.disposeAfter(this.stream, this.graphs);
   }
+}
+
+/** A device tensor that cannot change: frozen, with frozen shape and strides (as deviceTensor() makes them). */
+function frozenTensor(t: DeviceTensor): boolean {
+  return Object.isFrozen(t) && Object.isFrozen(t.shape) && Object.isFrozen(t.strides);
 }
 
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {

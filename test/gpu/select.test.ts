@@ -3,7 +3,7 @@ import test from 'node:test';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceArena, allocationStats, copies } from '../../src/cuda/memory.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { DeviceInputError } from '../../src/errors.js';
+import { CapacityError, DeviceInputError } from '../../src/errors.js';
 import { checkSelect } from '../../src/pq/brute-force.js';
 import { CpuPQCache, type SelectResult } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
@@ -431,6 +431,86 @@ test('resident steps report non-finite device queries and keys on the step that 
       else assert.throws(step, (e: unknown) => e instanceof DeviceInputError && (bad === 1 ? /^query/ : /^key/).test((e as Error).message), `step ${s}`);
       assert.ok(gpu.residentActive, `step ${s}: served by the resident kernel`);
     }
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
+});
+
+test('resident steps with the same device tensors (served without validating them again): exact, and every other case takes the full path', { skip }, () => {
+  const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const steps = 60;
+  const st = integerState(6000, 6000 + steps, config, shape, 91); // capacity: exactly `steps` appends
+  const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, resident: { idleMs: 60000 } });
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  // Counts the full path's validations (white box: the private method the repeat path skips).
+  const inner = gpu as unknown as { enqueue: (...args: unknown[]) => unknown };
+  const enqueue = inner.enqueue;
+  let validated = 0;
+  inner.enqueue = function (this: unknown, ...args: unknown[]): unknown {
+    validated++;
+    return enqueue.apply(this, args);
+  };
+  try {
+    gpu.uploadState(st);
+    const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
+    let r = 17;
+    const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+    const L = st.layout.listCapacity;
+    // One step (or select) on device inputs, checked against the oracle: lists, lengths and the weights.
+    const check = (s: number, query: typeof q, key: typeof k | undefined): void => {
+      const qv = new Float32Array(B * H * D).map(rnd);
+      const kv = new Float32Array(B * Hkv * D).map(rnd);
+      copies.fromHost(arena.slices.q, qv);
+      copies.fromHost(arena.slices.k, kv);
+      const hq = new HostTensor('f32', [B, H, 1, D], qv);
+      const want = key === undefined ? cpu.selectToHost(hq) : cpu.stepToHost(hq, new HostTensor('f32', [B, Hkv, 1, D], kv));
+      const got = key === undefined ? gpu.select(query) : gpu.step(query, key);
+      assert.ok(gpu.residentActive, `step ${s}: served by the resident kernel`);
+      const lists = gpu.listsToHost();
+      assert.deepEqual(lists.sparseLen, want.sparseLen.data, `step ${s} sparseLen`);
+      assert.deepEqual(lists.sparseList, want.sparseList.data, `step ${s} sparseList`);
+      const sk = gpu.seqLen;
+      assert.equal(got.weights.shape[2], sk, `step ${s}: the weights view has this step's sk`);
+      const row = new Float32Array(sk);
+      for (let i = 0; i < B * H; i++) {
+        copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
+        assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `step ${s} weights row ${i}`);
+      }
+      assert.equal(L, lists.sparseList.length / (B * H));
+    };
+    check(0, q, k);
+    assert.equal(validated, 1, 'the first step validates');
+    for (let s = 1; s < 30; s++) check(s, q, k);
+    assert.equal(validated, 1, 'the same tensors: no validation');
+    // A new tensor object over the same memory, a select without a key, a tensor that is not frozen:
+    // validated each time they are new (the unfrozen one always).
+    const q2 = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    check(30, q2, k);
+    check(31, q2, k);
+    assert.equal(validated, 2);
+    check(32, q2, undefined);
+    check(33, q2, undefined);
+    assert.equal(validated, 3);
+    const loose = { ...q2 };
+    check(34, loose, k);
+    check(35, loose, k);
+    assert.equal(validated, 5);
+    // Stopped (as other work on the index does): the next step starts the kernel again.
+    check(36, q, k);
+    gpu.stopResident();
+    check(37, q, k);
+    check(38, q, k);
+    assert.equal(validated, 7);
+    for (let s = 39; gpu.seqLen < st.capacity; s++) check(s, q, k);
+    // At the capacity the full path reports it, as without the repeat.
+    const before = validated;
+    assert.throws(() => gpu.step(q, k), (e: unknown) => e instanceof CapacityError);
+    assert.equal(validated, before + 1);
   } finally {
     arena.dispose();
     gpu.dispose();
