@@ -112,7 +112,10 @@ __device__ __forceinline__ bool pq_resident_started(PqResidentWords* words, PqRe
 //     scope before the flagging block's barrier and arrival, which precede this store.
 // `ready` keeps the release at system scope (once per launch).
 // Why block 0 publishes: the pinned page is warm on the SM that polls the bell (the system-scope
-// store costs far more elsewhere, as above).
+// store costs far more elsewhere, as above). Tried in session 16: the last block to arrive (an
+// acq_rel atomic) publishing with this relaxed store, no poll — device time 9.09–9.18 → 8.96 μs,
+// but the host saw `done` no sooner in one of two same-run A/Bs (ring → done 11.74 vs 11.73 μs;
+// the store from another SM reaches the host later), and the wall did not move: reverted.
 __device__ __forceinline__ void pq_resident_publish_done(PqResidentWords* words, unsigned ticket) {
   const long long t = pq_global_timer_ns();
   asm volatile("st.relaxed.sys.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(&words->done_ns), "r"(static_cast<unsigned>(t)),
