@@ -53,6 +53,7 @@ done
 #   ROW_BASE="<commit> …"  variant base-<sha>: that commit's kernels/select_row.cu and headers
 #   ROW_LINEINFO=1         variant lineinfo: these sources with -lineinfo (sanitizer reports name lines)
 #   ROW_DEFS="name:-DX=1 …" variant def-<name>: these sources compiled with the given -D flags
+#                          (several flags for one variant: comma-separated, name:-DX,-DY)
 #   DIAG_EXIT="0 9 1 …"    variant exit-<N>: these sources with every select thread exiting at phase
 #                          N (select_common.cuh PQ_DIAG_EXIT_PHASE, enum Phase numbers). Diagnostic only.
 if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}" ]; then
@@ -69,7 +70,7 @@ if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}" ]; then
   done
   if [ -n "${ROW_LINEINFO:-}" ]; then row_variant lineinfo kernels -lineinfo; fi
   for ph in ${DIAG_EXIT:-}; do row_variant "exit-$ph" kernels -DPQ_DIAG_EXIT_PHASE="$ph"; done
-  for d in ${ROW_DEFS:-}; do row_variant "def-${d%%:*}" kernels "${d#*:}"; done
+  for d in ${ROW_DEFS:-}; do flags="${d#*:}"; row_variant "def-${d%%:*}" kernels ${flags//,/ }; done
   wait
   rm -rf "$v"/src-*
   tar -C .device-cache -cJf .device/variants.tar.xz variants

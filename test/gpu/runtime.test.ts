@@ -185,6 +185,20 @@ test('resident launch: serves rings in order, reports device time, stops; a grid
     assert.equal(resident.active, false, 'stopped by the free');
     resident.start(echo, { grid: [2, 1, 1], block: [32, 1, 1] }, [] as const, [] as const);
     resident.serve(2);
+    // ring() / wait(): one request in flight at a time; stop() serves a request rung and not
+    // waited for before its STOP, and the next launch's tickets follow on.
+    assert.throws(() => resident.wait(), (e: unknown) => e instanceof StateError && /ring\(\) first/.test(e.message));
+    resident.ring(1);
+    assert.throws(() => resident.ring(2), (e: unknown) => e instanceof StateError && /in flight/.test(e.message));
+    resident.wait();
+    resident.ring(3);
+    resident.stop();
+    assert.equal(resident.active, false);
+    resident.start(echo, { grid: [2, 1, 1], block: [32, 1, 1] }, [] as const, [] as const);
+    for (let i = 0; i < 10; i++) {
+      resident.ring(i & 3);
+      resident.wait();
+    }
   } finally {
     resident.dispose();
   }
