@@ -420,24 +420,22 @@ function measurePhases(
       cache.step(qDev[i % qDev.length], kDev[i % kDev.length]);
       if (i < 20) continue;
       const { grid, cycles } = cache.phaseClocks();
-      // Global-timer stamps (slots 14, 15): when blocks start relative to the first, and the span.
+      // Global-timer stamps (slots 14, 15): when blocks start relative to the first, the span, and
+      // which blocks end last (select blocks: rows y < B·H; append blocks after them).
       let first = cycles[14];
-      let last = cycles[15];
+      let lastSelect = cycles[15];
+      let lastAppend = 0n; // stays 0 without append blocks (timer values are far above)
       for (let b = 0; b < grid[0] * grid[1]; b++) {
         if (cycles[b * 16 + 14] < first) first = cycles[b * 16 + 14];
-        if (cycles[b * 16 + 15] > last) last = cycles[b * 16 + 15];
-      }
-      add('kernel/first start to last end', Number(last - first) / 1000);
-      // Which blocks end last: the latest select block and the latest append block (when the step appends).
-      let lastSelect = first;
-      let lastAppend = first;
-      for (let y = 0; y < grid[1]; y++) {
-        for (let x = 0; x < grid[0]; x++) {
-          const end = cycles[(y * grid[0] + x) * 16 + 15];
-          if (y < rows && end > lastSelect) lastSelect = end;
-          if (y >= rows && end > lastAppend) lastAppend = end;
+        const end = cycles[b * 16 + 15];
+        if (b < rows * grid[0]) {
+          if (end > lastSelect) lastSelect = end;
+        } else if (end > lastAppend) {
+          lastAppend = end;
         }
       }
+      const last = lastSelect > lastAppend ? lastSelect : lastAppend;
+      add('kernel/first start to last end', Number(last - first) / 1000);
       add('kernel/first start to last select end', Number(lastSelect - first) / 1000);
       if (lastAppend > first) add('kernel/first start to last append end', Number(lastAppend - first) / 1000);
       for (let b = 0; b < grid[0] * grid[1]; b++) add('kernel/block start after first', Number(cycles[b * 16 + 14] - first) / 1000);

@@ -105,6 +105,20 @@ export interface ResidentOptions {
 
 type Query = HostTensor | DeviceTensor;
 
+/** What the running resident launch was started with (the weights dtype is the query's). */
+interface ResidentBinding {
+  readonly plan: StepPlan;
+  readonly qptr: DevicePtr;
+  readonly qdtype: FloatDType;
+  readonly kptr: DevicePtr;
+  readonly kdtype: FloatDType;
+  /**
+   * The tensors of the last step it served, when both are frozen device tensors: a step with these
+   * very objects needs no validation (residentRepeat).
+   */
+  lastInputs?: { readonly query: DeviceTensor; readonly key: DeviceTensor | undefined };
+}
+
 // Argument lists of the kernels (kernels/*.cu signatures, in order).
 const SELECT_ARGS = [
   'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
@@ -194,14 +208,8 @@ export class CudaPQCache implements PQCache {
   // Resident steps: the options, the launch (made at the first resident step) and what it was launched with.
   private readonly residentOptions: Required<ResidentOptions> | undefined;
   private resident: ResidentLaunch | undefined;
-  /** What the running launch was started with (the weights dtype is the query's); undefined when stopped. */
-  private residentBinding: { plan: StepPlan; qptr: DevicePtr; qdtype: FloatDType; kptr: DevicePtr; kdtype: FloatDType } | undefined;
-  /**
-   * The tensors of the last resident step, when both are frozen device tensors (deviceTensor()
-   * makes them so): a step with these same objects needs no validation (residentRepeat). Cleared
-   * with the binding.
-   */
-  private residentLastInputs: { query: DeviceTensor; key: DeviceTensor | undefined } | undefined;
+  /** What the running launch was started with; undefined when stopped. The weights dtype is its qdtype (a query of another dtype resets the outputs and restarts the launch). */
+  private residentBinding: ResidentBinding | undefined;
   private residentIdleTimer: ReturnType<typeof setInterval> | undefined;
   private readonly ownsStream: boolean;
   /** Resident steps served so far (the idle check compares it across an interval). */
@@ -659,10 +667,8 @@ export class CudaPQCache implements PQCache {
       this.startResident(plan, qptr, qdtype, k, kdtype);
     }
     this.serveResident(appending);
-    const deviceKey = key === undefined || 'device' in key;
-    this.residentLastInputs = 'device' in query && frozenTensor(query) && deviceKey && (key === undefined || frozenTensor(key))
-      ? { query, key }
-      : undefined;
+    (this.residentBinding as ResidentBinding).lastInputs =
+      frozenDeviceTensor(query) && (key === undefined || frozenDeviceTensor(key)) ? { query, key } : undefined;
     return true;
   }
 
@@ -673,14 +679,12 @@ export class CudaPQCache implements PQCache {
    * stopped, sk outgrew the plan or the capacity, other tensors; the full path then takes the step.
    */
   private residentRepeat(query: Query, key: HostTensor | DeviceTensor | undefined): boolean {
-    const last = this.residentLastInputs;
-    if (last === undefined || query !== last.query || key !== last.key) return false;
     const b = this.residentBinding;
+    const last = b?.lastInputs;
+    if (b === undefined || last === undefined || query !== last.query || key !== last.key || this.resident?.active !== true) return false;
     const appending = key !== undefined;
     const sk = this.hostSeqLen + (appending ? 1 : 0);
-    if (b === undefined || this.resident?.active !== true || sk > this.capacity || this.graphPlan !== b.plan || sk > b.plan.maxSeqLen || this.weightsDType !== b.qdtype) {
-      return false;
-    }
+    if (sk > this.capacity || this.currentPlan(sk) !== b.plan) return false;
     this.serveResident(appending);
     return true;
   }
@@ -745,7 +749,6 @@ export class CudaPQCache implements PQCache {
       this.residentIdleTimer = undefined;
     }
     this.residentBinding = undefined;
-    this.residentLastInputs = undefined;
     this.resident?.stop();
   }
 
@@ -991,8 +994,8 @@ export class CudaPQCache implements PQCache {
 }
 
 /** A device tensor that cannot change: frozen, with frozen shape and strides (as deviceTensor() makes them). */
-function frozenTensor(t: DeviceTensor): boolean {
-  return Object.isFrozen(t) && Object.isFrozen(t.shape) && Object.isFrozen(t.strides);
+function frozenDeviceTensor(t: HostTensor | DeviceTensor): t is DeviceTensor {
+  return 'device' in t && Object.isFrozen(t) && Object.isFrozen(t.shape) && Object.isFrozen(t.strides);
 }
 
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {
