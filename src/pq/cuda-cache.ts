@@ -116,7 +116,7 @@ interface ResidentBinding {
    * The tensors of the last step it served, when both are frozen device tensors: a step with these
    * very objects needs no validation (residentRepeat).
    */
-  lastInputs?: { readonly query: DeviceTensor; readonly key: DeviceTensor | undefined };
+  lastInputs: { readonly query: DeviceTensor; readonly key: DeviceTensor | undefined } | undefined;
 }
 
 // Argument lists of the kernels (kernels/*.cu signatures, in order).
@@ -722,7 +722,7 @@ export class CudaPQCache implements PQCache {
     const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
     this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
-    this.residentBinding = { plan, qptr, qdtype, kptr, kdtype };
+    this.residentBinding = { plan, qptr, qdtype, kptr, kdtype, lastInputs: undefined }; // one shape from the start
     // Idle: no step during a whole interval stops the kernel (its blocks spin on their multiprocessors).
     let seen = this.residentSteps;
     this.residentIdleTimer = setInterval(() => {
