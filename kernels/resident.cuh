@@ -7,8 +7,8 @@
 //   - thread 0 of block 0 spins on `bell` and relays it to a word in device memory, on which thread
 //     0 of every other block spins (96 blocks polling host memory over PCIe took 140 μs to see a
 //     ring: runtime record); each block serves the ticket it waits for, or stops on STOP;
-//   - each block then arrives on a device counter; block 0 waits for every arrival and publishes
-//     the ticket in `done`, on which the host spins (pq_resident_serve holds this loop).
+//   - each block then arrives on a device counter; the last to arrive publishes the ticket in
+//     `done`, on which the host spins (pq_resident_serve holds this loop).
 // Invariants: every block of the grid is resident at once (a block that never starts would hold
 // every request; the host checks `ready` before the first ring and stops the launch otherwise);
 // one request in flight (the host rings ticket t + 1 only after `done` == t); the data a request
@@ -69,9 +69,8 @@ __device__ __forceinline__ bool pq_resident_rung(unsigned v, unsigned want) {
   return ((v >> 3) & PQ_RESIDENT_TICKET_MASK) == want || (v & PQ_RESIDENT_STOP) != 0u;
 }
 
-// Every block's thread 0, after a block barrier that follows the block's work (or its start):
-// arrive on the counter, a release (it covers the block's results through the barrier). The
-// counter only grows (the host zeroes it before a launch): after round r of arrivals (1: the
+// Every block's thread 0 at its start, after a block barrier: arrive on the counter, a release.
+// The counter only grows (the host zeroes it before a launch): after round r of arrivals (1: the
 // blocks' start; then one per request) it holds r·blocks. No separate fence: in a same-run A/B of
 // the same chain at the end of the graph step kernel, a fence before each arrival and a system
 // fence before the publishing store cost 0.9 μs of device time (select-publish-ab record).
@@ -79,8 +78,19 @@ __device__ __forceinline__ void pq_resident_arrive(PqResidentCounters* counters)
   asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&counters->arrivals) : "memory");
 }
 
+// Every block's thread 0 after a request, after a block barrier that follows the block's work:
+// arrive (acquire and release: the count it reads synchronizes with every earlier arrival, its own
+// covers the block's results through the barrier) and learn whether it completed round `round`
+// (exact equality: wrap-safe, the count passes r·blocks once).
+__device__ __forceinline__ bool pq_resident_arrive_last(PqResidentCounters* counters, unsigned round) {
+  unsigned before;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(before) : "l"(&counters->arrivals) : "memory");
+  return before + 1u == round * (gridDim.x * gridDim.y * gridDim.z);
+}
+
 // Block 0's thread 0: wait until arrival round `round` is complete. Its acquire that reads the full
-// count synchronizes with every arrival, so every block's results are visible at device scope.
+// count synchronizes with every arrival, so every block's results are visible at device scope to
+// block 0 and, through its release of the relay, to every block serving the next request.
 __device__ __forceinline__ void pq_resident_round_complete(PqResidentCounters* counters, unsigned round) {
   const unsigned all = round * (gridDim.x * gridDim.y * gridDim.z);
   // Wrap-safe: the count never passes `all` unpublished.
@@ -102,20 +112,22 @@ __device__ __forceinline__ bool pq_resident_started(PqResidentWords* words, PqRe
   }
 }
 
-// Block 0's thread 0, once a request's round is complete: publish its ticket in `done` (with
+// The last block to arrive for a request (its thread 0): publish the ticket in `done` (with
 // `done_ns`, one 16-byte store). A relaxed store, not a release at system scope, which cost 0.6 μs
 // more per request in block 0 and 1.4–1.9 μs in any other block of a 96-block launch (session 14's
 // echo variants). What the host may rely on once it reads `done`:
 //   - the results in device memory are complete at device scope (every block's release arrival,
-//     this thread's acquire): all later device work and copies, whichever stream, read them;
+//     this thread's acquire in its own arrival): all later device work and copies, whichever
+//     stream, read them;
 //   - a status flag raised during the request is already visible: pq_flag_status fences at system
 //     scope before the flagging block's barrier and arrival, which precede this store.
 // `ready` keeps the release at system scope (once per launch).
-// Why block 0 publishes: the pinned page is warm on the SM that polls the bell (the system-scope
-// store costs far more elsewhere, as above). Tried in session 16: the last block to arrive (an
-// acq_rel atomic) publishing with this relaxed store, no poll — device time 9.09–9.18 → 8.96 μs,
-// but the host saw `done` no sooner in one of two same-run A/Bs (ring → done 11.74 vs 11.73 μs;
-// the store from another SM reaches the host later), and the wall did not move: reverted.
+// Why the last block and not block 0 after polling the count (which it still does, off the critical
+// path, for the order above): one L2 round trip less. Same-run
+// A/Bs on the H100, seed config (select-lastdone-ab record, session 17; session 16's runs 5 and 6):
+// device time −0.15 to −0.20 μs, ring → done on the host −0.18 and −0.21 μs in two of three runs,
+// unchanged in the third. Every block writing the protocol page once per request first, so its
+// translation is warm wherever the last block runs, added nothing.
 __device__ __forceinline__ void pq_resident_publish_done(PqResidentWords* words, unsigned ticket) {
   const long long t = pq_global_timer_ns();
   asm volatile("st.relaxed.sys.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(&words->done_ns), "r"(static_cast<unsigned>(t)),
@@ -124,12 +136,14 @@ __device__ __forceinline__ void pq_resident_publish_done(PqResidentWords* words,
 }
 
 // Every thread of the block: wait for the ring of `ticket` or STOP and return the bell word (in
-// `slot`, a shared word the caller keeps for this). Block 0 first publishes the previous round
-// (`ready` after the start, else `done` for ticket − 1), then reads the bell (acquire, system
-// scope: the host's writes before the ring, such as inputs, are visible after it) and relays it
-// (release, device scope); the others read the relay (acquire, device scope: by causality, the
-// host's writes too). Both acquires drop the SM's L1 lines, so loads see what other blocks wrote
-// for earlier requests; the barrier extends the order to the block.
+// `slot`, a shared word the caller keeps for this). Block 0 first waits for the previous round of
+// arrivals (the host rings only after `done`, so this costs the next request nothing) or, before
+// the first ticket, publishes `ready` once every block has started; then it reads the bell
+// (acquire, system scope: the host's writes before the ring, such as inputs, are visible after it)
+// and relays it (release, device scope); the others read the relay (acquire, device scope: by
+// causality, the host's writes and every block's results of earlier requests too). Both acquires
+// drop the SM's L1 lines, so loads see what other blocks wrote for earlier requests; the barrier
+// extends the order to the block.
 // Tried and reverted (runtime record, 96 blocks: 6.2 → 17 μs round trip): relaxed polling with one
 // fence after it, and block 0 polling from four staggered warps.
 __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqResidentCounters* counters, unsigned ticket,
@@ -139,8 +153,7 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
     unsigned v;
     if (blockIdx.x == 0 && blockIdx.y == 0) {
       if (ticket != first_ticket) {
-        pq_resident_round_complete(counters, round);
-        pq_resident_publish_done(words, (ticket - 1u) & PQ_RESIDENT_TICKET_MASK);
+        pq_resident_round_complete(counters, round - 1u);
       } else if (pq_resident_started(words, counters)) {
         pq_store_release_sys(&words->ready, first_ticket);
       }
@@ -161,19 +174,19 @@ __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqR
 }
 
 // A resident kernel's life, for every block: arrive once started (block 0 publishes `ready` when
-// all have), then for each ring until STOP: serve(bell) with every thread, a barrier, arrive
-// (block 0 publishes the ticket in `done` when all have). `first_ticket` is the first ticket the
+// all have), then for each ring until STOP: serve(bell) with every thread, a barrier, arrive (the
+// last block to arrive publishes the ticket in `done`). `first_ticket` is the first ticket the
 // launch serves.
 template <typename Serve>
 __device__ __forceinline__ void pq_resident_serve(PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket,
                                                   Serve serve) {
   __shared__ unsigned bell_word;
   if (threadIdx.x == 0) pq_resident_arrive(counters);
-  for (unsigned ticket = first_ticket, round = 1u;; ++ticket, ++round) {
+  for (unsigned ticket = first_ticket, round = 2u;; ++ticket, ++round) {  // round 1: the start
     const unsigned bell = pq_resident_wait(words, counters, ticket, first_ticket, round, &bell_word);
     if (bell & PQ_RESIDENT_STOP) return;
     serve(bell);
     __syncthreads();  // the block's results, and bell_word read by every thread
-    if (threadIdx.x == 0) pq_resident_arrive(counters);
+    if (threadIdx.x == 0 && pq_resident_arrive_last(counters, round)) pq_resident_publish_done(words, ticket & PQ_RESIDENT_TICKET_MASK);
   }
 }

@@ -250,7 +250,7 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
         wall.push(nowUs() - t0);
         device.push(resident.lastDeviceNs / 1000);
       }
-      rows.push(latencyRow('pqcache-cuda', what, wall, { gpu_method: 'global timer: block 0 sees the ring → it sees every block arrived' }, device));
+      rows.push(latencyRow('pqcache-cuda', what, wall, { gpu_method: 'global timer: block 0 sees the ring → the last block to arrive publishes done' }, device));
     } finally {
       resident.dispose();
     }

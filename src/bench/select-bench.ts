@@ -383,7 +383,7 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
       },
       step_kernel: describePlan(cache.planFor(cache.seqLen)),
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
-      gpu_method: 'global timer in the kernel: block (0, 0) sees the ring → it sees every block ended (no launch: no events around it)',
+      gpu_method: 'global timer in the kernel: block (0, 0) sees the ring → the last block to finish publishes done (no launch: no events around it)',
       mismatches: errors.slice(0, 3),
     }, d, errors.length === 0);
   } finally {

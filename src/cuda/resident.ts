@@ -15,10 +15,10 @@
  *
  * Memory ordering: the request's inputs are written to pinned memory with plain stores, then the
  * bell with Atomics.store (sequentially consistent: on x86 a locked store, so the inputs are visible
- * first); the kernel reads the bell with an acquire at system scope. Block 0 publishes `done` once
- * every block's results are complete in device memory (for later device work and copies) and any
- * status flag raised is visible to the host (kernels/resident.cuh); Atomics.load reads it (a plain
- * typed-array read in a loop may be hoisted by the JIT).
+ * first); the kernel reads the bell with an acquire at system scope. The last block to finish a
+ * request publishes `done` once every block's results are complete in device memory (for later
+ * device work and copies) and any status flag raised is visible to the host (kernels/resident.cuh);
+ * Atomics.load reads it (a plain typed-array read in a loop may be hoisted by the JIT).
  */
 import { ConfigError, StateError } from '../errors.js';
 import { LaunchArgs, type ArgKind, type ArgValues, type LaunchShape, launch } from './launch.js';
