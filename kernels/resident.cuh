@@ -123,11 +123,11 @@ __device__ __forceinline__ bool pq_resident_started(PqResidentWords* words, PqRe
 //     scope before the flagging block's barrier and arrival, which precede this store.
 // `ready` keeps the release at system scope (once per launch).
 // Why the last block and not block 0 after polling the count (which it still does, off the critical
-// path, for the order above): one L2 round trip less. Same-run
-// A/Bs on the H100, seed config (select-lastdone-ab record, session 17; session 16's runs 5 and 6):
-// device time −0.15 to −0.20 μs, ring → done on the host −0.18 and −0.21 μs in two of three runs,
-// unchanged in the third. Every block writing the protocol page once per request first, so its
-// translation is warm wherever the last block runs, added nothing.
+// path, for the order above): one L2 round trip less. Same-run A/Bs on the H100, seed config
+// (select-lastdone-ab record, session 17; session 16's runs 5 and 6): device time −0.15 to −0.20 μs,
+// ring → done on the host −0.18 and −0.21 μs in two of three runs, unchanged in the third. Every
+// block writing the protocol page once per request first, so its translation is warm wherever the
+// last block runs, added nothing.
 __device__ __forceinline__ void pq_resident_publish_done(PqResidentWords* words, unsigned ticket) {
   const long long t = pq_global_timer_ns();
   asm volatile("st.relaxed.sys.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(&words->done_ns), "r"(static_cast<unsigned>(t)),
@@ -136,24 +136,24 @@ __device__ __forceinline__ void pq_resident_publish_done(PqResidentWords* words,
 }
 
 // Every thread of the block: wait for the ring of `ticket` or STOP and return the bell word (in
-// `slot`, a shared word the caller keeps for this). Block 0 first waits for the previous round of
-// arrivals (the host rings only after `done`, so this costs the next request nothing) or, before
-// the first ticket, publishes `ready` once every block has started; then it reads the bell
-// (acquire, system scope: the host's writes before the ring, such as inputs, are visible after it)
-// and relays it (release, device scope); the others read the relay (acquire, device scope: by
-// causality, the host's writes and every block's results of earlier requests too). Both acquires
-// drop the SM's L1 lines, so loads see what other blocks wrote for earlier requests; the barrier
-// extends the order to the block.
+// `slot`, a shared word the caller keeps for this). Block 0 first waits for arrival round
+// `previous_round`, the previous request's (the host rings only after `done`, so this costs the
+// next request nothing), or, before the first ticket, publishes `ready` once every block has
+// started; then it reads the bell (acquire, system scope: the host's writes before the ring, such
+// as inputs, are visible after it) and relays it (release, device scope); the others read the
+// relay (acquire, device scope: by causality, the host's writes and every block's results of
+// earlier requests too). Both acquires drop the SM's L1 lines, so loads see what other blocks
+// wrote for earlier requests; the barrier extends the order to the block.
 // Tried and reverted (runtime record, 96 blocks: 6.2 → 17 μs round trip): relaxed polling with one
 // fence after it, and block 0 polling from four staggered warps.
 __device__ __forceinline__ unsigned pq_resident_wait(PqResidentWords* words, PqResidentCounters* counters, unsigned ticket,
-                                                     unsigned first_ticket, unsigned round, unsigned* slot) {
+                                                     unsigned first_ticket, unsigned previous_round, unsigned* slot) {
   if (threadIdx.x == 0) {
     const unsigned want = ticket & PQ_RESIDENT_TICKET_MASK;
     unsigned v;
     if (blockIdx.x == 0 && blockIdx.y == 0) {
       if (ticket != first_ticket) {
-        pq_resident_round_complete(counters, round - 1u);
+        pq_resident_round_complete(counters, previous_round);
       } else if (pq_resident_started(words, counters)) {
         pq_store_release_sys(&words->ready, first_ticket);
       }
@@ -183,7 +183,7 @@ __device__ __forceinline__ void pq_resident_serve(PqResidentWords* words, PqResi
   __shared__ unsigned bell_word;
   if (threadIdx.x == 0) pq_resident_arrive(counters);
   for (unsigned ticket = first_ticket, round = 2u;; ++ticket, ++round) {  // round 1: the start
-    const unsigned bell = pq_resident_wait(words, counters, ticket, first_ticket, round, &bell_word);
+    const unsigned bell = pq_resident_wait(words, counters, ticket, first_ticket, round - 1u, &bell_word);
     if (bell & PQ_RESIDENT_STOP) return;
     serve(bell);
     __syncthreads();  // the block's results, and bell_word read by every thread

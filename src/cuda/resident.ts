@@ -175,7 +175,7 @@ export class ResidentLaunch {
     this.inFlight = NONE;
   }
 
-  /** Device time of the last request (ns): from block (0, 0) seeing the ring to its seeing every block's end. */
+  /** Device time of the last request (ns): from block (0, 0) seeing the ring to the last block publishing `done`. */
   get lastDeviceNs(): number {
     return Number(this.doneNs[0] - this.seenNs[0]);
   }

@@ -737,7 +737,7 @@ export class CudaPQCache implements PQCache {
     return this.resident?.active === true;
   }
 
-  /** Resident steps: device time of the last step (μs, from block (0, 0) seeing the ring to its seeing every block's end). */
+  /** Resident steps: device time of the last step (μs, from block (0, 0) seeing the ring to the last block publishing `done`). */
   get residentDeviceMicros(): number {
     return this.resident === undefined ? Number.NaN : this.resident.lastDeviceNs / 1000;
   }
