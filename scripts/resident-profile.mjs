@@ -1,5 +1,6 @@
 // Where a resident step's host time goes (diagnostic; GPU machine): N seed-config resident steps on
-// device inputs under the V8 sampling profiler, then self time per function, top 25.
+// device inputs (INPUTS=host: host tensors, 8 sets, staged by the library) under the V8 sampling
+// profiler, then self time per function, top 25.
 //   bash scripts/device-run.sh node --cpu-prof --cpu-prof-dir /tmp/prof --cpu-prof-interval 20 scripts/resident-profile.mjs
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,6 +9,7 @@ const { benchLayout, randomState } = await import(join(app, 'bench/select-bench.
 const { CudaPQCache } = await import(join(app, 'pq/cuda-cache.js'));
 const { DeviceArena, copies } = await import(join(app, 'cuda/memory.js'));
 const { deviceTensor } = await import(join(app, 'tensor/device-tensor.js'));
+const { HostTensor } = await import(join(app, 'tensor/host-tensor.js'));
 const c = { B: 1, H: 32, Hkv: 32, D: 128, sk: 32000, S: 128, W: 128, K: 128, M: 2, pqBits: 6, O: 128, metric: 'euclidean' };
 const layout = benchLayout(c);
 const steps = Number(process.env.STEPS ?? 60000);
@@ -18,15 +20,21 @@ copies.fromHost(arena.slices.q, new Float32Array(4096).map((_, i) => Math.sin(i)
 copies.fromHost(arena.slices.k, new Float32Array(4096).map((_, i) => Math.cos(i)));
 const q = deviceTensor('f32', [1, 32, 1, 128], arena.slices.q.ptr);
 const k = deviceTensor('f32', [1, 32, 1, 128], arena.slices.k.ptr);
+const host = process.env.INPUTS === 'host';
+const sets = Array.from({ length: 8 }, (_, s) => ({
+  q: new HostTensor('f32', [1, 32, 1, 128], new Float32Array(4096).map((_, i) => Math.sin(i + s))),
+  k: new HostTensor('f32', [1, 32, 1, 128], new Float32Array(4096).map((_, i) => Math.cos(i + s))),
+}));
 const wall = [];
 for (let i = 0; i < steps; i++) {
   const t0 = performance.now();
-  cache.step(q, k);
+  if (host) cache.step(sets[i & 7].q, sets[i & 7].k);
+  else cache.step(q, k);
   cache.synchronize();
   wall.push(performance.now() - t0);
 }
 wall.sort((a, b) => a - b);
-console.log(`resident steps: ${steps}, wall median ${(wall[steps >> 1] * 1000).toFixed(2)} us, device ${cache.residentDeviceMicros.toFixed(2)} us (last)`);
+console.log(`resident steps (${host ? 'host' : 'device'} inputs): ${steps}, wall median ${(wall[steps >> 1] * 1000).toFixed(2)} us, device ${cache.residentDeviceMicros.toFixed(2)} us (last)`);
 cache.dispose();
 arena.dispose();
 // The profile of this process is written at exit; report the previous run's (run twice) or read it after.

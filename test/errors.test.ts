@@ -49,8 +49,8 @@ test('NonFiniteError reports NaN/Inf in queries and keys with the index', () => 
   assert.throws(() => new CpuPQCache({ shape, config, capacity: 20 }).build(new HostTensor('f32', [1, 1, 10, 8], k)), isA(NonFiniteError, /keys.*NaN at flat index 17/));
 });
 
-test('checkFinite finds every NaN and ±Infinity position (every lane of the branch-free sums, and the tail), passes extreme finite values', () => {
-  for (const n of [1, 3, 4, 7, 8, 9, 15, 4096, 4099]) {
+test('checkFinite finds every NaN and ±Infinity position (every lane of a SIMD vector and of a loop step, and the padded tail), passes extreme finite values', () => {
+  for (const n of [1, 3, 4, 7, 8, 9, 15, 16, 17, 63, 4096, 4099]) {
     const ok = new Float32Array(n).map((_, i) => (i % 3 === 0 ? 3.4e38 : i % 3 === 1 ? -1e-45 : -3.4e38));
     checkFinite('x', new HostTensor('f32', [n], ok));
     for (const at of new Set([0, 1, 2, 3, 4, 5, 6, 7, 8, n - 2, n - 1, n >> 1].filter((i) => i >= 0 && i < n))) {

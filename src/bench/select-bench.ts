@@ -25,6 +25,7 @@ import type { StepKernelChoice } from '../pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
+import { checkQuery, checkStepKey } from '../pq/validate.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
@@ -188,8 +189,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const layout = benchLayout(c);
   const sets = 8;
   const hostInputCalls = Math.min(o.iters, 100);
-  // Every call appends one key: the first checked step, warm-up, four timed loops, host-input calls.
-  const capacity = c.sk + 1 + o.warmup + 4 * o.iters + hostInputCalls + 64;
+  // Every call appends one key: the first checked step, warm-up, four timed loops, two host-input loops.
+  const capacity = c.sk + 1 + o.warmup + 4 * o.iters + 2 * hostInputCalls + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel });
   const inputs = randomInputs(layout, sets, o.seed + 1);
@@ -242,6 +243,20 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.synchronize();
       wallHost.push(nowUs() - t0);
     }
+    // Where host inputs add time: the validation step() does (shape, dtype, every value finite),
+    // timed alone, and step()'s call → return without the wait.
+    const hostChecks: number[] = [];
+    const hostEnqueue: number[] = [];
+    for (let i = 0; i < hostInputCalls; i++) {
+      const c0 = nowUs();
+      checkQuery(layout, hostQ[i % sets] as HostTensor);
+      checkStepKey(layout, hostK[i % sets] as HostTensor);
+      hostChecks.push(nowUs() - c0);
+      const t0 = nowUs();
+      cache.step(hostQ[i % sets], hostK[i % sets]);
+      hostEnqueue.push(nowUs() - t0);
+      cache.synchronize();
+    }
     const resident = plan.row !== undefined ? benchResident(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
     const gi = summarize(gpuIdle);
@@ -269,6 +284,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       copy_GBs: round3(copyGBs),
       fraction_of_copy_bandwidth: round3(gbs / copyGBs),
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
+      host_inputs_checks_us_median: round3(summarize(hostChecks).median),
+      host_inputs_enqueue_us_median: round3(summarize(hostEnqueue).median),
       host_enqueue_us_median: round3(summarize(enqueue).median),
       gpu_method: `CUDA events, stream kept busy ${BUSY_QUEUE_NS / 1000} μs ahead (host enqueue outside)`,
       gpu_idle_queue_us: idle,
@@ -364,6 +381,23 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
       cache.synchronize();
       wallHost.push(nowUs() - t0);
     }
+    // The same split for host inputs (the kernel reads them from pinned host memory).
+    const hostSplit = { beforeRing: [] as number[], ringToDone: [] as number[], afterDone: [] as number[], device: [] as number[] };
+    residentTrace.enabled = true;
+    try {
+      for (let i = 0; i < hostCalls; i++) {
+        const t0 = performance.now();
+        cache.step(hostQ[i % hostQ.length] as HostTensor, hostK[i % hostK.length] as HostTensor);
+        cache.synchronize();
+        const t1 = performance.now();
+        hostSplit.beforeRing.push((residentTrace.ringMs - t0) * 1000);
+        hostSplit.ringToDone.push((residentTrace.doneMs - residentTrace.ringMs) * 1000);
+        hostSplit.afterDone.push((t1 - residentTrace.doneMs) * 1000);
+        hostSplit.device.push(cache.residentDeviceMicros);
+      }
+    } finally {
+      residentTrace.enabled = false;
+    }
     const d = summarize(device);
     const servedThroughout = served && cache.residentActive;
     cache.stopResident(); // before another cache's resident kernel: one at a time
@@ -383,6 +417,12 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
       },
       step_kernel: describePlan(cache.planFor(cache.seqLen)),
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
+      host_inputs_split_us_median: {
+        call_to_ring: round3(summarize(hostSplit.beforeRing).median),
+        ring_to_done_seen: round3(summarize(hostSplit.ringToDone).median),
+        of_which_device: round3(summarize(hostSplit.device).median),
+        done_seen_to_return: round3(summarize(hostSplit.afterDone).median),
+      },
       gpu_method: 'global timer in the kernel: block (0, 0) sees the ring → the last block to finish publishes done (no launch: no events around it)',
       mismatches: errors.slice(0, 3),
     }, d, errors.length === 0);
@@ -419,7 +459,7 @@ function measurePhases(
     for (let i = 0; i < 120; i++) {
       cache.step(qDev[i % qDev.length], kDev[i % kDev.length]);
       if (i < 20) continue;
-      const { grid, cycles } = cache.phaseClocks();
+      const { grid, cycles, resident: stamps } = cache.phaseClocks();
       // Global-timer stamps (slots 14, 15): when blocks start relative to the first, the span, and
       // which blocks end last (select blocks: rows y < B·H; append blocks after them).
       let first = cycles[14];
@@ -438,7 +478,20 @@ function measurePhases(
       add('kernel/first start to last end', Number(last - first) / 1000);
       add('kernel/first start to last select end', Number(lastSelect - first) / 1000);
       if (lastAppend > first) add('kernel/first start to last append end', Number(lastAppend - first) / 1000);
-      for (let b = 0; b < grid[0] * grid[1]; b++) add('kernel/block start after first', Number(cycles[b * 16 + 14] - first) / 1000);
+      let lastStart = first;
+      for (let b = 0; b < grid[0] * grid[1]; b++) {
+        add('kernel/block start after first', Number(cycles[b * 16 + 14] - first) / 1000);
+        if (b < rows * grid[0]) add('kernel/select block end after first', Number(cycles[b * 16 + 15] - first) / 1000);
+        if (cycles[b * 16 + 14] > lastStart) lastStart = cycles[b * 16 + 14];
+      }
+      add('kernel/last start after first', Number(lastStart - first) / 1000);
+      if (stamps !== undefined) {
+        // Where a resident step's device time (seen → done) goes outside the blocks' spans.
+        add('protocol/seen to first start', Number(first - stamps.seenNs) / 1000);
+        add('protocol/seen to block 0 start', Number(cycles[14] - stamps.seenNs) / 1000);
+        add('protocol/last end to done', Number(stamps.doneNs - last) / 1000);
+        add('protocol/seen to done', Number(stamps.doneNs - stamps.seenNs) / 1000);
+      }
       for (let y = 0; y < grid[1]; y++) {
         for (let x = 0; x < grid[0]; x++) {
           const base = (y * grid[0] + x) * 16;

@@ -180,6 +180,11 @@ export class ResidentLaunch {
     return Number(this.doneNs[0] - this.seenNs[0]);
   }
 
+  /** Global-timer stamps of the last request (ns): block (0, 0) seeing the ring, and `done` published. */
+  get lastRequestStamps(): { readonly seenNs: bigint; readonly doneNs: bigint } {
+    return { seenNs: this.seenNs[0], doneNs: this.doneNs[0] };
+  }
+
   /** Ring STOP and wait for the launch to end (a fault in it throws CudaError here). */
   stop(): void {
     if (!this.running) return;

@@ -931,15 +931,18 @@ export class CudaPQCache implements PQCache {
   /**
    * Per-block phase durations (SM cycles) of the last pair step kernel, when created with
    * phaseTiming: for each block (x, y), the cycles from the start to each of STEP_PHASES (0 when the
-   * block skipped a phase). Synchronizes.
+   * block skipped a phase). Synchronizes. After a resident step, also that step's protocol stamps
+   * (global timer, as the blocks' slots 14 and 15: see ResidentLaunch.lastRequestStamps).
    */
-  phaseClocks(): { grid: readonly [number, number]; cycles: BigInt64Array } {
+  phaseClocks(): { grid: readonly [number, number]; cycles: BigInt64Array; resident?: { readonly seenNs: bigint; readonly doneNs: bigint } } {
     if (this.phaseBuffer === undefined) throw new StateError('phaseClocks', 'a cache created with phaseTiming on the pair path', 'none');
     this.synchronize();
     const [gx, gy] = this.lastStepGrid;
     const cycles = new BigInt64Array(gx * gy * 16);
     copies.toHost(cycles, this.phaseBuffer);
-    return { grid: this.lastStepGrid, cycles };
+    // A resident step's protocol stamps are on the blocks' global timer (slots 14, 15).
+    const resident = this.resident?.active === true ? this.resident.lastRequestStamps : undefined;
+    return { grid: this.lastStepGrid, cycles, ...(resident === undefined ? {} : { resident }) };
   }
 
   /** Zero the weights, empty the lists: the kernel's incremental update starts from here. */
