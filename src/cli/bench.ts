@@ -114,10 +114,12 @@ export function runBench(o: BenchCliOptions): number {
         const r = benchSelectCuda(c, { iters: o.iters, warmup: o.warmup, seed: 1, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, phases: o.phases, dumpDir: o.dumpDir }, copyGBs);
         record.rows.push(...r.rows);
         console.error(`bench: B=${c.B} sk=${c.sk}: wall ${r.rows[0].wall_us?.median} μs, gpu ${r.rows[0].gpu_us?.median} μs (${r.plan.numSlices} slices of ${r.plan.sliceLen})`);
-        const phases = (r.rows[0].extra as { phases_us?: Record<string, Record<string, number>> } | undefined)?.phases_us;
-        if (phases) {
+        for (const row of r.rows) {
+          // Graph and resident rows (the resident one adds the protocol's stamps).
+          const phases = (row.extra as { phases_us?: Record<string, Record<string, number>> } | undefined)?.phases_us;
+          if (!phases) continue;
           const names = [...new Set(Object.values(phases).flatMap((p) => Object.keys(p)))];
-          console.log(`phases (μs from block start, median), B=${c.B} sk=${c.sk}:`);
+          console.log(`phases of ${row.impl} (μs from block start, median), B=${c.B} sk=${c.sk}:`);
           console.log(table(['block', ...names], Object.entries(phases).sort().map(([g, p]) => [g, ...names.map((n) => p[n] ?? NaN)])));
         }
       }
