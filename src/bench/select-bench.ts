@@ -353,26 +353,7 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
     }
     // Where a step's wall-clock time goes on the host's clock (a separate loop: the trace's clock
     // reads stay out of the timed one): call → ring, ring → completion seen, completion → return.
-    const split = { beforeRing: [] as number[], ringToDone: [] as number[], afterDone: [] as number[], device: [] as number[], stepCall: [] as number[], clockRead: [] as number[] };
-    residentTrace.enabled = true;
-    try {
-      for (let i = 0; i < Math.min(o.iters, 200); i++) {
-        const t0 = performance.now();
-        cache.step(qDev, kDev);
-        const stepped = performance.now();
-        cache.synchronize();
-        const t1 = performance.now();
-        split.stepCall.push((stepped - t0) * 1000);
-        split.beforeRing.push((residentTrace.ringMs - t0) * 1000);
-        split.ringToDone.push((residentTrace.doneMs - residentTrace.ringMs) * 1000);
-        split.afterDone.push((t1 - residentTrace.doneMs) * 1000);
-        split.device.push(cache.residentDeviceMicros);
-        const c0 = performance.now(); // what one clock read adds to each interval above
-        split.clockRead.push((performance.now() - c0) * 1000);
-      }
-    } finally {
-      residentTrace.enabled = false;
-    }
+    const split = traceResidentSteps(cache, Math.min(o.iters, 200), () => cache.step(qDev, kDev));
     const hostCalls = Math.min(o.iters, 100);
     const wallHost: number[] = [];
     for (let i = 0; i < hostCalls; i++) {
@@ -382,22 +363,7 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
       wallHost.push(nowUs() - t0);
     }
     // The same split for host inputs (the kernel reads them from pinned host memory).
-    const hostSplit = { beforeRing: [] as number[], ringToDone: [] as number[], afterDone: [] as number[], device: [] as number[] };
-    residentTrace.enabled = true;
-    try {
-      for (let i = 0; i < hostCalls; i++) {
-        const t0 = performance.now();
-        cache.step(hostQ[i % hostQ.length] as HostTensor, hostK[i % hostK.length] as HostTensor);
-        cache.synchronize();
-        const t1 = performance.now();
-        hostSplit.beforeRing.push((residentTrace.ringMs - t0) * 1000);
-        hostSplit.ringToDone.push((residentTrace.doneMs - residentTrace.ringMs) * 1000);
-        hostSplit.afterDone.push((t1 - residentTrace.doneMs) * 1000);
-        hostSplit.device.push(cache.residentDeviceMicros);
-      }
-    } finally {
-      residentTrace.enabled = false;
-    }
+    const hostSplit = traceResidentSteps(cache, hostCalls, (i) => cache.step(hostQ[i % hostQ.length] as HostTensor, hostK[i % hostK.length] as HostTensor));
     const d = summarize(device);
     const servedThroughout = served && cache.residentActive;
     cache.stopResident(); // before another cache's resident kernel: one at a time
@@ -406,29 +372,61 @@ function benchResident(c: SelectBenchConfig, o: BenchOptions, layout: Layout, st
       ...(phases ? { phases_us: phases } : {}),
       served_resident: servedThroughout,
       // step() returns with the step done (call → return, traced loop); synchronize() then only checks the (idle) stream.
-      step_call_us_median: round3(summarize(split.stepCall).median),
+      step_call_us_median: split.stepCall,
       // Medians of a separate traced loop (host clock; device: the kernel's global timer).
-      host_split_us_median: {
-        call_to_ring: round3(summarize(split.beforeRing).median),
-        ring_to_done_seen: round3(summarize(split.ringToDone).median),
-        of_which_device: round3(summarize(split.device).median),
-        done_seen_to_return: round3(summarize(split.afterDone).median),
-        clock_read: round3(summarize(split.clockRead).median),
-      },
+      host_split_us_median: { ...split.split, clock_read: split.clockRead },
       step_kernel: describePlan(cache.planFor(cache.seqLen)),
       host_inputs_wall_us_median: round3(summarize(wallHost).median),
-      host_inputs_split_us_median: {
-        call_to_ring: round3(summarize(hostSplit.beforeRing).median),
-        ring_to_done_seen: round3(summarize(hostSplit.ringToDone).median),
-        of_which_device: round3(summarize(hostSplit.device).median),
-        done_seen_to_return: round3(summarize(hostSplit.afterDone).median),
-      },
+      host_inputs_split_us_median: hostSplit.split,
       gpu_method: 'global timer in the kernel: block (0, 0) sees the ring → the last block to finish publishes done (no launch: no events around it)',
       mismatches: errors.slice(0, 3),
     }, d, errors.length === 0);
   } finally {
     cache.dispose();
   }
+}
+
+/**
+ * `calls` resident steps, each `step(i)` then synchronize(), traced on the host clock: medians of
+ * call → ring, ring → done seen, the step's device time, done seen → return; of step()'s own call →
+ * return; and of what one clock read adds to each interval.
+ */
+function traceResidentSteps(cache: CudaPQCache, calls: number, step: (i: number) => void): {
+  split: { call_to_ring: number; ring_to_done_seen: number; of_which_device: number; done_seen_to_return: number };
+  stepCall: number;
+  clockRead: number;
+} {
+  const beforeRing: number[] = [];
+  const ringToDone: number[] = [];
+  const afterDone: number[] = [];
+  const device: number[] = [];
+  const stepCall: number[] = [];
+  const clockRead: number[] = [];
+  residentTrace.enabled = true;
+  try {
+    for (let i = 0; i < calls; i++) {
+      const t0 = performance.now();
+      step(i);
+      const stepped = performance.now();
+      cache.synchronize();
+      const t1 = performance.now();
+      stepCall.push((stepped - t0) * 1000);
+      beforeRing.push((residentTrace.ringMs - t0) * 1000);
+      ringToDone.push((residentTrace.doneMs - residentTrace.ringMs) * 1000);
+      afterDone.push((t1 - residentTrace.doneMs) * 1000);
+      device.push(cache.residentDeviceMicros);
+      const c0 = performance.now();
+      clockRead.push((performance.now() - c0) * 1000);
+    }
+  } finally {
+    residentTrace.enabled = false;
+  }
+  const med = (xs: number[]): number => round3(summarize(xs).median);
+  return {
+    split: { call_to_ring: med(beforeRing), ring_to_done_seen: med(ringToDone), of_which_device: med(device), done_seen_to_return: med(afterDone) },
+    stepCall: med(stepCall),
+    clockRead: med(clockRead),
+  };
 }
 
 /**

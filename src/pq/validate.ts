@@ -4,26 +4,16 @@
  */
 import { CapacityError, ConfigError, NonFiniteError, ShapeError, StateError } from '../errors.js';
 import { type FloatDType, FLOAT_DTYPES, readFloat } from '../tensor/dtype.js';
-import { EXPONENT_MASK, allFinite16, allFiniteF32 } from '../tensor/finite.js';
+import { firstNonFinite } from '../tensor/finite.js';
 import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
 
 export function checkFinite(argument: string, t: HostTensor): void {
   const dtype = t.dtype as FloatDType;
-  // Every host-input decode step checks its inputs (src/tensor/finite.ts: WebAssembly SIMD); only
-  // a failed check walks the data again to name the first bad element.
-  if (dtype === 'f32') {
-    const data = t.data as Float32Array;
-    if (allFiniteF32(data)) return;
-    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) throw new NonFiniteError(argument, i, data[i]);
-    return;
-  }
-  const data = t.data as Uint16Array;
-  if (allFinite16(data, dtype)) return;
-  const mask = EXPONENT_MASK[dtype];
-  for (let i = 0; i < data.length; i++) {
-    if ((data[i] & mask) === mask) throw new NonFiniteError(argument, i, readFloat(dtype, data, i));
-  }
+  const data = t.data as Float32Array | Uint16Array;
+  // Every host-input decode step checks its inputs (src/tensor/finite.ts: WebAssembly SIMD).
+  const at = firstNonFinite(data, dtype);
+  if (at >= 0) throw new NonFiniteError(argument, at, readFloat(dtype, data, at));
 }
 
 /** query [B, H, 1, D], float dtype, finite. */

@@ -102,12 +102,14 @@ declare const WebAssembly: {
 };
 
 interface Checker {
-  readonly bytes: Uint8Array; // the module's memory
+  // The module's memory as each element type (the data is copied in without a byte view).
+  readonly f32: Float32Array;
+  readonly u16: Uint16Array;
   readonly check32: (ptr: number, end: number, mask: number) => number;
   readonly check16: (ptr: number, end: number, mask: number) => number;
 }
 
-let checker: Checker | null | undefined; // null: no WebAssembly SIMD here (the scalar loops run)
+let checker: Checker | null | undefined; // null: no WebAssembly SIMD here (the scalar walk runs)
 
 function getChecker(): Checker | null {
   if (checker !== undefined) return checker;
@@ -115,7 +117,7 @@ function getChecker(): Checker | null {
     const memory = new WebAssembly.Memory({ initial: CHUNK_BYTES / 65536, maximum: CHUNK_BYTES / 65536 });
     const instance = new WebAssembly.Instance(new WebAssembly.Module(moduleBytes()), { env: { memory } });
     const { check32, check16 } = instance.exports as unknown as Pick<Checker, 'check32' | 'check16'>;
-    checker = { bytes: new Uint8Array(memory.buffer), check32, check16 };
+    checker = { f32: new Float32Array(memory.buffer), u16: new Uint16Array(memory.buffer), check32, check16 };
   } catch {
     checker = null;
   }
@@ -125,24 +127,27 @@ function getChecker(): Checker | null {
 /** True when no element of `data` (f32, or 16-bit floats with `mask` their exponent bits) is Inf or NaN. */
 function allFiniteBits(data: Float32Array | Uint16Array, mask: number): boolean {
   const c = getChecker();
-  if (c === null) return scalarAllFinite(data, mask);
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  const check = data.BYTES_PER_ELEMENT === 4 ? c.check32 : c.check16;
-  for (let at = 0; at < bytes.length; at += CHUNK_BYTES) {
-    const n = Math.min(CHUNK_BYTES, bytes.length - at);
-    c.bytes.set(at === 0 && n === bytes.length ? bytes : bytes.subarray(at, at + n));
-    const end = Math.ceil(n / STEP_BYTES) * STEP_BYTES;
-    c.bytes.fill(0, n, end); // zeros are finite
-    if (check(0, end, mask) !== 1) return false;
+  if (c === null) return firstNonFiniteBits(data, mask) < 0;
+  const wide = data instanceof Float32Array;
+  const into: Float32Array | Uint16Array = wide ? c.f32 : c.u16;
+  const check = wide ? c.check32 : c.check16;
+  const perChunk = CHUNK_BYTES / data.BYTES_PER_ELEMENT;
+  const perStep = STEP_BYTES / data.BYTES_PER_ELEMENT;
+  for (let at = 0; at < data.length; at += perChunk) {
+    const n = Math.min(perChunk, data.length - at);
+    into.set(n === data.length ? data : data.subarray(at, at + n)); // a step's inputs: one chunk, no view made
+    const end = Math.ceil(n / perStep) * perStep;
+    into.fill(0, n, end); // zeros are finite
+    if (check(0, end * data.BYTES_PER_ELEMENT, mask) !== 1) return false;
   }
   return true;
 }
 
-/** The scalar form (no WebAssembly SIMD): exponent bits element by element. */
-function scalarAllFinite(data: Float32Array | Uint16Array, mask: number): boolean {
+/** The first element whose exponent bits are all ones, or −1: the scalar walk. */
+function firstNonFiniteBits(data: Float32Array | Uint16Array, mask: number): number {
   const bits = data instanceof Float32Array ? new Uint32Array(data.buffer, data.byteOffset, data.length) : data;
-  for (let i = 0; i < bits.length; i++) if ((bits[i] & mask) === mask) return false;
-  return true;
+  for (let i = 0; i < bits.length; i++) if ((bits[i] & mask) === mask) return i;
+  return -1;
 }
 
 /** Every element of f32 data is finite. */
@@ -155,7 +160,17 @@ export function allFinite16(data: Uint16Array, dtype: 'f16' | 'bf16'): boolean {
   return allFiniteBits(data, EXPONENT_MASK[dtype]);
 }
 
-/** Whether the WebAssembly SIMD form runs here (else the scalar loops). */
+/**
+ * The index of the first Inf or NaN in float data of `dtype` (f32, or the raw bits of f16/bf16),
+ * or −1 when every element is finite. The SIMD check answers the common case; only data that
+ * fails it is walked element by element for the index.
+ */
+export function firstNonFinite(data: Float32Array | Uint16Array, dtype: keyof typeof EXPONENT_MASK): number {
+  const mask = EXPONENT_MASK[dtype];
+  return allFiniteBits(data, mask) ? -1 : firstNonFiniteBits(data, mask);
+}
+
+/** Whether the WebAssembly SIMD form runs here (else the scalar walk). */
 export function simdFiniteCheck(): boolean {
   return getChecker() !== null;
 }
