@@ -33,8 +33,8 @@
 //   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32.
 // Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
 //   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts), and
-//   keeping its codes, pair counts and LUT rows in dynamic shared memory from one step to the next
-//   ((E*M/16 + 3) * NT * 16 bytes; ResidentState).
+//   keeping its codes (M = 2: their class lookup keys, PackedClasses), pair counts and LUT rows in
+//   dynamic shared memory from one step to the next ((E*M/16 + 3) * NT * 16 bytes; ResidentState).
 // Exactness: the threshold is the K-th largest score key (weights = pair counts), ties to the
 // lower position, as the CPU oracle ranks (src/pq/cpu-select.ts). Linear bins are monotone in the
 // score, so bins above the boundary bin are taken and those below skipped; inside it the exact
@@ -61,16 +61,24 @@ struct __align__(16) RowShared {
   float x[PQ_APPEND_MAX_D + PQ_APPEND_MAX_M];  // query (select blocks) or key (append blocks)
   float lut[MAX_ROW_PAIRS / 16];               // M*C ≤ 256 entries
   union {
-    int hist[NB];                              // weighted histogram, pair counts in the high bits (reversed bins: 0 = highest)
-    float dist[PQ_APPEND_MAX_ENTRIES];         // append blocks
-  };
-  uint8_t cls[MAX_ROW_PAIRS];
-  union {
-    uint32_t bin_key[NB];      // scratch (bucket mode: each candidate pair's first gathered slot)
     struct {
-      uint32_t member_key[MAX_MEMBERS];
-      uint32_t member_w[MAX_MEMBERS];
+      union {
+        int hist[NB];                          // weighted histogram, pair counts in the high bits (reversed bins: 0 = highest)
+        float dist[PQ_APPEND_MAX_ENTRIES];     // append blocks
+      };
+      uint8_t cls[MAX_ROW_PAIRS];
+      union {
+        uint32_t bin_key[NB];  // scratch (bucket mode: each candidate pair's first gathered slot)
+        struct {
+          uint32_t member_key[MAX_MEMBERS];
+          uint32_t member_w[MAX_MEMBERS];
+        };
+      };
     };
+    // Resident kernels with M = 2: the pair classes 2 bits each, 16 pairs to a word, one copy of
+    // every word per lane (word w, lane l at w*32 + l), so a warp's lookups hit 32 distinct banks.
+    // Written after the threshold, when the arrays above are dead (see PackedClasses).
+    uint32_t cls_lanes[MAX_ROW_PAIRS / 16 * 32];
   };
   int warp_total[2][NW];                       // block scans (two, so consecutive scans need no extra barrier)
   int n_members;
@@ -120,6 +128,46 @@ __device__ __forceinline__ int2 row_scan2(RowShared& sm, int a, int b, int2* tot
 }
 // The row kernel's scans alternate between two scratch halves, so consecutive ones need no extra barrier.
 __device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* total) { return block_scan(sm.warp_total[parity], v, total); }
+
+// Packed pair classes (resident kernels with M = 2; RowShared::cls_lanes). The byte table's lookups
+// cost ≈ 3.5 shared-memory wavefronts per warp (32 random banks; 0.7 μs of the positions pass,
+// bench/NOTES.md session 15). Here a position's lookup key takes the place of its two codes in the
+// resident cache (16 bits either way): bits 7–14 its pair's class word (pair >> 4), bits 0–4 the
+// rotation (2·(pair & 15) − 2·(j & 15)) mod 32 that moves the pair's 2 class bits to field j & 15 of
+// the position's class word. A lookup is then an AND-OR for the address (lane l reads copy l), one
+// conflict-free load, a rotate and an AND-OR, as many instructions as the byte lookup. Measured
+// (session 19): the positions pass 1.76 → 1.47 μs, the table's 32 KB of stores +0.12 μs.
+struct PackedClasses {
+  // The key of a position j whose M = 2 codes are the low 16 bits of `codes` (higher bits ignored).
+  // Masked to the table: positions past sk hold whatever their bytes hold, and are never counted.
+  __device__ static __forceinline__ uint32_t key(uint32_t codes, int j, int log2c) {
+    const uint32_t pair = ((codes & 0xffu) + (((codes >> 8) & 0xffu) << log2c)) & (MAX_ROW_PAIRS - 1);
+    return (pair >> 4) << 7 | ((2u * (pair & 15u) - 2u * static_cast<uint32_t>(j & 15)) & 31u);
+  }
+  // A 32-bit code word (positions j, j + 1) to their two keys.
+  __device__ static __forceinline__ uint32_t keys(uint32_t v, int j, int log2c) {
+    return key(v, j, log2c) | key(v >> 16, j + 1, log2c) << 16;
+  }
+  // Thread t holds pairs 4t … 4t+3, so threads 4w … 4w+3 (one quad) hold class word w: the quad
+  // assembles it, and each of its lanes r writes 8 of the 32 copies, as two 16-byte stores of copies
+  // 4m … 4m+3, m = 2r + ((w ^ k) & 1) at step k: the 8 lanes of each quarter-warp hit 8 distinct
+  // 16-byte bank groups. Needs only that every thread of the block calls it (words past the pairs
+  // come out zero, and are never read).
+  __device__ static __forceinline__ void write(uint32_t* cls_lanes, uint32_t classes4) {
+    const int tid = threadIdx.x;
+    uint32_t w = classes4 << (8 * (tid & 3));
+    w |= __shfl_xor_sync(0xffffffffu, w, 1);
+    w |= __shfl_xor_sync(0xffffffffu, w, 2);
+    const int at = (tid >> 2) * 8 + 2 * (tid & 3);  // in uint4: word w's copies 8r … 8r+7
+#pragma unroll
+    for (int k = 0; k < 2; ++k) reinterpret_cast<uint4*>(cls_lanes)[at + (((tid >> 2) ^ k) & 1)] = make_uint4(w, w, w, w);
+  }
+  // The class of the position with key `key` (low 16 bits; higher ignored), in field j & 15 of the result.
+  __device__ static __forceinline__ uint32_t lookup(const uint32_t* cls_lanes, uint32_t key, uint32_t lane_bytes, int j) {
+    const uint32_t word = *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(cls_lanes) + ((key & 0x7f80u) | lane_bytes));
+    return __funnelshift_r(word, word, key) & (3u << (2 * (j & 15)));
+  }
+};
 
 // ---- cluster mailboxes (CL == 2, sm_90) ----
 // A block's peers push words into its shared memory with st.async; each push completes its bytes
@@ -182,7 +230,7 @@ __device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 // Resident steps (RESIDENT): a launch's index stays fixed but for the one position an appending
 // step makes eligible (anything else stops the kernel first, src/pq/cuda-cache.ts), so a select
 // block keeps what it loads each step in dynamic shared memory instead of reading it from global
-// memory again: its positions' codes, its pair counts (after the step, q's pair counted) and its
+// memory again: its positions' codes (M = 2: as PackedClasses lookup keys), its pair counts (after the step, q's pair counted) and its
 // LUT centroid rows, one uint4 per thread each (slot k of thread t at k*NT + t). A step then reads
 // global memory only for the query, the previous list, sk and, in one thread, the code chunk that
 // holds the position entering the eligible range (predicted from the previous step's sk, and checked).
@@ -210,6 +258,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT == 4 || WPT == 8)),
                 "bucket mode: one block per head, no codes in registers, 1/2/4/8 bitmap words per thread");
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
+  constexpr bool PACKED = RESIDENT && !BUCKETS && M == 2;  // classes by PackedClasses (cached lookup keys)
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
   __shared__ RowShared sm;
   // Bucket mode: bitmaps of the taken and the tied positions, bit i = position s0 + i (dynamic).
@@ -290,7 +339,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     load_rows(0);
   }
   const int p0 = s0 + rank * NT * E + tid * E;
-  uint4 raw[CHUNKS > 0 ? CHUNKS : 1];  // positions p0 … p0 + E − 1, M bytes each (row mode)
+  uint4 raw[CHUNKS > 0 ? CHUNKS : 1];  // positions p0 … p0 + E − 1, M bytes each (row mode; PACKED: keys once converted)
   // Bucket mode: where the buckets end (the tail starts) and this thread's pairs' bucket offsets.
   int base_end = 0;
   int boff[PPT + 1];
@@ -513,8 +562,18 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if constexpr (RESIDENT && !BUCKETS) {  // the next step's cache: counts with q's pair, codes as read
     rcache[CHUNKS * NT + tid] = make_uint4(weight[0], weight[1], weight[2], weight[3]);
 #pragma unroll
-    for (int c = 0; c < CHUNKS; ++c)
-      if (!cached || (reloaded >> c) & 1u) rcache[c * NT + tid] = raw[c];
+    for (int c = 0; c < CHUNKS; ++c) {
+      if (!cached || (reloaded >> c) & 1u) {
+        // PACKED: as lookup keys. Converted here, after the LUT, not where q's pair is taken from
+        // them as codes: there the conversion made its warp wait for the load before the LUT.
+        if constexpr (PACKED) {
+          const int j = c * 8;
+          raw[c] = make_uint4(PackedClasses::keys(raw[c].x, j, log2c), PackedClasses::keys(raw[c].y, j + 2, log2c),
+                              PackedClasses::keys(raw[c].z, j + 4, log2c), PackedClasses::keys(raw[c].w, j + 6, log2c));
+        }
+        rcache[c * NT + tid] = raw[c];
+      }
+    }
     resident->primed = true;
     resident->sk_pred = sk;
   }
@@ -814,7 +873,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       }
     }
   } else {
-  if (PPT * tid < pairs) {
+  if constexpr (PACKED) {
+    PackedClasses::write(sm.cls_lanes, PPT * tid < pairs ? class_of(0) | class_of(1) << 2 | class_of(2) << 4 | class_of(3) << 6 : 0u);
+  } else if (PPT * tid < pairs) {
     if (M == 1 || C >= PPT) {
       const int i = PPT * tid;
       const int at = M == 1 ? i : (i & (C - 1)) + CLS_STRIDE * (i >> log2c);
@@ -830,6 +891,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   __syncthreads();
   stamp(PH_CLASSES);
   // 5. Classes of this thread's positions, 2 bits each, 16 to a word; outside [lo, hi) skipped.
+  const uint32_t lane_bytes = 4u * static_cast<uint32_t>(tid & 31);  // PACKED: this lane's copy
   uint32_t word[WORDS];
 #pragma unroll
   for (int wi = 0; wi < WORDS; ++wi) word[wi] = 0u;
@@ -841,6 +903,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 #pragma unroll
       for (int u = 0; u < 4 / M; ++u) {  // positions in this 32-bit word
         const int j = c * (16 / M) + k * (4 / M) + u;
+        if constexpr (PACKED) {
+          word[j / 16] |= PackedClasses::lookup(sm.cls_lanes, v[k] >> (16 * u), lane_bytes, j);
+          continue;
+        }
         uint32_t at;
         if (M == 1) {
           at = (v[k] >> (8 * u)) & 0xffu;
