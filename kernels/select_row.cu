@@ -294,10 +294,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int dsub = D / M;
   const int s0 = BUCKETS ? lo & ~31 : lo & ~15;
 
-  // ---- Everything in flight at once, no load waiting for another: sk, the query element, pair
+  // ---- Everything in flight at once, no load waiting for another: the query element, pair
   // counts, the LUT's first centroid rows, this thread's codes (bounded by the capacity; positions
-  // past sk are masked below), the previous list. ----
-  const int sk_old = *seq_read;
+  // past sk are masked below), the previous list, and sk last: the compiler moves sk to the uniform
+  // registers right after its load, which waits for it (read first, it held back the other loads). ----
   const float query_value = tid < D ? pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + tid) : 0.0f;  // D ≤ NT
   // Resident steps read their cache instead, once primed (see ResidentState).
   const bool cached = RESIDENT && !BUCKETS && resident->primed;
@@ -379,6 +379,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int64_t wrow = static_cast<int64_t>(row) * out.wstride;
   const int old_len = out.sparse_len[row];
   const int old_first = tid < out.L ? list[tid] : -1;
+  const int sk_old = *seq_read;
   stamp(PH_ISSUED);
   if constexpr (RESIDENT && !BUCKETS) {
     if (cached && sk_old != resident->sk_pred) {  // not as predicted: the codes and counts from global memory
