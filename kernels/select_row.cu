@@ -138,15 +138,11 @@ __device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* t
 // conflict-free load, a rotate and an AND-OR, as many instructions as the byte lookup. Measured
 // (session 19): the positions pass 1.76 → 1.47 μs, the table's 32 KB of stores +0.12 μs.
 struct PackedClasses {
-  // The key of a position j whose M = 2 codes are the low 16 bits of `codes` (higher bits ignored).
-  // Masked to the table: positions past sk hold whatever their bytes hold, and are never counted.
-  __device__ static __forceinline__ uint32_t key(uint32_t codes, int j, int log2c) {
-    const uint32_t pair = ((codes & 0xffu) + (((codes >> 8) & 0xffu) << log2c)) & (MAX_ROW_PAIRS - 1);
-    return (pair >> 4) << 7 | ((2u * (pair & 15u) - 2u * static_cast<uint32_t>(j & 15)) & 31u);
-  }
-  // A 32-bit code word (positions j, j + 1) to their two keys.
-  __device__ static __forceinline__ uint32_t keys(uint32_t v, int j, int log2c) {
-    return key(v, j, log2c) | key(v >> 16, j + 1, log2c) << 16;
+  // The key of position j, whose codes make pair `pair`. Masked to the table: positions past sk
+  // hold whatever their bytes hold, and are never counted.
+  __device__ static __forceinline__ uint32_t key(int pair, int j) {
+    const uint32_t i = static_cast<uint32_t>(pair) & (MAX_ROW_PAIRS - 1);
+    return (i >> 4) << 7 | ((2u * (i & 15u) - 2u * static_cast<uint32_t>(j & 15)) & 31u);
   }
   // Thread t holds pairs 4t … 4t+3, so threads 4w … 4w+3 (one quad) hold class word w: the quad
   // assembles it, and each of its lanes r writes 8 of the 32 copies, as two 16-byte stores of copies
@@ -230,10 +226,11 @@ __device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 // Resident steps (RESIDENT): a launch's index stays fixed but for the one position an appending
 // step makes eligible (anything else stops the kernel first, src/pq/cuda-cache.ts), so a select
 // block keeps what it loads each step in dynamic shared memory instead of reading it from global
-// memory again: its positions' codes (M = 2: as PackedClasses lookup keys), its pair counts (after the step, q's pair counted) and its
-// LUT centroid rows, one uint4 per thread each (slot k of thread t at k*NT + t). A step then reads
-// global memory only for the query, the previous list, sk and, in one thread, the code chunk that
-// holds the position entering the eligible range (predicted from the previous step's sk, and checked).
+// memory again: its positions' codes (M = 2: as PackedClasses lookup keys), its pair counts (after
+// the step, q's pair counted) and its LUT centroid rows, one uint4 per thread each (slot k of
+// thread t at k*NT + t). A step then reads global memory only for the query, the previous list, sk
+// and, in one thread, the code chunk that holds the position entering the eligible range
+// (predicted from the previous step's sk, and checked).
 // The first step of a launch, and one after a full-attention step or an sk other than predicted,
 // loads everything from global memory (and fills the cache).
 struct ResidentState {
@@ -568,9 +565,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         // PACKED: as lookup keys. Converted here, after the LUT, not where q's pair is taken from
         // them as codes: there the conversion made its warp wait for the load before the LUT.
         if constexpr (PACKED) {
-          const int j = c * 8;
-          raw[c] = make_uint4(PackedClasses::keys(raw[c].x, j, log2c), PackedClasses::keys(raw[c].y, j + 2, log2c),
-                              PackedClasses::keys(raw[c].z, j + 4, log2c), PackedClasses::keys(raw[c].w, j + 6, log2c));
+          // A 32-bit code word holds positions j and j + 1 (M = 2): their two keys.
+          auto keys = [&](uint32_t v, int j) {
+            return PackedClasses::key(pair_of_raw(v), j) | PackedClasses::key(pair_of_raw(v >> 16), j + 1) << 16;
+          };
+          raw[c] = make_uint4(keys(raw[c].x, 8 * c), keys(raw[c].y, 8 * c + 2), keys(raw[c].z, 8 * c + 4), keys(raw[c].w, 8 * c + 6));
         }
         rcache[c * NT + tid] = raw[c];
       }
@@ -748,7 +747,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     }
   }
 
-  // 4. The class of every pair (M = 2: at c0 + CLS_STRIDE*c1).
+  // 4. The class of every pair (byte table, M = 2: at c0 + CLS_STRIDE*c1; PACKED: PackedClasses).
   auto class_of_bin = [&](int rb, float sc) -> uint32_t {
     if (take_all) return CLS_TAKE;
     if (rb < rb_star) return CLS_TAKE;
@@ -906,16 +905,16 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         const int j = c * (16 / M) + k * (4 / M) + u;
         if constexpr (PACKED) {
           word[j / 16] |= PackedClasses::lookup(sm.cls_lanes, v[k] >> (16 * u), lane_bytes, j);
-          continue;
-        }
-        uint32_t at;
-        if (M == 1) {
-          at = (v[k] >> (8 * u)) & 0xffu;
         } else {
-          const uint32_t pw = v[k] >> (16 * u);  // c0 | c1 << 8 in the low 16 bits
-          at = (pw & 0x3fu) | ((pw >> 2) & 0xfc0u);
+          uint32_t at;
+          if (M == 1) {
+            at = (v[k] >> (8 * u)) & 0xffu;
+          } else {
+            const uint32_t pw = v[k] >> (16 * u);  // c0 | c1 << 8 in the low 16 bits
+            at = (pw & 0x3fu) | ((pw >> 2) & 0xfc0u);
+          }
+          word[j / 16] += static_cast<uint32_t>(sm.cls[at]) << (2 * (j % 16));
         }
-        word[j / 16] += static_cast<uint32_t>(sm.cls[at]) << (2 * (j % 16));
       }
     }
   }
