@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // Builds every kernel family (kernels/*.cu) into a fatbin under kernels/dist/ with nvcc:
 //   SASS for sm_80 and sm_90, plus compute_80 PTX that the driver JIT-compiles on newer GPUs.
+// The step-kernel families also get a timing build, <family>_phases.fatbin, with the phase stamps
+// compiled in (-DPQ_PHASE_STAMPS; kernels/select_common.cuh PhaseStamps): a cache created with
+// phaseTiming (`bench --phases`) loads it; the shipped kernels carry no stamps.
 // The driver picks the matching image at cuModuleLoadData time. Also writes the ptxas resource
 // report (registers, shared memory, spills) to kernels/dist/resource-usage.txt.
 // Skips a family whose fatbin is newer than its sources. Without nvcc: a notice, exit 0
@@ -40,18 +43,24 @@ mkdirSync(dist, { recursive: true });
 
 const headers = readdirSync(here).filter((f) => f.endsWith('.cuh')).map((f) => join(here, f));
 const families = readdirSync(here).filter((f) => f.endsWith('.cu')).sort();
+const STAMPED = ['select_pairs.cu', 'select_row.cu'];
+// [output name, source, extra nvcc flags]
+const builds = [
+  ...families.map((f) => [f.replace(/\.cu$/, ''), f, []]),
+  ...STAMPED.map((f) => [f.replace(/\.cu$/, '_phases'), f, ['-DPQ_PHASE_STAMPS']]),
+];
 const newest = (files) => Math.max(...files.map((f) => statSync(f).mtimeMs));
 const GENCODE = sm90Only
   ? ['-gencode', 'arch=compute_90,code=sm_90']
   : ['-gencode', 'arch=compute_80,code=[sm_80,compute_80]', '-gencode', 'arch=compute_90,code=sm_90'];
 
-function build(family) {
-  const src = join(here, family);
-  const out = join(dist, family.replace(/\.cu$/, '.fatbin'));
+function build([family, file, flags]) {
+  const src = join(here, file);
+  const out = join(dist, `${family}.fatbin`);
   if (!force && existsSync(out) && statSync(out).mtimeMs > newest([src, ...headers, fileURLToPath(import.meta.url)])) {
     return Promise.resolve({ family, skipped: true, report: '' });
   }
-  const args = ['-std=c++17', '-O3', '-fatbin', ...GENCODE, '-Xptxas', '-v', '-o', out, src];
+  const args = ['-std=c++17', '-O3', '-fatbin', ...GENCODE, ...flags, '-Xptxas', '-v', '-o', out, src];
   return new Promise((resolve, reject) => {
     const p = spawn(nvcc, args, { cwd: here });
     let log = '';
@@ -65,7 +74,7 @@ function build(family) {
 }
 
 const started = Date.now();
-const results = await Promise.all(families.map(build));
+const results = await Promise.all(builds.map(build));
 const built = results.filter((r) => !r.skipped);
 if (built.length > 0) {
   const report = results

@@ -102,9 +102,16 @@ __device__ __forceinline__ void pq_lut_row_range(const float* row, int C, float&
 // issued, sk and the query element arrived, staged (barrier); slots 12–13 (row kernel) split the
 // histogram: pairs scored (and the fixed list slots written), binned (the atomics' barrier).
 // Phases a block skips stay 0.
+// Compiled in only with PQ_PHASE_STAMPS: the timing builds <family>_phases.fatbin (kernels/build.mjs)
+// that a cache created with phaseTiming loads. Elsewhere the stamps are empty and phase_clock is
+// ignored. The step kernels are issue-bound (≈ 1,000 instructions per warp, 32 warps a block), and
+// every stamp cost each warp a predicated clock read and store even with phase_clock null: compiled
+// out, the seed step's resident device time fell 8.70 → 8.40 μs and the graph's 10.98 → 10.62 μs
+// (bench/NOTES.md, session 20).
 enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED, PH_SCORED, PH_BINNED };
 
 struct PhaseStamps {
+#ifdef PQ_PHASE_STAMPS
   long long* slots;  // this block's 16, or nullptr when not timing
 
   // Clears the block's slots and stamps its start (thread 0).
@@ -116,8 +123,13 @@ struct PhaseStamps {
     }
     (*this)(PH_START);
   }
+#else
+  __device__ __forceinline__ explicit PhaseStamps(long long*) { (*this)(PH_START); }
+#endif
   __device__ __forceinline__ void operator()(int k) const {
+#ifdef PQ_PHASE_STAMPS
     if (slots != nullptr && threadIdx.x == 0) slots[k] = clock64();
+#endif
 #ifdef PQ_DIAG_EXIT_PHASE
     // Diagnostic builds only (scripts/pack-device.sh DIAG_EXIT): every thread exits at this phase,
     // so the step's event time up to each phase can be measured. Never in a shipped fatbin.
@@ -127,7 +139,9 @@ struct PhaseStamps {
   // The block's end: PH_END and the global timer.
   __device__ __forceinline__ void finish() const {
     (*this)(PH_END);
+#ifdef PQ_PHASE_STAMPS
     if (slots != nullptr && threadIdx.x == 0) slots[15] = pq_global_timer_ns();
+#endif
   }
 };
 

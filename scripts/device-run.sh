@@ -13,6 +13,10 @@ if [ ! -x "$bin/node" ]; then
   xz -dc .device/node.xz > "$bin/node"
   chmod +x "$bin/node"
 fi
+# The fatbins travel xz-packed (pack-device.sh): unpack them into .device/app once.
+if [ -f .device/kernels.tar.xz ] && [ ! -f .device/app/kernels/dist/select_row.fatbin ]; then
+  tar -xJf .device/kernels.tar.xz -C .device/app
+fi
 cat > "$bin/pqcache" <<SH
 #!/usr/bin/env bash
 exec "$bin/node" "$root/.device/app/dist/src/cli/main.js" "\$@"

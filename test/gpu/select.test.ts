@@ -358,6 +358,27 @@ test('row and cluster kernels: a boundary bin of thousands of pairs (radix refin
   }
 });
 
+test('phase timing: the step kernels\' timing builds stamp every select block\'s phases in order, results still exact', { skip }, () => {
+  const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  for (const stepKernel of ['row', 'cluster'] as const) {
+    const st = integerState(5000, 5010, config, shape, 77);
+    const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel, phaseTiming: true });
+    try {
+      gpu.uploadState(st);
+      stepTogether(st, gpu, 3, `${stepKernel} with phase timing`);
+      const { grid, cycles } = gpu.phaseClocks();
+      for (let b = 0; b < grid[0] * shape.batch * shape.heads; b++) {
+        const at = (k: number): bigint => cycles[b * 16 + k];
+        assert.ok(at(14) > 0n && at(15) >= at(14), `${stepKernel} block ${b}: start and end on the global timer`);
+        assert.ok(at(0) > 0n && at(1) >= at(0) && at(8) >= at(1), `${stepKernel} block ${b}: start, LUT and end stamped in order`);
+      }
+    } finally {
+      gpu.dispose();
+    }
+  }
+});
+
 test('resident steps: exact over many steps (appends, GQA, clusters of 1 and 2, a re-plan, select without append, a dtype change), then back to graphs', { skip }, () => {
   const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
   for (const [cluster, shape] of [[1, { batch: 2, heads: 8, kvHeads: 2, headDim: 64 }], [2, { batch: 1, heads: 4, kvHeads: 4, headDim: 64 }]] as const) {
