@@ -106,8 +106,8 @@ __device__ __forceinline__ void pq_lut_row_range(const float* row, int C, float&
 // that a cache created with phaseTiming loads. Elsewhere the stamps are empty and phase_clock is
 // ignored. The step kernels are issue-bound (≈ 1,000 instructions per warp, 32 warps a block), and
 // every stamp cost each warp a predicated clock read and store even with phase_clock null: compiled
-// out, the seed step's resident device time fell 8.70 → 8.40 μs and the graph's 10.98 → 10.62 μs
-// (bench/NOTES.md, session 20).
+// out, the seed step's resident device time fell 8.70 → 8.38 μs and the graph's 10.91 → 10.64 μs
+// (same-run A/B on the H100, bench/NOTES.md session 20).
 enum Phase { PH_START, PH_LUT, PH_HIST, PH_MEMBERS, PH_REFINE, PH_CLASSES, PH_COUNTS, PH_WRITE, PH_END, PH_ISSUED, PH_INPUTS, PH_STAGED, PH_SCORED, PH_BINNED };
 
 struct PhaseStamps {
