@@ -221,7 +221,25 @@ __device__ __forceinline__ void mailboxes_ready_wait() { __trap(); }
 __device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 #endif
 
-
+// Where a select block sits: its rank in the cluster, its query head (row = b*H + h), the query
+// heads per kv-head (G) and its kv-head (bkv = b*Hkv + h/G).
+// Three divisions (float reciprocals, ≈ 40 instructions a warp); the resident kernels compute it
+// once per launch (ResidentState) instead of every step, since the step is issue-bound: resident
+// device time 8.38 → 7.97 μs on the seed config (same-run A/B on the H100, bench/NOTES.md session 20).
+struct RowPlace {
+  int rank, row, G, bkv;
+};
+template <int CL>
+__device__ __forceinline__ RowPlace row_place(int H, int Hkv) {
+  RowPlace p;
+  p.rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1)
+  p.row = blockIdx.y;
+  const int b = pq_div_small(p.row, H);
+  const int h = p.row - b * H;
+  p.G = pq_div_small(H, Hkv);
+  p.bkv = b * Hkv + pq_div_small(h, p.G);
+  return p;
+}
 
 // Resident steps (RESIDENT): a launch's index stays fixed but for the one position an appending
 // step makes eligible (anything else stops the kernel first, src/pq/cuda-cache.ts), so a select
@@ -234,28 +252,10 @@ __device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 // The first step of a launch, and one after a full-attention step or an sk other than predicted,
 // loads everything from global memory (and fills the cache).
 struct ResidentState {
-  bool primed;  // the cache holds this block's codes, pair counts and LUT rows
-  int sk_pred;  // sk as the next step will read it (this step's sk)
+  bool primed;     // the cache holds this block's codes, pair counts and LUT rows
+  int sk_pred;     // sk as the next step will read it (this step's sk)
+  RowPlace place;  // the block's place, fixed for the launch
 };
-
-// Where a select block sits: its rank in the cluster, its query head (row = b*H + h) and kv-head.
-// Three divisions (float reciprocals, ≈ 40 instructions a warp); the resident kernels compute it
-// once per launch instead of every step, since the step is issue-bound: resident device time 8.38 →
-// 7.97 μs on the seed config (same-run A/B on the H100, bench/NOTES.md session 20).
-struct RowPlace {
-  int rank, row, b, h, G, bkv;
-};
-template <int CL>
-__device__ __forceinline__ RowPlace row_place(int H, int Hkv) {
-  RowPlace p;
-  p.rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1)
-  p.row = blockIdx.y;
-  p.b = pq_div_small(p.row, H);
-  p.h = p.row - p.b * H;
-  p.G = pq_div_small(H, Hkv);
-  p.bkv = p.b * Hkv + pq_div_small(p.h, p.G);
-  return p;
-}
 // The resident row kernels' dynamic shared memory is that cache: (E*M/16 code chunks + the pair
 // counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
 
@@ -266,7 +266,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
                          int capacity, int S, int W, int K, int O, int ip, int full_threshold, long long* phase_clock,
                          const int* bucket_end, const int* bucket_offsets, const int* buckets,
-                         ResidentState* resident = nullptr, const RowPlace* place = nullptr) {
+                         ResidentState* resident = nullptr) {
   constexpr bool BUCKETS = WPT > 0;  // the heavy hitters from the position buckets (see the header)
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
   static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
@@ -296,8 +296,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     finish();
     return;
   }
-  const RowPlace pl = place != nullptr ? *place : row_place<CL>(H, Hkv);
-  const int rank = pl.rank, row = pl.row, b = pl.b, h = pl.h, G = pl.G, bkv = pl.bkv;
+  const RowPlace pl = RESIDENT ? resident->place : row_place<CL>(H, Hkv);
+  const int rank = pl.rank, row = pl.row, G = pl.G, bkv = pl.bkv;
   const int lo = max(O, S);
   const int pairs = M == 1 ? C : C << log2c;
   const unsigned* table = pair_count + static_cast<int64_t>(bkv) * pairs;
@@ -1042,15 +1042,14 @@ namespace {
 template <int M, int E, int CL>
 __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {
   const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};
-  ResidentState state{false, -1};  // per thread, the same in every thread of the block
-  const RowPlace place = row_place<CL>(H, Hkv);  // read by the select blocks (row < B*H)
+  ResidentState state{false, -1, row_place<CL>(H, Hkv)};  // per thread, the same in every thread of the block
   pq_resident_serve(words, counters, first_ticket, [&](unsigned bell) {
     const int slot = static_cast<int>(bell & 1u);
     const int step_appends = static_cast<int>((bell >> 1) & 1u);
     if (step_appends || static_cast<int>(blockIdx.y) < B * H) {
       step_row<M, E, CL, 0, true>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
                                   step_appends, pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K,
-                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, &state, &place);
+                                  O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, &state);
     }
   });
 }

@@ -54,7 +54,7 @@ import {
   stepPairsKernelName, stepRowKernelName,
 } from './cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
-import { DTYPE_CODE, loadKernels, throwDeviceStatus } from './kernels.js';
+import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
@@ -183,9 +183,8 @@ export class CudaPQCache implements PQCache {
   private bucketEnd = -1;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
-  /** The step kernels' families: their timing builds (phase stamps compiled in) under phaseTiming. */
-  private readonly rowFamily: 'select_row' | 'select_row_phases';
-  private readonly pairsFamily: 'select_pairs' | 'select_pairs_phases';
+  /** The step kernels from their timing builds (phase stamps compiled in): options.phaseTiming. */
+  private readonly phaseTiming: boolean;
   private readonly stepKernel: StepKernelChoice;
   /** Bounded: device inputs at ever-new addresses would otherwise capture a graph per address. */
   private readonly graphs = new GraphCache(MAX_STEP_GRAPHS);
@@ -232,12 +231,11 @@ export class CudaPQCache implements PQCache {
     this.clusterOverride = options.cluster;
     this.stepKernel = options.stepKernel ?? 'auto';
     this.pairs = pairTableSize(this.layout);
-    this.rowFamily = options.phaseTiming === true ? 'select_row_phases' : 'select_row';
-    this.pairsFamily = options.phaseTiming === true ? 'select_pairs_phases' : 'select_pairs';
+    this.phaseTiming = options.phaseTiming === true;
     this.selectKernel = this.pairs > 0 ? undefined : loadKernels('select').kernel(selectKernelName(this.layout));
-    this.pairsCountKernel = this.pairs > 0 ? loadKernels(this.pairsFamily).kernel('pq_pairs_count') : undefined;
+    this.pairsCountKernel = this.pairs > 0 ? loadStepKernels('select_pairs', this.phaseTiming).kernel('pq_pairs_count') : undefined;
     const bucketCapable = this.pairs > 0 && this.pairs <= ROW_MAX_PAIRS && this.stepKernel !== 'row' && this.stepKernel !== 'cluster';
-    this.bucketRebuildKernel = bucketCapable ? loadKernels(this.rowFamily).kernel('pq_bucket_rebuild') : undefined;
+    this.bucketRebuildKernel = bucketCapable ? loadStepKernels('select_row', this.phaseTiming).kernel('pq_bucket_rebuild') : undefined;
     this.bucketTail = options.bucketTail ?? BUCKET_MAX_TAIL;
     if (!Number.isInteger(this.bucketTail) || this.bucketTail < 1 || this.bucketTail > BUCKET_MAX_TAIL) {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
@@ -289,7 +287,7 @@ export class CudaPQCache implements PQCache {
       this.listView = deviceTensor('i32', [B, H, this.layout.listCapacity], this.arena.slices.sparseList.ptr);
       this.lenView = deviceTensor('i32', [B, H], this.arena.slices.sparseLen.ptr);
       this.weightStrides = Object.freeze([H * this.capPad, this.capPad, 1]);
-      if (options.phaseTiming === true && this.pairs > 0) this.phaseBuffer = owned.add(new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8));
+      if (this.phaseTiming && this.pairs > 0) this.phaseBuffer = owned.add(new DeviceBuffer(8 * (rows + B * Hkv) * 16 * 8));
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
     } catch (e) {
@@ -805,7 +803,7 @@ export class CudaPQCache implements PQCache {
   /** Dynamic shared memory a bucket-mode kernel may opt in to: the device's per-block limit less its static arrays. */
   private bucketSharedLimit(): number {
     // Every instance has the same static arrays (RowShared): the smallest one's stand for all.
-    const statics = loadKernels(this.rowFamily).kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1 })).attributes().staticSharedBytes;
+    const statics = loadStepKernels('select_row', this.phaseTiming).kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1 })).attributes().staticSharedBytes;
     return this.context.device.maxSharedPerBlockOptin - statics;
   }
 
@@ -914,14 +912,14 @@ export class CudaPQCache implements PQCache {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const rowKernels = loadKernels(this.rowFamily);
+    const rowKernels = loadStepKernels('select_row', this.phaseTiming);
     const kernel = resident && plan.row !== undefined
       ? rowKernels.kernel(residentRowKernelName(this.layout, plan.row))
       : plan.bucket !== undefined
         ? rowKernels.kernel(stepBucketKernelName(this.layout, plan.bucket))
         : plan.row !== undefined
           ? rowKernels.kernel(stepRowKernelName(this.layout, plan.row))
-          : loadKernels(this.pairsFamily).kernel(stepPairsKernelName(this.layout, cluster, plan.long));
+          : loadStepKernels('select_pairs', this.phaseTiming).kernel(stepPairsKernelName(this.layout, cluster, plan.long));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
     const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
     const buckets = plan.bucket !== undefined;

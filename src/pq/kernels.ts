@@ -39,6 +39,14 @@ export function kernelImagePath(family: KernelFamily): string {
 
 const loaded = new Map<KernelFamily, Module>();
 
+/**
+ * A step-kernel family (the pair path's kernels), or with `phaseTiming` its timing build
+ * `<family>_phases`: the same kernels with the phase stamps compiled in (kernels/build.mjs).
+ */
+export function loadStepKernels(family: 'select_row' | 'select_pairs', phaseTiming: boolean): Module {
+  return loadKernels(phaseTiming ? `${family}_phases` : family);
+}
+
 export function loadKernels(family: KernelFamily): Module {
   let mod = loaded.get(family);
   if (mod === undefined) {
