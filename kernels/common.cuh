@@ -106,14 +106,13 @@ __device__ __forceinline__ T pq_warp_sum(T v) {
   return v;
 }
 
-// Inclusive scan within a warp.
+// Inclusive scan within a warp. The shuffle's own predicate (source lane in range) guards each add:
+// two instructions a step instead of three (shuffle, select, add). The row kernels are issue-bound,
+// so every instruction that every warp runs counts (bench/NOTES.md session 21).
 __device__ __forceinline__ int pq_warp_inclusive_scan(int v) {
-  const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, v, o);
-    if (lane >= o) v += n;
-  }
+  for (int o = 1; o < 32; o <<= 1)
+    asm("{\n .reg .s32 n;\n .reg .pred p;\n shfl.sync.up.b32 n|p, %0, %1, 0, -1;\n @p add.s32 %0, %0, n;\n}" : "+r"(v) : "r"(o));
   return v;
 }
 

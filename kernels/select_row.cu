@@ -101,10 +101,11 @@ __device__ __forceinline__ int block_scan(int* scratch, int v, int* total) {
   const int inc = pq_warp_inclusive_scan(v);
   if (lane == 31) scratch[warp] = inc;
   __syncthreads();
-  const int w = scratch[lane];  // NW == 32: lane l holds warp l's total
-  const int winc = pq_warp_inclusive_scan(w);
-  *total = __shfl_sync(0xffffffffu, winc, 31);
-  return __shfl_sync(0xffffffffu, winc - w, warp) + inc - v;
+  // NW == 32: lane l holds warp l's total. Warp w's offset and the block total are two warp
+  // reductions (redux.sync, one instruction each) rather than a second shuffle scan.
+  const int w = scratch[lane];
+  *total = __reduce_add_sync(0xffffffffu, w);
+  return __reduce_add_sync(0xffffffffu, lane < warp ? w : 0) + inc - v;
 }
 
 // Exclusive scans of two ints per thread at once (one barrier, both scratch halves: the caller
@@ -121,10 +122,8 @@ __device__ __forceinline__ int2 row_scan2(RowShared& sm, int a, int b, int2* tot
   __syncthreads();
   const int wa = sm.warp_total[0][lane];
   const int wb = sm.warp_total[1][lane];
-  const int wia = pq_warp_inclusive_scan(wa);
-  const int wib = pq_warp_inclusive_scan(wb);
-  *total = make_int2(__shfl_sync(0xffffffffu, wia, 31), __shfl_sync(0xffffffffu, wib, 31));
-  return make_int2(__shfl_sync(0xffffffffu, wia - wa, warp) + ia - a, __shfl_sync(0xffffffffu, wib - wb, warp) + ib - b);
+  *total = make_int2(__reduce_add_sync(0xffffffffu, wa), __reduce_add_sync(0xffffffffu, wb));
+  return make_int2(__reduce_add_sync(0xffffffffu, lane < warp ? wa : 0) + ia - a, __reduce_add_sync(0xffffffffu, lane < warp ? wb : 0) + ib - b);
 }
 // The row kernel's scans alternate between two scratch halves, so consecutive ones need no extra barrier.
 __device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* total) { return block_scan(sm.warp_total[parity], v, total); }
@@ -298,6 +297,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
   const RowPlace pl = RESIDENT ? resident->place : row_place<CL>(H, Hkv);
   const int rank = pl.rank, row = pl.row, G = pl.G, bkv = pl.bkv;
+  // G > 1, tested by every thread as H != Hkv: the resident kernels otherwise recompute G (a division
+  // by a float reciprocal) in every warp rather than keep it in a register.
+  const bool kv_shared = H != Hkv;
   const int lo = max(O, S);
   const int pairs = M == 1 ? C : C << log2c;
   const unsigned* table = pair_count + static_cast<int64_t>(bkv) * pairs;
@@ -566,11 +568,24 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   // pair score (bucket mode scores its tail with it too), so equal pairs get bit-equal scores.
   auto pair_score = [&](int i) { return M == 1 ? sm.lut[i] : sm.lut[i & (C - 1)] + sm.lut[C + (i >> log2c)]; };
   float score[PPT];
+  if (C >= PPT) {
+    // The 4 pairs share their second code: one 16-byte load of the first codes' entries (the same
+    // additions as pair_score, so bit-equal scores). Threads past the pairs score the last 4 (weight 0).
+    const int i0 = min(PPT * tid, pairs - PPT);
+    const float4 a = *reinterpret_cast<const float4*>(sm.lut + (M == 1 ? i0 : (i0 & (C - 1))));
+    const float b = M == 1 ? 0.0f : sm.lut[C + (i0 >> log2c)];
+    score[0] = M == 1 ? a.x : a.x + b;
+    score[1] = M == 1 ? a.y : a.y + b;
+    score[2] = M == 1 ? a.z : a.z + b;
+    score[3] = M == 1 ? a.w : a.w + b;
+  } else {
 #pragma unroll
-  for (int j = 0; j < PPT; ++j) {
-    const int i = PPT * tid + j;
-    score[j] = pair_score(min(i, pairs - 1));
-    weight[j] = i < pairs ? weight[j] + (i == virtual_pair ? 1u : 0u) : 0u;
+    for (int j = 0; j < PPT; ++j) score[j] = pair_score(min(PPT * tid + j, pairs - 1));
+  }
+  {
+    const int vj = virtual_pair - PPT * tid;  // weights past the pairs are 0 as loaded
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) weight[j] += vj == j ? 1u : 0u;
   }
   if constexpr (RESIDENT && !BUCKETS) {  // the next step's cache: counts with q's pair, codes as read
     rcache[CHUNKS * NT + tid] = make_uint4(weight[0], weight[1], weight[2], weight[3]);
@@ -622,7 +637,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
     const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
     const float range = hi_b - lo_b;
-    scale = static_cast<float>(NB) / range;
+    // An approximate reciprocal (no division subroutine): the bins only need to be monotone in the
+    // score, which any fixed positive scale keeps; an infinite or zero one falls to one bin below.
+    float inv_range;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv_range) : "f"(range));
+    scale = static_cast<float>(NB) * inv_range;
     linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
 
     // 1. Weighted histogram; the reversed bin holding the K-th largest (4 bins per thread). One
@@ -782,7 +801,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         list[sink_end + i] = lo + i;
         store_weight(out.weights, out.wdtype, wrow + lo + i, true);
       }
-      if (G == 1 && tid == 0) q_joins_table(virtual_pair);
+      if (!kv_shared && tid == 0) q_joins_table(virtual_pair);
     } else {
       // 5. The candidate pairs (taken or tied, with positions in the buckets) listed in pair order,
       // each with its first slot among the gathered positions: one scan of (pairs, positions).
@@ -860,7 +879,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       }
       int packed_total;
       const int packed = row_scan(sm, 0, n_take << 19 | n_tie, &packed_total);
-      if (G == 1 && tid == 0) q_joins_table(virtual_pair);
+      if (!kv_shared && tid == 0) q_joins_table(virtual_pair);
       stamp(PH_COUNTS);
       int take_before = packed >> 19;
       int tie_before = packed & 0x7ffff;
@@ -965,7 +984,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
   // Every rank is past its classes (the last one has the others' counts), which consumed the weights.
   // One query head per kv-head: q joins the table now; G of them: at the end (readers counter).
-  if (G == 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
+  if (!kv_shared && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   stamp(PH_COUNTS);
   int take_before = packed >> 17;
   int tie_before = packed & 0x1ffff;
@@ -993,7 +1012,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   }
   }  // row mode
   stamp(PH_WRITE);
-  if (G > 1 && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
+  if (kv_shared && rank == CL - 1 && tid == 0) q_joins_table(virtual_pair);
   if (RESIDENT && CL > 1) {
     // The next step initialises the mailboxes again: invalidate them once every wait is over.
     __syncthreads();
