@@ -93,19 +93,22 @@ struct __align__(16) RowShared {
   int best_code[PQ_APPEND_MAX_M];
 };
 
+// The second level of the block scans: lane l holds warp l's total w (NW == 32). This warp's offset
+// and the block total are two warp reductions (redux.sync, one instruction each), not a second
+// shuffle scan.
+__device__ __forceinline__ int warp_offset(int w, int* total) {
+  *total = __reduce_add_sync(0xffffffffu, w);
+  return __reduce_add_sync(0xffffffffu, (threadIdx.x & 31) < (threadIdx.x >> 5) ? w : 0);
+}
+
 // Exclusive scan of one int per thread over the NT-thread block, and the block total. One barrier;
 // `scratch` (NW ints) must not be reused before another barrier has passed.
 __device__ __forceinline__ int block_scan(int* scratch, int v, int* total) {
   const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
   const int inc = pq_warp_inclusive_scan(v);
-  if (lane == 31) scratch[warp] = inc;
+  if (lane == 31) scratch[threadIdx.x >> 5] = inc;
   __syncthreads();
-  // NW == 32: lane l holds warp l's total. Warp w's offset and the block total are two warp
-  // reductions (redux.sync, one instruction each) rather than a second shuffle scan.
-  const int w = scratch[lane];
-  *total = __reduce_add_sync(0xffffffffu, w);
-  return __reduce_add_sync(0xffffffffu, lane < warp ? w : 0) + inc - v;
+  return warp_offset(scratch[lane], total) + inc - v;
 }
 
 // Exclusive scans of two ints per thread at once (one barrier, both scratch halves: the caller
@@ -120,10 +123,9 @@ __device__ __forceinline__ int2 row_scan2(RowShared& sm, int a, int b, int2* tot
     sm.warp_total[1][warp] = ib;
   }
   __syncthreads();
-  const int wa = sm.warp_total[0][lane];
-  const int wb = sm.warp_total[1][lane];
-  *total = make_int2(__reduce_add_sync(0xffffffffu, wa), __reduce_add_sync(0xffffffffu, wb));
-  return make_int2(__reduce_add_sync(0xffffffffu, lane < warp ? wa : 0) + ia - a, __reduce_add_sync(0xffffffffu, lane < warp ? wb : 0) + ib - b);
+  const int oa = warp_offset(sm.warp_total[0][lane], &total->x);
+  const int ob = warp_offset(sm.warp_total[1][lane], &total->y);
+  return make_int2(oa + ia - a, ob + ib - b);
 }
 // The row kernel's scans alternate between two scratch halves, so consecutive ones need no extra barrier.
 __device__ __forceinline__ int row_scan(RowShared& sm, int parity, int v, int* total) { return block_scan(sm.warp_total[parity], v, total); }
@@ -411,7 +413,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   // q joins the pair table once every reader of this step is done with it: at once with one query
   // head per kv-head (no reply awaited), else by the last of the G heads to finish (readers counter).
   auto q_joins_table = [&](int pair) {
-    if (G > 1) {
+    if (kv_shared) {
       if (atomicAdd(&readers[bkv], 1u) != static_cast<unsigned>(G - 1)) return;
       readers[bkv] = 0u;
     }
@@ -572,12 +574,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // The 4 pairs share their second code: one 16-byte load of the first codes' entries (the same
     // additions as pair_score, so bit-equal scores). Threads past the pairs score the last 4 (weight 0).
     const int i0 = min(PPT * tid, pairs - PPT);
-    const float4 a = *reinterpret_cast<const float4*>(sm.lut + (M == 1 ? i0 : (i0 & (C - 1))));
+    const float4 a4 = *reinterpret_cast<const float4*>(sm.lut + (M == 1 ? i0 : (i0 & (C - 1))));
+    const float a[PPT] = {a4.x, a4.y, a4.z, a4.w};
     const float b = M == 1 ? 0.0f : sm.lut[C + (i0 >> log2c)];
-    score[0] = M == 1 ? a.x : a.x + b;
-    score[1] = M == 1 ? a.y : a.y + b;
-    score[2] = M == 1 ? a.z : a.z + b;
-    score[3] = M == 1 ? a.w : a.w + b;
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) score[j] = M == 1 ? a[j] : a[j] + b;
   } else {
 #pragma unroll
     for (int j = 0; j < PPT; ++j) score[j] = pair_score(min(PPT * tid + j, pairs - 1));
@@ -637,11 +638,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     lo_b = M == 1 ? bmin[0] : bmin[0] + bmin[M - 1];
     const float hi_b = M == 1 ? bmax[0] : bmax[0] + bmax[M - 1];
     const float range = hi_b - lo_b;
-    // An approximate reciprocal (no division subroutine): the bins only need to be monotone in the
-    // score, which any fixed positive scale keeps; an infinite or zero one falls to one bin below.
-    float inv_range;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(inv_range) : "f"(range));
-    scale = static_cast<float>(NB) * inv_range;
+    // An approximate reciprocal: the bins only need to be monotone in the score, which any fixed
+    // positive scale keeps; an infinite or zero one falls to one bin below.
+    scale = static_cast<float>(NB) * pq_rcp_approx(range);
     linear = hi_b > lo_b && isfinite(range) && isfinite(scale) && scale > 0.0f;
 
     // 1. Weighted histogram; the reversed bin holding the K-th largest (4 bins per thread). One
