@@ -29,17 +29,19 @@
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
 //   pq_build_init      grid (G), block 256, dynamic smem C*cstride*4 bytes when `staged` (else 0):
 //                      centroid c of g = point init_index[g, c]; packs.
-//   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16 +
-//                      4*stages*16*RS*4 bytes: warp w of block x of group g scores the 16-point
-//                      tiles (one m16 MMA tile each) 4x + w, 4x + w + 4P, ... on its own, staged by
-//                      cp.async into its own ring, `stages - 1` tiles ahead; no block barrier after
-//                      the prologue. KS = ceil(cdim/16) (template N), RS = tile_stride(KS).
+//   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16
+//                      (+ C*cstride*4 for the one-chunk _c1 kernels) bytes: warp w of block x of group g scores the 16-point tiles (one m16 MMA
+//                      tile each) 4x + w, 4x + w + 4P, ... on its own, loading each straight from
+//                      the keys into registers one tile ahead; no block barrier after the prologue.
+//                      KS = ceil(cdim/16) (template N).
 //   pq_build_first_sums grid (ceil(n/4096), G), block 256: round 0's sums and counts (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
 //                      re-seed; packs.
 // Packed operands of group g (written by init/finalize, read by the round):
 //   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
-//     16ks..16ks+15 (zero past C and cdim): {b0 hi, b1 hi, b0 lo, b1 lo} as bf16 pairs;
+//     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (load_tile: lane t's b0, b1
+//     are columns 16ks + 4t, +1 and its b2, b3 columns +2, +3): {b0 hi, b1 hi, b0 lo, b1 lo} as
+//     bf16 pairs;
 //   info[g]: |c|^2/2 for c < NT*8 (+inf past C), then max |c|.
 // Invariants: cdim = dsub + ip <= 129; dsub <= 128 and a multiple of 4 (16-byte rows);
 // C <= 256; NT = ceil(C/8) rounded up to a multiple of 8 (whole chunks of 64 centroids; padding
@@ -66,18 +68,30 @@ __device__ __forceinline__ float point_coord(const float* keys, const float* nor
   return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
 }
 
-// The oracle's distanceF32 over cdim coordinates, by one thread (x[dsub] is `xaug` for ip).
+// The oracle's distanceF32 over cdim coordinates, by one thread (x[dsub] is `xaug` for ip): its 8
+// interleaved partial sums, each over its coordinates in ascending order. x and c are 16-byte
+// aligned rows (dsub and cstride are multiples of 4), read 8 coordinates at a time as float4s so
+// that the loads of a step are in flight together (a load per coordinate waited on each in turn:
+// ncu, session 22).
 __device__ float canonical_distance(const float* x, float xaug, const float* c, int dsub, int cdim) {
   float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  for (int j0 = 0; j0 < dsub; j0 += 8) {
-#pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      if (j0 + r < dsub) {
-        const float t = __fsub_rn(x[j0 + r], c[j0 + r]);
-        part[r] = __fadd_rn(part[r], __fmul_rn(t, t));
-      }
-    }
+  auto add4 = [&](int r0, float4 xv, float4 cv) {
+    const float t0 = __fsub_rn(xv.x, cv.x), t1 = __fsub_rn(xv.y, cv.y), t2 = __fsub_rn(xv.z, cv.z), t3 = __fsub_rn(xv.w, cv.w);
+    part[r0] = __fadd_rn(part[r0], __fmul_rn(t0, t0));
+    part[r0 + 1] = __fadd_rn(part[r0 + 1], __fmul_rn(t1, t1));
+    part[r0 + 2] = __fadd_rn(part[r0 + 2], __fmul_rn(t2, t2));
+    part[r0 + 3] = __fadd_rn(part[r0 + 3], __fmul_rn(t3, t3));
+  };
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  const float4* c4 = reinterpret_cast<const float4*>(c);
+  int j4 = 0;
+#pragma unroll 2
+  for (; 4 * j4 + 8 <= dsub; j4 += 2) {
+    const float4 xa = x4[j4], xb = x4[j4 + 1], ca = c4[j4], cb = c4[j4 + 1];
+    add4(0, xa, ca);
+    add4(4, xb, cb);
   }
+  if (4 * j4 < dsub) add4(0, x4[j4], c4[j4]);  // dsub % 8 == 4: coordinates for part[0..3]
   if (cdim > dsub) {
     const float t = __fsub_rn(xaug, c[dsub]);
 #pragma unroll
@@ -119,11 +133,11 @@ __device__ void pack_group(const float* gc, uint4* frag, float* info, int g, int
     const int ks = (e >> 5) % KS;
     const int nt = (e >> 5) / KS;
     const int c = nt * 8 + (lane >> 2);
-    const int k = ks * 16 + 2 * (lane & 3);
+    const int k = ks * 16 + 4 * (lane & 3);  // the k-step's columns in the rounds' order (KPerm)
     auto v = [&](int j) { return (c < C && j < cdim) ? gc[c * cstride + j] : 0.0f; };
     uint4 f;
     split_pair(v(k), v(k + 1), f.x, f.z);
-    split_pair(v(k + 8), v(k + 9), f.y, f.w);
+    split_pair(v(k + 2), v(k + 3), f.y, f.w);
     gf[e] = f;
   }
   // |c|^2 in float64, four threads per centroid (CP is a multiple of 64 = 256 / 4, so every thread
@@ -206,25 +220,96 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
   return 0x1p-11f * xnorm * cmax + 0x1p-17f * s * s + 0x1p-101f;
 }
 
-// Scores x.c - |c|^2/2 of a warp's 16 points with the 64 centroids of n-tiles nt0 .. nt0+7.
+// A warp's 16-point tile in registers: x[rs][ks] holds columns 16ks + 4t .. 16ks + 4t + 3 of tile
+// row q + 8rs (lane = 4q + t). The mma's A fragment gives lane t the columns 2t, 2t+1, 2t+8, 2t+9
+// of a k-step; any order of a k-step's columns gives the same products when the A and B fragments
+// share it, so the rounds use 4t .. 4t+3 (pack_group packs the centroids so): one 16-byte load per
+// row and k-step, straight from the keys, with no staging in shared memory (a staged tile cost
+// ~150 instructions of cp.async addressing and its waits, ncu session 13).
+// Rows past n repeat row n - 1 (loaded, never counted). Only the last k-step can reach past dsub
+// (dsub > 16(KS - 1) - 1): its lanes past dsub load nothing (`last_in`) and hold zeros.
+template <int KS>
+__device__ __forceinline__ void load_tile(float4 (&x)[2][KS], const float* group_keys, int D, int tile, int n,
+                                          bool last_in) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    const int p = min(tile * kWarpPoints + (lane >> 2) + 8 * rs, n - 1);
+    const float4* row = reinterpret_cast<const float4*>(group_keys + static_cast<int64_t>(p) * D) + (lane & 3);
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) x[rs][ks] = (ks + 1 < KS || last_in) ? __ldg(row + 4 * ks) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+}
+
+// Asks L2 for the rows of warp tile `tile` (their 128-byte lines, a line per lane and step), so that
+// its loads one tile later find them there. A per-lane prefetch: the bulk prefetch takes one address
+// per warp (a prefetch per row cost a loop of 16 uniform rounds; one over the tile's whole span,
+// other sub-spaces' columns included, read 1.6x the bytes from DRAM: ncu, session 22).
+__device__ __forceinline__ void prefetch_tile_l2(const float* group_keys, int D, int dsub, int tile, int n) {
+  const int lane = threadIdx.x & 31;
+  const int lines = (dsub + 31) / 32;  // per row (rows 128-byte aligned when D and dsub are multiples of 32)
+  for (int i = lane; i < kWarpPoints * lines; i += 32) {
+    const int row = i / lines;
+    const int p = tile * kWarpPoints + row;
+    if (p < n) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(group_keys + static_cast<int64_t>(p) * D + 32 * (i - row * lines)));
+  }
+}
+
+// The mma A fragments (bf16 hi and lo) of k-step ks of a tile's rows q and q + 8. The ip coordinate
+// (column dsub, in the last k-step as cdim = dsub + 1 > 16(KS - 1)) is the .x of the lane with
+// 16(KS - 1) + 4t == dsub (`ip_lane`).
+template <int KS>
+__device__ __forceinline__ void split_kstep(const float4 (&x)[2][KS], int ks, bool ip_lane, const float (&xaug)[2],
+                                            uint32_t (&ah)[4], uint32_t (&al)[4]) {
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    float4 v = x[rs][ks];
+    if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+    split_pair(v.x, v.y, ah[rs], al[rs]);          // k-step columns 2t, 2t+1 of row q + 8rs
+    split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // columns 2t+8, 2t+9
+  }
+}
+
+// This lane's share of |x|^2 of a tile's rows q and q + 8 (the ip coordinate included).
+template <int KS>
+__device__ __forceinline__ void row_sq(const float4 (&x)[2][KS], bool ip_lane, const float (&xaug)[2], float (&sq)[2]) {
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    sq[rs] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      float4 v = x[rs][ks];
+      if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+      sq[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sq[rs]))));
+    }
+  }
+}
+
+// Scores x.c - |c|^2/2 of a warp's 16 points (the tile `x`, see load_tile) with the 64 centroids of
+// n-tiles nt0 .. nt0+7. Each k-step's A fragments are split just before its mma instructions, so
+// the tile's registers free as the k-steps go (a split of the whole tile first held 32 more).
 // NT is a multiple of 8 (the host pads it; padding centroids have zero fragments and |c|^2/2 = +inf,
 // so they score -inf): a chunk is always whole, so no mma sits behind a guard (a guarded mma.sync
 // costs a WARPSYNC and scheduling NOPs each, and the compiler cannot interleave them).
 template <int KS>
-__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const uint32_t (&ah)[KS][4], const uint32_t (&al)[KS][4],
-                                             const uint4* frag, const float* half_norm2, int nt0, int lane) {
+__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const float4 (&x)[2][KS], bool ip_lane,
+                                             const float (&xaug)[2], const uint4* frag, const float* half_norm2, int nt0,
+                                             int lane) {
   const uint4* chunk_frag = frag + nt0 * KS * 32 + lane;
   const float* chunk_h = half_norm2 + nt0 * 8 + 2 * (lane & 3);
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
+    uint32_t ah[4];
+    uint32_t al[4];
+    split_kstep<KS>(x, ks, ip_lane, xaug, ah, al);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const uint4 b = chunk_frag[(j * KS + ks) * 32];
-      mma_bf16(acc[j], ah[ks], b.x, b.y);
-      mma_bf16(acc[j], ah[ks], b.z, b.w);
-      mma_bf16(acc[j], al[ks], b.x, b.y);
+      mma_bf16(acc[j], ah, b.x, b.y);
+      mma_bf16(acc[j], ah, b.z, b.w);
+      mma_bf16(acc[j], al, b.x, b.y);
     }
   }
 #pragma unroll
@@ -242,87 +327,59 @@ struct GroupView {
   const uint4* frag;        // smem: packed centroid fragments
   const float* half_norm2;  // smem: |c|^2 / 2
   float cmax;               // max |c|
-  const float* cent;        // global: the group's fp32 centroids (canonical re-scoring)
+  const float* cent;        // the group's fp32 centroids (canonical re-scoring): smem with one chunk, else global
+  const float* keys;        // global: point 0 of the group (canonical re-scoring, moves)
   const float* norms;
   float phi;
-  int g, n, C, cdim, cstride, dsub, NT;
+  int g, n, C, cdim, cstride, dsub, D, NT;
 };
 
-// Row stride (floats) of a staged tile: >= KS*16 and = 8 (mod 32), so that the A-fragment loads
-// (8-byte, rows q and q + 8) hit 16 distinct 8-byte bank pairs per half-warp.
-__host__ __device__ constexpr int tile_stride(int KS) { return ((KS * 16 - 8 + 31) / 32) * 32 + 8; }
-
-// The mma A fragments (bf16 hi and lo) of the warp's 16 staged rows (rows q and q + 8 of the lane),
-// with the ip coordinate at column ip_col (< 0: none), and this lane's share of each row's |x|^2.
-template <int KS>
-__device__ __forceinline__ void split_rows(const float* rows, int q, int t, int ip_col, const float (&xaug)[2],
-                                           uint32_t (&ah)[KS][4], uint32_t (&al)[KS][4], float (&sq)[2]) {
-  constexpr int RS = tile_stride(KS);
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    const float* x = rows + (q + 8 * rs) * RS;
-    sq[rs] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int col = ks * 16 + half * 8 + 2 * t;
-        float2 p = *reinterpret_cast<const float2*>(x + col);  // zero past dsub
-        if (col == ip_col) p.x = xaug[rs];                     // dsub is even: the ip slot is a .x
-        split_pair(p.x, p.y, ah[ks][half * 2 + rs], al[ks][half * 2 + rs]);
-        sq[rs] = fmaf(p.x, p.x, fmaf(p.y, p.y, sq[rs]));
-      }
-    }
-  }
-}
-
-// Nearest centroid of the warp's 16 staged points (tile rows q and q + 8 of the lane; point index
+// Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring.
-template <int KS>
-__device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float* rows, int pbase, int (&code)[2],
-                                                 bool (&valid)[2], float (&xaug)[2]) {
-  constexpr int RS = tile_stride(KS);
+template <int KS, bool kOneChunk>
+__device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_in, bool ip_lane, int pbase,
+                                                 int (&code)[2], bool (&valid)[2], float (&xaug)[2]) {
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;  // mma row group: rows q and q + 8
   const int t = lane & 3;   // mma column pair
   const bool ip = v.cdim > v.dsub;
-  const int ip_col = ip ? v.dsub : -1;
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     valid[rs] = pbase + q + 8 * rs < v.n;
     xaug[rs] = (ip && valid[rs]) ? pq_ip_augment(v.phi, v.norms[static_cast<int64_t>(v.g) * v.n + pbase + q + 8 * rs]) : 0.0f;
   }
-  // The fragments live through pass A only: with more than one chunk of centroids, passes B and C
-  // split the rows again (C >= 128 only), so the common case holds 32 fewer registers after pass A.
-  uint32_t ah[KS][4];
-  uint32_t al[KS][4];
+  // Scores of chunk nt0 from the tile loaded for it: a tile held across the chunk loop (or from one
+  // tile to the next) kept 32 more registers live beside the accumulators, and the kernel spilled at
+  // four blocks per SM. The first load reads what the L2 prefetch brought; later chunks (C >= 128
+  // only) hit L1 or L2. sq: this lane's share of each row's |x|^2, when asked.
+  auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float* sq) {
+    float4 x[2][KS];
+    load_tile<KS>(x, v.keys, v.D, pbase / kWarpPoints, v.n, last_in);
+    if (sq != nullptr) row_sq<KS>(x, ip_lane, xaug, *reinterpret_cast<float(*)[2]>(sq));
+    chunk_scores<KS>(acc, x, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane);
+  };
+  auto rescore_chunk = [&](float (&acc)[8][4], int nt0) { tile_chunk_scores(acc, nt0, nullptr); };
+  // kOneChunk (C <= 64): one chunk, whose scores stay in the accumulators from pass A to C; its own
+  // kernels, as the chunk loops kept more registers live (the four-block kernel spilled).
+  const int NT = kOneChunk ? 8 : v.NT;
+
+  // Pass A: the best score per row.
+  float acc[8][4];
+  float best[2] = {-INFINITY, -INFINITY};
   float sq[2];
-  split_rows<KS>(rows, q, t, ip_col, xaug, ah, al, sq);
+  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
+    tile_chunk_scores(acc, nt0, nt0 == 0 ? sq : nullptr);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) best[i >> 1] = fmaxf(best[i >> 1], acc[j][i]);
+  }
   float half_band[2];
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
     sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
     half_band[rs] = score_band(__fsqrt_ru(sq[rs]), v.cmax);
-  }
-  // Scores of chunk nt0 (passes B and C, more than one chunk): the fragments split again.
-  auto rescore_chunk = [&](float (&acc)[8][4], int nt0) {
-    uint32_t bh[KS][4];
-    uint32_t bl[KS][4];
-    float unused[2];
-    split_rows<KS>(rows, q, t, ip_col, xaug, bh, bl, unused);
-    chunk_scores<KS>(acc, bh, bl, v.frag, v.half_norm2, nt0, lane);
-  };
-
-  // Pass A: the best score per row.
-  float acc[8][4];
-  float best[2] = {-INFINITY, -INFINITY};
-  for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    chunk_scores<KS>(acc, ah, al, v.frag, v.half_norm2, nt0, lane);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) best[i >> 1] = fmaxf(best[i >> 1], acc[j][i]);
   }
   float threshold[2];
 #pragma unroll
@@ -337,8 +394,8 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   // centroids score -inf, so they count only when the band is infinite, which flags the row anyway.
   // The low half holds at most 2*NT indices below NT*8 <= 256 per lane: < 2^16.
   int packed[2] = {0, 0};
-  for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    if (v.NT > 8) rescore_chunk(acc, nt0);  // one chunk: acc holds it
+  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
+    if (!kOneChunk) rescore_chunk(acc, nt0);  // one chunk: acc holds it
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -369,8 +426,8 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   // hot loop from the instruction cache (ncu: stall_no_instruction 30-40% of the samples).
   float cd[2] = {INFINITY, INFINITY};
   int cc[2] = {INT_MAX, INT_MAX};
-  for (int nt0 = 0; nt0 < v.NT; nt0 += 8) {
-    if (v.NT > 8) rescore_chunk(acc, nt0);
+  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
+    if (!kOneChunk) rescore_chunk(acc, nt0);
     uint32_t candidates = 0u;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -386,8 +443,8 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
       candidates &= candidates - 1u;
       const bool second = (bit & 2) != 0;  // row q + 8 (accumulators 2, 3) or row q (0, 1)
       const int c = (nt0 + (bit >> 2)) * 8 + 2 * t + (bit & 1);
-      const float d = canonical_distance(rows + (q + (second ? 8 : 0)) * RS, second ? xaug[1] : xaug[0],
-                                         v.cent + c * v.cstride, v.dsub, v.cdim);
+      const float* row = v.keys + static_cast<int64_t>(pbase + q + (second ? 8 : 0)) * v.D;  // a valid row: flagged
+      const float d = canonical_distance(row, second ? xaug[1] : xaug[0], v.cent + c * v.cstride, v.dsub, v.cdim);
       if (!second && d < cd[0]) {
         cd[0] = d;
         cc[0] = c;
@@ -414,155 +471,111 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, const float
   return static_cast<unsigned>(__popc(flagged_rows));
 }
 
-// What one lane copies of every staged tile: 16-byte chunk k of row r for r*chunks + k = lane + 32*i
-// (chunks = dsub/4 per row), walked by fixed steps. The same for every tile, so made once; offsets
-// are 32-bit from the tile's base (the 64-bit address math per copy was ~30 instructions a chunk).
-struct StagePlan {
-  int r0, k0, r_step, k_step, chunks;
-};
+// Moves each point in `moved` (owner lanes of rows rs: lane 4p holds row p + 8*rs of the tile at
+// point pbase) from the sums of its old cluster to those of its new one. The whole warp takes up to
+// kMoveBatch points at a time, one coordinate per lane, read again from the keys (the tile's rows
+// were just loaded, so from L1 or L2): a batch's loads are in flight together (one point at a time
+// waited on each point's loads, ncu session 22). In ROUND_NEXT every valid row has an old code
+// (round 0 wrote them all).
+constexpr int kMoveBatch = 4;
 
-__device__ __forceinline__ StagePlan make_stage_plan(int lane, int chunks) {
-  StagePlan s;
-  s.chunks = chunks;
-  s.r0 = lane / chunks;
-  s.k0 = lane - s.r0 * chunks;
-  s.r_step = 32 / chunks;
-  s.k_step = 32 - s.r_step * chunks;
-  return s;
-}
-
-// One 16-byte cp.async into shared address `dst`; zeros instead of `src` when !fill.
-__device__ __forceinline__ void cp_async16(unsigned dst, const float* src, bool fill) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(fill ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async16(unsigned dst, const float* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-
-// Stages the dsub coordinates of the points of warp tile `tile` into rows of RS floats (zeros past
-// n), as one cp.async group of the calling warp (empty when tile >= tiles). `group_keys` points at
-// point 0 of the group.
-template <int RS>
-__device__ __forceinline__ void stage_tile(float* rows, const StagePlan& s, const float* group_keys, int D, int tile,
-                                           int tiles, int n) {
-  if (tile < tiles) {
-    const int valid_rows = min(kWarpPoints, n - tile * kWarpPoints);
-    const float* src = group_keys + static_cast<int64_t>(tile) * kWarpPoints * D;
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(rows));
-    if (s.k_step == 0 && valid_rows == kWarpPoints) {
-      // A whole tile and chunks dividing 32 (dsub 4, 8, … 128): the lane copies one column of rows
-      // r0, r0 + r_step, … (r_step divides 16, or is 32 with dsub = 4), unguarded at fixed steps
-      // (ncu: the guarded walk was ~125 instructions a tile, a tenth of a round).
-      const int copies = s.chunks >= 2 ? s.chunks >> 1 : (s.r0 < kWarpPoints ? 1 : 0);
-      const float* lane_src = src + s.r0 * D + 4 * s.k0;
-      const unsigned lane_dst = dst + 4 * (s.r0 * RS + 4 * s.k0);
-      const int src_step = s.r_step * D;
-      const unsigned dst_step = 4 * RS * s.r_step;
-#pragma unroll 4
-      for (int i = 0; i < copies; ++i) cp_async16(lane_dst + i * dst_step, lane_src + i * src_step);
-    } else if (s.k_step == 0) {
-      const float* col_src = src + 4 * s.k0;
-      const unsigned col_dst = dst + 16 * s.k0;
-      for (int r = s.r0; r < kWarpPoints; r += s.r_step)
-        cp_async16(col_dst + 4 * RS * r, col_src + (r < valid_rows ? r * D : 0), r < valid_rows);
-    } else {
-      for (int r = s.r0, k = s.k0; r < kWarpPoints;) {
-        cp_async16(dst + 4 * (r * RS + 4 * k), src + (r < valid_rows ? r * D + 4 * k : 0), r < valid_rows);
-        r += s.r_step;
-        k += s.k_step;
-        if (k >= s.chunks) {
-          k -= s.chunks;
-          r += 1;
+template <int KS>
+__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
+                                            const float (&xaug)[2], const float* tile_keys, int D, double* group_sums,
+                                            int cdim, int dsub) {
+  constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
+  const int lane = threadIdx.x & 31;
+  while (moved != 0u) {
+    int src[kMoveBatch];
+    bool live[kMoveBatch];
+#pragma unroll
+    for (int k = 0; k < kMoveBatch; ++k) {
+      live[k] = moved != 0u;
+      src[k] = live[k] ? __ffs(moved) - 1 : 0;
+      moved &= moved - 1u;
+    }
+    float x[kMoveBatch][kPerLane];
+#pragma unroll
+    for (int k = 0; k < kMoveBatch; ++k) {
+      const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
+      const float* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * D;
+#pragma unroll
+      for (int it = 0; it < kPerLane; ++it) {
+        const int j = lane + 32 * it;
+        x[k][it] = !live[k] || j >= cdim ? 0.0f : j < dsub ? xr[j] : aug;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kMoveBatch; ++k) {
+      const int to = __shfl_sync(0xffffffffu, code[rs], src[k]);
+      const int from = __shfl_sync(0xffffffffu, old[rs], src[k]);
+      if (!live[k]) break;  // uniform: the batch's live points come first
+      double* to_sum = group_sums + to * cdim;
+      double* from_sum = group_sums + from * cdim;
+      // cdim > 16*(KS - 1): the lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
+#pragma unroll
+      for (int it = 0; it < kPerLane; ++it) {
+        const int j = lane + 32 * it;
+        if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
+          atomicAdd(to_sum + j, static_cast<double>(x[k][it]));
+          atomicAdd(from_sum + j, -static_cast<double>(x[k][it]));
         }
       }
     }
   }
-  asm volatile("cp.async.commit_group;\n" ::);
 }
 
-// Moves each point in `moved` (owner lanes of rows rs: lane 4p holds row p + 8*rs) from the sums
-// of its old cluster to those of its new one, from its staged coordinates. The whole warp takes one
-// point at a time, one coordinate per lane. In ROUND_NEXT every valid row has an old code (round 0
-// wrote them all).
-template <int KS>
-__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
-                                            const float (&xaug)[2], const float* rows, double* group_sums, int cdim,
-                                            int dsub) {
-  constexpr int RS = tile_stride(KS);
-  const int lane = threadIdx.x & 31;
-  while (moved != 0u) {
-    const int src = __ffs(moved) - 1;
-    moved &= moved - 1u;
-    const int to = __shfl_sync(0xffffffffu, code[rs], src);
-    const int from = __shfl_sync(0xffffffffu, old[rs], src);
-    const float aug = __shfl_sync(0xffffffffu, xaug[rs], src);
-    const float* xr = rows + ((src >> 2) + 8 * rs) * RS;
-    double* to_sum = group_sums + to * cdim;
-    double* from_sum = group_sums + from * cdim;
-    // cdim <= 16*KS: a fixed number of coordinates per lane, unrolled; cdim > 16*(KS - 1), so the
-    // lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
-#pragma unroll
-    for (int it = 0; it < (KS + 1) / 2; ++it) {
-      const int j = lane + 32 * it;
-      if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
-        const double x = j < dsub ? static_cast<double>(xr[j]) : static_cast<double>(aug);
-        atomicAdd(to_sum + j, x);
-        atomicAdd(from_sum + j, -x);
-      }
-    }
-  }
-}
-
-template <int KS>
+template <int KS, bool kOneChunk>
 __device__ void build_round(const float* keys, const float* norms, const float* phi, const float* centroids,
                             const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint8_t* index_codes,
                             double* sums, unsigned* counts, unsigned* stats, int n, int M, int sk, int D, int O, int C,
-                            int cdim, int cstride, int capacity, int NT, int mode, int stages) {
-  constexpr int RS = tile_stride(KS);
+                            int cdim, int cstride, int capacity, int NT, int mode) {
   extern __shared__ uint4 smem[];
   const int CP = NT * 8;
   uint4* frag = smem;
   float* info = reinterpret_cast<float*>(frag + NT * KS * 32);
-  float* tiles_smem = info + ((CP + 1 + 3) / 4) * 4;  // per warp, a ring of `stages` buffers of kWarpPoints rows
+  // One chunk (C <= 64): the fp32 centroids too, for the canonical re-scoring ([C, cstride], after info).
+  float* cent_smem = info + ((CP + 1 + 3) / 4) * 4;
   const bool accumulate = mode != ROUND_FINAL;
   const int g = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int dsub = D / M;
-  // Warp tiles of the group: warp w of block x takes tiles 4x + w, 4x + w + 4P, … on its own (its
-  // own staging ring, no block barrier in the loop: a warp re-scoring a near tie holds up no other).
+  // Warp tiles of the group: warp w of block x takes tiles 4x + w, 4x + w + 4P, … on its own (no
+  // block barrier in the loop: a warp re-scoring a near tie holds up no other).
   constexpr int kWarps = kRoundThreads / 32;
   const int tiles = (n + kWarpPoints - 1) / kWarpPoints;
   const int first_tile = blockIdx.x * kWarps + warp;
   const int tile_step = gridDim.x * kWarps;
-  const int chunks = dsub / 4;
   const int bkv = g / M;
   const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
-  const StagePlan plan = make_stage_plan(lane, chunks);
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
-  float* ring = tiles_smem + warp * stages * kWarpPoints * RS;
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
     for (int e = threadIdx.x; e < NT * KS * 32; e += kRoundThreads) frag[e] = src[e];
     const float* isrc = info_g + static_cast<int64_t>(g) * (CP + 1);
     for (int e = threadIdx.x; e < CP + 1; e += kRoundThreads) info[e] = isrc[e];
-    // Columns dsub .. RS-1 of the buffers stay zero (the copies write columns < dsub only).
-    for (int e = threadIdx.x; e < kWarps * stages * kWarpPoints * (RS - dsub); e += kRoundThreads) {
-      const int r = e / (RS - dsub);
-      tiles_smem[r * RS + dsub + (e - r * (RS - dsub))] = 0.0f;
+    if (kOneChunk) {
+      const float4* csrc = reinterpret_cast<const float4*>(centroids + static_cast<int64_t>(g) * C * cstride);
+      for (int e = threadIdx.x; e < C * cstride / 4; e += kRoundThreads) reinterpret_cast<float4*>(cent_smem)[e] = csrc[e];
     }
   }
-  for (int s = 0; s + 1 < stages; ++s)
-    stage_tile<RS>(ring + s * kWarpPoints * RS, plan, group_keys, D, first_tile + s * tile_step, tiles, n);
-  __syncthreads();  // centroid fragments, info and the zero columns, once
-  const float cmax = info[CP];
+  const int q = lane >> 2;
+  const int t = lane & 3;
+  const bool last_in = 16 * (KS - 1) + 4 * t < dsub;
+  const bool ip_lane = cdim > dsub && 16 * (KS - 1) + 4 * t == dsub;
+  if (first_tile < tiles) prefetch_tile_l2(group_keys, D, dsub, first_tile, n);
+  __syncthreads();  // centroid fragments, info (and the one-chunk centroids), once
   GroupView view;
   view.frag = frag;
   view.half_norm2 = info;
-  view.cent = centroids + static_cast<int64_t>(g) * C * cstride;
+  view.cmax = info[CP];
+  view.cent = kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
+  view.keys = group_keys;
   view.norms = norms;
   view.dsub = dsub;
+  view.D = D;
   view.phi = cdim > dsub ? phi[g] : 0.0f;
   view.g = g;
   view.n = n;
@@ -570,22 +583,10 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   view.cdim = cdim;
   view.cstride = cstride;
   view.NT = NT;
-  const int q = lane >> 2;
-  const int t = lane & 3;
   unsigned flagged_total = 0;
   unsigned changed_total = 0;
 
-  view.cmax = cmax;
-  int buffer = 0;  // ring slot of `tile`
-  for (int tile = first_tile; tile < tiles; tile += tile_step, buffer = buffer + 1 == stages ? 0 : buffer + 1) {
-    // Tile + (stages - 1) steps ahead streams in while this one is scored.
-    const int ahead = buffer + stages - 1 >= stages ? buffer - 1 : buffer + stages - 1;
-    stage_tile<RS>(ring + ahead * kWarpPoints * RS, plan, group_keys, D, tile + (stages - 1) * tile_step, tiles, n);
-    if (stages >= 3) asm volatile("cp.async.wait_group 2;\n" ::);
-    else if (stages == 2) asm volatile("cp.async.wait_group 1;\n" ::);
-    else asm volatile("cp.async.wait_group 0;\n" ::);
-    __syncwarp();  // every lane's copies of this tile are visible to the warp
-    const float* rows = ring + buffer * kWarpPoints * RS;
+  auto score_tile = [&](int tile) {
     const int pbase = tile * kWarpPoints;
     // The previous codes are loaded before the scoring, which hides their latency.
     int old[2] = {-1, -1};
@@ -597,7 +598,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
-    flagged_total += nearest_rows<KS>(view, rows, pbase, code, valid, xaug);
+    flagged_total += nearest_rows<KS, kOneChunk>(view, last_in, ip_lane, pbase, code, valid, xaug);
     if (!accumulate) {
       if (index_codes != nullptr && t == 0) {
         const int m = g - bkv * M;
@@ -605,19 +606,17 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
         for (int rs = 0; rs < 2; ++rs)
           if (valid[rs]) index_codes[(static_cast<int64_t>(bkv) * capacity + O + pbase + q + 8 * rs) * M + m] = static_cast<uint8_t>(code[rs]);
       }
-      __syncwarp();  // this buffer is restaged next iteration
-      continue;
+      return;
     }
     if (mode == ROUND_FIRST) {  // codes only: pq_build_first_sums then adds every point to its cluster
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs)
         if (valid[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
       changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && valid[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && valid[1]));
-      __syncwarp();  // this buffer is restaged next iteration
-      continue;
+      return;
     }
     // Codes that changed move their point between the clusters' sums: the row's owner lane (t == 0)
-    // writes the code and moves the counts; the warp moves the coordinates, one point at a time.
+    // writes the code and moves the counts; the warp moves the coordinates (move_points).
     bool changed[2] = {false, false};
 #pragma unroll
     for (int rs = 0; rs < 2; ++rs) {
@@ -631,9 +630,15 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
     const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
     changed_total += __popc(moved0) + __popc(moved1);
-    move_points<KS>(moved0, 0, code, old, xaug, rows, group_sums, cdim, dsub);
-    move_points<KS>(moved1, 1, code, old, xaug, rows, group_sums, cdim, dsub);
-    __syncwarp();  // this buffer is restaged next iteration
+    if ((moved0 | moved1) != 0u) {
+      const float* tile_keys = group_keys + static_cast<int64_t>(pbase) * D;
+      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, D, group_sums, cdim, dsub);
+      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, D, group_sums, cdim, dsub);
+    }
+  };
+  for (int tile = first_tile; tile < tiles; tile += tile_step) {
+    if (tile + tile_step < tiles) prefetch_tile_l2(group_keys, D, dsub, tile + tile_step, n);  // streams in meanwhile
+    score_tile(tile);
   }
   if (lane == 0 && stats != nullptr) {
     if (flagged_total != 0u) atomicAdd(stats, flagged_total);
@@ -641,32 +646,37 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   }
 }
 
-// pq_build_round_kN: register-limited to 3 blocks (12 warps) per SM; pq_build_round_kN_b4 (KS <= 4,
-// at most 128 registers) fits 4 blocks with 2 staged tiles: the host's default there, as the round
-// is latency bound (k4_b4 spills ~56 bytes and is still at least as fast on the seed build: 4.95 vs
-// 5.12 ms in session 8, 4.65-4.66 vs 4.66-4.70 ms in session 13).
-#define PQ_BUILD_ROUND(KS, MIN_BLOCKS, NAME)                                                                       \
+// pq_build_round_kN: any C, register-limited to 2 blocks (8 warps) per SM. pq_build_round_kN_c1_bB:
+// C <= 64 (one chunk of centroids), B blocks per SM (2, and 3 or 4 for KS <= 4: at most 168 or 128
+// registers).
+#define PQ_BUILD_ROUND(KS, ONE_CHUNK, MIN_BLOCKS, NAME)                                                            \
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
       const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
       unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT,      \
-      int mode, int stages) {                                                                                      \
-    build_round<KS>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts, stats, n, M, sk, \
-                    D, O, C, cdim, cstride, capacity, NT, mode, stages);                                           \
+      int mode) {                                                                                                  \
+    build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts,      \
+                               stats, n, M, sk, D, O, C, cdim, cstride, capacity, NT, mode);                       \
   }
-PQ_BUILD_ROUND(1, 2, pq_build_round_k1)
-PQ_BUILD_ROUND(2, 2, pq_build_round_k2)
-PQ_BUILD_ROUND(3, 2, pq_build_round_k3)
-PQ_BUILD_ROUND(4, 2, pq_build_round_k4)
-PQ_BUILD_ROUND(5, 2, pq_build_round_k5)
-PQ_BUILD_ROUND(6, 2, pq_build_round_k6)
-PQ_BUILD_ROUND(7, 2, pq_build_round_k7)
-PQ_BUILD_ROUND(8, 2, pq_build_round_k8)
-PQ_BUILD_ROUND(9, 2, pq_build_round_k9)
-PQ_BUILD_ROUND(1, 4, pq_build_round_k1_b4)
-PQ_BUILD_ROUND(2, 4, pq_build_round_k2_b4)
-PQ_BUILD_ROUND(3, 4, pq_build_round_k3_b4)
-PQ_BUILD_ROUND(4, 4, pq_build_round_k4_b4)
+#define PQ_BUILD_ROUND_KS(KS)                                  \
+  PQ_BUILD_ROUND(KS, false, 2, pq_build_round_k##KS)          \
+  PQ_BUILD_ROUND(KS, true, 2, pq_build_round_k##KS##_c1_b2)
+#define PQ_BUILD_ROUND_KS_B34(KS)                              \
+  PQ_BUILD_ROUND(KS, true, 3, pq_build_round_k##KS##_c1_b3)   \
+  PQ_BUILD_ROUND(KS, true, 4, pq_build_round_k##KS##_c1_b4)
+PQ_BUILD_ROUND_KS(1)
+PQ_BUILD_ROUND_KS(2)
+PQ_BUILD_ROUND_KS(3)
+PQ_BUILD_ROUND_KS(5)
+PQ_BUILD_ROUND_KS(6)
+PQ_BUILD_ROUND_KS(7)
+PQ_BUILD_ROUND_KS(8)
+PQ_BUILD_ROUND_KS(9)
+PQ_BUILD_ROUND_KS_B34(1)
+PQ_BUILD_ROUND_KS_B34(2)
+PQ_BUILD_ROUND_KS_B34(3)
+PQ_BUILD_ROUND_KS(4)
+PQ_BUILD_ROUND_KS_B34(4)
 
 // Round 0's cluster sums and counts, from the codes round 0 wrote. In round 0 every point joins a
 // cluster, and adding each coordinate with a float64 atomic from the round kernel (131 M on the seed

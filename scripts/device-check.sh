@@ -62,9 +62,9 @@ for s in $steps; do
         for cli in $(cd /tmp/pqcache-node/bin && ls -d pqcache@* 2>/dev/null); do
           run "bab-${cli#pqcache@}-$i" 120 "$cli" bench --backend cuda --kind build --config seed --json "$OUT/bab-${cli#pqcache@}-$i.json"
         done
-        for v in ${BUILDAB_VARIANTS:-b3:auto b3:2 b4:auto b4:1}; do
-          name="bab-new-${v%:*}-s${v#*:}-$i"
-          run "$name" 120 env PQCACHE_BUILD_B4="$([ "${v%:*}" = b4 ] && echo 1 || echo 0)" PQCACHE_BUILD_STAGES="${v#*:}" pqcache bench --backend cuda --kind build --config seed --json "$OUT/$name.json"
+        for v in ${BUILDAB_VARIANTS:-2 3 4}; do  # round-kernel blocks per SM
+          name="bab-new-b$v-$i"
+          run "$name" 120 env PQCACHE_BUILD_BLOCKS="$v" pqcache bench --backend cuda --kind build --config seed --json "$OUT/$name.json"
         done
       done
       node scripts/ab-table.mjs "$OUT"/bab-*.json ;;
@@ -72,7 +72,7 @@ for s in $steps; do
       for tool in memcheck racecheck initcheck synccheck; do
         run "san-$tool-build" 300 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/build.test.js
       done
-      SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (KS 1-9, 3 and 4 blocks per SM, 1-3 staged tiles per warp, 1-4 centroid chunks), init, first sums, finalize, norms" \
+      SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (KS 1-9, 2, 3 and 4 blocks per SM, 1-4 centroid chunks), init, first sums, finalize, norms" \
         node scripts/merge-sanitizer.mjs "$OUT" ;;
     hostwait) # same-run A/B of the seed config: the driver's host wait mode (PQCACHE_HOST_WAIT) unpinned and pinned to one core
       for i in 1 2; do for w in auto spin blocking; do for pin in all 2; do

@@ -92,7 +92,6 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
         gpu_ms_kmeans: round3(g.median / 1000),
         note: 'wall includes the host→device key upload; gpu covers the k-means kernels',
         round_kernel: stats?.roundKernel,
-        stages: stats?.stages,
         // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
         // and share whose code changed, per assignment pass (last: the final assignment).
         flagged_share_per_round: shares(stats?.flaggedPerRound, stats?.points),

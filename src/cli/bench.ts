@@ -134,15 +134,8 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/**
- * A/B overrides of the build kernel's choices: PQCACHE_BUILD_STAGES=1|2|3 (staged tile buffers per
- * warp), PQCACHE_BUILD_B4=1|0 (the round kernel limited to 128 registers, four blocks per SM, or not).
- */
+/** A/B override of the build kernel's choice: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per SM). */
 function buildTuningFromEnv(): BuildTuning {
-  const stages = Number(process.env.PQCACHE_BUILD_STAGES);
-  const b4 = process.env.PQCACHE_BUILD_B4;
-  return {
-    ...(stages === 1 || stages === 2 || stages === 3 ? { stages } : {}),
-    ...(b4 === '1' || b4 === '0' ? { fourBlocks: b4 === '1' } : {}),
-  };
+  const blocks = Number(process.env.PQCACHE_BUILD_BLOCKS);
+  return blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {};
 }

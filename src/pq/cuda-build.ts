@@ -17,8 +17,8 @@ import { loadKernels } from './kernels.js';
 import { initialSampleIndices } from './rng.js';
 
 const ROUND_THREADS = 128;
-/** Rows of one staged buffer over a block's warps (4 warps × one 16-point tile each). */
-const STAGE_ROWS = (ROUND_THREADS / 32) * 16;
+/** Points a round block scores at once (4 warps × one 16-point tile each). */
+const BLOCK_POINTS = (ROUND_THREADS / 32) * 16;
 /** Round modes of kernels/build.cu (BuildRoundMode). */
 const ROUND_FIRST = 0;
 const ROUND_NEXT = 1;
@@ -57,20 +57,31 @@ export interface BuildStats {
   readonly changedPerRound: readonly number[];
   /** Points per round (all groups). */
   readonly points: number;
-  /** The round kernel and its staged tile buffers. */
+  /** The round kernel. */
   readonly roundKernel: string;
-  readonly stages: number;
 }
 
-/** Benchmark override of the round kernel's choice (default: what fits). */
+/** Benchmark override of the round kernel's choice (default: DEFAULT_ROUND_BLOCKS). */
 export interface BuildTuning {
-  /** Staged tile buffers per warp: tiles in flight + 1 (a tile streams in while another is scored). */
-  readonly stages?: 1 | 2 | 3;
   /**
-   * The round kernel limited to 128 registers, so 4 blocks share an SM (KS ≤ 4 only; the default
-   * there: 4.95 vs 5.12 ms GPU on the seed build, H100, bench/NOTES.md session 8).
+   * Round-kernel blocks (of 4 warps) per SM, by its register limit: 2 (any KS), 3 or 4 (KS ≤ 4:
+   * at most 168 or 128 registers).
    */
-  readonly fourBlocks?: boolean;
+  readonly blocksPerSM?: 2 | 3 | 4;
+}
+
+/** Round-kernel blocks per SM where KS ≤ 4 allows a choice. */
+const DEFAULT_ROUND_BLOCKS = 4;
+
+/**
+ * The round kernel of kernels/build.cu for KS k-steps and NT n-tiles: `_c1` kernels score one chunk
+ * of 64 centroids (C ≤ 64), at 2 blocks per SM or, for KS ≤ 4, at 3 or 4; more chunks take the
+ * general kernel (2 blocks per SM).
+ */
+export function roundKernelName(KS: number, NT: number, tuning: BuildTuning = {}): string {
+  if (NT > 8) return `pq_build_round_k${KS}`;
+  const blocks = KS <= 4 ? (tuning.blocksPerSM ?? DEFAULT_ROUND_BLOCKS) : 2;
+  return `pq_build_round_k${KS}_c1_b${blocks}`;
 }
 
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
@@ -78,14 +89,9 @@ export function deviceBuildSupported(layout: Layout): boolean {
   return layout.subDim <= 128 && layout.subDim % 4 === 0 && layout.numCentroids <= 256;
 }
 
-/** Row stride (floats) of a staged tile in kernels/build.cu (tile_stride). */
-function tileStride(ks: number): number {
-  return Math.ceil((ks * 16 - 8) / 32) * 32 + 8;
-}
-
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 4096;
@@ -119,25 +125,18 @@ export function buildOnDevice(
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
-  const fourBlocks = (tuning.fourBlocks ?? true) && KS <= 4;
-  const roundKernel = `pq_build_round_k${KS}${fourBlocks ? '_b4' : ''}`;
+  const roundKernel = roundKernelName(KS, NT, tuning);
   const round = mod.kernel(roundKernel);
-  const fixedBytes = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16;
-  const tileBytes = STAGE_ROWS * tileStride(KS) * 4;
-  const dev = CudaContext.primary().device;
-  // Staged tiles in flight: as many as fit (≤ 3) while two blocks (four for the _b4 kernel) share
-  // an SM, else what fits.
-  const fits = (stages: number, blocks: number): boolean => blocks * (fixedBytes + stages * tileBytes + 1024) <= dev.maxSharedPerMultiprocessor && fixedBytes + stages * tileBytes <= dev.maxSharedPerBlockOptin;
-  const shared = fourBlocks ? 4 : 2;
-  const stages = tuning.stages ?? ([3, 2].find((st) => fits(st, shared)) ?? [2, 1].find((st) => fits(st, 1)) ?? 1);
-  const roundSmem = fixedBytes + stages * tileBytes;
+  // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c|; one chunk (NT = 8):
+  // its fp32 centroids too.
+  const roundSmem = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16 + (NT === 8 ? C * cstride * 4 : 0);
   // init and finalize keep the group's centroids in shared memory for packing where they fit in the
   // default 48 KB beside the kernels' few static bytes (C·cstride·4 bytes: 16 KB on the seed config),
   // else pack from global memory.
   const stagedBytes = C * cstride * 4;
   const staged = stagedBytes <= 47 * 1024 ? 1 : 0;
   const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
-  const tiles = Math.ceil(n / STAGE_ROWS);
+  const tiles = Math.ceil(n / BLOCK_POINTS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
   const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
@@ -191,7 +190,7 @@ export function buildOnDevice(
       args(ROUND_ARGS).setAll([
         s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
         mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
-        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode, stages,
+        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode,
       ]);
     const finalize = mod.kernel('pq_build_finalize');
     const firstSums = mod.kernel('pq_build_first_sums');
@@ -225,7 +224,6 @@ export function buildOnDevice(
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
       roundKernel,
-      stages,
     };
   } finally {
     for (const a of argsList) a.dispose();
