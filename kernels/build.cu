@@ -255,16 +255,23 @@ __device__ __forceinline__ void prefetch_tile_l2(const float* group_keys, int D,
   }
 }
 
-// The mma A fragments (bf16 hi and lo) of k-step ks of a tile's rows q and q + 8. The ip coordinate
-// (column dsub, in the last k-step as cdim = dsub + 1 > 16(KS - 1)) is the .x of the lane with
-// 16(KS - 1) + 4t == dsub (`ip_lane`).
+// A lane's 4 columns of k-step ks of tile row q + 8rs with the ip coordinate in place: column dsub,
+// in the last k-step as cdim = dsub + 1 > 16(KS - 1), is the .x of the lane with 16(KS - 1) + 4t ==
+// dsub (`ip_lane`).
+template <int KS>
+__device__ __forceinline__ float4 tile_cols(const float4 (&x)[2][KS], int rs, int ks, bool ip_lane, const float (&xaug)[2]) {
+  float4 v = x[rs][ks];
+  if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+  return v;
+}
+
+// The mma A fragments (bf16 hi and lo) of k-step ks of a tile's rows q and q + 8.
 template <int KS>
 __device__ __forceinline__ void split_kstep(const float4 (&x)[2][KS], int ks, bool ip_lane, const float (&xaug)[2],
                                             uint32_t (&ah)[4], uint32_t (&al)[4]) {
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    float4 v = x[rs][ks];
-    if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+    const float4 v = tile_cols<KS>(x, rs, ks, ip_lane, xaug);
     split_pair(v.x, v.y, ah[rs], al[rs]);          // k-step columns 2t, 2t+1 of row q + 8rs
     split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // columns 2t+8, 2t+9
   }
@@ -278,8 +285,7 @@ __device__ __forceinline__ void row_sq(const float4 (&x)[2][KS], bool ip_lane, c
     sq[rs] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
-      float4 v = x[rs][ks];
-      if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+      const float4 v = tile_cols<KS>(x, rs, ks, ip_lane, xaug);
       sq[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sq[rs]))));
     }
   }
@@ -352,10 +358,10 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   // tile to the next) kept 32 more registers live beside the accumulators, and the kernel spilled at
   // four blocks per SM. The first load reads what the L2 prefetch brought; later chunks (C >= 128
   // only) hit L1 or L2. sq: this lane's share of each row's |x|^2, when asked.
-  auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float* sq) {
+  auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
     float4 x[2][KS];
     load_tile<KS>(x, v.keys, v.D, pbase / kWarpPoints, v.n, last_in);
-    if (sq != nullptr) row_sq<KS>(x, ip_lane, xaug, *reinterpret_cast<float(*)[2]>(sq));
+    if (sq != nullptr) row_sq<KS>(x, ip_lane, xaug, *sq);
     chunk_scores<KS>(acc, x, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane);
   };
   auto rescore_chunk = [&](float (&acc)[8][4], int nt0) { tile_chunk_scores(acc, nt0, nullptr); };
@@ -368,7 +374,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   float best[2] = {-INFINITY, -INFINITY};
   float sq[2];
   for (int nt0 = 0; nt0 < NT; nt0 += 8) {
-    tile_chunk_scores(acc, nt0, nt0 == 0 ? sq : nullptr);
+    tile_chunk_scores(acc, nt0, nt0 == 0 ? &sq : nullptr);
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
