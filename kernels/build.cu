@@ -227,7 +227,8 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 // row and k-step, straight from the keys, with no staging in shared memory (a staged tile cost
 // ~150 instructions of cp.async addressing and its waits, ncu session 13).
 // Rows past n repeat row n - 1 (loaded, never counted). Only the last k-step can reach past dsub
-// (dsub > 16(KS - 1) - 1): its lanes past dsub load nothing (`last_in`) and hold zeros.
+// (cdim > 16(KS - 1), so dsub >= 16(KS - 1)): its lanes past dsub load nothing (`last_in`) and hold
+// zeros.
 template <int KS>
 __device__ __forceinline__ void load_tile(float4 (&x)[2][KS], const float* group_keys, int D, int tile, int n,
                                           bool last_in) {
@@ -356,15 +357,14 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   }
   // Scores of chunk nt0 from the tile loaded for it: a tile held across the chunk loop (or from one
   // tile to the next) kept 32 more registers live beside the accumulators, and the kernel spilled at
-  // four blocks per SM. The first load reads what the L2 prefetch brought; later chunks (C >= 128
-  // only) hit L1 or L2. sq: this lane's share of each row's |x|^2, when asked.
+  // four blocks per SM. The first load reads what the L2 prefetch brought; later chunks (passes B and
+  // C re-score them when C >= 128) hit L1 or L2. sq: this lane's share of each row's |x|^2, when asked.
   auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
     float4 x[2][KS];
     load_tile<KS>(x, v.keys, v.D, pbase / kWarpPoints, v.n, last_in);
     if (sq != nullptr) row_sq<KS>(x, ip_lane, xaug, *sq);
     chunk_scores<KS>(acc, x, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane);
   };
-  auto rescore_chunk = [&](float (&acc)[8][4], int nt0) { tile_chunk_scores(acc, nt0, nullptr); };
   // kOneChunk (C <= 64): one chunk, whose scores stay in the accumulators from pass A to C; its own
   // kernels, as the chunk loops kept more registers live (the four-block kernel spilled).
   const int NT = kOneChunk ? 8 : v.NT;
@@ -401,7 +401,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   // The low half holds at most 2*NT indices below NT*8 <= 256 per lane: < 2^16.
   int packed[2] = {0, 0};
   for (int nt0 = 0; nt0 < NT; nt0 += 8) {
-    if (!kOneChunk) rescore_chunk(acc, nt0);  // one chunk: acc holds it
+    if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);  // one chunk: acc holds it
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -433,7 +433,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   float cd[2] = {INFINITY, INFINITY};
   int cc[2] = {INT_MAX, INT_MAX};
   for (int nt0 = 0; nt0 < NT; nt0 += 8) {
-    if (!kOneChunk) rescore_chunk(acc, nt0);
+    if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);
     uint32_t candidates = 0u;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {

@@ -73,13 +73,16 @@ export interface BuildTuning {
 /** Round-kernel blocks per SM where KS ≤ 4 allows a choice. */
 const DEFAULT_ROUND_BLOCKS = 4;
 
+/** n-tiles of 8 centroids in one chunk of the round kernel (64 centroids, scored without a guard). */
+const CHUNK_NTILES = 8;
+
 /**
- * The round kernel of kernels/build.cu for KS k-steps and NT n-tiles: `_c1` kernels score one chunk
- * of 64 centroids (C ≤ 64), at 2 blocks per SM or, for KS ≤ 4, at 3 or 4; more chunks take the
- * general kernel (2 blocks per SM).
+ * The round kernel of kernels/build.cu for KS k-steps: `_c1` kernels score one chunk of 64
+ * centroids (C ≤ 64), at 2 blocks per SM or, for KS ≤ 4, at 3 or 4; more chunks take the general
+ * kernel (2 blocks per SM).
  */
-export function roundKernelName(KS: number, NT: number, tuning: BuildTuning = {}): string {
-  if (NT > 8) return `pq_build_round_k${KS}`;
+function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning): string {
+  if (!oneChunk) return `pq_build_round_k${KS}`;
   const blocks = KS <= 4 ? (tuning.blocksPerSM ?? DEFAULT_ROUND_BLOCKS) : 2;
   return `pq_build_round_k${KS}_c1_b${blocks}`;
 }
@@ -121,15 +124,16 @@ export function buildOnDevice(
   const n = seqLen - O;
   // n-tiles of 8 centroids, padded to whole chunks of 8 n-tiles: the round kernel scores 64 centroids at
   // a time with no guard on its mma instructions (padding centroids never win).
-  const NT = roundUp(Math.ceil(C / 8), 8);
+  const NT = roundUp(Math.ceil(C / 8), CHUNK_NTILES);
+  const oneChunk = NT === CHUNK_NTILES;
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
-  const roundKernel = roundKernelName(KS, NT, tuning);
+  const roundKernel = roundKernelName(KS, oneChunk, tuning);
   const round = mod.kernel(roundKernel);
-  // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c|; one chunk (NT = 8):
+  // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c|; with one chunk,
   // its fp32 centroids too.
-  const roundSmem = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16 + (NT === 8 ? C * cstride * 4 : 0);
+  const roundSmem = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
   // init and finalize keep the group's centroids in shared memory for packing where they fit in the
   // default 48 KB beside the kernels' few static bytes (C·cstride·4 bytes: 16 KB on the seed config),
   // else pack from global memory.
