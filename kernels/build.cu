@@ -36,7 +36,9 @@
 //                      KS = ceil(cdim/16) (template N).
 //   pq_build_first_sums grid (ceil(n/4096), G), block 256: round 0's sums and counts (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
-//                      re-seed; packs.
+//                      re-seed; packs; block 0 writes the rounds done to `progress` when given.
+// The host captures the whole k-means (norms, init, every round and finalize, the final
+// assignment) in one CUDA graph.
 // Packed operands of group g (written by init/finalize, read by the round):
 //   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
 //     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (load_tile: lane t's b0, b1
@@ -776,7 +778,8 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float*
                                                                     const double* sums, const unsigned* counts, float* centroids,
                                                                     uint4* frag, float* info, int n, int M, int sk, int D,
                                                                     int O, int C, int cdim, int cstride, int NT, int KS,
-                                                                    unsigned seed, int round, int staged) {
+                                                                    unsigned seed, int round, int staged,
+                                                                    unsigned* progress) {
   // staged: the block keeps a copy of the group's new centroids in dynamic shared memory ([C, cstride],
   // when it fits) for pack_group, which then reads no global memory.
   extern __shared__ float4 staged_centroids[];
@@ -814,4 +817,7 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float*
   }
   __syncthreads();
   pack_group(staged ? sc : centroids + static_cast<int64_t>(g) * C * cstride, frag, info, g, C, cdim, cstride, NT, KS);
+  // Rounds done, for a host that reports progress while the build's graph runs (mapped pinned
+  // memory; null when nobody watches). Block 0's word: a progress report, not a completion signal.
+  if (progress != nullptr && g == 0 && threadIdx.x == 0) *reinterpret_cast<volatile unsigned*>(progress) = round + 1u;
 }

@@ -90,7 +90,7 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
       extra: {
         quantization_error: err,
         gpu_ms_kmeans: round3(g.median / 1000),
-        note: 'wall includes the host→device key upload; gpu covers the k-means kernels',
+        note: 'wall includes the host→device key upload; gpu covers the k-means graph (its launch and every kernel)',
         round_kernel: stats?.roundKernel,
         // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
         // and share whose code changed, per assignment pass (last: the final assignment).

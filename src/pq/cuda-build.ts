@@ -4,10 +4,12 @@
  * near ties re-scored in its canonical order), means and re-seeding, so that integer-valued data
  * gives identical centroids and codes on both backends. One pass over the keys per round: the
  * cluster sums follow the points whose code changed (round 0, where every point joins a cluster,
- * reads them once more to form its sums in code order).
+ * reads them once more to form its sums in code order). The k-means is one CUDA graph (norms,
+ * init, every round and finalize, the final assignment), launched once.
  */
+import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
-import { DeviceArena, copies, type DeviceRange } from '../cuda/memory.js';
+import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import type { Layout } from './config.js';
@@ -98,11 +100,35 @@ const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 4096;
-const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32'] as const;
+const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
+
+/** How often the host looks at the rounds done while the build graph runs (ms). */
+const PROGRESS_POLL_MS = 1;
 
 /**
- * Run the k-means of `keys` ([B, Hkv, sk, D] f32 on the host) into `target`, enqueued on `stream`
- * and synchronized at the end. `onRound(done, total)` reports progress after each round.
+ * Wait for the build graph on `stream`, calling `onRound` for each round that pq_build_finalize
+ * reports done in `rounds` (mapped pinned memory) meanwhile.
+ */
+function waitReportingRounds(stream: Stream, rounds: Uint32Array, total: number, onRound: (done: number, total: number) => void): void {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  let seen = 0;
+  for (;;) {
+    const idle = stream.isIdle(); // before the read: the last count written is then seen
+    const done = rounds[0] ?? 0;
+    if (done > seen && done < total) {
+      seen = done;
+      onRound(done, total);
+    }
+    if (idle) return;
+    Atomics.wait(nap, 0, 0, PROGRESS_POLL_MS);
+  }
+}
+
+/**
+ * Run the k-means of `keys` ([B, Hkv, sk, D] f32 on the host) into `target`: one CUDA graph on
+ * `stream`, synchronized at the end. `onRound(done, total)` reports progress as rounds finish
+ * (the host polls a word the graph writes; the last call, done = total, comes after the graph
+ * completed).
  */
 export function buildOnDevice(
   layout: Layout,
@@ -111,7 +137,7 @@ export function buildOnDevice(
   target: DeviceBuildTarget,
   stream: Stream,
   onRound?: (done: number, total: number) => void,
-  /** Recorded around the k-means kernels (after the key upload) when given, for benchmarks. */
+  /** Recorded around the k-means graph's launch (after the key upload) when given, for benchmarks. */
   events?: { readonly start: Event; readonly end: Event },
   tuning: BuildTuning = {},
 ): BuildStats {
@@ -171,6 +197,9 @@ export function buildOnDevice(
     argsList.push(a);
     return a;
   };
+  // Rounds done, written by pq_build_finalize into mapped pinned memory while the graph runs.
+  const progress = onRound ? new PinnedBuffer(4) : undefined;
+  let graph: GraphExec | undefined;
   try {
     const s = tmp.slices;
     copies.fromHost(s.keys, keys);
@@ -180,16 +209,8 @@ export function buildOnDevice(
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
     copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
     copies.fill32Async(s.stats, 0, s.stats.bytes / 4, stream);
-    events?.start.record(stream);
-    if (metric === 'ip') {
-      launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
-    }
-    launch(
-      mod.kernel('pq_build_init'),
-      groupShape,
-      args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, staged]),
-      stream,
-    );
+    const rounds = progress ? new Uint32Array(progress.arrayBuffer) : undefined;
+    if (rounds) rounds[0] = 0;
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
         s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
@@ -198,31 +219,47 @@ export function buildOnDevice(
       ]);
     const finalize = mod.kernel('pq_build_finalize');
     const firstSums = mod.kernel('pq_build_first_sums');
-    const finalizeArgs = args(FINALIZE_ARGS);
-    for (let r = 0; r < iters; r++) {
-      launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
-      if (r === 0) {
-        // Round 0 writes codes only; its sums and counts come from the codes, a block per 4096 points.
-        launch(
-          firstSums,
-          { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
-          args(FIRST_SUMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
-          stream,
-        );
+    // The whole k-means as one graph: a node per launch (the driver copies each launch's arguments
+    // into its node, so finalize's argument block is rewritten from round to round).
+    graph = GraphExec.capture(stream, () => {
+      if (metric === 'ip') {
+        launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
       }
-      finalizeArgs.setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged]);
-      launch(finalize, groupShape, finalizeArgs, stream);
-      if (onRound) {
-        stream.synchronize();
-        onRound(r + 1, iters + 1);
+      launch(
+        mod.kernel('pq_build_init'),
+        groupShape,
+        args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, staged]),
+        stream,
+      );
+      const finalizeArgs = args(FINALIZE_ARGS);
+      for (let r = 0; r < iters; r++) {
+        launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
+        if (r === 0) {
+          // Round 0 writes codes only; its sums and counts come from the codes, a block per 4096 points.
+          launch(
+            firstSums,
+            { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
+            args(FIRST_SUMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
+            stream,
+          );
+        }
+        finalizeArgs.setAll([
+          s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr,
+          n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress?.ptr ?? 0n,
+        ]);
+        launch(finalize, groupShape, finalizeArgs, stream);
       }
-    }
-    launch(round, roundShape, roundArgs(iters, ROUND_FINAL), stream);
+      launch(round, roundShape, roundArgs(iters, ROUND_FINAL), stream);
+    });
+    events?.start.record(stream);
+    graph.launch(stream);
     events?.end.record(stream);
+    if (onRound && rounds) waitReportingRounds(stream, rounds, iters + 1, onRound);
     stream.synchronize();
     const stats = new Uint32Array((iters + 1) * 2);
     copies.toHost(stats, s.stats);
-    onRound?.(iters + 1, iters + 1);
+    // The last report counts what the device wrote (every round), plus the final assignment.
+    if (onRound && rounds) onRound((rounds[0] ?? 0) + 1, iters + 1);
     return {
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
@@ -230,6 +267,8 @@ export function buildOnDevice(
       roundKernel,
     };
   } finally {
+    graph?.dispose();
+    progress?.dispose();
     for (const a of argsList) a.dispose();
     tmp.dispose();
   }

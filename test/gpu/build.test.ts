@@ -107,6 +107,32 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM) 
   }
 });
 
+test('GPU build: one graph whose rounds are reported as they finish, ending at done = total', { skip }, () => {
+  // C = 256 (four centroid chunks) over 4 × 65,536 points: a few ms of rounds, several poll intervals.
+  const c: Case = { B: 1, H: 4, Hkv: 4, D: 64, M: 1, bits: 8, sk: 65536, O: 0, ip: false, iters: 6 };
+  const layout = layoutOf(c);
+  const keys = keysFor(c, false, 31);
+  CudaContext.primary();
+  const stream = new Stream();
+  const { arena, target } = allocateBuildTarget(layout, c.sk);
+  try {
+    const reports: Array<[number, number]> = [];
+    buildOnDevice(layout, keys, c.sk, target, stream, (done, total) => reports.push([done, total]));
+    const total = c.iters + 1;
+    // The last report counts the rounds the device wrote: it reaches total only if every finalize did.
+    assert.deepEqual(reports.at(-1), [total, total]);
+    for (let i = 0; i < reports.length; i++) {
+      const [done, t] = reports[i] as [number, number];
+      assert.equal(t, total);
+      assert.ok(done >= 1 && done <= total, `report ${i}: done ${done}`);
+      if (i > 0) assert.ok(done > (reports[i - 1] as [number, number])[0], `reports increase: ${JSON.stringify(reports)}`);
+    }
+  } finally {
+    arena.dispose();
+    stream.dispose();
+  }
+});
+
 /** Σ over groups and points of the distance to the assigned centroid (float64). */
 function quantizationError(st: PQIndexState, keys: Float32Array): number {
   const { layout } = st;
