@@ -41,7 +41,7 @@
 // assignment) in one CUDA graph.
 // Packed operands of group g (written by init/finalize, read by the round):
 //   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
-//     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (load_tile: lane t's b0, b1
+//     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (chunk_scores: lane t's b0, b1
 //     are columns 16ks + 4t, +1 and its b2, b3 columns +2, +3): {b0 hi, b1 hi, b0 lo, b1 lo} as
 //     bf16 pairs;
 //   info[g]: |c|^2/2 for c < NT*8 (+inf past C), then max |c|.
@@ -113,8 +113,9 @@ __device__ __forceinline__ void split_pair(float v0, float v1, uint32_t& hi, uin
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
+// Volatile: kept in program order with load_kstep's loads.
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
@@ -222,25 +223,44 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
   return 0x1p-11f * xnorm * cmax + 0x1p-17f * s * s + 0x1p-101f;
 }
 
-// A warp's 16-point tile in registers: x[rs][ks] holds columns 16ks + 4t .. 16ks + 4t + 3 of tile
-// row q + 8rs (lane = 4q + t). The mma's A fragment gives lane t the columns 2t, 2t+1, 2t+8, 2t+9
-// of a k-step; any order of a k-step's columns gives the same products when the A and B fragments
-// share it, so the rounds use 4t .. 4t+3 (pack_group packs the centroids so): one 16-byte load per
-// row and k-step, straight from the keys, with no staging in shared memory (a staged tile cost
-// ~150 instructions of cp.async addressing and its waits, ncu session 13).
+// A warp's 16-point tile, streamed: lane 4q + t holds columns 16ks + 4t .. 16ks + 4t + 3 of tile rows
+// q and q + 8 for one k-step at a time. The mma's A fragment gives lane t the columns 2t, 2t+1,
+// 2t+8, 2t+9 of a k-step; any order of a k-step's columns gives the same products when the A and B
+// fragments share it, so the rounds use 4t .. 4t+3 (pack_group packs the centroids so): one 16-byte
+// load per row and k-step, straight from the keys, with no staging in shared memory (a staged tile
+// cost ~150 instructions of cp.async addressing and its waits, ncu session 13).
 // Rows past n repeat row n - 1 (loaded, never counted). Only the last k-step can reach past dsub
 // (cdim > 16(KS - 1), so dsub >= 16(KS - 1)): its lanes past dsub load nothing (`last_in`) and hold
 // zeros.
-template <int KS>
-__device__ __forceinline__ void load_tile(float4 (&x)[2][KS], const float* group_keys, int D, int tile, int n,
-                                          bool last_in) {
+struct TileRows {
+  const float4* row[2];  // this lane's first 16 bytes of rows q and q + 8
+};
+
+__device__ __forceinline__ TileRows tile_rows(const float* group_keys, int D, int pbase, int n) {
   const int lane = threadIdx.x & 31;
+  TileRows r;
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    const int p = min(tile * kWarpPoints + (lane >> 2) + 8 * rs, n - 1);
-    const float4* row = reinterpret_cast<const float4*>(group_keys + static_cast<int64_t>(p) * D) + (lane & 3);
+    const int p = min(pbase + (lane >> 2) + 8 * rs, n - 1);
+    r.row[rs] = reinterpret_cast<const float4*>(group_keys + static_cast<int64_t>(p) * D) + (lane & 3);
+  }
+  return r;
+}
+
+// K-step ks of the lane's two rows. Volatile, like mma_bf16: the loads stay one k-step ahead of the
+// mma instructions instead of all being hoisted to the tile's start, which held the whole tile (32
+// registers) and spilled at four blocks per SM (a one-step-ahead stream: 3.52 -> 3.47 ms, session 23).
+template <int KS>
+__device__ __forceinline__ void load_kstep(const TileRows& r, int ks, bool last_in, float4 (&x)[2]) {
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) x[rs][ks] = (ks + 1 < KS || last_in) ? __ldg(row + 4 * ks) : make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int rs = 0; rs < 2; ++rs) {
+    if (ks + 1 < KS || last_in) {
+      asm volatile("ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=f"(x[rs].x), "=f"(x[rs].y), "=f"(x[rs].z), "=f"(x[rs].w)
+                   : "l"(r.row[rs] + 4 * ks));
+    } else {
+      x[rs] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
   }
 }
 
@@ -258,67 +278,49 @@ __device__ __forceinline__ void prefetch_tile_l2(const float* group_keys, int D,
   }
 }
 
-// A lane's 4 columns of k-step ks of tile row q + 8rs with the ip coordinate in place: column dsub,
-// in the last k-step as cdim = dsub + 1 > 16(KS - 1), is the .x of the lane with 16(KS - 1) + 4t ==
-// dsub (`ip_lane`).
-template <int KS>
-__device__ __forceinline__ float4 tile_cols(const float4 (&x)[2][KS], int rs, int ks, bool ip_lane, const float (&xaug)[2]) {
-  float4 v = x[rs][ks];
-  if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
-  return v;
-}
-
-// The mma A fragments (bf16 hi and lo) of k-step ks of a tile's rows q and q + 8.
-template <int KS>
-__device__ __forceinline__ void split_kstep(const float4 (&x)[2][KS], int ks, bool ip_lane, const float (&xaug)[2],
-                                            uint32_t (&ah)[4], uint32_t (&al)[4]) {
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    const float4 v = tile_cols<KS>(x, rs, ks, ip_lane, xaug);
-    split_pair(v.x, v.y, ah[rs], al[rs]);          // k-step columns 2t, 2t+1 of row q + 8rs
-    split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // columns 2t+8, 2t+9
-  }
-}
-
-// This lane's share of |x|^2 of a tile's rows q and q + 8 (the ip coordinate included).
-template <int KS>
-__device__ __forceinline__ void row_sq(const float4 (&x)[2][KS], bool ip_lane, const float (&xaug)[2], float (&sq)[2]) {
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    sq[rs] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      const float4 v = tile_cols<KS>(x, rs, ks, ip_lane, xaug);
-      sq[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sq[rs]))));
-    }
-  }
-}
-
-// Scores x.c - |c|^2/2 of a warp's 16 points (the tile `x`, see load_tile) with the 64 centroids of
-// n-tiles nt0 .. nt0+7. Each k-step's A fragments are split just before its mma instructions, so
-// the tile's registers free as the k-steps go (a split of the whole tile first held 32 more).
+// Scores x.c - |c|^2/2 of a warp's 16 points (tile rows `r`) with the 64 centroids of n-tiles
+// nt0 .. nt0+7, the tile streamed a k-step at a time (load_kstep). Each k-step is split into its
+// bf16 hi and lo A fragments just before its mma instructions. The ip coordinate (column dsub, in
+// the last k-step as cdim = dsub + 1 > 16(KS - 1)) is the .x of the lane with 16(KS - 1) + 4t ==
+// dsub (`ip_lane`). sq, when given: this lane's share of each row's |x|^2, ip coordinate included.
 // NT is a multiple of 8 (the host pads it; padding centroids have zero fragments and |c|^2/2 = +inf,
 // so they score -inf): a chunk is always whole, so no mma sits behind a guard (a guarded mma.sync
 // costs a WARPSYNC and scheduling NOPs each, and the compiler cannot interleave them).
 template <int KS>
-__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const float4 (&x)[2][KS], bool ip_lane,
+__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows& r, bool last_in, bool ip_lane,
                                              const float (&xaug)[2], const uint4* frag, const float* half_norm2, int nt0,
-                                             int lane) {
+                                             int lane, float (*sq)[2]) {
   const uint4* chunk_frag = frag + nt0 * KS * 32 + lane;
   const float* chunk_h = half_norm2 + nt0 * 8 + 2 * (lane & 3);
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  if (sq != nullptr) (*sq)[0] = (*sq)[1] = 0.0f;
+  float4 x[2];
+  float4 next[2];
+  load_kstep<KS>(r, 0, last_in, x);
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
+    if (ks + 1 < KS) load_kstep<KS>(r, ks + 1, last_in, next);
     uint32_t ah[4];
     uint32_t al[4];
-    split_kstep<KS>(x, ks, ip_lane, xaug, ah, al);
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
+      float4 v = x[rs];
+      if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+      if (sq != nullptr) (*sq)[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, (*sq)[rs]))));
+      split_pair(v.x, v.y, ah[rs], al[rs]);          // k-step columns 2t, 2t+1 of row q + 8rs
+      split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // columns 2t+8, 2t+9
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const uint4 b = chunk_frag[(j * KS + ks) * 32];
       mma_bf16(acc[j], ah, b.x, b.y);
       mma_bf16(acc[j], ah, b.z, b.w);
       mma_bf16(acc[j], al, b.x, b.y);
+    }
+    if (ks + 1 < KS) {
+      x[0] = next[0];
+      x[1] = next[1];
     }
   }
 #pragma unroll
@@ -357,15 +359,12 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
     valid[rs] = pbase + q + 8 * rs < v.n;
     xaug[rs] = (ip && valid[rs]) ? pq_ip_augment(v.phi, v.norms[static_cast<int64_t>(v.g) * v.n + pbase + q + 8 * rs]) : 0.0f;
   }
-  // Scores of chunk nt0 from the tile loaded for it: a tile held across the chunk loop (or from one
-  // tile to the next) kept 32 more registers live beside the accumulators, and the kernel spilled at
-  // four blocks per SM. The first load reads what the L2 prefetch brought; later chunks (passes B and
-  // C re-score them when C >= 128) hit L1 or L2. sq: this lane's share of each row's |x|^2, when asked.
+  // Scores of chunk nt0, the tile streamed from the keys for it (chunk_scores): a tile held across
+  // the chunk loop (or from one tile to the next) kept 32 more registers live beside the
+  // accumulators, and the kernel spilled at four blocks per SM. The first pass reads what the L2
+  // prefetch brought; later chunks (passes B and C re-score them when C >= 128) hit L1 or L2.
   auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
-    float4 x[2][KS];
-    load_tile<KS>(x, v.keys, v.D, pbase / kWarpPoints, v.n, last_in);
-    if (sq != nullptr) row_sq<KS>(x, ip_lane, xaug, *sq);
-    chunk_scores<KS>(acc, x, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane);
+    chunk_scores<KS>(acc, tile_rows(v.keys, v.D, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane, sq);
   };
   // kOneChunk (C <= 64): one chunk, whose scores stay in the accumulators from pass A to C; its own
   // kernels, as the chunk loops kept more registers live (the four-block kernel spilled).
