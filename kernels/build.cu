@@ -30,9 +30,11 @@
 //   pq_build_init      grid (G), block 256, dynamic smem C*cstride*4 bytes when `staged` (else 0):
 //                      centroid c of g = point init_index[g, c]; packs.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16
-//                      (+ C*cstride*4 for the one-chunk _c1 kernels) bytes: warp w of block x of group g scores the 16-point tiles (one m16 MMA
-//                      tile each) 4x + w, 4x + w + 4P, ... on its own, loading each straight from
-//                      the keys into registers one tile ahead; no block barrier after the prologue.
+//                      (+ C*cstride*4 for the one-chunk _c1 kernels) bytes: warp w of block x of
+//                      group g scores the 16-point tiles (one m16 MMA tile each) 4x + w,
+//                      4x + w + 4P, ... on its own, streaming each straight from the keys into
+//                      registers a k-step at a time (the next tile prefetched to L2); no block
+//                      barrier after the prologue.
 //                      KS = ceil(cdim/16) (template N).
 //   pq_build_first_sums grid (ceil(n/4096), G), block 256: round 0's sums and counts (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
