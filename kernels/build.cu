@@ -250,8 +250,9 @@ __device__ __forceinline__ TileRows tile_rows(const float* group_keys, int D, in
 }
 
 // K-step ks of the lane's two rows. Volatile, like mma_bf16: the loads stay one k-step ahead of the
-// mma instructions instead of all being hoisted to the tile's start, which held the whole tile (32
-// registers) and spilled at four blocks per SM (a one-step-ahead stream: 3.52 -> 3.47 ms, session 23).
+// mma instructions instead of all being hoisted to the tile's start, where the whole tile (32
+// registers) sat beside the accumulators (the seed kernel's spills at four blocks per SM: 48 -> 32
+// bytes; the seed build 3.52 -> 3.45 ms, session 23).
 template <int KS>
 __device__ __forceinline__ void load_kstep(const TileRows& r, int ks, bool last_in, float4 (&x)[2]) {
 #pragma unroll

@@ -107,19 +107,24 @@ const PROGRESS_POLL_MS = 1;
 
 /**
  * Wait for the build graph on `stream`, calling `onRound` for each round that pq_build_finalize
- * reports done in `rounds` (mapped pinned memory) meanwhile.
+ * reports done in `rounds` (mapped pinned memory) meanwhile. The last call, once the graph has
+ * completed, counts the rounds the device wrote plus the final assignment: it reaches done = total
+ * only if every finalize ran.
  */
 function waitReportingRounds(stream: Stream, rounds: Uint32Array, total: number, onRound: (done: number, total: number) => void): void {
   const nap = new Int32Array(new SharedArrayBuffer(4));
   let seen = 0;
   for (;;) {
     const idle = stream.isIdle(); // before the read: the last count written is then seen
-    const done = rounds[0] ?? 0;
-    if (done > seen && done < total) {
+    const done = Atomics.load(rounds, 0); // a plain read in a loop may be hoisted by the JIT
+    if (idle) {
+      onRound(done + 1, total);
+      return;
+    }
+    if (done > seen) {
       seen = done;
       onRound(done, total);
     }
-    if (idle) return;
     Atomics.wait(nap, 0, 0, PROGRESS_POLL_MS);
   }
 }
@@ -209,8 +214,7 @@ export function buildOnDevice(
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
     copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
     copies.fill32Async(s.stats, 0, s.stats.bytes / 4, stream);
-    const rounds = progress ? new Uint32Array(progress.arrayBuffer) : undefined;
-    if (rounds) rounds[0] = 0;
+    const rounds = progress ? new Uint32Array(progress.arrayBuffer).fill(0) : undefined;
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
         s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
@@ -258,8 +262,6 @@ export function buildOnDevice(
     stream.synchronize();
     const stats = new Uint32Array((iters + 1) * 2);
     copies.toHost(stats, s.stats);
-    // The last report counts what the device wrote (every round), plus the final assignment.
-    if (onRound && rounds) onRound((rounds[0] ?? 0) + 1, iters + 1);
     return {
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
