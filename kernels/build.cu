@@ -492,15 +492,27 @@ constexpr int kMoveBatch = 4;
 // Where a round adds its moves: the group's global float64 sums, or (rounds 1.. when the group's
 // values allow it, see LocalSums) the block's exact fixed-point sums in shared memory.
 struct MoveSums {
-  double* global;           // [C, cdim] float64 of the group
-  unsigned long long* local;  // [C, cdim] int64 (two's complement) in shared memory, or null
-  float scale;              // 2^s: x * scale is an integer for every value x of the group
+  double* global;    // [C, cdim] float64 of the group
+  unsigned* local;   // shared memory, or null: [C, cdim] low words, then [C, cdim] high words of int64 sums
+  int entries;       // C * cdim
+  float scale;       // 2^s: x * scale is an integer for every value x of the group
 };
 
+// Adds v to the int64 sum held as (lo[0], hi[0]) in shared memory, by two 32-bit atomics: the low
+// word's carry goes with the high word's add, so the pair is exact once every add has landed. A
+// 64-bit shared atomicAdd compiles to a compare-and-swap loop (ATOMS.CAST.SPIN.64); 32-bit ones are
+// native.
+__device__ __forceinline__ void add_int64_shared(unsigned* lo, unsigned* hi, long long v) {
+  const unsigned v_lo = static_cast<unsigned>(v);
+  const unsigned old = atomicAdd(lo, v_lo);
+  atomicAdd(hi, static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32) + (old + v_lo < old ? 1u : 0u));
+}
+
+// Out of line: the moves' registers (a batch of points, 64-bit addresses) then add nothing to the
+// scoring loop's, which spilled more with them inlined (ptxas, seed kernel at four blocks per SM).
 template <int KS>
-__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
-                                            const float (&xaug)[2], const float* tile_keys, int D, const MoveSums& sums,
-                                            int cdim, int dsub) {
+__device__ __noinline__ void move_points(unsigned moved, int rs, int lane_code, int lane_old, float lane_xaug,
+                                         const float* tile_keys, int D, MoveSums sums, int cdim, int dsub) {
   constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
   const int lane = threadIdx.x & 31;
   while (moved != 0u) {
@@ -515,7 +527,7 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&
     float x[kMoveBatch][kPerLane];
 #pragma unroll
     for (int k = 0; k < kMoveBatch; ++k) {
-      const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
+      const float aug = __shfl_sync(0xffffffffu, lane_xaug, src[k]);
       const float* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * D;
 #pragma unroll
       for (int it = 0; it < kPerLane; ++it) {
@@ -525,20 +537,20 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&
     }
 #pragma unroll
     for (int k = 0; k < kMoveBatch; ++k) {
-      const int to = __shfl_sync(0xffffffffu, code[rs], src[k]);
-      const int from = __shfl_sync(0xffffffffu, old[rs], src[k]);
+      const int to = __shfl_sync(0xffffffffu, lane_code, src[k]);
+      const int from = __shfl_sync(0xffffffffu, lane_old, src[k]);
       if (!live[k]) break;  // uniform: the batch's live points come first
       // cdim > 16*(KS - 1): the lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
       if (sums.local != nullptr) {  // uniform: shared-memory integer adds (native, unlike float64's CAS loop)
-        unsigned long long* to_sum = sums.local + to * cdim;
-        unsigned long long* from_sum = sums.local + from * cdim;
+        unsigned* to_lo = sums.local + to * cdim;
+        unsigned* from_lo = sums.local + from * cdim;
 #pragma unroll
         for (int it = 0; it < kPerLane; ++it) {
           const int j = lane + 32 * it;
           if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
             const long long v = __float2ll_rz(__fmul_rn(x[k][it], sums.scale));  // exact: an integer below 2^53
-            atomicAdd(to_sum + j, static_cast<unsigned long long>(v));
-            atomicAdd(from_sum + j, static_cast<unsigned long long>(-v));
+            add_int64_shared(to_lo + j, to_lo + sums.entries + j, v);
+            add_int64_shared(from_lo + j, from_lo + sums.entries + j, -v);
           }
         }
       } else {
@@ -598,8 +610,8 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   // One chunk (C <= 64): the fp32 centroids too, for the canonical re-scoring ([C, cstride], after info).
   const bool cent_in_smem = kOneChunk && (options & ROUND_CENTROIDS_GLOBAL) == 0;
   float* cent_smem = info + ((CP + 1 + 3) / 4) * 4;
-  // Then the block's fixed-point sums ([C, cdim] int64; 16-byte aligned, as cstride % 4 == 0).
-  unsigned long long* local_sums = reinterpret_cast<unsigned long long*>(cent_smem + (cent_in_smem ? C * cstride : 0));
+  // Then the block's fixed-point sums: [C, cdim] low words, then [C, cdim] high words.
+  unsigned* local_sums = reinterpret_cast<unsigned*>(cent_smem + (cent_in_smem ? C * cstride : 0));
   const bool accumulate = mode != ROUND_FINAL;
   const int g = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -620,7 +632,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     const int block_points = min(n, kWarps * kWarpPoints * ((tiles + tile_step - 1) / tile_step));
     local_exponent = local_sums_exponent(exp_range + 2 * g, block_points);
     if (local_exponent != INT_MIN)
-      for (int e = threadIdx.x; e < C * cdim; e += kRoundThreads) local_sums[e] = 0ull;
+      for (int e = threadIdx.x; e < 2 * C * cdim; e += kRoundThreads) local_sums[e] = 0u;
   }
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
@@ -703,10 +715,10 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     changed_total += __popc(moved0) + __popc(moved1);
     if ((moved0 | moved1) != 0u) {
       const bool local = local_exponent != INT_MIN;
-      const MoveSums move_sums{group_sums, local ? local_sums : nullptr, local ? __int_as_float((local_exponent + 127) << 23) : 0.0f};  // 2^s
+      const MoveSums move_sums{group_sums, local ? local_sums : nullptr, C * cdim, local ? __int_as_float((local_exponent + 127) << 23) : 0.0f};  // 2^s
       const float* tile_keys = group_keys + static_cast<int64_t>(pbase) * D;
-      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, D, move_sums, cdim, dsub);
-      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, D, move_sums, cdim, dsub);
+      if (moved0 != 0u) move_points<KS>(moved0, 0, code[0], old[0], xaug[0], tile_keys, D, move_sums, cdim, dsub);
+      if (moved1 != 0u) move_points<KS>(moved1, 1, code[1], old[1], xaug[1], tile_keys, D, move_sums, cdim, dsub);
     }
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
@@ -722,7 +734,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     __syncthreads();                 // every warp's moves are in
     const double unscale = __longlong_as_double(static_cast<long long>(1023 - local_exponent) << 52);  // 2^-s
     for (int e = threadIdx.x; e < C * cdim; e += kRoundThreads) {
-      const long long v = static_cast<long long>(local_sums[e]);
+      const long long v = static_cast<long long>((static_cast<unsigned long long>(local_sums[C * cdim + e]) << 32) | local_sums[e]);
       if (v != 0) atomicAdd(group_sums + e, __ll2double_rn(v) * unscale);  // exact: |v| <= 2^53
     }
   }
