@@ -493,26 +493,26 @@ constexpr int kMoveBatch = 4;
 // values allow it, see LocalSums) the block's exact fixed-point sums in shared memory.
 struct MoveSums {
   double* global;    // [C, cdim] float64 of the group
-  unsigned* local;   // shared memory, or null: [C, cdim] low words, then [C, cdim] high words of int64 sums
-  int entries;       // C * cdim
+  unsigned local;    // shared address of [C, cdim] low words, then [C, cdim] high words of int64 sums; 0: none
+  unsigned hi_offset;  // bytes from a low word to its high word: 4 C cdim
   float scale;       // 2^s: x * scale is an integer for every value x of the group
 };
 
-// Adds v to the int64 sum held as (lo[0], hi[0]) in shared memory, by two 32-bit atomics: the low
-// word's carry goes with the high word's add, so the pair is exact once every add has landed. A
-// 64-bit shared atomicAdd compiles to a compare-and-swap loop (ATOMS.CAST.SPIN.64); 32-bit ones are
-// native.
-__device__ __forceinline__ void add_int64_shared(unsigned* lo, unsigned* hi, long long v) {
+// Adds v to the int64 sum held as low and high words in shared memory (`lo`: the low word's shared
+// address), by two native 32-bit atomics: the low word's carry goes with the high word's add, so the
+// pair is exact once every add has landed. A 64-bit shared atomicAdd compiles to a compare-and-swap
+// loop (ATOMS.CAST.SPIN.64), and so did 32-bit ones through a generic pointer.
+__device__ __forceinline__ void add_int64_shared(unsigned lo, unsigned hi_offset, long long v) {
   const unsigned v_lo = static_cast<unsigned>(v);
-  const unsigned old = atomicAdd(lo, v_lo);
-  atomicAdd(hi, static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32) + (old + v_lo < old ? 1u : 0u));
+  unsigned old;
+  asm volatile("atom.shared.add.u32 %0, [%1], %2;\n" : "=r"(old) : "r"(lo), "r"(v_lo) : "memory");
+  const unsigned v_hi = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32) + (old + v_lo < old ? 1u : 0u);
+  asm volatile("red.shared.add.u32 [%0], %1;\n" ::"r"(lo + hi_offset), "r"(v_hi) : "memory");
 }
 
-// Out of line: the moves' registers (a batch of points, 64-bit addresses) then add nothing to the
-// scoring loop's, which spilled more with them inlined (ptxas, seed kernel at four blocks per SM).
 template <int KS>
-__device__ __noinline__ void move_points(unsigned moved, int rs, int lane_code, int lane_old, float lane_xaug,
-                                         const float* tile_keys, int D, MoveSums sums, int cdim, int dsub) {
+__device__ __forceinline__ void move_points(unsigned moved, int rs, int lane_code, int lane_old, float lane_xaug,
+                                            const float* tile_keys, int D, const MoveSums& sums, int cdim, int dsub) {
   constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
   const int lane = threadIdx.x & 31;
   while (moved != 0u) {
@@ -541,16 +541,16 @@ __device__ __noinline__ void move_points(unsigned moved, int rs, int lane_code, 
       const int from = __shfl_sync(0xffffffffu, lane_old, src[k]);
       if (!live[k]) break;  // uniform: the batch's live points come first
       // cdim > 16*(KS - 1): the lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
-      if (sums.local != nullptr) {  // uniform: shared-memory integer adds (native, unlike float64's CAS loop)
-        unsigned* to_lo = sums.local + to * cdim;
-        unsigned* from_lo = sums.local + from * cdim;
+      if (sums.local != 0u) {  // uniform: shared-memory integer adds (native, unlike float64's CAS loop)
+        const unsigned to_lo = sums.local + 4u * (to * cdim + lane);
+        const unsigned from_lo = sums.local + 4u * (from * cdim + lane);
 #pragma unroll
         for (int it = 0; it < kPerLane; ++it) {
           const int j = lane + 32 * it;
           if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
             const long long v = __float2ll_rz(__fmul_rn(x[k][it], sums.scale));  // exact: an integer below 2^53
-            add_int64_shared(to_lo + j, to_lo + sums.entries + j, v);
-            add_int64_shared(from_lo + j, from_lo + sums.entries + j, -v);
+            add_int64_shared(to_lo + 128u * it, sums.hi_offset, v);
+            add_int64_shared(from_lo + 128u * it, sums.hi_offset, -v);
           }
         }
       } else {
@@ -715,7 +715,8 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     changed_total += __popc(moved0) + __popc(moved1);
     if ((moved0 | moved1) != 0u) {
       const bool local = local_exponent != INT_MIN;
-      const MoveSums move_sums{group_sums, local ? local_sums : nullptr, C * cdim, local ? __int_as_float((local_exponent + 127) << 23) : 0.0f};  // 2^s
+      const MoveSums move_sums{group_sums, local ? static_cast<unsigned>(__cvta_generic_to_shared(local_sums)) : 0u,
+                               4u * C * cdim, local ? __int_as_float((local_exponent + 127) << 23) : 0.0f};  // 2^s
       const float* tile_keys = group_keys + static_cast<int64_t>(pbase) * D;
       if (moved0 != 0u) move_points<KS>(moved0, 0, code[0], old[0], xaug[0], tile_keys, D, move_sums, cdim, dsub);
       if (moved1 != 0u) move_points<KS>(moved1, 1, code[1], old[1], xaug[1], tile_keys, D, move_sums, cdim, dsub);

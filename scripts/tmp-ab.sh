@@ -3,7 +3,7 @@
 set -uo pipefail
 mkdir -p $OUT/x
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-cuobjdump -sass -fun pq_build_round_k4_c1_b4 .device/app/kernels/dist/build.fatbin | grep -oE "(ATOMS|ATOMG|RED|ATOM)[A-Z0-9._]*" | sort | uniq -c
+cuobjdump -sass .device/app/kernels/dist/build.fatbin | grep -oE "(ATOMS|CALL)[A-Z0-9._]*" | sort | uniq -c
 PQCACHE_REQUIRE_GPU=1 node --test .device/app/dist/test/gpu/build.test.js 2>&1 | grep -E "^# (pass|fail)|^not ok|Error|assert" | head -20
 B=$(ls .device/app/bases)
 for i in 1 2 3; do
@@ -23,3 +23,4 @@ for v in ['base','new4','new3','off4']:
     if ex: print('   changed', ex['changed_share_per_round'], 'flagged', ex['flagged_share_per_round'])
 PY
 tail -3 $OUT/x/new4-1.log
+tar -C $OUT -cJf $OUT/res.tar.xz x && rm -rf $OUT/x
