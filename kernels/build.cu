@@ -489,30 +489,10 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
 // (round 0 wrote them all).
 constexpr int kMoveBatch = 4;
 
-// Where a round adds its moves: the group's global float64 sums, or (rounds 1.. when the group's
-// values allow it, see LocalSums) the block's exact fixed-point sums in shared memory.
-struct MoveSums {
-  double* global;    // [C, cdim] float64 of the group
-  unsigned local;    // shared address of [C, cdim] low words, then [C, cdim] high words of int64 sums; 0: none
-  unsigned hi_offset;  // bytes from a low word to its high word: 4 C cdim
-  float scale;       // 2^s: x * scale is an integer for every value x of the group
-};
-
-// Adds v to the int64 sum held as low and high words in shared memory (`lo`: the low word's shared
-// address), by two native 32-bit atomics: the low word's carry goes with the high word's add, so the
-// pair is exact once every add has landed. A 64-bit shared atomicAdd compiles to a compare-and-swap
-// loop (ATOMS.CAST.SPIN.64), and so did 32-bit ones through a generic pointer.
-__device__ __forceinline__ void add_int64_shared(unsigned lo, unsigned hi_offset, long long v) {
-  const unsigned v_lo = static_cast<unsigned>(v);
-  unsigned old;
-  asm volatile("atom.shared.add.u32 %0, [%1], %2;\n" : "=r"(old) : "r"(lo), "r"(v_lo) : "memory");
-  const unsigned v_hi = static_cast<unsigned>(static_cast<unsigned long long>(v) >> 32) + (old + v_lo < old ? 1u : 0u);
-  asm volatile("red.shared.add.u32 [%0], %1;\n" ::"r"(lo + hi_offset), "r"(v_hi) : "memory");
-}
-
 template <int KS>
-__device__ __forceinline__ void move_points(unsigned moved, int rs, int lane_code, int lane_old, float lane_xaug,
-                                            const float* tile_keys, int D, const MoveSums& sums, int cdim, int dsub) {
+__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
+                                            const float (&xaug)[2], const float* tile_keys, int D, double* group_sums,
+                                            int cdim, int dsub) {
   constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
   const int lane = threadIdx.x & 31;
   while (moved != 0u) {
@@ -527,7 +507,7 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, int lane_cod
     float x[kMoveBatch][kPerLane];
 #pragma unroll
     for (int k = 0; k < kMoveBatch; ++k) {
-      const float aug = __shfl_sync(0xffffffffu, lane_xaug, src[k]);
+      const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
       const float* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * D;
 #pragma unroll
       for (int it = 0; it < kPerLane; ++it) {
@@ -537,81 +517,35 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, int lane_cod
     }
 #pragma unroll
     for (int k = 0; k < kMoveBatch; ++k) {
-      const int to = __shfl_sync(0xffffffffu, lane_code, src[k]);
-      const int from = __shfl_sync(0xffffffffu, lane_old, src[k]);
+      const int to = __shfl_sync(0xffffffffu, code[rs], src[k]);
+      const int from = __shfl_sync(0xffffffffu, old[rs], src[k]);
       if (!live[k]) break;  // uniform: the batch's live points come first
+      double* to_sum = group_sums + to * cdim;
+      double* from_sum = group_sums + from * cdim;
       // cdim > 16*(KS - 1): the lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
-      if (sums.local != 0u) {  // uniform: shared-memory integer adds (native, unlike float64's CAS loop)
-        const unsigned to_lo = sums.local + 4u * (to * cdim + lane);
-        const unsigned from_lo = sums.local + 4u * (from * cdim + lane);
 #pragma unroll
-        for (int it = 0; it < kPerLane; ++it) {
-          const int j = lane + 32 * it;
-          if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
-            const long long v = __float2ll_rz(__fmul_rn(x[k][it], sums.scale));  // exact: an integer below 2^53
-            add_int64_shared(to_lo + 128u * it, sums.hi_offset, v);
-            add_int64_shared(from_lo + 128u * it, sums.hi_offset, -v);
-          }
-        }
-      } else {
-        double* to_sum = sums.global + to * cdim;
-        double* from_sum = sums.global + from * cdim;
-#pragma unroll
-        for (int it = 0; it < kPerLane; ++it) {
-          const int j = lane + 32 * it;
-          if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
-            atomicAdd(to_sum + j, static_cast<double>(x[k][it]));
-            atomicAdd(from_sum + j, -static_cast<double>(x[k][it]));
-          }
+      for (int it = 0; it < kPerLane; ++it) {
+        const int j = lane + 32 * it;
+        if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
+          atomicAdd(to_sum + j, static_cast<double>(x[k][it]));
+          atomicAdd(from_sum + j, -static_cast<double>(x[k][it]));
         }
       }
     }
   }
 }
 
-// Options of a round (bits; src/pq/cuda-build.ts chooses them by what fits in shared memory).
-enum BuildRoundOption : int {
-  ROUND_CENTROIDS_GLOBAL = 1,  // one-chunk kernels: re-score from the global centroids, not a shared copy
-  ROUND_LOCAL_SUMS = 2,        // ROUND_NEXT: moves into the block's fixed-point sums where exact (see below)
-};
-
-// The block's moves as exact integers. Every value x that group g adds to its sums (coordinates,
-// and for ip the augmentation) is below 2^A in magnitude and a multiple of 2^L: pq_build_first_sums
-// records range[0] = the largest exponent field and range[1] = L + 150, the lowest set bit of any
-// nonzero value. So x * 2^-L is an integer, and the block's sum for one (centroid, coordinate) over
-// its at most P points stays below 2^(A - L + ceil(log2 P)): where that is at most 2^53, the sum is
-// exact in int64 and again as the float64 it is flushed as. The global sums then take the block's
-// exact subtotal once instead of every moved point's value (2 cdim float64 REDs a point: 206 of
-// round 1's 517 us, session 23); float64 atomics on shared memory are CAS loops.
-// Returns s = -L, or INT_MIN where the group's range does not allow it (the global REDs then).
-constexpr unsigned kNoLowBit = 0xffffffffu;  // range[1] before any nonzero value
-
-__device__ __forceinline__ int local_sums_exponent(const unsigned* range, int block_points) {
-  if (range[1] == kNoLowBit) return 0;         // no nonzero value: every sum is 0
-  const int emax = static_cast<int>(range[0]);
-  if (emax > 254) return INT_MIN;             // inf or NaN
-  const int A = emax - 126;                   // |x| < 2^A
-  const int L = static_cast<int>(range[1]) - 150;
-  const int log_points = 32 - __clz(block_points - 1);
-  if (L < -126 || L > 126 || A - L + log_points > 53) return INT_MIN;
-  return -L;
-}
-
 template <int KS, bool kOneChunk>
 __device__ void build_round(const float* keys, const float* norms, const float* phi, const float* centroids,
                             const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint8_t* index_codes,
-                            double* sums, unsigned* counts, const unsigned* exp_range, unsigned* stats, int n, int M,
-                            int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT, int mode,
-                            int options) {
+                            double* sums, unsigned* counts, unsigned* stats, int n, int M, int sk, int D, int O, int C,
+                            int cdim, int cstride, int capacity, int NT, int mode) {
   extern __shared__ uint4 smem[];
   const int CP = NT * 8;
   uint4* frag = smem;
   float* info = reinterpret_cast<float*>(frag + NT * KS * 32);
   // One chunk (C <= 64): the fp32 centroids too, for the canonical re-scoring ([C, cstride], after info).
-  const bool cent_in_smem = kOneChunk && (options & ROUND_CENTROIDS_GLOBAL) == 0;
   float* cent_smem = info + ((CP + 1 + 3) / 4) * 4;
-  // Then the block's fixed-point sums: [C, cdim] low words, then [C, cdim] high words.
-  unsigned* local_sums = reinterpret_cast<unsigned*>(cent_smem + (cent_in_smem ? C * cstride : 0));
   const bool accumulate = mode != ROUND_FINAL;
   const int g = blockIdx.y;
   const int lane = threadIdx.x & 31;
@@ -627,19 +561,12 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
-  int local_exponent = INT_MIN;  // the only value the tile loop keeps for the local sums (registers)
-  if (mode == ROUND_NEXT && (options & ROUND_LOCAL_SUMS) != 0) {
-    const int block_points = min(n, kWarps * kWarpPoints * ((tiles + tile_step - 1) / tile_step));
-    local_exponent = local_sums_exponent(exp_range + 2 * g, block_points);
-    if (local_exponent != INT_MIN)
-      for (int e = threadIdx.x; e < 2 * C * cdim; e += kRoundThreads) local_sums[e] = 0u;
-  }
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
     for (int e = threadIdx.x; e < NT * KS * 32; e += kRoundThreads) frag[e] = src[e];
     const float* isrc = info_g + static_cast<int64_t>(g) * (CP + 1);
     for (int e = threadIdx.x; e < CP + 1; e += kRoundThreads) info[e] = isrc[e];
-    if (cent_in_smem) {
+    if (kOneChunk) {
       const float4* csrc = reinterpret_cast<const float4*>(centroids + static_cast<int64_t>(g) * C * cstride);
       for (int e = threadIdx.x; e < C * cstride / 4; e += kRoundThreads) reinterpret_cast<float4*>(cent_smem)[e] = csrc[e];
     }
@@ -649,12 +576,12 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const bool last_in = 16 * (KS - 1) + 4 * t < dsub;
   const bool ip_lane = cdim > dsub && 16 * (KS - 1) + 4 * t == dsub;
   if (first_tile < tiles) prefetch_tile_l2(group_keys, D, dsub, first_tile, n);
-  __syncthreads();  // centroid fragments, info (the one-chunk centroids, zeroed local sums), once
+  __syncthreads();  // centroid fragments, info (and the one-chunk centroids), once
   GroupView view;
   view.frag = frag;
   view.half_norm2 = info;
   view.cmax = info[CP];
-  view.cent = cent_in_smem ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
+  view.cent = kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
   view.keys = group_keys;
   view.norms = norms;
   view.dsub = dsub;
@@ -714,12 +641,9 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
     changed_total += __popc(moved0) + __popc(moved1);
     if ((moved0 | moved1) != 0u) {
-      const bool local = local_exponent != INT_MIN;
-      const MoveSums move_sums{group_sums, local ? static_cast<unsigned>(__cvta_generic_to_shared(local_sums)) : 0u,
-                               4u * C * cdim, local ? __int_as_float((local_exponent + 127) << 23) : 0.0f};  // 2^s
       const float* tile_keys = group_keys + static_cast<int64_t>(pbase) * D;
-      if (moved0 != 0u) move_points<KS>(moved0, 0, code[0], old[0], xaug[0], tile_keys, D, move_sums, cdim, dsub);
-      if (moved1 != 0u) move_points<KS>(moved1, 1, code[1], old[1], xaug[1], tile_keys, D, move_sums, cdim, dsub);
+      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, D, group_sums, cdim, dsub);
+      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, D, group_sums, cdim, dsub);
     }
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
@@ -729,15 +653,6 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   if (lane == 0 && stats != nullptr) {
     if (flagged_total != 0u) atomicAdd(stats, flagged_total);
     if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
-    if (blockIdx.x == 0 && threadIdx.x == 0 && local_exponent != INT_MIN) atomicAdd(stats + 2, 1u);  // groups
-  }
-  if (local_exponent != INT_MIN) {  // uniform over the block
-    __syncthreads();                 // every warp's moves are in
-    const double unscale = __longlong_as_double(static_cast<long long>(1023 - local_exponent) << 52);  // 2^-s
-    for (int e = threadIdx.x; e < C * cdim; e += kRoundThreads) {
-      const long long v = static_cast<long long>((static_cast<unsigned long long>(local_sums[C * cdim + e]) << 32) | local_sums[e]);
-      if (v != 0) atomicAdd(group_sums + e, __ll2double_rn(v) * unscale);  // exact: |v| <= 2^53
-    }
   }
 }
 
@@ -748,10 +663,10 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
       const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
-      const unsigned* exp_range, unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, \
-      int capacity, int NT, int mode, int options) {                                                               \
+      unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT,      \
+      int mode) {                                                                                                  \
     build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts,      \
-                               exp_range, stats, n, M, sk, D, O, C, cdim, cstride, capacity, NT, mode, options);   \
+                               stats, n, M, sk, D, O, C, cdim, cstride, capacity, NT, mode);                       \
   }
 #define PQ_BUILD_ROUND_KS(KS)                                  \
   PQ_BUILD_ROUND(KS, false, 2, pq_build_round_k##KS)          \
@@ -786,8 +701,8 @@ constexpr int kSumChunk = 4096;
 
 extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(const float* keys, const float* norms, const float* phi,
                                                                             const uint8_t* codes_tmp, double* sums,
-                                                                            unsigned* counts, unsigned* exp_range, int n,
-                                                                            int M, int sk, int D, int O, int C, int cdim) {
+                                                                            unsigned* counts, int n, int M, int sk, int D,
+                                                                            int O, int C, int cdim) {
   __shared__ uint8_t code_of[kSumChunk];
   __shared__ uint16_t order[kSumChunk];  // chunk points by code
   __shared__ int bin_next[256];
@@ -833,10 +748,6 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   double run = 0.0;
   int run_code = -1;
-  // The largest exponent field of the values summed and the lowest set bit of any nonzero one (its
-  // exponent + 150), for the later rounds' exact fixed-point sums (local_sums_exponent).
-  unsigned exp_max = 0u;
-  unsigned low_bit = kNoLowBit;
   for (int k0 = begin; k0 < end; k0 += 8) {
     float x[8];  // eight points' coordinate j loaded before any is added
     int code[8];
@@ -853,15 +764,6 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
     }
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const unsigned bits = __float_as_uint(x[k]);
-      const unsigned field = (bits >> 23) & 0xffu;
-      const unsigned mantissa = (bits & 0x7fffffu) | (field != 0u ? 0x800000u : 0u);  // the implicit bit
-      exp_max = max(exp_max, field);
-      // Bit i of the mantissa weighs 2^(max(field, 1) - 150 + i).
-      if (mantissa != 0u) low_bit = min(low_bit, max(field, 1u) + __ffs(mantissa) - 1u);
-    }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
       if (code[k] < 0) break;
       if (code[k] != run_code) {
         if (run_code >= 0 && j < cdim) atomicAdd(group_sums + run_code * cdim + j, run);
@@ -872,13 +774,6 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
     }
   }
   if (run_code >= 0 && j < cdim) atomicAdd(group_sums + run_code * cdim + j, run);
-  // Whole warps reach here (lanes is a multiple of 32); padding lanes (j >= cdim) saw only zeros.
-  exp_max = __reduce_max_sync(0xffffffffu, exp_max);
-  low_bit = __reduce_min_sync(0xffffffffu, low_bit);
-  if ((threadIdx.x & 31) == 0) {
-    atomicMax(exp_range + 2 * g, exp_max);
-    atomicMin(exp_range + 2 * g + 1, low_bit);
-  }
 }
 
 extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float* keys, const float* norms, const float* phi,

@@ -92,9 +92,6 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
         gpu_ms_kmeans: round3(g.median / 1000),
         note: 'wall includes the host→device key upload; gpu covers the k-means graph (its launch and every kernel)',
         round_kernel: stats?.roundKernel,
-        round_shared: stats?.roundLayout,
-        // Groups whose later rounds summed each block's moves in shared memory (of B·Hkv·M), per round.
-        local_sum_groups_per_round: stats?.localSumGroupsPerRound,
         // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
         // and share whose code changed, per assignment pass (last: the final assignment).
         flagged_share_per_round: shares(stats?.flaggedPerRound, stats?.points),

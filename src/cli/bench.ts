@@ -134,14 +134,8 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/**
- * A/B overrides of the build kernel's choice: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per
- * SM), PQCACHE_BUILD_LOCAL_SUMS=0 (every moved point to the global sums).
- */
+/** A/B override of the build kernel's choice: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per SM). */
 function buildTuningFromEnv(): BuildTuning {
   const blocks = Number(process.env.PQCACHE_BUILD_BLOCKS);
-  return {
-    ...(blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {}),
-    ...(process.env.PQCACHE_BUILD_LOCAL_SUMS === '0' ? { localSums: false } : {}),
-  };
+  return blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {};
 }

@@ -25,11 +25,6 @@ const BLOCK_POINTS = (ROUND_THREADS / 32) * 16;
 const ROUND_FIRST = 0;
 const ROUND_NEXT = 1;
 const ROUND_FINAL = 2;
-/** Round options of kernels/build.cu (BuildRoundOption bits). */
-const ROUND_CENTROIDS_GLOBAL = 1;
-const ROUND_LOCAL_SUMS = 2;
-/** Words of the stats buffer per round: flagged points, changed points, groups with local sums. */
-const STATS_WORDS = 3;
 
 export interface DeviceBuildTarget {
   /** [G, C, cstride] f32 (G = B·Hkv·M) */
@@ -62,25 +57,10 @@ export interface BuildStats {
   readonly flaggedPerRound: readonly number[];
   /** Points whose code changed (moved between cluster sums); all of them in round 0. */
   readonly changedPerRound: readonly number[];
-  /**
-   * Groups whose rounds 1… gathered each block's moves in exact fixed-point sums in shared memory
-   * (the rest added every moved point to the global float64 sums), per round.
-   */
-  readonly localSumGroupsPerRound: readonly number[];
   /** Points per round (all groups). */
   readonly points: number;
   /** The round kernel. */
   readonly roundKernel: string;
-  /** Whether the round kernel had room for the blocks' local sums (and kept its shared centroid copy). */
-  readonly roundLayout: RoundSharedLayout;
-}
-
-/** What the round kernel keeps in shared memory besides the centroid fragments. */
-export interface RoundSharedLayout {
-  /** One-chunk kernels: the fp32 centroids for the canonical re-scoring. */
-  readonly centroids: boolean;
-  /** The block's fixed-point sums of its moves ([C, cdim] int64). */
-  readonly localSums: boolean;
 }
 
 /** Benchmark override of the round kernel's choice (default: DEFAULT_ROUND_BLOCKS). */
@@ -90,8 +70,6 @@ export interface BuildTuning {
    * at most 168 or 128 registers).
    */
   readonly blocksPerSM?: 2 | 3 | 4;
-  /** false: every moved point goes to the global float64 sums, as before the local sums (A/B). */
-  readonly localSums?: boolean;
 }
 
 /** Round-kernel blocks per SM where KS ≤ 4 allows a choice. */
@@ -105,29 +83,10 @@ const CHUNK_NTILES = 8;
  * centroids (C ≤ 64), at 2 blocks per SM or, for KS ≤ 4, at 3 or 4; more chunks take the general
  * kernel (2 blocks per SM).
  */
-function roundKernelChoice(KS: number, oneChunk: boolean, tuning: BuildTuning): { readonly name: string; readonly blocksPerSM: number } {
-  if (!oneChunk) return { name: `pq_build_round_k${KS}`, blocksPerSM: 2 };
+function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning): string {
+  if (!oneChunk) return `pq_build_round_k${KS}`;
   const blocks = KS <= 4 ? (tuning.blocksPerSM ?? DEFAULT_ROUND_BLOCKS) : 2;
-  return { name: `pq_build_round_k${KS}_c1_b${blocks}`, blocksPerSM: blocks };
-}
-
-/**
- * The round's shared memory: the local sums where the kernel keeps its blocks per SM with them
- * (dropping a one-chunk kernel's centroid copy if that makes room), else as before.
- */
-function roundSharedLayout(
-  fits: (bytes: number) => boolean,
-  base: number,
-  centroidBytes: number,
-  sumBytes: number,
-  oneChunk: boolean,
-  tuning: BuildTuning,
-): RoundSharedLayout {
-  if (tuning.localSums !== false) {
-    if (fits(base + (oneChunk ? centroidBytes : 0) + sumBytes)) return { centroids: oneChunk, localSums: true };
-    if (oneChunk && fits(base + sumBytes)) return { centroids: false, localSums: true };
-  }
-  return { centroids: oneChunk, localSums: false };
+  return `pq_build_round_k${KS}_c1_b${blocks}`;
 }
 
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
@@ -137,8 +96,8 @@ export function deviceBuildSupported(layout: Layout): boolean {
 
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 4096;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
@@ -201,22 +160,11 @@ export function buildOnDevice(
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
   const mod = loadKernels('build');
-  const choice = roundKernelChoice(KS, oneChunk, tuning);
-  const roundKernel = choice.name;
+  const roundKernel = roundKernelName(KS, oneChunk, tuning);
   const round = mod.kernel(roundKernel);
   // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c|; with one chunk,
-  // its fp32 centroids too; then the block's fixed-point sums where they fit.
-  const device = CudaContext.primary().device;
-  const roundLayout = roundSharedLayout(
-    (bytes) => bytes <= device.maxSharedPerBlockOptin && round.occupancy(ROUND_THREADS, bytes) >= choice.blocksPerSM,
-    NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16,
-    C * cstride * 4,
-    C * cdim * 8,
-    oneChunk,
-    tuning,
-  );
-  const roundSmem = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16 + (roundLayout.centroids ? C * cstride * 4 : 0) + (roundLayout.localSums ? C * cdim * 8 : 0);
-  const roundOptions = (roundLayout.localSums ? ROUND_LOCAL_SUMS : 0) | (oneChunk && !roundLayout.centroids ? ROUND_CENTROIDS_GLOBAL : 0);
+  // its fp32 centroids too.
+  const roundSmem = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
   // init and finalize keep the group's centroids in shared memory for packing where they fit in the
   // default 48 KB beside the kernels' few static bytes (C·cstride·4 bytes: 16 KB on the seed config),
   // else pack from global memory.
@@ -224,7 +172,7 @@ export function buildOnDevice(
   const staged = stagedBytes <= 47 * 1024 ? 1 : 0;
   const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
   const tiles = Math.ceil(n / BLOCK_POINTS);
-  const resident = round.occupancy(ROUND_THREADS, roundSmem) * device.multiprocessorCount;
+  const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
   const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
 
@@ -246,8 +194,7 @@ export function buildOnDevice(
     codes: G * n,
     frag: G * NT * KS * 32 * 16,
     info: G * infoStride * 4,
-    expRange: G * 2 * 4,
-    stats: (iters + 1) * STATS_WORDS * 4,
+    stats: (iters + 1) * 2 * 4,
   });
   const argsList: LaunchArgs[] = [];
   const args = <K extends readonly ('ptr' | 'u64' | 'i32' | 'u32' | 'f32')[]>(kinds: K): LaunchArgs<K> => {
@@ -267,14 +214,12 @@ export function buildOnDevice(
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
     copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
     copies.fill32Async(s.stats, 0, s.stats.bytes / 4, stream);
-    // Per group [largest exponent field, lowest set bit]: atomicMax from 0, atomicMin from kNoLowBit.
-    copies.fromHost(s.expRange, new Uint32Array(G * 2).map((_, i) => (i % 2 === 0 ? 0 : 0xffffffff)));
     const rounds = progress ? new Uint32Array(progress.arrayBuffer).fill(0) : undefined;
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
         s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
-        mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.expRange.ptr, s.stats.ptr + BigInt(r * STATS_WORDS * 4),
-        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode, roundOptions,
+        mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
+        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode,
       ]);
     const finalize = mod.kernel('pq_build_finalize');
     const firstSums = mod.kernel('pq_build_first_sums');
@@ -298,7 +243,7 @@ export function buildOnDevice(
           launch(
             firstSums,
             { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
-            args(FIRST_SUMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.expRange.ptr, n, M, seqLen, D, O, C, cdim]),
+            args(FIRST_SUMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
             stream,
           );
         }
@@ -315,16 +260,13 @@ export function buildOnDevice(
     events?.end.record(stream);
     if (onRound && rounds) waitReportingRounds(stream, rounds, iters + 1, onRound);
     stream.synchronize();
-    const stats = new Uint32Array((iters + 1) * STATS_WORDS);
+    const stats = new Uint32Array((iters + 1) * 2);
     copies.toHost(stats, s.stats);
-    const perRound = (word: number): number[] => Array.from({ length: iters + 1 }, (_, r) => stats[STATS_WORDS * r + word]);
     return {
-      flaggedPerRound: perRound(0),
-      changedPerRound: perRound(1),
-      localSumGroupsPerRound: perRound(2),
+      flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
+      changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
       roundKernel,
-      roundLayout,
     };
   } finally {
     graph?.dispose();
