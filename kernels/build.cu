@@ -33,8 +33,8 @@
 //                      (+ C*cstride*4 for the one-chunk _c1 kernels) bytes: warp w of block x of
 //                      group g scores the 16-point tiles (one m16 MMA tile each) 4x + w,
 //                      4x + w + 4P, ... on its own, streaming each straight from the keys into
-//                      registers a k-step at a time (the next tile prefetched to L2); no block
-//                      barrier after the prologue.
+//                      registers a k-step at a time (the general kernels also ask L2 for the next
+//                      tile); no block barrier after the prologue.
 //                      KS = ceil(cdim/16) (template N).
 //   pq_build_first_sums grid (ceil(n/4096), G), block 256: round 0's sums and counts (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
@@ -271,6 +271,9 @@ __device__ __forceinline__ void load_kstep(const TileRows& r, int ks, bool last_
 // its loads one tile later find them there. A per-lane prefetch: the bulk prefetch takes one address
 // per warp (a prefetch per row cost a loop of 16 uniform rounds; one over the tile's whole span,
 // other sub-spaces' columns included, read 1.6x the bytes from DRAM: ncu, session 22).
+// Only the general kernels (C > 64) still prefetch: since the tile is streamed a k-step ahead, the
+// one-chunk seed kernel is faster without it (3.47 -> 3.41 ms; 2 or 3 tiles ahead: 4.33, 4.91 ms;
+// session 24). The general kernels were not measured without it.
 __device__ __forceinline__ void prefetch_tile_l2(const float* group_keys, int D, int dsub, int tile, int n) {
   const int lane = threadIdx.x & 31;
   const int lines = (dsub + 31) / 32;  // per row (rows 128-byte aligned when D and dsub are multiples of 32)
@@ -364,8 +367,8 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   }
   // Scores of chunk nt0, the tile streamed from the keys for it (chunk_scores): a tile held across
   // the chunk loop (or from one tile to the next) kept 32 more registers live beside the
-  // accumulators, and the kernel spilled at four blocks per SM. The first pass reads what the L2
-  // prefetch brought; later chunks (passes B and C re-score them when C >= 128) hit L1 or L2.
+  // accumulators, and the kernel spilled at four blocks per SM. Later chunks (passes B and C
+  // re-score them when C >= 128) hit L1 or L2.
   auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
     chunk_scores<KS>(acc, tile_rows(v.keys, v.D, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane, sq);
   };
@@ -575,7 +578,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const int t = lane & 3;
   const bool last_in = 16 * (KS - 1) + 4 * t < dsub;
   const bool ip_lane = cdim > dsub && 16 * (KS - 1) + 4 * t == dsub;
-  if (first_tile < tiles) prefetch_tile_l2(group_keys, D, dsub, first_tile, n);
+  if (!kOneChunk && first_tile < tiles) prefetch_tile_l2(group_keys, D, dsub, first_tile, n);
   __syncthreads();  // centroid fragments, info (and the one-chunk centroids), once
   GroupView view;
   view.frag = frag;
@@ -647,7 +650,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     }
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
-    if (tile + tile_step < tiles) prefetch_tile_l2(group_keys, D, dsub, tile + tile_step, n);  // streams in meanwhile
+    if (!kOneChunk && tile + tile_step < tiles) prefetch_tile_l2(group_keys, D, dsub, tile + tile_step, n);  // streams in meanwhile
     score_tile(tile);
   }
   if (lane == 0 && stats != nullptr) {
