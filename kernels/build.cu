@@ -314,8 +314,8 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows&
       float4 v = x[rs];
       if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
       if (sq != nullptr) (*sq)[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, (*sq)[rs]))));
-      split_pair(v.x, v.y, ah[rs], al[rs]);          // k-step columns 2t, 2t+1 of row q + 8rs
-      split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // columns 2t+8, 2t+9
+      split_pair(v.x, v.y, ah[rs], al[rs]);          // the A fragment's slots 2t, 2t+1 of row q + 8rs: key columns 4t, 4t+1
+      split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // slots 2t+8, 2t+9: key columns 4t+2, 4t+3
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -680,6 +680,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
 PQ_BUILD_ROUND_KS(1)
 PQ_BUILD_ROUND_KS(2)
 PQ_BUILD_ROUND_KS(3)
+PQ_BUILD_ROUND_KS(4)
 PQ_BUILD_ROUND_KS(5)
 PQ_BUILD_ROUND_KS(6)
 PQ_BUILD_ROUND_KS(7)
@@ -688,7 +689,6 @@ PQ_BUILD_ROUND_KS(9)
 PQ_BUILD_ROUND_KS_B34(1)
 PQ_BUILD_ROUND_KS_B34(2)
 PQ_BUILD_ROUND_KS_B34(3)
-PQ_BUILD_ROUND_KS(4)
 PQ_BUILD_ROUND_KS_B34(4)
 
 // Round 0's cluster sums and counts, from the codes round 0 wrote. In round 0 every point joins a
