@@ -34,7 +34,8 @@
 //                      group g scores the 16-point tiles (one m16 MMA tile each) 4x + w,
 //                      4x + w + 4P, ... on its own, streaming each straight from the keys into
 //                      registers a k-step at a time (the general kernels also ask L2 for the next
-//                      tile); no block barrier after the prologue.
+//                      tile); no block barrier after the prologue. Static smem: a 256-byte
+//                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
 //   pq_build_first_sums grid (ceil(n/4096), G), block 256: round 0's sums and counts (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
@@ -72,37 +73,30 @@ __device__ __forceinline__ float point_coord(const float* keys, const float* nor
   return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
 }
 
-// The oracle's distanceF32 over cdim coordinates, by one thread (x[dsub] is `xaug` for ip): its 8
-// interleaved partial sums, each over its coordinates in ascending order. x and c are 16-byte
-// aligned rows (dsub and cstride are multiples of 4), read 8 coordinates at a time as float4s so
-// that the loads of a step are in flight together (a load per coordinate waited on each in turn:
-// ncu, session 22).
-__device__ float canonical_distance(const float* x, float xaug, const float* c, int dsub, int cdim) {
-  float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  auto add4 = [&](int r0, float4 xv, float4 cv) {
-    const float t0 = __fsub_rn(xv.x, cv.x), t1 = __fsub_rn(xv.y, cv.y), t2 = __fsub_rn(xv.z, cv.z), t3 = __fsub_rn(xv.w, cv.w);
-    part[r0] = __fadd_rn(part[r0], __fmul_rn(t0, t0));
-    part[r0 + 1] = __fadd_rn(part[r0 + 1], __fmul_rn(t1, t1));
-    part[r0 + 2] = __fadd_rn(part[r0 + 2], __fmul_rn(t2, t2));
-    part[r0 + 3] = __fadd_rn(part[r0 + 3], __fmul_rn(t3, t3));
-  };
-  const float4* x4 = reinterpret_cast<const float4*>(x);
-  const float4* c4 = reinterpret_cast<const float4*>(c);
-  int j4 = 0;
-#pragma unroll 2
-  for (; 4 * j4 + 8 <= dsub; j4 += 2) {
-    const float4 xa = x4[j4], xb = x4[j4 + 1], ca = c4[j4], cb = c4[j4 + 1];
-    add4(0, xa, ca);
-    add4(4, xb, cb);
+// The oracle's distanceF32 over cdim coordinates (x[dsub] is `xaug` for ip), by the eight lanes
+// 8k .. 8k+7 of a warp together: lane r sums the oracle's partial r (coordinates j = r mod 8, in
+// ascending order, the ip coordinate last), and three xor shuffles combine the partials as
+// pq_tree8_sum does ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)) (fp32 addition commutes
+// exactly). Every lane of the warp calls it (the shuffles); `live` lanes load, the others add zeros.
+// Returns the distance in all eight lanes.
+__device__ __forceinline__ float canonical_distance_8(const float* x, float xaug, const float* c, int dsub, int cdim,
+                                                      bool live) {
+  const int r = threadIdx.x & 7;
+  float part = 0.0f;
+  if (live) {
+#pragma unroll 4
+    for (int j = r; j < dsub; j += 8) {
+      const float t = __fsub_rn(x[j], c[j]);
+      part = __fadd_rn(part, __fmul_rn(t, t));
+    }
+    if (cdim > dsub && r == (dsub & 7)) {
+      const float t = __fsub_rn(xaug, c[dsub]);
+      part = __fadd_rn(part, __fmul_rn(t, t));
+    }
   }
-  if (4 * j4 < dsub) add4(0, x4[j4], c4[j4]);  // dsub % 8 == 4: coordinates for part[0..3]
-  if (cdim > dsub) {
-    const float t = __fsub_rn(xaug, c[dsub]);
-#pragma unroll
-    for (int r = 0; r < 8; ++r)
-      if (r == (dsub & 7)) part[r] = __fadd_rn(part[r], __fmul_rn(t, t));
-  }
-  return pq_tree8_sum(part);
+  part = __fadd_rn(part, __shfl_xor_sync(0xffffffffu, part, 1));
+  part = __fadd_rn(part, __shfl_xor_sync(0xffffffffu, part, 2));
+  return __fadd_rn(part, __shfl_xor_sync(0xffffffffu, part, 4));
 }
 
 // bf16 hi + lo of two fp32 values, as the packed pairs an mma fragment register holds
@@ -347,9 +341,70 @@ struct GroupView {
   const float* cent;        // the group's fp32 centroids (canonical re-scoring): smem with one chunk, else global
   const float* keys;        // global: point 0 of the group (canonical re-scoring, moves)
   const float* norms;
+  uint16_t* rescore_list;   // smem: the warp's (row << 8 | centroid) candidates of pass C
   float phi;
   int g, n, C, cdim, cstride, dsub, D, NT;
 };
+
+// Candidates a lane adds to its warp's pass-C list at a time: 32 * 4 = kRescoreList entries.
+constexpr int kRescoreTake = 4;
+constexpr int kRescoreList = 32 * kRescoreTake;
+
+// Pass C's canonical re-scoring of one chunk's candidates (bit 4j + i of a lane: centroid
+// (nt0 + j) * 8 + 2t + (i & 1) for row q + 8 (i >> 1)) of the tile at tile_keys, into row `lane`'s
+// best (distance, centroid) held by lanes 0..15. Returns {best distance, best centroid's bits}.
+// Out of line: inlined, its state made the four-block seed kernel spill (48 bytes, 3.54 ms against
+// 3.33 out of line; session 25), while only flagged tiles (~15% on the seed config) come here.
+__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const float* tile_keys, const float* cent,
+                                                  uint16_t* list, float xaug0, float xaug1, int D, int dsub, int cdim,
+                                                  int cstride, float best_d, int best_c) {
+  const int lane = threadIdx.x & 31;
+  const int q = lane >> 2;
+  const int t = lane & 3;
+  const float xaug[2] = {xaug0, xaug1};
+  while (__any_sync(0xffffffffu, candidates != 0u)) {
+    const int take = min(__popc(candidates), kRescoreTake);
+    int end = take;  // inclusive scan of the lanes' takes
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, end, o);
+      if (lane >= o) end += y;
+    }
+    const int total = __shfl_sync(0xffffffffu, end, 31);
+    for (int k = end - take; k < end; ++k) {
+      const int bit = __ffs(candidates) - 1;
+      candidates &= candidates - 1u;
+      const int row = q + ((bit & 2) != 0 ? 8 : 0);  // accumulators 2, 3: row q + 8
+      const int c = (nt0 + (bit >> 2)) * 8 + 2 * t + (bit & 1);
+      list[k] = static_cast<uint16_t>(row << 8 | c);
+    }
+    __syncwarp();
+    for (int e0 = 0; e0 < total; e0 += 4) {
+      const int e = e0 + (lane >> 3);
+      const int entry = e < total ? list[e] : 0;
+      const int row = entry >> 8;
+      const int c = entry & 255;
+      // The row's ip coordinate, from its owner lanes (4(row mod 8): xaug[row / 8]).
+      const float aug0 = __shfl_sync(0xffffffffu, xaug[0], (row & 7) * 4);
+      const float aug1 = __shfl_sync(0xffffffffu, xaug[1], (row & 7) * 4);
+      const float d = canonical_distance_8(tile_keys + static_cast<int64_t>(row) * D, row < 8 ? aug0 : aug1,
+                                           cent + c * cstride, dsub, cdim, e < total);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int erow = __shfl_sync(0xffffffffu, row, 8 * k);
+        const int ec = __shfl_sync(0xffffffffu, c, 8 * k);
+        const float ed = __shfl_sync(0xffffffffu, d, 8 * k);
+        // Only finite distances win (none: centroid 0, below); ties keep the lower index.
+        if (e0 + k < total && lane == erow && ed < INFINITY && (ed < best_d || (ed == best_d && ec < best_c))) {
+          best_d = ed;
+          best_c = ec;
+        }
+      }
+    }
+    __syncwarp();  // the next segment rewrites the list
+  }
+  return make_float2(best_d, __int_as_float(best_c));
+}
 
 // Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring.
@@ -432,16 +487,18 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   if (flagged_rows == 0u) return 0u;
 
   // Pass C (flagged rows): canonical distances of the centroids within the band; the lowest index
-  // among the minimal ones, as the oracle.
-  // The candidates of a chunk go into a bit mask (bit 4j + i: accumulator acc[j][i]) walked by one
-  // rolled loop, so the kernel holds a single copy of the canonical distance: unrolled over the 32
-  // accumulators it was 8,000 of the kernel's 11,600 instructions, and a flagged tile evicted the
-  // hot loop from the instruction cache (ncu: stall_no_instruction 30-40% of the samples).
-  float cd[2] = {INFINITY, INFINITY};
-  int cc[2] = {INT_MAX, INT_MAX};
+  // among the minimal ones, as the oracle. The warp's candidates (row, centroid) of a chunk go into
+  // its list in shared memory (up to kRescoreTake per lane at a time, so a segment holds <= 128),
+  // and eight lanes compute each canonical distance together (canonical_distance_8). A lane walking
+  // its own candidates through the whole distance cost ~370 warp instructions a flagged row, and
+  // pass C ~0.15 ms of the seed build (3.42 ms; 3.27 with the band at 0, a diagnostic); this way the
+  // seed build takes 3.33 ms (session 25). Lanes 0..15 keep row `lane`'s best (distance, centroid)
+  // across segments and chunks.
+  float best_d = INFINITY;
+  int best_c = INT_MAX;
   for (int nt0 = 0; nt0 < NT; nt0 += 8) {
     if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);
-    uint32_t candidates = 0u;
+    uint32_t candidates = 0u;  // bit 4j + i: accumulator acc[j][i]
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -451,35 +508,15 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
         if (flagged[rs] && c < v.C && !(acc[j][i] < threshold[rs])) candidates |= 1u << (4 * j + i);
       }
     }
-    while (candidates != 0u) {  // ascending bits: for each row, c ascends, so ties keep the lower index
-      const int bit = __ffs(candidates) - 1;
-      candidates &= candidates - 1u;
-      const bool second = (bit & 2) != 0;  // row q + 8 (accumulators 2, 3) or row q (0, 1)
-      const int c = (nt0 + (bit >> 2)) * 8 + 2 * t + (bit & 1);
-      const float* row = v.keys + static_cast<int64_t>(pbase + q + (second ? 8 : 0)) * v.D;  // a valid row: flagged
-      const float d = canonical_distance(row, second ? xaug[1] : xaug[0], v.cent + c * v.cstride, v.dsub, v.cdim);
-      if (!second && d < cd[0]) {
-        cd[0] = d;
-        cc[0] = c;
-      }
-      if (second && d < cd[1]) {
-        cd[1] = d;
-        cc[1] = c;
-      }
-    }
+    const float2 best = rescore_candidates(candidates, nt0, v.keys + static_cast<int64_t>(pbase) * v.D, v.cent, v.rescore_list,
+                                           xaug[0], xaug[1], v.D, v.dsub, v.cdim, v.cstride, best_d, best_c);
+    best_d = best.x;
+    best_c = __float_as_int(best.y);
   }
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-#pragma unroll
-    for (int o = 1; o <= 2; o <<= 1) {
-      const float od = __shfl_xor_sync(0xffffffffu, cd[rs], o);
-      const int oc = __shfl_xor_sync(0xffffffffu, cc[rs], o);
-      if (od < cd[rs] || (od == cd[rs] && oc < cc[rs])) {
-        cd[rs] = od;
-        cc[rs] = oc;
-      }
-    }
-    if (flagged[rs]) code[rs] = cc[rs] == INT_MAX ? 0 : cc[rs];  // no finite distance: centroid 0
+    const int bc = __shfl_sync(0xffffffffu, best_c, q + 8 * rs);
+    if (flagged[rs]) code[rs] = bc == INT_MAX ? 0 : bc;  // no finite distance: centroid 0
   }
   return static_cast<unsigned>(__popc(flagged_rows));
 }
@@ -587,6 +624,8 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   view.cent = kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
   view.keys = group_keys;
   view.norms = norms;
+  __shared__ uint16_t rescore_lists[kRoundThreads / 32][kRescoreList];
+  view.rescore_list = rescore_lists[warp];
   view.dsub = dsub;
   view.D = D;
   view.phi = cdim > dsub ? phi[g] : 0.0f;
