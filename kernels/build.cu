@@ -341,7 +341,7 @@ struct GroupView {
   const float* cent;        // the group's fp32 centroids (canonical re-scoring): smem with one chunk, else global
   const float* keys;        // global: point 0 of the group (canonical re-scoring, moves)
   const float* norms;
-  uint16_t* rescore_list;   // smem: the warp's (row << 8 | centroid) candidates of pass C
+  uint16_t* rescore_list;   // smem: the warp's (row << 8 | centroid) candidates of pass C (C <= 256)
   float phi;
   int g, n, C, cdim, cstride, dsub, D, NT;
 };
@@ -354,7 +354,8 @@ constexpr int kRescoreList = 32 * kRescoreTake;
 // (nt0 + j) * 8 + 2t + (i & 1) for row q + 8 (i >> 1)) of the tile at tile_keys, into row `lane`'s
 // best (distance, centroid) held by lanes 0..15. Returns {best distance, best centroid's bits}.
 // Out of line: inlined, its state made the four-block seed kernel spill (48 bytes, 3.54 ms against
-// 3.33 out of line; session 25), while only flagged tiles (~15% on the seed config) come here.
+// 3.33 out of line; session 25), while only flagged tiles come here (≈ 1 - (1 - 0.0074)^16, one
+// tile in nine, at the seed config's mean flagged share).
 __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const float* tile_keys, const float* cent,
                                                   uint16_t* list, float xaug0, float xaug1, int D, int dsub, int cdim,
                                                   int cstride, float best_d, int best_c) {
