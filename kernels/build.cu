@@ -362,7 +362,6 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;
   const int t = lane & 3;
-  const float xaug[2] = {xaug0, xaug1};
   while (__any_sync(0xffffffffu, candidates != 0u)) {
     const int take = min(__popc(candidates), kRescoreTake);
     int end = take;  // inclusive scan of the lanes' takes
@@ -385,9 +384,9 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
       const int entry = e < total ? list[e] : 0;
       const int row = entry >> 8;
       const int c = entry & 255;
-      // The row's ip coordinate, from its owner lanes (4(row mod 8): xaug[row / 8]).
-      const float aug0 = __shfl_sync(0xffffffffu, xaug[0], (row & 7) * 4);
-      const float aug1 = __shfl_sync(0xffffffffu, xaug[1], (row & 7) * 4);
+      // The row's ip coordinate, from its owner lane 4(row mod 8) (xaug0: rows 0..7, xaug1: 8..15).
+      const float aug0 = __shfl_sync(0xffffffffu, xaug0, (row & 7) * 4);
+      const float aug1 = __shfl_sync(0xffffffffu, xaug1, (row & 7) * 4);
       const float d = canonical_distance_8(tile_keys + static_cast<int64_t>(row) * D, row < 8 ? aug0 : aug1,
                                            cent + c * cstride, dsub, cdim, e < total);
 #pragma unroll
