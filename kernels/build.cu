@@ -734,10 +734,10 @@ PQ_BUILD_ROUND_KS_B34(4)
 // cluster, and adding each coordinate with a float64 atomic from the round kernel (131 M on the seed
 // config) bound that round at ~2x a later one (ncu: it did not get faster with 30% fewer
 // instructions). Here block x of group g takes points [x*kSumChunk, …) in code order (a counting
-// sort in shared memory), so a thread adds its coordinate over each run of same-code points in a
-// register and writes one atomic per run: ~16x fewer atomics, for one more read of the keys.
+// sort in shared memory), so a thread adds its four coordinates over each run of same-code points
+// in registers and writes one atomic per coordinate and run: ~16x fewer atomics, for one more read
+// of the keys.
 // Launch: grid (ceil(n / kSumChunk), G), block kSumThreads; sums and counts zeroed before round 0.
-// Thread (slice, j): coordinate j < 32*ceil(cdim/32) of a slice of the sorted points (cdim <= 129).
 constexpr int kSumThreads = 256;
 constexpr int kSumChunk = 4096;
 
@@ -774,48 +774,62 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
   for (int i = threadIdx.x; i < len; i += kSumThreads) order[atomicAdd(&bin_next[code_of[i]], 1)] = static_cast<uint16_t>(i);
   __syncthreads();
 
-  const int lanes = 32 * ((cdim + 31) / 32);
+  // Thread (slice, v) sums coordinates 4v .. 4v+3 (one 16-byte load a point; dsub is a multiple of
+  // 4, so the ip coordinate dsub is the .x of the thread with 4v == dsub). A thread per coordinate
+  // spent ~38 warp instructions a point and coordinate block of 32 on the order, code and address
+  // (156 M for the seed config, ncu): four coordinates a thread share them.
+  const int lanes = (cdim + 3) / 4;
   const int slices = kSumThreads / lanes;
   const int slice = threadIdx.x / lanes;
-  const int j = threadIdx.x - slice * lanes;
+  const int v = threadIdx.x - slice * lanes;
   if (slice >= slices) return;  // no barrier follows
   const int begin = len * slice / slices;
   const int end = len * (slice + 1) / slices;
   // The chunk's coordinates from hoisted bases (point_coord per load recomputes the 64-bit address:
   // 4.63-4.65 against 4.44-4.49 ms for the seed build in a same-run A/B, session 14).
   const int bkv = g / M;
-  const float* chunk_keys = keys + (static_cast<int64_t>(bkv) * sk + O + p0) * D + (g - bkv * M) * dsub;
+  const float* chunk_keys = keys + (static_cast<int64_t>(bkv) * sk + O + p0) * D + (g - bkv * M) * dsub + 4 * v;
+  const bool in_keys = 4 * v < dsub;
   const float phi_g = cdim > dsub ? phi[g] : 0.0f;
   const float* chunk_norms = norms + static_cast<int64_t>(g) * n + p0;
-  double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
-  double run = 0.0;
+  double* thread_sums = sums + static_cast<int64_t>(g) * C * cdim + 4 * v;
+  const int width = min(4, cdim - 4 * v);  // coordinates of this thread below cdim (1 for the ip one)
+  double run[4] = {0.0, 0.0, 0.0, 0.0};
   int run_code = -1;
+  auto flush = [&]() {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (e < width) atomicAdd(thread_sums + run_code * cdim + e, run[e]);
+  };
   for (int k0 = begin; k0 < end; k0 += 8) {
-    float x[8];  // eight points' coordinate j loaded before any is added
+    float4 x[8];  // eight points' coordinates loaded before any is added
     int code[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       code[k] = -1;
-      x[k] = 0.0f;
+      x[k] = make_float4(0.f, 0.f, 0.f, 0.f);
       if (k0 + k < end) {
         const int i = order[k0 + k];
         code[k] = code_of[i];
-        if (j < dsub) x[k] = chunk_keys[static_cast<int64_t>(i) * D + j];
-        else if (j == dsub && cdim > dsub) x[k] = pq_ip_augment(phi_g, chunk_norms[i]);
+        if (in_keys) x[k] = *reinterpret_cast<const float4*>(chunk_keys + static_cast<int64_t>(i) * D);
+        else x[k].x = pq_ip_augment(phi_g, chunk_norms[i]);
       }
     }
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       if (code[k] < 0) break;
       if (code[k] != run_code) {
-        if (run_code >= 0 && j < cdim) atomicAdd(group_sums + run_code * cdim + j, run);
+        if (run_code >= 0) flush();
         run_code = code[k];
-        run = 0.0;
+        run[0] = run[1] = run[2] = run[3] = 0.0;
       }
-      run += static_cast<double>(x[k]);
+      run[0] += static_cast<double>(x[k].x);
+      run[1] += static_cast<double>(x[k].y);
+      run[2] += static_cast<double>(x[k].z);
+      run[3] += static_cast<double>(x[k].w);
     }
   }
-  if (run_code >= 0 && j < cdim) atomicAdd(group_sums + run_code * cdim + j, run);
+  if (run_code >= 0) flush();
 }
 
 extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float* keys, const float* norms, const float* phi,
