@@ -37,7 +37,7 @@
 //                      tile); no block barrier after the prologue. Static smem: a 256-byte
 //                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
-//   pq_build_first_sums grid (ceil(n/4096), G), block 256: round 0's sums and counts (see there).
+//   pq_build_first_sums grid (ceil(n/8192), G), block 256: round 0's sums and counts (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
 //                      re-seed; packs; block 0 writes the rounds done to `progress` when given.
 // The host captures the whole k-means (norms, init, every round and finalize, the final
@@ -735,11 +735,13 @@ PQ_BUILD_ROUND_KS_B34(4)
 // config) bound that round at ~2x a later one (ncu: it did not get faster with 30% fewer
 // instructions). Here block x of group g takes points [x*kSumChunk, …) in code order (a counting
 // sort in shared memory), so a thread adds its four coordinates over each run of same-code points
-// in registers and writes one atomic per coordinate and run: ~16x fewer atomics, for one more read
-// of the keys.
+// in registers and writes one atomic per coordinate and run (a slice's runs are ~100 points long
+// on the seed config), for one more read of the keys.
 // Launch: grid (ceil(n / kSumChunk), G), block kSumThreads; sums and counts zeroed before round 0.
 constexpr int kSumThreads = 256;
-constexpr int kSumChunk = 4096;
+// 8192 points a block: 4 blocks a group on the seed config, one wave (256 blocks at 3 a multiprocessor);
+// 4096 made 1.3 waves (201 against 223 us, ncu; seed build 3.259 against 3.280 ms, session 26).
+constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
 
 extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(const float* keys, const float* norms, const float* phi,
                                                                             const uint8_t* codes_tmp, double* sums,

@@ -99,7 +99,7 @@ const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32'
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Points per block of pq_build_first_sums (kSumChunk). */
-const FIRST_SUMS_CHUNK = 4096;
+const FIRST_SUMS_CHUNK = 8192;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
 
 /** How often the host looks at the rounds done while the build graph runs (ms). */
@@ -239,7 +239,7 @@ export function buildOnDevice(
       for (let r = 0; r < iters; r++) {
         launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
         if (r === 0) {
-          // Round 0 writes codes only; its sums and counts come from the codes, a block per 4096 points.
+          // Round 0 writes codes only; its sums and counts come from the codes, a block per 8192 points.
           launch(
             firstSums,
             { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },

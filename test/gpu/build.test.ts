@@ -55,7 +55,7 @@ const CASES: Case[] = [
   { B: 1, H: 1, Hkv: 1, D: 128, M: 1, bits: 8, sk: 700, O: 0, ip: true, iters: 2 },
   // centroids of exactly 48 KB per group (C = 128, cstride 96): packed from global memory
   { B: 1, H: 1, Hkv: 1, D: 96, M: 1, bits: 7, sk: 600, O: 0, ip: false, iters: 2 },
-  // more than one first-sums block per group (4096 points each), the last one part-filled
+  // more than one first-sums block per group (8192 points each), the last one part-filled
   { B: 1, H: 2, Hkv: 1, D: 16, M: 2, bits: 4, sk: 9000, O: 5, ip: true, iters: 3 },
   { B: 1, H: 1, Hkv: 1, D: 64, M: 1, bits: 6, sk: 8300, O: 0, ip: false, iters: 3 },
 ];
