@@ -74,29 +74,19 @@ __device__ __forceinline__ float point_coord(const float* keys, const float* nor
 }
 
 // The oracle's distanceF32 over cdim coordinates (x[dsub] is `xaug` for ip), by the eight lanes
-// 8k .. 8k+7 of a warp together: lane r sums the oracle's partial r (coordinates j = r mod 8, in
-// ascending order, the ip coordinate last), and three xor shuffles combine the partials as
-// pq_tree8_sum does ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)) (fp32 addition commutes
-// exactly). Every lane of the warp calls it (the shuffles); `live` lanes load, the others add zeros.
-// Returns the distance in all eight lanes.
+// 8k .. 8k+7 of a warp together, in common.cuh's lane form: lane r sums the oracle's partial r
+// (pq_partial_distance; the ip coordinate dsub comes last in partial dsub mod 8) and pq_tree8
+// combines the partials. Every lane of the warp calls it (the shuffles); `live` lanes load, the
+// others add zeros. Returns the distance in all eight lanes.
 __device__ __forceinline__ float canonical_distance_8(const float* x, float xaug, const float* c, int dsub, int cdim,
                                                       bool live) {
   const int r = threadIdx.x & 7;
-  float part = 0.0f;
-  if (live) {
-#pragma unroll 4
-    for (int j = r; j < dsub; j += 8) {
-      const float t = __fsub_rn(x[j], c[j]);
-      part = __fadd_rn(part, __fmul_rn(t, t));
-    }
-    if (cdim > dsub && r == (dsub & 7)) {
-      const float t = __fsub_rn(xaug, c[dsub]);
-      part = __fadd_rn(part, __fmul_rn(t, t));
-    }
+  float part = live ? pq_partial_distance(x, c, dsub, r) : 0.0f;
+  if (live && cdim > dsub && r == (dsub & 7)) {
+    const float t = __fsub_rn(xaug, c[dsub]);
+    part = __fadd_rn(part, __fmul_rn(t, t));
   }
-  part = __fadd_rn(part, __shfl_xor_sync(0xffffffffu, part, 1));
-  part = __fadd_rn(part, __shfl_xor_sync(0xffffffffu, part, 2));
-  return __fadd_rn(part, __shfl_xor_sync(0xffffffffu, part, 4));
+  return pq_tree8(part);
 }
 
 // bf16 hi + lo of two fp32 values, as the packed pairs an mma fragment register holds
@@ -364,12 +354,7 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
   const int t = lane & 3;
   while (__any_sync(0xffffffffu, candidates != 0u)) {
     const int take = min(__popc(candidates), kRescoreTake);
-    int end = take;  // inclusive scan of the lanes' takes
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, end, o);
-      if (lane >= o) end += y;
-    }
+    const int end = pq_warp_inclusive_scan(take);
     const int total = __shfl_sync(0xffffffffu, end, 31);
     for (int k = end - take; k < end; ++k) {
       const int bit = __ffs(candidates) - 1;
