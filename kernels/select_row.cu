@@ -1135,3 +1135,117 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
   for (int p = lo + tid; p < end; p += NT) head_buckets[atomicAdd(&count[pair_at(p)], 1)] = p;
   if (a == 0 && tid == 0) *bucket_end = end;
 }
+
+// Bucket merge: extends kv-head a's buckets from [lo, old_end) to [lo, end) (end = max(lo, *seq − W))
+// in place, for the host's periodic update (src/pq/cuda-cache.ts rebuildBuckets) once the old
+// buckets are current. pq_bucket_rebuild re-sorts every position (a shared atomic and a scattered
+// store each: 1.88 ms at B = 8, sk = 131,072); here the old entries only move up by the tail
+// positions of the pairs before theirs, and the tail (≈ bucketTail positions) is scattered.
+// Launch: grid (B*Hkv), block NT, as the rebuild. Steps:
+//   1. the tail's count per pair (shared atomics);
+//   2. each pair's shift, the exclusive scan of those counts; its new offset = old + shift; the
+//      counts checked against the pair table as the rebuild does (PQ_STATUS_BUCKETS_STALE);
+//   3. the old entries moved to k + shift(pair of k), in chunks of NT*kMergeLoads from the top down:
+//      a chunk's entries are all read (then a barrier) before any is written, a write lands at or
+//      above its own k (shifts are ≥ 0) and so above every lower chunk's entries, and shifts grow
+//      with k, so no two writes meet; an entry's pair is found by binary search over the old offsets;
+//   4. the tail scattered after each pair's moved entries (its next slot: old end of the bucket + shift).
+// Invariants: the old buckets list [lo, old_end) exactly (offsets[pairs] = old_end − lo);
+// old_end ≤ end (the host rebuilds instead when sk went back).
+constexpr int kMergeLoads = 8;  // entries a thread moves per chunk (loads in flight before the barrier)
+
+extern "C" __global__ void __launch_bounds__(NT, 1) pq_bucket_merge(const uint8_t* codes, const int* seq, int* bucket_end,
+                                                                 int* offsets, int* buckets, const unsigned* pair_count,
+                                                                 int* status, int capacity, int M, int C, int log2c, int lo,
+                                                                 int W, int old_end) {
+  __shared__ int old_off[MAX_ROW_PAIRS + 1];
+  __shared__ int shift[MAX_ROW_PAIRS];  // step 1: the tail's counts; step 2 on: each pair's shift (step 4: + taken slots)
+  __shared__ int warp_total[NW];
+  const int tid = threadIdx.x;
+  const int a = blockIdx.x;
+  const int pairs = M == 1 ? C : C << log2c;
+  const int end = max(lo, *seq - W);
+  const uint8_t* head_codes = codes + static_cast<int64_t>(a) * capacity * M;
+  auto pair_at = [&](int p) { return pq_code_pair(head_codes + static_cast<int64_t>(p) * M, M, log2c); };
+  int* head_off = offsets + static_cast<int64_t>(a) * (pairs + 4);
+  int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
+
+  // 1. The tail's pairs.
+  for (int i = tid; i < pairs; i += NT) shift[i] = 0;
+  __syncthreads();
+  for (int p = old_end + tid; p < end; p += NT) atomicAdd(&shift[pair_at(p)], 1);
+  __syncthreads();
+  // 2. Shifts and new offsets of this thread's PPT consecutive pairs (read before any is rewritten).
+  int tail[PPT], off[PPT + 1], first[PPT];  // first: the pair's shift (its new offset = off + first)
+  int mine = 0;
+#pragma unroll
+  for (int j = 0; j <= PPT; ++j) off[j] = PPT * tid + j <= pairs ? head_off[PPT * tid + j] : 0;
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int i = PPT * tid + j;
+    tail[j] = i < pairs ? shift[i] : 0;
+    mine += tail[j];
+    if (i < pairs && static_cast<unsigned>(off[j + 1] - off[j] + tail[j]) != pair_count[static_cast<int64_t>(a) * pairs + i])
+      pq_flag_status(status, PQ_STATUS_BUCKETS_STALE);
+  }
+  int tail_total;
+  int sh = block_scan(warp_total, mine, &tail_total);  // its barrier: every count above read
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int i = PPT * tid + j;
+    first[j] = sh;
+    if (i < pairs) {
+      old_off[i] = off[j];
+      shift[i] = sh;
+    }
+    sh += tail[j];
+  }
+  if (tid == 0) old_off[pairs] = head_off[pairs];
+  __syncthreads();
+  // 3. The old entries, top chunk first. The pair of entry k: the last i < pairs with old_off[i] ≤ k
+  // (old_off[0] = 0 ≤ k), by a fixed 12-step search (pairs ≤ 4096) the compiler interleaves over a
+  // thread's entries.
+  const int old_total = old_off[pairs];
+  auto pair_of_entry = [&](int k) {
+    int i = 0;
+#pragma unroll
+    for (int step = MAX_ROW_PAIRS / 2; step > 0; step >>= 1)
+      if (i + step < pairs && old_off[i + step] <= k) i += step;
+    return i;
+  };
+  if (tail_total > 0) {
+    for (int top = old_total; top > 0; top -= NT * kMergeLoads) {
+      const int base = max(0, top - NT * kMergeLoads);
+      int value[kMergeLoads], dest[kMergeLoads];
+      // Every load in flight before the searches (loaded after its search, each waited in turn).
+#pragma unroll
+      for (int r = 0; r < kMergeLoads; ++r) {
+        const int k = base + r * NT + tid;
+        value[r] = k < top ? head_buckets[k] : 0;
+      }
+#pragma unroll
+      for (int r = 0; r < kMergeLoads; ++r) {
+        const int k = base + r * NT + tid;
+        const int s = k < top ? shift[pair_of_entry(k)] : 0;
+        dest[r] = s != 0 ? k + s : -1;  // entries of pairs before the first tail pair stay where they are
+      }
+      __syncthreads();  // the chunk read before any of it is overwritten
+#pragma unroll
+      for (int r = 0; r < kMergeLoads; ++r)
+        if (dest[r] >= 0) head_buckets[dest[r]] = value[r];
+    }
+  }
+  // 4. The tail, after each pair's moved entries; then the new offsets.
+  __syncthreads();  // every thread's step-3 reads of shift done before step 4 bumps it
+  for (int p = old_end + tid; p < end; p += NT) {
+    const int i = pair_at(p);
+    head_buckets[old_off[i + 1] + atomicAdd(&shift[i], 1)] = p;
+  }
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int i = PPT * tid + j;
+    if (i < pairs) head_off[i] = off[j] + first[j];
+  }
+  if (tid == 0) head_off[pairs] = old_total + tail_total;
+  if (a == 0 && tid == 0) *bucket_end = end;
+}

@@ -21,7 +21,7 @@ import { type Layout, type Metric, makeLayout } from '../pq/config.js';
 import { appendCodesCpu } from '../pq/cpu-build.js';
 import { deviceIndexStrides } from '../pq/cuda-build.js';
 import { CudaPQCache, STEP_PHASES } from '../pq/cuda-cache.js';
-import type { StepKernelChoice } from '../pq/cuda-plan.js';
+import { BUCKET_MAX_TAIL, type StepKernelChoice } from '../pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
@@ -126,6 +126,23 @@ export function configRecord(c: SelectBenchConfig): Record<string, number | stri
   return { ...c };
 }
 
+const BUCKET_MERGE_REPS = 10;
+
+/**
+ * GPU μs of the bucket merges steps launch: each after BUCKET_MAX_TAIL − 1 appending steps (one
+ * short of the step's own trigger), so it merges that many positions into the buckets.
+ */
+function bucketMergeTimes(cache: CudaPQCache, step: (i: number) => void, busy: BusyQueue): number[] {
+  const out: number[] = [];
+  for (let r = 0; r < BUCKET_MERGE_REPS; r++) {
+    cache.rebuildBuckets();
+    for (let i = 0; i < BUCKET_MAX_TAIL - 1; i++) step(i);
+    cache.synchronize();
+    out.push(...eventTimes(cache.stream, 1, () => cache.rebuildBuckets(), busy));
+  }
+  return out;
+}
+
 function wallRow(impl: string, c: SelectBenchConfig, wall: LatencySummary, extra: Record<string, unknown>, gpu?: LatencySummary, matches?: boolean): RecordRow {
   return latencyRow(impl, configRecord(c), wall, extra, gpu, matches);
 }
@@ -189,8 +206,9 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const layout = benchLayout(c);
   const sets = 8;
   const hostInputCalls = Math.min(o.iters, 100);
-  // Every call appends one key: the first checked step, warm-up, four timed loops, two host-input loops.
-  const capacity = c.sk + 1 + o.warmup + 4 * o.iters + 2 * hostInputCalls + 64;
+  // Every call appends one key: the first checked step, warm-up, four timed loops, two host-input
+  // loops, and in bucket mode the steps between the timed bucket merges.
+  const capacity = c.sk + 1 + o.warmup + 4 * o.iters + 2 * hostInputCalls + BUCKET_MERGE_REPS * BUCKET_MAX_TAIL + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel });
   const inputs = randomInputs(layout, sets, o.seed + 1);
@@ -274,8 +292,14 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const extra = {
       ...(phases ? { phases_us: phases } : {}),
       step_kernel: describePlan(plan),
-      // Bucket mode: the rebuild a step launches first once 1024 positions were appended (GPU μs, median).
-      ...(plan.bucket ? { bucket_rebuild_gpu_us: round3(summarize(eventTimes(cache.stream, 30, () => cache.rebuildBuckets(), busy)).median) } : {}),
+      // Bucket mode: sorting every position again (a new index: GPU μs, median), and the merge a step
+      // launches first once bucketTail positions were appended (measured after as many steps).
+      ...(plan.bucket
+        ? {
+            bucket_rebuild_gpu_us: round3(summarize(eventTimes(cache.stream, 30, () => cache.rebuildBuckets({ full: true }), busy)).median),
+            bucket_merge_gpu_us: round3(summarize(bucketMergeTimes(cache, (i) => void cache.step(qDev[i % sets], kDev[i % sets]), busy)).median),
+          }
+        : {}),
       ...(describePlan(planAtEnd) !== describePlan(plan) ? { step_kernel_at_end: describePlan(planAtEnd) } : {}),
       slices: plan.numSlices,
       slice_len: plan.sliceLen,

@@ -139,6 +139,9 @@ export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 
 const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const NO_OPTIONS = {} as const;
+/** pq_bucket_merge: the rebuild's arguments and the old end of the buckets. */
+const BUCKET_MERGE_ARGS = [...BUCKET_REBUILD_ARGS, 'i32'] as const;
 /**
  * A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and
  * shared memory (none there); `row` when the one-block-per-head kernel runs.
@@ -176,10 +179,11 @@ export class CudaPQCache implements PQCache {
   /** C^M when the pair-table fast path runs (M ≤ 2), else 0. */
   private readonly pairs: number;
   private readonly pairsCountKernel: Kernel | undefined;
-  /** Bucket mode possible (C^M ≤ 4096, not forced off): the buckets are kept and this rebuilds them. */
+  /** Bucket mode possible (C^M ≤ 4096, not forced off): the buckets are kept and these update them. */
   private readonly bucketRebuildKernel: Kernel | undefined;
+  private readonly bucketMergeKernel: Kernel | undefined;
   private readonly bucketTail: number;
-  /** Where the buckets end (host mirror of seqState[2]); −1 before the first rebuild. */
+  /** Where the buckets end (host mirror of seqState[2]); −1 before the first rebuild of an index. */
   private bucketEnd = -1;
   private readonly sliceLenOverride: number | undefined;
   private readonly clusterOverride: number | undefined;
@@ -209,6 +213,7 @@ export class CudaPQCache implements PQCache {
   private readonly seqInit = new Int32Array(4);
   private readonly pairsCountArgs = new LaunchArgs(PAIRS_COUNT_ARGS);
   private readonly bucketRebuildArgs = new LaunchArgs(BUCKET_REBUILD_ARGS);
+  private readonly bucketMergeArgs = new LaunchArgs(BUCKET_MERGE_ARGS);
   /** The step's graph binding (query, key pointers), rewritten per call instead of allocated. */
   private readonly stepPointers: DevicePtr[] = [0n, 0n];
   // Resident steps: the options, the launch (made at the first resident step) and what it was launched with.
@@ -236,6 +241,7 @@ export class CudaPQCache implements PQCache {
     this.pairsCountKernel = this.pairs > 0 ? loadStepKernels('select_pairs', this.phaseTiming).kernel('pq_pairs_count') : undefined;
     const bucketCapable = this.pairs > 0 && this.pairs <= ROW_MAX_PAIRS && this.stepKernel !== 'row' && this.stepKernel !== 'cluster';
     this.bucketRebuildKernel = bucketCapable ? loadStepKernels('select_row', this.phaseTiming).kernel('pq_bucket_rebuild') : undefined;
+    this.bucketMergeKernel = bucketCapable ? loadStepKernels('select_row', this.phaseTiming).kernel('pq_bucket_merge') : undefined;
     this.bucketTail = options.bucketTail ?? BUCKET_MAX_TAIL;
     if (!Number.isInteger(this.bucketTail) || this.bucketTail < 1 || this.bucketTail > BUCKET_MAX_TAIL) {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
@@ -380,6 +386,7 @@ export class CudaPQCache implements PQCache {
       this.countPairs(Math.max(this.layout.config.initOffset, this.layout.config.sinkSize), seqLen - this.layout.config.windowSize);
     }
     this.hostSeqLen = seqLen;
+    this.bucketEnd = -1; // new codes: the buckets are sorted afresh, not merged
     this.rebuildBuckets();
     this.stream.synchronize();
     this.isBuilt = true;
@@ -808,27 +815,40 @@ export class CudaPQCache implements PQCache {
   }
 
   /**
-   * Bucket mode: group every kv-head's eligible positions [lo, sk − W) by code pair
-   * (pq_bucket_rebuild, reading sk on the device), so the step gathers heavy hitters from them.
-   * Steps call this themselves once 1024 (bucketTail) positions were appended since the last
-   * rebuild; a server may call it at a moment of its choosing (between requests) to keep that
-   * launch out of a latency-critical step. Enqueued on the stream; a no-op outside bucket mode.
+   * Bucket mode: group every kv-head's eligible positions [lo, sk − W) by code pair (reading sk on
+   * the device), so the step gathers heavy hitters from them. After a new index every position is
+   * sorted (pq_bucket_rebuild); later, the positions appended since are merged into the buckets
+   * in place (pq_bucket_merge: the old entries shifted, the new ones scattered). Steps call this
+   * themselves once 1024 (bucketTail) positions were appended since the last update; a server may
+   * call it at a moment of its choosing (between requests) to keep that launch out of a
+   * latency-critical step. `full` sorts every position again instead (what a new index costs).
+   * Enqueued on the stream; a no-op outside bucket mode.
    */
-  rebuildBuckets(): void {
+  rebuildBuckets(options: { readonly full?: boolean } = NO_OPTIONS): void {
     this.live();
     this.stopResident();
-    const kernel = this.bucketRebuildKernel;
-    if (kernel === undefined) return;
+    const rebuild = this.bucketRebuildKernel;
+    const merge = this.bucketMergeKernel;
+    if (rebuild === undefined || merge === undefined) return;
     const s = this.arena.slices;
     const { batch: B, kvHeads: Hkv } = this.layout.shape;
     const c = this.layout.config;
     const lo = Math.max(c.initOffset, c.sinkSize);
-    this.bucketRebuildArgs.setAll([
+    const end = Math.max(lo, this.hostSeqLen - c.windowSize);
+    const args = [
       s.codes.ptr, this.seqPtr(this.seqSlot), this.bucketEndPtr, s.bucketOffsets.ptr, s.buckets.ptr, s.pairCount.ptr, this.status.ptr,
       this.capPad, c.pqGroupFactor, this.layout.numCentroids, c.pqBits, lo, c.windowSize,
-    ]);
-    launch(kernel, { grid: [B * Hkv, 1, 1], block: [ROW_THREADS, 1, 1] }, this.bucketRebuildArgs, this.stream);
-    this.bucketEnd = Math.max(lo, this.hostSeqLen - c.windowSize);
+    ] as const;
+    const shape = { grid: [B * Hkv, 1, 1], block: [ROW_THREADS, 1, 1] } as const;
+    // Merge while the buckets hold a prefix of the eligible range (sk may also have gone back: sort).
+    if (options.full !== true && this.bucketEnd >= lo && this.bucketEnd <= end) {
+      this.bucketMergeArgs.setAll([...args, this.bucketEnd]);
+      launch(merge, shape, this.bucketMergeArgs, this.stream);
+    } else {
+      this.bucketRebuildArgs.setAll(args);
+      launch(rebuild, shape, this.bucketRebuildArgs, this.stream);
+    }
+    this.bucketEnd = end;
   }
 
   private get bucketEndPtr(): DevicePtr {
