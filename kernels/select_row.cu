@@ -24,8 +24,9 @@
 //   eligible range is counted virtually here and added to pair_count by the last of its kv-head's
 //   G query heads (readers counter), exactly as in select_pairs.cu.
 // Bucket mode (pq_step_bucket_m{M}_w{WPT}, CL = 1, no codes in registers): the heavy hitters come
-//   from the position buckets (pq_bucket_rebuild, at the end of this file) instead of a pass over
-//   every position's codes. After the threshold, each candidate pair (taken or tied) is listed with
+//   from the position buckets (pq_bucket_rebuild and pq_bucket_merge, at the end of this file)
+//   instead of a pass over every position's codes. After the threshold, each candidate pair (taken
+//   or tied) is listed with
 //   its bucket range; the block gathers those positions into two bitmaps in dynamic shared memory
 //   (taken, tied) plus the tail [*bucket_end, hi) from its codes (≤ NT positions, one per thread),
 //   and one scan of the bitmaps writes them in position order. So the step reads ≈ K positions

@@ -10,8 +10,9 @@
  *     exact on the device. Where C^M ≤ 4096 the row kernel runs (kernels/select_row.cu): scanning
  *     every code where that is 16 per thread, else in bucket mode where its bitmaps fit (any number
  *     of heads): the heavy hitters are gathered from per-kv-head position buckets
- *     (positions grouped by code pair, rebuilt by pq_bucket_rebuild before the positions appended
- *     since outgrow the kernel's tail); else the pair clusters (kernels/select_pairs.cu);
+ *     (positions grouped by code pair: sorted by pq_bucket_rebuild for a new index, the positions
+ *     appended since merged in by pq_bucket_merge before they outgrow the kernel's tail); else the
+ *     pair clusters (kernels/select_pairs.cu);
  *   otherwise: pq_append (kernels/append.cu) then the general select (kernels/select.cu).
  *
  * Device layout (one arena):
