@@ -1085,6 +1085,26 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
 #define PQ_RESIDENT_ROW_INSTANCE(SUFFIX, M, E, CL) PQ_RESIDENT_ROW_KERNEL(pq_resident_row_##SUFFIX, M, E, CL)
 PQ_ROW_INSTANCES(PQ_RESIDENT_ROW_INSTANCE)
 
+// The code pair of kv-head a's position p, as the bucket kernels read it.
+struct HeadPairs {
+  const uint8_t* codes;  // the kv-head's codes
+  int M, log2c;
+  __device__ int at(int p) const { return pq_code_pair(codes + static_cast<int64_t>(p) * M, M, log2c); }
+};
+
+__device__ __forceinline__ HeadPairs head_pairs(const uint8_t* codes, int a, int capacity, int M, int log2c) {
+  return {codes + static_cast<int64_t>(a) * capacity * M, M, log2c};
+}
+
+// count[i] = the positions of [from, to) with pair i, for i < pairs (zeroed first; every thread of
+// the NT-thread block calls it; both barriers inside).
+__device__ __forceinline__ void count_positions(int* count, const HeadPairs& head, int pairs, int from, int to) {
+  for (int i = threadIdx.x; i < pairs; i += NT) count[i] = 0;
+  __syncthreads();
+  for (int p = from + static_cast<int>(threadIdx.x); p < to; p += NT) atomicAdd(&count[head.at(p)], 1);
+  __syncthreads();
+}
+
 // pq_bucket_rebuild: the position buckets of every (b, kv-head), for the bucket-mode step kernels.
 // Launch: grid (B*Hkv), block NT = 1024. Reads sk from seq (the slot the next step reads), sets
 // end = max(lo, sk − W) and, for kv-head a, lists the positions [lo, end) grouped by code pair:
@@ -1102,12 +1122,8 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
   const int a = blockIdx.x;
   const int pairs = M == 1 ? C : C << log2c;
   const int end = max(lo, *seq - W);
-  const uint8_t* head_codes = codes + static_cast<int64_t>(a) * capacity * M;
-  auto pair_at = [&](int p) { return pq_code_pair(head_codes + static_cast<int64_t>(p) * M, M, log2c); };
-  for (int i = tid; i < pairs; i += NT) count[i] = 0;
-  __syncthreads();
-  for (int p = lo + tid; p < end; p += NT) atomicAdd(&count[pair_at(p)], 1);
-  __syncthreads();
+  const HeadPairs head = head_pairs(codes, a, capacity, M, log2c);
+  count_positions(count, head, pairs, lo, end);
   // Exclusive scan of the counts, PPT consecutive pairs per thread.
   int c[PPT];
   int mine = 0;
@@ -1133,7 +1149,7 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
   if (tid == 0) head_off[pairs] = end_total;  // = end − lo
   __syncthreads();
   int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
-  for (int p = lo + tid; p < end; p += NT) head_buckets[atomicAdd(&count[pair_at(p)], 1)] = p;
+  for (int p = lo + tid; p < end; p += NT) head_buckets[atomicAdd(&count[head.at(p)], 1)] = p;
   if (a == 0 && tid == 0) *bucket_end = end;
 }
 
@@ -1166,16 +1182,12 @@ extern "C" __global__ void __launch_bounds__(NT, 1) pq_bucket_merge(const uint8_
   const int a = blockIdx.x;
   const int pairs = M == 1 ? C : C << log2c;
   const int end = max(lo, *seq - W);
-  const uint8_t* head_codes = codes + static_cast<int64_t>(a) * capacity * M;
-  auto pair_at = [&](int p) { return pq_code_pair(head_codes + static_cast<int64_t>(p) * M, M, log2c); };
+  const HeadPairs head = head_pairs(codes, a, capacity, M, log2c);
   int* head_off = offsets + static_cast<int64_t>(a) * (pairs + 4);
   int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
 
   // 1. The tail's pairs.
-  for (int i = tid; i < pairs; i += NT) shift[i] = 0;
-  __syncthreads();
-  for (int p = old_end + tid; p < end; p += NT) atomicAdd(&shift[pair_at(p)], 1);
-  __syncthreads();
+  count_positions(shift, head, pairs, old_end, end);
   // 2. Shifts and new offsets of this thread's PPT consecutive pairs (read before any is rewritten).
   int tail[PPT], off[PPT + 1], first[PPT];  // first: the pair's shift (its new offset = off + first)
   int mine = 0;
@@ -1239,7 +1251,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) pq_bucket_merge(const uint8_
   // 4. The tail, after each pair's moved entries; then the new offsets.
   __syncthreads();  // every thread's step-3 reads of shift done before step 4 bumps it
   for (int p = old_end + tid; p < end; p += NT) {
-    const int i = pair_at(p);
+    const int i = head.at(p);
     head_buckets[old_off[i + 1] + atomicAdd(&shift[i], 1)] = p;
   }
 #pragma unroll
