@@ -26,9 +26,10 @@
 // round 0 = pq_build_round (codes only) -> pq_build_first_sums -> pq_build_finalize.
 //
 // Launch shapes:
+//   pq_build_stage_keys grid (ceil(sk/32), B*Hkv), block 256: device keys before a build (see there).
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
-//   pq_build_init      grid (G), block 256, dynamic smem C*cstride*4 bytes when `staged` (else 0):
-//                      centroid c of g = point init_index[g, c]; packs.
+//   pq_build_init      grid (G), block 256, dynamic smem max(C*cstride*4 when `staged`, 3 KB):
+//                      the oracle's initial draw, centroid c of g = the point it drew; packs.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16
 //                      (+ C*cstride*4 for the one-chunk _c1 kernels) bytes: warp w of block x of
 //                      group g scores the 16-point tiles (one m16 MMA tile each) 4x + w,
@@ -155,6 +156,31 @@ __device__ void pack_group(const float* gc, uint4* frag, float* info, int g, int
 
 }  // namespace
 
+// Device keys before a build (src/pq/cuda-build.ts): element (b, kvh, p, j) of the caller's
+// [B, Hkv, sk, D] float tensor is src[b*s0 + kvh*s1 + p*s2 + j] in `dtype`. Every element is
+// checked: the lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of a NaN or Inf goes to *first_bad
+// (set to ~0 by the host), which the host reads before the build touches the index. With `dst`, the
+// keys are also written as the contiguous fp32 [B, Hkv, sk, D] the build kernels read.
+// Warp w of block x takes rows p = 32x + w, +8, +16, +24; its lanes stride the row.
+extern "C" __global__ void __launch_bounds__(256) pq_build_stage_keys(const void* src, int dtype, int64_t s0, int64_t s1,
+                                                                      int64_t s2, float* dst,
+                                                                      unsigned long long* first_bad, int Hkv, int sk,
+                                                                      int D) {
+  const int bkv = blockIdx.y;
+  const int b = bkv / Hkv;
+  const int64_t base = b * s0 + (bkv - b * Hkv) * s1;
+  unsigned long long bad = ULLONG_MAX;
+  for (int p = blockIdx.x * 32 + (threadIdx.x >> 5); p < min(sk, (blockIdx.x + 1) * 32); p += 8) {
+    const int64_t row = (static_cast<int64_t>(bkv) * sk + p) * D;
+    for (int j = threadIdx.x & 31; j < D; j += 32) {
+      const float v = pq_load_float(src, dtype, base + p * s2 + j);
+      if (!isfinite(v)) bad = min(bad, static_cast<unsigned long long>(row + j));
+      if (dst != nullptr) dst[row + j] = v;
+    }
+  }
+  if (bad != ULLONG_MAX) atomicMin(first_bad, bad);  // bad input only
+}
+
 extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* keys, float* norms, float* phi, int n, int M,
                                                                  int sk, int D, int O) {
   const int g = blockIdx.y;
@@ -173,19 +199,89 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* ke
   atomicMax(reinterpret_cast<int*>(phi) + g, __float_as_int(s));  // s >= 0: int order = float order
 }
 
+namespace {
+
+// The oracle's initial draw (src/pq/rng.ts initialSampleIndices), bit for bit: a partial
+// Fisher–Yates shuffle of [0, n) by draws of stream 2g, then draws with replacement where n < C.
+// One warp: the shuffled array is the identity but at the positions a swap touched, which live in
+// `low` (positions below min(C, n)) or the list (hi_pos, hi_val) that the 32 lanes search at once.
+// Writes idx[0, C); scratch: 3 * 256 ints.
+__device__ void initial_sample_indices(uint32_t seed, int g, int n, int C, int* idx, int* scratch) {
+  int* low = scratch;
+  int* hi_pos = scratch + 256;
+  int* hi_val = scratch + 512;
+  const int lane = threadIdx.x & 31;
+  const int distinct = min(C, n);
+  for (int p = lane; p < distinct; p += 32) low[p] = p;
+  __syncwarp();
+  int count = 0;  // entries of the list, the same in every lane
+  auto find = [&](int p) -> int {  // the list slot of p, or -1, in every lane
+    for (int k0 = 0; k0 < count; k0 += 32) {
+      const int k = k0 + lane;
+      const unsigned hit = __ballot_sync(0xffffffffu, k < count && hi_pos[k] == p);
+      if (hit != 0u) return k0 + __ffs(hit) - 1;
+    }
+    return -1;
+  };
+  auto get = [&](int p) -> int {
+    if (p < distinct) return low[p];
+    const int k = find(p);
+    return k < 0 ? p : hi_val[k];
+  };
+  // Lane 0 writes once every lane has read (the gets before, the search here); every lane's next
+  // read comes after the write.
+  auto set = [&](int p, int v) {
+    int k = -1;
+    if (p >= distinct) {
+      k = find(p);
+      if (k < 0) k = count++;
+    }
+    __syncwarp();
+    if (lane == 0) {
+      if (p < distinct) {
+        low[p] = v;
+      } else {
+        hi_pos[k] = p;
+        hi_val[k] = v;
+      }
+    }
+    __syncwarp();
+  };
+  const uint32_t stream = 2u * static_cast<uint32_t>(g);
+  for (int i = 0; i < distinct; ++i) {
+    const int j = i + static_cast<int>(pq_draw(seed, stream, i) % static_cast<uint32_t>(n - i));
+    const int vi = get(i);
+    const int vj = get(j);
+    set(i, vj);
+    set(j, vi);
+    if (lane == 0) idx[i] = vj;
+  }
+  for (int i = distinct; i < C; ++i) {
+    const int v = get(static_cast<int>(pq_draw(seed, stream, i) % static_cast<uint32_t>(n)));
+    if (lane == 0) idx[i] = v;
+  }
+}
+
+}  // namespace
+
+// Dynamic shared memory: max(C*cstride*4 when staged, 3 KB): the draw's scratch, then the staged
+// centroids.
 extern "C" __global__ void __launch_bounds__(256) pq_build_init(const float* keys, const float* norms, const float* phi,
-                                                                const int* init_index, float* centroids, uint4* frag,
+                                                                uint32_t seed, float* centroids, uint4* frag,
                                                                 float* info, int n, int M, int sk, int D, int O, int C,
                                                                 int cdim, int cstride, int NT, int KS, int staged) {
   extern __shared__ float4 staged_centroids[];  // [C, cstride] when staged (see pq_build_finalize)
+  __shared__ int init_index[256];
   float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
+  if (threadIdx.x < 32) initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
+  __syncthreads();  // the indices; the scratch is free for the staged centroids
   float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
   for (int e = threadIdx.x; e < C * cdim; e += 256) {
     const int c = e / cdim;
     const int j = e - c * cdim;
-    const int p = init_index[g * C + c];
+    const int p = init_index[c];
     const float v = point_coord(keys, norms, phi, g, p, j, n, M, sk, D, O, dsub);
     gc[c * cstride + j] = v;
     if (staged) sc[c * cstride + j] = v;

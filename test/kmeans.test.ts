@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { assignAll, distanceF32, kmeansGroup, nearestCentroid, squaredNormF32 } from '../src/pq/kmeans.js';
-import { initialSampleIndices } from '../src/pq/rng.js';
+import { drawIndex, initStream, initialSampleIndices } from '../src/pq/rng.js';
 import { makeLayout } from '../src/pq/config.js';
 import { buildIndexCpu } from '../src/pq/cpu-build.js';
 import { centroidOffset, codeOffset } from '../src/pq/index-state.js';
@@ -48,6 +48,21 @@ test('k-means: the initial draw is distinct when n ≥ C and deterministic per s
     else assert.equal(new Set(a).size, n);
   }
   assert.notDeepEqual(initialSampleIndices(99, 7, 1000, 16), initialSampleIndices(99, 8, 1000, 16));
+});
+
+test('k-means: the initial draw is the partial Fisher–Yates shuffle of an explicit array [0, n)', () => {
+  for (const [n, C, seed, group] of [[10, 8, 1, 0], [64, 64, 2, 3], [1000, 256, 3, 9], [5, 8, 4, 1], [31872, 64, 0x5eed, 63], [300, 256, 5, 2], [1, 4, 6, 0]]) {
+    const a = Int32Array.from({ length: n }, (_, i) => i);
+    const want = new Int32Array(C);
+    const distinct = Math.min(C, n);
+    for (let i = 0; i < distinct; i++) {
+      const j = i + drawIndex(seed, initStream(group), i, n - i);
+      [a[i], a[j]] = [a[j], a[i]];
+      want[i] = a[i];
+    }
+    for (let i = distinct; i < C; i++) want[i] = a[drawIndex(seed, initStream(group), i, n)];
+    assert.deepEqual(initialSampleIndices(seed, group, n, C), want, `n ${n} C ${C}`);
+  }
 });
 
 test('k-means: an empty cluster is re-seeded with a sample (duplicate points)', () => {

@@ -175,17 +175,21 @@ export class CudaDecodeLayer implements DecodeLayer {
 
   /**
    * Use K/V rows 0 … seqLen−1 that are already in the cache (written by the caller, e.g. an
-   * engine's own prefill into an external cache) with an index built elsewhere or loaded
-   * (sparse layers; its seqLen must be seqLen).
+   * engine's own prefill into an external cache). Sparse layers take `index` (built elsewhere or
+   * loaded; its seqLen must be seqLen) or, without one, build it on the GPU from the cached keys
+   * where they lie (`options`: progress).
    */
-  adoptPrefilled(seqLen: number, index?: PQIndexState): void {
+  adoptPrefilled(seqLen: number, index?: PQIndexState, options?: BuildOptions): void {
     this.live();
     checkCapacity('seqLen', this.capacity, seqLen);
     if (this.pq) {
-      if (index === undefined || index.seqLen !== seqLen) {
-        throw new StateError('adoptPrefilled', `an index of ${seqLen} positions for a sparse layer`, index === undefined ? 'none' : `${index.seqLen} positions`);
+      if (index === undefined) {
+        this.stream.synchronize();
+        this.pq.build(this.cachedKeys(seqLen), options);
+      } else {
+        if (index.seqLen !== seqLen) throw new StateError('adoptPrefilled', `an index of ${seqLen} positions`, `${index.seqLen} positions`);
+        this.pq.uploadState(index);
       }
-      this.pq.uploadState(index);
     } else {
       this.stream.synchronize();
       copies.fromHost(this.arena.slices.seqState, new Int32Array([seqLen, seqLen, 0, 0]));
@@ -193,6 +197,13 @@ export class CudaDecodeLayer implements DecodeLayer {
       this.denseSlot = 0;
     }
     this.filled = true;
+  }
+
+  /** Positions 0 … seqLen−1 of the K cache as a device tensor [B, Hkv, seqLen, D] (rows `stride` apart). */
+  private cachedKeys(seqLen: number): DeviceTensor {
+    const { batch: B, kvHeads: Hkv, headDim: D } = this.shape;
+    const row = this.kv.stride * D;
+    return deviceTensor(this.kv.dtype, [B, Hkv, seqLen, D], this.kv.keys, [Hkv * row, row, D, 1]);
   }
 
   /** The attention output [B, H, D] of the last step (valid once the stream reaches it). */

@@ -4,14 +4,15 @@
  * plus the quantization error, on keys that bench/torch_build_baseline.py regenerates.
  */
 import { CudaContext } from '../cuda/context.js';
-import { copies } from '../cuda/memory.js';
+import { DeviceBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { type BuildStats, type BuildTuning, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
+import { type BuildStats, type BuildTuning, type DeviceBuildKeys, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
-import { nowUs, round3, summarize } from './stats.js';
+import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
+import { f32ToBf16 } from '../tensor/dtype.js';
 
 export interface BuildBenchConfig {
   readonly B: number;
@@ -37,73 +38,108 @@ export function benchKeys(n: number): Float32Array {
   return out;
 }
 
-export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildTuning = {}): RecordRow {
+/** Where the timed builds read their keys: the host array (uploaded by every build), or a device copy made once. */
+export type BuildKeySource = 'host-f32' | 'device-f32' | 'device-bf16';
+const KEY_SOURCES: readonly BuildKeySource[] = ['host-f32', 'device-f32', 'device-bf16'];
+
+/**
+ * The seed build from each key source in one process: `reps` timed builds after a warm-up each.
+ * Wall-clock is call → return of buildOnDevice (upload or device check/conversion, temporaries,
+ * graph capture, the k-means, the sync); GPU time is the k-means graph between events. The
+ * quantization error is measured against the fp32 keys in every row (the bf16 row's index is built
+ * on rounded keys).
+ */
+export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildTuning = {}, sources: readonly BuildKeySource[] = KEY_SOURCES): RecordRow[] {
   const layout: Layout = makeLayout(
     { batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D },
     { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters },
   );
   const keys = benchKeys(c.B * c.Hkv * c.sk * c.D);
-  const G = c.B * c.Hkv * c.M;
-  const C = layout.numCentroids;
   CudaContext.primary();
   const stream = new Stream();
   const e0 = new Event();
   const e1 = new Event();
   const { arena, target: t } = allocateBuildTarget(layout, c.sk);
-  const { centroidStride: cstride, capPad } = t;
+  const device = new Map<BuildKeySource, DeviceBuffer>();
   try {
-    buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning); // warm-up (module load, first touch)
-    const wall: number[] = [];
-    const gpu: number[] = [];
-    let stats: BuildStats | undefined;
-    for (let r = 0; r < reps; r++) {
-      const t0 = nowUs();
-      stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, { start: e0, end: e1 }, tuning);
-      wall.push(nowUs() - t0);
-      gpu.push(e1.elapsedSince(e0) * 1000);
-    }
-    const w = summarize(wall);
-    const g = summarize(gpu);
-    // Quantization error of the last build, on the host (float64 sums).
-    const cent = new Float32Array(G * C * cstride);
-    const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
-    copies.toHost(cent, t.centroids);
-    copies.toHost(codes, t.codes);
-    const dsub = layout.subDim;
-    let err = 0;
-    for (let bkv = 0; bkv < c.B * c.Hkv; bkv++) {
-      for (let m = 0; m < c.M; m++) {
-        const grp = groupId(layout, 0, bkv, m);
-        for (let p = c.O; p < c.sk; p++) {
-          const code = codes[(bkv * capPad + p) * c.M + m];
-          const co = (grp * C + code) * cstride;
-          const ko = (bkv * c.sk + p) * c.D + m * dsub;
-          for (let j = 0; j < dsub; j++) err += (keys[ko + j] - cent[co + j]) ** 2;
-        }
+    const rows: RecordRow[] = [];
+    for (const source of sources) {
+      let input: Float32Array | DeviceBuildKeys = keys;
+      if (source !== 'host-f32') {
+        const bf16 = source === 'device-bf16';
+        const data = bf16 ? new Uint16Array(keys.length) : keys;
+        if (data instanceof Uint16Array) for (let i = 0; i < keys.length; i++) data[i] = f32ToBf16(keys[i]);
+        const buf = new DeviceBuffer(data.byteLength);
+        device.set(source, buf);
+        copies.fromHost(buf, data);
+        const [s2, s1] = [c.D, c.sk * c.D];
+        input = { ptr: buf.ptr, dtype: bf16 ? 'bf16' : 'f32', strides: [c.Hkv * s1, s1, s2] };
       }
+      buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning); // warm-up (module load, first touch)
+      const wall: number[] = [];
+      const gpu: number[] = [];
+      let stats: BuildStats | undefined;
+      for (let r = 0; r < reps; r++) {
+        const t0 = nowUs();
+        stats = buildOnDevice(layout, input, c.sk, t, stream, undefined, { start: e0, end: e1 }, tuning);
+        wall.push(nowUs() - t0);
+        gpu.push(e1.elapsedSince(e0) * 1000);
+      }
+      rows.push(buildRow(c, layout, keys, t, source, summarize(wall), summarize(gpu), stats));
+      device.get(source)?.dispose();
+      device.delete(source);
     }
-    return {
-      impl: 'pqcache-cuda',
-      config: { ...c },
-      wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
-      gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) },
-      extra: {
-        quantization_error: err,
-        gpu_ms_kmeans: round3(g.median / 1000),
-        note: 'wall includes the host→device key upload; gpu covers the k-means graph (its launch and every kernel)',
-        round_kernel: stats?.roundKernel,
-        // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
-        // and share whose code changed, per assignment pass (last: the final assignment).
-        flagged_share_per_round: shares(stats?.flaggedPerRound, stats?.points),
-        changed_share_per_round: shares(stats?.changedPerRound, stats?.points),
-      },
-    };
+    return rows;
   } finally {
+    for (const b of device.values()) b.dispose();
     arena.dispose();
     e0.dispose();
     e1.dispose();
     stream.dispose();
   }
+}
+
+function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: DeviceBuildTarget, source: BuildKeySource, w: LatencySummary, g: LatencySummary,
+  stats: BuildStats | undefined): RecordRow {
+  const G = c.B * c.Hkv * c.M;
+  const C = layout.numCentroids;
+  const { centroidStride: cstride, capPad } = t;
+  // Quantization error of the last build, on the host (float64 sums), against the fp32 keys.
+  const cent = new Float32Array(G * C * cstride);
+  const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
+  copies.toHost(cent, t.centroids);
+  copies.toHost(codes, t.codes);
+  const dsub = layout.subDim;
+  let err = 0;
+  for (let bkv = 0; bkv < c.B * c.Hkv; bkv++) {
+    for (let m = 0; m < c.M; m++) {
+      const grp = groupId(layout, 0, bkv, m);
+      for (let p = c.O; p < c.sk; p++) {
+        const code = codes[(bkv * capPad + p) * c.M + m];
+        const co = (grp * C + code) * cstride;
+        const ko = (bkv * c.sk + p) * c.D + m * dsub;
+        for (let j = 0; j < dsub; j++) err += (keys[ko + j] - cent[co + j]) ** 2;
+      }
+    }
+  }
+  return {
+    impl: source === 'host-f32' ? 'pqcache-cuda' : `pqcache-cuda-${source}`,
+    config: { ...c, keys: source },
+    wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
+    gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) },
+    extra: {
+      quantization_error: err,
+      gpu_ms_kmeans: round3(g.median / 1000),
+      note: source === 'host-f32'
+        ? 'wall includes the host→device key upload; gpu covers the k-means graph (its launch and every kernel)'
+        : `keys already on the device (${source.slice(7)}): wall covers the NaN/Inf check${source === 'device-f32' ? ' (keys then read in place)' : ' and fp32 conversion'}, temporaries, capture, the k-means and the sync; gpu covers the k-means graph`,
+      round_kernel: stats?.roundKernel,
+      // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
+      // and share whose code changed, per assignment pass (last: the final assignment).
+      flagged_share_per_round: shares(stats?.flaggedPerRound, stats?.points),
+      changed_share_per_round: shares(stats?.changedPerRound, stats?.points),
+    },
+  };
 }
 
 function shares(counts: readonly number[] | undefined, points: number | undefined): number[] {

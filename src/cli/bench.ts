@@ -74,7 +74,7 @@ export function runBench(o: BenchCliOptions): number {
     record = newRecord(o.kind, dev.name, dev.driverVersion, o.command);
     if (o.kind === 'build') {
       const configs = o.config === 'seed' ? [SEED_BUILD] : [SEED_BUILD, { ...SEED_BUILD, sk: 131072 }];
-      for (const c of configs) record.rows.push(benchBuildCuda(c, 5, buildTuningFromEnv()));
+      for (const c of configs) record.rows.push(...benchBuildCuda(c, 5, buildTuningFromEnv()));
       console.log(table(['impl', 'sk', 'wall med μs', 'gpu med μs', 'quantization error'], record.rows.map((r) => [r.impl, String(r.config.sk), r.wall_us?.median ?? NaN, r.gpu_us?.median ?? NaN, Number((r.extra as { quantization_error: number }).quantization_error).toExponential(4)])));
     } else if (o.kind === 'attend' || o.kind === 'step') {
       const stream = new Stream();

@@ -5,18 +5,23 @@
  * gives identical centroids and codes on both backends. One pass over the keys per round: the
  * cluster sums follow the points whose code changed (round 0, where every point joins a cluster,
  * reads them once more to form its sums in code order). The k-means is one CUDA graph (norms,
- * init, every round and finalize, the final assignment), launched once.
+ * init with the oracle's initial draw, every round and finalize, the final assignment), launched
+ * once. Keys come from the host (uploaded) or from device memory in any float dtype (checked for
+ * NaN/Inf first, and read in place when contiguous fp32).
  */
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
 import type { Event, Stream } from '../cuda/stream.js';
+import { DeviceInputError } from '../errors.js';
+import type { DeviceTensor } from '../tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType, allocStorage, readFloat } from '../tensor/dtype.js';
+import { HostTensor } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
 import { roundUp } from './cuda-plan.js';
-import { groupId } from './index-state.js';
-import { loadKernels } from './kernels.js';
-import { initialSampleIndices } from './rng.js';
+import { DTYPE_CODE, loadKernels } from './kernels.js';
+import { checkFinite } from './validate.js';
 
 const ROUND_THREADS = 128;
 /** Points a round block scores at once (4 warps × one 16-point tile each). */
@@ -95,12 +100,33 @@ export function deviceBuildSupported(layout: Layout): boolean {
 }
 
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+/** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
+const INIT_DRAW_SCRATCH = 3 * 256 * 4;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 8192;
+const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
+
+/**
+ * Check device keys for NaN/Inf (and convert them into fp32 `dst` unless 0n) with
+ * pq_build_stage_keys; throws DeviceInputError naming the first bad element's flat index. Waits for
+ * `stream`.
+ */
+function stageDeviceKeys(keys: DeviceBuildKeys, dst: bigint, firstBad: DeviceRange, layout: Layout, seqLen: number, stream: Stream,
+  args: LaunchArgs<typeof STAGE_ARGS>): void {
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  copies.fill32Async(firstBad, 0xffffffff, 2, stream);
+  const [s0, s1, s2] = keys.strides;
+  args.setAll([keys.ptr, DTYPE_CODE[keys.dtype], BigInt(s0), BigInt(s1), BigInt(s2), dst, firstBad.ptr, Hkv, seqLen, D]);
+  launch(loadKernels('build').kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, args, stream);
+  stream.synchronize();
+  const bad = new BigUint64Array(1);
+  copies.toHost(bad, firstBad);
+  if (bad[0] !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${bad[0]}`);
+}
 
 /** How often the host looks at the rounds done while the build graph runs (ms). */
 const PROGRESS_POLL_MS = 1;
@@ -130,19 +156,69 @@ function waitReportingRounds(stream: Stream, rounds: Uint32Array, total: number,
 }
 
 /**
- * Run the k-means of `keys` ([B, Hkv, sk, D] f32 on the host) into `target`: one CUDA graph on
- * `stream`, synchronized at the end. `onRound(done, total)` reports progress as rounds finish
- * (the host polls a word the graph writes; the last call, done = total, comes after the graph
- * completed).
+ * Keys already on the device: [B, Hkv, sk, D] of a float dtype at `ptr`, element strides
+ * [s0, s1, s2, 1] (s2 ≥ D: rows of a K cache with room for more positions are fine). The caller
+ * checked shape, dtype and strides; the values are checked here.
+ */
+export interface DeviceBuildKeys {
+  readonly ptr: bigint;
+  readonly dtype: FloatDType;
+  readonly strides: readonly [number, number, number];
+}
+
+/**
+ * Device keys ([B, Hkv, sk, D] with checkDeviceKeys' strides) as the host f32 array the CPU build
+ * takes, where the build kernels do not apply (dsub > 128); NonFiniteError names the first bad
+ * element. The caller's stream must have written them.
+ */
+export function deviceKeysToHost(t: DeviceTensor, layout: Layout, sk: number): Float32Array {
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  const dtype = t.dtype as FloatDType;
+  const [s0, s1, s2] = t.strides;
+  const bytes = BYTES_PER_ELEMENT[dtype];
+  const span = (sk - 1) * s2 + D; // elements from a (b, kvh)'s first row to the end of its last
+  const raw = allocStorage(dtype, span);
+  const out = new Float32Array(B * Hkv * sk * D);
+  for (let b = 0; b < B; b++) {
+    for (let kvh = 0; kvh < Hkv; kvh++) {
+      copies.toHost(raw, { ptr: t.ptr + BigInt((b * s0 + kvh * s1) * bytes), bytes: span * bytes });
+      const o = (b * Hkv + kvh) * sk * D;
+      for (let p = 0; p < sk; p++) {
+        for (let j = 0; j < D; j++) out[o + p * D + j] = readFloat(dtype, raw as Float32Array | Uint16Array, p * s2 + j);
+      }
+    }
+  }
+  checkFinite('keys', new HostTensor('f32', [B, Hkv, sk, D], out));
+  return out;
+}
+
+/** Whether the build kernels can read device keys in place (contiguous fp32), else they are staged. */
+function readsInPlace(keys: DeviceBuildKeys, Hkv: number, sk: number, D: number): boolean {
+  const [s0, s1, s2] = keys.strides;
+  return keys.dtype === 'f32' && s2 === D && s1 === sk * D && s0 === Hkv * sk * D;
+}
+
+/** The device view of a DeviceTensor of keys (shape and dtype checked by the caller). */
+export function deviceBuildKeys(t: DeviceTensor): DeviceBuildKeys {
+  return { ptr: t.ptr, dtype: t.dtype as FloatDType, strides: [t.strides[0], t.strides[1], t.strides[2]] };
+}
+
+/**
+ * Run the k-means of `keys` ([B, Hkv, sk, D]: f32 on the host, or any float dtype on the device)
+ * into `target`: one CUDA graph on `stream`, synchronized at the end. Device keys are read in place
+ * when contiguous fp32, else converted into a temporary fp32 copy; either way they are checked for
+ * NaN/Inf (DeviceInputError) before anything is written to `target`. `onRound(done, total)` reports
+ * progress as rounds finish (the host polls a word the graph writes; the last call, done = total,
+ * comes after the graph completed).
  */
 export function buildOnDevice(
   layout: Layout,
-  keys: Float32Array,
+  keys: Float32Array | DeviceBuildKeys,
   seqLen: number,
   target: DeviceBuildTarget,
   stream: Stream,
   onRound?: (done: number, total: number) => void,
-  /** Recorded around the k-means graph's launch (after the key upload) when given, for benchmarks. */
+  /** Recorded around the k-means graph's launch (after the key upload or check) when given, for benchmarks. */
   events?: { readonly start: Event; readonly end: Event },
   tuning: BuildTuning = {},
 ): BuildStats {
@@ -171,24 +247,21 @@ export function buildOnDevice(
   const stagedBytes = C * cstride * 4;
   const staged = stagedBytes <= 47 * 1024 ? 1 : 0;
   const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
+  // pq_build_init also keeps its drawn indices (1 KB static), and draws them in its dynamic shared
+  // memory before the centroids are staged there (3 × 256 ints).
+  const initStaged = stagedBytes <= 46 * 1024 ? 1 : 0;
+  const initShape = { ...groupShape, sharedBytes: Math.max(initStaged ? stagedBytes : 0, INIT_DRAW_SCRATCH) };
   const tiles = Math.ceil(n / BLOCK_POINTS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
   const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
 
-  const init = new Int32Array(G * C);
-  for (let b = 0; b < B; b++) {
-    for (let kvh = 0; kvh < Hkv; kvh++) {
-      for (let m = 0; m < M; m++) {
-        const g = groupId(layout, b, kvh, m);
-        init.set(initialSampleIndices(seed, g, n, C), g * C);
-      }
-    }
-  }
+  const onHost = keys instanceof Float32Array;
+  const inPlace = !onHost && readsInPlace(keys, Hkv, seqLen, D);
   const tmp = DeviceArena.allocate({
-    keys: keys.byteLength,
+    keys: inPlace ? 0 : onHost ? keys.byteLength : B * Hkv * seqLen * D * 4,
+    firstBad: 8,
     norms: G * n * 4,
-    init: init.byteLength,
     sums: G * C * cdim * 8,
     counts: G * C * 4,
     codes: G * n,
@@ -207,8 +280,9 @@ export function buildOnDevice(
   let graph: GraphExec | undefined;
   try {
     const s = tmp.slices;
-    copies.fromHost(s.keys, keys);
-    copies.fromHost(s.init, init);
+    const keysPtr = inPlace ? (keys as DeviceBuildKeys).ptr : s.keys.ptr;
+    if (onHost) copies.fromHost(s.keys, keys);
+    else stageDeviceKeys(keys, inPlace ? 0n : s.keys.ptr, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
     copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
     copies.fill32Async(target.centroids, 0, target.centroids.bytes / 4, stream);
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
@@ -217,7 +291,7 @@ export function buildOnDevice(
     const rounds = progress ? new Uint32Array(progress.arrayBuffer).fill(0) : undefined;
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
-        s.keys.ptr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
+        keysPtr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
         mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
         n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode,
       ]);
@@ -227,12 +301,12 @@ export function buildOnDevice(
     // into its node, so finalize's argument block is rewritten from round to round).
     graph = GraphExec.capture(stream, () => {
       if (metric === 'ip') {
-        launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
+        launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
       }
       launch(
         mod.kernel('pq_build_init'),
-        groupShape,
-        args(INIT_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.init.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, staged]),
+        initShape,
+        args(INIT_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, seed, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, initStaged]),
         stream,
       );
       const finalizeArgs = args(FINALIZE_ARGS);
@@ -243,12 +317,12 @@ export function buildOnDevice(
           launch(
             firstSums,
             { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
-            args(FIRST_SUMS_ARGS).setAll([s.keys.ptr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
+            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
             stream,
           );
         }
         finalizeArgs.setAll([
-          s.keys.ptr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr,
+          keysPtr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr,
           n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress?.ptr ?? 0n,
         ]);
         launch(finalize, groupShape, finalizeArgs, stream);

@@ -41,14 +41,14 @@ import { Owned } from '../cuda/owned.js';
 import { ResidentLaunch, positiveMs } from '../cuda/resident.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
-import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
+import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { buildOnDevice, deviceBuildSupported, deviceIndexStrides } from './cuda-build.js';
+import { buildOnDevice, deviceBuildKeys, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost } from './cuda-build.js';
 import {
   BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
   cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentCacheBytes, residentRowKernelName, selectKernelName, stepBucketKernelName,
@@ -57,7 +57,7 @@ import {
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
-import { checkBuilt, checkCapacity, checkCapacityOption, checkKeys, checkQuery, checkStepKey } from './validate.js';
+import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
 
 export interface CudaPQCacheOptions extends PQCacheOptions {
@@ -324,28 +324,39 @@ export class CudaPQCache implements PQCache {
 
   /**
    * Build the index on the GPU (kernels/build.cu: the oracle's k-means, all groups at once), or on
-   * the host for layouts those kernels do not cover (dsub > 128).
+   * the host for layouts those kernels do not cover (dsub > 128). Keys on the host, or on the
+   * device in any float dtype (e.g. a K cache: see checkDeviceKeys for the strides it takes), read
+   * where they are; non-finite device keys throw DeviceInputError before the index is touched.
    */
-  build(keys: HostTensor, options: BuildOptions = {}): void {
+  build(keys: HostTensor | DeviceTensor, options: BuildOptions = {}): void {
     this.live();
     this.stopResident();
-    const sk = checkKeys(this.layout, keys, 'keys', this.layout.config.initOffset + 1);
+    const minLen = this.layout.config.initOffset + 1;
+    const onDevice = 'device' in keys;
+    const sk = onDevice ? checkDeviceKeys(this.layout, keys, 'keys', minLen, false) : checkKeys(this.layout, keys, 'keys', minLen);
     checkCapacity('keys', this.capacity, sk);
     if (!deviceBuildSupported(this.layout)) {
-      this.uploadState(buildIndexCpu(this.layout, keys.toFloat32(), sk, this.capacity, options.onProgress));
+      this.uploadState(buildIndexCpu(this.layout, onDevice ? deviceKeysToHost(keys, this.layout, sk) : keys.toFloat32(), sk, this.capacity, options.onProgress));
       return;
     }
     this.stream.synchronize();
-    this.isBuilt = false; // a failure below leaves no half-built index behind
     const s = this.arena.slices;
-    buildOnDevice(
-      this.layout,
-      keys.toFloat32(),
-      sk,
-      { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi },
-      this.stream,
-      options.onProgress ? (done, total) => options.onProgress?.({ done, total }) : undefined,
-    );
+    const wasBuilt = this.isBuilt;
+    this.isBuilt = false; // a failure below leaves no half-built index behind
+    try {
+      buildOnDevice(
+        this.layout,
+        onDevice ? deviceBuildKeys(keys) : keys.toFloat32(),
+        sk,
+        { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi },
+        this.stream,
+        options.onProgress ? (done, total) => options.onProgress?.({ done, total }) : undefined,
+      );
+    } catch (e) {
+      // Non-finite device keys are found before anything is written: the old index stands.
+      if (e instanceof DeviceInputError) this.isBuilt = wasBuilt;
+      throw e;
+    }
     this.resetSequence(sk);
   }
 
@@ -424,17 +435,32 @@ export class CudaPQCache implements PQCache {
 
   // ---- decode step ------------------------------------------------------------------------
 
-  /** Append keys [B, Hkv, n, D] (host): codes on the device, then sk += n. Synchronizes. */
-  append(keys: HostTensor): void {
+  /**
+   * Append keys [B, Hkv, n, D]: codes on the device, then sk += n. Synchronizes. Host keys are
+   * checked first; contiguous device keys (any float dtype) are read in place, and non-finite ones
+   * throw DeviceInputError from the sync, after the append (as a step's device key does).
+   */
+  append(keys: HostTensor | DeviceTensor): void {
     this.requireBuilt('append');
     this.stopResident();
-    const n = checkKeys(this.layout, keys, 'keys', 1);
+    const onDevice = 'device' in keys;
+    const n = onDevice ? checkDeviceKeys(this.layout, keys, 'keys', 1, true) : checkKeys(this.layout, keys, 'keys', 1);
     checkCapacity('keys', this.capacity, this.hostSeqLen + n);
-    const data = keys.dtype === 'f32' ? keys.data : keys.toFloat32();
-    const tmp = DeviceArena.allocate({ keys: data.byteLength });
+    let tmp: DeviceArena<'keys'> | undefined;
     try {
-      copies.fromHost(tmp.slices.keys, data);
-      this.launchAppend(tmp.slices.keys.ptr, 'f32', n, this.seqSlot);
+      let ptr: DevicePtr;
+      let dtype: FloatDType;
+      if (onDevice) {
+        ptr = keys.ptr;
+        dtype = keys.dtype as FloatDType;
+      } else {
+        // Uploaded in their own dtype: the kernel converts f16/bf16 as it reads.
+        tmp = DeviceArena.allocate({ keys: keys.data.byteLength });
+        copies.fromHost(tmp.slices.keys, keys.data);
+        ptr = tmp.slices.keys.ptr;
+        dtype = keys.dtype as FloatDType;
+      }
+      this.launchAppend(ptr, dtype, n, this.seqSlot);
       this.seqSlot ^= 1;
       const { initOffset: O, sinkSize: S, windowSize: W } = this.layout.config;
       // The kernel updates the pair table for one key only; count the newly eligible range here.
@@ -442,7 +468,7 @@ export class CudaPQCache implements PQCache {
       this.hostSeqLen += n;
       this.synchronize();
     } finally {
-      tmp.dispose();
+      tmp?.dispose();
     }
   }
 

@@ -271,6 +271,42 @@ test('decode layers (sparse and dense) match the CPU layers step by step; the st
   }
 });
 
+test('a sparse layer over an external K/V cache builds its index from the cached keys (adoptPrefilled without an index)', { skip }, () => {
+  const shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 };
+  const config = { sinkSize: 4, windowSize: 8, heavySize: 16, pqGroupFactor: 2, pqBits: 4, initOffset: 4, kmeansIters: 3 };
+  const rng = new SplitMix32(17);
+  const sk = 700;
+  const capacity = 760;
+  const keys = intTensor(rng, 'bf16', [2, 2, sk, 64], -2, 2);
+  const values = intTensor(rng, 'bf16', [2, 2, sk, 64], -3, 3);
+  const rowBytes = capacity * 64 * 2;
+  CudaContext.primary();
+  const arena = DeviceArena.allocate({ keys: 4 * rowBytes, values: 4 * rowBytes });
+  const stream = new Stream();
+  const cpu = new CpuDecodeLayer({ shape, config, capacity, kvDType: 'bf16' });
+  let gpu: CudaDecodeLayer | undefined;
+  try {
+    // The engine's prefill: rows of `capacity` positions, the first sk of each written.
+    copies.fromHost2D(arena.slices.keys, rowBytes, keys.data, sk * 64 * 2, sk * 64 * 2, 4, stream);
+    copies.fromHost2D(arena.slices.values, rowBytes, values.data, sk * 64 * 2, sk * 64 * 2, 4, stream);
+    gpu = new CudaDecodeLayer({ shape, config, capacity, kvDType: 'bf16', kv: { dtype: 'bf16', keys: arena.slices.keys.ptr, values: arena.slices.values.ptr, stride: capacity } });
+    gpu.adoptPrefilled(sk);
+    cpu.prefill(keys, values);
+    for (let s = 0; s < 12; s++) {
+      const inputs = { query: intTensor(rng, 'f32', [2, 4, 1, 64], -1, 1), key: intTensor(rng, 'f32', [2, 2, 1, 64], -2, 2), value: intTensor(rng, 'f32', [2, 2, 1, 64], -3, 3) };
+      const want = cpu.stepToHost(inputs).toFloat32();
+      const got = gpu.stepToHost(inputs).toFloat32();
+      assert.deepEqual(gpu.listsToHost().sparseList, cpu.listsToHost().sparseList, `step ${s} lists`);
+      assert.ok(worstRowError(got, want, 64) <= TOLERANCE.bf16, `step ${s}`);
+    }
+  } finally {
+    gpu?.dispose();
+    cpu.dispose();
+    stream.dispose();
+    arena.dispose();
+  }
+});
+
 test('host inputs of the smallest shapes fit the staging buffers (one head, D = 32)', { skip }, () => {
   const rng = new SplitMix32(21);
   const shape = { batch: 1, heads: 1, kvHeads: 1, headDim: 32 };

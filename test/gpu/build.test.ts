@@ -1,15 +1,18 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { makeLayout } from '../../src/pq/config.js';
-import { buildIndexCpu } from '../../src/pq/cpu-build.js';
+import { appendCodesCpu, buildIndexCpu } from '../../src/pq/cpu-build.js';
 import { CudaContext } from '../../src/cuda/context.js';
-import { copies } from '../../src/cuda/memory.js';
+import { DeviceBuffer, copies } from '../../src/cuda/memory.js';
+import { DeviceInputError, ShapeError } from '../../src/errors.js';
 import { Stream } from '../../src/cuda/stream.js';
 import { type BuildTuning, allocateBuildTarget, buildOnDevice } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
 import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
 import { SplitMix32 } from '../../src/pq/rng.js';
+import { deviceTensor } from '../../src/tensor/device-tensor.js';
+import type { FloatDType } from '../../src/tensor/dtype.js';
 import { HostTensor } from '../../src/tensor/host-tensor.js';
 import { gpuSkip } from './gpu.js';
 
@@ -58,6 +61,8 @@ const CASES: Case[] = [
   // more than one first-sums block per group (8192 points each), the last one part-filled
   { B: 1, H: 2, Hkv: 1, D: 16, M: 2, bits: 4, sk: 9000, O: 5, ip: true, iters: 3 },
   { B: 1, H: 1, Hkv: 1, D: 64, M: 1, bits: 6, sk: 8300, O: 0, ip: false, iters: 3 },
+  // fewer points than centroids: the initial draw goes on with replacement
+  { B: 1, H: 2, Hkv: 2, D: 32, M: 2, bits: 7, sk: 100, O: 10, ip: false, iters: 3 },
 ];
 
 test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1–8, pqBits 1–8, GQA)', { skip }, () => {
@@ -201,6 +206,81 @@ test('GPU build at extreme magnitudes (squares that underflow or overflow fp32):
       const keys = keysFor(c, false, 13).map((v) => v * scale);
       const { gpu } = build(c, keys);
       assertCodesNearest(c, gpu, keys);
+    }
+  }
+});
+
+/**
+ * Integer-valued keys laid out for a device tensor of `dtype` with `pad` extra positions per
+ * (b, kv-head) row block and one extra block of padding after each batch entry; the padding holds
+ * NaN, so a kernel reading past the strides would make the build throw.
+ */
+function paddedDeviceKeys(c: Case, keys: Float32Array, dtype: FloatDType, pad: number): { data: HostTensor; shape: number[]; strides: number[] } {
+  const rowsPer = c.sk + pad;
+  const s1 = rowsPer * c.D;
+  const s0 = (c.Hkv + (pad > 0 ? 1 : 0)) * s1;
+  const flat = new Float32Array(c.B * s0).fill(NaN);
+  for (let b = 0; b < c.B; b++)
+    for (let h = 0; h < c.Hkv; h++)
+      for (let p = 0; p < c.sk; p++)
+        for (let j = 0; j < c.D; j++) flat[b * s0 + h * s1 + p * c.D + j] = keys[((b * c.Hkv + h) * c.sk + p) * c.D + j];
+  return { data: HostTensor.fromNumbers(dtype, [flat.length], flat), shape: [c.B, c.Hkv, c.sk, c.D], strides: [s0, s1, c.D, 1] };
+}
+
+test('GPU build from device keys (f32 in place; f16, bf16 and K-cache strides staged) equals the oracle; non-finite device keys throw before the index changes; device appends', { skip }, () => {
+  const cases: Case[] = [CASES[0], CASES[2], { B: 2, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1100, O: 3, ip: false, iters: 3 }];
+  for (const c of cases) {
+    const layout = layoutOf(c);
+    const { shape, config } = layout;
+    const keys = keysFor(c, true, 31); // integers in [−6, 6]: exact in f16 and bf16
+    const cpu = buildIndexCpu(layout, keys, c.sk, c.sk + 8);
+    const cache = new CudaPQCache({ shape, config, capacity: c.sk + 8 });
+    const buffers: DeviceBuffer[] = [];
+    try {
+      for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+        for (const pad of [0, 37]) {
+          const { data, shape: ks, strides } = paddedDeviceKeys(c, keys, dtype, pad);
+          const buf = new DeviceBuffer(data.data.byteLength);
+          buffers.push(buf);
+          copies.fromHost(buf, data.data);
+          cache.build(deviceTensor(dtype, ks, buf.ptr, strides));
+          const gpu = cache.exportState();
+          const what = `${dtype} pad ${pad} ${JSON.stringify(c)}`;
+          assert.deepEqual(gpu.phi, cpu.phi, `phi ${what}`);
+          assert.deepEqual(gpu.centroids, cpu.centroids, `centroids ${what}`);
+          assert.deepEqual(gpu.codes, cpu.codes, `codes ${what}`);
+        }
+      }
+      // One NaN at a known flat index: DeviceInputError naming it, and the built index stands.
+      const bad = keys.slice();
+      const at = ((c.B * c.Hkv - 1) * c.sk + c.sk - 2) * c.D + 5;
+      bad[at] = NaN;
+      const { data } = paddedDeviceKeys(c, bad, 'bf16', 0);
+      const buf = new DeviceBuffer(data.data.byteLength);
+      buffers.push(buf);
+      copies.fromHost(buf, data.data);
+      assert.throws(() => cache.build(deviceTensor('bf16', [c.B, c.Hkv, c.sk, c.D], buf.ptr)),
+        (e: unknown) => e instanceof DeviceInputError && new RegExp(`keys: .*flat index ${at}\\b`).test((e as Error).message));
+      assert.deepEqual(cache.exportState().codes, cpu.codes, 'index after the rejected build');
+      // Strides that overlap rows are refused by the host before any device work.
+      assert.throws(() => cache.build(deviceTensor('f32', [c.B, c.Hkv, c.sk, c.D], buf.ptr, [c.Hkv * c.sk * c.D, c.sk * c.D, c.D - 1, 1])), ShapeError);
+
+      // Appends of device keys (bf16, read in place) against the oracle's append of the same values.
+      const n = 5;
+      const rng = new SplitMix32(41);
+      const added = new Float32Array(c.B * c.Hkv * n * c.D).map(() => rng.int(-6, 6));
+      const addBuf = new DeviceBuffer(added.length * 2);
+      buffers.push(addBuf);
+      copies.fromHost(addBuf, HostTensor.fromNumbers('bf16', [added.length], added).data);
+      cache.append(deviceTensor('bf16', [c.B, c.Hkv, n, c.D], addBuf.ptr));
+      appendCodesCpu(cpu, added, n);
+      const after = cache.exportState();
+      assert.equal(after.seqLen, c.sk + n);
+      assert.deepEqual(after.codes, cpu.codes, `codes after a device append ${JSON.stringify(c)}`);
+      assert.throws(() => cache.append(deviceTensor('bf16', [c.B, c.Hkv, 1, c.D], addBuf.ptr, [c.Hkv * 2 * c.D, 2 * c.D, c.D, 1])), ShapeError);
+    } finally {
+      cache.dispose();
+      for (const b of buffers) b.dispose();
     }
   }
 });
