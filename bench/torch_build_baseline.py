@@ -89,7 +89,7 @@ def main():
         times.sort()
         walls.sort()
         err = float(((x - torch.gather(c, 1, codes.unsqueeze(-1).expand_as(x))) ** 2).sum(dtype=torch.float64))
-        rec["rows"].append({"impl": "torch-kmeans", "config": cfg, "wall_us": {"median": round(walls[2], 3)}, "gpu_us": {"median": round(times[2], 3)},
+        rec["rows"].append({"impl": "torch-kmeans", "config": {**cfg, "keys": "device-f32"}, "wall_us": {"median": round(walls[2], 3)}, "gpu_us": {"median": round(times[2], 3)},
                             "extra": {"quantization_error": err, "note": "keys already on the GPU (fp32); wall: host clock around the call and the sync"}})
         for r in rec["rows"]:
             if r["impl"].startswith("pqcache-cuda") and same(r["config"], cfg):
