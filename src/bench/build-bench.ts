@@ -7,7 +7,7 @@ import { CudaContext } from '../cuda/context.js';
 import { DeviceBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { type BuildStats, type BuildTuning, type DeviceBuildKeys, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
+import { type BuildStats, type BuildTuning, BuildWorkspace, type DeviceBuildKeys, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
@@ -43,11 +43,12 @@ export type BuildKeySource = 'host-f32' | 'device-f32' | 'device-bf16';
 const KEY_SOURCES: readonly BuildKeySource[] = ['host-f32', 'device-f32', 'device-bf16'];
 
 /**
- * The seed build from each key source in one process: `reps` timed builds after a warm-up each.
- * Wall-clock is call → return of buildOnDevice (upload or device check/conversion, temporaries,
- * graph capture, the k-means, the sync); GPU time is the k-means graph between events. The
- * quantization error is measured against the fp32 keys in every row (the bf16 row's index is built
- * on rounded keys).
+ * The seed build from each key source in one process: `reps` timed builds after a warm-up each,
+ * with a kept workspace as CudaPQCache.build has, then 3 builds without one. Wall-clock is call →
+ * return of buildOnDevice (upload or device check/conversion, a staging copy where needed, the
+ * k-means, the sync; without a workspace also the temporaries and the capture); GPU time is the
+ * k-means graph between events. The quantization error is measured against the fp32 keys in every
+ * row (the bf16 row's index is built on rounded keys).
  */
 export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildTuning = {}, sources: readonly BuildKeySource[] = KEY_SOURCES): RecordRow[] {
   const layout: Layout = makeLayout(
@@ -75,17 +76,30 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
         const [s2, s1] = [c.D, c.sk * c.D];
         input = { ptr: buf.ptr, dtype: bf16 ? 'bf16' : 'f32', strides: [c.Hkv * s1, s1, s2] };
       }
-      buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning); // warm-up (module load, first touch)
-      const wall: number[] = [];
-      const gpu: number[] = [];
-      let stats: BuildStats | undefined;
-      for (let r = 0; r < reps; r++) {
-        const t0 = nowUs();
-        stats = buildOnDevice(layout, input, c.sk, t, stream, undefined, { start: e0, end: e1 }, tuning);
-        wall.push(nowUs() - t0);
-        gpu.push(e1.elapsedSince(e0) * 1000);
+      // As CudaPQCache.build: a kept workspace, so the timed builds (same sk and keys) replay one graph.
+      const workspace = new BuildWorkspace(layout, c.sk);
+      try {
+        buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning, workspace); // warm-up (module load, first touch, capture)
+        const wall: number[] = [];
+        const gpu: number[] = [];
+        let stats: BuildStats | undefined;
+        for (let r = 0; r < reps; r++) {
+          const t0 = nowUs();
+          stats = buildOnDevice(layout, input, c.sk, t, stream, undefined, { start: e0, end: e1 }, tuning, workspace);
+          wall.push(nowUs() - t0);
+          gpu.push(e1.elapsedSince(e0) * 1000);
+        }
+        // A build that keeps nothing: allocation, capture and free of its own (a new index's first build, or a new sk).
+        const fresh: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const t0 = nowUs();
+          buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning);
+          fresh.push(nowUs() - t0);
+        }
+        rows.push(buildRow(c, layout, keys, t, source, summarize(wall), summarize(gpu), stats, summarize(fresh).median));
+      } finally {
+        workspace.dispose();
       }
-      rows.push(buildRow(c, layout, keys, t, source, summarize(wall), summarize(gpu), stats));
       device.get(source)?.dispose();
       device.delete(source);
     }
@@ -100,7 +114,7 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
 }
 
 function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: DeviceBuildTarget, source: BuildKeySource, w: LatencySummary, g: LatencySummary,
-  stats: BuildStats | undefined): RecordRow {
+  stats: BuildStats | undefined, unkeptWallUs: number): RecordRow {
   const G = c.B * c.Hkv * c.M;
   const C = layout.numCentroids;
   const { centroidStride: cstride, capPad } = t;
@@ -130,9 +144,12 @@ function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: De
     extra: {
       quantization_error: err,
       gpu_ms_kmeans: round3(g.median / 1000),
+      // wall_us: builds with a kept workspace (temporaries and the graph for this sk and keys), as
+      // CudaPQCache.build repeats; this: builds that allocate, capture and free their own (median of 3).
+      wall_us_without_workspace: round3(unkeptWallUs),
       note: source === 'host-f32'
         ? 'wall includes the host→device key upload; gpu covers the k-means graph (its launch and every kernel)'
-        : `keys already on the device (${source.slice(7)}): wall covers the NaN/Inf check${source === 'device-f32' ? ' (keys then read in place)' : ' and fp32 conversion'}, temporaries, capture, the k-means and the sync; gpu covers the k-means graph`,
+        : `keys already on the device (${source.slice(7)}): wall covers the NaN/Inf check${source === 'device-f32' ? ' (keys then read in place)' : ', the fp32 staging copy'}, the k-means and the sync; gpu covers the k-means graph`,
       round_kernel: stats?.roundKernel,
       // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
       // and share whose code changed, per assignment pass (last: the final assignment).

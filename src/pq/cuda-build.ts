@@ -9,7 +9,7 @@
  * once. Keys come from the host (uploaded) or from device memory in any float dtype (checked for
  * NaN/Inf first, and read in place when contiguous fp32).
  */
-import { GraphExec } from '../cuda/graph.js';
+import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
@@ -21,7 +21,7 @@ import { HostTensor } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
 import { roundUp } from './cuda-plan.js';
 import { DTYPE_CODE, loadKernels } from './kernels.js';
-import { checkFinite } from './validate.js';
+import { checkCapacity, checkFinite } from './validate.js';
 
 const ROUND_THREADS = 128;
 /** Points a round block scores at once (4 warps × one 16-point tile each). */
@@ -203,6 +203,71 @@ export function deviceBuildKeys(t: DeviceTensor): DeviceBuildKeys {
   return { ptr: t.ptr, dtype: t.dtype as FloatDType, strides: [t.strides[0], t.strides[1], t.strides[2]] };
 }
 
+type WorkspaceSlice = 'firstBad' | 'norms' | 'sums' | 'counts' | 'codes' | 'frag' | 'info' | 'stats';
+
+/** Graphs a workspace keeps (a new sk or key binding captures another; past this all are dropped). */
+const KEPT_BUILD_GRAPHS = 4;
+
+/**
+ * What the builds of one index keep between calls (CudaPQCache holds one): the k-means
+ * temporaries for up to `capacity` positions, allocated at the first build; the progress word; and
+ * the captured graphs by sk and key binding. A build then allocates and frees nothing but a key
+ * staging copy (host keys, or device keys that are not contiguous fp32), and a repeated sk and key
+ * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip)
+ * bytes plus the sums, counts and packed centroids (≈ 3 MB on the seed config).
+ */
+export class BuildWorkspace {
+  private arena: DeviceArena<WorkspaceSlice> | undefined;
+  private progressWord: PinnedBuffer | undefined;
+  private readonly graphs = new GraphCache(KEPT_BUILD_GRAPHS);
+
+  constructor(private readonly layout: Layout, private readonly capacity: number) {}
+
+  /** The temporaries for a build of `seqLen` positions (allocated on first use). */
+  slices(seqLen: number): Readonly<Record<WorkspaceSlice, DeviceRange>> {
+    checkCapacity('seqLen', this.capacity, seqLen);
+    if (this.arena === undefined) {
+      const { layout } = this;
+      const G = layout.shape.batch * layout.shape.kvHeads * layout.config.pqGroupFactor;
+      const n = this.capacity - layout.config.initOffset;
+      const C = layout.numCentroids;
+      const cdim = layout.centroidDim;
+      const NT = roundUp(Math.ceil(C / 8), CHUNK_NTILES);
+      const KS = Math.ceil(cdim / 16);
+      this.arena = DeviceArena.allocate<WorkspaceSlice>({
+        firstBad: 8,
+        norms: layout.config.metric === 'ip' ? G * n * 4 : 0, // |x|² for the ip augmentation only
+        sums: G * C * cdim * 8,
+        counts: G * C * 4,
+        codes: G * n,
+        frag: G * NT * KS * 32 * 16,
+        info: G * (NT * 8 + 1) * 4,
+        stats: (layout.config.kmeansIters + 1) * 2 * 4,
+      });
+    }
+    return this.arena.slices;
+  }
+
+  /** Rounds done, written by pq_build_finalize into mapped pinned memory while the graph runs. */
+  progress(): PinnedBuffer {
+    this.progressWord ??= new PinnedBuffer(4);
+    return this.progressWord;
+  }
+
+  /** The build graph for this sk, kernel and binding, captured by `enqueue` if not kept. */
+  graph(signature: string, pointers: readonly bigint[], stream: Stream, enqueue: () => void): GraphExec {
+    return this.graphs.get(signature, pointers, stream, enqueue);
+  }
+
+  dispose(): void {
+    this.graphs.dispose();
+    this.progressWord?.dispose();
+    this.progressWord = undefined;
+    this.arena?.dispose();
+    this.arena = undefined;
+  }
+}
+
 /**
  * Run the k-means of `keys` ([B, Hkv, sk, D]: f32 on the host, or any float dtype on the device)
  * into `target`: one CUDA graph on `stream`, synchronized at the end. Device keys are read in place
@@ -221,6 +286,8 @@ export function buildOnDevice(
   /** Recorded around the k-means graph's launch (after the key upload or check) when given, for benchmarks. */
   events?: { readonly start: Event; readonly end: Event },
   tuning: BuildTuning = {},
+  /** Kept temporaries and graphs (sk − O ≤ its capacity − O); without one, the build makes and frees its own. */
+  workspace?: BuildWorkspace,
 ): BuildStats {
   const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
   const { pqGroupFactor: M, initOffset: O, kmeansIters: iters, seed, metric } = layout.config;
@@ -258,37 +325,26 @@ export function buildOnDevice(
 
   const onHost = keys instanceof Float32Array;
   const inPlace = !onHost && readsInPlace(keys, Hkv, seqLen, D);
-  const tmp = DeviceArena.allocate({
-    keys: inPlace ? 0 : onHost ? keys.byteLength : B * Hkv * seqLen * D * 4,
-    firstBad: 8,
-    norms: G * n * 4,
-    sums: G * C * cdim * 8,
-    counts: G * C * 4,
-    codes: G * n,
-    frag: G * NT * KS * 32 * 16,
-    info: G * infoStride * 4,
-    stats: (iters + 1) * 2 * 4,
-  });
+  const ws = workspace ?? new BuildWorkspace(layout, seqLen);
+  const staging = inPlace ? undefined : DeviceArena.allocate({ keys: onHost ? keys.byteLength : B * Hkv * seqLen * D * 4 });
   const argsList: LaunchArgs[] = [];
   const args = <K extends readonly ('ptr' | 'u64' | 'i32' | 'u32' | 'f32')[]>(kinds: K): LaunchArgs<K> => {
     const a = new LaunchArgs(kinds);
     argsList.push(a);
     return a;
   };
-  // Rounds done, written by pq_build_finalize into mapped pinned memory while the graph runs.
-  const progress = onRound ? new PinnedBuffer(4) : undefined;
-  let graph: GraphExec | undefined;
   try {
-    const s = tmp.slices;
-    const keysPtr = inPlace ? (keys as DeviceBuildKeys).ptr : s.keys.ptr;
-    if (onHost) copies.fromHost(s.keys, keys);
-    else stageDeviceKeys(keys, inPlace ? 0n : s.keys.ptr, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
+    const s = ws.slices(seqLen);
+    const keysPtr = staging?.slices.keys.ptr ?? (keys as DeviceBuildKeys).ptr;
+    if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys);
+    else stageDeviceKeys(keys, staging ? keysPtr : 0n, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
     copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
     copies.fill32Async(target.centroids, 0, target.centroids.bytes / 4, stream);
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
     copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
     copies.fill32Async(s.stats, 0, s.stats.bytes / 4, stream);
-    const rounds = progress ? new Uint32Array(progress.arrayBuffer).fill(0) : undefined;
+    const progress = ws.progress();
+    const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
         keysPtr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
@@ -298,8 +354,10 @@ export function buildOnDevice(
     const finalize = mod.kernel('pq_build_finalize');
     const firstSums = mod.kernel('pq_build_first_sums');
     // The whole k-means as one graph: a node per launch (the driver copies each launch's arguments
-    // into its node, so finalize's argument block is rewritten from round to round).
-    graph = GraphExec.capture(stream, () => {
+    // into its node, so finalize's argument block is rewritten from round to round). Everything it
+    // bakes in besides sk and the kernel: the key and target pointers (the workspace's are fixed).
+    const signature = `${seqLen}:${roundKernel}`;
+    const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
       if (metric === 'ip') {
         launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
       }
@@ -323,7 +381,7 @@ export function buildOnDevice(
         }
         finalizeArgs.setAll([
           keysPtr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr,
-          n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress?.ptr ?? 0n,
+          n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress.ptr,
         ]);
         launch(finalize, groupShape, finalizeArgs, stream);
       }
@@ -332,7 +390,7 @@ export function buildOnDevice(
     events?.start.record(stream);
     graph.launch(stream);
     events?.end.record(stream);
-    if (onRound && rounds) waitReportingRounds(stream, rounds, iters + 1, onRound);
+    if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound);
     stream.synchronize();
     const stats = new Uint32Array((iters + 1) * 2);
     copies.toHost(stats, s.stats);
@@ -343,10 +401,9 @@ export function buildOnDevice(
       roundKernel,
     };
   } finally {
-    graph?.dispose();
-    progress?.dispose();
     for (const a of argsList) a.dispose();
-    tmp.dispose();
+    staging?.dispose();
+    if (workspace === undefined) ws.dispose();
   }
 }
 

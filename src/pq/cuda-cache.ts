@@ -48,7 +48,7 @@ import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { buildOnDevice, deviceBuildKeys, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost } from './cuda-build.js';
+import { BuildWorkspace, buildOnDevice, deviceBuildKeys, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost } from './cuda-build.js';
 import {
   BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
   cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentCacheBytes, residentRowKernelName, selectKernelName, stepBucketKernelName,
@@ -161,6 +161,8 @@ export class CudaPQCache implements PQCache {
   readonly capacity: number;
   readonly context: CudaContext;
   readonly stream: Stream;
+  /** The build's temporaries and graphs, kept from the first device build on (freed with the rest). */
+  private buildWorkspace: BuildWorkspace | undefined;
   /** Every buffer, event and (when it made it) the stream: freed together by dispose(). */
   private readonly owned = new Owned();
   private readonly capPad: number;
@@ -344,6 +346,7 @@ export class CudaPQCache implements PQCache {
     const wasBuilt = this.isBuilt;
     this.isBuilt = false; // a failure below leaves no half-built index behind
     try {
+      this.buildWorkspace ??= this.owned.add(new BuildWorkspace(this.layout, this.capacity));
       buildOnDevice(
         this.layout,
         onDevice ? deviceBuildKeys(keys) : keys.toFloat32(),
@@ -351,6 +354,9 @@ export class CudaPQCache implements PQCache {
         { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi },
         this.stream,
         options.onProgress ? (done, total) => options.onProgress?.({ done, total }) : undefined,
+        undefined,
+        {},
+        this.buildWorkspace,
       );
     } catch (e) {
       // Non-finite device keys are found before anything is written: the old index stands.

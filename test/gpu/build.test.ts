@@ -284,3 +284,30 @@ test('GPU build from device keys (f32 in place; f16, bf16 and K-cache strides st
     }
   }
 });
+
+test('GPU builds of one cache reuse its workspace: new sk, then the first sk again over new keys at the same address, each equal to the oracle', { skip }, () => {
+  const base: Case = { B: 1, H: 4, Hkv: 2, D: 64, M: 2, bits: 5, sk: 1600, O: 8, ip: true, iters: 3 };
+  const layout = layoutOf(base);
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity: 2000 });
+  const buf = new DeviceBuffer(base.B * base.Hkv * 2000 * base.D * 4);
+  try {
+    for (const [sk, seed, onDevice] of [[1600, 1, true], [1900, 2, true], [1600, 3, true], [1600, 4, false], [1600, 5, true]] as const) {
+      const c = { ...base, sk };
+      const keys = keysFor(c, true, seed);
+      const cpu = buildIndexCpu(layout, keys, sk, 2000);
+      if (onDevice) {
+        copies.fromHost(buf, keys);
+        cache.build(deviceTensor('f32', [c.B, c.Hkv, sk, c.D], buf.ptr));
+      } else {
+        cache.build(new HostTensor('f32', [c.B, c.Hkv, sk, c.D], keys));
+      }
+      const gpu = cache.exportState();
+      assert.deepEqual(gpu.phi, cpu.phi, `phi sk ${sk} seed ${seed}`);
+      assert.deepEqual(gpu.centroids, cpu.centroids, `centroids sk ${sk} seed ${seed}`);
+      assert.deepEqual(gpu.codes, cpu.codes, `codes sk ${sk} seed ${seed}`);
+    }
+  } finally {
+    cache.dispose();
+    buf.dispose();
+  }
+});
