@@ -4,7 +4,7 @@ import { makeLayout } from '../../src/pq/config.js';
 import { appendCodesCpu, buildIndexCpu } from '../../src/pq/cpu-build.js';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceBuffer, copies } from '../../src/cuda/memory.js';
-import { DeviceInputError, ShapeError } from '../../src/errors.js';
+import { DeviceInputError, NonFiniteError, ShapeError } from '../../src/errors.js';
 import { Stream } from '../../src/cuda/stream.js';
 import { type BuildTuning, allocateBuildTarget, buildOnDevice } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
@@ -306,6 +306,30 @@ test('GPU builds of one cache reuse its workspace: new sk, then the first sk aga
       assert.deepEqual(gpu.centroids, cpu.centroids, `centroids sk ${sk} seed ${seed}`);
       assert.deepEqual(gpu.codes, cpu.codes, `codes sk ${sk} seed ${seed}`);
     }
+  } finally {
+    cache.dispose();
+    buf.dispose();
+  }
+});
+
+test('device keys of a layout the build kernels do not cover (dsub > 128) are copied to the host and built by the oracle; a NaN there is a NonFiniteError', { skip }, () => {
+  const c: Case = { B: 1, H: 2, Hkv: 2, D: 256, M: 1, bits: 3, sk: 300, O: 4, ip: false, iters: 2 };
+  const layout = layoutOf(c);
+  const keys = keysFor(c, true, 51);
+  const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity: c.sk });
+  const { data, shape, strides } = paddedDeviceKeys(c, keys, 'f16', 9);
+  const buf = new DeviceBuffer(data.data.byteLength);
+  try {
+    copies.fromHost(buf, data.data);
+    cache.build(deviceTensor('f16', shape, buf.ptr, strides));
+    const gpu = cache.exportState();
+    assert.deepEqual(gpu.centroids, cpu.centroids);
+    assert.deepEqual(gpu.codes, cpu.codes);
+    const bad = keys.slice();
+    bad[777] = Infinity;
+    copies.fromHost(buf, paddedDeviceKeys(c, bad, 'f16', 9).data.data);
+    assert.throws(() => cache.build(deviceTensor('f16', shape, buf.ptr, strides)), (e: unknown) => e instanceof NonFiniteError && e.index === 777);
   } finally {
     cache.dispose();
     buf.dispose();
