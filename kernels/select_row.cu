@@ -1096,6 +1096,31 @@ __device__ __forceinline__ HeadPairs head_pairs(const uint8_t* codes, int a, int
   return {codes + static_cast<int64_t>(a) * capacity * M, M, log2c};
 }
 
+// Kv-head blockIdx.x as both bucket kernels see it: its code pairs, the number of pairs, where its
+// eligible positions end before the next step (end = max(lo, sk − W)), and its rows of offsets and
+// buckets.
+struct HeadBuckets {
+  HeadPairs head;
+  int pairs, end;
+  int* off;   // offsets[a*(pairs + 4) …]: where each pair's positions start, then the total
+  int* list;  // buckets[a*capacity …]: the positions, grouped by pair
+  const unsigned* expected;  // the pair table's row: each bucket's size between steps
+
+  // A bucket of pair i holding n positions, other than the pair table says, flags the buckets stale.
+  __device__ void check_size(int i, int n, int* status) const {
+    if (static_cast<unsigned>(n) != expected[i]) pq_flag_status(status, PQ_STATUS_BUCKETS_STALE);
+  }
+};
+
+__device__ __forceinline__ HeadBuckets head_buckets(const uint8_t* codes, const int* seq, int* offsets, int* buckets,
+                                                    const unsigned* pair_count, int capacity, int M, int C, int log2c,
+                                                    int lo, int W) {
+  const int a = blockIdx.x;
+  const int pairs = M == 1 ? C : C << log2c;
+  return {head_pairs(codes, a, capacity, M, log2c), pairs, max(lo, *seq - W), offsets + static_cast<int64_t>(a) * (pairs + 4),
+          buckets + static_cast<int64_t>(a) * capacity, pair_count + static_cast<int64_t>(a) * pairs};
+}
+
 // count[i] = the positions of [from, to) with pair i, for i < pairs (zeroed first; every thread of
 // the NT-thread block calls it; both barriers inside).
 __device__ __forceinline__ void count_positions(int* count, const HeadPairs& head, int pairs, int from, int to) {
@@ -1119,11 +1144,9 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
   __shared__ int count[MAX_ROW_PAIRS];
   __shared__ int warp_total[NW];
   const int tid = threadIdx.x;
-  const int a = blockIdx.x;
-  const int pairs = M == 1 ? C : C << log2c;
-  const int end = max(lo, *seq - W);
-  const HeadPairs head = head_pairs(codes, a, capacity, M, log2c);
-  count_positions(count, head, pairs, lo, end);
+  const HeadBuckets hb = head_buckets(codes, seq, offsets, buckets, pair_count, capacity, M, C, log2c, lo, W);
+  const int pairs = hb.pairs;
+  count_positions(count, hb.head, pairs, lo, hb.end);
   // Exclusive scan of the counts, PPT consecutive pairs per thread.
   int c[PPT];
   int mine = 0;
@@ -1132,25 +1155,23 @@ extern "C" __global__ void __launch_bounds__(NT) pq_bucket_rebuild(const uint8_t
     const int i = PPT * tid + j;
     c[j] = i < pairs ? count[i] : 0;
     mine += c[j];
-    if (i < pairs && static_cast<unsigned>(c[j]) != pair_count[static_cast<int64_t>(a) * pairs + i]) pq_flag_status(status, PQ_STATUS_BUCKETS_STALE);
+    if (i < pairs) hb.check_size(i, c[j], status);
   }
   int end_total;
   int start = block_scan(warp_total, mine, &end_total);
-  int* head_off = offsets + static_cast<int64_t>(a) * (pairs + 4);
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
     const int i = PPT * tid + j;
     if (i < pairs) {
-      head_off[i] = start;
+      hb.off[i] = start;
       count[i] = start;  // now the pair's next free slot
     }
     start += c[j];
   }
-  if (tid == 0) head_off[pairs] = end_total;  // = end − lo
+  if (tid == 0) hb.off[pairs] = end_total;  // = end − lo
   __syncthreads();
-  int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
-  for (int p = lo + tid; p < end; p += NT) head_buckets[atomicAdd(&count[head.at(p)], 1)] = p;
-  if (a == 0 && tid == 0) *bucket_end = end;
+  for (int p = lo + tid; p < hb.end; p += NT) hb.list[atomicAdd(&count[hb.head.at(p)], 1)] = p;
+  if (blockIdx.x == 0 && tid == 0) *bucket_end = hb.end;
 }
 
 // Bucket merge: extends kv-head a's buckets from [lo, old_end) to [lo, end) (end = max(lo, *seq − W))
@@ -1179,12 +1200,12 @@ extern "C" __global__ void __launch_bounds__(NT, 1) pq_bucket_merge(const uint8_
   __shared__ int shift[MAX_ROW_PAIRS];  // step 1: the tail's counts; step 2 on: each pair's shift (step 4: + taken slots)
   __shared__ int warp_total[NW];
   const int tid = threadIdx.x;
-  const int a = blockIdx.x;
-  const int pairs = M == 1 ? C : C << log2c;
-  const int end = max(lo, *seq - W);
-  const HeadPairs head = head_pairs(codes, a, capacity, M, log2c);
-  int* head_off = offsets + static_cast<int64_t>(a) * (pairs + 4);
-  int* head_buckets = buckets + static_cast<int64_t>(a) * capacity;
+  const HeadBuckets hb = head_buckets(codes, seq, offsets, buckets, pair_count, capacity, M, C, log2c, lo, W);
+  const int pairs = hb.pairs;
+  const int end = hb.end;
+  const HeadPairs head = hb.head;
+  int* head_off = hb.off;
+  int* head_buckets = hb.list;
 
   // 1. The tail's pairs.
   count_positions(shift, head, pairs, old_end, end);
@@ -1198,8 +1219,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) pq_bucket_merge(const uint8_
     const int i = PPT * tid + j;
     tail[j] = i < pairs ? shift[i] : 0;
     mine += tail[j];
-    if (i < pairs && static_cast<unsigned>(off[j + 1] - off[j] + tail[j]) != pair_count[static_cast<int64_t>(a) * pairs + i])
-      pq_flag_status(status, PQ_STATUS_BUCKETS_STALE);
+    if (i < pairs) hb.check_size(i, off[j + 1] - off[j] + tail[j], status);
   }
   int tail_total;
   int sh = block_scan(warp_total, mine, &tail_total);  // its barrier: every count above read
@@ -1260,5 +1280,5 @@ extern "C" __global__ void __launch_bounds__(NT, 1) pq_bucket_merge(const uint8_
     if (i < pairs) head_off[i] = off[j] + first[j];
   }
   if (tid == 0) head_off[pairs] = old_total + tail_total;
-  if (a == 0 && tid == 0) *bucket_end = end;
+  if (blockIdx.x == 0 && tid == 0) *bucket_end = end;
 }

@@ -7,12 +7,13 @@ import { CudaContext } from '../cuda/context.js';
 import { DeviceBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { type BuildStats, type BuildTuning, BuildWorkspace, type DeviceBuildKeys, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
+import { type BuildStats, type BuildTuning, BuildWorkspace, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
 import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
-import { f32ToBf16 } from '../tensor/dtype.js';
+import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
+import { HostTensor } from '../tensor/host-tensor.js';
 
 export interface BuildBenchConfig {
   readonly B: number;
@@ -61,24 +62,21 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
   const e0 = new Event();
   const e1 = new Event();
   const { arena, target: t } = allocateBuildTarget(layout, c.sk);
-  const device = new Map<BuildKeySource, DeviceBuffer>();
   try {
     const rows: RecordRow[] = [];
     for (const source of sources) {
-      let input: Float32Array | DeviceBuildKeys = keys;
-      if (source !== 'host-f32') {
-        const bf16 = source === 'device-bf16';
-        const data = bf16 ? new Uint16Array(keys.length) : keys;
-        if (data instanceof Uint16Array) for (let i = 0; i < keys.length; i++) data[i] = f32ToBf16(keys[i]);
-        const buf = new DeviceBuffer(data.byteLength);
-        device.set(source, buf);
-        copies.fromHost(buf, data);
-        const [s2, s1] = [c.D, c.sk * c.D];
-        input = { ptr: buf.ptr, dtype: bf16 ? 'bf16' : 'f32', strides: [c.Hkv * s1, s1, s2] };
-      }
+      // Device keys: uploaded once, outside the timed builds.
+      const host = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys);
+      const onDevice = source === 'host-f32' ? undefined : source === 'device-bf16' ? host.toDType('bf16') : host;
+      const buf = onDevice && new DeviceBuffer(onDevice.data.byteLength);
       // As CudaPQCache.build: a kept workspace, so the timed builds (same sk and keys) replay one graph.
       const workspace = new BuildWorkspace(layout, c.sk);
       try {
+        let input: Float32Array | DeviceTensor = keys;
+        if (onDevice && buf) {
+          copies.fromHost(buf, onDevice.data);
+          input = deviceTensor(onDevice.dtype, onDevice.shape, buf.ptr);
+        }
         buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning, workspace); // warm-up (module load, first touch, capture)
         const wall: number[] = [];
         const gpu: number[] = [];
@@ -99,13 +97,11 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
         rows.push(buildRow(c, layout, keys, t, source, summarize(wall), summarize(gpu), stats, summarize(fresh).median));
       } finally {
         workspace.dispose();
+        buf?.dispose();
       }
-      device.get(source)?.dispose();
-      device.delete(source);
     }
     return rows;
   } finally {
-    for (const b of device.values()) b.dispose();
     arena.dispose();
     e0.dispose();
     e1.dispose();

@@ -13,9 +13,10 @@ import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
+import type { Kernel } from '../cuda/module.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import { DeviceInputError } from '../errors.js';
-import type { DeviceTensor } from '../tensor/device-tensor.js';
+import { type DeviceTensor, isContiguous } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, allocStorage, readFloat } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
@@ -115,13 +116,13 @@ const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', '
  * pq_build_stage_keys; throws DeviceInputError naming the first bad element's flat index. Waits for
  * `stream`.
  */
-function stageDeviceKeys(keys: DeviceBuildKeys, dst: bigint, firstBad: DeviceRange, layout: Layout, seqLen: number, stream: Stream,
+function stageDeviceKeys(stage: Kernel, keys: DeviceTensor, dst: bigint, firstBad: DeviceRange, layout: Layout, seqLen: number, stream: Stream,
   args: LaunchArgs<typeof STAGE_ARGS>): void {
   const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
   copies.fill32Async(firstBad, 0xffffffff, 2, stream);
   const [s0, s1, s2] = keys.strides;
-  args.setAll([keys.ptr, DTYPE_CODE[keys.dtype], BigInt(s0), BigInt(s1), BigInt(s2), dst, firstBad.ptr, Hkv, seqLen, D]);
-  launch(loadKernels('build').kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, args, stream);
+  args.setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), dst, firstBad.ptr, Hkv, seqLen, D]);
+  launch(stage, { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, args, stream);
   stream.synchronize();
   const bad = new BigUint64Array(1);
   copies.toHost(bad, firstBad);
@@ -156,17 +157,6 @@ function waitReportingRounds(stream: Stream, rounds: Uint32Array, total: number,
 }
 
 /**
- * Keys already on the device: [B, Hkv, sk, D] of a float dtype at `ptr`, element strides
- * [s0, s1, s2, 1] (s2 ≥ D: rows of a K cache with room for more positions are fine). The caller
- * checked shape, dtype and strides; the values are checked here.
- */
-export interface DeviceBuildKeys {
-  readonly ptr: bigint;
-  readonly dtype: FloatDType;
-  readonly strides: readonly [number, number, number];
-}
-
-/**
  * Device keys ([B, Hkv, sk, D] with checkDeviceKeys' strides) as the host f32 array the CPU build
  * takes, where the build kernels do not apply (dsub > 128); NonFiniteError names the first bad
  * element. The caller's stream must have written them.
@@ -193,14 +183,8 @@ export function deviceKeysToHost(t: DeviceTensor, layout: Layout, sk: number): F
 }
 
 /** Whether the build kernels can read device keys in place (contiguous fp32), else they are staged. */
-function readsInPlace(keys: DeviceBuildKeys, Hkv: number, sk: number, D: number): boolean {
-  const [s0, s1, s2] = keys.strides;
-  return keys.dtype === 'f32' && s2 === D && s1 === sk * D && s0 === Hkv * sk * D;
-}
-
-/** The device view of a DeviceTensor of keys (shape and dtype checked by the caller). */
-export function deviceBuildKeys(t: DeviceTensor): DeviceBuildKeys {
-  return { ptr: t.ptr, dtype: t.dtype as FloatDType, strides: [t.strides[0], t.strides[1], t.strides[2]] };
+function readsInPlace(keys: DeviceTensor): boolean {
+  return keys.dtype === 'f32' && isContiguous(keys);
 }
 
 type WorkspaceSlice = 'firstBad' | 'norms' | 'sums' | 'counts' | 'codes' | 'frag' | 'info' | 'stats';
@@ -278,7 +262,7 @@ export class BuildWorkspace {
  */
 export function buildOnDevice(
   layout: Layout,
-  keys: Float32Array | DeviceBuildKeys,
+  keys: Float32Array | DeviceTensor,
   seqLen: number,
   target: DeviceBuildTarget,
   stream: Stream,
@@ -324,7 +308,7 @@ export function buildOnDevice(
   const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
 
   const onHost = keys instanceof Float32Array;
-  const inPlace = !onHost && readsInPlace(keys, Hkv, seqLen, D);
+  const inPlace = !onHost && readsInPlace(keys);
   const ws = workspace ?? new BuildWorkspace(layout, seqLen);
   const staging = inPlace ? undefined : DeviceArena.allocate({ keys: onHost ? keys.byteLength : B * Hkv * seqLen * D * 4 });
   const argsList: LaunchArgs[] = [];
@@ -335,9 +319,9 @@ export function buildOnDevice(
   };
   try {
     const s = ws.slices(seqLen);
-    const keysPtr = staging?.slices.keys.ptr ?? (keys as DeviceBuildKeys).ptr;
+    const keysPtr = staging?.slices.keys.ptr ?? (keys as DeviceTensor).ptr;
     if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys);
-    else stageDeviceKeys(keys, staging ? keysPtr : 0n, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
+    else stageDeviceKeys(mod.kernel('pq_build_stage_keys'), keys, staging ? keysPtr : 0n, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
     copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
     copies.fill32Async(target.centroids, 0, target.centroids.bytes / 4, stream);
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);

@@ -48,7 +48,7 @@ import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { BuildWorkspace, buildOnDevice, deviceBuildKeys, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost } from './cuda-build.js';
+import { BuildWorkspace, buildOnDevice, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost } from './cuda-build.js';
 import {
   BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
   cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentCacheBytes, residentRowKernelName, selectKernelName, stepBucketKernelName,
@@ -349,7 +349,7 @@ export class CudaPQCache implements PQCache {
       this.buildWorkspace ??= this.owned.add(new BuildWorkspace(this.layout, this.capacity));
       buildOnDevice(
         this.layout,
-        onDevice ? deviceBuildKeys(keys) : keys.toFloat32(),
+        onDevice ? keys : keys.toFloat32(),
         sk,
         { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi },
         this.stream,
@@ -562,6 +562,7 @@ export class CudaPQCache implements PQCache {
     expectDType(argument, query, FLOAT_DTYPES);
     const { heads: H, headDim: D } = this.layout.shape;
     expectShape(argument, query, this.queryShape.dims, this.queryShape.label);
+    // Compared in place: this runs on every step with a device query (no array made for the check).
     const st = query.strides;
     if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
       throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);

@@ -5,7 +5,7 @@
 import { CapacityError, ConfigError, NonFiniteError, ShapeError, StateError } from '../errors.js';
 import { type FloatDType, FLOAT_DTYPES, readFloat } from '../tensor/dtype.js';
 import { firstNonFinite } from '../tensor/finite.js';
-import type { DeviceTensor } from '../tensor/device-tensor.js';
+import { type DeviceTensor, contiguousStrides, isContiguous } from '../tensor/device-tensor.js';
 import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
 
@@ -49,11 +49,9 @@ export function checkDeviceKeys(layout: Layout, keys: DeviceTensor, argument: st
   const n = keys.shape[2];
   if (n < minLen) throw new ShapeError(argument, `[B=${B}, Hkv=${Hkv}, n ≥ ${minLen}, D=${D}]`, keys.shape);
   const [s0, s1, s2, s3] = keys.strides;
-  const ok = contiguous
-    ? s3 === 1 && s2 === D && s1 === n * D && s0 === Hkv * n * D
-    : s3 === 1 && s2 >= D && s1 >= n * s2 && s0 >= Hkv * s1;
-  if (!ok || keys.strides.length !== 4) {
-    const want = contiguous ? `contiguous [${Hkv * n * D}, ${n * D}, ${D}, 1]` : '[s0 ≥ Hkv·s1, s1 ≥ n·s2, s2 ≥ D, 1]';
+  const ok = contiguous ? isContiguous(keys) : keys.strides.length === 4 && s3 === 1 && s2 >= D && s1 >= n * s2 && s0 >= Hkv * s1;
+  if (!ok) {
+    const want = contiguous ? `contiguous [${contiguousStrides(keys.shape).join(', ')}]` : '[s0 ≥ Hkv·s1, s1 ≥ n·s2, s2 ≥ D, 1]';
     throw new ShapeError(`${argument}.strides`, want, [...keys.strides]);
   }
   return n;

@@ -44,6 +44,13 @@ function build(c: Case, keys: Float32Array): { cpu: PQIndexState; gpu: PQIndexSt
   }
 }
 
+/** phi, centroids and codes of the GPU's index identical to the oracle's. */
+function assertSameIndex(gpu: PQIndexState, cpu: PQIndexState, what: string): void {
+  assert.deepEqual(gpu.phi, cpu.phi, `phi ${what}`);
+  assert.deepEqual(gpu.centroids, cpu.centroids, `centroids ${what}`);
+  assert.deepEqual(gpu.codes, cpu.codes, `codes ${what}`);
+}
+
 const CASES: Case[] = [
   { B: 1, H: 4, Hkv: 2, D: 64, M: 2, bits: 6, sk: 3000, O: 16, ip: false, iters: 6 },
   { B: 2, H: 2, Hkv: 2, D: 32, M: 1, bits: 8, sk: 1500, O: 0, ip: false, iters: 4 },
@@ -68,9 +75,7 @@ const CASES: Case[] = [
 test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1–8, pqBits 1–8, GQA)', { skip }, () => {
   for (const c of CASES) {
     const { cpu, gpu } = build(c, keysFor(c, true, 11));
-    assert.deepEqual(gpu.phi, cpu.phi, `phi ${JSON.stringify(c)}`);
-    assert.deepEqual(gpu.centroids, cpu.centroids, `centroids ${JSON.stringify(c)}`);
-    assert.deepEqual(gpu.codes, cpu.codes, `codes ${JSON.stringify(c)}`);
+    assertSameIndex(gpu, cpu, JSON.stringify(c));
   }
 });
 
@@ -246,9 +251,7 @@ test('GPU build from device keys (f32 in place; f16, bf16 and K-cache strides st
           cache.build(deviceTensor(dtype, ks, buf.ptr, strides));
           const gpu = cache.exportState();
           const what = `${dtype} pad ${pad} ${JSON.stringify(c)}`;
-          assert.deepEqual(gpu.phi, cpu.phi, `phi ${what}`);
-          assert.deepEqual(gpu.centroids, cpu.centroids, `centroids ${what}`);
-          assert.deepEqual(gpu.codes, cpu.codes, `codes ${what}`);
+          assertSameIndex(gpu, cpu, what);
         }
       }
       // One NaN at a known flat index: DeviceInputError naming it, and the built index stands.
@@ -301,10 +304,7 @@ test('GPU builds of one cache reuse its workspace: new sk, then the first sk aga
       } else {
         cache.build(new HostTensor('f32', [c.B, c.Hkv, sk, c.D], keys));
       }
-      const gpu = cache.exportState();
-      assert.deepEqual(gpu.phi, cpu.phi, `phi sk ${sk} seed ${seed}`);
-      assert.deepEqual(gpu.centroids, cpu.centroids, `centroids sk ${sk} seed ${seed}`);
-      assert.deepEqual(gpu.codes, cpu.codes, `codes sk ${sk} seed ${seed}`);
+      assertSameIndex(cache.exportState(), cpu, `sk ${sk} seed ${seed}`);
     }
   } finally {
     cache.dispose();
