@@ -3,8 +3,16 @@
 // identical codes and centroids on integer-valued data.
 //
 // Groups g = (b*Hkv + kvh)*M + m; the n = sk - O points of group g are the sub-vectors
-// keys[b, kvh, O + p, m*dsub : (m+1)*dsub] (fp32), augmented for ip with
-// sqrt(max(phi_g - |x|^2, 0)) where phi_g = max |x|^2 over the group. Centroids are [G, C, cstride].
+// keys[b, kvh, O + p, m*dsub : (m+1)*dsub], augmented for ip with sqrt(max(phi_g - |x|^2, 0))
+// where phi_g = max |x|^2 over the group. Centroids are [G, C, cstride].
+//
+// Keys are read where the caller keeps them, fp32 or bf16 (every bf16 value is exact in fp32, so
+// both give the oracle's result on the fp32 values); the kernels with the _bf16 suffix read bf16.
+// Row p of (b, kv-head) bkv = b*Hkv + kvh starts head_stride*bkv + row_stride*p elements into
+// `keys` (contiguous keys: sk*D and D; a K cache with room for more positions: a larger
+// head_stride). The host passes only layouts of that form whose rows start 16-byte aligned (fp32)
+// or 8-byte aligned (bf16), with row_stride a multiple of 4; it stages any other layout into
+// contiguous fp32 (pq_build_stage_keys).
 //
 // Assignment without the canonical cost. The oracle's nearest centroid uses its own fp32 order
 // (8 interleaved partial sums of (x_j - c_j)^2), 3 dependent ops per coordinate and centroid. Here
@@ -53,6 +61,7 @@
 // C <= 256; NT = ceil(C/8) rounded up to a multiple of 8 (whole chunks of 64 centroids; padding
 // centroids have zero fragments and |c|^2/2 = +inf); cstride >= cdim; n >= 1.
 #include <climits>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -61,16 +70,19 @@ namespace {
 constexpr int kRoundThreads = 128;
 constexpr int kWarpPoints = 16;  // one m16 MMA tile: the points a warp scores at once
 
-__device__ __forceinline__ const float* point_row(const float* keys, int g, int p, int M, int sk, int D, int O) {
+// Point 0 of group g: row O of its (b, kv-head), at sub-space m's columns (see "Keys" above).
+template <typename T>
+__device__ __forceinline__ const T* group_points(const T* keys, int g, int M, int64_t head_stride, int row_stride, int O,
+                                                 int dsub) {
   const int bkv = g / M;
-  const int m = g - bkv * M;
-  return keys + (static_cast<int64_t>(bkv) * sk + O + p) * D + m * (D / M);
+  return keys + bkv * head_stride + static_cast<int64_t>(O) * row_stride + (g - bkv * M) * dsub;
 }
 
 // Coordinate j of point p of group g (j == dsub: the ip augmentation).
-__device__ __forceinline__ float point_coord(const float* keys, const float* norms, const float* phi, int g, int p, int j,
-                                             int n, int M, int sk, int D, int O, int dsub) {
-  if (j < dsub) return point_row(keys, g, p, M, sk, D, O)[j];
+template <typename T>
+__device__ __forceinline__ float point_coord(const T* keys, const float* norms, const float* phi, int g, int p, int j, int n,
+                                             int M, int64_t head_stride, int row_stride, int O, int dsub) {
+  if (j < dsub) return pq_to_float(group_points(keys, g, M, head_stride, row_stride, O, dsub)[static_cast<int64_t>(p) * row_stride + j]);
   return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
 }
 
@@ -79,7 +91,8 @@ __device__ __forceinline__ float point_coord(const float* keys, const float* nor
 // (pq_partial_distance; the ip coordinate dsub comes last in partial dsub mod 8) and pq_tree8
 // combines the partials. Every lane of the warp calls it (the shuffles); `live` lanes load, the
 // others add zeros. Returns the distance in all eight lanes.
-__device__ __forceinline__ float canonical_distance_8(const float* x, float xaug, const float* c, int dsub, int cdim,
+template <typename T>
+__device__ __forceinline__ float canonical_distance_8(const T* x, float xaug, const float* c, int dsub, int cdim,
                                                       bool live) {
   const int r = threadIdx.x & 7;
   float part = live ? pq_partial_distance(x, c, dsub, r) : 0.0f;
@@ -160,7 +173,8 @@ __device__ void pack_group(const float* gc, uint4* frag, float* info, int g, int
 // [B, Hkv, sk, D] float tensor is src[b*s0 + kvh*s1 + p*s2 + j] in `dtype`. Every element is
 // checked: the lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of a NaN or Inf goes to *first_bad
 // (set to ~0 by the host), which the host reads before the build touches the index. With `dst`, the
-// keys are also written as the contiguous fp32 [B, Hkv, sk, D] the build kernels read.
+// keys are also written as contiguous fp32 [B, Hkv, sk, D], for layouts the build kernels cannot
+// read in place (see "Keys" above).
 // Warp w of block x takes rows p = 32x + w, +8, +16, +24; its lanes stride the row.
 extern "C" __global__ void __launch_bounds__(256) pq_build_stage_keys(const void* src, int dtype, int64_t s0, int64_t s1,
                                                                       int64_t s2, float* dst,
@@ -181,23 +195,40 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_stage_keys(const void
   if (bad != ULLONG_MAX) atomicMin(first_bad, bad);  // bad input only
 }
 
-extern "C" __global__ void __launch_bounds__(256) pq_build_norms(const float* keys, float* norms, float* phi, int n, int M,
-                                                                 int sk, int D, int O) {
+namespace {
+
+template <typename T>
+__device__ void build_norms(const T* keys, float* norms, float* phi, int n, int M, int64_t head_stride, int row_stride, int D,
+                            int O) {
   const int g = blockIdx.y;
   const int p = blockIdx.x * 256 + threadIdx.x;
   if (p >= n) return;
   const int dsub = D / M;
-  const float* x = point_row(keys, g, p, M, sk, D, O);
+  const T* x = group_points(keys, g, M, head_stride, row_stride, O, dsub) + static_cast<int64_t>(p) * row_stride;
   float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   for (int j0 = 0; j0 < dsub; j0 += 8) {
 #pragma unroll
-    for (int r = 0; r < 8; ++r)
-      if (j0 + r < dsub) part[r] = __fadd_rn(part[r], __fmul_rn(x[j0 + r], x[j0 + r]));
+    for (int r = 0; r < 8; ++r) {
+      if (j0 + r < dsub) {
+        const float v = pq_to_float(x[j0 + r]);
+        part[r] = __fadd_rn(part[r], __fmul_rn(v, v));
+      }
+    }
   }
   const float s = pq_tree8_sum(part);
   norms[static_cast<int64_t>(g) * n + p] = s;
   atomicMax(reinterpret_cast<int*>(phi) + g, __float_as_int(s));  // s >= 0: int order = float order
 }
+
+}  // namespace
+
+#define PQ_BUILD_NORMS(T, NAME)                                                                                       \
+  extern "C" __global__ void __launch_bounds__(256) NAME(const T* keys, float* norms, float* phi, int n, int M,        \
+                                                         int64_t head_stride, int row_stride, int D, int O) {        \
+    build_norms(keys, norms, phi, n, M, head_stride, row_stride, D, O);                                              \
+  }
+PQ_BUILD_NORMS(float, pq_build_norms)
+PQ_BUILD_NORMS(__nv_bfloat16, pq_build_norms_bf16)
 
 namespace {
 
@@ -262,14 +293,12 @@ __device__ void initial_sample_indices(uint32_t seed, int g, int n, int C, int* 
   }
 }
 
-}  // namespace
-
 // Dynamic shared memory: max(C*cstride*4 when staged, 3 KB): the draw's scratch, then the staged
 // centroids.
-extern "C" __global__ void __launch_bounds__(256) pq_build_init(const float* keys, const float* norms, const float* phi,
-                                                                uint32_t seed, float* centroids, uint4* frag,
-                                                                float* info, int n, int M, int sk, int D, int O, int C,
-                                                                int cdim, int cstride, int NT, int KS, int staged) {
+template <typename T>
+__device__ void build_init(const T* keys, const float* norms, const float* phi, uint32_t seed, float* centroids, uint4* frag,
+                           float* info, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,
+                           int cstride, int NT, int KS, int staged) {
   extern __shared__ float4 staged_centroids[];  // [C, cstride] when staged (see pq_build_finalize)
   __shared__ int init_index[256];
   float* sc = reinterpret_cast<float*>(staged_centroids);
@@ -282,13 +311,29 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_init(const float* key
     const int c = e / cdim;
     const int j = e - c * cdim;
     const int p = init_index[c];
-    const float v = point_coord(keys, norms, phi, g, p, j, n, M, sk, D, O, dsub);
+    const float v = point_coord(keys, norms, phi, g, p, j, n, M, head_stride, row_stride, O, dsub);
     gc[c * cstride + j] = v;
     if (staged) sc[c * cstride + j] = v;
   }
   __syncthreads();  // the centroids written above are read back by pack_group
   pack_group(staged ? sc : gc, frag, info, g, C, cdim, cstride, NT, KS);
 }
+
+}  // namespace
+
+#define PQ_BUILD_INIT(T, NAME)                                                                                        \
+  extern "C" __global__ void __launch_bounds__(256) NAME(const T* keys, const float* norms, const float* phi,          \
+                                                         uint32_t seed, float* centroids, uint4* frag, float* info,   \
+                                                         int n, int M, int64_t head_stride, int row_stride, int D,    \
+                                                         int O, int C, int cdim, int cstride, int NT, int KS,         \
+                                                         int staged) {                                                \
+    build_init(keys, norms, phi, seed, centroids, frag, info, n, M, head_stride, row_stride, D, O, C, cdim, cstride, NT, \
+               KS, staged);                                                                                           \
+  }
+PQ_BUILD_INIT(float, pq_build_init)
+PQ_BUILD_INIT(__nv_bfloat16, pq_build_init_bf16)
+
+namespace {
 
 // Modes of a round: the first round has no previous codes; the final assignment writes the index.
 enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2 };
@@ -306,7 +351,7 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 }
 
 // A warp's 16-point tile, streamed: lane 4q + t holds columns 16ks + 4t .. 16ks + 4t + 3 of tile rows
-// q and q + 8 for one k-step at a time. The mma's A fragment gives lane t the columns 2t, 2t+1,
+// q and q + 8 for one k-step at a time (KStep<T>: 16 bytes of fp32 or 8 of bf16). The mma's A fragment gives lane t the columns 2t, 2t+1,
 // 2t+8, 2t+9 of a k-step; any order of a k-step's columns gives the same products when the A and B
 // fragments share it, so the rounds use 4t .. 4t+3 (pack_group packs the centroids so): one 16-byte
 // load per row and k-step, straight from the keys, with no staging in shared memory (a staged tile
@@ -314,35 +359,55 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 // Rows past n repeat row n - 1 (loaded, never counted). Only the last k-step can reach past dsub
 // (cdim > 16(KS - 1), so dsub >= 16(KS - 1)): its lanes past dsub load nothing (`last_in`) and hold
 // zeros.
+template <typename T> struct KStep;
+template <> struct KStep<float> { using type = float4; };
+template <> struct KStep<__nv_bfloat16> { using type = uint2; };
+
+template <typename T>
 struct TileRows {
-  const float4* row[2];  // this lane's first 16 bytes of rows q and q + 8
+  const typename KStep<T>::type* row[2];  // this lane's first four columns of rows q and q + 8
 };
 
-__device__ __forceinline__ TileRows tile_rows(const float* group_keys, int D, int pbase, int n) {
+template <typename T>
+__device__ __forceinline__ TileRows<T> tile_rows(const T* group_keys, int row_stride, int pbase, int n) {
   const int lane = threadIdx.x & 31;
-  TileRows r;
+  TileRows<T> r;
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     const int p = min(pbase + (lane >> 2) + 8 * rs, n - 1);
-    r.row[rs] = reinterpret_cast<const float4*>(group_keys + static_cast<int64_t>(p) * D) + (lane & 3);
+    r.row[rs] = reinterpret_cast<const typename KStep<T>::type*>(group_keys + static_cast<int64_t>(p) * row_stride) + (lane & 3);
   }
   return r;
+}
+
+__device__ __forceinline__ void load_four(const float4* a, float4& x) {
+  asm volatile("ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];\n" : "=f"(x.x), "=f"(x.y), "=f"(x.z), "=f"(x.w) : "l"(a));
+}
+__device__ __forceinline__ void load_four(const uint2* a, uint2& x) {
+  asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];\n" : "=r"(x.x), "=r"(x.y) : "l"(a));
+}
+__device__ __forceinline__ void zero_four(float4& x) { x = make_float4(0.f, 0.f, 0.f, 0.f); }
+__device__ __forceinline__ void zero_four(uint2& x) { x = make_uint2(0u, 0u); }
+
+// Four columns as fp32 (bf16 pairs: the first column in the low half).
+__device__ __forceinline__ float4 four_floats(const float4& v) { return v; }
+__device__ __forceinline__ float4 four_floats(const uint2& v) {
+  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                     __uint_as_float(v.y & 0xffff0000u));
 }
 
 // K-step ks of the lane's two rows. Volatile, like mma_bf16: the loads stay one k-step ahead of the
 // mma instructions instead of all being hoisted to the tile's start, where the whole tile (32
 // registers) sat beside the accumulators (the seed kernel's spills at four blocks per SM: 48 -> 32
 // bytes; the seed build 3.52 -> 3.45 ms, session 23).
-template <int KS>
-__device__ __forceinline__ void load_kstep(const TileRows& r, int ks, bool last_in, float4 (&x)[2]) {
+template <int KS, typename T>
+__device__ __forceinline__ void load_kstep(const TileRows<T>& r, int ks, bool last_in, typename KStep<T>::type (&x)[2]) {
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     if (ks + 1 < KS || last_in) {
-      asm volatile("ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];\n"
-                   : "=f"(x[rs].x), "=f"(x[rs].y), "=f"(x[rs].z), "=f"(x[rs].w)
-                   : "l"(r.row[rs] + 4 * ks));
+      load_four(r.row[rs] + 4 * ks, x[rs]);
     } else {
-      x[rs] = make_float4(0.f, 0.f, 0.f, 0.f);
+      zero_four(x[rs]);
     }
   }
 }
@@ -354,26 +419,30 @@ __device__ __forceinline__ void load_kstep(const TileRows& r, int ks, bool last_
 // Only the general kernels (C > 64) still prefetch: since the tile is streamed a k-step ahead, the
 // one-chunk seed kernel is faster without it (3.47 -> 3.41 ms; 2 or 3 tiles ahead: 4.33, 4.91 ms;
 // session 24). The general kernels were not measured without it.
-__device__ __forceinline__ void prefetch_tile_l2(const float* group_keys, int D, int dsub, int tile, int n) {
+template <typename T>
+__device__ __forceinline__ void prefetch_tile_l2(const T* group_keys, int row_stride, int dsub, int tile, int n) {
+  constexpr int kLine = 128 / sizeof(T);  // elements a 128-byte line
   const int lane = threadIdx.x & 31;
-  const int lines = (dsub + 31) / 32;  // per row (rows 128-byte aligned when D and dsub are multiples of 32)
+  const int lines = (dsub + kLine - 1) / kLine;  // per row (rows line-aligned when the strides and dsub are multiples of kLine)
   for (int i = lane; i < kWarpPoints * lines; i += 32) {
     const int row = i / lines;
     const int p = tile * kWarpPoints + row;
-    if (p < n) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(group_keys + static_cast<int64_t>(p) * D + 32 * (i - row * lines)));
+    if (p < n) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(group_keys + static_cast<int64_t>(p) * row_stride + kLine * (i - row * lines)));
   }
 }
 
 // Scores x.c - |c|^2/2 of a warp's 16 points (tile rows `r`) with the 64 centroids of n-tiles
 // nt0 .. nt0+7, the tile streamed a k-step at a time (load_kstep). Each k-step is split into its
-// bf16 hi and lo A fragments just before its mma instructions. The ip coordinate (column dsub, in
+// bf16 hi and lo A fragments just before its mma instructions; bf16 keys are their own hi fragment
+// with lo = 0 (no split, and two mma a k-step and n-tile instead of three), except in the last
+// k-step, which may hold the fp32 ip coordinate and goes as fp32. The ip coordinate (column dsub, in
 // the last k-step as cdim = dsub + 1 > 16(KS - 1)) is the .x of the lane with 16(KS - 1) + 4t ==
 // dsub (`ip_lane`). sq, when given: this lane's share of each row's |x|^2, ip coordinate included.
 // NT is a multiple of 8 (the host pads it; padding centroids have zero fragments and |c|^2/2 = +inf,
 // so they score -inf): a chunk is always whole, so no mma sits behind a guard (a guarded mma.sync
 // costs a WARPSYNC and scheduling NOPs each, and the compiler cannot interleave them).
-template <int KS>
-__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows& r, bool last_in, bool ip_lane,
+template <int KS, typename T>
+__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows<T>& r, bool last_in, bool ip_lane,
                                              const float (&xaug)[2], const uint4* frag, const float* half_norm2, int nt0,
                                              int lane, float (*sq)[2]) {
   const uint4* chunk_frag = frag + nt0 * KS * 32 + lane;
@@ -381,19 +450,27 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows&
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
   if (sq != nullptr) (*sq)[0] = (*sq)[1] = 0.0f;
-  float4 x[2];
-  float4 next[2];
+  typename KStep<T>::type x[2];
+  typename KStep<T>::type next[2];
   load_kstep<KS>(r, 0, last_in, x);
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
     if (ks + 1 < KS) load_kstep<KS>(r, ks + 1, last_in, next);
+    const bool exact_hi = std::is_same<T, __nv_bfloat16>::value && ks + 1 < KS;  // lo = 0 (constant once unrolled)
     uint32_t ah[4];
     uint32_t al[4];
 #pragma unroll
     for (int rs = 0; rs < 2; ++rs) {
-      float4 v = x[rs];
+      float4 v = four_floats(x[rs]);
       if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
       if (sq != nullptr) (*sq)[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, (*sq)[rs]))));
+      if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        if (exact_hi) {
+          ah[rs] = x[rs].x;  // key columns 4t, 4t+1 as the bf16 pair they are
+          ah[2 + rs] = x[rs].y;
+          continue;
+        }
+      }
       split_pair(v.x, v.y, ah[rs], al[rs]);          // the A fragment's slots 2t, 2t+1 of row q + 8rs: key columns 4t, 4t+1
       split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // slots 2t+8, 2t+9: key columns 4t+2, 4t+3
     }
@@ -402,7 +479,7 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows&
       const uint4 b = chunk_frag[(j * KS + ks) * 32];
       mma_bf16(acc[j], ah, b.x, b.y);
       mma_bf16(acc[j], ah, b.z, b.w);
-      mma_bf16(acc[j], al, b.x, b.y);
+      if (!exact_hi) mma_bf16(acc[j], al, b.x, b.y);
     }
     if (ks + 1 < KS) {
       x[0] = next[0];
@@ -420,16 +497,17 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows&
 }
 
 // What one round's assignment needs of group g.
+template <typename T>
 struct GroupView {
   const uint4* frag;        // smem: packed centroid fragments
   const float* half_norm2;  // smem: |c|^2 / 2
   float cmax;               // max |c|
   const float* cent;        // the group's fp32 centroids (canonical re-scoring): smem with one chunk, else global
-  const float* keys;        // global: point 0 of the group (canonical re-scoring, moves)
+  const T* keys;            // global: point 0 of the group (canonical re-scoring, moves)
   const float* norms;
   uint16_t* rescore_list;   // smem: the warp's (row << 8 | centroid) candidates of pass C (C <= 256)
   float phi;
-  int g, n, C, cdim, cstride, dsub, D, NT;
+  int g, n, C, cdim, cstride, dsub, row_stride, NT;
 };
 
 // Candidates a lane adds to its warp's pass-C list at a time: 32 * 4 = kRescoreList entries.
@@ -442,9 +520,10 @@ constexpr int kRescoreList = 32 * kRescoreTake;
 // Out of line: inlined, its state made the four-block seed kernel spill (48 bytes, 3.54 ms against
 // 3.33 out of line; session 25), while only flagged tiles come here (≈ 1 - (1 - 0.0074)^16, one
 // tile in nine, at the seed config's mean flagged share).
-__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const float* tile_keys, const float* cent,
-                                                  uint16_t* list, float xaug0, float xaug1, int D, int dsub, int cdim,
-                                                  int cstride, float best_d, int best_c) {
+template <typename T>
+__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const T* tile_keys, const float* cent,
+                                                  uint16_t* list, float xaug0, float xaug1, int row_stride, int dsub,
+                                                  int cdim, int cstride, float best_d, int best_c) {
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;
   const int t = lane & 3;
@@ -468,7 +547,7 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
       // The row's ip coordinate, from its owner lane 4(row mod 8) (xaug0: rows 0..7, xaug1: 8..15).
       const float aug0 = __shfl_sync(0xffffffffu, xaug0, (row & 7) * 4);
       const float aug1 = __shfl_sync(0xffffffffu, xaug1, (row & 7) * 4);
-      const float d = canonical_distance_8(tile_keys + static_cast<int64_t>(row) * D, row < 8 ? aug0 : aug1,
+      const float d = canonical_distance_8(tile_keys + static_cast<int64_t>(row) * row_stride, row < 8 ? aug0 : aug1,
                                            cent + c * cstride, dsub, cdim, e < total);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -489,8 +568,8 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
 
 // Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring.
-template <int KS, bool kOneChunk>
-__device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_in, bool ip_lane, int pbase,
+template <int KS, bool kOneChunk, typename T>
+__device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, bool last_in, bool ip_lane, int pbase,
                                                  int (&code)[2], bool (&valid)[2], float (&xaug)[2]) {
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;  // mma row group: rows q and q + 8
@@ -506,7 +585,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
   // accumulators, and the kernel spilled at four blocks per SM. Later chunks (passes B and C
   // re-score them when C >= 128) hit L1 or L2.
   auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
-    chunk_scores<KS>(acc, tile_rows(v.keys, v.D, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane, sq);
+    chunk_scores<KS>(acc, tile_rows(v.keys, v.row_stride, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane, sq);
   };
   // kOneChunk (C <= 64): one chunk, whose scores stay in the accumulators from pass A to C; its own
   // kernels, as the chunk loops kept more registers live (the four-block kernel spilled).
@@ -589,8 +668,9 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
         if (flagged[rs] && c < v.C && !(acc[j][i] < threshold[rs])) candidates |= 1u << (4 * j + i);
       }
     }
-    const float2 best = rescore_candidates(candidates, nt0, v.keys + static_cast<int64_t>(pbase) * v.D, v.cent, v.rescore_list,
-                                           xaug[0], xaug[1], v.D, v.dsub, v.cdim, v.cstride, best_d, best_c);
+    const float2 best = rescore_candidates(candidates, nt0, v.keys + static_cast<int64_t>(pbase) * v.row_stride, v.cent,
+                                           v.rescore_list, xaug[0], xaug[1], v.row_stride, v.dsub, v.cdim, v.cstride, best_d,
+                                           best_c);
     best_d = best.x;
     best_c = __float_as_int(best.y);
   }
@@ -610,9 +690,9 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView& v, bool last_i
 // (round 0 wrote them all).
 constexpr int kMoveBatch = 4;
 
-template <int KS>
+template <int KS, typename T>
 __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
-                                            const float (&xaug)[2], const float* tile_keys, int D, double* group_sums,
+                                            const float (&xaug)[2], const T* tile_keys, int row_stride, double* group_sums,
                                             int cdim, int dsub) {
   constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
   const int lane = threadIdx.x & 31;
@@ -629,11 +709,11 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&
 #pragma unroll
     for (int k = 0; k < kMoveBatch; ++k) {
       const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
-      const float* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * D;
+      const T* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * row_stride;
 #pragma unroll
       for (int it = 0; it < kPerLane; ++it) {
         const int j = lane + 32 * it;
-        x[k][it] = !live[k] || j >= cdim ? 0.0f : j < dsub ? xr[j] : aug;
+        x[k][it] = !live[k] || j >= cdim ? 0.0f : j < dsub ? pq_to_float(xr[j]) : aug;
       }
     }
 #pragma unroll
@@ -656,11 +736,11 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&
   }
 }
 
-template <int KS, bool kOneChunk>
-__device__ void build_round(const float* keys, const float* norms, const float* phi, const float* centroids,
+template <int KS, bool kOneChunk, typename T>
+__device__ void build_round(const T* keys, const float* norms, const float* phi, const float* centroids,
                             const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint8_t* index_codes,
-                            double* sums, unsigned* counts, unsigned* stats, int n, int M, int sk, int D, int O, int C,
-                            int cdim, int cstride, int capacity, int NT, int mode) {
+                            double* sums, unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride,
+                            int row_stride, int D, int O, int C, int cdim, int cstride, int capacity, int NT, int mode) {
   extern __shared__ uint4 smem[];
   const int CP = NT * 8;
   uint4* frag = smem;
@@ -679,7 +759,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const int first_tile = blockIdx.x * kWarps + warp;
   const int tile_step = gridDim.x * kWarps;
   const int bkv = g / M;
-  const float* group_keys = keys + (static_cast<int64_t>(bkv) * sk + O) * D + (g - bkv * M) * dsub;
+  const T* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
   {
@@ -696,9 +776,9 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   const int t = lane & 3;
   const bool last_in = 16 * (KS - 1) + 4 * t < dsub;
   const bool ip_lane = cdim > dsub && 16 * (KS - 1) + 4 * t == dsub;
-  if (!kOneChunk && first_tile < tiles) prefetch_tile_l2(group_keys, D, dsub, first_tile, n);
+  if (!kOneChunk && first_tile < tiles) prefetch_tile_l2(group_keys, row_stride, dsub, first_tile, n);
   __syncthreads();  // centroid fragments, info (and the one-chunk centroids), once
-  GroupView view;
+  GroupView<T> view;
   view.frag = frag;
   view.half_norm2 = info;
   view.cmax = info[CP];
@@ -708,7 +788,7 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   __shared__ uint16_t rescore_lists[kRoundThreads / 32][kRescoreList];
   view.rescore_list = rescore_lists[warp];
   view.dsub = dsub;
-  view.D = D;
+  view.row_stride = row_stride;
   view.phi = cdim > dsub ? phi[g] : 0.0f;
   view.g = g;
   view.n = n;
@@ -764,13 +844,13 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
     const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
     changed_total += __popc(moved0) + __popc(moved1);
     if ((moved0 | moved1) != 0u) {
-      const float* tile_keys = group_keys + static_cast<int64_t>(pbase) * D;
-      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, D, group_sums, cdim, dsub);
-      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, D, group_sums, cdim, dsub);
+      const T* tile_keys = group_keys + static_cast<int64_t>(pbase) * row_stride;
+      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
+      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
     }
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
-    if (!kOneChunk && tile + tile_step < tiles) prefetch_tile_l2(group_keys, D, dsub, tile + tile_step, n);  // streams in meanwhile
+    if (!kOneChunk && tile + tile_step < tiles) prefetch_tile_l2(group_keys, row_stride, dsub, tile + tile_step, n);  // streams in meanwhile
     score_tile(tile);
   }
   if (lane == 0 && stats != nullptr) {
@@ -779,18 +859,23 @@ __device__ void build_round(const float* keys, const float* norms, const float* 
   }
 }
 
+}  // namespace
+
 // pq_build_round_kN: any C, register-limited to 2 blocks (8 warps) per SM. pq_build_round_kN_c1_bB:
 // C <= 64 (one chunk of centroids), B blocks per SM (2, and 3 or 4 for KS <= 4: at most 168 or 128
-// registers).
-#define PQ_BUILD_ROUND(KS, ONE_CHUNK, MIN_BLOCKS, NAME)                                                            \
+// registers). Each also as NAME_bf16, reading bf16 keys.
+#define PQ_BUILD_ROUND_T(KS, ONE_CHUNK, MIN_BLOCKS, T, NAME)                                                        \
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
-      const float* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,          \
+      const T* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,              \
       const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
-      unsigned* stats, int n, int M, int sk, int D, int O, int C, int cdim, int cstride, int capacity, int NT,      \
-      int mode) {                                                                                                  \
+      unsigned* stats, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,           \
+      int cstride, int capacity, int NT, int mode) {                                                               \
     build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts,      \
-                               stats, n, M, sk, D, O, C, cdim, cstride, capacity, NT, mode);                       \
+                               stats, n, M, head_stride, row_stride, D, O, C, cdim, cstride, capacity, NT, mode);  \
   }
+#define PQ_BUILD_ROUND(KS, ONE_CHUNK, MIN_BLOCKS, NAME)           \
+  PQ_BUILD_ROUND_T(KS, ONE_CHUNK, MIN_BLOCKS, float, NAME)        \
+  PQ_BUILD_ROUND_T(KS, ONE_CHUNK, MIN_BLOCKS, __nv_bfloat16, NAME##_bf16)
 #define PQ_BUILD_ROUND_KS(KS)                                  \
   PQ_BUILD_ROUND(KS, false, 2, pq_build_round_k##KS)          \
   PQ_BUILD_ROUND(KS, true, 2, pq_build_round_k##KS##_c1_b2)
@@ -824,10 +909,16 @@ constexpr int kSumThreads = 256;
 // 4096 made 1.3 waves (201 against 223 us, ncu; seed build 3.259 against 3.280 ms, session 26).
 constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
 
-extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(const float* keys, const float* norms, const float* phi,
-                                                                            const uint8_t* codes_tmp, double* sums,
-                                                                            unsigned* counts, int n, int M, int sk, int D,
-                                                                            int O, int C, int cdim) {
+namespace {
+
+// Four consecutive key columns as fp32 (16-byte or 8-byte aligned).
+__device__ __forceinline__ float4 key_four(const float* x) { return *reinterpret_cast<const float4*>(x); }
+__device__ __forceinline__ float4 key_four(const __nv_bfloat16* x) { return four_floats(*reinterpret_cast<const uint2*>(x)); }
+
+template <typename T>
+__device__ void build_first_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums,
+                                 unsigned* counts, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,
+                                 int cdim) {
   __shared__ uint8_t code_of[kSumChunk];
   __shared__ uint16_t order[kSumChunk];  // chunk points by code
   __shared__ int bin_next[256];
@@ -870,8 +961,7 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
   const int end = len * (slice + 1) / slices;
   // The chunk's coordinates from hoisted bases (point_coord per load recomputes the 64-bit address:
   // 4.63-4.65 against 4.44-4.49 ms for the seed build in a same-run A/B, session 14).
-  const int bkv = g / M;
-  const float* chunk_keys = keys + (static_cast<int64_t>(bkv) * sk + O + p0) * D + (g - bkv * M) * dsub + 4 * v;
+  const T* chunk_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub) + static_cast<int64_t>(p0) * row_stride + 4 * v;
   const bool in_keys = 4 * v < dsub;
   const float phi_g = cdim > dsub ? phi[g] : 0.0f;
   const float* chunk_norms = norms + static_cast<int64_t>(g) * n + p0;
@@ -894,7 +984,7 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
       if (k0 + k < end) {
         const int i = order[k0 + k];
         code[k] = code_of[i];
-        if (in_keys) x[k] = *reinterpret_cast<const float4*>(chunk_keys + static_cast<int64_t>(i) * D);
+        if (in_keys) x[k] = key_four(chunk_keys + static_cast<int64_t>(i) * row_stride);
         else x[k].x = pq_ip_augment(phi_g, chunk_norms[i]);
       }
     }
@@ -915,12 +1005,25 @@ extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums(co
   if (run_code >= 0) flush();
 }
 
-extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float* keys, const float* norms, const float* phi,
-                                                                    const double* sums, const unsigned* counts, float* centroids,
-                                                                    uint4* frag, float* info, int n, int M, int sk, int D,
-                                                                    int O, int C, int cdim, int cstride, int NT, int KS,
-                                                                    unsigned seed, int round, int staged,
-                                                                    unsigned* progress) {
+}  // namespace
+
+#define PQ_BUILD_FIRST_SUMS(T, NAME)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kSumThreads) NAME(const T* keys, const float* norms, const float* phi,  \
+                                                                 const uint8_t* codes_tmp, double* sums,              \
+                                                                 unsigned* counts, int n, int M, int64_t head_stride, \
+                                                                 int row_stride, int D, int O, int C, int cdim) {     \
+    build_first_sums(keys, norms, phi, codes_tmp, sums, counts, n, M, head_stride, row_stride, D, O, C, cdim);        \
+  }
+PQ_BUILD_FIRST_SUMS(float, pq_build_first_sums)
+PQ_BUILD_FIRST_SUMS(__nv_bfloat16, pq_build_first_sums_bf16)
+
+namespace {
+
+template <typename T>
+__device__ void build_finalize(const T* keys, const float* norms, const float* phi, const double* sums, const unsigned* counts,
+                               float* centroids, uint4* frag, float* info, int n, int M, int64_t head_stride, int row_stride,
+                               int D, int O, int C, int cdim, int cstride, int NT, int KS, unsigned seed, int round,
+                               int staged, unsigned* progress) {
   // staged: the block keeps a copy of the group's new centroids in dynamic shared memory ([C, cstride],
   // when it fits) for pack_group, which then reads no global memory.
   extern __shared__ float4 staged_centroids[];
@@ -948,7 +1051,7 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float*
       float v;
       if (count[k] == 0u) {
         const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
-        v = point_coord(keys, norms, phi, g, s, j, n, M, sk, D, O, dsub);
+        v = point_coord(keys, norms, phi, g, s, j, n, M, head_stride, row_stride, O, dsub);
       } else {
         v = __fdiv_rn(__double2float_rn(sum[k]), static_cast<float>(count[k]));
       }
@@ -962,3 +1065,18 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_finalize(const float*
   // memory; null when nobody watches). Block 0's word: a progress report, not a completion signal.
   if (progress != nullptr && g == 0 && threadIdx.x == 0) *reinterpret_cast<volatile unsigned*>(progress) = round + 1u;
 }
+
+}  // namespace
+
+#define PQ_BUILD_FINALIZE(T, NAME)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256) NAME(const T* keys, const float* norms, const float* phi,          \
+                                                         const double* sums, const unsigned* counts, float* centroids, \
+                                                         uint4* frag, float* info, int n, int M, int64_t head_stride,  \
+                                                         int row_stride, int D, int O, int C, int cdim, int cstride,   \
+                                                         int NT, int KS, unsigned seed, int round, int staged,         \
+                                                         unsigned* progress) {                                         \
+    build_finalize(keys, norms, phi, sums, counts, centroids, frag, info, n, M, head_stride, row_stride, D, O, C, cdim,  \
+                   cstride, NT, KS, seed, round, staged, progress);                                                    \
+  }
+PQ_BUILD_FINALIZE(float, pq_build_finalize)
+PQ_BUILD_FINALIZE(__nv_bfloat16, pq_build_finalize_bf16)

@@ -145,8 +145,9 @@ function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: De
       wall_us_without_workspace: round3(unkeptWallUs),
       note: source === 'host-f32'
         ? 'wall includes the host→device key upload; gpu covers the k-means graph (its launch and every kernel)'
-        : `keys already on the device (${source.slice(7)}): wall covers the NaN/Inf check${source === 'device-f32' ? ' (keys then read in place)' : ', the fp32 staging copy'}, the k-means and the sync; gpu covers the k-means graph`,
+        : `keys already on the device (${source.slice(7)}), ${stats?.keysRead === 'staged' ? 'staged' : 'read in place'}: wall covers the NaN/Inf check${stats?.keysRead === 'staged' ? ', the fp32 staging copy' : ''}, the k-means and the sync; gpu covers the k-means graph`,
       round_kernel: stats?.roundKernel,
+      keys_read: stats?.keysRead,
       // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
       // and share whose code changed, per assignment pass (last: the final assignment).
       flagged_share_per_round: shares(stats?.flaggedPerRound, stats?.points),

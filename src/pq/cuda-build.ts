@@ -7,7 +7,8 @@
  * reads them once more to form its sums in code order). The k-means is one CUDA graph (norms,
  * init with the oracle's initial draw, every round and finalize, the final assignment), launched
  * once. Keys come from the host (uploaded) or from device memory in any float dtype (checked for
- * NaN/Inf first, and read in place when contiguous fp32).
+ * NaN/Inf first, and read in place when fp32 or bf16 in a layout the kernels address: see
+ * `keysInPlace`).
  */
 import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
@@ -16,7 +17,7 @@ import { CudaContext } from '../cuda/context.js';
 import type { Kernel } from '../cuda/module.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import { DeviceInputError } from '../errors.js';
-import { type DeviceTensor, isContiguous } from '../tensor/device-tensor.js';
+import type { DeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, allocStorage, readFloat } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
@@ -67,6 +68,8 @@ export interface BuildStats {
   readonly points: number;
   /** The round kernel. */
   readonly roundKernel: string;
+  /** How the kernels read the keys: uploaded from the host, staged (a contiguous fp32 copy of device keys), or in place. */
+  readonly keysRead: 'uploaded' | 'staged' | 'in place';
 }
 
 /** Benchmark override of the round kernel's choice (default: DEFAULT_ROUND_BLOCKS). */
@@ -87,12 +90,12 @@ const CHUNK_NTILES = 8;
 /**
  * The round kernel of kernels/build.cu for KS k-steps: `_c1` kernels score one chunk of 64
  * centroids (C ≤ 64), at 2 blocks per SM or, for KS ≤ 4, at 3 or 4; more chunks take the general
- * kernel (2 blocks per SM).
+ * kernel (2 blocks per SM). `suffix`: the keys' kernels (KeyBinding).
  */
-function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning): string {
-  if (!oneChunk) return `pq_build_round_k${KS}`;
+function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning, suffix: KeyBinding['suffix']): string {
+  if (!oneChunk) return `pq_build_round_k${KS}${suffix}`;
   const blocks = KS <= 4 ? (tuning.blocksPerSM ?? DEFAULT_ROUND_BLOCKS) : 2;
-  return `pq_build_round_k${KS}_c1_b${blocks}`;
+  return `pq_build_round_k${KS}_c1_b${blocks}${suffix}`;
 }
 
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
@@ -100,16 +103,17 @@ export function deviceBuildSupported(layout: Layout): boolean {
   return layout.subDim <= 128 && layout.subDim % 4 === 0 && layout.numCentroids <= 256;
 }
 
-const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+// Every kernel that reads keys takes (…, n, M, head_stride u64, row_stride, D, O, …): see KeyBinding.
+const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32'] as const;
+const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
 const INIT_DRAW_SCRATCH = 3 * 256 * 4;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 8192;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
-const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
+const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
 
 /**
  * Check device keys for NaN/Inf (and convert them into fp32 `dst` unless 0n) with
@@ -182,9 +186,39 @@ export function deviceKeysToHost(t: DeviceTensor, layout: Layout, sk: number): F
   return out;
 }
 
-/** Whether the build kernels can read device keys in place (contiguous fp32), else they are staged. */
-function readsInPlace(keys: DeviceTensor): boolean {
-  return keys.dtype === 'f32' && isContiguous(keys);
+/**
+ * Keys as the build kernels address them (kernels/build.cu, "Keys"): row p of (b, kv-head) bkv at
+ * `ptr` + (bkv·headStride + p·rowStride) elements, read as fp32 or, with the `_bf16` kernels, bf16.
+ */
+interface KeyBinding {
+  readonly ptr: bigint;
+  readonly suffix: '' | '_bf16';
+  readonly headStride: number;
+  readonly rowStride: number;
+}
+
+/**
+ * Device keys the build kernels read where they are: fp32 or bf16 whose (b, kv-head) blocks step
+ * by one stride (B = 1, or s0 = Hkv·s1: contiguous keys, or a [B, Hkv, capacity, D] K cache) and
+ * whose rows start 16-byte (fp32) or 8-byte (bf16) aligned. Anything else (f16, other strides) is
+ * staged into contiguous fp32 first.
+ */
+function keysInPlace(keys: DeviceTensor, Hkv: number): KeyBinding | undefined {
+  if (keys.dtype !== 'f32' && keys.dtype !== 'bf16') return undefined;
+  const [B] = keys.shape;
+  const [s0, s1, s2] = keys.strides;
+  const bytes = BYTES_PER_ELEMENT[keys.dtype];
+  const aligned = keys.ptr % BigInt(4 * bytes) === 0n && s1 % 4 === 0 && s2 % 4 === 0;
+  // rowStride < 2^26: the kernels offset a tile's 16 rows in int32.
+  if (!aligned || (B > 1 && s0 !== Hkv * s1) || s2 >= 2 ** 26) return undefined;
+  return { ptr: keys.ptr, suffix: keys.dtype === 'bf16' ? '_bf16' : '', headStride: s1, rowStride: s2 };
+}
+
+/** A contiguous fp32 [B, Hkv, sk, D] copy for keys the kernels cannot read in place (host keys too). */
+function stagedKeys(layout: Layout, seqLen: number): { readonly bound: KeyBinding; readonly staging: DeviceArena<'keys'> } {
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  const staging = DeviceArena.allocate({ keys: B * Hkv * seqLen * D * 4 });
+  return { bound: { ptr: staging.slices.keys.ptr, suffix: '', headStride: seqLen * D, rowStride: D }, staging };
 }
 
 type WorkspaceSlice = 'firstBad' | 'norms' | 'sums' | 'counts' | 'codes' | 'frag' | 'info' | 'stats';
@@ -196,7 +230,7 @@ const KEPT_BUILD_GRAPHS = 4;
  * What the builds of one index keep between calls (CudaPQCache holds one): the k-means
  * temporaries for up to `capacity` positions, allocated at the first build; the progress word; and
  * the captured graphs by sk and key binding. A build then allocates and frees nothing but a key
- * staging copy (host keys, or device keys that are not contiguous fp32), and a repeated sk and key
+ * staging copy (host keys, or device keys the kernels cannot read in place), and a repeated sk and key
  * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip)
  * bytes plus the sums, counts and packed centroids (5.2 MB on the seed config at capacity 32000).
  */
@@ -286,8 +320,10 @@ export function buildOnDevice(
   const oneChunk = NT === CHUNK_NTILES;
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
   const infoStride = NT * 8 + 1;
+  const inPlace = keys instanceof Float32Array ? undefined : keysInPlace(keys, Hkv);
+  const suffix = inPlace?.suffix ?? '';
   const mod = loadKernels('build');
-  const roundKernel = roundKernelName(KS, oneChunk, tuning);
+  const roundKernel = roundKernelName(KS, oneChunk, tuning, suffix);
   const round = mod.kernel(roundKernel);
   // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c|; with one chunk,
   // its fp32 centroids too.
@@ -307,10 +343,8 @@ export function buildOnDevice(
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
   const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
 
-  const onHost = keys instanceof Float32Array;
-  const inPlace = !onHost && readsInPlace(keys);
   const ws = workspace ?? new BuildWorkspace(layout, seqLen);
-  const staging = inPlace ? undefined : DeviceArena.allocate({ keys: onHost ? keys.byteLength : B * Hkv * seqLen * D * 4 });
+  const { bound, staging } = inPlace ? { bound: inPlace, staging: undefined } : stagedKeys(layout, seqLen);
   const argsList: LaunchArgs[] = [];
   const args = <K extends readonly ('ptr' | 'u64' | 'i32' | 'u32' | 'f32')[]>(kinds: K): LaunchArgs<K> => {
     const a = new LaunchArgs(kinds);
@@ -319,7 +353,8 @@ export function buildOnDevice(
   };
   try {
     const s = ws.slices(seqLen);
-    const keysPtr = staging?.slices.keys.ptr ?? (keys as DeviceTensor).ptr;
+    const { ptr: keysPtr, headStride, rowStride } = bound;
+    const hs = BigInt(headStride);
     if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys);
     else stageDeviceKeys(mod.kernel('pq_build_stage_keys'), keys, staging ? keysPtr : 0n, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
     copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
@@ -333,22 +368,23 @@ export function buildOnDevice(
       args(ROUND_ARGS).setAll([
         keysPtr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
         mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
-        n, M, seqLen, D, O, C, cdim, cstride, target.capPad, NT, mode,
+        n, M, hs, rowStride, D, O, C, cdim, cstride, target.capPad, NT, mode,
       ]);
-    const finalize = mod.kernel('pq_build_finalize');
-    const firstSums = mod.kernel('pq_build_first_sums');
+    const finalize = mod.kernel(`pq_build_finalize${suffix}`);
+    const firstSums = mod.kernel(`pq_build_first_sums${suffix}`);
     // The whole k-means as one graph: a node per launch (the driver copies each launch's arguments
     // into its node, so finalize's argument block is rewritten from round to round). Everything it
-    // bakes in besides sk and the kernel: the key and target pointers (the workspace's are fixed).
-    const signature = `${seqLen}:${roundKernel}`;
+    // bakes in besides sk, the kernels and the key strides: the key and target pointers (the
+    // workspace's are fixed).
+    const signature = `${seqLen}:${roundKernel}:${headStride}:${rowStride}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
       if (metric === 'ip') {
-        launch(mod.kernel('pq_build_norms'), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, n, M, seqLen, D, O]), stream);
+        launch(mod.kernel(`pq_build_norms${suffix}`), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, n, M, hs, rowStride, D, O]), stream);
       }
       launch(
-        mod.kernel('pq_build_init'),
+        mod.kernel(`pq_build_init${suffix}`),
         initShape,
-        args(INIT_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, seed, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, seqLen, D, O, C, cdim, cstride, NT, KS, initStaged]),
+        args(INIT_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, seed, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, initStaged]),
         stream,
       );
       const finalizeArgs = args(FINALIZE_ARGS);
@@ -359,13 +395,13 @@ export function buildOnDevice(
           launch(
             firstSums,
             { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
-            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, seqLen, D, O, C, cdim]),
+            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, hs, rowStride, D, O, C, cdim]),
             stream,
           );
         }
         finalizeArgs.setAll([
           keysPtr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr,
-          n, M, seqLen, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress.ptr,
+          n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress.ptr,
         ]);
         launch(finalize, groupShape, finalizeArgs, stream);
       }
@@ -383,6 +419,7 @@ export function buildOnDevice(
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
       roundKernel,
+      keysRead: keys instanceof Float32Array ? 'uploaded' : inPlace ? 'in place' : 'staged',
     };
   } finally {
     for (const a of argsList) a.dispose();

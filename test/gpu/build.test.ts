@@ -6,7 +6,7 @@ import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceBuffer, copies } from '../../src/cuda/memory.js';
 import { DeviceInputError, NonFiniteError, ShapeError } from '../../src/errors.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { type BuildTuning, allocateBuildTarget, buildOnDevice } from '../../src/pq/cuda-build.js';
+import { type BuildTuning, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
 import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
@@ -79,19 +79,34 @@ test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1
   }
 });
 
+/** The centroids and codes a build wrote into `t` identical to the oracle's index `cpu`. */
+function assertTargetIsOracle(c: Case, t: DeviceBuildTarget, cpu: PQIndexState, what: string): void {
+  const layout = layoutOf(c);
+  const G = c.B * c.Hkv * c.M;
+  const C = layout.numCentroids;
+  const cdim = layout.centroidDim;
+  const { centroidStride: cstride, capPad } = t;
+  const cent = new Float32Array(G * C * cstride);
+  const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
+  copies.toHost(cent, t.centroids);
+  copies.toHost(codes, t.codes);
+  for (let g = 0; g < G; g++)
+    for (let k = 0; k < C; k++)
+      for (let j = 0; j < cdim; j++) assert.equal(cent[(g * C + k) * cstride + j], cpu.centroids[(g * C + k) * cdim + j], `centroid ${g}/${k}/${j} ${what}`);
+  for (let bh = 0; bh < c.B * c.Hkv; bh++)
+    for (let p = c.O; p < c.sk; p++)
+      for (let m = 0; m < c.M; m++) assert.equal(codes[(bh * capPad + p) * c.M + m], cpu.codes[codeOffset(layout, cpu.capacity, 0, bh, p) + m], `code ${bh}/${p}/${m} ${what}`);
+}
+
 test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM) equals the oracle on integer data', { skip }, () => {
   const seedLike: Case = { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1500, O: 3, ip: false, iters: 4 }; // 4 k-steps, as the seed config
   for (const c of [CASES[0], CASES[2], seedLike]) {
     const layout = layoutOf(c);
     const keys = keysFor(c, true, 21);
     const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
-    const G = c.B * c.Hkv * c.M;
-    const C = layout.numCentroids;
-    const cdim = layout.centroidDim;
     CudaContext.primary();
     const stream = new Stream();
     const { arena, target: t } = allocateBuildTarget(layout, c.sk);
-    const { centroidStride: cstride, capPad } = t;
     try {
       const tunings: BuildTuning[] = [{ blocksPerSM: 2 }, { blocksPerSM: 3 }, { blocksPerSM: 4 }];
       for (const tuning of tunings) {
@@ -99,16 +114,7 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM) 
         const stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning);
         const what = `${stats.roundKernel} ${JSON.stringify(c)}`;
         assert.equal(stats.roundKernel, `pq_build_round_k${Math.ceil(layout.centroidDim / 16)}_c1_b${tuning.blocksPerSM}`, what);
-        const cent = new Float32Array(G * C * cstride);
-        const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
-        copies.toHost(cent, t.centroids);
-        copies.toHost(codes, t.codes);
-        for (let g = 0; g < G; g++)
-          for (let k = 0; k < C; k++)
-            for (let j = 0; j < cdim; j++) assert.equal(cent[(g * C + k) * cstride + j], cpu.centroids[(g * C + k) * cdim + j], `centroid ${g}/${k}/${j} ${what}`);
-        for (let bh = 0; bh < c.B * c.Hkv; bh++)
-          for (let p = c.O; p < c.sk; p++)
-            for (let m = 0; m < c.M; m++) assert.equal(codes[(bh * capPad + p) * c.M + m], cpu.codes[codeOffset(layout, c.sk, 0, bh, p) + m], `code ${bh}/${p}/${m} ${what}`);
+        assertTargetIsOracle(c, t, cpu, what);
       }
     } finally {
       arena.dispose();
@@ -215,50 +221,96 @@ test('GPU build at extreme magnitudes (squares that underflow or overflow fp32):
   }
 });
 
+/** Padding around device keys: positions after each (b, kv-head) block, one block after each batch entry, elements after each row. */
+interface KeyPadding { readonly positions: number; readonly batchGap: boolean; readonly row: number }
+
+const PADDINGS = {
+  contiguous: { positions: 0, batchGap: false, row: 0 },
+  'K cache': { positions: 37, batchGap: false, row: 0 }, // [B, Hkv, capacity, D]
+  'batch gap': { positions: 37, batchGap: true, row: 0 }, // s0 ≠ Hkv·s1
+  'wide rows': { positions: 0, batchGap: false, row: 4 },
+  'odd rows': { positions: 3, batchGap: false, row: 2 }, // rows not 4-element aligned
+} as const satisfies Record<string, KeyPadding>;
+
+/** Whether the build kernels should read these keys in place (cuda-build.ts keysInPlace), else stage them. */
+function readInPlace(c: Case, dtype: FloatDType, pad: KeyPadding): boolean {
+  return dtype !== 'f16' && pad.row % 4 === 0 && !(pad.batchGap && c.B > 1);
+}
+
 /**
- * Integer-valued keys laid out for a device tensor of `dtype` with `pad` extra positions per
- * (b, kv-head) row block and one extra block of padding after each batch entry; the padding holds
- * NaN, so a kernel reading past the strides would make the build throw.
+ * Integer-valued keys laid out for a device tensor of `dtype` with `pad`; the padding holds NaN, so
+ * a kernel reading past the strides would make the build throw or differ.
  */
-function paddedDeviceKeys(c: Case, keys: Float32Array, dtype: FloatDType, pad: number): { data: HostTensor; shape: number[]; strides: number[] } {
-  const rowsPer = c.sk + pad;
-  const s1 = rowsPer * c.D;
-  const s0 = (c.Hkv + (pad > 0 ? 1 : 0)) * s1;
+function paddedDeviceKeys(c: Case, keys: Float32Array, dtype: FloatDType, pad: KeyPadding): { data: HostTensor; shape: number[]; strides: number[] } {
+  const s2 = c.D + pad.row;
+  const s1 = (c.sk + pad.positions) * s2;
+  const s0 = (c.Hkv + (pad.batchGap ? 1 : 0)) * s1;
   const flat = new Float32Array(c.B * s0).fill(NaN);
   for (let b = 0; b < c.B; b++)
     for (let h = 0; h < c.Hkv; h++)
       for (let p = 0; p < c.sk; p++)
-        for (let j = 0; j < c.D; j++) flat[b * s0 + h * s1 + p * c.D + j] = keys[((b * c.Hkv + h) * c.sk + p) * c.D + j];
-  return { data: HostTensor.fromNumbers(dtype, [flat.length], flat), shape: [c.B, c.Hkv, c.sk, c.D], strides: [s0, s1, c.D, 1] };
+        for (let j = 0; j < c.D; j++) flat[b * s0 + h * s1 + p * s2 + j] = keys[((b * c.Hkv + h) * c.sk + p) * c.D + j];
+  return { data: HostTensor.fromNumbers(dtype, [flat.length], flat), shape: [c.B, c.Hkv, c.sk, c.D], strides: [s0, s1, s2, 1] };
 }
 
-test('GPU build from device keys (f32 in place; f16, bf16 and K-cache strides staged) equals the oracle; non-finite device keys throw before the index changes; device appends', { skip }, () => {
-  const cases: Case[] = [CASES[0], CASES[2], { B: 2, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1100, O: 3, ip: false, iters: 3 }];
-  for (const c of cases) {
+const DEVICE_KEY_CASES: Case[] = [CASES[0], CASES[2], { B: 2, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1100, O: 3, ip: false, iters: 3 }];
+
+test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), other dtypes and layouts staged; each equals the oracle', { skip }, () => {
+  CudaContext.primary();
+  const stream = new Stream();
+  for (const c of DEVICE_KEY_CASES) {
+    const layout = layoutOf(c);
+    const keys = keysFor(c, true, 31); // integers in [−6, 6]: exact in f16 and bf16
+    const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
+    const { arena, target: t } = allocateBuildTarget(layout, c.sk);
+    try {
+      for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+        for (const [name, pad] of Object.entries(PADDINGS)) {
+          const { data, shape, strides } = paddedDeviceKeys(c, keys, dtype, pad);
+          const buf = new DeviceBuffer(data.data.byteLength);
+          try {
+            copies.fromHost(buf, data.data);
+            copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
+            const stats = buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream);
+            const what = `${dtype} ${name} ${JSON.stringify(c)}`;
+            const inPlace = readInPlace(c, dtype, pad);
+            assert.equal(stats.keysRead, inPlace ? 'in place' : 'staged', what);
+            assert.equal(stats.roundKernel.endsWith('_bf16'), inPlace && dtype === 'bf16', `${stats.roundKernel} ${what}`);
+            assertTargetIsOracle(c, t, cpu, what);
+          } finally {
+            buf.dispose();
+          }
+        }
+      }
+    } finally {
+      arena.dispose();
+    }
+  }
+  stream.dispose();
+});
+
+test('CudaPQCache.build from device keys (bf16 K cache) equals the oracle; non-finite device keys throw before the index changes; device appends', { skip }, () => {
+  for (const c of DEVICE_KEY_CASES) {
     const layout = layoutOf(c);
     const { shape, config } = layout;
-    const keys = keysFor(c, true, 31); // integers in [−6, 6]: exact in f16 and bf16
+    const keys = keysFor(c, true, 31);
     const cpu = buildIndexCpu(layout, keys, c.sk, c.sk + 8);
     const cache = new CudaPQCache({ shape, config, capacity: c.sk + 8 });
     const buffers: DeviceBuffer[] = [];
     try {
-      for (const dtype of ['f32', 'f16', 'bf16'] as const) {
-        for (const pad of [0, 37]) {
-          const { data, shape: ks, strides } = paddedDeviceKeys(c, keys, dtype, pad);
-          const buf = new DeviceBuffer(data.data.byteLength);
-          buffers.push(buf);
-          copies.fromHost(buf, data.data);
-          cache.build(deviceTensor(dtype, ks, buf.ptr, strides));
-          const gpu = cache.exportState();
-          const what = `${dtype} pad ${pad} ${JSON.stringify(c)}`;
-          assertSameIndex(gpu, cpu, what);
-        }
+      for (const pad of [PADDINGS['K cache'], PADDINGS.contiguous]) {
+        const { data, shape: ks, strides } = paddedDeviceKeys(c, keys, 'bf16', pad);
+        const buf = new DeviceBuffer(data.data.byteLength);
+        buffers.push(buf);
+        copies.fromHost(buf, data.data);
+        cache.build(deviceTensor('bf16', ks, buf.ptr, strides));
+        assertSameIndex(cache.exportState(), cpu, `bf16 ${JSON.stringify(pad)} ${JSON.stringify(c)}`);
       }
       // One NaN at a known flat index: DeviceInputError naming it, and the built index stands.
       const bad = keys.slice();
       const at = ((c.B * c.Hkv - 1) * c.sk + c.sk - 2) * c.D + 5;
       bad[at] = NaN;
-      const { data } = paddedDeviceKeys(c, bad, 'bf16', 0);
+      const { data } = paddedDeviceKeys(c, bad, 'bf16', PADDINGS.contiguous);
       const buf = new DeviceBuffer(data.data.byteLength);
       buffers.push(buf);
       copies.fromHost(buf, data.data);
@@ -318,7 +370,8 @@ test('device keys of a layout the build kernels do not cover (dsub > 128) are co
   const keys = keysFor(c, true, 51);
   const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity: c.sk });
-  const { data, shape, strides } = paddedDeviceKeys(c, keys, 'f16', 9);
+  const odd: KeyPadding = { positions: 9, batchGap: true, row: 0 };
+  const { data, shape, strides } = paddedDeviceKeys(c, keys, 'f16', odd);
   const buf = new DeviceBuffer(data.data.byteLength);
   try {
     copies.fromHost(buf, data.data);
@@ -328,7 +381,7 @@ test('device keys of a layout the build kernels do not cover (dsub > 128) are co
     assert.deepEqual(gpu.codes, cpu.codes);
     const bad = keys.slice();
     bad[777] = Infinity;
-    copies.fromHost(buf, paddedDeviceKeys(c, bad, 'f16', 9).data.data);
+    copies.fromHost(buf, paddedDeviceKeys(c, bad, 'f16', odd).data.data);
     assert.throws(() => cache.build(deviceTensor('f16', shape, buf.ptr, strides)), (e: unknown) => e instanceof NonFiniteError && e.index === 777);
   } finally {
     cache.dispose();
