@@ -86,6 +86,20 @@ __device__ __forceinline__ float point_coord(const T* keys, const float* norms, 
   return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
 }
 
+// Four consecutive key columns: 16 bytes of fp32, 8 of bf16 (the unit of every vector load of keys).
+template <typename T> struct KStep;
+template <> struct KStep<float> { using type = float4; };
+template <> struct KStep<__nv_bfloat16> { using type = uint2; };
+__device__ __forceinline__ void zero_four(float4& x) { x = make_float4(0.f, 0.f, 0.f, 0.f); }
+__device__ __forceinline__ void zero_four(uint2& x) { x = make_uint2(0u, 0u); }
+
+// Four columns as fp32 (bf16 pairs: the first column in the low half).
+__device__ __forceinline__ float4 four_floats(const float4& v) { return v; }
+__device__ __forceinline__ float4 four_floats(const uint2& v) {
+  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                     __uint_as_float(v.y & 0xffff0000u));
+}
+
 // The oracle's distanceF32 over cdim coordinates (x[dsub] is `xaug` for ip), by the eight lanes
 // 8k .. 8k+7 of a warp together, in common.cuh's lane form: lane r sums the oracle's partial r
 // (pq_partial_distance; the ip coordinate dsub comes last in partial dsub mod 8) and pq_tree8
@@ -194,6 +208,71 @@ extern "C" __global__ void __launch_bounds__(256) pq_build_stage_keys(const void
   }
   if (bad != ULLONG_MAX) atomicMin(first_bad, bad);  // bad input only
 }
+
+namespace {
+
+// Whether any of four key values is NaN or Inf (exponent all ones), from their bits.
+__device__ __forceinline__ bool any_nonfinite(const float4& v) {
+  const uint32_t e = 0x7f800000u;
+  return (__float_as_uint(v.x) & e) == e || (__float_as_uint(v.y) & e) == e || (__float_as_uint(v.z) & e) == e ||
+         (__float_as_uint(v.w) & e) == e;
+}
+__device__ __forceinline__ bool any_nonfinite(const uint2& v) {  // four bf16
+  const uint32_t e = 0x7f80u;
+  return (v.x & e) == e || ((v.x >> 16) & e) == e || (v.y & e) == e || ((v.y >> 16) & e) == e;
+}
+
+// Keys read in place (see "Keys"): every element of rows 0 .. sk-1 checked, four at a time by one
+// vector load (16 bytes of fp32, 8 of bf16; the host passes only layouts whose rows allow it), kUnroll
+// loads in flight per thread. The lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of a NaN or Inf goes
+// to *first_bad, as pq_build_stage_keys. Grid (x, B*Hkv), block 256: block x of head bkv takes the
+// head's quads x*256*kUnroll + threadIdx.x + 256*u, then strides by the grid.
+template <typename T>
+__device__ void check_keys(const T* keys, int64_t head_stride, int row_stride, unsigned long long* first_bad, int sk, int D) {
+  using Quad = typename KStep<T>::type;
+  constexpr int kUnroll = 8;
+  const int bkv = blockIdx.y;
+  const T* head = keys + bkv * head_stride;
+  const int quads_per_row = D / 4;
+  const int quads = sk * quads_per_row;  // < 2^31 (the host checks)
+  unsigned long long bad = ULLONG_MAX;
+  for (int q0 = blockIdx.x * 256 * kUnroll + threadIdx.x; q0 < quads; q0 += gridDim.x * 256 * kUnroll) {
+    Quad v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int q = q0 + 256 * u;
+      if (q < quads) {
+        const int p = q / quads_per_row;
+        v[u] = *reinterpret_cast<const Quad*>(head + static_cast<int64_t>(p) * row_stride + (q - p * quads_per_row) * 4);
+      } else {
+        zero_four(v[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (!any_nonfinite(v[u])) continue;  // bad input only below
+      const float4 f = four_floats(v[u]);
+      const float e[4] = {f.x, f.y, f.z, f.w};
+      for (int k = 0; k < 4; ++k) {
+        if (!isfinite(e[k])) {
+          bad = min(bad, static_cast<unsigned long long>(static_cast<int64_t>(bkv) * sk * D + 4 * static_cast<int64_t>(q0 + 256 * u) + k));
+          break;
+        }
+      }
+    }
+  }
+  if (bad != ULLONG_MAX) atomicMin(first_bad, bad);
+}
+
+}  // namespace
+
+#define PQ_BUILD_CHECK_KEYS(T, NAME)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) NAME(const T* keys, int64_t head_stride, int row_stride,          \
+                                                         unsigned long long* first_bad, int sk, int D) {              \
+    check_keys(keys, head_stride, row_stride, first_bad, sk, D);                                                      \
+  }
+PQ_BUILD_CHECK_KEYS(float, pq_build_check_keys)
+PQ_BUILD_CHECK_KEYS(__nv_bfloat16, pq_build_check_keys_bf16)
 
 namespace {
 
@@ -359,10 +438,6 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 // Rows past n repeat row n - 1 (loaded, never counted). Only the last k-step can reach past dsub
 // (cdim > 16(KS - 1), so dsub >= 16(KS - 1)): its lanes past dsub load nothing (`last_in`) and hold
 // zeros.
-template <typename T> struct KStep;
-template <> struct KStep<float> { using type = float4; };
-template <> struct KStep<__nv_bfloat16> { using type = uint2; };
-
 template <typename T>
 struct TileRows {
   const typename KStep<T>::type* row[2];  // this lane's first four columns of rows q and q + 8
@@ -385,15 +460,6 @@ __device__ __forceinline__ void load_four(const float4* a, float4& x) {
 }
 __device__ __forceinline__ void load_four(const uint2* a, uint2& x) {
   asm volatile("ld.global.nc.v2.u32 {%0,%1}, [%2];\n" : "=r"(x.x), "=r"(x.y) : "l"(a));
-}
-__device__ __forceinline__ void zero_four(float4& x) { x = make_float4(0.f, 0.f, 0.f, 0.f); }
-__device__ __forceinline__ void zero_four(uint2& x) { x = make_uint2(0u, 0u); }
-
-// Four columns as fp32 (bf16 pairs: the first column in the low half).
-__device__ __forceinline__ float4 four_floats(const float4& v) { return v; }
-__device__ __forceinline__ float4 four_floats(const uint2& v) {
-  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
-                     __uint_as_float(v.y & 0xffff0000u));
 }
 
 // K-step ks of the lane's two rows. Volatile, like mma_bf16: the loads stay one k-step ahead of the

@@ -11,10 +11,10 @@
  * `keysInPlace`).
  */
 import { GraphCache, type GraphExec } from '../cuda/graph.js';
-import { LaunchArgs, launch } from '../cuda/launch.js';
+import { type ArgKind, LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
-import type { Kernel } from '../cuda/module.js';
+import type { Module } from '../cuda/module.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import { DeviceInputError } from '../errors.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
@@ -113,20 +113,29 @@ const INIT_DRAW_SCRATCH = 3 * 256 * 4;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 8192;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
+const CHECK_ARGS = ['ptr', 'u64', 'i32', 'ptr', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
 
 /**
- * Check device keys for NaN/Inf (and convert them into fp32 `dst` unless 0n) with
- * pq_build_stage_keys; throws DeviceInputError naming the first bad element's flat index. Waits for
- * `stream`.
+ * Check device keys for NaN/Inf before a build; throws DeviceInputError naming the first bad
+ * element's flat index. Keys read in place: pq_build_check_keys (vector loads, check only); else
+ * pq_build_stage_keys, which also writes the contiguous fp32 copy into `staged`. Waits for `stream`.
  */
-function stageDeviceKeys(stage: Kernel, keys: DeviceTensor, dst: bigint, firstBad: DeviceRange, layout: Layout, seqLen: number, stream: Stream,
-  args: LaunchArgs<typeof STAGE_ARGS>): void {
+function rejectNonFiniteKeys(mod: Module, keys: DeviceTensor, bound: KeyBinding, staged: DeviceRange | undefined, firstBad: DeviceRange, layout: Layout,
+  seqLen: number, stream: Stream, args: <K extends readonly ArgKind[]>(kinds: K) => LaunchArgs<K>): void {
   const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
   copies.fill32Async(firstBad, 0xffffffff, 2, stream);
-  const [s0, s1, s2] = keys.strides;
-  args.setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), dst, firstBad.ptr, Hkv, seqLen, D]);
-  launch(stage, { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, args, stream);
+  if (staged === undefined) {
+    // About two waves of 256-thread blocks over all heads, each thread 8 vector loads at a time.
+    const quads = (seqLen * D) / 4;
+    const perHead = Math.max(1, Math.min(Math.ceil(quads / (256 * 8)), Math.ceil((16 * CudaContext.primary().device.multiprocessorCount) / (B * Hkv))));
+    const a = args(CHECK_ARGS).setAll([bound.ptr, BigInt(bound.headStride), bound.rowStride, firstBad.ptr, seqLen, D]);
+    launch(mod.kernel(`pq_build_check_keys${bound.suffix}`), { grid: [perHead, B * Hkv, 1], block: [256, 1, 1] }, a, stream);
+  } else {
+    const [s0, s1, s2] = keys.strides;
+    const a = args(STAGE_ARGS).setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), staged.ptr, firstBad.ptr, Hkv, seqLen, D]);
+    launch(mod.kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, a, stream);
+  }
   stream.synchronize();
   const bad = new BigUint64Array(1);
   copies.toHost(bad, firstBad);
@@ -205,12 +214,13 @@ interface KeyBinding {
  */
 function keysInPlace(keys: DeviceTensor, Hkv: number): KeyBinding | undefined {
   if (keys.dtype !== 'f32' && keys.dtype !== 'bf16') return undefined;
-  const [B] = keys.shape;
+  const [B, , sk, D] = keys.shape;
   const [s0, s1, s2] = keys.strides;
   const bytes = BYTES_PER_ELEMENT[keys.dtype];
   const aligned = keys.ptr % BigInt(4 * bytes) === 0n && s1 % 4 === 0 && s2 % 4 === 0;
-  // rowStride < 2^26: the kernels offset a tile's 16 rows in int32.
-  if (!aligned || (B > 1 && s0 !== Hkv * s1) || s2 >= 2 ** 26) return undefined;
+  // rowStride < 2^26: the kernels offset a tile's 16 rows in int32; pq_build_check_keys counts a
+  // head's sk·D/4 quads in int32.
+  if (!aligned || (B > 1 && s0 !== Hkv * s1) || s2 >= 2 ** 26 || (sk * D) / 4 >= 2 ** 31) return undefined;
   return { ptr: keys.ptr, suffix: keys.dtype === 'bf16' ? '_bf16' : '', headStride: s1, rowStride: s2 };
 }
 
@@ -346,7 +356,7 @@ export function buildOnDevice(
   const ws = workspace ?? new BuildWorkspace(layout, seqLen);
   const { bound, staging } = inPlace ? { bound: inPlace, staging: undefined } : stagedKeys(layout, seqLen);
   const argsList: LaunchArgs[] = [];
-  const args = <K extends readonly ('ptr' | 'u64' | 'i32' | 'u32' | 'f32')[]>(kinds: K): LaunchArgs<K> => {
+  const args = <K extends readonly ArgKind[]>(kinds: K): LaunchArgs<K> => {
     const a = new LaunchArgs(kinds);
     argsList.push(a);
     return a;
@@ -356,7 +366,7 @@ export function buildOnDevice(
     const { ptr: keysPtr, headStride, rowStride } = bound;
     const hs = BigInt(headStride);
     if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys);
-    else stageDeviceKeys(mod.kernel('pq_build_stage_keys'), keys, staging ? keysPtr : 0n, s.firstBad, layout, seqLen, stream, args(STAGE_ARGS));
+    else rejectNonFiniteKeys(mod, keys, bound, staging?.slices.keys, s.firstBad, layout, seqLen, stream, args);
     copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
     copies.fill32Async(target.centroids, 0, target.centroids.bytes / 4, stream);
     copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);

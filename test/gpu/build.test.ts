@@ -72,10 +72,23 @@ const CASES: Case[] = [
   { B: 1, H: 2, Hkv: 2, D: 32, M: 2, bits: 7, sk: 100, O: 10, ip: false, iters: 3 },
 ];
 
-test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1–8, pqBits 1–8, GQA)', { skip }, () => {
+test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1–8, pqBits 1–8, GQA), from host fp32 keys and from device bf16 keys read in place', { skip }, () => {
   for (const c of CASES) {
-    const { cpu, gpu } = build(c, keysFor(c, true, 11));
+    const keys = keysFor(c, true, 11); // integers in [−6, 6]: exact in bf16
+    const { cpu, gpu } = build(c, keys);
     assertSameIndex(gpu, cpu, JSON.stringify(c));
+    const layout = layoutOf(c);
+    const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity: c.sk + 4 });
+    const bf16 = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType('bf16');
+    const buf = new DeviceBuffer(bf16.data.byteLength);
+    try {
+      copies.fromHost(buf, bf16.data);
+      cache.build(deviceTensor('bf16', bf16.shape, buf.ptr));
+      assertSameIndex(cache.exportState(), cpu, `bf16 in place ${JSON.stringify(c)}`);
+    } finally {
+      cache.dispose();
+      buf.dispose();
+    }
   }
 });
 
@@ -255,9 +268,10 @@ function paddedDeviceKeys(c: Case, keys: Float32Array, dtype: FloatDType, pad: K
 
 const DEVICE_KEY_CASES: Case[] = [CASES[0], CASES[2], { B: 2, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1100, O: 3, ip: false, iters: 3 }];
 
-test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), other dtypes and layouts staged; each equals the oracle', { skip }, () => {
+test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), other dtypes and layouts staged; each equals the oracle, and non-finite keys are named by their lowest flat index', { skip }, () => {
   CudaContext.primary();
   const stream = new Stream();
+  const rng = new SplitMix32(57);
   for (const c of DEVICE_KEY_CASES) {
     const layout = layoutOf(c);
     const keys = keysFor(c, true, 31); // integers in [−6, 6]: exact in f16 and bf16
@@ -277,6 +291,15 @@ test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cach
             assert.equal(stats.keysRead, inPlace ? 'in place' : 'staged', what);
             assert.equal(stats.roundKernel.endsWith('_bf16'), inPlace && dtype === 'bf16', `${stats.roundKernel} ${what}`);
             assertTargetIsOracle(c, t, cpu, what);
+            // Two non-finite keys: the error names the lower flat index, on either path.
+            const bad = keys.slice();
+            const lo = rng.int(0, keys.length - 2);
+            const hi = rng.int(lo + 1, keys.length - 1);
+            bad[hi] = NaN;
+            bad[lo] = rng.int(0, 1) === 0 ? Infinity : -Infinity;
+            copies.fromHost(buf, paddedDeviceKeys(c, bad, dtype, pad).data.data);
+            assert.throws(() => buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream),
+              (e: unknown) => e instanceof DeviceInputError && new RegExp(`flat index ${lo}\\b`).test((e as Error).message), `${what}: bad keys at ${lo}, ${hi}`);
           } finally {
             buf.dispose();
           }
