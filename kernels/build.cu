@@ -35,6 +35,7 @@
 //
 // Launch shapes:
 //   pq_build_stage_keys grid (ceil(sk/32), B*Hkv), block 256: device keys before a build (see there).
+//   pq_build_check_keys grid (x, B*Hkv), block 256: the NaN/Inf check of keys read in place (see there).
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
 //   pq_build_init      grid (G), block 256, dynamic smem max(C*cstride*4 when `staged`, 3 KB):
 //                      the oracle's initial draw, centroid c of g = the point it drew; packs.
