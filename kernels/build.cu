@@ -978,10 +978,6 @@ constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
 
 namespace {
 
-// Four consecutive key columns as fp32 (16-byte or 8-byte aligned).
-__device__ __forceinline__ float4 key_four(const float* x) { return *reinterpret_cast<const float4*>(x); }
-__device__ __forceinline__ float4 key_four(const __nv_bfloat16* x) { return four_floats(*reinterpret_cast<const uint2*>(x)); }
-
 template <typename T>
 __device__ void build_first_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums,
                                  unsigned* counts, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,
@@ -1051,7 +1047,7 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
       if (k0 + k < end) {
         const int i = order[k0 + k];
         code[k] = code_of[i];
-        if (in_keys) x[k] = key_four(chunk_keys + static_cast<int64_t>(i) * row_stride);
+        if (in_keys) x[k] = four_floats(*reinterpret_cast<const typename KStep<T>::type*>(chunk_keys + static_cast<int64_t>(i) * row_stride));
         else x[k].x = pq_ip_augment(phi_g, chunk_norms[i]);
       }
     }

@@ -7,7 +7,7 @@ import { CudaContext } from '../cuda/context.js';
 import { DeviceBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { type BuildStats, type BuildTuning, BuildWorkspace, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../pq/cuda-build.js';
+import { type BuildStats, type BuildTuning, BuildWorkspace, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice, readBuildTarget } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
 import type { RecordRow } from './record.js';
@@ -111,14 +111,10 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
 
 function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: DeviceBuildTarget, source: BuildKeySource, w: LatencySummary, g: LatencySummary,
   stats: BuildStats | undefined, unkeptWallUs: number): RecordRow {
-  const G = c.B * c.Hkv * c.M;
   const C = layout.numCentroids;
   const { centroidStride: cstride, capPad } = t;
   // Quantization error of the last build, on the host (float64 sums), against the fp32 keys.
-  const cent = new Float32Array(G * C * cstride);
-  const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
-  copies.toHost(cent, t.centroids);
-  copies.toHost(codes, t.codes);
+  const { centroids: cent, codes } = readBuildTarget(t);
   const dsub = layout.subDim;
   let err = 0;
   for (let bkv = 0; bkv < c.B * c.Hkv; bkv++) {

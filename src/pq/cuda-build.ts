@@ -58,6 +58,18 @@ export function allocateBuildTarget(layout: Layout, capacity: number): { readonl
   return { arena, target: { centroids: s.centroids, centroidStride, codes: s.codes, capPad, phi: s.phi } };
 }
 
+/**
+ * A build target's buffers copied to the host as laid out on the device: centroid rows of
+ * `centroidStride` floats, code rows of `capPad` positions. Waits for the copies.
+ */
+export function readBuildTarget(t: DeviceBuildTarget): { readonly centroids: Float32Array; readonly codes: Uint8Array; readonly phi: Float32Array } {
+  const out = { centroids: new Float32Array(t.centroids.bytes / 4), codes: new Uint8Array(t.codes.bytes), phi: new Float32Array(t.phi.bytes / 4) };
+  copies.toHost(out.centroids, t.centroids);
+  copies.toHost(out.codes, t.codes);
+  copies.toHost(out.phi, t.phi);
+  return out;
+}
+
 /** What the assignment passes did, per round (the last entry is the final assignment). */
 export interface BuildStats {
   /** Points whose tensor-core estimate left a near tie, re-scored in the canonical order. */

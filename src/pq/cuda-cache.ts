@@ -48,7 +48,7 @@ import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
-import { BuildWorkspace, buildOnDevice, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost } from './cuda-build.js';
+import { BuildWorkspace, type DeviceBuildTarget, buildOnDevice, deviceBuildSupported, deviceIndexStrides, deviceKeysToHost, readBuildTarget } from './cuda-build.js';
 import {
   BUCKET_MAX_TAIL, BUCKET_MIN_SPAN_MANY_HEADS, type BucketPlan, type PairsPlan, ROW_MAX_PAIRS, ROW_THREADS, type RowPlan, type SelectPlan, SELECT_THREADS, type StepKernelChoice,
   cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect, residentCacheBytes, residentRowKernelName, selectKernelName, stepBucketKernelName,
@@ -353,7 +353,7 @@ export class CudaPQCache implements PQCache {
         this.layout,
         onDevice ? keys : keys.toFloat32(),
         sk,
-        { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi },
+        this.buildTarget(),
         this.stream,
         options.onProgress ? (done, total) => options.onProgress?.({ done, total }) : undefined,
         undefined,
@@ -413,6 +413,12 @@ export class CudaPQCache implements PQCache {
     this.weightsDType = undefined; // forces a full output reset before the next select
   }
 
+  /** The index's centroids, codes and φ as the build kernels write them. */
+  private buildTarget(): DeviceBuildTarget {
+    const s = this.arena.slices;
+    return { centroids: s.centroids, centroidStride: this.centroidStride, codes: s.codes, capPad: this.capPad, phi: s.phi };
+  }
+
   exportState(): PQIndexState {
     this.requireBuilt('exportState');
     this.stopResident();
@@ -421,18 +427,14 @@ export class CudaPQCache implements PQCache {
     const { batch: B, kvHeads: Hkv } = this.layout.shape;
     const M = this.layout.config.pqGroupFactor;
     const cdim = this.layout.centroidDim;
-    const s = this.arena.slices;
-    const padded = new Float32Array(s.centroids.bytes / 4);
-    copies.toHost(padded, s.centroids);
+    const { centroids, codes, phi } = readBuildTarget(this.buildTarget());
     for (let r = 0; r < state.centroids.length / cdim; r++) {
-      state.centroids.set(padded.subarray(r * this.centroidStride, r * this.centroidStride + cdim), r * cdim);
+      state.centroids.set(centroids.subarray(r * this.centroidStride, r * this.centroidStride + cdim), r * cdim);
     }
-    const codes = new Uint8Array(s.codes.bytes);
-    copies.toHost(codes, s.codes);
     for (let bh = 0; bh < B * Hkv; bh++) {
       state.codes.set(codes.subarray(bh * this.capPad * M, bh * this.capPad * M + this.hostSeqLen * M), codeOffset(this.layout, this.capacity, 0, bh, 0));
     }
-    copies.toHost(state.phi, s.phi);
+    state.phi.set(phi);
     state.seqLen = this.hostSeqLen;
     return state;
   }

@@ -6,7 +6,7 @@ import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceBuffer, copies } from '../../src/cuda/memory.js';
 import { DeviceInputError, NonFiniteError, ShapeError } from '../../src/errors.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { type BuildTuning, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice } from '../../src/pq/cuda-build.js';
+import { type BuildTuning, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice, readBuildTarget } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
 import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
@@ -99,10 +99,7 @@ function assertTargetIsOracle(c: Case, t: DeviceBuildTarget, cpu: PQIndexState, 
   const C = layout.numCentroids;
   const cdim = layout.centroidDim;
   const { centroidStride: cstride, capPad } = t;
-  const cent = new Float32Array(G * C * cstride);
-  const codes = new Uint8Array(c.B * c.Hkv * capPad * c.M);
-  copies.toHost(cent, t.centroids);
-  copies.toHost(codes, t.codes);
+  const { centroids: cent, codes } = readBuildTarget(t);
   for (let g = 0; g < G; g++)
     for (let k = 0; k < C; k++)
       for (let j = 0; j < cdim; j++) assert.equal(cent[(g * C + k) * cstride + j], cpu.centroids[(g * C + k) * cdim + j], `centroid ${g}/${k}/${j} ${what}`);
