@@ -31,14 +31,25 @@
 //
 // One round = pq_build_round (codes, sums) -> pq_build_finalize (means; an empty cluster takes the
 // point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round);
-// round 0 = pq_build_round (codes only) -> pq_build_first_sums -> pq_build_finalize.
+// round 0 = pq_build_round (codes only) -> pq_build_first_sums -> pq_build_finalize. After the last
+// round, the final assignment (pq_build_round, codes only) -> pq_build_publish.
+//
+// NaN/Inf keys, without a pass of their own: the k-means works on the workspace's centroids and phi,
+// so nothing reaches the caller's index until pq_build_publish, which writes it only if no kernel
+// found a non-finite key (*first_bad: the lowest flat index of one, ~0 when none). The kernels that
+// find them read those keys anyway: pq_build_first_sums (positions >= O, from its float64 run sums)
+// and pq_build_init (positions < O, while one warp draws); a staged copy's pq_build_stage_keys, and
+// pq_build_check_keys where no first sums run (0 rounds). On NaN or Inf the k-means still runs to
+// the end (the band logic below takes any value; codes stay in [0, C)), its result unused.
 //
 // Launch shapes:
 //   pq_build_stage_keys grid (ceil(sk/32), B*Hkv), block 256: device keys before a build (see there).
-//   pq_build_check_keys grid (x, B*Hkv), block 256: the NaN/Inf check of keys read in place (see there).
+//   pq_build_check_keys grid (x, B*Hkv), block 256: the NaN/Inf check of keys read in place where
+//                      no first sums run (see there).
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
 //   pq_build_init      grid (G), block 256, dynamic smem max(C*cstride*4 when `staged`, 3 KB):
-//                      the oracle's initial draw, centroid c of g = the point it drew; packs.
+//                      the oracle's initial draw, centroid c of g = the point it drew; packs;
+//                      checks positions < O.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16
 //                      (+ C*cstride*4 for the one-chunk _c1 kernels) bytes: warp w of block x of
 //                      group g scores the 16-point tiles (one m16 MMA tile each) 4x + w,
@@ -47,11 +58,13 @@
 //                      tile); no block barrier after the prologue. Static smem: a 256-byte
 //                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
-//   pq_build_first_sums grid (ceil(n/8192), G), block 256: round 0's sums and counts (see there).
+//   pq_build_first_sums grid (ceil(n/8192), G), block 256: round 0's sums and counts; checks
+//                      positions >= O (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
 //                      re-seed; packs; block 0 writes the rounds done to `progress` when given.
-// The host captures the whole k-means (norms, init, every round and finalize, the final
-// assignment) in one CUDA graph.
+//   pq_build_publish   grid (ceil(n/256), B*Hkv), block 256: the index, when every key was finite.
+// The host captures the whole k-means (the workspace's zeroing, norms, init, every round and
+// finalize, the final assignment, publish) in one CUDA graph.
 // Packed operands of group g (written by init/finalize, read by the round):
 //   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
 //     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (chunk_scores: lane t's b0, b1
@@ -375,16 +388,33 @@ __device__ void initial_sample_indices(uint32_t seed, int g, int n, int C, int* 
 
 // Dynamic shared memory: max(C*cstride*4 when staged, 3 KB): the draw's scratch, then the staged
 // centroids.
+// While warp 0 draws, the other warps check the group's columns of positions 0 .. O-1 for NaN/Inf
+// (the positions pq_build_first_sums does not read): the lowest flat index ((b*Hkv + kvh)*sk + p)*D
+// + j of one goes to *first_bad, as pq_build_stage_keys.
 template <typename T>
 __device__ void build_init(const T* keys, const float* norms, const float* phi, uint32_t seed, float* centroids, uint4* frag,
-                           float* info, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,
-                           int cstride, int NT, int KS, int staged) {
+                           float* info, unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride,
+                           int D, int O, int C, int cdim, int cstride, int NT, int KS, int staged) {
   extern __shared__ float4 staged_centroids[];  // [C, cstride] when staged (see pq_build_finalize)
   __shared__ int init_index[256];
   float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
-  if (threadIdx.x < 32) initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
+  if (threadIdx.x < 32) {
+    initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
+  } else {
+    const int bkv = g / M;
+    const T* sinks = keys + bkv * head_stride + (g - bkv * M) * dsub;  // row 0 of the group's columns
+    for (int e = threadIdx.x - 32; e < O * dsub; e += 256 - 32) {
+      const int p = e / dsub;
+      const int j = e - p * dsub;
+      if (!isfinite(pq_to_float(sinks[static_cast<int64_t>(p) * row_stride + j]))) {  // bad input only
+        // e ascends, and the flat index with it: the thread's first is its lowest.
+        atomicMin(first_bad, static_cast<unsigned long long>((static_cast<int64_t>(bkv) * (O + n) + p) * D + (g - bkv * M) * dsub + j));
+        break;
+      }
+    }
+  }
   __syncthreads();  // the indices; the scratch is free for the staged centroids
   float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
   for (int e = threadIdx.x; e < C * cdim; e += 256) {
@@ -402,20 +432,20 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
 }  // namespace
 
 #define PQ_BUILD_INIT(T, NAME)                                                                                        \
-  extern "C" __global__ void __launch_bounds__(256) NAME(const T* keys, const float* norms, const float* phi,          \
-                                                         uint32_t seed, float* centroids, uint4* frag, float* info,   \
-                                                         int n, int M, int64_t head_stride, int row_stride, int D,    \
-                                                         int O, int C, int cdim, int cstride, int NT, int KS,         \
-                                                         int staged) {                                                \
-    build_init(keys, norms, phi, seed, centroids, frag, info, n, M, head_stride, row_stride, D, O, C, cdim, cstride, NT, \
-               KS, staged);                                                                                           \
+  extern "C" __global__ void __launch_bounds__(256) NAME(                                                             \
+      const T* keys, const float* norms, const float* phi, uint32_t seed, float* centroids, uint4* frag, float* info, \
+      unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,          \
+      int cdim, int cstride, int NT, int KS, int staged) {                                                            \
+    build_init(keys, norms, phi, seed, centroids, frag, info, first_bad, n, M, head_stride, row_stride, D, O, C, cdim, \
+               cstride, NT, KS, staged);                                                                              \
   }
 PQ_BUILD_INIT(float, pq_build_init)
 PQ_BUILD_INIT(__nv_bfloat16, pq_build_init_bf16)
 
 namespace {
 
-// Modes of a round: the first round has no previous codes; the final assignment writes the index.
+// Modes of a round: the first round has no previous codes and moves nothing; the final assignment
+// writes its codes for pq_build_publish.
 enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2 };
 
 // Half the bound on the distance of the tensor-core estimate from the canonical order, in score
@@ -805,16 +835,15 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&
 
 template <int KS, bool kOneChunk, typename T>
 __device__ void build_round(const T* keys, const float* norms, const float* phi, const float* centroids,
-                            const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint8_t* index_codes,
-                            double* sums, unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride,
-                            int row_stride, int D, int O, int C, int cdim, int cstride, int capacity, int NT, int mode) {
+                            const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, double* sums,
+                            unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride, int row_stride, int D,
+                            int O, int C, int cdim, int cstride, int NT, int mode) {
   extern __shared__ uint4 smem[];
   const int CP = NT * 8;
   uint4* frag = smem;
   float* info = reinterpret_cast<float*>(frag + NT * KS * 32);
   // One chunk (C <= 64): the fp32 centroids too, for the canonical re-scoring ([C, cstride], after info).
   float* cent_smem = info + ((CP + 1 + 3) / 4) * 4;
-  const bool accumulate = mode != ROUND_FINAL;
   const int g = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -825,7 +854,6 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
   const int tiles = (n + kWarpPoints - 1) / kWarpPoints;
   const int first_tile = blockIdx.x * kWarps + warp;
   const int tile_step = gridDim.x * kWarps;
-  const int bkv = g / M;
   const T* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
@@ -879,20 +907,13 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     flagged_total += nearest_rows<KS, kOneChunk>(view, last_in, ip_lane, pbase, code, valid, xaug);
-    if (!accumulate) {
-      if (index_codes != nullptr && t == 0) {
-        const int m = g - bkv * M;
-#pragma unroll
-        for (int rs = 0; rs < 2; ++rs)
-          if (valid[rs]) index_codes[(static_cast<int64_t>(bkv) * capacity + O + pbase + q + 8 * rs) * M + m] = static_cast<uint8_t>(code[rs]);
-      }
-      return;
-    }
-    if (mode == ROUND_FIRST) {  // codes only: pq_build_first_sums then adds every point to its cluster
+    // Codes only: in round 0, pq_build_first_sums then adds every point to its cluster; the final
+    // assignment's codes go to the index through pq_build_publish.
+    if (mode != ROUND_NEXT) {
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs)
         if (valid[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
-      changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && valid[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && valid[1]));
+      if (mode == ROUND_FIRST) changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && valid[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && valid[1]));
       return;
     }
     // Codes that changed move their point between the clusters' sums: the row's owner lane (t == 0)
@@ -934,11 +955,10 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
 #define PQ_BUILD_ROUND_T(KS, ONE_CHUNK, MIN_BLOCKS, T, NAME)                                                        \
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const T* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,              \
-      const float* info, uint8_t* codes_tmp, uint8_t* index_codes, double* sums, unsigned* counts,                 \
-      unsigned* stats, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,           \
-      int cstride, int capacity, int NT, int mode) {                                                               \
-    build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, index_codes, sums, counts,      \
-                               stats, n, M, head_stride, row_stride, D, O, C, cdim, cstride, capacity, NT, mode);  \
+      const float* info, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,        \
+      int64_t head_stride, int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {         \
+    build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, sums, counts, stats, n, M,      \
+                               head_stride, row_stride, D, O, C, cdim, cstride, NT, mode);                         \
   }
 #define PQ_BUILD_ROUND(KS, ONE_CHUNK, MIN_BLOCKS, NAME)           \
   PQ_BUILD_ROUND_T(KS, ONE_CHUNK, MIN_BLOCKS, float, NAME)        \
@@ -969,7 +989,8 @@ PQ_BUILD_ROUND_KS_B34(4)
 // instructions). Here block x of group g takes points [x*kSumChunk, …) in code order (a counting
 // sort in shared memory), so a thread adds its four coordinates over each run of same-code points
 // in registers and writes one atomic per coordinate and run (a slice's runs are ~100 points long
-// on the seed config), for one more read of the keys.
+// on the seed config), for one more read of the keys. That read is also the NaN/Inf check of every
+// clustered key (see flush).
 // Launch: grid (ceil(n / kSumChunk), G), block kSumThreads; sums and counts zeroed before round 0.
 constexpr int kSumThreads = 256;
 // 8192 points a block: 4 blocks a group on the seed config, one wave (256 blocks at 3 a multiprocessor);
@@ -978,10 +999,30 @@ constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
 
 namespace {
 
+// The lowest flat index of a non-finite value among the four columns at `keys` of the chunk's
+// points order[0 .. count-1] (point i's first column has flat index chunk_flat + i*D); ~0 if none.
+template <typename T>
+__device__ unsigned long long lowest_nonfinite(const T* keys, int row_stride, const uint16_t* order, int count,
+                                                            int64_t chunk_flat, int D) {
+  unsigned long long bad = ULLONG_MAX;
+  for (int k = 0; k < count; ++k) {
+    const int i = order[k];
+    const float4 x = four_floats(*reinterpret_cast<const typename KStep<T>::type*>(keys + static_cast<int64_t>(i) * row_stride));
+    const float e[4] = {x.x, x.y, x.z, x.w};
+    for (int c = 0; c < 4; ++c) {
+      if (!isfinite(e[c])) {
+        bad = min(bad, static_cast<unsigned long long>(chunk_flat + static_cast<int64_t>(i) * D + c));
+        break;
+      }
+    }
+  }
+  return bad;
+}
+
 template <typename T>
 __device__ void build_first_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums,
-                                 unsigned* counts, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,
-                                 int cdim) {
+                                 unsigned* counts, unsigned long long* first_bad, int n, int M, int64_t head_stride,
+                                 int row_stride, int D, int O, int C, int cdim) {
   __shared__ uint8_t code_of[kSumChunk];
   __shared__ uint16_t order[kSumChunk];  // chunk points by code
   __shared__ int bin_next[256];
@@ -1032,10 +1073,19 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
   const int width = min(4, cdim - 4 * v);  // coordinates of this thread below cdim (1 for the ip one)
   double run[4] = {0.0, 0.0, 0.0, 0.0};
   int run_code = -1;
+  // A run of key values sums to a non-finite float64 only if one of them is NaN or Inf (|x| < 2^128,
+  // fewer than 2^16 of them): only then are the thread's keys scanned again, for the lowest flat index.
+  bool nonfinite = false;
   auto flush = [&]() {
+    bool finite = true;
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (e < width) atomicAdd(thread_sums + run_code * cdim + e, run[e]);
+    for (int e = 0; e < 4; ++e) {
+      if (e < width) {
+        atomicAdd(thread_sums + run_code * cdim + e, run[e]);
+        finite = finite && isfinite(run[e]);
+      }
+    }
+    nonfinite = nonfinite || !finite;
   };
   for (int k0 = begin; k0 < end; k0 += 8) {
     float4 x[8];  // eight points' coordinates loaded before any is added
@@ -1066,16 +1116,21 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
     }
   }
   if (run_code >= 0) flush();
+  if (nonfinite && in_keys) {  // bad input only
+    const int64_t chunk_flat = (static_cast<int64_t>(g / M) * (O + n) + O + p0) * D + (g % M) * dsub + 4 * v;
+    atomicMin(first_bad, lowest_nonfinite(chunk_keys, row_stride, order + begin, end - begin, chunk_flat, D));
+  }
 }
 
 }  // namespace
 
 #define PQ_BUILD_FIRST_SUMS(T, NAME)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(kSumThreads) NAME(const T* keys, const float* norms, const float* phi,  \
-                                                                 const uint8_t* codes_tmp, double* sums,              \
-                                                                 unsigned* counts, int n, int M, int64_t head_stride, \
-                                                                 int row_stride, int D, int O, int C, int cdim) {     \
-    build_first_sums(keys, norms, phi, codes_tmp, sums, counts, n, M, head_stride, row_stride, D, O, C, cdim);        \
+  extern "C" __global__ void __launch_bounds__(kSumThreads) NAME(                                                     \
+      const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums, unsigned* counts,  \
+      unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,          \
+      int cdim) {                                                                                                     \
+    build_first_sums(keys, norms, phi, codes_tmp, sums, counts, first_bad, n, M, head_stride, row_stride, D, O, C,    \
+                     cdim);                                                                                           \
   }
 PQ_BUILD_FIRST_SUMS(float, pq_build_first_sums)
 PQ_BUILD_FIRST_SUMS(__nv_bfloat16, pq_build_first_sums_bf16)
@@ -1143,3 +1198,27 @@ __device__ void build_finalize(const T* keys, const float* norms, const float* p
   }
 PQ_BUILD_FINALIZE(float, pq_build_finalize)
 PQ_BUILD_FINALIZE(__nv_bfloat16, pq_build_finalize_bf16)
+
+// The built index into the caller's buffers (the index of src/pq/cuda-cache.ts), unless a key was NaN
+// or Inf: *first_bad was then set (by pq_build_stage_keys, pq_build_check_keys, pq_build_init or
+// pq_build_first_sums) and the caller's buffers keep the index they held. The k-means itself works
+// on the workspace's centroids and phi, and the final assignment leaves its codes in codes_tmp
+// ([G, n]); the index's codes are [B*Hkv, capacity, M], positions O .. O+n-1 written here.
+// Launch: grid (ceil(n / 256), B*Hkv), block 256: thread p of head bkv writes position O + p's M codes;
+// the grid's threads in order copy the centroids (float4: cstride is a multiple of 4) and phi.
+extern "C" __global__ void __launch_bounds__(256) pq_build_publish(const unsigned long long* first_bad, const uint8_t* codes_tmp,
+                                                                   uint8_t* codes, const float4* centroids_ws, float4* centroids,
+                                                                   const float* phi_ws, float* phi, int n, int M, int O,
+                                                                   int capacity, int centroid_quads, int G) {
+  if (*first_bad != ULLONG_MAX) return;
+  const int bkv = blockIdx.y;
+  const int p = blockIdx.x * 256 + threadIdx.x;
+  if (p < n) {
+    for (int m = 0; m < M; ++m)
+      codes[(static_cast<int64_t>(bkv) * capacity + O + p) * M + m] = codes_tmp[(static_cast<int64_t>(bkv) * M + m) * n + p];
+  }
+  const int64_t threads = static_cast<int64_t>(gridDim.x) * gridDim.y * 256;  // >= B*Hkv*256 >= G
+  const int64_t first = (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * 256 + threadIdx.x;
+  for (int64_t i = first; i < centroid_quads; i += threads) centroids[i] = centroids_ws[i];
+  if (first < G) phi[first] = phi_ws[first];
+}

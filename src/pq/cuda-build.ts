@@ -5,10 +5,11 @@
  * gives identical centroids and codes on both backends. One pass over the keys per round: the
  * cluster sums follow the points whose code changed (round 0, where every point joins a cluster,
  * reads them once more to form its sums in code order). The k-means is one CUDA graph (norms,
- * init with the oracle's initial draw, every round and finalize, the final assignment), launched
- * once. Keys come from the host (uploaded) or from device memory in any float dtype (checked for
- * NaN/Inf first, and read in place when fp32 or bf16 in a layout the kernels address: see
- * `keysInPlace`).
+ * init with the oracle's initial draw, every round and finalize, the final assignment, and the
+ * publication of the index), launched once. Keys come from the host (uploaded) or from device
+ * memory in any float dtype (read in place when fp32 or bf16 in a layout the kernels address: see
+ * `keysInPlace`). Device keys are checked for NaN/Inf by kernels that read them anyway, and the
+ * k-means works in the workspace: the index is written only when every key was finite.
  */
 import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { type ArgKind, LaunchArgs, launch } from '../cuda/launch.js';
@@ -16,7 +17,7 @@ import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/mem
 import { CudaContext } from '../cuda/context.js';
 import type { Module } from '../cuda/module.js';
 import type { Event, Stream } from '../cuda/stream.js';
-import { DeviceInputError } from '../errors.js';
+import { DeviceInputError, ShapeError } from '../errors.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, allocStorage, readFloat } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
@@ -117,9 +118,9 @@ export function deviceBuildSupported(layout: Layout): boolean {
 
 // Every kernel that reads keys takes (…, n, M, head_stride u64, row_stride, D, O, …): see KeyBinding.
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32'] as const;
-const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
 const INIT_DRAW_SCRATCH = 3 * 256 * 4;
 /** Points per block of pq_build_first_sums (kSumChunk). */
@@ -127,31 +128,36 @@ const FIRST_SUMS_CHUNK = 8192;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
 const CHECK_ARGS = ['ptr', 'u64', 'i32', 'ptr', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
+const PUBLISH_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
 /**
- * Check device keys for NaN/Inf before a build; throws DeviceInputError naming the first bad
- * element's flat index. Keys read in place: pq_build_check_keys (vector loads, check only); else
- * pq_build_stage_keys, which also writes the contiguous fp32 copy into `staged`. Waits for `stream`.
+ * Start the NaN/Inf check of device keys: `firstBad` to ~0, and for keys the kernels cannot read in
+ * place, pq_build_stage_keys, which checks every element while it writes the contiguous fp32 copy
+ * into `staged`. Keys read in place are checked inside the build graph by kernels that read them
+ * anyway (kernels/build.cu, "NaN/Inf keys"). No wait: the host reads `firstBad` after the graph.
  */
-function rejectNonFiniteKeys(mod: Module, keys: DeviceTensor, bound: KeyBinding, staged: DeviceRange | undefined, firstBad: DeviceRange, layout: Layout,
+function startKeyCheck(mod: Module, keys: DeviceTensor, staged: DeviceRange | undefined, firstBad: DeviceRange, layout: Layout,
   seqLen: number, stream: Stream, args: <K extends readonly ArgKind[]>(kinds: K) => LaunchArgs<K>): void {
-  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  const { kvHeads: Hkv, headDim: D } = layout.shape;
   copies.fill32Async(firstBad, 0xffffffff, 2, stream);
-  if (staged === undefined) {
-    // About two waves of 256-thread blocks over all heads, each thread 8 vector loads at a time.
-    const quads = (seqLen * D) / 4;
-    const perHead = Math.max(1, Math.min(Math.ceil(quads / (256 * 8)), Math.ceil((16 * CudaContext.primary().device.multiprocessorCount) / (B * Hkv))));
-    const a = args(CHECK_ARGS).setAll([bound.ptr, BigInt(bound.headStride), bound.rowStride, firstBad.ptr, seqLen, D]);
-    launch(mod.kernel(`pq_build_check_keys${bound.suffix}`), { grid: [perHead, B * Hkv, 1], block: [256, 1, 1] }, a, stream);
-  } else {
-    const [s0, s1, s2] = keys.strides;
-    const a = args(STAGE_ARGS).setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), staged.ptr, firstBad.ptr, Hkv, seqLen, D]);
-    launch(mod.kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, a, stream);
-  }
-  stream.synchronize();
-  const bad = new BigUint64Array(1);
-  copies.toHost(bad, firstBad);
-  if (bad[0] !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${bad[0]}`);
+  if (staged === undefined) return;
+  const [s0, s1, s2] = keys.strides;
+  const a = args(STAGE_ARGS).setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), staged.ptr, firstBad.ptr, Hkv, seqLen, D]);
+  launch(mod.kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), layout.shape.batch * Hkv, 1], block: [256, 1, 1] }, a, stream);
+}
+
+/**
+ * pq_build_check_keys over keys read in place (a node of the build graph where no first sums run, so
+ * nothing else reads every key): about two waves of 256-thread blocks over all heads, each thread
+ * 8 vector loads at a time.
+ */
+function launchKeyCheck(mod: Module, bound: KeyBinding, firstBad: DeviceRange, layout: Layout, seqLen: number, stream: Stream,
+  args: <K extends readonly ArgKind[]>(kinds: K) => LaunchArgs<K>): void {
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  const quads = (seqLen * D) / 4;
+  const perHead = Math.max(1, Math.min(Math.ceil(quads / (256 * 8)), Math.ceil((16 * CudaContext.primary().device.multiprocessorCount) / (B * Hkv))));
+  const a = args(CHECK_ARGS).setAll([bound.ptr, BigInt(bound.headStride), bound.rowStride, firstBad.ptr, seqLen, D]);
+  launch(mod.kernel(`pq_build_check_keys${bound.suffix}`), { grid: [perHead, B * Hkv, 1], block: [256, 1, 1] }, a, stream);
 }
 
 /** How often the host looks at the rounds done while the build graph runs (ms). */
@@ -243,7 +249,13 @@ function stagedKeys(layout: Layout, seqLen: number): { readonly bound: KeyBindin
   return { bound: { ptr: staging.slices.keys.ptr, suffix: '', headStride: seqLen * D, rowStride: D }, staging };
 }
 
-type WorkspaceSlice = 'firstBad' | 'norms' | 'sums' | 'counts' | 'codes' | 'frag' | 'info' | 'stats';
+// Declared in arena order: firstBad and stats are read back in one copy, stats … phi zeroed by one fill.
+type WorkspaceSlice = 'firstBad' | 'stats' | 'sums' | 'counts' | 'centroids' | 'phi' | 'norms' | 'codes' | 'frag' | 'info';
+
+/** The bytes from the start of `first` to the end of `last` (slices of one arena, in that order). */
+function spanOf(first: DeviceRange, last: DeviceRange): DeviceRange {
+  return { ptr: first.ptr, bytes: Number(last.ptr - first.ptr) + last.bytes };
+}
 
 /** Graphs a workspace keeps (a new sk or key binding captures another; past this all are dropped). */
 const KEPT_BUILD_GRAPHS = 4;
@@ -254,7 +266,7 @@ const KEPT_BUILD_GRAPHS = 4;
  * the captured graphs by sk and key binding. A build then allocates and frees nothing but a key
  * staging copy (host keys, or device keys the kernels cannot read in place), and a repeated sk and key
  * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip)
- * bytes plus the sums, counts and packed centroids (5.2 MB on the seed config at capacity 32000).
+ * bytes plus the sums, counts, centroids and packed centroids (6.2 MB on the seed config at capacity 32000).
  */
 export class BuildWorkspace {
   private arena: DeviceArena<WorkspaceSlice> | undefined;
@@ -276,13 +288,16 @@ export class BuildWorkspace {
       const KS = Math.ceil(cdim / 16);
       this.arena = DeviceArena.allocate<WorkspaceSlice>({
         firstBad: 8,
-        norms: layout.config.metric === 'ip' ? G * n * 4 : 0, // |x|² for the ip augmentation only
+        stats: (layout.config.kmeansIters + 1) * 2 * 4,
         sums: G * C * cdim * 8,
         counts: G * C * 4,
+        // The k-means' centroids and φ: the index gets them from pq_build_publish once the keys are known finite.
+        centroids: G * C * deviceIndexStrides(layout, this.capacity).centroidStride * 4,
+        phi: G * 4,
+        norms: layout.config.metric === 'ip' ? G * n * 4 : 0, // |x|² for the ip augmentation only
         codes: G * n,
         frag: G * NT * KS * 32 * 16,
         info: G * (NT * 8 + 1) * 4,
-        stats: (layout.config.kmeansIters + 1) * 2 * 4,
       });
     }
     return this.arena.slices;
@@ -311,8 +326,9 @@ export class BuildWorkspace {
 /**
  * Run the k-means of `keys` ([B, Hkv, sk, D]: f32 on the host, or any float dtype on the device)
  * into `target`: one CUDA graph on `stream`, synchronized at the end. Device keys are read in place
- * when contiguous fp32, else converted into a temporary fp32 copy; either way they are checked for
- * NaN/Inf (DeviceInputError) before anything is written to `target`. `onRound(done, total)` reports
+ * where `keysInPlace` allows, else converted into a temporary fp32 copy; either way a NaN or Inf
+ * among them throws DeviceInputError (naming the lowest flat index) with `target` as it was: the
+ * graph writes it last, and only when every key was finite. `onRound(done, total)` reports
  * progress as rounds finish (the host polls a word the graph writes; the last call, done = total,
  * comes after the graph completed).
  */
@@ -375,22 +391,23 @@ export function buildOnDevice(
   };
   try {
     const s = ws.slices(seqLen);
+    if (s.centroids.bytes !== target.centroids.bytes || s.phi.bytes !== target.phi.bytes) {
+      throw new ShapeError('target', `centroids of ${s.centroids.bytes} bytes and φ of ${s.phi.bytes}`, `${target.centroids.bytes} and ${target.phi.bytes}`);
+    }
     const { ptr: keysPtr, headStride, rowStride } = bound;
     const hs = BigInt(headStride);
-    if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys);
-    else rejectNonFiniteKeys(mod, keys, bound, staging?.slices.keys, s.firstBad, layout, seqLen, stream, args);
-    copies.fill32Async(target.phi, 0, target.phi.bytes / 4, stream);
-    copies.fill32Async(target.centroids, 0, target.centroids.bytes / 4, stream);
-    copies.fill32Async(s.sums, 0, s.sums.bytes / 4, stream);
-    copies.fill32Async(s.counts, 0, s.counts.bytes / 4, stream);
-    copies.fill32Async(s.stats, 0, s.stats.bytes / 4, stream);
+    if (keys instanceof Float32Array) {
+      copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys); // checked on the host (checkKeys)
+      copies.fill32Async(s.firstBad, 0xffffffff, 2, stream);
+    } else {
+      startKeyCheck(mod, keys, staging?.slices.keys, s.firstBad, layout, seqLen, stream, args);
+    }
     const progress = ws.progress();
     const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
-        keysPtr, s.norms.ptr, target.phi.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr,
-        mode === ROUND_FINAL ? target.codes.ptr : 0n, s.sums.ptr, s.counts.ptr, s.stats.ptr + BigInt(r * 8),
-        n, M, hs, rowStride, D, O, C, cdim, cstride, target.capPad, NT, mode,
+        keysPtr, s.norms.ptr, s.phi.ptr, s.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr,
+        s.stats.ptr + BigInt(r * 8), n, M, hs, rowStride, D, O, C, cdim, cstride, NT, mode,
       ]);
     const finalize = mod.kernel(`pq_build_finalize${suffix}`);
     const firstSums = mod.kernel(`pq_build_first_sums${suffix}`);
@@ -400,13 +417,18 @@ export function buildOnDevice(
     // workspace's are fixed).
     const signature = `${seqLen}:${roundKernel}:${headStride}:${rowStride}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
+      // stats, sums, counts, centroids (their padding columns too) and φ.
+      const zeroed = spanOf(s.stats, s.phi);
+      copies.fill32Async(zeroed, 0, zeroed.bytes / 4, stream);
+      // Keys read in place are checked by first sums and init; with no round there are no first sums.
+      if (iters === 0 && inPlace) launchKeyCheck(mod, bound, s.firstBad, layout, seqLen, stream, args);
       if (metric === 'ip') {
-        launch(mod.kernel(`pq_build_norms${suffix}`), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, n, M, hs, rowStride, D, O]), stream);
+        launch(mod.kernel(`pq_build_norms${suffix}`), { grid: [Math.ceil(n / 256), G, 1], block: [256, 1, 1] }, args(NORMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, n, M, hs, rowStride, D, O]), stream);
       }
       launch(
         mod.kernel(`pq_build_init${suffix}`),
         initShape,
-        args(INIT_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, seed, target.centroids.ptr, s.frag.ptr, s.info.ptr, n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, initStaged]),
+        args(INIT_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, seed, s.centroids.ptr, s.frag.ptr, s.info.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, initStaged]),
         stream,
       );
       const finalizeArgs = args(FINALIZE_ARGS);
@@ -417,25 +439,37 @@ export function buildOnDevice(
           launch(
             firstSums,
             { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
-            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, target.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, n, M, hs, rowStride, D, O, C, cdim]),
+            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim]),
             stream,
           );
         }
         finalizeArgs.setAll([
-          keysPtr, s.norms.ptr, target.phi.ptr, s.sums.ptr, s.counts.ptr, target.centroids.ptr, s.frag.ptr, s.info.ptr,
+          keysPtr, s.norms.ptr, s.phi.ptr, s.sums.ptr, s.counts.ptr, s.centroids.ptr, s.frag.ptr, s.info.ptr,
           n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress.ptr,
         ]);
         launch(finalize, groupShape, finalizeArgs, stream);
       }
       launch(round, roundShape, roundArgs(iters, ROUND_FINAL), stream);
+      // The index from the workspace, unless a key was NaN or Inf.
+      launch(
+        mod.kernel('pq_build_publish'),
+        { grid: [Math.ceil(n / 256), B * Hkv, 1], block: [256, 1, 1] },
+        args(PUBLISH_ARGS).setAll([s.firstBad.ptr, s.codes.ptr, target.codes.ptr, s.centroids.ptr, target.centroids.ptr, s.phi.ptr, target.phi.ptr, n, M, O, target.capPad, s.centroids.bytes / 16, G]),
+        stream,
+      );
     });
     events?.start.record(stream);
     graph.launch(stream);
     events?.end.record(stream);
     if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound);
     stream.synchronize();
-    const stats = new Uint32Array((iters + 1) * 2);
-    copies.toHost(stats, s.stats);
+    // firstBad and the stats in one copy (adjacent in the workspace).
+    const outcome = spanOf(s.firstBad, s.stats);
+    const bytes = new Uint8Array(outcome.bytes);
+    copies.toHost(bytes, outcome);
+    const firstBad = new BigUint64Array(bytes.buffer, 0, 1)[0];
+    if (firstBad !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${firstBad}`);
+    const stats = new Uint32Array(bytes.buffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);
     return {
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),

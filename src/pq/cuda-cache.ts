@@ -361,7 +361,7 @@ export class CudaPQCache implements PQCache {
         this.buildWorkspace,
       );
     } catch (e) {
-      // Non-finite device keys are found before anything is written: the old index stands.
+      // Non-finite device keys leave the index unwritten (the build publishes it only when all are finite): the old one stands.
       if (e instanceof DeviceInputError) this.isBuilt = wasBuilt;
       throw e;
     }

@@ -92,14 +92,15 @@ test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1
   }
 });
 
-/** The centroids and codes a build wrote into `t` identical to the oracle's index `cpu`. */
+/** The φ, centroids and codes a build wrote into `t` identical to the oracle's index `cpu`. */
 function assertTargetIsOracle(c: Case, t: DeviceBuildTarget, cpu: PQIndexState, what: string): void {
   const layout = layoutOf(c);
   const G = c.B * c.Hkv * c.M;
   const C = layout.numCentroids;
   const cdim = layout.centroidDim;
   const { centroidStride: cstride, capPad } = t;
-  const { centroids: cent, codes } = readBuildTarget(t);
+  const { centroids: cent, codes, phi } = readBuildTarget(t);
+  assert.deepEqual(phi, cpu.phi, `phi ${what}`);
   for (let g = 0; g < G; g++)
     for (let k = 0; k < C; k++)
       for (let j = 0; j < cdim; j++) assert.equal(cent[(g * C + k) * cstride + j], cpu.centroids[(g * C + k) * cdim + j], `centroid ${g}/${k}/${j} ${what}`);
@@ -263,9 +264,15 @@ function paddedDeviceKeys(c: Case, keys: Float32Array, dtype: FloatDType, pad: K
   return { data: HostTensor.fromNumbers(dtype, [flat.length], flat), shape: [c.B, c.Hkv, c.sk, c.D], strides: [s0, s1, s2, 1] };
 }
 
-const DEVICE_KEY_CASES: Case[] = [CASES[0], CASES[2], { B: 2, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1100, O: 3, ip: false, iters: 3 }];
+const DEVICE_KEY_CASES: Case[] = [
+  CASES[0],
+  CASES[2],
+  { B: 2, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1100, O: 3, ip: false, iters: 3 },
+  // No round, so no first sums to check the keys read in place: pq_build_check_keys does.
+  { B: 1, H: 2, Hkv: 2, D: 64, M: 2, bits: 5, sk: 700, O: 4, ip: true, iters: 0 },
+];
 
-test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), other dtypes and layouts staged; each equals the oracle, and non-finite keys are named by their lowest flat index', { skip }, () => {
+test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), other dtypes and layouts staged; each equals the oracle; non-finite keys (before O, after O, two at random) are named by their lowest flat index and leave the target as it was', { skip }, () => {
   CudaContext.primary();
   const stream = new Stream();
   const rng = new SplitMix32(57);
@@ -288,15 +295,21 @@ test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cach
             assert.equal(stats.keysRead, inPlace ? 'in place' : 'staged', what);
             assert.equal(stats.roundKernel.endsWith('_bf16'), inPlace && dtype === 'bf16', `${stats.roundKernel} ${what}`);
             assertTargetIsOracle(c, t, cpu, what);
-            // Two non-finite keys: the error names the lower flat index, on either path.
-            const bad = keys.slice();
+            // Non-finite keys: the error names the lowest flat index, on either path, and the target
+            // still holds the good build. One before O in the last head (pq_build_init's check where
+            // keys are read in place), one after O in the first (first sums'), two at random.
+            const flat = (bh: number, p: number, j: number): number => (bh * c.sk + p) * c.D + j;
             const lo = rng.int(0, keys.length - 2);
-            const hi = rng.int(lo + 1, keys.length - 1);
-            bad[hi] = NaN;
-            bad[lo] = rng.int(0, 1) === 0 ? Infinity : -Infinity;
-            copies.fromHost(buf, paddedDeviceKeys(c, bad, dtype, pad).data.data);
-            assert.throws(() => buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream),
-              (e: unknown) => e instanceof DeviceInputError && new RegExp(`flat index ${lo}\\b`).test((e as Error).message), `${what}: bad keys at ${lo}, ${hi}`);
+            const plants: Array<readonly number[]> = [[flat(c.B * c.Hkv - 1, c.O - 1, c.D - 1)], [flat(0, c.sk - 1, 0)], [lo, rng.int(lo + 1, keys.length - 1)]];
+            for (const at of plants) {
+              const bad = keys.slice();
+              for (const i of at) bad[i] = rng.int(0, 2) === 0 ? NaN : rng.int(0, 1) === 0 ? Infinity : -Infinity;
+              copies.fromHost(buf, paddedDeviceKeys(c, bad, dtype, pad).data.data);
+              const lowest = Math.min(...at);
+              assert.throws(() => buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream),
+                (e: unknown) => e instanceof DeviceInputError && new RegExp(`flat index ${lowest}\\b`).test((e as Error).message), `${what}: bad keys at ${at.join(', ')}`);
+              assertTargetIsOracle(c, t, cpu, `${what}: after the build rejected for ${at.join(', ')}`);
+            }
           } finally {
             buf.dispose();
           }
@@ -336,7 +349,7 @@ test('CudaPQCache.build from device keys (bf16 K cache) equals the oracle; non-f
       copies.fromHost(buf, data.data);
       assert.throws(() => cache.build(deviceTensor('bf16', [c.B, c.Hkv, c.sk, c.D], buf.ptr)),
         (e: unknown) => e instanceof DeviceInputError && new RegExp(`keys: .*flat index ${at}\\b`).test((e as Error).message));
-      assert.deepEqual(cache.exportState().codes, cpu.codes, 'index after the rejected build');
+      assertSameIndex(cache.exportState(), cpu, 'index after the rejected build');
       // Strides that overlap rows are refused by the host before any device work.
       assert.throws(() => cache.build(deviceTensor('f32', [c.B, c.Hkv, c.sk, c.D], buf.ptr, [c.Hkv * c.sk * c.D, c.sk * c.D, c.D - 1, 1])), ShapeError);
 
