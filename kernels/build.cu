@@ -47,7 +47,7 @@
 //   pq_build_check_keys grid (x, B*Hkv), block 256: the NaN/Inf check of keys read in place where
 //                      no first sums run (see there).
 //   pq_build_norms     grid (ceil(n/256), G), block 256: |x|^2 per point, phi_g by atomicMax.
-//   pq_build_init      grid (G), block 256, dynamic smem max(C*cstride*4 when `staged`, 3 KB):
+//   pq_build_init      grid (G), block 256, dynamic smem max(C*cstride*4 when `staged`, 2 KB):
 //                      the oracle's initial draw, centroid c of g = the point it drew; packs;
 //                      checks positions < O.
 //   pq_build_round_kN  grid (P, G), block 128, dynamic smem NT*KS*512 + ceil((NT*8 + 1)/4)*16
@@ -325,72 +325,54 @@ PQ_BUILD_NORMS(__nv_bfloat16, pq_build_norms_bf16)
 
 namespace {
 
-// The oracle's initial draw (src/pq/rng.ts initialSampleIndices), bit for bit: a partial
-// Fisher–Yates shuffle of [0, n) by draws of stream 2g, then draws with replacement where n < C.
-// One warp: the shuffled array is the identity but at the positions a swap touched, which live in
-// `low` (positions below min(C, n)) or the list (hi_pos, hi_val) that the 32 lanes search at once.
-// Writes idx[0, C); scratch: 3 * 256 ints.
+// The oracle's initial draw (src/pq/rng.ts initialSampleIndices), bit for bit, by the whole block:
+// a partial Fisher–Yates shuffle of [0, n) by draws of stream 2g, then draws with replacement where
+// n < C. The shuffle's draws do not depend on the array: swap i exchanges positions i and
+// j_i = i + draw(i) mod (n - i) >= i, so thread i draws j_i and the values follow from the j alone.
+// Before swap i, a position p >= i holds what the last swap k < i with j_k == p moved there (no such
+// k: p itself); swap k moved what position k held before swap k, which came the same way from the
+// last k' < k with j_k' == k, and so on: the chain ends at a position no earlier swap wrote, its
+// "root". Draw i is thus root(i) when j_i == i, else root(k) for the last k < i with j_k == j_i, or
+// j_i when there is none. Chains are as long as the collisions among min(C, n) draws over n
+// positions. (One warp swapping in turn: pq_build_init took ~45 us on the seed config, ncu session 30.)
+// Writes idx[0, C); scratch: 2 * 256 ints. All threads of the 256-thread block call it (C <= 256).
 __device__ void initial_sample_indices(uint32_t seed, int g, int n, int C, int* idx, int* scratch) {
-  int* low = scratch;
-  int* hi_pos = scratch + 256;
-  int* hi_val = scratch + 512;
-  const int lane = threadIdx.x & 31;
+  int* jdraw = scratch;         // j_i, i < distinct
+  int* writer = scratch + 256;  // writer[k]: the last swap before k that wrote position k, or -1
   const int distinct = min(C, n);
-  for (int p = lane; p < distinct; p += 32) low[p] = p;
-  __syncwarp();
-  int count = 0;  // entries of the list, the same in every lane
-  auto find = [&](int p) -> int {  // the list slot of p, or -1, in every lane
-    for (int k0 = 0; k0 < count; k0 += 32) {
-      const int k = k0 + lane;
-      const unsigned hit = __ballot_sync(0xffffffffu, k < count && hi_pos[k] == p);
-      if (hit != 0u) return k0 + __ffs(hit) - 1;
-    }
-    return -1;
-  };
-  auto get = [&](int p) -> int {
-    if (p < distinct) return low[p];
-    const int k = find(p);
-    return k < 0 ? p : hi_val[k];
-  };
-  // Lane 0 writes once every lane has read (the gets before, the search here); every lane's next
-  // read comes after the write.
-  auto set = [&](int p, int v) {
-    int k = -1;
-    if (p >= distinct) {
-      k = find(p);
-      if (k < 0) k = count++;
-    }
-    __syncwarp();
-    if (lane == 0) {
-      if (p < distinct) {
-        low[p] = v;
-      } else {
-        hi_pos[k] = p;
-        hi_val[k] = v;
-      }
-    }
-    __syncwarp();
-  };
   const uint32_t stream = 2u * static_cast<uint32_t>(g);
-  for (int i = 0; i < distinct; ++i) {
-    const int j = i + static_cast<int>(pq_draw(seed, stream, i) % static_cast<uint32_t>(n - i));
-    const int vi = get(i);
-    const int vj = get(j);
-    set(i, vj);
-    set(j, vi);
-    if (lane == 0) idx[i] = vj;
-  }
-  for (int i = distinct; i < C; ++i) {
-    const int v = get(static_cast<int>(pq_draw(seed, stream, i) % static_cast<uint32_t>(n)));
-    if (lane == 0) idx[i] = v;
+  const int i = threadIdx.x;
+  if (i < distinct) jdraw[i] = i + static_cast<int>(pq_draw(seed, stream, i) % static_cast<uint32_t>(n - i));
+  __syncthreads();
+  // The last swap k < before whose j_k is p, or -1 (a full scan: no early exit, loads independent).
+  auto last_swap_to = [&](int p, int before) {
+    int last = -1;
+    for (int k = 0; k < before; ++k) last = jdraw[k] == p ? k : last;
+    return last;
+  };
+  if (i < distinct) writer[i] = last_swap_to(i, i);
+  __syncthreads();
+  auto root = [&](int k) {
+    while (writer[k] >= 0) k = writer[k];
+    return k;
+  };
+  // What position p holds before swap `before` (p >= before).
+  auto held = [&](int p, int before) {
+    const int k = last_swap_to(p, before);
+    return k < 0 ? p : root(k);
+  };
+  auto drawn = [&](int d) { return jdraw[d] == d ? root(d) : held(jdraw[d], d); };  // draw d < distinct
+  if (i < distinct) {
+    idx[i] = drawn(i);
+  } else if (i < C) {  // with replacement: position p of the shuffled array (final below distinct)
+    const int p = static_cast<int>(pq_draw(seed, stream, i) % static_cast<uint32_t>(n));
+    idx[i] = p < distinct ? drawn(p) : held(p, distinct);
   }
 }
 
-// Dynamic shared memory: max(C*cstride*4 when staged, 3 KB): the draw's scratch, then the staged
-// centroids.
-// While warp 0 draws, the other warps check the group's columns of positions 0 .. O-1 for NaN/Inf
-// (the positions pq_build_first_sums does not read): the lowest flat index ((b*Hkv + kvh)*sk + p)*D
-// + j of one goes to *first_bad, as pq_build_stage_keys.
+// It also checks the group's columns of positions 0 .. O-1 for NaN/Inf (the positions
+// pq_build_first_sums does not read): the lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of one goes
+// to *first_bad, as pq_build_stage_keys.
 template <typename T>
 __device__ void build_init(const T* keys, const float* norms, const float* phi, uint32_t seed, float* centroids, uint4* frag,
                            float* info, unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride,
@@ -400,12 +382,10 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
   float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
-  if (threadIdx.x < 32) {
-    initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
-  } else {
+  {
     const int bkv = g / M;
     const T* sinks = keys + bkv * head_stride + (g - bkv * M) * dsub;  // row 0 of the group's columns
-    for (int e = threadIdx.x - 32; e < O * dsub; e += 256 - 32) {
+    for (int e = threadIdx.x; e < O * dsub; e += 256) {
       const int p = e / dsub;
       const int j = e - p * dsub;
       if (!isfinite(pq_to_float(sinks[static_cast<int64_t>(p) * row_stride + j]))) {  // bad input only
@@ -415,6 +395,7 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
       }
     }
   }
+  initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
   __syncthreads();  // the indices; the scratch is free for the staged centroids
   float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
   for (int e = threadIdx.x; e < C * cdim; e += 256) {

@@ -13,7 +13,7 @@
  */
 import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { type ArgKind, LaunchArgs, launch } from '../cuda/launch.js';
-import { DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
+import { ARENA_ALIGNMENT, DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
 import type { Module } from '../cuda/module.js';
 import type { Event, Stream } from '../cuda/stream.js';
@@ -122,7 +122,7 @@ const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32'
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
-const INIT_DRAW_SCRATCH = 3 * 256 * 4;
+const INIT_DRAW_SCRATCH = 2 * 256 * 4;
 /** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 8192;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
@@ -139,7 +139,7 @@ const PUBLISH_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i
 function startKeyCheck(mod: Module, keys: DeviceTensor, staged: DeviceRange | undefined, firstBad: DeviceRange, layout: Layout,
   seqLen: number, stream: Stream, args: <K extends readonly ArgKind[]>(kinds: K) => LaunchArgs<K>): void {
   const { kvHeads: Hkv, headDim: D } = layout.shape;
-  copies.fill32Async(firstBad, 0xffffffff, 2, stream);
+  copies.fill32Async(firstBad, 0xffffffff, firstBad.bytes / 4, stream);
   if (staged === undefined) return;
   const [s0, s1, s2] = keys.strides;
   const a = args(STAGE_ARGS).setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), staged.ptr, firstBad.ptr, Hkv, seqLen, D]);
@@ -287,7 +287,9 @@ export class BuildWorkspace {
       const NT = roundUp(Math.ceil(C / 8), CHUNK_NTILES);
       const KS = Math.ceil(cdim / 16);
       this.arena = DeviceArena.allocate<WorkspaceSlice>({
-        firstBad: 8,
+        // The lowest flat index of a NaN/Inf key (8 bytes), its slice filled whole: the host reads it
+        // and the stats in one copy, padding included.
+        firstBad: ARENA_ALIGNMENT,
         stats: (layout.config.kmeansIters + 1) * 2 * 4,
         sums: G * C * cdim * 8,
         counts: G * C * 4,
@@ -339,8 +341,12 @@ export function buildOnDevice(
   target: DeviceBuildTarget,
   stream: Stream,
   onRound?: (done: number, total: number) => void,
-  /** Recorded around the k-means graph's launch (after the key upload or check) when given, for benchmarks. */
-  events?: { readonly start: Event; readonly end: Event },
+  /**
+   * Recorded around the k-means graph's launch (after the key upload or staging) when given, for
+   * benchmarks; `beforeStart` enqueues work ahead of the start event (a benchmark's busy queue, so
+   * that the events time the device alone and not the host's launch).
+   */
+  events?: { readonly start: Event; readonly end: Event; readonly beforeStart?: (stream: Stream) => void },
   tuning: BuildTuning = {},
   /** Kept temporaries and graphs (sk − O ≤ its capacity − O); without one, the build makes and frees its own. */
   workspace?: BuildWorkspace,
@@ -373,7 +379,7 @@ export function buildOnDevice(
   const staged = stagedBytes <= 47 * 1024 ? 1 : 0;
   const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
   // pq_build_init also keeps its drawn indices (1 KB static), and draws them in its dynamic shared
-  // memory before the centroids are staged there (3 × 256 ints).
+  // memory before the centroids are staged there (2 × 256 ints).
   const initStaged = stagedBytes <= 46 * 1024 ? 1 : 0;
   const initShape = { ...groupShape, sharedBytes: Math.max(initStaged ? stagedBytes : 0, INIT_DRAW_SCRATCH) };
   const tiles = Math.ceil(n / BLOCK_POINTS);
@@ -398,7 +404,7 @@ export function buildOnDevice(
     const hs = BigInt(headStride);
     if (keys instanceof Float32Array) {
       copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys); // checked on the host (checkKeys)
-      copies.fill32Async(s.firstBad, 0xffffffff, 2, stream);
+      copies.fill32Async(s.firstBad, 0xffffffff, s.firstBad.bytes / 4, stream);
     } else {
       startKeyCheck(mod, keys, staging?.slices.keys, s.firstBad, layout, seqLen, stream, args);
     }
@@ -458,6 +464,7 @@ export function buildOnDevice(
         stream,
       );
     });
+    events?.beforeStart?.(stream);
     events?.start.record(stream);
     graph.launch(stream);
     events?.end.record(stream);
