@@ -58,8 +58,8 @@
 //                      tile); no block barrier after the prologue. Static smem: a 256-byte
 //                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
-//   pq_build_first_sums[_staged] grid (ceil(n/chunk), G), block 256: round 0's sums and counts;
-//                      checks positions >= O (see there).
+//   pq_build_first_sums grid (ceil(n/8192), G), block 256: round 0's sums and counts; checks
+//                      positions >= O (see there).
 //   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
 //                      re-seed; packs; block 0 writes the rounds done to `progress` when given.
 //   pq_build_publish   grid (ceil(n/256), B*Hkv), block 256: the index, when every key was finite.
@@ -967,56 +967,51 @@ PQ_BUILD_ROUND_KS_B34(4)
 // Round 0's cluster sums and counts, from the codes round 0 wrote. In round 0 every point joins a
 // cluster, and adding each coordinate with a float64 atomic from the round kernel (131 M on the seed
 // config) bound that round at ~2x a later one (ncu: it did not get faster with 30% fewer
-// instructions). Here block x of group g takes a chunk of points [x*chunk, …) in code order (a
-// counting sort in shared memory), so a thread adds its four coordinates over each run of same-code
-// points in registers and writes one atomic per coordinate and run, for one more read of the keys.
-// That read is also the NaN/Inf check of every clustered key (see flush). Two ways to read them:
-//   pq_build_first_sums[_bf16]: each point's columns from the keys, in code order (chunks of 8192
-//     points: runs ~100 points long on the seed config, few atomics). A gather of 256-byte
-//     fp32 rows runs near the copy bandwidth (198 us for 524 MB, ncu); of 128-byte bf16 rows, at a
-//     third of it (322 us for 262 MB, session 30).
-//   pq_build_first_sums_staged[_bf16]: the chunk's rows (the group's columns) copied in row order
-//     into shared memory first, then summed from there in code order; chunks of what 64 KB holds
-//     (512 points of 64 bf16 columns), so runs are shorter and the atomics more.
-// Launch: grid (ceil(n / chunk), G), block kSumThreads, dynamic smem chunk*(3 + dsub*sizeof(T) when
-// staged) bytes; chunk a multiple of 16, <= 65536 (uint16 order); sums and counts zeroed before.
+// instructions). Here block x of group g takes points [x*kSumChunk, …) in code order (a counting
+// sort in shared memory), so a thread adds its four coordinates over each run of same-code points
+// in registers and writes one atomic per coordinate and run (a slice's runs are ~100 points long
+// on the seed config), for one more read of the keys. That read is also the NaN/Inf check of every
+// clustered key (see flush).
+// Launch: grid (ceil(n / kSumChunk), G), block kSumThreads; sums and counts zeroed before round 0.
 constexpr int kSumThreads = 256;
+// 8192 points a block: 4 blocks a group on the seed config, one wave (256 blocks at 3 a multiprocessor);
+// 4096 made 1.3 waves (201 against 223 us, ncu; seed build 3.259 against 3.280 ms, session 26).
+constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
 
 namespace {
 
-template <typename T, bool kStaged>
+// The lowest flat index of a non-finite value among the four columns at `keys` of the chunk's
+// points order[0 .. count-1] (point i's first column has flat index chunk_flat + i*D); ~0 if none.
+template <typename T>
+__device__ unsigned long long lowest_nonfinite(const T* keys, int row_stride, const uint16_t* order, int count,
+                                                            int64_t chunk_flat, int D) {
+  unsigned long long bad = ULLONG_MAX;
+  for (int k = 0; k < count; ++k) {
+    const int i = order[k];
+    const float4 x = four_floats(*reinterpret_cast<const typename KStep<T>::type*>(keys + static_cast<int64_t>(i) * row_stride));
+    const float e[4] = {x.x, x.y, x.z, x.w};
+    for (int c = 0; c < 4; ++c) {
+      if (!isfinite(e[c])) {
+        bad = min(bad, static_cast<unsigned long long>(chunk_flat + static_cast<int64_t>(i) * D + c));
+        break;
+      }
+    }
+  }
+  return bad;
+}
+
+template <typename T>
 __device__ void build_first_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums,
                                  unsigned* counts, unsigned long long* first_bad, int n, int M, int64_t head_stride,
-                                 int row_stride, int D, int O, int C, int cdim, int chunk) {
-  using Quad = typename KStep<T>::type;
-  extern __shared__ uint4 first_sums_smem[];  // [chunk, dsub] T when staged, code_of[chunk], order[chunk]
+                                 int row_stride, int D, int O, int C, int cdim) {
+  __shared__ uint8_t code_of[kSumChunk];
+  __shared__ uint16_t order[kSumChunk];  // chunk points by code
   __shared__ int bin_next[256];
   __shared__ int scan_scratch[kSumThreads / 32];
   const int g = blockIdx.y;
-  const int p0 = blockIdx.x * chunk;
-  const int len = min(chunk, n - p0);
+  const int p0 = blockIdx.x * kSumChunk;
+  const int len = min(kSumChunk, n - p0);
   const int dsub = D / M;
-  const int quads = dsub / 4;  // per row
-  Quad* rows = reinterpret_cast<Quad*>(first_sums_smem);
-  uint8_t* code_of = reinterpret_cast<uint8_t*>(first_sums_smem) + (kStaged ? static_cast<int64_t>(chunk) * dsub * sizeof(T) : 0);
-  uint16_t* order = reinterpret_cast<uint16_t*>(code_of + chunk);
-  const T* chunk_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub) + static_cast<int64_t>(p0) * row_stride;
-  if (kStaged) {
-    // Row order, eight quads a thread in flight: whole 128-byte lines of consecutive rows.
-    constexpr int kBatch = 8;
-    for (int e0 = threadIdx.x; e0 < len * quads; e0 += kSumThreads * kBatch) {
-      Quad x[kBatch];
-#pragma unroll
-      for (int k = 0; k < kBatch; ++k) {
-        const int e = e0 + kSumThreads * k;
-        const int r = e / quads;
-        if (e < len * quads) x[k] = *reinterpret_cast<const Quad*>(chunk_keys + static_cast<int64_t>(r) * row_stride + 4 * (e - r * quads));
-      }
-#pragma unroll
-      for (int k = 0; k < kBatch; ++k)
-        if (e0 + kSumThreads * k < len * quads) rows[e0 + kSumThreads * k] = x[k];
-    }
-  }
   bin_next[threadIdx.x] = 0;  // kSumThreads == 256 bins
   __syncthreads();
   const uint8_t* chunk_codes = codes_tmp + static_cast<int64_t>(g) * n + p0;
@@ -1038,10 +1033,10 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
   for (int i = threadIdx.x; i < len; i += kSumThreads) order[atomicAdd(&bin_next[code_of[i]], 1)] = static_cast<uint16_t>(i);
   __syncthreads();
 
-  // Thread (slice, v) sums coordinates 4v .. 4v+3 (one quad a point; dsub is a multiple of 4, so the
-  // ip coordinate dsub is the .x of the thread with 4v == dsub). A thread per coordinate spent ~38
-  // warp instructions a point and coordinate block of 32 on the order, code and address (156 M for
-  // the seed config, ncu): four coordinates a thread share them.
+  // Thread (slice, v) sums coordinates 4v .. 4v+3 (one 16-byte load a point; dsub is a multiple of
+  // 4, so the ip coordinate dsub is the .x of the thread with 4v == dsub). A thread per coordinate
+  // spent ~38 warp instructions a point and coordinate block of 32 on the order, code and address
+  // (156 M for the seed config, ncu): four coordinates a thread share them.
   const int lanes = (cdim + 3) / 4;
   const int slices = kSumThreads / lanes;
   const int slice = threadIdx.x / lanes;
@@ -1049,13 +1044,10 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
   if (slice >= slices) return;  // no barrier follows
   const int begin = len * slice / slices;
   const int end = len * (slice + 1) / slices;
+  // The chunk's coordinates from hoisted bases (point_coord per load recomputes the 64-bit address:
+  // 4.63-4.65 against 4.44-4.49 ms for the seed build in a same-run A/B, session 14).
+  const T* chunk_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub) + static_cast<int64_t>(p0) * row_stride + 4 * v;
   const bool in_keys = 4 * v < dsub;
-  // Point i's quad v: from shared memory, or from hoisted bases (point_coord per load recomputes the
-  // 64-bit address: 4.63-4.65 against 4.44-4.49 ms for the seed build in a same-run A/B, session 14).
-  const T* thread_keys = chunk_keys + 4 * v;
-  auto quad_of = [&](int i) -> Quad {
-    return kStaged ? rows[i * quads + v] : *reinterpret_cast<const Quad*>(thread_keys + static_cast<int64_t>(i) * row_stride);
-  };
   const float phi_g = cdim > dsub ? phi[g] : 0.0f;
   const float* chunk_norms = norms + static_cast<int64_t>(g) * n + p0;
   double* thread_sums = sums + static_cast<int64_t>(g) * C * cdim + 4 * v;
@@ -1086,7 +1078,7 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
       if (k0 + k < end) {
         const int i = order[k0 + k];
         code[k] = code_of[i];
-        if (in_keys) x[k] = four_floats(quad_of(i));
+        if (in_keys) x[k] = four_floats(*reinterpret_cast<const typename KStep<T>::type*>(chunk_keys + static_cast<int64_t>(i) * row_stride));
         else x[k].x = pq_ip_augment(phi_g, chunk_norms[i]);
       }
     }
@@ -1105,38 +1097,24 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
     }
   }
   if (run_code >= 0) flush();
-  if (nonfinite && in_keys) {  // bad input only: the lowest flat index among the thread's points
+  if (nonfinite && in_keys) {  // bad input only
     const int64_t chunk_flat = (static_cast<int64_t>(g / M) * (O + n) + O + p0) * D + (g % M) * dsub + 4 * v;
-    unsigned long long bad = ULLONG_MAX;
-    for (int k = begin; k < end; ++k) {
-      const int i = order[k];
-      const float4 x = four_floats(quad_of(i));
-      const float e[4] = {x.x, x.y, x.z, x.w};
-      for (int c = 0; c < 4; ++c) {
-        if (!isfinite(e[c])) {
-          bad = min(bad, static_cast<unsigned long long>(chunk_flat + static_cast<int64_t>(i) * D + c));
-          break;
-        }
-      }
-    }
-    atomicMin(first_bad, bad);
+    atomicMin(first_bad, lowest_nonfinite(chunk_keys, row_stride, order + begin, end - begin, chunk_flat, D));
   }
 }
 
 }  // namespace
 
-#define PQ_BUILD_FIRST_SUMS(T, STAGED, NAME)                                                                          \
+#define PQ_BUILD_FIRST_SUMS(T, NAME)                                                                                  \
   extern "C" __global__ void __launch_bounds__(kSumThreads) NAME(                                                     \
       const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums, unsigned* counts,  \
       unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,          \
-      int cdim, int chunk) {                                                                                          \
-    build_first_sums<T, STAGED>(keys, norms, phi, codes_tmp, sums, counts, first_bad, n, M, head_stride, row_stride,  \
-                                D, O, C, cdim, chunk);                                                                \
+      int cdim) {                                                                                                     \
+    build_first_sums(keys, norms, phi, codes_tmp, sums, counts, first_bad, n, M, head_stride, row_stride, D, O, C,    \
+                     cdim);                                                                                           \
   }
-PQ_BUILD_FIRST_SUMS(float, false, pq_build_first_sums)
-PQ_BUILD_FIRST_SUMS(__nv_bfloat16, false, pq_build_first_sums_bf16)
-PQ_BUILD_FIRST_SUMS(float, true, pq_build_first_sums_staged)
-PQ_BUILD_FIRST_SUMS(__nv_bfloat16, true, pq_build_first_sums_staged_bf16)
+PQ_BUILD_FIRST_SUMS(float, pq_build_first_sums)
+PQ_BUILD_FIRST_SUMS(__nv_bfloat16, pq_build_first_sums_bf16)
 
 namespace {
 

@@ -134,15 +134,8 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/**
- * A/B overrides of the build kernels' choice: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per
- * SM), PQCACHE_FIRST_SUMS=gather|staged (how round 0's sums read the keys).
- */
+/** A/B override of the build kernel's choice: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per SM). */
 function buildTuningFromEnv(): BuildTuning {
   const blocks = Number(process.env.PQCACHE_BUILD_BLOCKS);
-  const sums = process.env.PQCACHE_FIRST_SUMS;
-  return {
-    ...(blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {}),
-    ...(sums === 'gather' || sums === 'staged' ? { firstSums: sums } : {}),
-  };
+  return blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {};
 }

@@ -92,12 +92,6 @@ export interface BuildTuning {
    * at most 168 or 128 registers).
    */
   readonly blocksPerSM?: 2 | 3 | 4;
-  /**
-   * How round 0's sums read the keys (kernels/build.cu, first sums): 'gather' (each point's columns
-   * in code order; the default for fp32 keys) or 'staged' (the chunk's rows copied in row order
-   * into shared memory first; the default for bf16 keys read in place).
-   */
-  readonly firstSums?: 'gather' | 'staged';
 }
 
 /** Round-kernel blocks per SM where KS ≤ 4 allows a choice. */
@@ -126,29 +120,11 @@ export function deviceBuildSupported(layout: Layout): boolean {
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
 const INIT_DRAW_SCRATCH = 2 * 256 * 4;
-/**
- * Points per block of round 0's sums, gathering each point's columns in code order: 4 blocks a group
- * on the seed config, one wave (256 blocks at 3 a multiprocessor); 4096 made 1.3 waves (201 against
- * 223 μs, ncu; seed build 3.259 against 3.280 ms, session 26).
- */
+/** Points per block of pq_build_first_sums (kSumChunk). */
 const FIRST_SUMS_CHUNK = 8192;
-/**
- * Shared memory a block of round 0's sums stages rows in (the staged kernels): 512 points of 64 bf16
- * columns on the seed config, three blocks a multiprocessor.
- */
-const FIRST_SUMS_STAGED_BYTES = 64 * 1024;
-
-/** The first-sums kernel, its chunk of points a block and its dynamic shared memory (kernels/build.cu). */
-function firstSumsPlan(layout: Layout, suffix: KeyBinding['suffix'], tuning: BuildTuning): { readonly kernel: string; readonly chunk: number; readonly sharedBytes: number } {
-  const staged = (tuning.firstSums ?? (suffix === '_bf16' ? 'staged' : 'gather')) === 'staged';
-  if (!staged) return { kernel: `pq_build_first_sums${suffix}`, chunk: FIRST_SUMS_CHUNK, sharedBytes: FIRST_SUMS_CHUNK * 3 };
-  const rowBytes = layout.subDim * (suffix === '_bf16' ? 2 : 4);
-  const chunk = Math.min(FIRST_SUMS_CHUNK, Math.max(16, Math.floor(FIRST_SUMS_STAGED_BYTES / rowBytes / 16) * 16));
-  return { kernel: `pq_build_first_sums_staged${suffix}`, chunk, sharedBytes: chunk * (rowBytes + 3) };
-}
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
 const CHECK_ARGS = ['ptr', 'u64', 'i32', 'ptr', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
@@ -440,13 +416,12 @@ export function buildOnDevice(
         s.stats.ptr + BigInt(r * 8), n, M, hs, rowStride, D, O, C, cdim, cstride, NT, mode,
       ]);
     const finalize = mod.kernel(`pq_build_finalize${suffix}`);
-    const sumsPlan = firstSumsPlan(layout, suffix, tuning);
-    const firstSums = mod.kernel(sumsPlan.kernel);
+    const firstSums = mod.kernel(`pq_build_first_sums${suffix}`);
     // The whole k-means as one graph: a node per launch (the driver copies each launch's arguments
     // into its node, so finalize's argument block is rewritten from round to round). Everything it
     // bakes in besides sk, the kernels and the key strides: the key and target pointers (the
     // workspace's are fixed).
-    const signature = `${seqLen}:${roundKernel}:${sumsPlan.kernel}:${headStride}:${rowStride}`;
+    const signature = `${seqLen}:${roundKernel}:${headStride}:${rowStride}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
       // stats, sums, counts, centroids (their padding columns too) and φ.
       const zeroed = spanOf(s.stats, s.phi);
@@ -466,11 +441,11 @@ export function buildOnDevice(
       for (let r = 0; r < iters; r++) {
         launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
         if (r === 0) {
-          // Round 0 writes codes only; its sums and counts come from the codes, a block per chunk of points.
+          // Round 0 writes codes only; its sums and counts come from the codes, a block per 8192 points.
           launch(
             firstSums,
-            { grid: [Math.ceil(n / sumsPlan.chunk), G, 1], block: [256, 1, 1], sharedBytes: sumsPlan.sharedBytes },
-            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim, sumsPlan.chunk]),
+            { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
+            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim]),
             stream,
           );
         }

@@ -286,35 +286,29 @@ test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cach
         for (const [name, pad] of Object.entries(PADDINGS)) {
           const { data, shape, strides } = paddedDeviceKeys(c, keys, dtype, pad);
           const buf = new DeviceBuffer(data.data.byteLength);
-          const inPlace = readInPlace(c, dtype, pad);
-          // Keys read in place: both ways of round 0's sums (gather, staged) on the first two
-          // layouts; a staged copy is fp32 and takes the default.
-          const sums = inPlace && (name === 'contiguous' || name === 'K cache') ? ['gather', 'staged'] as const : [undefined];
           try {
-            for (const firstSums of sums) {
-              const tuning: BuildTuning = firstSums === undefined ? {} : { firstSums };
-              copies.fromHost(buf, data.data);
-              copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
-              const stats = buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream, undefined, undefined, tuning);
-              const what = `${dtype} ${name} first sums ${firstSums ?? 'default'} ${JSON.stringify(c)}`;
-              assert.equal(stats.keysRead, inPlace ? 'in place' : 'staged', what);
-              assert.equal(stats.roundKernel.endsWith('_bf16'), inPlace && dtype === 'bf16', `${stats.roundKernel} ${what}`);
-              assertTargetIsOracle(c, t, cpu, what);
-              // Non-finite keys: the error names the lowest flat index, on either path, and the target
-              // still holds the good build. One before O in the last head (pq_build_init's check where
-              // keys are read in place), one after O in the first (first sums'), two at random.
-              const flat = (bh: number, p: number, j: number): number => (bh * c.sk + p) * c.D + j;
-              const lo = rng.int(0, keys.length - 2);
-              const plants: Array<readonly number[]> = [[flat(c.B * c.Hkv - 1, c.O - 1, c.D - 1)], [flat(0, c.sk - 1, 0)], [lo, rng.int(lo + 1, keys.length - 1)]];
-              for (const at of plants) {
-                const bad = keys.slice();
-                for (const i of at) bad[i] = rng.int(0, 2) === 0 ? NaN : rng.int(0, 1) === 0 ? Infinity : -Infinity;
-                copies.fromHost(buf, paddedDeviceKeys(c, bad, dtype, pad).data.data);
-                const lowest = Math.min(...at);
-                assert.throws(() => buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream, undefined, undefined, tuning),
-                  (e: unknown) => e instanceof DeviceInputError && new RegExp(`flat index ${lowest}\\b`).test((e as Error).message), `${what}: bad keys at ${at.join(', ')}`);
-                assertTargetIsOracle(c, t, cpu, `${what}: after the build rejected for ${at.join(', ')}`);
-              }
+            copies.fromHost(buf, data.data);
+            copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
+            const stats = buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream);
+            const what = `${dtype} ${name} ${JSON.stringify(c)}`;
+            const inPlace = readInPlace(c, dtype, pad);
+            assert.equal(stats.keysRead, inPlace ? 'in place' : 'staged', what);
+            assert.equal(stats.roundKernel.endsWith('_bf16'), inPlace && dtype === 'bf16', `${stats.roundKernel} ${what}`);
+            assertTargetIsOracle(c, t, cpu, what);
+            // Non-finite keys: the error names the lowest flat index, on either path, and the target
+            // still holds the good build. One before O in the last head (pq_build_init's check where
+            // keys are read in place), one after O in the first (first sums'), two at random.
+            const flat = (bh: number, p: number, j: number): number => (bh * c.sk + p) * c.D + j;
+            const lo = rng.int(0, keys.length - 2);
+            const plants: Array<readonly number[]> = [[flat(c.B * c.Hkv - 1, c.O - 1, c.D - 1)], [flat(0, c.sk - 1, 0)], [lo, rng.int(lo + 1, keys.length - 1)]];
+            for (const at of plants) {
+              const bad = keys.slice();
+              for (const i of at) bad[i] = rng.int(0, 2) === 0 ? NaN : rng.int(0, 1) === 0 ? Infinity : -Infinity;
+              copies.fromHost(buf, paddedDeviceKeys(c, bad, dtype, pad).data.data);
+              const lowest = Math.min(...at);
+              assert.throws(() => buildOnDevice(layout, deviceTensor(dtype, shape, buf.ptr, strides), c.sk, t, stream),
+                (e: unknown) => e instanceof DeviceInputError && new RegExp(`flat index ${lowest}\\b`).test((e as Error).message), `${what}: bad keys at ${at.join(', ')}`);
+              assertTargetIsOracle(c, t, cpu, `${what}: after the build rejected for ${at.join(', ')}`);
             }
           } finally {
             buf.dispose();
