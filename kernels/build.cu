@@ -38,7 +38,7 @@
 // so nothing reaches the caller's index until pq_build_publish, which writes it only if no kernel
 // found a non-finite key (*first_bad: the lowest flat index of one, ~0 when none). The kernels that
 // find them read those keys anyway: pq_build_first_sums (positions >= O, from its float64 run sums)
-// and pq_build_init (positions < O, while one warp draws); a staged copy's pq_build_stage_keys, and
+// and pq_build_init (positions < O, beside its draw); a staged copy's pq_build_stage_keys, and
 // pq_build_check_keys where no first sums run (0 rounds). On NaN or Inf the k-means still runs to
 // the end (the band logic below takes any value; codes stay in [0, C)), its result unused.
 //
