@@ -131,19 +131,17 @@ const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', '
 const PUBLISH_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
 /**
- * Start the NaN/Inf check of device keys: `firstBad` to ~0, and for keys the kernels cannot read in
- * place, pq_build_stage_keys, which checks every element while it writes the contiguous fp32 copy
- * into `staged`. Keys read in place are checked inside the build graph by kernels that read them
- * anyway (kernels/build.cu, "NaN/Inf keys"). No wait: the host reads `firstBad` after the graph.
+ * pq_build_stage_keys: device keys the kernels cannot read in place into the contiguous fp32 copy
+ * `staged`, checking every element for NaN/Inf on the way (into `firstBad`). Keys read in place are
+ * checked inside the build graph by kernels that read them anyway (kernels/build.cu, "NaN/Inf
+ * keys"). No wait: the host reads `firstBad` after the graph.
  */
-function startKeyCheck(mod: Module, keys: DeviceTensor, staged: DeviceRange | undefined, firstBad: DeviceRange, layout: Layout,
-  seqLen: number, stream: Stream, args: <K extends readonly ArgKind[]>(kinds: K) => LaunchArgs<K>): void {
-  const { kvHeads: Hkv, headDim: D } = layout.shape;
-  copies.fill32Async(firstBad, 0xffffffff, firstBad.bytes / 4, stream);
-  if (staged === undefined) return;
+function launchStageKeys(mod: Module, keys: DeviceTensor, staged: DeviceRange, firstBad: DeviceRange, layout: Layout, seqLen: number,
+  stream: Stream, args: <K extends readonly ArgKind[]>(kinds: K) => LaunchArgs<K>): void {
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
   const [s0, s1, s2] = keys.strides;
   const a = args(STAGE_ARGS).setAll([keys.ptr, DTYPE_CODE[keys.dtype as FloatDType], BigInt(s0), BigInt(s1), BigInt(s2), staged.ptr, firstBad.ptr, Hkv, seqLen, D]);
-  launch(mod.kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), layout.shape.batch * Hkv, 1], block: [256, 1, 1] }, a, stream);
+  launch(mod.kernel('pq_build_stage_keys'), { grid: [Math.ceil(seqLen / 32), B * Hkv, 1], block: [256, 1, 1] }, a, stream);
 }
 
 /**
@@ -402,12 +400,9 @@ export function buildOnDevice(
     }
     const { ptr: keysPtr, headStride, rowStride } = bound;
     const hs = BigInt(headStride);
-    if (keys instanceof Float32Array) {
-      copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys); // checked on the host (checkKeys)
-      copies.fill32Async(s.firstBad, 0xffffffff, s.firstBad.bytes / 4, stream);
-    } else {
-      startKeyCheck(mod, keys, staging?.slices.keys, s.firstBad, layout, seqLen, stream, args);
-    }
+    copies.fill32Async(s.firstBad, 0xffffffff, s.firstBad.bytes / 4, stream); // no NaN/Inf key found yet
+    if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys); // checked on the host (checkKeys)
+    else if (staging) launchStageKeys(mod, keys, staging.slices.keys, s.firstBad, layout, seqLen, stream, args);
     const progress = ws.progress();
     const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
     const roundArgs = (r: number, mode: number): LaunchArgs =>
