@@ -38,7 +38,7 @@
 // so nothing reaches the caller's index until pq_build_publish, which writes it only if no kernel
 // found a non-finite key (*first_bad: the lowest flat index of one, ~0 when none). The kernels that
 // find them read those keys anyway: pq_build_first_sums (positions >= O, from its float64 run sums)
-// and pq_build_init (positions < O, beside its draw); a staged copy's pq_build_stage_keys, and
+// and pq_build_init (positions < O, while one warp draws); a staged copy's pq_build_stage_keys, and
 // pq_build_check_keys where no first sums run (0 rounds). On NaN or Inf the k-means still runs to
 // the end (the band logic below takes any value; codes stay in [0, C)), its result unused.
 //
@@ -90,12 +90,6 @@ __device__ __forceinline__ const T* group_points(const T* keys, int g, int M, in
                                                  int dsub) {
   const int bkv = g / M;
   return keys + bkv * head_stride + static_cast<int64_t>(O) * row_stride + (g - bkv * M) * dsub;
-}
-
-// The flat index ((b*Hkv + kvh)*sk + p)*D + j of key element j of row p of (b, kv-head) bkv: how
-// *first_bad names a NaN/Inf key (the host's DeviceInputError quotes it), whatever the layout.
-__device__ __forceinline__ int64_t key_flat_index(int bkv, int sk, int p, int D, int j) {
-  return (static_cast<int64_t>(bkv) * sk + p) * D + j;
 }
 
 // Coordinate j of point p of group g (j == dsub: the ip augmentation).
@@ -396,7 +390,7 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
       const int j = e - p * dsub;
       if (!isfinite(pq_to_float(sinks[static_cast<int64_t>(p) * row_stride + j]))) {  // bad input only
         // e ascends, and the flat index with it: the thread's first is its lowest.
-        atomicMin(first_bad, static_cast<unsigned long long>(key_flat_index(bkv, O + n, p, D, (g - bkv * M) * dsub + j)));
+        atomicMin(first_bad, static_cast<unsigned long long>((static_cast<int64_t>(bkv) * (O + n) + p) * D + (g - bkv * M) * dsub + j));
         break;
       }
     }
@@ -1104,7 +1098,7 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
   }
   if (run_code >= 0) flush();
   if (nonfinite && in_keys) {  // bad input only
-    const int64_t chunk_flat = key_flat_index(g / M, O + n, O + p0, D, (g % M) * dsub + 4 * v);
+    const int64_t chunk_flat = (static_cast<int64_t>(g / M) * (O + n) + O + p0) * D + (g % M) * dsub + 4 * v;
     atomicMin(first_bad, lowest_nonfinite(chunk_keys, row_stride, order + begin, end - begin, chunk_flat, D));
   }
 }
