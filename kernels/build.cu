@@ -38,7 +38,7 @@
 // so nothing reaches the caller's index until pq_build_publish, which writes it only if no kernel
 // found a non-finite key (*first_bad: the lowest flat index of one, ~0 when none). The kernels that
 // find them read those keys anyway: pq_build_first_sums (positions >= O, from its float64 run sums)
-// and pq_build_init (positions < O, while one warp draws); a staged copy's pq_build_stage_keys, and
+// and pq_build_init (positions < O, before its draw); a staged copy's pq_build_stage_keys, and
 // pq_build_check_keys where no first sums run (0 rounds). On NaN or Inf the k-means still runs to
 // the end (the band logic below takes any value; codes stay in [0, C)), its result unused.
 //
@@ -60,8 +60,10 @@
 //                      KS = ceil(cdim/16) (template N).
 //   pq_build_first_sums grid (ceil(n/8192), G), block 256: round 0's sums and counts; checks
 //                      positions >= O (see there).
-//   pq_build_finalize  grid (G), block 256, dynamic smem as init: means (fp32 division) or the
-//                      re-seed; packs; block 0 writes the rounds done to `progress` when given.
+//   pq_build_finalize  grid (NT/2, G), block 256, dynamic smem 16*cstride*4: block x of group g
+//                      takes centroids 16x .. 16x+15: means (fp32 division) or the re-seed;
+//                      packs them and their max |c|; block (0, 0) writes the rounds done to
+//                      `progress` when given.
 //   pq_build_publish   grid (ceil(n/256), B*Hkv), block 256: the index, when every key was finite.
 // The host captures the whole k-means (the workspace's zeroing, norms, init, every round and
 // finalize, the final assignment, publish) in one CUDA graph.
@@ -70,7 +72,8 @@
 //     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (chunk_scores: lane t's b0, b1
 //     are columns 16ks + 4t, +1 and its b2, b3 columns +2, +3): {b0 hi, b1 hi, b0 lo, b1 lo} as
 //     bf16 pairs;
-//   info[g]: |c|^2/2 for c < NT*8 (+inf past C), then max |c|.
+//   info[g] (info_stride(NT) floats): |c|^2/2 for c < NT*8 (+inf past C), then for each block x of
+//     pq_build_finalize max |c| over its centroids 16x .. 16x+15 (max |c| of the group: their max).
 // Invariants: cdim = dsub + ip <= 129; dsub <= 128 and a multiple of 4 (16-byte rows);
 // C <= 256; NT = ceil(C/8) rounded up to a multiple of 8 (whole chunks of 64 centroids; padding
 // centroids have zero fragments and |c|^2/2 = +inf); cstride >= cdim; n >= 1.
@@ -83,6 +86,22 @@ namespace {
 
 constexpr int kRoundThreads = 128;
 constexpr int kWarpPoints = 16;  // one m16 MMA tile: the points a warp scores at once
+// Means and packing of a round: block x of group g takes n-tiles kFinalizeTiles*x .. (16 centroids),
+// so a group spreads over NT / kFinalizeTiles blocks (4 on the seed config; one block a group took
+// 12 us a round, ncu, most of it one block's chain of dependent instructions).
+constexpr int kFinalizeTiles = 2;
+constexpr int kFinalizeCentroids = 8 * kFinalizeTiles;
+
+// Floats of info[g] (see "Packed operands"): |c|^2/2 of the NT*8 centroids, then max |c| over each
+// finalize block's centroids.
+__device__ __forceinline__ int info_stride(int NT) { return NT * 8 + NT / kFinalizeTiles; }
+
+// max |c| of a group from its info (the largest of the blocks' maxima; float bits, as atomicMax).
+__device__ __forceinline__ float group_max_norm(const float* gi, int NT) {
+  unsigned bits = 0u;
+  for (int x = 0; x < NT / kFinalizeTiles; ++x) bits = max(bits, __float_as_uint(gi[NT * 8 + x]));
+  return __uint_as_float(bits);
+}
 
 // Point 0 of group g: row O of its (b, kv-head), at sub-space m's columns (see "Keys" above).
 template <typename T>
@@ -148,51 +167,57 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Packs group g's centroids into its mma fragments and info. `gc` holds them ([C, cstride]): the
-// block's shared copy, or global memory (written by this block before a barrier). All threads of
-// the 256-thread block call it.
-__device__ void pack_group(const float* gc, uint4* frag, float* info, int g, int C, int cdim, int cstride, int NT,
-                           int KS) {
+// Packs n-tiles nt0 .. nt1-1 (centroids 8nt0 .. 8nt1-1) of group g into their mma fragments and
+// |c|^2/2 (info[g][c]). `rows` holds those centroids' rows ([8(nt1-nt0), cstride], row 0 = centroid
+// 8nt0; only rows below C are read): the block's shared copy, or global memory written by this block
+// before a barrier. nt1 - nt0 is a multiple of 2. All threads of the 256-thread block call it;
+// every thread gets max |c| over these centroids (as float bits, >= 0), which the caller writes.
+__device__ unsigned pack_tiles(const float* rows, uint4* frag, float* info, int g, int C, int cdim, int cstride, int NT,
+                               int KS, int nt0, int nt1) {
   uint4* gf = frag + static_cast<int64_t>(g) * NT * KS * 32;
-  const int CP = NT * 8;
-  float* gi = info + static_cast<int64_t>(g) * (CP + 1);
+  float* gi = info + static_cast<int64_t>(g) * info_stride(NT);
+  const int c_first = nt0 * 8;
+  const int c_end = nt1 * 8;
   __shared__ unsigned max_norm_bits;
   if (threadIdx.x == 0) max_norm_bits = 0u;
   __syncthreads();
-  for (int e = threadIdx.x; e < NT * KS * 32; e += blockDim.x) {
+  for (int e = nt0 * KS * 32 + threadIdx.x; e < nt1 * KS * 32; e += blockDim.x) {
     const int lane = e & 31;
     const int ks = (e >> 5) % KS;
     const int nt = (e >> 5) / KS;
     const int c = nt * 8 + (lane >> 2);
     const int k = ks * 16 + 4 * (lane & 3);  // the k-step's columns in the rounds' order (KPerm)
-    auto v = [&](int j) { return (c < C && j < cdim) ? gc[c * cstride + j] : 0.0f; };
+    auto v = [&](int j) { return (c < C && j < cdim) ? rows[(c - c_first) * cstride + j] : 0.0f; };
     uint4 f;
     split_pair(v(k), v(k + 1), f.x, f.z);
     split_pair(v(k + 2), v(k + 3), f.y, f.w);
     gf[e] = f;
   }
-  // |c|^2 in float64, four threads per centroid (CP is a multiple of 64 = 256 / 4, so every thread
-  // takes part in each step's shuffles). A serial loop per centroid waited on each coordinate's load
-  // in turn: ~20 us of the finalize's 21 (ncu).
-  for (int c0 = 0; c0 < CP; c0 += 64) {
-    const int c = c0 + (threadIdx.x >> 2);
-    double s = 0.0;
-    if (c < C) {
-      for (int j = threadIdx.x & 3; j < cdim; j += 4) s += static_cast<double>(gc[c * cstride + j]) * gc[c * cstride + j];
-    }
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    if ((threadIdx.x & 3) == 0) {
-      float half_norm2 = INFINITY;  // padding centroids never win
+  // |c|^2 in float64, four threads per centroid. The range is a multiple of 16 centroids, so a warp's
+  // 8 centroids are all in it or all past it and the shuffles see whole warps. A serial loop per
+  // centroid waited on each coordinate's load in turn: ~20 us of the finalize's 21 (ncu).
+  for (int cb = c_first; cb < c_end; cb += 64) {
+    const int c = cb + (threadIdx.x >> 2);
+    if (c < c_end) {  // warp-uniform
+      double s = 0.0;
       if (c < C) {
-        half_norm2 = static_cast<float>(0.5 * s);
-        atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+        const float* row = rows + (c - c_first) * cstride;
+        for (int j = threadIdx.x & 3; j < cdim; j += 4) s += static_cast<double>(row[j]) * row[j];
       }
-      gi[c] = half_norm2;
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if ((threadIdx.x & 3) == 0) {
+        float half_norm2 = INFINITY;  // padding centroids never win
+        if (c < C) {
+          half_norm2 = static_cast<float>(0.5 * s);
+          atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+        }
+        gi[c] = half_norm2;
+      }
     }
   }
   __syncthreads();
-  if (threadIdx.x == 0) gi[CP] = __uint_as_float(max_norm_bits);
+  return max_norm_bits;
 }
 
 }  // namespace
@@ -382,32 +407,69 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
   float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
+  constexpr int kInitBatch = 8;
   {
+    // The NaN/Inf check of positions < O: four columns a load (rows are aligned as for the rounds),
+    // kInitBatch loads issued before any is tested (a test at each load waited on it in turn).
+    using Four = typename KStep<T>::type;
     const int bkv = g / M;
     const T* sinks = keys + bkv * head_stride + (g - bkv * M) * dsub;  // row 0 of the group's columns
-    for (int e = threadIdx.x; e < O * dsub; e += 256) {
-      const int p = e / dsub;
-      const int j = e - p * dsub;
-      if (!isfinite(pq_to_float(sinks[static_cast<int64_t>(p) * row_stride + j]))) {  // bad input only
-        // e ascends, and the flat index with it: the thread's first is its lowest.
-        atomicMin(first_bad, static_cast<unsigned long long>((static_cast<int64_t>(bkv) * (O + n) + p) * D + (g - bkv * M) * dsub + j));
-        break;
+    const int row_quads = dsub / 4;
+    unsigned long long lowest = ULLONG_MAX;
+    for (int q0 = threadIdx.x; q0 < O * row_quads; q0 += 256 * kInitBatch) {
+      Four raw[kInitBatch];
+#pragma unroll
+      for (int k = 0; k < kInitBatch; ++k) {
+        const int q = q0 + 256 * k;
+        const int p = q / row_quads;
+        zero_four(raw[k]);
+        if (q < O * row_quads) raw[k] = *reinterpret_cast<const Four*>(sinks + static_cast<int64_t>(p) * row_stride + 4 * (q - p * row_quads));
+      }
+#pragma unroll
+      for (int k = 0; k < kInitBatch; ++k) {
+        const float4 x = four_floats(raw[k]);
+        if (!isfinite(x.x) || !isfinite(x.y) || !isfinite(x.z) || !isfinite(x.w)) {  // bad input only (the zeroed quads past the end are finite)
+          const int q = q0 + 256 * k;
+          const int p = q / row_quads;
+          const int j = 4 * (q - p * row_quads) + (!isfinite(x.x) ? 0 : !isfinite(x.y) ? 1 : !isfinite(x.z) ? 2 : 3);
+          lowest = min(lowest, static_cast<unsigned long long>((static_cast<int64_t>(bkv) * (O + n) + p) * D + (g - bkv * M) * dsub + j));
+        }
       }
     }
+    if (lowest != ULLONG_MAX) atomicMin(first_bad, lowest);
   }
   initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
   __syncthreads();  // the indices; the scratch is free for the staged centroids
   float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
-  for (int e = threadIdx.x; e < C * cdim; e += 256) {
-    const int c = e / cdim;
-    const int j = e - c * cdim;
-    const int p = init_index[c];
-    const float v = point_coord(keys, norms, phi, g, p, j, n, M, head_stride, row_stride, O, dsub);
-    gc[c * cstride + j] = v;
-    if (staged) sc[c * cstride + j] = v;
+  // kInitBatch coordinates a thread loaded before any is stored (a store before the next load, which
+  // may alias it, waited on each load in turn: one DRAM latency per coordinate).
+  // The loads return raw key words, converted after the batch's loads are issued (as first sums).
+  const T* points = group_points(keys, g, M, head_stride, row_stride, O, dsub);
+  for (int e0 = threadIdx.x; e0 < C * cdim; e0 += 256 * kInitBatch) {
+    T raw[kInitBatch];
+#pragma unroll
+    for (int k = 0; k < kInitBatch; ++k) {
+      const int e = e0 + 256 * k;
+      const int c = e / cdim;
+      const int j = e - c * cdim;
+      raw[k] = T(0.0f);
+      if (e < C * cdim && j < dsub) raw[k] = points[static_cast<int64_t>(init_index[c]) * row_stride + j];
+    }
+#pragma unroll
+    for (int k = 0; k < kInitBatch; ++k) {
+      const int e = e0 + 256 * k;
+      if (e >= C * cdim) break;
+      const int c = e / cdim;
+      const int j = e - c * cdim;
+      const float v = j < dsub ? pq_to_float(raw[k]) : pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + init_index[c]]);
+      gc[c * cstride + j] = v;
+      if (staged) sc[c * cstride + j] = v;
+    }
   }
-  __syncthreads();  // the centroids written above are read back by pack_group
-  pack_group(staged ? sc : gc, frag, info, g, C, cdim, cstride, NT, KS);
+  __syncthreads();  // the centroids written above are read back by pack_tiles
+  const unsigned max_norm = pack_tiles(staged ? sc : gc, frag, info, g, C, cdim, cstride, NT, KS, 0, NT);
+  // The group's max in the first block slot, zero in the others (group_max_norm takes their max).
+  if (threadIdx.x < NT / kFinalizeTiles) info[static_cast<int64_t>(g) * info_stride(NT) + NT * 8 + threadIdx.x] = threadIdx.x == 0 ? __uint_as_float(max_norm) : 0.0f;
 }
 
 }  // namespace
@@ -444,7 +506,7 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 // A warp's 16-point tile, streamed: lane 4q + t holds columns 16ks + 4t .. 16ks + 4t + 3 of tile rows
 // q and q + 8 for one k-step at a time (KStep<T>: 16 bytes of fp32 or 8 of bf16). The mma's A fragment gives lane t the columns 2t, 2t+1,
 // 2t+8, 2t+9 of a k-step; any order of a k-step's columns gives the same products when the A and B
-// fragments share it, so the rounds use 4t .. 4t+3 (pack_group packs the centroids so): one 16-byte
+// fragments share it, so the rounds use 4t .. 4t+3 (pack_tiles packs the centroids so): one 16-byte
 // load per row and k-step, straight from the keys, with no staging in shared memory (a staged tile
 // cost ~150 instructions of cp.async addressing and its waits, ncu session 13).
 // Rows past n repeat row n - 1 (loaded, never counted). Only the last k-step can reach past dsub
@@ -841,8 +903,10 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
     for (int e = threadIdx.x; e < NT * KS * 32; e += kRoundThreads) frag[e] = src[e];
-    const float* isrc = info_g + static_cast<int64_t>(g) * (CP + 1);
-    for (int e = threadIdx.x; e < CP + 1; e += kRoundThreads) info[e] = isrc[e];
+    // info in shared memory: |c|^2/2 of the CP centroid slots, then the group's max |c|.
+    const float* isrc = info_g + static_cast<int64_t>(g) * info_stride(NT);
+    for (int e = threadIdx.x; e < CP; e += kRoundThreads) info[e] = isrc[e];
+    if (threadIdx.x == 0) info[CP] = group_max_norm(isrc, NT);
     if (kOneChunk) {
       const float4* csrc = reinterpret_cast<const float4*>(centroids + static_cast<int64_t>(g) * C * cstride);
       for (int e = threadIdx.x; e < C * cstride / 4; e += kRoundThreads) reinterpret_cast<float4*>(cent_smem)[e] = csrc[e];
@@ -977,6 +1041,7 @@ constexpr int kSumThreads = 256;
 // 8192 points a block: 4 blocks a group on the seed config, one wave (256 blocks at 3 a multiprocessor);
 // 4096 made 1.3 waves (201 against 223 us, ncu; seed build 3.259 against 3.280 ms, session 26).
 constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
+constexpr int kSumBatch = 8;  // points a thread loads before adding any (4 or 16: no faster, ncu)
 
 namespace {
 
@@ -1068,33 +1133,47 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
     }
     nonfinite = nonfinite || !finite;
   };
-  for (int k0 = begin; k0 < end; k0 += 8) {
-    float4 x[8];  // eight points' coordinates loaded before any is added
-    int code[8];
+  // Every load of a batch is issued before any value is used: the loads return raw words, converted
+  // by `value` in the adding loop. (Converting bf16 inside the load's branch waited on each load in
+  // turn: 8 serial DRAM latencies a batch, 324 against 198 us for fp32, ncu.) The key lanes and the
+  // ip lane run separate copies of the loop, so no branch inside it merges two loads' registers.
+  auto sum_runs = [&](auto raw_type, auto load, auto value) {
+    using Raw = decltype(raw_type);
+    for (int k0 = begin; k0 < end; k0 += kSumBatch) {
+      Raw raw[kSumBatch];
+      int code[kSumBatch];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      code[k] = -1;
-      x[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (k0 + k < end) {
-        const int i = order[k0 + k];
-        code[k] = code_of[i];
-        if (in_keys) x[k] = four_floats(*reinterpret_cast<const typename KStep<T>::type*>(chunk_keys + static_cast<int64_t>(i) * row_stride));
-        else x[k].x = pq_ip_augment(phi_g, chunk_norms[i]);
+      for (int k = 0; k < kSumBatch; ++k) {
+        code[k] = -1;
+        if (k0 + k < end) {
+          const int i = order[k0 + k];
+          code[k] = code_of[i];
+          raw[k] = load(i);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kSumBatch; ++k) {
+        if (code[k] < 0) break;
+        if (code[k] != run_code) {
+          if (run_code >= 0) flush();
+          run_code = code[k];
+          run[0] = run[1] = run[2] = run[3] = 0.0;
+        }
+        const float4 x = value(raw[k]);
+        run[0] += static_cast<double>(x.x);
+        run[1] += static_cast<double>(x.y);
+        run[2] += static_cast<double>(x.z);
+        run[3] += static_cast<double>(x.w);
       }
     }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      if (code[k] < 0) break;
-      if (code[k] != run_code) {
-        if (run_code >= 0) flush();
-        run_code = code[k];
-        run[0] = run[1] = run[2] = run[3] = 0.0;
-      }
-      run[0] += static_cast<double>(x[k].x);
-      run[1] += static_cast<double>(x[k].y);
-      run[2] += static_cast<double>(x[k].z);
-      run[3] += static_cast<double>(x[k].w);
-    }
+  };
+  using Four = typename KStep<T>::type;
+  if (in_keys) {
+    sum_runs(Four{}, [&](int i) { return *reinterpret_cast<const Four*>(chunk_keys + static_cast<int64_t>(i) * row_stride); },
+             [](const Four& r) { return four_floats(r); });
+  } else {
+    sum_runs(0.0f, [&](int i) { return chunk_norms[i]; },
+             [&](float norm) { return make_float4(pq_ip_augment(phi_g, norm), 0.f, 0.f, 0.f); });
   }
   if (run_code >= 0) flush();
   if (nonfinite && in_keys) {  // bad input only
@@ -1122,31 +1201,37 @@ template <typename T>
 __device__ void build_finalize(const T* keys, const float* norms, const float* phi, const double* sums, const unsigned* counts,
                                float* centroids, uint4* frag, float* info, int n, int M, int64_t head_stride, int row_stride,
                                int D, int O, int C, int cdim, int cstride, int NT, int KS, unsigned seed, int round,
-                               int staged, unsigned* progress) {
-  // staged: the block keeps a copy of the group's new centroids in dynamic shared memory ([C, cstride],
-  // when it fits) for pack_group, which then reads no global memory.
-  extern __shared__ float4 staged_centroids[];
-  float* sc = reinterpret_cast<float*>(staged_centroids);
-  const int g = blockIdx.x;
+                               unsigned* progress) {
+  // The block's new centroids, c_first .. c_first + kFinalizeCentroids - 1 ([kFinalizeCentroids,
+  // cstride]), kept for pack_tiles so that it reads no global memory.
+  extern __shared__ float4 finalize_rows[];
+  float* rows = reinterpret_cast<float*>(finalize_rows);
+  const int g = blockIdx.y;
+  const int nt0 = blockIdx.x * kFinalizeTiles;
+  const int c_first = nt0 * 8;
+  const int elems = max(min(kFinalizeCentroids, C - c_first), 0) * cdim;  // none in a block of padding centroids
   const int dsub = D / M;
+  const double* block_sums = sums + (static_cast<int64_t>(g) * C + c_first) * cdim;
+  const unsigned* block_counts = counts + g * C + c_first;
   // Eight elements per thread per step, their sums and counts loaded before any is used (one at a
   // time, each step waited on its loads: ~16 round trips to L2 per block).
   constexpr int kBatch = 8;
-  for (int e0 = threadIdx.x; e0 < C * cdim; e0 += 256 * kBatch) {
+  for (int e0 = threadIdx.x; e0 < elems; e0 += 256 * kBatch) {
     unsigned count[kBatch];
     double sum[kBatch];
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
       const int e = e0 + 256 * k;
-      count[k] = e < C * cdim ? counts[g * C + e / cdim] : 1u;
-      sum[k] = e < C * cdim ? sums[static_cast<int64_t>(g) * C * cdim + e] : 0.0;
+      count[k] = e < elems ? block_counts[e / cdim] : 1u;
+      sum[k] = e < elems ? block_sums[e] : 0.0;
     }
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
       const int e = e0 + 256 * k;
-      if (e >= C * cdim) break;
-      const int c = e / cdim;
-      const int j = e - c * cdim;
+      if (e >= elems) break;
+      const int i = e / cdim;  // the block's centroid i: c_first + i
+      const int j = e - i * cdim;
+      const int c = c_first + i;
       float v;
       if (count[k] == 0u) {
         const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
@@ -1155,14 +1240,15 @@ __device__ void build_finalize(const T* keys, const float* norms, const float* p
         v = __fdiv_rn(__double2float_rn(sum[k]), static_cast<float>(count[k]));
       }
       centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = v;
-      if (staged) sc[c * cstride + j] = v;
+      rows[i * cstride + j] = v;
     }
   }
   __syncthreads();
-  pack_group(staged ? sc : centroids + static_cast<int64_t>(g) * C * cstride, frag, info, g, C, cdim, cstride, NT, KS);
+  const unsigned block_max = pack_tiles(rows, frag, info, g, C, cdim, cstride, NT, KS, nt0, nt0 + kFinalizeTiles);
+  if (threadIdx.x == 0) info[static_cast<int64_t>(g) * info_stride(NT) + NT * 8 + blockIdx.x] = __uint_as_float(block_max);
   // Rounds done, for a host that reports progress while the build's graph runs (mapped pinned
   // memory; null when nobody watches). Block 0's word: a progress report, not a completion signal.
-  if (progress != nullptr && g == 0 && threadIdx.x == 0) *reinterpret_cast<volatile unsigned*>(progress) = round + 1u;
+  if (progress != nullptr && g == 0 && blockIdx.x == 0 && threadIdx.x == 0) *reinterpret_cast<volatile unsigned*>(progress) = round + 1u;
 }
 
 }  // namespace
@@ -1172,10 +1258,10 @@ __device__ void build_finalize(const T* keys, const float* norms, const float* p
                                                          const double* sums, const unsigned* counts, float* centroids, \
                                                          uint4* frag, float* info, int n, int M, int64_t head_stride,  \
                                                          int row_stride, int D, int O, int C, int cdim, int cstride,   \
-                                                         int NT, int KS, unsigned seed, int round, int staged,         \
+                                                         int NT, int KS, unsigned seed, int round,                     \
                                                          unsigned* progress) {                                         \
     build_finalize(keys, norms, phi, sums, counts, centroids, frag, info, n, M, head_stride, row_stride, D, O, C, cdim,  \
-                   cstride, NT, KS, seed, round, staged, progress);                                                    \
+                   cstride, NT, KS, seed, round, progress);                                                            \
   }
 PQ_BUILD_FINALIZE(float, pq_build_finalize)
 PQ_BUILD_FINALIZE(__nv_bfloat16, pq_build_finalize_bf16)

@@ -127,7 +127,13 @@ const INIT_DRAW_SCRATCH = 2 * 256 * 4;
 const FIRST_SUMS_CHUNK = 8192;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
 const CHECK_ARGS = ['ptr', 'u64', 'i32', 'ptr', 'i32', 'i32'] as const;
-const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'i32', 'ptr'] as const;
+const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'ptr'] as const;
+/** n-tiles of 8 centroids a pq_build_finalize block takes (kFinalizeTiles). */
+const FINALIZE_TILES = 2;
+/** Floats of a group's info (kernels/build.cu info_stride): |c|²/2 per centroid slot, then each finalize block's max |c|. */
+function infoStride(NT: number): number {
+  return NT * 8 + NT / FINALIZE_TILES;
+}
 const PUBLISH_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 
 /**
@@ -297,7 +303,7 @@ export class BuildWorkspace {
         norms: layout.config.metric === 'ip' ? G * n * 4 : 0, // |x|² for the ip augmentation only
         codes: G * n,
         frag: G * NT * KS * 32 * 16,
-        info: G * (NT * 8 + 1) * 4,
+        info: G * infoStride(NT) * 4,
       });
     }
     return this.arena.slices;
@@ -361,25 +367,23 @@ export function buildOnDevice(
   const NT = roundUp(Math.ceil(C / 8), CHUNK_NTILES);
   const oneChunk = NT === CHUNK_NTILES;
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
-  const infoStride = NT * 8 + 1;
   const inPlace = keys instanceof Float32Array ? undefined : keysInPlace(keys, Hkv);
   const suffix = inPlace?.suffix ?? '';
   const mod = loadKernels('build');
   const roundKernel = roundKernelName(KS, oneChunk, tuning, suffix);
   const round = mod.kernel(roundKernel);
-  // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c|; with one chunk,
+  // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c| (its own slot); with one chunk,
   // its fp32 centroids too.
-  const roundSmem = NT * KS * 32 * 16 + Math.ceil(infoStride / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
-  // init and finalize keep the group's centroids in shared memory for packing where they fit in the
-  // default 48 KB beside the kernels' few static bytes (C·cstride·4 bytes: 16 KB on the seed config),
-  // else pack from global memory.
+  const roundSmem = NT * KS * 32 * 16 + Math.ceil((NT * 8 + 1) / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
+  // pq_build_init keeps the group's centroids in shared memory for packing where they fit in the
+  // default 48 KB beside its few static bytes (C·cstride·4 bytes: 16 KB on the seed config), else
+  // packs from global memory. It also keeps its drawn indices (1 KB static), and draws them in
+  // its dynamic shared memory before the centroids are staged there (2 × 256 ints).
   const stagedBytes = C * cstride * 4;
-  const staged = stagedBytes <= 47 * 1024 ? 1 : 0;
-  const groupShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: staged ? stagedBytes : 0 };
-  // pq_build_init also keeps its drawn indices (1 KB static), and draws them in its dynamic shared
-  // memory before the centroids are staged there (2 × 256 ints).
   const initStaged = stagedBytes <= 46 * 1024 ? 1 : 0;
-  const initShape = { ...groupShape, sharedBytes: Math.max(initStaged ? stagedBytes : 0, INIT_DRAW_SCRATCH) };
+  const initShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: Math.max(initStaged ? stagedBytes : 0, INIT_DRAW_SCRATCH) };
+  // pq_build_finalize: a block per FINALIZE_TILES n-tiles of each group, its centroids in shared memory.
+  const finalizeShape = { grid: [NT / FINALIZE_TILES, G, 1] as const, block: [256, 1, 1] as const, sharedBytes: FINALIZE_TILES * 8 * cstride * 4 };
   const tiles = Math.ceil(n / BLOCK_POINTS);
   const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
@@ -446,9 +450,9 @@ export function buildOnDevice(
         }
         finalizeArgs.setAll([
           keysPtr, s.norms.ptr, s.phi.ptr, s.sums.ptr, s.counts.ptr, s.centroids.ptr, s.frag.ptr, s.info.ptr,
-          n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, seed, r, staged, progress.ptr,
+          n, M, hs, rowStride, D, O, C, cdim, cstride, NT, KS, seed, r, progress.ptr,
         ]);
-        launch(finalize, groupShape, finalizeArgs, stream);
+        launch(finalize, finalizeShape, finalizeArgs, stream);
       }
       launch(round, roundShape, roundArgs(iters, ROUND_FINAL), stream);
       // The index from the workspace, unless a key was NaN or Inf.
