@@ -40,11 +40,22 @@ function checkFits(argument: string, range: DeviceRange, offset: number, bytes: 
   }
 }
 
+/** The legacy default stream (stream handle 0), where the synchronous copies run. */
+const LEGACY_STREAM: Handle = 0n;
+
 /** Synchronous and stream-ordered copies and fills over any device range. */
 export const copies = {
+  /**
+   * Host bytes to the device; they are there when it returns, for work on any stream. From pageable
+   * memory cuMemcpyHtoD returns once the bytes are staged, before its DMA lands, and runs on the
+   * legacy default stream, which the library's non-blocking streams do not wait for: without the
+   * wait below, a kernel enqueued next could read the old bytes (seen on a GPU shared with another
+   * process, session 31).
+   */
   fromHost(dst: DeviceRange, src: ArrayBufferView, dstOffset = 0): void {
     checkFits('src', dst, dstOffset, hostBytes(src));
     check('cuMemcpyHtoD_v2', driver().cuMemcpyHtoD_v2(dst.ptr + BigInt(dstOffset), src, hostBytes(src)));
+    check('cuStreamSynchronize', driver().cuStreamSynchronize(LEGACY_STREAM));
   },
   /**
    * Rows of `widthBytes` from host rows `srcPitch` apart to device rows `dstPitch` apart, without a
@@ -63,14 +74,17 @@ export const copies = {
     check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
     stream.synchronize(); // pageable source: it must stay untouched until the copy is done
   },
+  /** Device bytes to the host, there when it returns; work of other streams that writes them must be synchronized first. */
   toHost(dst: ArrayBufferView, src: DeviceRange, srcOffset = 0): void {
     checkFits('dst', src, srcOffset, hostBytes(dst));
     check('cuMemcpyDtoH_v2', driver().cuMemcpyDtoH_v2(dst, src.ptr + BigInt(srcOffset), hostBytes(dst)));
   },
+  /** Device to device, done when it returns (cuMemcpyDtoD itself does not wait for the copy). */
   deviceToDevice(dst: DeviceRange, src: DeviceRange, bytes: number): void {
     checkFits('dst', dst, 0, bytes);
     checkFits('src', src, 0, bytes);
     check('cuMemcpyDtoD_v2', driver().cuMemcpyDtoD_v2(dst.ptr, src.ptr, bytes));
+    check('cuStreamSynchronize', driver().cuStreamSynchronize(LEGACY_STREAM));
   },
   deviceToDeviceAsync(dst: DeviceRange, src: DeviceRange, bytes: number, stream: Stream): void {
     checkFits('dst', dst, 0, bytes);

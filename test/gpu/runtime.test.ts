@@ -47,6 +47,36 @@ test('copies round-trip exactly: sync, device-to-device, pinned async, odd sizes
   stream.dispose();
 });
 
+test('copies.fromHost: the bytes are there for the next work of a non-blocking stream, with the host-to-device copies busy', { skip }, () => {
+  // A pageable cuMemcpyHtoD returns before its DMA lands, on the legacy stream, which non-blocking
+  // streams do not wait for; fromHost waits for it. A large pinned copy on another stream keeps the
+  // host-to-device DMA busy, so that a copy that did not wait would still be in flight here.
+  CudaContext.primary();
+  const stream = new Stream();
+  const busy = new Stream();
+  const bulkBytes = 256 << 20;
+  const bulkHost = new PinnedBuffer(bulkBytes);
+  const bulkDevice = new DeviceBuffer(bulkBytes);
+  const n = 16384;
+  const dev = new DeviceBuffer(n * 4);
+  const pin = new PinnedBuffer(n * 4);
+  try {
+    for (let trial = 0; trial < 6; trial++) {
+      copies.fill32Async(dev, 0x7fc00000, n, stream); // NaN: a stale read cannot pass for the data
+      stream.synchronize();
+      bulkHost.copyToDeviceAsync(bulkDevice, bulkBytes, busy);
+      const src = rand(n, trial);
+      copies.fromHost(dev, src);
+      pin.copyFromDeviceAsync(dev, n * 4, stream);
+      stream.synchronize();
+      assert.deepEqual(new Float32Array(pin.arrayBuffer, 0, n), src, `trial ${trial}`);
+      busy.synchronize();
+    }
+  } finally {
+    for (const r of [bulkHost, bulkDevice, dev, pin, stream, busy]) r.dispose();
+  }
+});
+
 test('a vector kernel writes every element (output poisoned first); graph replay equals eager launches', { skip }, () => {
   CudaContext.primary();
   const add = loadKernels('runtime').kernel('pq_vector_add');
