@@ -8,7 +8,7 @@
 #   .device/app/bases/<sha>/  with BASE="<commit> …": each commit's dist/ and select/append/runtime/build
 #                     kernels, for same-run A/B of `bench --kind select|runtime` (`pqcache@<sha>` on
 #                     the device; they share app/node_modules); BASE_KERNELS="select build" packs only those
-#                     kernel families of each base (a build A/B of several bases within the budget; the CLI probes select)
+#                     kernel families of each base (a build A/B of several bases within the budget: "select build runtime", as the CLI probes select and the build bench's busy queue loads runtime)
 #   .device/COMMIT    the commit the build came from
 # The node download and the sm_90 kernel builds are cached in .device-cache/ so repacking is quick.
 set -euo pipefail
