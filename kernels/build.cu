@@ -261,45 +261,58 @@ __device__ __forceinline__ bool any_nonfinite(const uint2& v) {  // four bf16
   return (v.x & e) == e || ((v.x >> 16) & e) == e || (v.y & e) == e || ((v.y >> 16) & e) == e;
 }
 
-// Keys read in place (see "Keys"): every element of rows 0 .. sk-1 checked, four at a time by one
-// vector load (16 bytes of fp32, 8 of bf16; the host passes only layouts whose rows allow it), kUnroll
-// loads in flight per thread. The lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of a NaN or Inf goes
-// to *first_bad, as pq_build_stage_keys. Grid (x, B*Hkv), block 256: block x of head bkv takes the
-// head's quads x*256*kUnroll + threadIdx.x + 256*u, then strides by the grid.
+// The first of four values that is NaN or Inf (3 when none before the last is).
+__device__ __forceinline__ int first_nonfinite_column(const float4& x) {
+  return !isfinite(x.x) ? 0 : !isfinite(x.y) ? 1 : !isfinite(x.z) ? 2 : 3;
+}
+
+// The lowest flat index of a NaN or Inf among the quads q = q0 + 256u (u < kQuadBatch) for
+// q0 = first, first + step, … below `quads` of keys read in place (see "Keys"): quad q is row
+// p = q / row_quads, columns 4(q - p*row_quads) .. +3, at rows + p*row_stride, and element (p, j)
+// has flat index flat0 + p*D + j; ~0 if none. One vector load a quad (16 bytes of fp32, 8 of bf16),
+// kQuadBatch loads issued before any is tested (a test at each load waited on it in turn). Called
+// by every thread of a 256-thread block with first = (its block's offset) + threadIdx.x.
+constexpr int kQuadBatch = 8;
 template <typename T>
-__device__ void check_keys(const T* keys, int64_t head_stride, int row_stride, unsigned long long* first_bad, int sk, int D) {
+__device__ unsigned long long lowest_nonfinite_quads(const T* rows, int row_stride, int row_quads, int quads, int first, int step,
+                                                     int64_t flat0, int D) {
   using Quad = typename KStep<T>::type;
-  constexpr int kUnroll = 8;
-  const int bkv = blockIdx.y;
-  const T* head = keys + bkv * head_stride;
-  const int quads_per_row = D / 4;
-  const int quads = sk * quads_per_row;  // < 2^31 (the host checks)
   unsigned long long bad = ULLONG_MAX;
-  for (int q0 = blockIdx.x * 256 * kUnroll + threadIdx.x; q0 < quads; q0 += gridDim.x * 256 * kUnroll) {
-    Quad v[kUnroll];
+  for (int q0 = first; q0 < quads; q0 += step) {
+    Quad v[kQuadBatch];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kQuadBatch; ++u) {
       const int q = q0 + 256 * u;
       if (q < quads) {
-        const int p = q / quads_per_row;
-        v[u] = *reinterpret_cast<const Quad*>(head + static_cast<int64_t>(p) * row_stride + (q - p * quads_per_row) * 4);
+        const int p = q / row_quads;
+        v[u] = *reinterpret_cast<const Quad*>(rows + static_cast<int64_t>(p) * row_stride + (q - p * row_quads) * 4);
       } else {
         zero_four(v[u]);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kQuadBatch; ++u) {
       if (!any_nonfinite(v[u])) continue;  // bad input only below
-      const float4 f = four_floats(v[u]);
-      const float e[4] = {f.x, f.y, f.z, f.w};
-      for (int k = 0; k < 4; ++k) {
-        if (!isfinite(e[k])) {
-          bad = min(bad, static_cast<unsigned long long>(static_cast<int64_t>(bkv) * sk * D + 4 * static_cast<int64_t>(q0 + 256 * u) + k));
-          break;
-        }
-      }
+      const int q = q0 + 256 * u;
+      const int p = q / row_quads;
+      const int j = 4 * (q - p * row_quads) + first_nonfinite_column(four_floats(v[u]));
+      bad = min(bad, static_cast<unsigned long long>(flat0 + static_cast<int64_t>(p) * D + j));
     }
   }
+  return bad;
+}
+
+// Keys read in place (see "Keys"): every element of rows 0 .. sk-1 checked, four at a time by one
+// vector load (16 bytes of fp32, 8 of bf16; the host passes only layouts whose rows allow it), kQuadBatch
+// loads in flight per thread. The lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of a NaN or Inf goes
+// to *first_bad, as pq_build_stage_keys. Grid (x, B*Hkv), block 256: block x of head bkv takes the
+// head's quads x*256*kQuadBatch + threadIdx.x + 256*u, then strides by the grid.
+template <typename T>
+__device__ void check_keys(const T* keys, int64_t head_stride, int row_stride, unsigned long long* first_bad, int sk, int D) {
+  const int bkv = blockIdx.y;
+  const unsigned long long bad =
+      lowest_nonfinite_quads(keys + bkv * head_stride, row_stride, D / 4, sk * (D / 4), blockIdx.x * 256 * kQuadBatch + threadIdx.x,
+                             gridDim.x * 256 * kQuadBatch, static_cast<int64_t>(bkv) * sk * D, D);  // sk*D/4 < 2^31 (the host checks)
   if (bad != ULLONG_MAX) atomicMin(first_bad, bad);
 }
 
@@ -407,43 +420,21 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
   float* sc = reinterpret_cast<float*>(staged_centroids);
   const int g = blockIdx.x;
   const int dsub = D / M;
-  constexpr int kInitBatch = 8;
   {
-    // The NaN/Inf check of positions < O: four columns a load (rows are aligned as for the rounds),
-    // kInitBatch loads issued before any is tested (a test at each load waited on it in turn).
-    using Four = typename KStep<T>::type;
+    // The NaN/Inf check of positions < O (rows are aligned as for the rounds).
     const int bkv = g / M;
-    const T* sinks = keys + bkv * head_stride + (g - bkv * M) * dsub;  // row 0 of the group's columns
-    const int row_quads = dsub / 4;
-    unsigned long long lowest = ULLONG_MAX;
-    for (int q0 = threadIdx.x; q0 < O * row_quads; q0 += 256 * kInitBatch) {
-      Four raw[kInitBatch];
-#pragma unroll
-      for (int k = 0; k < kInitBatch; ++k) {
-        const int q = q0 + 256 * k;
-        const int p = q / row_quads;
-        zero_four(raw[k]);
-        if (q < O * row_quads) raw[k] = *reinterpret_cast<const Four*>(sinks + static_cast<int64_t>(p) * row_stride + 4 * (q - p * row_quads));
-      }
-#pragma unroll
-      for (int k = 0; k < kInitBatch; ++k) {
-        const float4 x = four_floats(raw[k]);
-        if (!isfinite(x.x) || !isfinite(x.y) || !isfinite(x.z) || !isfinite(x.w)) {  // bad input only (the zeroed quads past the end are finite)
-          const int q = q0 + 256 * k;
-          const int p = q / row_quads;
-          const int j = 4 * (q - p * row_quads) + (!isfinite(x.x) ? 0 : !isfinite(x.y) ? 1 : !isfinite(x.z) ? 2 : 3);
-          lowest = min(lowest, static_cast<unsigned long long>((static_cast<int64_t>(bkv) * (O + n) + p) * D + (g - bkv * M) * dsub + j));
-        }
-      }
-    }
-    if (lowest != ULLONG_MAX) atomicMin(first_bad, lowest);
+    const int m = g - bkv * M;
+    const unsigned long long bad = lowest_nonfinite_quads(keys + bkv * head_stride + m * dsub, row_stride, dsub / 4, O * (dsub / 4), threadIdx.x,
+                                                          256 * kQuadBatch, static_cast<int64_t>(bkv) * (O + n) * D + m * dsub, D);
+    if (bad != ULLONG_MAX) atomicMin(first_bad, bad);
   }
   initial_sample_indices(seed, g, n, C, init_index, reinterpret_cast<int*>(staged_centroids));
   __syncthreads();  // the indices; the scratch is free for the staged centroids
   float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
   // kInitBatch coordinates a thread loaded before any is stored (a store before the next load, which
-  // may alias it, waited on each load in turn: one DRAM latency per coordinate).
-  // The loads return raw key words, converted after the batch's loads are issued (as first sums).
+  // may alias it, waited on each load in turn: one DRAM latency per coordinate); the loads return
+  // raw key words, converted after the batch's loads are issued (as first sums).
+  constexpr int kInitBatch = 8;
   const T* points = group_points(keys, g, M, head_stride, row_stride, O, dsub);
   for (int e0 = threadIdx.x; e0 < C * cdim; e0 += 256 * kInitBatch) {
     T raw[kInitBatch];
@@ -1050,17 +1041,12 @@ namespace {
 template <typename T>
 __device__ unsigned long long lowest_nonfinite(const T* keys, int row_stride, const uint16_t* order, int count,
                                                             int64_t chunk_flat, int D) {
+  using Quad = typename KStep<T>::type;
   unsigned long long bad = ULLONG_MAX;
   for (int k = 0; k < count; ++k) {
     const int i = order[k];
-    const float4 x = four_floats(*reinterpret_cast<const typename KStep<T>::type*>(keys + static_cast<int64_t>(i) * row_stride));
-    const float e[4] = {x.x, x.y, x.z, x.w};
-    for (int c = 0; c < 4; ++c) {
-      if (!isfinite(e[c])) {
-        bad = min(bad, static_cast<unsigned long long>(chunk_flat + static_cast<int64_t>(i) * D + c));
-        break;
-      }
-    }
+    const Quad v = *reinterpret_cast<const Quad*>(keys + static_cast<int64_t>(i) * row_stride);
+    if (any_nonfinite(v)) bad = min(bad, static_cast<unsigned long long>(chunk_flat + static_cast<int64_t>(i) * D + first_nonfinite_column(four_floats(v))));
   }
   return bad;
 }
