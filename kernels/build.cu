@@ -24,15 +24,20 @@
 // canonical distances wins, exactly as the oracle. Non-finite values, or magnitudes at which a
 // distance could overflow, make the band infinite: every centroid is then re-scored.
 //
-// Sums without re-reading the keys. Cluster sums (float64, rounded once to fp32 at the mean as the
-// oracle) and counts persist across rounds: a round after the first adds a point to its new cluster
-// and takes it out of its old one only when its code changed (float64 atomics), from the tile it just
-// scored. Round 0, where every point joins a cluster, forms them in pq_build_first_sums instead.
+// Sums by moves or from the codes. Cluster sums (float64, rounded once to fp32 at the mean as the
+// oracle) and counts persist across rounds: a moving round adds a point to its new cluster and takes
+// it out of its old one only when its code changed (float64 atomics, 2*cdim a point), from the tile
+// it just scored. Where many points change (round 0, where every point joins a cluster, and the
+// first rounds after it: 32% of the points in round 1 of the seed build), forming the sums again
+// from the codes in pq_build_first_sums (one atomic per run of equal codes) costs less; the host
+// picks how many leading rounds do that. Both give the same float64 sums on data where they are
+// exact, and the same rounding to fp32 at the mean.
 //
 // One round = pq_build_round (codes, sums) -> pq_build_finalize (means; an empty cluster takes the
 // point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round);
-// round 0 = pq_build_round (codes only) -> pq_build_first_sums -> pq_build_finalize. After the last
-// round, the final assignment (pq_build_round, codes only) -> pq_build_publish.
+// a recomputing round = pq_build_round (codes only) -> (zeroed sums and counts) ->
+// pq_build_first_sums -> pq_build_finalize. After the last round, the final assignment
+// (pq_build_round, codes only) -> pq_build_publish.
 //
 // NaN/Inf keys, without a pass of their own: the k-means works on the workspace's centroids and phi,
 // so nothing reaches the caller's index until pq_build_publish, which writes it only if no kernel
@@ -58,8 +63,8 @@
 //                      tile); no block barrier after the prologue. Static smem: a 256-byte
 //                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
-//   pq_build_first_sums grid (ceil(n/8192), G), block 256: round 0's sums and counts; checks
-//                      positions >= O (see there).
+//   pq_build_first_sums grid (ceil(n/8192), G), block 256: a recomputing round's sums and counts
+//                      (added to zeroed ones); checks positions >= O (see there).
 //   pq_build_finalize  grid (NT/2, G), block 256, dynamic smem 16*cstride*4: block x of group g
 //                      takes centroids 16x .. 16x+15: means (fp32 division) or the re-seed;
 //                      packs them and their max |c|; block (0, 0) writes the rounds done to
@@ -480,7 +485,10 @@ namespace {
 
 // Modes of a round: the first round has no previous codes and moves nothing; the final assignment
 // writes its codes for pq_build_publish.
-enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2 };
+// ROUND_FIRST: codes of every point (round 0). ROUND_NEXT: codes that changed, and their points
+// moved between the cluster sums. ROUND_RECOMPUTE: codes that changed, no moves (the host zeroes
+// the sums and pq_build_first_sums forms them again from the codes). ROUND_FINAL: every code.
+enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2, ROUND_RECOMPUTE = 3 };
 
 // Half the bound on the distance of the tensor-core estimate from the canonical order, in score
 // units (score = x.c - |c|^2/2 = (|x|^2 - D)/2; see the header): split and accumulation error of
@@ -934,7 +942,7 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
     const int pbase = tile * kWarpPoints;
     // The previous codes are loaded before the scoring, which hides their latency.
     int old[2] = {-1, -1};
-    if (mode == ROUND_NEXT) {
+    if (mode == ROUND_NEXT || mode == ROUND_RECOMPUTE) {
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs)
         if (pbase + q + 8 * rs < n) old[rs] = codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs];
@@ -943,13 +951,17 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     flagged_total += nearest_rows<KS, kOneChunk>(view, last_in, ip_lane, pbase, code, valid, xaug);
-    // Codes only: in round 0, pq_build_first_sums then adds every point to its cluster; the final
-    // assignment's codes go to the index through pq_build_publish.
+    // Codes only: in round 0 and recomputing rounds, pq_build_first_sums then adds every point to its
+    // cluster; the final assignment's codes go to the index through pq_build_publish. old = -1 where
+    // there is no previous code, so each mode counts its changed codes the same way.
     if (mode != ROUND_NEXT) {
+      bool changed[2];
 #pragma unroll
-      for (int rs = 0; rs < 2; ++rs)
-        if (valid[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
-      if (mode == ROUND_FIRST) changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && valid[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && valid[1]));
+      for (int rs = 0; rs < 2; ++rs) {
+        changed[rs] = valid[rs] && code[rs] != old[rs];
+        if (changed[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
+      }
+      if (mode != ROUND_FINAL) changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && changed[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && changed[1]));
       return;
     }
     // Codes that changed move their point between the clusters' sums: the row's owner lane (t == 0)

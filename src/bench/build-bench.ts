@@ -155,6 +155,7 @@ function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: De
         : `keys already on the device (${source.slice(7)}), ${stats?.keysRead === 'staged' ? 'staged' : 'read in place'}: wall covers ${stats?.keysRead === 'staged' ? 'the fp32 staging copy (with the NaN/Inf check), ' : ''}the k-means graph (with the NaN/Inf check), the sync and the read-back; gpu covers the k-means graph on the device`,
       gpu_method: `CUDA events around the graph, stream kept busy ${BUILD_BUSY_NS / 1000} μs ahead (the host's launch outside), builds of their own`,
       round_kernel: stats?.roundKernel,
+      recomputed_rounds: stats?.recomputedRounds,
       keys_read: stats?.keysRead,
       // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
       // and share whose code changed, per assignment pass (last: the final assignment).

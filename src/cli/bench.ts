@@ -134,8 +134,15 @@ export function runBench(o: BenchCliOptions): number {
   return record.rows.every((r) => r.matches_oracle !== false) ? 0 : 1;
 }
 
-/** A/B override of the build kernel's choice: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per SM). */
+/**
+ * A/B overrides of the build's choices: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per SM),
+ * PQCACHE_BUILD_RECOMPUTE=n (leading rounds whose sums are formed from their codes, n ≥ 1).
+ */
 function buildTuningFromEnv(): BuildTuning {
   const blocks = Number(process.env.PQCACHE_BUILD_BLOCKS);
-  return blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {};
+  const recompute = process.env.PQCACHE_BUILD_RECOMPUTE;
+  return {
+    ...(blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {}),
+    ...(recompute !== undefined && recompute !== '' ? { recomputeRounds: Number(recompute) } : {}),
+  };
 }

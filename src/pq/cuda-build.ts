@@ -3,8 +3,9 @@
  * oracle's seeded initial draw (rng.ts), with the oracle's nearest centroid (tensor-core estimates,
  * near ties re-scored in its canonical order), means and re-seeding, so that integer-valued data
  * gives identical centroids and codes on both backends. One pass over the keys per round: the
- * cluster sums follow the points whose code changed (round 0, where every point joins a cluster,
- * reads them once more to form its sums in code order). The k-means is one CUDA graph (norms,
+ * cluster sums follow the points whose code changed, except in the first rounds, where so many
+ * points change that a second pass forming the sums in code order costs less (round 0, where every
+ * point joins a cluster, and round 1: `BuildTuning.recomputeRounds`). The k-means is one CUDA graph (norms,
  * init with the oracle's initial draw, every round and finalize, the final assignment, and the
  * publication of the index), launched once. Keys come from the host (uploaded) or from device
  * memory in any float dtype (read in place when fp32 or bf16 in a layout the kernels address: see
@@ -17,7 +18,7 @@ import { ARENA_ALIGNMENT, DeviceArena, PinnedBuffer, copies, type DeviceRange } 
 import { CudaContext } from '../cuda/context.js';
 import type { Module } from '../cuda/module.js';
 import type { Event, Stream } from '../cuda/stream.js';
-import { DeviceInputError, ShapeError } from '../errors.js';
+import { ConfigError, DeviceInputError, ShapeError } from '../errors.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, allocStorage, readFloat } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
@@ -33,6 +34,7 @@ const BLOCK_POINTS = (ROUND_THREADS / 32) * 16;
 const ROUND_FIRST = 0;
 const ROUND_NEXT = 1;
 const ROUND_FINAL = 2;
+const ROUND_RECOMPUTE = 3;
 
 export interface DeviceBuildTarget {
   /** [G, C, cstride] f32 (G = B·Hkv·M) */
@@ -81,18 +83,33 @@ export interface BuildStats {
   readonly points: number;
   /** The round kernel. */
   readonly roundKernel: string;
+  /** Leading rounds whose sums were formed from their codes (the rest moved their changed points). */
+  readonly recomputedRounds: number;
   /** How the kernels read the keys: uploaded from the host, staged (a contiguous fp32 copy of device keys), or in place. */
   readonly keysRead: 'uploaded' | 'staged' | 'in place';
 }
 
-/** Benchmark override of the round kernel's choice (default: DEFAULT_ROUND_BLOCKS). */
+/** Benchmark overrides of the build's choices (defaults: DEFAULT_ROUND_BLOCKS, DEFAULT_RECOMPUTE_ROUNDS). */
 export interface BuildTuning {
   /**
    * Round-kernel blocks (of 4 warps) per SM, by its register limit: 2 (any KS), 3 or 4 (KS ≤ 4:
    * at most 168 or 128 registers).
    */
   readonly blocksPerSM?: 2 | 3 | 4;
+  /**
+   * Leading rounds (≥ 1) whose cluster sums are formed again from their codes by a pass of
+   * pq_build_first_sums instead of following the points that moved. Round 0 always is.
+   */
+  readonly recomputeRounds?: number;
 }
+
+/**
+ * Rounds 0 and 1 form their sums from the codes. A moved point costs 2·cdim float64 atomics, ≈ 9 μs
+ * of the seed build's bf16 round per percent of points moved (290 μs in round 1, 32% moved); a pass
+ * of pq_build_first_sums costs 125 μs from bf16 keys, 196 from fp32 (session 31, ncu). Round 2
+ * (14% moved on the bench's data) is about even.
+ */
+const DEFAULT_RECOMPUTE_ROUNDS = 2;
 
 /** Round-kernel blocks per SM where KS ≤ 4 allows a choice. */
 const DEFAULT_ROUND_BLOCKS = 4;
@@ -372,6 +389,8 @@ export function buildOnDevice(
   const mod = loadKernels('build');
   const roundKernel = roundKernelName(KS, oneChunk, tuning, suffix);
   const round = mod.kernel(roundKernel);
+  const recomputeRounds = tuning.recomputeRounds ?? DEFAULT_RECOMPUTE_ROUNDS;
+  if (!Number.isInteger(recomputeRounds) || recomputeRounds < 1) throw new ConfigError('tuning.recomputeRounds', 'an integer ≥ 1', String(tuning.recomputeRounds));
   // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c| (its own slot); with one chunk,
   // its fp32 centroids too.
   const roundSmem = NT * KS * 32 * 16 + Math.ceil((NT * 8 + 1) / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
@@ -420,7 +439,7 @@ export function buildOnDevice(
     // into its node, so finalize's argument block is rewritten from round to round). Everything it
     // bakes in besides sk, the kernels and the key strides: the key and target pointers (the
     // workspace's are fixed).
-    const signature = `${seqLen}:${roundKernel}:${headStride}:${rowStride}`;
+    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${headStride}:${rowStride}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
       // stats, sums, counts, centroids (their padding columns too) and φ.
       const zeroed = spanOf(s.stats, s.phi);
@@ -437,10 +456,14 @@ export function buildOnDevice(
         stream,
       );
       const finalizeArgs = args(FINALIZE_ARGS);
+      const sumsAndCounts = spanOf(s.sums, s.counts);
       for (let r = 0; r < iters; r++) {
-        launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : ROUND_NEXT), stream);
-        if (r === 0) {
-          // Round 0 writes codes only; its sums and counts come from the codes, a block per 8192 points.
+        const recompute = r < recomputeRounds;
+        launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : recompute ? ROUND_RECOMPUTE : ROUND_NEXT), stream);
+        if (recompute) {
+          // Codes only; the sums and counts come from the codes, a block per 8192 points (round 0's
+          // were zeroed with the workspace).
+          if (r > 0) copies.fill32Async(sumsAndCounts, 0, sumsAndCounts.bytes / 4, stream);
           launch(
             firstSums,
             { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
@@ -481,6 +504,7 @@ export function buildOnDevice(
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
       points: G * n,
       roundKernel,
+      recomputedRounds: Math.min(recomputeRounds, iters),
       keysRead: keys instanceof Float32Array ? 'uploaded' : inPlace ? 'in place' : 'staged',
     };
   } finally {

@@ -4,7 +4,7 @@ import { makeLayout } from '../../src/pq/config.js';
 import { appendCodesCpu, buildIndexCpu } from '../../src/pq/cpu-build.js';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceBuffer, copies } from '../../src/cuda/memory.js';
-import { DeviceInputError, NonFiniteError, ShapeError } from '../../src/errors.js';
+import { ConfigError, DeviceInputError, NonFiniteError, ShapeError } from '../../src/errors.js';
 import { Stream } from '../../src/cuda/stream.js';
 import { type BuildTuning, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice, readBuildTarget } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
@@ -109,7 +109,7 @@ function assertTargetIsOracle(c: Case, t: DeviceBuildTarget, cpu: PQIndexState, 
       for (let m = 0; m < c.M; m++) assert.equal(codes[(bh * capPad + p) * c.M + m], cpu.codes[codeOffset(layout, cpu.capacity, 0, bh, p) + m], `code ${bh}/${p}/${m} ${what}`);
 }
 
-test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM) equals the oracle on integer data', { skip }, () => {
+test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM), and sums moved or formed from the codes in 1 to all rounds, equals the oracle on integer data with the same changed codes per round', { skip }, () => {
   const seedLike: Case = { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1500, O: 3, ip: false, iters: 4 }; // 4 k-steps, as the seed config
   for (const c of [CASES[0], CASES[2], seedLike]) {
     const layout = layoutOf(c);
@@ -119,14 +119,25 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM) 
     const stream = new Stream();
     const { arena, target: t } = allocateBuildTarget(layout, c.sk);
     try {
-      const tunings: BuildTuning[] = [{ blocksPerSM: 2 }, { blocksPerSM: 3 }, { blocksPerSM: 4 }];
+      const tunings: BuildTuning[] = [
+        { blocksPerSM: 2 }, { blocksPerSM: 3 }, { blocksPerSM: 4 },
+        { blocksPerSM: 4, recomputeRounds: 1 }, { blocksPerSM: 4, recomputeRounds: 3 }, { blocksPerSM: 4, recomputeRounds: c.iters + 1 },
+      ];
+      let changed: readonly number[] | undefined;
       for (const tuning of tunings) {
         copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
         const stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning);
-        const what = `${stats.roundKernel} ${JSON.stringify(c)}`;
+        const what = `${stats.roundKernel}, ${stats.recomputedRounds} recomputed rounds, ${JSON.stringify(c)}`;
         assert.equal(stats.roundKernel, `pq_build_round_k${Math.ceil(layout.centroidDim / 16)}_c1_b${tuning.blocksPerSM}`, what);
+        assert.equal(stats.recomputedRounds, Math.min(tuning.recomputeRounds ?? 2, c.iters), what);
         assertTargetIsOracle(c, t, cpu, what);
+        // Moving and recomputing rounds count their changed codes alike: round 0 all points, the final pass none.
+        assert.equal(stats.changedPerRound[0], stats.points, what);
+        assert.equal(stats.changedPerRound[c.iters], 0, what);
+        if (changed) assert.deepEqual(stats.changedPerRound, changed, what);
+        changed = stats.changedPerRound;
       }
+      assert.throws(() => buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, { recomputeRounds: 0 }), ConfigError);
     } finally {
       arena.dispose();
       stream.dispose();
