@@ -1039,12 +1039,18 @@ PQ_BUILD_ROUND_KS_B34(4)
 // in registers and writes one atomic per coordinate and run (a slice's runs are ~100 points long
 // on the seed config), for one more read of the keys. That read is also the NaN/Inf check of every
 // clustered key (see flush).
-// Launch: grid (ceil(n / kSumChunk), G), block kSumThreads; sums and counts zeroed before round 0.
+// Launch: grid (ceil(n / chunk), G), block kSumThreads, chunk <= kSumChunk points a block (the host's
+// choice); sums and counts zeroed before.
 constexpr int kSumThreads = 256;
-// 8192 points a block: 4 blocks a group on the seed config, one wave (256 blocks at 3 a multiprocessor);
-// 4096 made 1.3 waves (201 against 223 us, ncu; seed build 3.259 against 3.280 ms, session 26).
 constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
-constexpr int kSumBatch = 8;  // points a thread loads before adding any (4 and 16 were no faster while bf16 loads were serialized; not re-measured since)
+#ifndef PQ_SUM_BATCH_BF16
+#define PQ_SUM_BATCH_BF16 8
+#endif
+// Points a thread loads before adding any.
+template <typename T>
+struct SumBatch {
+  static constexpr int value = std::is_same<T, __nv_bfloat16>::value ? PQ_SUM_BATCH_BF16 : 8;
+};
 
 namespace {
 
@@ -1066,14 +1072,15 @@ __device__ unsigned long long lowest_nonfinite(const T* keys, int row_stride, co
 template <typename T>
 __device__ void build_first_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums,
                                  unsigned* counts, unsigned long long* first_bad, int n, int M, int64_t head_stride,
-                                 int row_stride, int D, int O, int C, int cdim) {
+                                 int row_stride, int D, int O, int C, int cdim, int chunk) {
+  constexpr int kSumBatch = SumBatch<T>::value;
   __shared__ uint8_t code_of[kSumChunk];
   __shared__ uint16_t order[kSumChunk];  // chunk points by code
   __shared__ int bin_next[256];
   __shared__ int scan_scratch[kSumThreads / 32];
   const int g = blockIdx.y;
-  const int p0 = blockIdx.x * kSumChunk;
-  const int len = min(kSumChunk, n - p0);
+  const int p0 = blockIdx.x * chunk;
+  const int len = min(chunk, n - p0);
   const int dsub = D / M;
   bin_next[threadIdx.x] = 0;  // kSumThreads == 256 bins
   __syncthreads();
@@ -1186,9 +1193,9 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
   extern "C" __global__ void __launch_bounds__(kSumThreads) NAME(                                                     \
       const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums, unsigned* counts,  \
       unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,          \
-      int cdim) {                                                                                                     \
+      int cdim, int chunk) {                                                                                          \
     build_first_sums(keys, norms, phi, codes_tmp, sums, counts, first_bad, n, M, head_stride, row_stride, D, O, C,    \
-                     cdim);                                                                                           \
+                     cdim, chunk);                                                                                    \
   }
 PQ_BUILD_FIRST_SUMS(float, pq_build_first_sums)
 PQ_BUILD_FIRST_SUMS(__nv_bfloat16, pq_build_first_sums_bf16)

@@ -156,6 +156,7 @@ function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: De
       gpu_method: `CUDA events around the graph, stream kept busy ${BUILD_BUSY_NS / 1000} μs ahead (the host's launch outside), builds of their own`,
       round_kernel: stats?.roundKernel,
       recomputed_rounds: stats?.recomputedRounds,
+      first_sums_chunk: stats?.firstSumsChunk,
       keys_read: stats?.keysRead,
       // Share of points re-scored in the canonical order (near ties of the tensor-core estimate)
       // and share whose code changed, per assignment pass (last: the final assignment).

@@ -85,6 +85,8 @@ export interface BuildStats {
   readonly roundKernel: string;
   /** Leading rounds whose sums were formed from their codes (the rest moved their changed points). */
   readonly recomputedRounds: number;
+  /** Points a pq_build_first_sums block took. */
+  readonly firstSumsChunk: number;
   /** How the kernels read the keys: uploaded from the host, staged (a contiguous fp32 copy of device keys), or in place. */
   readonly keysRead: 'uploaded' | 'staged' | 'in place';
 }
@@ -101,6 +103,8 @@ export interface BuildTuning {
    * pq_build_first_sums instead of following the points that moved. Round 0 always is.
    */
   readonly recomputeRounds?: number;
+  /** Points a pq_build_first_sums block takes (≤ 8192; default by key dtype: FIRST_SUMS_CHUNK). */
+  readonly firstSumsChunk?: number;
 }
 
 /**
@@ -137,11 +141,16 @@ export function deviceBuildSupported(layout: Layout): boolean {
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
 const INIT_DRAW_SCRATCH = 2 * 256 * 4;
-/** Points per block of pq_build_first_sums (kSumChunk). */
-const FIRST_SUMS_CHUNK = 8192;
+/** Most points a pq_build_first_sums block takes (kSumChunk). */
+const FIRST_SUMS_MAX_CHUNK = 8192;
+/**
+ * Points a pq_build_first_sums block takes, by key dtype. fp32: 8192, one wave on the seed config
+ * (256 blocks at 3 a multiprocessor; 4096 made 1.3 waves, 201 against 223 μs, ncu, session 26).
+ */
+const FIRST_SUMS_CHUNK = { f32: 8192, bf16: 8192 } as const;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
 const CHECK_ARGS = ['ptr', 'u64', 'i32', 'ptr', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'ptr'] as const;
@@ -391,6 +400,8 @@ export function buildOnDevice(
   const round = mod.kernel(roundKernel);
   const recomputeRounds = tuning.recomputeRounds ?? DEFAULT_RECOMPUTE_ROUNDS;
   if (!Number.isInteger(recomputeRounds) || recomputeRounds < 1) throw new ConfigError('tuning.recomputeRounds', 'an integer ≥ 1', String(tuning.recomputeRounds));
+  const sumsChunk = tuning.firstSumsChunk ?? FIRST_SUMS_CHUNK[suffix === '_bf16' ? 'bf16' : 'f32'];
+  if (!Number.isInteger(sumsChunk) || sumsChunk < 1 || sumsChunk > FIRST_SUMS_MAX_CHUNK) throw new ConfigError('tuning.firstSumsChunk', `an integer in [1, ${FIRST_SUMS_MAX_CHUNK}]`, String(tuning.firstSumsChunk));
   // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c| (its own slot); with one chunk,
   // its fp32 centroids too.
   const roundSmem = NT * KS * 32 * 16 + Math.ceil((NT * 8 + 1) / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
@@ -439,7 +450,7 @@ export function buildOnDevice(
     // into its node, so finalize's argument block is rewritten from round to round). Everything it
     // bakes in besides sk, the kernels and the key strides: the key and target pointers (the
     // workspace's are fixed).
-    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${headStride}:${rowStride}`;
+    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${sumsChunk}:${headStride}:${rowStride}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
       // stats, sums, counts, centroids (their padding columns too) and φ.
       const zeroed = spanOf(s.stats, s.phi);
@@ -461,13 +472,13 @@ export function buildOnDevice(
         const recompute = r < recomputeRounds;
         launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : recompute ? ROUND_RECOMPUTE : ROUND_NEXT), stream);
         if (recompute) {
-          // Codes only; the sums and counts come from the codes, a block per 8192 points (round 0's
+          // Codes only; the sums and counts come from the codes, a block per sumsChunk points (round 0's
           // were zeroed with the workspace).
           if (r > 0) copies.fill32Async(sumsAndCounts, 0, sumsAndCounts.bytes / 4, stream);
           launch(
             firstSums,
-            { grid: [Math.ceil(n / FIRST_SUMS_CHUNK), G, 1], block: [256, 1, 1] },
-            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim]),
+            { grid: [Math.ceil(n / sumsChunk), G, 1], block: [256, 1, 1] },
+            args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim, sumsChunk]),
             stream,
           );
         }
@@ -505,6 +516,7 @@ export function buildOnDevice(
       points: G * n,
       roundKernel,
       recomputedRounds: Math.min(recomputeRounds, iters),
+      firstSumsChunk: sumsChunk,
       keysRead: keys instanceof Float32Array ? 'uploaded' : inPlace ? 'in place' : 'staged',
     };
   } finally {

@@ -109,7 +109,7 @@ function assertTargetIsOracle(c: Case, t: DeviceBuildTarget, cpu: PQIndexState, 
       for (let m = 0; m < c.M; m++) assert.equal(codes[(bh * capPad + p) * c.M + m], cpu.codes[codeOffset(layout, cpu.capacity, 0, bh, p) + m], `code ${bh}/${p}/${m} ${what}`);
 }
 
-test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM), and sums moved or formed from the codes in 1 to all rounds, equals the oracle on integer data with the same changed codes per round', { skip }, () => {
+test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM), sums moved or formed from the codes in 1 to all rounds, and first-sums blocks of other sizes, equal the oracle on integer data with the same changed codes per round', { skip }, () => {
   const seedLike: Case = { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1500, O: 3, ip: false, iters: 4 }; // 4 k-steps, as the seed config
   for (const c of [CASES[0], CASES[2], seedLike]) {
     const layout = layoutOf(c);
@@ -122,6 +122,7 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
       const tunings: BuildTuning[] = [
         { blocksPerSM: 2 }, { blocksPerSM: 3 }, { blocksPerSM: 4 },
         { blocksPerSM: 4, recomputeRounds: 1 }, { blocksPerSM: 4, recomputeRounds: 3 }, { blocksPerSM: 4, recomputeRounds: c.iters + 1 },
+        { blocksPerSM: 4, recomputeRounds: c.iters, firstSumsChunk: 333 }, // blocks of 333 points, the last one part-filled
       ];
       let changed: readonly number[] | undefined;
       for (const tuning of tunings) {
@@ -138,6 +139,7 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
         changed = stats.changedPerRound;
       }
       assert.throws(() => buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, { recomputeRounds: 0 }), ConfigError);
+      assert.throws(() => buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, { firstSumsChunk: 8193 }), ConfigError);
     } finally {
       arena.dispose();
       stream.dispose();
