@@ -25,21 +25,19 @@
 // distance could overflow, make the band infinite: every centroid is then re-scored.
 //
 // Sums by moves or from the codes. Cluster sums (float64, rounded once to fp32 at the mean as the
-// oracle) and counts persist across rounds. A moving round lists the points whose code changed
-// (and moves their counts); pq_build_apply_moves then adds each to its new cluster and takes it out
-// of its old one. Where many points change (round 0, where every point joins a cluster, and the
+// oracle) and counts persist across rounds: a moving round adds a point to its new cluster and takes
+// it out of its old one only when its code changed (float64 atomics, 2*cdim a point), from the tile
+// it just scored. Where many points change (round 0, where every point joins a cluster, and the
 // first rounds after it: 32% of the points in round 1 of the seed build), forming the sums again
-// from the codes in pq_build_first_sums costs less; the host picks how many leading rounds do that.
-// Both sum items sorted by code in shared memory, one float64 atomic per run of equal codes and
-// coordinate (moving each point from the round kernel took 2*cdim atomics a point). Every way gives
-// the same float64 sums on data where they are exact, and the same rounding to fp32 at the mean.
+// from the codes in pq_build_first_sums (one atomic per run of equal codes) costs less; the host
+// picks how many leading rounds do that. Both give the same float64 sums on data where they are
+// exact, and the same rounding to fp32 at the mean.
 //
-// A moving round = pq_build_round (codes, counts, move list) -> pq_build_apply_moves ->
-// pq_build_finalize (means; an empty cluster takes the point drawn by pq_draw(seed, 2g+1,
-// round*256 + c); then the packed operands of the next round); a recomputing round =
-// pq_build_round (codes only) -> (zeroed sums and counts) -> pq_build_first_sums ->
-// pq_build_finalize. After the last round, the final assignment (pq_build_round, codes only) ->
-// pq_build_publish.
+// One round = pq_build_round (codes, sums) -> pq_build_finalize (means; an empty cluster takes the
+// point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round);
+// a recomputing round = pq_build_round (codes only) -> (zeroed sums and counts) ->
+// pq_build_first_sums -> pq_build_finalize. After the last round, the final assignment
+// (pq_build_round, codes only) -> pq_build_publish.
 //
 // NaN/Inf keys, without a pass of their own: the k-means works on the workspace's centroids and phi,
 // so nothing reaches the caller's index until pq_build_publish, which writes it only if no kernel
@@ -65,11 +63,8 @@
 //                      tile); no block barrier after the prologue. Static smem: a 256-byte
 //                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
-//   pq_build_first_sums grid (ceil(n/chunk), G), block 256: a recomputing round's sums and counts
-//                      (added to zeroed ones), chunk <= 8192 points a block; checks positions >= O
-//                      (see there).
-//   pq_build_apply_moves grid (Y, G), block 256: a moving round's list of group g, chunk <= 4096
-//                      entries at a time per block, block x taking chunks x, x + Y, ...
+//   pq_build_first_sums grid (ceil(n/8192), G), block 256: a recomputing round's sums and counts
+//                      (added to zeroed ones); checks positions >= O (see there).
 //   pq_build_finalize  grid (NT/2, G), block 256, dynamic smem 16*cstride*4: block x of group g
 //                      takes centroids 16x .. 16x+15: means (fp32 division) or the re-seed;
 //                      packs them and their max |c|; block (0, 0) writes the rounds done to
@@ -490,9 +485,8 @@ namespace {
 
 // Modes of a round: the first round has no previous codes and moves nothing; the final assignment
 // writes its codes for pq_build_publish.
-// ROUND_FIRST: codes of every point (round 0). ROUND_NEXT: codes that changed, their counts moved
-// and their points listed for pq_build_apply_moves (move_count[g] entries at moves + g*n, each
-// point << 8 | old code; n < 2^24). ROUND_RECOMPUTE: codes that changed, no moves (the host zeroes
+// ROUND_FIRST: codes of every point (round 0). ROUND_NEXT: codes that changed, and their points
+// moved between the cluster sums. ROUND_RECOMPUTE: codes that changed, no moves (the host zeroes
 // the sums and pq_build_first_sums forms them again from the codes). ROUND_FINAL: every code.
 enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2, ROUND_RECOMPUTE = 3 };
 
@@ -827,10 +821,64 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, bool las
   return static_cast<unsigned>(__popc(flagged_rows));
 }
 
+// Moves each point in `moved` (owner lanes of rows rs: lane 4p holds row p + 8*rs of the tile at
+// point pbase) from the sums of its old cluster to those of its new one. The whole warp takes up to
+// kMoveBatch points at a time, one coordinate per lane, read again from the keys (the tile's rows
+// were just loaded, so from L1 or L2): a batch's loads are in flight together (one point at a time
+// waited on each point's loads, ncu session 22). In ROUND_NEXT every valid row has an old code
+// (round 0 wrote them all).
+constexpr int kMoveBatch = 4;
+
+template <int KS, typename T>
+__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
+                                            const float (&xaug)[2], const T* tile_keys, int row_stride, double* group_sums,
+                                            int cdim, int dsub) {
+  constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
+  const int lane = threadIdx.x & 31;
+  while (moved != 0u) {
+    int src[kMoveBatch];
+    bool live[kMoveBatch];
+#pragma unroll
+    for (int k = 0; k < kMoveBatch; ++k) {
+      live[k] = moved != 0u;
+      src[k] = live[k] ? __ffs(moved) - 1 : 0;
+      moved &= moved - 1u;
+    }
+    float x[kMoveBatch][kPerLane];
+#pragma unroll
+    for (int k = 0; k < kMoveBatch; ++k) {
+      const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
+      const T* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * row_stride;
+#pragma unroll
+      for (int it = 0; it < kPerLane; ++it) {
+        const int j = lane + 32 * it;
+        x[k][it] = !live[k] || j >= cdim ? 0.0f : j < dsub ? pq_to_float(xr[j]) : aug;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kMoveBatch; ++k) {
+      const int to = __shfl_sync(0xffffffffu, code[rs], src[k]);
+      const int from = __shfl_sync(0xffffffffu, old[rs], src[k]);
+      if (!live[k]) break;  // uniform: the batch's live points come first
+      double* to_sum = group_sums + to * cdim;
+      double* from_sum = group_sums + from * cdim;
+      // cdim > 16*(KS - 1): the lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
+#pragma unroll
+      for (int it = 0; it < kPerLane; ++it) {
+        const int j = lane + 32 * it;
+        if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
+          atomicAdd(to_sum + j, static_cast<double>(x[k][it]));
+          atomicAdd(from_sum + j, -static_cast<double>(x[k][it]));
+        }
+      }
+    }
+  }
+}
+
 template <int KS, bool kOneChunk, typename T>
 __device__ void build_round(const T* keys, const float* norms, const float* phi, const float* centroids,
-                            const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, uint32_t* moves,
-                            unsigned* move_count, unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride, int row_stride, int D,
+                            const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, double* sums,
+                            unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride, int row_stride, int D,
                             int O, int C, int cdim, int cstride, int NT, int mode) {
   extern __shared__ uint4 smem[];
   const int CP = NT * 8;
@@ -849,7 +897,7 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
   const int first_tile = blockIdx.x * kWarps + warp;
   const int tile_step = gridDim.x * kWarps;
   const T* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
-  uint32_t* group_moves = moves + static_cast<int64_t>(g) * n;
+  double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
@@ -916,9 +964,8 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
       if (mode != ROUND_FINAL) changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && changed[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && changed[1]));
       return;
     }
-    // Codes that changed: the row's owner lane (t == 0) writes the code, moves the counts, and puts
-    // (point << 8 | old code) on the group's move list at a place the warp takes with one atomic;
-    // pq_build_apply_moves moves the coordinates between the sums.
+    // Codes that changed move their point between the clusters' sums: the row's owner lane (t == 0)
+    // writes the code and moves the counts; the warp moves the coordinates (move_points).
     bool changed[2] = {false, false};
 #pragma unroll
     for (int rs = 0; rs < 2; ++rs) {
@@ -931,20 +978,11 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
     }
     const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
     const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
-    const int moved = __popc(moved0) + __popc(moved1);
-    changed_total += moved;
-    if (moved != 0) {
-      unsigned base = 0;
-      if (lane == 0) base = atomicAdd(move_count + g, static_cast<unsigned>(moved));
-      base = __shfl_sync(0xffffffffu, base, 0);
-      const unsigned below = (1u << lane) - 1u;
-#pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        if (changed[rs] && t == 0) {
-          const unsigned rank = rs == 0 ? __popc(moved0 & below) : __popc(moved0) + __popc(moved1 & below);
-          group_moves[base + rank] = static_cast<uint32_t>(pbase + q + 8 * rs) << 8 | static_cast<uint32_t>(old[rs]);
-        }
-      }
+    changed_total += __popc(moved0) + __popc(moved1);
+    if ((moved0 | moved1) != 0u) {
+      const T* tile_keys = group_keys + static_cast<int64_t>(pbase) * row_stride;
+      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
+      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
     }
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
@@ -965,11 +1003,9 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
 #define PQ_BUILD_ROUND_T(KS, ONE_CHUNK, MIN_BLOCKS, T, NAME)                                                        \
   extern "C" __global__ void __launch_bounds__(kRoundThreads, MIN_BLOCKS) NAME(                                      \
       const T* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,              \
-      const float* info, uint8_t* codes_tmp, uint32_t* moves, unsigned* move_count, unsigned* counts,               \
-      unsigned* stats, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,           \
-      int cstride, int NT, int mode) {                                                                              \
-    build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, moves, move_count, counts,     \
-                               stats, n, M,                                                                         \
+      const float* info, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,        \
+      int64_t head_stride, int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {         \
+    build_round<KS, ONE_CHUNK>(keys, norms, phi, centroids, frag, info, codes_tmp, sums, counts, stats, n, M,      \
                                head_stride, row_stride, D, O, C, cdim, cstride, NT, mode);                         \
   }
 #define PQ_BUILD_ROUND(KS, ONE_CHUNK, MIN_BLOCKS, NAME)           \
@@ -995,17 +1031,16 @@ PQ_BUILD_ROUND_KS_B34(2)
 PQ_BUILD_ROUND_KS_B34(3)
 PQ_BUILD_ROUND_KS_B34(4)
 
-// Sums from items sorted by code. pq_build_first_sums: a recomputing round's cluster sums and counts
-// from its codes (every point joins a cluster). Adding each coordinate with a float64 atomic from
-// the round kernel (131 M on the seed config) bound round 0 at ~2x a later one (ncu: it did not get
-// faster with 30% fewer instructions). Here block x of group g takes points [x*chunk, …) in code
-// order (a counting sort in shared memory), so a thread adds its four coordinates over each run of
-// same-code points in registers and writes one atomic per coordinate and run (a slice's runs are
-// ~100 points long on the seed config), for one more read of the keys. That read is also the NaN/Inf
-// check of every clustered key (see flush). pq_build_apply_moves: the same over a moving round's
-// list, each entry twice (+x to its new cluster, -x from its old one).
-// Launch: grid (ceil(n / chunk), G) for first sums, (Y, G) for moves; block kSumThreads; items <=
-// kSumChunk a chunk (first sums: chunk points; moves: 2 * chunk entries).
+// Round 0's cluster sums and counts, from the codes round 0 wrote. In round 0 every point joins a
+// cluster, and adding each coordinate with a float64 atomic from the round kernel (131 M on the seed
+// config) bound that round at ~2x a later one (ncu: it did not get faster with 30% fewer
+// instructions). Here block x of group g takes points [x*kSumChunk, …) in code order (a counting
+// sort in shared memory), so a thread adds its four coordinates over each run of same-code points
+// in registers and writes one atomic per coordinate and run (a slice's runs are ~100 points long
+// on the seed config), for one more read of the keys. That read is also the NaN/Inf check of every
+// clustered key (see flush).
+// Launch: grid (ceil(n / chunk), G), block kSumThreads, chunk <= kSumChunk points a block (the host's
+// choice); sums and counts zeroed before.
 constexpr int kSumThreads = 256;
 constexpr int kSumChunk = 8192;  // <= 65536 (uint16 order)
 #ifndef PQ_SUM_BATCH_BF16
@@ -1034,23 +1069,40 @@ __device__ unsigned long long lowest_nonfinite(const T* keys, int row_stride, co
   return bad;
 }
 
-// The block's items in code order: code_of[i] (kMoves: items 0..len-1 add entry i's point to its
-// new cluster, len..2len-1 take it out of its old one), then order[] by a counting sort in shared
-// memory. Without kMoves, items are the chunk's points and each bin's count goes to `counts`.
-template <typename T, bool kMoves>
-__device__ void build_run_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp,
-                               const uint32_t* moves, const unsigned* move_count, double* sums, unsigned* counts,
-                               unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride, int D,
-                               int O, int C, int cdim, int chunk) {
+template <typename T>
+__device__ void build_first_sums(const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums,
+                                 unsigned* counts, unsigned long long* first_bad, int n, int M, int64_t head_stride,
+                                 int row_stride, int D, int O, int C, int cdim, int chunk) {
   constexpr int kSumBatch = SumBatch<T>::value;
   __shared__ uint8_t code_of[kSumChunk];
-  __shared__ uint16_t order[kSumChunk];  // items by code
-  __shared__ uint32_t point_of[kMoves ? kSumChunk / 2 : 1];  // kMoves: entry e's point
+  __shared__ uint16_t order[kSumChunk];  // chunk points by code
   __shared__ int bin_next[256];
   __shared__ int scan_scratch[kSumThreads / 32];
   const int g = blockIdx.y;
+  const int p0 = blockIdx.x * chunk;
+  const int len = min(chunk, n - p0);
   const int dsub = D / M;
-  const int total = kMoves ? static_cast<int>(move_count[g]) : n;
+  bin_next[threadIdx.x] = 0;  // kSumThreads == 256 bins
+  __syncthreads();
+  const uint8_t* chunk_codes = codes_tmp + static_cast<int64_t>(g) * n + p0;
+  for (int i = threadIdx.x; i < len; i += kSumThreads) {
+    const int c = chunk_codes[i];
+    code_of[i] = static_cast<uint8_t>(c);
+    atomicAdd(&bin_next[c], 1);
+  }
+  __syncthreads();
+  {
+    const int c = threadIdx.x;
+    const int in_bin = bin_next[c];
+    int total;
+    const int first = pq_block_exclusive_scan<kSumThreads>(in_bin, scan_scratch, &total);
+    bin_next[c] = first;  // every thread read its bin before the scan's barriers
+    if (in_bin != 0) atomicAdd(counts + g * C + c, static_cast<unsigned>(in_bin));  // codes < C
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < len; i += kSumThreads) order[atomicAdd(&bin_next[code_of[i]], 1)] = static_cast<uint16_t>(i);
+  __syncthreads();
+
   // Thread (slice, v) sums coordinates 4v .. 4v+3 (one 16-byte load a point; dsub is a multiple of
   // 4, so the ip coordinate dsub is the .x of the thread with 4v == dsub). A thread per coordinate
   // spent ~38 warp instructions a point and coordinate block of 32 on the order, code and address
@@ -1059,156 +1111,94 @@ __device__ void build_run_sums(const T* keys, const float* norms, const float* p
   const int slices = kSumThreads / lanes;
   const int slice = threadIdx.x / lanes;
   const int v = threadIdx.x - slice * lanes;
-  // The group's coordinates from hoisted bases (point_coord per load recomputes the 64-bit address:
+  if (slice >= slices) return;  // no barrier follows
+  const int begin = len * slice / slices;
+  const int end = len * (slice + 1) / slices;
+  // The chunk's coordinates from hoisted bases (point_coord per load recomputes the 64-bit address:
   // 4.63-4.65 against 4.44-4.49 ms for the seed build in a same-run A/B, session 14).
-  const T* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub) + 4 * v;
+  const T* chunk_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub) + static_cast<int64_t>(p0) * row_stride + 4 * v;
   const bool in_keys = 4 * v < dsub;
   const float phi_g = cdim > dsub ? phi[g] : 0.0f;
-  const float* group_norms = norms + static_cast<int64_t>(g) * n;
+  const float* chunk_norms = norms + static_cast<int64_t>(g) * n + p0;
   double* thread_sums = sums + static_cast<int64_t>(g) * C * cdim + 4 * v;
   const int width = min(4, cdim - 4 * v);  // coordinates of this thread below cdim (1 for the ip one)
+  double run[4] = {0.0, 0.0, 0.0, 0.0};
+  int run_code = -1;
   // A run of key values sums to a non-finite float64 only if one of them is NaN or Inf (|x| < 2^128,
   // fewer than 2^16 of them): only then are the thread's keys scanned again, for the lowest flat index.
   bool nonfinite = false;
-  // Items [c0, c0 + chunk) of the block: first sums take one chunk, moves stride over the group's list
-  // (as a loop, first sums held 124 registers against 80).
-  auto sum_chunk = [&](int c0) {
-    const int len = min(chunk, total - c0);
-    const int items = kMoves ? 2 * len : len;
-    bin_next[threadIdx.x] = 0;  // kSumThreads == 256 bins
-    __syncthreads();
-    for (int i = threadIdx.x; i < len; i += kSumThreads) {
-      if (kMoves) {
-        const uint32_t entry = moves[static_cast<int64_t>(g) * n + c0 + i];
-        const int p = static_cast<int>(entry >> 8);
-        const int to = codes_tmp[static_cast<int64_t>(g) * n + p];
-        const int from = static_cast<int>(entry & 255u);
-        point_of[i] = static_cast<uint32_t>(p);
-        code_of[i] = static_cast<uint8_t>(to);
-        code_of[len + i] = static_cast<uint8_t>(from);
-        atomicAdd(&bin_next[to], 1);
-        atomicAdd(&bin_next[from], 1);
-      } else {
-        const int c = codes_tmp[static_cast<int64_t>(g) * n + c0 + i];
-        code_of[i] = static_cast<uint8_t>(c);
-        atomicAdd(&bin_next[c], 1);
+  auto flush = [&]() {
+    bool finite = true;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (e < width) {
+        atomicAdd(thread_sums + run_code * cdim + e, run[e]);
+        finite = finite && isfinite(run[e]);
       }
     }
-    __syncthreads();
-    {
-      const int c = threadIdx.x;
-      const int in_bin = bin_next[c];
-      int bins_total;
-      const int first = pq_block_exclusive_scan<kSumThreads>(in_bin, scan_scratch, &bins_total);
-      bin_next[c] = first;  // every thread read its bin before the scan's barriers
-      if (!kMoves && in_bin != 0) atomicAdd(counts + g * C + c, static_cast<unsigned>(in_bin));  // codes < C
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < items; i += kSumThreads) order[atomicAdd(&bin_next[code_of[i]], 1)] = static_cast<uint16_t>(i);
-    __syncthreads();
-
-    if (slice < slices) {
-      const int begin = items * slice / slices;
-      const int end = items * (slice + 1) / slices;
-      double run[4] = {0.0, 0.0, 0.0, 0.0};
-      int run_code = -1;
-      auto flush = [&]() {
-        bool finite = true;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (e < width) {
-            atomicAdd(thread_sums + run_code * cdim + e, run[e]);
-            finite = finite && isfinite(run[e]);
-          }
-        }
-        nonfinite = nonfinite || !finite;
-      };
-      // Item i's point: kMoves, entry i's (group-relative); else point i of the chunk, from bases hoisted to the chunk.
-      const T* item_keys = kMoves ? group_keys : group_keys + static_cast<int64_t>(c0) * row_stride;
-      const float* item_norms = kMoves ? group_norms : group_norms + c0;
-      auto point = [&](int i) { return kMoves ? static_cast<int>(point_of[i < len ? i : i - len]) : i; };
-      // Every load of a batch is issued before any value is used: the loads return raw words, converted
-      // by `value` in the adding loop. (Converting bf16 inside the load's branch waited on each load in
-      // turn: 8 serial DRAM latencies a batch, 324 against 198 us for fp32, ncu.) The key lanes and the
-      // ip lane run separate copies of the loop, so no branch inside it merges two loads' registers.
-      auto sum_runs = [&](auto raw_type, auto load, auto value) {
-        using Raw = decltype(raw_type);
-        for (int k0 = begin; k0 < end; k0 += kSumBatch) {
-          Raw raw[kSumBatch];
-          int code[kSumBatch];
-          bool out[kSumBatch];
-#pragma unroll
-          for (int k = 0; k < kSumBatch; ++k) {
-            code[k] = -1;
-            out[k] = false;
-            if (k0 + k < end) {
-              const int i = order[k0 + k];
-              code[k] = code_of[i];
-              out[k] = kMoves && i >= len;
-              raw[k] = load(point(i));
-            }
-          }
-#pragma unroll
-          for (int k = 0; k < kSumBatch; ++k) {
-            if (code[k] < 0) break;
-            if (code[k] != run_code) {
-              if (run_code >= 0) flush();
-              run_code = code[k];
-              run[0] = run[1] = run[2] = run[3] = 0.0;
-            }
-            float4 x = value(raw[k]);
-            if (kMoves && out[k]) x = make_float4(-x.x, -x.y, -x.z, -x.w);
-            run[0] += static_cast<double>(x.x);
-            run[1] += static_cast<double>(x.y);
-            run[2] += static_cast<double>(x.z);
-            run[3] += static_cast<double>(x.w);
-          }
-        }
-      };
-      using Four = typename KStep<T>::type;
-      if (in_keys) {
-        sum_runs(Four{}, [&](int p) { return *reinterpret_cast<const Four*>(item_keys + static_cast<int64_t>(p) * row_stride); },
-                 [](const Four& r) { return four_floats(r); });
-      } else {
-        sum_runs(0.0f, [&](int p) { return item_norms[p]; },
-                 [&](float norm) { return make_float4(pq_ip_augment(phi_g, norm), 0.f, 0.f, 0.f); });
-      }
-      if (run_code >= 0) flush();
-      // First sums check every clustered key (moves re-read keys first sums checked).
-      if (!kMoves && nonfinite && in_keys) {  // bad input only
-        const int64_t chunk_flat = (static_cast<int64_t>(g / M) * (O + n) + O + c0) * D + (g % M) * dsub + 4 * v;
-        atomicMin(first_bad, lowest_nonfinite(item_keys, row_stride, order + begin, end - begin, chunk_flat, D));
-        nonfinite = false;
-      }
-    }
-    __syncthreads();  // the next chunk rewrites the shared arrays
+    nonfinite = nonfinite || !finite;
   };
-  if (kMoves) {
-    for (int c0 = blockIdx.x * chunk; c0 < total; c0 += gridDim.x * chunk) sum_chunk(c0);  // the same count in every thread
+  // Every load of a batch is issued before any value is used: the loads return raw words, converted
+  // by `value` in the adding loop. (Converting bf16 inside the load's branch waited on each load in
+  // turn: 8 serial DRAM latencies a batch, 324 against 198 us for fp32, ncu.) The key lanes and the
+  // ip lane run separate copies of the loop, so no branch inside it merges two loads' registers.
+  auto sum_runs = [&](auto raw_type, auto load, auto value) {
+    using Raw = decltype(raw_type);
+    for (int k0 = begin; k0 < end; k0 += kSumBatch) {
+      Raw raw[kSumBatch];
+      int code[kSumBatch];
+#pragma unroll
+      for (int k = 0; k < kSumBatch; ++k) {
+        code[k] = -1;
+        if (k0 + k < end) {
+          const int i = order[k0 + k];
+          code[k] = code_of[i];
+          raw[k] = load(i);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kSumBatch; ++k) {
+        if (code[k] < 0) break;
+        if (code[k] != run_code) {
+          if (run_code >= 0) flush();
+          run_code = code[k];
+          run[0] = run[1] = run[2] = run[3] = 0.0;
+        }
+        const float4 x = value(raw[k]);
+        run[0] += static_cast<double>(x.x);
+        run[1] += static_cast<double>(x.y);
+        run[2] += static_cast<double>(x.z);
+        run[3] += static_cast<double>(x.w);
+      }
+    }
+  };
+  using Four = typename KStep<T>::type;
+  if (in_keys) {
+    sum_runs(Four{}, [&](int i) { return *reinterpret_cast<const Four*>(chunk_keys + static_cast<int64_t>(i) * row_stride); },
+             [](const Four& r) { return four_floats(r); });
   } else {
-    sum_chunk(blockIdx.x * chunk);
+    sum_runs(0.0f, [&](int i) { return chunk_norms[i]; },
+             [&](float norm) { return make_float4(pq_ip_augment(phi_g, norm), 0.f, 0.f, 0.f); });
+  }
+  if (run_code >= 0) flush();
+  if (nonfinite && in_keys) {  // bad input only
+    const int64_t chunk_flat = (static_cast<int64_t>(g / M) * (O + n) + O + p0) * D + (g % M) * dsub + 4 * v;
+    atomicMin(first_bad, lowest_nonfinite(chunk_keys, row_stride, order + begin, end - begin, chunk_flat, D));
   }
 }
 
 }  // namespace
 
-#define PQ_BUILD_RUN_SUMS(T, SUFFIX)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_first_sums##SUFFIX(                              \
+#define PQ_BUILD_FIRST_SUMS(T, NAME)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(kSumThreads) NAME(                                                     \
       const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, double* sums, unsigned* counts,  \
       unsigned long long* first_bad, int n, int M, int64_t head_stride, int row_stride, int D, int O, int C,          \
       int cdim, int chunk) {                                                                                          \
-    build_run_sums<T, false>(keys, norms, phi, codes_tmp, nullptr, nullptr, sums, counts, first_bad, n, M,            \
-                             head_stride, row_stride, D, O, C, cdim, chunk);                                          \
-  }                                                                                                                   \
-  extern "C" __global__ void __launch_bounds__(kSumThreads) pq_build_apply_moves##SUFFIX(                             \
-      const T* keys, const float* norms, const float* phi, const uint8_t* codes_tmp, const uint32_t* moves,           \
-      const unsigned* move_count, double* sums, int n, int M, int64_t head_stride, int row_stride, int D, int O,      \
-      int C, int cdim, int chunk) {                                                                                   \
-    build_run_sums<T, true>(keys, norms, phi, codes_tmp, moves, move_count, sums, nullptr, nullptr, n, M,             \
-                            head_stride, row_stride, D, O, C, cdim, chunk);                                           \
+    build_first_sums(keys, norms, phi, codes_tmp, sums, counts, first_bad, n, M, head_stride, row_stride, D, O, C,    \
+                     cdim, chunk);                                                                                    \
   }
-PQ_BUILD_RUN_SUMS(float, )
-PQ_BUILD_RUN_SUMS(__nv_bfloat16, _bf16)
+PQ_BUILD_FIRST_SUMS(float, pq_build_first_sums)
+PQ_BUILD_FIRST_SUMS(__nv_bfloat16, pq_build_first_sums_bf16)
 
 namespace {
 

@@ -105,10 +105,6 @@ export interface BuildTuning {
   readonly recomputeRounds?: number;
   /** Points a pq_build_first_sums block takes (≤ 8192; default by key dtype: FIRST_SUMS_CHUNK). */
   readonly firstSumsChunk?: number;
-  /** Moves a pq_build_apply_moves block takes at a time (≤ 4096; default APPLY_MOVES_CHUNK). */
-  readonly applyMovesChunk?: number;
-  /** pq_build_apply_moves blocks per group (default: enough for APPLY_MOVES_SPAN entries at once). */
-  readonly applyMovesBlocks?: number;
 }
 
 /**
@@ -144,21 +140,10 @@ export function deviceBuildSupported(layout: Layout): boolean {
 // Every kernel that reads keys takes (…, n, M, head_stride u64, row_stride, D, O, …): see KeyBinding.
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
 const INIT_DRAW_SCRATCH = 2 * 256 * 4;
-const APPLY_MOVES_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-/**
- * Moves a pq_build_apply_moves block takes at a time (≤ kSumChunk / 2). Its blocks of a group stride
- * over the group's list, whose length only the device knows: enough blocks for APPLY_MOVES_SPAN
- * entries at once (a quarter of the seed config's points; rounds 2–9 move 14% or fewer).
- */
-const APPLY_MOVES_CHUNK = 512;
-const APPLY_MOVES_MAX_CHUNK = 4096;
-const APPLY_MOVES_SPAN = 8192;
-/** Move-list entries hold a point index in 24 bits (kernels/build.cu). */
-const MAX_MOVE_POINTS = 1 << 24;
 /** Most points a pq_build_first_sums block takes (kSumChunk). */
 const FIRST_SUMS_MAX_CHUNK = 8192;
 /**
@@ -297,7 +282,7 @@ function stagedKeys(layout: Layout, seqLen: number): { readonly bound: KeyBindin
 }
 
 // Declared in arena order: firstBad and stats are read back in one copy, stats … phi zeroed by one fill.
-type WorkspaceSlice = 'firstBad' | 'stats' | 'moveCounts' | 'sums' | 'counts' | 'centroids' | 'phi' | 'norms' | 'codes' | 'moves' | 'frag' | 'info';
+type WorkspaceSlice = 'firstBad' | 'stats' | 'sums' | 'counts' | 'centroids' | 'phi' | 'norms' | 'codes' | 'frag' | 'info';
 
 /** The bytes from the start of `first` to the end of `last` (slices of one arena, in that order). */
 function spanOf(first: DeviceRange, last: DeviceRange): DeviceRange {
@@ -312,9 +297,8 @@ const KEPT_BUILD_GRAPHS = 4;
  * temporaries for up to `capacity` positions, allocated at the first build; the progress word; and
  * the captured graphs by sk and key binding. A build then allocates and frees nothing but a key
  * staging copy (host keys, or device keys the kernels cannot read in place), and a repeated sk and key
- * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(5, + 4 for ip)
- * bytes (codes, the move list, norms) plus the sums, counts, centroids and packed centroids (14.5 MB
- * on the seed config at capacity 32000).
+ * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip)
+ * bytes plus the sums, counts, centroids and packed centroids (6.2 MB on the seed config at capacity 32000).
  */
 export class BuildWorkspace {
   private arena: DeviceArena<WorkspaceSlice> | undefined;
@@ -339,8 +323,6 @@ export class BuildWorkspace {
         // and the stats in one copy, padding included.
         firstBad: ARENA_ALIGNMENT,
         stats: (layout.config.kmeansIters + 1) * 2 * 4,
-        // Per round and group: the length of the round's move list (zeroed with the stats).
-        moveCounts: (layout.config.kmeansIters + 1) * G * 4,
         sums: G * C * cdim * 8,
         counts: G * C * 4,
         // The k-means' centroids and φ: the index gets them from pq_build_publish once the keys are known finite.
@@ -348,8 +330,6 @@ export class BuildWorkspace {
         phi: G * 4,
         norms: layout.config.metric === 'ip' ? G * n * 4 : 0, // |x|² for the ip augmentation only
         codes: G * n,
-        // A moving round's list of changed points (point << 8 | old code), up to n a group.
-        moves: G * n * 4,
         frag: G * NT * KS * 32 * 16,
         info: G * infoStride(NT) * 4,
       });
@@ -422,13 +402,8 @@ export function buildOnDevice(
   const round = mod.kernel(roundKernel);
   const recomputeRounds = tuning.recomputeRounds ?? DEFAULT_RECOMPUTE_ROUNDS;
   if (!Number.isInteger(recomputeRounds) || recomputeRounds < 1) throw new ConfigError('tuning.recomputeRounds', 'an integer ≥ 1', String(tuning.recomputeRounds));
-  if (n >= MAX_MOVE_POINTS) throw new ConfigError('seqLen − initOffset', `fewer than ${MAX_MOVE_POINTS} points a group`, n);
   const sumsChunk = tuning.firstSumsChunk ?? FIRST_SUMS_CHUNK[suffix === '_bf16' ? 'bf16' : 'f32'];
   if (!Number.isInteger(sumsChunk) || sumsChunk < 1 || sumsChunk > FIRST_SUMS_MAX_CHUNK) throw new ConfigError('tuning.firstSumsChunk', `an integer in [1, ${FIRST_SUMS_MAX_CHUNK}]`, String(tuning.firstSumsChunk));
-  const movesChunk = tuning.applyMovesChunk ?? APPLY_MOVES_CHUNK;
-  if (!Number.isInteger(movesChunk) || movesChunk < 1 || movesChunk > APPLY_MOVES_MAX_CHUNK) throw new ConfigError('tuning.applyMovesChunk', `an integer in [1, ${APPLY_MOVES_MAX_CHUNK}]`, String(tuning.applyMovesChunk));
-  const movesBlocks = tuning.applyMovesBlocks ?? Math.min(Math.ceil(n / movesChunk), Math.ceil(APPLY_MOVES_SPAN / movesChunk));
-  if (!Number.isInteger(movesBlocks) || movesBlocks < 1 || movesBlocks > 65535) throw new ConfigError('tuning.applyMovesBlocks', 'an integer in [1, 65535]', String(tuning.applyMovesBlocks));
   // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c| (its own slot); with one chunk,
   // its fp32 centroids too.
   const roundSmem = NT * KS * 32 * 16 + Math.ceil((NT * 8 + 1) / 4) * 16 + (oneChunk ? C * cstride * 4 : 0);
@@ -468,18 +443,16 @@ export function buildOnDevice(
     const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
     const roundArgs = (r: number, mode: number): LaunchArgs =>
       args(ROUND_ARGS).setAll([
-        keysPtr, s.norms.ptr, s.phi.ptr, s.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr, s.moves.ptr, s.moveCounts.ptr + BigInt(r * G * 4), s.counts.ptr,
+        keysPtr, s.norms.ptr, s.phi.ptr, s.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr,
         s.stats.ptr + BigInt(r * 8), n, M, hs, rowStride, D, O, C, cdim, cstride, NT, mode,
       ]);
     const finalize = mod.kernel(`pq_build_finalize${suffix}`);
     const firstSums = mod.kernel(`pq_build_first_sums${suffix}`);
-    const applyMoves = mod.kernel(`pq_build_apply_moves${suffix}`);
-    const applyShape = { grid: [movesBlocks, G, 1] as const, block: [256, 1, 1] as const };
     // The whole k-means as one graph: a node per launch (the driver copies each launch's arguments
     // into its node, so finalize's argument block is rewritten from round to round). Everything it
     // bakes in besides sk, the kernels and the key strides: the key and target pointers (the
     // workspace's are fixed).
-    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${sumsChunk}:${movesChunk}:${movesBlocks}:${headStride}:${rowStride}`;
+    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${sumsChunk}:${headStride}:${rowStride}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
       // stats, sums, counts, centroids (their padding columns too) and φ.
       const zeroed = spanOf(s.stats, s.phi);
@@ -508,14 +481,6 @@ export function buildOnDevice(
             firstSums,
             { grid: [Math.ceil(n / sumsChunk), G, 1], block: [256, 1, 1] },
             args(FIRST_SUMS_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr, s.firstBad.ptr, n, M, hs, rowStride, D, O, C, cdim, sumsChunk]),
-            stream,
-          );
-        } else {
-          // The round listed its changed points (and moved their counts); their coordinates move here.
-          launch(
-            applyMoves,
-            applyShape,
-            args(APPLY_MOVES_ARGS).setAll([keysPtr, s.norms.ptr, s.phi.ptr, s.codes.ptr, s.moves.ptr, s.moveCounts.ptr + BigInt(r * G * 4), s.sums.ptr, n, M, hs, rowStride, D, O, C, cdim, movesChunk]),
             stream,
           );
         }

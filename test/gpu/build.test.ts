@@ -123,7 +123,6 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
         { blocksPerSM: 2 }, { blocksPerSM: 3 }, { blocksPerSM: 4 },
         { blocksPerSM: 4, recomputeRounds: 1 }, { blocksPerSM: 4, recomputeRounds: 3 }, { blocksPerSM: 4, recomputeRounds: c.iters + 1 },
         { blocksPerSM: 4, recomputeRounds: c.iters, firstSumsChunk: 333 }, // blocks of 333 points, the last one part-filled
-        { blocksPerSM: 4, recomputeRounds: 1, applyMovesChunk: 37, applyMovesBlocks: 2 }, // move lists of several chunks per block
       ];
       let changed: readonly number[] | undefined;
       for (const tuning of tunings) {
@@ -141,7 +140,6 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
       }
       assert.throws(() => buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, { recomputeRounds: 0 }), ConfigError);
       assert.throws(() => buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, { firstSumsChunk: 8193 }), ConfigError);
-      assert.throws(() => buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, { applyMovesChunk: 0 }), ConfigError);
     } finally {
       arena.dispose();
       stream.dispose();
