@@ -63,8 +63,9 @@
 //                      tile); no block barrier after the prologue. Static smem: a 256-byte
 //                      list per warp for the canonical re-scoring (rescore_candidates).
 //                      KS = ceil(cdim/16) (template N).
-//   pq_build_first_sums grid (ceil(n/8192), G), block 256: a recomputing round's sums and counts
-//                      (added to zeroed ones); checks positions >= O (see there).
+//   pq_build_first_sums grid (ceil(n/chunk), G), block 256, chunk <= 8192 points a block: a
+//                      recomputing round's sums and counts (added to zeroed ones); checks
+//                      positions >= O (see there).
 //   pq_build_finalize  grid (NT/2, G), block 256, dynamic smem 16*cstride*4: block x of group g
 //                      takes centroids 16x .. 16x+15: means (fp32 division) or the re-seed;
 //                      packs them and their max |c|; block (0, 0) writes the rounds done to

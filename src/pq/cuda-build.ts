@@ -109,11 +109,12 @@ export interface BuildTuning {
 
 /**
  * Rounds 0 and 1 form their sums from the codes. A moved point costs 2·cdim float64 atomics, ≈ 9 μs
- * of the seed build's bf16 round per percent of points moved (290 μs in round 1, 32% moved); a pass
- * of pq_build_first_sums costs 125 μs from bf16 keys, 196 from fp32 (session 31, ncu). Round 2
- * (14% moved on the bench's data) is about even.
+ * of the seed build's bf16 round per percent of points moved (≈ 280 μs in round 1, 32% moved); a
+ * pass of pq_build_first_sums costs 114 μs from bf16 keys, 196 from fp32 (ncu). Seed build, same
+ * run (session 32): 1, 2, 3 rounds took 2798, 2629, 2683 μs from bf16 keys and 3294, 3228, 3365
+ * from fp32 (round 2 moves 14% of the points, 73 μs of moves).
  */
-const DEFAULT_RECOMPUTE_ROUNDS = 2;
+export const DEFAULT_RECOMPUTE_ROUNDS = 2;
 
 /** Round-kernel blocks per SM where KS ≤ 4 allows a choice. */
 const DEFAULT_ROUND_BLOCKS = 4;

@@ -6,7 +6,7 @@ import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceBuffer, copies } from '../../src/cuda/memory.js';
 import { ConfigError, DeviceInputError, NonFiniteError, ShapeError } from '../../src/errors.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { type BuildTuning, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice, readBuildTarget } from '../../src/pq/cuda-build.js';
+import { type BuildTuning, DEFAULT_RECOMPUTE_ROUNDS, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice, readBuildTarget } from '../../src/pq/cuda-build.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type PQIndexState, centroidOffset, codeOffset, groupId } from '../../src/pq/index-state.js';
 import { assignAll, ipAugment, squaredNormF32 } from '../../src/pq/kmeans.js';
@@ -130,7 +130,7 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
         const stats = buildOnDevice(layout, keys, c.sk, t, stream, undefined, undefined, tuning);
         const what = `${stats.roundKernel}, ${stats.recomputedRounds} recomputed rounds, ${JSON.stringify(c)}`;
         assert.equal(stats.roundKernel, `pq_build_round_k${Math.ceil(layout.centroidDim / 16)}_c1_b${tuning.blocksPerSM}`, what);
-        assert.equal(stats.recomputedRounds, Math.min(tuning.recomputeRounds ?? 2, c.iters), what);
+        assert.equal(stats.recomputedRounds, Math.min(tuning.recomputeRounds ?? DEFAULT_RECOMPUTE_ROUNDS, c.iters), what);
         assertTargetIsOracle(c, t, cpu, what);
         // Moving and recomputing rounds count their changed codes alike: round 0 all points, the final pass none.
         assert.equal(stats.changedPerRound[0], stats.points, what);
