@@ -952,34 +952,29 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     flagged_total += nearest_rows<KS, kOneChunk>(view, last_in, ip_lane, pbase, code, valid, xaug);
-    // Codes only: in round 0 and recomputing rounds, pq_build_first_sums then adds every point to its
-    // cluster; the final assignment's codes go to the index through pq_build_publish. old = -1 where
-    // there is no previous code, so each mode counts its changed codes the same way.
-    if (mode != ROUND_NEXT) {
-      bool changed[2];
-#pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        changed[rs] = valid[rs] && code[rs] != old[rs];
-        if (changed[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
-      }
-      if (mode != ROUND_FINAL) changed_total += __popc(__ballot_sync(0xffffffffu, t == 0 && changed[0])) + __popc(__ballot_sync(0xffffffffu, t == 0 && changed[1]));
-      return;
-    }
-    // Codes that changed move their point between the clusters' sums: the row's owner lane (t == 0)
-    // writes the code and moves the counts; the warp moves the coordinates (move_points).
-    bool changed[2] = {false, false};
+    // The row's owner lane (t == 0) writes a code that changed (old = -1 where there is no previous
+    // code: every one in round 0 and the final assignment, whose codes go to the index through
+    // pq_build_publish). Every mode but the final one counts the changed codes.
+    bool changed[2];
 #pragma unroll
     for (int rs = 0; rs < 2; ++rs) {
       changed[rs] = valid[rs] && code[rs] != old[rs];
+      if (changed[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
+    }
+    const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
+    const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
+    if (mode != ROUND_FINAL) changed_total += __popc(moved0) + __popc(moved1);
+    // Other modes end here (after round 0 and recomputing rounds, pq_build_first_sums adds every point
+    // to its cluster). A moving round moves each changed point between the clusters: its owner lane
+    // the counts, the warp the coordinates (move_points).
+    if (mode != ROUND_NEXT) return;
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
       if (changed[rs] && t == 0) {
-        codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
         atomicAdd(group_counts + code[rs], 1u);
         atomicSub(group_counts + old[rs], 1u);
       }
     }
-    const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
-    const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
-    changed_total += __popc(moved0) + __popc(moved1);
     if ((moved0 | moved1) != 0u) {
       const T* tile_keys = group_keys + static_cast<int64_t>(pbase) * row_stride;
       move_points<KS>(moved0, 0, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
