@@ -74,10 +74,10 @@
 // The host captures the whole k-means (the workspace's zeroing, norms, init, every round and
 // finalize, the final assignment, publish) in one CUDA graph.
 // Packed operands of group g (written by init/finalize, read by the round):
-//   frag[g][mt][ks][hl][lane] (uint4, NT*KS*32 a group): the mma A fragments (hl = 0: bf16 hi,
-//     1: lo) of m-tile mt, centroids 16mt..16mt+15, coordinates 16ks..16ks+15 (zero past C and
-//     cdim) in the rounds' column order (chunk_scores: lane 4q + t's registers hold centroids q and
-//     q + 8 at columns 16ks + 4t, +1 (a0, a1) and +2, +3 (a2, a3)) as bf16 pairs;
+//   frag[g][nt][ks][lane] (uint4): the mma B fragments of centroids 8nt..8nt+7, coordinates
+//     16ks..16ks+15 (zero past C and cdim) in the rounds' column order (chunk_scores: lane t's b0, b1
+//     are columns 16ks + 4t, +1 and its b2, b3 columns +2, +3): {b0 hi, b1 hi, b0 lo, b1 lo} as
+//     bf16 pairs;
 //   info[g] (info_stride(NT) floats): |c|^2/2 for c < NT*8 (+inf past C), then for each block x of
 //     pq_build_finalize max |c| over its centroids 16x .. 16x+15 (max |c| of the group: their max).
 // Invariants: cdim = dsub + ip <= 129; dsub <= 128 and a multiple of 4 (16-byte rows);
@@ -166,15 +166,14 @@ __device__ __forceinline__ void split_pair(float v0, float v1, uint32_t& hi, uin
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-// d += a b for a 16x16 A fragment and a 16x8 B fragment (b0: k slots 2t, 2t+1; b1: 2t+8, 2t+9).
 // Volatile: kept in program order with load_kstep's loads.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint4& a, uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Packs n-tiles nt0 .. nt1-1 (centroids 8nt0 .. 8nt1-1, whole m-tiles of 16) of group g into their mma fragments and
+// Packs n-tiles nt0 .. nt1-1 (centroids 8nt0 .. 8nt1-1) of group g into their mma fragments and
 // |c|^2/2 (info[g][c]). `rows` holds those centroids' rows ([8(nt1-nt0), cstride], row 0 = centroid
 // 8nt0; only rows below C are read): the block's shared copy, or global memory written by this block
 // before a barrier. nt1 - nt0 is a multiple of 2. All threads of the 256-thread block call it;
@@ -188,23 +187,17 @@ __device__ unsigned pack_tiles(const float* rows, uint4* frag, float* info, int 
   __shared__ unsigned max_norm_bits;
   if (threadIdx.x == 0) max_norm_bits = 0u;
   __syncthreads();
-  // Element e = ((mt*KS + ks)*2 + lo)*32 + lane: the hi or lo A fragment of m-tile mt (centroids
-  // 16mt + q and 16mt + q + 8 for lane 4q + t) at k-step ks. nt0 is even, so the range is whole m-tiles.
   for (int e = nt0 * KS * 32 + threadIdx.x; e < nt1 * KS * 32; e += blockDim.x) {
     const int lane = e & 31;
-    const bool lo = ((e >> 5) & 1) != 0;
-    const int ks = (e >> 6) % KS;
-    const int mt = (e >> 6) / KS;
-    const int c = mt * 16 + (lane >> 2);
+    const int ks = (e >> 5) % KS;
+    const int nt = (e >> 5) / KS;
+    const int c = nt * 8 + (lane >> 2);
     const int k = ks * 16 + 4 * (lane & 3);  // the k-step's columns in the rounds' order (KPerm)
-    auto v = [&](int cc, int j) { return (cc < C && j < cdim) ? rows[(cc - c_first) * cstride + j] : 0.0f; };
-    uint4 hi;
-    uint4 low;
-    split_pair(v(c, k), v(c, k + 1), hi.x, low.x);          // a0: centroid c, k slots 2t, 2t+1 (columns 4t, 4t+1)
-    split_pair(v(c + 8, k), v(c + 8, k + 1), hi.y, low.y);  // a1: centroid c + 8
-    split_pair(v(c, k + 2), v(c, k + 3), hi.z, low.z);      // a2: centroid c, slots 2t+8, 2t+9 (columns 4t+2, 4t+3)
-    split_pair(v(c + 8, k + 2), v(c + 8, k + 3), hi.w, low.w);
-    gf[e] = lo ? low : hi;
+    auto v = [&](int j) { return (c < C && j < cdim) ? rows[(c - c_first) * cstride + j] : 0.0f; };
+    uint4 f;
+    split_pair(v(k), v(k + 1), f.x, f.z);
+    split_pair(v(k + 2), v(k + 3), f.y, f.w);
+    gf[e] = f;
   }
   // |c|^2 in float64, four threads per centroid. The range is a multiple of 16 centroids, so a warp's
   // 8 centroids are all in it or all past it and the shuffles see whole warps. A serial loop per
@@ -511,7 +504,7 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 }
 
 // A warp's 16-point tile, streamed: lane 4q + t holds columns 16ks + 4t .. 16ks + 4t + 3 of tile rows
-// q and q + 8 for one k-step at a time (KStep<T>: 16 bytes of fp32 or 8 of bf16). The mma's B fragment gives lane t the k slots 2t, 2t+1,
+// q and q + 8 for one k-step at a time (KStep<T>: 16 bytes of fp32 or 8 of bf16). The mma's A fragment gives lane t the columns 2t, 2t+1,
 // 2t+8, 2t+9 of a k-step; any order of a k-step's columns gives the same products when the A and B
 // fragments share it, so the rounds use 4t .. 4t+3 (pack_tiles packs the centroids so): one 16-byte
 // load per row and k-step, straight from the keys, with no staging in shared memory (a staged tile
@@ -578,33 +571,24 @@ __device__ __forceinline__ void prefetch_tile_l2(const T* group_keys, int row_st
   }
 }
 
-// Scores x.c - |c|^2/2 of a warp's 16 points (tile rows `r`) with the 64 centroids of m-tiles
-// mt0 .. mt0+3 (16 centroids each), the tile streamed a k-step at a time (load_kstep). The points are
-// the mma's B operand and the centroids its A operand: a B fragment holds one point's columns
-// 4t .. 4t+3 of a k-step (lane 4q + t, point q of the n-tile), which is exactly what the lane loaded
-// for row q + 8nt, so the loaded registers are the fragment. (With the points as A operand, whose
-// fragment interleaves rows q and q + 8 in one register quad, ptxas copied the quad before nearly
-// every mma: ~110 moves a tile, 14% of the seed round's instructions; ncu, session 33.)
-// Each k-step is split into its bf16 hi and lo B fragments just before its mma instructions; bf16
-// keys are their own hi fragment with lo = 0 (no split, and two mma a k-step and tile pair instead
-// of three), except in the last k-step, which may hold the fp32 ip coordinate and goes as fp32. The
-// ip coordinate (column dsub, in the last k-step as cdim = dsub + 1 > 16(KS - 1)) is the .x of the
-// lane with 16(KS - 1) + 4t == dsub (`ip_lane`). sq, when given: this lane's share of each row's
-// |x|^2 (rows q, q + 8), ip coordinate included.
-// acc[mt][nt][i]: centroid 16(mt0 + mt) + q + 8(i >> 1), point 8nt + 2t + (i & 1) of the tile.
+// Scores x.c - |c|^2/2 of a warp's 16 points (tile rows `r`) with the 64 centroids of n-tiles
+// nt0 .. nt0+7, the tile streamed a k-step at a time (load_kstep). Each k-step is split into its
+// bf16 hi and lo A fragments just before its mma instructions; bf16 keys are their own hi fragment
+// with lo = 0 (no split, and two mma a k-step and n-tile instead of three), except in the last
+// k-step, which may hold the fp32 ip coordinate and goes as fp32. The ip coordinate (column dsub, in
+// the last k-step as cdim = dsub + 1 > 16(KS - 1)) is the .x of the lane with 16(KS - 1) + 4t ==
+// dsub (`ip_lane`). sq, when given: this lane's share of each row's |x|^2, ip coordinate included.
 // NT is a multiple of 8 (the host pads it; padding centroids have zero fragments and |c|^2/2 = +inf,
 // so they score -inf): a chunk is always whole, so no mma sits behind a guard (a guarded mma.sync
 // costs a WARPSYNC and scheduling NOPs each, and the compiler cannot interleave them).
 template <int KS, typename T>
-__device__ __forceinline__ void chunk_scores(float (&acc)[4][2][4], const TileRows<T>& r, bool last_in, bool ip_lane,
-                                             const float (&xaug)[2], const uint4* frag, const float* half_norm2, int mt0,
+__device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows<T>& r, bool last_in, bool ip_lane,
+                                             const float (&xaug)[2], const uint4* frag, const float* half_norm2, int nt0,
                                              int lane, float (*sq)[2]) {
-  const uint4* chunk_frag = frag + mt0 * KS * 64 + lane;
-  const float* chunk_h = half_norm2 + mt0 * 16 + (lane >> 2);
+  const uint4* chunk_frag = frag + nt0 * KS * 32 + lane;
+  const float* chunk_h = half_norm2 + nt0 * 8 + 2 * (lane & 3);
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
   if (sq != nullptr) (*sq)[0] = (*sq)[1] = 0.0f;
   typename KStep<T>::type x[2];
   typename KStep<T>::type next[2];
@@ -613,33 +597,29 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[4][2][4], const TileRo
   for (int ks = 0; ks < KS; ++ks) {
     if (ks + 1 < KS) load_kstep<KS>(r, ks + 1, last_in, next);
     const bool exact_hi = std::is_same<T, __nv_bfloat16>::value && ks + 1 < KS;  // lo = 0 (constant once unrolled)
-    uint32_t bh[2][2];
-    uint32_t bl[2][2];
+    uint32_t ah[4];
+    uint32_t al[4];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      float4 v = four_floats(x[nt]);
-      if (ks + 1 == KS && ip_lane) v.x = xaug[nt];
-      if (sq != nullptr) (*sq)[nt] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, (*sq)[nt]))));
+    for (int rs = 0; rs < 2; ++rs) {
+      float4 v = four_floats(x[rs]);
+      if (ks + 1 == KS && ip_lane) v.x = xaug[rs];
+      if (sq != nullptr) (*sq)[rs] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, (*sq)[rs]))));
       if constexpr (std::is_same<T, __nv_bfloat16>::value) {
         if (exact_hi) {
-          bh[nt][0] = x[nt].x;  // key columns 4t, 4t+1 as the bf16 pair they are
-          bh[nt][1] = x[nt].y;  // columns 4t+2, 4t+3
+          ah[rs] = x[rs].x;  // key columns 4t, 4t+1 as the bf16 pair they are
+          ah[2 + rs] = x[rs].y;
           continue;
         }
       }
-      split_pair(v.x, v.y, bh[nt][0], bl[nt][0]);  // the B fragment's k slots 2t, 2t+1: key columns 4t, 4t+1
-      split_pair(v.z, v.w, bh[nt][1], bl[nt][1]);  // slots 2t+8, 2t+9: key columns 4t+2, 4t+3
+      split_pair(v.x, v.y, ah[rs], al[rs]);          // the A fragment's slots 2t, 2t+1 of row q + 8rs: key columns 4t, 4t+1
+      split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // slots 2t+8, 2t+9: key columns 4t+2, 4t+3
     }
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt) {
-      const uint4 ah = chunk_frag[((mt * KS + ks) * 2) * 32];
-      const uint4 al = chunk_frag[((mt * KS + ks) * 2 + 1) * 32];
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        mma_bf16(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
-        mma_bf16(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
-        if (!exact_hi) mma_bf16(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
-      }
+    for (int j = 0; j < 8; ++j) {
+      const uint4 b = chunk_frag[(j * KS + ks) * 32];
+      mma_bf16(acc[j], ah, b.x, b.y);
+      mma_bf16(acc[j], ah, b.z, b.w);
+      if (!exact_hi) mma_bf16(acc[j], al, b.x, b.y);
     }
     if (ks + 1 < KS) {
       x[0] = next[0];
@@ -647,16 +627,12 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[4][2][4], const TileRo
     }
   }
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt) {
-    const float h0 = chunk_h[mt * 16];
-    const float h1 = chunk_h[mt * 16 + 8];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      acc[mt][nt][0] -= h0;
-      acc[mt][nt][1] -= h0;
-      acc[mt][nt][2] -= h1;
-      acc[mt][nt][3] -= h1;
-    }
+  for (int j = 0; j < 8; ++j) {
+    const float2 h = *reinterpret_cast<const float2*>(chunk_h + j * 8);
+    acc[j][0] -= h.x;
+    acc[j][1] -= h.y;
+    acc[j][2] -= h.x;
+    acc[j][3] -= h.y;
   }
 }
 
@@ -678,14 +654,14 @@ struct GroupView {
 constexpr int kRescoreTake = 4;
 constexpr int kRescoreList = 32 * kRescoreTake;
 
-// Pass C's canonical re-scoring of one chunk's candidates (bit 8mt + 4nt + i of a lane: centroid
-// 16(mt0 + mt) + q + 8(i >> 1) for row 8nt + 2t + (i & 1); chunk_scores' acc) of the tile at tile_keys, into row `lane`'s
+// Pass C's canonical re-scoring of one chunk's candidates (bit 4j + i of a lane: centroid
+// (nt0 + j) * 8 + 2t + (i & 1) for row q + 8 (i >> 1)) of the tile at tile_keys, into row `lane`'s
 // best (distance, centroid) held by lanes 0..15. Returns {best distance, best centroid's bits}.
 // Out of line: inlined, its state made the four-block seed kernel spill (48 bytes, 3.54 ms against
 // 3.33 out of line; session 25), while only flagged tiles come here (≈ 1 - (1 - 0.0074)^16, one
 // tile in nine, at the seed config's mean flagged share).
 template <typename T>
-__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int mt0, const T* tile_keys, const float* cent,
+__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const T* tile_keys, const float* cent,
                                                   uint16_t* list, float xaug0, float xaug1, int row_stride, int dsub,
                                                   int cdim, int cstride, float best_d, int best_c) {
   const int lane = threadIdx.x & 31;
@@ -698,8 +674,8 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int mt0, 
     for (int k = end - take; k < end; ++k) {
       const int bit = __ffs(candidates) - 1;
       candidates &= candidates - 1u;
-      const int row = 8 * ((bit >> 2) & 1) + 2 * t + (bit & 1);
-      const int c = 16 * (mt0 + (bit >> 3)) + q + ((bit & 2) != 0 ? 8 : 0);  // accumulators 2, 3: centroid q + 8
+      const int row = q + ((bit & 2) != 0 ? 8 : 0);  // accumulators 2, 3: row q + 8
+      const int c = (nt0 + (bit >> 2)) * 8 + 2 * t + (bit & 1);
       list[k] = static_cast<uint16_t>(row << 8 | c);
     }
     __syncwarp();
@@ -730,118 +706,87 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int mt0, 
   return make_float2(best_d, __int_as_float(best_c));
 }
 
-// The four points ("slots") a lane's scores belong to (chunk_scores' acc): slot 2nt + j is point
-// 8nt + 2t + j of the tile. reduce_slots combines each slot over the eight lanes that share t (lane
-// bits 2-4) for all four slots at once, by halving: each step sends half of what a lane still holds
-// (4 shuffles in all, not 12). Lane 4q + t ends with slot 2*b4 + b3 (b4, b3: bits 4 and 3 of the
-// lane), that is point 8*b4 + 2t + b3, which two lanes hold (bit 2 is free); slot_owner(p) names the
-// one with bit 2 clear.
-template <typename V, typename Op>
-__device__ __forceinline__ V reduce_slots(const V (&v)[4], int lane, Op op) {
-  const bool h16 = (lane & 16) != 0;
-  V a = h16 ? v[2] : v[0];
-  V b = h16 ? v[3] : v[1];
-  const V send_a = h16 ? v[0] : v[2];
-  const V send_b = h16 ? v[1] : v[3];
-  a = op(a, __shfl_xor_sync(0xffffffffu, send_a, 16));
-  b = op(b, __shfl_xor_sync(0xffffffffu, send_b, 16));
-  const bool h8 = (lane & 8) != 0;
-  V kept = h8 ? b : a;
-  const V sent = h8 ? a : b;
-  kept = op(kept, __shfl_xor_sync(0xffffffffu, sent, 8));
-  return op(kept, __shfl_xor_sync(0xffffffffu, kept, 4));
-}
-__device__ __forceinline__ int slot_owner(int p) { return 16 * (p >> 3) + 8 * (p & 1) + ((p & 7) >> 1); }
-// The point a lane holds after reduce_slots.
-__device__ __forceinline__ int own_point(int lane) { return 8 * ((lane >> 4) & 1) + 2 * (lane & 3) + ((lane >> 3) & 1); }
-
 // Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring.
 template <int KS, bool kOneChunk, typename T>
 __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, bool last_in, bool ip_lane, int pbase,
                                                  int (&code)[2], bool (&valid)[2], float (&xaug)[2]) {
   const int lane = threadIdx.x & 31;
-  const int q = lane >> 2;  // the rows this lane loads (q, q + 8) and the centroids it scores (q + 8h of each m-tile)
-  const int t = lane & 3;   // its column quad of a k-step, and its points' pair (2t, 2t + 1 of each half)
+  const int q = lane >> 2;  // mma row group: rows q and q + 8
+  const int t = lane & 3;   // mma column pair
   const bool ip = v.cdim > v.dsub;
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     valid[rs] = pbase + q + 8 * rs < v.n;
     xaug[rs] = (ip && valid[rs]) ? pq_ip_augment(v.phi, v.norms[static_cast<int64_t>(v.g) * v.n + pbase + q + 8 * rs]) : 0.0f;
   }
-  // Scores of chunk mt0, the tile streamed from the keys for it (chunk_scores): a tile held across
+  // Scores of chunk nt0, the tile streamed from the keys for it (chunk_scores): a tile held across
   // the chunk loop (or from one tile to the next) kept 32 more registers live beside the
   // accumulators, and the kernel spilled at four blocks per SM. Later chunks (passes B and C
   // re-score them when C >= 128) hit L1 or L2.
-  auto tile_chunk_scores = [&](float (&acc)[4][2][4], int mt0, float (*sq)[2]) {
-    chunk_scores<KS>(acc, tile_rows(v.keys, v.row_stride, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, mt0, lane, sq);
+  auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
+    chunk_scores<KS>(acc, tile_rows(v.keys, v.row_stride, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane, sq);
   };
   // kOneChunk (C <= 64): one chunk, whose scores stay in the accumulators from pass A to C; its own
   // kernels, as the chunk loops kept more registers live (the four-block kernel spilled).
-  const int MT = kOneChunk ? 4 : v.NT / 2;
-  const int mine = own_point(lane);
+  const int NT = kOneChunk ? 8 : v.NT;
 
-  // Pass A: the best score of each slot, then of the lane's own point.
-  float acc[4][2][4];
-  float best4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  // Pass A: the best score per row.
+  float acc[8][4];
+  float best[2] = {-INFINITY, -INFINITY};
   float sq[2];
-  for (int mt0 = 0; mt0 < MT; mt0 += 4) {
-    tile_chunk_scores(acc, mt0, mt0 == 0 ? &sq : nullptr);
+  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
+    tile_chunk_scores(acc, nt0, nt0 == 0 ? &sq : nullptr);
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) best4[2 * nt + (i & 1)] = fmaxf(best4[2 * nt + (i & 1)], acc[mt][nt][i]);
+      for (int i = 0; i < 4; ++i) best[i >> 1] = fmaxf(best[i >> 1], acc[j][i]);
   }
-  const float best = reduce_slots(best4, lane, [](float a, float b) { return fmaxf(a, b); });
-  // |x|^2 of rows q and q + 8 (lanes 4q .. 4q+3 hold a quarter each), then of the own point (row
-  // mine, from lane 4 (mine mod 8)).
+  float half_band[2];
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
     sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
+    half_band[rs] = score_band(__fsqrt_ru(sq[rs]), v.cmax);
   }
-  const float sq_lo = __shfl_sync(0xffffffffu, sq[0], 4 * (mine & 7));
-  const float sq_hi = __shfl_sync(0xffffffffu, sq[1], 4 * (mine & 7));
-  const float half_band = score_band(__fsqrt_ru(mine < 8 ? sq_lo : sq_hi), v.cmax);
-  const float threshold = best - half_band;  // NaN / -inf when the band is infinite: every centroid
-  float thr[4];  // each slot's threshold, from its point's owner
+  float threshold[2];
 #pragma unroll
-  for (int s = 0; s < 4; ++s) thr[s] = __shfl_sync(0xffffffffu, threshold, 16 * (s >> 1) + 8 * (s & 1) + t);
+  for (int rs = 0; rs < 2; ++rs) {
+    best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 1));
+    best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 2));
+    threshold[rs] = best[rs] - half_band[rs];  // NaN / -inf when the band is infinite: every centroid
+  }
   // Pass B: how many centroids score within the band of the best (one, unless a near tie), and which.
-  // Packed per slot as count << 16 | the sum of their indices (the index itself when there is one):
-  // one compare and one add per score (a count and a running minimum took 6; ncu). Padding
-  // centroids score -inf, so they count only when the band is infinite, which flags the point
-  // anyway. The low half holds at most NT*8 <= 256 indices below 256 over the eight lanes: < 2^16.
-  int packed4[4] = {0, 0, 0, 0};
-  for (int mt0 = 0; mt0 < MT; mt0 += 4) {
-    if (!kOneChunk) tile_chunk_scores(acc, mt0, nullptr);  // one chunk: acc holds it
-    const int base = 0x10000 + 16 * mt0 + q;
+  // Packed per row as count << 16 | the sum of their indices less 2t (the index itself when there is
+  // one): one compare and one add per score (a count and a running minimum took 6; ncu). Padding
+  // centroids score -inf, so they count only when the band is infinite, which flags the row anyway.
+  // The low half holds at most 2*NT indices below NT*8 <= 256 per lane: < 2^16.
+  int packed[2] = {0, 0};
+  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
+    if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);  // one chunk: acc holds it
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int j = 0; j < 8; ++j) {
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          if (!(acc[mt][nt][i] < thr[2 * nt + (i & 1)])) packed4[2 * nt + (i & 1)] += base + 16 * mt + 8 * (i >> 1);
+      for (int i = 0; i < 4; ++i)
+        if (!(acc[j][i] < threshold[i >> 1])) packed[i >> 1] += 0x10000 + (nt0 + j) * 8 + (i & 1);
+    }
   }
-  const int packed = reduce_slots(packed4, lane, [](int a, int b) { return a + b; });
-  const bool mine_flagged = pbase + mine < v.n && ((packed >> 16) != 1 || !(half_band < INFINITY));
-  // To the rows' lanes (lanes 4q .. 4q+3 hold rows q and q + 8, as the caller expects): the code
-  // (the nearest centroid unless flagged, re-scored below) and the flag.
-  const int word = (packed & 0xffff) | (mine_flagged ? 0x10000 : 0);
   bool flagged[2];
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    const int w = __shfl_sync(0xffffffffu, word, slot_owner(q + 8 * rs));
-    code[rs] = w & 0xffff;
-    flagged[rs] = (w >> 16) != 0;
+    int within = packed[rs] >> 16;
+    int index_sum = (packed[rs] & 0xffff) + 2 * t * within;
+    within += __shfl_xor_sync(0xffffffffu, within, 1);
+    within += __shfl_xor_sync(0xffffffffu, within, 2);
+    index_sum += __shfl_xor_sync(0xffffffffu, index_sum, 1);
+    index_sum += __shfl_xor_sync(0xffffffffu, index_sum, 2);
+    flagged[rs] = valid[rs] && (within != 1 || !(half_band[rs] < INFINITY));
+    code[rs] = index_sum;  // the nearest centroid unless flagged (re-scored below)
   }
   const unsigned flagged_rows = __ballot_sync(0xffffffffu, t == 0 && flagged[0]) | (__ballot_sync(0xffffffffu, t == 0 && flagged[1]) << 1);
   if (flagged_rows == 0u) return 0u;
 
-  // Pass C (flagged points): canonical distances of the centroids within the band; the lowest index
+  // Pass C (flagged rows): canonical distances of the centroids within the band; the lowest index
   // among the minimal ones, as the oracle. The warp's candidates (row, centroid) of a chunk go into
   // its list in shared memory (up to kRescoreTake per lane at a time, so a segment holds <= 128),
   // and eight lanes compute each canonical distance together (canonical_distance_8). A lane walking
@@ -849,28 +794,21 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, bool las
   // pass C ~0.15 ms of the seed build (3.42 ms; 3.27 with the band at 0, a diagnostic); this way the
   // seed build takes 3.33 ms (session 25). Lanes 0..15 keep row `lane`'s best (distance, centroid)
   // across segments and chunks.
-  const unsigned flagged_owners = __ballot_sync(0xffffffffu, (lane & 4) == 0 && mine_flagged);
-  bool slot_flagged[4];
-#pragma unroll
-  for (int s = 0; s < 4; ++s) slot_flagged[s] = ((flagged_owners >> (16 * (s >> 1) + 8 * (s & 1) + t)) & 1u) != 0u;
   float best_d = INFINITY;
   int best_c = INT_MAX;
-  for (int mt0 = 0; mt0 < MT; mt0 += 4) {
-    if (!kOneChunk) tile_chunk_scores(acc, mt0, nullptr);
-    uint32_t candidates = 0u;  // bit 8mt + 4nt + i: accumulator acc[mt][nt][i]
+  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
+    if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);
+    uint32_t candidates = 0u;  // bit 4j + i: accumulator acc[j][i]
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt) {
+    for (int j = 0; j < 8; ++j) {
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int s = 2 * nt + (i & 1);
-          const int c = 16 * (mt0 + mt) + q + 8 * (i >> 1);
-          if (slot_flagged[s] && c < v.C && !(acc[mt][nt][i] < thr[s])) candidates |= 1u << (8 * mt + 4 * nt + i);
-        }
+      for (int i = 0; i < 4; ++i) {
+        const int rs = i >> 1;
+        const int c = (nt0 + j) * 8 + 2 * t + (i & 1);
+        if (flagged[rs] && c < v.C && !(acc[j][i] < threshold[rs])) candidates |= 1u << (4 * j + i);
       }
     }
-    const float2 best = rescore_candidates(candidates, mt0, v.keys + static_cast<int64_t>(pbase) * v.row_stride, v.cent,
+    const float2 best = rescore_candidates(candidates, nt0, v.keys + static_cast<int64_t>(pbase) * v.row_stride, v.cent,
                                            v.rescore_list, xaug[0], xaug[1], v.row_stride, v.dsub, v.cdim, v.cstride, best_d,
                                            best_c);
     best_d = best.x;
