@@ -16,7 +16,7 @@
 //   Check: codes against float64 scores on 4,000 sampled points (near ties are the flagged ones).
 // Build here (nvcc is not on the GPU machine) into the repository root, which travels:
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DNPROD=2 -o ws-round scripts/ws-round-prototype.cu
-// Session 33 (H100): 113-116 us a pass under events with NPROD=2 (124 with one producer warp);
+// Session 33 (H100): 113-117 us a pass under events with NPROD=2 (124 with one producer warp);
 // ncu 137-138 us against 237.9 us for round 0 of pq_build_round_k4_c1_b4_bf16 in the same run.
 #include <cstdio>
 #include <cstdint>
