@@ -86,37 +86,12 @@
 #include <climits>
 #include <type_traits>
 
+#include "build_assign.cuh"
 #include "common.cuh"
 
 namespace {
 
 constexpr int kRoundThreads = 128;
-constexpr int kWarpPoints = 16;  // one m16 MMA tile: the points a warp scores at once
-// Means and packing of a round: block x of group g takes n-tiles kFinalizeTiles*x .. (16 centroids),
-// so a group spreads over NT / kFinalizeTiles blocks (4 on the seed config: 7.1 us a round against
-// 12 for one block a group, ncu, session 31).
-constexpr int kFinalizeTiles = 2;
-constexpr int kFinalizeCentroids = 8 * kFinalizeTiles;
-
-// Floats of info[g] (see "Packed operands"): |c|^2/2 of the NT*8 centroids, then max |c| over each
-// finalize block's centroids.
-__device__ __forceinline__ int info_stride(int NT) { return NT * 8 + NT / kFinalizeTiles; }
-
-// max |c| of a group from its info (the largest of the blocks' maxima; float bits, as atomicMax).
-__device__ __forceinline__ float group_max_norm(const float* gi, int NT) {
-  unsigned bits = 0u;
-  for (int x = 0; x < NT / kFinalizeTiles; ++x) bits = max(bits, __float_as_uint(gi[NT * 8 + x]));
-  return __uint_as_float(bits);
-}
-
-// Point 0 of group g: row O of its (b, kv-head), at sub-space m's columns (see "Keys" above).
-template <typename T>
-__device__ __forceinline__ const T* group_points(const T* keys, int g, int M, int64_t head_stride, int row_stride, int O,
-                                                 int dsub) {
-  const int bkv = g / M;
-  return keys + bkv * head_stride + static_cast<int64_t>(O) * row_stride + (g - bkv * M) * dsub;
-}
-
 // Coordinate j of point p of group g (j == dsub: the ip augmentation).
 template <typename T>
 __device__ __forceinline__ float point_coord(const T* keys, const float* norms, const float* phi, int g, int p, int j, int n,
@@ -137,33 +112,6 @@ __device__ __forceinline__ float4 four_floats(const float4& v) { return v; }
 __device__ __forceinline__ float4 four_floats(const uint2& v) {
   return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
                      __uint_as_float(v.y & 0xffff0000u));
-}
-
-// The oracle's distanceF32 over cdim coordinates (x[dsub] is `xaug` for ip), by the eight lanes
-// 8k .. 8k+7 of a warp together, in common.cuh's lane form: lane r sums the oracle's partial r
-// (pq_partial_distance; the ip coordinate dsub comes last in partial dsub mod 8) and pq_tree8
-// combines the partials. Every lane of the warp calls it (the shuffles); `live` lanes load, the
-// others add zeros. Returns the distance in all eight lanes.
-template <typename T>
-__device__ __forceinline__ float canonical_distance_8(const T* x, float xaug, const float* c, int dsub, int cdim,
-                                                      bool live) {
-  const int r = threadIdx.x & 7;
-  float part = live ? pq_partial_distance(x, c, dsub, r) : 0.0f;
-  if (live && cdim > dsub && r == (dsub & 7)) {
-    const float t = __fsub_rn(xaug, c[dsub]);
-    part = __fadd_rn(part, __fmul_rn(t, t));
-  }
-  return pq_tree8(part);
-}
-
-// bf16 hi + lo of two fp32 values, as the packed pairs an mma fragment register holds
-// (first value in the low half). x - hi is exact in fp32.
-__device__ __forceinline__ void split_pair(float v0, float v1, uint32_t& hi, uint32_t& lo) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-  const float2 hf = __bfloat1622float2(h);
-  const __nv_bfloat162 l = __floats2bfloat162_rn(__fsub_rn(v0, hf.x), __fsub_rn(v1, hf.y));
-  hi = *reinterpret_cast<const uint32_t*>(&h);
-  lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
 // Volatile: kept in program order with load_kstep's loads.
@@ -484,25 +432,6 @@ PQ_BUILD_INIT(__nv_bfloat16, pq_build_init_bf16)
 
 namespace {
 
-// Modes of a round: the first round has no previous codes and moves nothing; the final assignment
-// writes its codes for pq_build_publish.
-// ROUND_FIRST: codes of every point (round 0). ROUND_NEXT: codes that changed, and their points
-// moved between the cluster sums. ROUND_RECOMPUTE: codes that changed, no moves (the host zeroes
-// the sums and pq_build_first_sums forms them again from the codes). ROUND_FINAL: every code.
-enum BuildRoundMode : int { ROUND_FIRST = 0, ROUND_NEXT = 1, ROUND_FINAL = 2, ROUND_RECOMPUTE = 3 };
-
-// Half the bound on the distance of the tensor-core estimate from the canonical order, in score
-// units (score = x.c - |c|^2/2 = (|x|^2 - D)/2; see the header): split and accumulation error of
-// x.c <= ~2^-13.3 |x||c| (taken twice in the comparison), the canonical order's own error
-// <= 2^-18 (|x| + |c|)^2, an absolute floor for flushed subnormal products; every term with a
-// margin >= 2x. The canonical bound holds only while no distance can overflow: (|x| + |c|)^2
-// must stay below 2^126, else the band is infinite (every centroid re-scored).
-__device__ __forceinline__ float score_band(float xnorm, float cmax) {
-  const float s = xnorm + cmax;
-  if (!(s < 0x1p63f)) return INFINITY;
-  return 0x1p-11f * xnorm * cmax + 0x1p-17f * s * s + 0x1p-101f;
-}
-
 // A warp's 16-point tile, streamed: lane 4q + t holds columns 16ks + 4t .. 16ks + 4t + 3 of tile rows
 // q and q + 8 for one k-step at a time (KStep<T>: 16 bytes of fp32 or 8 of bf16). The mma's A fragment gives lane t the columns 2t, 2t+1,
 // 2t+8, 2t+9 of a k-step; any order of a k-step's columns gives the same products when the A and B
@@ -636,264 +565,6 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows<
   }
 }
 
-// What one round's assignment needs of group g.
-template <typename T>
-struct GroupView {
-  const uint4* frag;        // smem: packed centroid fragments
-  const float* half_norm2;  // smem: |c|^2 / 2
-  float cmax;               // max |c|
-  const float* cent;        // the group's fp32 centroids (canonical re-scoring): smem with one chunk, else global
-  const T* keys;            // global: point 0 of the group (canonical re-scoring, moves)
-  const float* norms;
-  uint16_t* rescore_list;   // smem: the warp's (row << 8 | centroid) candidates of pass C (C <= 256)
-  float phi;
-  int g, n, C, cdim, cstride, dsub, row_stride, NT;
-};
-
-// Candidates a lane adds to its warp's pass-C list at a time: 32 * 4 = kRescoreList entries.
-constexpr int kRescoreTake = 4;
-constexpr int kRescoreList = 32 * kRescoreTake;
-
-// Pass C's canonical re-scoring of one chunk's candidates (bit 4j + i of a lane: centroid
-// (nt0 + j) * 8 + 2t + (i & 1) for row q + 8 (i >> 1)) of the tile at tile_keys, into row `lane`'s
-// best (distance, centroid) held by lanes 0..15. Returns {best distance, best centroid's bits}.
-// Out of line: inlined, its state made the four-block seed kernel spill (48 bytes, 3.54 ms against
-// 3.33 out of line; session 25), while only flagged tiles come here (≈ 1 - (1 - 0.0074)^16, one
-// tile in nine, at the seed config's mean flagged share).
-template <typename T>
-__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const T* tile_keys, const float* cent,
-                                                  uint16_t* list, float xaug0, float xaug1, int row_stride, int dsub,
-                                                  int cdim, int cstride, float best_d, int best_c) {
-  const int lane = threadIdx.x & 31;
-  const int q = lane >> 2;
-  const int t = lane & 3;
-  while (__any_sync(0xffffffffu, candidates != 0u)) {
-    const int take = min(__popc(candidates), kRescoreTake);
-    const int end = pq_warp_inclusive_scan(take);
-    const int total = __shfl_sync(0xffffffffu, end, 31);
-    for (int k = end - take; k < end; ++k) {
-      const int bit = __ffs(candidates) - 1;
-      candidates &= candidates - 1u;
-      const int row = q + ((bit & 2) != 0 ? 8 : 0);  // accumulators 2, 3: row q + 8
-      const int c = (nt0 + (bit >> 2)) * 8 + 2 * t + (bit & 1);
-      list[k] = static_cast<uint16_t>(row << 8 | c);
-    }
-    __syncwarp();
-    for (int e0 = 0; e0 < total; e0 += 4) {
-      const int e = e0 + (lane >> 3);
-      const int entry = e < total ? list[e] : 0;
-      const int row = entry >> 8;
-      const int c = entry & 255;
-      // The row's ip coordinate, from its owner lane 4(row mod 8) (xaug0: rows 0..7, xaug1: 8..15).
-      const float aug0 = __shfl_sync(0xffffffffu, xaug0, (row & 7) * 4);
-      const float aug1 = __shfl_sync(0xffffffffu, xaug1, (row & 7) * 4);
-      const float d = canonical_distance_8(tile_keys + static_cast<int64_t>(row) * row_stride, row < 8 ? aug0 : aug1,
-                                           cent + c * cstride, dsub, cdim, e < total);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int erow = __shfl_sync(0xffffffffu, row, 8 * k);
-        const int ec = __shfl_sync(0xffffffffu, c, 8 * k);
-        const float ed = __shfl_sync(0xffffffffu, d, 8 * k);
-        // Only finite distances win (none: centroid 0, below); ties keep the lower index.
-        if (e0 + k < total && lane == erow && ed < INFINITY && (ed < best_d || (ed == best_d && ec < best_c))) {
-          best_d = ed;
-          best_c = ec;
-        }
-      }
-    }
-    __syncwarp();  // the next segment rewrites the list
-  }
-  return make_float2(best_d, __int_as_float(best_c));
-}
-
-// Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
-// pbase + row). Returns the number of rows flagged for canonical re-scoring.
-template <int KS, bool kOneChunk, typename T>
-__device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, bool last_in, bool ip_lane, int pbase,
-                                                 int (&code)[2], bool (&valid)[2], float (&xaug)[2]) {
-  const int lane = threadIdx.x & 31;
-  const int q = lane >> 2;  // mma row group: rows q and q + 8
-  const int t = lane & 3;   // mma column pair
-  const bool ip = v.cdim > v.dsub;
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    valid[rs] = pbase + q + 8 * rs < v.n;
-    xaug[rs] = (ip && valid[rs]) ? pq_ip_augment(v.phi, v.norms[static_cast<int64_t>(v.g) * v.n + pbase + q + 8 * rs]) : 0.0f;
-  }
-  // Scores of chunk nt0, the tile streamed from the keys for it (chunk_scores): a tile held across
-  // the chunk loop (or from one tile to the next) kept 32 more registers live beside the
-  // accumulators, and the kernel spilled at four blocks per SM. Later chunks (passes B and C
-  // re-score them when C >= 128) hit L1 or L2.
-  auto tile_chunk_scores = [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
-    chunk_scores<KS>(acc, tile_rows(v.keys, v.row_stride, pbase, v.n), last_in, ip_lane, xaug, v.frag, v.half_norm2, nt0, lane, sq);
-  };
-  // kOneChunk (C <= 64): one chunk, whose scores stay in the accumulators from pass A to C; its own
-  // kernels, as the chunk loops kept more registers live (the four-block kernel spilled).
-  const int NT = kOneChunk ? 8 : v.NT;
-
-  // Pass A: the best score per row.
-  float acc[8][4];
-  float best[2] = {-INFINITY, -INFINITY};
-  float sq[2];
-  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
-    tile_chunk_scores(acc, nt0, nt0 == 0 ? &sq : nullptr);
-    // The row maxima from fp32 keys by a tree (depth 4 a row, not a chain of 16; the same value in
-    // any order, NaN included): the seed build from fp32 keys 3116 against 3218 us, from bf16 keys
-    // 2658 against 2608, so bf16 keeps the chain (same run, session 33; a tree of pass B's sums was
-    // slower for bf16 keys, and less of a gain for fp32).
-    if constexpr (std::is_same<T, float>::value) {
-#pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        float m[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) m[j] = fmaxf(acc[j][2 * rs], acc[j][2 * rs + 1]);
-#pragma unroll
-        for (int w = 4; w > 0; w >>= 1)
-#pragma unroll
-          for (int j = 0; j < w; ++j) m[j] = fmaxf(m[j], m[j + w]);
-        best[rs] = fmaxf(best[rs], m[0]);
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) best[i >> 1] = fmaxf(best[i >> 1], acc[j][i]);
-    }
-  }
-  float half_band[2];
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
-    sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
-    half_band[rs] = score_band(__fsqrt_ru(sq[rs]), v.cmax);
-  }
-  float threshold[2];
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 1));
-    best[rs] = fmaxf(best[rs], __shfl_xor_sync(0xffffffffu, best[rs], 2));
-    threshold[rs] = best[rs] - half_band[rs];  // NaN / -inf when the band is infinite: every centroid
-  }
-  // Pass B: how many centroids score within the band of the best (one, unless a near tie), and which.
-  // Packed per row as count << 16 | the sum of their indices less 2t (the index itself when there is
-  // one): one compare and one add per score (a count and a running minimum took 6; ncu). Padding
-  // centroids score -inf, so they count only when the band is infinite, which flags the row anyway.
-  // The low half holds at most 2*NT indices below NT*8 <= 256 per lane: < 2^16.
-  int packed[2] = {0, 0};
-  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
-    if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);  // one chunk: acc holds it
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (!(acc[j][i] < threshold[i >> 1])) packed[i >> 1] += 0x10000 + (nt0 + j) * 8 + (i & 1);
-    }
-  }
-  bool flagged[2];
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    int within = packed[rs] >> 16;
-    int index_sum = (packed[rs] & 0xffff) + 2 * t * within;
-    within += __shfl_xor_sync(0xffffffffu, within, 1);
-    within += __shfl_xor_sync(0xffffffffu, within, 2);
-    index_sum += __shfl_xor_sync(0xffffffffu, index_sum, 1);
-    index_sum += __shfl_xor_sync(0xffffffffu, index_sum, 2);
-    flagged[rs] = valid[rs] && (within != 1 || !(half_band[rs] < INFINITY));
-    code[rs] = index_sum;  // the nearest centroid unless flagged (re-scored below)
-  }
-  const unsigned flagged_rows = __ballot_sync(0xffffffffu, t == 0 && flagged[0]) | (__ballot_sync(0xffffffffu, t == 0 && flagged[1]) << 1);
-  if (flagged_rows == 0u) return 0u;
-
-  // Pass C (flagged rows): canonical distances of the centroids within the band; the lowest index
-  // among the minimal ones, as the oracle. The warp's candidates (row, centroid) of a chunk go into
-  // its list in shared memory (up to kRescoreTake per lane at a time, so a segment holds <= 128),
-  // and eight lanes compute each canonical distance together (canonical_distance_8). A lane walking
-  // its own candidates through the whole distance cost ~370 warp instructions a flagged row, and
-  // pass C ~0.15 ms of the seed build (3.42 ms; 3.27 with the band at 0, a diagnostic); this way the
-  // seed build takes 3.33 ms (session 25). Lanes 0..15 keep row `lane`'s best (distance, centroid)
-  // across segments and chunks.
-  float best_d = INFINITY;
-  int best_c = INT_MAX;
-  for (int nt0 = 0; nt0 < NT; nt0 += 8) {
-    if (!kOneChunk) tile_chunk_scores(acc, nt0, nullptr);
-    uint32_t candidates = 0u;  // bit 4j + i: accumulator acc[j][i]
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int rs = i >> 1;
-        const int c = (nt0 + j) * 8 + 2 * t + (i & 1);
-        if (flagged[rs] && c < v.C && !(acc[j][i] < threshold[rs])) candidates |= 1u << (4 * j + i);
-      }
-    }
-    const float2 best = rescore_candidates(candidates, nt0, v.keys + static_cast<int64_t>(pbase) * v.row_stride, v.cent,
-                                           v.rescore_list, xaug[0], xaug[1], v.row_stride, v.dsub, v.cdim, v.cstride, best_d,
-                                           best_c);
-    best_d = best.x;
-    best_c = __float_as_int(best.y);
-  }
-#pragma unroll
-  for (int rs = 0; rs < 2; ++rs) {
-    const int bc = __shfl_sync(0xffffffffu, best_c, q + 8 * rs);
-    if (flagged[rs]) code[rs] = bc == INT_MAX ? 0 : bc;  // no finite distance: centroid 0
-  }
-  return static_cast<unsigned>(__popc(flagged_rows));
-}
-
-// Moves each point in `moved` (owner lanes of rows rs: lane 4p holds row p + 8*rs of the tile at
-// point pbase) from the sums of its old cluster to those of its new one. The whole warp takes up to
-// kMoveBatch points at a time, one coordinate per lane, read again from the keys (the tile's rows
-// were just loaded, so from L1 or L2): a batch's loads are in flight together (one point at a time
-// waited on each point's loads, ncu session 22). In ROUND_NEXT every valid row has an old code
-// (round 0 wrote them all).
-constexpr int kMoveBatch = 4;
-
-template <int KS, typename T>
-__device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
-                                            const float (&xaug)[2], const T* tile_keys, int row_stride, double* group_sums,
-                                            int cdim, int dsub) {
-  constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
-  const int lane = threadIdx.x & 31;
-  while (moved != 0u) {
-    int src[kMoveBatch];
-    bool live[kMoveBatch];
-#pragma unroll
-    for (int k = 0; k < kMoveBatch; ++k) {
-      live[k] = moved != 0u;
-      src[k] = live[k] ? __ffs(moved) - 1 : 0;
-      moved &= moved - 1u;
-    }
-    float x[kMoveBatch][kPerLane];
-#pragma unroll
-    for (int k = 0; k < kMoveBatch; ++k) {
-      const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
-      const T* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * row_stride;
-#pragma unroll
-      for (int it = 0; it < kPerLane; ++it) {
-        const int j = lane + 32 * it;
-        x[k][it] = !live[k] || j >= cdim ? 0.0f : j < dsub ? pq_to_float(xr[j]) : aug;
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kMoveBatch; ++k) {
-      const int to = __shfl_sync(0xffffffffu, code[rs], src[k]);
-      const int from = __shfl_sync(0xffffffffu, old[rs], src[k]);
-      if (!live[k]) break;  // uniform: the batch's live points come first
-      double* to_sum = group_sums + to * cdim;
-      double* from_sum = group_sums + from * cdim;
-      // cdim > 16*(KS - 1): the lanes of the first 16*(KS - 1) + 1 coordinates need no guard.
-#pragma unroll
-      for (int it = 0; it < kPerLane; ++it) {
-        const int j = lane + 32 * it;
-        if (32 * it + 31 < 16 * (KS - 1) + 1 || j < cdim) {
-          atomicAdd(to_sum + j, static_cast<double>(x[k][it]));
-          atomicAdd(from_sum + j, -static_cast<double>(x[k][it]));
-        }
-      }
-    }
-  }
-}
-
 template <int KS, bool kOneChunk, typename T>
 __device__ void build_round(const T* keys, const float* norms, const float* phi, const float* centroids,
                             const uint4* frag_g, const float* info_g, uint8_t* codes_tmp, double* sums,
@@ -918,6 +589,7 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
   const T* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
+  uint8_t* group_codes = codes_tmp + static_cast<int64_t>(g) * n;
   {
     const uint4* src = frag_g + static_cast<int64_t>(g) * NT * KS * 32;
     for (int e = threadIdx.x; e < NT * KS * 32; e += kRoundThreads) frag[e] = src[e];
@@ -930,15 +602,12 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
       for (int e = threadIdx.x; e < C * cstride / 4; e += kRoundThreads) reinterpret_cast<float4*>(cent_smem)[e] = csrc[e];
     }
   }
-  const int q = lane >> 2;
   const int t = lane & 3;
   const bool last_in = 16 * (KS - 1) + 4 * t < dsub;
   const bool ip_lane = cdim > dsub && 16 * (KS - 1) + 4 * t == dsub;
   if (!kOneChunk && first_tile < tiles) prefetch_tile_l2(group_keys, row_stride, dsub, first_tile, n);
   __syncthreads();  // centroid fragments, info (and the one-chunk centroids), once
   GroupView<T> view;
-  view.frag = frag;
-  view.half_norm2 = info;
   view.cmax = info[CP];
   view.cent = kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
   view.keys = group_keys;
@@ -959,45 +628,20 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
 
   auto score_tile = [&](int tile) {
     const int pbase = tile * kWarpPoints;
-    // The previous codes are loaded before the scoring, which hides their latency.
-    int old[2] = {-1, -1};
-    if (mode == ROUND_NEXT || mode == ROUND_RECOMPUTE) {
-#pragma unroll
-      for (int rs = 0; rs < 2; ++rs)
-        if (pbase + q + 8 * rs < n) old[rs] = codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs];
-    }
+    int old[2];
+    load_old_codes(mode, group_codes, pbase, n, old);
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
-    flagged_total += nearest_rows<KS, kOneChunk>(view, last_in, ip_lane, pbase, code, valid, xaug);
-    // The row's owner lane (t == 0) writes a code that changed (old = -1 where there is no previous
-    // code: every one in round 0 and the final assignment, whose codes go to the index through
-    // pq_build_publish). Every mode but the final one counts the changed codes.
-    bool changed[2];
-#pragma unroll
-    for (int rs = 0; rs < 2; ++rs) {
-      changed[rs] = valid[rs] && code[rs] != old[rs];
-      if (changed[rs] && t == 0) codes_tmp[static_cast<int64_t>(g) * n + pbase + q + 8 * rs] = static_cast<uint8_t>(code[rs]);
-    }
-    const unsigned moved0 = __ballot_sync(0xffffffffu, t == 0 && changed[0]);
-    const unsigned moved1 = __ballot_sync(0xffffffffu, t == 0 && changed[1]);
-    if (mode != ROUND_FINAL) changed_total += __popc(moved0) + __popc(moved1);
-    // Other modes end here (after round 0 and recomputing rounds, pq_build_first_sums adds every point
-    // to its cluster). A moving round moves each changed point between the clusters: its owner lane
-    // the counts, the warp the coordinates (move_points).
-    if (mode != ROUND_NEXT) return;
-#pragma unroll
-    for (int rs = 0; rs < 2; ++rs) {
-      if (changed[rs] && t == 0) {
-        atomicAdd(group_counts + code[rs], 1u);
-        atomicSub(group_counts + old[rs], 1u);
-      }
-    }
-    if ((moved0 | moved1) != 0u) {
-      const T* tile_keys = group_keys + static_cast<int64_t>(pbase) * row_stride;
-      move_points<KS>(moved0, 0, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
-      move_points<KS>(moved1, 1, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
-    }
+    // Scores of chunk nt0, the tile streamed from the keys for it (chunk_scores): a tile held across
+    // the chunk loop (or from one tile to the next) kept 32 more registers live beside the
+    // accumulators, and the kernel spilled at four blocks per SM. Later chunks (passes B and C
+    // re-score them when C >= 128) hit L1 or L2.
+    flagged_total += nearest_rows<kOneChunk>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
+      chunk_scores<KS>(acc, tile_rows(group_keys, row_stride, pbase, n), last_in, ip_lane, xaug, frag, info, nt0, lane, sq);
+    });
+    commit_codes<KS>(mode, code, old, valid, xaug, group_codes, pbase, group_keys, row_stride, group_sums, group_counts, cdim,
+                     dsub, changed_total);
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
     if (!kOneChunk && tile + tile_step < tiles) prefetch_tile_l2(group_keys, row_stride, dsub, tile + tile_step, n);  // streams in meanwhile

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Builds every kernel family (kernels/*.cu) into a fatbin under kernels/dist/ with nvcc:
-//   SASS for sm_80 and sm_90, plus compute_80 PTX that the driver JIT-compiles on newer GPUs.
+//   SASS for sm_80 and sm_90, plus compute_80 PTX that the driver JIT-compiles on newer GPUs;
+//   families for one architecture only (ARCH_SPECIFIC: build_ws, wgmma is sm_90a-only) get just its
+//   SASS, and the host loads them only on that architecture.
 // The step-kernel families also get a timing build, <family>_phases.fatbin, with the phase stamps
 // compiled in (-DPQ_PHASE_STAMPS; kernels/select_common.cuh PhaseStamps): a cache created with
 // phaseTiming (`bench --phases`) loads it; the shipped kernels carry no stamps.
@@ -49,6 +51,8 @@ const builds = [
   ...families.map((f) => [f.replace(/\.cu$/, ''), f, []]),
   ...STAMPED.map((f) => [f.replace(/\.cu$/, '_phases'), f, ['-DPQ_PHASE_STAMPS']]),
 ];
+// Families whose kernels use architecture-specific instructions: their only image.
+const ARCH_SPECIFIC = { 'build_ws.cu': ['-gencode', 'arch=compute_90a,code=sm_90a'] };
 const newest = (files) => Math.max(...files.map((f) => statSync(f).mtimeMs));
 const GENCODE = sm90Only
   ? ['-gencode', 'arch=compute_90,code=sm_90']
@@ -60,7 +64,7 @@ function build([family, file, flags]) {
   if (!force && existsSync(out) && statSync(out).mtimeMs > newest([src, ...headers, fileURLToPath(import.meta.url)])) {
     return Promise.resolve({ family, skipped: true, report: '' });
   }
-  const args = ['-std=c++17', '-O3', '-fatbin', ...GENCODE, ...flags, '-Xptxas', '-v', '-o', out, src];
+  const args = ['-std=c++17', '-O3', '-fatbin', ...(ARCH_SPECIFIC[file] ?? GENCODE), ...flags, '-Xptxas', '-v', '-o', out, src];
   return new Promise((resolve, reject) => {
     const p = spawn(nvcc, args, { cwd: here });
     let log = '';

@@ -1,16 +1,17 @@
 // Diagnostic: the seed build at fewer kv heads (fewer groups, fewer bytes of keys), GPU time per
 // group, to see whether keys that fit in L2 (Hkv = 4: 33 MB of bf16) make a group's rounds cheaper
 // (session 33: they do not; the time is ≈ 190 μs + 38 μs a group from bf16 keys at every Hkv).
-//   bash scripts/device-run.sh node scripts/build-hkv-scan.mjs    (HKV=2,4,8 SRC=device-bf16 REPS=7 OUTJSON=f)
+//   bash scripts/device-run.sh node scripts/build-hkv-scan.mjs    (HKV=2,4,8 SRC=device-bf16 REPS=7 OUTJSON=f ROUND=mma|wgmma)
 import { writeFileSync } from 'node:fs';
 
 const { benchBuildCuda, SEED_BUILD } = await import(new URL('../.device/app/dist/src/bench/build-bench.js', import.meta.url).href);
 const heads = (process.env.HKV ?? '2,4,8,16,32').split(',').map(Number);
 const sources = (process.env.SRC ?? 'device-bf16,device-f32').split(',');
 const reps = Number(process.env.REPS ?? 7);
+const tuning = process.env.ROUND ? { roundFamily: process.env.ROUND } : {}; // the round kernel's family (default: wgmma where it applies)
 const out = [];
 for (const Hkv of heads) {
-  for (const r of benchBuildCuda({ ...SEED_BUILD, Hkv }, reps, {}, sources)) {
+  for (const r of benchBuildCuda({ ...SEED_BUILD, Hkv }, reps, tuning, sources)) {
     const groups = Hkv * SEED_BUILD.M;
     out.push({ Hkv, keys: r.config.keys, gpu: r.gpu_us.median, wall: r.wall_us.median, perGroup: r.gpu_us.median / groups });
     console.log(`Hkv=${Hkv} ${r.config.keys} gpu=${r.gpu_us.median.toFixed(1)} wall=${r.wall_us.median.toFixed(1)} per-group=${(r.gpu_us.median / groups).toFixed(2)}`);

@@ -137,13 +137,17 @@ export function runBench(o: BenchCliOptions): number {
 /**
  * A/B overrides of the build's choices: PQCACHE_BUILD_BLOCKS=2|3|4 (round-kernel blocks per SM),
  * PQCACHE_BUILD_RECOMPUTE=n (leading rounds whose sums are formed from their codes, n ≥ 1),
- * PQCACHE_BUILD_SUM_CHUNK=n (points a first-sums block takes, ≤ 8192).
+ * PQCACHE_BUILD_SUM_CHUNK=n (points a first-sums block takes, ≤ 8192), PQCACHE_BUILD_ROUND=mma|wgmma
+ * (the round kernel's family; wgmma where it does not apply throws ConfigError).
  */
 function buildTuningFromEnv(): BuildTuning {
   const blocks = Number(process.env.PQCACHE_BUILD_BLOCKS);
   const recompute = process.env.PQCACHE_BUILD_RECOMPUTE;
   const chunk = process.env.PQCACHE_BUILD_SUM_CHUNK;
+  const family = process.env.PQCACHE_BUILD_ROUND;
+  if (family !== undefined && family !== '' && family !== 'mma' && family !== 'wgmma') throw new ConfigError('PQCACHE_BUILD_ROUND', "'mma' or 'wgmma'", family);
   return {
+    ...(family === 'mma' || family === 'wgmma' ? { roundFamily: family } : {}),
     ...(chunk !== undefined && chunk !== '' ? { firstSumsChunk: Number(chunk) } : {}),
     ...(blocks === 2 || blocks === 3 || blocks === 4 ? { blocksPerSM: blocks } : {}),
     ...(recompute !== undefined && recompute !== '' ? { recomputeRounds: Number(recompute) } : {}),

@@ -105,6 +105,13 @@ export interface BuildTuning {
   readonly recomputeRounds?: number;
   /** Points a pq_build_first_sums block takes (≤ 8192; default by key dtype: FIRST_SUMS_CHUNK). */
   readonly firstSumsChunk?: number;
+  /**
+   * The round kernel's family: 'wgmma' (kernels/build_ws.cu, warp-specialized: bf16 keys read in
+   * place with 16-byte aligned rows, dsub = 64, euclidean, C ≤ 64, compute capability 9.0; a
+   * ConfigError names what does not hold) or 'mma' (kernels/build.cu, any layout and GPU). Default:
+   * 'wgmma' where it applies, else 'mma'.
+   */
+  readonly roundFamily?: 'wgmma' | 'mma';
 }
 
 /**
@@ -131,6 +138,28 @@ function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning, suf
   if (!oneChunk) return `pq_build_round_k${KS}${suffix}`;
   const blocks = KS <= 4 ? (tuning.blocksPerSM ?? DEFAULT_ROUND_BLOCKS) : 2;
   return `pq_build_round_k${KS}_c1_b${blocks}${suffix}`;
+}
+
+/** Threads of pq_build_round_ws_bf16 (kernels/build_ws.cu kWsThreads: two consumer warpgroups, two producer warps). */
+const WS_ROUND_THREADS = 320;
+/** Points a pq_build_round_ws_bf16 tile holds (kWsTilePoints). */
+const WS_TILE_POINTS = 64;
+/** Its dynamic shared memory (kWsSmemBytes: alignment slack, 4 stages of 8 KB, centroid operands, fp32 centroids, |c|²/2). */
+const WS_ROUND_SMEM = 1024 + 4 * 8192 + 2 * 8192 + 16384 + 272;
+
+/**
+ * Why kernels/build_ws.cu's round kernel does not apply to these keys and layout (undefined: it
+ * does; `bound`: keys read in place, if they are). It reads bf16 rows of dsub = 64 by 16-byte copies in
+ * wgmma's layout (sm_90a code).
+ */
+function wgmmaRoundRefusal(layout: Layout, bound: KeyBinding | undefined): string | undefined {
+  const [major, minor] = CudaContext.primary().device.computeCapability;
+  if (major !== 9 || minor !== 0) return `compute capability 9.0 (sm_90a code), not ${major}.${minor}`;
+  if (bound?.suffix !== '_bf16') return 'bf16 device keys read in place (not host, staged or fp32 keys)';
+  if (layout.subDim !== 64 || layout.centroidDim !== 64) return `dsub = 64 without the ip coordinate, not a centroid dimension of ${layout.centroidDim}`;
+  if (layout.numCentroids > 64) return `C ≤ 64, not ${layout.numCentroids}`;
+  if (bound.ptr % 16n !== 0n || bound.headStride % 8 !== 0 || bound.rowStride % 8 !== 0) return 'key rows 16-byte aligned';
+  return undefined;
 }
 
 /** Whether kernels/build.cu handles this layout (else the CPU oracle builds). */
@@ -399,8 +428,13 @@ export function buildOnDevice(
   const inPlace = keys instanceof Float32Array ? undefined : keysInPlace(keys, Hkv);
   const suffix = inPlace?.suffix ?? '';
   const mod = loadKernels('build');
-  const roundKernel = roundKernelName(KS, oneChunk, tuning, suffix);
-  const round = mod.kernel(roundKernel);
+  const wgmmaRefusal = wgmmaRoundRefusal(layout, inPlace);
+  if (tuning.roundFamily === 'wgmma' && wgmmaRefusal !== undefined) {
+    throw new ConfigError('tuning.roundFamily', `'wgmma' only where it applies: ${wgmmaRefusal}`, 'wgmma');
+  }
+  const warpSpecialized = wgmmaRefusal === undefined && tuning.roundFamily !== 'mma';
+  const roundKernel = warpSpecialized ? 'pq_build_round_ws_bf16' : roundKernelName(KS, oneChunk, tuning, suffix);
+  const round = (warpSpecialized ? loadKernels('build_ws') : mod).kernel(roundKernel);
   const recomputeRounds = tuning.recomputeRounds ?? DEFAULT_RECOMPUTE_ROUNDS;
   if (!Number.isInteger(recomputeRounds) || recomputeRounds < 1) throw new ConfigError('tuning.recomputeRounds', 'an integer ≥ 1', String(tuning.recomputeRounds));
   const sumsChunk = tuning.firstSumsChunk ?? FIRST_SUMS_CHUNK[suffix === '_bf16' ? 'bf16' : 'f32'];
@@ -417,10 +451,12 @@ export function buildOnDevice(
   const initShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: Math.max(initStaged ? stagedBytes : 0, INIT_DRAW_SCRATCH) };
   // pq_build_finalize: a block per FINALIZE_TILES n-tiles of each group, its centroids in shared memory.
   const finalizeShape = { grid: [NT / FINALIZE_TILES, G, 1] as const, block: [256, 1, 1] as const, sharedBytes: FINALIZE_TILES * 8 * cstride * 4 };
-  const tiles = Math.ceil(n / BLOCK_POINTS);
-  const resident = round.occupancy(ROUND_THREADS, roundSmem) * CudaContext.primary().device.multiprocessorCount;
-  const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G))); // blocks per group: one wave
-  const roundShape = { grid: [perGroup, G, 1] as const, block: [ROUND_THREADS, 1, 1] as const, sharedBytes: roundSmem };
+  // Blocks per group: one wave of the round kernel (both families take 64-point tiles a block at a time).
+  const [threads, smem] = warpSpecialized ? [WS_ROUND_THREADS, WS_ROUND_SMEM] : [ROUND_THREADS, roundSmem];
+  const tiles = Math.ceil(n / (warpSpecialized ? WS_TILE_POINTS : BLOCK_POINTS));
+  const resident = round.occupancy(threads, smem) * CudaContext.primary().device.multiprocessorCount;
+  const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G)));
+  const roundShape = { grid: [perGroup, G, 1] as const, block: [threads, 1, 1] as const, sharedBytes: smem };
 
   const ws = workspace ?? new BuildWorkspace(layout, seqLen);
   const { bound, staging } = inPlace ? { bound: inPlace, staging: undefined } : stagedKeys(layout, seqLen);

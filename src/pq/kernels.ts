@@ -24,9 +24,12 @@ export function throwDeviceStatus(bits: number, seqLen: number): void {
   if (bits & 16) throw new StateError('select (bucket mode)', 'position buckets matching sk and the pair table', 'stale buckets (a pqcache bug)');
 }
 
-/** A kernels/dist/<family>.fatbin; the _phases ones are the step kernels' timing builds (kernels/build.mjs). */
+/**
+ * A kernels/dist/<family>.fatbin; the _phases ones are the step kernels' timing builds, build_ws
+ * holds sm_90a code only (kernels/build.mjs).
+ */
 export type KernelFamily =
-  | 'append' | 'select' | 'select_pairs' | 'select_pairs_phases' | 'select_row' | 'select_row_phases' | 'runtime' | 'build' | 'attention';
+  | 'append' | 'select' | 'select_pairs' | 'select_pairs_phases' | 'select_row' | 'select_row_phases' | 'runtime' | 'build' | 'build_ws' | 'attention';
 
 /** kernels/dist of this package (dist/src/pq/kernels.js → ../../../kernels/dist), or $PQCACHE_KERNELS_DIR. */
 export function kernelsDir(): string {

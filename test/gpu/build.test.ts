@@ -147,6 +147,138 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
   }
 });
 
+/** bf16 device keys of `keys` (contiguous [B, Hkv, sk, D]) in a buffer of their own. */
+function bf16DeviceKeys(c: Case, keys: Float32Array): { readonly tensor: ReturnType<typeof deviceTensor>; readonly buf: DeviceBuffer } {
+  const bf16 = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType('bf16');
+  const buf = new DeviceBuffer(bf16.data.byteLength);
+  copies.fromHost(buf, bf16.data);
+  return { tensor: deviceTensor('bf16', bf16.shape, buf.ptr), buf };
+}
+
+/** Layouts of kernels/build_ws.cu (dsub 64, euclidean, C ≤ 64): part-filled and single tiles, fewer points than centroids, many blocks a group. */
+const WS_CASES: Case[] = [
+  { B: 1, H: 4, Hkv: 2, D: 128, M: 2, bits: 6, sk: 1500, O: 3, ip: false, iters: 4 }, // the seed config's shape, smaller
+  { B: 2, H: 2, Hkv: 2, D: 64, M: 1, bits: 5, sk: 8300, O: 0, ip: false, iters: 3 },
+  { B: 1, H: 1, Hkv: 1, D: 64, M: 1, bits: 1, sk: 70, O: 10, ip: false, iters: 3 }, // n = 60: one part-filled tile, C = 2
+  { B: 1, H: 4, Hkv: 1, D: 256, M: 4, bits: 4, sk: 129, O: 1, ip: false, iters: 5 }, // n = 128: two whole tiles
+  { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 45, O: 5, ip: false, iters: 2 }, // n = 40 < C = 64
+];
+
+test('GPU build: the warp-specialized round kernel (sm_90a: bf16 device keys, dsub 64, C ≤ 64) equals the oracle exactly on integer data, with the mma kernel\'s changed codes per round, sums moved or formed from the codes; where it does not apply, asking for it is a ConfigError', { skip }, () => {
+  CudaContext.primary();
+  const [major, minor] = CudaContext.primary().device.computeCapability;
+  const hopper = major === 9 && minor === 0;
+  const stream = new Stream();
+  try {
+    for (const c of WS_CASES) {
+      const layout = layoutOf(c);
+      const keys = keysFor(c, true, 41);
+      const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
+      const { tensor, buf } = bf16DeviceKeys(c, keys);
+      const { arena, target: t } = allocateBuildTarget(layout, c.sk);
+      try {
+        if (!hopper) {
+          assert.throws(() => buildOnDevice(layout, tensor, c.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' }), ConfigError);
+          continue;
+        }
+        const run = (tuning: BuildTuning): ReturnType<typeof buildOnDevice> => {
+          copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
+          return buildOnDevice(layout, tensor, c.sk, t, stream, undefined, undefined, tuning);
+        };
+        const mma = run({ roundFamily: 'mma' });
+        assert.match(mma.roundKernel, /^pq_build_round_k4_c1_b\d_bf16$/);
+        assertTargetIsOracle(c, t, cpu, `mma ${JSON.stringify(c)}`);
+        for (const tuning of [{}, { recomputeRounds: 1 }, { recomputeRounds: c.iters + 1 }] as BuildTuning[]) {
+          const stats = run(tuning); // the default family here
+          const what = `${stats.roundKernel}, ${stats.recomputedRounds} recomputed rounds, ${JSON.stringify(c)}`;
+          assert.equal(stats.roundKernel, 'pq_build_round_ws_bf16', what);
+          assertTargetIsOracle(c, t, cpu, what);
+          assert.deepEqual(stats.changedPerRound, mma.changedPerRound, what);
+          assert.ok(stats.flaggedPerRound.every((f) => f >= 0 && f <= stats.points), what);
+        }
+      } finally {
+        arena.dispose();
+        buf.dispose();
+      }
+    }
+    // Where it does not apply: host keys, ip, C > 64, dsub ≠ 64.
+    const refused: Array<[Case, boolean]> = [
+      [WS_CASES[0] as Case, false],
+      [{ ...(WS_CASES[0] as Case), ip: true }, true],
+      [{ ...(WS_CASES[0] as Case), bits: 7 }, true],
+      [{ ...(WS_CASES[0] as Case), M: 4 }, true],
+    ];
+    for (const [c, onDevice] of refused) {
+      const layout = layoutOf(c);
+      const keys = keysFor(c, true, 43);
+      const { arena, target: t } = allocateBuildTarget(layout, c.sk);
+      const dev = onDevice ? bf16DeviceKeys(c, keys) : undefined;
+      try {
+        assert.throws(() => buildOnDevice(layout, dev?.tensor ?? keys, c.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' }),
+          (e: unknown) => e instanceof ConfigError && /tuning\.roundFamily/.test((e as Error).message), JSON.stringify(c));
+      } finally {
+        dev?.buf.dispose();
+        arena.dispose();
+      }
+    }
+  } finally {
+    stream.dispose();
+  }
+});
+
+/** A build target's contents as an index state (positions 0 … sk−1, capacity sk). */
+function targetState(c: Case, t: DeviceBuildTarget): PQIndexState {
+  const layout = layoutOf(c);
+  const G = c.B * c.Hkv * c.M;
+  const C = layout.numCentroids;
+  const cdim = layout.centroidDim;
+  const { centroids: cent, codes, phi } = readBuildTarget(t);
+  const centroids = new Float32Array(G * C * cdim);
+  for (let r = 0; r < G * C; r++) centroids.set(cent.subarray(r * t.centroidStride, r * t.centroidStride + cdim), r * cdim);
+  const packed = new Uint8Array(c.B * c.Hkv * c.sk * c.M);
+  for (let bh = 0; bh < c.B * c.Hkv; bh++) packed.set(codes.subarray(bh * t.capPad * c.M, (bh * t.capPad + c.sk) * c.M), bh * c.sk * c.M);
+  return { layout, capacity: c.sk, seqLen: c.sk, centroids, codes: packed, phi };
+}
+
+test('GPU build, warp-specialized rounds on real data (bf16 normal keys at everyday and extreme magnitudes): codes nearest their centroids in the canonical order, quantization error within 0.1% of the oracle\'s', { skip: skip || (isHopper() ? false : 'kernels/build_ws.cu needs compute capability 9.0') }, () => {
+  CudaContext.primary();
+  const stream = new Stream();
+  try {
+    for (const scale of [1, 1e-17, 1e18]) {
+      for (const c of WS_CASES.slice(0, 2) as Case[]) {
+        const layout = layoutOf(c);
+        const keys = keysFor(c, false, 44).map((v) => v * scale);
+        // The values the kernels read: the keys rounded to bf16.
+        const exact = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType('bf16').toDType('f32').data as Float32Array;
+        const { tensor, buf } = bf16DeviceKeys(c, keys);
+        const { arena, target: t } = allocateBuildTarget(layout, c.sk);
+        try {
+          copies.fill32Async(t.codes, 0, t.codes.bytes / 4, stream); // positions below O are not the build's
+          const stats = buildOnDevice(layout, tensor, c.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' });
+          const what = `scale ${scale}, ${stats.roundKernel}, ${JSON.stringify(c)}`;
+          const gpu = targetState(c, t);
+          assertCodesNearest(c, gpu, exact);
+          const eg = quantizationError(gpu, exact);
+          const ec = quantizationError(buildIndexCpu(layout, exact, c.sk, c.sk), exact);
+          assert.ok(Math.abs(eg - ec) <= 1e-3 * ec, `${what}: quantization error ${eg} vs the oracle's ${ec}`);
+        } finally {
+          arena.dispose();
+          buf.dispose();
+        }
+      }
+    }
+  } finally {
+    stream.dispose();
+  }
+});
+
+/** Whether the device runs kernels/build_ws.cu (compute capability 9.0). */
+function isHopper(): boolean {
+  if (skip) return false;
+  const [major, minor] = CudaContext.primary().device.computeCapability;
+  return major === 9 && minor === 0;
+}
+
 test('GPU build: one graph whose rounds are reported as they finish, ending at done = total', { skip }, () => {
   // C = 256 (four centroid chunks) over 4 × 65,536 points: a few ms of rounds, several poll intervals.
   const c: Case = { B: 1, H: 4, Hkv: 4, D: 64, M: 1, bits: 8, sk: 65536, O: 0, ip: false, iters: 6 };

@@ -1,0 +1,292 @@
+// PQ build, the round kernel for Hopper (sm_90a only): the assignment pass of kernels/build.cu's
+// rounds, warp-specialized, for bf16 keys with dsub = 64 (cdim = 64: euclidean), C <= 64. Same
+// arguments, modes, codes, sums and stats as pq_build_round_* (build.cu); the host picks it for
+// those layouts on compute capability 9.0 when the key rows are 16-byte aligned
+// (src/pq/cuda-build.ts), and build.cu's mma.sync kernels everywhere else.
+//
+// Why another kernel: build.cu's warps each stream their own 16-point tile into registers and
+// score it with mma.sync, so a warp waits on its loads and its dependent HMMA chains in turn and the
+// tensor pipe is ~30% busy (session 33). Here producer warps stream 64-point tiles into shared
+// memory ahead of two consumer warpgroups, which score a whole tile with 8 wgmma m64n64k16 and run
+// the shared assignment step (build_assign.cuh) while the other warpgroup's products run.
+//
+// Launch: grid (P, G), block kWsThreads = 128 * kWsConsumers + 32 * kWsProducers (320), dynamic
+// shared memory kWsSmemBytes (the host's WS_ROUND_SMEM; a smaller launch traps).
+//   Producer warps (the last two: wgmma needs warpgroups of warps 4k .. 4k+3): the block's tiles
+//     x, x + P, x + 2P, ... of group g (64 points each; rows past n repeat row n - 1, never counted)
+//     into kWsStages shared-memory stages by 16-byte cp.async, in wgmma's 128-byte swizzle (16-byte
+//     chunk c of row r at c ^ (r & 7)); completion on full[s] (one arrival per producer lane).
+//   Consumer warpgroup k takes the block's tiles i = k, k + kWsConsumers, ... (stage i mod
+//     kWsStages; kWsStages is a multiple of kWsConsumers, so a stage has one consumer): 8 wgmma
+//     (4 k-steps x the centroids' bf16 hi and lo; A = the tile, B = the centroids, both K-major),
+//     |x|^2 of its rows from the stage meanwhile, then it releases the stage (empty[s], 128
+//     arrivals). Warp w then holds rows 16w .. 16w+15 of the tile in mma.sync's accumulator layout
+//     and runs nearest_rows and commit_codes on them, as build.cu's warps do on their tiles.
+// Products: the keys are bf16 (their own hi part); centroids split into bf16 hi + lo (split_pair,
+// as build.cu packs them), so x.c = x.hi + x.lo in fp32 accumulation, within score_band of the
+// canonical order; near ties are re-scored canonically (pass C).
+// Invariants (the host checks them): bf16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
+// one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
+// and row_stride multiples of 8 elements).
+#include "build_assign.cuh"
+#include "common.cuh"
+
+namespace {
+
+constexpr int kWsTilePoints = 64;                       // wgmma m64: the points a consumer warpgroup scores at once
+constexpr int kWsDim = 64;                              // dsub = cdim: one 128-byte row of bf16 a point
+constexpr int kWsRowBytes = kWsDim * 2;
+constexpr int kWsTileBytes = kWsTilePoints * kWsRowBytes;  // 8 KB a stage
+constexpr int kWsCentroids = 64;                        // C <= 64, padded
+constexpr int kWsStages = 4;
+constexpr int kWsConsumers = 2;                         // warpgroups
+constexpr int kWsProducers = 2;                         // warps
+constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
+constexpr int kWsKSteps = kWsDim / 16;
+static_assert(kWsStages % kWsConsumers == 0, "a stage has one consumer warpgroup");
+// Dynamic shared memory: 1024 bytes of alignment slack (the swizzle atom), the stages, the centroids'
+// bf16 hi and lo (B operands), their fp32 rows (pass C), |c|^2/2 and max |c|.
+constexpr int kWsCentBytes = kWsCentroids * kWsDim * 4;
+constexpr int kWsInfoBytes = ((kWsCentroids + 1) * 4 + 15) / 16 * 16;
+constexpr int kWsSmemBytes = 1024 + kWsStages * kWsTileBytes + 2 * kWsCentroids * kWsRowBytes + kWsCentBytes + kWsInfoBytes;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
+}
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("{ .reg .b64 state; mbarrier.arrive.shared::cta.b64 state, [%0]; }\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits for the phase of `bar` with the given parity to complete (a fresh barrier counts its
+// previous phase, parity 1, as complete: the producer's first pass over the stages does not wait).
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{ .reg .pred done;\n"
+      "WAIT: mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT; }\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+// An arrival on `bar` once this thread's cp.async so far have landed (counted in the barrier's init count).
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Generic-proxy writes to shared memory (st.shared, cp.async) visible to the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// wgmma's shared-memory matrix descriptor for K-major rows of 128 bytes in the 128-byte swizzle:
+// start address >> 4, leading offset 1 (unused in this mode), stride 1024 bytes (8 rows) >> 4,
+// swizzle mode 1 (128B). A k-step of 16 bf16 (32 bytes) further along a row: + 2.
+__device__ __forceinline__ uint64_t swizzled_desc(const void* p) {
+  const uint32_t a = smem_addr(p);
+  return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// d (+)= A B^T over one k-step: A = 64 tile rows, B = 64 centroid rows, fp32 accumulators in
+// mma.sync's layout per warp (d[4j + i]: centroid 8j + 2t + (i & 1) of the warp's row q + 8 (i >> 1)).
+// accumulate == 0 ignores d's input.
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred acc;\nsetp.ne.b32 acc, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "%32, %33, acc, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
+        "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
+        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled operand.
+__device__ __forceinline__ int swizzled(int row, int chunk) { return row * kWsRowBytes + ((chunk ^ (row & 7)) << 4); }
+
+// A lane's share of |x|^2 for its rows q and q + 8 of warp w's 16 (chunks 2t, 2t + 1: 16 of the 64
+// coordinates; the lanes t = 0..3 of a row sum to the whole, as nearest_rows' shuffles expect).
+__device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int lane, float (&sq)[2]) {
+  const int t = lane & 3;
+#pragma unroll
+  for (int rs = 0; rs < 2; ++rs) {
+    const int row = 16 * w + q + 8 * rs;
+    float s = 0.0f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 v = *reinterpret_cast<const uint4*>(stage + swizzled(row, 2 * t + h));
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float lo = __uint_as_float(words[k] << 16);
+        const float hi = __uint_as_float(words[k] & 0xffff0000u);
+        s = fmaf(lo, lo, fmaf(hi, hi, s));
+      }
+    }
+    sq[rs] = s;
+  }
+}
+
+}  // namespace
+
+// Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); norms, phi and frag
+// are not read (no ip coordinate; the B operands are formed from the fp32 centroids here).
+extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf16(
+    const __nv_bfloat16* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,
+    const float* info_g, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,
+    int64_t head_stride, int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {
+  (void)phi;
+  (void)frag;
+  unsigned dynamic_bytes;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dynamic_bytes));
+  if (dynamic_bytes < static_cast<unsigned>(kWsSmemBytes)) __trap();  // a host bug: fail the launch, never a wrong answer
+  extern __shared__ __align__(1024) uint8_t ws_smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(ws_smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+  uint8_t* stages = smem;
+  uint8_t* b_hi = stages + kWsStages * kWsTileBytes;
+  uint8_t* b_lo = b_hi + kWsCentroids * kWsRowBytes;
+  float* cent = reinterpret_cast<float*>(b_lo + kWsCentroids * kWsRowBytes);  // [C, 64] fp32
+  float* half_norm2 = cent + kWsCentroids * kWsDim;                          // [64], then max |c|
+  __shared__ uint64_t full[kWsStages], empty[kWsStages];
+  __shared__ uint16_t rescore_lists[4 * kWsConsumers][kRescoreList];  // pass C, a list a consumer warp
+
+  const int g = blockIdx.y;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int dsub = D / M;
+  const __nv_bfloat16* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
+  uint8_t* group_codes = codes_tmp + static_cast<int64_t>(g) * n;
+  double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
+  unsigned* group_counts = counts + g * C;
+  {
+    // The B operands (centroid c's row: its 64 coordinates split into bf16 hi and lo, zero past C),
+    // the fp32 rows for pass C, |c|^2/2 and max |c|; the barriers.
+    const float* gc = centroids + static_cast<int64_t>(g) * C * cstride;
+    for (int e = tid; e < kWsCentroids * 8; e += kWsThreads) {
+      const int c = e >> 3;
+      const int chunk = e & 7;
+      uint4 hi = make_uint4(0u, 0u, 0u, 0u);
+      uint4 lo = hi;
+      if (c < C) {
+        const float4 a = *reinterpret_cast<const float4*>(gc + c * cstride + 8 * chunk);
+        const float4 b = *reinterpret_cast<const float4*>(gc + c * cstride + 8 * chunk + 4);
+        split_pair(a.x, a.y, hi.x, lo.x);
+        split_pair(a.z, a.w, hi.y, lo.y);
+        split_pair(b.x, b.y, hi.z, lo.z);
+        split_pair(b.z, b.w, hi.w, lo.w);
+        reinterpret_cast<float4*>(cent + c * kWsDim + 8 * chunk)[0] = a;
+        reinterpret_cast<float4*>(cent + c * kWsDim + 8 * chunk)[1] = b;
+      }
+      *reinterpret_cast<uint4*>(b_hi + swizzled(c, chunk)) = hi;
+      *reinterpret_cast<uint4*>(b_lo + swizzled(c, chunk)) = lo;
+    }
+    const float* gi = info_g + static_cast<int64_t>(g) * info_stride(NT);
+    for (int c = tid; c < kWsCentroids; c += kWsThreads) half_norm2[c] = gi[c];
+    if (tid == 0) half_norm2[kWsCentroids] = group_max_norm(gi, NT);
+    if (tid == 0) {
+      for (int s = 0; s < kWsStages; ++s) {
+        mbarrier_init(&full[s], 32 * kWsProducers);
+        mbarrier_init(&empty[s], 128);
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    fence_proxy_async();  // the B operands, for wgmma
+  }
+  __syncthreads();  // the only block barrier
+
+  const int P = gridDim.x;
+  const int tiles = (n + kWsTilePoints - 1) / kWsTilePoints;
+  const int my_tiles = blockIdx.x < tiles ? (tiles - blockIdx.x + P - 1) / P : 0;  // tiles x, x + P, ...
+  if (tid >= 128 * kWsConsumers) {
+    // Producer: lane e of the producer warps copies chunks e, e + 64, ... of each tile (8 a tile).
+    const int e0 = tid - 128 * kWsConsumers;
+    for (int i = 0; i < my_tiles; ++i) {
+      const int s = i % kWsStages;
+      mbarrier_wait(&empty[s], ((i / kWsStages) + 1) & 1);
+      const int first = (blockIdx.x + i * P) * kWsTilePoints;
+      uint8_t* stage = stages + s * kWsTileBytes;
+      for (int e = e0; e < kWsTilePoints * 8; e += 32 * kWsProducers) {
+        const int r = e >> 3;
+        const int chunk = e & 7;
+        const int p = min(first + r, n - 1);
+        cp_async_16(stage + swizzled(r, chunk), group_keys + static_cast<int64_t>(p) * row_stride + 8 * chunk);
+      }
+      cp_async_arrive(&full[s]);
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
+
+  const int wg = tid >> 7;
+  const int warp = tid >> 5;
+  const int w = warp & 3;  // warp in the warpgroup: tile rows 16w .. 16w+15
+  const int t = lane & 3;
+  GroupView<__nv_bfloat16> view;
+  view.cmax = half_norm2[kWsCentroids];
+  view.cent = cent;
+  view.keys = group_keys;
+  view.norms = norms;
+  view.rescore_list = rescore_lists[warp];
+  view.phi = 0.0f;
+  view.g = g;
+  view.n = n;
+  view.C = C;
+  view.cdim = cdim;
+  view.cstride = kWsDim;
+  view.dsub = dsub;
+  view.row_stride = row_stride;
+  view.NT = NT;
+  const uint64_t desc_hi = swizzled_desc(b_hi);
+  const uint64_t desc_lo = swizzled_desc(b_lo);
+  unsigned flagged_total = 0;
+  unsigned changed_total = 0;
+  for (int i = wg; i < my_tiles; i += kWsConsumers) {
+    const int s = i % kWsStages;
+    const int pbase = (blockIdx.x + i * P) * kWsTilePoints + 16 * w;
+    int old[2];
+    load_old_codes(mode, group_codes, pbase, n, old);
+    const uint8_t* stage = stages + s * kWsTileBytes;
+    mbarrier_wait(&full[s], (i / kWsStages) & 1);
+    fence_proxy_async();  // the stage's cp.async writes, for wgmma
+    float d[32];
+#pragma unroll
+    for (int k = 0; k < 32; ++k) d[k] = 0.0f;
+    const uint64_t desc_a = swizzled_desc(stage);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) {
+      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, ks > 0);
+      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, 1);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    float sq[2];
+    stage_row_norms(stage, w, lane, sq);  // while the products run
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    mbarrier_arrive(&empty[s]);  // this thread is done with the stage
+    int code[2] = {-1, -1};
+    bool valid[2] = {false, false};
+    float xaug[2] = {0.0f, 0.0f};
+    flagged_total += nearest_rows<true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
+      (void)nt0;  // one chunk: nt0 == 0
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 h = *reinterpret_cast<const float2*>(half_norm2 + 8 * j + 2 * t);
+        acc[j][0] = d[4 * j] - h.x;
+        acc[j][1] = d[4 * j + 1] - h.y;
+        acc[j][2] = d[4 * j + 2] - h.x;
+        acc[j][3] = d[4 * j + 3] - h.y;
+      }
+      if (sq_out != nullptr) {
+        (*sq_out)[0] = sq[0];
+        (*sq_out)[1] = sq[1];
+      }
+    });
+    commit_codes<kWsKSteps>(mode, code, old, valid, xaug, group_codes, pbase, group_keys, row_stride, group_sums, group_counts,
+                            cdim, dsub, changed_total);
+  }
+  if (lane == 0 && stats != nullptr) {
+    if (flagged_total != 0u) atomicAdd(stats, flagged_total);
+    if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
+  }
+}
