@@ -108,6 +108,7 @@ __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kWsRo
 // A lane's share of |x|^2 for its rows q and q + 8 of warp w's 16 (chunks 2t, 2t + 1: 16 of the 64
 // coordinates; the lanes t = 0..3 of a row sum to the whole, as nearest_rows' shuffles expect).
 __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int lane, float (&sq)[2]) {
+  const int q = lane >> 2;
   const int t = lane & 3;
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
