@@ -610,10 +610,12 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
   GroupView<T> view;
   view.cmax = info[CP];
   view.cent = kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
+  view.keys = group_keys;
   view.norms = norms;
   __shared__ uint16_t rescore_lists[kRoundThreads / 32][kRescoreList];
   view.rescore_list = rescore_lists[warp];
   view.dsub = dsub;
+  view.row_stride = row_stride;
   view.phi = cdim > dsub ? phi[g] : 0.0f;
   view.g = g;
   view.n = n;
@@ -635,11 +637,11 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
     // the chunk loop (or from one tile to the next) kept 32 more registers live beside the
     // accumulators, and the kernel spilled at four blocks per SM. Later chunks (passes B and C
     // re-score them when C >= 128) hit L1 or L2.
-    const KeyRows<T> rows{group_keys + static_cast<int64_t>(pbase) * row_stride, row_stride};
-    flagged_total += nearest_rows<kOneChunk>(view, pbase, rows, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
+    flagged_total += nearest_rows<kOneChunk>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq)[2]) {
       chunk_scores<KS>(acc, tile_rows(group_keys, row_stride, pbase, n), last_in, ip_lane, xaug, frag, info, nt0, lane, sq);
     });
-    commit_codes<KS>(mode, code, old, valid, xaug, group_codes, pbase, rows, group_sums, group_counts, cdim, dsub, changed_total);
+    commit_codes<KS>(mode, code, old, valid, xaug, group_codes, pbase, group_keys, row_stride, group_sums, group_counts, cdim,
+                     dsub, changed_total);
   };
   for (int tile = first_tile; tile < tiles; tile += tile_step) {
     if (!kOneChunk && tile + tile_step < tiles) prefetch_tile_l2(group_keys, row_stride, dsub, tile + tile_step, n);  // streams in meanwhile

@@ -50,23 +50,13 @@ __device__ __forceinline__ void split_pair(float v0, float v1, uint32_t& hi, uin
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-// A warp tile's rows where pass C and the moves read them again: here the keys (build.cu's kernels,
-// whose tiles were streamed past, so L1 or L2); build_ws.cu reads its shared-memory stage instead.
-// row(r): tile row r, indexable by coordinate.
-template <typename T>
-struct KeyRows {
-  const T* first;  // tile row 0
-  int stride;
-  __device__ __forceinline__ const T* row(int r) const { return first + static_cast<int64_t>(r) * stride; }
-};
-
 // The oracle's distanceF32 over cdim coordinates (x[dsub] is `xaug` for ip), by the eight lanes
 // 8k .. 8k+7 of a warp together, in common.cuh's lane form: lane r sums the oracle's partial r
 // (pq_partial_distance; the ip coordinate dsub comes last in partial dsub mod 8) and pq_tree8
 // combines the partials. Every lane of the warp calls it (the shuffles); `live` lanes load, the
 // others add zeros. Returns the distance in all eight lanes.
-template <typename Row>
-__device__ __forceinline__ float canonical_distance_8(const Row& x, float xaug, const float* c, int dsub, int cdim,
+template <typename T>
+__device__ __forceinline__ float canonical_distance_8(const T* x, float xaug, const float* c, int dsub, int cdim,
                                                       bool live) {
   const int r = threadIdx.x & 7;
   float part = live ? pq_partial_distance(x, c, dsub, r) : 0.0f;
@@ -101,10 +91,11 @@ template <typename T>
 struct GroupView {
   float cmax;               // max |c|
   const float* cent;        // the group's fp32 centroids (canonical re-scoring): smem with one chunk, else global
+  const T* keys;            // global: point 0 of the group (canonical re-scoring, moves)
   const float* norms;
   uint16_t* rescore_list;   // smem: the warp's (row << 8 | centroid) candidates of pass C (C <= 256)
   float phi;
-  int g, n, C, cdim, cstride, dsub, NT;
+  int g, n, C, cdim, cstride, dsub, row_stride, NT;
 };
 
 // Candidates a lane adds to its warp's pass-C list at a time: 32 * 4 = kRescoreList entries.
@@ -112,15 +103,15 @@ constexpr int kRescoreTake = 4;
 constexpr int kRescoreList = 32 * kRescoreTake;
 
 // Pass C's canonical re-scoring of one chunk's candidates (bit 4j + i of a lane: centroid
-// (nt0 + j) * 8 + 2t + (i & 1) for row q + 8 (i >> 1)) of the tile `rows`, into row `lane`'s
+// (nt0 + j) * 8 + 2t + (i & 1) for row q + 8 (i >> 1)) of the tile at tile_keys, into row `lane`'s
 // best (distance, centroid) held by lanes 0..15. Returns {best distance, best centroid's bits}.
 // Out of line: inlined, its state made the four-block seed kernel spill (48 bytes, 3.54 ms against
 // 3.33 out of line; session 25), while only flagged tiles come here (≈ 1 - (1 - 0.0074)^16, one
 // tile in nine, at the seed config's mean flagged share).
-template <typename Rows>
-__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, Rows rows, const float* cent, uint16_t* list,
-                                                  float xaug0, float xaug1, int dsub, int cdim, int cstride, float best_d,
-                                                  int best_c) {
+template <typename T>
+__device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, const T* tile_keys, const float* cent,
+                                                  uint16_t* list, float xaug0, float xaug1, int row_stride, int dsub,
+                                                  int cdim, int cstride, float best_d, int best_c) {
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;
   const int t = lane & 3;
@@ -144,7 +135,8 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
       // The row's ip coordinate, from its owner lane 4(row mod 8) (xaug0: rows 0..7, xaug1: 8..15).
       const float aug0 = __shfl_sync(0xffffffffu, xaug0, (row & 7) * 4);
       const float aug1 = __shfl_sync(0xffffffffu, xaug1, (row & 7) * 4);
-      const float d = canonical_distance_8(rows.row(row), row < 8 ? aug0 : aug1, cent + c * cstride, dsub, cdim, e < total);
+      const float d = canonical_distance_8(tile_keys + static_cast<int64_t>(row) * row_stride, row < 8 ? aug0 : aug1,
+                                           cent + c * cstride, dsub, cdim, e < total);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int erow = __shfl_sync(0xffffffffu, row, 8 * k);
@@ -165,11 +157,10 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
 // Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring. The scores come from
 // chunk_scores_of(acc, nt0, sq): chunk nt0's accumulators, and with sq (the first chunk) the
-// lane's share of each row's |x|^2 (the shares of lanes t = 0..3 sum to it). Pass C reads the
-// tile's coordinates from `rows` (KeyRows or a stage's, tile row 0 = point pbase).
-template <bool kOneChunk, typename T, typename Rows, typename ChunkScores>
-__device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbase, const Rows& rows, int (&code)[2],
-                                                 bool (&valid)[2], float (&xaug)[2], ChunkScores&& chunk_scores_of) {
+// lane's share of each row's |x|^2 (the shares of lanes t = 0..3 sum to it).
+template <bool kOneChunk, typename T, typename ChunkScores>
+__device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbase, int (&code)[2], bool (&valid)[2],
+                                                 float (&xaug)[2], ChunkScores&& chunk_scores_of) {
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;  // mma row group: rows q and q + 8
   const int t = lane & 3;   // mma column pair
@@ -281,8 +272,9 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
         if (flagged[rs] && c < v.C && !(acc[j][i] < threshold[rs])) candidates |= 1u << (4 * j + i);
       }
     }
-    const float2 best = rescore_candidates(candidates, nt0, rows, v.cent, v.rescore_list, xaug[0], xaug[1], v.dsub, v.cdim,
-                                           v.cstride, best_d, best_c);
+    const float2 best = rescore_candidates(candidates, nt0, v.keys + static_cast<int64_t>(pbase) * v.row_stride, v.cent,
+                                           v.rescore_list, xaug[0], xaug[1], v.row_stride, v.dsub, v.cdim, v.cstride, best_d,
+                                           best_c);
     best_d = best.x;
     best_c = __float_as_int(best.y);
   }
@@ -302,9 +294,10 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
 // (round 0 wrote them all).
 constexpr int kMoveBatch = 4;
 
-template <int KS, typename Rows>
+template <int KS, typename T>
 __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
-                                            const float (&xaug)[2], const Rows& rows, double* group_sums, int cdim, int dsub) {
+                                            const float (&xaug)[2], const T* tile_keys, int row_stride, double* group_sums,
+                                            int cdim, int dsub) {
   constexpr int kPerLane = (KS + 1) / 2;  // cdim <= 16*KS coordinates over 32 lanes
   const int lane = threadIdx.x & 31;
   while (moved != 0u) {
@@ -320,7 +313,7 @@ __device__ __forceinline__ void move_points(unsigned moved, int rs, const int (&
 #pragma unroll
     for (int k = 0; k < kMoveBatch; ++k) {
       const float aug = __shfl_sync(0xffffffffu, xaug[rs], src[k]);
-      const auto xr = rows.row((src[k] >> 2) + 8 * rs);
+      const T* xr = tile_keys + ((src[k] >> 2) + 8 * rs) * row_stride;
 #pragma unroll
       for (int it = 0; it < kPerLane; ++it) {
         const int j = lane + 32 * it;
@@ -376,10 +369,10 @@ __device__ __forceinline__ int fresh_lane_id() {
 // clusters: its owner lane the counts, the warp the coordinates (move_points). Other modes move
 // nothing (after round 0 and recomputing rounds, pq_build_first_sums adds every point to its
 // cluster). Every mode but the final one adds the warp's changed codes to changed_total (every lane).
-template <int KS, typename Rows>
+template <int KS, typename T>
 __device__ __forceinline__ void commit_codes(int mode, const int (&code)[2], const int (&old)[2], const bool (&valid)[2],
-                                             const float (&xaug)[2], uint8_t* group_codes, int pbase, const Rows& rows,
-                                             double* group_sums, unsigned* group_counts, int cdim, int dsub,
+                                             const float (&xaug)[2], uint8_t* group_codes, int pbase, const T* group_keys,
+                                             int row_stride, double* group_sums, unsigned* group_counts, int cdim, int dsub,
                                              unsigned& changed_total) {
   const int lane = fresh_lane_id();
   const int q = lane >> 2;
@@ -405,8 +398,9 @@ __device__ __forceinline__ void commit_codes(int mode, const int (&code)[2], con
   return;
 #endif
   if ((moved0 | moved1) != 0u) {
-    move_points<KS>(moved0, 0, code, old, xaug, rows, group_sums, cdim, dsub);
-    move_points<KS>(moved1, 1, code, old, xaug, rows, group_sums, cdim, dsub);
+    const T* tile_keys = group_keys + static_cast<int64_t>(pbase) * row_stride;
+    move_points<KS>(moved0, 0, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
+    move_points<KS>(moved1, 1, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
   }
 }
 

@@ -105,25 +105,6 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled operand.
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kWsRowBytes + ((chunk ^ (row & 7)) << 4); }
 
-// Row `row` of a stage as pass C and the moves read it (pq_partial_distance, move_points): bf16
-// coordinate j from its swizzled chunk.
-struct SwizzledRow {
-  const uint8_t* base;  // the row's 128 bytes
-  int swizzle;          // row & 7
-  __device__ __forceinline__ float operator[](int j) const {
-    return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(base + ((((j >> 3) ^ swizzle) << 4) | ((j & 7) << 1))));
-  }
-};
-// Warp w's 16 rows of a stage (tile rows 16w ..), as KeyRows gives a tile's rows in the keys.
-struct StageRows {
-  const uint8_t* stage;
-  int first;  // 16w
-  __device__ __forceinline__ SwizzledRow row(int r) const {
-    const int tr = first + r;
-    return SwizzledRow{stage + tr * kWsRowBytes, tr & 7};
-  }
-};
-
 // A lane's share of |x|^2 for its rows q and q + 8 of warp w's 16 (chunks 2t, 2t + 1: 16 of the 64
 // coordinates; the lanes t = 0..3 of a row sum to the whole, as nearest_rows' shuffles expect).
 __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int lane, float (&sq)[2]) {
@@ -245,6 +226,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
   GroupView<__nv_bfloat16> view;
   view.cmax = half_norm2[kWsCentroids];
   view.cent = cent;
+  view.keys = group_keys;
   view.norms = norms;
   view.rescore_list = rescore_lists[warp];
   view.phi = 0.0f;
@@ -254,6 +236,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
   view.cdim = cdim;
   view.cstride = kWsDim;
   view.dsub = dsub;
+  view.row_stride = row_stride;
   view.NT = NT;
   const uint64_t desc_hi = swizzled_desc(b_hi);
   const uint64_t desc_lo = swizzled_desc(b_lo);
@@ -281,11 +264,11 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     float sq[2];
     stage_row_norms(stage, w, lane, sq);  // while the products run
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    const StageRows rows{stage, 16 * w};  // pass C and the moves read the stage, not the keys again
+    mbarrier_arrive(&empty[s]);  // this thread is done with the stage
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
-    flagged_total += nearest_rows<true>(view, pbase, rows, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
+    flagged_total += nearest_rows<true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
       (void)nt0;  // one chunk: nt0 == 0
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -300,9 +283,8 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
         (*sq_out)[1] = sq[1];
       }
     });
-    commit_codes<kWsKSteps>(mode, code, old, valid, xaug, group_codes, pbase, rows, group_sums, group_counts, cdim, dsub,
-                            changed_total);
-    mbarrier_arrive(&empty[s]);  // this thread is done with the stage
+    commit_codes<kWsKSteps>(mode, code, old, valid, xaug, group_codes, pbase, group_keys, row_stride, group_sums, group_counts,
+                            cdim, dsub, changed_total);
   }
   if (lane == 0 && stats != nullptr) {
     if (flagged_total != 0u) atomicAdd(stats, flagged_total);

@@ -67,9 +67,8 @@ __device__ __forceinline__ uint32_t pq_draw(uint32_t seed, uint32_t stream, uint
 // pq_tree8 combines them with xor shuffles (fp32 addition is commutative, so every lane ends
 // with the canonical value). All 32 lanes of the warp must call pq_tree8.
 // x: fp32, or bf16 keys read where they are (build.cu; bf16 values are exact in fp32).
-// x: anything indexable by coordinate (a pointer, or build_ws.cu's view of a swizzled shared row).
-template <typename Row>
-__device__ __forceinline__ float pq_partial_distance(const Row& x, const float* c, int dim, int lane8) {
+template <typename T>
+__device__ __forceinline__ float pq_partial_distance(const T* x, const float* c, int dim, int lane8) {
   float p = 0.0f;
 #pragma unroll 8
   for (int j = lane8; j < dim; j += 8) {
