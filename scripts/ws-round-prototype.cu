@@ -14,9 +14,9 @@
 //     16w..16w+15 in mma.sync's accumulator layout), writing the code, or 255 where pass C would
 //     re-score (not done here). No moves, no previous codes; |x|^2 from a precomputed array.
 //   Check: codes against float64 scores on 4,000 sampled points (near ties are the flagged ones).
-// score_band and passes A/B are copies of kernels/build.cu's (there they sit inside nearest_rows,
-// fed by chunk_scores' mma.sync tiles), so the pass measures the shipped epilogue; the kernel built
-// from this should share them by giving nearest_rows its score source (NOTES, Next 6).
+// score_band and passes A/B are copies of kernels/build_assign.cuh's nearest_rows, so the pass
+// measures the shipped epilogue. The kernel built from this is kernels/build_ws.cu (session 34),
+// which shares them by giving nearest_rows its score source.
 // Build here (nvcc is not on the GPU machine) into the repository root, which travels:
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DNPROD=2 -o ws-round scripts/ws-round-prototype.cu
 // Session 33 (H100): 113-117 us a pass under events with NPROD=2 (124 with one producer warp);
