@@ -9,6 +9,10 @@
 // tensor pipe is ~30% busy (session 33). Here producer warps stream 64-point tiles into shared
 // memory ahead of two consumer warpgroups, which score a whole tile with 8 wgmma m64n64k16 and run
 // the shared assignment step (build_assign.cuh) while the other warpgroup's products run.
+// Measured (session 34, seed build from bf16 keys): rounds 201-322 us against 227-314 for the
+// mma.sync kernel, the build 2568 against 2627 us. A warp re-scoring a near tie (pass C, ~1% of
+// points) or moving points holds its whole warpgroup at the next wgmma: without them a round takes
+// ~175 us (bench/NOTES.md, session 34).
 //
 // Launch: grid (P, G), block kWsThreads = 128 * kWsConsumers + 32 * kWsProducers (320), dynamic
 // shared memory kWsSmemBytes (the host's WS_ROUND_SMEM; a smaller launch traps).
