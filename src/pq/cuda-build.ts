@@ -10,7 +10,9 @@
  * publication of the index), launched once. Keys come from the host (uploaded) or from device
  * memory in any float dtype (read in place when fp32 or bf16 in a layout the kernels address: see
  * `keysInPlace`). Device keys are checked for NaN/Inf by kernels that read them anyway, and the
- * k-means works in the workspace: the index is written only when every key was finite.
+ * k-means works in the workspace: the index is written only when every key was finite. On compute
+ * capability 9.0, bf16 keys with dsub 64 and C ≤ 64 take the warp-specialized wgmma round kernel
+ * (kernels/build_ws.cu) instead of build.cu's mma.sync ones (`BuildTuning.roundFamily`).
  */
 import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { type ArgKind, LaunchArgs, launch } from '../cuda/launch.js';
