@@ -607,22 +607,9 @@ __device__ void build_round(const T* keys, const float* norms, const float* phi,
   const bool ip_lane = cdim > dsub && 16 * (KS - 1) + 4 * t == dsub;
   if (!kOneChunk && first_tile < tiles) prefetch_tile_l2(group_keys, row_stride, dsub, first_tile, n);
   __syncthreads();  // centroid fragments, info (and the one-chunk centroids), once
-  GroupView<T> view;
-  view.cmax = info[CP];
-  view.cent = kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride;
-  view.keys = group_keys;
-  view.norms = norms;
   __shared__ uint16_t rescore_lists[kRoundThreads / 32][kRescoreList];
-  view.rescore_list = rescore_lists[warp];
-  view.dsub = dsub;
-  view.row_stride = row_stride;
-  view.phi = cdim > dsub ? phi[g] : 0.0f;
-  view.g = g;
-  view.n = n;
-  view.C = C;
-  view.cdim = cdim;
-  view.cstride = cstride;
-  view.NT = NT;
+  const GroupView<T> view{info[CP], kOneChunk ? cent_smem : centroids + static_cast<int64_t>(g) * C * cstride, group_keys, norms,
+                          rescore_lists[warp], cdim > dsub ? phi[g] : 0.0f, g, n, C, cdim, cstride, dsub, row_stride, NT};
   unsigned flagged_total = 0;
   unsigned changed_total = 0;
 

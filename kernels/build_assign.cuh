@@ -86,7 +86,8 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
   return 0x1p-11f * xnorm * cmax + 0x1p-17f * s * s + 0x1p-101f;
 }
 
-// What one round's assignment needs of group g.
+// What one round's assignment needs of group g (the kernels build it by aggregate initialization,
+// in this field order).
 template <typename T>
 struct GroupView {
   float cmax;               // max |c|

@@ -27,7 +27,7 @@
 //     arrivals). Warp w then holds rows 16w .. 16w+15 of the tile in mma.sync's accumulator layout
 //     and runs nearest_rows and commit_codes on them, as build.cu's warps do on their tiles.
 // Products: the keys are bf16 (their own hi part); centroids split into bf16 hi + lo (split_pair,
-// as build.cu packs them), so x.c = x.hi + x.lo in fp32 accumulation, within score_band of the
+// as build.cu packs them), so x.c ~ x.c_hi + x.c_lo in fp32 accumulation, within score_band of the
 // canonical order; near ties are re-scored canonically (pass C).
 // Invariants (the host checks them): bf16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
 // one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
@@ -54,13 +54,11 @@ constexpr int kWsCentBytes = kWsCentroids * kWsDim * 4;
 constexpr int kWsInfoBytes = ((kWsCentroids + 1) * 4 + 15) / 16 * 16;
 constexpr int kWsSmemBytes = 1024 + kWsStages * kWsTileBytes + 2 * kWsCentroids * kWsRowBytes + kWsCentBytes + kWsInfoBytes;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(pq_smem_addr(bar)), "r"(count));
 }
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
-  asm volatile("{ .reg .b64 state; mbarrier.arrive.shared::cta.b64 state, [%0]; }\n" ::"r"(smem_addr(bar)) : "memory");
+  asm volatile("{ .reg .b64 state; mbarrier.arrive.shared::cta.b64 state, [%0]; }\n" ::"r"(pq_smem_addr(bar)) : "memory");
 }
 // Waits for the phase of `bar` with the given parity to complete (a fresh barrier counts its
 // previous phase, parity 1, as complete: the producer's first pass over the stages does not wait).
@@ -68,16 +66,16 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
   asm volatile(
       "{ .reg .pred done;\n"
       "WAIT: mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT; }\n" ::"r"(smem_addr(bar)),
+      "@!done bra WAIT; }\n" ::"r"(pq_smem_addr(bar)),
       "r"(parity)
       : "memory");
 }
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(pq_smem_addr(dst)), "l"(src) : "memory");
 }
 // An arrival on `bar` once this thread's cp.async so far have landed (counted in the barrier's init count).
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(pq_smem_addr(bar)) : "memory");
 }
 // Generic-proxy writes to shared memory (st.shared, cp.async) visible to the async proxy (wgmma).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -86,7 +84,7 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 // start address >> 4, leading offset 1 (unused in this mode), stride 1024 bytes (8 rows) >> 4,
 // swizzle mode 1 (128B). A k-step of 16 bf16 (32 bytes) further along a row: + 2.
 __device__ __forceinline__ uint64_t swizzled_desc(const void* p) {
-  const uint32_t a = smem_addr(p);
+  const uint32_t a = pq_smem_addr(p);
   return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
 }
 
@@ -219,7 +217,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
       }
       cp_async_arrive(&full[s]);
     }
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    pq_cp_async_wait_all();
     return;
   }
 
@@ -227,21 +225,8 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
   const int warp = tid >> 5;
   const int w = warp & 3;  // warp in the warpgroup: tile rows 16w .. 16w+15
   const int t = lane & 3;
-  GroupView<__nv_bfloat16> view;
-  view.cmax = half_norm2[kWsCentroids];
-  view.cent = cent;
-  view.keys = group_keys;
-  view.norms = norms;
-  view.rescore_list = rescore_lists[warp];
-  view.phi = 0.0f;
-  view.g = g;
-  view.n = n;
-  view.C = C;
-  view.cdim = cdim;
-  view.cstride = kWsDim;
-  view.dsub = dsub;
-  view.row_stride = row_stride;
-  view.NT = NT;
+  const GroupView<__nv_bfloat16> view{half_norm2[kWsCentroids], cent, group_keys, norms, rescore_lists[warp], 0.0f /* no ip */,
+                                     g, n, C, cdim, kWsDim, dsub, row_stride, NT};
   const uint64_t desc_hi = swizzled_desc(b_hi);
   const uint64_t desc_lo = swizzled_desc(b_lo);
   unsigned flagged_total = 0;

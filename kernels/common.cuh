@@ -229,10 +229,13 @@ __device__ __forceinline__ long long pq_global_timer_ns() {
   return t;
 }
 
+// The 32-bit shared-window address of a shared-memory pointer, as PTX's shared-space operands take it.
+__device__ __forceinline__ uint32_t pq_smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
 // One 4-byte asynchronous copy, global → shared (both 4-byte aligned): the caller goes on without a
 // register waiting for the data, and waits (pq_cp_async_wait_all) only where it needs it. sm_80+.
 __device__ __forceinline__ void pq_cp_async4(void* shared_dst, const void* global_src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(shared_dst))), "l"(global_src)
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(pq_smem_addr(shared_dst)), "l"(global_src)
                : "memory");
 }
 __device__ __forceinline__ void pq_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }

@@ -174,10 +174,9 @@ struct PackedClasses {
 // the pushed words. Ordering of global writes between the blocks of a cluster is never needed: a
 // weight is cleared and set only by the block owning its position (weight_owner).
 #if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ uint32_t cluster_addr(const void* local, int rank) {
   uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(local)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(pq_smem_addr(local)), "r"(rank));
   return r;
 }
 // A one-shot mailbox (thread 0): initialised, made visible to the cluster before any push
@@ -187,10 +186,10 @@ __device__ __forceinline__ uint32_t cluster_addr(const void* local, int rank) {
 // right after it, compute-sanitizer racecheck flagged the pair (a false positive, seemingly from the
 // init running on the uniform datapath; session 15).
 __device__ __forceinline__ void mailbox_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(pq_smem_addr(bar)) : "memory");
 }
 __device__ __forceinline__ void mailbox_expect(uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.relaxed.cta.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.relaxed.cta.shared::cta.b64 _, [%0], %1;" ::"r"(pq_smem_addr(bar)), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void mailbox_push(const void* local_slot, int rank, uint32_t value, uint64_t* bar) {
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(cluster_addr(local_slot, rank)),
@@ -201,7 +200,7 @@ __device__ __forceinline__ void mailbox_wait(uint64_t* bar) {
   asm volatile(
       "{\n .reg .pred done;\n"
       "WAIT_%=:\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], 0;\n"
-      " @!done bra WAIT_%=;\n}" ::"r"(smem_u32(bar))
+      " @!done bra WAIT_%=;\n}" ::"r"(pq_smem_addr(bar))
       : "memory");
 }
 // The mailboxes' initialisation reaches the cluster (arrive, every thread) before any push (wait).
@@ -211,7 +210,7 @@ __device__ __forceinline__ void mailboxes_ready_arrive() {
 __device__ __forceinline__ void mailboxes_ready_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 // Before a location's mbarrier is initialised again (resident kernels, step after step).
 __device__ __forceinline__ void mailbox_inval(uint64_t* bar) {
-  asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(pq_smem_addr(bar)) : "memory");
 }
 #else  // no clusters before sm_90: the host plans CL == 1 there, and these are never reached
 __device__ __forceinline__ void mailbox_init(uint64_t*) { __trap(); }

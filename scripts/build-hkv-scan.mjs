@@ -8,7 +8,9 @@ const { benchBuildCuda, SEED_BUILD } = await import(new URL('../.device/app/dist
 const heads = (process.env.HKV ?? '2,4,8,16,32').split(',').map(Number);
 const sources = (process.env.SRC ?? 'device-bf16,device-f32').split(',');
 const reps = Number(process.env.REPS ?? 7);
-const tuning = process.env.ROUND ? { roundFamily: process.env.ROUND } : {}; // the round kernel's family (default: wgmma where it applies)
+const round = process.env.ROUND; // the round kernel's family (default: wgmma where it applies)
+if (round && round !== 'mma' && round !== 'wgmma') throw new Error(`ROUND: expected mma or wgmma, got ${round}`);
+const tuning = round ? { roundFamily: round } : {};
 const out = [];
 for (const Hkv of heads) {
   for (const r of benchBuildCuda({ ...SEED_BUILD, Hkv }, reps, tuning, sources)) {

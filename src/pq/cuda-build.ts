@@ -144,8 +144,6 @@ function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning, suf
 
 /** Threads of pq_build_round_ws_bf16 (kernels/build_ws.cu kWsThreads: two consumer warpgroups, two producer warps). */
 const WS_ROUND_THREADS = 320;
-/** Points a pq_build_round_ws_bf16 tile holds (kWsTilePoints). */
-const WS_TILE_POINTS = 64;
 /** Its dynamic shared memory (kWsSmemBytes: alignment slack, 4 stages of 8 KB, centroid operands, fp32 centroids, |c|²/2). */
 const WS_ROUND_SMEM = 1024 + 4 * 8192 + 2 * 8192 + 16384 + 272;
 
@@ -453,9 +451,10 @@ export function buildOnDevice(
   const initShape = { grid: [G, 1, 1] as const, block: [256, 1, 1] as const, sharedBytes: Math.max(initStaged ? stagedBytes : 0, INIT_DRAW_SCRATCH) };
   // pq_build_finalize: a block per FINALIZE_TILES n-tiles of each group, its centroids in shared memory.
   const finalizeShape = { grid: [NT / FINALIZE_TILES, G, 1] as const, block: [256, 1, 1] as const, sharedBytes: FINALIZE_TILES * 8 * cstride * 4 };
-  // Blocks per group: one wave of the round kernel (both families take 64-point tiles a block at a time).
+  // Blocks per group: one wave of the round kernel. Both families take BLOCK_POINTS = 64 points a block
+  // at a time (build_ws.cu kWsTilePoints: one wgmma m64 tile).
   const [threads, smem] = warpSpecialized ? [WS_ROUND_THREADS, WS_ROUND_SMEM] : [ROUND_THREADS, roundSmem];
-  const tiles = Math.ceil(n / (warpSpecialized ? WS_TILE_POINTS : BLOCK_POINTS));
+  const tiles = Math.ceil(n / BLOCK_POINTS);
   const resident = round.occupancy(threads, smem) * CudaContext.primary().device.multiprocessorCount;
   const perGroup = Math.min(tiles, Math.max(1, Math.floor(resident / G)));
   const roundShape = { grid: [perGroup, G, 1] as const, block: [threads, 1, 1] as const, sharedBytes: smem };

@@ -79,11 +79,9 @@ test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1
     assertSameIndex(gpu, cpu, JSON.stringify(c));
     const layout = layoutOf(c);
     const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity: c.sk + 4 });
-    const bf16 = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType('bf16');
-    const buf = new DeviceBuffer(bf16.data.byteLength);
+    const { tensor, buf } = bf16DeviceKeys(c, keys);
     try {
-      copies.fromHost(buf, bf16.data);
-      cache.build(deviceTensor('bf16', bf16.shape, buf.ptr));
+      cache.build(tensor);
       assertSameIndex(cache.exportState(), cpu, `bf16 in place ${JSON.stringify(c)}`);
     } finally {
       cache.dispose();
