@@ -159,9 +159,14 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
 // pbase + row). Returns the number of rows flagged for canonical re-scoring. The scores come from
 // chunk_scores_of(acc, nt0, sq): chunk nt0's accumulators, and with sq (the first chunk) the
 // lane's share of each row's |x|^2 (the shares of lanes t = 0..3 sum to it).
-template <bool kOneChunk, typename T, typename ChunkScores>
+// kDeferRescore (one chunk only): no pass C here; a flagged row gets code -1 and its candidates
+// (bit c: centroid c scores within the band) in (*candidates)[rs], the same in the row's four lanes
+// (0 for rows not flagged), for the caller to re-score later (build_ws.cu's deferred rows).
+template <bool kOneChunk, bool kDeferRescore = false, typename T, typename ChunkScores>
 __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbase, int (&code)[2], bool (&valid)[2],
-                                                 float (&xaug)[2], ChunkScores&& chunk_scores_of) {
+                                                 float (&xaug)[2], ChunkScores&& chunk_scores_of,
+                                                 uint64_t (*candidates)[2] = nullptr) {
+  static_assert(!kDeferRescore || kOneChunk, "deferred re-scoring takes one chunk of <= 64 centroids");
   const int lane = threadIdx.x & 31;
   const int q = lane >> 2;  // mma row group: rows q and q + 8
   const int t = lane & 3;   // mma column pair
@@ -246,6 +251,26 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
     code[rs] = index_sum;  // the nearest centroid unless flagged (re-scored below)
   }
   const unsigned flagged_rows = __ballot_sync(0xffffffffu, t == 0 && flagged[0]) | (__ballot_sync(0xffffffffu, t == 0 && flagged[1]) << 1);
+  if constexpr (kDeferRescore) {
+    (*candidates)[0] = (*candidates)[1] = 0ull;
+    if (flagged_rows == 0u) return 0u;
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
+      uint64_t mask = 0ull;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          const int c = 8 * j + 2 * t + b;
+          if (flagged[rs] && c < v.C && !(acc[j][2 * rs + b] < threshold[rs])) mask |= 1ull << c;
+        }
+      mask |= __shfl_xor_sync(0xffffffffu, mask, 1);
+      mask |= __shfl_xor_sync(0xffffffffu, mask, 2);
+      (*candidates)[rs] = mask;
+      if (flagged[rs]) code[rs] = -1;
+    }
+    return static_cast<unsigned>(__popc(flagged_rows));
+  }
   if (flagged_rows == 0u) return 0u;
 #ifdef PQ_DIAG_NO_RESCORE  // diagnostic builds only: flagged rows keep pass B's sum (wrong codes), to time pass C
   return static_cast<unsigned>(__popc(flagged_rows));
@@ -370,7 +395,8 @@ __device__ __forceinline__ int fresh_lane_id() {
 // clusters: its owner lane the counts, the warp the coordinates (move_points). Other modes move
 // nothing (after round 0 and recomputing rounds, pq_build_first_sums adds every point to its
 // cluster). Every mode but the final one adds the warp's changed codes to changed_total (every lane).
-template <int KS, typename T>
+// !kMoveCoords: the counts only; the caller moves the coordinates (build_ws.cu's deferred moves).
+template <int KS, bool kMoveCoords = true, typename T>
 __device__ __forceinline__ void commit_codes(int mode, const int (&code)[2], const int (&old)[2], const bool (&valid)[2],
                                              const float (&xaug)[2], uint8_t* group_codes, int pbase, const T* group_keys,
                                              int row_stride, double* group_sums, unsigned* group_counts, int cdim, int dsub,
@@ -398,7 +424,7 @@ __device__ __forceinline__ void commit_codes(int mode, const int (&code)[2], con
 #ifdef PQ_DIAG_NO_MOVES  // diagnostic builds only: no coordinate moves (wrong sums), to time them
   return;
 #endif
-  if ((moved0 | moved1) != 0u) {
+  if (kMoveCoords && (moved0 | moved1) != 0u) {
     const T* tile_keys = group_keys + static_cast<int64_t>(pbase) * row_stride;
     move_points<KS>(moved0, 0, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);
     move_points<KS>(moved1, 1, code, old, xaug, tile_keys, row_stride, group_sums, cdim, dsub);

@@ -11,8 +11,9 @@
 // the shared assignment step (build_assign.cuh) while the other warpgroup's products run.
 // Measured (session 34, seed build from bf16 keys): rounds 201-322 us against 227-314 for the
 // mma.sync kernel, the build 2568 against 2627 us. A warp re-scoring a near tie (pass C, ~1% of
-// points) or moving points holds its whole warpgroup at the next wgmma: without them a round takes
-// ~175 us (bench/NOTES.md, session 34).
+// points) or moving points from the keys held its whole warpgroup at the next wgmma; since session
+// 35 pass C waits in a per-warp queue (resolve_deferred) and moves read the stage the warp still
+// holds: the build 2270 us against 2559 (bench/NOTES.md, session 35).
 //
 // Launch: grid (P, G), block kWsThreads = 128 * kWsConsumers + 32 * kWsProducers (320), dynamic
 // shared memory kWsSmemBytes (the host's WS_ROUND_SMEM; a smaller launch traps).
@@ -23,12 +24,15 @@
 //   Consumer warpgroup k takes the block's tiles i = k, k + kWsConsumers, ... (stage i mod
 //     kWsStages; kWsStages is a multiple of kWsConsumers, so a stage has one consumer): 8 wgmma
 //     (4 k-steps x the centroids' bf16 hi and lo; A = the tile, B = the centroids, both K-major),
-//     |x|^2 of its rows from the stage meanwhile, then it releases the stage (empty[s], 128
-//     arrivals). Warp w then holds rows 16w .. 16w+15 of the tile in mma.sync's accumulator layout
-//     and runs nearest_rows and commit_codes on them, as build.cu's warps do on their tiles.
+//     |x|^2 of its rows from the stage meanwhile. Warp w then holds rows 16w .. 16w+15 of the tile
+//     in mma.sync's accumulator layout and runs nearest_rows (passes A and B) and commit_codes on
+//     them, as build.cu's warps do on their tiles, but for the flagged rows, which wait in the
+//     warp's queue for pass C (resolve_deferred). A moving round (ROUND_NEXT) moves the changed
+//     rows from the stage (move_rows_from_stage) before the warp releases it (empty[s], 128
+//     arrivals); other rounds release it as soon as the products are done.
 // Products: the keys are bf16 (their own hi part); centroids split into bf16 hi + lo (split_pair,
 // as build.cu packs them), so x.c ~ x.c_hi + x.c_lo in fp32 accumulation, within score_band of the
-// canonical order; near ties are re-scored canonically (pass C).
+// canonical order; near ties are re-scored canonically (pass C, deferred).
 // Invariants (the host checks them): bf16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
 // one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
 // and row_stride multiples of 8 elements).
@@ -42,7 +46,14 @@ constexpr int kWsDim = 64;                              // dsub = cdim: one 128-
 constexpr int kWsRowBytes = kWsDim * 2;
 constexpr int kWsTileBytes = kWsTilePoints * kWsRowBytes;  // 8 KB a stage
 constexpr int kWsCentroids = 64;                        // C <= 64, padded
-constexpr int kWsStages = 4;
+#ifndef PQ_WS_STAGES
+#define PQ_WS_STAGES 4
+#endif
+#ifndef PQ_WS_STAGE_MOVES
+#define PQ_WS_STAGE_MOVES 1
+#endif
+constexpr int kWsStages = PQ_WS_STAGES;
+constexpr bool kWsStageMoves = PQ_WS_STAGE_MOVES != 0;  // moves read the held stage (else the keys, in move_points)
 constexpr int kWsConsumers = 2;                         // warpgroups
 constexpr int kWsProducers = 2;                         // warps
 constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
@@ -131,6 +142,108 @@ __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int
   }
 }
 
+// Deferred rows. Pass C (a flagged row's candidates re-scored in the canonical order) waits in a
+// queue of the consumer warp in shared memory and runs for the queued rows together when it is
+// full and after the warp's last tile, not in the tile's epilogue, where one warp re-scoring a near
+// tie held its warpgroup at the next wgmma. The codes of a round do not depend on each other, so
+// resolving a row later changes nothing but when its code, counts and sums are written.
+#ifndef PQ_WS_DEFER_CAP
+#define PQ_WS_DEFER_CAP 32
+#endif
+constexpr int kWsDeferCap = PQ_WS_DEFER_CAP;  // rows a warp's queue holds (>= 16: one tile's rows)
+static_assert(kWsDeferCap >= 16, "a queue takes any tile's rows at once");
+struct DeferredRow {
+  uint64_t candidates;  // the centroids within the band (bit c)
+  int point;            // in the group
+  int old_code;         // -1: none
+};
+
+// Resolves a warp's `count` queued rows (all 32 lanes; count warp-uniform): eight lanes a row, four
+// rows at a time; lane r of a row holds its coordinates r, r + 8, ... (the oracle's partial r, as
+// canonical_distance_8) and re-scores the candidates in ascending order, so the first of equal
+// minimal finite distances wins (none finite: centroid 0). Then what commit_codes does for a row:
+// its code if changed, and in ROUND_NEXT the counts and the move (by the row's lanes, from the keys:
+// the row's stage is long gone). Returns the rows whose code changed (every lane; the final round
+// counts none).
+// Out of line: it runs rarely, and inlined its state would sit beside the accumulators.
+__device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int count, int mode, const __nv_bfloat16* group_keys,
+                                              int row_stride, const float* cent, uint8_t* group_codes, double* group_sums,
+                                              unsigned* group_counts) {
+  const int lane = threadIdx.x & 31;
+  const int r = lane & 7;
+  unsigned changed_count = 0u;
+  for (int e0 = 0; e0 < count; e0 += 4) {
+    const int e = e0 + (lane >> 3);
+    const bool live = e < count;
+    const DeferredRow row = live ? queue[e] : DeferredRow{0ull, 0, -1};
+    const __nv_bfloat16* xr = group_keys + static_cast<int64_t>(row.point) * row_stride;
+    float x[kWsDim / 8];
+#pragma unroll
+    for (int i = 0; i < kWsDim / 8; ++i) x[i] = live ? __bfloat162float(xr[r + 8 * i]) : 0.0f;
+    uint64_t candidates = live ? row.candidates : 0ull;
+    float best_d = INFINITY;
+    int best_c = -1;
+    while (__any_sync(0xffffffffu, candidates != 0ull)) {
+      const bool has = candidates != 0ull;
+      const int c = has ? __ffsll(static_cast<long long>(candidates)) - 1 : 0;
+      candidates &= candidates - 1ull;
+      float part = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kWsDim / 8; ++i) {
+        const float t = __fsub_rn(x[i], cent[c * kWsDim + r + 8 * i]);
+        part = __fadd_rn(part, __fmul_rn(t, t));
+      }
+      const float d = pq_tree8(part);
+      if (has && d < INFINITY && d < best_d) {
+        best_d = d;
+        best_c = c;
+      }
+    }
+    const int code = best_c < 0 ? 0 : best_c;
+    const bool changed = live && code != row.old_code;
+    if (changed && r == 0) {
+      group_codes[row.point] = static_cast<uint8_t>(code);
+      if (mode == ROUND_NEXT) {
+        atomicAdd(group_counts + code, 1u);
+        atomicSub(group_counts + row.old_code, 1u);
+      }
+    }
+    if (mode != ROUND_FINAL) changed_count += __popc(__ballot_sync(0xffffffffu, changed && r == 0));
+    if (mode == ROUND_NEXT && changed) {
+#pragma unroll
+      for (int i = 0; i < kWsDim / 8; ++i) {
+        atomicAdd(group_sums + code * kWsDim + r + 8 * i, static_cast<double>(x[i]));
+        atomicAdd(group_sums + row.old_code * kWsDim + r + 8 * i, -static_cast<double>(x[i]));
+      }
+    }
+  }
+  return changed_count;
+}
+
+// Moves the warp's changed rows in `moved` (owner lanes of rows rs: lane 4p holds row p + 8*rs of
+// warp w's 16) between the cluster sums, reading them from the stage the warp still holds: lane L
+// adds coordinates L and L + 32, so each float64 RED instruction of the warp covers 32 consecutive
+// sums (256 bytes; lanes on every other coordinate made round 2 of the seed build 16% slower). A row
+// costs the warp two shared loads and four REDs a lane, without the global loads of move_points.
+__device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
+                                                     const uint8_t* stage, int w, double* group_sums) {
+  const int lane = threadIdx.x & 31;
+  while (moved != 0u) {
+    const int src = __ffs(moved) - 1;
+    moved &= moved - 1u;
+    const int to = __shfl_sync(0xffffffffu, code[rs], src);
+    const int from = __shfl_sync(0xffffffffu, old[rs], src);
+    const int row = 16 * w + (src >> 2) + 8 * rs;
+    // coordinate j: byte 2 (j mod 8) of chunk j / 8
+    const double x0 = __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(stage + swizzled(row, lane >> 3) + 2 * (lane & 7)));
+    const double x1 = __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(stage + swizzled(row, 4 + (lane >> 3)) + 2 * (lane & 7)));
+    atomicAdd(group_sums + to * kWsDim + lane, x0);
+    atomicAdd(group_sums + to * kWsDim + 32 + lane, x1);
+    atomicAdd(group_sums + from * kWsDim + lane, -x0);
+    atomicAdd(group_sums + from * kWsDim + 32 + lane, -x1);
+  }
+}
+
 }  // namespace
 
 // Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); norms, phi and frag
@@ -152,7 +265,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
   float* cent = reinterpret_cast<float*>(b_lo + kWsCentroids * kWsRowBytes);  // [C, 64] fp32
   float* half_norm2 = cent + kWsCentroids * kWsDim;                          // [64], then max |c|
   __shared__ uint64_t full[kWsStages], empty[kWsStages];
-  __shared__ uint16_t rescore_lists[4 * kWsConsumers][kRescoreList];  // pass C, a list a consumer warp
+  __shared__ DeferredRow deferred[4 * kWsConsumers][kWsDeferCap];  // a queue a consumer warp
 
   const int g = blockIdx.y;
   const int tid = threadIdx.x;
@@ -225,8 +338,10 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
   const int warp = tid >> 5;
   const int w = warp & 3;  // warp in the warpgroup: tile rows 16w .. 16w+15
   const int t = lane & 3;
-  const GroupView<__nv_bfloat16> view{half_norm2[kWsCentroids], cent, group_keys, norms, rescore_lists[warp], 0.0f /* no ip */,
-                                     g, n, C, cdim, kWsDim, dsub, row_stride, NT};
+  const GroupView<__nv_bfloat16> view{half_norm2[kWsCentroids], cent, group_keys, norms, nullptr /* pass C deferred */,
+                                     0.0f /* no ip */, g, n, C, cdim, kWsDim, dsub, row_stride, NT};
+  DeferredRow* queue = deferred[warp];
+  int queued = 0;  // warp-uniform
   const uint64_t desc_hi = swizzled_desc(b_hi);
   const uint64_t desc_lo = swizzled_desc(b_lo);
   unsigned flagged_total = 0;
@@ -253,11 +368,12 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     float sq[2];
     stage_row_norms(stage, w, lane, sq);  // while the products run
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    mbarrier_arrive(&empty[s]);  // this thread is done with the stage
+    if (!kWsStageMoves || mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
-    flagged_total += nearest_rows<true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
+    uint64_t candidates[2];
+    flagged_total += nearest_rows<true, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
       (void)nt0;  // one chunk: nt0 == 0
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -271,10 +387,47 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
         (*sq_out)[0] = sq[0];
         (*sq_out)[1] = sq[1];
       }
-    });
-    commit_codes<kWsKSteps>(mode, code, old, valid, xaug, group_codes, pbase, group_keys, row_stride, group_sums, group_counts,
-                            cdim, dsub, changed_total);
+    }, &candidates);
+    // Flagged rows (code -1) wait in the queue; the others are committed now.
+    bool later[2];
+    bool now[2];
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
+      later[rs] = valid[rs] && code[rs] < 0;
+      now[rs] = valid[rs] && !later[rs];
+    }
+    commit_codes<kWsKSteps, !kWsStageMoves>(mode, code, old, now, xaug, group_codes, pbase, group_keys, row_stride, group_sums,
+                                            group_counts, cdim, dsub, changed_total);
+    if (kWsStageMoves && mode == ROUND_NEXT) {
+      move_rows_from_stage(__ballot_sync(0xffffffffu, t == 0 && now[0] && code[0] != old[0]), 0, code, old, stage, w, group_sums);
+      move_rows_from_stage(__ballot_sync(0xffffffffu, t == 0 && now[1] && code[1] != old[1]), 1, code, old, stage, w, group_sums);
+      mbarrier_arrive(&empty[s]);
+    }
+    const unsigned later0 = __ballot_sync(0xffffffffu, t == 0 && later[0]);
+    const unsigned later1 = __ballot_sync(0xffffffffu, t == 0 && later[1]);
+    const int arriving = __popc(later0) + __popc(later1);
+    if (arriving != 0) {
+      if (queued + arriving > kWsDeferCap) {
+        __syncwarp();
+        changed_total += resolve_deferred(queue, queued, mode, group_keys, row_stride, cent, group_codes, group_sums, group_counts);
+        __syncwarp();
+        queued = 0;
+      }
+      const unsigned below = (1u << lane) - 1u;
+      const int q = lane >> 2;
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        if (t == 0 && later[rs]) {
+          const int slot = queued + (rs == 0 ? __popc(later0 & below) : __popc(later0) + __popc(later1 & below));
+          queue[slot] = DeferredRow{candidates[rs], pbase + q + 8 * rs, old[rs]};
+        }
+      }
+      queued += arriving;
+    }
   }
+  __syncwarp();
+  if (queued != 0)
+    changed_total += resolve_deferred(queue, queued, mode, group_keys, row_stride, cent, group_codes, group_sums, group_counts);
   if (lane == 0 && stats != nullptr) {
     if (flagged_total != 0u) atomicAdd(stats, flagged_total);
     if (changed_total != 0u) atomicAdd(stats + 1, changed_total);

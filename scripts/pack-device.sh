@@ -57,10 +57,12 @@ done
 #                          (several flags for one variant: comma-separated, name:-DX,-DY)
 #   DIAG_EXIT="0 9 1 …"    variant exit-<N>: these sources with every select thread exiting at phase
 #                          N (select_common.cuh PQ_DIAG_EXIT_PHASE, enum Phase numbers). Diagnostic only.
-#   BUILD_DEFS="name:-DX=1 …" variant bdef-<name>: a build.fatbin of these sources with the given -D
-#                          flags (as ROW_DEFS), for same-run A/Bs of the k-means kernels; run each with
-#                          PQCACHE_KERNELS_DIR=<variant dir> after copying the other fatbins beside it
-if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}${BUILD_DEFS:-}" ]; then
+#   BUILD_DEFS="name:-DX=1 …" variant bdef-<name>: build.fatbin and build_ws.fatbin of these sources
+#                          with the given -D flags (as ROW_DEFS), for same-run A/Bs of the k-means
+#                          kernels; run each with PQCACHE_KERNELS_DIR=<variant dir> after copying the
+#                          other fatbins beside it
+#   BUILD_BASE="<commit> …" variant bbase-<sha>: the same two fatbins of that commit's sources
+if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}${BUILD_DEFS:-}${BUILD_BASE:-}" ]; then
   v="$PWD/.device-cache/variants" && rm -rf "$v" && mkdir -p "$v"
   row_variant() { # name kernels-dir [nvcc flags…]: $v/<name>/select_row.fatbin, in the background
     local name=$1 dir=$2; shift 2
@@ -77,10 +79,17 @@ if [ -n "${ROW_BASE:-}${DIAG_EXIT:-}${ROW_LINEINFO:-}${ROW_DEFS:-}${BUILD_DEFS:-
   if [ -n "${ROW_LINEINFO:-}" ]; then row_variant lineinfo kernels -lineinfo; fi
   for ph in ${DIAG_EXIT:-}; do row_variant "exit-$ph" kernels -DPQ_DIAG_EXIT_PHASE="$ph"; done
   for d in ${ROW_DEFS:-}; do flags="${d#*:}"; row_variant "def-${d%%:*}" kernels ${flags//,/ }; done
-  for d in ${BUILD_DEFS:-}; do
-    flags="${d#*:}" name="bdef-${d%%:*}"
+  build_variant() { # name kernels-dir [nvcc flags…]: $v/<name>/build.fatbin and build_ws.fatbin, in the background
+    local name=$1 dir=$2; shift 2
     mkdir -p "$v/$name"
-    (cd kernels && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 ${flags//,/ } -o "$v/$name/build.fatbin" build.cu) &
+    (cd "$dir" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90,code=sm_90 "$@" -o "$v/$name/build.fatbin" build.cu) &
+    (cd "$dir" && nvcc -std=c++17 -O3 -fatbin -gencode arch=compute_90a,code=sm_90a "$@" -o "$v/$name/build_ws.fatbin" build_ws.cu) &
+  }
+  for d in ${BUILD_DEFS:-}; do flags="${d#*:}"; build_variant "bdef-${d%%:*}" kernels ${flags//,/ }; done
+  for b in ${BUILD_BASE:-}; do
+    sha=$(git rev-parse --short "$b")
+    mkdir -p "$v/src-$sha" && git archive "$sha" kernels | tar -x -C "$v/src-$sha"
+    build_variant "bbase-$sha" "$v/src-$sha/kernels"
   done
   wait
   rm -rf "$v"/src-*

@@ -144,8 +144,10 @@ function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning, suf
 
 /** Threads of pq_build_round_ws_bf16 (kernels/build_ws.cu kWsThreads: two consumer warpgroups, two producer warps). */
 const WS_ROUND_THREADS = 320;
-/** Its dynamic shared memory (kWsSmemBytes: alignment slack, 4 stages of 8 KB, centroid operands, fp32 centroids, |c|²/2). */
-const WS_ROUND_SMEM = 1024 + 4 * 8192 + 2 * 8192 + 16384 + 272;
+/** Its tile stages (kWsStages). */
+const WS_ROUND_STAGES = 4;
+/** Its dynamic shared memory (kWsSmemBytes: alignment slack, the 8 KB stages, centroid operands, fp32 centroids, |c|²/2). */
+const WS_ROUND_SMEM = 1024 + WS_ROUND_STAGES * 8192 + 2 * 8192 + 16384 + 272;
 
 /**
  * Why kernels/build_ws.cu's round kernel does not apply to these keys and layout (undefined: it
