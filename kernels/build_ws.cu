@@ -366,7 +366,11 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     float sq[2];
+#ifdef PQ_DIAG_NO_NORMS  // diagnostic builds only: |x|^2 = 0 (a wrong band), to time stage_row_norms
+    sq[0] = sq[1] = 0.0f;
+#else
     stage_row_norms(stage, w, lane, sq);  // while the products run
+#endif
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     if (!kWsStageMoves || mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage
     int code[2] = {-1, -1};
