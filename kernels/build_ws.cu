@@ -35,7 +35,8 @@
 // canonical order; near ties are re-scored canonically (pass C, deferred).
 // Invariants (the host checks them): bf16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
 // one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
-// and row_stride multiples of 8 elements).
+// and row_stride multiples of 8 elements); norms holds G * n floats, and a build's first launch of
+// this kernel is round 0 (ROUND_FIRST) or the final assignment (ROUND_FINAL, no k-means rounds).
 #include "build_assign.cuh"
 #include "common.cuh"
 
@@ -246,10 +247,12 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
 
 }  // namespace
 
-// Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); norms, phi and frag
-// are not read (no ip coordinate; the B operands are formed from the fp32 centroids here).
+// Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); phi and frag are not
+// read (no ip coordinate; the B operands are formed from the fp32 centroids here). norms ([G, n],
+// the workspace's) keeps each point's |x|^2: round 0 (ROUND_FIRST) sums it from the stage and writes
+// it, the later k-means rounds read it (~70 instructions a lane and tile fewer than summing it again).
 extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf16(
-    const __nv_bfloat16* keys, const float* norms, const float* phi, const float* centroids, const uint4* frag,
+    const __nv_bfloat16* keys, float* norms, const float* phi, const float* centroids, const uint4* frag,
     const float* info_g, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,
     int64_t head_stride, int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {
   (void)phi;
@@ -338,6 +341,8 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
   const int warp = tid >> 5;
   const int w = warp & 3;  // warp in the warpgroup: tile rows 16w .. 16w+15
   const int t = lane & 3;
+  const int q = lane >> 2;
+  float* group_norms = norms + static_cast<int64_t>(g) * n;
   const GroupView<__nv_bfloat16> view{half_norm2[kWsCentroids], cent, group_keys, norms, nullptr /* pass C deferred */,
                                      0.0f /* no ip */, g, n, C, cdim, kWsDim, dsub, row_stride, NT};
   DeferredRow* queue = deferred[warp];
@@ -351,6 +356,16 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     const int pbase = (blockIdx.x + i * P) * kWsTilePoints + 16 * w;
     int old[2];
     load_old_codes(mode, group_codes, pbase, n, old);
+    // |x|^2 of the lane's rows as round 0 wrote it (the row's first lane; 0 in the others), loaded
+    // before the wait like the old codes. Round 0 and the final assignment sum it from the stage
+    // (with no k-means rounds, the final assignment is the build's only pass).
+    const bool sum_norms = mode == ROUND_FIRST || mode == ROUND_FINAL;
+    float kept_sq[2] = {0.0f, 0.0f};
+    if (!sum_norms && t == 0) {
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs)
+        if (pbase + q + 8 * rs < n) kept_sq[rs] = group_norms[pbase + q + 8 * rs];
+    }
     const uint8_t* stage = stages + s * kWsTileBytes;
     mbarrier_wait(&full[s], (i / kWsStages) & 1);
     fence_proxy_async();  // the stage's cp.async writes, for wgmma
@@ -366,11 +381,19 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     float sq[2];
-#ifdef PQ_DIAG_NO_NORMS  // diagnostic builds only: |x|^2 = 0 (a wrong band), to time stage_row_norms
-    sq[0] = sq[1] = 0.0f;
-#else
-    stage_row_norms(stage, w, lane, sq);  // while the products run
-#endif
+    if (sum_norms) {
+      stage_row_norms(stage, w, lane, sq);  // while the products run
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);  // as nearest_rows adds the shares
+        sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
+        if (mode == ROUND_FIRST && t == 0 && pbase + q + 8 * rs < n) group_norms[pbase + q + 8 * rs] = sq[rs];
+        sq[rs] = t == 0 ? sq[rs] : 0.0f;  // one share a row: nearest_rows' sum gives it back exactly
+      }
+    } else {
+      sq[0] = kept_sq[0];
+      sq[1] = kept_sq[1];
+    }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     if (!kWsStageMoves || mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage
     int code[2] = {-1, -1};
@@ -418,7 +441,6 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
         queued = 0;
       }
       const unsigned below = (1u << lane) - 1u;
-      const int q = lane >> 2;
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs) {
         if (t == 0 && later[rs]) {

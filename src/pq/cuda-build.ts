@@ -158,9 +158,16 @@ function wgmmaRoundRefusal(layout: Layout, bound: KeyBinding | undefined): strin
   const [major, minor] = CudaContext.primary().device.computeCapability;
   if (major !== 9 || minor !== 0) return `compute capability 9.0 (sm_90a code), not ${major}.${minor}`;
   if (bound?.suffix !== '_bf16') return 'bf16 device keys read in place (not host, staged or fp32 keys)';
+  const shape = wgmmaShapeRefusal(layout);
+  if (shape !== undefined) return shape;
+  if (bound.ptr % 16n !== 0n || bound.headStride % 8 !== 0 || bound.rowStride % 8 !== 0) return 'key rows 16-byte aligned';
+  return undefined;
+}
+
+/** The layout's part of wgmmaRoundRefusal. */
+function wgmmaShapeRefusal(layout: Layout): string | undefined {
   if (layout.subDim !== 64 || layout.centroidDim !== 64) return `dsub = 64 without the ip coordinate, not a centroid dimension of ${layout.centroidDim}`;
   if (layout.numCentroids > 64) return `C ≤ 64, not ${layout.numCentroids}`;
-  if (bound.ptr % 16n !== 0n || bound.headStride % 8 !== 0 || bound.rowStride % 8 !== 0) return 'key rows 16-byte aligned';
   return undefined;
 }
 
@@ -329,8 +336,9 @@ const KEPT_BUILD_GRAPHS = 4;
  * temporaries for up to `capacity` positions, allocated at the first build; the progress word; and
  * the captured graphs by sk and key binding. A build then allocates and frees nothing but a key
  * staging copy (host keys, or device keys the kernels cannot read in place), and a repeated sk and key
- * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip)
- * bytes plus the sums, counts, centroids and packed centroids (6.2 MB on the seed config at capacity 32000).
+ * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip, or
+ * where the wgmma rounds apply: dsub = 64, C ≤ 64) bytes plus the sums, counts, centroids and packed
+ * centroids (14.4 MB on the seed config at capacity 32000).
  */
 export class BuildWorkspace {
   private arena: DeviceArena<WorkspaceSlice> | undefined;
@@ -360,7 +368,8 @@ export class BuildWorkspace {
         // The k-means' centroids and φ: the index gets them from pq_build_publish once the keys are known finite.
         centroids: G * C * deviceIndexStrides(layout, this.capacity).centroidStride * 4,
         phi: G * 4,
-        norms: layout.config.metric === 'ip' ? G * n * 4 : 0, // |x|² for the ip augmentation only
+        // |x|²: the ip augmentation's, or the wgmma rounds' (written by round 0, read by the later ones)
+        norms: layout.config.metric === 'ip' || wgmmaShapeRefusal(layout) === undefined ? G * n * 4 : 0,
         codes: G * n,
         frag: G * NT * KS * 32 * 16,
         info: G * infoStride(NT) * 4,
