@@ -160,6 +160,7 @@ const WS_CASES: Case[] = [
   { B: 1, H: 1, Hkv: 1, D: 64, M: 1, bits: 1, sk: 70, O: 10, ip: false, iters: 3 }, // n = 60: one part-filled tile, C = 2
   { B: 1, H: 4, Hkv: 1, D: 256, M: 4, bits: 4, sk: 129, O: 1, ip: false, iters: 5 }, // n = 128: two whole tiles
   { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 45, O: 5, ip: false, iters: 2 }, // n = 40 < C = 64
+  { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 900, O: 2, ip: false, iters: 0 }, // the final assignment alone sums |x|²
 ];
 
 test('GPU build: the warp-specialized round kernel (sm_90a: bf16 device keys, dsub 64, C ≤ 64) equals the oracle exactly on integer data, with the mma kernel\'s changed codes per round, sums moved or formed from the codes; where it does not apply, asking for it is a ConfigError', { skip }, () => {
