@@ -121,7 +121,8 @@ export interface BuildTuning {
  * of the seed build's bf16 round per percent of points moved (≈ 280 μs in round 1, 32% moved); a
  * pass of pq_build_first_sums costs 114 μs from bf16 keys, 196 from fp32 (ncu). Seed build, same
  * run (session 32): 1, 2, 3 rounds took 2798, 2629, 2683 μs from bf16 keys and 3294, 3228, 3365
- * from fp32 (round 2 moves 14% of the points, 73 μs of moves).
+ * from fp32 (round 2 moves 14% of the points, 73 μs of moves). The wgmma rounds' cheaper moves
+ * (from shared memory, session 35) keep 2: 2484, 2282, 2340 μs from bf16 keys.
  */
 export const DEFAULT_RECOMPUTE_ROUNDS = 2;
 
