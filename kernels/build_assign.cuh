@@ -395,7 +395,7 @@ __device__ __forceinline__ int fresh_lane_id() {
 // clusters: its owner lane the counts, the warp the coordinates (move_points). Other modes move
 // nothing (after round 0 and recomputing rounds, pq_build_first_sums adds every point to its
 // cluster). Every mode but the final one adds the warp's changed codes to changed_total (every lane).
-// !kMoveCoords: the counts only; the caller moves the coordinates (build_ws.cu's deferred moves).
+// !kMoveCoords: the counts only; the caller moves the coordinates (build_ws.cu, from its stage).
 template <int KS, bool kMoveCoords = true, typename T>
 __device__ __forceinline__ void commit_codes(int mode, const int (&code)[2], const int (&old)[2], const bool (&valid)[2],
                                              const float (&xaug)[2], uint8_t* group_codes, int pbase, const T* group_keys,

@@ -12,8 +12,9 @@
 // Measured (session 34, seed build from bf16 keys): rounds 201-322 us against 227-314 for the
 // mma.sync kernel, the build 2568 against 2627 us. A warp re-scoring a near tie (pass C, ~1% of
 // points) or moving points from the keys held its whole warpgroup at the next wgmma; since session
-// 35 pass C waits in a per-warp queue (resolve_deferred) and moves read the stage the warp still
-// holds: the build 2270 us against 2559 (bench/NOTES.md, session 35).
+// 35 pass C waits in a per-warp queue (resolve_deferred), moves read the stage the warp still
+// holds, and the later rounds read |x|^2 from round 0: the build 2226 us against 2578 (bench/NOTES.md,
+// session 35).
 //
 // Launch: grid (P, G), block kWsThreads = 128 * kWsConsumers + 32 * kWsProducers (320), dynamic
 // shared memory kWsSmemBytes (the host's WS_ROUND_SMEM; a smaller launch traps).
@@ -47,14 +48,7 @@ constexpr int kWsDim = 64;                              // dsub = cdim: one 128-
 constexpr int kWsRowBytes = kWsDim * 2;
 constexpr int kWsTileBytes = kWsTilePoints * kWsRowBytes;  // 8 KB a stage
 constexpr int kWsCentroids = 64;                        // C <= 64, padded
-#ifndef PQ_WS_STAGES
-#define PQ_WS_STAGES 4
-#endif
-#ifndef PQ_WS_STAGE_MOVES
-#define PQ_WS_STAGE_MOVES 1
-#endif
-constexpr int kWsStages = PQ_WS_STAGES;
-constexpr bool kWsStageMoves = PQ_WS_STAGE_MOVES != 0;  // moves read the held stage (else the keys, in move_points)
+constexpr int kWsStages = 4;                            // 6 or 8: no faster (session 35)
 constexpr int kWsConsumers = 2;                         // warpgroups
 constexpr int kWsProducers = 2;                         // warps
 constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
@@ -148,10 +142,7 @@ __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int
 // full and after the warp's last tile, not in the tile's epilogue, where one warp re-scoring a near
 // tie held its warpgroup at the next wgmma. The codes of a round do not depend on each other, so
 // resolving a row later changes nothing but when its code, counts and sums are written.
-#ifndef PQ_WS_DEFER_CAP
-#define PQ_WS_DEFER_CAP 32
-#endif
-constexpr int kWsDeferCap = PQ_WS_DEFER_CAP;  // rows a warp's queue holds (>= 16: one tile's rows)
+constexpr int kWsDeferCap = 32;  // rows a warp's queue holds (>= 16: one tile's rows)
 static_assert(kWsDeferCap >= 16, "a queue takes any tile's rows at once");
 struct DeferredRow {
   uint64_t candidates;  // the centroids within the band (bit c)
@@ -395,7 +386,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
       sq[1] = kept_sq[1];
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    if (!kWsStageMoves || mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage
+    if (mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage (a moving round: below)
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
@@ -423,9 +414,9 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
       later[rs] = valid[rs] && code[rs] < 0;
       now[rs] = valid[rs] && !later[rs];
     }
-    commit_codes<kWsKSteps, !kWsStageMoves>(mode, code, old, now, xaug, group_codes, pbase, group_keys, row_stride, group_sums,
-                                            group_counts, cdim, dsub, changed_total);
-    if (kWsStageMoves && mode == ROUND_NEXT) {
+    commit_codes<kWsKSteps, false>(mode, code, old, now, xaug, group_codes, pbase, group_keys, row_stride, group_sums,
+                                   group_counts, cdim, dsub, changed_total);
+    if (mode == ROUND_NEXT) {
       move_rows_from_stage(__ballot_sync(0xffffffffu, t == 0 && now[0] && code[0] != old[0]), 0, code, old, stage, w, group_sums);
       move_rows_from_stage(__ballot_sync(0xffffffffu, t == 0 && now[1] && code[1] != old[1]), 1, code, old, stage, w, group_sums);
       mbarrier_arrive(&empty[s]);
