@@ -151,41 +151,30 @@ struct DeferredRow {
 };
 
 // Resolves a warp's `count` queued rows (all 32 lanes; count warp-uniform): eight lanes a row, four
-// rows at a time; lane r of a row holds its coordinates r, r + 8, ... (the oracle's partial r, as
-// canonical_distance_8) and re-scores the candidates in ascending order, so the first of equal
-// minimal finite distances wins (none finite: centroid 0). Then what commit_codes does for a row:
-// its code if changed, and in ROUND_NEXT the counts and the move (by the row's lanes, from the keys:
-// the row's stage is long gone). Returns the rows whose code changed (every lane; the final round
-// counts none).
+// rows at a time, re-score the row's candidates in ascending order by canonical_distance_8, so the
+// first of equal minimal finite distances wins (none finite: centroid 0). Then what commit_codes
+// does for a row: its code if changed, and in ROUND_NEXT the counts and the move (by the row's
+// lanes, from the keys: the row's stage is long gone). Returns the rows whose code changed (every
+// lane; the final round counts none).
 // Out of line: it runs rarely, and inlined its state would sit beside the accumulators.
 __device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int count, int mode, const __nv_bfloat16* group_keys,
                                               int row_stride, const float* cent, uint8_t* group_codes, double* group_sums,
                                               unsigned* group_counts) {
-  const int lane = threadIdx.x & 31;
-  const int r = lane & 7;
+  const int r = threadIdx.x & 7;
   unsigned changed_count = 0u;
   for (int e0 = 0; e0 < count; e0 += 4) {
-    const int e = e0 + (lane >> 3);
+    const int e = e0 + ((threadIdx.x & 31) >> 3);
     const bool live = e < count;
     const DeferredRow row = live ? queue[e] : DeferredRow{0ull, 0, -1};
     const __nv_bfloat16* xr = group_keys + static_cast<int64_t>(row.point) * row_stride;
-    float x[kWsDim / 8];
-#pragma unroll
-    for (int i = 0; i < kWsDim / 8; ++i) x[i] = live ? __bfloat162float(xr[r + 8 * i]) : 0.0f;
-    uint64_t candidates = live ? row.candidates : 0ull;
+    uint64_t candidates = row.candidates;
     float best_d = INFINITY;
     int best_c = -1;
     while (__any_sync(0xffffffffu, candidates != 0ull)) {
       const bool has = candidates != 0ull;
       const int c = has ? __ffsll(static_cast<long long>(candidates)) - 1 : 0;
       candidates &= candidates - 1ull;
-      float part = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kWsDim / 8; ++i) {
-        const float t = __fsub_rn(x[i], cent[c * kWsDim + r + 8 * i]);
-        part = __fadd_rn(part, __fmul_rn(t, t));
-      }
-      const float d = pq_tree8(part);
+      const float d = canonical_distance_8(xr, 0.0f, cent + c * kWsDim, kWsDim, kWsDim, has);
       if (has && d < INFINITY && d < best_d) {
         best_d = d;
         best_c = c;
@@ -203,9 +192,10 @@ __device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int 
     if (mode != ROUND_FINAL) changed_count += __popc(__ballot_sync(0xffffffffu, changed && r == 0));
     if (mode == ROUND_NEXT && changed) {
 #pragma unroll
-      for (int i = 0; i < kWsDim / 8; ++i) {
-        atomicAdd(group_sums + code * kWsDim + r + 8 * i, static_cast<double>(x[i]));
-        atomicAdd(group_sums + row.old_code * kWsDim + r + 8 * i, -static_cast<double>(x[i]));
+      for (int j = r; j < kWsDim; j += 8) {
+        const double x = __bfloat162float(xr[j]);
+        atomicAdd(group_sums + code * kWsDim + j, x);
+        atomicAdd(group_sums + row.old_code * kWsDim + j, -x);
       }
     }
   }

@@ -1,18 +1,18 @@
 // Diagnostic: the seed build at fewer kv heads (fewer groups, fewer bytes of keys), GPU time per
 // group, to see whether keys that fit in L2 (Hkv = 4: 33 MB of bf16) make a group's rounds cheaper
 // (session 33: they do not; the time is ≈ 190 μs + 38 μs a group from bf16 keys at every Hkv).
-//   bash scripts/device-run.sh node scripts/build-hkv-scan.mjs    (HKV=2,4,8 SRC=device-bf16 REPS=7 OUTJSON=f ROUND=mma|wgmma RECOMPUTE=n)
+//   bash scripts/device-run.sh node scripts/build-hkv-scan.mjs    (HKV=2,4,8 SRC=device-bf16 REPS=7 OUTJSON=f)
+// The build's A/B overrides come from the same variables as `pqcache bench` (PQCACHE_BUILD_ROUND=mma|wgmma,
+// PQCACHE_BUILD_RECOMPUTE=n, …: src/cli/bench.ts buildTuningFromEnv).
 import { writeFileSync } from 'node:fs';
 
-const { benchBuildCuda, SEED_BUILD } = await import(new URL('../.device/app/dist/src/bench/build-bench.js', import.meta.url).href);
+const app = new URL('../.device/app/dist/src/', import.meta.url).href;
+const { benchBuildCuda, SEED_BUILD } = await import(`${app}bench/build-bench.js`);
+const { buildTuningFromEnv } = await import(`${app}cli/bench.js`);
 const heads = (process.env.HKV ?? '2,4,8,16,32').split(',').map(Number);
 const sources = (process.env.SRC ?? 'device-bf16,device-f32').split(',');
 const reps = Number(process.env.REPS ?? 7);
-const round = process.env.ROUND; // the round kernel's family (default: wgmma where it applies)
-if (round && round !== 'mma' && round !== 'wgmma') throw new Error(`ROUND: expected mma or wgmma, got ${round}`);
-const recompute = process.env.RECOMPUTE; // leading rounds whose sums are formed from their codes (BuildTuning.recomputeRounds)
-if (recompute !== undefined && !(Number.isInteger(Number(recompute)) && Number(recompute) >= 1)) throw new Error(`RECOMPUTE: expected an integer >= 1, got ${recompute}`);
-const tuning = { ...(round ? { roundFamily: round } : {}), ...(recompute !== undefined ? { recomputeRounds: Number(recompute) } : {}) };
+const tuning = buildTuningFromEnv();
 const out = [];
 for (const Hkv of heads) {
   for (const r of benchBuildCuda({ ...SEED_BUILD, Hkv }, reps, tuning, sources)) {

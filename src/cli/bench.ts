@@ -140,7 +140,7 @@ export function runBench(o: BenchCliOptions): number {
  * PQCACHE_BUILD_SUM_CHUNK=n (points a first-sums block takes, ≤ 8192), PQCACHE_BUILD_ROUND=mma|wgmma
  * (the round kernel's family; wgmma where it does not apply throws ConfigError).
  */
-function buildTuningFromEnv(): BuildTuning {
+export function buildTuningFromEnv(): BuildTuning {
   const blocks = Number(process.env.PQCACHE_BUILD_BLOCKS);
   const recompute = process.env.PQCACHE_BUILD_RECOMPUTE;
   const chunk = process.env.PQCACHE_BUILD_SUM_CHUNK;

@@ -164,9 +164,7 @@ const WS_CASES: Case[] = [
 ];
 
 test('GPU build: the warp-specialized round kernel (sm_90a: bf16 device keys, dsub 64, C ≤ 64) equals the oracle exactly on integer data, with the mma kernel\'s changed codes per round, sums moved or formed from the codes; where it does not apply, asking for it is a ConfigError', { skip }, () => {
-  CudaContext.primary();
-  const [major, minor] = CudaContext.primary().device.computeCapability;
-  const hopper = major === 9 && minor === 0;
+  const hopper = isHopper();
   const stream = new Stream();
   try {
     for (const c of WS_CASES) {
