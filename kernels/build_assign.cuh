@@ -86,6 +86,40 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
   return 0x1p-11f * xnorm * cmax + 0x1p-17f * s * s + 0x1p-101f;
 }
 
+// The band of kernels/build_ws.cu's scores: bf16 keys (exact: x has no lo part), dsub = cdim = 64,
+// the centroids' 64 lo products accumulated by wgmma before their 64 hi products. The model of the
+// tensor cores' fp32 accumulation (Fasi, Higham, Mikaitis, Pranesh 2021 for V100/T4/A100; Khattak and
+// Mikaitis 2025 for H100; checked on the device by scripts/wgmma-accum-probe.cu): a bf16 product is
+// exact; an instruction adds its products to the accumulator in steps of m >= 1 of them, each step
+// aligning its terms (its products and the running sum) to the largest exponent E among them and
+// keeping >= 24 bits from 2^E down (a term loses < 2^(E-23)), then rounding the step's sum to fp32
+// toward zero (< 2^-23 of it). A step whose terms and result are <= T errs < (m + 2) 2^-23 T, so N
+// products err < 3N 2^-23 T for any m. Per centroid, with S = sum_j |x_j||c_j| <= |x||c|:
+//   lo products (|c_lo| <= 2^-8 (1 + 2^-8) |c|, T <= 2^-8 (1 + 2^-7) S):  < 0.76 * 2^-23 S
+//   hi products (|c_hi| <= (1 + 2^-8) |c|, T <= (1 + 2^-7) S):           < 193.5 * 2^-23 S
+//   the split's residual c - hi - lo (<= 2^-17 |c_j|, split_pair):        <= 64 * 2^-23 S
+//   |c|^2/2 rounded once from float64, the subtraction, the threshold:    < 2^-24 (|x||c| + |c|^2) each
+// so a score errs e_s < 259.8 * 2^-23 |x||c| + 1.5 * 2^-23 |c|^2 = 2^-14.98 |x||c| + 2^-22.4 |c|^2. The
+// canonical distance (64 squares in 8 partials of 8, then a tree of depth 3; terms >= 0) errs
+// < 13 * 2^-24 D <= 2^-20.3 (|x| + |c|)^2. A comparison needs 2 e_s plus that: 2^-13.98 |x||c| +
+// 2^-19.7 (|x| + |c|)^2. The band below keeps a margin >= 2x on both terms (2.1x, 2.4x), and
+// score_band's floor and overflow rule. (Interleaving hi and lo,
+// as before session 36, gives the lo products the running sum's truncation: 2^-14.4 instead of
+// 2^-15.4 for the accumulation; score_band's 2^-11 was derived for fp32 keys split into hi + lo.)
+__device__ __forceinline__ float score_band_lo_first(float xnorm, float cmax) {
+  const float s = xnorm + cmax;
+  if (!(s < 0x1p63f)) return INFINITY;
+  const float band = 0x1.1p-13f * xnorm * cmax + 0x1.8p-19f * s * s + 0x1p-101f;
+#ifdef PQ_DIAG_BAND_SHIFT  // diagnostic builds only (timing): the band scaled by 2^-shift, which is not the bound
+  return ldexpf(band, -(PQ_DIAG_BAND_SHIFT));
+#else
+  return band;
+#endif
+}
+
+// Which bound a round kernel's scores take (nearest_rows).
+enum ScoreBand : int { BAND_SPLIT = 0, BAND_BF16_LO_FIRST = 1 };
+
 // What one round's assignment needs of group g (the kernels build it by aggregate initialization,
 // in this field order).
 template <typename T>
@@ -162,7 +196,7 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
 // kDeferRescore (one chunk only): no pass C here; a flagged row gets code -1 and its candidates
 // (bit c: centroid c scores within the band) in (*candidates)[rs], the same in the row's four lanes
 // (0 for rows not flagged), for the caller to re-score later (build_ws.cu's deferred rows).
-template <bool kOneChunk, bool kDeferRescore = false, typename T, typename ChunkScores>
+template <bool kOneChunk, bool kDeferRescore = false, ScoreBand kBand = BAND_SPLIT, typename T, typename ChunkScores>
 __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbase, int (&code)[2], bool (&valid)[2],
                                                  float (&xaug)[2], ChunkScores&& chunk_scores_of,
                                                  uint64_t (*candidates)[2] = nullptr) {
@@ -214,7 +248,8 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
   for (int rs = 0; rs < 2; ++rs) {
     sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
     sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
-    half_band[rs] = score_band(__fsqrt_ru(sq[rs]), v.cmax);
+    const float xnorm = __fsqrt_ru(sq[rs]);
+    half_band[rs] = kBand == BAND_BF16_LO_FIRST ? score_band_lo_first(xnorm, v.cmax) : score_band(xnorm, v.cmax);
   }
   float threshold[2];
 #pragma unroll

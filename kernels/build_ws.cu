@@ -24,7 +24,7 @@
 //     chunk c of row r at c ^ (r & 7)); completion on full[s] (one arrival per producer lane).
 //   Consumer warpgroup k takes the block's tiles i = k, k + kWsConsumers, ... (stage i mod
 //     kWsStages; kWsStages is a multiple of kWsConsumers, so a stage has one consumer): 8 wgmma
-//     (4 k-steps x the centroids' bf16 hi and lo; A = the tile, B = the centroids, both K-major),
+//     (the 4 k-steps of the centroids' bf16 lo, then of their hi; A = the tile, B = the centroids, both K-major),
 //     |x|^2 of its rows from the stage meanwhile. Warp w then holds rows 16w .. 16w+15 of the tile
 //     in mma.sync's accumulator layout and runs nearest_rows (passes A and B) and commit_codes on
 //     them, as build.cu's warps do on their tiles, but for the flagged rows, which wait in the
@@ -32,7 +32,8 @@
 //     rows from the stage (move_rows_from_stage) before the warp releases it (empty[s], 128
 //     arrivals); other rounds release it as soon as the products are done.
 // Products: the keys are bf16 (their own hi part); centroids split into bf16 hi + lo (split_pair,
-// as build.cu packs them), so x.c ~ x.c_hi + x.c_lo in fp32 accumulation, within score_band of the
+// as build.cu packs them), so x.c ~ x.c_lo + x.c_hi in fp32 accumulation (lo first), within
+// score_band_lo_first (build_assign.cuh: the bound, 4x narrower than build.cu's score_band) of the
 // canonical order; near ties are re-scored canonically (pass C, deferred).
 // Invariants (the host checks them): bf16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
 // one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
@@ -40,12 +41,14 @@
 // this kernel is round 0 (ROUND_FIRST) or the final assignment (ROUND_FINAL, no k-means rounds).
 #include "build_assign.cuh"
 #include "common.cuh"
+#include "wgmma.cuh"
 
 namespace {
 
 constexpr int kWsTilePoints = 64;                       // wgmma m64: the points a consumer warpgroup scores at once
 constexpr int kWsDim = 64;                              // dsub = cdim: one 128-byte row of bf16 a point
 constexpr int kWsRowBytes = kWsDim * 2;
+static_assert(kWsRowBytes == kSwizzleRowBytes, "a point is one swizzled operand row");
 constexpr int kWsTileBytes = kWsTilePoints * kWsRowBytes;  // 8 KB a stage
 constexpr int kWsCentroids = 64;                        // C <= 64, padded
 constexpr int kWsStages = 4;                            // 6 or 8: no faster (session 35)
@@ -83,36 +86,6 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(pq_smem_addr(bar)) : "memory");
 }
-// Generic-proxy writes to shared memory (st.shared, cp.async) visible to the async proxy (wgmma).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// wgmma's shared-memory matrix descriptor for K-major rows of 128 bytes in the 128-byte swizzle:
-// start address >> 4, leading offset 1 (unused in this mode), stride 1024 bytes (8 rows) >> 4,
-// swizzle mode 1 (128B). A k-step of 16 bf16 (32 bytes) further along a row: + 2.
-__device__ __forceinline__ uint64_t swizzled_desc(const void* p) {
-  const uint32_t a = pq_smem_addr(p);
-  return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
-}
-
-// d (+)= A B^T over one k-step: A = 64 tile rows, B = 64 centroid rows, fp32 accumulators in
-// mma.sync's layout per warp (d[4j + i]: centroid 8j + 2t + (i & 1) of the warp's row q + 8 (i >> 1)).
-// accumulate == 0 ignores d's input.
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred acc;\nsetp.ne.b32 acc, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-      "%32, %33, acc, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
-        "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
-        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b), "r"(accumulate));
-}
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled operand.
-__device__ __forceinline__ int swizzled(int row, int chunk) { return row * kWsRowBytes + ((chunk ^ (row & 7)) << 4); }
-
 // A lane's share of |x|^2 for its rows q and q + 8 of warp w's 16 (chunks 2t, 2t + 1: 16 of the 64
 // coordinates; the lanes t = 0..3 of a row sum to the whole, as nearest_rows' shuffles expect).
 __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int lane, float (&sq)[2]) {
@@ -354,13 +327,14 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
 #pragma unroll
     for (int k = 0; k < 32; ++k) d[k] = 0.0f;
     const uint64_t desc_a = swizzled_desc(stage);
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma_fence();
+    // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
+    // and only the hi products' with |x||c| (score_band_lo_first).
 #pragma unroll
-    for (int ks = 0; ks < kWsKSteps; ++ks) {
-      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, ks > 0);
-      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, 1);
-    }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
+    wgmma_commit();
     float sq[2];
     if (sum_norms) {
       stage_row_norms(stage, w, lane, sq);  // while the products run
@@ -375,13 +349,13 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
       sq[0] = kept_sq[0];
       sq[1] = kept_sq[1];
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma_wait_all();
     if (mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage (a moving round: below)
     int code[2] = {-1, -1};
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     uint64_t candidates[2];
-    flagged_total += nearest_rows<true, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
+    flagged_total += nearest_rows<true, true, BAND_BF16_LO_FIRST>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
       (void)nt0;  // one chunk: nt0 == 0
 #pragma unroll
       for (int j = 0; j < 8; ++j) {

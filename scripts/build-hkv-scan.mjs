@@ -17,8 +17,11 @@ const out = [];
 for (const Hkv of heads) {
   for (const r of benchBuildCuda({ ...SEED_BUILD, Hkv }, reps, tuning, sources)) {
     const groups = Hkv * SEED_BUILD.M;
-    out.push({ Hkv, keys: r.config.keys, gpu: r.gpu_us.median, wall: r.wall_us.median, perGroup: r.gpu_us.median / groups });
-    console.log(`Hkv=${Hkv} ${r.config.keys} gpu=${r.gpu_us.median.toFixed(1)} wall=${r.wall_us.median.toFixed(1)} per-group=${(r.gpu_us.median / groups).toFixed(2)}`);
+    // Share of points re-scored in the canonical order (near ties), over the build's assignment passes.
+    const flagged = r.extra.flagged_share_per_round ?? [];
+    const flaggedMean = flagged.length ? flagged.reduce((a, b) => a + b, 0) / flagged.length : NaN;
+    out.push({ Hkv, keys: r.config.keys, gpu: r.gpu_us.median, wall: r.wall_us.median, perGroup: r.gpu_us.median / groups, flaggedShare: flaggedMean });
+    console.log(`Hkv=${Hkv} ${r.config.keys} gpu=${r.gpu_us.median.toFixed(1)} wall=${r.wall_us.median.toFixed(1)} per-group=${(r.gpu_us.median / groups).toFixed(2)} flagged=${(100 * flaggedMean).toFixed(3)}%`);
   }
 }
 if (process.env.OUTJSON) writeFileSync(process.env.OUTJSON, JSON.stringify(out, null, 2));

@@ -1,0 +1,258 @@
+// Diagnostic: how Hopper's wgmma m64n64k16 (bf16 in, fp32 accumulators) adds its products, checked
+// against the model that kernels/build_assign.cuh's score_band_lo_first is derived from (exact
+// products; each step of m >= 1 products aligns its terms to the largest exponent E, keeping >= 24
+// bits from 2^E down, and rounds toward zero), and the error of build_ws.cu's scores (bf16 keys,
+// centroids split into bf16 hi + lo, lo products first) against that bound.
+//   1. Patterns: sums of 1 and small powers of two; the result less 1 in units of 2^-24 says how many
+//      bits a step keeps below its largest term, how it rounds, and which products share a step.
+//   2. Random dot products of 64 coordinates in four classes, for three product orders: the error
+//      against the exact x.c (long double), in units of 2^-23 S with S = sum_j |x_j||c_j|, beside the
+//      bound's 258.3 (score_band_lo_first; the same bound for the interleaved order is 451).
+// nvcc is here, not on the GPU machine: build it into an untracked file of the repository root,
+// which travels with the working tree, then run it there:
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -I kernels -o wgmma-accum-probe scripts/wgmma-accum-probe.cu
+//   (device) ./wgmma-accum-probe
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "wgmma.cuh"
+
+#define CHECK(call)                                                                                  \
+  do {                                                                                               \
+    const cudaError_t e_ = (call);                                                                   \
+    if (e_ != cudaSuccess) {                                                                         \
+      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+      std::exit(2);                                                                                  \
+    }                                                                                                \
+  } while (0)
+
+constexpr int kRows = 64;                       // A rows (points) = B rows (centroids) = 64
+constexpr int kDim = 64;                        // coordinates: 4 k-steps of 16
+constexpr int kTile = kRows * kDim;             // bf16 elements of one operand
+enum Order : int { LO_FIRST = 0, INTERLEAVED = 1, HI_ONLY = 2 };
+const char* const kOrderNames[] = {"lo first (build_ws)", "hi, lo interleaved", "hi only"};
+
+// Block b: out[b] (64 x 64, row-major: point r, centroid c) = A_b B_b^T in the given product order.
+// Launch: grid (blocks), block 128 (one warpgroup), dynamic smem 3 * 8 KB + 1 KB alignment slack.
+__global__ void __launch_bounds__(128) probe(const uint16_t* a, const uint16_t* b_hi, const uint16_t* b_lo, float* out, int order) {
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+  uint8_t* sa = smem;
+  uint8_t* shi = sa + kTile * 2;
+  uint8_t* slo = shi + kTile * 2;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * kTile;
+  for (int e = threadIdx.x; e < kRows * 8; e += blockDim.x) {
+    const int row = e >> 3;
+    const int chunk = e & 7;
+    const int64_t src = base + row * kDim + chunk * 8;
+    *reinterpret_cast<uint4*>(sa + swizzled(row, chunk)) = *reinterpret_cast<const uint4*>(a + src);
+    *reinterpret_cast<uint4*>(shi + swizzled(row, chunk)) = *reinterpret_cast<const uint4*>(b_hi + src);
+    *reinterpret_cast<uint4*>(slo + swizzled(row, chunk)) = *reinterpret_cast<const uint4*>(b_lo + src);
+  }
+  fence_proxy_async();
+  __syncthreads();
+  const uint64_t da = swizzled_desc(sa), dhi = swizzled_desc(shi), dlo = swizzled_desc(slo);
+  float d[32];
+  for (int k = 0; k < 32; ++k) d[k] = 0.0f;
+  wgmma_fence();
+  if (order == LO_FIRST) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(d, da + 2 * ks, dlo + 2 * ks, ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(d, da + 2 * ks, dhi + 2 * ks, 1);
+  } else if (order == INTERLEAVED) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      wgmma_m64n64k16(d, da + 2 * ks, dhi + 2 * ks, ks > 0);
+      wgmma_m64n64k16(d, da + 2 * ks, dlo + 2 * ks, 1);
+    }
+  } else {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(d, da + 2 * ks, dhi + 2 * ks, ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait_all();
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, q = lane >> 2, t = lane & 3;
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 4; ++i)
+      out[static_cast<int64_t>(blockIdx.x) * kTile + (16 * w + q + 8 * (i >> 1)) * kRows + 8 * j + 2 * t + (i & 1)] = d[4 * j + i];
+}
+
+// fp32 -> bf16 bits, round to nearest even (finite inputs), as __floats2bfloat162_rn.
+uint16_t to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+struct Batch {
+  int blocks;
+  std::vector<uint16_t> a, hi, lo;  // [blocks][64][64]
+  std::vector<float> c;             // fp32 centroids before the split
+  explicit Batch(int n) : blocks(n), a(size_t(n) * kTile), hi(size_t(n) * kTile), lo(size_t(n) * kTile), c(size_t(n) * kTile) {}
+  void set_c(size_t i, float v) {  // split_pair: hi = bf16(v), lo = bf16(v - hi)
+    c[i] = v;
+    hi[i] = to_bf16(v);
+    lo[i] = to_bf16(v - from_bf16(hi[i]));
+  }
+};
+
+std::vector<float> run(const Batch& batch, int order) {
+  const size_t n = size_t(batch.blocks) * kTile;
+  uint16_t *a, *hi, *lo;
+  float* out;
+  CHECK(cudaMalloc(&a, n * 2));
+  CHECK(cudaMalloc(&hi, n * 2));
+  CHECK(cudaMalloc(&lo, n * 2));
+  CHECK(cudaMalloc(&out, n * 4));
+  CHECK(cudaMemcpy(a, batch.a.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(hi, batch.hi.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(lo, batch.lo.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemset(out, 0xff, n * 4));  // NaN: every output must be written
+  const int smem = 3 * kTile * 2 + 1024;
+  CHECK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  probe<<<batch.blocks, 128, smem>>>(a, hi, lo, out, order);
+  CHECK(cudaGetLastError());
+  CHECK(cudaDeviceSynchronize());
+  std::vector<float> h(n);
+  CHECK(cudaMemcpy(h.data(), out, n * 4, cudaMemcpyDeviceToHost));
+  CHECK(cudaFree(a));
+  CHECK(cudaFree(hi));
+  CHECK(cudaFree(lo));
+  CHECK(cudaFree(out));
+  for (float v : h)
+    if (std::isnan(v)) {
+      std::fprintf(stderr, "an output was not written\n");
+      std::exit(3);
+    }
+  return h;
+}
+
+// Part 1: row r of A holds pattern r's products (B = all ones, hi only), so out[r][r] is its sum.
+void patterns() {
+  struct Pattern {
+    const char* what;
+    std::vector<std::pair<int, double>> products;  // (k, value)
+  };
+  const double u = std::ldexp(1.0, -24);
+  std::vector<Pattern> ps;
+  auto smalls = [&](int from, int to, double v, std::vector<std::pair<int, double>> p) {
+    for (int k = from; k < to; ++k) p.push_back({k, v});
+    return p;
+  };
+  ps.push_back({"1 + 15 x 2^-24 (k 1..15: one k16)", smalls(1, 16, u, {{0, 1.0}})});
+  ps.push_back({"15 x 2^-24 (k 0..14) + 1 (k 15)", smalls(0, 15, u, {{15, 1.0}})});
+  ps.push_back({"1 + 15 x 2^-25", smalls(1, 16, u / 2, {{0, 1.0}})});
+  ps.push_back({"1 + 15 x 2^-26", smalls(1, 16, u / 4, {{0, 1.0}})});
+  ps.push_back({"1 + 3 x 2^-24 (k 1..3)", smalls(1, 4, u, {{0, 1.0}})});
+  ps.push_back({"1 + 4 x 2^-24 (k 4..7)", smalls(4, 8, u, {{0, 1.0}})});
+  ps.push_back({"1 + 8 x 2^-24 (k 8..15)", smalls(8, 16, u, {{0, 1.0}})});
+  ps.push_back({"1 (k 0) + 16 x 2^-24 (k 16..31: next k16)", smalls(16, 32, u, {{0, 1.0}})});
+  ps.push_back({"1 + 2^-23 + 2^-24 (rounding)", {{0, 1.0}, {1, 2 * u}, {2, u}}});
+  ps.push_back({"1 - 2^-24 (k 1)", {{0, 1.0}, {1, -u}}});
+  ps.push_back({"1 - 2^-25 (k 1)", {{0, 1.0}, {1, -u / 2}}});
+  ps.push_back({"2^-24 x 63 (k 1..63) + 1", smalls(1, 64, u, {{0, 1.0}})});
+  Batch b(1);
+  for (size_t i = 0; i < size_t(kTile); ++i) {
+    b.a[i] = 0;
+    b.set_c(i, 1.0f);
+  }
+  for (size_t r = 0; r < ps.size(); ++r)
+    for (auto [k, v] : ps[r].products) b.a[r * kDim + k] = to_bf16(static_cast<float>(v));
+  const std::vector<float> out = run(b, HI_ONLY);
+  std::printf("patterns (hi only): result - 1 in units of 2^-24, against the exact sum\n");
+  for (size_t r = 0; r < ps.size(); ++r) {
+    double exact = 0;
+    for (auto [k, v] : ps[r].products) exact += v;
+    std::printf("  %-44s got %+8.2f  exact %+8.2f\n", ps[r].what, (out[r * kRows + r] - 1.0) / u, (exact - 1.0) / u);
+  }
+}
+
+// Part 2: random dot products.
+void random_errors(int blocks_per_class) {
+  std::mt19937_64 rng(20261124);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  const char* const classes[] = {"gaussian (keys N(0,1), centroids 0.3 N(0,1))", "wide exponents (2^U(-12,12) each)",
+                                 "cancelling (alternating signs)", "one large product, small rest"};
+  std::printf("\nrandom dot products of 64 coordinates: |score - exact x.c| / (2^-23 S), S = sum |x_j||c_j|\n");
+  std::printf("  %-46s %-20s %10s %10s %10s %9s\n", "class", "order", "max", "p99.99", "median", "dots");
+  double worst_lo_first = 0;
+  for (int cls = 0; cls < 4; ++cls) {
+    Batch b(blocks_per_class);
+    for (int blk = 0; blk < b.blocks; ++blk) {
+      for (int r = 0; r < kRows; ++r)
+        for (int j = 0; j < kDim; ++j) {
+          const size_t i = size_t(blk) * kTile + r * kDim + j;
+          double x = 0, c = 0;
+          switch (cls) {
+            case 0: x = normal(rng); c = 0.3 * normal(rng); break;
+            case 1: x = normal(rng) * std::ldexp(1.0, int(uni(rng) * 25) - 12); c = normal(rng) * std::ldexp(1.0, int(uni(rng) * 25) - 12); break;
+            case 2: x = ((j & 1) ? -1 : 1) * (1 + 0.01 * normal(rng)); c = 1 + 0.01 * normal(rng); break;
+            default:
+              x = j == 0 ? 1 + uni(rng) : (1 + uni(rng)) * std::ldexp(1.0, -18 - int(uni(rng) * 9));
+              c = 1 + uni(rng);
+          }
+          b.a[i] = to_bf16(static_cast<float>(x));
+          b.set_c(i, static_cast<float>(c));
+        }
+    }
+    for (int order : {LO_FIRST, INTERLEAVED}) {
+      const std::vector<float> out = run(b, order);
+      std::vector<double> ratios;
+      ratios.reserve(size_t(b.blocks) * kRows * kRows);
+      for (int blk = 0; blk < b.blocks; ++blk)
+        for (int r = 0; r < kRows; ++r)
+          for (int cc = 0; cc < kRows; ++cc) {
+            long double exact = 0, s = 0;
+            for (int j = 0; j < kDim; ++j) {
+              const long double x = from_bf16(b.a[size_t(blk) * kTile + r * kDim + j]);
+              const long double c = b.c[size_t(blk) * kTile + cc * kDim + j];
+              exact += x * c;
+              s += std::fabs(x * c);
+            }
+            const double got = out[size_t(blk) * kTile + r * kRows + cc];
+            ratios.push_back(s > 0 ? static_cast<double>(std::fabs(got - exact) / (std::ldexp(1.0L, -23) * s)) : 0.0);
+          }
+      std::sort(ratios.begin(), ratios.end());
+      const double mx = ratios.back();
+      if (order == LO_FIRST) worst_lo_first = std::max(worst_lo_first, mx);
+      std::printf("  %-46s %-20s %10.3f %10.3f %10.4f %9zu\n", classes[cls], kOrderNames[order], mx,
+                  ratios[size_t(ratios.size() * 0.9999)], ratios[ratios.size() / 2], ratios.size());
+    }
+  }
+  std::printf("\nlo first, largest error seen: %.3f x 2^-23 S; score_band_lo_first's bound: 258.3 x 2^-23 S -> %s\n", worst_lo_first,
+              worst_lo_first < 258.3 ? "within" : "EXCEEDED");
+  if (!(worst_lo_first < 258.3)) std::exit(1);
+}
+
+int main(int argc, char** argv) {
+  int dev = 0;
+  CHECK(cudaSetDevice(dev));
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, dev));
+  int driver = 0;
+  CHECK(cudaDriverGetVersion(&driver));
+  std::printf("device: %s (sm_%d%d), driver API %d\n\n", prop.name, prop.major, prop.minor, driver);
+  if (prop.major != 9) {
+    std::fprintf(stderr, "wgmma needs compute capability 9.0\n");
+    return 2;
+  }
+  patterns();
+  random_errors(argc > 1 ? std::atoi(argv[1]) : 64);
+  return 0;
+}
