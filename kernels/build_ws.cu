@@ -56,6 +56,11 @@ constexpr int kWsConsumers = 2;                         // warpgroups
 constexpr int kWsProducers = 2;                         // warps
 constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
 constexpr int kWsKSteps = kWsDim / 16;
+#ifdef PQ_DIAG_SPLIT_BAND  // diagnostic builds only (timing): build.cu's wider band
+constexpr ScoreBand kWsBand = BAND_SPLIT;
+#else
+constexpr ScoreBand kWsBand = BAND_BF16_LO_FIRST;  // the products' order below (lo first) is what its bound assumes
+#endif
 static_assert(kWsStages % kWsConsumers == 0, "a stage has one consumer warpgroup");
 // Dynamic shared memory: 1024 bytes of alignment slack (the swizzle atom), the stages, the centroids'
 // bf16 hi and lo (B operands), their fp32 rows (pass C), |c|^2/2 and max |c|.
@@ -330,10 +335,23 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     wgmma_fence();
     // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
     // and only the hi products' with |x||c| (score_band_lo_first).
+#if defined(PQ_DIAG_ORDER) && PQ_DIAG_ORDER == 1  // diagnostic builds only (timing): hi and lo interleaved, outside the band's bound
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) {
+      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, ks > 0);
+      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, 1);
+    }
+#elif defined(PQ_DIAG_ORDER) && PQ_DIAG_ORDER == 2  // diagnostic: hi first, outside the band's bound
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, 1);
+#else
 #pragma unroll
     for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
 #pragma unroll
     for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
+#endif
     wgmma_commit();
     float sq[2];
     if (sum_norms) {
@@ -355,7 +373,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     uint64_t candidates[2];
-    flagged_total += nearest_rows<true, true, BAND_BF16_LO_FIRST>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
+    flagged_total += nearest_rows<true, true, kWsBand>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
       (void)nt0;  // one chunk: nt0 == 0
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
