@@ -51,7 +51,16 @@ constexpr int kWsRowBytes = kWsDim * 2;
 static_assert(kWsRowBytes == kSwizzleRowBytes, "a point is one swizzled operand row");
 constexpr int kWsTileBytes = kWsTilePoints * kWsRowBytes;  // 8 KB a stage
 constexpr int kWsCentroids = 64;                        // C <= 64, padded
+#ifndef PQ_DIAG_WS_STAGES
 constexpr int kWsStages = 4;                            // 6 or 8: no faster (session 35)
+#else  // diagnostic builds only (timing)
+constexpr int kWsStages = PQ_DIAG_WS_STAGES;
+#endif
+#ifndef PQ_DIAG_WS_MIN_BLOCKS
+constexpr int kWsMinBlocks = 2;                         // blocks a multiprocessor (registers: 96 a thread)
+#else  // diagnostic builds only (timing)
+constexpr int kWsMinBlocks = PQ_DIAG_WS_MIN_BLOCKS;
+#endif
 constexpr int kWsConsumers = 2;                         // warpgroups
 constexpr int kWsProducers = 2;                         // warps
 constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
@@ -210,7 +219,7 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
 // read (no ip coordinate; the B operands are formed from the fp32 centroids here). norms ([G, n],
 // the workspace's) keeps each point's |x|^2: round 0 (ROUND_FIRST) sums it from the stage and writes
 // it, the later k-means rounds read it (~70 instructions a lane and tile fewer than summing it again).
-extern "C" __global__ void __launch_bounds__(kWsThreads, 2) pq_build_round_ws_bf16(
+extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_round_ws_bf16(
     const __nv_bfloat16* keys, float* norms, const float* phi, const float* centroids, const uint4* frag,
     const float* info_g, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,
     int64_t head_stride, int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {
