@@ -192,11 +192,13 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
 // Nearest centroid of the warp's 16 points (tile rows q and q + 8 of the lane; point index
 // pbase + row). Returns the number of rows flagged for canonical re-scoring. The scores come from
 // chunk_scores_of(acc, nt0, sq): chunk nt0's accumulators, and with sq (the first chunk) the
-// lane's share of each row's |x|^2 (the shares of lanes t = 0..3 sum to it).
+// lane's share of each row's |x|^2 (the shares of lanes t = 0..3 sum to it); kNormGiven: |x| itself,
+// rounded up as __fsqrt_ru of that sum, in each of the row's lanes.
 // kDeferRescore (one chunk only): no pass C here; a flagged row gets code -1 and its candidates
 // (bit c: centroid c scores within the band) in (*candidates)[rs], the same in the row's four lanes
 // (0 for rows not flagged), for the caller to re-score later (build_ws.cu's deferred rows).
-template <bool kOneChunk, bool kDeferRescore = false, ScoreBand kBand = BAND_SPLIT, typename T, typename ChunkScores>
+template <bool kOneChunk, bool kDeferRescore = false, ScoreBand kBand = BAND_SPLIT, bool kNormGiven = false, typename T,
+          typename ChunkScores>
 __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbase, int (&code)[2], bool (&valid)[2],
                                                  float (&xaug)[2], ChunkScores&& chunk_scores_of,
                                                  uint64_t (*candidates)[2] = nullptr) {
@@ -246,9 +248,11 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
   float half_band[2];
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
-    sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
-    const float xnorm = __fsqrt_ru(sq[rs]);
+    if (!kNormGiven) {
+      sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
+      sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
+    }
+    const float xnorm = kNormGiven ? sq[rs] : __fsqrt_ru(sq[rs]);
     half_band[rs] = kBand == BAND_BF16_LO_FIRST ? score_band_lo_first(xnorm, v.cmax) : score_band(xnorm, v.cmax);
   }
   float threshold[2];

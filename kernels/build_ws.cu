@@ -13,8 +13,9 @@
 // mma.sync kernel, the build 2568 against 2627 us. A warp re-scoring a near tie (pass C, ~1% of
 // points) or moving points from the keys held its whole warpgroup at the next wgmma; since session
 // 35 pass C waits in a per-warp queue (resolve_deferred), moves read the stage the warp still
-// holds, and the later rounds read |x|^2 from round 0: the build 2226 us against 2578 (bench/NOTES.md,
-// session 35).
+// holds, and the later rounds read |x| from round 0: the build 2226 us against 2578 (bench/NOTES.md,
+// session 35). Session 36: the band for this kernel's order of products (score_band_lo_first), 4x
+// narrower, and fewer instructions a tile (bench/NOTES.md, session 36).
 //
 // Launch: grid (P, G), block kWsThreads = 128 * kWsConsumers + 32 * kWsProducers (320), dynamic
 // shared memory kWsSmemBytes (the host's WS_ROUND_SMEM; a smaller launch traps).
@@ -25,7 +26,7 @@
 //   Consumer warpgroup k takes the block's tiles i = k, k + kWsConsumers, ... (stage i mod
 //     kWsStages; kWsStages is a multiple of kWsConsumers, so a stage has one consumer): 8 wgmma
 //     (the 4 k-steps of the centroids' bf16 lo, then of their hi; A = the tile, B = the centroids, both K-major),
-//     |x|^2 of its rows from the stage meanwhile. Warp w then holds rows 16w .. 16w+15 of the tile
+//     in round 0 |x| of its rows from the stage meanwhile. Warp w then holds rows 16w .. 16w+15 of the tile
 //     in mma.sync's accumulator layout and runs nearest_rows (passes A and B) and commit_codes on
 //     them, as build.cu's warps do on their tiles, but for the flagged rows, which wait in the
 //     warp's queue for pass C (resolve_deferred). A moving round (ROUND_NEXT) moves the changed
@@ -70,6 +71,8 @@ constexpr ScoreBand kWsBand = BAND_SPLIT;
 #else
 constexpr ScoreBand kWsBand = BAND_BF16_LO_FIRST;  // the products' order below (lo first) is what its bound assumes
 #endif
+constexpr int kWsProducerRows = 32 * kWsProducers / 8;  // rows the producer lanes copy at once (8 chunks a row)
+static_assert(kWsProducerRows % 8 == 0 && kWsTilePoints % kWsProducerRows == 0, "a producer lane keeps its swizzled column");
 static_assert(kWsStages % kWsConsumers == 0, "a stage has one consumer warpgroup");
 // Dynamic shared memory: 1024 bytes of alignment slack (the swizzle atom), the stages, the centroids'
 // bf16 hi and lo (B operands), their fp32 rows (pass C), |c|^2/2 and max |c|.
@@ -217,8 +220,9 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
 
 // Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); phi and frag are not
 // read (no ip coordinate; the B operands are formed from the fp32 centroids here). norms ([G, n],
-// the workspace's) keeps each point's |x|^2: round 0 (ROUND_FIRST) sums it from the stage and writes
-// it, the later k-means rounds read it (~70 instructions a lane and tile fewer than summing it again).
+// the workspace's) keeps each point's |x| as the band takes it (__fsqrt_ru of |x|^2 summed in
+// nearest_rows' order): round 0 (ROUND_FIRST) sums it from the stage and writes it, the later k-means
+// rounds read it (~90 instructions a lane and tile fewer than summing it again and its square root).
 extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_round_ws_bf16(
     const __nv_bfloat16* keys, float* norms, const float* phi, const float* centroids, const uint4* frag,
     const float* info_g, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,
@@ -286,18 +290,30 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
   const int tiles = (n + kWsTilePoints - 1) / kWsTilePoints;
   const int my_tiles = blockIdx.x < tiles ? (tiles - blockIdx.x + P - 1) / P : 0;  // tiles x, x + P, ...
   if (tid >= 128 * kWsConsumers) {
-    // Producer: lane e of the producer warps copies chunks e, e + 64, ... of each tile (8 a tile).
-    const int e0 = tid - 128 * kWsConsumers;
+    // Producer lane e (of the producer warps' 64) copies 16-byte chunk e mod 8 of the tile's rows
+    // e / 8, e / 8 + 8, ...: its chunk, its swizzled column (rows 8 apart share row mod 8) and its row
+    // step stay the same, so a copy costs the cp.async and two adds (per-copy index arithmetic was
+    // ~13% of the round kernel's instructions, ncu session 36).
+    const int e = tid - 128 * kWsConsumers;
+    const int chunk = e & 7;
+    const int r0 = e >> 3;
+    const int dst0 = swizzled(r0, chunk);
+    const int64_t src_step = static_cast<int64_t>(kWsProducerRows) * row_stride;
     for (int i = 0; i < my_tiles; ++i) {
       const int s = i % kWsStages;
       mbarrier_wait(&empty[s], ((i / kWsStages) + 1) & 1);
       const int first = (blockIdx.x + i * P) * kWsTilePoints;
-      uint8_t* stage = stages + s * kWsTileBytes;
-      for (int e = e0; e < kWsTilePoints * 8; e += 32 * kWsProducers) {
-        const int r = e >> 3;
-        const int chunk = e & 7;
-        const int p = min(first + r, n - 1);
-        cp_async_16(stage + swizzled(r, chunk), group_keys + static_cast<int64_t>(p) * row_stride + 8 * chunk);
+      uint8_t* dst = stages + s * kWsTileBytes + dst0;
+      const __nv_bfloat16* src = group_keys + static_cast<int64_t>(first + r0) * row_stride + 8 * chunk;
+      if (first + kWsTilePoints <= n) {
+#pragma unroll
+        for (int k = 0; k < kWsTilePoints / kWsProducerRows; ++k)
+          cp_async_16(dst + k * kWsProducerRows * kWsRowBytes, src + k * src_step);
+      } else {  // the group's last tile: rows past n repeat row n - 1
+        for (int k = 0; k < kWsTilePoints / kWsProducerRows; ++k) {
+          const int p = min(first + r0 + k * kWsProducerRows, n - 1);
+          cp_async_16(dst + k * kWsProducerRows * kWsRowBytes, group_keys + static_cast<int64_t>(p) * row_stride + 8 * chunk);
+        }
       }
       cp_async_arrive(&full[s]);
     }
@@ -324,15 +340,15 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     const int pbase = (blockIdx.x + i * P) * kWsTilePoints + 16 * w;
     int old[2];
     load_old_codes(mode, group_codes, pbase, n, old);
-    // |x|^2 of the lane's rows as round 0 wrote it (the row's first lane; 0 in the others), loaded
-    // before the wait like the old codes. Round 0 and the final assignment sum it from the stage
-    // (with no k-means rounds, the final assignment is the build's only pass).
+    // |x| of the lane's rows (rounded up, as the band takes it) as round 0 wrote it, loaded before the
+    // wait like the old codes. Round 0 and the final assignment sum |x|^2 from the stage (with no
+    // k-means rounds, the final assignment is the build's only pass).
     const bool sum_norms = mode == ROUND_FIRST || mode == ROUND_FINAL;
-    float kept_sq[2] = {0.0f, 0.0f};
-    if (!sum_norms && t == 0) {
+    float xnorm[2] = {0.0f, 0.0f};
+    if (!sum_norms) {
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs)
-        if (pbase + q + 8 * rs < n) kept_sq[rs] = group_norms[pbase + q + 8 * rs];
+        if (pbase + q + 8 * rs < n) xnorm[rs] = group_norms[pbase + q + 8 * rs];
     }
     const uint8_t* stage = stages + s * kWsTileBytes;
     mbarrier_wait(&full[s], (i / kWsStages) & 1);
@@ -362,19 +378,16 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
 #endif
     wgmma_commit();
-    float sq[2];
     if (sum_norms) {
+      float sq[2];
       stage_row_norms(stage, w, lane, sq);  // while the products run
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs) {
-        sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);  // as nearest_rows adds the shares
+        sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);  // the shares summed as nearest_rows sums them
         sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
-        if (mode == ROUND_FIRST && t == 0 && pbase + q + 8 * rs < n) group_norms[pbase + q + 8 * rs] = sq[rs];
-        sq[rs] = t == 0 ? sq[rs] : 0.0f;  // one share a row: nearest_rows' sum gives it back exactly
+        xnorm[rs] = __fsqrt_ru(sq[rs]);
+        if (mode == ROUND_FIRST && t == 0 && pbase + q + 8 * rs < n) group_norms[pbase + q + 8 * rs] = xnorm[rs];
       }
-    } else {
-      sq[0] = kept_sq[0];
-      sq[1] = kept_sq[1];
     }
     wgmma_wait_all();
     if (mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage (a moving round: below)
@@ -382,7 +395,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     uint64_t candidates[2];
-    flagged_total += nearest_rows<true, true, kWsBand>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*sq_out)[2]) {
+    flagged_total += nearest_rows<true, true, kWsBand, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*norm_out)[2]) {
       (void)nt0;  // one chunk: nt0 == 0
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -392,9 +405,9 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
         acc[j][2] = d[4 * j + 2] - h.x;
         acc[j][3] = d[4 * j + 3] - h.y;
       }
-      if (sq_out != nullptr) {
-        (*sq_out)[0] = sq[0];
-        (*sq_out)[1] = sq[1];
+      if (norm_out != nullptr) {
+        (*norm_out)[0] = xnorm[0];
+        (*norm_out)[1] = xnorm[1];
       }
     }, &candidates);
     // Flagged rows (code -1) wait in the queue; the others are committed now.

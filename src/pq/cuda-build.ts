@@ -369,7 +369,7 @@ export class BuildWorkspace {
         // The k-means' centroids and φ: the index gets them from pq_build_publish once the keys are known finite.
         centroids: G * C * deviceIndexStrides(layout, this.capacity).centroidStride * 4,
         phi: G * 4,
-        // |x|²: the ip augmentation's, or the wgmma rounds' (written by round 0, read by the later ones)
+        // |x|²: the ip augmentation's; or |x| (rounded up), the wgmma rounds' band's (written by round 0, read by the later ones)
         norms: layout.config.metric === 'ip' || wgmmaShapeRefusal(layout) === undefined ? G * n * 4 : 0,
         codes: G * n,
         frag: G * NT * KS * 32 * 16,
