@@ -25,8 +25,9 @@
 //     chunk c of row r at c ^ (r & 7)); completion on full[s] (one arrival per producer lane).
 //   Consumer warpgroup k takes the block's tiles i = k, k + kWsConsumers, ... (stage i mod
 //     kWsStages; kWsStages is a multiple of kWsConsumers, so a stage has one consumer): 8 wgmma
-//     (the 4 k-steps of the centroids' bf16 lo, then of their hi; A = the tile, B = the centroids, both K-major),
-//     in round 0 |x| of its rows from the stage meanwhile. Warp w then holds rows 16w .. 16w+15 of the tile
+//     (the 4 k-steps of the centroids' bf16 lo, then of their hi; A = the tile, B = the centroids,
+//     both K-major), in round 0 and the final assignment |x| of its rows from the stage meanwhile.
+//     Warp w then holds rows 16w .. 16w+15 of the tile
 //     in mma.sync's accumulator layout and runs nearest_rows (passes A and B) and commit_codes on
 //     them, as build.cu's warps do on their tiles, but for the flagged rows, which wait in the
 //     warp's queue for pass C (resolve_deferred). A moving round (ROUND_NEXT) moves the changed
