@@ -332,8 +332,8 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
                                      0.0f /* no ip */, g, n, C, cdim, kWsDim, dsub, row_stride, NT};
   DeferredRow* queue = deferred[warp];
   int queued = 0;  // warp-uniform
-  const uint32_t desc_hi = swizzled_desc(b_hi);
-  const uint32_t desc_lo = swizzled_desc(b_lo);
+  const uint64_t desc_hi = swizzled_desc(b_hi);
+  const uint64_t desc_lo = swizzled_desc(b_lo);
   unsigned flagged_total = 0;
   unsigned changed_total = 0;
   for (int i = wg; i < my_tiles; i += kWsConsumers) {
@@ -357,7 +357,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     float d[32];
 #pragma unroll
     for (int k = 0; k < 32; ++k) d[k] = 0.0f;
-    const uint32_t desc_a = swizzled_desc(stage);
+    const uint64_t desc_a = swizzled_desc(stage);
     wgmma_fence();
     // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
     // and only the hi products' with |x||c| (score_band_lo_first).

@@ -17,32 +17,30 @@ __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kSwiz
 // Generic-proxy writes to shared memory (st.shared, cp.async) visible to the async proxy (wgmma).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// wgmma's shared-memory matrix descriptor for K-major rows of 128 bytes in the 128-byte swizzle, as
-// its low word: start address >> 4, leading offset 1 (unused in this mode). The high word is the same
-// for every operand here (kSwizzledDescHi: stride 1024 bytes (8 rows) >> 4, swizzle mode 1, 128B).
-// The operand must start 1024-byte aligned, so a k-step of 16 bf16 (32 bytes) further along a row is
-// + 2 in the low word, without a carry: 32-bit arithmetic, not 64 (~20 instructions a warp and tile
-// fewer in build_ws.cu, session 36).
-constexpr uint32_t kSwizzledDescHi = (1024 >> 4) | (1u << 30);
-__device__ __forceinline__ uint32_t swizzled_desc(const void* p) { return ((pq_smem_addr(p) & 0x3FFFF) >> 4) | (1u << 16); }
+// wgmma's shared-memory matrix descriptor for K-major rows of 128 bytes in the 128-byte swizzle:
+// start address >> 4, leading offset 1 (unused in this mode), stride 1024 bytes (8 rows) >> 4,
+// swizzle mode 1 (128B). The operand must start 1024-byte aligned. A k-step of 16 bf16 (32 bytes)
+// further along a row: + 2.
+__device__ __forceinline__ uint64_t swizzled_desc(const void* p) {
+  const uint32_t a = pq_smem_addr(p);
+  return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+}
 
 // d (+)= A B^T over one k-step, issued by a whole warpgroup: A = 64 rows (points), B = 64 rows
-// (centroids), given by their descriptors' low words (swizzled_desc), fp32 accumulators in
-// mma.sync's layout per warp (warp w, lane 4q + t: d[4j + i] is B row 8j + 2t + (i & 1) of A row
-// 16w + q + 8 (i >> 1)). accumulate == 0 ignores d's input. Products into one accumulator run in
-// issue order (each reads the last one's d).
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint32_t a, uint32_t b, int accumulate) {
+// (centroids), fp32 accumulators in mma.sync's layout per warp (warp w, lane 4q + t: d[4j + i] is
+// B row 8j + 2t + (i & 1) of A row 16w + q + 8 (i >> 1)). accumulate == 0 ignores d's input.
+// Products into one accumulator run in issue order (each reads the last one's d).
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
   asm volatile(
-      "{\n.reg .pred acc;\n.reg .b64 da, db;\nsetp.ne.b32 acc, %34, 0;\n"
-      "mov.b64 da, {%32, %35};\nmov.b64 db, {%33, %35};\n"
+      "{\n.reg .pred acc;\nsetp.ne.b32 acc, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
       "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-      "da, db, acc, 1, 1, 0, 0;\n}\n"
+      "%32, %33, acc, 1, 1, 0, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
         "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
         "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a), "r"(b), "r"(accumulate), "r"(kSwizzledDescHi));
+      : "l"(a), "l"(b), "r"(accumulate));
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }

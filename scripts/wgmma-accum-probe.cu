@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(128) probe(const uint16_t* a, const uint16_t* 
   }
   fence_proxy_async();
   __syncthreads();
-  const uint32_t da = swizzled_desc(sa), dhi = swizzled_desc(shi), dlo = swizzled_desc(slo);
+  const uint64_t da = swizzled_desc(sa), dhi = swizzled_desc(shi), dlo = swizzled_desc(slo);
   float d[32];
   for (int k = 0; k < 32; ++k) d[k] = 0.0f;
   wgmma_fence();
