@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Where the k-means round kernel spends its time on the seed build config: per-kernel durations
 # of one build, then ncu PC sampling of the first round (all points move), of round 5 and of the
-# final assignment (no moves), with the hottest SASS lines and their stall reasons.
-#   bash scripts/device-run.sh bash scripts/device-build-hotspots.sh
+# final assignment (no moves), with the hottest SASS lines and their stall reasons. The keys come
+# from SRC (build-hkv-scan.mjs: device-bf16, the wgmma rounds on Hopper, by default; device-f32 or
+# host-f32 for the mma.sync rounds).
+#   bash scripts/device-run.sh bash scripts/device-build-hotspots.sh      (SRC=device-f32 …)
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"; mkdir -p "$OUT"
-bench=(pqcache bench --backend cuda --kind build --config seed --json /tmp/b.json)
+export HKV=32 REPS=1 SRC="${SRC:-device-bf16}"
+bench=(node scripts/build-hkv-scan.mjs)
 ncu --target-processes all --metrics gpu__time_duration.sum --csv "${bench[@]}" > "$OUT/ncu-times.csv" 2>/dev/null
 python3 - "$OUT/ncu-times.csv" <<'PY'
 import csv, sys

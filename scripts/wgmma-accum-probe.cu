@@ -4,7 +4,7 @@
 // bits from 2^E down, and rounds toward zero), and the error of build_ws.cu's scores (bf16 keys,
 // centroids split into bf16 hi + lo, lo products first) against that bound.
 //   1. Patterns: sums of 1 and small powers of two; the result less 1 in units of 2^-24 says how many
-//      bits a step keeps below its largest term, how it rounds, and which products share a step.
+//      bits the terms keep below the largest one and how the sum is rounded (H100: 26 bits, toward zero).
 //   2. Random dot products of 64 coordinates in four classes, for three product orders: the error
 //      against the exact x.c (long double), in units of 2^-23 S with S = sum_j |x_j||c_j|, beside the
 //      bound's 258.3 (score_band_lo_first; the same bound for the interleaved order is 451).
