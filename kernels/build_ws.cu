@@ -53,25 +53,13 @@ constexpr int kWsRowBytes = kWsDim * 2;
 static_assert(kWsRowBytes == kSwizzleRowBytes, "a point is one swizzled operand row");
 constexpr int kWsTileBytes = kWsTilePoints * kWsRowBytes;  // 8 KB a stage
 constexpr int kWsCentroids = 64;                        // C <= 64, padded
-#ifndef PQ_DIAG_WS_STAGES
 constexpr int kWsStages = 4;                            // 6 or 8: no faster (session 35)
-#else  // diagnostic builds only (timing)
-constexpr int kWsStages = PQ_DIAG_WS_STAGES;
-#endif
-#ifndef PQ_DIAG_WS_MIN_BLOCKS
-constexpr int kWsMinBlocks = 2;                         // blocks a multiprocessor (registers: 96 a thread)
-#else  // diagnostic builds only (timing)
-constexpr int kWsMinBlocks = PQ_DIAG_WS_MIN_BLOCKS;
-#endif
+constexpr int kWsMinBlocks = 2;                         // blocks a multiprocessor (96 registers; 3 at 64: slower, session 36)
 constexpr int kWsConsumers = 2;                         // warpgroups
 constexpr int kWsProducers = 2;                         // warps
 constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
 constexpr int kWsKSteps = kWsDim / 16;
-#ifdef PQ_DIAG_SPLIT_BAND  // diagnostic builds only (timing): build.cu's wider band
-constexpr ScoreBand kWsBand = BAND_SPLIT;
-#else
-constexpr ScoreBand kWsBand = BAND_BF16_LO_FIRST;  // the products' order below (lo first) is what its bound assumes
-#endif
+constexpr ScoreBand kWsBand = BAND_BF16_LO_FIRST;  // its bound assumes the products' order below (lo first)
 constexpr int kWsProducerRows = 32 * kWsProducers / 8;  // rows the producer lanes copy at once (8 chunks a row)
 static_assert(kWsProducerRows % 8 == 0 && kWsTilePoints % kWsProducerRows == 0, "a producer lane keeps its swizzled column");
 static_assert(kWsStages % kWsConsumers == 0, "a stage has one consumer warpgroup");
@@ -361,23 +349,10 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     wgmma_fence();
     // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
     // and only the hi products' with |x||c| (score_band_lo_first).
-#if defined(PQ_DIAG_ORDER) && PQ_DIAG_ORDER == 1  // diagnostic builds only (timing): hi and lo interleaved, outside the band's bound
-#pragma unroll
-    for (int ks = 0; ks < kWsKSteps; ++ks) {
-      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, ks > 0);
-      wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, 1);
-    }
-#elif defined(PQ_DIAG_ORDER) && PQ_DIAG_ORDER == 2  // diagnostic: hi first, outside the band's bound
-#pragma unroll
-    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, ks > 0);
-#pragma unroll
-    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, 1);
-#else
 #pragma unroll
     for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
 #pragma unroll
     for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
-#endif
     wgmma_commit();
     if (sum_norms) {
       float sq[2];
