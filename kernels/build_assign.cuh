@@ -103,9 +103,9 @@ __device__ __forceinline__ float score_band(float xnorm, float cmax) {
 // canonical distance (64 squares in 8 partials of 8, then a tree of depth 3; terms >= 0) errs
 // < 13 * 2^-24 D <= 2^-20.3 (|x| + |c|)^2. A comparison needs 2 e_s plus that: 2^-13.98 |x||c| +
 // 2^-19.7 (|x| + |c|)^2. The band below keeps a margin >= 2x on both terms (2.1x, 2.4x), and
-// score_band's floor and overflow rule. (Interleaving hi and lo,
-// as before session 36, gives the lo products the running sum's truncation: 2^-14.4 instead of
-// 2^-15.4 for the accumulation; score_band's 2^-11 was derived for fp32 keys split into hi + lo.)
+// score_band's floor and overflow rule. (Interleaving hi and lo, as before session 36, gives the lo
+// products the running sum's truncation: 2^-14.4 instead of 2^-15.4 for the accumulation;
+// score_band's 2^-11 was derived for fp32 keys split into hi + lo.)
 __device__ __forceinline__ float score_band_lo_first(float xnorm, float cmax) {
   const float s = xnorm + cmax;
   if (!(s < 0x1p63f)) return INFINITY;
