@@ -112,6 +112,15 @@ __device__ __forceinline__ float score_band_lo_first(float xnorm, float cmax) {
   return 0x1.1p-13f * xnorm * cmax + 0x1.8p-19f * s * s + 0x1p-101f;
 }
 
+// |x| as the bands take it, from the four lanes' shares of a row's |x|^2 (lanes 4q .. 4q+3; every
+// lane of the warp calls it): the shares summed by two xor shuffles, the root rounded up (an upper
+// bound of |x| but for the sum's own rounding, which the bands' margins cover). Every lane gets it.
+__device__ __forceinline__ float band_row_norm(float share) {
+  share += __shfl_xor_sync(0xffffffffu, share, 1);
+  share += __shfl_xor_sync(0xffffffffu, share, 2);
+  return __fsqrt_ru(share);
+}
+
 // Which bound a round kernel's scores take (nearest_rows).
 enum ScoreBand : int { BAND_SPLIT = 0, BAND_BF16_LO_FIRST = 1 };
 
@@ -188,7 +197,7 @@ __device__ __noinline__ float2 rescore_candidates(uint32_t candidates, int nt0, 
 // pbase + row). Returns the number of rows flagged for canonical re-scoring. The scores come from
 // chunk_scores_of(acc, nt0, sq): chunk nt0's accumulators, and with sq (the first chunk) the
 // lane's share of each row's |x|^2 (the shares of lanes t = 0..3 sum to it); kNormGiven: |x| itself,
-// rounded up as __fsqrt_ru of that sum, in each of the row's lanes.
+// as band_row_norm of those shares, in each of the row's lanes.
 // kDeferRescore (one chunk only): no pass C here; a flagged row gets code -1 and its candidates
 // (bit c: centroid c scores within the band) in (*candidates)[rs], the same in the row's four lanes
 // (0 for rows not flagged), for the caller to re-score later (build_ws.cu's deferred rows).
@@ -243,11 +252,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
   float half_band[2];
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
-    if (!kNormGiven) {
-      sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);
-      sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
-    }
-    const float xnorm = kNormGiven ? sq[rs] : __fsqrt_ru(sq[rs]);
+    const float xnorm = kNormGiven ? sq[rs] : band_row_norm(sq[rs]);
     half_band[rs] = kBand == BAND_BF16_LO_FIRST ? score_band_lo_first(xnorm, v.cmax) : score_band(xnorm, v.cmax);
   }
   float threshold[2];

@@ -93,7 +93,7 @@ __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(pq_smem_addr(bar)) : "memory");
 }
 // A lane's share of |x|^2 for its rows q and q + 8 of warp w's 16 (chunks 2t, 2t + 1: 16 of the 64
-// coordinates; the lanes t = 0..3 of a row sum to the whole, as nearest_rows' shuffles expect).
+// coordinates; the lanes t = 0..3 of a row sum to the whole, as band_row_norm expects).
 __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int lane, float (&sq)[2]) {
   const int q = lane >> 2;
   const int t = lane & 3;
@@ -209,10 +209,10 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
 
 // Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); phi and frag are not
 // read (no ip coordinate; the B operands are formed from the fp32 centroids here). norms ([G, n],
-// the workspace's) keeps each point's |x| as the band takes it (__fsqrt_ru of |x|^2 summed in
-// nearest_rows' order): round 0 (ROUND_FIRST) sums it from the stage and writes it, the later k-means
-// rounds read it instead of summing it again and taking its square root (with the producers' copy
-// addresses below: round 5 of the seed build 87.4 -> 74.6 M instructions, ncu session 36).
+// the workspace's) keeps each point's |x| as the band takes it (band_row_norm): round 0
+// (ROUND_FIRST) sums it from the stage and writes it, the later k-means rounds read it instead of
+// summing it again and taking its square root (with the producers' copy addresses below: round 5 of
+// the seed build 87.4 -> 74.6 M instructions, ncu session 36).
 extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_round_ws_bf16(
     const __nv_bfloat16* keys, float* norms, const float* phi, const float* centroids, const uint4* frag,
     const float* info_g, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,
@@ -360,9 +360,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
       stage_row_norms(stage, w, lane, sq);  // while the products run
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs) {
-        sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 1);  // the shares summed as nearest_rows sums them
-        sq[rs] += __shfl_xor_sync(0xffffffffu, sq[rs], 2);
-        xnorm[rs] = __fsqrt_ru(sq[rs]);
+        xnorm[rs] = band_row_norm(sq[rs]);
         if (mode == ROUND_FIRST && t == 0 && pbase + q + 8 * rs < n) group_norms[pbase + q + 8 * rs] = xnorm[rs];
       }
     }

@@ -156,17 +156,17 @@ const WS_ROUND_SMEM = 1024 + WS_ROUND_STAGES * 8192 + 2 * 8192 + 16384 + 272;
  * wgmma's layout (sm_90a code).
  */
 function wgmmaRoundRefusal(layout: Layout, bound: KeyBinding | undefined): string | undefined {
-  const [major, minor] = CudaContext.primary().device.computeCapability;
-  if (major !== 9 || minor !== 0) return `compute capability 9.0 (sm_90a code), not ${major}.${minor}`;
+  const refusal = wgmmaLayoutRefusal(layout);
+  if (refusal !== undefined) return refusal;
   if (bound?.suffix !== '_bf16') return 'bf16 device keys read in place (not host, staged or fp32 keys)';
-  const shape = wgmmaShapeRefusal(layout);
-  if (shape !== undefined) return shape;
   if (bound.ptr % 16n !== 0n || bound.headStride % 8 !== 0 || bound.rowStride % 8 !== 0) return 'key rows 16-byte aligned';
   return undefined;
 }
 
-/** The layout's part of wgmmaRoundRefusal. */
-function wgmmaShapeRefusal(layout: Layout): string | undefined {
+/** The device's and the layout's part of wgmmaRoundRefusal (what a workspace can know before the keys). */
+function wgmmaLayoutRefusal(layout: Layout): string | undefined {
+  const [major, minor] = CudaContext.primary().device.computeCapability;
+  if (major !== 9 || minor !== 0) return `compute capability 9.0 (sm_90a code), not ${major}.${minor}`;
   if (layout.subDim !== 64 || layout.centroidDim !== 64) return `dsub = 64 without the ip coordinate, not a centroid dimension of ${layout.centroidDim}`;
   if (layout.numCentroids > 64) return `C ≤ 64, not ${layout.numCentroids}`;
   return undefined;
@@ -338,7 +338,7 @@ const KEPT_BUILD_GRAPHS = 4;
  * the captured graphs by sk and key binding. A build then allocates and frees nothing but a key
  * staging copy (host keys, or device keys the kernels cannot read in place), and a repeated sk and key
  * binding replays its graph instead of capturing it again. Holds G·(capacity − O)·(1 + 4 for ip, or
- * where the wgmma rounds apply: dsub = 64, C ≤ 64) bytes plus the sums, counts, centroids and packed
+ * where the wgmma rounds can apply: compute capability 9.0, dsub = 64, C ≤ 64) bytes plus the sums, counts, centroids and packed
  * centroids (14.4 MB on the seed config at capacity 32000).
  */
 export class BuildWorkspace {
@@ -370,7 +370,7 @@ export class BuildWorkspace {
         centroids: G * C * deviceIndexStrides(layout, this.capacity).centroidStride * 4,
         phi: G * 4,
         // |x|²: the ip augmentation's; or |x| (rounded up), the wgmma rounds' band's (written by round 0, read by the later ones)
-        norms: layout.config.metric === 'ip' || wgmmaShapeRefusal(layout) === undefined ? G * n * 4 : 0,
+        norms: layout.config.metric === 'ip' || wgmmaLayoutRefusal(layout) === undefined ? G * n * 4 : 0,
         codes: G * n,
         frag: G * NT * KS * 32 * 16,
         info: G * infoStride(NT) * 4,
