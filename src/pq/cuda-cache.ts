@@ -147,6 +147,17 @@ const BUCKET_MERGE_ARGS = [...BUCKET_REBUILD_ARGS, 'i32'] as const;
  * A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and
  * shared memory (none there); `row` when the one-block-per-head kernel runs.
  */
+/** What a step's graph is keyed by and reads sk from (prepareStep()). */
+export interface StepBinding {
+  /** The kernels recordStep() launches follow from it (and the inputs' kinds: graphKeys). */
+  readonly signature: string;
+  /** seqState's slot holding sk before the step, and the one holding it after (the same without an append). */
+  readonly seqRead: DevicePtr;
+  readonly seqWrite: DevicePtr;
+  /** enqueue()'s graph keys (signature plus the inputs' kinds), by kind, made on first use. */
+  readonly graphKeys: (string | undefined)[];
+}
+
 type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan; readonly bucket?: BucketPlan };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
@@ -197,6 +208,11 @@ export class CudaPQCache implements PQCache {
   private readonly graphs = new GraphCache(MAX_STEP_GRAPHS);
   /** The launch plan the captured graphs use, valid for sk ≤ maxSeqLen. */
   private graphPlan: StepPlan | undefined;
+  /** prepareStep()'s answers under graphPlan, by slot, append and query dtype: the same strings every step, whose hashes V8 keeps. */
+  private stepBindings: (StepBinding | undefined)[] = [];
+  /** Frozen device tensors already validated as this cache's query or key (none of their fields can change). */
+  private readonly knownQueries = new WeakSet<DeviceTensor>();
+  private readonly knownKeys = new WeakSet<DeviceTensor>();
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
@@ -557,12 +573,16 @@ export class CudaPQCache implements PQCache {
     return this.lastOutputs;
   }
 
-  /** Validate a query: host tensors fully (shape, dtype, finite values), device tensors by shape, dtype and layout. */
+  /**
+   * Validate a query: host tensors fully (shape, dtype, finite values), device tensors by shape, dtype
+   * and layout, once per frozen tensor (a decode loop passes the same ones every step).
+   */
   private queryDType(query: Query, argument: string): FloatDType {
     if (!('device' in query)) {
       checkQuery(this.layout, query, argument);
       return query.dtype;
     }
+    if (this.knownQueries.has(query)) return query.dtype as FloatDType;
     expectDType(argument, query, FLOAT_DTYPES);
     const { heads: H, headDim: D } = this.layout.shape;
     expectShape(argument, query, this.queryShape.dims, this.queryShape.label);
@@ -571,6 +591,7 @@ export class CudaPQCache implements PQCache {
     if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
       throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
     }
+    if (frozenDeviceTensor(query)) this.knownQueries.add(query);
     return query.dtype as FloatDType;
   }
 
@@ -580,8 +601,11 @@ export class CudaPQCache implements PQCache {
     let kdtype: FloatDType = 'f32';
     if (key !== undefined) {
       if ('device' in key) {
-        expectDType('key', key, FLOAT_DTYPES);
-        expectShape('key', key, this.keyShape.dims, this.keyShape.label);
+        if (!this.knownKeys.has(key)) {
+          expectDType('key', key, FLOAT_DTYPES);
+          expectShape('key', key, this.keyShape.dims, this.keyShape.label);
+          if (frozenDeviceTensor(key)) this.knownKeys.add(key);
+        }
         kdtype = key.dtype as FloatDType;
       } else {
         checkStepKey(this.layout, key);
@@ -619,7 +643,8 @@ export class CudaPQCache implements PQCache {
     }
     if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
-    const signature = `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`;
+    const inputs = (hostQ ? 1 : 0) | (hostK ? 2 : 0) | (kptr === undefined ? 0 : (1 + DTYPE_CODE[kdtype]) << 2);
+    const signature = (binding.graphKeys[inputs] ??= `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`);
     const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
     pointers[0] = qptr;
     pointers[1] = kptr ?? 0n; // no key: the signature says so ('-')
@@ -642,7 +667,7 @@ export class CudaPQCache implements PQCache {
    * whenever the kernels recordStep() launches would differ (graphs are keyed by it); seqRead holds
    * sk before the step, seqWrite sk after it (the same pointer without an append).
    */
-  prepareStep(qdtype: FloatDType, appending: boolean): { signature: string; seqRead: DevicePtr; seqWrite: DevicePtr } {
+  prepareStep(qdtype: FloatDType, appending: boolean): StepBinding {
     this.requireBuilt('step');
     this.stopResident();
     if (appending) checkCapacity('key', this.capacity, this.hostSeqLen + 1);
@@ -653,13 +678,19 @@ export class CudaPQCache implements PQCache {
     // ordinary launch before the step's graph, every ≈ bucketTail steps).
     if (plan.bucket !== undefined && sk - this.layout.config.windowSize - this.bucketEnd > this.bucketTail) this.rebuildBuckets();
     const slot = this.seqSlot;
+    const index = slot | (appending ? 2 : 0) | (DTYPE_CODE[qdtype] << 2);
+    const known = this.stepBindings[index];
+    if (known !== undefined) return known;
     const kernel = plan.bucket ? `bucket${plan.bucket.wordsPerThread}` : plan.row ? `row${plan.row.positionsPerThread}` : 'cl';
-    return {
+    const binding: StepBinding = {
       // The rest of the plan follows from these.
       signature: `${slot}/${kernel}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
       seqRead: this.seqPtr(slot),
       seqWrite: this.seqPtr(appending ? slot ^ 1 : slot),
+      graphKeys: [],
     };
+    this.stepBindings[index] = binding;
+    return binding;
   }
 
   /** Launch the step's kernels on the stream (no graph of its own: the caller captures). After prepareStep(). */
@@ -813,6 +844,7 @@ export class CudaPQCache implements PQCache {
     if (this.graphPlan === undefined || sk > this.graphPlan.maxSeqLen) {
       this.graphs.clear();
       this.graphPlan = this.planFor(sk);
+      this.stepBindings = [];
     }
     return this.graphPlan;
   }

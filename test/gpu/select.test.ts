@@ -3,7 +3,7 @@ import test from 'node:test';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceArena, allocationStats, copies } from '../../src/cuda/memory.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { CapacityError, DeviceInputError } from '../../src/errors.js';
+import { CapacityError, DeviceInputError, ShapeError } from '../../src/errors.js';
 import { checkSelect } from '../../src/pq/brute-force.js';
 import { CpuPQCache, type SelectResult } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
@@ -11,7 +11,7 @@ import { CudaPQCache } from '../../src/pq/cuda-cache.js';
 import { type StepKernelChoice, planBucket, planRow } from '../../src/pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../../src/pq/index-state.js';
 import { CUDA_LIMITS, makeCase, runCase } from '../../src/pq/verify.js';
-import { deviceTensor } from '../../src/tensor/device-tensor.js';
+import { type DeviceTensor, deviceTensor } from '../../src/tensor/device-tensor.js';
 import { HostTensor } from '../../src/tensor/host-tensor.js';
 import { gpuSkip } from './gpu.js';
 
@@ -482,6 +482,70 @@ test('resident steps report non-finite device queries and keys on the step that 
   }
 });
 
+/**
+ * One step (or select, without a key) on device inputs: fresh integer inputs written to the arena's
+ * q and k, the result checked against the oracle (lists, lengths and every weight).
+ */
+function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState, arena: DeviceArena<'q' | 'k'>): (s: number, query: DeviceTensor, key: DeviceTensor | undefined) => void {
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
+  const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+  let r = 17;
+  const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+  const L = st.layout.listCapacity;
+  return (s, query, key) => {
+    const qv = new Float32Array(B * H * D).map(rnd);
+    const kv = new Float32Array(B * Hkv * D).map(rnd);
+    copies.fromHost(arena.slices.q, qv);
+    copies.fromHost(arena.slices.k, kv);
+    const hq = new HostTensor('f32', [B, H, 1, D], qv);
+    const want = key === undefined ? cpu.selectToHost(hq) : cpu.stepToHost(hq, new HostTensor('f32', [B, Hkv, 1, D], kv));
+    const got = key === undefined ? gpu.select(query) : gpu.step(query, key);
+    const lists = gpu.listsToHost();
+    assert.deepEqual(lists.sparseLen, want.sparseLen.data, `step ${s} sparseLen`);
+    assert.deepEqual(lists.sparseList, want.sparseList.data, `step ${s} sparseList`);
+    const sk = gpu.seqLen;
+    assert.equal(got.weights.shape[2], sk, `step ${s}: the weights view has this step's sk`);
+    const row = new Float32Array(sk);
+    for (let i = 0; i < B * H; i++) {
+      copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
+      assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `step ${s} weights row ${i}`);
+    }
+    assert.equal(L, lists.sparseList.length / (B * H));
+  };
+}
+
+test('graph steps check a frozen device tensor once and an unfrozen one on every call; exact either way', { skip }, () => {
+  const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const st = integerState(6000, 6100, config, shape, 93);
+  const gpu = cudaFromState(st, 'row', 2);
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  try {
+    const check = deviceStepChecker(gpu, st, arena);
+    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
+    for (let s = 0; s < 6; s++) check(s, q, k);
+    check(6, q, undefined);
+    // A query known to this cache is no key: its shape [B, H, 1, D] is checked against the key's.
+    assert.throws(() => gpu.step(q, deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr)), (e: unknown) => e instanceof ShapeError && /^key/.test((e as Error).message));
+    assert.throws(() => gpu.step(k, k), (e: unknown) => e instanceof ShapeError && /^query/.test((e as Error).message));
+    // Tensors that are not frozen can change between calls: checked every time.
+    const loose = { ...q, shape: [B, H, 1, D] };
+    const looseKey = { ...k, shape: [B, Hkv, 1, D] };
+    check(7, loose, looseKey);
+    loose.shape[2] = 2;
+    assert.throws(() => gpu.step(loose, k), (e: unknown) => e instanceof ShapeError && /^query/.test((e as Error).message));
+    looseKey.shape[1] = H;
+    assert.throws(() => gpu.step(q, looseKey), (e: unknown) => e instanceof ShapeError && /^key/.test((e as Error).message));
+    // The refused calls left nothing behind.
+    for (let s = 8; s < 12; s++) check(s, q, k);
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
+});
+
 test('resident steps with the same device tensors (served without validating them again): exact, and every other case takes the full path', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
@@ -500,33 +564,12 @@ test('resident steps with the same device tensors (served without validating the
   };
   try {
     gpu.uploadState(st);
-    const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
     const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
     const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
-    let r = 17;
-    const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
-    const L = st.layout.listCapacity;
-    // One step (or select) on device inputs, checked against the oracle: lists, lengths and the weights.
+    const stepChecked = deviceStepChecker(gpu, st, arena);
     const check = (s: number, query: typeof q, key: typeof k | undefined): void => {
-      const qv = new Float32Array(B * H * D).map(rnd);
-      const kv = new Float32Array(B * Hkv * D).map(rnd);
-      copies.fromHost(arena.slices.q, qv);
-      copies.fromHost(arena.slices.k, kv);
-      const hq = new HostTensor('f32', [B, H, 1, D], qv);
-      const want = key === undefined ? cpu.selectToHost(hq) : cpu.stepToHost(hq, new HostTensor('f32', [B, Hkv, 1, D], kv));
-      const got = key === undefined ? gpu.select(query) : gpu.step(query, key);
+      stepChecked(s, query, key);
       assert.ok(gpu.residentActive, `step ${s}: served by the resident kernel`);
-      const lists = gpu.listsToHost();
-      assert.deepEqual(lists.sparseLen, want.sparseLen.data, `step ${s} sparseLen`);
-      assert.deepEqual(lists.sparseList, want.sparseList.data, `step ${s} sparseList`);
-      const sk = gpu.seqLen;
-      assert.equal(got.weights.shape[2], sk, `step ${s}: the weights view has this step's sk`);
-      const row = new Float32Array(sk);
-      for (let i = 0; i < B * H; i++) {
-        copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
-        assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `step ${s} weights row ${i}`);
-      }
-      assert.equal(L, lists.sparseList.length / (B * H));
     };
     check(0, q, k);
     assert.equal(validated, 1, 'the first step validates');

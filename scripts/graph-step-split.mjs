@@ -1,0 +1,144 @@
+#!/usr/bin/env node
+// Where a graph step's wall-clock goes on the host clock (diagnostic; GPU machine): seed-config
+// steps on device inputs, split at cuGraphLaunch (GraphExec.launch wrapped); then selects (no append),
+// and the select's captured graph replayed with nothing around it (the floor the host path adds to;
+// a step's graph cannot be replayed alone: its append would count the same position twice).
+//   bash scripts/device-run.sh node scripts/graph-step-split.mjs
+// ROUNDS × STEPS steps per loop (default 5 × 120: sk stays under the E = 16 → 32 hand-over at 33,024;
+// SK sets the starting sk). With PROF_DIR: the self time per function of the V8 profiles found there
+// (run once under node --cpu-prof --cpu-prof-dir DIR, then again with PROF_DIR=DIR).
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+const profDir = process.env.PROF_DIR;
+if (profDir) {
+  for (const f of readdirSync(profDir).filter((x) => x.endsWith('.cpuprofile'))) {
+    const p = JSON.parse(readFileSync(join(profDir, f), 'utf8'));
+    const self = new Map();
+    const byId = new Map(p.nodes.map((n) => [n.id, n]));
+    p.samples.forEach((id, i) => {
+      const n = byId.get(id);
+      const key = `${n.callFrame.functionName || '(anon)'} ${n.callFrame.url.split('/').slice(-2).join('/')}:${n.callFrame.lineNumber + 1}`;
+      self.set(key, (self.get(key) ?? 0) + (p.timeDeltas[i] ?? 0));
+    });
+    const total = [...self.values()].reduce((a, b) => a + b, 0);
+    console.log(`profile ${f}: ${(total / 1000).toFixed(0)} ms sampled`);
+    for (const [key, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 40)) console.log(`${((100 * us) / total).toFixed(1).padStart(5)}%  ${key}`);
+  }
+  process.exit(0);
+}
+const app = join(process.cwd(), process.env.APP ?? '.device/app/dist/src');
+const { benchLayout, randomState } = await import(join(app, 'bench/select-bench.js'));
+const { CudaPQCache } = await import(join(app, 'pq/cuda-cache.js'));
+const { GraphCache, GraphExec } = await import(join(app, 'cuda/graph.js'));
+const { DeviceArena, copies } = await import(join(app, 'cuda/memory.js'));
+const { deviceTensor } = await import(join(app, 'tensor/device-tensor.js'));
+const { summarize } = await import(join(app, 'bench/stats.js'));
+
+const c = { B: 1, H: 32, Hkv: 32, D: 128, sk: Number(process.env.SK ?? 32000), S: 128, W: 128, K: 128, M: 2, pqBits: 6, O: 128, metric: 'euclidean' };
+const layout = benchLayout(c);
+const rounds = Number(process.env.ROUNDS ?? 5);
+const steps = Number(process.env.STEPS ?? 120);
+const capacity = c.sk + rounds * steps * 4 + 400;
+const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity });
+cache.uploadState(randomState(layout, c.sk - 1, capacity, 7));
+const sets = 8;
+const bytes = 32 * 128 * 4;
+const arena = DeviceArena.allocate({ q: bytes * sets, k: bytes * sets });
+for (let s = 0; s < sets; s++) {
+  copies.fromHost(arena.slices.q, new Float32Array(4096).map((_, i) => Math.sin(i + 3 * s)), s * bytes);
+  copies.fromHost(arena.slices.k, new Float32Array(4096).map((_, i) => Math.cos(i + 5 * s)), s * bytes);
+}
+const q = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.q.ptr + BigInt(s * bytes)));
+const k = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.k.ptr + BigInt(s * bytes)));
+
+// The wrapper's two clock reads sit inside the split; the floor loop reads the clock as often.
+const launch = GraphExec.prototype.launch;
+let tA = 0;
+let tB = 0;
+let last;
+GraphExec.prototype.launch = function (stream) {
+  tA = performance.now();
+  launch.call(this, stream);
+  tB = performance.now();
+  last = this;
+};
+
+// With SPLIT=1, the path before cuGraphLaunch split too (prepareStep and the graph lookup wrapped).
+const stamps = { p0: 0, p1: 0, g0: 0, g1: 0 };
+if (process.env.SPLIT === '1') {
+  const prepare = CudaPQCache.prototype.prepareStep;
+  CudaPQCache.prototype.prepareStep = function (...a) {
+    stamps.p0 = performance.now();
+    const r = prepare.apply(this, a);
+    stamps.p1 = performance.now();
+    return r;
+  };
+  const get = GraphCache.prototype.get;
+  GraphCache.prototype.get = function (...a) {
+    stamps.g0 = performance.now();
+    const r = get.apply(this, a);
+    stamps.g1 = performance.now();
+    return r;
+  };
+}
+
+const rows = new Map();
+const add = (name, v) => (rows.get(name) ?? rows.set(name, []).get(name)).push(v * 1000);
+for (let i = 0; i < 200; i++) {
+  cache.step(q[i % sets], k[i % sets]);
+  cache.synchronize();
+}
+for (let r = 0; r < rounds; r++) {
+  for (const [what, rotate] of [['step', false], ['step', true], ['select', false]]) {
+    const tag = `${what}, ${rotate ? '8 input sets' : 'one input set'}`;
+    for (let i = 0; i < steps; i++) {
+      const s = rotate ? i % sets : 0;
+      const t0 = performance.now();
+      if (what === 'step') cache.step(q[s], k[s]);
+      else cache.select(q[s]);
+      const t1 = performance.now();
+      cache.synchronize();
+      const t2 = performance.now();
+      add(`wall (${tag})`, t2 - t0);
+      add(`call → cuGraphLaunch (${tag})`, tA - t0);
+      if (process.env.SPLIT === '1') {
+        add(`  call → prepareStep (${tag})`, stamps.p0 - t0);
+        add(`  prepareStep (${tag})`, stamps.p1 - stamps.p0);
+        add(`  prepareStep → graph lookup (${tag})`, stamps.g0 - stamps.p1);
+        add(`  graph lookup (${tag})`, stamps.g1 - stamps.g0);
+        add(`  graph lookup → cuGraphLaunch (${tag})`, tA - stamps.g1);
+      }
+      add(`cuGraphLaunch (${tag})`, tB - tA);
+      add(`cuGraphLaunch → return (${tag})`, t1 - tB);
+      add(`synchronize() (${tag})`, t2 - t1);
+    }
+  }
+  // The last select's graph alone.
+  const g = last;
+  const stream = cache.stream;
+  for (let i = 0; i < steps; i++) {
+    const t0 = performance.now();
+    launch.call(g, stream);
+    const t1 = performance.now();
+    stream.synchronize();
+    const t2 = performance.now();
+    add('graph alone: wall (cuStreamSynchronize)', t2 - t0);
+    add('graph alone: cuGraphLaunch', t1 - t0);
+    add('graph alone: cuStreamSynchronize', t2 - t1);
+  }
+  for (let i = 0; i < steps; i++) {
+    const t0 = performance.now();
+    launch.call(g, stream);
+    while (!stream.isIdle()) { /* poll */ }
+    add('graph alone: wall (cuStreamQuery polled)', performance.now() - t0);
+  }
+}
+console.log(`seed config, ${rounds} × ${steps} steps per row, sk ${c.sk} → ${cache.seqLen}`);
+console.log('what'.padEnd(58), '  median     p90');
+for (const [name, v] of rows) {
+  const s = summarize(v);
+  console.log(name.padEnd(58), s.median.toFixed(2).padStart(8), s.p90.toFixed(2).padStart(7));
+}
+GraphExec.prototype.launch = launch;
+cache.dispose();
+arena.dispose();
