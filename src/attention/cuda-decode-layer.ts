@@ -15,10 +15,10 @@ import { Owned } from '../cuda/owned.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
-import { throwDeviceStatus } from '../pq/kernels.js';
+import { DTYPE_CODE, throwDeviceStatus } from '../pq/kernels.js';
 import type { BuildOptions } from '../pq/cache.js';
 import { type Layout, makeLayout } from '../pq/config.js';
-import { CudaPQCache } from '../pq/cuda-cache.js';
+import { CudaPQCache, type StepBinding } from '../pq/cuda-cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
@@ -98,6 +98,16 @@ export class CudaDecodeLayer implements DecodeLayer {
   private stagingPending = false;
   private scratch: AttendScratch | undefined;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
+  /**
+   * Per-step host work made once (a model steps every layer every token): frozen device tensors
+   * already validated as this layer's query, or its key or value (none of their fields can change),
+   * and prepare()'s graph keys by the inputs' dtypes, per PQ step binding (sparse) or per slot of the
+   * dense plan (cleared with it).
+   */
+  private readonly knownQueries = new WeakSet<DeviceTensor>();
+  private readonly knownKV = new WeakSet<DeviceTensor>();
+  private readonly sparseKeys = new WeakMap<StepBinding, (string | undefined)[]>();
+  private denseKeys: [(string | undefined)[], (string | undefined)[]] = [[], []];
   /** Dense layers: sk and the slot of the device state holding it. */
   private denseSeqLen = 0;
   private denseSlot = 0;
@@ -279,22 +289,14 @@ export class CudaDecodeLayer implements DecodeLayer {
     this.live();
     checkBuilt('step', this.filled);
     checkCapacity('key', this.capacity, this.seqLen + 1);
-    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    const { heads: H, kvHeads: Hkv } = this.shape;
     const layout = this.layout;
-    const hostInputs = [inputs.query, inputs.key, inputs.value].filter((t): t is HostTensor => !('device' in t));
-    const device = (t: DeviceTensor, argument: string, heads: number): Bound => {
-      expectDType(argument, t, FLOAT_DTYPES);
-      const expected = heads === H ? this.queryShape : this.kvShape;
-      expectShape(argument, t, expected.dims, expected.label);
-      const st = t.strides;
-      if (st[3] !== 1 || st[1] !== D || st[0] !== heads * D) throw new ShapeError(`${argument}.strides`, `contiguous [${heads}·D, D, D, 1]`, [...st]);
-      return { ptr: t.ptr, dtype: t.dtype as FloatDType };
-    };
+    const staged = !('device' in inputs.query) || !('device' in inputs.key) || !('device' in inputs.value);
     // Host inputs: shape, dtype and finite values, before anything is staged.
     if (!('device' in inputs.query)) checkQuery(layout, inputs.query, 'query');
     if (!('device' in inputs.key)) checkStepKey(layout, inputs.key, 'key');
     if (!('device' in inputs.value)) checkStepKey(layout, inputs.value, 'value');
-    if (hostInputs.length > 0 && this.stagingPending) {
+    if (staged && this.stagingPending) {
       this.stagingConsumed.synchronize(); // the previous step may still read the staging buffers
       this.stagingPending = false;
     }
@@ -306,18 +308,35 @@ export class CudaDecodeLayer implements DecodeLayer {
       offset += stagingBytes(bytes.length);
       return { ptr, dtype: t.dtype as FloatDType };
     };
-    const bindOne = (t: Input, name: string, heads: number): Bound => ('device' in t ? device(t, name, heads) : stage(t));
+    const bindOne = (t: Input, name: string, heads: number): Bound => ('device' in t ? this.boundDevice(t, name, heads) : stage(t));
     return {
       query: bindOne(inputs.query, 'query', H),
       key: bindOne(inputs.key, 'key', Hkv),
       value: bindOne(inputs.value, 'value', Hkv),
-      staged: hostInputs.length > 0,
+      staged,
     };
+  }
+
+  /** A device input as the kernels read it: dtype, shape and layout checked once per frozen tensor. */
+  private boundDevice(t: DeviceTensor, argument: string, heads: number): Bound {
+    const isQuery = argument === 'query';
+    const known = isQuery ? this.knownQueries : this.knownKV;
+    if (!known.has(t)) {
+      const D = this.shape.headDim;
+      expectDType(argument, t, FLOAT_DTYPES);
+      const expected = isQuery ? this.queryShape : this.kvShape;
+      expectShape(argument, t, expected.dims, expected.label);
+      const st = t.strides;
+      if (st[3] !== 1 || st[1] !== D || st[0] !== heads * D) throw new ShapeError(`${argument}.strides`, `contiguous [${heads}·D, D, D, 1]`, [...st]);
+      if (Object.isFrozen(t) && Object.isFrozen(t.shape) && Object.isFrozen(t.strides)) known.add(t);
+    }
+    return { ptr: t.ptr, dtype: t.dtype as FloatDType };
   }
 
   /** Plan the step for these inputs: the graph key and the kernel launches (recorded inside a capture). */
   prepare(io: BoundInputs): PreparedStep {
-    const dtypes = `${io.query.dtype}/${io.key.dtype}/${io.value.dtype}`;
+    const dtypeIndex = DTYPE_CODE[io.query.dtype] + 3 * DTYPE_CODE[io.key.dtype] + 9 * DTYPE_CODE[io.value.dtype];
+    const dtypes = (): string => `${io.query.dtype}/${io.key.dtype}/${io.value.dtype}`;
     const pointers = [io.query.ptr, io.key.ptr, io.value.ptr];
     const s = this.arena.slices;
     const out = s.out.ptr;
@@ -326,8 +345,10 @@ export class CudaDecodeLayer implements DecodeLayer {
       const pq = this.pq;
       const binding = pq.prepareStep(io.query.dtype, true);
       const scratch = this.scratch as AttendScratch;
+      let keys = this.sparseKeys.get(binding);
+      if (keys === undefined) this.sparseKeys.set(binding, (keys = []));
       return {
-        signature: `sparse/${binding.signature}/${dtypes}`,
+        signature: (keys[dtypeIndex] ??= `sparse/${binding.signature}/${dtypes()}`),
         pointers,
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
@@ -347,7 +368,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     const seqRead = s.seqState.ptr + BigInt(4 * slot);
     const seqWrite = s.seqState.ptr + BigInt(4 * (slot ^ 1));
     return {
-      signature: `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${dtypes}`,
+      signature: (this.denseKeys[slot as 0 | 1][dtypeIndex] ??= `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${dtypes()}`),
       pointers,
       record: () => {
         this.attention.launchKVAppend(this.kv, io.key, io.value, seqRead, seqWrite, status, this.stream);
@@ -378,6 +399,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     const maxLen = Math.min(this.capacity, Math.ceil((sk * 9) / 8 / 1024) * 1024);
     const plan = this.attention.densePlan(this.kvDType, Math.max(maxLen, sk));
     this.graphs.clear();
+    this.denseKeys = [[], []];
     this.stream.synchronize();
     this.scratch?.dispose();
     this.scratch = new AttendScratch(plan, this.shape.headDim, this.stream);

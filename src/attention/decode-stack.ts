@@ -12,7 +12,7 @@ import type { BuildOptions } from '../pq/cache.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
 import type { HostTensor } from '../tensor/host-tensor.js';
 import type { KVCacheView } from './cuda-attention.js';
-import { CudaDecodeLayer, type CudaDecodeLayerOptions } from './cuda-decode-layer.js';
+import { CudaDecodeLayer, type CudaDecodeLayerOptions, type PreparedStep } from './cuda-decode-layer.js';
 import { CpuDecodeLayer, type DecodeLayer, type DecodeLayerOptions, type StepInputs } from './decode-layer.js';
 
 export interface DecodeStackOptions extends DecodeLayerOptions {
@@ -41,6 +41,8 @@ export class CudaDecodeStack {
   readonly layers: readonly CudaDecodeLayer[];
   readonly stream: Stream;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
+  /** Recent tokens' graph keys with the layer keys they join (the layers hand out the same strings every token). */
+  private readonly joinedKeys: { readonly parts: readonly string[]; readonly key: string }[] = [];
   /** The stream and the layers, freed together. */
   private readonly owned = new Owned();
   private disposed = false;
@@ -81,13 +83,31 @@ export class CudaDecodeStack {
     perLayer('inputs', this.layers.length, inputs);
     const bound = this.layers.map((layer, i) => layer.bind(inputs[i]));
     const prepared = this.layers.map((layer, i) => layer.prepare(bound[i]));
-    const key = prepared.map((p) => p.signature).join('|');
+    const key = this.graphKey(prepared);
     const graph = this.graphs.get(key, prepared.flatMap((p) => p.pointers), this.stream, () => {
       for (const p of prepared) p.record();
     });
     graph.launch(this.stream);
     this.layers.forEach((layer, i) => layer.launched(bound[i]));
     return this.layers.map((layer) => layer.output());
+  }
+
+  /**
+   * The layers' keys joined. Joining them anew each token makes a new ≈ 2 KB string (32 layers) that
+   * the graph lookup hashes again; the layers hand out the same strings every token, so recent joins
+   * are kept and matched part by part.
+   */
+  private graphKey(prepared: readonly PreparedStep[]): string {
+    for (const k of this.joinedKeys) {
+      let same = true;
+      for (let i = 0; same && i < prepared.length; i++) same = k.parts[i] === (prepared[i] as PreparedStep).signature;
+      if (same) return k.key;
+    }
+    const parts = prepared.map((p) => p.signature);
+    const key = parts.join('|');
+    this.joinedKeys.unshift({ parts, key });
+    if (this.joinedKeys.length > MAX_GRAPHS) this.joinedKeys.pop();
+    return key;
   }
 
   stepToHost(inputs: readonly StepInputs<HostTensor>[]): HostTensor[] {

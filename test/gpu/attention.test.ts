@@ -8,7 +8,7 @@ import { CudaDecodeStack } from '../../src/attention/decode-stack.js';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceArena, PinnedBuffer, allocationStats, copies } from '../../src/cuda/memory.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { DeviceInputError } from '../../src/errors.js';
+import { DeviceInputError, ShapeError } from '../../src/errors.js';
 import type { CacheShape } from '../../src/pq/config.js';
 import { SplitMix32 } from '../../src/pq/rng.js';
 import { deviceTensor } from '../../src/tensor/device-tensor.js';
@@ -347,6 +347,51 @@ test('a non-finite value on the device is reported as DeviceInputError(value); t
   } finally {
     arena.dispose();
     layer.dispose();
+  }
+});
+
+test('a decode layer checks a frozen device input once and an unfrozen one on every call; exact either way', { skip }, () => {
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const config = { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 4, initOffset: 8, kmeansIters: 0 };
+  const options = { shape, config, capacity: 1300, kvDType: 'f32' as const };
+  const cpu = new CpuDecodeLayer(options);
+  const gpu = new CudaDecodeLayer(options);
+  const arena = DeviceArena.allocate({ q: 4 * 64 * 4, k: 2 * 64 * 4, v: 2 * 64 * 4 });
+  try {
+    const rng = new SplitMix32(21);
+    const keys = intTensor(rng, 'f32', [1, 2, 1200, 64], -2, 2);
+    const values = intTensor(rng, 'f32', [1, 2, 1200, 64], -3, 3);
+    cpu.prefill(keys, values);
+    gpu.prefill(keys, values);
+    const q = deviceTensor('f32', [1, 4, 1, 64], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [1, 2, 1, 64], arena.slices.k.ptr);
+    const v = deviceTensor('f32', [1, 2, 1, 64], arena.slices.v.ptr);
+    // One step on the device tensors given, with fresh values in their memory, against the CPU layer.
+    const step = (s: number, inputs: { query: typeof q; key: typeof k; value: typeof v }): void => {
+      const host = { query: intTensor(rng, 'f32', [1, 4, 1, 64], -1, 1), key: intTensor(rng, 'f32', [1, 2, 1, 64], -2, 2), value: intTensor(rng, 'f32', [1, 2, 1, 64], -3, 3) };
+      copies.fromHost(arena.slices.q, host.query.data);
+      copies.fromHost(arena.slices.k, host.key.data);
+      copies.fromHost(arena.slices.v, host.value.data);
+      const want = cpu.stepToHost(host).toFloat32();
+      gpu.step(inputs);
+      assert.ok(worstRowError(gpu.outputToHost().toFloat32(), want, 64) <= 1e-5, `step ${s}`);
+      assert.deepEqual(gpu.listsToHost().sparseList, cpu.listsToHost().sparseList, `step ${s} lists`);
+    };
+    for (let s = 0; s < 4; s++) step(s, { query: q, key: k, value: v });
+    // Known as a key or value, a tensor is still no query; a query is no key.
+    assert.throws(() => gpu.step({ query: k, key: k, value: v }), (e: unknown) => e instanceof ShapeError && /^query/.test((e as Error).message));
+    assert.throws(() => gpu.step({ query: q, key: q, value: v }), (e: unknown) => e instanceof ShapeError && /^key/.test((e as Error).message));
+    // Not frozen: it can change between calls, so it is checked every time.
+    const loose = { ...v, shape: [1, 2, 1, 64] };
+    step(4, { query: q, key: k, value: loose });
+    loose.shape[1] = 4;
+    assert.throws(() => gpu.step({ query: q, key: k, value: loose }), (e: unknown) => e instanceof ShapeError && /^value/.test((e as Error).message));
+    // The refused calls left nothing behind.
+    for (let s = 5; s < 8; s++) step(s, { query: q, key: k, value: v });
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+    cpu.dispose();
   }
 });
 
