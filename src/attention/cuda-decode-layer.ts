@@ -21,7 +21,7 @@ import { type Layout, makeLayout } from '../pq/config.js';
 import { CudaPQCache, type StepBinding } from '../pq/cuda-cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
 import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
-import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
+import { type DeviceTensor, deviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
 import {
@@ -328,7 +328,7 @@ export class CudaDecodeLayer implements DecodeLayer {
       expectShape(argument, t, expected.dims, expected.label);
       const st = t.strides;
       if (st[3] !== 1 || st[1] !== D || st[0] !== heads * D) throw new ShapeError(`${argument}.strides`, `contiguous [${heads}·D, D, D, 1]`, [...st]);
-      if (Object.isFrozen(t) && Object.isFrozen(t.shape) && Object.isFrozen(t.strides)) known.add(t);
+      if (isFrozenDeviceTensor(t)) known.add(t);
     }
     return { ptr: t.ptr, dtype: t.dtype as FloatDType };
   }

@@ -42,7 +42,7 @@ import { ResidentLaunch, positiveMs } from '../cuda/resident.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
-import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
+import { type DeviceTensor, deviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
@@ -143,10 +143,7 @@ const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i
 const NO_OPTIONS = {} as const;
 /** pq_bucket_merge: the rebuild's arguments and the old end of the buckets. */
 const BUCKET_MERGE_ARGS = [...BUCKET_REBUILD_ARGS, 'i32'] as const;
-/**
- * A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and
- * shared memory (none there); `row` when the one-block-per-head kernel runs.
- */
+
 /** What a step's graph is keyed by and reads sk from (prepareStep()). */
 export interface StepBinding {
   /** The kernels recordStep() launches follow from it (and the inputs' kinds: graphKeys). */
@@ -158,6 +155,10 @@ export interface StepBinding {
   readonly graphKeys: (string | undefined)[];
 }
 
+/**
+ * A launch plan of the step: the general path's SelectPlan, with the pair path's kernel choice and
+ * shared memory (none there); `row` when the one-block-per-head kernel runs.
+ */
 type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan; readonly bucket?: BucketPlan };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
@@ -591,7 +592,7 @@ export class CudaPQCache implements PQCache {
     if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
       throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
     }
-    if (frozenDeviceTensor(query)) this.knownQueries.add(query);
+    if (isFrozenDeviceTensor(query)) this.knownQueries.add(query);
     return query.dtype as FloatDType;
   }
 
@@ -604,7 +605,7 @@ export class CudaPQCache implements PQCache {
         if (!this.knownKeys.has(key)) {
           expectDType('key', key, FLOAT_DTYPES);
           expectShape('key', key, this.keyShape.dims, this.keyShape.label);
-          if (frozenDeviceTensor(key)) this.knownKeys.add(key);
+          if (isFrozenDeviceTensor(key)) this.knownKeys.add(key);
         }
         kdtype = key.dtype as FloatDType;
       } else {
@@ -751,7 +752,7 @@ export class CudaPQCache implements PQCache {
     }
     this.serveResident(appending);
     (this.residentBinding as ResidentBinding).lastInputs =
-      frozenDeviceTensor(query) && (key === undefined || frozenDeviceTensor(key)) ? { query, key } : undefined;
+      isFrozenDeviceTensor(query) && (key === undefined || isFrozenDeviceTensor(key)) ? { query, key } : undefined;
     return true;
   }
 
@@ -1094,9 +1095,6 @@ export class CudaPQCache implements PQCache {
 }
 
 /** A device tensor that cannot change: frozen, with frozen shape and strides (as deviceTensor() makes them). */
-function frozenDeviceTensor(t: HostTensor | DeviceTensor): t is DeviceTensor {
-  return 'device' in t && Object.isFrozen(t) && Object.isFrozen(t.shape) && Object.isFrozen(t.strides);
-}
 
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {
   if (option === undefined || option === false) return undefined;

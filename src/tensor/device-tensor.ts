@@ -41,6 +41,14 @@ export function deviceTensor<D extends DType>(dtype: D, shape: readonly number[]
   });
 }
 
+/**
+ * A device tensor none of whose fields can change (it, its shape and its strides frozen, as
+ * deviceTensor() makes them): checked once, it stays valid for every later call that passes it.
+ */
+export function isFrozenDeviceTensor(t: object): t is DeviceTensor {
+  return 'device' in t && Object.isFrozen(t) && Object.isFrozen((t as DeviceTensor).shape) && Object.isFrozen((t as DeviceTensor).strides);
+}
+
 function frozenCopy(xs: readonly number[]): readonly number[] {
   return Object.isFrozen(xs) ? xs : Object.freeze([...xs]);
 }
