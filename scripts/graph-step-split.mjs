@@ -51,35 +51,27 @@ for (let s = 0; s < sets; s++) {
 const q = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.q.ptr + BigInt(s * bytes)));
 const k = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.k.ptr + BigInt(s * bytes)));
 
-// The wrapper's two clock reads sit inside the split; the floor loop reads the clock as often.
-const launch = GraphExec.prototype.launch;
-let tA = 0;
-let tB = 0;
-let last;
-GraphExec.prototype.launch = function (stream) {
-  tA = performance.now();
-  launch.call(this, stream);
-  tB = performance.now();
-  last = this;
-};
-
+// Wraps proto[name] so every call stamps the host clock on entry (at.t0) and return (at.t1) and
+// keeps its receiver (at.self); returns the original. The two clock reads sit inside the split.
+function stampCalls(proto, name, at) {
+  const original = proto[name];
+  proto[name] = function (...args) {
+    at.t0 = performance.now();
+    const r = original.apply(this, args);
+    at.t1 = performance.now();
+    at.self = this;
+    return r;
+  };
+  return original;
+}
+const launched = { t0: 0, t1: 0, self: undefined };
+const launch = stampCalls(GraphExec.prototype, 'launch', launched);
 // With SPLIT=1, the path before cuGraphLaunch split too (prepareStep and the graph lookup wrapped).
-const stamps = { p0: 0, p1: 0, g0: 0, g1: 0 };
+const prepared = { t0: 0, t1: 0 };
+const looked = { t0: 0, t1: 0 };
 if (process.env.SPLIT === '1') {
-  const prepare = CudaPQCache.prototype.prepareStep;
-  CudaPQCache.prototype.prepareStep = function (...a) {
-    stamps.p0 = performance.now();
-    const r = prepare.apply(this, a);
-    stamps.p1 = performance.now();
-    return r;
-  };
-  const get = GraphCache.prototype.get;
-  GraphCache.prototype.get = function (...a) {
-    stamps.g0 = performance.now();
-    const r = get.apply(this, a);
-    stamps.g1 = performance.now();
-    return r;
-  };
+  stampCalls(CudaPQCache.prototype, 'prepareStep', prepared);
+  stampCalls(GraphCache.prototype, 'get', looked);
 }
 
 const rows = new Map();
@@ -100,21 +92,21 @@ for (let r = 0; r < rounds; r++) {
       cache.synchronize();
       const t2 = performance.now();
       add(`wall (${tag})`, t2 - t0);
-      add(`call → cuGraphLaunch (${tag})`, tA - t0);
+      add(`call → cuGraphLaunch (${tag})`, launched.t0 - t0);
       if (process.env.SPLIT === '1') {
-        add(`  call → prepareStep (${tag})`, stamps.p0 - t0);
-        add(`  prepareStep (${tag})`, stamps.p1 - stamps.p0);
-        add(`  prepareStep → graph lookup (${tag})`, stamps.g0 - stamps.p1);
-        add(`  graph lookup (${tag})`, stamps.g1 - stamps.g0);
-        add(`  graph lookup → cuGraphLaunch (${tag})`, tA - stamps.g1);
+        add(`  call → prepareStep (${tag})`, prepared.t0 - t0);
+        add(`  prepareStep (${tag})`, prepared.t1 - prepared.t0);
+        add(`  prepareStep → graph lookup (${tag})`, looked.t0 - prepared.t1);
+        add(`  graph lookup (${tag})`, looked.t1 - looked.t0);
+        add(`  graph lookup → cuGraphLaunch (${tag})`, launched.t0 - looked.t1);
       }
-      add(`cuGraphLaunch (${tag})`, tB - tA);
-      add(`cuGraphLaunch → return (${tag})`, t1 - tB);
+      add(`cuGraphLaunch (${tag})`, launched.t1 - launched.t0);
+      add(`cuGraphLaunch → return (${tag})`, t1 - launched.t1);
       add(`synchronize() (${tag})`, t2 - t1);
     }
   }
   // The last select's graph alone.
-  const g = last;
+  const g = launched.self;
   const stream = cache.stream;
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();

@@ -59,7 +59,13 @@ export interface BoundInputs {
 export interface PreparedStep {
   readonly signature: string;
   readonly pointers: readonly DevicePtr[];
-  record(): void;
+  /** Enqueues the step's kernels (inside a capture); a function value, so it can be passed as is. */
+  readonly record: () => void;
+}
+
+/** The inputs' dtypes in a graph key (made once per binding and dtypes: prepare() keeps the keys). */
+function dtypeText(io: BoundInputs): string {
+  return `${io.query.dtype}/${io.key.dtype}/${io.value.dtype}`;
 }
 
 /** Bytes a staged input occupies: its size rounded up to 256 (each region 256-byte aligned). */
@@ -229,7 +235,7 @@ export class CudaDecodeLayer implements DecodeLayer {
   step(inputs: StepInputs<Input>): DeviceTensor {
     const bound = this.bind(inputs);
     const prepared = this.prepare(bound);
-    const graph = this.graphs.get(prepared.signature, prepared.pointers, this.stream, () => prepared.record());
+    const graph = this.graphs.get(prepared.signature, prepared.pointers, this.stream, prepared.record);
     graph.launch(this.stream);
     this.launched(bound);
     return this.output();
@@ -336,7 +342,6 @@ export class CudaDecodeLayer implements DecodeLayer {
   /** Plan the step for these inputs: the graph key and the kernel launches (recorded inside a capture). */
   prepare(io: BoundInputs): PreparedStep {
     const dtypeIndex = DTYPE_CODE[io.query.dtype] + 3 * DTYPE_CODE[io.key.dtype] + 9 * DTYPE_CODE[io.value.dtype];
-    const dtypes = (): string => `${io.query.dtype}/${io.key.dtype}/${io.value.dtype}`;
     const pointers = [io.query.ptr, io.key.ptr, io.value.ptr];
     const s = this.arena.slices;
     const out = s.out.ptr;
@@ -348,7 +353,7 @@ export class CudaDecodeLayer implements DecodeLayer {
       let keys = this.sparseKeys.get(binding);
       if (keys === undefined) this.sparseKeys.set(binding, (keys = []));
       return {
-        signature: (keys[dtypeIndex] ??= `sparse/${binding.signature}/${dtypes()}`),
+        signature: (keys[dtypeIndex] ??= `sparse/${binding.signature}/${dtypeText(io)}`),
         pointers,
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
@@ -368,7 +373,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     const seqRead = s.seqState.ptr + BigInt(4 * slot);
     const seqWrite = s.seqState.ptr + BigInt(4 * (slot ^ 1));
     return {
-      signature: (this.denseKeys[slot as 0 | 1][dtypeIndex] ??= `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${dtypes()}`),
+      signature: (this.denseKeys[slot as 0 | 1][dtypeIndex] ??= `dense/${slot}/${plan.splits}/${plan.chunk}/${scratch.partial}/${dtypeText(io)}`),
       pointers,
       record: () => {
         this.attention.launchKVAppend(this.kv, io.key, io.value, seqRead, seqWrite, status, this.stream);

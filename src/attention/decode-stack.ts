@@ -84,9 +84,12 @@ export class CudaDecodeStack {
     const bound = this.layers.map((layer, i) => layer.bind(inputs[i]));
     const prepared = this.layers.map((layer, i) => layer.prepare(bound[i]));
     const key = this.graphKey(prepared);
-    const graph = this.graphs.get(key, prepared.flatMap((p) => p.pointers), this.stream, () => {
-      for (const p of prepared) p.record();
-    });
+    const pointers = prepared.flatMap((p) => p.pointers);
+    const graph =
+      this.graphs.find(key, pointers) ??
+      this.graphs.capture(key, pointers, this.stream, () => {
+        for (const p of prepared) p.record();
+      });
     graph.launch(this.stream);
     this.layers.forEach((layer, i) => layer.launched(bound[i]));
     return this.layers.map((layer) => layer.output());

@@ -79,10 +79,20 @@ export class GraphCache {
 
   /** The graph for (`signature`, `pointers`), captured from `enqueue` on `stream` if there is none yet. */
   get(signature: string, pointers: readonly DevicePtr[], stream: Stream, enqueue: () => void): GraphExec {
+    return this.find(signature, pointers) ?? this.capture(signature, pointers, stream, enqueue);
+  }
+
+  /** The graph held for (`signature`, `pointers`), if any (decode steps: no capture callback made per step). */
+  find(signature: string, pointers: readonly DevicePtr[]): GraphExec | undefined {
     const bound = this.graphs.get(signature);
     if (bound !== undefined) {
       for (const entry of bound) if (samePointers(entry.pointers, pointers)) return entry.graph;
     }
+    return undefined;
+  }
+
+  /** Capture what `enqueue` puts on `stream` as the graph for (`signature`, `pointers`) (none held yet: find()). */
+  capture(signature: string, pointers: readonly DevicePtr[], stream: Stream, enqueue: () => void): GraphExec {
     if (this.count >= this.limit) this.clear();
     const graph = GraphExec.capture(stream, enqueue);
     const entry = { pointers: [...pointers], graph };

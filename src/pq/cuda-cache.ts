@@ -649,8 +649,10 @@ export class CudaPQCache implements PQCache {
     const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
     pointers[0] = qptr;
     pointers[1] = kptr ?? 0n; // no key: the signature says so ('-')
-    const graph = this.graphs.get(signature, pointers, this.stream, () =>
-      this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
+    const graph =
+      this.graphs.find(signature, pointers) ??
+      this.graphs.capture(signature, pointers, this.stream, () =>
+        this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
     graph.launch(this.stream);
     if (hostQ || hostK) {
       this.stagingConsumed.record(this.stream);
