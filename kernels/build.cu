@@ -6,12 +6,14 @@
 // keys[b, kvh, O + p, m*dsub : (m+1)*dsub], augmented for ip with sqrt(max(phi_g - |x|^2, 0))
 // where phi_g = max |x|^2 over the group. Centroids are [G, C, cstride].
 //
-// Keys are read where the caller keeps them, fp32 or bf16 (every bf16 value is exact in fp32, so
-// both give the oracle's result on the fp32 values); the kernels with the _bf16 suffix read bf16.
+// Keys are read where the caller keeps them, fp32, bf16 or f16 (every bf16 and f16 value is exact in
+// fp32, so all give the oracle's result on the fp32 values); the kernels with the _bf16 suffix read
+// bf16, those with _f16 read f16 (check, init, first sums and finalize only: f16 keys are read in
+// place only by build_ws.cu's round kernel, and staged into fp32 where it does not apply).
 // Row p of (b, kv-head) bkv = b*Hkv + kvh starts head_stride*bkv + row_stride*p elements into
 // `keys` (contiguous keys: sk*D and D; a K cache with room for more positions: a larger
 // head_stride). The host passes only layouts of that form whose rows start 16-byte aligned (fp32)
-// or 8-byte aligned (bf16), with row_stride a multiple of 4; it stages any other layout into
+// or 8-byte aligned (bf16, f16), with row_stride a multiple of 4; it stages any other layout into
 // contiguous fp32 (pq_build_stage_keys).
 //
 // Assignment without the canonical cost. The oracle's nearest centroid uses its own fp32 order
@@ -100,18 +102,29 @@ __device__ __forceinline__ float point_coord(const T* keys, const float* norms, 
   return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
 }
 
-// Four consecutive key columns: 16 bytes of fp32, 8 of bf16 (the unit of every vector load of keys).
+// Four consecutive key columns: 16 bytes of fp32, 8 of bf16 or f16 (the unit of every vector load of
+// keys). f16 keys have their own type, so that overloads decode them as f16.
+struct HalfQuad {
+  uint2 bits;
+};
 template <typename T> struct KStep;
 template <> struct KStep<float> { using type = float4; };
 template <> struct KStep<__nv_bfloat16> { using type = uint2; };
+template <> struct KStep<__half> { using type = HalfQuad; };
 __device__ __forceinline__ void zero_four(float4& x) { x = make_float4(0.f, 0.f, 0.f, 0.f); }
 __device__ __forceinline__ void zero_four(uint2& x) { x = make_uint2(0u, 0u); }
+__device__ __forceinline__ void zero_four(HalfQuad& x) { x.bits = make_uint2(0u, 0u); }
 
-// Four columns as fp32 (bf16 pairs: the first column in the low half).
+// Four columns as fp32 (pairs: the first column in the low half).
 __device__ __forceinline__ float4 four_floats(const float4& v) { return v; }
 __device__ __forceinline__ float4 four_floats(const uint2& v) {
   return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
                      __uint_as_float(v.y & 0xffff0000u));
+}
+__device__ __forceinline__ float4 four_floats(const HalfQuad& v) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.bits.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.bits.y));
+  return make_float4(a.x, a.y, b.x, b.y);
 }
 
 // Volatile: kept in program order with load_kstep's loads.
@@ -214,6 +227,10 @@ __device__ __forceinline__ bool any_nonfinite(const uint2& v) {  // four bf16
   const uint32_t e = 0x7f80u;
   return (v.x & e) == e || ((v.x >> 16) & e) == e || (v.y & e) == e || ((v.y >> 16) & e) == e;
 }
+__device__ __forceinline__ bool any_nonfinite(const HalfQuad& v) {  // four f16
+  const uint32_t e = 0x7c00u;
+  return (v.bits.x & e) == e || ((v.bits.x >> 16) & e) == e || (v.bits.y & e) == e || ((v.bits.y >> 16) & e) == e;
+}
 
 // The first of four values that is NaN or Inf (3 when none before the last is).
 __device__ __forceinline__ int first_nonfinite_column(const float4& x) {
@@ -223,7 +240,7 @@ __device__ __forceinline__ int first_nonfinite_column(const float4& x) {
 // The lowest flat index of a NaN or Inf among the quads q = q0 + 256u (u < kQuadBatch) for
 // q0 = first, first + step, … below `quads` of keys read in place (see "Keys"): quad q is row
 // p = q / row_quads, columns 4(q - p*row_quads) .. +3, at rows + p*row_stride, and element (p, j)
-// has flat index flat0 + p*D + j; ~0 if none. One vector load a quad (16 bytes of fp32, 8 of bf16),
+// has flat index flat0 + p*D + j; ~0 if none. One vector load a quad (16 bytes of fp32, 8 of bf16 or f16),
 // kQuadBatch loads issued before any is tested (a test at each load waited on it in turn). Called
 // by every thread of a 256-thread block with first = (its block's offset) + threadIdx.x.
 constexpr int kQuadBatch = 8;
@@ -257,7 +274,7 @@ __device__ unsigned long long lowest_nonfinite_quads(const T* rows, int row_stri
 }
 
 // Keys read in place (see "Keys"): every element of rows 0 .. sk-1 checked, four at a time by one
-// vector load (16 bytes of fp32, 8 of bf16; the host passes only layouts whose rows allow it), kQuadBatch
+// vector load (16 bytes of fp32, 8 of bf16 or f16; the host passes only layouts whose rows allow it), kQuadBatch
 // loads in flight per thread. The lowest flat index ((b*Hkv + kvh)*sk + p)*D + j of a NaN or Inf goes
 // to *first_bad, as pq_build_stage_keys. Grid (x, B*Hkv), block 256: block x of head bkv takes the
 // head's quads x*256*kQuadBatch + threadIdx.x + 256*u, then strides by the grid.
@@ -279,6 +296,7 @@ __device__ void check_keys(const T* keys, int64_t head_stride, int row_stride, u
   }
 PQ_BUILD_CHECK_KEYS(float, pq_build_check_keys)
 PQ_BUILD_CHECK_KEYS(__nv_bfloat16, pq_build_check_keys_bf16)
+PQ_BUILD_CHECK_KEYS(__half, pq_build_check_keys_f16)
 
 namespace {
 
@@ -429,6 +447,7 @@ __device__ void build_init(const T* keys, const float* norms, const float* phi, 
   }
 PQ_BUILD_INIT(float, pq_build_init)
 PQ_BUILD_INIT(__nv_bfloat16, pq_build_init_bf16)
+PQ_BUILD_INIT(__half, pq_build_init_f16)
 
 namespace {
 
@@ -844,6 +863,7 @@ __device__ void build_first_sums(const T* keys, const float* norms, const float*
   }
 PQ_BUILD_FIRST_SUMS(float, pq_build_first_sums)
 PQ_BUILD_FIRST_SUMS(__nv_bfloat16, pq_build_first_sums_bf16)
+PQ_BUILD_FIRST_SUMS(__half, pq_build_first_sums_f16)
 
 namespace {
 
@@ -915,6 +935,7 @@ __device__ void build_finalize(const T* keys, const float* norms, const float* p
   }
 PQ_BUILD_FINALIZE(float, pq_build_finalize)
 PQ_BUILD_FINALIZE(__nv_bfloat16, pq_build_finalize_bf16)
+PQ_BUILD_FINALIZE(__half, pq_build_finalize_f16)
 
 // The built index into the caller's buffers (the index of src/pq/cuda-cache.ts), unless a key was NaN
 // or Inf: *first_bad was then set (by pq_build_stage_keys, pq_build_check_keys, pq_build_init or

@@ -112,6 +112,18 @@ __device__ __forceinline__ float score_band_lo_first(float xnorm, float cmax) {
   return 0x1.1p-13f * xnorm * cmax + 0x1.8p-19f * s * s + 0x1p-101f;
 }
 
+// The band of kernels/build_ws.cu's scores from f16 keys: as score_band_lo_first, with the centroids
+// split into f16 hi + lo (the same order of products). Every term of that derivation is smaller for
+// f16 (a product of two f16 is exact in fp32; |c_hi| <= (1 + 2^-11) |c|, |c_lo| <= 2^-11 (1 + 2^-11) |c|,
+// the residual c - hi - lo <= 2^-22 |c_j|) but one: a lo part below f16's normal range (2^-14) is
+// rounded to the subnormal step 2^-24, so the residual is also <= 2^-25 a coordinate, and a score errs
+// by up to 2^-25 sum_j |x_j| <= 2^-22 |x| more (64 coordinates). The comparison takes that twice, 2^-21
+// |x|; kept with a margin of 2x. (It assumes the tensor cores keep f16 subnormals, operands and
+// products alike: scripts/wgmma-accum-probe.cu checks it, class "f16 subnormal".)
+__device__ __forceinline__ float score_band_f16_lo_first(float xnorm, float cmax) {
+  return score_band_lo_first(xnorm, cmax) + 0x1p-20f * xnorm;
+}
+
 // |x| as the bands take it, from the four lanes' shares of a row's |x|^2 (lanes 4q .. 4q+3; every
 // lane of the warp calls it): the shares summed by two xor shuffles, the root rounded up (an upper
 // bound of |x| but for the sum's own rounding, which the bands' margins cover). Every lane gets it.
@@ -122,7 +134,14 @@ __device__ __forceinline__ float band_row_norm(float share) {
 }
 
 // Which bound a round kernel's scores take (nearest_rows).
-enum ScoreBand : int { BAND_SPLIT = 0, BAND_BF16_LO_FIRST = 1 };
+enum ScoreBand : int { BAND_SPLIT = 0, BAND_BF16_LO_FIRST = 1, BAND_F16_LO_FIRST = 2 };
+
+template <ScoreBand kBand>
+__device__ __forceinline__ float score_band_of(float xnorm, float cmax) {
+  if constexpr (kBand == BAND_BF16_LO_FIRST) return score_band_lo_first(xnorm, cmax);
+  else if constexpr (kBand == BAND_F16_LO_FIRST) return score_band_f16_lo_first(xnorm, cmax);
+  else return score_band(xnorm, cmax);
+}
 
 // What one round's assignment needs of group g (the kernels build it by aggregate initialization,
 // in this field order).
@@ -253,7 +272,7 @@ __device__ __forceinline__ unsigned nearest_rows(const GroupView<T>& v, int pbas
 #pragma unroll
   for (int rs = 0; rs < 2; ++rs) {
     const float xnorm = kNormGiven ? sq[rs] : band_row_norm(sq[rs]);
-    half_band[rs] = kBand == BAND_BF16_LO_FIRST ? score_band_lo_first(xnorm, v.cmax) : score_band(xnorm, v.cmax);
+    half_band[rs] = score_band_of<kBand>(xnorm, v.cmax);
   }
   float threshold[2];
 #pragma unroll

@@ -59,7 +59,6 @@ constexpr int kWsConsumers = 2;                         // warpgroups
 constexpr int kWsProducers = 2;                         // warps
 constexpr int kWsThreads = 128 * kWsConsumers + 32 * kWsProducers;
 constexpr int kWsKSteps = kWsDim / 16;
-constexpr ScoreBand kWsBand = BAND_BF16_LO_FIRST;  // its bound assumes the products' order below (lo first)
 constexpr int kWsProducerRows = 32 * kWsProducers / 8;  // rows the producer lanes copy at once (8 chunks a row)
 static_assert(kWsProducerRows % 8 == 0 && kWsTilePoints % kWsProducerRows == 0, "a producer lane keeps its swizzled column");
 static_assert(kWsStages % kWsConsumers == 0, "a stage has one consumer warpgroup");
@@ -92,8 +91,15 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(pq_smem_addr(bar)) : "memory");
 }
+// Two keys of a stage word as fp32 (the first in the low half).
+__device__ __forceinline__ float2 key_pair(uint32_t word, __nv_bfloat16) {
+  return make_float2(__uint_as_float(word << 16), __uint_as_float(word & 0xffff0000u));
+}
+__device__ __forceinline__ float2 key_pair(uint32_t word, __half) { return __half22float2(*reinterpret_cast<const __half2*>(&word)); }
+
 // A lane's share of |x|^2 for its rows q and q + 8 of warp w's 16 (chunks 2t, 2t + 1: 16 of the 64
 // coordinates; the lanes t = 0..3 of a row sum to the whole, as band_row_norm expects).
+template <typename T>
 __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int lane, float (&sq)[2]) {
   const int q = lane >> 2;
   const int t = lane & 3;
@@ -107,9 +113,8 @@ __device__ __forceinline__ void stage_row_norms(const uint8_t* stage, int w, int
       const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const float lo = __uint_as_float(words[k] << 16);
-        const float hi = __uint_as_float(words[k] & 0xffff0000u);
-        s = fmaf(lo, lo, fmaf(hi, hi, s));
+        const float2 x = key_pair(words[k], T{});
+        s = fmaf(x.x, x.x, fmaf(x.y, x.y, s));
       }
     }
     sq[rs] = s;
@@ -136,7 +141,8 @@ struct DeferredRow {
 // lanes, from the keys: the row's stage is long gone). Returns the rows whose code changed (every
 // lane; the final round counts none).
 // Out of line: it runs rarely, and inlined its state would sit beside the accumulators.
-__device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int count, int mode, const __nv_bfloat16* group_keys,
+template <typename T>
+__device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int count, int mode, const T* group_keys,
                                               int row_stride, const float* cent, uint8_t* group_codes, double* group_sums,
                                               unsigned* group_counts) {
   const int r = threadIdx.x & 7;
@@ -145,7 +151,7 @@ __device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int 
     const int e = e0 + ((threadIdx.x & 31) >> 3);
     const bool live = e < count;
     const DeferredRow row = live ? queue[e] : DeferredRow{0ull, 0, -1};
-    const __nv_bfloat16* xr = group_keys + static_cast<int64_t>(row.point) * row_stride;
+    const T* xr = group_keys + static_cast<int64_t>(row.point) * row_stride;
     uint64_t candidates = row.candidates;
     float best_d = INFINITY;
     int best_c = -1;
@@ -172,7 +178,7 @@ __device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int 
     if (mode == ROUND_NEXT && changed) {
 #pragma unroll
       for (int j = r; j < kWsDim; j += 8) {
-        const double x = __bfloat162float(xr[j]);
+        const double x = pq_to_float(xr[j]);
         atomicAdd(group_sums + code * kWsDim + j, x);
         atomicAdd(group_sums + row.old_code * kWsDim + j, -x);
       }
@@ -186,6 +192,7 @@ __device__ __noinline__ unsigned resolve_deferred(const DeferredRow* queue, int 
 // adds coordinates L and L + 32, so each float64 RED instruction of the warp covers 32 consecutive
 // sums (256 bytes; lanes on every other coordinate made round 2 of the seed build 16% slower). A row
 // costs the warp two shared loads and four REDs a lane, without the global loads of move_points.
+template <typename T>
 __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, const int (&code)[2], const int (&old)[2],
                                                      const uint8_t* stage, int w, double* group_sums) {
   const int lane = threadIdx.x & 31;
@@ -196,8 +203,8 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
     const int from = __shfl_sync(0xffffffffu, old[rs], src);
     const int row = 16 * w + (src >> 2) + 8 * rs;
     // coordinate j: byte 2 (j mod 8) of chunk j / 8
-    const double x0 = __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(stage + swizzled(row, lane >> 3) + 2 * (lane & 7)));
-    const double x1 = __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(stage + swizzled(row, 4 + (lane >> 3)) + 2 * (lane & 7)));
+    const double x0 = pq_to_float(*reinterpret_cast<const T*>(stage + swizzled(row, lane >> 3) + 2 * (lane & 7)));
+    const double x1 = pq_to_float(*reinterpret_cast<const T*>(stage + swizzled(row, 4 + (lane >> 3)) + 2 * (lane & 7)));
     atomicAdd(group_sums + to * kWsDim + lane, x0);
     atomicAdd(group_sums + to * kWsDim + 32 + lane, x1);
     atomicAdd(group_sums + from * kWsDim + lane, -x0);
@@ -205,7 +212,19 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
   }
 }
 
-}  // namespace
+// A centroid's two coordinates as B-operand pairs of the keys' type, hi + lo (first in the low half);
+// x - hi is exact in fp32. bf16: split_pair. f16: |x| <= 65504 here (the means of f16 keys), so hi
+// is finite; a lo below f16's normal range rounds to the subnormal step (score_band_f16_lo_first).
+__device__ __forceinline__ void split_operand_pair(float v0, float v1, uint32_t& hi, uint32_t& lo, __nv_bfloat16) {
+  split_pair(v0, v1, hi, lo);
+}
+__device__ __forceinline__ void split_operand_pair(float v0, float v1, uint32_t& hi, uint32_t& lo, __half) {
+  const __half2 h = __floats2half2_rn(v0, v1);
+  const float2 hf = __half22float2(h);
+  const __half2 l = __floats2half2_rn(__fsub_rn(v0, hf.x), __fsub_rn(v1, hf.y));
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
+}
 
 // Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); phi and frag are not
 // read (no ip coordinate; the B operands are formed from the fp32 centroids here). norms ([G, n],
@@ -213,12 +232,13 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
 // (ROUND_FIRST) sums it from the stage and writes it, the later k-means rounds read it instead of
 // summing it again and taking its square root (with the producers' copy addresses below: round 5 of
 // the seed build 87.4 -> 74.6 M instructions, ncu session 36).
-extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_round_ws_bf16(
-    const __nv_bfloat16* keys, float* norms, const float* phi, const float* centroids, const uint4* frag,
-    const float* info_g, uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M,
-    int64_t head_stride, int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {
-  (void)phi;
-  (void)frag;
+template <typename T>
+__device__ __forceinline__ void build_round_ws(const T* keys, float* norms, const float* centroids, const float* info_g,
+                                               uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n,
+                                               int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,
+                                               int cstride, int NT, int mode) {
+  // The bands assume the products' order below (lo first).
+  constexpr ScoreBand kBand = std::is_same<T, __half>::value ? BAND_F16_LO_FIRST : BAND_BF16_LO_FIRST;
   unsigned dynamic_bytes;
   asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dynamic_bytes));
   if (dynamic_bytes < static_cast<unsigned>(kWsSmemBytes)) __trap();  // a host bug: fail the launch, never a wrong answer
@@ -236,7 +256,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int dsub = D / M;
-  const __nv_bfloat16* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
+  const T* group_keys = group_points(keys, g, M, head_stride, row_stride, O, dsub);
   uint8_t* group_codes = codes_tmp + static_cast<int64_t>(g) * n;
   double* group_sums = sums + static_cast<int64_t>(g) * C * cdim;
   unsigned* group_counts = counts + g * C;
@@ -252,10 +272,10 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
       if (c < C) {
         const float4 a = *reinterpret_cast<const float4*>(gc + c * cstride + 8 * chunk);
         const float4 b = *reinterpret_cast<const float4*>(gc + c * cstride + 8 * chunk + 4);
-        split_pair(a.x, a.y, hi.x, lo.x);
-        split_pair(a.z, a.w, hi.y, lo.y);
-        split_pair(b.x, b.y, hi.z, lo.z);
-        split_pair(b.z, b.w, hi.w, lo.w);
+        split_operand_pair(a.x, a.y, hi.x, lo.x, T{});
+        split_operand_pair(a.z, a.w, hi.y, lo.y, T{});
+        split_operand_pair(b.x, b.y, hi.z, lo.z, T{});
+        split_operand_pair(b.z, b.w, hi.w, lo.w, T{});
         reinterpret_cast<float4*>(cent + c * kWsDim + 8 * chunk)[0] = a;
         reinterpret_cast<float4*>(cent + c * kWsDim + 8 * chunk)[1] = b;
       }
@@ -294,7 +314,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
       mbarrier_wait(&empty[s], ((i / kWsStages) + 1) & 1);
       const int first = (blockIdx.x + i * P) * kWsTilePoints;
       uint8_t* dst = stages + s * kWsTileBytes + dst0;
-      const __nv_bfloat16* src = group_keys + static_cast<int64_t>(first + r0) * row_stride + 8 * chunk;
+      const T* src = group_keys + static_cast<int64_t>(first + r0) * row_stride + 8 * chunk;
       if (first + kWsTilePoints <= n) {
 #pragma unroll
         for (int k = 0; k < kWsTilePoints / kWsProducerRows; ++k)
@@ -317,7 +337,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
   const int t = lane & 3;
   const int q = lane >> 2;
   float* group_norms = norms + static_cast<int64_t>(g) * n;
-  const GroupView<__nv_bfloat16> view{half_norm2[kWsCentroids], cent, group_keys, norms, nullptr /* pass C deferred */,
+  const GroupView<T> view{half_norm2[kWsCentroids], cent, group_keys, norms, nullptr /* pass C deferred */,
                                      0.0f /* no ip */, g, n, C, cdim, kWsDim, dsub, row_stride, NT};
   DeferredRow* queue = deferred[warp];
   int queued = 0;  // warp-uniform
@@ -351,13 +371,13 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
     // and only the hi products' with |x||c| (score_band_lo_first).
 #pragma unroll
-    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16<T>(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
 #pragma unroll
-    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16<T>(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
     wgmma_commit();
     if (sum_norms) {
       float sq[2];
-      stage_row_norms(stage, w, lane, sq);  // while the products run
+      stage_row_norms<T>(stage, w, lane, sq);  // while the products run
 #pragma unroll
       for (int rs = 0; rs < 2; ++rs) {
         xnorm[rs] = band_row_norm(sq[rs]);
@@ -370,7 +390,7 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     bool valid[2] = {false, false};
     float xaug[2] = {0.0f, 0.0f};
     uint64_t candidates[2];
-    flagged_total += nearest_rows<true, true, kWsBand, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*norm_out)[2]) {
+    flagged_total += nearest_rows<true, true, kBand, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*norm_out)[2]) {
       (void)nt0;  // one chunk: nt0 == 0
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -396,8 +416,8 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     commit_codes<kWsKSteps, false>(mode, code, old, now, xaug, group_codes, pbase, group_keys, row_stride, group_sums,
                                    group_counts, cdim, dsub, changed_total);
     if (mode == ROUND_NEXT) {
-      move_rows_from_stage(__ballot_sync(0xffffffffu, t == 0 && now[0] && code[0] != old[0]), 0, code, old, stage, w, group_sums);
-      move_rows_from_stage(__ballot_sync(0xffffffffu, t == 0 && now[1] && code[1] != old[1]), 1, code, old, stage, w, group_sums);
+      move_rows_from_stage<T>(__ballot_sync(0xffffffffu, t == 0 && now[0] && code[0] != old[0]), 0, code, old, stage, w, group_sums);
+      move_rows_from_stage<T>(__ballot_sync(0xffffffffu, t == 0 && now[1] && code[1] != old[1]), 1, code, old, stage, w, group_sums);
       mbarrier_arrive(&empty[s]);
     }
     const unsigned later0 = __ballot_sync(0xffffffffu, t == 0 && later[0]);
@@ -429,3 +449,18 @@ extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) pq_build_
     if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
   }
 }
+
+}  // namespace
+
+#define PQ_BUILD_ROUND_WS(T, NAME)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) NAME(                                        \
+      const T* keys, float* norms, const float* phi, const float* centroids, const uint4* frag, const float* info_g,  \
+      uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride,         \
+      int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {                                 \
+    (void)phi;                                                                                                        \
+    (void)frag;                                                                                                       \
+    build_round_ws(keys, norms, centroids, info_g, codes_tmp, sums, counts, stats, n, M, head_stride, row_stride, D, O, \
+                   C, cdim, cstride, NT, mode);                                                                       \
+  }
+PQ_BUILD_ROUND_WS(__nv_bfloat16, pq_build_round_ws_bf16)
+PQ_BUILD_ROUND_WS(__half, pq_build_round_ws_f16)

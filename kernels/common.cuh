@@ -32,9 +32,10 @@ __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t
   return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
 }
 
-// A float element as fp32 (exact for bf16).
+// A float element as fp32 (exact for f16 and bf16).
 __device__ __forceinline__ float pq_to_float(float v) { return v; }
 __device__ __forceinline__ float pq_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float pq_to_float(__half v) { return __half2float(v); }
 
 // Order-preserving uint32 key of an fp32 score: larger score -> larger key, NaN -> 0, -0 -> +0.
 // The CPU oracle (src/pq/cpu-select.ts scoreKey) defines the same map.
@@ -66,7 +67,7 @@ __device__ __forceinline__ uint32_t pq_draw(uint32_t seed, uint32_t stream, uint
 // Lane form: the 8 lanes of an aligned group of 8 (lane8 = lane & 7) each compute one partial;
 // pq_tree8 combines them with xor shuffles (fp32 addition is commutative, so every lane ends
 // with the canonical value). All 32 lanes of the warp must call pq_tree8.
-// x: fp32, or bf16 keys read where they are (build.cu; bf16 values are exact in fp32).
+// x: fp32, or bf16 or f16 keys read where they are (build.cu; their values are exact in fp32).
 template <typename T>
 __device__ __forceinline__ float pq_partial_distance(const T* x, const float* c, int dim, int lane8) {
   float p = 0.0f;

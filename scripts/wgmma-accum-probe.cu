@@ -1,13 +1,15 @@
-// Diagnostic: how Hopper's wgmma m64n64k16 (bf16 in, fp32 accumulators) adds its products, checked
-// against the model that kernels/build_assign.cuh's score_band_lo_first is derived from (exact
+// Diagnostic: how Hopper's wgmma m64n64k16 (bf16 or f16 in, fp32 accumulators) adds its products,
+// checked against the model that kernels/build_assign.cuh's score_band_lo_first is derived from (exact
 // products; each step of m >= 1 products aligns its terms to the largest exponent E, keeping >= 24
-// bits from 2^E down, and rounds toward zero), and the error of build_ws.cu's scores (bf16 keys,
-// centroids split into bf16 hi + lo, lo products first) against that bound.
+// bits from 2^E down, and rounds toward zero), and the error of build_ws.cu's scores (bf16 or f16
+// keys, centroids split into hi + lo of the keys' type, lo products first) against that bound.
 //   1. Patterns: sums of 1 and small powers of two; the result less 1 in units of 2^-24 says how many
 //      bits the terms keep below the largest one and how the sum is rounded (H100: 26 bits, toward zero).
 //   2. Random dot products of 64 coordinates in four classes, for three product orders: the error
 //      against the exact x.c (long double), in units of 2^-23 S with S = sum_j |x_j||c_j|, beside the
 //      bound's 258.3 (score_band_lo_first; the same bound for the interleaved order is 451).
+//   3. f16 (score_band_f16_lo_first): subnormal operands and products kept (not flushed), and random
+//      dot products, subnormal lo parts and keys included, against 258.3 x 2^-23 S + 2^-25 sum |x_j|.
 // nvcc is here, not on the GPU machine: build it into an untracked file of the repository root,
 // which travels with the working tree, then run it there:
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -I kernels -o wgmma-accum-probe scripts/wgmma-accum-probe.cu
@@ -22,6 +24,8 @@
 #include <random>
 #include <vector>
 
+#include <cuda_fp16.h>
+
 #include "wgmma.cuh"
 
 #define CHECK(call)                                                                                  \
@@ -35,12 +39,14 @@
 
 constexpr int kRows = 64;                       // A rows (points) = B rows (centroids) = 64
 constexpr int kDim = 64;                        // coordinates: 4 k-steps of 16
-constexpr int kTile = kRows * kDim;             // bf16 elements of one operand
+constexpr int kTile = kRows * kDim;             // elements of one operand (2 bytes each)
 enum Order : int { LO_FIRST = 0, INTERLEAVED = 1, HI_ONLY = 2 };
 const char* const kOrderNames[] = {"lo first (build_ws)", "hi, lo interleaved", "hi only"};
 
-// Block b: out[b] (64 x 64, row-major: point r, centroid c) = A_b B_b^T in the given product order.
-// Launch: grid (blocks), block 128 (one warpgroup), dynamic smem 3 * 8 KB + 1 KB alignment slack.
+// Block b: out[b] (64 x 64, row-major: point r, centroid c) = A_b B_b^T in the given product order,
+// operands of type T (bf16 or f16). Launch: grid (blocks), block 128 (one warpgroup), dynamic smem
+// 3 * 8 KB + 1 KB alignment slack.
+template <typename T>
 __global__ void __launch_bounds__(128) probe(const uint16_t* a, const uint16_t* b_hi, const uint16_t* b_lo, float* out, int order) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
@@ -64,18 +70,18 @@ __global__ void __launch_bounds__(128) probe(const uint16_t* a, const uint16_t* 
   wgmma_fence();
   if (order == LO_FIRST) {
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(d, da + 2 * ks, dlo + 2 * ks, ks > 0);
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16<T>(d, da + 2 * ks, dlo + 2 * ks, ks > 0);
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(d, da + 2 * ks, dhi + 2 * ks, 1);
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16<T>(d, da + 2 * ks, dhi + 2 * ks, 1);
   } else if (order == INTERLEAVED) {
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
-      wgmma_m64n64k16(d, da + 2 * ks, dhi + 2 * ks, ks > 0);
-      wgmma_m64n64k16(d, da + 2 * ks, dlo + 2 * ks, 1);
+      wgmma_m64n64k16<T>(d, da + 2 * ks, dhi + 2 * ks, ks > 0);
+      wgmma_m64n64k16<T>(d, da + 2 * ks, dlo + 2 * ks, 1);
     }
   } else {
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(d, da + 2 * ks, dhi + 2 * ks, ks > 0);
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16<T>(d, da + 2 * ks, dhi + 2 * ks, ks > 0);
   }
   wgmma_commit();
   wgmma_wait_all();
@@ -99,15 +105,32 @@ float from_bf16(uint16_t h) {
   return v;
 }
 
+// fp32 <-> f16 bits, round to nearest even (cuda_fp16.h's host conversions).
+uint16_t to_f16(float v) {
+  const __half h = __float2half_rn(v);
+  uint16_t b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+float from_f16(uint16_t b) {
+  __half h;
+  std::memcpy(&h, &b, 2);
+  return __half2float(h);
+}
+
 struct Batch {
   int blocks;
+  bool f16;                         // operands f16 (else bf16)
   std::vector<uint16_t> a, hi, lo;  // [blocks][64][64]
   std::vector<float> c;             // fp32 centroids before the split
-  explicit Batch(int n) : blocks(n), a(size_t(n) * kTile), hi(size_t(n) * kTile), lo(size_t(n) * kTile), c(size_t(n) * kTile) {}
-  void set_c(size_t i, float v) {  // split_pair: hi = bf16(v), lo = bf16(v - hi)
+  explicit Batch(int n, bool half = false)
+      : blocks(n), f16(half), a(size_t(n) * kTile), hi(size_t(n) * kTile), lo(size_t(n) * kTile), c(size_t(n) * kTile) {}
+  uint16_t to(float v) const { return f16 ? to_f16(v) : to_bf16(v); }
+  float from(uint16_t b) const { return f16 ? from_f16(b) : from_bf16(b); }
+  void set_c(size_t i, float v) {  // split_pair / split_operand_pair: hi = T(v), lo = T(v - hi)
     c[i] = v;
-    hi[i] = to_bf16(v);
-    lo[i] = to_bf16(v - from_bf16(hi[i]));
+    hi[i] = to(v);
+    lo[i] = to(v - from(hi[i]));
   }
 };
 
@@ -124,8 +147,13 @@ std::vector<float> run(const Batch& batch, int order) {
   CHECK(cudaMemcpy(lo, batch.lo.data(), n * 2, cudaMemcpyHostToDevice));
   CHECK(cudaMemset(out, 0xff, n * 4));  // NaN: every output must be written
   const int smem = 3 * kTile * 2 + 1024;
-  CHECK(cudaFuncSetAttribute(probe, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  probe<<<batch.blocks, 128, smem>>>(a, hi, lo, out, order);
+  if (batch.f16) {
+    CHECK(cudaFuncSetAttribute(probe<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    probe<__half><<<batch.blocks, 128, smem>>>(a, hi, lo, out, order);
+  } else {
+    CHECK(cudaFuncSetAttribute(probe<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    probe<__nv_bfloat16><<<batch.blocks, 128, smem>>>(a, hi, lo, out, order);
+  }
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
   std::vector<float> h(n);
@@ -240,6 +268,88 @@ void random_errors(int blocks_per_class) {
   if (!(worst_lo_first < 258.3)) std::exit(1);
 }
 
+// Part 3: f16 operands. First products at the bottom of f16's range, which build_ws.cu's f16 band
+// assumes are kept: each row r of A holds one product (B hi = 1 or the pattern's value, lo = 0).
+// Then random dot products against score_band_f16_lo_first's bound.
+void f16_checks(int blocks_per_class) {
+  struct Product {
+    const char* what;
+    float x, c;
+  };
+  const Product ps[] = {{"2^-24 x 1 (subnormal key)", std::ldexp(1.0f, -24), 1.0f},
+                        {"1 x 2^-24 (subnormal centroid part)", 1.0f, std::ldexp(1.0f, -24)},
+                        {"2^-24 x 2^-24 (subnormal x subnormal)", std::ldexp(1.0f, -24), std::ldexp(1.0f, -24)},
+                        {"3 x 2^-20 (subnormal)", 3.0f, std::ldexp(1.0f, -20)},
+                        {"65504 x 65504 (largest)", 65504.0f, 65504.0f}};
+  Batch b(1, true);
+  for (size_t i = 0; i < size_t(kTile); ++i) b.a[i] = b.hi[i] = b.lo[i] = 0;
+  const int np = sizeof(ps) / sizeof(ps[0]);
+  for (int r = 0; r < np; ++r) {
+    b.a[r * kDim] = to_f16(ps[r].x);
+    b.hi[r * kDim] = to_f16(ps[r].c);
+  }
+  const std::vector<float> out = run(b, HI_ONLY);
+  std::printf("\nf16 products (hi only), got against exact:\n");
+  bool kept = true;
+  for (int r = 0; r < np; ++r) {
+    const double exact = double(from_f16(b.a[r * kDim])) * double(from_f16(b.hi[r * kDim]));
+    const float got = out[r * kRows + r];
+    kept = kept && double(got) == exact;
+    std::printf("  %-40s got %-14.8g exact %-14.8g %s\n", ps[r].what, got, exact, double(got) == exact ? "ok" : "DIFFERS");
+  }
+  std::mt19937_64 rng(20261125);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  const char* const classes[] = {"gaussian (keys N(0,1), centroids 0.3 N(0,1))", "wide exponents (2^U(-20,10) each)",
+                                 "small centroids (lo parts subnormal)", "subnormal keys (|x| < 2^-14)", "cancelling (alternating signs)"};
+  std::printf("\nf16, lo first: |score - exact x.c| / bound, bound = 258.3 x 2^-23 S + 2^-25 sum |x_j|\n");
+  std::printf("  %-46s %10s %10s %10s %9s\n", "class", "max", "p99.99", "median", "dots");
+  double worst = 0;
+  for (int cls = 0; cls < 5; ++cls) {
+    Batch bb(blocks_per_class, true);
+    for (int blk = 0; blk < bb.blocks; ++blk)
+      for (int r = 0; r < kRows; ++r)
+        for (int j = 0; j < kDim; ++j) {
+          const size_t i = size_t(blk) * kTile + r * kDim + j;
+          double x = 0, c = 0;
+          switch (cls) {
+            case 0: x = normal(rng); c = 0.3 * normal(rng); break;
+            case 1: x = normal(rng) * std::ldexp(1.0, int(uni(rng) * 31) - 20); c = normal(rng) * std::ldexp(1.0, int(uni(rng) * 31) - 20); break;
+            case 2: x = normal(rng); c = normal(rng) * std::ldexp(1.0, -10 - int(uni(rng) * 6)); break;
+            case 3: x = normal(rng) * std::ldexp(1.0, -15 - int(uni(rng) * 8)); c = normal(rng); break;
+            default: x = ((j & 1) ? -1 : 1) * (1 + 0.01 * normal(rng)); c = 1 + 0.01 * normal(rng);
+          }
+          bb.a[i] = to_f16(static_cast<float>(x));
+          bb.set_c(i, static_cast<float>(c));
+        }
+    const std::vector<float> out2 = run(bb, LO_FIRST);
+    std::vector<double> ratios;
+    ratios.reserve(size_t(bb.blocks) * kRows * kRows);
+    for (int blk = 0; blk < bb.blocks; ++blk)
+      for (int r = 0; r < kRows; ++r)
+        for (int cc = 0; cc < kRows; ++cc) {
+          long double exact = 0, s = 0, sx = 0;
+          for (int j = 0; j < kDim; ++j) {
+            const long double x = from_f16(bb.a[size_t(blk) * kTile + r * kDim + j]);
+            const long double c = bb.c[size_t(blk) * kTile + cc * kDim + j];
+            exact += x * c;
+            s += std::fabs(x * c);
+            sx += std::fabs(x);
+          }
+          const long double bound = 258.3L * std::ldexp(1.0L, -23) * s + std::ldexp(1.0L, -25) * sx;
+          const double got = out2[size_t(blk) * kTile + r * kRows + cc];
+          ratios.push_back(bound > 0 ? static_cast<double>(std::fabs(got - exact) / bound) : (got == exact ? 0.0 : INFINITY));
+        }
+    std::sort(ratios.begin(), ratios.end());
+    worst = std::max(worst, ratios.back());
+    std::printf("  %-46s %10.4f %10.4f %10.5f %9zu\n", classes[cls], ratios.back(), ratios[size_t(ratios.size() * 0.9999)],
+                ratios[ratios.size() / 2], ratios.size());
+  }
+  std::printf("\nf16: subnormal products %s; largest error seen %.4f of the bound -> %s\n", kept ? "kept" : "NOT KEPT", worst,
+              worst < 1.0 ? "within" : "EXCEEDED");
+  if (!kept || !(worst < 1.0)) std::exit(1);
+}
+
 int main(int argc, char** argv) {
   int dev = 0;
   CHECK(cudaSetDevice(dev));
@@ -254,5 +364,6 @@ int main(int argc, char** argv) {
   }
   patterns();
   random_errors(argc > 1 ? std::atoi(argv[1]) : 64);
+  f16_checks(argc > 1 ? std::atoi(argv[1]) : 64);
   return 0;
 }

@@ -41,8 +41,8 @@ export function benchKeys(n: number): Float32Array {
 }
 
 /** Where the timed builds read their keys: the host array (uploaded by every build), or a device copy made once. */
-export type BuildKeySource = 'host-f32' | 'device-f32' | 'device-bf16';
-const KEY_SOURCES: readonly BuildKeySource[] = ['host-f32', 'device-f32', 'device-bf16'];
+export type BuildKeySource = 'host-f32' | 'device-f32' | 'device-bf16' | 'device-f16';
+const KEY_SOURCES: readonly BuildKeySource[] = ['host-f32', 'device-f32', 'device-bf16', 'device-f16'];
 
 /** The busy queue ahead of a timed build graph: longer than the host's launch of it. */
 const BUILD_BUSY_NS = 500_000;
@@ -53,7 +53,7 @@ const BUILD_BUSY_NS = 500_000;
  * return of buildOnDevice (upload, or a staging copy where needed; the k-means graph with its
  * NaN/Inf check; the sync; without a workspace also the temporaries and the capture); GPU time is
  * the k-means graph between events, in builds of their own with the stream kept busy ahead. The quantization error is measured against the fp32 keys in every
- * row (the bf16 row's index is built on rounded keys).
+ * row (the bf16 and f16 rows' indexes are built on rounded keys).
  */
 export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildTuning = {}, sources: readonly BuildKeySource[] = KEY_SOURCES): RecordRow[] {
   const layout: Layout = makeLayout(
@@ -72,7 +72,7 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
     for (const source of sources) {
       // Device keys: uploaded once, outside the timed builds.
       const host = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys);
-      const onDevice = source === 'host-f32' ? undefined : source === 'device-bf16' ? host.toDType('bf16') : host;
+      const onDevice = source === 'host-f32' ? undefined : source === 'device-f32' ? host : host.toDType(source === 'device-bf16' ? 'bf16' : 'f16');
       const buf = onDevice && new DeviceBuffer(onDevice.data.byteLength);
       // As CudaPQCache.build: a kept workspace, so the timed builds (same sk and keys) replay one graph.
       const workspace = new BuildWorkspace(layout, c.sk);

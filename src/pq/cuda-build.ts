@@ -8,11 +8,12 @@
  * point joins a cluster, and round 1: `BuildTuning.recomputeRounds`). The k-means is one CUDA graph (norms,
  * init with the oracle's initial draw, every round and finalize, the final assignment, and the
  * publication of the index), launched once. Keys come from the host (uploaded) or from device
- * memory in any float dtype (read in place when fp32 or bf16 in a layout the kernels address: see
- * `keysInPlace`). Device keys are checked for NaN/Inf by kernels that read them anyway, and the
- * k-means works in the workspace: the index is written only when every key was finite. On compute
- * capability 9.0, bf16 keys with dsub 64 and C ≤ 64 take the warp-specialized wgmma round kernel
- * (kernels/build_ws.cu) instead of build.cu's mma.sync ones (`BuildTuning.roundFamily`).
+ * memory in any float dtype (read in place when fp32 or bf16 in a layout the kernels address, and f16
+ * where the wgmma rounds take them: see `keysInPlace`). Device keys are checked for NaN/Inf by kernels
+ * that read them anyway, and the k-means works in the workspace: the index is written only when every
+ * key was finite. On compute capability 9.0, bf16 and f16 keys with dsub 64 and C ≤ 64 take the
+ * warp-specialized wgmma round kernels (kernels/build_ws.cu) instead of build.cu's mma.sync ones
+ * (`BuildTuning.roundFamily`; f16 keys are staged into fp32 for those).
  */
 import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { type ArgKind, LaunchArgs, launch } from '../cuda/launch.js';
@@ -108,10 +109,10 @@ export interface BuildTuning {
   /** Points a pq_build_first_sums block takes (≤ 8192; default by key dtype: FIRST_SUMS_CHUNK). */
   readonly firstSumsChunk?: number;
   /**
-   * The round kernel's family: 'wgmma' (kernels/build_ws.cu, warp-specialized: bf16 keys read in
-   * place with 16-byte aligned rows, dsub = 64, euclidean, C ≤ 64, compute capability 9.0; a
-   * ConfigError names what does not hold) or 'mma' (kernels/build.cu, any layout and GPU). Default:
-   * 'wgmma' where it applies, else 'mma'.
+   * The round kernel's family: 'wgmma' (kernels/build_ws.cu, warp-specialized: bf16 or f16 keys read
+   * in place with 16-byte aligned rows, dsub = 64, euclidean, C ≤ 64, compute capability 9.0; a
+   * ConfigError names what does not hold) or 'mma' (kernels/build.cu, any layout and GPU; f16 keys
+   * staged into fp32). Default: 'wgmma' where it applies, else 'mma'.
    */
   readonly roundFamily?: 'wgmma' | 'mma';
 }
@@ -143,7 +144,7 @@ function roundKernelName(KS: number, oneChunk: boolean, tuning: BuildTuning, suf
   return `pq_build_round_k${KS}_c1_b${blocks}${suffix}`;
 }
 
-/** Threads of pq_build_round_ws_bf16 (kernels/build_ws.cu kWsThreads: two consumer warpgroups, two producer warps). */
+/** Threads of pq_build_round_ws_bf16/_f16 (kernels/build_ws.cu kWsThreads: two consumer warpgroups, two producer warps). */
 const WS_ROUND_THREADS = 320;
 /** Its tile stages (kWsStages). */
 const WS_ROUND_STAGES = 4;
@@ -151,16 +152,20 @@ const WS_ROUND_STAGES = 4;
 const WS_ROUND_SMEM = 1024 + WS_ROUND_STAGES * 8192 + 2 * 8192 + 16384 + 272;
 
 /**
- * Why kernels/build_ws.cu's round kernel does not apply to these keys and layout (undefined: it
- * does; `bound`: keys read in place, if they are). It reads bf16 rows of dsub = 64 by 16-byte copies in
- * wgmma's layout (sm_90a code).
+ * Why kernels/build_ws.cu's round kernels do not apply to these keys and layout (undefined: they
+ * do; `bound`: keys read in place, if they are). They read bf16 or f16 rows of dsub = 64 by 16-byte
+ * copies in wgmma's layout (sm_90a code).
  */
 function wgmmaRoundRefusal(layout: Layout, bound: KeyBinding | undefined): string | undefined {
   const refusal = wgmmaLayoutRefusal(layout);
   if (refusal !== undefined) return refusal;
-  if (bound?.suffix !== '_bf16') return 'bf16 device keys read in place (not host, staged or fp32 keys)';
-  if (bound.ptr % 16n !== 0n || bound.headStride % 8 !== 0 || bound.rowStride % 8 !== 0) return 'key rows 16-byte aligned';
-  return undefined;
+  if (bound?.suffix !== '_bf16' && bound?.suffix !== '_f16') return 'bf16 or f16 device keys read in place (not host, staged or fp32 keys)';
+  return wsRowsRefusal(bound);
+}
+
+/** The 16-byte rows build_ws.cu's producers copy (2-byte keys). */
+function wsRowsRefusal(bound: Pick<KeyBinding, 'ptr' | 'headStride' | 'rowStride'>): string | undefined {
+  return bound.ptr % 16n !== 0n || bound.headStride % 8 !== 0 || bound.rowStride % 8 !== 0 ? 'key rows 16-byte aligned' : undefined;
 }
 
 /** The device's and the layout's part of wgmmaRoundRefusal (what a workspace can know before the keys). */
@@ -190,9 +195,9 @@ const FIRST_SUMS_MAX_CHUNK = 8192;
  * Points a pq_build_first_sums block takes, by key dtype. fp32: 8192, one wave on the seed config
  * (256 blocks at 3 a multiprocessor; 4096 made 1.3 waves, 201 against 223 μs, ncu, session 26).
  * bf16 (64 registers, 4 blocks a multiprocessor): 4096, 114 against 125 μs for 8192 and 121 for
- * 2048 (ncu, session 32).
+ * 2048 (ncu, session 32); f16 as bf16 (the same loads).
  */
-const FIRST_SUMS_CHUNK = { f32: 8192, bf16: 4096 } as const;
+const FIRST_SUMS_CHUNK = { '': 8192, _bf16: 4096, _f16: 4096 } as const;
 const STAGE_ARGS = ['ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'i32', 'i32', 'i32'] as const;
 const CHECK_ARGS = ['ptr', 'u64', 'i32', 'ptr', 'i32', 'i32'] as const;
 const FINALIZE_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'u32', 'i32', 'ptr'] as const;
@@ -287,11 +292,12 @@ export function deviceKeysToHost(t: DeviceTensor, layout: Layout, sk: number): F
 
 /**
  * Keys as the build kernels address them (kernels/build.cu, "Keys"): row p of (b, kv-head) bkv at
- * `ptr` + (bkv·headStride + p·rowStride) elements, read as fp32 or, with the `_bf16` kernels, bf16.
+ * `ptr` + (bkv·headStride + p·rowStride) elements, read as fp32 or, with the `_bf16` and `_f16`
+ * kernels, bf16 and f16.
  */
 interface KeyBinding {
   readonly ptr: bigint;
-  readonly suffix: '' | '_bf16';
+  readonly suffix: '' | '_bf16' | '_f16';
   readonly headStride: number;
   readonly rowStride: number;
 }
@@ -299,11 +305,12 @@ interface KeyBinding {
 /**
  * Device keys the build kernels read where they are: fp32 or bf16 whose (b, kv-head) blocks step
  * by one stride (B = 1, or s0 = Hkv·s1: contiguous keys, or a [B, Hkv, capacity, D] K cache) and
- * whose rows start 16-byte (fp32) or 8-byte (bf16) aligned. Anything else (f16, other strides) is
- * staged into contiguous fp32 first.
+ * whose rows start 16-byte (fp32) or 8-byte (bf16) aligned; f16 in such a layout where the wgmma
+ * rounds take it (`f16InPlace`: kernels/build.cu has no f16 round kernels). Anything else (other
+ * strides; f16 elsewhere) is staged into contiguous fp32 first.
  */
-function keysInPlace(keys: DeviceTensor, Hkv: number): KeyBinding | undefined {
-  if (keys.dtype !== 'f32' && keys.dtype !== 'bf16') return undefined;
+function keysInPlace(keys: DeviceTensor, Hkv: number, f16InPlace: (bound: KeyBinding) => boolean): KeyBinding | undefined {
+  if (keys.dtype !== 'f32' && keys.dtype !== 'bf16' && keys.dtype !== 'f16') return undefined;
   const [B, , sk, D] = keys.shape;
   const [s0, s1, s2] = keys.strides;
   const bytes = BYTES_PER_ELEMENT[keys.dtype];
@@ -311,7 +318,8 @@ function keysInPlace(keys: DeviceTensor, Hkv: number): KeyBinding | undefined {
   // rowStride < 2^26: the kernels offset a tile's 16 rows in int32; pq_build_check_keys counts a
   // head's sk·D/4 quads in int32.
   if (!aligned || (B > 1 && s0 !== Hkv * s1) || s2 >= 2 ** 26 || (sk * D) / 4 >= 2 ** 31) return undefined;
-  return { ptr: keys.ptr, suffix: keys.dtype === 'bf16' ? '_bf16' : '', headStride: s1, rowStride: s2 };
+  const bound: KeyBinding = { ptr: keys.ptr, suffix: keys.dtype === 'f32' ? '' : `_${keys.dtype}`, headStride: s1, rowStride: s2 };
+  return keys.dtype !== 'f16' || f16InPlace(bound) ? bound : undefined;
 }
 
 /** A contiguous fp32 [B, Hkv, sk, D] copy for keys the kernels cannot read in place (host keys too). */
@@ -437,7 +445,10 @@ export function buildOnDevice(
   const NT = roundUp(Math.ceil(C / 8), CHUNK_NTILES);
   const oneChunk = NT === CHUNK_NTILES;
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
-  const inPlace = keys instanceof Float32Array ? undefined : keysInPlace(keys, Hkv);
+  // f16 keys are read in place only by the wgmma rounds, and only where the caller did not ask for 'mma'.
+  const inPlace = keys instanceof Float32Array
+    ? undefined
+    : keysInPlace(keys, Hkv, (bound) => tuning.roundFamily !== 'mma' && wgmmaRoundRefusal(layout, bound) === undefined);
   const suffix = inPlace?.suffix ?? '';
   const mod = loadKernels('build');
   const wgmmaRefusal = wgmmaRoundRefusal(layout, inPlace);
@@ -445,11 +456,11 @@ export function buildOnDevice(
     throw new ConfigError('tuning.roundFamily', `'wgmma' only where it applies: ${wgmmaRefusal}`, 'wgmma');
   }
   const warpSpecialized = wgmmaRefusal === undefined && tuning.roundFamily !== 'mma';
-  const roundKernel = warpSpecialized ? 'pq_build_round_ws_bf16' : roundKernelName(KS, oneChunk, tuning, suffix);
+  const roundKernel = warpSpecialized ? `pq_build_round_ws${suffix}` : roundKernelName(KS, oneChunk, tuning, suffix);
   const round = (warpSpecialized ? loadKernels('build_ws') : mod).kernel(roundKernel);
   const recomputeRounds = tuning.recomputeRounds ?? DEFAULT_RECOMPUTE_ROUNDS;
   if (!Number.isInteger(recomputeRounds) || recomputeRounds < 1) throw new ConfigError('tuning.recomputeRounds', 'an integer ≥ 1', String(tuning.recomputeRounds));
-  const sumsChunk = tuning.firstSumsChunk ?? FIRST_SUMS_CHUNK[suffix === '_bf16' ? 'bf16' : 'f32'];
+  const sumsChunk = tuning.firstSumsChunk ?? FIRST_SUMS_CHUNK[suffix];
   if (!Number.isInteger(sumsChunk) || sumsChunk < 1 || sumsChunk > FIRST_SUMS_MAX_CHUNK) throw new ConfigError('tuning.firstSumsChunk', `an integer in [1, ${FIRST_SUMS_MAX_CHUNK}]`, String(tuning.firstSumsChunk));
   // Shared memory of the round: the group's centroid fragments and |c|²/2, max |c| (its own slot); with one chunk,
   // its fp32 centroids too.

@@ -345,8 +345,8 @@ export class CudaPQCache implements PQCache {
    * Build the index on the GPU (kernels/build.cu: the oracle's k-means, all groups at once), or on
    * the host for layouts those kernels do not cover (dsub > 128). Keys on the host, or on the
    * device in any float dtype (e.g. a K cache: see checkDeviceKeys for the strides it takes);
-   * fp32 and bf16 device keys in the usual layouts are read where they are, others through a
-   * temporary fp32 copy (cuda-build.ts keysInPlace). Non-finite device keys throw DeviceInputError
+   * fp32 and bf16 device keys in the usual layouts are read where they are (f16 too where the wgmma
+   * rounds take them), others through a temporary fp32 copy (cuda-build.ts keysInPlace). Non-finite device keys throw DeviceInputError
    * before the index is touched.
    */
   build(keys: HostTensor | DeviceTensor, options: BuildOptions = {}): void {

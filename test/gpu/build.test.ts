@@ -145,12 +145,12 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
   }
 });
 
-/** bf16 device keys of `keys` (contiguous [B, Hkv, sk, D]) in a buffer of their own. */
-function bf16DeviceKeys(c: Case, keys: Float32Array): { readonly tensor: ReturnType<typeof deviceTensor>; readonly buf: DeviceBuffer } {
-  const bf16 = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType('bf16');
-  const buf = new DeviceBuffer(bf16.data.byteLength);
-  copies.fromHost(buf, bf16.data);
-  return { tensor: deviceTensor('bf16', bf16.shape, buf.ptr), buf };
+/** bf16 (or f16) device keys of `keys` (contiguous [B, Hkv, sk, D]) in a buffer of their own. */
+function bf16DeviceKeys(c: Case, keys: Float32Array, dtype: 'bf16' | 'f16' = 'bf16'): { readonly tensor: ReturnType<typeof deviceTensor>; readonly buf: DeviceBuffer } {
+  const half = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType(dtype);
+  const buf = new DeviceBuffer(half.data.byteLength);
+  copies.fromHost(buf, half.data);
+  return { tensor: deviceTensor(dtype, half.shape, buf.ptr), buf };
 }
 
 /** Layouts of kernels/build_ws.cu (dsub 64, euclidean, C ≤ 64): part-filled and single tiles, fewer points than centroids, many blocks a group. */
@@ -163,15 +163,15 @@ const WS_CASES: Case[] = [
   { B: 1, H: 2, Hkv: 2, D: 128, M: 2, bits: 6, sk: 900, O: 2, ip: false, iters: 0 }, // the final assignment alone sums |x|²
 ];
 
-test('GPU build: the warp-specialized round kernel (sm_90a: bf16 device keys, dsub 64, C ≤ 64) equals the oracle exactly on integer data, with the mma kernel\'s changed codes per round, sums moved or formed from the codes; where it does not apply, asking for it is a ConfigError', { skip }, () => {
+test('GPU build: the warp-specialized round kernels (sm_90a: bf16 and f16 device keys, dsub 64, C ≤ 64) equal the oracle exactly on integer data, with the mma kernel\'s changed codes per round, sums moved or formed from the codes; where they do not apply, asking for them is a ConfigError', { skip }, () => {
   const hopper = isHopper();
   const stream = new Stream();
   try {
-    for (const c of WS_CASES) {
+    for (const [c, dtype] of WS_CASES.flatMap((c) => [[c, 'bf16'], [c, 'f16']] as const)) {
       const layout = layoutOf(c);
-      const keys = keysFor(c, true, 41);
+      const keys = keysFor(c, true, 41); // integers in [−6, 6]: exact in f16 and bf16
       const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
-      const { tensor, buf } = bf16DeviceKeys(c, keys);
+      const { tensor, buf } = bf16DeviceKeys(c, keys, dtype);
       const { arena, target: t } = allocateBuildTarget(layout, c.sk);
       try {
         if (!hopper) {
@@ -182,13 +182,15 @@ test('GPU build: the warp-specialized round kernel (sm_90a: bf16 device keys, ds
           copies.fill32Async(t.codes, 0xffffffff, t.codes.bytes / 4, stream); // poison: every code is written
           return buildOnDevice(layout, tensor, c.sk, t, stream, undefined, undefined, tuning);
         };
-        const mma = run({ roundFamily: 'mma' });
-        assert.match(mma.roundKernel, /^pq_build_round_k4_c1_b\d_bf16$/);
-        assertTargetIsOracle(c, t, cpu, `mma ${JSON.stringify(c)}`);
+        const mma = run({ roundFamily: 'mma' }); // f16: staged into fp32 (build.cu has no f16 rounds)
+        assert.match(mma.roundKernel, dtype === 'bf16' ? /^pq_build_round_k4_c1_b\d_bf16$/ : /^pq_build_round_k4_c1_b\d$/);
+        assert.equal(mma.keysRead, dtype === 'bf16' ? 'in place' : 'staged');
+        assertTargetIsOracle(c, t, cpu, `mma ${dtype} ${JSON.stringify(c)}`);
         for (const tuning of [{}, { recomputeRounds: 1 }, { recomputeRounds: c.iters + 1 }] as BuildTuning[]) {
           const stats = run(tuning); // the default family here
           const what = `${stats.roundKernel}, ${stats.recomputedRounds} recomputed rounds, ${JSON.stringify(c)}`;
-          assert.equal(stats.roundKernel, 'pq_build_round_ws_bf16', what);
+          assert.equal(stats.roundKernel, `pq_build_round_ws_${dtype}`, what);
+          assert.equal(stats.keysRead, 'in place', what);
           assertTargetIsOracle(c, t, cpu, what);
           assert.deepEqual(stats.changedPerRound, mma.changedPerRound, what);
           assert.ok(stats.flaggedPerRound.every((f) => f >= 0 && f <= stats.points), what);
@@ -198,18 +200,17 @@ test('GPU build: the warp-specialized round kernel (sm_90a: bf16 device keys, ds
         buf.dispose();
       }
     }
-    // Where it does not apply: host keys, ip, C > 64, dsub ≠ 64.
-    const refused: Array<[Case, boolean]> = [
-      [WS_CASES[0] as Case, false],
-      [{ ...(WS_CASES[0] as Case), ip: true }, true],
-      [{ ...(WS_CASES[0] as Case), bits: 7 }, true],
-      [{ ...(WS_CASES[0] as Case), M: 4 }, true],
+    // Where they do not apply: host keys, ip, C > 64, dsub ≠ 64 (bf16 and f16 device keys alike).
+    const ws0 = WS_CASES[0] as Case;
+    const refused: Array<[Case, 'bf16' | 'f16' | undefined]> = [
+      [ws0, undefined],
+      ...(['bf16', 'f16'] as const).flatMap((dtype) => [[{ ...ws0, ip: true }, dtype], [{ ...ws0, bits: 7 }, dtype], [{ ...ws0, M: 4 }, dtype]] as Array<[Case, 'bf16' | 'f16']>),
     ];
-    for (const [c, onDevice] of refused) {
+    for (const [c, dtype] of refused) {
       const layout = layoutOf(c);
       const keys = keysFor(c, true, 43);
       const { arena, target: t } = allocateBuildTarget(layout, c.sk);
-      const dev = onDevice ? bf16DeviceKeys(c, keys) : undefined;
+      const dev = dtype ? bf16DeviceKeys(c, keys, dtype) : undefined;
       try {
         assert.throws(() => buildOnDevice(layout, dev?.tensor ?? keys, c.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' }),
           (e: unknown) => e instanceof ConfigError && /tuning\.roundFamily/.test((e as Error).message), JSON.stringify(c));
@@ -237,22 +238,25 @@ function targetState(c: Case, t: DeviceBuildTarget): PQIndexState {
   return { layout, capacity: c.sk, seqLen: c.sk, centroids, codes: packed, phi };
 }
 
-test('GPU build, warp-specialized rounds on real data (bf16 normal keys at everyday and extreme magnitudes): codes nearest their centroids in the canonical order, quantization error within 0.1% of the oracle\'s', { skip: skip || (isHopper() ? false : 'kernels/build_ws.cu needs compute capability 9.0') }, () => {
+test('GPU build, warp-specialized rounds on real data (bf16 and f16 normal keys at everyday and extreme magnitudes, f16 subnormals): codes nearest their centroids in the canonical order, quantization error within 0.1% of the oracle\'s', { skip: skip || (isHopper() ? false : 'kernels/build_ws.cu needs compute capability 9.0') }, () => {
   CudaContext.primary();
   const stream = new Stream();
+  // f16: most keys subnormal at 2^-16 (|x| < 2^-14); at 2^11 the largest near 2^15 (f16 ends at 65504).
+  const scales = [['bf16', 1], ['bf16', 1e-17], ['bf16', 1e18], ['f16', 1], ['f16', 2 ** -16], ['f16', 2 ** 11]] as const;
   try {
-    for (const scale of [1, 1e-17, 1e18]) {
+    for (const [dtype, scale] of scales) {
       for (const c of WS_CASES.slice(0, 2) as Case[]) {
         const layout = layoutOf(c);
         const keys = keysFor(c, false, 44).map((v) => v * scale);
-        // The values the kernels read: the keys rounded to bf16.
-        const exact = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType('bf16').toDType('f32').data as Float32Array;
-        const { tensor, buf } = bf16DeviceKeys(c, keys);
+        // The values the kernels read: the keys rounded to bf16 or f16.
+        const exact = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType(dtype).toDType('f32').data as Float32Array;
+        const { tensor, buf } = bf16DeviceKeys(c, keys, dtype);
         const { arena, target: t } = allocateBuildTarget(layout, c.sk);
         try {
           copies.fill32Async(t.codes, 0, t.codes.bytes / 4, stream); // positions below O are not the build's
           const stats = buildOnDevice(layout, tensor, c.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' });
-          const what = `scale ${scale}, ${stats.roundKernel}, ${JSON.stringify(c)}`;
+          const what = `${dtype} scale ${scale}, ${stats.roundKernel}, ${JSON.stringify(c)}`;
+          assert.equal(stats.roundKernel, `pq_build_round_ws_${dtype}`, what);
           const gpu = targetState(c, t);
           assertCodesNearest(c, gpu, exact);
           const eg = quantizationError(gpu, exact);
@@ -385,9 +389,15 @@ const PADDINGS = {
   'odd rows': { positions: 3, batchGap: false, row: 2 }, // rows not 4-element aligned
 } as const satisfies Record<string, KeyPadding>;
 
-/** Whether the build kernels should read these keys in place (cuda-build.ts keysInPlace), else stage them. */
+/**
+ * Whether the build kernels should read these keys in place (cuda-build.ts keysInPlace), else stage
+ * them: f16 only where the wgmma rounds take it (Hopper, dsub 64, euclidean, C ≤ 64, 16-byte rows).
+ */
 function readInPlace(c: Case, dtype: FloatDType, pad: KeyPadding): boolean {
-  return dtype !== 'f16' && pad.row % 4 === 0 && !(pad.batchGap && c.B > 1);
+  const strided = pad.row % 4 === 0 && !(pad.batchGap && c.B > 1);
+  if (dtype !== 'f16') return strided;
+  const s2 = c.D + pad.row;
+  return strided && isHopper() && c.D / c.M === 64 && !c.ip && c.bits <= 6 && s2 % 8 === 0 && ((c.sk + pad.positions) * s2) % 8 === 0;
 }
 
 /**
@@ -414,7 +424,7 @@ const DEVICE_KEY_CASES: Case[] = [
   { B: 1, H: 2, Hkv: 2, D: 64, M: 2, bits: 5, sk: 700, O: 4, ip: true, iters: 0 },
 ];
 
-test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), other dtypes and layouts staged; each equals the oracle; non-finite keys (before O, after O, two at random) are named by their lowest flat index and leave the target as it was', { skip }, () => {
+test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cache strides, padded rows), f16 where the wgmma rounds take it, other layouts staged; each equals the oracle; non-finite keys (before O, after O, two at random) are named by their lowest flat index and leave the target as it was', { skip }, () => {
   CudaContext.primary();
   const stream = new Stream();
   const rng = new SplitMix32(57);
@@ -435,7 +445,7 @@ test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cach
             const what = `${dtype} ${name} ${JSON.stringify(c)}`;
             const inPlace = readInPlace(c, dtype, pad);
             assert.equal(stats.keysRead, inPlace ? 'in place' : 'staged', what);
-            assert.equal(stats.roundKernel.endsWith('_bf16'), inPlace && dtype === 'bf16', `${stats.roundKernel} ${what}`);
+            assert.equal(stats.roundKernel.endsWith(`_${dtype}`), inPlace && dtype !== 'f32', `${stats.roundKernel} ${what}`);
             assertTargetIsOracle(c, t, cpu, what);
             // Non-finite keys: the error names the lowest flat index, on either path, and the target
             // still holds the good build. One before O in the last head (pq_build_init's check where
