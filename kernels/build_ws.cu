@@ -1,8 +1,9 @@
-// PQ build, the round kernel for Hopper (sm_90a only): the assignment pass of kernels/build.cu's
-// rounds, warp-specialized, for bf16 keys with dsub = 64 (cdim = 64: euclidean), C <= 64. Same
-// arguments, modes, codes, sums and stats as pq_build_round_* (build.cu); the host picks it for
-// those layouts on compute capability 9.0 when the key rows are 16-byte aligned
-// (src/pq/cuda-build.ts), and build.cu's mma.sync kernels everywhere else.
+// PQ build, the round kernels for Hopper (sm_90a only): the assignment pass of kernels/build.cu's
+// rounds, warp-specialized, for bf16 (pq_build_round_ws_bf16) or f16 keys (pq_build_round_ws_f16)
+// with dsub = 64 (cdim = 64: euclidean), C <= 64. Same arguments, modes, codes, sums and stats as
+// pq_build_round_* (build.cu); the host picks them for those layouts on compute capability 9.0 when
+// the key rows are 16-byte aligned (src/pq/cuda-build.ts), and build.cu's mma.sync kernels
+// everywhere else (f16 keys staged into fp32 there).
 //
 // Why another kernel: build.cu's warps each stream their own 16-point tile into registers and
 // score it with mma.sync, so a warp waits on its loads and its dependent HMMA chains in turn and the
@@ -33,11 +34,13 @@
 //     warp's queue for pass C (resolve_deferred). A moving round (ROUND_NEXT) moves the changed
 //     rows from the stage (move_rows_from_stage) before the warp releases it (empty[s], 128
 //     arrivals); other rounds release it as soon as the products are done.
-// Products: the keys are bf16 (their own hi part); centroids split into bf16 hi + lo (split_pair,
-// as build.cu packs them), so x.c ~ x.c_lo + x.c_hi in fp32 accumulation (lo first), within
-// score_band_lo_first (build_assign.cuh: the bound, 4x narrower than build.cu's score_band) of the
-// canonical order; near ties are re-scored canonically (pass C, deferred).
-// Invariants (the host checks them): bf16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
+// Products: the keys are bf16 or f16 (their own hi part); centroids split into hi + lo of the same
+// type (split_operand_pair; bf16 as build.cu packs them), so x.c ~ x.c_lo + x.c_hi in fp32
+// accumulation (lo first), within score_band_lo_first (bf16; build_assign.cuh: the bound, 4x
+// narrower than build.cu's score_band) or score_band_f16_lo_first (f16: the same and a term for lo
+// parts below f16's normal range) of the canonical order; near ties are re-scored canonically (pass
+// C, deferred).
+// Invariants (the host checks them): bf16 or f16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
 // one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
 // and row_stride multiples of 8 elements); norms holds G * n floats, and a build's first launch of
 // this kernel is round 0 (ROUND_FIRST) or the final assignment (ROUND_FINAL, no k-means rounds).

@@ -72,7 +72,7 @@ for s in $steps; do
       for tool in ${SAN_TOOLS:-memcheck racecheck initcheck synccheck}; do  # racecheck takes ≈ 400 s (H100): SAN_TOOLS=racecheck alone
         run "san-$tool-build" 480 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --report-api-errors no --target-processes all node --test --test-concurrency=1 .device/app/dist/test/gpu/build.test.js
       done
-      SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (mma.sync: KS 1-9, 2, 3 and 4 blocks per SM, 1-4 centroid chunks; the warp-specialized wgmma kernel of build_ws.cu on cc 9.0; moving and recomputing rounds), init (block draw, check of positions < O), first sums (8192-, 4096- and 333-point blocks; check of positions >= O), finalize (NT/2 blocks a group), norms, publish, pq_build_check_keys (0 rounds) and pq_build_stage_keys, with non-finite keys planted" \
+      SAN_OVER="build tests (node --test test/gpu/build.test.js): the tensor-core k-means round kernels (mma.sync: KS 1-9, 2, 3 and 4 blocks per SM, 1-4 centroid chunks; the warp-specialized wgmma kernels of build_ws.cu on cc 9.0, bf16 and f16 keys; moving and recomputing rounds), init (block draw, check of positions < O), first sums (8192-, 4096- and 333-point blocks; check of positions >= O), finalize (NT/2 blocks a group), norms, publish, pq_build_check_keys (0 rounds) and pq_build_stage_keys, with non-finite keys planted" \
         node scripts/merge-sanitizer.mjs "$OUT" ;;
     hostwait) # same-run A/B of the seed config: the driver's host wait mode (PQCACHE_HOST_WAIT) unpinned and pinned to one core
       for i in 1 2; do for w in auto spin blocking; do for pin in all 2; do
