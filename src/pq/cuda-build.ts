@@ -303,13 +303,14 @@ interface KeyBinding {
 }
 
 /**
- * Device keys the build kernels read where they are: fp32 or bf16 whose (b, kv-head) blocks step
- * by one stride (B = 1, or s0 = Hkv·s1: contiguous keys, or a [B, Hkv, capacity, D] K cache) and
- * whose rows start 16-byte (fp32) or 8-byte (bf16) aligned; f16 in such a layout where the wgmma
- * rounds take it (`f16InPlace`: kernels/build.cu has no f16 round kernels). Anything else (other
- * strides; f16 elsewhere) is staged into contiguous fp32 first.
+ * Device keys in a layout the build kernels address where they are: fp32, bf16 or f16 whose
+ * (b, kv-head) blocks step by one stride (B = 1, or s0 = Hkv·s1: contiguous keys, or a
+ * [B, Hkv, capacity, D] K cache) and whose rows start 16-byte (fp32) or 8-byte (bf16, f16) aligned.
+ * fp32 and bf16 in such a layout are read in place; f16 only by the wgmma rounds (kernels/build.cu
+ * has no f16 round kernels: buildOnDevice stages it where they do not run). Anything else is
+ * staged into contiguous fp32 first.
  */
-function keysInPlace(keys: DeviceTensor, Hkv: number, f16InPlace: (bound: KeyBinding) => boolean): KeyBinding | undefined {
+function keysInPlace(keys: DeviceTensor, Hkv: number): KeyBinding | undefined {
   if (keys.dtype !== 'f32' && keys.dtype !== 'bf16' && keys.dtype !== 'f16') return undefined;
   const [B, , sk, D] = keys.shape;
   const [s0, s1, s2] = keys.strides;
@@ -318,8 +319,7 @@ function keysInPlace(keys: DeviceTensor, Hkv: number, f16InPlace: (bound: KeyBin
   // rowStride < 2^26: the kernels offset a tile's 16 rows in int32; pq_build_check_keys counts a
   // head's sk·D/4 quads in int32.
   if (!aligned || (B > 1 && s0 !== Hkv * s1) || s2 >= 2 ** 26 || (sk * D) / 4 >= 2 ** 31) return undefined;
-  const bound: KeyBinding = { ptr: keys.ptr, suffix: keys.dtype === 'f32' ? '' : `_${keys.dtype}`, headStride: s1, rowStride: s2 };
-  return keys.dtype !== 'f16' || f16InPlace(bound) ? bound : undefined;
+  return { ptr: keys.ptr, suffix: keys.dtype === 'f32' ? '' : `_${keys.dtype}`, headStride: s1, rowStride: s2 };
 }
 
 /** A contiguous fp32 [B, Hkv, sk, D] copy for keys the kernels cannot read in place (host keys too). */
@@ -445,13 +445,12 @@ export function buildOnDevice(
   const NT = roundUp(Math.ceil(C / 8), CHUNK_NTILES);
   const oneChunk = NT === CHUNK_NTILES;
   const KS = Math.ceil(cdim / 16); // k-steps of 16 coordinates (the ip one included)
+  const addressable = keys instanceof Float32Array ? undefined : keysInPlace(keys, Hkv);
+  const wgmmaRefusal = wgmmaRoundRefusal(layout, addressable);
   // f16 keys are read in place only by the wgmma rounds, and only where the caller did not ask for 'mma'.
-  const inPlace = keys instanceof Float32Array
-    ? undefined
-    : keysInPlace(keys, Hkv, (bound) => tuning.roundFamily !== 'mma' && wgmmaRoundRefusal(layout, bound) === undefined);
+  const inPlace = addressable?.suffix === '_f16' && (wgmmaRefusal !== undefined || tuning.roundFamily === 'mma') ? undefined : addressable;
   const suffix = inPlace?.suffix ?? '';
   const mod = loadKernels('build');
-  const wgmmaRefusal = wgmmaRoundRefusal(layout, inPlace);
   if (tuning.roundFamily === 'wgmma' && wgmmaRefusal !== undefined) {
     throw new ConfigError('tuning.roundFamily', `'wgmma' only where it applies: ${wgmmaRefusal}`, 'wgmma');
   }
