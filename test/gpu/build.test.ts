@@ -219,6 +219,29 @@ test('GPU build: the warp-specialized round kernels (sm_90a: bf16 and f16 device
         arena.dispose();
       }
     }
+    // Rows only 8-byte aligned (row stride D + 4): the mma rounds read bf16 there, f16 is staged, and
+    // asking for 'wgmma' names the alignment for either dtype.
+    if (hopper) {
+      for (const dtype of ['bf16', 'f16'] as const) {
+        const layout = layoutOf(ws0);
+        const keys = keysFor(ws0, true, 45);
+        const { data, shape, strides } = paddedDeviceKeys(ws0, keys, dtype, PADDINGS['wide rows']);
+        const buf = new DeviceBuffer(data.data.byteLength);
+        const { arena, target: t } = allocateBuildTarget(layout, ws0.sk);
+        try {
+          copies.fromHost(buf, data.data);
+          const tensor = deviceTensor(dtype, shape, buf.ptr, strides);
+          assert.throws(() => buildOnDevice(layout, tensor, ws0.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' }),
+            (e: unknown) => e instanceof ConfigError && /16-byte aligned/.test((e as Error).message), dtype);
+          const stats = buildOnDevice(layout, tensor, ws0.sk, t, stream);
+          assert.equal(stats.keysRead, dtype === 'bf16' ? 'in place' : 'staged', dtype);
+          assertTargetIsOracle(ws0, t, buildIndexCpu(layout, keys, ws0.sk, ws0.sk), `${dtype} wide rows`);
+        } finally {
+          buf.dispose();
+          arena.dispose();
+        }
+      }
+    }
   } finally {
     stream.dispose();
   }
