@@ -50,7 +50,7 @@ PQ_WGMMA_M64N64K16(wgmma_m64n64k16_f16, "f16")
 // layout per warp (warp w, lane 4q + t: d[4j + i] is B row 8j + 2t + (i & 1) of A row 16w + q + 8 (i >> 1)).
 // accumulate == 0 ignores d's input. Products into one accumulator run in issue order (each reads the
 // last one's d).
-template <typename T = __nv_bfloat16>
+template <typename T>
 __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
   static_assert(std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value, "bf16 or f16 operands");
   if constexpr (std::is_same<T, __half>::value) wgmma_m64n64k16_f16(d, a, b, accumulate);

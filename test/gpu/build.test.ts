@@ -79,7 +79,7 @@ test('GPU build equals the CPU oracle exactly on integer data (both metrics, M 1
     assertSameIndex(gpu, cpu, JSON.stringify(c));
     const layout = layoutOf(c);
     const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity: c.sk + 4 });
-    const { tensor, buf } = bf16DeviceKeys(c, keys);
+    const { tensor, buf } = halfDeviceKeys(c, keys);
     try {
       cache.build(tensor);
       assertSameIndex(cache.exportState(), cpu, `bf16 in place ${JSON.stringify(c)}`);
@@ -145,8 +145,8 @@ test('GPU build: every one-chunk round-kernel variant (2, 3 or 4 blocks per SM),
   }
 });
 
-/** bf16 (or f16) device keys of `keys` (contiguous [B, Hkv, sk, D]) in a buffer of their own. */
-function bf16DeviceKeys(c: Case, keys: Float32Array, dtype: 'bf16' | 'f16' = 'bf16'): { readonly tensor: ReturnType<typeof deviceTensor>; readonly buf: DeviceBuffer } {
+/** bf16 or f16 device keys of `keys` (contiguous [B, Hkv, sk, D]) in a buffer of their own. */
+function halfDeviceKeys(c: Case, keys: Float32Array, dtype: 'bf16' | 'f16' = 'bf16'): { readonly tensor: ReturnType<typeof deviceTensor>; readonly buf: DeviceBuffer } {
   const half = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType(dtype);
   const buf = new DeviceBuffer(half.data.byteLength);
   copies.fromHost(buf, half.data);
@@ -171,7 +171,7 @@ test('GPU build: the warp-specialized round kernels (sm_90a: bf16 and f16 device
       const layout = layoutOf(c);
       const keys = keysFor(c, true, 41); // integers in [−6, 6]: exact in f16 and bf16
       const cpu = buildIndexCpu(layout, keys, c.sk, c.sk);
-      const { tensor, buf } = bf16DeviceKeys(c, keys, dtype);
+      const { tensor, buf } = halfDeviceKeys(c, keys, dtype);
       const { arena, target: t } = allocateBuildTarget(layout, c.sk);
       try {
         if (!hopper) {
@@ -210,7 +210,7 @@ test('GPU build: the warp-specialized round kernels (sm_90a: bf16 and f16 device
       const layout = layoutOf(c);
       const keys = keysFor(c, true, 43);
       const { arena, target: t } = allocateBuildTarget(layout, c.sk);
-      const dev = dtype ? bf16DeviceKeys(c, keys, dtype) : undefined;
+      const dev = dtype ? halfDeviceKeys(c, keys, dtype) : undefined;
       try {
         assert.throws(() => buildOnDevice(layout, dev?.tensor ?? keys, c.sk, t, stream, undefined, undefined, { roundFamily: 'wgmma' }),
           (e: unknown) => e instanceof ConfigError && /tuning\.roundFamily/.test((e as Error).message), JSON.stringify(c));
@@ -273,7 +273,7 @@ test('GPU build, warp-specialized rounds on real data (bf16 and f16 normal keys 
         const keys = keysFor(c, false, 44).map((v) => v * scale);
         // The values the kernels read: the keys rounded to bf16 or f16.
         const exact = new HostTensor('f32', [c.B, c.Hkv, c.sk, c.D], keys).toDType(dtype).toDType('f32').data as Float32Array;
-        const { tensor, buf } = bf16DeviceKeys(c, keys, dtype);
+        const { tensor, buf } = halfDeviceKeys(c, keys, dtype);
         const { arena, target: t } = allocateBuildTarget(layout, c.sk);
         try {
           copies.fill32Async(t.codes, 0, t.codes.bytes / 4, stream); // positions below O are not the build's
