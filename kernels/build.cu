@@ -156,8 +156,8 @@ __device__ unsigned pack_tiles(const float* rows, uint4* frag, float* info, int 
     const int k = ks * 16 + 4 * (lane & 3);  // the k-step's columns in the rounds' order (KPerm)
     auto v = [&](int j) { return (c < C && j < cdim) ? rows[(c - c_first) * cstride + j] : 0.0f; };
     uint4 f;
-    split_pair(v(k), v(k + 1), f.x, f.z);
-    split_pair(v(k + 2), v(k + 3), f.y, f.w);
+    split_pair<__nv_bfloat16>(v(k), v(k + 1), f.x, f.z);
+    split_pair<__nv_bfloat16>(v(k + 2), v(k + 3), f.y, f.w);
     gf[e] = f;
   }
   // |c|^2 in float64, four threads per centroid. The range is a multiple of 16 centroids, so a warp's
@@ -559,8 +559,8 @@ __device__ __forceinline__ void chunk_scores(float (&acc)[8][4], const TileRows<
           continue;
         }
       }
-      split_pair(v.x, v.y, ah[rs], al[rs]);          // the A fragment's slots 2t, 2t+1 of row q + 8rs: key columns 4t, 4t+1
-      split_pair(v.z, v.w, ah[2 + rs], al[2 + rs]);  // slots 2t+8, 2t+9: key columns 4t+2, 4t+3
+      split_pair<__nv_bfloat16>(v.x, v.y, ah[rs], al[rs]);          // the A fragment's slots 2t, 2t+1 of row q + 8rs: key columns 4t, 4t+1
+      split_pair<__nv_bfloat16>(v.z, v.w, ah[2 + rs], al[2 + rs]);  // slots 2t+8, 2t+9: key columns 4t+2, 4t+3
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {

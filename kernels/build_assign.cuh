@@ -40,12 +40,21 @@ __device__ __forceinline__ const T* group_points(const T* keys, int g, int M, in
   return keys + bkv * head_stride + static_cast<int64_t>(O) * row_stride + (g - bkv * M) * dsub;
 }
 
-// bf16 hi + lo of two fp32 values, as the packed pairs an mma fragment register holds
-// (first value in the low half). x - hi is exact in fp32.
+// A pair of two fp32 values in an mma operand type (bf16 or f16), rounded to nearest, and back.
+__device__ __forceinline__ __nv_bfloat162 operand_pair(float v0, float v1, __nv_bfloat16) { return __floats2bfloat162_rn(v0, v1); }
+__device__ __forceinline__ __half2 operand_pair(float v0, float v1, __half) { return __floats2half2_rn(v0, v1); }
+__device__ __forceinline__ float2 pair_floats(__nv_bfloat162 p) { return __bfloat1622float2(p); }
+__device__ __forceinline__ float2 pair_floats(__half2 p) { return __half22float2(p); }
+
+// hi + lo of two fp32 values in the operand type T (bf16 or f16), as the packed pairs an mma
+// fragment register holds (first value in the low half). x - hi is exact in fp32. f16: a value
+// beyond 65504 has an infinite hi (the callers' centroids are means of f16 keys, so never), and a lo
+// below f16's normal range rounds to the subnormal step (score_band_f16_lo_first).
+template <typename T>
 __device__ __forceinline__ void split_pair(float v0, float v1, uint32_t& hi, uint32_t& lo) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-  const float2 hf = __bfloat1622float2(h);
-  const __nv_bfloat162 l = __floats2bfloat162_rn(__fsub_rn(v0, hf.x), __fsub_rn(v1, hf.y));
+  const auto h = operand_pair(v0, v1, T{});
+  const float2 hf = pair_floats(h);
+  const auto l = operand_pair(__fsub_rn(v0, hf.x), __fsub_rn(v1, hf.y), T{});
   hi = *reinterpret_cast<const uint32_t*>(&h);
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }

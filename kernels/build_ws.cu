@@ -35,7 +35,7 @@
 //     rows from the stage (move_rows_from_stage) before the warp releases it (empty[s], 128
 //     arrivals); other rounds release it as soon as the products are done.
 // Products: the keys are bf16 or f16 (their own hi part); centroids split into hi + lo of the same
-// type (split_operand_pair; bf16 as build.cu packs them), so x.c ~ x.c_lo + x.c_hi in fp32
+// type (split_pair; bf16 as build.cu packs them), so x.c ~ x.c_lo + x.c_hi in fp32
 // accumulation (lo first), within score_band_lo_first (bf16; build_assign.cuh: the bound, 4x
 // narrower than build.cu's score_band) or score_band_f16_lo_first (f16: the same and a term for lo
 // parts below f16's normal range) of the canonical order; near ties are re-scored canonically (pass
@@ -215,20 +215,6 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
   }
 }
 
-// A centroid's two coordinates as B-operand pairs of the keys' type, hi + lo (first in the low half);
-// x - hi is exact in fp32. bf16: split_pair. f16: |x| <= 65504 here (the means of f16 keys), so hi
-// is finite; a lo below f16's normal range rounds to the subnormal step (score_band_f16_lo_first).
-__device__ __forceinline__ void split_operand_pair(float v0, float v1, uint32_t& hi, uint32_t& lo, __nv_bfloat16) {
-  split_pair(v0, v1, hi, lo);
-}
-__device__ __forceinline__ void split_operand_pair(float v0, float v1, uint32_t& hi, uint32_t& lo, __half) {
-  const __half2 h = __floats2half2_rn(v0, v1);
-  const float2 hf = __half22float2(h);
-  const __half2 l = __floats2half2_rn(__fsub_rn(v0, hf.x), __fsub_rn(v1, hf.y));
-  hi = *reinterpret_cast<const uint32_t*>(&h);
-  lo = *reinterpret_cast<const uint32_t*>(&l);
-}
-
 // Arguments as build.cu's pq_build_round_* (src/pq/cuda-build.ts ROUND_ARGS); phi and frag are not
 // read (no ip coordinate; the B operands are formed from the fp32 centroids here). norms ([G, n],
 // the workspace's) keeps each point's |x| as the band takes it (band_row_norm): round 0
@@ -275,10 +261,10 @@ __device__ __forceinline__ void build_round_ws(const T* keys, float* norms, cons
       if (c < C) {
         const float4 a = *reinterpret_cast<const float4*>(gc + c * cstride + 8 * chunk);
         const float4 b = *reinterpret_cast<const float4*>(gc + c * cstride + 8 * chunk + 4);
-        split_operand_pair(a.x, a.y, hi.x, lo.x, T{});
-        split_operand_pair(a.z, a.w, hi.y, lo.y, T{});
-        split_operand_pair(b.x, b.y, hi.z, lo.z, T{});
-        split_operand_pair(b.z, b.w, hi.w, lo.w, T{});
+        split_pair<T>(a.x, a.y, hi.x, lo.x);
+        split_pair<T>(a.z, a.w, hi.y, lo.y);
+        split_pair<T>(b.x, b.y, hi.z, lo.z);
+        split_pair<T>(b.z, b.w, hi.w, lo.w);
         reinterpret_cast<float4*>(cent + c * kWsDim + 8 * chunk)[0] = a;
         reinterpret_cast<float4*>(cent + c * kWsDim + 8 * chunk)[1] = b;
       }

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <cuda_fp16.h>
@@ -127,7 +128,7 @@ struct Batch {
       : blocks(n), f16(half), a(size_t(n) * kTile), hi(size_t(n) * kTile), lo(size_t(n) * kTile), c(size_t(n) * kTile) {}
   uint16_t to(float v) const { return f16 ? to_f16(v) : to_bf16(v); }
   float from(uint16_t b) const { return f16 ? from_f16(b) : from_bf16(b); }
-  void set_c(size_t i, float v) {  // split_pair / split_operand_pair: hi = T(v), lo = T(v - hi)
+  void set_c(size_t i, float v) {  // split_pair<T>: hi = T(v), lo = T(v - hi)
     c[i] = v;
     hi[i] = to(v);
     lo[i] = to(v - from(hi[i]));
@@ -210,7 +211,46 @@ void patterns() {
   }
 }
 
-// Part 2: random dot products.
+// Random dot products: a batch whose coordinate j of every point and centroid is draw(j) = (x, c),
+// in the batch's operand type (draws in point-major order).
+template <typename Draw>
+Batch random_batch(int blocks, bool f16, Draw draw) {
+  Batch b(blocks, f16);
+  for (size_t i = 0; i < size_t(blocks) * kTile; ++i) {
+    const std::pair<double, double> xc = draw(int(i % kDim));
+    b.a[i] = b.to(static_cast<float>(xc.first));
+    b.set_c(i, static_cast<float>(xc.second));
+  }
+  return b;
+}
+
+// |score - exact x.c| of every dot product of `b` over bound(S, sum |x_j|), S = sum_j |x_j||c_j|
+// (exact in long double, from the fp32 centroids before the split), sorted. A zero bound counts as
+// 0 when the score is exact, else as infinity.
+template <typename Bound>
+std::vector<double> sorted_error_ratios(const Batch& b, const std::vector<float>& out, Bound bound) {
+  std::vector<double> ratios;
+  ratios.reserve(size_t(b.blocks) * kRows * kRows);
+  for (int blk = 0; blk < b.blocks; ++blk)
+    for (int r = 0; r < kRows; ++r)
+      for (int cc = 0; cc < kRows; ++cc) {
+        long double exact = 0, s = 0, sx = 0;
+        for (int j = 0; j < kDim; ++j) {
+          const long double x = b.from(b.a[size_t(blk) * kTile + r * kDim + j]);
+          const long double c = b.c[size_t(blk) * kTile + cc * kDim + j];
+          exact += x * c;
+          s += std::fabs(x * c);
+          sx += std::fabs(x);
+        }
+        const long double den = bound(s, sx);
+        const double got = out[size_t(blk) * kTile + r * kRows + cc];
+        ratios.push_back(den > 0 ? static_cast<double>(std::fabs(got - exact) / den) : (got == exact ? 0.0 : INFINITY));
+      }
+  std::sort(ratios.begin(), ratios.end());
+  return ratios;
+}
+
+// Part 2: random bf16 dot products against score_band_lo_first's bound.
 void random_errors(int blocks_per_class) {
   std::mt19937_64 rng(20261124);
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -221,42 +261,21 @@ void random_errors(int blocks_per_class) {
   std::printf("  %-46s %-20s %10s %10s %10s %9s\n", "class", "order", "max", "p99.99", "median", "dots");
   double worst_lo_first = 0;
   for (int cls = 0; cls < 4; ++cls) {
-    Batch b(blocks_per_class);
-    for (int blk = 0; blk < b.blocks; ++blk) {
-      for (int r = 0; r < kRows; ++r)
-        for (int j = 0; j < kDim; ++j) {
-          const size_t i = size_t(blk) * kTile + r * kDim + j;
-          double x = 0, c = 0;
-          switch (cls) {
-            case 0: x = normal(rng); c = 0.3 * normal(rng); break;
-            case 1: x = normal(rng) * std::ldexp(1.0, int(uni(rng) * 25) - 12); c = normal(rng) * std::ldexp(1.0, int(uni(rng) * 25) - 12); break;
-            case 2: x = ((j & 1) ? -1 : 1) * (1 + 0.01 * normal(rng)); c = 1 + 0.01 * normal(rng); break;
-            default:
-              x = j == 0 ? 1 + uni(rng) : (1 + uni(rng)) * std::ldexp(1.0, -18 - int(uni(rng) * 9));
-              c = 1 + uni(rng);
-          }
-          b.a[i] = to_bf16(static_cast<float>(x));
-          b.set_c(i, static_cast<float>(c));
-        }
-    }
+    const Batch b = random_batch(blocks_per_class, false, [&](int j) {
+      double x = 0, c = 0;
+      switch (cls) {
+        case 0: x = normal(rng); c = 0.3 * normal(rng); break;
+        case 1: x = normal(rng) * std::ldexp(1.0, int(uni(rng) * 25) - 12); c = normal(rng) * std::ldexp(1.0, int(uni(rng) * 25) - 12); break;
+        case 2: x = ((j & 1) ? -1 : 1) * (1 + 0.01 * normal(rng)); c = 1 + 0.01 * normal(rng); break;
+        default:
+          x = j == 0 ? 1 + uni(rng) : (1 + uni(rng)) * std::ldexp(1.0, -18 - int(uni(rng) * 9));
+          c = 1 + uni(rng);
+      }
+      return std::make_pair(x, c);
+    });
     for (int order : {LO_FIRST, INTERLEAVED}) {
-      const std::vector<float> out = run(b, order);
-      std::vector<double> ratios;
-      ratios.reserve(size_t(b.blocks) * kRows * kRows);
-      for (int blk = 0; blk < b.blocks; ++blk)
-        for (int r = 0; r < kRows; ++r)
-          for (int cc = 0; cc < kRows; ++cc) {
-            long double exact = 0, s = 0;
-            for (int j = 0; j < kDim; ++j) {
-              const long double x = from_bf16(b.a[size_t(blk) * kTile + r * kDim + j]);
-              const long double c = b.c[size_t(blk) * kTile + cc * kDim + j];
-              exact += x * c;
-              s += std::fabs(x * c);
-            }
-            const double got = out[size_t(blk) * kTile + r * kRows + cc];
-            ratios.push_back(s > 0 ? static_cast<double>(std::fabs(got - exact) / (std::ldexp(1.0L, -23) * s)) : 0.0);
-          }
-      std::sort(ratios.begin(), ratios.end());
+      const std::vector<double> ratios =
+          sorted_error_ratios(b, run(b, order), [](long double s, long double) { return std::ldexp(1.0L, -23) * s; });
       const double mx = ratios.back();
       if (order == LO_FIRST) worst_lo_first = std::max(worst_lo_first, mx);
       std::printf("  %-46s %-20s %10.3f %10.3f %10.4f %9zu\n", classes[cls], kOrderNames[order], mx,
@@ -306,41 +325,19 @@ void f16_checks(int blocks_per_class) {
   std::printf("  %-46s %10s %10s %10s %9s\n", "class", "max", "p99.99", "median", "dots");
   double worst = 0;
   for (int cls = 0; cls < 5; ++cls) {
-    Batch bb(blocks_per_class, true);
-    for (int blk = 0; blk < bb.blocks; ++blk)
-      for (int r = 0; r < kRows; ++r)
-        for (int j = 0; j < kDim; ++j) {
-          const size_t i = size_t(blk) * kTile + r * kDim + j;
-          double x = 0, c = 0;
-          switch (cls) {
-            case 0: x = normal(rng); c = 0.3 * normal(rng); break;
-            case 1: x = normal(rng) * std::ldexp(1.0, int(uni(rng) * 31) - 20); c = normal(rng) * std::ldexp(1.0, int(uni(rng) * 31) - 20); break;
-            case 2: x = normal(rng); c = normal(rng) * std::ldexp(1.0, -10 - int(uni(rng) * 6)); break;
-            case 3: x = normal(rng) * std::ldexp(1.0, -15 - int(uni(rng) * 8)); c = normal(rng); break;
-            default: x = ((j & 1) ? -1 : 1) * (1 + 0.01 * normal(rng)); c = 1 + 0.01 * normal(rng);
-          }
-          bb.a[i] = to_f16(static_cast<float>(x));
-          bb.set_c(i, static_cast<float>(c));
-        }
-    const std::vector<float> out2 = run(bb, LO_FIRST);
-    std::vector<double> ratios;
-    ratios.reserve(size_t(bb.blocks) * kRows * kRows);
-    for (int blk = 0; blk < bb.blocks; ++blk)
-      for (int r = 0; r < kRows; ++r)
-        for (int cc = 0; cc < kRows; ++cc) {
-          long double exact = 0, s = 0, sx = 0;
-          for (int j = 0; j < kDim; ++j) {
-            const long double x = from_f16(bb.a[size_t(blk) * kTile + r * kDim + j]);
-            const long double c = bb.c[size_t(blk) * kTile + cc * kDim + j];
-            exact += x * c;
-            s += std::fabs(x * c);
-            sx += std::fabs(x);
-          }
-          const long double bound = 258.3L * std::ldexp(1.0L, -23) * s + std::ldexp(1.0L, -25) * sx;
-          const double got = out2[size_t(blk) * kTile + r * kRows + cc];
-          ratios.push_back(bound > 0 ? static_cast<double>(std::fabs(got - exact) / bound) : (got == exact ? 0.0 : INFINITY));
-        }
-    std::sort(ratios.begin(), ratios.end());
+    const Batch bb = random_batch(blocks_per_class, true, [&](int j) {
+      double x = 0, c = 0;
+      switch (cls) {
+        case 0: x = normal(rng); c = 0.3 * normal(rng); break;
+        case 1: x = normal(rng) * std::ldexp(1.0, int(uni(rng) * 31) - 20); c = normal(rng) * std::ldexp(1.0, int(uni(rng) * 31) - 20); break;
+        case 2: x = normal(rng); c = normal(rng) * std::ldexp(1.0, -10 - int(uni(rng) * 6)); break;
+        case 3: x = normal(rng) * std::ldexp(1.0, -15 - int(uni(rng) * 8)); c = normal(rng); break;
+        default: x = ((j & 1) ? -1 : 1) * (1 + 0.01 * normal(rng)); c = 1 + 0.01 * normal(rng);
+      }
+      return std::make_pair(x, c);
+    });
+    const std::vector<double> ratios = sorted_error_ratios(
+        bb, run(bb, LO_FIRST), [](long double s, long double sx) { return 258.3L * std::ldexp(1.0L, -23) * s + std::ldexp(1.0L, -25) * sx; });
     worst = std::max(worst, ratios.back());
     std::printf("  %-46s %10.4f %10.4f %10.5f %9zu\n", classes[cls], ratios.back(), ratios[size_t(ratios.size() * 0.9999)],
                 ratios[ratios.size() / 2], ratios.size());

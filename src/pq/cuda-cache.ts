@@ -1096,8 +1096,6 @@ export class CudaPQCache implements PQCache {
   }
 }
 
-/** A device tensor that cannot change: frozen, with frozen shape and strides (as deviceTensor() makes them). */
-
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {
   if (option === undefined || option === false) return undefined;
   const o = option === true ? {} : option;
