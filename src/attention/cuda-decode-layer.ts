@@ -14,13 +14,13 @@ import { GraphCache } from '../cuda/graph.js';
 import { Owned } from '../cuda/owned.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
-import { ConfigError, DisposedError, ShapeError, StateError } from '../errors.js';
+import { ConfigError, DisposedError, StateError } from '../errors.js';
 import { DTYPE_CODE, throwDeviceStatus } from '../pq/kernels.js';
 import type { BuildOptions } from '../pq/cache.js';
 import { type Layout, makeLayout } from '../pq/config.js';
 import { CudaPQCache, type StepBinding } from '../pq/cuda-cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
-import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
+import { checkBuilt, checkCapacity, checkQuery, checkStepKey, checkStepRowStrides } from '../pq/validate.js';
 import { type DeviceTensor, deviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
 import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
@@ -332,8 +332,7 @@ export class CudaDecodeLayer implements DecodeLayer {
       expectDType(argument, t, FLOAT_DTYPES);
       const expected = isQuery ? this.queryShape : this.kvShape;
       expectShape(argument, t, expected.dims, expected.label);
-      const st = t.strides;
-      if (st[3] !== 1 || st[1] !== D || st[0] !== heads * D) throw new ShapeError(`${argument}.strides`, `contiguous [${heads}·D, D, D, 1]`, [...st]);
+      checkStepRowStrides(argument, t, heads, D);
       if (isFrozenDeviceTensor(t)) known.add(t);
     }
     return { ptr: t.ptr, dtype: t.dtype as FloatDType };

@@ -57,7 +57,7 @@ import {
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
-import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey } from './validate.js';
+import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey, checkStepRowStrides } from './validate.js';
 
 
 export interface CudaPQCacheOptions extends PQCacheOptions {
@@ -587,11 +587,7 @@ export class CudaPQCache implements PQCache {
     expectDType(argument, query, FLOAT_DTYPES);
     const { heads: H, headDim: D } = this.layout.shape;
     expectShape(argument, query, this.queryShape.dims, this.queryShape.label);
-    // Compared in place: this runs on every step with a device query (no array made for the check).
-    const st = query.strides;
-    if (st[3] !== 1 || st[2] !== D || st[1] !== D || st[0] !== H * D) {
-      throw new ShapeError(`${argument}.strides`, 'contiguous [H·D, D, D, 1]', [...st]);
-    }
+    checkStepRowStrides(argument, query, H, D);
     if (isFrozenDeviceTensor(query)) this.knownQueries.add(query);
     return query.dtype as FloatDType;
   }
@@ -605,6 +601,8 @@ export class CudaPQCache implements PQCache {
         if (!this.knownKeys.has(key)) {
           expectDType('key', key, FLOAT_DTYPES);
           expectShape('key', key, this.keyShape.dims, this.keyShape.label);
+          // The append blocks read row (b, kv-head) at its index·D: a K cache's slice is refused, not misread.
+          checkStepRowStrides('key', key, this.layout.shape.kvHeads, this.layout.shape.headDim);
           if (isFrozenDeviceTensor(key)) this.knownKeys.add(key);
         }
         kdtype = key.dtype as FloatDType;

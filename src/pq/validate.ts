@@ -57,6 +57,19 @@ export function checkDeviceKeys(layout: Layout, keys: DeviceTensor, argument: st
   return n;
 }
 
+/**
+ * The strides of a device query or step key [B, heads, 1, D] as the step and attention kernels read
+ * it: row (b, h) at (b·heads + h)·D, its D elements contiguous. The size-1 dimension's stride is
+ * never used, so any is taken (a [B, heads, 1, D] slice of a [B, heads, T, D] tensor qualifies; one of
+ * a K cache [B, Hkv, capacity, D] does not: its rows are capacity·D apart).
+ */
+export function checkStepRowStrides(argument: string, t: DeviceTensor, heads: number, D: number): void {
+  const st = t.strides;
+  if (st.length !== 4 || st[3] !== 1 || st[1] !== D || st[0] !== heads * D) {
+    throw new ShapeError(`${argument}.strides`, `[${heads}·D, D, any, 1] (rows contiguous, D = ${D})`, [...st]);
+  }
+}
+
 /** The key of one decode step: [B, Hkv, 1, D], float dtype, finite. */
 export function checkStepKey(layout: Layout, key: HostTensor, argument = 'key'): void {
   const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;

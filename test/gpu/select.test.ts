@@ -514,7 +514,7 @@ function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState, arena: DeviceAren
   };
 }
 
-test('graph steps check a frozen device tensor once and an unfrozen one on every call; exact either way', { skip }, () => {
+test('graph steps check a frozen device tensor once and an unfrozen one on every call (shape and row strides); exact either way', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
@@ -538,6 +538,10 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
     assert.throws(() => gpu.step(loose, k), (e: unknown) => e instanceof ShapeError && /^query/.test((e as Error).message));
     looseKey.shape[1] = H;
     assert.throws(() => gpu.step(q, looseKey), (e: unknown) => e instanceof ShapeError && /^key/.test((e as Error).message));
+    // A key sliced from a K cache [B, Hkv, capacity, D]: its rows are capacity·D apart, which the
+    // append blocks would misread as contiguous; refused by name (it used to pass the shape check).
+    const cacheSlice = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr, [Hkv * 8 * D, 8 * D, D, 1]);
+    assert.throws(() => gpu.step(q, cacheSlice), (e: unknown) => e instanceof ShapeError && /^key\.strides/.test((e as Error).message));
     // The refused calls left nothing behind.
     for (let s = 8; s < 12; s++) check(s, q, k);
   } finally {
