@@ -4,7 +4,7 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"; mkdir -p "$OUT"
 SL="${1:-4096}"
-NCU="ncu --clock-control none --target-processes all"
+NCU="ncu --clock-control none --cache-control none --target-processes all"  # caches kept: steady-state steps (device-select-hotspots.sh)
 $NCU --metrics gpu__time_duration.sum,sm__cycles_active.avg,launch__grid_size,launch__registers_per_thread \
   -k regex:pq_ --launch-skip 40 --launch-count 6 \
   pqcache bench --backend cuda --config seed --iters 10 --warmup 10 --slice-len "$SL" --json /tmp/p.json > "$OUT/ncu-durations.log" 2>&1
