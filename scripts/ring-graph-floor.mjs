@@ -62,18 +62,23 @@ function captureChain(stream, enqueueStep) {
 }
 
 /** Rings each step of `rounds` chains (a new one each round, from makeGraph) and times ring → done seen; round 0 warms up. */
+const launchUs = [];
+const firstStepUs = [];
 function runChain(stream, makeGraph, rounds) {
   const wall = [];
   for (let r = 0; r < rounds; r++) {
     const graph = makeGraph(r);
     Atomics.store(u32, BELL, 0);
     Atomics.store(u32, DONE, 0);
+    const tl = nowUs();
     graph.launch(stream);
+    if (r > 0) launchUs.push(nowUs() - tl);
     for (let i = 1; i <= N; i++) {
       const t0 = nowUs();
       Atomics.store(u32, BELL, i);
       spinUntil(i);
       if (r > 0) wall.push(nowUs() - t0);
+      if (r > 0 && i === 1) firstStepUs.push(nowUs() - t0);
     }
     stream.synchronize();
     graph.dispose();
@@ -164,4 +169,6 @@ const row = (name, s) => rows.push([name, s.median, s.p90, s.p99, s.samples]);
 const f = (x) => (typeof x === 'number' ? x.toFixed(2).padStart(8) : String(x).padStart(8));
 console.log(`${'wall per step, μs'.padEnd(44)}  median      p90      p99  samples`);
 for (const [name, ...v] of rows) console.log(`${name.padEnd(44)}${v.map(f).join(' ')}`);
+const m = (x) => summarize(x);
+console.log(`chain launch (cuGraphLaunch of ${N} steps, host): median ${m(launchUs).median.toFixed(1)} p90 ${m(launchUs).p90.toFixed(1)} μs; a launch's first step: median ${m(firstStepUs).median.toFixed(1)} p90 ${m(firstStepUs).p90.toFixed(1)} μs`);
 words.dispose();
