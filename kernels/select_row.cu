@@ -288,8 +288,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int rows = B * H;
   if (static_cast<int>(blockIdx.y) >= rows) {
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;
-    if (a < B * Hkv) {
-      const int sk_old = *seq_read;
+    const int sk_old = *seq_read;
+    if (a < B * Hkv && (RESIDENT || sk_old >= 0)) {  // sk < 0: a chain's skipped step (below)
       pq_append_one_key<NT>(keys, kdtype, a, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
@@ -396,6 +396,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   const int old_len = out.sparse_len[row];
   const int old_first = tid < out.L ? list[tid] : -1;
   const int sk_old = *seq_read;
+  // A negative sk marks the steps of a chain its host skipped (src/cuda/step-chain.ts): both seq slots
+  // hold INT32_MIN, so every block leaves before writing anything (resident kernels never see it).
+  if (!RESIDENT && sk_old < 0) {
+    finish();
+    return;
+  }
   stamp(PH_ISSUED);
   if constexpr (RESIDENT && !BUCKETS) {
     if (cached && sk_old != resident->sk_pred) {  // not as predicted: the codes and counts from global memory
@@ -481,7 +487,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     if (!isfinite(query_value)) pq_flag_status(status, PQ_STATUS_QUERY_NONFINITE);
     sm.x[tid] = query_value;
   }
-  if (sk_old < 0) stamp(PH_INPUTS);  // never true: makes the stamp wait for sk as well
+  if (sk_old < 0) stamp(PH_INPUTS);  // never true here: makes the stamp wait for sk as well
   stamp(PH_INPUTS);
   reinterpret_cast<int4*>(sm.hist)[tid] = make_int4(0, 0, 0, 0);  // NB == 4 * NT
   if (tid == 0) sm.n_members = 0;

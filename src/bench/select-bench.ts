@@ -291,6 +291,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.synchronize();
     }
     const resident = plan.row !== undefined ? benchResident(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
+    const chained = plan.row !== undefined && plan.bucket === undefined ? benchChained(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
     const gi = summarize(gpuIdle);
     const idle = { median: round3(gi.median), p90: round3(gi.p90), p99: round3(gi.p99) };
@@ -336,6 +337,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     };
     const rows = [wallRow('pqcache-cuda', c, summarize(wall), extra, g, errors.length === 0)];
     if (resident !== undefined) rows.push(resident);
+    if (chained !== undefined) rows.push(chained);
     return { rows, plan };
   } finally {
     busy.dispose();
@@ -359,6 +361,43 @@ function checkFirstStep(cache: CudaPQCache, state: PQIndexState, inputs: { queri
     weights: first.weights.data as Float32Array,
     weightsDType: 'f32',
   }, 'tolerant', 10, 8);
+}
+
+/**
+ * Chained steps (option `chained`) on a second cache with the same index: step(query, key) +
+ * synchronize per call, as the graph row, with one device query and key (the chains are captured for
+ * their inputs' addresses). The steps run the graph row's kernel, so its GPU time stands; no events
+ * can sit between a chain's steps. Warmed with 300 steps (sk stays within the plan at the seed config).
+ */
+function benchChained(c: SelectBenchConfig, o: BenchOptions, layout: Layout, state: PQIndexState, capacity: number,
+  inputs: { queries: Float32Array[]; keys: Float32Array[] }, qDev: DeviceTensor, kDev: DeviceTensor): RecordRow {
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, chained: true });
+  try {
+    cache.uploadState(state);
+    const errors = checkFirstStep(cache, state, inputs);
+    for (let i = 0; i < Math.max(o.warmup, 300); i++) {
+      cache.step(qDev, kDev);
+      cache.synchronize();
+    }
+    const before = cache.chainedStepCount;
+    const wall: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      const t0 = nowUs();
+      cache.step(qDev, kDev);
+      cache.synchronize();
+      wall.push(nowUs() - t0);
+    }
+    return wallRow('pqcache-cuda-chained', c, summarize(wall), {
+      // Each chain's launch runs on the launcher thread: the mean shows whether any of it reached the steps.
+      wall_mean_us: round3(wall.reduce((a, b) => a + b, 0) / wall.length),
+      served_chained: cache.chainedStepCount - before === o.iters,
+      step_kernel: describePlan(cache.planFor(cache.seqLen)),
+      gpu_method: 'none: the chain\'s steps follow one another inside one graph (the kernel is the graph row\'s)',
+      mismatches: errors.slice(0, 3),
+    }, undefined, errors.length === 0);
+  } finally {
+    cache.dispose();
+  }
 }
 
 /**

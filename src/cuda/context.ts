@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { ConfigError, DisposedError } from '../errors.js';
 import { type Handle, check, driver, out, outHandle } from './driver.js';
-import { quiesceResident } from './resident-guard.js';
+import { quiesceDevice } from './resident-guard.js';
 
 const ATTR = {
   maxThreadsPerBlock: 1,
@@ -151,7 +151,7 @@ export class CudaContext {
   }
 
   synchronize(): void {
-    quiesceResident();
+    quiesceDevice();
     check('cuCtxSynchronize', driver().cuCtxSynchronize());
   }
 

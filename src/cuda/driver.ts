@@ -102,6 +102,8 @@ export interface DriverApi {
   cuMemsetD8Async(dst: DevicePtr, value: number, count: number, stream: Handle): number;
   cuMemsetD16Async(dst: DevicePtr, value: number, count: number, stream: Handle): number;
   cuMemsetD32Async(dst: DevicePtr, value: number, count: number, stream: Handle): number;
+  cuStreamWaitValue32_v2(stream: Handle, addr: DevicePtr, value: number, flags: number): number;
+  cuStreamWriteValue32_v2(stream: Handle, addr: DevicePtr, value: number, flags: number): number;
   cuModuleLoadData(mod: Out<Handle | null>, image: Uint8Array): number;
   cuModuleUnload(mod: Handle): number;
   cuModuleGetFunction(fn: Out<Handle | null>, mod: Handle, name: string): number;
@@ -166,6 +168,8 @@ const SIGNATURES: Record<keyof DriverApi, string> = {
   cuMemsetD8Async: 'int cuMemsetD8Async(uint64_t dst, uint8_t value, size_t count, void *stream)',
   cuMemsetD16Async: 'int cuMemsetD16Async(uint64_t dst, uint16_t value, size_t count, void *stream)',
   cuMemsetD32Async: 'int cuMemsetD32Async(uint64_t dst, uint32_t value, size_t count, void *stream)',
+  cuStreamWaitValue32_v2: 'int cuStreamWaitValue32_v2(void *stream, uint64_t addr, uint32_t value, unsigned int flags)',
+  cuStreamWriteValue32_v2: 'int cuStreamWriteValue32_v2(void *stream, uint64_t addr, uint32_t value, unsigned int flags)',
   cuModuleLoadData: 'int cuModuleLoadData(_Out_ void **mod, const void *image)',
   cuModuleUnload: 'int cuModuleUnload(void *mod)',
   cuModuleGetFunction: 'int cuModuleGetFunction(_Out_ void **fn, void *mod, const char *name)',

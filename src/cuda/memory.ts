@@ -10,7 +10,7 @@
 import koffi from 'koffi';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, type Handle, check, driver, outHandle } from './driver.js';
-import { quiesceResident } from './resident-guard.js';
+import { quiesceDevice } from './resident-guard.js';
 import type { Stream } from './stream.js';
 
 const live = { deviceBuffers: 0, deviceBytes: 0, pinnedBuffers: 0, pinnedBytes: 0 };
@@ -113,7 +113,7 @@ export class DeviceBuffer implements DeviceRange {
   constructor(bytes: number) {
     checkBytes('bytes', bytes);
     const d = driver();
-    quiesceResident();
+    quiesceDevice();
     this.p = outHandle('cuMemAlloc_v2', (s) => d.cuMemAlloc_v2(s, bytes), bytes);
     this.bytes = bytes;
     live.deviceBuffers++;
@@ -135,7 +135,7 @@ export class DeviceBuffer implements DeviceRange {
     this.p = undefined;
     live.deviceBuffers--;
     live.deviceBytes -= this.bytes;
-    quiesceResident();
+    quiesceDevice();
     check('cuMemFree_v2', driver().cuMemFree_v2(p));
   }
 }
@@ -199,7 +199,7 @@ export class PinnedBuffer {
   constructor(bytes: number) {
     checkBytes('bytes', bytes);
     const d = driver();
-    quiesceResident();
+    quiesceDevice();
     this.p = outHandle('cuMemAllocHost_v2', (s) => d.cuMemAllocHost_v2(s, bytes), bytes);
     this.bytes = bytes;
     this.view = koffi.view(this.p, bytes);
@@ -239,7 +239,7 @@ export class PinnedBuffer {
     this.view = undefined;
     live.pinnedBuffers--;
     live.pinnedBytes -= this.bytes;
-    quiesceResident();
+    quiesceDevice();
     check('cuMemFreeHost', driver().cuMemFreeHost(p));
   }
 }

@@ -3,7 +3,7 @@
  */
 import { DisposedError } from '../errors.js';
 import { type Handle, check, driver, out, outHandle } from './driver.js';
-import { quiesceResident } from './resident-guard.js';
+import { quiesceDevice } from './resident-guard.js';
 
 const FUNC_ATTR = {
   maxThreadsPerBlock: 0,
@@ -76,7 +76,7 @@ export class Module {
     const d = driver();
     // PTX must be NUL-terminated text; a fatbin/cubin is used as is.
     const bytes = isPtx(image) && image[image.length - 1] !== 0 ? withNul(image) : image;
-    quiesceResident();
+    quiesceDevice();
     this.h = outHandle(`cuModuleLoadData(${source})`, (s) => d.cuModuleLoadData(s, bytes));
   }
 
@@ -101,7 +101,7 @@ export class Module {
     const h = this.h;
     this.h = undefined;
     this.kernels.clear();
-    quiesceResident();
+    quiesceDevice();
     check('cuModuleUnload', driver().cuModuleUnload(h));
   }
 }

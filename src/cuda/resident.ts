@@ -25,7 +25,7 @@ import { LaunchArgs, type ArgKind, type ArgValues, type LaunchShape, launch } fr
 import { DeviceBuffer, type DeviceRange, PinnedBuffer, copies } from './memory.js';
 import type { Kernel } from './module.js';
 import { Owned } from './owned.js';
-import { quiesceResident, registerResidentStop } from './resident-guard.js';
+import { quiesceDevice, registerResidentStop } from './resident-guard.js';
 import { Stream } from './stream.js';
 
 /** kernels/resident.cuh: PQ_RESIDENT_STOP, PQ_RESIDENT_TICKET_MASK, PqResidentWords (three 64-byte lines; u32 indices). */
@@ -114,7 +114,7 @@ export class ResidentLaunch {
    */
   start<Kinds extends readonly ArgKind[]>(kernel: Kernel, shape: LaunchShape, kinds: Kinds, values: ArgValues<Kinds>): void {
     if (this.running) throw new StateError('ResidentLaunch.start', 'no launch running (stop() first)', 'one running');
-    quiesceResident(); // another running launch
+    quiesceDevice(); // another running launch
     const first = (this.ticket + 1) & TICKET_MASK;
     const bell = (this.ticket << 3) >>> 0; // the ticket before the first: no request yet
     copies.fill32Async(this.counters, 0, 1, this.stream);

@@ -39,6 +39,7 @@ import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.
 import type { Kernel } from '../cuda/module.js';
 import { Owned } from '../cuda/owned.js';
 import { ResidentLaunch, positiveMs } from '../cuda/resident.js';
+import { StepChain } from '../cuda/step-chain.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -99,6 +100,25 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
    * CUDA graphs, as without this option. Default false.
    */
   readonly resident?: boolean | ResidentOptions;
+  /**
+   * Chained steps: appending steps on device inputs where the row kernel runs (as for `resident`,
+   * without bucket mode) are captured `length` at a time into one CUDA graph, each behind a wait on a
+   * doorbell in pinned host memory and followed by a write the host reads (src/cuda/step-chain.ts).
+   * The graph is launched once per `length` steps; a step rings it and returns with its results
+   * ready, with no driver call on its path and no multiprocessor held between steps (seed config on
+   * the H100: ≈ 5 μs less wall than graph steps; bench/NOTES.md, session 39). A launch waiting for
+   * its next step holds the cache's stream: anything else the cache does first skips the steps left
+   * (the kernels leave at once) and waits for them. Needs the stream the cache makes (not `stream`);
+   * not with `resident`. Steps the chain does not cover run as CUDA graphs. Default false.
+   */
+  readonly chained?: boolean | ChainOptions;
+}
+
+export interface ChainOptions {
+  /** Steps per chain graph: an even number in [2, 1024] (default 64). */
+  readonly length?: number;
+  /** How long a step may take before it is reported as hung (ms; default 5000). */
+  readonly requestMs?: number;
 }
 
 export interface ResidentOptions {
@@ -109,6 +129,16 @@ export interface ResidentOptions {
 }
 
 type Query = HostTensor | DeviceTensor;
+
+/** What the chain graph was captured for: its steps' plan, inputs and the seq slot its first step reads. */
+interface ChainBinding {
+  readonly plan: StepPlan;
+  readonly qptr: DevicePtr;
+  readonly qdtype: FloatDType;
+  readonly kptr: DevicePtr;
+  readonly kdtype: FloatDType;
+  readonly slot: number;
+}
 
 /** What the running resident launch was started with (the weights dtype is the query's). */
 interface ResidentBinding {
@@ -162,6 +192,8 @@ export interface StepBinding {
 type StepPlan = SelectPlan & Pick<PairsPlan, 'long' | 'bitsTiles' | 'sharedBytes'> & { readonly row?: RowPlan; readonly bucket?: BucketPlan };
 /** Step graphs kept per index: (slot parity × dtype × host/device inputs) fits with room to spare. */
 const MAX_STEP_GRAPHS = 32;
+/** sk in both seq slots while a chain's skipped steps run: negative, so their kernels leave at once. */
+const SEQ_SKIP = 0x80000000;
 
 type ArenaSlice =
   | 'centroids' | 'codes' | 'phi' | 'seqState' | 'appendCounter' | 'selectCounters' | 'candScore' | 'candPos'
@@ -245,6 +277,14 @@ export class CudaPQCache implements PQCache {
   private readonly ownsStream: boolean;
   /** Resident steps served so far (the idle check compares it across an interval). */
   private residentSteps = 0;
+  // Chained steps: the options, the chain (made at the first chained step), what it was captured for,
+  // and a second stream for the skip while the cache's waits for the doorbell.
+  private readonly chainOptions: Required<ChainOptions> | undefined;
+  private chain: StepChain | undefined;
+  private chainBinding: ChainBinding | undefined;
+  private chainSideStream: Stream | undefined;
+  /** Steps served by the chain so far. */
+  private chainedSteps = 0;
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -268,6 +308,9 @@ export class CudaPQCache implements PQCache {
     }
     this.appendKernel = loadKernels('append').kernel('pq_append');
     this.residentOptions = residentOptionsOf(options.resident);
+    this.chainOptions = chainOptionsOf(options.chained);
+    if (this.chainOptions !== undefined && this.residentOptions !== undefined) throw new ConfigError('chained', 'not with resident', true);
+    if (this.chainOptions !== undefined && options.stream !== undefined) throw new ConfigError('chained', 'the stream the cache makes (no stream option)', 'a stream');
 
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const M = this.layout.config.pqGroupFactor;
@@ -535,7 +578,8 @@ export class CudaPQCache implements PQCache {
     // Resident steps return complete. A stream the cache made was synchronized when the kernel
     // started, and everything that enqueues on it since stops the kernel first (but readOutputs,
     // which waits for its own copies).
-    if (!(this.ownsStream && this.residentBinding !== undefined)) this.stream.synchronize();
+    // Chained steps return complete too, and a chain waiting for its next step holds the stream.
+    if (!(this.ownsStream && (this.residentBinding !== undefined || this.chain?.waiting === true))) this.stream.synchronize();
     this.checkStatus();
   }
 
@@ -641,6 +685,7 @@ export class CudaPQCache implements PQCache {
       }
     }
     if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype)) return qdtype;
+    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(qptr, qdtype, kptr, kdtype)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
     const inputs = (hostQ ? 1 : 0) | (hostK ? 2 : 0) | (kptr === undefined ? 0 : (1 + DTYPE_CODE[kdtype]) << 2);
     const signature = (binding.graphKeys[inputs] ??= `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`);
@@ -816,6 +861,96 @@ export class CudaPQCache implements PQCache {
     this.residentIdleTimer.unref();
   }
 
+  // ---- chained steps ----
+
+  /**
+   * Serve this appending step from the chain (options.chained), capturing it for these inputs first
+   * when needed. False where the chain does not run (the caller takes the graph path): not the row
+   * kernel with the fused append, bucket mode, or a plan or capacity that ends within the chain's
+   * length. Inputs are device tensors; returns with the step complete.
+   */
+  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): boolean {
+    if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
+    const options = this.chainOptions as Required<ChainOptions>;
+    const chain = this.chain ?? (this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
+      skip: () => this.skipChainSteps(),
+      restore: () => this.restoreSeqSlots(),
+    }, options.requestMs)));
+    const b = this.chainBinding;
+    const sameInputs = b !== undefined && b.qptr === qptr && b.qdtype === qdtype && b.kptr === kptr && b.kdtype === kdtype;
+    // A waiting chain for these inputs was captured with its plan and capacity holding for two
+    // chains' steps from its start (and nothing ran on the index since, or it would have been
+    // drained): ring its next step.
+    if (!(chain.waiting && sameInputs)) {
+      if (chain.waiting) this.stopResident(); // drains the chain before anything else is enqueued
+      const plan = this.currentPlan(this.hostSeqLen + 1);
+      if (plan.row === undefined || plan.bucket !== undefined || !this.chainFits(plan, 2 * options.length)) return false;
+      if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, qptr, qdtype, kptr, kdtype);
+    } else if (chain.atChainStart && !this.chainFits(b.plan, 2 * options.length)) {
+      // The chain launched behind this one would run past the plan or the capacity: end here (the
+      // graph path takes this step and the next ones).
+      this.stopResident();
+      return false;
+    }
+    chain.ring();
+    // While the step runs: advance sk and make the outputs' views for it.
+    this.chainedSteps++;
+    this.commitStep(true);
+    this.outputs();
+    try {
+      chain.wait();
+    } catch (e) {
+      this.uncommitStep(); // not known to have happened
+      throw e;
+    }
+    this.checkStatus();
+    return true;
+  }
+
+  /** `steps` more appending steps stay within the plan and the capacity. */
+  private chainFits(plan: StepPlan, steps: number): boolean {
+    return this.hostSeqLen + steps <= Math.min(plan.maxSeqLen, this.capacity);
+  }
+
+  /** Capture the chains' steps from the current sk and slot on (the host's sk restored after). */
+  private captureChain(chain: StepChain, plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): void {
+    const sk = this.hostSeqLen;
+    const slot = this.seqSlot;
+    this.chainBinding = undefined;
+    try {
+      chain.capture(() => {
+        this.prepareStep(qdtype, true);
+        this.recordStep({ ptr: qptr, dtype: qdtype }, { ptr: kptr, dtype: kdtype });
+        this.commitStep(true);
+      });
+    } finally {
+      this.hostSeqLen = sk;
+      this.seqSlot = slot;
+    }
+    this.chainBinding = { plan, qptr, qdtype, kptr, kdtype, slot };
+  }
+
+  /**
+   * A drain's skip: both seq slots to INT32_MIN, on a second stream (the cache's waits for the
+   * doorbell), so the chain's remaining steps leave at once (kernels/select_row.cu).
+   */
+  private skipChainSteps(): void {
+    const side = this.chainSideStream ?? (this.chainSideStream = this.owned.add(new Stream()));
+    check('cuMemsetD32Async', driver().cuMemsetD32Async(this.seqPtr(0), SEQ_SKIP, 2, side.handle));
+    side.synchronize();
+  }
+
+  /** After a drain: both seq slots hold the host's sk again (the next step reads seqSlot's). */
+  private restoreSeqSlots(): void {
+    check('cuMemsetD32Async', driver().cuMemsetD32Async(this.seqPtr(0), this.hostSeqLen, 2, this.stream.handle));
+  }
+
+  /** Chained steps: how many steps the chain has served (the others ran as graph steps). */
+  get chainedStepCount(): number {
+    return this.chainedSteps;
+  }
+
   /** Resident steps: whether the resident kernel is running now (it stops when idle, and before other work on the index). */
   get residentActive(): boolean {
     return this.resident?.active === true;
@@ -828,6 +963,7 @@ export class CudaPQCache implements PQCache {
 
   /** Stop the resident kernel, if it runs (freeing its multiprocessors); the next step starts it again. */
   stopResident(): void {
+    this.chain?.drain();
     if (this.residentIdleTimer !== undefined) {
       clearInterval(this.residentIdleTimer);
       this.residentIdleTimer = undefined;
@@ -1092,6 +1228,15 @@ export class CudaPQCache implements PQCache {
     this.stopResident();
     this.owned.disposeAfter(this.stream, this.graphs);
   }
+}
+
+function chainOptionsOf(option: boolean | ChainOptions | undefined): Required<ChainOptions> | undefined {
+  if (option === undefined || option === false) return undefined;
+  const o = option === true ? {} : option;
+  const length = o.length ?? 64;
+  // Even: a full launch returns the seq slot to the one the graph's first step reads.
+  if (!Number.isInteger(length) || length < 2 || length > 1024 || length % 2 !== 0) throw new ConfigError('chained.length', 'an even integer in [2, 1024]', o.length);
+  return { length, requestMs: positiveMs('chained.requestMs', o.requestMs ?? 5000) };
 }
 
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {

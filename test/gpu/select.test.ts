@@ -3,7 +3,7 @@ import test from 'node:test';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceArena, allocationStats, copies } from '../../src/cuda/memory.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { CapacityError, DeviceInputError, ShapeError } from '../../src/errors.js';
+import { CapacityError, ConfigError, DeviceInputError, ShapeError } from '../../src/errors.js';
 import { checkSelect } from '../../src/pq/brute-force.js';
 import { CpuPQCache, type SelectResult } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
@@ -486,7 +486,7 @@ test('resident steps report non-finite device queries and keys on the step that 
  * One step (or select, without a key) on device inputs: fresh integer inputs written to the arena's
  * q and k, the result checked against the oracle (lists, lengths and every weight).
  */
-function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState, arena: DeviceArena<'q' | 'k'>): (s: number, query: DeviceTensor, key: DeviceTensor | undefined) => void {
+function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState): (s: number, query: DeviceTensor, key: DeviceTensor | undefined) => void {
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
   const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
   let r = 17;
@@ -495,8 +495,9 @@ function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState, arena: DeviceAren
   return (s, query, key) => {
     const qv = new Float32Array(B * H * D).map(rnd);
     const kv = new Float32Array(B * Hkv * D).map(rnd);
-    copies.fromHost(arena.slices.q, qv);
-    copies.fromHost(arena.slices.k, kv);
+    // Into the tensors' own memory (they may sit outside `arena`).
+    copies.fromHost({ ptr: query.ptr, bytes: qv.byteLength }, qv);
+    if (key !== undefined) copies.fromHost({ ptr: key.ptr, bytes: kv.byteLength }, kv);
     const hq = new HostTensor('f32', [B, H, 1, D], qv);
     const want = key === undefined ? cpu.selectToHost(hq) : cpu.stepToHost(hq, new HostTensor('f32', [B, Hkv, 1, D], kv));
     const got = key === undefined ? gpu.select(query) : gpu.step(query, key);
@@ -522,7 +523,7 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
   const gpu = cudaFromState(st, 'row', 2);
   const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
   try {
-    const check = deviceStepChecker(gpu, st, arena);
+    const check = deviceStepChecker(gpu, st);
     const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
     const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     for (let s = 0; s < 6; s++) check(s, q, k);
@@ -550,6 +551,45 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
   }
 });
 
+test('chained steps: exact over several launches of the chain; a select, an allocation, new input tensors and dispose while a launch waits drain it (its skipped steps write nothing)', { skip }, () => {
+  const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const st = integerState(6000, 6400, config, shape, 94);
+  const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length: 8 } });
+  gpu.uploadState(st);
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4, q2: B * H * D * 4, k2: B * Hkv * D * 4 });
+  let extra: DeviceArena<'x'> | undefined;
+  try {
+    const check = deviceStepChecker(gpu, st);
+    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
+    let s = 0;
+    // 19 steps: two whole launches of 8 and 3 steps of a third, which then waits for its 4th.
+    for (; s < 19; s++) check(s, q, k);
+    assert.equal(gpu.chainedStepCount, 19);
+    check(s++, q, undefined); // a select (graph step): drains the waiting launch first
+    assert.equal(gpu.chainedStepCount, 19);
+    // From the other seq slot now (19 steps): captured again, and exact.
+    for (let i = 0; i < 5; i++) check(s++, q, k);
+    // Another allocation may synchronize the device: it drains the waiting launch first (no hang).
+    extra = DeviceArena.allocate({ x: 1 << 20 });
+    for (let i = 0; i < 3; i++) check(s++, q, k);
+    // Other input tensors: drained, captured for their addresses.
+    const q2 = deviceTensor('f32', [B, H, 1, D], arena.slices.q2.ptr);
+    const k2 = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k2.ptr);
+    for (let i = 0; i < 9; i++) check(s++, q2, k2);
+    assert.equal(gpu.chainedStepCount, 19 + 5 + 3 + 9);
+    check(s++, q, k);
+  } finally {
+    extra?.dispose();
+    arena.dispose();
+    gpu.dispose(); // a launch still waits here: drained, not hung
+  }
+  assert.throws(() => new CudaPQCache({ shape, config, capacity: 100, chained: { length: 7 } }), ConfigError);
+  assert.throws(() => new CudaPQCache({ shape, config, capacity: 100, chained: true, resident: true }), ConfigError);
+});
+
 test('resident steps with the same device tensors (served without validating them again): exact, and every other case takes the full path', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
@@ -570,7 +610,7 @@ test('resident steps with the same device tensors (served without validating the
     gpu.uploadState(st);
     const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
     const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
-    const stepChecked = deviceStepChecker(gpu, st, arena);
+    const stepChecked = deviceStepChecker(gpu, st);
     const check = (s: number, query: typeof q, key: typeof k | undefined): void => {
       stepChecked(s, query, key);
       assert.ok(gpu.residentActive, `step ${s}: served by the resident kernel`);
