@@ -102,14 +102,15 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   readonly resident?: boolean | ResidentOptions;
   /**
    * Chained steps: appending steps on device inputs where the row kernel runs (as for `resident`,
-   * without bucket mode) are captured `length` at a time into one CUDA graph, each behind a wait on a
-   * doorbell in pinned host memory and followed by a write the host reads (src/cuda/step-chain.ts).
-   * The graph is launched once per `length` steps; a step rings it and returns with its results
-   * ready, with no driver call on its path and no multiprocessor held between steps (seed config on
-   * the H100: ≈ 5 μs less wall than graph steps; bench/NOTES.md, session 39). A launch waiting for
-   * its next step holds the cache's stream: anything else the cache does first skips the steps left
-   * (the kernels leave at once) and waits for them. Needs the stream the cache makes (not `stream`);
-   * not with `resident`. Steps the chain does not cover run as CUDA graphs. Default false.
+   * without bucket mode) are captured `length` at a time into CUDA graphs, each step behind a wait on
+   * a doorbell in pinned host memory and followed by a write the host reads (src/cuda/step-chain.ts).
+   * Two such chains alternate, each launched behind the other by a worker thread; a step rings its
+   * chain and returns with its results ready, with no driver call on its path and no multiprocessor
+   * held between steps (seed config on the H100: 13.3–14.0 μs wall against 16.4 for graph steps in one
+   * run; bench/NOTES.md, session 39). A chain waiting for its next step holds the cache's stream:
+   * anything else the cache enqueues first skips the steps left (the kernels leave at once) and waits
+   * for them. Needs the stream the cache makes (not `stream`); not with `resident`. Steps the chains
+   * do not cover run as CUDA graphs. Default false.
    */
   readonly chained?: boolean | ChainOptions;
 }
@@ -872,20 +873,22 @@ export class CudaPQCache implements PQCache {
   private chainedStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): boolean {
     if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
     const options = this.chainOptions as Required<ChainOptions>;
-    const chain = this.chain ?? (this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
-      skip: () => this.skipChainSteps(),
-      restore: () => this.restoreSeqSlots(),
-    }, options.requestMs)));
+    let chain = this.chain;
     const b = this.chainBinding;
     const sameInputs = b !== undefined && b.qptr === qptr && b.qdtype === qdtype && b.kptr === kptr && b.kdtype === kdtype;
     // A waiting chain for these inputs was captured with its plan and capacity holding for two
     // chains' steps from its start (and nothing ran on the index since, or it would have been
     // drained): ring its next step.
-    if (!(chain.waiting && sameInputs)) {
-      if (chain.waiting) this.stopResident(); // drains the chain before anything else is enqueued
+    if (!(chain?.waiting === true && sameInputs)) {
+      if (chain?.waiting === true) this.stopResident(); // drains the chain before anything else is enqueued
       const plan = this.currentPlan(this.hostSeqLen + 1);
       if (plan.row === undefined || plan.bucket !== undefined || !this.chainFits(plan, 2 * options.length)) return false;
       if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+      // Made at the first step the chains serve (its launcher is a worker thread).
+      chain ??= this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
+        skip: () => this.skipChainSteps(),
+        restore: () => this.restoreSeqSlots(),
+      }, options.requestMs));
       if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, qptr, qdtype, kptr, kdtype);
     } else if (chain.atChainStart && !this.chainFits(b.plan, 2 * options.length)) {
       // The chain launched behind this one would run past the plan or the capacity: end here (the
