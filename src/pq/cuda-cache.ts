@@ -964,7 +964,10 @@ export class CudaPQCache implements PQCache {
     return this.resident === undefined ? Number.NaN : this.resident.lastDeviceNs / 1000;
   }
 
-  /** Stop the resident kernel, if it runs (freeing its multiprocessors); the next step starts it again. */
+  /**
+   * Stop the resident kernel, if it runs (freeing its multiprocessors), and drain a chain waiting for
+   * its next step (options.chained: the steps left are skipped); the next step starts either again.
+   */
   stopResident(): void {
     this.chain?.drain();
     if (this.residentIdleTimer !== undefined) {
