@@ -590,6 +590,35 @@ test('chained steps: exact over several launches of the chain; a select, an allo
   assert.throws(() => new CudaPQCache({ shape, config, capacity: 100, chained: true, resident: true }), ConfigError);
 });
 
+test('chained steps: near the end of the capacity the chains stop (a chain starts only when two fit) and graph steps take the last ones, exact to the last position', { skip }, () => {
+  const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const steps = 37;
+  const st = integerState(6000, 6000 + steps, config, shape, 95); // capacity: exactly `steps` appends
+  const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length: 8 } });
+  gpu.uploadState(st);
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  try {
+    const check = deviceStepChecker(gpu, st);
+    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
+    const served: number[] = [];
+    for (let s = 0; s < steps; s++) {
+      const before = gpu.chainedStepCount;
+      check(s, q, k);
+      served.push(gpu.chainedStepCount - before);
+    }
+    // Chains start at 0, 8, 16 (16 more steps fit from each) and not at 24 (13 left): steps 24 … 36 are graph steps.
+    assert.deepEqual(served, Array.from({ length: steps }, (_, s) => (s < 24 ? 1 : 0)));
+    assert.equal(gpu.seqLen, st.capacity);
+    assert.throws(() => gpu.step(q, k), CapacityError);
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
+});
+
 test('resident steps with the same device tensors (served without validating them again): exact, and every other case takes the full path', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
