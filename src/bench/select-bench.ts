@@ -291,7 +291,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.synchronize();
     }
     const resident = plan.row !== undefined ? benchResident(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
-    const chained = plan.row !== undefined && plan.bucket === undefined ? benchChained(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
+    const chained = plan.row !== undefined || plan.bucket !== undefined ? benchChained(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
     const gi = summarize(gpuIdle);
     const idle = { median: round3(gi.median), p90: round3(gi.p90), p99: round3(gi.p99) };

@@ -102,7 +102,7 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   readonly resident?: boolean | ResidentOptions;
   /**
    * Chained steps: appending steps on device inputs where the row kernel runs (as for `resident`,
-   * without bucket mode) are captured `length` at a time into CUDA graphs, each step behind a wait on
+   * and in bucket mode between bucket rebuilds) are captured `length` at a time into CUDA graphs, each step behind a wait on
    * a doorbell in pinned host memory and followed by a write the host reads (src/cuda/step-chain.ts).
    * Two such chains alternate, each launched behind the other by a worker thread; a step rings its
    * chain and returns with its results ready, with no driver call on its path and no multiprocessor
@@ -865,10 +865,10 @@ export class CudaPQCache implements PQCache {
   // ---- chained steps ----
 
   /**
-   * Serve this appending step from the chain (options.chained), capturing it for these inputs first
-   * when needed. False where the chain does not run (the caller takes the graph path): not the row
-   * kernel with the fused append, bucket mode, or a plan or capacity that ends within the chain's
-   * length. Inputs are device tensors; returns with the step complete.
+   * Serve this appending step from the chains (options.chained), capturing them for these inputs
+   * first when needed. False where they do not run (the caller takes the graph path): not the row
+   * kernel (or bucket mode) with the fused append, or a plan, the capacity or a bucket rebuild due
+   * within two chains' steps. Inputs are device tensors; returns with the step complete.
    */
   private chainedStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): boolean {
     if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
@@ -882,7 +882,7 @@ export class CudaPQCache implements PQCache {
     if (!(chain?.waiting === true && sameInputs)) {
       if (chain?.waiting === true) this.stopResident(); // drains the chain before anything else is enqueued
       const plan = this.currentPlan(this.hostSeqLen + 1);
-      if (plan.row === undefined || plan.bucket !== undefined || !this.chainFits(plan, 2 * options.length)) return false;
+      if ((plan.row === undefined && plan.bucket === undefined) || !this.chainFits(plan, 2 * options.length)) return false;
       if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
       // Made at the first step the chains serve (its launcher is a worker thread).
       chain ??= this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
@@ -911,9 +911,14 @@ export class CudaPQCache implements PQCache {
     return true;
   }
 
-  /** `steps` more appending steps stay within the plan and the capacity. */
+  /**
+   * `steps` more appending steps stay within the plan and the capacity, and in bucket mode need no
+   * rebuild of the buckets (an ordinary launch before the step that prepareStep makes, not a chain's).
+   */
   private chainFits(plan: StepPlan, steps: number): boolean {
-    return this.hostSeqLen + steps <= Math.min(plan.maxSeqLen, this.capacity);
+    const sk = this.hostSeqLen + steps;
+    if (sk > Math.min(plan.maxSeqLen, this.capacity)) return false;
+    return plan.bucket === undefined || (this.bucketEnd >= 0 && sk - this.layout.config.windowSize - this.bucketEnd <= this.bucketTail);
   }
 
   /** Capture the chains' steps from the current sk and slot on (the host's sk restored after). */

@@ -619,6 +619,30 @@ test('chained steps: near the end of the capacity the chains stop (a chain start
   }
 });
 
+test('chained steps in bucket mode: chains between the bucket rebuilds (graph steps make them), exact', { skip }, () => {
+  const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const st = integerState(5000, 5200, config, shape, 96);
+  // A tail of 40 positions and chains of 4: a chain starts while 8 more steps need no rebuild.
+  const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'bucket', bucketTail: 40, chained: { length: 4 } });
+  gpu.uploadState(st);
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  try {
+    assert.ok(gpu.planFor(5001).bucket !== undefined, 'bucket mode planned');
+    const check = deviceStepChecker(gpu, st);
+    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
+    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
+    for (let s = 0; s < 150; s++) check(s, q, k);
+    // Rebuilds every ≈ 40 steps; at most 8 + 3 steps around each fall to graph steps.
+    assert.ok(gpu.chainedStepCount >= 100, `chained ${gpu.chainedStepCount} of 150`);
+    assert.ok(gpu.chainedStepCount < 150, 'the rebuilds ran as graph steps');
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
+});
+
 test('resident steps with the same device tensors (served without validating them again): exact, and every other case takes the full path', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
