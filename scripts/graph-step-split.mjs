@@ -27,14 +27,13 @@ if (profDir) {
   process.exit(0);
 }
 const app = join(process.cwd(), process.env.APP ?? '.device/app/dist/src');
+const { seedConfig, seedDeviceInputs } = await import('./seed-inputs.mjs');
 const { benchLayout, randomState } = await import(join(app, 'bench/select-bench.js'));
 const { CudaPQCache } = await import(join(app, 'pq/cuda-cache.js'));
 const { GraphCache, GraphExec } = await import(join(app, 'cuda/graph.js'));
-const { DeviceArena, copies } = await import(join(app, 'cuda/memory.js'));
-const { deviceTensor } = await import(join(app, 'tensor/device-tensor.js'));
 const { summarize } = await import(join(app, 'bench/stats.js'));
 
-const c = { B: 1, H: 32, Hkv: 32, D: 128, sk: Number(process.env.SK ?? 32000), S: 128, W: 128, K: 128, M: 2, pqBits: 6, O: 128, metric: 'euclidean' };
+const c = seedConfig(Number(process.env.SK ?? 32000));
 const layout = benchLayout(c);
 const rounds = Number(process.env.ROUNDS ?? 5);
 const steps = Number(process.env.STEPS ?? 120);
@@ -42,14 +41,7 @@ const capacity = c.sk + rounds * steps * 4 + 400;
 const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity });
 cache.uploadState(randomState(layout, c.sk - 1, capacity, 7));
 const sets = 8;
-const bytes = 32 * 128 * 4;
-const arena = DeviceArena.allocate({ q: bytes * sets, k: bytes * sets });
-for (let s = 0; s < sets; s++) {
-  copies.fromHost(arena.slices.q, new Float32Array(4096).map((_, i) => Math.sin(i + 3 * s)), s * bytes);
-  copies.fromHost(arena.slices.k, new Float32Array(4096).map((_, i) => Math.cos(i + 5 * s)), s * bytes);
-}
-const q = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.q.ptr + BigInt(s * bytes)));
-const k = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.k.ptr + BigInt(s * bytes)));
+const { arena, q, k } = await seedDeviceInputs(app, sets);
 
 // Wraps proto[name] so every call stamps the host clock on entry (at.t0) and return (at.t1) and
 // keeps its receiver (at.self); returns the original. The two clock reads sit inside the split.

@@ -16,24 +16,21 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 const app = join(process.cwd(), process.env.APP ?? '.device/app/dist/src');
-const requireApp = createRequire(join(app, 'index.js'));
-const koffi = requireApp('koffi'); // the app's node_modules (none at the repository root there)
+const { seedConfig, seedDeviceInputs } = await import('./seed-inputs.mjs');
+const requireApp = createRequire(join(app, 'index.js')); // the worker's koffi: the app's node_modules (none at the repository root there)
 const { benchLayout, randomState } = await import(join(app, 'bench/select-bench.js'));
 const { CudaPQCache } = await import(join(app, 'pq/cuda-cache.js'));
 const { CudaContext } = await import(join(app, 'cuda/context.js'));
 const { GraphExec } = await import(join(app, 'cuda/graph.js'));
 const { LaunchArgs, launch } = await import(join(app, 'cuda/launch.js'));
-const { DeviceArena, PinnedBuffer, copies } = await import(join(app, 'cuda/memory.js'));
+const { PinnedBuffer } = await import(join(app, 'cuda/memory.js'));
 const { Stream } = await import(join(app, 'cuda/stream.js'));
-const { check, driverLibraryPath } = await import(join(app, 'cuda/driver.js'));
+const { check, driver, driverLibraryPath } = await import(join(app, 'cuda/driver.js'));
 const { loadKernels } = await import(join(app, 'pq/kernels.js'));
-const { deviceTensor } = await import(join(app, 'tensor/device-tensor.js'));
 const { nowUs, summarize } = await import(join(app, 'bench/stats.js'));
 
 CudaContext.primary();
-const lib = koffi.load(driverLibraryPath());
-const waitValue = lib.func('int cuStreamWaitValue32_v2(void *stream, uint64_t addr, uint32_t value, unsigned int flags)');
-const writeValue = lib.func('int cuStreamWriteValue32_v2(void *stream, uint64_t addr, uint32_t value, unsigned int flags)');
+const { cuStreamWaitValue32_v2: waitValue, cuStreamWriteValue32_v2: writeValue } = driver();
 const WAIT_GEQ = 0x0;
 const WRITE_DEFAULT = 0x0; // with a memory barrier: the step's writes are visible before `done`
 
@@ -120,7 +117,7 @@ const row = (name, s, m = NaN) => rows.push([name, s.median, s.p90, s.p99, m, s.
 
 // ---- seed step, device inputs ----
 {
-  const c = { B: 1, H: 32, Hkv: 32, D: 128, sk: 26000, S: 128, W: 128, K: 128, M: 2, pqBits: 6, O: 128, metric: 'euclidean' };
+  const c = seedConfig(26000);
   const layout = benchLayout(c);
   const steps = 300 + N * (2 * ROUNDS + 3); // the worker run's host sk runs 2N ahead
   const capacity = c.sk + steps + 400; // sk stays under the E = 16 → 32 hand-over (33,024) at N = 64
@@ -131,14 +128,7 @@ const row = (name, s, m = NaN) => rows.push([name, s.median, s.p90, s.p99, m, s.
   chained.uploadState(state);
   twin.uploadState(state);
   const sets = 8;
-  const bytes = 32 * 128 * 4;
-  const arena = DeviceArena.allocate({ q: bytes * sets, k: bytes * sets });
-  for (let s = 0; s < sets; s++) {
-    copies.fromHost(arena.slices.q, new Float32Array(4096).map((_, i) => Math.sin(i + 3 * s)), s * bytes);
-    copies.fromHost(arena.slices.k, new Float32Array(4096).map((_, i) => Math.cos(i + 5 * s)), s * bytes);
-  }
-  const q = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.q.ptr + BigInt(s * bytes)));
-  const k = Array.from({ length: sets }, (_, s) => deviceTensor('f32', [1, 32, 1, 128], arena.slices.k.ptr + BigInt(s * bytes)));
+  const { arena, q, k } = await seedDeviceInputs(app, sets);
   // The same 300 warm-up steps on both (graph path), then the twin times its graph steps.
   let n = 0;
   for (; n < 300; n++) {

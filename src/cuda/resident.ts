@@ -26,6 +26,7 @@ import { DeviceBuffer, type DeviceRange, PinnedBuffer, copies } from './memory.j
 import type { Kernel } from './module.js';
 import { Owned } from './owned.js';
 import { quiesceDevice, registerResidentStop } from './resident-guard.js';
+import { spinUntilWord } from './spin.js';
 import { Stream } from './stream.js';
 
 /** kernels/resident.cuh: PQ_RESIDENT_STOP, PQ_RESIDENT_TICKET_MASK, PqResidentWords (three 64-byte lines; u32 indices). */
@@ -39,10 +40,6 @@ const SEEN_NS_BYTE = 64;
 const DONE_NS_BYTE = 128;
 /** No launch has reported ready (not a ticket: tickets are 29 bits). */
 const NOT_READY = 0xffffffff;
-/** Spins between clock reads while waiting (a clock read costs more than a spin). */
-const SPINS_PER_CHECK = 1024;
-/** A wait this long asks the driver whether the launch ended (a driver call costs ≈ 1 μs). */
-const FAULT_CHECK_AFTER_MS = 1;
 
 /** No request in flight (tickets are 29 bits). */
 const NONE = -1;
@@ -220,19 +217,11 @@ export class ResidentLaunch {
     }
   }
 
-  /** Spin until u32[index] == value; false after `ms` (checking the stream for a fault meanwhile). */
+  /** Spin until u32[index] == value; false after `ms` or once the launch ended (CudaError on a fault). */
   private spinUntil(index: number, value: number, ms: number): boolean {
-    const u32 = this.u32;
-    if (Atomics.load(u32, index) === value) return true;
-    const start = performance.now();
-    for (;;) {
-      for (let i = 0; i < SPINS_PER_CHECK; i++) if (Atomics.load(u32, index) === value) return true;
-      const waited = performance.now() - start;
-      if (waited > ms) return false;
-      // Past a request's normal time, ask whether the kernel ended (isIdle throws on a fault).
-      if (waited > FAULT_CHECK_AFTER_MS && this.stream.isIdle()) return Atomics.load(u32, index) === value;
-    }
+    return spinUntilWord(this.u32, index, value, ms, this.stream);
   }
+
 }
 
 /** `ms` when it is a positive, finite number of milliseconds; ConfigError naming `argument` otherwise. */

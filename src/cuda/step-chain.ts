@@ -23,6 +23,7 @@ import { type Handle, check, driver, driverLibraryPath } from './driver.js';
 import { GraphExec } from './graph.js';
 import { PinnedBuffer } from './memory.js';
 import { registerWaitingChain } from './resident-guard.js';
+import { spinUntilWord } from './spin.js';
 import type { Stream } from './stream.js';
 
 const CU_STREAM_WAIT_VALUE_GEQ = 0x0;
@@ -32,10 +33,6 @@ const CU_STREAM_WRITE_VALUE_DEFAULT = 0x0;
 const BELL = 0;
 const DONE = 32;
 const WORDS_BYTES = 512;
-/** Spins between clock reads while waiting (a clock read costs more than a spin). */
-const SPINS_PER_CHECK = 1024;
-/** A wait this long asks the driver whether the stream faulted (a driver call costs ≈ 1 μs). */
-const FAULT_CHECK_AFTER_MS = 1;
 
 export interface StepChainHooks {
   /** Make the steps not yet rung no-ops (draining rings them all next). The stream is waiting: use another. */
@@ -186,19 +183,12 @@ export class StepChain {
   }
 
   private spinUntil(k: number, value: number): void {
-    const u32 = this.u32;
     const at = 64 * k + DONE;
-    if (Atomics.load(u32, at) === value) return;
-    const start = performance.now();
-    for (;;) {
-      for (let i = 0; i < SPINS_PER_CHECK; i++) if (Atomics.load(u32, at) === value) return;
-      const waited = performance.now() - start;
-      if (waited > FAULT_CHECK_AFTER_MS) this.stream.isIdle(); // throws CudaError if a step faulted
-      if (waited > this.requestMs) {
-        throw new StateError('StepChain.wait', `step ${value} of chain ${k} done within ${this.requestMs} ms`, `done = ${Atomics.load(u32, at)}`);
-      }
+    if (!spinUntilWord(this.u32, at, value, this.requestMs, this.stream)) {
+      throw new StateError('StepChain.wait', `step ${value} of chain ${k} done within ${this.requestMs} ms`, `done = ${Atomics.load(this.u32, at)}`);
     }
   }
+
 }
 
 // The launcher's shared words: [0] command (0 idle, 1 launch, 2 quit), [1] the last driver result,

@@ -823,14 +823,22 @@ export class CudaPQCache implements PQCache {
   private serveResident(appending: boolean): void {
     const launch = this.resident as ResidentLaunch;
     launch.ring(this.seqSlot | (appending ? 2 : 0));
-    // While the kernel serves the step: advance sk and make the outputs' views for it.
     this.residentSteps++;
+    this.completeRungStep(appending, launch);
+  }
+
+  /**
+   * After a step was rung (resident launch or chain): while the GPU serves it, advance sk and make the
+   * outputs' views for it; then wait for it (an appending step not known to have happened is undone)
+   * and report the inputs the kernels flagged.
+   */
+  private completeRungStep(appending: boolean, served: { wait(): void }): void {
     this.commitStep(appending);
     this.outputs();
     try {
-      launch.wait();
+      served.wait();
     } catch (e) {
-      if (appending) this.uncommitStep(); // not known to have happened
+      if (appending) this.uncommitStep();
       throw e;
     }
     this.checkStatus();
@@ -897,17 +905,8 @@ export class CudaPQCache implements PQCache {
       return false;
     }
     chain.ring();
-    // While the step runs: advance sk and make the outputs' views for it.
     this.chainedSteps++;
-    this.commitStep(true);
-    this.outputs();
-    try {
-      chain.wait();
-    } catch (e) {
-      this.uncommitStep(); // not known to have happened
-      throw e;
-    }
-    this.checkStatus();
+    this.completeRungStep(true, chain);
     return true;
   }
 

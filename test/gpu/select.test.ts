@@ -453,11 +453,9 @@ test('resident steps report non-finite device queries and keys on the step that 
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const st = integerState(5000, 5400, config, shape, 77);
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, resident: { idleMs: 60000 } });
-  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  const { arena, q, k } = stepInputs(shape);
   try {
     gpu.uploadState(st);
-    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
-    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     const qv = new Float32Array(B * H * D).map((_, i) => ((i * 7) % 13) - 6);
     const kv = new Float32Array(B * Hkv * D).map((_, i) => ((i * 5) % 11) - 5);
     for (let s = 0; s < 90; s++) {
@@ -486,6 +484,13 @@ test('resident steps report non-finite device queries and keys on the step that 
  * One step (or select, without a key) on device inputs: fresh integer inputs written to the arena's
  * q and k, the result checked against the oracle (lists, lengths and every weight).
  */
+/** A device query and key of one step for `shape`, in one arena (dispose it). */
+function stepInputs(shape: { batch: number; heads: number; kvHeads: number; headDim: number }): { arena: DeviceArena<'q' | 'k'>; q: DeviceTensor; k: DeviceTensor } {
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  return { arena, q: deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr), k: deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr) };
+}
+
 function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState): (s: number, query: DeviceTensor, key: DeviceTensor | undefined) => void {
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = st.layout.shape;
   const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
@@ -521,11 +526,9 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const st = integerState(6000, 6100, config, shape, 93);
   const gpu = cudaFromState(st, 'row', 2);
-  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  const { arena, q, k } = stepInputs(shape);
   try {
     const check = deviceStepChecker(gpu, st);
-    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
-    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     for (let s = 0; s < 6; s++) check(s, q, k);
     check(6, q, undefined);
     // A query known to this cache is no key: its shape [B, H, 1, D] is checked against the key's.
@@ -558,12 +561,11 @@ test('chained steps: exact over several launches of the chain; a select, an allo
   const st = integerState(6000, 6400, config, shape, 94);
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length: 8 } });
   gpu.uploadState(st);
-  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4, q2: B * H * D * 4, k2: B * Hkv * D * 4 });
+  const { arena, q, k } = stepInputs(shape);
+  const other = stepInputs(shape); // a second pair at other addresses
   let extra: DeviceArena<'x'> | undefined;
   try {
     const check = deviceStepChecker(gpu, st);
-    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
-    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     let s = 0;
     // 19 steps: two whole launches of 8 and 3 steps of a third, which then waits for its 4th.
     for (; s < 19; s++) check(s, q, k);
@@ -576,13 +578,13 @@ test('chained steps: exact over several launches of the chain; a select, an allo
     extra = DeviceArena.allocate({ x: 1 << 20 });
     for (let i = 0; i < 3; i++) check(s++, q, k);
     // Other input tensors: drained, captured for their addresses.
-    const q2 = deviceTensor('f32', [B, H, 1, D], arena.slices.q2.ptr);
-    const k2 = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k2.ptr);
+    const { q: q2, k: k2 } = other;
     for (let i = 0; i < 9; i++) check(s++, q2, k2);
     assert.equal(gpu.chainedStepCount, 19 + 5 + 3 + 9);
     check(s++, q, k);
   } finally {
     extra?.dispose();
+    other.arena.dispose();
     arena.dispose();
     gpu.dispose(); // a launch still waits here: drained, not hung
   }
@@ -598,11 +600,9 @@ test('chained steps: near the end of the capacity the chains stop (a chain start
   const st = integerState(6000, 6000 + steps, config, shape, 95); // capacity: exactly `steps` appends
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length: 8 } });
   gpu.uploadState(st);
-  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  const { arena, q, k } = stepInputs(shape);
   try {
     const check = deviceStepChecker(gpu, st);
-    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
-    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     const served: number[] = [];
     for (let s = 0; s < steps; s++) {
       const before = gpu.chainedStepCount;
@@ -627,12 +627,10 @@ test('chained steps in bucket mode: chains between the bucket rebuilds (graph st
   // A tail of 40 positions and chains of 4: a chain starts while 8 more steps need no rebuild.
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'bucket', bucketTail: 40, chained: { length: 4 } });
   gpu.uploadState(st);
-  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  const { arena, q, k } = stepInputs(shape);
   try {
     assert.ok(gpu.planFor(5001).bucket !== undefined, 'bucket mode planned');
     const check = deviceStepChecker(gpu, st);
-    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
-    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     for (let s = 0; s < 150; s++) check(s, q, k);
     // Rebuilds every ≈ 40 steps; at most 8 + 3 steps around each fall to graph steps.
     assert.ok(gpu.chainedStepCount >= 100, `chained ${gpu.chainedStepCount} of 150`);
@@ -650,7 +648,7 @@ test('resident steps with the same device tensors (served without validating the
   const steps = 60;
   const st = integerState(6000, 6000 + steps, config, shape, 91); // capacity: exactly `steps` appends
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, resident: { idleMs: 60000 } });
-  const arena = DeviceArena.allocate({ q: B * H * D * 4, k: B * Hkv * D * 4 });
+  const { arena, q, k } = stepInputs(shape);
   // Counts the full path's validations (white box: the private method the repeat path skips).
   const inner = gpu as unknown as { enqueue: (...args: unknown[]) => unknown };
   const enqueue = inner.enqueue;
@@ -661,8 +659,6 @@ test('resident steps with the same device tensors (served without validating the
   };
   try {
     gpu.uploadState(st);
-    const q = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr);
-    const k = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr);
     const stepChecked = deviceStepChecker(gpu, st);
     const check = (s: number, query: typeof q, key: typeof k | undefined): void => {
       stepChecked(s, query, key);
