@@ -30,9 +30,12 @@
 //   sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
 //   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
 //   when no PQ index runs). Launch: grid B*Hkv, block 128.
+#include <cooperative_groups.h>
 #include <type_traits>
 
 #include "common.cuh"
+
+namespace cg = cooperative_groups;
 
 namespace {
 
@@ -148,48 +151,62 @@ __device__ __forceinline__ void merge_state(float (&m)[GH], float (&l)[GH], floa
   }
 }
 
-template <typename T, int DMAX, int GH, bool SPARSE>
-__device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
-                             const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
-                             const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
-                             float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
-                             int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
+// What a block's warps leave after the gather: per warp and query head, the online-softmax state.
+template <int NW, int GH, int DMAX>
+struct WarpStates {
+  float m[NW][GH];
+  float l[NW][GH];
+  float acc[NW][GH][DMAX];
+};
+
+// The query heads grid row blockIdx.y holds: sparse rows are (b, h), dense rows (b, kvh, head group).
+struct AttendRow {
+  int row, b, kvh, first_head, heads;
+};
+template <int GH, bool SPARSE>
+__device__ __forceinline__ AttendRow attend_row(int H, int Hkv) {
+  AttendRow r;
+  r.row = blockIdx.y;
+  const int G = H / Hkv;
+  if constexpr (SPARSE) {
+    r.b = r.row / H;
+    r.first_head = r.row - r.b * H;
+    r.kvh = r.first_head / G;
+    r.heads = 1;
+  } else {
+    const int groups = (G + GH - 1) / GH;
+    const int bk = r.row / groups;
+    const int grp = r.row - bk * groups;
+    r.b = bk / Hkv;
+    r.kvh = bk - r.b * Hkv;
+    r.first_head = r.kvh * G + grp * GH;
+    r.heads = min(GH, G - grp * GH);
+  }
+  return r;
+}
+
+// Positions [begin, begin + chunk) of the row through the block's NW warps into `st` (every warp's
+// state per head), then a block barrier. SPECULATE (sparse): the list entries up to the chunk's end
+// (or list_stride) load together with the row's length instead of after it, and entries at i ≥ len
+// are dropped there; this takes one global round trip off the chain (list_len → list → K/V).
+template <typename T, int DMAX, int GH, bool SPARSE, int NW, bool SPECULATE>
+__device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, const AttendRow& r, const void* __restrict__ q, int qdtype,
+                                              const T* __restrict__ kcache, const T* __restrict__ vcache, const int* __restrict__ list,
+                                              const int* __restrict__ list_len, int list_stride, const void* __restrict__ weights, int wdtype,
+                                              int64_t w_stride, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,
+                                              int kv_stride, int begin, int chunk) {
+  static_assert(!SPECULATE || SPARSE, "only lists are read ahead");
   constexpr int LP = lanes_per_position<DMAX, GH>();
   constexpr int DPL = DMAX / LP;
   constexpr int PW = 32 / LP;
   constexpr int U = substeps<T, DMAX, GH>();
   constexpr int PER_WARP = PW * U;  // positions per warp per batch
-  __shared__ float sm_m[NWARPS][GH];
-  __shared__ float sm_l[NWARPS][GH];
-  __shared__ float sm_acc[NWARPS][GH][DMAX];
-  __shared__ bool sm_last;
-
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int slot = lane / LP;  // which of the PW positions of a sub-step
   const int sub = lane % LP;   // which dim slice
-  const int row = blockIdx.y;
-  const int split = blockIdx.x;
-  const int splits = gridDim.x;
-  const int G = H / Hkv;
-  const int groups = (G + GH - 1) / GH;
+  const int row = r.row;
   const int sk = (seq_len != nullptr ? *seq_len : 0) + seq_add;
-
-  // Which query heads this row holds.
-  int b, kvh, first_head, heads;
-  if constexpr (SPARSE) {
-    b = row / H;
-    first_head = row - b * H;
-    kvh = first_head / G;
-    heads = 1;
-  } else {
-    const int bk = row / groups;
-    const int grp = row - bk * groups;
-    b = bk / Hkv;
-    kvh = bk - b * Hkv;
-    first_head = kvh * G + grp * GH;
-    heads = min(GH, G - grp * GH);
-  }
   const int d0 = sub * DPL;
   const int lane_dims = max(0, min(DPL, D - d0));  // DPL, except on the last lane when D % DPL != 0
   const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
@@ -199,7 +216,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   for (int g = 0; g < GH; ++g)
 #pragma unroll
     for (int j = 0; j < DPL; ++j)
-      qf[g][j] = (g < heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(b * H + first_head + g) * D + d0 + j) * scale : 0.0f;
+      qf[g][j] = (g < r.heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head + g) * D + d0 + j) * scale : 0.0f;
 
   // Online softmax per query head, per lane group (uniform across the LP lanes of a group).
   float m[GH], l[GH], acc[GH][DPL];
@@ -212,10 +229,9 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   }
 
   const int n = SPARSE ? list_len[row] : sk;
-  const int begin = split * chunk;
-  const int end = min(n, begin + chunk);
-  const int64_t kv_row0 = static_cast<int64_t>(b * Hkv + kvh) * kv_stride;
-  for (int base = begin + warp * PER_WARP; base < end; base += NWARPS * PER_WARP) {
+  const int end = SPECULATE ? min(begin + chunk, list_stride) : min(n, begin + chunk);
+  const int64_t kv_row0 = static_cast<int64_t>(r.b * Hkv + r.kvh) * kv_stride;
+  for (int base = begin + warp * PER_WARP; base < end; base += NW * PER_WARP) {
     int pos[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -224,7 +240,9 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
       if (i < end) {
         if constexpr (SPARSE) {
           p = list[static_cast<int64_t>(row) * list_stride + i];
-          if (p < 0 || p >= sk) {
+          if (SPECULATE && i >= n) {
+            p = -1;  // past the row's length: read ahead, never used
+          } else if (p < 0 || p >= sk) {
             if (sub == 0) pq_flag_status(status, PQ_STATUS_LIST_RANGE);
             p = -1;
           }
@@ -293,37 +311,66 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     }
   }
 
-  // Merge the PW lane groups of the warp, then the warps of the block, into one partial per head.
+  // Merge the PW lane groups of the warp; lane group 0 leaves the warp's state in shared memory.
 #pragma unroll
   for (int o = LP; o < 32; o <<= 1) merge_state<GH, DPL>(m, l, acc, o);
   if (slot == 0) {
 #pragma unroll
     for (int g = 0; g < GH; ++g) {
       if (sub == 0) {
-        sm_m[warp][g] = m[g];
-        sm_l[warp][g] = l[g];
+        st.m[warp][g] = m[g];
+        st.l[warp][g] = l[g];
       }
 #pragma unroll
       for (int j = 0; j < DPL; ++j)
-        if (j < lane_dims) sm_acc[warp][g][d0 + j] = acc[g][j];
+        if (j < lane_dims) st.acc[warp][g][d0 + j] = acc[g][j];
     }
   }
   __syncthreads();
+}
+
+// The block's state of head g merged over its warps: acc[d] for d < D, l for d == D; the block's
+// running max in *mx.
+template <int NW, int GH, int DMAX>
+__device__ __forceinline__ float block_state(const WarpStates<NW, GH, DMAX>& st, int g, int d, int D, float* mx) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) m = fmaxf(m, st.m[w][g]);
+  float sum = 0.0f;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) {
+    const float f = st.m[w][g] == -INFINITY ? 0.0f : exp2f(st.m[w][g] - m);
+    sum += f * (d < D ? st.acc[w][g][d] : st.l[w][g]);
+  }
+  *mx = m;
+  return sum;
+}
+
+// Split-K with a global merge (grid (splits, rows), NT threads, any architecture): each block writes
+// its partial, and the last block of the row to finish (atomic counter) merges them.
+template <typename T, int DMAX, int GH, bool SPARSE>
+__device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
+                             const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
+                             const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
+                             float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
+                             int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
+  __shared__ WarpStates<NWARPS, GH, DMAX> st;
+  __shared__ bool sm_last;
+  const AttendRow r = attend_row<GH, SPARSE>(H, Hkv);
+  const int row = r.row;
+  const int heads = r.heads;
+  const int split = blockIdx.x;
+  const int splits = gridDim.x;
+  gather_states<T, DMAX, GH, SPARSE, NWARPS, false>(st, r, q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype,
+                                                    w_stride, status, seq_len, seq_add, H, Hkv, D, kv_stride, split * chunk, chunk);
   // Partial record per head: [m, l, -, -, acc[D]] (acc 16-byte aligned for the merge's float4 loads).
   const int rec = D + 4;
   float* my_partial = partial + (static_cast<int64_t>(row) * splits + split) * GH * rec;
   for (int t = threadIdx.x; t < heads * (D + 1); t += NT) {
     const int g = t / (D + 1);
     const int d = t - g * (D + 1);  // d == D: the (m, l) pair
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w2 = 0; w2 < NWARPS; ++w2) mx = fmaxf(mx, sm_m[w2][g]);
-    float sum = 0.0f;
-#pragma unroll
-    for (int w2 = 0; w2 < NWARPS; ++w2) {
-      const float f = sm_m[w2][g] == -INFINITY ? 0.0f : exp2f(sm_m[w2][g] - mx);
-      sum += f * (d < D ? sm_acc[w2][g][d] : sm_l[w2][g]);
-    }
+    float mx;
+    const float sum = block_state(st, g, d, D, &mx);
     if (d < D) {
       my_partial[g * rec + 4 + d] = sum;
     } else {
@@ -342,8 +389,8 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   if (!sm_last) return;
   __threadfence();
   // The warps' accumulators are written out: their shared memory holds the split weights now.
-  static_assert(NWARPS * DMAX >= 2 * MAX_SPLITS, "sm_acc must hold sm_f and sm_sl");
-  float(*sm_f)[GH] = reinterpret_cast<float(*)[GH]>(&sm_acc[0][0][0]);
+  static_assert(NWARPS * DMAX >= 2 * MAX_SPLITS, "st.acc must hold sm_f and sm_sl");
+  float(*sm_f)[GH] = reinterpret_cast<float(*)[GH]>(&st.acc[0][0][0]);
   float(*sm_sl)[GH] = sm_f + MAX_SPLITS;
   __shared__ float sm_den[GH];
   const float* row_partial = partial + static_cast<int64_t>(row) * splits * GH * rec;
@@ -388,13 +435,69 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
       }
     }
     const float den = sm_den[g];
-    T* o = out + static_cast<int64_t>(b * H + first_head + g) * D + d;
+    T* o = out + static_cast<int64_t>(r.b * H + r.first_head + g) * D + d;
     o[0] = Elem<T>::from_float(den > 0.0f ? num.x / den : 0.0f);
     o[1] = Elem<T>::from_float(den > 0.0f ? num.y / den : 0.0f);
     o[2] = Elem<T>::from_float(den > 0.0f ? num.z / den : 0.0f);
     o[3] = Elem<T>::from_float(den > 0.0f ? num.w / den : 0.0f);
   }
   if (threadIdx.x == 0) counters[row] = 0u;
+}
+
+// Split-K merged inside a thread-block cluster (sm_90; grid (CL, rows), clusters (CL, 1, 1), block
+// CLUSTER_NT): rank x gathers positions [x*chunk, (x+1)*chunk) of its row, pushes its block state
+// into rank 0's shared memory (DSMEM), and after one cluster barrier rank 0 merges the CL states
+// and writes the output. No partials in global memory, no fence, no counter: the split kernel's
+// second round trip through L2 and its last-block election are gone from the step's critical path.
+constexpr int CLUSTER_NT = 256;
+template <typename T, int DMAX, int CL>
+__device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
+                                      const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
+                                      const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out, int* status,
+                                      const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
+#if __CUDA_ARCH__ >= 900
+  constexpr int NW = CLUSTER_NT / 32;
+  __shared__ WarpStates<NW, 1, DMAX> st;
+  __shared__ float cl_m[CL], cl_l[CL];
+  __shared__ float cl_acc[CL][DMAX];
+  const AttendRow r = attend_row<1, true>(H, Hkv);
+  const int rank = blockIdx.x;  // cluster dims (CL, 1, 1) over a grid CL wide
+  gather_states<T, DMAX, 1, true, NW, true>(st, r, q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride,
+                                            status, seq_len, seq_add, H, Hkv, D, kv_stride, rank * chunk, chunk);
+  cg::cluster_group cluster = cg::this_cluster();
+  float* to_acc = cluster.map_shared_rank(&cl_acc[rank][0], 0);
+  for (int d = threadIdx.x; d <= D; d += CLUSTER_NT) {
+    float mx;
+    const float sum = block_state(st, 0, d, D, &mx);
+    if (d < D) {
+      to_acc[d] = sum;
+    } else {
+      *cluster.map_shared_rank(&cl_m[rank], 0) = mx;
+      *cluster.map_shared_rank(&cl_l[rank], 0) = sum;
+    }
+  }
+  cluster.sync();  // every rank's state is in rank 0's shared memory (release / acquire)
+  if (rank != 0) return;
+  float mx = -INFINITY;
+#pragma unroll
+  for (int x = 0; x < CL; ++x) mx = fmaxf(mx, cl_m[x]);
+  float f[CL];
+  float den = 0.0f;
+#pragma unroll
+  for (int x = 0; x < CL; ++x) {
+    f[x] = cl_m[x] == -INFINITY ? 0.0f : exp2f(cl_m[x] - mx);
+    den += f[x] * cl_l[x];
+  }
+  T* o = out + static_cast<int64_t>(r.b * H + r.first_head) * D;
+  for (int d = threadIdx.x; d < D; d += CLUSTER_NT) {
+    float num = 0.0f;
+#pragma unroll
+    for (int x = 0; x < CL; ++x) num = fmaf(f[x], cl_acc[x][d], num);
+    o[d] = Elem<T>::from_float(den > 0.0f ? num / den : 0.0f);
+  }
+#else
+  __trap();  // the host plans cluster kernels only on sm_90 and newer
+#endif
 }
 
 template <typename T>
@@ -428,6 +531,20 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
                                   partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);            \
   }
 
+#if __CUDA_ARCH__ >= 900
+#define PQ_ATTEND_CLUSTER_DIMS(CL) __cluster_dims__(CL, 1, 1)
+#else
+#define PQ_ATTEND_CLUSTER_DIMS(CL)
+#endif
+#define PQ_ATTEND_SPARSE_CLUSTER(NAME, T, DMAX, CL)                                                                    \
+  extern "C" __global__ void PQ_ATTEND_CLUSTER_DIMS(CL) __launch_bounds__(CLUSTER_NT) pq_attend_sparse_##NAME##_d##DMAX##_c##CL( \
+      const void* q, int qdtype, const T* kcache, const T* vcache, const int* list, const int* list_len, int list_stride, \
+      const void* weights, int wdtype, long long w_stride, T* out, float*, unsigned*, int* status, const int* seq_len,   \
+      int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                                                   \
+    attend_sparse_cluster<T, DMAX, CL>(q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride, \
+                                       out, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                     \
+  }
+
 #define PQ_ATTEND_DENSE(NAME, T, DPL, DMAX, GH)                                                                        \
   extern "C" __global__ void __launch_bounds__(NT) pq_attend_dense_##NAME##_d##DMAX##_g##GH(                           \
       const void* q, int qdtype, const T* kcache, const T* vcache, T* out, float* partial, unsigned* counters,          \
@@ -439,6 +556,14 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
 #define PQ_ATTEND_FAMILY(NAME, T)                                                                                      \
   PQ_ATTEND_SPARSE(NAME, T, 4, 128)                                                                                         \
   PQ_ATTEND_SPARSE(NAME, T, 8, 256)                                                                                         \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 128, 1)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 128, 2)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 128, 4)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 128, 8)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 256, 1)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 256, 2)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 256, 4)                                                                                 \
+  PQ_ATTEND_SPARSE_CLUSTER(NAME, T, 256, 8)                                                                                 \
   PQ_ATTEND_DENSE(NAME, T, 4, 128, 1)                                                                                       \
   PQ_ATTEND_DENSE(NAME, T, 4, 128, 2)                                                                                       \
   PQ_ATTEND_DENSE(NAME, T, 4, 128, 4)                                                                                       \

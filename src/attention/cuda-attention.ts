@@ -2,9 +2,12 @@
  * Decode attention on the GPU (kernels/attention.cu): launch planning, the K/V cache, and the
  * launchers the decode layer captures into its graph.
  *
- * Split-K: a row's positions are cut into `splits` chunks, one block each; the last block of a row
- * merges the partial softmax states. Sparse rows are (b, h) over the selected list; dense rows are
- * (b, kvh, head group) over every position, so each K/V row is read once for its query heads.
+ * Split-K: a row's positions are cut into `splits` chunks, one block each. The blocks' partial
+ * softmax states are merged either through global memory by the last block of the row to finish
+ * (merge 'global', any GPU) or, for sparse rows on sm_90, inside a thread-block cluster of the row's
+ * blocks through distributed shared memory (merge 'cluster'). Sparse rows are (b, h) over the
+ * selected list; dense rows are (b, kvh, head group) over every position, so each K/V row is read
+ * once for its query heads.
  */
 import type { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
@@ -21,6 +24,10 @@ import { HostTensor } from '../tensor/host-tensor.js';
 
 /** Threads per block and warps of the attention kernels (kernels/attention.cu NT). */
 export const ATTEND_THREADS = 128;
+/** Threads per block of the cluster-merged sparse kernels (kernels/attention.cu CLUSTER_NT). */
+export const ATTEND_CLUSTER_THREADS = 256;
+/** Cluster sizes the sparse kernels are built for (kernels/attention.cu PQ_ATTEND_SPARSE_CLUSTER). */
+const ATTEND_CLUSTERS = [1, 2, 4, 8] as const;
 const WARPS = ATTEND_THREADS / 32;
 /** Largest head dimension of the attention kernels. */
 export const MAX_ATTEND_HEAD_DIM = 256;
@@ -63,6 +70,10 @@ export interface AttendPlan {
   readonly chunk: number;
   /** Query heads per row (1 for sparse). */
   readonly groupHeads: number;
+  /** How a row's splits are merged: partials in global memory and the last block, or one cluster per row (sm_90). */
+  readonly merge: SparseMerge;
+  /** Threads per block. */
+  readonly threads: number;
   /** Longest row the plan covers (splits · chunk ≥ this). */
   readonly maxLen: number;
   readonly kernel: string;
@@ -78,12 +89,37 @@ function splitPlan(rows: number, maxLen: number, step: number, sms: number, bloc
   return { chunk, splits: Math.max(1, Math.ceil(maxLen / chunk)) };
 }
 
-/** Sparse attention over lists of up to `listCapacity` positions. */
+export type SparseMerge = 'global' | 'cluster';
+
+/** Sparse attention over lists of up to `listCapacity` positions, merged through global memory. */
 export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM): AttendPlan {
   const geo = attendGeometry(shape.headDim, 1, kvDType);
   const rows = shape.batch * shape.heads;
   const { chunk, splits } = splitPlan(rows, listCapacity, WARPS * geo.positionsPerWarp, sms, blocksPerSM);
-  return { kind: 'sparse', rows, splits, chunk, groupHeads: 1, maxLen: listCapacity, kernel: `pq_attend_sparse_${kvDType}_d${geo.dmax}` };
+  return {
+    kind: 'sparse', merge: 'global', threads: ATTEND_THREADS, rows, splits, chunk, groupHeads: 1, maxLen: listCapacity,
+    kernel: `pq_attend_sparse_${kvDType}_d${geo.dmax}`,
+  };
+}
+
+/**
+ * Sparse attention merged inside one thread-block cluster per row (sm_90): the smallest cluster
+ * (1, 2, 4, 8) whose blocks each gather their share of the list in one pass of their warps, halved
+ * while the grid would exceed `waves` waves of resident blocks. Each pass costs a global round trip,
+ * so fewer positions per block is the lever; past a few waves, more blocks cost more than passes.
+ */
+export function planSparseAttendCluster(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM, waves = 2): AttendPlan {
+  const geo = attendGeometry(shape.headDim, 1, kvDType);
+  const rows = shape.batch * shape.heads;
+  const pass = (ATTEND_CLUSTER_THREADS / 32) * geo.positionsPerWarp; // positions a block gathers in one pass
+  const want = Math.ceil(Math.max(1, listCapacity) / pass);
+  let cluster: number = ATTEND_CLUSTERS.find((c) => c >= want) ?? ATTEND_CLUSTERS[ATTEND_CLUSTERS.length - 1];
+  while (cluster > 1 && rows * cluster > waves * sms * blocksPerSM) cluster /= 2;
+  const chunk = roundUp(Math.ceil(Math.max(1, listCapacity) / cluster), geo.positionsPerWarp);
+  return {
+    kind: 'sparse', merge: 'cluster', threads: ATTEND_CLUSTER_THREADS, rows, splits: cluster, chunk, groupHeads: 1, maxLen: listCapacity,
+    kernel: `pq_attend_sparse_${kvDType}_d${geo.dmax}_c${cluster}`,
+  };
 }
 
 /** Dense attention over every position, valid while sk ≤ maxSeqLen. */
@@ -92,7 +128,10 @@ export function planDenseAttend(shape: CacheShape, kvDType: FloatDType, maxSeqLe
   const geo = attendGeometry(shape.headDim, gh, kvDType);
   const rows = shape.batch * shape.kvHeads * Math.ceil(shape.heads / shape.kvHeads / gh);
   const { chunk, splits } = splitPlan(rows, maxSeqLen, WARPS * geo.positionsPerWarp, sms, blocksPerSM);
-  return { kind: 'dense', rows, splits, chunk, groupHeads: gh, maxLen: maxSeqLen, kernel: `pq_attend_dense_${kvDType}_d${geo.dmax}_g${gh}` };
+  return {
+    kind: 'dense', merge: 'global', threads: ATTEND_THREADS, rows, splits, chunk, groupHeads: gh, maxLen: maxSeqLen,
+    kernel: `pq_attend_dense_${kvDType}_d${geo.dmax}_g${gh}`,
+  };
 }
 
 /** Per-split partial softmax states and per-row merge counters of one plan. */
@@ -100,11 +139,12 @@ export class AttendScratch {
   private readonly arena: DeviceArena<'partial' | 'counters'>;
 
   constructor(readonly plan: AttendPlan, headDim: number, stream: Stream) {
+    const global = plan.merge === 'global'; // cluster plans merge in shared memory: no partials, no counters
     this.arena = DeviceArena.allocate({
-      partial: plan.rows * plan.splits * plan.groupHeads * (headDim + 4) * 4,
-      counters: plan.rows * 4,
+      partial: global ? plan.rows * plan.splits * plan.groupHeads * (headDim + 4) * 4 : 0,
+      counters: global ? plan.rows * 4 : 0,
     });
-    copies.fill32Async(this.arena.slices.counters, 0, plan.rows, stream); // the kernels keep them zero between launches
+    if (global) copies.fill32Async(this.arena.slices.counters, 0, plan.rows, stream); // the kernels keep them zero between launches
   }
 
   get partial(): DevicePtr {
@@ -238,12 +278,22 @@ export class CudaAttention {
   }
 
   /** Resident blocks per SM of a kernel (registers and shared memory decide). */
-  private blocksPerSM(name: string): number {
-    return Math.max(1, this.kernel(name).occupancy(ATTEND_THREADS));
+  private blocksPerSM(name: string, threads = ATTEND_THREADS): number {
+    return Math.max(1, this.kernel(name).occupancy(threads));
   }
 
-  sparsePlan(kvDType: FloatDType, listCapacity: number): AttendPlan {
+  /**
+   * The sparse plan for lists of up to `listCapacity` positions: merged in a cluster where the GPU
+   * has clusters (sm_90), else through global memory; `merge` forces one (tests, benchmarks).
+   */
+  sparsePlan(kvDType: FloatDType, listCapacity: number, merge?: SparseMerge): AttendPlan {
     const sms = this.context.device.multiprocessorCount;
+    const clusters = this.context.device.computeCapability[0] >= 9;
+    if (merge === 'cluster' && !clusters) throw new ConfigError('merge', 'a GPU with thread-block clusters (sm_90)', `sm_${this.context.device.computeCapability.join('')}`);
+    if (merge === 'cluster' || (merge === undefined && clusters)) {
+      const name = planSparseAttendCluster(this.shape, kvDType, listCapacity, sms).kernel;
+      return planSparseAttendCluster(this.shape, kvDType, listCapacity, sms, this.blocksPerSM(name, ATTEND_CLUSTER_THREADS));
+    }
     const name = planSparseAttend(this.shape, kvDType, listCapacity, sms).kernel;
     return planSparseAttend(this.shape, kvDType, listCapacity, sms, this.blocksPerSM(name));
   }
@@ -255,7 +305,7 @@ export class CudaAttention {
   }
 
   private grid(plan: AttendPlan): { grid: [number, number, number]; block: [number, number, number] } {
-    return { grid: [plan.splits, plan.rows, 1], block: [ATTEND_THREADS, 1, 1] };
+    return { grid: [plan.splits, plan.rows, 1], block: [plan.threads, 1, 1] };
   }
 
   launchSparse(plan: AttendPlan, scratch: AttendScratch, io: SparseIO, stream: Stream): void {

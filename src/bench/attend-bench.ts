@@ -11,7 +11,7 @@
  * weights and K/V rows before timing.
  */
 import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
-import { AttendScratch, CudaAttention, KVCache } from '../attention/cuda-attention.js';
+import { AttendScratch, CudaAttention, KVCache, type SparseMerge } from '../attention/cuda-attention.js';
 import { GraphExec } from '../cuda/graph.js';
 import { CudaDecodeLayer } from '../attention/cuda-decode-layer.js';
 import type { StepInputs } from '../attention/decode-layer.js';
@@ -196,11 +196,11 @@ function timeSteps(step: (i: number) => void, stream: Stream, o: AttendBenchOpti
   return { wall: summarize(wall), gpu: summarize(gpu) };
 }
 
-/** The sparse attention kernel alone, in a graph, over the layer's current lists and K/V. */
-function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>, o: AttendBenchOptions): Timing {
+/** The sparse attention kernel alone, in a graph, over the layer's current lists and K/V (`merge`: the plan's form, default the layer's). */
+function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>, o: AttendBenchOptions, merge?: SparseMerge): Timing {
   const pq = layer.pq as NonNullable<typeof layer.pq>;
   const attention = new CudaAttention(layer.context, layer.shape);
-  const plan = attention.sparsePlan(layer.kvDType, pq.layout.listCapacity);
+  const plan = attention.sparsePlan(layer.kvDType, pq.layout.listCapacity, merge);
   const scratch = new AttendScratch(plan, layer.shape.headDim, layer.stream);
   const status = new PinnedBuffer(16);
   const out = DeviceArena.allocate({ out: layer.shape.batch * layer.shape.heads * layer.shape.headDim * 4 });
@@ -264,6 +264,9 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
     const pq = sparse.pq as NonNullable<typeof sparse.pq>;
     const tSelect = timeSteps((i) => pq.step(inputs.sets[i % SETS].query, inputs.sets[i % SETS].key), stream, o);
     const tAttend = timeAttendOnly(sparse, inputs.sets[0], o);
+    // The layer's plan against the global-memory merge (the only form before sm_90), same run.
+    const attendPlan = new CudaAttention(sparse.context, shape).sparsePlan(c.dtype, pq.layout.listCapacity);
+    const tAttendGlobal = attendPlan.merge === 'global' ? tAttend : timeAttendOnly(sparse, inputs.sets[0], o, 'global');
     // The dense layer starts at the same sk (its appends overwrite rows the sparse steps wrote).
     dense.adoptPrefilled(c.sk);
     dense.step(inputs.sets[0]);
@@ -277,6 +280,8 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
         device, sample_row_rel_error: sparseErr, speedup_vs_dense_gpu: round3(td.gpu.median / ts.gpu.median),
         speedup_vs_dense_wall: round3(td.wall.median / ts.wall.median), list_capacity: layout.listCapacity,
         select_step_only_gpu_us: round3(tSelect.gpu.median), sparse_attend_only_gpu_us: round3(tAttend.gpu.median),
+        sparse_attend_plan: `${attendPlan.merge} merge, ${attendPlan.splits} blocks a row × ${attendPlan.threads} threads, ${attendPlan.chunk} positions a block`,
+        sparse_attend_global_merge_gpu_us: round3(tAttendGlobal.gpu.median),
       }, ts.gpu, sparseErr <= tol),
       latencyRow('pqcache-cuda-dense-step', configOf(c), td.wall, {
         device, sample_row_rel_error: denseErr, kv_bytes: denseBytes(c), effective_GBs: round3(denseGBs), copy_GBs: round3(copyGBs),

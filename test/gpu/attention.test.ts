@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { type AttentionInputs, attendCpu, denseAttentionCpu } from '../../src/attention/cpu-attention.js';
-import { AttendScratch, CudaAttention, KVCache } from '../../src/attention/cuda-attention.js';
+import { AttendScratch, CudaAttention, KVCache, type SparseMerge } from '../../src/attention/cuda-attention.js';
 import { CudaDecodeLayer } from '../../src/attention/cuda-decode-layer.js';
 import { CpuDecodeLayer } from '../../src/attention/decode-layer.js';
 import { CudaDecodeStack } from '../../src/attention/decode-stack.js';
@@ -62,8 +62,17 @@ interface KernelCase {
   listCapacity: number;
 }
 
-/** Run the sparse or dense kernel directly on random inputs; returns the output and the f64 reference. */
-function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', corrupt?: 'list'): { got: Float32Array; want: Float32Array } {
+/** The sparse merges this GPU runs: through global memory always, in a cluster on sm_90. */
+function sparseMerges(): SparseMerge[] {
+  return CudaContext.primary().device.computeCapability[0] >= 9 ? ['global', 'cluster'] : ['global'];
+}
+
+/**
+ * Run the sparse or dense kernel directly on random inputs; returns the output and the f64 reference.
+ * Sparse rows hold in-range positions past their length too (the cluster kernels read entries ahead
+ * of the length): a kernel that used them would miss the reference.
+ */
+function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', corrupt?: 'list', merge?: SparseMerge): { got: Float32Array; want: Float32Array } {
   const ctx = CudaContext.primary();
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = c.shape;
   const rows = B * H;
@@ -85,6 +94,7 @@ function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', cor
       const u = rng.next();
       weights[r * c.sk + p] = u < 0.1 ? 0 : u < 0.2 ? 0.5 : 1;
     });
+    for (let i = len[r]; i < L; i++) if (r % 2 === 1) list[r * L + i] = Math.floor(rng.next() * c.sk); // ignored entries
   }
   if (corrupt === 'list') list[0] = c.sk + 3;
   const kv = new KVCache(c.shape, c.capacity, c.dtype);
@@ -93,7 +103,7 @@ function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', cor
   new Int32Array(status.arrayBuffer, 0, 1)[0] = 0;
   const arena = DeviceArena.allocate({ q: rows * D * 4, list: list.byteLength, len: len.byteLength, w: weights.byteLength, out: rows * D * 4 });
   const attention = new CudaAttention(ctx, c.shape);
-  const plan = kind === 'sparse' ? attention.sparsePlan(c.dtype, L) : attention.densePlan(c.dtype, c.sk);
+  const plan = kind === 'sparse' ? attention.sparsePlan(c.dtype, L, merge) : attention.densePlan(c.dtype, c.sk);
   const scratch = new AttendScratch(plan, D, stream);
   try {
     kv.upload(new HostTensor('f32', [B, Hkv, c.capacity, D], keys), new HostTensor('f32', [B, Hkv, c.capacity, D], values));
@@ -137,7 +147,7 @@ function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', cor
   }
 }
 
-test('sparse attention kernel matches the CPU oracle (GQA, −1 padding, zero and fractional weights, all dtypes)', { skip }, () => {
+test('sparse attention kernels (global and cluster merges) match the CPU oracle (GQA, padding, zero and fractional weights, all dtypes)', { skip }, () => {
   const rng = new SplitMix32(7);
   const failures: string[] = [];
   const shapes: CacheShape[] = [
@@ -154,10 +164,12 @@ test('sparse attention kernel matches the CPU oracle (GQA, −1 padding, zero an
         const sk = 50 + Math.floor(rng.next() * 3000);
         const c: KernelCase = { shape, dtype, qdtype: (['f32', 'bf16', 'f16'] as const)[n % 3], wdtype: (['f32', 'f16', 'bf16'] as const)[(n + 1) % 3], sk, capacity: sk + 5, listCapacity };
         n++;
-        // Remove the (rare) list wider than sk: distinct positions need listCapacity ≤ sk.
-        const { got, want } = runKernel({ ...c, listCapacity: Math.min(listCapacity, sk) }, rng, 'sparse');
-        const err = worstRowError(got, want, shape.headDim);
-        if (!(err <= TOLERANCE[dtype])) failures.push(`${JSON.stringify(c)}: worst row rel. error ${err}`);
+        for (const merge of sparseMerges()) {
+          // Remove the (rare) list wider than sk: distinct positions need listCapacity ≤ sk.
+          const { got, want } = runKernel({ ...c, listCapacity: Math.min(listCapacity, sk) }, rng, 'sparse', undefined, merge);
+          const err = worstRowError(got, want, shape.headDim);
+          if (!(err <= TOLERANCE[dtype])) failures.push(`${merge} ${JSON.stringify(c)}: worst row rel. error ${err}`);
+        }
       }
     }
   }
@@ -180,10 +192,11 @@ test('dense attention kernel matches the CPU oracle (G = 1, 2, 4, 8, 16; all dty
 });
 
 test('a list position outside [0, sk) is flagged and skipped, not read', { skip }, () => {
-  const rng = new SplitMix32(3);
   const c: KernelCase = { shape: { batch: 1, heads: 2, kvHeads: 1, headDim: 64 }, dtype: 'f32', qdtype: 'f32', wdtype: 'f32', sk: 500, capacity: 500, listCapacity: 64 };
-  const { got, want } = runKernel(c, rng, 'sparse', 'list');
-  assert.ok(worstRowError(got, want, 64) <= 1e-5);
+  for (const merge of sparseMerges()) {
+    const { got, want } = runKernel(c, new SplitMix32(3), 'sparse', 'list', merge);
+    assert.ok(worstRowError(got, want, 64) <= 1e-5, merge);
+  }
 });
 
 /** Integer-valued inputs: PQ scores are exact, so CPU and GPU select the same lists. */
