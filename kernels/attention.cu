@@ -213,11 +213,10 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
 
   float qf[GH][DPL];
 #pragma unroll
-  for (int g = 0; g < GH; ++g) {
-    pq_load_floats<DPL>(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head + g) * D + d0, g < r.heads ? lane_dims : 0, qf[g]);
+  for (int g = 0; g < GH; ++g)
 #pragma unroll
-    for (int j = 0; j < DPL; ++j) qf[g][j] *= scale;
-  }
+    for (int j = 0; j < DPL; ++j)
+      qf[g][j] = (g < r.heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head + g) * D + d0 + j) * scale : 0.0f;
 
   // Online softmax per query head, per lane group (uniform across the LP lanes of a group).
   float m[GH], l[GH], acc[GH][DPL];
@@ -271,22 +270,12 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
       }
     }
     float w[U];
-    if constexpr (SPARSE) {
-      int64_t widx[U];
-      bool wvalid[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        widx[u] = row * w_stride + max(pos[u], 0);
-        wvalid[u] = pos[u] >= 0;
-      }
-      pq_gather_floats<U>(weights, wdtype, widx, wvalid, w);
-    } else {
-#pragma unroll
-      for (int u = 0; u < U; ++u) w[u] = pos[u] >= 0 ? 1.0f : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
+    for (int u = 0; u < U; ++u) {
+      w[u] = 0.0f;
+      if (pos[u] >= 0) w[u] = SPARSE ? pq_load_float(weights, wdtype, row * w_stride + pos[u]) : 1.0f;
       if (!(w[u] > 0.0f)) pos[u] = -1;  // zero (or invalid) weight: contributes nothing
+    }
     float s[GH][U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -520,10 +509,8 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
   const int64_t dst = (static_cast<int64_t>(bkv) * kv_stride + p) * D;
   bool bad_key = false, bad_value = false;
   for (int d = threadIdx.x; d < D; d += NT) {
-    const uint32_t kbits = pq_load_bits(key, kdtype, static_cast<int64_t>(bkv) * D + d);  // both loads in flight at once
-    const uint32_t vbits = pq_load_bits(value, vdtype, static_cast<int64_t>(bkv) * D + d);
-    const float k = pq_bits_float(kbits, kdtype);
-    const float v = pq_bits_float(vbits, vdtype);
+    const float k = pq_load_float(key, kdtype, static_cast<int64_t>(bkv) * D + d);
+    const float v = pq_load_float(value, vdtype, static_cast<int64_t>(bkv) * D + d);
     bad_key |= !isfinite(k);
     bad_value |= !isfinite(v);
     kcache[dst + d] = Elem<T>::from_float(k);

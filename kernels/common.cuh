@@ -32,43 +32,6 @@ __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t
   return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
 }
 
-// A float element's bits as loaded (f32: all 32; f16, bf16: the low 16), and as fp32. Loading the
-// bits of every element first and converting them after keeps the loads in flight together:
-// pq_load_float in a loop converts each element right after its load, inside its dtype branch, so
-// the thread waits for each load in turn, one global round trip per element (the attention
-// kernels' query and weight loads; bench/NOTES.md session 40).
-__device__ __forceinline__ uint32_t pq_load_bits(const void* p, int dtype, int64_t i) {
-  return dtype == PQ_F32 ? static_cast<const uint32_t*>(p)[i] : static_cast<const unsigned short*>(p)[i];
-}
-__device__ __forceinline__ float pq_bits_float(uint32_t bits, int dtype) {
-  if (dtype == PQ_F32) return __uint_as_float(bits);
-  if (dtype == PQ_F16) return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-  return __uint_as_float(bits << 16);  // bf16: the high half of an fp32
-}
-
-// Elements p[idx[j]] for j < N as fp32 (0 where !valid[j]), every load issued before the first use.
-template <int N>
-__device__ __forceinline__ void pq_gather_floats(const void* p, int dtype, const int64_t (&idx)[N], const bool (&valid)[N], float (&out)[N]) {
-  uint32_t bits[N];
-#pragma unroll
-  for (int j = 0; j < N; ++j) bits[j] = valid[j] ? pq_load_bits(p, dtype, idx[j]) : 0u;
-#pragma unroll
-  for (int j = 0; j < N; ++j) out[j] = pq_bits_float(bits[j], dtype);
-}
-
-// Elements p[i0 + j] for j < N as fp32 (0 for j >= count), as pq_gather_floats.
-template <int N>
-__device__ __forceinline__ void pq_load_floats(const void* p, int dtype, int64_t i0, int count, float (&out)[N]) {
-  int64_t idx[N];
-  bool valid[N];
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    idx[j] = i0 + j;
-    valid[j] = j < count;
-  }
-  pq_gather_floats<N>(p, dtype, idx, valid, out);
-}
-
 // A float element as fp32 (exact for f16 and bf16).
 __device__ __forceinline__ float pq_to_float(float v) { return v; }
 __device__ __forceinline__ float pq_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
