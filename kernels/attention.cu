@@ -186,16 +186,13 @@ __device__ __forceinline__ AttendRow attend_row(int H, int Hkv) {
 }
 
 // Positions [begin, begin + chunk) of the row through the block's NW warps into `st` (every warp's
-// state per head), then a block barrier. SPECULATE (sparse): the list entries up to the chunk's end
-// (or list_stride) load together with the row's length instead of after it, and entries at i ≥ len
-// are dropped there; this takes one global round trip off the chain (list_len → list → K/V).
-template <typename T, int DMAX, int GH, bool SPARSE, int NW, bool SPECULATE>
+// state per head), then a block barrier.
+template <typename T, int DMAX, int GH, bool SPARSE, int NW>
 __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, const AttendRow& r, const void* __restrict__ q, int qdtype,
                                               const T* __restrict__ kcache, const T* __restrict__ vcache, const int* __restrict__ list,
                                               const int* __restrict__ list_len, int list_stride, const void* __restrict__ weights, int wdtype,
                                               int64_t w_stride, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,
                                               int kv_stride, int begin, int chunk) {
-  static_assert(!SPECULATE || SPARSE, "only lists are read ahead");
   constexpr int LP = lanes_per_position<DMAX, GH>();
   constexpr int DPL = DMAX / LP;
   constexpr int PW = 32 / LP;
@@ -229,7 +226,7 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
   }
 
   const int n = SPARSE ? list_len[row] : sk;
-  const int end = SPECULATE ? min(begin + chunk, list_stride) : min(n, begin + chunk);
+  const int end = min(n, begin + chunk);
   const int64_t kv_row0 = static_cast<int64_t>(r.b * Hkv + r.kvh) * kv_stride;
   for (int base = begin + warp * PER_WARP; base < end; base += NW * PER_WARP) {
     int pos[U];
@@ -240,9 +237,7 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
       if (i < end) {
         if constexpr (SPARSE) {
           p = list[static_cast<int64_t>(row) * list_stride + i];
-          if (SPECULATE && i >= n) {
-            p = -1;  // past the row's length: read ahead, never used
-          } else if (p < 0 || p >= sk) {
+          if (p < 0 || p >= sk) {
             if (sub == 0) pq_flag_status(status, PQ_STATUS_LIST_RANGE);
             p = -1;
           }
@@ -361,7 +356,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   const int heads = r.heads;
   const int split = blockIdx.x;
   const int splits = gridDim.x;
-  gather_states<T, DMAX, GH, SPARSE, NWARPS, false>(st, r, q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype,
+  gather_states<T, DMAX, GH, SPARSE, NWARPS>(st, r, q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype,
                                                     w_stride, status, seq_len, seq_add, H, Hkv, D, kv_stride, split * chunk, chunk);
   // Partial record per head: [m, l, -, -, acc[D]] (acc 16-byte aligned for the merge's float4 loads).
   const int rec = D + 4;
@@ -447,9 +442,17 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
 // Split-K merged inside a thread-block cluster (sm_90; grid (CL, rows), clusters (CL, 1, 1), block
 // CLUSTER_NT): rank x gathers positions [x*chunk, (x+1)*chunk) of its row, pushes its block state
 // into rank 0's shared memory (DSMEM), and after one cluster barrier rank 0 merges the CL states
-// and writes the output. No partials in global memory, no fence, no counter: the split kernel's
-// second round trip through L2 and its last-block election are gone from the step's critical path.
+// and writes the output. No partials in global memory, no fence, no counter.
+// The gather is shaped for short lists rather than long rows: a warp's 32 lanes share one position
+// at a time, lane l holding dims [l*DPL, (l+1)*DPL) (DPL = DMAX/32), so the warp's softmax state is
+// uniform and needs no merge across lane groups; warp w takes CLUSTER_PB consecutive positions of
+// each pass, lane k < CLUSTER_PB reads the k-th one's list entry and weight, and every K/V row of
+// the pass is in flight before the first score. (gather_states' lane groups, made for dense rows,
+// cost ≈ 1,000 instructions a warp for 8 positions: bench/NOTES.md session 40.) Entries of the
+// list up to the chunk's end (at most list_stride) are read with its length, not after it; those at
+// i ≥ len are dropped.
 constexpr int CLUSTER_NT = 256;
+constexpr int CLUSTER_PB = 8;  // positions a warp has in flight (src/attention/cuda-attention.ts ATTEND_CLUSTER_PASS)
 template <typename T, int DMAX, int CL>
 __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
                                       const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
@@ -457,13 +460,101 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
                                       const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
 #if __CUDA_ARCH__ >= 900
   constexpr int NW = CLUSTER_NT / 32;
+  constexpr int DPL = DMAX / 32;
+  constexpr int PB = CLUSTER_PB;
   __shared__ WarpStates<NW, 1, DMAX> st;
   __shared__ float cl_m[CL], cl_l[CL];
   __shared__ float cl_acc[CL][DMAX];
   const AttendRow r = attend_row<1, true>(H, Hkv);
+  const int row = r.row;
   const int rank = blockIdx.x;  // cluster dims (CL, 1, 1) over a grid CL wide
-  gather_states<T, DMAX, 1, true, NW, true>(st, r, q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride,
-                                            status, seq_len, seq_add, H, Hkv, D, kv_stride, rank * chunk, chunk);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int d0 = lane * DPL;
+  const bool has_dims = d0 < D;  // D % 8 == 0 and DPL ∈ {4, 8}: a lane holds all DPL dims or none
+  const int sk = (seq_len != nullptr ? *seq_len : 0) + seq_add;
+  const int n = list_len[row];
+  const int begin = rank * chunk;
+  const int end = min(begin + chunk, list_stride);  // not min(n, …): the list loads do not wait for n
+  const int64_t kv_row0 = static_cast<int64_t>(r.b * Hkv + r.kvh) * kv_stride;
+  const int* row_list = list + static_cast<int64_t>(row) * list_stride;
+  const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
+  float qf[DPL];
+#pragma unroll
+  for (int j = 0; j < DPL; ++j) qf[j] = has_dims ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head) * D + d0 + j) * scale : 0.0f;
+
+  float m = -INFINITY, l = 0.0f, acc[DPL];
+#pragma unroll
+  for (int j = 0; j < DPL; ++j) acc[j] = 0.0f;
+  for (int base = begin + warp * PB; base < end; base += NW * PB) {
+    // Lane k < PB: the k-th position of this warp's pass, its weight (0: skipped).
+    const int i = base + lane;
+    int p = -1;
+    if (lane < PB && i < end) {
+      p = row_list[i];
+      if (i >= n) {
+        p = -1;  // past the row's length: read ahead, never used
+      } else if (p < 0 || p >= sk) {
+        pq_flag_status(status, PQ_STATUS_LIST_RANGE);
+        p = -1;
+      }
+    }
+    float w = p >= 0 ? pq_load_float(weights, wdtype, row * w_stride + p) : 0.0f;
+    Packet<T, DPL> kp[PB], vp[PB];
+    int pos[PB];
+#pragma unroll
+    for (int k = 0; k < PB; ++k) {
+      pos[k] = __shfl_sync(0xffffffffu, p, k);
+      const int64_t at = (kv_row0 + max(pos[k], 0)) * D + d0;
+      if (pos[k] >= 0 && has_dims) {
+        kp[k].load(kcache + at);
+        vp[k].load(vcache + at);
+      } else {
+        kp[k].zero();
+        vp[k].zero();
+      }
+    }
+    float s[PB], wk[PB];
+#pragma unroll
+    for (int k = 0; k < PB; ++k) {
+      wk[k] = __shfl_sync(0xffffffffu, w, k);
+      float dot = 0.0f;
+#pragma unroll
+      for (int j = 0; j < DPL; ++j) dot = fmaf(qf[j], kp[k].get(j), dot);
+      s[k] = dot;
+    }
+    // Every lane's partial dots summed over the warp: log2(32) butterfly steps per position.
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int k = 0; k < PB; ++k) s[k] += __shfl_xor_sync(0xffffffffu, s[k], o);
+    float mx = m;
+#pragma unroll
+    for (int k = 0; k < PB; ++k)
+      if (wk[k] > 0.0f) mx = fmaxf(mx, s[k]);
+    if (mx == -INFINITY) continue;  // nothing in this pass, nor before it (uniform over the warp)
+    const float corr = exp2f(m - mx);  // m = -inf -> 0
+    l *= corr;
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) acc[j] *= corr;
+#pragma unroll
+    for (int k = 0; k < PB; ++k) {
+      const float e = wk[k] > 0.0f ? wk[k] * exp2f(s[k] - mx) : 0.0f;
+      l += e;
+#pragma unroll
+      for (int j = 0; j < DPL; ++j) acc[j] = fmaf(e, vp[k].get(j), acc[j]);
+    }
+    m = mx;
+  }
+  if (lane == 0) {
+    st.m[warp][0] = m;
+    st.l[warp][0] = l;
+  }
+  if (has_dims) {
+#pragma unroll
+    for (int j = 0; j < DPL; ++j) st.acc[warp][0][d0 + j] = acc[j];
+  }
+  __syncthreads();
   cg::cluster_group cluster = cg::this_cluster();
   float* to_acc = cluster.map_shared_rank(&cl_acc[rank][0], 0);
   for (int d = threadIdx.x; d <= D; d += CLUSTER_NT) {

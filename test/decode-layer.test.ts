@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import {
-  ATTEND_CLUSTER_THREADS, attendGeometry, attentionProblem, denseGroupHeads, planDenseAttend, planSparseAttend, planSparseAttendCluster,
+  ATTEND_CLUSTER_POSITIONS_PER_WARP, ATTEND_CLUSTER_THREADS, attendGeometry, attentionProblem, denseGroupHeads, planDenseAttend, planSparseAttend, planSparseAttendCluster,
 } from '../src/attention/cuda-attention.js';
 import { CpuDecodeLayer } from '../src/attention/decode-layer.js';
 import { CpuDecodeStack } from '../src/attention/decode-stack.js';
@@ -118,7 +118,7 @@ test('attention launch plans cover their rows and pick the kernel for D and G', 
 
 test('cluster-merged sparse plans: one pass a block where the grid allows, clusters of 1–8', () => {
   const s = { batch: 1, heads: 32, kvHeads: 8, headDim: 128 };
-  const pass = (ATTEND_CLUSTER_THREADS / 32) * attendGeometry(128, 1, 'bf16').positionsPerWarp; // 64 positions
+  const pass = (ATTEND_CLUSTER_THREADS / 32) * ATTEND_CLUSTER_POSITIONS_PER_WARP; // 64 positions
   // The seed lists (S + K + W = 384): 6 passes' worth → clusters of 8, 48 positions a block.
   const seed = planSparseAttendCluster(s, 'bf16', 384, 132, 2);
   assert.deepEqual([seed.splits, seed.chunk, seed.merge, seed.threads, seed.kernel], [8, 48, 'cluster', 256, 'pq_attend_sparse_bf16_d128_c8']);
@@ -133,5 +133,6 @@ test('cluster-merged sparse plans: one pass a block where the grid allows, clust
     }
   }
   assert.equal(planSparseAttendCluster(s, 'f32', 384, 132, 2).kernel, 'pq_attend_sparse_f32_d128_c8');
-  assert.equal(planSparseAttendCluster({ ...s, headDim: 256 }, 'f16', 40, 132, 2).kernel, 'pq_attend_sparse_f16_d256_c2');
+  assert.equal(planSparseAttendCluster({ ...s, headDim: 256 }, 'f16', 40, 132, 2).kernel, 'pq_attend_sparse_f16_d256_c1');
+  assert.equal(planSparseAttendCluster({ ...s, headDim: 256 }, 'f16', 65, 132, 2).kernel, 'pq_attend_sparse_f16_d256_c2');
 });

@@ -26,6 +26,8 @@ import { HostTensor } from '../tensor/host-tensor.js';
 export const ATTEND_THREADS = 128;
 /** Threads per block of the cluster-merged sparse kernels (kernels/attention.cu CLUSTER_NT). */
 export const ATTEND_CLUSTER_THREADS = 256;
+/** Positions a warp of those kernels has in flight in one pass (kernels/attention.cu CLUSTER_PB), whatever D and dtype. */
+export const ATTEND_CLUSTER_POSITIONS_PER_WARP = 8;
 /** Cluster sizes the sparse kernels are built for (kernels/attention.cu PQ_ATTEND_SPARSE_CLUSTER). */
 const ATTEND_CLUSTERS = [1, 2, 4, 8] as const;
 const WARPS = ATTEND_THREADS / 32;
@@ -109,16 +111,17 @@ export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCap
  * so fewer positions per block is the lever; past a few waves, more blocks cost more than passes.
  */
 export function planSparseAttendCluster(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM, waves = 2): AttendPlan {
-  const geo = attendGeometry(shape.headDim, 1, kvDType);
+  const dmax = attendGeometry(shape.headDim, 1, kvDType).dmax;
   const rows = shape.batch * shape.heads;
-  const pass = (ATTEND_CLUSTER_THREADS / 32) * geo.positionsPerWarp; // positions a block gathers in one pass
+  const perWarp = ATTEND_CLUSTER_POSITIONS_PER_WARP;
+  const pass = (ATTEND_CLUSTER_THREADS / 32) * perWarp; // positions a block gathers in one pass
   const want = Math.ceil(Math.max(1, listCapacity) / pass);
   let cluster: number = ATTEND_CLUSTERS.find((c) => c >= want) ?? ATTEND_CLUSTERS[ATTEND_CLUSTERS.length - 1];
   while (cluster > 1 && rows * cluster > waves * sms * blocksPerSM) cluster /= 2;
-  const chunk = roundUp(Math.ceil(Math.max(1, listCapacity) / cluster), geo.positionsPerWarp);
+  const chunk = roundUp(Math.ceil(Math.max(1, listCapacity) / cluster), perWarp);
   return {
     kind: 'sparse', merge: 'cluster', threads: ATTEND_CLUSTER_THREADS, rows, splits: cluster, chunk, groupHeads: 1, maxLen: listCapacity,
-    kernel: `pq_attend_sparse_${kvDType}_d${geo.dmax}_c${cluster}`,
+    kernel: `pq_attend_sparse_${kvDType}_d${dmax}_c${cluster}`,
   };
 }
 
