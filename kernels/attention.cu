@@ -452,7 +452,8 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
 // list up to the chunk's end (at most list_stride) are read with its length, not after it; those at
 // i ≥ len are dropped.
 constexpr int CLUSTER_NT = 256;
-constexpr int CLUSTER_PB = 8;  // positions a warp has in flight (src/attention/cuda-attention.ts ATTEND_CLUSTER_PASS)
+constexpr int CLUSTER_PB = 8;  // positions a warp has in flight (src/attention/cuda-attention.ts ATTEND_CLUSTER_POSITIONS_PER_WARP)
+static_assert(CLUSTER_PB <= 32, "lane k < CLUSTER_PB reads the k-th position's list entry and weight");
 template <typename T, int DMAX, int CL>
 __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
                                       const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
@@ -468,6 +469,10 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
   const AttendRow r = attend_row<1, true>(H, Hkv);
   const int row = r.row;
   const int rank = blockIdx.x;  // cluster dims (CL, 1, 1) over a grid CL wide
+  // Rank 0's shared memory may be written only once rank 0 runs: every block says it has started
+  // here and waits for the others just before its pushes, long after (racecheck flagged the pushes
+  // without it: "a block that might not have entered yet").
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int d0 = lane * DPL;
@@ -555,6 +560,7 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
     for (int j = 0; j < DPL; ++j) st.acc[warp][0][d0 + j] = acc[j];
   }
   __syncthreads();
+  asm volatile("barrier.cluster.wait.aligned;" ::: "memory");  // every block of the cluster has started
   cg::cluster_group cluster = cg::this_cluster();
   float* to_acc = cluster.map_shared_rank(&cl_acc[rank][0], 0);
   for (int d = threadIdx.x; d <= D; d += CLUSTER_NT) {
