@@ -116,11 +116,13 @@ test('attention launch plans cover their rows and pick the kernel for D and G', 
   assert.equal(planDenseAttend({ batch: 1, heads: 64, kvHeads: 4, headDim: 256 }, 'f32', 5000, 132).rows, 4 * 2);
 });
 
-test('cluster-merged sparse plans: one pass a block where the grid allows, clusters of 1–8', () => {
+test('cluster-merged sparse plans: one pass a block where one wave allows, clusters of 1–8', () => {
   const s = { batch: 1, heads: 32, kvHeads: 8, headDim: 128 };
   const pass = (ATTEND_CLUSTER_THREADS / 32) * ATTEND_CLUSTER_POSITIONS_PER_WARP; // 64 positions
   // The seed lists (S + K + W = 384): 6 passes' worth → clusters of 8, 48 positions a block.
   const seed = planSparseAttendCluster(s, 'bf16', 384, 132, 2);
+  assert.equal(planSparseAttendCluster({ ...s, batch: 8 }, 'bf16', 384, 132, 3).splits, 1, 'B = 8: one block a row (256 blocks ≤ one wave of 396)');
+  assert.equal(planSparseAttendCluster({ ...s, batch: 8 }, 'bf16', 384, 132, 3, 2).splits, 2, 'two waves allowed: 512 blocks');
   assert.deepEqual([seed.splits, seed.chunk, seed.merge, seed.threads, seed.kernel], [8, 48, 'cluster', 256, 'pq_attend_sparse_bf16_d128_c8']);
   for (const L of [1, 37, 64, 65, 384, 512, 2304, 5000]) {
     for (const batch of [1, 4, 8, 64]) {
@@ -128,8 +130,8 @@ test('cluster-merged sparse plans: one pass a block where the grid allows, clust
       assert.ok([1, 2, 4, 8].includes(p.splits), JSON.stringify(p));
       assert.ok(p.splits * p.chunk >= L, `covers L=${L}: ${JSON.stringify(p)}`);
       assert.equal(p.kernel, `pq_attend_sparse_bf16_d128_c${p.splits}`);
-      // Fewer blocks only where the grid would pass two waves (132 SMs × 2 blocks).
-      if (p.splits < Math.min(8, Math.ceil(L / pass))) assert.ok(batch * 32 * p.splits * 2 > 2 * 132 * 2, JSON.stringify(p));
+      // Fewer blocks only where the grid would pass one wave (132 SMs × 2 blocks).
+      if (p.splits < Math.min(8, Math.ceil(L / pass))) assert.ok(batch * 32 * p.splits * 2 > 132 * 2, JSON.stringify(p));
     }
   }
   assert.equal(planSparseAttendCluster(s, 'f32', 384, 132, 2).kernel, 'pq_attend_sparse_f32_d128_c8');

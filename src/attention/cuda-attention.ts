@@ -108,9 +108,11 @@ export function planSparseAttend(shape: CacheShape, kvDType: FloatDType, listCap
  * Sparse attention merged inside one thread-block cluster per row (sm_90): the smallest cluster
  * (1, 2, 4, 8) whose blocks each gather their share of the list in one pass of their warps, halved
  * while the grid would exceed `waves` waves of resident blocks. Each pass costs a global round trip,
- * so fewer positions per block is the lever; past a few waves, more blocks cost more than passes.
+ * so fewer positions per block pays while the blocks fit at once; past one wave, more passes a block
+ * cost less than more blocks (H100, 384 positions: B = 1 best at 8 blocks a row, 7.97 μs against 8.61
+ * at 4; B = 8 best at 1, 27.8 μs against 30.5 at 2 and 39.7 at 8; scripts/attend-cluster-sizes.mjs).
  */
-export function planSparseAttendCluster(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM, waves = 2): AttendPlan {
+export function planSparseAttendCluster(shape: CacheShape, kvDType: FloatDType, listCapacity: number, sms: number, blocksPerSM = DEFAULT_BLOCKS_PER_SM, waves = 1): AttendPlan {
   const dmax = attendGeometry(shape.headDim, 1, kvDType).dmax;
   const rows = shape.batch * shape.heads;
   const perWarp = ATTEND_CLUSTER_POSITIONS_PER_WARP;
