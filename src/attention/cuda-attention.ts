@@ -257,7 +257,7 @@ export interface AttendIO {
 export interface SparseIO extends AttendIO {
   /**
    * [rows, listStride] positions; row r's first sparseLen[r] are used. Cluster plans read a row's
-   * entries up to min(plan.maxLen, listStride) together with its length and drop those past it, so
+   * entries up to min(plan.splits · plan.chunk, listStride) with its length and drop those past it, so
    * that memory must be allocated (its values may be anything).
    */
   readonly sparseList: DevicePtr;
