@@ -5,13 +5,18 @@
 // The positions of a row are split across blocks. Each block keeps an online softmax per query head
 // (running max m, sum l, accumulator acc[D], all fp32, scores in the log2 domain) and writes it as a
 // partial; the last block of the row to finish (atomic counter) merges the partials with
-// log-sum-exp weights and writes the output.
+// log-sum-exp weights and writes the output. The sparse cluster kernels (sm_90) merge inside the
+// row's thread-block cluster instead, through rank 0's shared memory.
 //
 // pq_attend_sparse_<T>_d<DMAX>: row = (b, h) of B*H. Positions list[row][i] for i < len[row]
 //   (ascending or not; -1 padding beyond len is never read); w_p = weights[row*w_stride + p] in
 //   wdtype. Positions with w_p == 0 are skipped (no load). A position outside [0, sk) sets
 //   PQ_STATUS_LIST_RANGE and is skipped. Each query head gathers its own rows: the G heads of a
 //   kv-head select different positions, and the rows they share (sink, window) come from L2.
+// pq_attend_sparse_<T>_d<DMAX>_c<CL> (sm_90): the same rows and semantics, one thread-block cluster
+//   of CL ∈ {1, 2, 4, 8} blocks a row, merged in rank 0's shared memory (attend_sparse_cluster below:
+//   launch shape, gather and invariants). Reads list entries up to min(CL*chunk, list_stride)
+//   together with len and drops those at i >= len.
 // pq_attend_dense_<T>_d<DMAX>_g<GH>: row = (b, kvh, head group) of B*Hkv*ceil(G/GH); positions
 //   0 .. sk-1 with w = 1; each K/V row is loaded once for the GH query heads of the group.
 //   Launch: grid (splits, rows), block NT = 128 (4 warps). Block x covers [x*chunk, (x+1)*chunk) of
