@@ -156,22 +156,14 @@ __device__ __forceinline__ void merge_state(float (&m)[GH], float (&l)[GH], floa
   }
 }
 
-// What a block's warps leave after the gather: per warp and query head, the online-softmax state.
-template <int NW, int GH, int DMAX>
-struct WarpStates {
-  float m[NW][GH];
-  float l[NW][GH];
-  float acc[NW][GH][DMAX];
-};
-
 // The query heads grid row blockIdx.y holds: sparse rows are (b, h), dense rows (b, kvh, head group).
 struct AttendRow {
   int row, b, kvh, first_head, heads;
 };
 template <int GH, bool SPARSE>
-__device__ __forceinline__ AttendRow attend_row(int H, int Hkv) {
+__device__ __forceinline__ AttendRow attend_row(int row, int H, int Hkv) {
   AttendRow r;
-  r.row = blockIdx.y;
+  r.row = row;
   const int G = H / Hkv;
   if constexpr (SPARSE) {
     r.b = r.row / H;
@@ -190,25 +182,52 @@ __device__ __forceinline__ AttendRow attend_row(int H, int Hkv) {
   return r;
 }
 
-// Positions [begin, begin + chunk) of the row through the block's NW warps into `st` (every warp's
-// state per head), then a block barrier.
-template <typename T, int DMAX, int GH, bool SPARSE, int NW>
-__device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, const AttendRow& r, const void* __restrict__ q, int qdtype,
-                                              const T* __restrict__ kcache, const T* __restrict__ vcache, const int* __restrict__ list,
-                                              const int* __restrict__ list_len, int list_stride, const void* __restrict__ weights, int wdtype,
-                                              int64_t w_stride, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,
-                                              int kv_stride, int begin, int chunk) {
+// The block's state of head g merged over its NW warps' states (sm_m, sm_l, sm_acc): acc[d] for
+// d < D, l for d == D; the block's running max in *mx.
+template <int NW, int GH, int DMAX>
+__device__ __forceinline__ float block_state(const float (&sm_m)[NW][GH], const float (&sm_l)[NW][GH], const float (&sm_acc)[NW][GH][DMAX],
+                                             int g, int d, int D, float* mx) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) m = fmaxf(m, sm_m[w][g]);
+  float sum = 0.0f;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) {
+    const float f = sm_m[w][g] == -INFINITY ? 0.0f : exp2f(sm_m[w][g] - m);
+    sum += f * (d < D ? sm_acc[w][g][d] : sm_l[w][g]);
+  }
+  *mx = m;
+  return sum;
+}
+
+// Split-K with a global merge (grid (splits, rows), NT threads, any architecture): each block writes
+// its partial, and the last block of the row to finish (atomic counter) merges them.
+template <typename T, int DMAX, int GH, bool SPARSE>
+__device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
+                             const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
+                             const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
+                             float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
+                             int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
   constexpr int LP = lanes_per_position<DMAX, GH>();
   constexpr int DPL = DMAX / LP;
   constexpr int PW = 32 / LP;
   constexpr int U = substeps<T, DMAX, GH>();
   constexpr int PER_WARP = PW * U;  // positions per warp per batch
+  __shared__ float sm_m[NWARPS][GH];
+  __shared__ float sm_l[NWARPS][GH];
+  __shared__ float sm_acc[NWARPS][GH][DMAX];
+  __shared__ bool sm_last;
+
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int slot = lane / LP;  // which of the PW positions of a sub-step
   const int sub = lane % LP;   // which dim slice
-  const int row = r.row;
+  const int row = blockIdx.y;
+  const int split = blockIdx.x;
+  const int splits = gridDim.x;
   const int sk = (seq_len != nullptr ? *seq_len : 0) + seq_add;
+  const AttendRow r = attend_row<GH, SPARSE>(row, H, Hkv);
+  const int b = r.b, kvh = r.kvh, first_head = r.first_head, heads = r.heads;
   const int d0 = sub * DPL;
   const int lane_dims = max(0, min(DPL, D - d0));  // DPL, except on the last lane when D % DPL != 0
   const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
@@ -218,7 +237,7 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
   for (int g = 0; g < GH; ++g)
 #pragma unroll
     for (int j = 0; j < DPL; ++j)
-      qf[g][j] = (g < r.heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head + g) * D + d0 + j) * scale : 0.0f;
+      qf[g][j] = (g < heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(b * H + first_head + g) * D + d0 + j) * scale : 0.0f;
 
   // Online softmax per query head, per lane group (uniform across the LP lanes of a group).
   float m[GH], l[GH], acc[GH][DPL];
@@ -231,9 +250,10 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
   }
 
   const int n = SPARSE ? list_len[row] : sk;
+  const int begin = split * chunk;
   const int end = min(n, begin + chunk);
-  const int64_t kv_row0 = static_cast<int64_t>(r.b * Hkv + r.kvh) * kv_stride;
-  for (int base = begin + warp * PER_WARP; base < end; base += NW * PER_WARP) {
+  const int64_t kv_row0 = static_cast<int64_t>(b * Hkv + kvh) * kv_stride;
+  for (int base = begin + warp * PER_WARP; base < end; base += NWARPS * PER_WARP) {
     int pos[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -311,58 +331,22 @@ __device__ __forceinline__ void gather_states(WarpStates<NW, GH, DMAX>& st, cons
     }
   }
 
-  // Merge the PW lane groups of the warp; lane group 0 leaves the warp's state in shared memory.
+  // Merge the PW lane groups of the warp, then the warps of the block, into one partial per head.
 #pragma unroll
   for (int o = LP; o < 32; o <<= 1) merge_state<GH, DPL>(m, l, acc, o);
   if (slot == 0) {
 #pragma unroll
     for (int g = 0; g < GH; ++g) {
       if (sub == 0) {
-        st.m[warp][g] = m[g];
-        st.l[warp][g] = l[g];
+        sm_m[warp][g] = m[g];
+        sm_l[warp][g] = l[g];
       }
 #pragma unroll
       for (int j = 0; j < DPL; ++j)
-        if (j < lane_dims) st.acc[warp][g][d0 + j] = acc[g][j];
+        if (j < lane_dims) sm_acc[warp][g][d0 + j] = acc[g][j];
     }
   }
   __syncthreads();
-}
-
-// The block's state of head g merged over its warps: acc[d] for d < D, l for d == D; the block's
-// running max in *mx.
-template <int NW, int GH, int DMAX>
-__device__ __forceinline__ float block_state(const WarpStates<NW, GH, DMAX>& st, int g, int d, int D, float* mx) {
-  float m = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < NW; ++w) m = fmaxf(m, st.m[w][g]);
-  float sum = 0.0f;
-#pragma unroll
-  for (int w = 0; w < NW; ++w) {
-    const float f = st.m[w][g] == -INFINITY ? 0.0f : exp2f(st.m[w][g] - m);
-    sum += f * (d < D ? st.acc[w][g][d] : st.l[w][g]);
-  }
-  *mx = m;
-  return sum;
-}
-
-// Split-K with a global merge (grid (splits, rows), NT threads, any architecture): each block writes
-// its partial, and the last block of the row to finish (atomic counter) merges them.
-template <typename T, int DMAX, int GH, bool SPARSE>
-__device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
-                             const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
-                             const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
-                             float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
-                             int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
-  __shared__ WarpStates<NWARPS, GH, DMAX> st;
-  __shared__ bool sm_last;
-  const AttendRow r = attend_row<GH, SPARSE>(H, Hkv);
-  const int row = r.row;
-  const int heads = r.heads;
-  const int split = blockIdx.x;
-  const int splits = gridDim.x;
-  gather_states<T, DMAX, GH, SPARSE, NWARPS>(st, r, q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype,
-                                                    w_stride, status, seq_len, seq_add, H, Hkv, D, kv_stride, split * chunk, chunk);
   // Partial record per head: [m, l, -, -, acc[D]] (acc 16-byte aligned for the merge's float4 loads).
   const int rec = D + 4;
   float* my_partial = partial + (static_cast<int64_t>(row) * splits + split) * GH * rec;
@@ -370,7 +354,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
     const int g = t / (D + 1);
     const int d = t - g * (D + 1);  // d == D: the (m, l) pair
     float mx;
-    const float sum = block_state(st, g, d, D, &mx);
+    const float sum = block_state(sm_m, sm_l, sm_acc, g, d, D, &mx);
     if (d < D) {
       my_partial[g * rec + 4 + d] = sum;
     } else {
@@ -389,8 +373,8 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   if (!sm_last) return;
   __threadfence();
   // The warps' accumulators are written out: their shared memory holds the split weights now.
-  static_assert(NWARPS * DMAX >= 2 * MAX_SPLITS, "st.acc must hold sm_f and sm_sl");
-  float(*sm_f)[GH] = reinterpret_cast<float(*)[GH]>(&st.acc[0][0][0]);
+  static_assert(NWARPS * DMAX >= 2 * MAX_SPLITS, "sm_acc must hold sm_f and sm_sl");
+  float(*sm_f)[GH] = reinterpret_cast<float(*)[GH]>(&sm_acc[0][0][0]);
   float(*sm_sl)[GH] = sm_f + MAX_SPLITS;
   __shared__ float sm_den[GH];
   const float* row_partial = partial + static_cast<int64_t>(row) * splits * GH * rec;
@@ -435,7 +419,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
       }
     }
     const float den = sm_den[g];
-    T* o = out + static_cast<int64_t>(r.b * H + r.first_head + g) * D + d;
+    T* o = out + static_cast<int64_t>(b * H + first_head + g) * D + d;
     o[0] = Elem<T>::from_float(den > 0.0f ? num.x / den : 0.0f);
     o[1] = Elem<T>::from_float(den > 0.0f ? num.y / den : 0.0f);
     o[2] = Elem<T>::from_float(den > 0.0f ? num.z / den : 0.0f);
@@ -452,7 +436,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
 // at a time, lane l holding dims [l*DPL, (l+1)*DPL) (DPL = DMAX/32), so the warp's softmax state is
 // uniform and needs no merge across lane groups; warp w takes CLUSTER_PB consecutive positions of
 // each pass, lane k < CLUSTER_PB reads the k-th one's list entry and weight, and every K/V row of
-// the pass is in flight before the first score. (gather_states' lane groups, made for dense rows,
+// the pass is in flight before the first score. (attend_block's lane groups, made for dense rows,
 // cost ≈ 1,000 instructions a warp for 8 positions: bench/NOTES.md session 40.) Entries of the
 // list up to the chunk's end (at most list_stride) are read with its length, not after it; those at
 // i ≥ len are dropped.
@@ -468,11 +452,13 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
   constexpr int NW = CLUSTER_NT / 32;
   constexpr int DPL = DMAX / 32;
   constexpr int PB = CLUSTER_PB;
-  __shared__ WarpStates<NW, 1, DMAX> st;
+  __shared__ float sm_m[NW][1];
+  __shared__ float sm_l[NW][1];
+  __shared__ float sm_acc[NW][1][DMAX];
   __shared__ float cl_m[CL], cl_l[CL];
   __shared__ float cl_acc[CL][DMAX];
-  const AttendRow r = attend_row<1, true>(H, Hkv);
-  const int row = r.row;
+  const int row = blockIdx.y;
+  const AttendRow r = attend_row<1, true>(row, H, Hkv);
   const int rank = blockIdx.x;  // cluster dims (CL, 1, 1) over a grid CL wide
   // Rank 0's shared memory may be written only once rank 0 runs: every block says it has started
   // here and waits for the others just before its pushes, long after (racecheck flagged the pushes
@@ -557,12 +543,12 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
     m = mx;
   }
   if (lane == 0) {
-    st.m[warp][0] = m;
-    st.l[warp][0] = l;
+    sm_m[warp][0] = m;
+    sm_l[warp][0] = l;
   }
   if (has_dims) {
 #pragma unroll
-    for (int j = 0; j < DPL; ++j) st.acc[warp][0][d0 + j] = acc[j];
+    for (int j = 0; j < DPL; ++j) sm_acc[warp][0][d0 + j] = acc[j];
   }
   __syncthreads();
   asm volatile("barrier.cluster.wait.aligned;" ::: "memory");  // every block of the cluster has started
@@ -570,7 +556,7 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
   float* to_acc = cluster.map_shared_rank(&cl_acc[rank][0], 0);
   for (int d = threadIdx.x; d <= D; d += CLUSTER_NT) {
     float mx;
-    const float sum = block_state(st, 0, d, D, &mx);
+    const float sum = block_state(sm_m, sm_l, sm_acc, 0, d, D, &mx);
     if (d < D) {
       to_acc[d] = sum;
     } else {

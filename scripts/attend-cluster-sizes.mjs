@@ -4,12 +4,7 @@
 // ahead) of one launch in a graph, bf16 K/V, H = 32, Hkv = 8, D = 128, lists of 384 random distinct
 // positions of sk = 32768, B = 1 and 8. Prints a table; checks nothing (the GPU tests do).
 //   bash scripts/device-run.sh node scripts/attend-cluster-sizes.mjs   (device; reads .device/app/dist)
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-
-const root = fileURLToPath(new URL('..', import.meta.url));
-const dist = existsSync(`${root}.device/app/dist`) ? `${root}.device/app/dist` : `${root}dist`;
-process.env.PQCACHE_KERNELS_DIR ??= `${dist}/../kernels/dist/`;
+import { dist } from './local-dist.mjs';
 const { CudaContext } = await import(`${dist}/src/cuda/context.js`);
 const { GraphExec } = await import(`${dist}/src/cuda/graph.js`);
 const { DeviceArena, PinnedBuffer, copies } = await import(`${dist}/src/cuda/memory.js`);

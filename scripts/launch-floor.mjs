@@ -3,12 +3,7 @@
 // one-kernel graphs whose blocks all exit at once, for the launch shapes of the step kernels.
 //   bash scripts/device-run.sh node scripts/launch-floor.mjs   (device; reads .device/app/dist)
 //   node scripts/launch-floor.mjs                              (here, from dist/)
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-
-const root = fileURLToPath(new URL('..', import.meta.url));
-const dist = existsSync(`${root}.device/app/dist`) ? `${root}.device/app/dist` : `${root}dist`;
-process.env.PQCACHE_KERNELS_DIR ??= `${dist}/../kernels/dist/`;
+import { dist } from './local-dist.mjs';
 const { CudaContext } = await import(`${dist}/src/cuda/context.js`);
 const { GraphExec } = await import(`${dist}/src/cuda/graph.js`);
 const { LaunchArgs, launch } = await import(`${dist}/src/cuda/launch.js`);

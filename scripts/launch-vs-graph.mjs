@@ -3,11 +3,7 @@
 // device alone) of: events alone, an empty kernel by cuLaunchKernel and as a one-node graph, and the
 // seed step (device inputs) as its graph and launched directly; then the host's enqueue and wall.
 //   bash scripts/device-run.sh node scripts/launch-vs-graph.mjs [iters]   (session 23)
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-const root = fileURLToPath(new URL('..', import.meta.url));
-const dist = existsSync(`${root}.device/app/dist`) ? `${root}.device/app/dist` : `${root}dist`;
-process.env.PQCACHE_KERNELS_DIR ??= `${dist}/../kernels/dist/`;
+import { dist } from './local-dist.mjs';
 const I = (p) => import(`${dist}/src/${p}`);
 const { CudaContext } = await I('cuda/context.js');
 const { GraphExec } = await I('cuda/graph.js');

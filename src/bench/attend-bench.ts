@@ -11,7 +11,7 @@
  * weights and K/V rows before timing.
  */
 import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
-import { AttendScratch, CudaAttention, KVCache, type SparseMerge } from '../attention/cuda-attention.js';
+import { type AttendPlan, AttendScratch, CudaAttention, KVCache, type SparseMerge } from '../attention/cuda-attention.js';
 import { GraphExec } from '../cuda/graph.js';
 import { CudaDecodeLayer } from '../attention/cuda-decode-layer.js';
 import type { StepInputs } from '../attention/decode-layer.js';
@@ -196,8 +196,11 @@ function timeSteps(step: (i: number) => void, stream: Stream, o: AttendBenchOpti
   return { wall: summarize(wall), gpu: summarize(gpu) };
 }
 
-/** The sparse attention kernel alone, in a graph, over the layer's current lists and K/V (`merge`: the plan's form, default the layer's). */
-function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>, o: AttendBenchOptions, merge?: SparseMerge): Timing {
+/**
+ * The sparse attention kernel alone, in a graph, over the layer's current lists and K/V, and the plan
+ * it ran (`merge`: the plan's form, default the layer's).
+ */
+function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>, o: AttendBenchOptions, merge?: SparseMerge): Timing & { plan: AttendPlan } {
   const pq = layer.pq as NonNullable<typeof layer.pq>;
   const attention = new CudaAttention(layer.context, layer.shape);
   const plan = attention.sparsePlan(layer.kvDType, pq.layout.listCapacity, merge);
@@ -214,7 +217,7 @@ function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>
       }, layer.stream),
     );
     try {
-      return timeSteps(() => graph.launch(layer.stream), layer.stream, o);
+      return { ...timeSteps(() => graph.launch(layer.stream), layer.stream, o), plan };
     } finally {
       graph.dispose();
     }
@@ -265,7 +268,7 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
     const tSelect = timeSteps((i) => pq.step(inputs.sets[i % SETS].query, inputs.sets[i % SETS].key), stream, o);
     const tAttend = timeAttendOnly(sparse, inputs.sets[0], o);
     // The layer's plan against the global-memory merge (the only form before sm_90), same run.
-    const attendPlan = new CudaAttention(sparse.context, shape).sparsePlan(c.dtype, pq.layout.listCapacity);
+    const attendPlan = tAttend.plan;
     const tAttendGlobal = attendPlan.merge === 'global' ? tAttend : timeAttendOnly(sparse, inputs.sets[0], o, 'global');
     // The dense layer starts at the same sk (its appends overwrite rows the sparse steps wrote).
     dense.adoptPrefilled(c.sk);

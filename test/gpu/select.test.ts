@@ -557,7 +557,6 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
 test('chained steps: exact over several launches of the chain; a select, an allocation, new input tensors and dispose while a launch waits drain it (its skipped steps write nothing)', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
-  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const st = integerState(6000, 6400, config, shape, 94);
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length: 8 } });
   gpu.uploadState(st);
@@ -595,7 +594,6 @@ test('chained steps: exact over several launches of the chain; a select, an allo
 test('chained steps: near the end of the capacity the chains stop (a chain starts only when two fit) and graph steps take the last ones, exact to the last position', { skip }, () => {
   const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
-  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const steps = 37;
   const st = integerState(6000, 6000 + steps, config, shape, 95); // capacity: exactly `steps` appends
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length: 8 } });
@@ -622,7 +620,6 @@ test('chained steps: near the end of the capacity the chains stop (a chain start
 test('chained steps in bucket mode: chains between the bucket rebuilds (graph steps make them), exact', { skip }, () => {
   const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
-  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const st = integerState(5000, 5200, config, shape, 96);
   // A tail of 40 positions and chains of 4: a chain starts while 8 more steps need no rebuild.
   const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'bucket', bucketTail: 40, chained: { length: 4 } });
