@@ -84,6 +84,7 @@ export interface DriverApi {
   cuStreamQuery(stream: Handle): number;
   cuEventCreate(event: Out<Handle | null>, flags: number): number;
   cuEventRecord(event: Handle, stream: Handle): number;
+  cuEventRecordWithFlags(event: Handle, stream: Handle, flags: number): number;
   cuEventSynchronize(event: Handle): number;
   cuEventElapsedTime(ms: Out<number>, start: Handle, end: Handle): number;
   cuEventDestroy_v2(event: Handle): number;
@@ -150,6 +151,7 @@ const SIGNATURES: Record<keyof DriverApi, string> = {
   cuStreamQuery: 'int cuStreamQuery(void *stream)',
   cuEventCreate: 'int cuEventCreate(_Out_ void **event, unsigned int flags)',
   cuEventRecord: 'int cuEventRecord(void *event, void *stream)',
+  cuEventRecordWithFlags: 'int cuEventRecordWithFlags(void *event, void *stream, unsigned int flags)',
   cuEventSynchronize: 'int cuEventSynchronize(void *event)',
   cuEventElapsedTime: 'int cuEventElapsedTime_v2(_Out_ float *ms, void *start, void *end)',
   cuEventDestroy_v2: 'int cuEventDestroy_v2(void *event)',
