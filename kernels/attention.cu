@@ -16,7 +16,9 @@
 // pq_attend_sparse_<T>_d<DMAX>_c<CL> (sm_90): the same rows and semantics, one thread-block cluster
 //   of CL ∈ {1, 2, 4, 8} blocks a row, merged in rank 0's shared memory (attend_sparse_cluster below:
 //   launch shape, gather and invariants). Reads list entries up to min(CL*chunk, list_stride)
-//   together with len and drops those at i >= len.
+//   together with len and drops those at i >= len. A decode layer launches it behind its select
+//   step with programmatic dependent launch: it loads its query, then waits for the step
+//   (pq_wait_for_previous, common.cuh) before reading sk, the list, the weights or K/V.
 // pq_attend_dense_<T>_d<DMAX>_g<GH>: row = (b, kvh, head group) of B*Hkv*ceil(G/GH); positions
 //   0 .. sk-1 with w = 1; each K/V row is loaded once for the GH query heads of the group.
 //   Launch: grid (splits, rows), block NT = 128 (4 warps). Block x covers [x*chunk, (x+1)*chunk) of
@@ -468,16 +470,19 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
   const int warp = threadIdx.x >> 5;
   const int d0 = lane * DPL;
   const bool has_dims = d0 < D;  // D % 8 == 0 and DPL ∈ {4, 8}: a lane holds all DPL dims or none
+  const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
+  float qf[DPL];
+#pragma unroll
+  for (int j = 0; j < DPL; ++j) qf[j] = has_dims ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head) * D + d0 + j) * scale : 0.0f;
+  // Launched behind the decode layer's select step (overlapPrevious): the query is the caller's, so
+  // it loads before the step ends; sk, the list, its weights and the K/V rows only after.
+  pq_wait_for_previous();
   const int sk = (seq_len != nullptr ? *seq_len : 0) + seq_add;
   const int n = list_len[row];
   const int begin = rank * chunk;
   const int end = min(begin + chunk, list_stride);  // not min(n, …): the list loads do not wait for n
   const int64_t kv_row0 = static_cast<int64_t>(r.b * Hkv + r.kvh) * kv_stride;
   const int* row_list = list + static_cast<int64_t>(row) * list_stride;
-  const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
-  float qf[DPL];
-#pragma unroll
-  for (int j = 0; j < DPL; ++j) qf[j] = has_dims ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head) * D + d0 + j) * scale : 0.0f;
 
   float m = -INFINITY, l = 0.0f, acc[DPL];
 #pragma unroll

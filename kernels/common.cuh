@@ -26,6 +26,22 @@ __device__ __forceinline__ void pq_flag_status(int* status, int bit) {
   __threadfence_system();
 }
 
+// Programmatic dependent launch (sm_90; src/cuda/launch.ts `overlapPrevious`). A kernel launched
+// that way behind this one may start its blocks once every block of this one has called
+// pq_allow_dependents (or exited); it calls pq_wait_for_previous before reading anything the kernels
+// before it write (it returns once they are complete and their writes visible). Both are no-ops
+// where no such launch was made, and before sm_90.
+__device__ __forceinline__ void pq_allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+__device__ __forceinline__ void pq_wait_for_previous() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t i) {
   if (dtype == PQ_F32) return static_cast<const float*>(p)[i];
   if (dtype == PQ_F16) return __half2float(static_cast<const __half*>(p)[i]);

@@ -21,6 +21,8 @@
 //   row of sparseList at the offset given by the cluster prefix of (take, tie) counts.
 //   Rows y >= rows are append blocks (only when `appended`): block a = (y - rows)*CL + x codes the
 //   new key of kv-head a at position sk_old (append_block.cuh); block 0 writes *seq_write.
+//   Every block first lets a kernel launched behind this one with programmatic dependent launch
+//   start (pq_allow_dependents: a decode layer's attention, which waits for this grid).
 // Step semantics: sk_old = *seq_read; sk = sk_old + appended. With appended, W >= 1 (the host
 //   uses pq_append + appended = 0 when W == 0), so the new key lies in the window: no select block
 //   reads its code. The position q = sk_old - W enters the eligible range: its pair is counted
@@ -628,6 +630,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
 
 #define PQ_STEP_PAIRS_KERNEL(NAME, M, CL, LONG)                                                                        \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 3) NAME(PQ_STEP_PARAMS) {                        \
+    pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                 \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
     step_pairs<M, CL, LONG>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended,        \
                             pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \

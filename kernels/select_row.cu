@@ -16,7 +16,9 @@
 //   the position entering the eligible range, it reads from global memory. Rank 1's list slots start
 //   after rank 0's (takes, ties) counts, sent to it through a mailbox (below).
 //   Blocks y >= rows append (only when `appended`): block a = (y − rows)*CL + r codes kv-head a's new key
-//   at position sk_old (append_block.cuh); block 0 writes *seq_write.
+//   at position sk_old (append_block.cuh); block 0 writes *seq_write. Every block first lets a
+//   kernel launched behind this one with programmatic dependent launch start (pq_allow_dependents:
+//   a decode layer's attention, which waits for this grid before reading its outputs).
 // Invariants (src/pq/cuda-plan.ts planRow, src/pq/cuda-cache.ts): C^M ≤ 4096 (M ≤ 2; M = 2 needs
 //   C ≤ 64); sk − W − s0 ≤ NT*E; K ≤ 2048; pair_count exact for [lo, sk_old − W); readers[] == 0
 //   before a launch; sparse_len/sparse_list/weights hold the previous output. With `appended`,
@@ -1030,6 +1032,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 
 #define PQ_STEP_ROW_KERNEL(NAME, M, E, CL, WPT)                                                                           \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                         \
+    pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                    \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                         \
     step_row<M, E, CL, WPT>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                             readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \

@@ -318,9 +318,15 @@ export class CudaAttention {
     return { grid: [plan.splits, plan.rows, 1], block: [plan.threads, 1, 1] };
   }
 
-  launchSparse(plan: AttendPlan, scratch: AttendScratch, io: SparseIO, stream: Stream): void {
+  /**
+   * `overlapPrevious` (cluster plans only): launched with programmatic dependent launch, so its blocks
+   * start while the kernel before it (the select step, which allows it) still runs, and wait for
+   * that kernel before reading sk, the list, the weights or K/V (kernels/attention.cu).
+   */
+  launchSparse(plan: AttendPlan, scratch: AttendScratch, io: SparseIO, stream: Stream, overlapPrevious = false): void {
     const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
-    launchWith(this.kernel(plan.kernel), this.grid(plan), SPARSE_ARGS, [
+    if (overlapPrevious && plan.merge !== 'cluster') throw new ConfigError('overlapPrevious', "a cluster plan (its kernels wait for the previous one)", plan.merge);
+    launchWith(this.kernel(plan.kernel), { ...this.grid(plan), overlapPrevious }, SPARSE_ARGS, [
       io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
       DTYPE_CODE[io.weightsDType], BigInt(io.weightsStride), io.out, scratch.partial, scratch.counters, io.status, io.seqLen.ptr,
       io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,

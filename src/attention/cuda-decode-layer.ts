@@ -40,6 +40,12 @@ export interface CudaDecodeLayerOptions extends DecodeLayerOptions {
   readonly kv?: KVCacheView;
   /** Blocks per query head of the PQ pair path (tuning; see CudaPQCacheOptions). */
   readonly cluster?: number;
+  /**
+   * Sparse layers on sm_90: the attention starts behind the select step by programmatic dependent
+   * launch (its blocks are placed and load the query while the step runs, then wait for it). False
+   * launches it after the step ends, as before sm_90 (for comparisons). Default true.
+   */
+  readonly overlapLaunches?: boolean;
 }
 
 type Input = HostTensor | DeviceTensor;
@@ -103,6 +109,8 @@ export class CudaDecodeLayer implements DecodeLayer {
   private readonly stagingConsumed: Event;
   private stagingPending = false;
   private scratch: AttendScratch | undefined;
+  /** The sparse attention starts behind the select step by programmatic dependent launch (overlapLaunches on a cluster plan). */
+  readonly overlapsAttention: boolean;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
   /**
    * Per-step host work made once (a model steps every layer every token): frozen device tensors
@@ -155,6 +163,7 @@ export class CudaDecodeLayer implements DecodeLayer {
         ? owned.add(new CudaPQCache({ shape: options.shape, config: options.config, capacity: this.capacity, device: options.device, stream: this.stream, cluster: options.cluster }))
         : undefined;
       if (this.pq) this.scratch = new AttendScratch(this.attention.sparsePlan(this.kvDType, this.pq.layout.listCapacity), D, this.stream);
+      this.overlapsAttention = (options.overlapLaunches ?? true) && this.scratch?.plan.merge === 'cluster';
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
     } catch (e) {
@@ -362,7 +371,7 @@ export class CudaDecodeLayer implements DecodeLayer {
             query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
             sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr, listStride: sel.sparseList.strides[1],
             weights: sel.weights.ptr, weightsDType: sel.weights.dtype as FloatDType, weightsStride: sel.weights.strides[1],
-          }, this.stream);
+          }, this.stream, this.overlapsAttention);
         },
       };
     }

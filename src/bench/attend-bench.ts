@@ -243,12 +243,14 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
   const layout = benchLayout(c);
   const shape = layout.shape;
   // Steps append: one checked step, warm-up and two timed loops per layer kind, and the select-only loops.
-  const capacity = c.sk + 3 * (1 + o.warmup + 2 * o.iters) + 16;
+  const capacity = c.sk + 4 * (1 + o.warmup + 2 * o.iters) + 16;
   const kv = new KVCache(shape, capacity, c.dtype);
   const made: Array<{ dispose(): void }> = [kv];
   try {
     const sparse = new CudaDecodeLayer({ shape, config: layout.config, capacity, kvDType: c.dtype, kv });
     made.push(sparse);
+    const sequential = new CudaDecodeLayer({ shape, config: layout.config, capacity, kvDType: c.dtype, kv, stream: sparse.stream, overlapLaunches: false });
+    made.push(sequential);
     const dense = new CudaDecodeLayer({ shape, config: layout.config, capacity, kvDType: c.dtype, kv, attention: 'dense', stream: sparse.stream });
     made.push(dense);
     const stream = sparse.stream;
@@ -270,6 +272,11 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
     // The layer's plan against the global-memory merge (the only form before sm_90), same run.
     const attendPlan = tAttend.plan;
     const tAttendGlobal = attendPlan.merge === 'global' ? tAttend : timeAttendOnly(sparse, inputs.sets[0], o, 'global');
+    // Same run: the attention launched after the step ends (overlapLaunches: false), from the same sk.
+    sequential.adoptPrefilled(c.sk, randomState(layout, c.sk, capacity, o.seed));
+    sequential.step(inputs.sets[0]);
+    const sequentialErr = sampleRowError(sequential, inputs.sets[0], layout);
+    const tSequential = timeSteps((i) => sequential.step(inputs.sets[i % SETS]), stream, o);
     // The dense layer starts at the same sk (its appends overwrite rows the sparse steps wrote).
     dense.adoptPrefilled(c.sk);
     dense.step(inputs.sets[0]);
@@ -285,7 +292,10 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
         select_step_only_gpu_us: round3(tSelect.gpu.median), sparse_attend_only_gpu_us: round3(tAttend.gpu.median),
         sparse_attend_plan: `${attendPlan.merge} merge, ${attendPlan.splits} blocks a row × ${attendPlan.threads} threads, ${attendPlan.chunk} positions a block`,
         sparse_attend_global_merge_gpu_us: round3(tAttendGlobal.gpu.median),
-      }, ts.gpu, sparseErr <= tol),
+        overlap_launches: sparse.overlapsAttention,
+        sequential_launch_gpu_us: round3(tSequential.gpu.median), sequential_launch_wall_us: round3(tSequential.wall.median),
+        sequential_launch_sample_row_rel_error: sequentialErr,
+      }, ts.gpu, sparseErr <= tol && sequentialErr <= tol),
       latencyRow('pqcache-cuda-dense-step', configOf(c), td.wall, {
         device, sample_row_rel_error: denseErr, kv_bytes: denseBytes(c), effective_GBs: round3(denseGBs), copy_GBs: round3(copyGBs),
         fraction_of_copy_bandwidth: round3(denseGBs / copyGBs),
@@ -300,11 +310,14 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
 export function benchStepCuda(c: AttendBenchConfig, o: AttendBenchOptions): RecordRow[] {
   const layout = benchLayout(c);
   const shape = layout.shape;
-  const capacity = c.sk + 2 * (1 + o.warmup + 2 * o.iters) + 16;
+  const capacity = c.sk + 3 * (1 + o.warmup + 2 * o.iters) + 16;
   const made: Array<{ dispose(): void }> = [];
   try {
     const sparse = new CudaDecodeStack({ shape, config: layout.config, capacity, kvDType: c.dtype, numLayers: c.layers });
     made.push(sparse);
+    // The same-run baseline of programmatic dependent launch: each attention launched after its step ends.
+    const sequential = new CudaDecodeStack({ shape, config: layout.config, capacity, kvDType: c.dtype, numLayers: c.layers, overlapLaunches: false, kvs: sparse.layers.map((l) => l.kv) });
+    made.push(sequential);
     const dense = new CudaDecodeStack({ shape, config: layout.config, capacity, kvDType: c.dtype, numLayers: c.layers, attention: 'dense', kvs: sparse.layers.map((l) => l.kv) });
     made.push(dense);
     const n = shape.batch * shape.kvHeads * capacity * shape.headDim;
@@ -321,12 +334,17 @@ export function benchStepCuda(c: AttendBenchConfig, o: AttendBenchOptions): Reco
     made.push(inputs);
     sparse.stream.synchronize();
     sparse.layers.forEach((l, i) => l.adoptPrefilled(c.sk, randomState(layout, c.sk, capacity, o.seed + i)));
+    sequential.layers.forEach((l, i) => l.adoptPrefilled(c.sk, randomState(layout, c.sk, capacity, o.seed + i)));
     dense.layers.forEach((l) => l.adoptPrefilled(c.sk));
     const token = (i: number): StepInputs<DeviceTensor>[] => Array.from({ length: c.layers }, (_, l) => inputs.sets[2 * l + (i & 1)]);
     sparse.step(token(0));
     const last = c.layers - 1;
     const sparseErr = sampleRowError(sparse.layers[last], token(0)[last], layout);
     const ts = timeSteps((i) => sparse.step(token(i)), sparse.stream, o);
+    // Its steps append the same K/V rows at the same positions as the sparse stack's.
+    sequential.step(token(0));
+    const sequentialErr = sampleRowError(sequential.layers[last], token(0)[last], layout);
+    const tq = timeSteps((i) => sequential.step(token(i)), sequential.stream, o);
     dense.step(token(0));
     const denseErr = sampleRowError(dense.layers[last], token(0)[last], layout);
     const td = timeSteps((i) => dense.step(token(i)), dense.stream, o);
@@ -336,7 +354,11 @@ export function benchStepCuda(c: AttendBenchConfig, o: AttendBenchOptions): Reco
       latencyRow('pqcache-cuda-sparse-stack', configOf(c), ts.wall, {
         device, layers: c.layers, per_layer_gpu_us: round3(ts.gpu.median / c.layers), sample_row_rel_error: sparseErr,
         speedup_vs_dense_wall: round3(td.wall.median / ts.wall.median), speedup_vs_dense_gpu: round3(td.gpu.median / ts.gpu.median),
-      }, ts.gpu, sparseErr <= tol),
+        overlap_launches: sparse.layers[0].overlapsAttention,
+        // Same run: every attention launched after its select step ended (overlapLaunches: false).
+        sequential_launch_gpu_us: round3(tq.gpu.median), sequential_launch_wall_us: round3(tq.wall.median),
+        sequential_launch_sample_row_rel_error: sequentialErr,
+      }, ts.gpu, sparseErr <= tol && sequentialErr <= tol),
       latencyRow('pqcache-cuda-dense-stack', configOf(c), td.wall, {
         device, layers: c.layers, per_layer_gpu_us: round3(td.gpu.median / c.layers), sample_row_rel_error: denseErr,
       }, td.gpu, denseErr <= tol),

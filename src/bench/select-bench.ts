@@ -366,49 +366,38 @@ function checkFirstStep(cache: CudaPQCache, state: PQIndexState, inputs: { queri
 /**
  * Chained steps (option `chained`) on a second cache with the same index: step(query, key) +
  * synchronize per call, as the graph row, with one device query and key (the chains are captured for
- * their inputs' addresses). Warmed with 300 steps (sk stays within the plan at the seed config).
- * The device time comes from a third cache whose chains hold event record nodes around each step's
- * kernel (`deviceTiming`): from the doorbell wait's end to the kernel's end, with the graph's kernel
- * launch inside. Its wall is recorded too, to show what the nodes add.
+ * their inputs' addresses). The steps run the graph row's kernel, so its GPU time stands; no events
+ * can sit between a chain's steps. Warmed with 300 steps (sk stays within the plan at the seed config).
  */
 function benchChained(c: SelectBenchConfig, o: BenchOptions, layout: Layout, state: PQIndexState, capacity: number,
   inputs: { queries: Float32Array[]; keys: Float32Array[] }, qDev: DeviceTensor, kDev: DeviceTensor): RecordRow {
-  const run = (deviceTiming: boolean): { wall: number[]; device: number[]; served: boolean; errors: string[]; plan: string } => {
-    const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, chained: { deviceTiming } });
-    try {
-      cache.uploadState(state);
-      const errors = checkFirstStep(cache, state, inputs);
-      for (let i = 0; i < Math.max(o.warmup, 300); i++) {
-        cache.step(qDev, kDev);
-        cache.synchronize();
-      }
-      const before = cache.chainedStepCount;
-      const wall: number[] = [];
-      const device: number[] = [];
-      for (let i = 0; i < o.iters; i++) {
-        const t0 = nowUs();
-        cache.step(qDev, kDev);
-        cache.synchronize();
-        wall.push(nowUs() - t0);
-        if (deviceTiming) device.push(cache.chainedDeviceMicros);
-      }
-      return { wall, device, served: cache.chainedStepCount - before === o.iters, errors, plan: describePlan(cache.planFor(cache.seqLen)) };
-    } finally {
-      cache.dispose();
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, chained: true });
+  try {
+    cache.uploadState(state);
+    const errors = checkFirstStep(cache, state, inputs);
+    for (let i = 0; i < Math.max(o.warmup, 300); i++) {
+      cache.step(qDev, kDev);
+      cache.synchronize();
     }
-  };
-  const plain = run(false);
-  const timed = run(true);
-  const errors = [...plain.errors, ...timed.errors];
-  return wallRow('pqcache-cuda-chained', c, summarize(plain.wall), {
-    // Each chain's launch runs on the launcher thread: the mean shows whether any of it reached the steps.
-    wall_mean_us: round3(plain.wall.reduce((a, b) => a + b, 0) / plain.wall.length),
-    served_chained: plain.served && timed.served,
-    step_kernel: plain.plan,
-    timed_chain_wall_us_median: round3(summarize(timed.wall).median),
-    gpu_method: 'CUDA events as nodes of the chain graph (a separate cache): doorbell wait ended → the step kernel ended, its launch from the graph inside',
-    mismatches: errors.slice(0, 3),
-  }, summarize(timed.device), errors.length === 0);
+    const before = cache.chainedStepCount;
+    const wall: number[] = [];
+    for (let i = 0; i < o.iters; i++) {
+      const t0 = nowUs();
+      cache.step(qDev, kDev);
+      cache.synchronize();
+      wall.push(nowUs() - t0);
+    }
+    return wallRow('pqcache-cuda-chained', c, summarize(wall), {
+      // Each chain's launch runs on the launcher thread: the mean shows whether any of it reached the steps.
+      wall_mean_us: round3(wall.reduce((a, b) => a + b, 0) / wall.length),
+      served_chained: cache.chainedStepCount - before === o.iters,
+      step_kernel: describePlan(cache.planFor(cache.seqLen)),
+      gpu_method: 'none: the chain\'s steps follow one another inside one graph (the kernel is the graph row\'s)',
+      mismatches: errors.slice(0, 3),
+    }, undefined, errors.length === 0);
+  } finally {
+    cache.dispose();
+  }
 }
 
 /**

@@ -84,7 +84,6 @@ export interface DriverApi {
   cuStreamQuery(stream: Handle): number;
   cuEventCreate(event: Out<Handle | null>, flags: number): number;
   cuEventRecord(event: Handle, stream: Handle): number;
-  cuEventRecordWithFlags(event: Handle, stream: Handle, flags: number): number;
   cuEventSynchronize(event: Handle): number;
   cuEventElapsedTime(ms: Out<number>, start: Handle, end: Handle): number;
   cuEventDestroy_v2(event: Handle): number;
@@ -120,6 +119,7 @@ export interface DriverApi {
     params: bigint,
     extra: null,
   ): number;
+  cuLaunchKernelEx(config: bigint, fn: Handle, params: bigint, extra: null): number;
   cuStreamBeginCapture_v2(stream: Handle, mode: number): number;
   cuStreamEndCapture(stream: Handle, graph: Out<Handle | null>): number;
   cuGraphInstantiateWithFlags(exec: Out<Handle | null>, graph: Handle, flags: number): number;
@@ -151,7 +151,6 @@ const SIGNATURES: Record<keyof DriverApi, string> = {
   cuStreamQuery: 'int cuStreamQuery(void *stream)',
   cuEventCreate: 'int cuEventCreate(_Out_ void **event, unsigned int flags)',
   cuEventRecord: 'int cuEventRecord(void *event, void *stream)',
-  cuEventRecordWithFlags: 'int cuEventRecordWithFlags(void *event, void *stream, unsigned int flags)',
   cuEventSynchronize: 'int cuEventSynchronize(void *event)',
   cuEventElapsedTime: 'int cuEventElapsedTime_v2(_Out_ float *ms, void *start, void *end)',
   cuEventDestroy_v2: 'int cuEventDestroy_v2(void *event)',
@@ -181,6 +180,7 @@ const SIGNATURES: Record<keyof DriverApi, string> = {
     'int cuOccupancyMaxActiveBlocksPerMultiprocessor(_Out_ int *n, void *fn, int blockSize, size_t dynSmem)',
   cuLaunchKernel:
     'int cuLaunchKernel(void *fn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int sharedBytes, void *stream, void *params, void *extra)',
+  cuLaunchKernelEx: 'int cuLaunchKernelEx(uint64_t config, void *fn, void *params, void *extra)',
   cuStreamBeginCapture_v2: 'int cuStreamBeginCapture_v2(void *stream, int mode)',
   cuStreamEndCapture: 'int cuStreamEndCapture(void *stream, _Out_ void **graph)',
   cuGraphInstantiateWithFlags: 'int cuGraphInstantiateWithFlags(_Out_ void **exec, void *graph, unsigned long long flags)',

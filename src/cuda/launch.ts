@@ -91,17 +91,54 @@ export interface LaunchShape {
   readonly grid: readonly [number, number, number];
   readonly block: readonly [number, number, number];
   readonly sharedBytes?: number;
+  /**
+   * Programmatic dependent launch (sm_90; cuLaunchKernelEx with programmatic stream serialization):
+   * the kernel's blocks may start while the kernel before it on the stream still runs, once every
+   * block of that one has run `griddepcontrol.launch_dependents` (or exited). The kernel must run
+   * `griddepcontrol.wait` before it reads anything that one, or any launched before it, writes.
+   */
+  readonly overlapPrevious?: boolean;
+}
+
+// cuLaunchKernelEx's CUlaunchConfig (56 bytes) and one CUlaunchAttribute (72 bytes) after it, in a
+// block reused by every such launch (the driver reads it during the call). Offsets from cuda.h.
+const CONFIG_BYTES = 64;
+const ATTR_BYTES = 72;
+const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+let exConfig: { block: ArrayBuffer; view: DataView; address: bigint } | undefined;
+function launchConfig(shape: LaunchShape, sharedBytes: number, stream: Stream): bigint {
+  if (exConfig === undefined) {
+    const block = new ArrayBuffer(CONFIG_BYTES + ATTR_BYTES);
+    exConfig = { block, view: new DataView(block), address: koffi.address(block) as bigint };
+    // The attribute: programmatic stream serialization allowed (value.programmaticStreamSerializationAllowed = 1).
+    exConfig.view.setUint32(CONFIG_BYTES, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, true);
+    exConfig.view.setInt32(CONFIG_BYTES + 8, 1, true);
+  }
+  const v = exConfig.view;
+  shape.grid.forEach((g, i) => v.setUint32(4 * i, g, true));
+  shape.block.forEach((b, i) => v.setUint32(12 + 4 * i, b, true));
+  v.setUint32(24, sharedBytes, true);
+  v.setBigUint64(32, stream.handle, true);
+  v.setBigUint64(40, exConfig.address + BigInt(CONFIG_BYTES), true);
+  v.setUint32(48, 1, true);
+  return exConfig.address;
 }
 
 /**
  * Enqueue `kernel` on `stream` (opting the kernel in to its dynamic shared memory first, where that
- * is past the default); launch-configuration errors throw CudaError(cuLaunchKernel).
+ * is past the default); launch-configuration errors throw CudaError(cuLaunchKernel), or
+ * CudaError(cuLaunchKernelEx) with `overlapPrevious`.
  */
 export function launch(kernel: Kernel, shape: LaunchShape, args: LaunchArgs, stream: Stream): void {
   const [gx, gy, gz] = shape.grid;
   const [bx, by, bz] = shape.block;
   const sharedBytes = shape.sharedBytes ?? 0;
   kernel.allowDynamicShared(sharedBytes);
+  if (shape.overlapPrevious === true) {
+    const rc = driver().cuLaunchKernelEx(launchConfig(shape, sharedBytes, stream), kernel.handle, args.address, null);
+    if (rc !== 0) check(`cuLaunchKernelEx(${kernel.name})`, rc);
+    return;
+  }
   const rc = driver().cuLaunchKernel(kernel.handle, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, args.address, null);
   if (rc !== 0) check(`cuLaunchKernel(${kernel.name})`, rc);
 }

@@ -24,7 +24,7 @@ import { GraphExec } from './graph.js';
 import { PinnedBuffer } from './memory.js';
 import { registerWaitingChain } from './resident-guard.js';
 import { spinUntilWord } from './spin.js';
-import { Event, type Stream } from './stream.js';
+import type { Stream } from './stream.js';
 
 const CU_STREAM_WAIT_VALUE_GEQ = 0x0;
 /** With a memory barrier: the step's writes are visible before `done` is. */
@@ -49,8 +49,6 @@ export class StepChain {
   private readonly words: PinnedBuffer;
   private readonly u32: Uint32Array;
   private readonly launcher: ChainLauncher;
-  /** With `timed`: per chain, each step's events [start, end] (step i at 2i, 2i + 1). */
-  private readonly events: [Event[], Event[]] | undefined;
   private graphs: [GraphExec, GraphExec] | undefined;
   /** The chain being rung, and its steps rung. */
   private current = 0;
@@ -60,27 +58,19 @@ export class StepChain {
   /** Set while a chain waits for its doorbell: how to unregister the drain. */
   private unregister: (() => void) | undefined;
 
-  /**
-   * `timed`: each step's work sits between two event record nodes (after its doorbell wait, before
-   * its done write), read by lastStepDeviceMicros(). For benchmarks: the nodes add device time.
-   */
-  constructor(context: Handle, stream: Stream, length: number, hooks: StepChainHooks, requestMs: number, timed = false) {
+  constructor(context: Handle, stream: Stream, length: number, hooks: StepChainHooks, requestMs: number) {
     this.stream = stream;
     this.length = length;
     this.hooks = hooks;
     this.requestMs = requestMs;
     this.words = new PinnedBuffer(WORDS_BYTES);
     this.u32 = new Uint32Array(this.words.arrayBuffer, 0, WORDS_BYTES / 4);
-    const events: Event[] = [];
     try {
-      if (timed) for (let i = 0; i < 4 * length; i++) events.push(new Event());
       this.launcher = new ChainLauncher(context, requestMs);
     } catch (e) {
-      events.forEach((ev) => ev.dispose());
       this.words.dispose();
       throw e;
     }
-    this.events = timed ? [events.slice(0, 2 * length), events.slice(2 * length)] : undefined;
   }
 
   /** A chain waits for its doorbell (the stream holds it until drained). */
@@ -143,20 +133,6 @@ export class StepChain {
     this.spinUntil(this.current, this.rung);
   }
 
-  /**
-   * A timed chain's last step waited for: μs of device time from its doorbell wait's end to its
-   * work's end (event record nodes around the work).
-   */
-  lastStepDeviceMicros(): number {
-    if (this.events === undefined) throw new StateError('StepChain.lastStepDeviceMicros', 'a chain made with timed = true', 'untimed');
-    if (!this.waiting || this.rung === 0) throw new StateError('StepChain.lastStepDeviceMicros', 'a step rung and waited for', 'none');
-    const ev = this.events[this.current];
-    const start = ev[2 * (this.rung - 1)] as Event;
-    const end = ev[2 * (this.rung - 1) + 1] as Event;
-    end.synchronize(); // done was seen, so this returns at once
-    return 1000 * end.elapsedSince(start);
-  }
-
   /** End the waiting chains: skip the steps not yet rung, ring both chains to their ends, wait, restore. */
   drain(): void {
     if (!this.waiting) return;
@@ -183,7 +159,6 @@ export class StepChain {
       this.launcher.dispose();
       this.graphs?.forEach((g) => g.dispose());
       this.graphs = undefined;
-      this.events?.forEach((evs) => evs.forEach((ev) => ev.dispose()));
       this.words.dispose();
     }
   }
@@ -193,13 +168,10 @@ export class StepChain {
     const s = this.stream.handle;
     const bell = this.words.ptr + BigInt(4 * (64 * k + BELL));
     const done = this.words.ptr + BigInt(4 * (64 * k + DONE));
-    const events = this.events?.[k];
     return GraphExec.capture(this.stream, () => {
       for (let i = 1; i <= this.length; i++) {
         check('cuStreamWaitValue32_v2', d.cuStreamWaitValue32_v2(s, bell, i, CU_STREAM_WAIT_VALUE_GEQ));
-        events?.[2 * (i - 1)]?.recordInCapture(this.stream);
         enqueueStep();
-        events?.[2 * (i - 1) + 1]?.recordInCapture(this.stream);
         check('cuStreamWriteValue32_v2', d.cuStreamWriteValue32_v2(s, done, i, CU_STREAM_WRITE_VALUE_DEFAULT));
       }
     });

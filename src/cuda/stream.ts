@@ -8,8 +8,6 @@ import { type Handle, CUDA_ERROR_NOT_READY, CUDA_SUCCESS, check, driver, out, ou
 const CU_STREAM_NON_BLOCKING = 0x1;
 const CU_EVENT_DEFAULT = 0x0;
 const CU_EVENT_DISABLE_TIMING = 0x2;
-/** In a stream capture: an event record node of the graph (a plain record only orders the capture). */
-const CU_EVENT_RECORD_EXTERNAL = 0x1;
 
 export class Stream {
   private h: Handle | undefined;
@@ -61,11 +59,6 @@ export class Event {
 
   record(stream: Stream): void {
     check('cuEventRecord', driver().cuEventRecord(this.handle, stream.handle));
-  }
-
-  /** Record on a capturing stream as a node of the graph (each launch of the graph records it again). */
-  recordInCapture(stream: Stream): void {
-    check('cuEventRecordWithFlags', driver().cuEventRecordWithFlags(this.handle, stream.handle, CU_EVENT_RECORD_EXTERNAL));
   }
 
   synchronize(): void {

@@ -120,11 +120,6 @@ export interface ChainOptions {
   readonly length?: number;
   /** How long a step may take before it is reported as hung (ms; default 5000). */
   readonly requestMs?: number;
-  /**
-   * Time each chained step on the device (`chainedDeviceMicros`): two event record nodes a step, around
-   * its kernel. For benchmarks: the nodes add device time to every step. Default false.
-   */
-  readonly deviceTiming?: boolean;
 }
 
 export interface ResidentOptions {
@@ -291,8 +286,6 @@ export class CudaPQCache implements PQCache {
   private chainSideStream: Stream | undefined;
   /** Steps served by the chain so far. */
   private chainedSteps = 0;
-  /** Whether the chain served the last step (chainedDeviceMicros reads that step's events). */
-  private lastStepChained = false;
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -692,7 +685,6 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
-    this.lastStepChained = false;
     if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype)) return qdtype;
     if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(qptr, qdtype, kptr, kdtype)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
@@ -904,7 +896,7 @@ export class CudaPQCache implements PQCache {
       chain ??= this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
         skip: () => this.skipChainSteps(),
         restore: () => this.restoreSeqSlots(),
-      }, options.requestMs, options.deviceTiming));
+      }, options.requestMs));
       if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, qptr, qdtype, kptr, kdtype);
     } else if (chain.atChainStart && !this.chainFits(b.plan, 2 * options.length)) {
       // The chain launched behind this one would run past the plan or the capacity: end here (the
@@ -915,7 +907,6 @@ export class CudaPQCache implements PQCache {
     chain.ring();
     this.chainedSteps++;
     this.completeRungStep(true, chain);
-    this.lastStepChained = true;
     return true;
   }
 
@@ -960,16 +951,6 @@ export class CudaPQCache implements PQCache {
   /** After a drain: both seq slots hold the host's sk again (the next step reads seqSlot's). */
   private restoreSeqSlots(): void {
     check('cuMemsetD32Async', driver().cuMemsetD32Async(this.seqPtr(0), this.hostSeqLen, 2, this.stream.handle));
-  }
-
-  /**
-   * Chained steps with `deviceTiming`: device time of the last step if the chain served it (μs, from
-   * its doorbell wait's end to its kernel's end, by events), else NaN (and NaN without `deviceTiming`).
-   */
-  get chainedDeviceMicros(): number {
-    const chain = this.chain;
-    const timed = this.chainOptions?.deviceTiming === true;
-    return timed && chain !== undefined && this.lastStepChained && chain.waiting ? chain.lastStepDeviceMicros() : Number.NaN;
   }
 
   /** Chained steps: how many steps the chain has served (the others ran as graph steps). */
@@ -1265,7 +1246,7 @@ function chainOptionsOf(option: boolean | ChainOptions | undefined): Required<Ch
   const length = o.length ?? 64;
   // Even: a full launch returns the seq slot to the one the graph's first step reads.
   if (!Number.isInteger(length) || length < 2 || length > 1024 || length % 2 !== 0) throw new ConfigError('chained.length', 'an even integer in [2, 1024]', o.length);
-  return { length, requestMs: positiveMs('chained.requestMs', o.requestMs ?? 5000), deviceTiming: o.deviceTiming === true };
+  return { length, requestMs: positiveMs('chained.requestMs', o.requestMs ?? 5000) };
 }
 
 function residentOptionsOf(option: boolean | ResidentOptions | undefined): Required<ResidentOptions> | undefined {

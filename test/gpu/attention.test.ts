@@ -284,6 +284,66 @@ test('decode layers (sparse and dense) match the CPU layers step by step; the st
   }
 });
 
+test('a sparse layer whose attention starts behind the select step (programmatic dependent launch) writes what the sequential launch writes, bit for bit; stacks too', { skip }, () => {
+  const clusters = CudaContext.primary().device.computeCapability[0] >= 9;
+  const rng = new SplitMix32(23);
+  // The seed-like shape (32 query heads, the row step kernel) and B = 2.
+  const cases = [
+    { shape: { batch: 1, heads: 32, kvHeads: 8, headDim: 128 }, sk: 8000, kvDType: 'bf16' },
+    { shape: { batch: 2, heads: 16, kvHeads: 4, headDim: 64 }, sk: 3000, kvDType: 'f32' },
+  ] as const;
+  const config = { sinkSize: 16, windowSize: 32, heavySize: 128, pqGroupFactor: 2, pqBits: 6, initOffset: 16, kmeansIters: 0 };
+  for (const { shape, sk, kvDType } of cases) {
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+    const steps = 24;
+    const options = { shape, config, capacity: sk + steps, kvDType };
+    const overlapped = new CudaDecodeLayer(options);
+    const sequential = new CudaDecodeLayer({ ...options, overlapLaunches: false });
+    try {
+      assert.equal(overlapped.overlapsAttention, clusters, 'overlapped on sm_90 (cluster plans)');
+      assert.equal(sequential.overlapsAttention, false);
+      const keys = intTensor(rng, 'f32', [B, Hkv, sk, D], -2, 2);
+      const values = intTensor(rng, 'f32', [B, Hkv, sk, D], -3, 3);
+      overlapped.prefill(keys, values);
+      sequential.prefill(keys, values);
+      for (let s = 0; s < steps; s++) {
+        const inputs = {
+          query: intTensor(rng, 'f32', [B, H, 1, D], -1, 1),
+          key: intTensor(rng, 'f32', [B, Hkv, 1, D], -2, 2),
+          value: intTensor(rng, 'f32', [B, Hkv, 1, D], -3, 3),
+        };
+        const a = overlapped.stepToHost(inputs).toFloat32();
+        const b = sequential.stepToHost(inputs).toFloat32();
+        assert.deepEqual(a, b, `H=${H} sk=${sk} step ${s}: outputs`);
+        assert.deepEqual(overlapped.listsToHost().sparseList, sequential.listsToHost().sparseList, `H=${H} step ${s}: lists`);
+      }
+    } finally {
+      overlapped.dispose();
+      sequential.dispose();
+    }
+  }
+  // Two layers in one graph: each attention waits for its own step, the next layer's K/V append for it.
+  const shape = { batch: 1, heads: 8, kvHeads: 2, headDim: 64 };
+  const sk = 2500;
+  const stacks = [true, false].map((overlapLaunches) => new CudaDecodeStack({ shape, config, capacity: sk + 8, kvDType: 'f16', numLayers: 2, overlapLaunches }));
+  try {
+    const keys = [0, 1].map(() => intTensor(rng, 'f32', [1, 2, sk, 64], -2, 2));
+    const values = [0, 1].map(() => intTensor(rng, 'f32', [1, 2, sk, 64], -3, 3));
+    for (const st of stacks) st.prefill(keys, values);
+    for (let s = 0; s < 6; s++) {
+      const inputs = [0, 1].map(() => ({
+        query: intTensor(rng, 'f32', [1, 8, 1, 64], -1, 1),
+        key: intTensor(rng, 'f32', [1, 2, 1, 64], -2, 2),
+        value: intTensor(rng, 'f32', [1, 2, 1, 64], -3, 3),
+      }));
+      const [a, b] = stacks.map((st) => st.stepToHost(inputs).map((t) => t.toFloat32()));
+      assert.deepEqual(a, b, `stack step ${s}`);
+    }
+  } finally {
+    for (const st of stacks) st.dispose();
+  }
+});
+
 test('a sparse layer over an external K/V cache builds its index from the cached keys (adoptPrefilled without an index)', { skip }, () => {
   const shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 };
   const config = { sinkSize: 4, windowSize: 8, heavySize: 16, pqGroupFactor: 2, pqBits: 4, initOffset: 4, kmeansIters: 3 };
