@@ -36,7 +36,8 @@
 // pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype) written at position
 //   sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
 //   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
-//   when no PQ index runs). Launch: grid B*Hkv, block 128.
+//   when no PQ index runs). Launch: grid B*Hkv, block 128. Lets a kernel launched behind it by
+//   programmatic dependent launch start at once (a decode layer's select step).
 #include <cooperative_groups.h>
 #include <type_traits>
 
@@ -596,6 +597,7 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
 template <typename T>
 __device__ void kv_append(const void* key, int kdtype, const void* value, int vdtype, T* kcache, T* vcache, const int* seq_len,
                           int* seq_write, int kv_stride, int D, int* status) {
+  pq_allow_dependents();  // a decode layer's select step may start now (it waits for this grid before it ends)
   const int bkv = blockIdx.x;
   const int p = *seq_len;
   if (seq_write != nullptr && bkv == 0 && threadIdx.x == 0) *seq_write = p + 1;

@@ -21,8 +21,9 @@
 //   row of sparseList at the offset given by the cluster prefix of (take, tie) counts.
 //   Rows y >= rows are append blocks (only when `appended`): block a = (y - rows)*CL + x codes the
 //   new key of kv-head a at position sk_old (append_block.cuh); block 0 writes *seq_write.
-//   Every block first lets a kernel launched behind this one with programmatic dependent launch
-//   start (pq_allow_dependents: a decode layer's attention, which waits for this grid).
+//   Programmatic dependent launch (a decode layer): every block first lets the kernel launched
+//   behind this one start (pq_allow_dependents: the attention, which waits for this grid) and last
+//   waits for the kernel before it (pq_wait_for_previous: the K/V append, not read here).
 // Step semantics: sk_old = *seq_read; sk = sk_old + appended. With appended, W >= 1 (the host
 //   uses pq_append + appended = 0 when W == 0), so the new key lies in the window: no select block
 //   reads its code. The position q = sk_old - W enters the eligible range: its pair is counted
@@ -635,6 +636,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     step_pairs<M, CL, LONG>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended,        \
                             pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \
                             ip, full_threshold, slice_len, bits_tiles, phase_clock);                                 \
+    pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */      \
   }
 
 // Short slices (≤ 3 tiles, the latency-bound small contexts): block scans, as measured fastest there.

@@ -16,9 +16,11 @@
 //   the position entering the eligible range, it reads from global memory. Rank 1's list slots start
 //   after rank 0's (takes, ties) counts, sent to it through a mailbox (below).
 //   Blocks y >= rows append (only when `appended`): block a = (y − rows)*CL + r codes kv-head a's new key
-//   at position sk_old (append_block.cuh); block 0 writes *seq_write. Every block first lets a
-//   kernel launched behind this one with programmatic dependent launch start (pq_allow_dependents:
-//   a decode layer's attention, which waits for this grid before reading its outputs).
+//   at position sk_old (append_block.cuh); block 0 writes *seq_write. Programmatic dependent launch
+//   (a decode layer): every block first lets the kernel launched behind this one start
+//   (pq_allow_dependents: the attention, which waits for this grid before reading its outputs), and
+//   last waits for the kernel before it (pq_wait_for_previous: the K/V append, whose writes this
+//   step does not read), so a grid waiting for this one waits for both.
 // Invariants (src/pq/cuda-plan.ts planRow, src/pq/cuda-cache.ts): C^M ≤ 4096 (M ≤ 2; M = 2 needs
 //   C ≤ 64); sk − W − s0 ≤ NT*E; K ≤ 2048; pair_count exact for [lo, sk_old − W); readers[] == 0
 //   before a launch; sparse_len/sparse_list/weights hold the previous output. With `appended`,
@@ -1037,6 +1039,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     step_row<M, E, CL, WPT>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                             readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \
                             full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);                           \
+    pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */         \
   }
 
 // The argument list is select_pairs.cu's (slice_len and bits_tiles unused), so the host launches

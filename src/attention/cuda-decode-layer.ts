@@ -41,9 +41,11 @@ export interface CudaDecodeLayerOptions extends DecodeLayerOptions {
   /** Blocks per query head of the PQ pair path (tuning; see CudaPQCacheOptions). */
   readonly cluster?: number;
   /**
-   * Sparse layers on sm_90: the attention starts behind the select step by programmatic dependent
-   * launch (its blocks are placed and load the query while the step runs, then wait for it). False
-   * launches it after the step ends, as before sm_90 (for comparisons). Default true.
+   * Sparse layers on sm_90: a step's kernels start behind one another by programmatic dependent
+   * launch: the select step while the K/V append runs (it reads nothing the append writes, and waits
+   * for it before it ends), the attention while the step runs (its blocks are placed and load the
+   * query, then wait for the step). False launches each after the one before ends, as before sm_90
+   * (for comparisons). Default true.
    */
   readonly overlapLaunches?: boolean;
 }
@@ -109,8 +111,11 @@ export class CudaDecodeLayer implements DecodeLayer {
   private readonly stagingConsumed: Event;
   private stagingPending = false;
   private scratch: AttendScratch | undefined;
-  /** The sparse attention starts behind the select step by programmatic dependent launch (overlapLaunches on a cluster plan). */
-  readonly overlapsAttention: boolean;
+  /**
+   * Programmatic dependent launch inside a sparse step (overlapLaunches on sm_90, where the attention
+   * plan merges in clusters): the select step starts behind the K/V append, the attention behind the step.
+   */
+  readonly overlapsLaunches: boolean;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
   /**
    * Per-step host work made once (a model steps every layer every token): frozen device tensors
@@ -163,7 +168,7 @@ export class CudaDecodeLayer implements DecodeLayer {
         ? owned.add(new CudaPQCache({ shape: options.shape, config: options.config, capacity: this.capacity, device: options.device, stream: this.stream, cluster: options.cluster }))
         : undefined;
       if (this.pq) this.scratch = new AttendScratch(this.attention.sparsePlan(this.kvDType, this.pq.layout.listCapacity), D, this.stream);
-      this.overlapsAttention = (options.overlapLaunches ?? true) && this.scratch?.plan.merge === 'cluster';
+      this.overlapsLaunches = (options.overlapLaunches ?? true) && this.scratch?.plan.merge === 'cluster';
       copies.fill8Async(this.arena.buffer, 0, this.arena.bytes, this.stream);
       this.stream.synchronize();
     } catch (e) {
@@ -366,12 +371,12 @@ export class CudaDecodeLayer implements DecodeLayer {
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
           this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream);
-          pq.recordStep(io.query, io.key);
+          pq.recordStep(io.query, io.key, this.overlapsLaunches);
           this.attention.launchSparse(scratch.plan, scratch, {
             query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
             sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr, listStride: sel.sparseList.strides[1],
             weights: sel.weights.ptr, weightsDType: sel.weights.dtype as FloatDType, weightsStride: sel.weights.strides[1],
-          }, this.stream, this.overlapsAttention);
+          }, this.stream, this.overlapsLaunches);
         },
       };
     }

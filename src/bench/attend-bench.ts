@@ -292,7 +292,7 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
         select_step_only_gpu_us: round3(tSelect.gpu.median), sparse_attend_only_gpu_us: round3(tAttend.gpu.median),
         sparse_attend_plan: `${attendPlan.merge} merge, ${attendPlan.splits} blocks a row × ${attendPlan.threads} threads, ${attendPlan.chunk} positions a block`,
         sparse_attend_global_merge_gpu_us: round3(tAttendGlobal.gpu.median),
-        overlap_launches: sparse.overlapsAttention,
+        overlap_launches: sparse.overlapsLaunches,
         sequential_launch_gpu_us: round3(tSequential.gpu.median), sequential_launch_wall_us: round3(tSequential.wall.median),
         sequential_launch_sample_row_rel_error: sequentialErr,
       }, ts.gpu, sparseErr <= tol && sequentialErr <= tol),
@@ -354,7 +354,7 @@ export function benchStepCuda(c: AttendBenchConfig, o: AttendBenchOptions): Reco
       latencyRow('pqcache-cuda-sparse-stack', configOf(c), ts.wall, {
         device, layers: c.layers, per_layer_gpu_us: round3(ts.gpu.median / c.layers), sample_row_rel_error: sparseErr,
         speedup_vs_dense_wall: round3(td.wall.median / ts.wall.median), speedup_vs_dense_gpu: round3(td.gpu.median / ts.gpu.median),
-        overlap_launches: sparse.layers[0].overlapsAttention,
+        overlap_launches: sparse.layers[0].overlapsLaunches,
         // Same run: every attention launched after its select step ended (overlapLaunches: false).
         sequential_launch_gpu_us: round3(tq.gpu.median), sequential_launch_wall_us: round3(tq.wall.median),
         sequential_launch_sample_row_rel_error: sequentialErr,

@@ -740,15 +740,21 @@ export class CudaPQCache implements PQCache {
     return binding;
   }
 
-  /** Launch the step's kernels on the stream (no graph of its own: the caller captures). After prepareStep(). */
-  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: { ptr: DevicePtr; dtype: FloatDType } | undefined): void {
+  /**
+   * Launch the step's kernels on the stream (no graph of its own: the caller captures). After prepareStep().
+   * `overlapPrevious`: where the step is one kernel (the pair path with the fused append), it is
+   * launched with programmatic dependent launch behind the caller's kernel before it (which must
+   * allow it: a decode layer's K/V append). The step reads nothing that kernel writes, and waits for
+   * it before it ends, so whatever waits for the step waits for both (src/cuda/launch.ts).
+   */
+  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: { ptr: DevicePtr; dtype: FloatDType } | undefined, overlapPrevious = false): void {
     const plan = this.currentPlan(this.hostSeqLen + (key !== undefined ? 1 : 0));
     const slot = this.seqSlot;
     const qcode = DTYPE_CODE[query.dtype];
     const fused = key !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
     if (fused) {
       // One launch: the append blocks ride along with the select clusters.
-      this.launchStepPairs(query.ptr, qcode, key.ptr, key.dtype, plan, slot);
+      this.launchStepPairs(query.ptr, qcode, key.ptr, key.dtype, plan, slot, overlapPrevious);
       return;
     }
     let readSlot = slot;
@@ -1126,12 +1132,13 @@ export class CudaPQCache implements PQCache {
    * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
-  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number): void {
+  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number,
+    overlapPrevious = false): void {
     const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, keys, kdtype, plan, slot, false);
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll(values);
-      launch(kernel, shape, args, this.stream);
+      launch(kernel, overlapPrevious ? { ...shape, overlapPrevious } : shape, args, this.stream);
       this.lastStepGrid = [shape.grid[0], shape.grid[1]];
     } finally {
       args.dispose();

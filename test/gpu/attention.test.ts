@@ -287,21 +287,23 @@ test('decode layers (sparse and dense) match the CPU layers step by step; the st
 test('a sparse layer whose attention starts behind the select step (programmatic dependent launch) writes what the sequential launch writes, bit for bit; stacks too', { skip }, () => {
   const clusters = CudaContext.primary().device.computeCapability[0] >= 9;
   const rng = new SplitMix32(23);
-  // The seed-like shape (32 query heads, the row step kernel) and B = 2.
-  const cases = [
-    { shape: { batch: 1, heads: 32, kvHeads: 8, headDim: 128 }, sk: 8000, kvDType: 'bf16' },
-    { shape: { batch: 2, heads: 16, kvHeads: 4, headDim: 64 }, sk: 3000, kvDType: 'f32' },
-  ] as const;
   const config = { sinkSize: 16, windowSize: 32, heavySize: 128, pqGroupFactor: 2, pqBits: 6, initOffset: 16, kmeansIters: 0 };
-  for (const { shape, sk, kvDType } of cases) {
+  // The seed-like shape (32 query heads, the row step kernel), B = 2, and M = 4 (no pair table: the
+  // append and the selection are two kernels, launched without overlap; the attention still overlaps).
+  const cases = [
+    { shape: { batch: 1, heads: 32, kvHeads: 8, headDim: 128 }, sk: 8000, kvDType: 'bf16', config },
+    { shape: { batch: 2, heads: 16, kvHeads: 4, headDim: 64 }, sk: 3000, kvDType: 'f32', config },
+    { shape: { batch: 1, heads: 8, kvHeads: 2, headDim: 64 }, sk: 2000, kvDType: 'f16', config: { ...config, pqGroupFactor: 4, pqBits: 4 } },
+  ] as const;
+  for (const { shape, sk, kvDType, config } of cases) {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
     const steps = 24;
     const options = { shape, config, capacity: sk + steps, kvDType };
     const overlapped = new CudaDecodeLayer(options);
     const sequential = new CudaDecodeLayer({ ...options, overlapLaunches: false });
     try {
-      assert.equal(overlapped.overlapsAttention, clusters, 'overlapped on sm_90 (cluster plans)');
-      assert.equal(sequential.overlapsAttention, false);
+      assert.equal(overlapped.overlapsLaunches, clusters, 'overlapped on sm_90 (cluster plans)');
+      assert.equal(sequential.overlapsLaunches, false);
       const keys = intTensor(rng, 'f32', [B, Hkv, sk, D], -2, 2);
       const values = intTensor(rng, 'f32', [B, Hkv, sk, D], -3, 3);
       overlapped.prefill(keys, values);
