@@ -100,8 +100,10 @@ export interface LaunchShape {
   readonly overlapPrevious?: boolean;
 }
 
-// cuLaunchKernelEx's CUlaunchConfig (56 bytes) and one CUlaunchAttribute (72 bytes) after it, in a
-// block reused by every such launch (the driver reads it during the call). Offsets from cuda.h.
+// cuLaunchKernelEx's CUlaunchConfig (56 bytes, padded to 64) and one CUlaunchAttribute (72 bytes)
+// after it, in a block reused by every such launch (the driver reads it during the call). Offsets
+// from cuda.h (CUDA 13): grid 0/4/8, block 12/16/20, sharedMemBytes 24, hStream 32, attrs 40,
+// numAttrs 48; an attribute's id at 0 and its value at 8.
 const CONFIG_BYTES = 64;
 const ATTR_BYTES = 72;
 const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
