@@ -18,7 +18,8 @@
 //   launch shape, gather and invariants). Reads list entries up to min(CL*chunk, list_stride)
 //   together with len and drops those at i >= len. A decode layer launches it behind its select
 //   step with programmatic dependent launch: it loads its query, then waits for the step
-//   (pq_wait_for_previous, common.cuh) before reading sk, the list, the weights or K/V.
+//   (pq_wait_for_previous, common.cuh) before reading sk, the list, the weights or K/V; it lets the
+//   next layer's K/V append be placed at once (that one waits for it before anything else).
 // pq_attend_dense_<T>_d<DMAX>_g<GH>: row = (b, kvh, head group) of B*Hkv*ceil(G/GH); positions
 //   0 .. sk-1 with w = 1; each K/V row is loaded once for the GH query heads of the group.
 //   Launch: grid (splits, rows), block NT = 128 (4 warps). Block x covers [x*chunk, (x+1)*chunk) of
@@ -36,8 +37,9 @@
 // pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype) written at position
 //   sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
 //   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
-//   when no PQ index runs). Launch: grid B*Hkv, block 128. Lets a kernel launched behind it by
-//   programmatic dependent launch start at once (a decode layer's select step).
+//   when no PQ index runs). Launch: grid B*Hkv, block 128. Programmatic dependent launch (a decode
+//   layer): it first waits for the kernel before it (the previous layer's attention), then lets the
+//   kernel launched behind it start (this layer's select step).
 #include <cooperative_groups.h>
 #include <type_traits>
 
@@ -467,6 +469,7 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
   // here and waits for the others just before its pushes, long after (racecheck flagged the pushes
   // without it: "a block that might not have entered yet").
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  pq_allow_dependents();  // the next layer's K/V append may be placed (it waits for this grid first)
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int d0 = lane * DPL;
@@ -597,7 +600,11 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
 template <typename T>
 __device__ void kv_append(const void* key, int kdtype, const void* value, int vdtype, T* kcache, T* vcache, const int* seq_len,
                           int* seq_write, int kv_stride, int D, int* status) {
-  pq_allow_dependents();  // a decode layer's select step may start now (it waits for this grid before it ends)
+  // In a decode stack it is launched behind the previous layer's attention: placed early, it waits
+  // for that grid, so nothing of this layer runs before the layer before has ended; then it lets
+  // this layer's select step start (which waits for this grid before it ends).
+  pq_wait_for_previous();
+  pq_allow_dependents();
   const int bkv = blockIdx.x;
   const int p = *seq_len;
   if (seq_write != nullptr && bkv == 0 && threadIdx.x == 0) *seq_write = p + 1;

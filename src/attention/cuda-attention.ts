@@ -344,6 +344,8 @@ export class CudaAttention {
   /**
    * Write the new key and value rows [B, Hkv, 1, D] at position *seqRead of the cache; with
    * seqWrite (≠ 0n) also store sk + 1 there (layers without a PQ index advance sk this way).
+   * `overlapPrevious`: launched with programmatic dependent launch, so its blocks are placed while
+   * the kernel before it runs; they wait for that kernel before anything else (kernels/attention.cu).
    */
   launchKVAppend(
     kv: KVCacheView,
@@ -353,9 +355,10 @@ export class CudaAttention {
     seqWrite: DevicePtr,
     status: DevicePtr,
     stream: Stream,
+    overlapPrevious = false,
   ): void {
     launchWith(
-      this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1] }, KV_APPEND_ARGS,
+      this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1], overlapPrevious }, KV_APPEND_ARGS,
       [key.ptr, DTYPE_CODE[key.dtype], value.ptr, DTYPE_CODE[value.dtype], kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.headDim, status],
       stream,
     );

@@ -44,8 +44,9 @@ export interface CudaDecodeLayerOptions extends DecodeLayerOptions {
    * Sparse layers on sm_90: a step's kernels start behind one another by programmatic dependent
    * launch: the select step while the K/V append runs (it reads nothing the append writes, and waits
    * for it before it ends), the attention while the step runs (its blocks are placed and load the
-   * query, then wait for the step). False launches each after the one before ends, as before sm_90
-   * (for comparisons). Default true.
+   * query, then wait for the step), and in a stack the next layer's K/V append while this attention
+   * runs (placed only: it waits for the attention before anything else). False launches each after
+   * the one before ends, as before sm_90 (for comparisons). Default true.
    */
   readonly overlapLaunches?: boolean;
 }
@@ -112,8 +113,9 @@ export class CudaDecodeLayer implements DecodeLayer {
   private stagingPending = false;
   private scratch: AttendScratch | undefined;
   /**
-   * Programmatic dependent launch inside a sparse step (overlapLaunches on sm_90, where the attention
-   * plan merges in clusters): the select step starts behind the K/V append, the attention behind the step.
+   * Programmatic dependent launch in a sparse step (overlapLaunches on sm_90, where the attention plan
+   * merges in clusters): the K/V append is placed behind the kernel before it, the select step
+   * starts behind the append, the attention behind the step.
    */
   readonly overlapsLaunches: boolean;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
@@ -370,7 +372,7 @@ export class CudaDecodeLayer implements DecodeLayer {
         pointers,
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
-          this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream);
+          this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream, this.overlapsLaunches);
           pq.recordStep(io.query, io.key, this.overlapsLaunches);
           this.attention.launchSparse(scratch.plan, scratch, {
             query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
