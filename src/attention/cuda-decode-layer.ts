@@ -6,7 +6,9 @@
  * one graph.
  *
  * Kernels per step: pq_kv_append_<T>, the PQ step (src/pq/cuda-cache.ts, one kernel on the pair
- * path), pq_attend_sparse_<T>; dense layers: pq_kv_append_<T>, pq_attend_dense_<T>.
+ * path), pq_attend_sparse_<T>; dense layers: pq_kv_append_<T>, pq_attend_dense_<T>. On sm_90 a
+ * sparse step's kernels are launched behind one another by programmatic dependent launch
+ * (`overlapLaunches`; bench/NOTES.md session 41).
  */
 import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
