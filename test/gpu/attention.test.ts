@@ -8,7 +8,7 @@ import { CudaDecodeStack } from '../../src/attention/decode-stack.js';
 import { CudaContext } from '../../src/cuda/context.js';
 import { DeviceArena, PinnedBuffer, allocationStats, copies } from '../../src/cuda/memory.js';
 import { Stream } from '../../src/cuda/stream.js';
-import { DeviceInputError, ShapeError } from '../../src/errors.js';
+import { ConfigError, DeviceInputError, ShapeError } from '../../src/errors.js';
 import type { CacheShape } from '../../src/pq/config.js';
 import { SplitMix32 } from '../../src/pq/rng.js';
 import { deviceTensor } from '../../src/tensor/device-tensor.js';
@@ -114,10 +114,16 @@ function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', cor
     copies.fromHost(arena.slices.w, enc(c.wdtype, weights));
     copies.fill32Async(arena.slices.out, POISON, rows * D, stream);
     const io = { query: arena.slices.q.ptr, queryDType: c.qdtype, kv, out: arena.slices.out.ptr, seqLen: { ptr: 0n, add: c.sk }, status: status.ptr };
-    // Twice: the merge counters must be back at zero after a launch.
+    const sparseIO = { ...io, sparseList: arena.slices.list.ptr, sparseLen: arena.slices.len.ptr, listStride: L, weights: arena.slices.w.ptr, weightsDType: c.wdtype, weightsStride: c.sk };
+    // The split kernels do not wait for the kernel before them: no programmatic dependent launch.
+    if (kind === 'sparse' && plan.merge === 'global') {
+      assert.throws(() => attention.launchSparse(plan, scratch, sparseIO, stream, true), (e: unknown) => e instanceof ConfigError && /^overlapPrevious/.test((e as Error).message));
+    }
+    // Twice: the merge counters must be back at zero after a launch. A cluster plan's second launch
+    // starts behind the first by programmatic dependent launch (it waits for it before reading).
     for (let rep = 0; rep < 2; rep++) {
       if (kind === 'sparse') {
-        attention.launchSparse(plan, scratch, { ...io, sparseList: arena.slices.list.ptr, sparseLen: arena.slices.len.ptr, listStride: L, weights: arena.slices.w.ptr, weightsDType: c.wdtype, weightsStride: c.sk }, stream);
+        attention.launchSparse(plan, scratch, sparseIO, stream, rep === 1 && plan.merge === 'cluster');
       } else {
         attention.launchDense(plan, scratch, io, stream);
       }
