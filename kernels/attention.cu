@@ -633,13 +633,8 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
                                   partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);            \
   }
 
-#if __CUDA_ARCH__ >= 900
-#define PQ_ATTEND_CLUSTER_DIMS(CL) __cluster_dims__(CL, 1, 1)
-#else
-#define PQ_ATTEND_CLUSTER_DIMS(CL)
-#endif
 #define PQ_ATTEND_SPARSE_CLUSTER(NAME, T, DMAX, CL)                                                                    \
-  extern "C" __global__ void PQ_ATTEND_CLUSTER_DIMS(CL) __launch_bounds__(CLUSTER_NT) pq_attend_sparse_##NAME##_d##DMAX##_c##CL( \
+  extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(CLUSTER_NT) pq_attend_sparse_##NAME##_d##DMAX##_c##CL( \
       const void* q, int qdtype, const T* kcache, const T* vcache, const int* list, const int* list_len, int list_stride, \
       const void* weights, int wdtype, long long w_stride, T* out, float*, unsigned*, int* status, const int* seq_len,   \
       int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                                                   \

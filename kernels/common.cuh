@@ -26,6 +26,14 @@ __device__ __forceinline__ void pq_flag_status(int* status, int bit) {
   __threadfence_system();
 }
 
+// Thread-block cluster dims (CL, 1, 1) of a kernel, on sm_90 and newer (before: one block a group;
+// the host plans clusters only there).
+#if __CUDA_ARCH__ >= 900
+#define PQ_CLUSTER_DIMS(CL) __cluster_dims__(CL, 1, 1)
+#else
+#define PQ_CLUSTER_DIMS(CL)
+#endif
+
 // Programmatic dependent launch (sm_90; src/cuda/launch.ts `overlapPrevious`). A kernel launched
 // that way behind this one may start its blocks once every block of this one has called
 // pq_allow_dependents (or exited); it calls pq_wait_for_previous before reading anything the kernels

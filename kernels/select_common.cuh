@@ -175,11 +175,6 @@ __device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint
 
 // The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
 // (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches.
-#if __CUDA_ARCH__ >= 900
-#define PQ_CLUSTER_DIMS(CL) __cluster_dims__(CL, 1, 1)
-#else
-#define PQ_CLUSTER_DIMS(CL)
-#endif
 #define PQ_STEP_PARAMS                                                                                              \
   const void *query, int qdtype, const void *keys, int kdtype, const float *centroids, const float *phi,            \
       uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \

@@ -272,7 +272,7 @@ export function benchAttendCuda(c: AttendBenchConfig, o: AttendBenchOptions, cop
     // The layer's plan against the global-memory merge (the only form before sm_90), same run.
     const attendPlan = tAttend.plan;
     const tAttendGlobal = attendPlan.merge === 'global' ? tAttend : timeAttendOnly(sparse, inputs.sets[0], o, 'global');
-    // Same run: the attention launched after the step ends (overlapLaunches: false), from the same sk.
+    // Same run: every kernel launched after the one before ends (overlapLaunches: false), from the same sk.
     sequential.adoptPrefilled(c.sk, randomState(layout, c.sk, capacity, o.seed));
     sequential.step(inputs.sets[0]);
     const sequentialErr = sampleRowError(sequential, inputs.sets[0], layout);
@@ -315,7 +315,7 @@ export function benchStepCuda(c: AttendBenchConfig, o: AttendBenchOptions): Reco
   try {
     const sparse = new CudaDecodeStack({ shape, config: layout.config, capacity, kvDType: c.dtype, numLayers: c.layers });
     made.push(sparse);
-    // The same-run baseline of programmatic dependent launch: each attention launched after its step ends.
+    // The same-run baseline of programmatic dependent launch: every kernel launched after the one before ends.
     const sequential = new CudaDecodeStack({ shape, config: layout.config, capacity, kvDType: c.dtype, numLayers: c.layers, overlapLaunches: false, kvs: sparse.layers.map((l) => l.kv) });
     made.push(sequential);
     const dense = new CudaDecodeStack({ shape, config: layout.config, capacity, kvDType: c.dtype, numLayers: c.layers, attention: 'dense', kvs: sparse.layers.map((l) => l.kv) });
@@ -355,7 +355,7 @@ export function benchStepCuda(c: AttendBenchConfig, o: AttendBenchOptions): Reco
         device, layers: c.layers, per_layer_gpu_us: round3(ts.gpu.median / c.layers), sample_row_rel_error: sparseErr,
         speedup_vs_dense_wall: round3(td.wall.median / ts.wall.median), speedup_vs_dense_gpu: round3(td.gpu.median / ts.gpu.median),
         overlap_launches: sparse.layers[0].overlapsLaunches,
-        // Same run: every attention launched after its select step ended (overlapLaunches: false).
+        // Same run: every kernel launched after the one before ended (overlapLaunches: false).
         sequential_launch_gpu_us: round3(tq.gpu.median), sequential_launch_wall_us: round3(tq.wall.median),
         sequential_launch_sample_row_rel_error: sequentialErr,
       }, ts.gpu, sparseErr <= tol && sequentialErr <= tol),

@@ -1138,7 +1138,7 @@ export class CudaPQCache implements PQCache {
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll(values);
-      launch(kernel, overlapPrevious ? { ...shape, overlapPrevious } : shape, args, this.stream);
+      launch(kernel, { ...shape, overlapPrevious }, args, this.stream);
       this.lastStepGrid = [shape.grid[0], shape.grid[1]];
     } finally {
       args.dispose();
