@@ -276,8 +276,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   static_assert(E % 16 == 0 && E <= 64, "E: whole 16-position words, at most 4");
   static_assert(M <= 2, "C^M ≤ 4096 pairs: M ≤ 2 (row_lo and row_hi hold two rows)");
   static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
-  static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT == 4 || WPT == 8)),
-                "bucket mode: one block per head, no codes in registers, 1/2/4/8 bitmap words per thread");
+  static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT % 4 == 0) && WPT <= 20),
+                "bucket mode: one block per head, no codes in registers, 1, 2 or 4k ≤ 20 bitmap words per thread");
+  // Spans past 2^18 positions (WPT > 8): a head's weights and a bucket step's tied positions take 20
+  // bits in the packed histogram words and scans (19 below, where those kernels were measured).
+  constexpr int kSpanBits = BUCKETS && WPT > 8 ? 20 : 19;
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
   constexpr bool PACKED = RESIDENT && !BUCKETS && M == 2;  // classes by PackedClasses (cached lookup keys)
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
@@ -657,9 +660,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // atomic per pair adds its weight (low kWeightBits) and one to its bin's pair count (high bits):
     // a boundary bin of one pair needs no members gathered and ranked, only that pair's key (this
     // replaced a CAS per pair that kept each bin's "one key or more": bench/NOTES.md, session 13).
-    // The weights of a head's pairs sum to at most its positions (NT*E*CL = 131,072; bucket mode
-    // NT*WPT*32 = 262,144) < 2^19, and at most 4,096 pairs share a bin: < 2^13.
-    constexpr int kWeightBits = 19;
+    // The weights of a head's pairs sum to at most its positions (NT*E*CL ≤ 131,072; bucket mode
+    // NT*WPT*32 ≤ 655,360) < 2^kSpanBits. At most 4,096 pairs share a bin: with 20 weight bits a
+    // bin of all 4,096 reads a pair count of 0 (mod 2^12), still not the single pair tested below.
+    constexpr int kWeightBits = kSpanBits;
     constexpr uint32_t kWeightMask = (1u << kWeightBits) - 1u;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
@@ -861,58 +865,101 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         if (c != CLS_SKIP) set_bit(tail_p, c == CLS_TIE);
       }
       __syncthreads();
-      // 7. Position-order prefix of (takes, ties) over this thread's WPT words: takes ≤ K ≤ 2048 in
-      // bits 19 …, ties ≤ NT*WPT*32 ≤ 2^18 in bits 0 … 18.
-      uint32_t tw[WPT], xw[WPT];
-      if constexpr (WPT == 1) {
-        tw[0] = take_bits[tid];
-        xw[0] = tie_bits[tid];
-      } else if constexpr (WPT == 2) {
-        const uint2 t2 = reinterpret_cast<const uint2*>(take_bits)[tid];
-        const uint2 x2 = reinterpret_cast<const uint2*>(tie_bits)[tid];
-        tw[0] = t2.x, tw[1] = t2.y, xw[0] = x2.x, xw[1] = x2.y;
-      } else {
+      if constexpr (WPT <= 8) {
+        // 7. Position-order prefix of (takes, ties) over this thread's WPT words: takes ≤ K ≤ 2048 in
+        // bits 19 …, ties ≤ NT*WPT*32 ≤ 2^18 in bits 0 … 18.
+        uint32_t tw[WPT], xw[WPT];
+        if constexpr (WPT == 1) {
+          tw[0] = take_bits[tid];
+          xw[0] = tie_bits[tid];
+        } else if constexpr (WPT == 2) {
+          const uint2 t2 = reinterpret_cast<const uint2*>(take_bits)[tid];
+          const uint2 x2 = reinterpret_cast<const uint2*>(tie_bits)[tid];
+          tw[0] = t2.x, tw[1] = t2.y, xw[0] = x2.x, xw[1] = x2.y;
+        } else {
 #pragma unroll
-        for (int k = 0; k < WPT / 4; ++k) {
-          const uint4 t4 = reinterpret_cast<const uint4*>(take_bits)[tid * (WPT / 4) + k];
-          const uint4 x4 = reinterpret_cast<const uint4*>(tie_bits)[tid * (WPT / 4) + k];
-          tw[4 * k] = t4.x, tw[4 * k + 1] = t4.y, tw[4 * k + 2] = t4.z, tw[4 * k + 3] = t4.w;
-          xw[4 * k] = x4.x, xw[4 * k + 1] = x4.y, xw[4 * k + 2] = x4.z, xw[4 * k + 3] = x4.w;
-        }
-      }
-      int n_take = 0, n_tie = 0;
-#pragma unroll
-      for (int wi = 0; wi < WPT; ++wi) {
-        n_take += __popc(tw[wi]);
-        n_tie += __popc(xw[wi]);
-      }
-      int packed_total;
-      const int packed = row_scan(sm, 0, n_take << 19 | n_tie, &packed_total);
-      if (!kv_shared && tid == 0) q_joins_table(virtual_pair);
-      stamp(PH_COUNTS);
-      int take_before = packed >> 19;
-      int tie_before = packed & 0x7ffff;
-#pragma unroll
-      for (int wi = 0; wi < WPT; ++wi) {
-        uint32_t sel = tw[wi] | xw[wi];
-        while (sel != 0u) {  // only the set bits: most threads have none
-          const int bit = __ffs(sel) - 1;
-          sel &= sel - 1u;
-          const uint32_t below = (1u << bit) - 1u;
-          const bool take = (tw[wi] >> bit) & 1u;
-          const int tkb = take_before + __popc(tw[wi] & below);
-          const int tib = tie_before + __popc(xw[wi] & below);
-          if (take || tib < quota) {
-            const int slot = tkb + min(tib, quota);
-            const int p = s0 + 32 * (WPT * tid + wi) + bit;
-            if (slot < n_heavy) {
-              list[sink_end + slot] = p;
-              store_weight(out.weights, out.wdtype, wrow + p, true);
-            }
+          for (int k = 0; k < WPT / 4; ++k) {
+            const uint4 t4 = reinterpret_cast<const uint4*>(take_bits)[tid * (WPT / 4) + k];
+            const uint4 x4 = reinterpret_cast<const uint4*>(tie_bits)[tid * (WPT / 4) + k];
+            tw[4 * k] = t4.x, tw[4 * k + 1] = t4.y, tw[4 * k + 2] = t4.z, tw[4 * k + 3] = t4.w;
+            xw[4 * k] = x4.x, xw[4 * k + 1] = x4.y, xw[4 * k + 2] = x4.z, xw[4 * k + 3] = x4.w;
           }
         }
-        take_before += __popc(tw[wi]);
-        tie_before += __popc(xw[wi]);
+        int n_take = 0, n_tie = 0;
+#pragma unroll
+        for (int wi = 0; wi < WPT; ++wi) {
+          n_take += __popc(tw[wi]);
+          n_tie += __popc(xw[wi]);
+        }
+        int packed_total;
+        const int packed = row_scan(sm, 0, n_take << 19 | n_tie, &packed_total);
+        if (!kv_shared && tid == 0) q_joins_table(virtual_pair);
+        stamp(PH_COUNTS);
+        int take_before = packed >> 19;
+        int tie_before = packed & 0x7ffff;
+#pragma unroll
+        for (int wi = 0; wi < WPT; ++wi) {
+          uint32_t sel = tw[wi] | xw[wi];
+          while (sel != 0u) {  // only the set bits: most threads have none
+            const int bit = __ffs(sel) - 1;
+            sel &= sel - 1u;
+            const uint32_t below = (1u << bit) - 1u;
+            const bool take = (tw[wi] >> bit) & 1u;
+            const int tkb = take_before + __popc(tw[wi] & below);
+            const int tib = tie_before + __popc(xw[wi] & below);
+            if (take || tib < quota) {
+              const int slot = tkb + min(tib, quota);
+              const int p = s0 + 32 * (WPT * tid + wi) + bit;
+              if (slot < n_heavy) {
+                list[sink_end + slot] = p;
+                store_weight(out.weights, out.wdtype, wrow + p, true);
+              }
+            }
+          }
+          take_before += __popc(tw[wi]);
+          tie_before += __popc(xw[wi]);
+        }
+      } else {
+        // 7'. 16 or 20 words a thread (spans past 2^18): the same prefixes and writes, but the words
+        // counted from shared memory and read again to write (two arrays of WPT words in registers
+        // would spill under the 64-register bound), and two scans, since the ties (≤ 655,360) and
+        // takes no longer pack into one word.
+        const uint4* take4 = reinterpret_cast<const uint4*>(take_bits) + tid * (WPT / 4);
+        const uint4* tie4 = reinterpret_cast<const uint4*>(tie_bits) + tid * (WPT / 4);
+        int n_take = 0, n_tie = 0;
+#pragma unroll
+        for (int k = 0; k < WPT / 4; ++k) {
+          const uint4 t4 = take4[k];
+          const uint4 x4 = tie4[k];
+          n_take += __popc(t4.x) + __popc(t4.y) + __popc(t4.z) + __popc(t4.w);
+          n_tie += __popc(x4.x) + __popc(x4.y) + __popc(x4.z) + __popc(x4.w);
+        }
+        int2 both_total;  // a barrier has passed since a scan last read either scratch half (step 5's)
+        const int2 before = row_scan2(sm, n_take, n_tie, &both_total);
+        if (!kv_shared && tid == 0) q_joins_table(virtual_pair);
+        stamp(PH_COUNTS);
+        int take_before = before.x;
+        int tie_before = before.y;
+#pragma unroll 1
+        for (int wi = 0; wi < WPT; ++wi) {
+          const uint32_t tw = take_bits[WPT * tid + wi];
+          const uint32_t xw = tie_bits[WPT * tid + wi];
+          for (uint32_t sel = tw | xw; sel != 0u; sel &= sel - 1u) {  // only the set bits
+            const int bit = __ffs(sel) - 1;
+            const uint32_t below = (1u << bit) - 1u;
+            const int tib = tie_before + __popc(xw & below);
+            if (((tw >> bit) & 1u) || tib < quota) {
+              const int slot = take_before + __popc(tw & below) + min(tib, quota);
+              const int p = s0 + 32 * (WPT * tid + wi) + bit;
+              if (slot < n_heavy) {
+                list[sink_end + slot] = p;
+                store_weight(out.weights, out.wdtype, wrow + p, true);
+              }
+            }
+          }
+          take_before += __popc(tw);
+          tie_before += __popc(xw);
+        }
       }
     }
   } else {
@@ -1058,10 +1105,14 @@ PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w1, 1, 0, 1, 1)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w2, 1, 0, 1, 2)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w4, 1, 0, 1, 4)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w8, 1, 0, 1, 8)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w16, 1, 0, 1, 16)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m1_w20, 1, 0, 1, 20)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w1, 2, 0, 1, 1)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w2, 2, 0, 1, 2)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w4, 2, 0, 1, 4)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w8, 2, 0, 1, 8)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w16, 2, 0, 1, 16)
+PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w20, 2, 0, 1, 20)
 
 // Resident form of the row kernel (pq_resident_row_m{M}_e{E}[_c2]; resident.cuh): the same grid
 // (every block co-resident: the host checks), launched once; every block serves one step per ring.

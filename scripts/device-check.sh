@@ -2,7 +2,7 @@
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
 # Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab kab baseab sanrow sanbucket
-# attend step attsan fuzz soak quality report sanall sanrace saninit sanfast resident sanresident). Logs and records go to
+# attend step attsan sanbigbucket fuzz soak quality report sanall sanrace saninit sanfast resident sanresident). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"
@@ -147,6 +147,12 @@ for s in $steps; do
         run "san-$tool-bucket" 140 bash -c "set -e; for a in '' '--batch 8 --sk 131072'; do compute-sanitizer --tool $tool --target-processes all pqcache bench --backend cuda --config seed \$a --step-kernel bucket --iters 2 --warmup 1 --json /tmp/sb.json; done; compute-sanitizer --tool $tool --target-processes all pqcache verify --backend cuda --cases 8 --seed 21"
       done
       SAN_OVER="bucket mode: bench seed config and B=8 sk=131072 (steps and 30 bucket rebuilds each) + 8 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
+    sanbigbucket) # bucket mode past 2^18 positions (16 and 20 bitmap words): the select test that steps
+      # each instance against the oracle, every score equal over 655,000 positions included
+      for tool in memcheck racecheck; do
+        run "san-$tool-bigbucket" 280 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool $tool --report-api-errors no --target-processes all node --test --test-name-pattern 'bucket mode: exact across' .device/app/dist/test/gpu/select.test.js
+      done
+      SAN_OVER="select.test.js 'bucket mode: exact across rebuilds' (instances of 1-20 bitmap words, every score equal at 20)" node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done

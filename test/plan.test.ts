@@ -98,7 +98,7 @@ test('row plan: the smallest positions-per-thread instance that holds the span, 
 test('bucket plan: the smallest bitmap instance holding the span from max(O, S) rounded down to 32, valid up to its limit', () => {
   fc.assert(
     fc.property(
-      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 300000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 700000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
       (c) => {
         const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, sinkSize: c.S, windowSize: c.W });
         const plan = planBucket(layout, c.sk, c.choice, c.smem);
@@ -123,4 +123,9 @@ test('bucket plan: the smallest bitmap instance holding the span from max(O, S) 
   assert.equal(stepBucketKernelName(seed, plan!), 'pq_step_bucket_m2_w1');
   assert.equal(planBucket(seed, 131072, 'auto', 200000)?.wordsPerThread, 4);
   assert.equal(planBucket(seed, 131072, 'auto', 20000), undefined); // the bitmaps do not fit
+  // Past 2^18 positions: 16 and 20 words (an H100's 227 KB a block less the kernel's static arrays).
+  assert.equal(planBucket(seed, 524288, 'auto', 190000)?.wordsPerThread, 16);
+  assert.equal(planBucket(seed, 524288 + 300, 'auto', 190000)?.wordsPerThread, 20);
+  assert.equal(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), undefined); // past the largest instance
+  assert.equal(planBucket(seed, 524288 + 300, 'auto', 120000), undefined); // an A100's 163 KB: no room for 160 KB
 });

@@ -215,8 +215,12 @@ export function stepPairsKernelName(layout: Layout, cluster: number, long = fals
   return `pq_step_pairs_${long ? 'long_' : ''}m${layout.config.pqGroupFactor}_p${cluster}`;
 }
 
-/** Bitmap words per thread of the bucket-mode row kernel (its instances: positions ≤ 1024 · 32 · w). */
-export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8] as const;
+/**
+ * Bitmap words per thread of the bucket-mode row kernel (its instances: positions ≤ 1024 · 32 · w).
+ * 16 and 20 (spans to 655,360) take 128 and 160 KB of dynamic shared memory: beside the kernel's
+ * 41 KB of static arrays they need an sm_90 multiprocessor (227 KB a block); 24 would not fit there.
+ */
+export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8, 16, 20] as const;
 /** With more query heads than SMs, 'auto' plans the pair clusters up to this eligible span, bucket mode beyond. */
 export const BUCKET_MIN_SPAN_MANY_HEADS = 16384;
 /** Most tail positions (appended since the buckets were built) the bucket kernel classifies: one per thread. */
