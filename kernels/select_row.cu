@@ -286,9 +286,15 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
   __shared__ RowShared sm;
   // Bucket mode: bitmaps of the taken and the tied positions, bit i = position s0 + i (dynamic).
+  // Thread t scans words w = WPT*t … WPT*t + WPT − 1 (positions in order). With WPT ≤ 8 word w sits
+  // at index w and a thread reads its words as vectors; past 8 (bit_word) word w sits at (w mod WPT)
+  // * NT + w / WPT, so a warp's 32 threads read 32 consecutive words at once: at index w, 16 words a
+  // thread put 16 of a warp's reads on each bank (a step 20.5 against 15.3 μs GPU with 20 words, on
+  // the H100 at B = 1; bench/NOTES.md session 42).
   extern __shared__ uint4 row_dynamic_smem[];
   uint32_t* take_bits = reinterpret_cast<uint32_t*>(row_dynamic_smem);
   uint32_t* tie_bits = take_bits + NT * WPT;
+  auto bit_word = [](unsigned w) -> unsigned { return WPT <= 8 ? w : (w % WPT) * NT + w / WPT; };
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
   auto finish = [&]() { stamp.finish(); };
@@ -848,7 +854,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       const int* head_buckets = buckets + static_cast<int64_t>(bkv) * capacity;
       auto set_bit = [&](int p, bool tie) {
         const unsigned i = static_cast<unsigned>(p - s0);
-        if (i < static_cast<unsigned>(NT * WPT * 32)) atomicOr((tie ? tie_bits : take_bits) + (i >> 5), 1u << (i & 31));
+        if (i < static_cast<unsigned>(NT * WPT * 32)) atomicOr((tie ? tie_bits : take_bits) + bit_word(i >> 5), 1u << (i & 31));
       };
       for (int g = tid; g < totals.y; g += NT) {
         int a = 0, z = totals.x - 1;
@@ -923,16 +929,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         // 7'. 16 or 20 words a thread (spans past 2^18): the same prefixes and writes, but the words
         // counted from shared memory and read again to write (two arrays of WPT words in registers
         // would spill under the 64-register bound), and two scans, since the ties (≤ 655,360) and
-        // takes no longer pack into one word.
-        const uint4* take4 = reinterpret_cast<const uint4*>(take_bits) + tid * (WPT / 4);
-        const uint4* tie4 = reinterpret_cast<const uint4*>(tie_bits) + tid * (WPT / 4);
+        // takes no longer pack into one word. Word wi of this thread: [wi * NT + tid] (bit_word).
         int n_take = 0, n_tie = 0;
 #pragma unroll
-        for (int k = 0; k < WPT / 4; ++k) {
-          const uint4 t4 = take4[k];
-          const uint4 x4 = tie4[k];
-          n_take += __popc(t4.x) + __popc(t4.y) + __popc(t4.z) + __popc(t4.w);
-          n_tie += __popc(x4.x) + __popc(x4.y) + __popc(x4.z) + __popc(x4.w);
+        for (int wi = 0; wi < WPT; ++wi) {
+          n_take += __popc(take_bits[wi * NT + tid]);
+          n_tie += __popc(tie_bits[wi * NT + tid]);
         }
         int2 both_total;  // a barrier has passed since a scan last read either scratch half (step 5's)
         const int2 before = row_scan2(sm, n_take, n_tie, &both_total);
@@ -942,8 +944,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         int tie_before = before.y;
 #pragma unroll 1
         for (int wi = 0; wi < WPT; ++wi) {
-          const uint32_t tw = take_bits[WPT * tid + wi];
-          const uint32_t xw = tie_bits[WPT * tid + wi];
+          const uint32_t tw = take_bits[wi * NT + tid];
+          const uint32_t xw = tie_bits[wi * NT + tid];
           for (uint32_t sel = tw | xw; sel != 0u; sel &= sel - 1u) {  // only the set bits
             const int bit = __ffs(sel) - 1;
             const uint32_t below = (1u << bit) - 1u;
