@@ -149,12 +149,12 @@ for s in $steps; do
       SAN_OVER="bucket mode: bench seed config and B=8 sk=131072 (steps and 30 bucket rebuilds each) + 8 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
     sanbigbucket) # bucket mode past 2^18 positions (16 and 20 bitmap words): memcheck over the select test
       # that steps each instance against the oracle (every score equal over 655,000 positions
-      # included); racecheck (too slow over that test's rebuilds of 655,000 positions) over the step
-      # kernels only (--kernel-name), in the bench at both instances and B = 1 and 8, 3 steps each
+      # included); racecheck (too slow over that test, or the bench, at these spans) over the step
+      # kernels only (--kernel-name) in scripts/bucket-steps.mjs: 3 steps at each instance, 1 all tied
       run san-memcheck-bigbucket 280 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --report-api-errors no --target-processes all node --test --test-name-pattern 'bucket mode: exact across' .device/app/dist/test/gpu/select.test.js
-      run san-racecheck-bigbucket 400 bash -c "set -e; for a in '--sk 400000' '--sk 600000' '--sk 400000 --batch 8' '--sk 600000 --batch 8'; do compute-sanitizer --tool racecheck --kernel-name kns=pq_step_bucket --target-processes all pqcache bench --backend cuda --config seed \$a --iters 2 --warmup 1 --json /tmp/sb.json; done"
+      run san-racecheck-bigbucket 300 bash -c "set -e; for a in '400000 3' '600000 3' '600000 1 equal'; do compute-sanitizer --tool racecheck --kernel-name kns=pq_step_bucket --target-processes all node scripts/bucket-steps.mjs \$a; done"
       SAN_OVER_memcheck_bigbucket="select.test.js 'bucket mode: exact across rebuilds' (instances of 1-20 bitmap words, every score equal at 20)" \
-        SAN_OVER_racecheck_bigbucket="pq_step_bucket kernels only: bench seed config at sk 400000 (16 words) and 600000 (20), B = 1 and 8, 3 steps each" node scripts/merge-sanitizer.mjs "$OUT" ;;
+        SAN_OVER_racecheck_bigbucket="pq_step_bucket kernels only: scripts/bucket-steps.mjs, 3 steps at sk 400000 (16 words) and 600000 (20), 1 step with every score equal" node scripts/merge-sanitizer.mjs "$OUT" ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;
   esac
 done
