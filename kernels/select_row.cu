@@ -278,8 +278,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
   static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT % 4 == 0) && WPT <= 20),
                 "bucket mode: one block per head, no codes in registers, 1, 2 or 4k ≤ 20 bitmap words per thread");
-  // Spans past 2^18 positions (WPT > 8): a head's weights and a bucket step's tied positions take 20
-  // bits in the packed histogram words and scans (19 below, where those kernels were measured).
+  // Spans past 2^18 positions (WPT > 8): a head's weights take 20 bits of the packed histogram words
+  // (19 below, where those kernels were measured); step 7' scans its takes and ties unpacked.
   constexpr int kSpanBits = BUCKETS && WPT > 8 ? 20 : 19;
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
   constexpr bool PACKED = RESIDENT && !BUCKETS && M == 2;  // classes by PackedClasses (cached lookup keys)
