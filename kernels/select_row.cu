@@ -278,9 +278,6 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
   static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT % 4 == 0) && WPT <= 20),
                 "bucket mode: one block per head, no codes in registers, 1, 2 or 4k ≤ 20 bitmap words per thread");
-  // Spans past 2^18 positions (WPT > 8): a head's weights take 20 bits of the packed histogram words
-  // (19 below, where those kernels were measured); step 7' scans its takes and ties unpacked.
-  constexpr int kSpanBits = BUCKETS && WPT > 8 ? 20 : 19;
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
   constexpr bool PACKED = RESIDENT && !BUCKETS && M == 2;  // classes by PackedClasses (cached lookup keys)
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
@@ -666,10 +663,11 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // atomic per pair adds its weight (low kWeightBits) and one to its bin's pair count (high bits):
     // a boundary bin of one pair needs no members gathered and ranked, only that pair's key (this
     // replaced a CAS per pair that kept each bin's "one key or more": bench/NOTES.md, session 13).
-    // The weights of a head's pairs sum to at most its positions (NT*E*CL ≤ 131,072; bucket mode
-    // NT*WPT*32 ≤ 655,360) < 2^kSpanBits. At most 4,096 pairs share a bin: with 20 weight bits a
-    // bin of all 4,096 reads a pair count of 0 (mod 2^12), still not the single pair tested below.
-    constexpr int kWeightBits = kSpanBits;
+    // The weights of a head's pairs sum to at most its positions: NT*E*CL ≤ 131,072 and bucket mode's
+    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words; 20 bits past 8 (≤ 655,360; 19 stays where those
+    // kernels were measured). At most 4,096 pairs share a bin: with 20 weight bits a bin of all 4,096
+    // reads a pair count of 0 (mod 2^12), still not the single pair tested below.
+    constexpr int kWeightBits = BUCKETS && WPT > 8 ? 20 : 19;
     constexpr uint32_t kWeightMask = (1u << kWeightBits) - 1u;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
