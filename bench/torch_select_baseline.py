@@ -134,7 +134,8 @@ def main():
     for path in sorted(glob.glob(os.path.join(a.dump_dir, "select-*.safetensors"))):
         cfg, rows = bench_file(path, a.iters, a.warmup, dev)
         rec["rows"].extend(rows)
-        add_speedups(rec, cfg, rows, lambda impl: impl == "pqcache-cuda")
+        # Our graph row, and each process's in an A/B record (scripts/merge-ab.mjs: "pqcache-cuda <file>").
+        add_speedups(rec, cfg, rows, lambda impl: impl == "pqcache-cuda" or impl.startswith("pqcache-cuda "))
     save_record(rec, a.record, f"python3 bench/torch_select_baseline.py --dump-dir {a.dump_dir} --record {a.record}")
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@
 //   (taken, tied) plus the tail [*bucket_end, hi) from its codes (≤ NT positions, one per thread),
 //   and one scan of the bitmaps writes them in position order. So the step reads ≈ K positions
 //   instead of sk codes. Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds
-//   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32.
+//   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32 up to 8
+//   words; past 8, hi − s0 < 2^20 (the histogram's weight bits), in chunks of NT*WPT*32 positions.
 // Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
 //   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts), and
 //   keeping its codes (M = 2: their class lookup keys, PackedClasses), pair counts and LUT rows in
@@ -664,8 +665,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // a boundary bin of one pair needs no members gathered and ranked, only that pair's key (this
     // replaced a CAS per pair that kept each bin's "one key or more": bench/NOTES.md, session 13).
     // The weights of a head's pairs sum to at most its positions: NT*E*CL ≤ 131,072 and bucket mode's
-    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words; 20 bits past 8 (≤ 655,360; 19 stays where those
-    // kernels were measured). At most 4,096 pairs share a bin: with 20 weight bits a bin of all 4,096
+    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words; 20 bits past 8 (spans < 2^20, in chunks; 19 stays
+    // where those kernels were measured). At most 4,096 pairs share a bin: with 20 weight bits a bin of all 4,096
     // reads a pair count of 0 (mod 2^12), still not the single pair tested below.
     constexpr int kWeightBits = BUCKETS && WPT > 8 ? 20 : 19;
     constexpr uint32_t kWeightMask = (1u << kWeightBits) - 1u;
@@ -849,26 +850,31 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       __syncthreads();
       stamp(PH_CLASSES);
       // 6. Gathered slot g → its entry (binary search) → its position's bit; the tail from its codes.
+      // One chunk of NT*WPT*32 positions from s0 + base (past 8 words, spans longer than one chunk
+      // take several: step 7').
       const int* head_buckets = buckets + static_cast<int64_t>(bkv) * capacity;
-      auto set_bit = [&](int p, bool tie) {
-        const unsigned i = static_cast<unsigned>(p - s0);
-        if (i < static_cast<unsigned>(NT * WPT * 32)) atomicOr((tie ? tie_bits : take_bits) + bit_word(i >> 5), 1u << (i & 31));
-      };
-      for (int g = tid; g < totals.y; g += NT) {
-        int a = 0, z = totals.x - 1;
-        while (a < z) {
-          const int mid = (a + z + 1) >> 1;
-          if (ent_start[mid] <= g) a = mid;
-          else z = mid - 1;
+      auto gather_chunk = [&](int base) {
+        auto set_bit = [&](int p, bool tie) {
+          const unsigned i = static_cast<unsigned>(p - s0 - base);
+          if (i < static_cast<unsigned>(NT * WPT * 32)) atomicOr((tie ? tie_bits : take_bits) + bit_word(i >> 5), 1u << (i & 31));
+        };
+        for (int g = tid; g < totals.y; g += NT) {
+          int a = 0, z = totals.x - 1;
+          while (a < z) {
+            const int mid = (a + z + 1) >> 1;
+            if (ent_start[mid] <= g) a = mid;
+            else z = mid - 1;
+          }
+          const int eo = ent_off[a];
+          set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
         }
-        const int eo = ent_off[a];
-        set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
-      }
-      if (tail_p < hi && tail_p >= lo) {
-        const uint32_t c = class_of_score(pair_score(pair_of_raw(tail_raw)));
-        if (c != CLS_SKIP) set_bit(tail_p, c == CLS_TIE);
-      }
-      __syncthreads();
+        if (tail_p < hi && tail_p >= lo) {
+          const uint32_t c = class_of_score(pair_score(pair_of_raw(tail_raw)));
+          if (c != CLS_SKIP) set_bit(tail_p, c == CLS_TIE);
+        }
+        __syncthreads();
+      };
+      gather_chunk(0);
       if constexpr (WPT <= 8) {
         // 7. Position-order prefix of (takes, ties) over this thread's WPT words: takes ≤ K ≤ 2048 in
         // bits 19 …, ties ≤ NT*WPT*32 ≤ 2^18 in bits 0 … 18.
@@ -926,39 +932,54 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       } else {
         // 7'. 16 or 20 words a thread (spans past 2^18): the same prefixes and writes, but the words
         // counted from shared memory and read again to write (two arrays of WPT words in registers
-        // would spill under the 64-register bound), and two scans, since the ties (≤ 655,360) and
+        // would spill under the 64-register bound), and two scans, since the ties (≤ 2^20) and
         // takes no longer pack into one word. Word wi of this thread: [wi * NT + tid] (bit_word).
-        int n_take = 0, n_tie = 0;
+        // A span longer than the bitmaps (hi − s0 < 2^20, the weight bits) goes chunk by chunk, each
+        // gathered again from the candidate list; the chunks before carry their (takes, ties).
+        constexpr int CHUNK = NT * WPT * 32;
+        int take_carry = 0, tie_carry = 0;
+        for (int base = 0;;) {
+          int n_take = 0, n_tie = 0;
 #pragma unroll
-        for (int wi = 0; wi < WPT; ++wi) {
-          n_take += __popc(take_bits[wi * NT + tid]);
-          n_tie += __popc(tie_bits[wi * NT + tid]);
-        }
-        int2 both_total;  // a barrier has passed since a scan last read either scratch half (step 5's)
-        const int2 before = row_scan2(sm, n_take, n_tie, &both_total);
-        if (!kv_shared && tid == 0) q_joins_table(virtual_pair);
-        stamp(PH_COUNTS);
-        int take_before = before.x;
-        int tie_before = before.y;
+          for (int wi = 0; wi < WPT; ++wi) {
+            n_take += __popc(take_bits[wi * NT + tid]);
+            n_tie += __popc(tie_bits[wi * NT + tid]);
+          }
+          int2 chunk_total;  // a barrier has passed since a scan last read either scratch half (step 5's, or the gather's)
+          const int2 before = row_scan2(sm, n_take, n_tie, &chunk_total);
+          if (base == 0 && !kv_shared && tid == 0) q_joins_table(virtual_pair);
+          stamp(PH_COUNTS);
+          int take_before = take_carry + before.x;
+          int tie_before = tie_carry + before.y;
 #pragma unroll 1
-        for (int wi = 0; wi < WPT; ++wi) {
-          const uint32_t tw = take_bits[wi * NT + tid];
-          const uint32_t xw = tie_bits[wi * NT + tid];
-          for (uint32_t sel = tw | xw; sel != 0u; sel &= sel - 1u) {  // only the set bits
-            const int bit = __ffs(sel) - 1;
-            const uint32_t below = (1u << bit) - 1u;
-            const int tib = tie_before + __popc(xw & below);
-            if (((tw >> bit) & 1u) || tib < quota) {
-              const int slot = take_before + __popc(tw & below) + min(tib, quota);
-              const int p = s0 + 32 * (WPT * tid + wi) + bit;
-              if (slot < n_heavy) {
-                list[sink_end + slot] = p;
-                store_weight(out.weights, out.wdtype, wrow + p, true);
+          for (int wi = 0; wi < WPT; ++wi) {
+            const uint32_t tw = take_bits[wi * NT + tid];
+            const uint32_t xw = tie_bits[wi * NT + tid];
+            for (uint32_t sel = tw | xw; sel != 0u; sel &= sel - 1u) {  // only the set bits
+              const int bit = __ffs(sel) - 1;
+              const uint32_t below = (1u << bit) - 1u;
+              const int tib = tie_before + __popc(xw & below);
+              if (((tw >> bit) & 1u) || tib < quota) {
+                const int slot = take_before + __popc(tw & below) + min(tib, quota);
+                const int p = s0 + base + 32 * (WPT * tid + wi) + bit;
+                if (slot < n_heavy) {
+                  list[sink_end + slot] = p;
+                  store_weight(out.weights, out.wdtype, wrow + p, true);
+                }
               }
             }
+            take_before += __popc(tw);
+            tie_before += __popc(xw);
           }
-          take_before += __popc(tw);
-          tie_before += __popc(xw);
+          take_carry += chunk_total.x;
+          tie_carry += chunk_total.y;
+          base += CHUNK;
+          // Block-uniform: past the span, or every slot filled (the takes all seen, the quota of ties met).
+          if (base >= hi - s0 || take_carry + min(tie_carry, quota) >= n_heavy) break;
+          __syncthreads();  // every thread is done with this chunk's words
+          for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);
+          __syncthreads();
+          gather_chunk(base);
         }
       }
     }

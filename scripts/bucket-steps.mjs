@@ -36,7 +36,8 @@ try {
     assert.deepEqual(got.sparseList.data, want.sparseList.data, `step ${s} sparseList`);
     assert.deepEqual(got.weights.data, want.weights.data, `step ${s} weights`);
   }
-  console.log(`bucket-steps: sk ${sk}, ${plan.wordsPerThread} bitmap words a thread, ${steps} steps${equal ? ' (every score equal)' : ''}: exact`);
+  const chunks = Math.ceil((sk + steps - layout.config.windowSize) / (plan.wordsPerThread * 32 * 1024)); // the span from position 0 (max(O, S) < 32)
+  console.log(`bucket-steps: sk ${sk}, ${plan.wordsPerThread} bitmap words a thread (${chunks} chunk${chunks > 1 ? 's' : ''}), ${steps} steps${equal ? ' (every score equal)' : ''}: exact`);
   console.log(`# pass ${steps}`); // read by scripts/merge-sanitizer.mjs as the run's completion
 } finally {
   gpu.dispose();

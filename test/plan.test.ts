@@ -3,7 +3,7 @@ import test from 'node:test';
 import fc from 'fast-check';
 import { makeLayout } from '../src/pq/config.js';
 import {
-  BUCKET_WORDS_PER_THREAD, MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect,
+  BUCKET_CHUNKED_WORDS, BUCKET_MAX_SPAN, BUCKET_WORDS_PER_THREAD, MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect,
   selectKernelName, stepBucketKernelName, stepPairsKernelName, stepRowKernelName,
 } from '../src/pq/cuda-plan.js';
 
@@ -98,20 +98,22 @@ test('row plan: the smallest positions-per-thread instance that holds the span, 
 test('bucket plan: the smallest bitmap instance holding the span from max(O, S) rounded down to 32, valid up to its limit', () => {
   fc.assert(
     fc.property(
-      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 700000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 1100000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
       (c) => {
         const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, sinkSize: c.S, windowSize: c.W });
         const plan = planBucket(layout, c.sk, c.choice, c.smem);
         const pairs = pairTableSize(layout);
         const start = Math.floor(Math.max(c.O, c.S) / 32) * 32;
         const span = (sk: number): number => Math.max(0, sk - c.W - start);
-        const w = BUCKET_WORDS_PER_THREAD.find((n) => n * 32 * ROW_THREADS >= span(c.sk));
+        const single = BUCKET_WORDS_PER_THREAD.find((n) => n * 32 * ROW_THREADS >= span(c.sk));
+        // Past the largest instance, 16 words in chunks up to 2^20 − 1 positions.
+        const w = single ?? (span(c.sk) < 2 ** 20 ? BUCKET_CHUNKED_WORDS : undefined);
         const fits = pairs > 0 && pairs <= 4 * ROW_THREADS && w !== undefined && 8 * ROW_THREADS * w <= c.smem;
         assert.equal(plan !== undefined, fits && (c.choice === 'auto' || c.choice === 'bucket'));
         if (plan === undefined) return;
         assert.equal(plan.wordsPerThread, w);
         assert.equal(plan.sharedBytes, 8 * ROW_THREADS * plan.wordsPerThread);
-        const cap = plan.wordsPerThread * 32 * ROW_THREADS;
+        const cap = single === undefined ? BUCKET_MAX_SPAN : plan.wordsPerThread * 32 * ROW_THREADS;
         assert.ok(plan.maxSeqLen >= c.sk && span(plan.maxSeqLen) <= cap && span(plan.maxSeqLen + 1) > cap);
       },
     ),
@@ -126,6 +128,9 @@ test('bucket plan: the smallest bitmap instance holding the span from max(O, S) 
   // Past 2^18 positions: 16 and 20 words (an H100's 227 KB a block less the kernel's static arrays).
   assert.equal(planBucket(seed, 524288, 'auto', 190000)?.wordsPerThread, 16);
   assert.equal(planBucket(seed, 524288 + 300, 'auto', 190000)?.wordsPerThread, 20);
-  assert.equal(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), undefined); // past the largest instance
+  // Past the largest instance: 16 words in chunks, to 2^20 − 1 positions from max(O, S).
+  assert.deepEqual(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), { wordsPerThread: 16, maxSeqLen: 2 ** 20 - 1 + 256, sharedBytes: 131072 });
+  assert.equal(planBucket(seed, 2 ** 20, 'auto', 190000)?.wordsPerThread, 16); // a context of 1,048,576
+  assert.equal(planBucket(seed, 2 ** 20 + 256, 'auto', 190000), undefined); // past the weight bits: the pair clusters
   assert.equal(planBucket(seed, 524288 + 300, 'auto', 120000), undefined); // an A100's 163 KB: no room for 160 KB
 });

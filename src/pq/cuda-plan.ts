@@ -216,11 +216,19 @@ export function stepPairsKernelName(layout: Layout, cluster: number, long = fals
 }
 
 /**
- * Bitmap words per thread of the bucket-mode row kernel (its instances: positions ≤ 1024 · 32 · w).
- * 16 and 20 (spans to 655,360) take 128 and 160 KB of dynamic shared memory: beside the kernel's
- * 41 KB of static arrays they need an sm_90 multiprocessor (227 KB a block); 24 would not fit there.
+ * Bitmap words per thread of the bucket-mode row kernel (its instances: positions ≤ 1024 · 32 · w in
+ * one pass). 16 and 20 (spans to 655,360) take 128 and 160 KB of dynamic shared memory: beside the
+ * kernel's 41 KB of static arrays they need an sm_90 multiprocessor (227 KB a block); 24 would not
+ * fit there.
  */
 export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8, 16, 20] as const;
+/**
+ * Longer spans than the largest instance holds: 16 words a thread, chunk by chunk (the kernel walks
+ * the span in chunks of 524,288 positions), up to 2^20 − 1 positions from max(O, S) rounded down to
+ * 32, where the histogram's 20 weight bits end (kernels/select_row.cu). Beyond: the pair clusters.
+ */
+export const BUCKET_CHUNKED_WORDS = 16;
+export const BUCKET_MAX_SPAN = 2 ** 20 - 1;
 /** With more query heads than SMs, 'auto' plans the pair clusters up to this eligible span, bucket mode beyond. */
 export const BUCKET_MIN_SPAN_MANY_HEADS = 16384;
 /** Most tail positions (appended since the buckets were built) the bucket kernel classifies: one per thread. */
@@ -238,9 +246,10 @@ export interface BucketPlan {
 /**
  * The row kernel in bucket mode (kernels/select_row.cu: heavy hitters gathered from per-kv-head
  * position buckets instead of a pass over every code) when it applies: C^M ≤ 4096, and the smallest
- * instance whose bitmaps hold the eligible span (from max(O, S) rounded down to 32) has dynamic
- * shared memory within `maxDynamicShared` (the device's per-block opt-in minus the kernel's static
- * shared memory). Any number of query heads: one block each. Not with 'row' or 'cluster' forced.
+ * instance whose bitmaps hold the eligible span (from max(O, S) rounded down to 32) in one pass, or
+ * past them BUCKET_CHUNKED_WORDS in chunks up to BUCKET_MAX_SPAN, has dynamic shared memory within
+ * `maxDynamicShared` (the device's per-block opt-in minus the kernel's static shared memory). Any
+ * number of query heads: one block each. Not with 'row' or 'cluster' forced.
  */
 export function planBucket(layout: Layout, seqLen: number, choice: StepKernelChoice, maxDynamicShared: number): BucketPlan | undefined {
   const pairs = pairTableSize(layout);
@@ -248,11 +257,13 @@ export function planBucket(layout: Layout, seqLen: number, choice: StepKernelCho
   const { initOffset: O, sinkSize: S, windowSize: W } = layout.config;
   const start = Math.floor(Math.max(O, S) / 32) * 32;
   const span = Math.max(0, seqLen - W - start);
-  const w = BUCKET_WORDS_PER_THREAD.find((n) => n * ROW_THREADS * 32 >= span);
-  if (w === undefined) return undefined;
+  const single = BUCKET_WORDS_PER_THREAD.find((n) => n * ROW_THREADS * 32 >= span);
+  if (single === undefined && span > BUCKET_MAX_SPAN) return undefined;
+  const w = single ?? BUCKET_CHUNKED_WORDS;
   const sharedBytes = 2 * ROW_THREADS * w * 4;
   if (sharedBytes > maxDynamicShared) return undefined;
-  return { wordsPerThread: w, maxSeqLen: w * ROW_THREADS * 32 + W + start, sharedBytes };
+  const maxSpan = single === undefined ? BUCKET_MAX_SPAN : w * ROW_THREADS * 32;
+  return { wordsPerThread: w, maxSeqLen: maxSpan + W + start, sharedBytes };
 }
 
 /** The bucket-mode kernel's name (kernels/select_row.cu). */

@@ -8,7 +8,7 @@ import { checkSelect } from '../../src/pq/brute-force.js';
 import { CpuPQCache, type SelectResult } from '../../src/pq/cache.js';
 import { fullAttentionThreshold, makeLayout } from '../../src/pq/config.js';
 import { CudaPQCache } from '../../src/pq/cuda-cache.js';
-import { BUCKET_WORDS_PER_THREAD, type StepKernelChoice, planBucket, planRow } from '../../src/pq/cuda-plan.js';
+import { BUCKET_CHUNKED_WORDS, BUCKET_WORDS_PER_THREAD, type StepKernelChoice, planBucket, planRow } from '../../src/pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../../src/pq/index-state.js';
 import { CUDA_LIMITS, makeCase, runCase } from '../../src/pq/verify.js';
 import { type DeviceTensor, deviceTensor } from '../../src/tensor/device-tensor.js';
@@ -286,7 +286,7 @@ test('row kernel: exact across its 16 → 32 → 64 positions-per-thread instanc
   }
 });
 
-test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 bitmap-words instances and the hand-over past them', { skip }, () => {
+test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 bitmap-words instances, 16 in chunks and the hand-over past them', { skip }, () => {
   const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
   const layout = makeLayout(shape, { kmeansIters: 0, ...config });
@@ -294,7 +294,9 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
   // be planned where the device holds it, and the test says which it could not run.
   const holds = (w: number): boolean => w <= 8 || CudaContext.primary().device.maxSharedPerBlockOptin >= 227 * 1024;
   let sk = 1;
-  for (const w of BUCKET_WORDS_PER_THREAD) {
+  // Each instance in one pass, then 16 words in chunks past the largest (two of 524,288 positions,
+  // to the 2^20 − 1 positions of the weight bits): the last steps go to the pair clusters.
+  for (const [w, label] of [...BUCKET_WORDS_PER_THREAD.map((n) => [n, `w${n}`] as const), [BUCKET_CHUNKED_WORDS, `w${BUCKET_CHUNKED_WORDS} in chunks`] as const]) {
     // Three steps below the instance's limit: the run re-plans (and re-captures) mid-way, the last
     // one off bucket mode; a tail of 2 rebuilds the buckets every other step.
     const plan = planBucket(layout, sk, 'bucket', 1 << 20);
@@ -302,18 +304,19 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
     const start = (plan?.maxSeqLen ?? 0) - 3;
     sk = (plan?.maxSeqLen ?? 0) + 1;
     if (!holds(w)) {
-      console.log(`bucket w${w}: not on this device (${CudaContext.primary().device.maxSharedPerBlockOptin} bytes of shared memory a block)`);
+      console.log(`bucket ${label}: not on this device (${CudaContext.primary().device.maxSharedPerBlockOptin} bytes of shared memory a block)`);
       continue;
     }
     const st = integerState(start, start + 8, config, shape, 400 + w);
     const gpu = cudaFromState(st, 'bucket', undefined, 2);
     try {
       assert.equal(gpu.planFor(start + 1).bucket?.wordsPerThread, w);
-      stepTogether(st, gpu, 6, `bucket w${w}`);
+      stepTogether(st, gpu, 6, `bucket ${label}`);
     } finally {
       gpu.dispose();
     }
   }
+  assert.equal(planBucket(layout, sk, 'bucket', 1 << 20), undefined, 'past the weight bits: no bucket plan');
   // Every score equal over the largest instance's span: all 4,096 pairs in one bin and every
   // position tied (≈ 655,000 > 2^19: the 20-bit weight and tie fields), the lowest K taken.
   if (holds(20)) {
@@ -324,6 +327,32 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
     try {
       assert.equal(gpu.planFor(start + 1).bucket?.wordsPerThread, 20);
       stepTogether(st, gpu, 2, 'bucket w20, every score equal', 5, () => 0);
+    } finally {
+      gpu.dispose();
+    }
+  }
+  if (holds(BUCKET_CHUNKED_WORDS)) {
+    // Two chunks (1,000,000 positions): every score equal (≈ 10^6 ties; the lowest K all in the
+    // first chunk, so the second is never gathered), then the first chunk's positions all one code
+    // pair (almost never heavy) and the second's random: its takes and ties only in the second.
+    const sk1 = 1_000_000;
+    const st = integerState(sk1, sk1 + 4, config, shape, 430);
+    const equal = { ...st, centroids: new Float32Array(st.centroids.length), codes: st.codes.slice() };
+    let gpu = cudaFromState(equal, 'bucket', undefined, 2);
+    try {
+      assert.equal(gpu.planFor(sk1 + 1).bucket?.wordsPerThread, BUCKET_CHUNKED_WORDS);
+      stepTogether(equal, gpu, 2, 'bucket w16 in chunks, every score equal', 5, () => 0);
+    } finally {
+      gpu.dispose();
+    }
+    const { initOffset, pqGroupFactor: M } = layout.config;
+    const firstChunkEnd = Math.floor(Math.max(initOffset, layout.config.sinkSize) / 32) * 32 + BUCKET_CHUNKED_WORDS * 32 * 1024;
+    for (let bh = 0; bh < shape.batch * shape.kvHeads; bh++) {
+      for (let p = initOffset; p < firstChunkEnd; p++) for (let m = 0; m < M; m++) st.codes[codeOffset(layout, st.capacity, 0, bh, p) + m] = 0;
+    }
+    gpu = cudaFromState(st, 'bucket', undefined, 2);
+    try {
+      stepTogether(st, gpu, 3, 'bucket w16 in chunks, the first chunk one pair', 9);
     } finally {
       gpu.dispose();
     }
