@@ -293,6 +293,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   uint32_t* take_bits = reinterpret_cast<uint32_t*>(row_dynamic_smem);
   uint32_t* tie_bits = take_bits + NT * WPT;
   auto bit_word = [](unsigned w) -> unsigned { return WPT <= 8 ? w : (w % WPT) * NT + w / WPT; };
+  // Past 8 words: bit wi of word_flags[t] says thread t's word wi is set in either bitmap (set by
+  // the gather's first bit in a word), so steps 7' read, and clear, only those words. In the pair
+  // classes' byte table, which bucket mode does not use (NT words).
+  uint32_t* const word_flags = reinterpret_cast<uint32_t*>(sm.cls);
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
   auto finish = [&]() { stamp.finish(); };
@@ -504,6 +508,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (tid == 0) sm.n_members = 0;
   if constexpr (BUCKETS) {
     for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
+    if constexpr (WPT > 8) word_flags[tid] = 0u;
   }
   if (tid < M) {
     sm.row_lo[tid] = 0xffffffffu;
@@ -853,10 +858,15 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       // One chunk of NT*WPT*32 positions from s0 + base (past 8 words, spans longer than one chunk
       // take several: step 7').
       const int* head_buckets = buckets + static_cast<int64_t>(bkv) * capacity;
+      // The tail position's class, once (a later chunk's gather then needs no threshold state).
+      const uint32_t tail_cls = tail_p < hi && tail_p >= lo ? class_of_score(pair_score(pair_of_raw(tail_raw))) : CLS_SKIP;
       auto gather_chunk = [&](int base) {
         auto set_bit = [&](int p, bool tie) {
           const unsigned i = static_cast<unsigned>(p - s0 - base);
-          if (i < static_cast<unsigned>(NT * WPT * 32)) atomicOr((tie ? tie_bits : take_bits) + bit_word(i >> 5), 1u << (i & 31));
+          if (i >= static_cast<unsigned>(NT * WPT * 32)) return;
+          const unsigned w = i >> 5;
+          const uint32_t old = atomicOr((tie ? tie_bits : take_bits) + bit_word(w), 1u << (i & 31));
+          if (WPT > 8 && old == 0u) atomicOr(word_flags + w / WPT, 1u << (w % WPT));
         };
         for (int g = tid; g < totals.y; g += NT) {
           int a = 0, z = totals.x - 1;
@@ -868,10 +878,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
           const int eo = ent_off[a];
           set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
         }
-        if (tail_p < hi && tail_p >= lo) {
-          const uint32_t c = class_of_score(pair_score(pair_of_raw(tail_raw)));
-          if (c != CLS_SKIP) set_bit(tail_p, c == CLS_TIE);
-        }
+        if (tail_cls != CLS_SKIP) set_bit(tail_p, tail_cls == CLS_TIE);
         __syncthreads();
       };
       gather_chunk(0);
@@ -930,31 +937,38 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
           tie_before += __popc(xw[wi]);
         }
       } else {
-        // 7'. 16 or 20 words a thread (spans past 2^18): the same prefixes and writes, but the words
-        // counted from shared memory and read again to write (two arrays of WPT words in registers
-        // would spill under the 64-register bound), and two scans, since the ties (≤ 2^20) and
+        // 7'. 16 or 20 words a thread (spans past 2^18): the same prefixes and writes, but only the
+        // words flagged by the gather, counted from shared memory and read again to write (two
+        // arrays of WPT words in registers would spill under the 64-register bound; reading every
+        // word twice cost ≈ 0.7 μs a pass at 20 words), and two scans, since the ties (≤ 2^20) and
         // takes no longer pack into one word. Word wi of this thread: [wi * NT + tid] (bit_word).
         // A span longer than the bitmaps (hi − s0 < 2^20, the weight bits) goes chunk by chunk, each
         // gathered again from the candidate list; the chunks before carry their (takes, ties).
         constexpr int CHUNK = NT * WPT * 32;
-        int take_carry = 0, tie_carry = 0;
-        for (int base = 0;;) {
+        // The chunk at s0 + base, after the (takes, ties) of the chunks before (carry); returns them
+        // with this chunk's.
+        auto write_chunk = [&](int base, int2 carry, bool first) -> int2 {
+          const uint32_t flags = word_flags[tid];  // this thread's words with a bit set (most have none)
           int n_take = 0, n_tie = 0;
-#pragma unroll
-          for (int wi = 0; wi < WPT; ++wi) {
+          for (uint32_t f = flags; f != 0u; f &= f - 1u) {
+            const int wi = __ffs(f) - 1;
             n_take += __popc(take_bits[wi * NT + tid]);
             n_tie += __popc(tie_bits[wi * NT + tid]);
           }
           int2 chunk_total;  // a barrier has passed since a scan last read either scratch half (step 5's, or the gather's)
           const int2 before = row_scan2(sm, n_take, n_tie, &chunk_total);
-          if (base == 0 && !kv_shared && tid == 0) q_joins_table(virtual_pair);
+          if (first && !kv_shared && tid == 0) q_joins_table(virtual_pair);
           stamp(PH_COUNTS);
-          int take_before = take_carry + before.x;
-          int tie_before = tie_carry + before.y;
-#pragma unroll 1
-          for (int wi = 0; wi < WPT; ++wi) {
+          int take_before = carry.x + before.x;
+          int tie_before = carry.y + before.y;
+          // In position order (the lowest flagged word first); each word cleared once read, and the
+          // flags, so the next chunk's gather finds its bitmaps zero (this thread owns these words).
+          for (uint32_t f = flags; f != 0u; f &= f - 1u) {
+            const int wi = __ffs(f) - 1;
             const uint32_t tw = take_bits[wi * NT + tid];
             const uint32_t xw = tie_bits[wi * NT + tid];
+            take_bits[wi * NT + tid] = 0u;
+            tie_bits[wi * NT + tid] = 0u;
             for (uint32_t sel = tw | xw; sel != 0u; sel &= sel - 1u) {  // only the set bits
               const int bit = __ffs(sel) - 1;
               const uint32_t below = (1u << bit) - 1u;
@@ -971,15 +985,16 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
             take_before += __popc(tw);
             tie_before += __popc(xw);
           }
-          take_carry += chunk_total.x;
-          tie_carry += chunk_total.y;
-          base += CHUNK;
-          // Block-uniform: past the span, or every slot filled (the takes all seen, the quota of ties met).
-          if (base >= hi - s0 || take_carry + min(tie_carry, quota) >= n_heavy) break;
-          __syncthreads();  // every thread is done with this chunk's words
-          for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);
-          __syncthreads();
+          if (flags != 0u) word_flags[tid] = 0u;
+          return make_int2(carry.x + chunk_total.x, carry.y + chunk_total.y);
+        };
+        int2 carry = write_chunk(0, make_int2(0, 0), true);
+        // Later chunks (block-uniform): while the span goes on and a slot is left (not every take
+        // seen, or the quota of ties not met).
+        for (int base = CHUNK; base < hi - s0 && carry.x + min(carry.y, quota) < n_heavy; base += CHUNK) {
+          __syncthreads();  // every thread has read and cleared its words of the last chunk
           gather_chunk(base);
+          carry = write_chunk(base, carry, false);
         }
       }
     }

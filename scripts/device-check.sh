@@ -94,6 +94,21 @@ for s in $steps; do
         done
       done
       node scripts/ab-table.mjs "$OUT"/$s-*.json ;;
+    bucketvar) # same-run A/B of bucket mode's long spans: this build against the packed row-kernel
+      # variants (pack with ROW_BASE), alternating, at VAR_ROWS ("B:sk …"); VAR_ONE_PASS names the
+      # variants whose bucket kernels end at 655,360 positions (they skip longer rows)
+      rm -rf /tmp/variants && tar -C /tmp -xJf .device/variants.tar.xz
+      for d in /tmp/variants/*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
+      for i in 1 2; do for row in ${VAR_ROWS:-1:524288 8:524288 1:1000000 8:1000000}; do
+        B=${row%:*} sk=${row#*:}
+        run "bv-b$B-s$sk-this-$i" 120 pqcache bench --backend cuda --config seed --batch "$B" --sk "$sk" --iters 300 --json "$OUT/bv-b$B-s$sk-this-$i.json"
+        for d in /tmp/variants/base-*; do
+          v=$(basename "$d")
+          [ "$sk" -gt 655616 ] && [[ " ${VAR_ONE_PASS:-} " == *" ${v#base-} "* ]] && continue
+          run "bv-b$B-s$sk-$v-$i" 120 env PQCACHE_KERNELS_DIR="$d" pqcache bench --backend cuda --config seed --batch "$B" --sk "$sk" --iters 300 --json "$OUT/bv-b$B-s$sk-$v-$i.json"
+        done
+      done; done
+      node scripts/ab-table.mjs "$OUT"/bv-*.json ;;
     seedtune) for cl in 1 2 4 8; do run "tune$cl" 60 pqcache bench --backend cuda --config seed --cluster "$cl" --json "/tmp/tune$cl.json"; done ;;
     attend) run attend 400 pqcache bench --backend cuda --kind attend --config matrix --iters 200 --warmup 30
             run torchattend 400 python3 bench/torch_attend_baseline.py --record "$(ls -t bench/results/attend-*.json | head -1)" ;;
