@@ -33,7 +33,8 @@
 //   or tied) is listed with
 //   its bucket range; the block gathers those positions into two bitmaps in dynamic shared memory
 //   (taken, tied) plus the tail [*bucket_end, hi) from its codes (≤ NT positions, one per thread),
-//   and one scan of the bitmaps writes them in position order. So the step reads ≈ K positions
+//   and one scan of the bitmaps (past 8 words: of the words the gather flagged) writes them in
+//   position order. So the step reads ≈ K positions
 //   instead of sk codes. Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds
 //   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32 up to 8
 //   words; past 8, hi − s0 < 2^20 (the histogram's weight bits), in chunks of NT*WPT*32 positions.
