@@ -30,14 +30,13 @@
 // Bucket mode (pq_step_bucket_m{M}_w{WPT}, CL = 1, no codes in registers): the heavy hitters come
 //   from the position buckets (pq_bucket_rebuild and pq_bucket_merge, at the end of this file)
 //   instead of a pass over every position's codes. After the threshold, each candidate pair (taken
-//   or tied) is listed with
-//   its bucket range; the block gathers those positions into two bitmaps in dynamic shared memory
-//   (taken, tied) plus the tail [*bucket_end, hi) from its codes (≤ NT positions, one per thread),
-//   and one scan of the bitmaps (past 8 words: of the words the gather flagged) writes them in
-//   position order. So the step reads ≈ K positions
-//   instead of sk codes. Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds
-//   them before the tail outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32 up to 8
-//   words; past 8, hi − s0 < 2^20 (the histogram's weight bits), in chunks of NT*WPT*32 positions.
+//   or tied) is listed with its bucket range; the block gathers those positions into two bitmaps in
+//   dynamic shared memory (taken, tied) plus the tail [*bucket_end, hi) from its codes (≤ NT
+//   positions, one per thread), and one scan of the bitmaps (past 8 words: of the words the gather
+//   flagged) writes them in position order. So the step reads ≈ K positions instead of sk codes.
+//   Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds them before the tail
+//   outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32 up to 8 words; past 8,
+//   hi − s0 < 2^20 (the histogram's weight bits), in chunks of NT*WPT*32 positions.
 // Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
 //   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts), and
 //   keeping its codes (M = 2: their class lookup keys, PackedClasses), pair counts and LUT rows in
@@ -295,8 +294,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   uint32_t* tie_bits = take_bits + NT * WPT;
   auto bit_word = [](unsigned w) -> unsigned { return WPT <= 8 ? w : (w % WPT) * NT + w / WPT; };
   // Past 8 words: bit wi of word_flags[t] says thread t's word wi is set in either bitmap (set by
-  // the gather's first bit in a word), so steps 7' read, and clear, only those words. In the pair
-  // classes' byte table, which bucket mode does not use (NT words).
+  // the gather's atomicOr that finds the word empty), so step 7' reads, and clears, only those
+  // words. It lives in the pair classes' byte table, which bucket mode does not use (NT words).
   uint32_t* const word_flags = reinterpret_cast<uint32_t*>(sm.cls);
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
@@ -941,8 +940,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         // 7'. 16 or 20 words a thread (spans past 2^18): the same prefixes and writes, but only the
         // words flagged by the gather, counted from shared memory and read again to write (two
         // arrays of WPT words in registers would spill under the 64-register bound; reading every
-        // word twice cost ≈ 0.7 μs a pass at 20 words), and two scans, since the ties (≤ 2^20) and
-        // takes no longer pack into one word. Word wi of this thread: [wi * NT + tid] (bit_word).
+        // word twice took B = 1, sk = 524288 from 11.8 to 14.7 μs: bench/NOTES.md, session 43), and
+        // two scans, since the ties (≤ 2^20) and takes no longer pack into one word. Word wi of this
+        // thread: [wi * NT + tid] (bit_word).
         // A span longer than the bitmaps (hi − s0 < 2^20, the weight bits) goes chunk by chunk, each
         // gathered again from the candidate list; the chunks before carry their (takes, ties).
         constexpr int CHUNK = NT * WPT * 32;
