@@ -36,7 +36,7 @@
 //   flagged) writes them in position order. So the step reads ≈ K positions instead of sk codes.
 //   Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds them before the tail
 //   outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32 up to 8 words; past 8,
-//   hi − s0 < 2^20 (the histogram's weight bits), in chunks of NT*WPT*32 positions.
+//   hi − s0 < 2^31 (the host plans them to 2^22: BUCKET_MAX_SPAN), in chunks of NT*WPT*32 positions.
 // Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
 //   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts), and
 //   keeping its codes (M = 2: their class lookup keys, PackedClasses), pair counts and LUT rows in
@@ -508,7 +508,10 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (tid == 0) sm.n_members = 0;
   if constexpr (BUCKETS) {
     for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
-    if constexpr (WPT > 8) word_flags[tid] = 0u;
+    if constexpr (WPT > 8) {
+      word_flags[tid] = 0u;
+      reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0u, 0u, 0u, 0u);  // the bins' pair counts (NB == 4 * NT)
+    }
   }
   if (tid < M) {
     sm.row_lo[tid] = 0xffffffffu;
@@ -670,17 +673,19 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // a boundary bin of one pair needs no members gathered and ranked, only that pair's key (this
     // replaced a CAS per pair that kept each bin's "one key or more": bench/NOTES.md, session 13).
     // The weights of a head's pairs sum to at most its positions: NT*E*CL ≤ 131,072 and bucket mode's
-    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words; 20 bits past 8 (spans < 2^20, in chunks; 19 stays
-    // where those kernels were measured). At most 4,096 pairs share a bin: with 20 weight bits a bin of all 4,096
-    // reads a pair count of 0 (mod 2^12), still not the single pair tested below.
-    constexpr int kWeightBits = BUCKETS && WPT > 8 ? 20 : 19;
-    constexpr uint32_t kWeightMask = (1u << kWeightBits) - 1u;
+    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words, so the 13 high bits count ≤ 4,096 pairs. Past 8
+    // words (spans in chunks, to 2^22 and beyond) the bins hold weights alone, 32 bits, and a second
+    // atomic counts each bin's pairs in bin_key (free until the members; zeroed with the histogram).
+    constexpr bool kPairCounts = BUCKETS && WPT > 8;
+    constexpr int kWeightBits = 19;
+    constexpr uint32_t kWeightMask = kPairCounts ? 0xffffffffu : (1u << kWeightBits) - 1u;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
       const int rb = rbin_of(score[j]);
       rbins[j >> 1] |= static_cast<uint32_t>(rb) << (16 * (j & 1));
       if (weight[j] == 0u) continue;
-      atomicAdd(reinterpret_cast<uint32_t*>(sm.hist) + rb, weight[j] + (1u << kWeightBits));
+      atomicAdd(reinterpret_cast<uint32_t*>(sm.hist) + rb, weight[j] + (kPairCounts ? 0u : 1u << kWeightBits));
+      if constexpr (kPairCounts) atomicAdd(sm.bin_key + rb, 1u);
     }
     __syncthreads();
     stamp(PH_BINNED);
@@ -699,7 +704,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
           sm.found_rbin = PPT * tid + k;
           sm.found_need = K - acc;
           sm.found_count = hv[k];
-          sm.found_single = (hraw[k] >> kWeightBits) == 1u;
+          sm.found_single = (kPairCounts ? sm.bin_key[PPT * tid + k] : hraw[k] >> kWeightBits) == 1u;
         }
         acc += hv[k];
       }
@@ -941,9 +946,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         // words flagged by the gather, counted from shared memory and read again to write (two
         // arrays of WPT words in registers would spill under the 64-register bound; reading every
         // word twice took B = 1, sk = 524288 from 11.8 to 14.7 μs: bench/NOTES.md, session 43), and
-        // two scans, since the ties (≤ 2^20) and takes no longer pack into one word. Word wi of this
+        // two scans, since the ties and takes no longer pack into one word. Word wi of this
         // thread: [wi * NT + tid] (bit_word).
-        // A span longer than the bitmaps (hi − s0 < 2^20, the weight bits) goes chunk by chunk, each
+        // A span longer than the bitmaps (BUCKET_MAX_SPAN, src/pq/cuda-plan.ts) goes chunk by chunk, each
         // gathered again from the candidate list; the chunks before carry their (takes, ties).
         constexpr int CHUNK = NT * WPT * 32;
         // The chunk at s0 + base, after the (takes, ties) of the chunks before (carry); returns them

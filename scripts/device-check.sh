@@ -164,21 +164,22 @@ for s in $steps; do
       SAN_OVER="bucket mode: bench seed config and B=8 sk=131072 (steps and 30 bucket rebuilds each) + 8 verify cases" node scripts/merge-sanitizer.mjs "$OUT" ;;
     sanbigbucket) # bucket mode past 2^18 positions (16 and 20 bitmap words, 16 in chunks): memcheck over the
       # select test that steps each instance against the oracle (every score equal over 655,000 and
-      # 1,000,000 positions included); racecheck (too slow over that test, or the bench, at these
-      # spans) over the step kernels only (--kernel-name) in scripts/bucket-steps.mjs: 3 steps at
-      # each instance and in two chunks, 1 all tied
+      # 1,000,000 positions included, eight chunks to 4,194,303); racecheck (too slow over that test,
+      # or the bench, at these spans) over the step kernels only (--kernel-name) in
+      # scripts/bucket-steps.mjs: 3 steps at each instance and in two chunks, 2 in eight, 1 all tied
       run san-memcheck-bigbucket 450 env PQCACHE_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --report-api-errors no --target-processes all node --test --test-name-pattern 'bucket mode: exact across' .device/app/dist/test/gpu/select.test.js
-      run san-racecheck-bigbucket 450 bash -c "set -e; for a in '400000 3' '600000 3' '600000 1 equal' '1000000 3' '1000000 1 equal'; do compute-sanitizer --tool racecheck --kernel-name kns=pq_step_bucket --target-processes all node scripts/bucket-steps.mjs \$a; done"
-      SAN_OVER_memcheck_bigbucket="select.test.js 'bucket mode: exact across rebuilds' (instances of 1-20 bitmap words and 16 in chunks, every score equal at 20 and in chunks)" \
-        SAN_OVER_racecheck_bigbucket="pq_step_bucket kernels only: scripts/bucket-steps.mjs, 3 steps at sk 400000 (16 words), 600000 (20) and 1000000 (16 in two chunks), 1 step with every score equal at 600000 and 1000000" node scripts/merge-sanitizer.mjs "$OUT" ;;
-    chunkab) # bucket mode in chunks at sk = 1,000,000 (B = 1, 8): the planned kernel (16 words, two
-      # chunks) against the pair clusters, alternating processes; PyTorch on the same inputs. Rows
-      # merged into bench/results/select-chunks-ab-<device>.json, then a table.
-      for i in 1 2; do for B in 1 8; do for k in auto cluster; do
+      run san-racecheck-bigbucket 450 bash -c "set -e; for a in '400000 3' '600000 3' '600000 1 equal' '1000000 3' '1000000 1 equal' '4000000 2'; do compute-sanitizer --tool racecheck --kernel-name kns=pq_step_bucket --target-processes all node scripts/bucket-steps.mjs \$a; done"
+      SAN_OVER_memcheck_bigbucket="select.test.js 'bucket mode: exact across rebuilds' (instances of 1-20 bitmap words and 16 in chunks, every score equal at 20 and in chunks, eight chunks)" \
+        SAN_OVER_racecheck_bigbucket="pq_step_bucket kernels only: scripts/bucket-steps.mjs, 3 steps at sk 400000 (16 words), 600000 (20) and 1000000 (16 in two chunks), 2 at 4000000 (eight chunks), 1 step with every score equal at 600000 and 1000000" node scripts/merge-sanitizer.mjs "$OUT" ;;
+    chunkab) # bucket mode in chunks at sk = 1,000,000 (B = 1, 8; two chunks) and 4,000,000 (B = 1; eight):
+      # the planned kernel (16 words) against the pair clusters, alternating processes; PyTorch on
+      # the same inputs. Rows merged into bench/results/select-chunks-ab-<device>.json, then a table.
+      for i in 1 2; do for row in 1:1000000 8:1000000 1:4000000; do for k in auto cluster; do
+        B=${row%:*} sk=${row#*:}
         dump=(); [ "$i$k" = 1auto ] && dump=(--dump-dir /tmp/pqdump-chunks)
-        run "cab-b$B-$k-$i" 200 pqcache bench --backend cuda --config seed --batch $B --sk 1000000 --step-kernel $k --iters 300 "${dump[@]}" --json "$OUT/cab-b$B-$k-$i.json"
+        run "cab-b$B-s$sk-$k-$i" 200 pqcache bench --backend cuda --config seed --batch "$B" --sk "$sk" --step-kernel $k --iters 300 "${dump[@]}" --json "$OUT/cab-b$B-s$sk-$k-$i.json"
       done; done; done
-      rec=$(node scripts/merge-ab.mjs select-chunks-ab "bash scripts/device-run.sh bash scripts/device-check.sh chunkab (pqcache bench --backend cuda --config seed --batch 1|8 --sk 1000000 --step-kernel auto|cluster --iters 300, 2 alternating processes each; PyTorch on the first auto run's inputs)" "$OUT"/cab-*.json)
+      rec=$(node scripts/merge-ab.mjs select-chunks-ab "bash scripts/device-run.sh bash scripts/device-check.sh chunkab (pqcache bench --backend cuda --config seed --batch B --sk SK --step-kernel auto|cluster --iters 300 for B:SK in 1:1000000 8:1000000 1:4000000, 2 alternating processes each; PyTorch on the first auto run's inputs)" "$OUT"/cab-*.json)
       run torch-chunks 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump-chunks --record "$rec"
       node scripts/ab-table.mjs "$OUT"/cab-*.json ;;
     torch) run torch 400 python3 bench/torch_select_baseline.py --dump-dir /tmp/pqdump --record "$(ls -t bench/results/select-*.json | head -1)" ;;

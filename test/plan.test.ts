@@ -98,7 +98,7 @@ test('row plan: the smallest positions-per-thread instance that holds the span, 
 test('bucket plan: the smallest bitmap instance holding the span from max(O, S) rounded down to 32, valid up to its limit', () => {
   fc.assert(
     fc.property(
-      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 1100000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
+      fc.record({ B: fc.integer({ min: 1, max: 8 }), H: fc.constantFrom(1, 8, 32), sk: fc.integer({ min: 1, max: 4300000 }), M: fc.constantFrom(1, 2, 4), bits: fc.integer({ min: 1, max: 8 }), O: fc.integer({ min: 0, max: 500 }), S: fc.integer({ min: 0, max: 500 }), W: fc.integer({ min: 0, max: 500 }), choice: fc.constantFrom('auto', 'bucket', 'row', 'cluster') as fc.Arbitrary<'auto' | 'bucket' | 'row' | 'cluster'>, smem: fc.constantFrom(20000, 100000, 200000) }),
       (c) => {
         const layout = makeLayout({ batch: c.B, heads: c.H, kvHeads: c.H, headDim: 128 }, { pqGroupFactor: c.M, pqBits: c.bits, initOffset: c.O, sinkSize: c.S, windowSize: c.W });
         const plan = planBucket(layout, c.sk, c.choice, c.smem);
@@ -106,8 +106,8 @@ test('bucket plan: the smallest bitmap instance holding the span from max(O, S) 
         const start = Math.floor(Math.max(c.O, c.S) / 32) * 32;
         const span = (sk: number): number => Math.max(0, sk - c.W - start);
         const single = BUCKET_WORDS_PER_THREAD.find((n) => n * 32 * ROW_THREADS >= span(c.sk));
-        // Past the largest instance, 16 words in chunks up to 2^20 − 1 positions.
-        const w = single ?? (span(c.sk) < 2 ** 20 ? BUCKET_CHUNKED_WORDS : undefined);
+        // Past the largest instance, 16 words in chunks up to 2^22 − 1 positions.
+        const w = single ?? (span(c.sk) < 2 ** 22 ? BUCKET_CHUNKED_WORDS : undefined);
         const fits = pairs > 0 && pairs <= 4 * ROW_THREADS && w !== undefined && 8 * ROW_THREADS * w <= c.smem;
         assert.equal(plan !== undefined, fits && (c.choice === 'auto' || c.choice === 'bucket'));
         if (plan === undefined) return;
@@ -128,9 +128,9 @@ test('bucket plan: the smallest bitmap instance holding the span from max(O, S) 
   // Past 2^18 positions: 16 and 20 words (an H100's 227 KB a block less the kernel's static arrays).
   assert.equal(planBucket(seed, 524288, 'auto', 190000)?.wordsPerThread, 16);
   assert.equal(planBucket(seed, 524288 + 300, 'auto', 190000)?.wordsPerThread, 20);
-  // Past the largest instance: 16 words in chunks, to 2^20 − 1 positions from max(O, S).
-  assert.deepEqual(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), { wordsPerThread: 16, maxSeqLen: 2 ** 20 - 1 + 256, sharedBytes: 131072 });
+  // Past the largest instance: 16 words in chunks, to 2^22 − 1 positions from max(O, S).
+  assert.deepEqual(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), { wordsPerThread: 16, maxSeqLen: 2 ** 22 - 1 + 256, sharedBytes: 131072 });
   assert.equal(planBucket(seed, 2 ** 20, 'auto', 190000)?.wordsPerThread, 16); // a context of 1,048,576
-  assert.equal(planBucket(seed, 2 ** 20 + 256, 'auto', 190000), undefined); // past the weight bits: the pair clusters
+  assert.equal(planBucket(seed, 2 ** 22 + 256, 'auto', 190000), undefined); // past eight chunks: the pair clusters
   assert.equal(planBucket(seed, 524288 + 300, 'auto', 120000), undefined); // an A100's 163 KB: no room for 160 KB
 });

@@ -73,7 +73,7 @@ export interface CudaPQCacheOptions extends PQCacheOptions {
   /**
    * The pair path's step kernel: 'row' (one 1024-thread block per query head scanning every code,
    * where C^M ≤ 4096 and the eligible span fits 131,072 positions), 'bucket' (the row kernel
-   * gathering from position buckets, span ≤ 262,144, or 2^20 − 1 on sm_90), 'cluster' (thread-block clusters), or 'auto'
+   * gathering from position buckets, span ≤ 262,144, or 2^22 − 1 on sm_90), 'cluster' (thread-block clusters), or 'auto'
    * (row at 16 positions per thread and B·H ≤ the SM count — with `resident`, at any positions per
    * thread where its grid fits on the device at once; else bucket, except the clusters when
    * B·H > the SM count and the span ≤ 16,384; else row, else cluster). Tuning and tests; default 'auto'.

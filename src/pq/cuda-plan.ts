@@ -224,11 +224,12 @@ export function stepPairsKernelName(layout: Layout, cluster: number, long = fals
 export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8, 16, 20] as const;
 /**
  * Longer spans than the largest instance holds: 16 words a thread, chunk by chunk (the kernel walks
- * the span in chunks of 524,288 positions), up to 2^20 − 1 positions from max(O, S) rounded down to
- * 32, where the histogram's 20 weight bits end (kernels/select_row.cu). Beyond: the pair clusters.
+ * the span in chunks of 524,288 positions, each gathered again), up to 2^22 − 1 positions from
+ * max(O, S) rounded down to 32: eight chunks, the span the GPU tests step over (the kernel's own
+ * bound is 2^31, its 32-bit histogram weights). Beyond: the pair clusters.
  */
 export const BUCKET_CHUNKED_WORDS = 16;
-export const BUCKET_MAX_SPAN = 2 ** 20 - 1;
+export const BUCKET_MAX_SPAN = 2 ** 22 - 1;
 /** With more query heads than SMs, 'auto' plans the pair clusters up to this eligible span, bucket mode beyond. */
 export const BUCKET_MIN_SPAN_MANY_HEADS = 16384;
 /** Most tail positions (appended since the buckets were built) the bucket kernel classifies: one per thread. */

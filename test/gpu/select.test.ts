@@ -294,8 +294,8 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
   // be planned where the device holds it, and the test says which it could not run.
   const holds = (w: number): boolean => w <= 8 || CudaContext.primary().device.maxSharedPerBlockOptin >= 227 * 1024;
   let sk = 1;
-  // Each instance in one pass, then 16 words in chunks past the largest (two of 524,288 positions,
-  // to the 2^20 − 1 positions of the weight bits): the last steps go to the pair clusters.
+  // Each instance in one pass, then 16 words in chunks past the largest (eight of 524,288 positions,
+  // to 2^22 − 1 positions, BUCKET_MAX_SPAN): the last steps go to the pair clusters.
   for (const [w, label] of [...BUCKET_WORDS_PER_THREAD.map((n) => [n, `w${n}`] as const), [BUCKET_CHUNKED_WORDS, `w${BUCKET_CHUNKED_WORDS} in chunks`] as const]) {
     // Three steps below the instance's limit: the run re-plans (and re-captures) mid-way, the last
     // one off bucket mode; a tail of 2 rebuilds the buckets every other step.
@@ -332,27 +332,30 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
     }
   }
   if (holds(BUCKET_CHUNKED_WORDS)) {
-    // Two chunks (1,000,000 positions): every score equal (≈ 10^6 ties; the lowest K all in the
-    // first chunk, so the second is never gathered), then the first chunk's positions all one code
-    // pair (almost never heavy) and the second's random: its takes and ties only in the second.
+    // Two chunks (1,000,000 positions), every score equal: ≈ 10^6 ties, the lowest K all in the
+    // first chunk, so the second is never gathered.
     const sk1 = 1_000_000;
     const st = integerState(sk1, sk1 + 4, config, shape, 430);
-    const equal = { ...st, centroids: new Float32Array(st.centroids.length), codes: st.codes.slice() };
-    let gpu = cudaFromState(equal, 'bucket', undefined, 2);
+    st.centroids.fill(0);
+    let gpu = cudaFromState(st, 'bucket', undefined, 2);
     try {
       assert.equal(gpu.planFor(sk1 + 1).bucket?.wordsPerThread, BUCKET_CHUNKED_WORDS);
-      stepTogether(equal, gpu, 2, 'bucket w16 in chunks, every score equal', 5, () => 0);
+      stepTogether(st, gpu, 2, 'bucket w16 in chunks, every score equal', 5, () => 0);
     } finally {
       gpu.dispose();
     }
+    // Eight chunks (4,000,000 positions), the first seven's positions all one code pair (almost
+    // never heavy) and the last's random: its takes and ties come after seven chunks of nothing.
+    const sk8 = 4_000_000;
+    const st8 = integerState(sk8, sk8 + 4, config, shape, 431);
     const { initOffset, pqGroupFactor: M } = layout.config;
-    const firstChunkEnd = Math.floor(Math.max(initOffset, layout.config.sinkSize) / 32) * 32 + BUCKET_CHUNKED_WORDS * 32 * 1024;
+    const lastChunk = Math.floor(Math.max(initOffset, layout.config.sinkSize) / 32) * 32 + 7 * BUCKET_CHUNKED_WORDS * 32 * 1024;
     for (let bh = 0; bh < shape.batch * shape.kvHeads; bh++) {
-      for (let p = initOffset; p < firstChunkEnd; p++) for (let m = 0; m < M; m++) st.codes[codeOffset(layout, st.capacity, 0, bh, p) + m] = 0;
+      for (let p = initOffset; p < lastChunk; p++) for (let m = 0; m < M; m++) st8.codes[codeOffset(layout, st8.capacity, 0, bh, p) + m] = 0;
     }
-    gpu = cudaFromState(st, 'bucket', undefined, 2);
+    gpu = cudaFromState(st8, 'bucket', undefined, 2);
     try {
-      stepTogether(st, gpu, 3, 'bucket w16 in chunks, the first chunk one pair', 9);
+      stepTogether(st8, gpu, 3, 'bucket w16 in chunks, seven chunks one pair', 9);
     } finally {
       gpu.dispose();
     }
