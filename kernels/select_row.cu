@@ -36,7 +36,8 @@
 //   flagged) writes them in position order. So the step reads ≈ K positions instead of sk codes.
 //   Invariants: the buckets list [lo, *bucket_end) exactly (the host rebuilds them before the tail
 //   outgrows NT; PQ_STATUS_BUCKETS_STALE otherwise); hi − s0 ≤ NT*WPT*32 up to 8 words; past 8,
-//   hi − s0 < 2^31 (the host plans them to 2^22: BUCKET_MAX_SPAN), in chunks of NT*WPT*32 positions.
+//   in chunks of NT*WPT*32 positions, hi − s0 < 2^20 (the histogram's packed weights), or < 2^31
+//   for the _wide instances (weights alone; the host plans them to 2^22 − 1: BUCKET_MAX_SPAN).
 // Resident form (pq_resident_row_m{M}_e{E}[_c2], at the end of this file; resident.cuh): the same
 //   grid launched once, every block serving one step per doorbell ring (src/cuda/resident.ts), and
 //   keeping its codes (M = 2: their class lookup keys, PackedClasses), pair counts and LUT rows in
@@ -265,7 +266,7 @@ struct ResidentState {
 // The resident row kernels' dynamic shared memory is that cache: (E*M/16 code chunks + the pair
 // counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
 
-template <int M, int E, int CL, int WPT, bool RESIDENT = false>
+template <int M, int E, int CL, int WPT, bool RESIDENT = false, bool WIDE = false>
 __device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
@@ -279,6 +280,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   static_assert(CL == 1 || CL == 2, "one block per head, or a cluster of two (the mailboxes have one peer)");
   static_assert(!BUCKETS || (CL == 1 && E == 0 && (WPT == 1 || WPT == 2 || WPT % 4 == 0) && WPT <= 20),
                 "bucket mode: one block per head, no codes in registers, 1, 2 or 4k ≤ 20 bitmap words per thread");
+  static_assert(!WIDE || WPT > 8, "wide weights (spans past 2^20): the chunked bucket instances only");
   constexpr int WORDS = E / 16;           // 2-bit class words per thread
   constexpr bool PACKED = RESIDENT && !BUCKETS && M == 2;  // classes by PackedClasses (cached lookup keys)
   constexpr int CHUNKS = E * M / 16;      // 16-byte code chunks per thread
@@ -508,10 +510,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   if (tid == 0) sm.n_members = 0;
   if constexpr (BUCKETS) {
     for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
-    if constexpr (WPT > 8) {
-      word_flags[tid] = 0u;
-      reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0u, 0u, 0u, 0u);  // the bins' pair counts (NB == 4 * NT)
-    }
+    if constexpr (WPT > 8) word_flags[tid] = 0u;
+    if constexpr (WIDE) reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0u, 0u, 0u, 0u);  // the bins' pair counts (NB == 4 * NT)
   }
   if (tid < M) {
     sm.row_lo[tid] = 0xffffffffu;
@@ -673,11 +673,13 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // a boundary bin of one pair needs no members gathered and ranked, only that pair's key (this
     // replaced a CAS per pair that kept each bin's "one key or more": bench/NOTES.md, session 13).
     // The weights of a head's pairs sum to at most its positions: NT*E*CL ≤ 131,072 and bucket mode's
-    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words, so the 13 high bits count ≤ 4,096 pairs. Past 8
-    // words (spans in chunks, to 2^22 and beyond) the bins hold weights alone, 32 bits, and a second
-    // atomic counts each bin's pairs in bin_key (free until the members; zeroed with the histogram).
-    constexpr bool kPairCounts = BUCKETS && WPT > 8;
-    constexpr int kWeightBits = 19;
+    // NT*WPT*32 ≤ 262,144 < 2^19 up to 8 words; 20 bits past 8 (spans < 2^20, in chunks: a bin of
+    // all 4,096 pairs reads a pair count of 0 mod 2^12, still not the single pair tested below).
+    // WIDE (spans from 2^20): the bins hold weights alone, 32 bits, and a second atomic counts each
+    // bin's pairs in bin_key (free until the members; zeroed with the histogram). It costs the
+    // chunked step ≈ 1 μs at B = 1 (spills), so shorter spans keep the packed words.
+    constexpr bool kPairCounts = WIDE;
+    constexpr int kWeightBits = BUCKETS && WPT > 8 ? 20 : 19;
     constexpr uint32_t kWeightMask = kPairCounts ? 0xffffffffu : (1u << kWeightBits) - 1u;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
@@ -1121,11 +1123,12 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
 
 }  // namespace
 
-#define PQ_STEP_ROW_KERNEL(NAME, M, E, CL, WPT)                                                                           \
+#define PQ_STEP_ROW_KERNEL(NAME, M, E, CL, WPT) PQ_STEP_ROW_KERNEL_W(NAME, M, E, CL, WPT, false)
+#define PQ_STEP_ROW_KERNEL_W(NAME, M, E, CL, WPT, WIDE)                                                                   \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                         \
     pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                    \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                         \
-    step_row<M, E, CL, WPT>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+    step_row<M, E, CL, WPT, false, WIDE>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                             readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \
                             full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);                           \
     pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */         \
@@ -1155,6 +1158,9 @@ PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w4, 2, 0, 1, 4)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w8, 2, 0, 1, 8)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w16, 2, 0, 1, 16)
 PQ_STEP_ROW_KERNEL(pq_step_bucket_m2_w20, 2, 0, 1, 20)
+// Spans from 2^20 (16 words in chunks): the histogram's weights unpacked (WIDE, above).
+PQ_STEP_ROW_KERNEL_W(pq_step_bucket_m1_w16_wide, 1, 0, 1, 16, true)
+PQ_STEP_ROW_KERNEL_W(pq_step_bucket_m2_w16_wide, 2, 0, 1, 16, true)
 
 // Resident form of the row kernel (pq_resident_row_m{M}_e{E}[_c2]; resident.cuh): the same grid
 // (every block co-resident: the host checks), launched once; every block serves one step per ring.

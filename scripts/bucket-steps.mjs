@@ -37,7 +37,7 @@ try {
     assert.deepEqual(got.weights.data, want.weights.data, `step ${s} weights`);
   }
   const chunks = Math.ceil((sk + steps - layout.config.windowSize) / (plan.wordsPerThread * 32 * 1024)); // the span from position 0 (max(O, S) < 32)
-  console.log(`bucket-steps: sk ${sk}, ${plan.wordsPerThread} bitmap words a thread (${chunks} chunk${chunks > 1 ? 's' : ''}), ${steps} steps${equal ? ' (every score equal)' : ''}: exact`);
+  console.log(`bucket-steps: sk ${sk}, ${plan.wordsPerThread} bitmap words a thread${plan.wide ? ', wide weights' : ''} (${chunks} chunk${chunks > 1 ? 's' : ''}), ${steps} steps${equal ? ' (every score equal)' : ''}: exact`);
   console.log(`# pass ${steps}`); // read by scripts/merge-sanitizer.mjs as the run's completion
 } finally {
   gpu.dispose();

@@ -3,7 +3,7 @@ import test from 'node:test';
 import fc from 'fast-check';
 import { makeLayout } from '../src/pq/config.js';
 import {
-  BUCKET_CHUNKED_WORDS, BUCKET_MAX_SPAN, BUCKET_WORDS_PER_THREAD, MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect,
+  BUCKET_CHUNKED_WORDS, BUCKET_MAX_SPAN, BUCKET_PACKED_MAX_SPAN, BUCKET_WORDS_PER_THREAD, MAX_BITS_TILES, ROW_THREADS, SELECT_TILE, cudaLayoutProblem, eligibleSpan, maxSlicesFor, pairTableSize, planBucket, planPairs, planRow, planSelect,
   selectKernelName, stepBucketKernelName, stepPairsKernelName, stepRowKernelName,
 } from '../src/pq/cuda-plan.js';
 
@@ -112,8 +112,9 @@ test('bucket plan: the smallest bitmap instance holding the span from max(O, S) 
         assert.equal(plan !== undefined, fits && (c.choice === 'auto' || c.choice === 'bucket'));
         if (plan === undefined) return;
         assert.equal(plan.wordsPerThread, w);
+        assert.equal(plan.wide, span(c.sk) > BUCKET_PACKED_MAX_SPAN);
         assert.equal(plan.sharedBytes, 8 * ROW_THREADS * plan.wordsPerThread);
-        const cap = single === undefined ? BUCKET_MAX_SPAN : plan.wordsPerThread * 32 * ROW_THREADS;
+        const cap = single !== undefined ? plan.wordsPerThread * 32 * ROW_THREADS : plan.wide ? BUCKET_MAX_SPAN : BUCKET_PACKED_MAX_SPAN;
         assert.ok(plan.maxSeqLen >= c.sk && span(plan.maxSeqLen) <= cap && span(plan.maxSeqLen + 1) > cap);
       },
     ),
@@ -121,16 +122,19 @@ test('bucket plan: the smallest bitmap instance holding the span from max(O, S) 
   );
   const seed = makeLayout({ batch: 1, heads: 32, kvHeads: 32, headDim: 128 }, { pqGroupFactor: 2, pqBits: 6, sinkSize: 128, windowSize: 128, heavySize: 128, initOffset: 128 });
   const plan = planBucket(seed, 32000, 'auto', 200000);
-  assert.deepEqual(plan, { wordsPerThread: 1, maxSeqLen: 32 * 1024 + 128 + 128, sharedBytes: 8192 });
+  assert.deepEqual(plan, { wordsPerThread: 1, wide: false, maxSeqLen: 32 * 1024 + 128 + 128, sharedBytes: 8192 });
   assert.equal(stepBucketKernelName(seed, plan!), 'pq_step_bucket_m2_w1');
   assert.equal(planBucket(seed, 131072, 'auto', 200000)?.wordsPerThread, 4);
   assert.equal(planBucket(seed, 131072, 'auto', 20000), undefined); // the bitmaps do not fit
   // Past 2^18 positions: 16 and 20 words (an H100's 227 KB a block less the kernel's static arrays).
   assert.equal(planBucket(seed, 524288, 'auto', 190000)?.wordsPerThread, 16);
   assert.equal(planBucket(seed, 524288 + 300, 'auto', 190000)?.wordsPerThread, 20);
-  // Past the largest instance: 16 words in chunks, to 2^22 − 1 positions from max(O, S).
-  assert.deepEqual(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), { wordsPerThread: 16, maxSeqLen: 2 ** 22 - 1 + 256, sharedBytes: 131072 });
-  assert.equal(planBucket(seed, 2 ** 20, 'auto', 190000)?.wordsPerThread, 16); // a context of 1,048,576
+  // Past the largest instance: 16 words in chunks, packed weights to 2^20 − 1 positions from
+  // max(O, S), then the wide instance to 2^22 − 1.
+  assert.deepEqual(planBucket(seed, 20 * 32 * 1024 + 256 + 1, 'auto', 190000), { wordsPerThread: 16, wide: false, maxSeqLen: 2 ** 20 - 1 + 256, sharedBytes: 131072 });
+  const million = planBucket(seed, 2 ** 20 + 256, 'auto', 190000); // a context of 1,048,832
+  assert.deepEqual(million, { wordsPerThread: 16, wide: true, maxSeqLen: 2 ** 22 - 1 + 256, sharedBytes: 131072 });
+  assert.equal(stepBucketKernelName(seed, million!), 'pq_step_bucket_m2_w16_wide');
   assert.equal(planBucket(seed, 2 ** 22 + 256, 'auto', 190000), undefined); // past eight chunks: the pair clusters
   assert.equal(planBucket(seed, 524288 + 300, 'auto', 120000), undefined); // an A100's 163 KB: no room for 160 KB
 });

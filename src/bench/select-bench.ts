@@ -188,7 +188,7 @@ type BenchPlan = CudaBenchResult['plan'];
 
 /** The step kernel a plan runs, for the record. */
 function describePlan(plan: BenchPlan): string {
-  if (plan.bucket) return `row, buckets (${plan.bucket.wordsPerThread} bitmap words/thread)`;
+  if (plan.bucket) return `row, buckets (${plan.bucket.wordsPerThread} bitmap words/thread${plan.bucket.wide ? ', wide weights' : ''})`;
   return plan.row ? `row ×${plan.numSlices} (${plan.row.positionsPerThread} positions/thread)` : `pairs cluster ${plan.numSlices}`;
 }
 
@@ -208,7 +208,7 @@ function warmHostPath(cache: CudaPQCache, queries: readonly DeviceTensor[]): voi
 
 export interface CudaBenchResult {
   readonly rows: RecordRow[];
-  readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number }; bucket?: { wordsPerThread: number } };
+  readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number }; bucket?: { wordsPerThread: number; wide: boolean } };
 }
 
 /**

@@ -728,7 +728,7 @@ export class CudaPQCache implements PQCache {
     const index = slot | (appending ? 2 : 0) | (DTYPE_CODE[qdtype] << 2);
     const known = this.stepBindings[index];
     if (known !== undefined) return known;
-    const kernel = plan.bucket ? `bucket${plan.bucket.wordsPerThread}` : plan.row ? `row${plan.row.positionsPerThread}` : 'cl';
+    const kernel = plan.bucket ? `bucket${plan.bucket.wordsPerThread}${plan.bucket.wide ? 'w' : ''}` : plan.row ? `row${plan.row.positionsPerThread}` : 'cl';
     const binding: StepBinding = {
       // The rest of the plan follows from these.
       signature: `${slot}/${kernel}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
@@ -1033,7 +1033,7 @@ export class CudaPQCache implements PQCache {
   /** Dynamic shared memory a bucket-mode kernel may opt in to: the device's per-block limit less its static arrays. */
   private bucketSharedLimit(): number {
     // Every instance has the same static arrays (RowShared): the smallest one's stand for all.
-    const statics = loadStepKernels('select_row', this.phaseTiming).kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1 })).attributes().staticSharedBytes;
+    const statics = loadStepKernels('select_row', this.phaseTiming).kernel(stepBucketKernelName(this.layout, { wordsPerThread: 1, wide: false })).attributes().staticSharedBytes;
     return this.context.device.maxSharedPerBlockOptin - statics;
   }
 

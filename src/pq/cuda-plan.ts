@@ -224,11 +224,13 @@ export function stepPairsKernelName(layout: Layout, cluster: number, long = fals
 export const BUCKET_WORDS_PER_THREAD = [1, 2, 4, 8, 16, 20] as const;
 /**
  * Longer spans than the largest instance holds: 16 words a thread, chunk by chunk (the kernel walks
- * the span in chunks of 524,288 positions, each gathered again), up to 2^22 − 1 positions from
- * max(O, S) rounded down to 32: eight chunks, the span the GPU tests step over (the kernel's own
- * bound is 2^31, its 32-bit histogram weights). Beyond: the pair clusters.
+ * the span in chunks of 524,288 positions, each gathered again), spans from max(O, S) rounded down
+ * to 32. Up to 2^20 − 1 positions its histogram packs 20-bit weights with the pair counts; from
+ * 2^20 the _wide instance keeps them apart (≈ 1 μs slower at B = 1), to 2^22 − 1: eight chunks,
+ * the span the GPU tests step over (the kernel's own bound is 2^31). Beyond: the pair clusters.
  */
 export const BUCKET_CHUNKED_WORDS = 16;
+export const BUCKET_PACKED_MAX_SPAN = 2 ** 20 - 1;
 export const BUCKET_MAX_SPAN = 2 ** 22 - 1;
 /** With more query heads than SMs, 'auto' plans the pair clusters up to this eligible span, bucket mode beyond. */
 export const BUCKET_MIN_SPAN_MANY_HEADS = 16384;
@@ -238,6 +240,8 @@ export const BUCKET_MAX_TAIL = ROW_THREADS;
 export interface BucketPlan {
   /** Bitmap words per thread (a template instance of the kernel). */
   readonly wordsPerThread: (typeof BUCKET_WORDS_PER_THREAD)[number];
+  /** The _wide instance: histogram weights unpacked, for spans past BUCKET_PACKED_MAX_SPAN. */
+  readonly wide: boolean;
   /** The plan is valid for every sk ≤ this: the eligible span still fits the bitmaps. */
   readonly maxSeqLen: number;
   /** Dynamic shared memory: the take and tie bitmaps. */
@@ -248,7 +252,8 @@ export interface BucketPlan {
  * The row kernel in bucket mode (kernels/select_row.cu: heavy hitters gathered from per-kv-head
  * position buckets instead of a pass over every code) when it applies: C^M ≤ 4096, and the smallest
  * instance whose bitmaps hold the eligible span (from max(O, S) rounded down to 32) in one pass, or
- * past them BUCKET_CHUNKED_WORDS in chunks up to BUCKET_MAX_SPAN, has dynamic shared memory within
+ * past them BUCKET_CHUNKED_WORDS in chunks up to BUCKET_MAX_SPAN (_wide past
+ * BUCKET_PACKED_MAX_SPAN), has dynamic shared memory within
  * `maxDynamicShared` (the device's per-block opt-in minus the kernel's static shared memory). Any
  * number of query heads: one block each. Not with 'row' or 'cluster' forced.
  */
@@ -263,11 +268,12 @@ export function planBucket(layout: Layout, seqLen: number, choice: StepKernelCho
   const w = single ?? BUCKET_CHUNKED_WORDS;
   const sharedBytes = 2 * ROW_THREADS * w * 4;
   if (sharedBytes > maxDynamicShared) return undefined;
-  const maxSpan = single === undefined ? BUCKET_MAX_SPAN : w * ROW_THREADS * 32;
-  return { wordsPerThread: w, maxSeqLen: maxSpan + W + start, sharedBytes };
+  const wide = span > BUCKET_PACKED_MAX_SPAN;
+  const maxSpan = single !== undefined ? w * ROW_THREADS * 32 : wide ? BUCKET_MAX_SPAN : BUCKET_PACKED_MAX_SPAN;
+  return { wordsPerThread: w, wide, maxSeqLen: maxSpan + W + start, sharedBytes };
 }
 
 /** The bucket-mode kernel's name (kernels/select_row.cu). */
-export function stepBucketKernelName(layout: Layout, plan: Pick<BucketPlan, 'wordsPerThread'>): string {
-  return `pq_step_bucket_m${layout.config.pqGroupFactor}_w${plan.wordsPerThread}`;
+export function stepBucketKernelName(layout: Layout, plan: Pick<BucketPlan, 'wordsPerThread' | 'wide'>): string {
+  return `pq_step_bucket_m${layout.config.pqGroupFactor}_w${plan.wordsPerThread}${plan.wide ? '_wide' : ''}`;
 }

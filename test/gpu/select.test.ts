@@ -294,13 +294,20 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
   // be planned where the device holds it, and the test says which it could not run.
   const holds = (w: number): boolean => w <= 8 || CudaContext.primary().device.maxSharedPerBlockOptin >= 227 * 1024;
   let sk = 1;
-  // Each instance in one pass, then 16 words in chunks past the largest (eight of 524,288 positions,
-  // to 2^22 − 1 positions, BUCKET_MAX_SPAN): the last steps go to the pair clusters.
-  for (const [w, label] of [...BUCKET_WORDS_PER_THREAD.map((n) => [n, `w${n}`] as const), [BUCKET_CHUNKED_WORDS, `w${BUCKET_CHUNKED_WORDS} in chunks`] as const]) {
+  // Each instance in one pass, then 16 words in chunks past the largest (two of 524,288 positions,
+  // to 2^20 − 1), then the _wide instance (eight, to 2^22 − 1, BUCKET_MAX_SPAN): the last steps go
+  // to the pair clusters.
+  const instances = [
+    ...BUCKET_WORDS_PER_THREAD.map((n) => [n, false, `w${n}`] as const),
+    [BUCKET_CHUNKED_WORDS, false, `w${BUCKET_CHUNKED_WORDS} in chunks`] as const,
+    [BUCKET_CHUNKED_WORDS, true, `w${BUCKET_CHUNKED_WORDS} wide in chunks`] as const,
+  ];
+  for (const [w, wide, label] of instances) {
     // Three steps below the instance's limit: the run re-plans (and re-captures) mid-way, the last
-    // one off bucket mode; a tail of 2 rebuilds the buckets every other step.
+    // one onto the next instance or off bucket mode; a tail of 2 rebuilds the buckets every other step.
     const plan = planBucket(layout, sk, 'bucket', 1 << 20);
     assert.equal(plan?.wordsPerThread, w);
+    assert.equal(plan?.wide, wide);
     const start = (plan?.maxSeqLen ?? 0) - 3;
     sk = (plan?.maxSeqLen ?? 0) + 1;
     if (!holds(w)) {
@@ -311,6 +318,7 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
     const gpu = cudaFromState(st, 'bucket', undefined, 2);
     try {
       assert.equal(gpu.planFor(start + 1).bucket?.wordsPerThread, w);
+      assert.equal(gpu.planFor(start + 1).bucket?.wide, wide);
       stepTogether(st, gpu, 6, `bucket ${label}`);
     } finally {
       gpu.dispose();
@@ -332,20 +340,25 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
     }
   }
   if (holds(BUCKET_CHUNKED_WORDS)) {
-    // Two chunks (1,000,000 positions), every score equal: ≈ 10^6 ties, the lowest K all in the
-    // first chunk, so the second is never gathered.
-    const sk1 = 1_000_000;
-    const st = integerState(sk1, sk1 + 4, config, shape, 430);
-    st.centroids.fill(0);
-    let gpu = cudaFromState(st, 'bucket', undefined, 2);
-    try {
-      assert.equal(gpu.planFor(sk1 + 1).bucket?.wordsPerThread, BUCKET_CHUNKED_WORDS);
-      stepTogether(st, gpu, 2, 'bucket w16 in chunks, every score equal', 5, () => 0);
-    } finally {
-      gpu.dispose();
+    // Every score equal over two chunks (1,000,000 positions: ≈ 10^6 ties, near the packed 20-bit
+    // weights' limit) and eight (4,000,000, the _wide instance: one bin weighs 4·10^6); the lowest K
+    // all in the first chunk, so the others are never gathered.
+    let gpu: CudaPQCache;
+    for (const [skEqual, wide] of [[1_000_000, false], [4_000_000, true]] as const) {
+      const st = integerState(skEqual, skEqual + 4, config, shape, 430);
+      st.centroids.fill(0);
+      gpu = cudaFromState(st, 'bucket', undefined, 2);
+      try {
+        assert.equal(gpu.planFor(skEqual + 1).bucket?.wordsPerThread, BUCKET_CHUNKED_WORDS);
+        assert.equal(gpu.planFor(skEqual + 1).bucket?.wide, wide);
+        stepTogether(st, gpu, 2, `bucket w16${wide ? ' wide' : ''} in chunks, every score equal`, 5, () => 0);
+      } finally {
+        gpu.dispose();
+      }
     }
-    // Eight chunks (4,000,000 positions), the first seven's positions all one code pair (almost
-    // never heavy) and the last's random: its takes and ties come after seven chunks of nothing.
+    // Eight chunks (4,000,000 positions, the _wide instance), the first seven's positions all one
+    // code pair (almost never heavy) and the last's random: its takes and ties come after seven
+    // chunks of nothing.
     const sk8 = 4_000_000;
     const st8 = integerState(sk8, sk8 + 4, config, shape, 431);
     const { initOffset, pqGroupFactor: M } = layout.config;
@@ -355,7 +368,8 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
     }
     gpu = cudaFromState(st8, 'bucket', undefined, 2);
     try {
-      stepTogether(st8, gpu, 3, 'bucket w16 in chunks, seven chunks one pair', 9);
+      assert.equal(gpu.planFor(sk8 + 1).bucket?.wide, true);
+      stepTogether(st8, gpu, 3, 'bucket w16 wide in chunks, seven chunks one pair', 9);
     } finally {
       gpu.dispose();
     }
