@@ -286,7 +286,7 @@ test('row kernel: exact across its 16 → 32 → 64 positions-per-thread instanc
   }
 });
 
-test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 bitmap-words instances, 16 in chunks and the hand-over past them', { skip }, () => {
+test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 bitmap-words instances, 16 in chunks (packed and wide weights) and the hand-over past them', { skip }, () => {
   const config = { sinkSize: 24, windowSize: 40, heavySize: 300, pqGroupFactor: 2, pqBits: 6, initOffset: 30 };
   const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
   const layout = makeLayout(shape, { kmeansIters: 0, ...config });
