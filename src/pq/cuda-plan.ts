@@ -252,10 +252,10 @@ export interface BucketPlan {
  * The row kernel in bucket mode (kernels/select_row.cu: heavy hitters gathered from per-kv-head
  * position buckets instead of a pass over every code) when it applies: C^M ≤ 4096, and the smallest
  * instance whose bitmaps hold the eligible span (from max(O, S) rounded down to 32) in one pass, or
- * past them BUCKET_CHUNKED_WORDS in chunks up to BUCKET_MAX_SPAN (_wide past
- * BUCKET_PACKED_MAX_SPAN), has dynamic shared memory within
- * `maxDynamicShared` (the device's per-block opt-in minus the kernel's static shared memory). Any
- * number of query heads: one block each. Not with 'row' or 'cluster' forced.
+ * past them BUCKET_CHUNKED_WORDS in chunks up to BUCKET_MAX_SPAN (_wide past BUCKET_PACKED_MAX_SPAN),
+ * has dynamic shared memory within `maxDynamicShared` (the device's per-block opt-in minus the
+ * kernel's static shared memory). Any number of query heads: one block each. Not with 'row' or
+ * 'cluster' forced.
  */
 export function planBucket(layout: Layout, seqLen: number, choice: StepKernelChoice, maxDynamicShared: number): BucketPlan | undefined {
   const pairs = pairTableSize(layout);
