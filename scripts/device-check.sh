@@ -2,7 +2,7 @@
 # The full GPU battery, run on the device machine through device-run.sh:
 #   bash scripts/device-run.sh bash scripts/device-check.sh [steps…]
 # Steps (default: info tests verify sanitize runtime select torch; also demo phases build buildab (BUILDAB_VARIANTS) sanbuild hostwait exitcurve rowvar seedtune rowab kab baseab sanrow sanbucket
-# attend step attsan sanbigbucket fuzz soak quality report sanall sanrace saninit sanfast resident sanresident). Logs and records go to
+# attend step attsan sanbigbucket bucketvar chunkab fuzz soak quality report sanall sanrace saninit sanfast resident sanresident). Logs and records go to
 # $OUT (when set) and bench/results/. Each step has its own time limit so one hang cannot eat the run.
 set -uo pipefail
 OUT="${OUT:-/tmp/pqcache-out}"
