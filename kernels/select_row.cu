@@ -678,16 +678,15 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     // WIDE (spans from 2^20): the bins hold weights alone, 32 bits, and a second atomic counts each
     // bin's pairs in bin_key (free until the members; zeroed with the histogram). It costs the
     // chunked step ≈ 1 μs at B = 1 (spills), so shorter spans keep the packed words.
-    constexpr bool kPairCounts = WIDE;
     constexpr int kWeightBits = BUCKETS && WPT > 8 ? 20 : 19;
-    constexpr uint32_t kWeightMask = kPairCounts ? 0xffffffffu : (1u << kWeightBits) - 1u;
+    constexpr uint32_t kWeightMask = WIDE ? 0xffffffffu : (1u << kWeightBits) - 1u;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
       const int rb = rbin_of(score[j]);
       rbins[j >> 1] |= static_cast<uint32_t>(rb) << (16 * (j & 1));
       if (weight[j] == 0u) continue;
-      atomicAdd(reinterpret_cast<uint32_t*>(sm.hist) + rb, weight[j] + (kPairCounts ? 0u : 1u << kWeightBits));
-      if constexpr (kPairCounts) atomicAdd(sm.bin_key + rb, 1u);
+      atomicAdd(reinterpret_cast<uint32_t*>(sm.hist) + rb, weight[j] + (WIDE ? 0u : 1u << kWeightBits));
+      if constexpr (WIDE) atomicAdd(sm.bin_key + rb, 1u);
     }
     __syncthreads();
     stamp(PH_BINNED);
@@ -706,7 +705,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
           sm.found_rbin = PPT * tid + k;
           sm.found_need = K - acc;
           sm.found_count = hv[k];
-          sm.found_single = (kPairCounts ? sm.bin_key[PPT * tid + k] : hraw[k] >> kWeightBits) == 1u;
+          sm.found_single = (WIDE ? sm.bin_key[PPT * tid + k] : hraw[k] >> kWeightBits) == 1u;
         }
         acc += hv[k];
       }
@@ -950,8 +949,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
         // word twice took B = 1, sk = 524288 from 11.8 to 14.7 μs: bench/NOTES.md, session 43), and
         // two scans, since the ties and takes no longer pack into one word. Word wi of this
         // thread: [wi * NT + tid] (bit_word).
-        // A span longer than the bitmaps (BUCKET_MAX_SPAN, src/pq/cuda-plan.ts) goes chunk by chunk, each
-        // gathered again from the candidate list; the chunks before carry their (takes, ties).
+        // A span longer than the bitmaps (planned up to BUCKET_MAX_SPAN, src/pq/cuda-plan.ts) goes
+        // chunk by chunk, each gathered again from the candidate list; the chunks before carry their
+        // (takes, ties).
         constexpr int CHUNK = NT * WPT * 32;
         // The chunk at s0 + base, after the (takes, ties) of the chunks before (carry); returns them
         // with this chunk's.

@@ -18,6 +18,11 @@ run() { # name limit cmd…
   summary+=("$(printf '%-10s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E 'passed|# (pass|fail)|ERROR SUMMARY|wrote|merged|mismatches' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-150)")")
   tail -25 "$OUT/$name.log"
 }
+unpack_variants() { # the packed kernel variants (pack-device.sh ROW_BASE, ROW_DEFS, …) into /tmp/variants/<name>/,
+  # each beside this build's other fatbins, so PQCACHE_KERNELS_DIR=<variant> swaps only the variant's
+  rm -rf /tmp/variants && tar -C /tmp -xJf .device/variants.tar.xz
+  for d in /tmp/variants/*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
+}
 for s in $steps; do
   case $s in
     info) run info 60 pqcache info; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv ;;
@@ -83,8 +88,7 @@ for s in $steps; do
       node scripts/ab-table.mjs "$OUT"/hw-*.json ;;
     exitcurve|rowvar) # same-run A/B of the seed step: this build against the packed row-kernel variants
       # (pack with ROW_BASE / DIAG_EXIT); exitcurve: the exit-<phase> ones, rowvar: the base-<sha> ones
-      rm -rf /tmp/variants && tar -C /tmp -xJf .device/variants.tar.xz
-      for d in /tmp/variants/*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
+      unpack_variants
       if [ $s = exitcurve ]; then pat=exit-; else pat=${VAR_PAT:-base-}; fi  # VAR_PAT=def-: the ROW_DEFS ones
       for i in 1 2 3; do
         run "$s-this-$i" 120 pqcache bench --backend cuda --config seed --sk "${VAR_SK:-20000}" --iters 3000 --json "$OUT/$s-this-$i.json"
@@ -97,8 +101,7 @@ for s in $steps; do
     bucketvar) # same-run A/B of bucket mode's long spans: this build against the packed row-kernel
       # variants (pack with ROW_BASE), alternating, at VAR_ROWS ("B:sk …"); VAR_ONE_PASS names the
       # variants whose bucket kernels end at 655,360 positions (they skip longer rows)
-      rm -rf /tmp/variants && tar -C /tmp -xJf .device/variants.tar.xz
-      for d in /tmp/variants/*; do for f in .device/app/kernels/dist/*.fatbin; do [ -f "$d/$(basename "$f")" ] || cp "$f" "$d/"; done; done
+      unpack_variants
       for i in 1 2; do for row in ${VAR_ROWS:-1:524288 8:524288 1:1000000 8:1000000}; do
         B=${row%:*} sk=${row#*:}
         run "bv-b$B-s$sk-this-$i" 120 pqcache bench --backend cuda --config seed --batch "$B" --sk "$sk" --iters 300 --json "$OUT/bv-b$B-s$sk-this-$i.json"

@@ -324,7 +324,7 @@ test('bucket mode: exact across rebuilds, its 1 → 2 → 4 → 8 → 16 → 20 
       gpu.dispose();
     }
   }
-  assert.equal(planBucket(layout, sk, 'bucket', 1 << 20), undefined, 'past the weight bits: no bucket plan');
+  assert.equal(planBucket(layout, sk, 'bucket', 1 << 20), undefined, 'past BUCKET_MAX_SPAN: no bucket plan');
   // Every score equal over the largest instance's span: all 4,096 pairs in one bin and every
   // position tied (≈ 655,000 > 2^19: the 20-bit weight and tie fields), the lowest K taken.
   if (holds(20)) {
