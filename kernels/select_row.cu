@@ -295,10 +295,9 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   uint32_t* take_bits = reinterpret_cast<uint32_t*>(row_dynamic_smem);
   uint32_t* tie_bits = take_bits + NT * WPT;
   auto bit_word = [](unsigned w) -> unsigned { return WPT <= 8 ? w : (w % WPT) * NT + w / WPT; };
-  // Past 8 words: bit wi of word_flags[t] says the chunk's gather sets thread t's word wi in either
-  // bitmap (flagged by its first pass, which zeroes those words before the second sets bits), so
-  // step 7' reads only those words; the other words hold whatever they held. It lives in the pair
-  // classes' byte table, which bucket mode does not use (NT words).
+  // Past 8 words: bit wi of word_flags[t] says thread t's word wi is set in either bitmap (set by
+  // the gather's atomicOr that finds the word empty), so step 7' reads, and clears, only those
+  // words. It lives in the pair classes' byte table, which bucket mode does not use (NT words).
   uint32_t* const word_flags = reinterpret_cast<uint32_t*>(sm.cls);
   const int tid = threadIdx.x;
   const PhaseStamps stamp(phase_clock);  // select_common.cuh
@@ -510,12 +509,8 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   reinterpret_cast<int4*>(sm.hist)[tid] = make_int4(0, 0, 0, 0);  // NB == 4 * NT
   if (tid == 0) sm.n_members = 0;
   if constexpr (BUCKETS) {
-    // Both bitmaps zeroed here up to 8 words; past 8 the gather zeroes only the words it will set.
-    if constexpr (WPT <= 8) {
-      for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);
-    } else {
-      word_flags[tid] = 0u;
-    }
+    for (int i = tid; i < NT * WPT / 2; i += NT) row_dynamic_smem[i] = make_uint4(0u, 0u, 0u, 0u);  // both bitmaps
+    if constexpr (WPT > 8) word_flags[tid] = 0u;
     if constexpr (WIDE) reinterpret_cast<uint4*>(sm.bin_key)[tid] = make_uint4(0u, 0u, 0u, 0u);  // the bins' pair counts (NB == 4 * NT)
   }
   if (tid < M) {
@@ -872,77 +867,24 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
       // The tail position's class, once (a later chunk's gather then needs no threshold state).
       const uint32_t tail_cls = tail_p < hi && tail_p >= lo ? class_of_score(pair_score(pair_of_raw(tail_raw))) : CLS_SKIP;
       auto gather_chunk = [&](int base) {
-        if constexpr (WPT <= 8) {
-          auto set_bit = [&](int p, bool tie) {
-            const unsigned i = static_cast<unsigned>(p - s0 - base);
-            if (i >= static_cast<unsigned>(NT * WPT * 32)) return;
-            atomicOr((tie ? tie_bits : take_bits) + bit_word(i >> 5), 1u << (i & 31));
-          };
-          for (int g = tid; g < totals.y; g += NT) {
-            int a = 0, z = totals.x - 1;
-            while (a < z) {
-              const int mid = (a + z + 1) >> 1;
-              if (ent_start[mid] <= g) a = mid;
-              else z = mid - 1;
-            }
-            const int eo = ent_off[a];
-            set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
+        auto set_bit = [&](int p, bool tie) {
+          const unsigned i = static_cast<unsigned>(p - s0 - base);
+          if (i >= static_cast<unsigned>(NT * WPT * 32)) return;
+          const unsigned w = i >> 5;
+          const uint32_t old = atomicOr((tie ? tie_bits : take_bits) + bit_word(w), 1u << (i & 31));
+          if (WPT > 8 && old == 0u) atomicOr(word_flags + w / WPT, 1u << (w % WPT));
+        };
+        for (int g = tid; g < totals.y; g += NT) {
+          int a = 0, z = totals.x - 1;
+          while (a < z) {
+            const int mid = (a + z + 1) >> 1;
+            if (ent_start[mid] <= g) a = mid;
+            else z = mid - 1;
           }
-          if (tail_cls != CLS_SKIP) set_bit(tail_p, tail_cls == CLS_TIE);
-        } else {
-          // Past 8 words the bitmaps (128 or 160 KB) are not zeroed whole (≈ 0.6 μs of shared-memory
-          // stores a block): the words this chunk sets are flagged first (bit wi of word_flags[t]:
-          // thread t's word wi), their owners zero them, and a second pass sets the bits. Step 7'
-          // reads only flagged words. The second pass looks each slot up again: keeping a thread's
-          // first slot in registers instead made the m2_w16 kernel spill 48 bytes (8 before).
-          // The gathered slot g's position, and whether its pair is tied.
-          auto slot_position = [&](int g, bool& tie) -> int {
-            int a = 0, z = totals.x - 1;
-            while (a < z) {
-              const int mid = (a + z + 1) >> 1;
-              if (ent_start[mid] <= g) a = mid;
-              else z = mid - 1;
-            }
-            const int eo = ent_off[a];
-            tie = eo < 0;
-            return __ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a]));
-          };
-          // Position p's word and bit in the chunk at s0 + base (false: outside it).
-          auto chunk_bit = [&](int p, unsigned& w, uint32_t& bit) -> bool {
-            const unsigned i = static_cast<unsigned>(p - s0 - base);
-            w = i >> 5;
-            bit = 1u << (i & 31);
-            return i < static_cast<unsigned>(NT * WPT * 32);
-          };
-          auto flag_word = [&](int p) {
-            unsigned w;
-            uint32_t bit;
-            if (chunk_bit(p, w, bit)) atomicOr(word_flags + w / WPT, 1u << (w % WPT));
-          };
-          auto set_bit = [&](int p, bool tie) {
-            unsigned w;
-            uint32_t bit;
-            if (chunk_bit(p, w, bit)) atomicOr((tie ? tie_bits : take_bits) + bit_word(w), bit);
-          };
-          for (int g = tid; g < totals.y; g += NT) {
-            bool tie;
-            flag_word(slot_position(g, tie));
-          }
-          if (tail_cls != CLS_SKIP) flag_word(tail_p);
-          __syncthreads();  // every word of the chunk flagged
-          for (uint32_t f = word_flags[tid]; f != 0u; f &= f - 1u) {
-            const int wi = __ffs(f) - 1;
-            take_bits[wi * NT + tid] = 0u;
-            tie_bits[wi * NT + tid] = 0u;
-          }
-          __syncthreads();  // the flagged words zeroed by their owners
-          for (int g = tid; g < totals.y; g += NT) {
-            bool tie;
-            const int p = slot_position(g, tie);
-            set_bit(p, tie);
-          }
-          if (tail_cls != CLS_SKIP) set_bit(tail_p, tail_cls == CLS_TIE);
+          const int eo = ent_off[a];
+          set_bit(__ldg(head_buckets + (eo & 0x7fffffff) + (g - ent_start[a])), eo < 0);
         }
+        if (tail_cls != CLS_SKIP) set_bit(tail_p, tail_cls == CLS_TIE);
         __syncthreads();
       };
       gather_chunk(0);
@@ -1027,12 +969,14 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
           stamp(PH_COUNTS);
           int take_before = carry.x + before.x;
           int tie_before = carry.y + before.y;
-          // In position order (the lowest flagged word first); the flags cleared after, for the next
-          // chunk's gather (which zeroes the words it flags: stale words are never read).
+          // In position order (the lowest flagged word first); each word cleared once read, and the
+          // flags, so the next chunk's gather finds its bitmaps zero (this thread owns these words).
           for (uint32_t f = flags; f != 0u; f &= f - 1u) {
             const int wi = __ffs(f) - 1;
             const uint32_t tw = take_bits[wi * NT + tid];
             const uint32_t xw = tie_bits[wi * NT + tid];
+            take_bits[wi * NT + tid] = 0u;
+            tie_bits[wi * NT + tid] = 0u;
             for (uint32_t sel = tw | xw; sel != 0u; sel &= sel - 1u) {  // only the set bits
               const int bit = __ffs(sel) - 1;
               const uint32_t below = (1u << bit) - 1u;
