@@ -174,10 +174,10 @@ for s in $steps; do
       run san-racecheck-bigbucket 450 bash -c "set -e; for a in '400000 3' '600000 3' '600000 1 equal' '1000000 3' '1000000 1 equal' '4000000 2' '4000000 1 equal'; do compute-sanitizer --tool racecheck --kernel-name kns=pq_step_bucket --target-processes all node scripts/bucket-steps.mjs \$a; done"
       SAN_OVER_memcheck_bigbucket="select.test.js 'bucket mode: exact across rebuilds' (instances of 1-20 bitmap words and 16 in chunks, every score equal at 20 and in chunks, eight chunks of the wide instance)" \
         SAN_OVER_racecheck_bigbucket="pq_step_bucket kernels only: scripts/bucket-steps.mjs, 3 steps at sk 400000 (16 words), 600000 (20) and 1000000 (16 in two chunks), 2 at 4000000 (eight chunks, the wide instance), 1 step with every score equal at 600000, 1000000 and 4000000" node scripts/merge-sanitizer.mjs "$OUT" ;;
-    chunkab) # bucket mode in chunks at sk = 1,000,000 (B = 1, 8; two chunks) and 4,000,000 (B = 1; eight):
+    chunkab) # bucket mode in chunks at sk = 1,000,000 (B = 1, 8; two chunks) and 4,000,000 (B = 1; eight; CHUNK_ROWS="B:sk …" for others):
       # the planned kernel (16 words) against the pair clusters, alternating processes; PyTorch on
       # the same inputs. Rows merged into bench/results/select-chunks-ab-<device>.json, then a table.
-      for i in 1 2; do for row in 1:1000000 8:1000000 1:4000000; do for k in auto cluster; do
+      for i in 1 2; do for row in ${CHUNK_ROWS:-1:1000000 8:1000000 1:4000000}; do for k in auto cluster; do
         B=${row%:*} sk=${row#*:}
         dump=(); [ "$i$k" = 1auto ] && dump=(--dump-dir /tmp/pqdump-chunks)
         run "cab-b$B-s$sk-$k-$i" 200 pqcache bench --backend cuda --config seed --batch "$B" --sk "$sk" --step-kernel $k --iters 300 "${dump[@]}" --json "$OUT/cab-b$B-s$sk-$k-$i.json"
