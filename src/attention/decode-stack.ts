@@ -7,6 +7,7 @@ import { CudaContext } from '../cuda/context.js';
 import { GraphCache } from '../cuda/graph.js';
 import { Owned } from '../cuda/owned.js';
 import { Stream } from '../cuda/stream.js';
+import type { DevicePtr } from '../cuda/driver.js';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
@@ -43,6 +44,8 @@ export class CudaDecodeStack {
   private readonly graphs = new GraphCache(MAX_GRAPHS);
   /** Recent tokens' graph keys with the layer keys they join (the layers hand out the same strings every token). */
   private readonly joinedKeys: { readonly parts: readonly string[]; readonly key: string }[] = [];
+  /** joinPointers()'s array. */
+  private readonly pointerScratch: DevicePtr[] = [];
   /** The stream and the layers, freed together. */
   private readonly owned = new Owned();
   private disposed = false;
@@ -84,7 +87,7 @@ export class CudaDecodeStack {
     const bound = this.layers.map((layer, i) => layer.bind(inputs[i]));
     const prepared = this.layers.map((layer, i) => layer.prepare(bound[i]));
     const key = this.graphKey(prepared);
-    const pointers = prepared.flatMap((p) => p.pointers);
+    const pointers = this.joinPointers(prepared);
     const graph =
       this.graphs.find(key, pointers) ??
       this.graphs.capture(key, pointers, this.stream, () => {
@@ -93,6 +96,19 @@ export class CudaDecodeStack {
     graph.launch(this.stream);
     this.layers.forEach((layer, i) => layer.launched(bound[i]));
     return this.layers.map((layer) => layer.output());
+  }
+
+  /**
+   * Every layer's input pointers in one array, refilled in place each token (GraphCache.capture
+   * copies what it keeps). `flatMap` over the layers' arrays took ≈ 25 μs a token at 32 layers,
+   * most of the host time before the launch (bench/NOTES.md, session 44).
+   */
+  private joinPointers(prepared: readonly PreparedStep[]): DevicePtr[] {
+    const out = this.pointerScratch;
+    let n = 0;
+    for (const p of prepared) for (const ptr of p.pointers) out[n++] = ptr;
+    out.length = n;
+    return out;
   }
 
   /**

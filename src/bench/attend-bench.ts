@@ -56,12 +56,12 @@ export interface AttendBenchOptions {
 
 const FILL_ARGS = ['ptr', 'i32', 'u64', 'u32', 'f32'] as const;
 /** Fill n elements at ptr with seeded uniform values in [−scale, scale) (kernels/runtime.cu pq_fill_hash). */
-function fillHash(ptr: DevicePtr, dtype: FloatDType, n: number, seed: number, scale: number, stream: Stream): void {
+export function fillHash(ptr: DevicePtr, dtype: FloatDType, n: number, seed: number, scale: number, stream: Stream): void {
   launchWith(loadKernels('runtime').kernel('pq_fill_hash'), { grid: [Math.min(65535, Math.ceil(n / 256)), 1, 1], block: [256, 1, 1] }, FILL_ARGS, [ptr, DTYPE_CODE[dtype], BigInt(n), seed >>> 0, scale], stream);
 }
 
 /** Rotating device input sets: query [B,H,1,D], key/value [B,Hkv,1,D] in dtype. */
-class DeviceInputs {
+export class DeviceInputs {
   readonly sets: StepInputs<DeviceTensor>[];
   private readonly arena: DeviceArena<'q' | 'k' | 'v'>;
 
