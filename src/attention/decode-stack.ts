@@ -4,10 +4,10 @@
  * CPU the layers run one after another.
  */
 import { CudaContext } from '../cuda/context.js';
+import type { DevicePtr } from '../cuda/driver.js';
 import { GraphCache } from '../cuda/graph.js';
 import { Owned } from '../cuda/owned.js';
 import { Stream } from '../cuda/stream.js';
-import type { DevicePtr } from '../cuda/driver.js';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
