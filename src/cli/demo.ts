@@ -175,6 +175,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     ? '(step = host query/key/value → one graph launch → synchronized; the output stays on the GPU. Quality sampled every ' +
       `${o.qualityEvery} steps against exact attention on the host.)`
     : `(step = append + select + attend, output as a host array. Quality sampled every ${o.qualityEvery} steps.)`);
+  console.log('(Quality of the seed setting M = 2 swings kv-head by kv-head with the k-means initial draw on this data; ' +
+    'M = 4 is steadier: README.md, "Quality".)');
 
   const attend = loadRecord('attend', device);
   const qualityRecord = loadRecord('quality', device);
