@@ -28,6 +28,7 @@ if (profDir) {
 }
 const app = join(process.cwd(), process.env.APP ?? '.device/app/dist/src');
 const { seedConfig, seedDeviceInputs } = await import('./seed-inputs.mjs');
+const { stampCalls } = await import('./stamp-calls.mjs');
 const { benchLayout, randomState } = await import(join(app, 'bench/select-bench.js'));
 const { CudaPQCache } = await import(join(app, 'pq/cuda-cache.js'));
 const { GraphCache, GraphExec } = await import(join(app, 'cuda/graph.js'));
@@ -43,19 +44,6 @@ cache.uploadState(randomState(layout, c.sk - 1, capacity, 7));
 const sets = 8;
 const { arena, q, k } = await seedDeviceInputs(app, sets);
 
-// Wraps proto[name] so every call stamps the host clock on entry (at.t0) and return (at.t1) and
-// keeps its receiver (at.self); returns the original. The two clock reads sit inside the split.
-function stampCalls(proto, name, at) {
-  const original = proto[name];
-  proto[name] = function (...args) {
-    at.t0 = performance.now();
-    const r = original.apply(this, args);
-    at.t1 = performance.now();
-    at.self = this;
-    return r;
-  };
-  return original;
-}
 const launched = { t0: 0, t1: 0, self: undefined };
 const launch = stampCalls(GraphExec.prototype, 'launch', launched);
 // With SPLIT=1, the path before cuGraphLaunch split too (prepareStep and the graph lookup wrapped).

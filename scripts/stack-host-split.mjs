@@ -13,6 +13,7 @@ const { benchLayout, randomState } = await import(join(app, 'bench/select-bench.
 const { CudaDecodeStack } = await import(join(app, 'attention/decode-stack.js'));
 const { GraphExec } = await import(join(app, 'cuda/graph.js'));
 const { summarize } = await import(join(app, 'bench/stats.js'));
+const { stampCalls } = await import('./stamp-calls.mjs');
 
 const layers = Number(process.env.LAYERS ?? 32);
 const tokens = Number(process.env.TOKENS ?? 1500);
@@ -30,14 +31,8 @@ stack.stream.synchronize();
 stack.layers.forEach((l, i) => l.adoptPrefilled(c.sk, randomState(layout, c.sk, capacity, 1 + i)));
 const sets = [0, 1].map((p) => Array.from({ length: layers }, (_, l) => inputs.sets[2 * l + p]));
 
-const at = { t0: 0, t1: 0 };
-const launch = GraphExec.prototype.launch;
-GraphExec.prototype.launch = function (...args) {
-  at.t0 = performance.now();
-  const r = launch.apply(this, args);
-  at.t1 = performance.now();
-  return r;
-};
+const at = { t0: 0, t1: 0, self: undefined };
+stampCalls(GraphExec.prototype, 'launch', at);
 for (let i = 0; i < 500; i++) {
   stack.step(sets[i & 1]);
   stack.synchronize();

@@ -21,7 +21,7 @@ import { type Layout, type Metric, makeLayout } from '../pq/config.js';
 import { appendCodesCpu } from '../pq/cpu-build.js';
 import { deviceIndexStrides } from '../pq/cuda-build.js';
 import { CudaPQCache, STEP_PHASES } from '../pq/cuda-cache.js';
-import { BUCKET_MAX_TAIL, type StepKernelChoice } from '../pq/cuda-plan.js';
+import { BUCKET_MAX_TAIL, type BucketPlan, type RowPlan, type StepKernelChoice } from '../pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
 import { encodeSafetensors } from '../pq/safetensors.js';
@@ -208,7 +208,7 @@ function warmHostPath(cache: CudaPQCache, queries: readonly DeviceTensor[]): voi
 
 export interface CudaBenchResult {
   readonly rows: RecordRow[];
-  readonly plan: { numSlices: number; sliceLen: number; row?: { positionsPerThread: number }; bucket?: { wordsPerThread: number; wide: boolean } };
+  readonly plan: { numSlices: number; sliceLen: number; row?: Pick<RowPlan, 'positionsPerThread'>; bucket?: Pick<BucketPlan, 'wordsPerThread' | 'wide'> };
 }
 
 /**

@@ -728,7 +728,7 @@ export class CudaPQCache implements PQCache {
     const index = slot | (appending ? 2 : 0) | (DTYPE_CODE[qdtype] << 2);
     const known = this.stepBindings[index];
     if (known !== undefined) return known;
-    const kernel = plan.bucket ? `bucket${plan.bucket.wordsPerThread}${plan.bucket.wide ? 'w' : ''}` : plan.row ? `row${plan.row.positionsPerThread}` : 'cl';
+    const kernel = this.pairs > 0 ? this.stepKernelName(plan) : 'select';
     const binding: StepBinding = {
       // The rest of the plan follows from these.
       signature: `${slot}/${kernel}/${plan.numSlices}/${plan.sliceLen}/${DTYPE_CODE[qdtype]}/${appending}`,
@@ -1145,6 +1145,14 @@ export class CudaPQCache implements PQCache {
     }
   }
 
+  /** The pair path's step kernel for `plan` (`resident`: the row kernel's resident form); graph keys name it too. */
+  private stepKernelName(plan: StepPlan, resident = false): string {
+    if (resident && plan.row !== undefined) return residentRowKernelName(this.layout, plan.row);
+    if (plan.bucket !== undefined) return stepBucketKernelName(this.layout, plan.bucket);
+    if (plan.row !== undefined) return stepRowKernelName(this.layout, plan.row);
+    return stepPairsKernelName(this.layout, plan.numSlices, plan.long);
+  }
+
   /**
    * Kernel, shape and arguments of the pair path's step. `resident`: the row kernel's resident form
    * (plan.row), which takes the slot and whether a step appends from each ring: seq_read and
@@ -1156,14 +1164,8 @@ export class CudaPQCache implements PQCache {
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const cluster = plan.numSlices;
-    const rowKernels = loadStepKernels('select_row', this.phaseTiming);
-    const kernel = resident && plan.row !== undefined
-      ? rowKernels.kernel(residentRowKernelName(this.layout, plan.row))
-      : plan.bucket !== undefined
-        ? rowKernels.kernel(stepBucketKernelName(this.layout, plan.bucket))
-        : plan.row !== undefined
-          ? rowKernels.kernel(stepRowKernelName(this.layout, plan.row))
-          : loadStepKernels('select_pairs', this.phaseTiming).kernel(stepPairsKernelName(this.layout, cluster, plan.long));
+    const kernel = loadStepKernels(plan.row !== undefined || plan.bucket !== undefined ? 'select_row' : 'select_pairs', this.phaseTiming)
+      .kernel(this.stepKernelName(plan, resident));
     const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
     const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
     const buckets = plan.bucket !== undefined;
