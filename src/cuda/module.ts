@@ -24,6 +24,8 @@ export interface KernelAttributes {
 export class Kernel {
   /** The dynamic shared-memory limit as last read or raised (undefined: not read yet). */
   private dynamicSharedLimit: number | undefined;
+  /** occupancy() by block size and dynamic shared bytes. */
+  private readonly occupancies = new Map<string, number>();
 
   constructor(
     readonly name: string,
@@ -58,13 +60,23 @@ export class Kernel {
     this.dynamicSharedLimit = bytes;
   }
 
-  /** Resident blocks per multiprocessor at this block size (opting in to `dynamicSharedBytes`, as a launch would). */
+  /**
+   * Resident blocks per multiprocessor at this block size (opting in to `dynamicSharedBytes`, as a
+   * launch would). Fixed for the function on its device, so each shape is asked of the driver once
+   * (a build plans its round grid from it on every call).
+   */
   occupancy(blockSize: number, dynamicSharedBytes = 0): number {
-    this.allowDynamicShared(dynamicSharedBytes);
-    const d = driver();
-    return out('cuOccupancyMaxActiveBlocksPerMultiprocessor', 0, (s) =>
-      d.cuOccupancyMaxActiveBlocksPerMultiprocessor(s, this.handle, blockSize, dynamicSharedBytes),
-    );
+    const key = `${blockSize}/${dynamicSharedBytes}`;
+    let blocks = this.occupancies.get(key);
+    if (blocks === undefined) {
+      this.allowDynamicShared(dynamicSharedBytes);
+      const d = driver();
+      blocks = out('cuOccupancyMaxActiveBlocksPerMultiprocessor', 0, (s) =>
+        d.cuOccupancyMaxActiveBlocksPerMultiprocessor(s, this.handle, blockSize, dynamicSharedBytes),
+      );
+      this.occupancies.set(key, blocks);
+    }
+    return blocks;
   }
 }
 

@@ -352,6 +352,7 @@ const KEPT_BUILD_GRAPHS = 4;
 export class BuildWorkspace {
   private arena: DeviceArena<WorkspaceSlice> | undefined;
   private progressWord: PinnedBuffer | undefined;
+  private outcomeCopy: PinnedBuffer | undefined;
   private readonly graphs = new GraphCache(KEPT_BUILD_GRAPHS);
 
   constructor(private readonly layout: Layout, private readonly capacity: number) {}
@@ -393,6 +394,12 @@ export class BuildWorkspace {
     return this.progressWord;
   }
 
+  /** Where the build graph copies firstBad and the stats, its last node (`bytes` of them: fixed by the layout). */
+  outcome(bytes: number): PinnedBuffer {
+    this.outcomeCopy ??= new PinnedBuffer(bytes);
+    return this.outcomeCopy;
+  }
+
   /** The build graph for this sk, kernel and binding, captured by `enqueue` if not kept. */
   graph(signature: string, pointers: readonly bigint[], stream: Stream, enqueue: () => void): GraphExec {
     return this.graphs.get(signature, pointers, stream, enqueue);
@@ -402,6 +409,8 @@ export class BuildWorkspace {
     this.graphs.dispose();
     this.progressWord?.dispose();
     this.progressWord = undefined;
+    this.outcomeCopy?.dispose();
+    this.outcomeCopy = undefined;
     this.arena?.dispose();
     this.arena = undefined;
   }
@@ -496,9 +505,16 @@ export function buildOnDevice(
     }
     const { ptr: keysPtr, headStride, rowStride } = bound;
     const hs = BigInt(headStride);
-    copies.fill32Async(s.firstBad, 0xffffffff, s.firstBad.bytes / 4, stream); // no NaN/Inf key found yet
+    // firstBad starts at "no NaN/Inf key found yet": inside the graph where the graph's kernels are
+    // the only ones to check the keys (in place), else before the staging kernel that checks them.
+    const resetFirstBad = (): void => copies.fill32Async(s.firstBad, 0xffffffff, s.firstBad.bytes / 4, stream);
+    if (!inPlace) resetFirstBad();
     if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys); // checked on the host (checkKeys)
     else if (staging) launchStageKeys(mod, keys, staging.slices.keys, s.firstBad, layout, seqLen, stream, args);
+    // firstBad and the stats, adjacent in the workspace: the graph's last node copies them into
+    // pinned memory, so the host reads them once the stream is done, with no driver call.
+    const outcome = spanOf(s.firstBad, s.stats);
+    const outcomeHost = ws.outcome(outcome.bytes);
     const progress = ws.progress();
     const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
     const roundArgs = (r: number, mode: number): LaunchArgs =>
@@ -512,8 +528,9 @@ export function buildOnDevice(
     // into its node, so finalize's argument block is rewritten from round to round). Everything it
     // bakes in besides sk, the kernels and the key strides: the key and target pointers (the
     // workspace's are fixed).
-    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${sumsChunk}:${headStride}:${rowStride}`;
+    const signature = `${seqLen}:${roundKernel}:${Math.min(recomputeRounds, iters)}:${sumsChunk}:${headStride}:${rowStride}:${inPlace ? 'in place' : 'staged'}`;
     const graph = ws.graph(signature, [keysPtr, target.centroids.ptr, target.codes.ptr, target.phi.ptr], stream, () => {
+      if (inPlace) resetFirstBad();
       // stats, sums, counts, centroids (their padding columns too) and φ.
       const zeroed = spanOf(s.stats, s.phi);
       copies.fill32Async(zeroed, 0, zeroed.bytes / 4, stream);
@@ -558,6 +575,7 @@ export function buildOnDevice(
         args(PUBLISH_ARGS).setAll([s.firstBad.ptr, s.codes.ptr, target.codes.ptr, s.centroids.ptr, target.centroids.ptr, s.phi.ptr, target.phi.ptr, n, M, O, target.capPad, s.centroids.bytes / 16, G]),
         stream,
       );
+      outcomeHost.copyFromDeviceAsync(outcome, outcome.bytes, stream);
     });
     events?.beforeStart?.(stream);
     events?.start.record(stream);
@@ -565,13 +583,9 @@ export function buildOnDevice(
     events?.end.record(stream);
     if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound);
     stream.synchronize();
-    // firstBad and the stats in one copy (adjacent in the workspace).
-    const outcome = spanOf(s.firstBad, s.stats);
-    const bytes = new Uint8Array(outcome.bytes);
-    copies.toHost(bytes, outcome);
-    const firstBad = new BigUint64Array(bytes.buffer, 0, 1)[0];
+    const firstBad = new BigUint64Array(outcomeHost.arrayBuffer, 0, 1)[0];
     if (firstBad !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${firstBad}`);
-    const stats = new Uint32Array(bytes.buffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);
+    const stats = new Uint32Array(outcomeHost.arrayBuffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);
     return {
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
