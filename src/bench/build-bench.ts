@@ -44,11 +44,14 @@ export function benchKeys(n: number): Float32Array {
 export type BuildKeySource = 'host-f32' | 'device-f32' | 'device-bf16' | 'device-f16';
 const KEY_SOURCES: readonly BuildKeySource[] = ['host-f32', 'device-f32', 'device-bf16', 'device-f16'];
 
+/** Untimed builds before the timed ones of each key source. */
+const BUILD_WARMUPS = 3;
+
 /** The busy queue ahead of a timed build graph: longer than the host's launch of it. */
 const BUILD_BUSY_NS = 500_000;
 
 /**
- * The seed build from each key source in one process: `reps` timed builds after a warm-up each,
+ * The seed build from each key source in one process: `reps` timed builds after BUILD_WARMUPS untimed ones each,
  * with a kept workspace as CudaPQCache.build has, then 3 builds without one. Wall-clock is call →
  * return of buildOnDevice (upload, or a staging copy where needed; the k-means graph with its
  * NaN/Inf check; the sync; without a workspace also the temporaries and the capture); GPU time is
@@ -82,7 +85,9 @@ export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildT
           copies.fromHost(buf, onDevice.data);
           input = deviceTensor(onDevice.dtype, onDevice.shape, buf.ptr);
         }
-        buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning, workspace); // warm-up (module load, first touch, capture)
+        // Warm-up: module load, first touch and capture, then a few more calls so that the timed
+        // ones do not run the path's JavaScript before V8 has compiled it (bench/NOTES.md session 45).
+        for (let w = 0; w < BUILD_WARMUPS; w++) buildOnDevice(layout, input, c.sk, t, stream, undefined, undefined, tuning, workspace);
         const wall: number[] = [];
         let stats: BuildStats | undefined;
         for (let r = 0; r < reps; r++) {

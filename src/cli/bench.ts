@@ -31,6 +31,9 @@ export interface BenchCliOptions {
   readonly command: string;
 }
 
+/** Timed builds per key source and config (each a whole build: 2–12 ms from device keys, 0.08–0.33 s from host keys). */
+const BUILD_REPS = 15;
+
 /** The issue-4 matrix: the seed config, then sk ∈ {8192, 32768, 131072, 524288} × B ∈ {1, 8}. */
 export function selectMatrix(): SelectBenchConfig[] {
   const out: SelectBenchConfig[] = [SEED_BENCH];
@@ -74,7 +77,7 @@ export function runBench(o: BenchCliOptions): number {
     record = newRecord(o.kind, dev.name, dev.driverVersion, o.command);
     if (o.kind === 'build') {
       const configs = o.config === 'seed' ? [SEED_BUILD] : [SEED_BUILD, { ...SEED_BUILD, sk: 131072 }];
-      for (const c of configs) record.rows.push(...benchBuildCuda(c, 5, buildTuningFromEnv()));
+      for (const c of configs) record.rows.push(...benchBuildCuda(c, BUILD_REPS, buildTuningFromEnv()));
       console.log(table(['impl', 'sk', 'wall med μs', 'gpu med μs', 'quantization error'], record.rows.map((r) => [r.impl, String(r.config.sk), r.wall_us?.median ?? NaN, r.gpu_us?.median ?? NaN, Number((r.extra as { quantization_error: number }).quantization_error).toExponential(4)])));
     } else if (o.kind === 'attend' || o.kind === 'step') {
       const stream = new Stream();
