@@ -14,9 +14,8 @@ const { CudaContext } = await import(join(app, 'cuda/context.js'));
 const { DeviceBuffer, copies } = await import(join(app, 'cuda/memory.js'));
 const { Event, Stream } = await import(join(app, 'cuda/stream.js'));
 const { GraphExec } = await import(join(app, 'cuda/graph.js'));
-const { makeLayout } = await import(join(app, 'pq/config.js'));
 const { BuildWorkspace, allocateBuildTarget, buildOnDevice } = await import(join(app, 'pq/cuda-build.js'));
-const { SEED_BUILD, benchKeys } = await import(join(app, 'bench/build-bench.js'));
+const { BUILD_WARMUPS, SEED_BUILD, benchKeys, buildBenchLayout } = await import(join(app, 'bench/build-bench.js'));
 const { BusyQueue } = await import(join(app, 'bench/busy-queue.js'));
 const { summarize } = await import(join(app, 'bench/stats.js'));
 const { deviceTensor } = await import(join(app, 'tensor/device-tensor.js'));
@@ -26,10 +25,7 @@ const { stampCalls } = await import('./stamp-calls.mjs');
 const reps = Number(process.env.REPS ?? 30);
 const dtypes = (process.env.KEYS ?? 'bf16 f16 f32').split(/\s+/).filter(Boolean);
 const c = SEED_BUILD;
-const layout = makeLayout(
-  { batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D },
-  { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters },
-);
+const layout = buildBenchLayout(c);
 CudaContext.primary();
 const stream = new Stream();
 const e0 = new Event();
@@ -53,7 +49,7 @@ for (const dtype of dtypes) {
   const input = deviceTensor(keys.dtype, keys.shape, buf.ptr);
   const workspace = new BuildWorkspace(layout, c.sk);
   const build = (events) => buildOnDevice(layout, input, c.sk, target, stream, undefined, events, {}, workspace);
-  for (let i = 0; i < 3; i++) build(); // module load, capture, first touch
+  for (let i = 0; i < BUILD_WARMUPS; i++) build(); // module load, capture, first touch, compiled JavaScript (as the bench)
   const cols = { call_to_launch: [], launch: [], launch_to_synced: [], synced_to_return: [], readback: [], wall: [] };
   for (let r = 0; r < reps; r++) {
     back.t0 = back.t1 = 0;

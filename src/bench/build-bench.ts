@@ -45,7 +45,12 @@ export type BuildKeySource = 'host-f32' | 'device-f32' | 'device-bf16' | 'device
 const KEY_SOURCES: readonly BuildKeySource[] = ['host-f32', 'device-f32', 'device-bf16', 'device-f16'];
 
 /** Untimed builds before the timed ones of each key source. */
-const BUILD_WARMUPS = 3;
+export const BUILD_WARMUPS = 3;
+
+/** The index layout a build bench config describes (H = Hkv: the build reads keys only). */
+export function buildBenchLayout(c: BuildBenchConfig): Layout {
+  return makeLayout({ batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D }, { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters });
+}
 
 /** The busy queue ahead of a timed build graph: longer than the host's launch of it. */
 const BUILD_BUSY_NS = 500_000;
@@ -59,10 +64,7 @@ const BUILD_BUSY_NS = 500_000;
  * row (the bf16 and f16 rows' indexes are built on rounded keys).
  */
 export function benchBuildCuda(c: BuildBenchConfig, reps: number, tuning: BuildTuning = {}, sources: readonly BuildKeySource[] = KEY_SOURCES): RecordRow[] {
-  const layout: Layout = makeLayout(
-    { batch: c.B, heads: c.Hkv, kvHeads: c.Hkv, headDim: c.D },
-    { pqGroupFactor: c.M, pqBits: c.pqBits, initOffset: c.O, kmeansIters: c.iters },
-  );
+  const layout = buildBenchLayout(c);
   const keys = benchKeys(c.B * c.Hkv * c.sk * c.D);
   CudaContext.primary();
   const stream = new Stream();

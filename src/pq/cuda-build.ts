@@ -360,6 +360,11 @@ export class BuildWorkspace {
   /** The temporaries for a build of `seqLen` positions (allocated on first use). */
   slices(seqLen: number): Readonly<Record<WorkspaceSlice, DeviceRange>> {
     checkCapacity('seqLen', this.capacity, seqLen);
+    return this.allocated();
+  }
+
+  /** The arena's slices, allocated for `capacity` positions on first use. */
+  private allocated(): Readonly<Record<WorkspaceSlice, DeviceRange>> {
     if (this.arena === undefined) {
       const { layout } = this;
       const G = layout.shape.batch * layout.shape.kvHeads * layout.config.pqGroupFactor;
@@ -394,10 +399,15 @@ export class BuildWorkspace {
     return this.progressWord;
   }
 
-  /** Where the build graph copies firstBad and the stats, its last node (`bytes` of them: fixed by the layout). */
-  outcome(bytes: number): PinnedBuffer {
-    this.outcomeCopy ??= new PinnedBuffer(bytes);
-    return this.outcomeCopy;
+  /**
+   * firstBad and the stats (adjacent in the arena: `device`), and the pinned memory the build
+   * graph's last node copies them into (`host`), read after the sync with no driver call.
+   */
+  outcome(): { readonly device: DeviceRange; readonly host: PinnedBuffer } {
+    const s = this.allocated();
+    const device = spanOf(s.firstBad, s.stats);
+    this.outcomeCopy ??= new PinnedBuffer(device.bytes);
+    return { device, host: this.outcomeCopy };
   }
 
   /** The build graph for this sk, kernel and binding, captured by `enqueue` if not kept. */
@@ -511,10 +521,7 @@ export function buildOnDevice(
     if (!inPlace) resetFirstBad();
     if (keys instanceof Float32Array) copies.fromHost({ ptr: keysPtr, bytes: keys.byteLength }, keys); // checked on the host (checkKeys)
     else if (staging) launchStageKeys(mod, keys, staging.slices.keys, s.firstBad, layout, seqLen, stream, args);
-    // firstBad and the stats, adjacent in the workspace: the graph's last node copies them into
-    // pinned memory, so the host reads them once the stream is done, with no driver call.
-    const outcome = spanOf(s.firstBad, s.stats);
-    const outcomeHost = ws.outcome(outcome.bytes);
+    const outcome = ws.outcome();
     const progress = ws.progress();
     const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
     const roundArgs = (r: number, mode: number): LaunchArgs =>
@@ -575,7 +582,7 @@ export function buildOnDevice(
         args(PUBLISH_ARGS).setAll([s.firstBad.ptr, s.codes.ptr, target.codes.ptr, s.centroids.ptr, target.centroids.ptr, s.phi.ptr, target.phi.ptr, n, M, O, target.capPad, s.centroids.bytes / 16, G]),
         stream,
       );
-      outcomeHost.copyFromDeviceAsync(outcome, outcome.bytes, stream);
+      outcome.host.copyFromDeviceAsync(outcome.device, outcome.device.bytes, stream);
     });
     events?.beforeStart?.(stream);
     events?.start.record(stream);
@@ -583,9 +590,9 @@ export function buildOnDevice(
     events?.end.record(stream);
     if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound);
     stream.synchronize();
-    const firstBad = new BigUint64Array(outcomeHost.arrayBuffer, 0, 1)[0];
+    const firstBad = new BigUint64Array(outcome.host.arrayBuffer, 0, 1)[0];
     if (firstBad !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${firstBad}`);
-    const stats = new Uint32Array(outcomeHost.arrayBuffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);
+    const stats = new Uint32Array(outcome.host.arrayBuffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);
     return {
       flaggedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r]),
       changedPerRound: Array.from({ length: iters + 1 }, (_, r) => stats[2 * r + 1]),
