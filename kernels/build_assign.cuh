@@ -498,4 +498,111 @@ __device__ __forceinline__ void commit_codes(int mode, const int (&code)[2], con
   }
 }
 
+// ---- Means: pq_build_finalize (kernels/build.cu), and the last block of a group in build_ws.cu's moving rounds ----
+
+// Coordinate j of point p of group g (j == dsub: the ip augmentation).
+template <typename T>
+__device__ __forceinline__ float point_coord(const T* keys, const float* norms, const float* phi, int g, int p, int j, int n,
+                                             int M, int64_t head_stride, int row_stride, int O, int dsub) {
+  if (j < dsub) return pq_to_float(group_points(keys, g, M, head_stride, row_stride, O, dsub)[static_cast<int64_t>(p) * row_stride + j]);
+  return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
+}
+
+// What the means of a round read and write: the keys (re-seeds), the cluster sums and counts, the
+// k-means' centroids [G, C, cstride]; and the round (the re-seed's draw counter).
+template <typename T>
+struct MeansArgs {
+  const T* keys;
+  const float* norms;
+  const float* phi;
+  const double* sums;
+  const unsigned* counts;
+  float* centroids;
+  int n, M;
+  int64_t head_stride;
+  int row_stride, D, O, C, cdim, cstride;
+  unsigned seed;
+  int round;
+};
+
+// The oracle's means of centroids c_first .. c_first + count - 1 of group g (count <= C - c_first)
+// into a.centroids and `rows` ([count, cstride], the caller's shared copy): the fp32 division of
+// the float64 sum rounded to fp32 by the count, or for an empty cluster the point drawn by
+// pq_draw(seed, 2g+1, round*256 + c). Every thread of the block calls it (no barrier inside). The
+// sums and counts are read through L2 (__ldcg): in a round's last block they were just written by
+// other blocks' atomics.
+template <typename T>
+__device__ void centroid_means(const MeansArgs<T>& a, float* rows, int g, int c_first, int count) {
+  const int elems = max(count, 0) * a.cdim;
+  const int dsub = a.D / a.M;
+  const double* first_sums = a.sums + (static_cast<int64_t>(g) * a.C + c_first) * a.cdim;
+  const unsigned* first_counts = a.counts + g * a.C + c_first;
+  // Eight elements per thread per step, their sums and counts loaded before any is used (one at a
+  // time, each step waited on its loads: ~16 round trips to L2 per block).
+  constexpr int kBatch = 8;
+  const int threads = blockDim.x;
+  for (int e0 = threadIdx.x; e0 < elems; e0 += threads * kBatch) {
+    unsigned cnt[kBatch];
+    double sum[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + threads * k;
+      cnt[k] = e < elems ? __ldcg(first_counts + e / a.cdim) : 1u;
+      sum[k] = e < elems ? __ldcg(first_sums + e) : 0.0;
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + threads * k;
+      if (e >= elems) break;
+      const int i = e / a.cdim;  // centroid c_first + i
+      const int j = e - i * a.cdim;
+      const int c = c_first + i;
+      float v;
+      if (cnt[k] == 0u) {
+        const int s = static_cast<int>(pq_draw(a.seed, 2u * g + 1u, static_cast<unsigned>(a.round) * 256u + c) % static_cast<unsigned>(a.n));
+        v = point_coord(a.keys, a.norms, a.phi, g, s, j, a.n, a.M, a.head_stride, a.row_stride, a.O, dsub);
+      } else {
+        v = __fdiv_rn(__double2float_rn(sum[k]), static_cast<float>(cnt[k]));
+      }
+      a.centroids[(static_cast<int64_t>(g) * a.C + c) * a.cstride + j] = v;
+      rows[i * a.cstride + j] = v;
+    }
+  }
+}
+
+// |c|^2/2 of centroids c_first .. c_end - 1 (rounded once from float64; +inf past C: padding never
+// wins) into gi[c], from `rows` (row 0 = centroid c_first; only rows below C are read): shared
+// memory, or global memory this block wrote before a barrier. c_end - c_first is a multiple of 16
+// and blockDim.x of 32. Every thread of the block calls it (barriers inside) and gets max |c| over
+// these centroids (float bits, >= 0). Four threads a centroid: a serial loop per centroid waited
+// on each coordinate's load in turn (~20 us of the finalize's 21, ncu).
+__device__ unsigned centroid_half_norms(const float* rows, float* gi, int c_first, int c_end, int C, int cdim, int cstride) {
+  __shared__ unsigned max_norm_bits;
+  if (threadIdx.x == 0) max_norm_bits = 0u;
+  __syncthreads();
+  // A warp's 8 centroids are all in the range or all past it, so the shuffles see whole warps.
+  for (int cb = c_first; cb < c_end; cb += blockDim.x / 4) {
+    const int c = cb + (threadIdx.x >> 2);
+    if (c < c_end) {  // warp-uniform
+      double s = 0.0;
+      if (c < C) {
+        const float* row = rows + (c - c_first) * cstride;
+        for (int j = threadIdx.x & 3; j < cdim; j += 4) s += static_cast<double>(row[j]) * row[j];
+      }
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if ((threadIdx.x & 3) == 0) {
+        float half_norm2 = INFINITY;
+        if (c < C) {
+          half_norm2 = static_cast<float>(0.5 * s);
+          atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+        }
+        gi[c] = half_norm2;
+      }
+    }
+  }
+  __syncthreads();
+  return max_norm_bits;
+}
+
 }  // namespace
