@@ -36,8 +36,7 @@
 // exact, and the same rounding to fp32 at the mean.
 //
 // One round = pq_build_round (codes, sums) -> pq_build_finalize (means; an empty cluster takes the
-// point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round; the
-// wgmma rounds of kernels/build_ws.cu form a moving round's means in the round itself);
+// point drawn by pq_draw(seed, 2g+1, round*256 + c); then the packed operands of the next round);
 // a recomputing round = pq_build_round (codes only) -> (zeroed sums and counts) ->
 // pq_build_first_sums -> pq_build_finalize. After the last round, the final assignment
 // (pq_build_round, codes only) -> pq_build_publish.
@@ -95,6 +94,14 @@
 namespace {
 
 constexpr int kRoundThreads = 128;
+// Coordinate j of point p of group g (j == dsub: the ip augmentation).
+template <typename T>
+__device__ __forceinline__ float point_coord(const T* keys, const float* norms, const float* phi, int g, int p, int j, int n,
+                                             int M, int64_t head_stride, int row_stride, int O, int dsub) {
+  if (j < dsub) return pq_to_float(group_points(keys, g, M, head_stride, row_stride, O, dsub)[static_cast<int64_t>(p) * row_stride + j]);
+  return pq_ip_augment(phi[g], norms[static_cast<int64_t>(g) * n + p]);
+}
+
 // Four consecutive key columns: 16 bytes of fp32, 8 of bf16 or f16 (the unit of every vector load of
 // keys). f16 keys have their own type, so that overloads decode them as f16.
 struct HalfQuad {
@@ -138,6 +145,9 @@ __device__ unsigned pack_tiles(const float* rows, uint4* frag, float* info, int 
   float* gi = info + static_cast<int64_t>(g) * info_stride(NT);
   const int c_first = nt0 * 8;
   const int c_end = nt1 * 8;
+  __shared__ unsigned max_norm_bits;
+  if (threadIdx.x == 0) max_norm_bits = 0u;
+  __syncthreads();
   for (int e = nt0 * KS * 32 + threadIdx.x; e < nt1 * KS * 32; e += blockDim.x) {
     const int lane = e & 31;
     const int ks = (e >> 5) % KS;
@@ -150,7 +160,31 @@ __device__ unsigned pack_tiles(const float* rows, uint4* frag, float* info, int 
     split_pair<__nv_bfloat16>(v(k + 2), v(k + 3), f.y, f.w);
     gf[e] = f;
   }
-  return centroid_half_norms(rows, gi, c_first, c_end, C, cdim, cstride);
+  // |c|^2 in float64, four threads per centroid. The range is a multiple of 16 centroids, so a warp's
+  // 8 centroids are all in it or all past it and the shuffles see whole warps. A serial loop per
+  // centroid waited on each coordinate's load in turn: ~20 us of the finalize's 21 (ncu).
+  for (int cb = c_first; cb < c_end; cb += 64) {
+    const int c = cb + (threadIdx.x >> 2);
+    if (c < c_end) {  // warp-uniform
+      double s = 0.0;
+      if (c < C) {
+        const float* row = rows + (c - c_first) * cstride;
+        for (int j = threadIdx.x & 3; j < cdim; j += 4) s += static_cast<double>(row[j]) * row[j];
+      }
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if ((threadIdx.x & 3) == 0) {
+        float half_norm2 = INFINITY;  // padding centroids never win
+        if (c < C) {
+          half_norm2 = static_cast<float>(0.5 * s);
+          atomicMax(&max_norm_bits, __float_as_uint(__fsqrt_ru(static_cast<float>(s))));  // >= 0 (or inf, NaN): bit order
+        }
+        gi[c] = half_norm2;
+      }
+    }
+  }
+  __syncthreads();
+  return max_norm_bits;
 }
 
 }  // namespace
@@ -845,8 +879,40 @@ __device__ void build_finalize(const T* keys, const float* norms, const float* p
   const int g = blockIdx.y;
   const int nt0 = blockIdx.x * kFinalizeTiles;
   const int c_first = nt0 * 8;
-  const MeansArgs<T> means{keys, norms, phi, sums, counts, centroids, n, M, head_stride, row_stride, D, O, C, cdim, cstride, seed, round};
-  centroid_means(means, rows, g, c_first, min(kFinalizeCentroids, C - c_first));  // none in a block of padding centroids
+  const int elems = max(min(kFinalizeCentroids, C - c_first), 0) * cdim;  // none in a block of padding centroids
+  const int dsub = D / M;
+  const double* block_sums = sums + (static_cast<int64_t>(g) * C + c_first) * cdim;
+  const unsigned* block_counts = counts + g * C + c_first;
+  // Eight elements per thread per step, their sums and counts loaded before any is used (one at a
+  // time, each step waited on its loads: ~16 round trips to L2 per block).
+  constexpr int kBatch = 8;
+  for (int e0 = threadIdx.x; e0 < elems; e0 += 256 * kBatch) {
+    unsigned count[kBatch];
+    double sum[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + 256 * k;
+      count[k] = e < elems ? block_counts[e / cdim] : 1u;
+      sum[k] = e < elems ? block_sums[e] : 0.0;
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int e = e0 + 256 * k;
+      if (e >= elems) break;
+      const int i = e / cdim;  // the block's centroid i: c_first + i
+      const int j = e - i * cdim;
+      const int c = c_first + i;
+      float v;
+      if (count[k] == 0u) {
+        const int s = static_cast<int>(pq_draw(seed, 2u * g + 1u, static_cast<unsigned>(round) * 256u + c) % static_cast<unsigned>(n));
+        v = point_coord(keys, norms, phi, g, s, j, n, M, head_stride, row_stride, O, dsub);
+      } else {
+        v = __fdiv_rn(__double2float_rn(sum[k]), static_cast<float>(count[k]));
+      }
+      centroids[(static_cast<int64_t>(g) * C + c) * cstride + j] = v;
+      rows[i * cstride + j] = v;
+    }
+  }
   __syncthreads();
   const unsigned block_max = pack_tiles(rows, frag, info, g, C, cdim, cstride, NT, KS, nt0, nt0 + kFinalizeTiles);
   if (threadIdx.x == 0) info[static_cast<int64_t>(g) * info_stride(NT) + NT * 8 + blockIdx.x] = __uint_as_float(block_max);

@@ -34,21 +34,14 @@
 //     warp's queue for pass C (resolve_deferred). A moving round (ROUND_NEXT) moves the changed
 //     rows from the stage (move_rows_from_stage) before the warp releases it (empty[s], 128
 //     arrivals); other rounds release it as soon as the products are done.
-// Means (ROUND_NEXT with groups_done): the block that finishes a group's round last (a count a group in
-//   groups_done, taken after every thread's fence; reset to 0 by that block) forms the group's means
-//   as pq_build_finalize does (centroid_means, centroid_half_norms: the same code), so no finalize
-//   kernel follows a moving round: ~7 us a round of a kernel whose time is its fixed costs (session
-//   31) against one block's chain at the round's end. It writes no mma fragments (these rounds form
-//   their B operands from the fp32 centroids).
 // Products: the keys are bf16 or f16 (their own hi part); centroids split into hi + lo of the same
 // type (split_pair; bf16 as build.cu packs them), so x.c ~ x.c_lo + x.c_hi in fp32
 // accumulation (lo first), within score_band_lo_first (bf16; build_assign.cuh: the bound, 4x
 // narrower than build.cu's score_band) or score_band_f16_lo_first (f16: the same and a term for lo
 // parts below f16's normal range) of the canonical order; near ties are re-scored canonically (pass
 // C, deferred).
-// Invariants (the host checks them): bf16 or f16 keys; dsub == cdim == 64; cstride a multiple of 4
-// and <= 128 (the means' rows fit in the stages); C <= 64 (NT = 8, one chunk; info's |c|^2/2 is +inf
-// past C); n >= 1; group rows 16-byte aligned (keys, head_stride
+// Invariants (the host checks them): bf16 or f16 keys; dsub == cdim == 64; cstride a multiple of 4; C <= 64 (NT = 8,
+// one chunk; info's |c|^2/2 is +inf past C); n >= 1; group rows 16-byte aligned (keys, head_stride
 // and row_stride multiples of 8 elements); norms holds G * n floats, and a build's first launch of
 // this kernel is round 0 (ROUND_FIRST) or the final assignment (ROUND_FINAL, no k-means rounds).
 #include "build_assign.cuh"
@@ -229,11 +222,10 @@ __device__ __forceinline__ void move_rows_from_stage(unsigned moved, int rs, con
 // summing it again and taking its square root (with the producers' copy addresses below: round 5 of
 // the seed build 87.4 -> 74.6 M instructions, ncu session 36).
 template <typename T>
-__device__ __forceinline__ void build_round_ws(const T* keys, float* norms, const float* phi, float* centroids, float* info,
+__device__ __forceinline__ void build_round_ws(const T* keys, float* norms, const float* centroids, const float* info_g,
                                                uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n,
                                                int M, int64_t head_stride, int row_stride, int D, int O, int C, int cdim,
-                                               int cstride, int NT, int mode, unsigned* groups_done, unsigned seed,
-                                               int round, unsigned* progress) {
+                                               int cstride, int NT, int mode) {
   // The bands assume the products' order below (lo first).
   constexpr ScoreBand kBand = std::is_same<T, __half>::value ? BAND_F16_LO_FIRST : BAND_BF16_LO_FIRST;
   unsigned dynamic_bytes;
@@ -279,7 +271,7 @@ __device__ __forceinline__ void build_round_ws(const T* keys, float* norms, cons
       *reinterpret_cast<uint4*>(b_hi + swizzled(c, chunk)) = hi;
       *reinterpret_cast<uint4*>(b_lo + swizzled(c, chunk)) = lo;
     }
-    const float* gi = info + static_cast<int64_t>(g) * info_stride(NT);
+    const float* gi = info_g + static_cast<int64_t>(g) * info_stride(NT);
     for (int c = tid; c < kWsCentroids; c += kWsThreads) half_norm2[c] = gi[c];
     if (tid == 0) half_norm2[kWsCentroids] = group_max_norm(gi, NT);
     if (tid == 0) {
@@ -325,151 +317,125 @@ __device__ __forceinline__ void build_round_ws(const T* keys, float* norms, cons
       cp_async_arrive(&full[s]);
     }
     pq_cp_async_wait_all();
-  } else {
-    const int wg = tid >> 7;
-    const int warp = tid >> 5;
-    const int w = warp & 3;  // warp in the warpgroup: tile rows 16w .. 16w+15
-    const int t = lane & 3;
-    const int q = lane >> 2;
-    float* group_norms = norms + static_cast<int64_t>(g) * n;
-    const GroupView<T> view{half_norm2[kWsCentroids], cent, group_keys, norms, nullptr /* pass C deferred */,
-                                       0.0f /* no ip */, g, n, C, cdim, kWsDim, dsub, row_stride, NT};
-    DeferredRow* queue = deferred[warp];
-    int queued = 0;  // warp-uniform
-    const uint64_t desc_hi = swizzled_desc(b_hi);
-    const uint64_t desc_lo = swizzled_desc(b_lo);
-    unsigned flagged_total = 0;
-    unsigned changed_total = 0;
-    for (int i = wg; i < my_tiles; i += kWsConsumers) {
-      const int s = i % kWsStages;
-      const int pbase = (blockIdx.x + i * P) * kWsTilePoints + 16 * w;
-      int old[2];
-      load_old_codes(mode, group_codes, pbase, n, old);
-      // |x| of the lane's rows (rounded up, as the band takes it) as round 0 wrote it, loaded before the
-      // wait like the old codes. Round 0 and the final assignment sum |x|^2 from the stage (with no
-      // k-means rounds, the final assignment is the build's only pass).
-      const bool sum_norms = mode == ROUND_FIRST || mode == ROUND_FINAL;
-      float xnorm[2] = {0.0f, 0.0f};
-      if (!sum_norms) {
-  #pragma unroll
-        for (int rs = 0; rs < 2; ++rs)
-          if (pbase + q + 8 * rs < n) xnorm[rs] = group_norms[pbase + q + 8 * rs];
-      }
-      const uint8_t* stage = stages + s * kWsTileBytes;
-      mbarrier_wait(&full[s], (i / kWsStages) & 1);
-      fence_proxy_async();  // the stage's cp.async writes, for wgmma
-      float d[32];
-  #pragma unroll
-      for (int k = 0; k < 32; ++k) d[k] = 0.0f;
-      const uint64_t desc_a = swizzled_desc(stage);
-      wgmma_fence();
-      // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
-      // and only the hi products' with |x||c| (score_band_lo_first).
-  #pragma unroll
-      for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16<T>(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
-  #pragma unroll
-      for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16<T>(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
-      wgmma_commit();
-      if (sum_norms) {
-        float sq[2];
-        stage_row_norms<T>(stage, w, lane, sq);  // while the products run
-  #pragma unroll
-        for (int rs = 0; rs < 2; ++rs) {
-          xnorm[rs] = band_row_norm(sq[rs]);
-          if (mode == ROUND_FIRST && t == 0 && pbase + q + 8 * rs < n) group_norms[pbase + q + 8 * rs] = xnorm[rs];
-        }
-      }
-      wgmma_wait_all();
-      if (mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage (a moving round: below)
-      int code[2] = {-1, -1};
-      bool valid[2] = {false, false};
-      float xaug[2] = {0.0f, 0.0f};
-      uint64_t candidates[2];
-      flagged_total += nearest_rows<true, true, kBand, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*norm_out)[2]) {
-        (void)nt0;  // one chunk: nt0 == 0
-  #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float2 h = *reinterpret_cast<const float2*>(half_norm2 + 8 * j + 2 * t);
-          acc[j][0] = d[4 * j] - h.x;
-          acc[j][1] = d[4 * j + 1] - h.y;
-          acc[j][2] = d[4 * j + 2] - h.x;
-          acc[j][3] = d[4 * j + 3] - h.y;
-        }
-        if (norm_out != nullptr) {
-          (*norm_out)[0] = xnorm[0];
-          (*norm_out)[1] = xnorm[1];
-        }
-      }, &candidates);
-      // Flagged rows (code -1) wait in the queue; the others are committed now.
-      bool later[2];
-      bool now[2];
-  #pragma unroll
-      for (int rs = 0; rs < 2; ++rs) {
-        later[rs] = valid[rs] && code[rs] < 0;
-        now[rs] = valid[rs] && !later[rs];
-      }
-      commit_codes<kWsKSteps, false>(mode, code, old, now, xaug, group_codes, pbase, group_keys, row_stride, group_sums,
-                                     group_counts, cdim, dsub, changed_total);
-      if (mode == ROUND_NEXT) {
-        move_rows_from_stage<T>(__ballot_sync(0xffffffffu, t == 0 && now[0] && code[0] != old[0]), 0, code, old, stage, w, group_sums);
-        move_rows_from_stage<T>(__ballot_sync(0xffffffffu, t == 0 && now[1] && code[1] != old[1]), 1, code, old, stage, w, group_sums);
-        mbarrier_arrive(&empty[s]);
-      }
-      const unsigned later0 = __ballot_sync(0xffffffffu, t == 0 && later[0]);
-      const unsigned later1 = __ballot_sync(0xffffffffu, t == 0 && later[1]);
-      const int arriving = __popc(later0) + __popc(later1);
-      if (arriving != 0) {
-        if (queued + arriving > kWsDeferCap) {
-          __syncwarp();
-          changed_total += resolve_deferred(queue, queued, mode, group_keys, row_stride, cent, group_codes, group_sums, group_counts);
-          __syncwarp();
-          queued = 0;
-        }
-        const unsigned below = (1u << lane) - 1u;
-  #pragma unroll
-        for (int rs = 0; rs < 2; ++rs) {
-          if (t == 0 && later[rs]) {
-            const int slot = queued + (rs == 0 ? __popc(later0 & below) : __popc(later0) + __popc(later1 & below));
-            queue[slot] = DeferredRow{candidates[rs], pbase + q + 8 * rs, old[rs]};
-          }
-        }
-        queued += arriving;
-      }
-    }
-    __syncwarp();
-    if (queued != 0)
-      changed_total += resolve_deferred(queue, queued, mode, group_keys, row_stride, cent, group_codes, group_sums, group_counts);
-    if (lane == 0 && stats != nullptr) {
-      if (flagged_total != 0u) atomicAdd(stats, flagged_total);
-      if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
-    }
+    return;
   }
 
-  // A moving round's means, by the group's last block to finish it (see the kernel's header).
-  if (groups_done != nullptr) {
-    // Host bugs: other rounds' sums are formed after them; the rows must fit in the stages.
-    if (mode != ROUND_NEXT || C * cstride * 4 > kWsStages * kWsTileBytes) __trap();
-    __shared__ unsigned last;
-    __threadfence();  // this thread's atomics on the sums and counts, before the block's arrival
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(groups_done + g, 1u) == static_cast<unsigned>(P - 1);
-    __syncthreads();
-    if (last) {
-      __threadfence();  // every block's arrival, so their sums and counts, before the reads below
-      float* rows = reinterpret_cast<float*>(stages);  // [C, cstride]: free now (producers and consumers done)
-      const MeansArgs<T> means{keys, norms, phi, sums, counts, centroids, n, M, head_stride, row_stride, D, O, C, cdim, cstride, seed, round};
-      centroid_means(means, rows, g, 0, C);
-      __syncthreads();
-      float* gi = info + static_cast<int64_t>(g) * info_stride(NT);
-      const unsigned max_norm = centroid_half_norms(rows, gi, 0, NT * 8, C, cdim, cstride);
-      // The group's max in the first block slot, zero in the others (group_max_norm takes their max).
-      if (tid < NT / kFinalizeTiles) gi[NT * 8 + tid] = tid == 0 ? __uint_as_float(max_norm) : 0.0f;
-      if (tid == 0) {
-        groups_done[g] = 0u;  // for the next moving round (a later launch)
-        // Rounds done, as pq_build_finalize reports them (group 0's word: progress, not completion).
-        if (progress != nullptr && g == 0) *reinterpret_cast<volatile unsigned*>(progress) = round + 1u;
+  const int wg = tid >> 7;
+  const int warp = tid >> 5;
+  const int w = warp & 3;  // warp in the warpgroup: tile rows 16w .. 16w+15
+  const int t = lane & 3;
+  const int q = lane >> 2;
+  float* group_norms = norms + static_cast<int64_t>(g) * n;
+  const GroupView<T> view{half_norm2[kWsCentroids], cent, group_keys, norms, nullptr /* pass C deferred */,
+                                     0.0f /* no ip */, g, n, C, cdim, kWsDim, dsub, row_stride, NT};
+  DeferredRow* queue = deferred[warp];
+  int queued = 0;  // warp-uniform
+  const uint64_t desc_hi = swizzled_desc(b_hi);
+  const uint64_t desc_lo = swizzled_desc(b_lo);
+  unsigned flagged_total = 0;
+  unsigned changed_total = 0;
+  for (int i = wg; i < my_tiles; i += kWsConsumers) {
+    const int s = i % kWsStages;
+    const int pbase = (blockIdx.x + i * P) * kWsTilePoints + 16 * w;
+    int old[2];
+    load_old_codes(mode, group_codes, pbase, n, old);
+    // |x| of the lane's rows (rounded up, as the band takes it) as round 0 wrote it, loaded before the
+    // wait like the old codes. Round 0 and the final assignment sum |x|^2 from the stage (with no
+    // k-means rounds, the final assignment is the build's only pass).
+    const bool sum_norms = mode == ROUND_FIRST || mode == ROUND_FINAL;
+    float xnorm[2] = {0.0f, 0.0f};
+    if (!sum_norms) {
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs)
+        if (pbase + q + 8 * rs < n) xnorm[rs] = group_norms[pbase + q + 8 * rs];
+    }
+    const uint8_t* stage = stages + s * kWsTileBytes;
+    mbarrier_wait(&full[s], (i / kWsStages) & 1);
+    fence_proxy_async();  // the stage's cp.async writes, for wgmma
+    float d[32];
+#pragma unroll
+    for (int k = 0; k < 32; ++k) d[k] = 0.0f;
+    const uint64_t desc_a = swizzled_desc(stage);
+    wgmma_fence();
+    // The lo products first, while the sum is small: their truncation errors then scale with 2^-8 |x||c|,
+    // and only the hi products' with |x||c| (score_band_lo_first).
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16<T>(d, desc_a + 2 * ks, desc_lo + 2 * ks, ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < kWsKSteps; ++ks) wgmma_m64n64k16<T>(d, desc_a + 2 * ks, desc_hi + 2 * ks, 1);
+    wgmma_commit();
+    if (sum_norms) {
+      float sq[2];
+      stage_row_norms<T>(stage, w, lane, sq);  // while the products run
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        xnorm[rs] = band_row_norm(sq[rs]);
+        if (mode == ROUND_FIRST && t == 0 && pbase + q + 8 * rs < n) group_norms[pbase + q + 8 * rs] = xnorm[rs];
       }
     }
+    wgmma_wait_all();
+    if (mode != ROUND_NEXT) mbarrier_arrive(&empty[s]);  // this thread is done with the stage (a moving round: below)
+    int code[2] = {-1, -1};
+    bool valid[2] = {false, false};
+    float xaug[2] = {0.0f, 0.0f};
+    uint64_t candidates[2];
+    flagged_total += nearest_rows<true, true, kBand, true>(view, pbase, code, valid, xaug, [&](float (&acc)[8][4], int nt0, float (*norm_out)[2]) {
+      (void)nt0;  // one chunk: nt0 == 0
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 h = *reinterpret_cast<const float2*>(half_norm2 + 8 * j + 2 * t);
+        acc[j][0] = d[4 * j] - h.x;
+        acc[j][1] = d[4 * j + 1] - h.y;
+        acc[j][2] = d[4 * j + 2] - h.x;
+        acc[j][3] = d[4 * j + 3] - h.y;
+      }
+      if (norm_out != nullptr) {
+        (*norm_out)[0] = xnorm[0];
+        (*norm_out)[1] = xnorm[1];
+      }
+    }, &candidates);
+    // Flagged rows (code -1) wait in the queue; the others are committed now.
+    bool later[2];
+    bool now[2];
+#pragma unroll
+    for (int rs = 0; rs < 2; ++rs) {
+      later[rs] = valid[rs] && code[rs] < 0;
+      now[rs] = valid[rs] && !later[rs];
+    }
+    commit_codes<kWsKSteps, false>(mode, code, old, now, xaug, group_codes, pbase, group_keys, row_stride, group_sums,
+                                   group_counts, cdim, dsub, changed_total);
+    if (mode == ROUND_NEXT) {
+      move_rows_from_stage<T>(__ballot_sync(0xffffffffu, t == 0 && now[0] && code[0] != old[0]), 0, code, old, stage, w, group_sums);
+      move_rows_from_stage<T>(__ballot_sync(0xffffffffu, t == 0 && now[1] && code[1] != old[1]), 1, code, old, stage, w, group_sums);
+      mbarrier_arrive(&empty[s]);
+    }
+    const unsigned later0 = __ballot_sync(0xffffffffu, t == 0 && later[0]);
+    const unsigned later1 = __ballot_sync(0xffffffffu, t == 0 && later[1]);
+    const int arriving = __popc(later0) + __popc(later1);
+    if (arriving != 0) {
+      if (queued + arriving > kWsDeferCap) {
+        __syncwarp();
+        changed_total += resolve_deferred(queue, queued, mode, group_keys, row_stride, cent, group_codes, group_sums, group_counts);
+        __syncwarp();
+        queued = 0;
+      }
+      const unsigned below = (1u << lane) - 1u;
+#pragma unroll
+      for (int rs = 0; rs < 2; ++rs) {
+        if (t == 0 && later[rs]) {
+          const int slot = queued + (rs == 0 ? __popc(later0 & below) : __popc(later0) + __popc(later1 & below));
+          queue[slot] = DeferredRow{candidates[rs], pbase + q + 8 * rs, old[rs]};
+        }
+      }
+      queued += arriving;
+    }
+  }
+  __syncwarp();
+  if (queued != 0)
+    changed_total += resolve_deferred(queue, queued, mode, group_keys, row_stride, cent, group_codes, group_sums, group_counts);
+  if (lane == 0 && stats != nullptr) {
+    if (flagged_total != 0u) atomicAdd(stats, flagged_total);
+    if (changed_total != 0u) atomicAdd(stats + 1, changed_total);
   }
 }
 
@@ -477,13 +443,13 @@ __device__ __forceinline__ void build_round_ws(const T* keys, float* norms, cons
 
 #define PQ_BUILD_ROUND_WS(T, NAME)                                                                                    \
   extern "C" __global__ void __launch_bounds__(kWsThreads, kWsMinBlocks) NAME(                                        \
-      const T* keys, float* norms, const float* phi, float* centroids, const uint4* frag, float* info,                \
+      const T* keys, float* norms, const float* phi, const float* centroids, const uint4* frag, const float* info_g,  \
       uint8_t* codes_tmp, double* sums, unsigned* counts, unsigned* stats, int n, int M, int64_t head_stride,         \
-      int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode, unsigned* groups_done,            \
-      unsigned seed, int round, unsigned* progress) {                                                                 \
+      int row_stride, int D, int O, int C, int cdim, int cstride, int NT, int mode) {                                 \
+    (void)phi;                                                                                                        \
     (void)frag;                                                                                                       \
-    build_round_ws(keys, norms, phi, centroids, info, codes_tmp, sums, counts, stats, n, M, head_stride, row_stride, D, \
-                   O, C, cdim, cstride, NT, mode, groups_done, seed, round, progress);                                \
+    build_round_ws(keys, norms, centroids, info_g, codes_tmp, sums, counts, stats, n, M, head_stride, row_stride, D, O, \
+                   C, cdim, cstride, NT, mode);                                                                       \
   }
 PQ_BUILD_ROUND_WS(__nv_bfloat16, pq_build_round_ws_bf16)
 PQ_BUILD_ROUND_WS(__half, pq_build_round_ws_f16)

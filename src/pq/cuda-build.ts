@@ -6,8 +6,7 @@
  * cluster sums follow the points whose code changed, except in the first rounds, where so many
  * points change that a second pass forming the sums in code order costs less (round 0, where every
  * point joins a cluster, and round 1: `BuildTuning.recomputeRounds`). The k-means is one CUDA graph (norms,
- * init with the oracle's initial draw, every round and its means (pq_build_finalize, or the round's own
- * last block of each group in the wgmma family's moving rounds), the final assignment, and the
+ * init with the oracle's initial draw, every round and finalize, the final assignment, and the
  * publication of the index), launched once. Keys come from the host (uploaded) or from device
  * memory in any float dtype (read in place when fp32 or bf16 in a layout the kernels address, and f16
  * where the wgmma rounds take them: see `keysInPlace`). Device keys are checked for NaN/Inf by kernels
@@ -187,12 +186,6 @@ export function deviceBuildSupported(layout: Layout): boolean {
 const NORMS_ARGS = ['ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32'] as const;
 const INIT_ARGS = ['ptr', 'ptr', 'ptr', 'u32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const ROUND_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-/**
- * kernels/build_ws.cu's rounds take ROUND_ARGS and then what their fused means need (groups_done,
- * seed, round, progress): in a moving round the last block of each group forms its means, so no
- * pq_build_finalize follows (groups_done null in the other rounds).
- */
-const WS_ROUND_ARGS = [...ROUND_ARGS, 'ptr', 'u32', 'i32', 'ptr'] as const;
 const FIRST_SUMS_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'u64', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 /** Bytes of pq_build_init's draw scratch (initial_sample_indices). */
 const INIT_DRAW_SCRATCH = 2 * 256 * 4;
@@ -248,10 +241,10 @@ function launchKeyCheck(mod: Module, bound: KeyBinding, firstBad: DeviceRange, l
 const PROGRESS_POLL_MS = 1;
 
 /**
- * Wait for the build graph on `stream`, calling `onRound` for each round reported done in `rounds`
- * (mapped pinned memory) meanwhile, by the means of group 0 (pq_build_finalize, or a moving wgmma
- * round's last block). The last call, once the graph has completed, counts the rounds the device
- * wrote plus the final assignment: it reaches done = total only if every round's means ran.
+ * Wait for the build graph on `stream`, calling `onRound` for each round that pq_build_finalize
+ * reports done in `rounds` (mapped pinned memory) meanwhile. The last call, once the graph has
+ * completed, counts the rounds the device wrote plus the final assignment: it reaches done = total
+ * only if every finalize ran.
  */
 function waitReportingRounds(stream: Stream, rounds: Uint32Array, total: number, onRound: (done: number, total: number) => void): void {
   const nap = new Int32Array(new SharedArrayBuffer(4));
@@ -337,7 +330,7 @@ function stagedKeys(layout: Layout, seqLen: number): { readonly bound: KeyBindin
 }
 
 // Declared in arena order: firstBad and stats are read back in one copy, stats … phi zeroed by one fill.
-type WorkspaceSlice = 'firstBad' | 'stats' | 'sums' | 'counts' | 'groupsDone' | 'centroids' | 'phi' | 'norms' | 'codes' | 'frag' | 'info';
+type WorkspaceSlice = 'firstBad' | 'stats' | 'sums' | 'counts' | 'centroids' | 'phi' | 'norms' | 'codes' | 'frag' | 'info';
 
 /** The bytes from the start of `first` to the end of `last` (slices of one arena, in that order). */
 function spanOf(first: DeviceRange, last: DeviceRange): DeviceRange {
@@ -387,8 +380,6 @@ export class BuildWorkspace {
         stats: (layout.config.kmeansIters + 1) * 2 * 4,
         sums: G * C * cdim * 8,
         counts: G * C * 4,
-        // Blocks of each group done with a moving wgmma round (zero between rounds: the last one resets it).
-        groupsDone: G * 4,
         // The k-means' centroids and φ: the index gets them from pq_build_publish once the keys are known finite.
         centroids: G * C * deviceIndexStrides(layout, this.capacity).centroidStride * 4,
         phi: G * 4,
@@ -402,7 +393,7 @@ export class BuildWorkspace {
     return this.arena.slices;
   }
 
-  /** Rounds done, written by the rounds' means (waitReportingRounds) into mapped pinned memory while the graph runs. */
+  /** Rounds done, written by pq_build_finalize into mapped pinned memory while the graph runs. */
   progress(): PinnedBuffer {
     this.progressWord ??= new PinnedBuffer(4);
     return this.progressWord;
@@ -533,17 +524,11 @@ export function buildOnDevice(
     const outcome = ws.outcome();
     const progress = ws.progress();
     const rounds = new Uint32Array(progress.arrayBuffer).fill(0);
-    // A moving round of the wgmma family forms its own means (WS_ROUND_ARGS); every other round is followed by pq_build_finalize.
-    const meansFused = (mode: number): boolean => warpSpecialized && mode === ROUND_NEXT;
-    const roundArgs = (r: number, mode: number): LaunchArgs => {
-      const common = [
+    const roundArgs = (r: number, mode: number): LaunchArgs =>
+      args(ROUND_ARGS).setAll([
         keysPtr, s.norms.ptr, s.phi.ptr, s.centroids.ptr, s.frag.ptr, s.info.ptr, s.codes.ptr, s.sums.ptr, s.counts.ptr,
         s.stats.ptr + BigInt(r * 8), n, M, hs, rowStride, D, O, C, cdim, cstride, NT, mode,
-      ] as const;
-      if (!warpSpecialized) return args(ROUND_ARGS).setAll(common);
-      const fused = meansFused(mode);
-      return args(WS_ROUND_ARGS).setAll([...common, fused ? s.groupsDone.ptr : 0n, seed, r, fused ? progress.ptr : 0n]);
-    };
+      ]);
     const finalize = mod.kernel(`pq_build_finalize${suffix}`);
     const firstSums = mod.kernel(`pq_build_first_sums${suffix}`);
     // The whole k-means as one graph: a node per launch (the driver copies each launch's arguments
@@ -571,9 +556,7 @@ export function buildOnDevice(
       const sumsAndCounts = spanOf(s.sums, s.counts);
       for (let r = 0; r < iters; r++) {
         const recompute = r < recomputeRounds;
-        const mode = r === 0 ? ROUND_FIRST : recompute ? ROUND_RECOMPUTE : ROUND_NEXT;
-        launch(round, roundShape, roundArgs(r, mode), stream);
-        if (meansFused(mode)) continue;
+        launch(round, roundShape, roundArgs(r, r === 0 ? ROUND_FIRST : recompute ? ROUND_RECOMPUTE : ROUND_NEXT), stream);
         if (recompute) {
           // Codes only; the sums and counts come from the codes, a block per sumsChunk points (round 0's
           // were zeroed with the workspace).

@@ -303,26 +303,26 @@ function isHopper(): boolean {
   return major === 9 && minor === 0;
 }
 
-test('GPU build: one graph whose rounds are reported as they finish, ending at done = total (means by pq_build_finalize, and on Hopper by the wgmma rounds\' last blocks)', { skip }, () => {
+test('GPU build: one graph whose rounds are reported as they finish, ending at done = total (host keys and the mma rounds; on Hopper, bf16 device keys and the wgmma rounds)', { skip }, () => {
   CudaContext.primary();
   // C = 256 (four centroid chunks) over 4 × 65,536 points: a few ms of rounds, several poll intervals.
-  const finalized: Case = { B: 1, H: 4, Hkv: 4, D: 64, M: 1, bits: 8, sk: 65536, O: 0, ip: false, iters: 6 };
-  // bf16 device keys of the wgmma rounds' layout: rounds 2 … 5 move points and form their own means.
-  const fused: Case = { B: 1, H: 8, Hkv: 8, D: 128, M: 2, bits: 6, sk: 65536, O: 0, ip: false, iters: 6 };
+  const mma: Case = { B: 1, H: 4, Hkv: 4, D: 64, M: 1, bits: 8, sk: 65536, O: 0, ip: false, iters: 6 };
+  // bf16 device keys in the wgmma rounds' layout (moving rounds 2 … 5).
+  const wgmma: Case = { B: 1, H: 8, Hkv: 8, D: 128, M: 2, bits: 6, sk: 65536, O: 0, ip: false, iters: 6 };
   const stream = new Stream();
   try {
-    for (const c of isHopper() ? [finalized, fused] : [finalized]) {
+    for (const c of isHopper() ? [mma, wgmma] : [mma]) {
       const layout = layoutOf(c);
       const keys = keysFor(c, false, 31);
-      const dev = c === fused ? halfDeviceKeys(c, keys) : undefined;
+      const dev = c === wgmma ? halfDeviceKeys(c, keys) : undefined;
       const { arena, target } = allocateBuildTarget(layout, c.sk);
       try {
         const reports: Array<[number, number]> = [];
         const stats = buildOnDevice(layout, dev?.tensor ?? keys, c.sk, target, stream, (done, total) => reports.push([done, total]));
         const what = `${stats.roundKernel}: ${JSON.stringify(reports)}`;
-        assert.equal(stats.roundKernel.startsWith('pq_build_round_ws'), c === fused, what);
+        assert.equal(stats.roundKernel.startsWith('pq_build_round_ws'), c === wgmma, what);
         const total = c.iters + 1;
-        // The last report counts the rounds the device wrote: it reaches total only if every round's means did.
+        // The last report counts the rounds the device wrote: it reaches total only if every finalize did.
         assert.deepEqual(reports.at(-1), [total, total], what);
         for (let i = 0; i < reports.length; i++) {
           const [done, t] = reports[i] as [number, number];
