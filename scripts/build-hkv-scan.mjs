@@ -5,13 +5,12 @@
 // The build's A/B overrides come from the same variables as `pqcache bench` (PQCACHE_BUILD_ROUND=mma|wgmma,
 // PQCACHE_BUILD_RECOMPUTE=n, …: src/cli/bench.ts buildTuningFromEnv).
 import { writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { join } from 'node:path';
 
 // APP: another build's dist/src (a BASE of pack-device.sh, with PQCACHE_KERNELS_DIR its kernels) for an A/B.
-const app = process.env.APP ? `${pathToFileURL(resolve(process.env.APP)).href}/` : new URL('../.device/app/dist/src/', import.meta.url).href;
-const { benchBuildCuda, SEED_BUILD } = await import(`${app}bench/build-bench.js`);
-const { buildTuningFromEnv } = await import(`${app}cli/bench.js`);
+const app = join(process.cwd(), process.env.APP ?? '.device/app/dist/src');
+const { benchBuildCuda, SEED_BUILD } = await import(join(app, 'bench/build-bench.js'));
+const { buildTuningFromEnv } = await import(join(app, 'cli/bench.js'));
 const heads = (process.env.HKV ?? '2,4,8,16,32').split(',').map(Number);
 const sources = (process.env.SRC ?? 'device-bf16,device-f32').split(',');
 const reps = Number(process.env.REPS ?? 7);
