@@ -3,15 +3,19 @@
 //
 // pq_append: codes of n new keys at positions sk .. sk+n-1 (sk = *seq_read), then *seq_write = sk + n.
 //   Launch: grid B*Hkv*n blocks (block x = (b*Hkv + kvh)*n + i), block 256 threads.
+//   Key i of row (b, kvh) starts at element b*batch_stride + kvh*head_stride + i*row_stride of `keys`
+//   (its D elements contiguous), so a slice of a K cache [B, Hkv, capacity, D] is read in place.
 //   Codes as append_block.cuh. When pair_count is given (n == 1 only, M <= 2), the position that
 //   becomes eligible with this append, q = sk - W (if q >= lo), adds one to its code pair's count
 //   (select_pairs.cu). seq_read and seq_write are different slots (the host alternates them by step
 //   parity), so every block reads the old sk and any block may write the new one.
-// Invariants: D <= 1024, M*C <= 2048, cstride % 4 == 0, sk + n <= capacity.
+// Invariants: D <= 1024, M*C <= 2048, cstride % 4 == 0, sk + n <= capacity; the key rows do not
+//   overlap (the host checks the strides: src/pq/validate.ts checkDeviceKeys).
 #include "append_block.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) pq_append(
-    const void* keys, int kdtype, int n, const float* centroids, int cstride, const float* phi, uint8_t* codes,
+    const void* keys, int kdtype, int n, int Hkv, uint64_t batch_stride, uint64_t head_stride, uint64_t row_stride,
+    const float* centroids, int cstride, const float* phi, uint8_t* codes,
     const int* seq_read, int* seq_write, int* status, unsigned* pair_count, int D, int M, int C, int capacity, int O,
     int ip, int lo_eligible, int W) {
   __shared__ float x[PQ_APPEND_MAX_D + PQ_APPEND_MAX_M];
@@ -31,7 +35,11 @@ extern "C" __global__ void __launch_bounds__(256) pq_append(
   // When W > 0, q already has its code: count it now rather than on the block's tail.
   if (counts_q && q != p && threadIdx.x == 255)
     count_pair([&](int m) { return static_cast<int>(codes[(static_cast<int64_t>(bkv) * capacity + q) * M + m]); });
-  pq_append_one_key<256>(keys, kdtype, blockIdx.x, centroids, cstride, phi, codes, status, bkv, p, D, M, C, capacity, O,
+  // This block's key row, passed as key 0 (pq_append_one_key addresses keys by index·D).
+  const int b = bkv / Hkv;
+  const uint64_t row = b * batch_stride + (bkv - b * Hkv) * head_stride + i * row_stride;
+  const void* key = static_cast<const char*>(keys) + row * (kdtype == PQ_F32 ? 4 : 2);
+  pq_append_one_key<256>(key, kdtype, 0, centroids, cstride, phi, codes, status, bkv, p, D, M, C, capacity, O,
                          ip, x, dist, best_code);
   if (threadIdx.x == 0) {
     if (counts_q && q == p) count_pair([&](int m) { return best_code[m]; });  // W == 0: the new key itself

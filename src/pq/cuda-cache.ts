@@ -168,7 +168,14 @@ const STEP_PAIRS_ARGS = [
 type StepPairsValues = ArgValues<typeof STEP_PAIRS_ARGS>;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged', 'scored', 'binned'] as const;
-const APPEND_ARGS = ['ptr', 'i32', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const APPEND_ARGS = ['ptr', 'i32', 'i32', 'i32', 'u64', 'u64', 'u64', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+/** Element strides of keys [B, Hkv, n, D] over their first three dimensions (the last is contiguous). */
+type KeyStrides = readonly [number, number, number];
+/** The strides of contiguous keys [B, Hkv, n, D]: host keys, and a step's key (n = 1, its rows contiguous: checkStepRowStrides). */
+function contiguousKeyStrides(layout: Layout, n: number): KeyStrides {
+  const { kvHeads: Hkv, headDim: D } = layout.shape;
+  return [Hkv * n * D, n * D, D];
+}
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const NO_OPTIONS = {} as const;
@@ -212,6 +219,8 @@ export class CudaPQCache implements PQCache {
   private readonly owned = new Owned();
   private readonly capPad: number;
   private readonly centroidStride: number;
+  /** A step's key [B, Hkv, 1, D] as pq_append reads it. */
+  private readonly stepKeyStrides: KeyStrides;
   private readonly maxSlices: number;
   private readonly arena: DeviceArena<ArenaSlice>;
   private readonly status: PinnedBuffer;
@@ -308,6 +317,7 @@ export class CudaPQCache implements PQCache {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
     }
     this.appendKernel = loadKernels('append').kernel('pq_append');
+    this.stepKeyStrides = contiguousKeyStrides(this.layout, 1);
     this.residentOptions = residentOptionsOf(options.resident);
     this.chainOptions = chainOptionsOf(options.chained);
     if (this.chainOptions !== undefined && this.residentOptions !== undefined) throw new ConfigError('chained', 'not with resident', true);
@@ -398,7 +408,7 @@ export class CudaPQCache implements PQCache {
     this.stopResident();
     const minLen = this.layout.config.initOffset + 1;
     const onDevice = 'device' in keys;
-    const sk = onDevice ? checkDeviceKeys(this.layout, keys, 'keys', minLen, false) : checkKeys(this.layout, keys, 'keys', minLen);
+    const sk = onDevice ? checkDeviceKeys(this.layout, keys, 'keys', minLen) : checkKeys(this.layout, keys, 'keys', minLen);
     checkCapacity('keys', this.capacity, sk);
     if (!deviceBuildSupported(this.layout)) {
       this.uploadState(buildIndexCpu(this.layout, onDevice ? deviceKeysToHost(keys, this.layout, sk) : keys.toFloat32(), sk, this.capacity, options.onProgress));
@@ -508,22 +518,25 @@ export class CudaPQCache implements PQCache {
 
   /**
    * Append keys [B, Hkv, n, D]: codes on the device, then sk += n. Synchronizes. Host keys are
-   * checked first; contiguous device keys (any float dtype) are read in place, and non-finite ones
-   * throw DeviceInputError from the sync, after the append (as a step's device key does).
+   * checked first; device keys (any float dtype, with the strides checkDeviceKeys takes: e.g. the
+   * slice [B, Hkv, sk .. sk + n, D] of a K cache, a chunked prefill) are read in place, and
+   * non-finite ones throw DeviceInputError from the sync, after the append (as a step's device key does).
    */
   append(keys: HostTensor | DeviceTensor): void {
     this.requireBuilt('append');
     this.stopResident();
     const onDevice = 'device' in keys;
-    const n = onDevice ? checkDeviceKeys(this.layout, keys, 'keys', 1, true) : checkKeys(this.layout, keys, 'keys', 1);
+    const n = onDevice ? checkDeviceKeys(this.layout, keys, 'keys', 1) : checkKeys(this.layout, keys, 'keys', 1);
     checkCapacity('keys', this.capacity, this.hostSeqLen + n);
     let tmp: DeviceArena<'keys'> | undefined;
     try {
       let ptr: DevicePtr;
       let dtype: FloatDType;
+      let strides = contiguousKeyStrides(this.layout, n);
       if (onDevice) {
         ptr = keys.ptr;
         dtype = keys.dtype as FloatDType;
+        strides = [keys.strides[0], keys.strides[1], keys.strides[2]];
       } else {
         // Uploaded in their own dtype: the kernel converts f16/bf16 as it reads.
         tmp = DeviceArena.allocate({ keys: keys.data.byteLength });
@@ -531,7 +544,7 @@ export class CudaPQCache implements PQCache {
         ptr = tmp.slices.keys.ptr;
         dtype = keys.dtype as FloatDType;
       }
-      this.launchAppend(ptr, dtype, n, this.seqSlot);
+      this.launchAppend(ptr, dtype, n, strides, this.seqSlot);
       this.seqSlot ^= 1;
       const { initOffset: O, sinkSize: S, windowSize: W } = this.layout.config;
       // The kernel updates the pair table for one key only; count the newly eligible range here.
@@ -759,7 +772,7 @@ export class CudaPQCache implements PQCache {
     }
     let readSlot = slot;
     if (key !== undefined) {
-      this.launchAppend(key.ptr, key.dtype, 1, slot);
+      this.launchAppend(key.ptr, key.dtype, 1, this.stepKeyStrides, slot);
       readSlot ^= 1;
     }
     if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, 'f32', plan, readSlot);
@@ -1087,15 +1100,18 @@ export class CudaPQCache implements PQCache {
     launch(this.pairsCountKernel, { grid: [Math.ceil((to - from) / 256), B * Hkv, 1], block: [256, 1, 1] }, args, this.stream);
   }
 
-  /** pq_append reading sk from `slot` and writing sk + n to the other slot. */
-  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number, slot: number): void {
+  /**
+   * pq_append reading sk from `slot` and writing sk + n to the other slot; key i of row (b, kv-head)
+   * at element b·strides[0] + kv-head·strides[1] + i·strides[2] of `keys`.
+   */
+  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number, strides: KeyStrides, slot: number): void {
     const s = this.arena.slices;
-    const { headDim: D } = this.layout.shape;
+    const { headDim: D, kvHeads: Hkv } = this.layout.shape;
     const { pqGroupFactor: M, initOffset: O, sinkSize: S, windowSize: W, metric } = this.layout.config;
     const args = new LaunchArgs(APPEND_ARGS);
     try {
       args.setAll([
-        keys, DTYPE_CODE[kdtype], n, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, this.seqPtr(slot),
+        keys, DTYPE_CODE[kdtype], n, Hkv, BigInt(strides[0]), BigInt(strides[1]), BigInt(strides[2]), s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, this.seqPtr(slot),
         this.seqPtr(slot ^ 1), this.status.ptr, this.pairs > 0 && n === 1 ? s.pairCount.ptr : 0n, D, M, this.layout.numCentroids,
         this.capPad, O, metric === 'ip' ? 1 : 0, Math.max(O, S), W,
       ]);

@@ -5,7 +5,7 @@
 import { CapacityError, ConfigError, NonFiniteError, ShapeError, StateError } from '../errors.js';
 import { type FloatDType, FLOAT_DTYPES, readFloat } from '../tensor/dtype.js';
 import { firstNonFinite } from '../tensor/finite.js';
-import { type DeviceTensor, contiguousStrides, isContiguous } from '../tensor/device-tensor.js';
+import type { DeviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor, expectDType, expectShape } from '../tensor/host-tensor.js';
 import type { Layout } from './config.js';
 
@@ -39,20 +39,18 @@ export function checkKeys(layout: Layout, keys: HostTensor, argument: string, mi
 /**
  * Device keys [B, Hkv, n, D] with n ≥ minLen and a float dtype; returns n. Strides: the last
  * dimension contiguous and the others nested without overlap ([s0, s1, s2, 1], s2 ≥ D, s1 ≥ n·s2,
- * s0 ≥ Hkv·s1: a K cache with room for more positions qualifies); `contiguous` asks for exactly
- * [Hkv·n·D, n·D, D, 1]. Their values are checked on the device.
+ * s0 ≥ Hkv·s1: a K cache with room for more positions qualifies, or its slice of positions).
+ * Their values are checked on the device.
  */
-export function checkDeviceKeys(layout: Layout, keys: DeviceTensor, argument: string, minLen: number, contiguous: boolean): number {
+export function checkDeviceKeys(layout: Layout, keys: DeviceTensor, argument: string, minLen: number): number {
   const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
   expectDType(argument, keys, FLOAT_DTYPES);
   expectShape(argument, keys, [B, Hkv, -1, D], `[B=${B}, Hkv=${Hkv}, n, D=${D}]`);
   const n = keys.shape[2];
   if (n < minLen) throw new ShapeError(argument, `[B=${B}, Hkv=${Hkv}, n ≥ ${minLen}, D=${D}]`, keys.shape);
   const [s0, s1, s2, s3] = keys.strides;
-  const ok = contiguous ? isContiguous(keys) : keys.strides.length === 4 && s3 === 1 && s2 >= D && s1 >= n * s2 && s0 >= Hkv * s1;
-  if (!ok) {
-    const want = contiguous ? `contiguous [${contiguousStrides(keys.shape).join(', ')}]` : '[s0 ≥ Hkv·s1, s1 ≥ n·s2, s2 ≥ D, 1]';
-    throw new ShapeError(`${argument}.strides`, want, [...keys.strides]);
+  if (!(keys.strides.length === 4 && s3 === 1 && s2 >= D && s1 >= n * s2 && s0 >= Hkv * s1)) {
+    throw new ShapeError(`${argument}.strides`, '[s0 ≥ Hkv·s1, s1 ≥ n·s2, s2 ≥ D, 1]', [...keys.strides]);
   }
   return n;
 }

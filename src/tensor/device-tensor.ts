@@ -24,12 +24,6 @@ export function contiguousStrides(shape: readonly number[]): number[] {
   return strides;
 }
 
-/** Whether a tensor's strides are the row-major contiguous ones of its shape. */
-export function isContiguous(t: { readonly shape: readonly number[]; readonly strides: readonly number[] }): boolean {
-  const want = contiguousStrides(t.shape);
-  return t.strides.length === want.length && want.every((s, i) => t.strides[i] === s);
-}
-
 /** Shape and strides are copied unless already frozen (views made per decode step pass frozen ones). */
 export function deviceTensor<D extends DType>(dtype: D, shape: readonly number[], ptr: DevicePtr, strides?: readonly number[]): DeviceTensor<D> {
   return Object.freeze({

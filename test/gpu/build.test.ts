@@ -508,13 +508,14 @@ test('GPU build from device keys: f32 and bf16 read in place (contiguous, K-cach
   stream.dispose();
 });
 
-test('CudaPQCache.build from device keys (bf16 K cache) equals the oracle; non-finite device keys throw before the index changes; device appends', { skip }, () => {
+test('CudaPQCache.build from device keys (bf16 K cache) equals the oracle; non-finite device keys throw before the index changes; device appends, contiguous and from a K cache', { skip }, () => {
   for (const c of DEVICE_KEY_CASES) {
     const layout = layoutOf(c);
     const { shape, config } = layout;
     const keys = keysFor(c, true, 31);
-    const cpu = buildIndexCpu(layout, keys, c.sk, c.sk + 8);
-    const cache = new CudaPQCache({ shape, config, capacity: c.sk + 8 });
+    const capacity = c.sk + 20;
+    const cpu = buildIndexCpu(layout, keys, c.sk, capacity);
+    const cache = new CudaPQCache({ shape, config, capacity });
     const buffers: DeviceBuffer[] = [];
     try {
       for (const pad of [PADDINGS['K cache'], PADDINGS.contiguous]) {
@@ -551,7 +552,36 @@ test('CudaPQCache.build from device keys (bf16 K cache) equals the oracle; non-f
       const after = cache.exportState();
       assert.equal(after.seqLen, c.sk + n);
       assert.deepEqual(after.codes, cpu.codes, `codes after a device append ${JSON.stringify(c)}`);
-      assert.throws(() => cache.append(deviceTensor('bf16', [c.B, c.Hkv, 1, c.D], addBuf.ptr, [c.Hkv * 2 * c.D, 2 * c.D, c.D, 1])), ShapeError);
+
+      // A chunked prefill's keys appended from where they sit in a K cache [B, Hkv, cap, D]: the
+      // slice at positions 4 .. 4 + n, rows padded (s2 = D + 2), a gap between batches (s0 > Hkv·s1),
+      // NaN everywhere else, so a key read off its strides makes the append throw or differ.
+      for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+        const at = 4;
+        const s2 = c.D + 2;
+        const s1 = (at + n + 3) * s2;
+        const s0 = (c.Hkv + 1) * s1;
+        const kv = new Float32Array(c.B * s0).fill(NaN);
+        const chunk = new Float32Array(c.B * c.Hkv * n * c.D).map(() => rng.int(-6, 6));
+        for (let b = 0; b < c.B; b++)
+          for (let h = 0; h < c.Hkv; h++)
+            for (let i = 0; i < n; i++)
+              for (let j = 0; j < c.D; j++) kv[b * s0 + h * s1 + (at + i) * s2 + j] = chunk[((b * c.Hkv + h) * n + i) * c.D + j];
+        const host = HostTensor.fromNumbers(dtype, [kv.length], kv);
+        const kvBuf = new DeviceBuffer(host.data.byteLength);
+        buffers.push(kvBuf);
+        copies.fromHost(kvBuf, host.data);
+        const elementBytes = host.data.byteLength / kv.length;
+        cache.append(deviceTensor(dtype, [c.B, c.Hkv, n, c.D], kvBuf.ptr + BigInt(at * s2 * elementBytes), [s0, s1, s2, 1]));
+        appendCodesCpu(cpu, chunk, n);
+        const state = cache.exportState();
+        assert.equal(state.seqLen, cpu.seqLen);
+        assert.deepEqual(state.codes, cpu.codes, `codes after a ${dtype} append from a K cache ${JSON.stringify(c)}`);
+      }
+      // Strides whose rows overlap are refused before any device work.
+      assert.throws(() => cache.append(deviceTensor('bf16', [c.B, c.Hkv, 2, c.D], addBuf.ptr, [c.Hkv * 2 * c.D, 2 * c.D, c.D - 1, 1])),
+        (e: unknown) => e instanceof ShapeError && /^keys\.strides/.test((e as Error).message));
+      assert.equal(cache.exportState().seqLen, cpu.seqLen);
     } finally {
       cache.dispose();
       for (const b of buffers) b.dispose();
