@@ -14,6 +14,7 @@ import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
 import { GraphCache } from '../cuda/graph.js';
 import { Owned } from '../cuda/owned.js';
+import { CompletionSignal } from '../cuda/signal.js';
 import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, StateError } from '../errors.js';
@@ -112,6 +113,8 @@ export class CudaDecodeLayer implements DecodeLayer {
   private readonly statusView: Int32Array;
   private readonly staging: PinnedBuffer;
   private readonly stagingConsumed: Event;
+  /** synchronize() after a step's launch: sooner than cuStreamSynchronize (src/cuda/signal.ts). */
+  private readonly completion: CompletionSignal;
   private stagingPending = false;
   private scratch: AttendScratch | undefined;
   /**
@@ -168,6 +171,7 @@ export class CudaDecodeLayer implements DecodeLayer {
       // each starting on a 256-byte boundary (bind() lays them out the same way).
       this.staging = owned.add(new PinnedBuffer(stagingBytes(4 * D * B * H) + 2 * stagingBytes(4 * D * B * Hkv)));
       this.stagingConsumed = owned.add(new Event({ timing: false }));
+      this.completion = owned.add(new CompletionSignal());
       this.pq = this.mode === 'sparse'
         ? owned.add(new CudaPQCache({ shape: options.shape, config: options.config, capacity: this.capacity, device: options.device, stream: this.stream, cluster: options.cluster }))
         : undefined;
@@ -255,6 +259,7 @@ export class CudaDecodeLayer implements DecodeLayer {
     const prepared = this.prepare(bound);
     const graph = this.graphs.get(prepared.signature, prepared.pointers, this.stream, prepared.record);
     graph.launch(this.stream);
+    this.completion.launched();
     this.launched(bound);
     return this.output();
   }
@@ -289,7 +294,7 @@ export class CudaDecodeLayer implements DecodeLayer {
   /** Wait for the stream; throw DeviceInputError if a kernel flagged bad device inputs. */
   synchronize(): void {
     this.live();
-    this.stream.synchronize();
+    this.completion.synchronize(this.stream);
     this.checkStatus();
   }
 

@@ -7,6 +7,7 @@ import { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
 import { GraphCache } from '../cuda/graph.js';
 import { Owned } from '../cuda/owned.js';
+import { CompletionSignal } from '../cuda/signal.js';
 import { Stream } from '../cuda/stream.js';
 import { ConfigError, DisposedError, ShapeError } from '../errors.js';
 import type { BuildOptions } from '../pq/cache.js';
@@ -48,6 +49,8 @@ export class CudaDecodeStack {
   private readonly pointerScratch: DevicePtr[] = [];
   /** The stream and the layers, freed together. */
   private readonly owned = new Owned();
+  /** synchronize() after a token's launch: sooner than cuStreamSynchronize (src/cuda/signal.ts). */
+  private readonly completion: CompletionSignal;
   private disposed = false;
 
   constructor(options: CudaDecodeStackOptions) {
@@ -57,6 +60,7 @@ export class CudaDecodeStack {
     this.stream = this.owned.add(new Stream());
     const layers: CudaDecodeLayer[] = [];
     try {
+      this.completion = this.owned.add(new CompletionSignal());
       for (let i = 0; i < n; i++) layers.push(this.owned.add(new CudaDecodeLayer({ ...options, stream: this.stream, kv: options.kvs?.[i] })));
     } catch (e) {
       this.owned.dispose();
@@ -94,6 +98,7 @@ export class CudaDecodeStack {
         for (const p of prepared) p.record();
       });
     graph.launch(this.stream);
+    this.completion.launched();
     this.layers.forEach((layer, i) => layer.launched(bound[i]));
     return this.layers.map((layer) => layer.output());
   }
@@ -137,7 +142,7 @@ export class CudaDecodeStack {
   /** Wait for the shared stream once, then report what any layer's kernels flagged. */
   synchronize(): void {
     this.live();
-    this.stream.synchronize();
+    this.completion.synchronize(this.stream);
     for (const layer of this.layers) layer.checkStatus();
   }
 

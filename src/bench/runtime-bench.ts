@@ -9,6 +9,7 @@ import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import { ResidentLaunch } from '../cuda/resident.js';
+import { CompletionSignal } from '../cuda/signal.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { loadKernels } from '../pq/kernels.js';
 import { type RecordRow, latencyRow as recordRow } from './record.js';
@@ -210,12 +211,15 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
   const graphs = [1, 2].map((value) =>
     GraphExec.capture(stream, () => launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, args.set(1, value), stream)),
   );
+  const signal = new CompletionSignal();
   try {
     // The same graph waited for by its own flag, and through the driver: its sync call, and polling
     // its stream query (the driver reports completion ≈ 2.6 μs after the flag is visible, either way).
     for (const [what, wait] of [
       ['graph of 1 kernel launch, host polls the flag it publishes (no sync call)', (value: number) => { while (Atomics.load(flagView, 0) !== value) { /* spin on pinned memory */ } }],
       ['graph of 1 kernel launch + cuStreamSynchronize', () => stream.synchronize()],
+      // What a cache's synchronize() does after a graph step (src/cuda/signal.ts).
+      ['graph of 1 kernel launch + CompletionSignal (cuStreamWriteValue32 behind it, host spins on the word)', () => signal.wait(stream)],
       ['graph of 1 kernel launch + cuStreamQuery polled until idle', () => { while (!stream.isIdle()) { /* poll */ } }],
     ] as const) {
       const t: number[] = [];
@@ -232,6 +236,7 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
     for (const g of graphs) g.dispose();
     args.dispose();
     flag.dispose();
+    signal.dispose();
   }
   const echo = mod.kernel('pq_resident_echo');
   for (const [what, grid, block] of [

@@ -10,6 +10,7 @@ import { runSoak } from '../bench/soak.js';
 import { CudaContext } from '../cuda/context.js';
 import { DeviceBuffer } from '../cuda/memory.js';
 import { launchWith } from '../cuda/launch.js';
+import { CompletionSignal } from '../cuda/signal.js';
 import { Stream } from '../cuda/stream.js';
 import { CudaError, CudaOutOfMemoryError, CudaUnavailableError } from '../errors.js';
 import { createPQCache, decideBackend } from '../pq/backend.js';
@@ -122,14 +123,19 @@ function runFaults(): RecordRow[] {
   return rows;
 }
 
-/** `pqcache _fault trap` (hidden): launch a trapping kernel and report how the fault surfaced. */
+/**
+ * `pqcache _fault trap|trap-signal` (hidden): launch a trapping kernel and report how the fault
+ * surfaced, to cuStreamSynchronize or (trap-signal) to a CompletionSignal's wait.
+ */
 export function runFaultProbe(kind: string): number {
-  if (kind !== 'trap') throw new Error(`unknown fault ${kind}`);
+  if (kind !== 'trap' && kind !== 'trap-signal') throw new Error(`unknown fault ${kind}`);
   CudaContext.primary();
   const stream = new Stream();
+  const signal = kind === 'trap-signal' ? new CompletionSignal() : undefined;
   launchWith(loadKernels('runtime').kernel('pq_trap'), { grid: [1, 1, 1], block: [1, 1, 1] }, [] as const, [], stream);
   try {
-    stream.synchronize();
+    if (signal) signal.wait(stream);
+    else stream.synchronize();
     console.log('no error');
     return 1;
   } catch (e) {

@@ -20,6 +20,7 @@ import { type ArgKind, LaunchArgs, launch } from '../cuda/launch.js';
 import { ARENA_ALIGNMENT, DeviceArena, PinnedBuffer, copies, type DeviceRange } from '../cuda/memory.js';
 import { CudaContext } from '../cuda/context.js';
 import type { Module } from '../cuda/module.js';
+import { CompletionSignal } from '../cuda/signal.js';
 import type { Event, Stream } from '../cuda/stream.js';
 import { ConfigError, DeviceInputError, ShapeError } from '../errors.js';
 import type { DeviceTensor } from '../tensor/device-tensor.js';
@@ -353,6 +354,7 @@ export class BuildWorkspace {
   private arena: DeviceArena<WorkspaceSlice> | undefined;
   private progressWord: PinnedBuffer | undefined;
   private outcomeCopy: PinnedBuffer | undefined;
+  private completionSignal: CompletionSignal | undefined;
   private readonly graphs = new GraphCache(KEPT_BUILD_GRAPHS);
 
   constructor(private readonly layout: Layout, private readonly capacity: number) {}
@@ -410,6 +412,12 @@ export class BuildWorkspace {
     return { device, host: this.outcomeCopy };
   }
 
+  /** The wait for a build's graph: ≈ 2 μs sooner than cuStreamSynchronize (src/cuda/signal.ts). */
+  completion(): CompletionSignal {
+    this.completionSignal ??= new CompletionSignal();
+    return this.completionSignal;
+  }
+
   /** The build graph for this sk, kernel and binding, captured by `enqueue` if not kept. */
   graph(signature: string, pointers: readonly bigint[], stream: Stream, enqueue: () => void): GraphExec {
     return this.graphs.get(signature, pointers, stream, enqueue);
@@ -421,6 +429,8 @@ export class BuildWorkspace {
     this.progressWord = undefined;
     this.outcomeCopy?.dispose();
     this.outcomeCopy = undefined;
+    this.completionSignal?.dispose();
+    this.completionSignal = undefined;
     this.arena?.dispose();
     this.arena = undefined;
   }
@@ -588,8 +598,11 @@ export function buildOnDevice(
     events?.start.record(stream);
     graph.launch(stream);
     events?.end.record(stream);
+    // The stream is idle once the rounds are reported; a kept workspace keeps its completion signal
+    // (a build's own workspace would pay a pinned allocation for it).
     if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound);
-    stream.synchronize();
+    if (onRound === undefined && workspace !== undefined) ws.completion().wait(stream);
+    else stream.synchronize();
     const firstBad = new BigUint64Array(outcome.host.arrayBuffer, 0, 1)[0];
     if (firstBad !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${firstBad}`);
     const stats = new Uint32Array(outcome.host.arrayBuffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);

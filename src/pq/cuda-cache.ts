@@ -40,6 +40,7 @@ import type { Kernel } from '../cuda/module.js';
 import { Owned } from '../cuda/owned.js';
 import { ResidentLaunch, positiveMs } from '../cuda/resident.js';
 import { StepChain } from '../cuda/step-chain.js';
+import { CompletionSignal } from '../cuda/signal.js';
 import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
@@ -229,6 +230,8 @@ export class CudaPQCache implements PQCache {
   private readonly stagingKey: PinnedBuffer;
   /** Recorded after a graph that copies from the staging buffers: they may be rewritten once it completes. */
   private readonly stagingConsumed: Event;
+  /** synchronize() after a graph step: the host sees it done ≈ 2 μs sooner than through cuStreamSynchronize. */
+  private readonly completion: CompletionSignal;
   private stagingPending = false;
   private readonly appendKernel: Kernel;
   /** General path: the select kernel. Pair path: undefined (the step kernel is per cluster size). */
@@ -364,6 +367,7 @@ export class CudaPQCache implements PQCache {
       this.stagingQuery = owned.add(new PinnedBuffer(rows * D * 4));
       this.stagingKey = owned.add(new PinnedBuffer(B * Hkv * D * 4));
       this.stagingConsumed = owned.add(new Event({ timing: false }));
+      this.completion = owned.add(new CompletionSignal());
       this.listView = deviceTensor('i32', [B, H, this.layout.listCapacity], this.arena.slices.sparseList.ptr);
       this.lenView = deviceTensor('i32', [B, H], this.arena.slices.sparseLen.ptr);
       this.weightStrides = Object.freeze([H * this.capPad, this.capPad, 1]);
@@ -593,7 +597,8 @@ export class CudaPQCache implements PQCache {
     // started, and everything that enqueues on it since stops the kernel first (but readOutputs,
     // which waits for its own copies).
     // Chained steps return complete too, and a chain waiting for its next step holds the stream.
-    if (!(this.ownsStream && (this.residentBinding !== undefined || this.chain?.waiting === true))) this.stream.synchronize();
+    if (!(this.ownsStream && (this.residentBinding !== undefined || this.chain?.waiting === true))) this.completion.synchronize(this.stream);
+    else this.completion.settled();
     this.checkStatus();
   }
 
@@ -711,6 +716,7 @@ export class CudaPQCache implements PQCache {
       this.graphs.capture(signature, pointers, this.stream, () =>
         this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
     graph.launch(this.stream);
+    this.completion.launched();
     if (hostQ || hostK) {
       this.stagingConsumed.record(this.stream);
       this.stagingPending = true;
@@ -1253,6 +1259,7 @@ export class CudaPQCache implements PQCache {
       );
     }
     this.stream.synchronize(); // the copies above, also between resident steps
+    this.completion.settled();
     this.checkStatus();
     return hostSelectResult(this.layout, sk, dtype, { sparseList, sparseLen, weights });
   }

@@ -7,6 +7,7 @@ import { GraphExec } from '../../src/cuda/graph.js';
 import { LaunchArgs, launch } from '../../src/cuda/launch.js';
 import { DeviceArena, DeviceBuffer, PinnedBuffer, allocationStats, copies } from '../../src/cuda/memory.js';
 import { ResidentLaunch } from '../../src/cuda/resident.js';
+import { CompletionSignal } from '../../src/cuda/signal.js';
 import { Event, Stream } from '../../src/cuda/stream.js';
 import { CudaError, CudaOutOfMemoryError, StateError } from '../../src/errors.js';
 import { loadKernels } from '../../src/pq/kernels.js';
@@ -184,6 +185,53 @@ test('a kernel fault surfaces as a CudaError at the next sync (child process)', 
   const r = spawnSync(process.execPath, [cli, '_fault', 'trap'], { encoding: 'utf8', timeout: 60000 });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /CudaError cuStreamSynchronize: expected CUDA_SUCCESS, got CUDA_ERROR_/);
+});
+
+test('a kernel fault surfaces as a CudaError from a CompletionSignal wait too (child process)', { skip: faultSkip }, () => {
+  const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+  const r = spawnSync(process.execPath, [cli, '_fault', 'trap-signal'], { encoding: 'utf8', timeout: 60000 });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /^CudaError cu\w+: expected CUDA_SUCCESS, got CUDA_ERROR_/);
+});
+
+test('CompletionSignal.wait returns only once the work before it is done: short work (spun on) and long work (handed to cuStreamSynchronize)', { skip }, () => {
+  CudaContext.primary();
+  const stream = new Stream();
+  const signal = new CompletionSignal();
+  const flag = new PinnedBuffer(16);
+  const word = new Uint32Array(flag.arrayBuffer, 0, 1);
+  const mod = loadKernels('runtime');
+  const spin = mod.kernel('pq_spin_ns');
+  const publish = mod.kernel('pq_publish_u32');
+  const spinArgs = new LaunchArgs(['u64'] as const);
+  const publishArgs = new LaunchArgs(['ptr', 'u32'] as const);
+  try {
+    // 20 μs (spun on), 2 ms (spun on), 12 ms (past the spin: synchronize): the kernel behind the
+    // spin publishes a new value, which must be there when wait() returns.
+    let value = 0;
+    for (const ns of [20_000, 2_000_000, 12_000_000]) {
+      for (let rep = 0; rep < 3; rep++) {
+        value += 1;
+        Atomics.store(word, 0, 0);
+        launch(spin, { grid: [1, 1, 1], block: [1, 1, 1] }, spinArgs.setAll([BigInt(ns)]), stream);
+        launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, publishArgs.setAll([flag.ptr, value]), stream);
+        const t0 = performance.now();
+        signal.wait(stream);
+        const ms = performance.now() - t0;
+        assert.equal(Atomics.load(word, 0), value, `${ns} ns: the work was done when wait() returned`);
+        assert.ok(stream.isIdle(), `${ns} ns: the stream is idle after wait()`);
+        assert.ok(ms >= ns / 1e6 * 0.5, `${ns} ns: wait() took ${ms} ms, less than the work`);
+      }
+    }
+    // On an idle stream it returns too.
+    signal.wait(stream);
+  } finally {
+    spinArgs.dispose();
+    publishArgs.dispose();
+    flag.dispose();
+    signal.dispose();
+    stream.dispose();
+  }
 });
 
 test('resident launch: serves rings in order, reports device time, stops; a grid that cannot be resident at once is a StateError', { skip }, () => {
