@@ -5,6 +5,7 @@
  */
 import { BusyQueue, eventTimes } from './busy-queue.js';
 import { CudaContext } from '../cuda/context.js';
+import { check, driver } from '../cuda/driver.js';
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
@@ -212,6 +213,15 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
     GraphExec.capture(stream, () => launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, args.set(1, value), stream)),
   );
   const signal = new CompletionSignal();
+  // The same kernel (publishing into word 2, unread) followed by a captured cuStreamWriteValue32 node
+  // writing 1 or 2 into word 0: what a write inside the step's graph would cost instead.
+  const nodeArgs = new LaunchArgs(['ptr', 'u32'] as const).setAll([flag.ptr + 8n, 0]);
+  const nodeGraphs = [1, 2].map((value) =>
+    GraphExec.capture(stream, () => {
+      launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, nodeArgs.set(1, value), stream);
+      check('cuStreamWriteValue32_v2', driver().cuStreamWriteValue32_v2(stream.handle, flag.ptr, value, 0));
+    }),
+  );
   try {
     // The same graph waited for by its own flag, and through the driver: its sync call, and polling
     // its stream query (the driver reports completion ≈ 2.6 μs after the flag is visible, either way).
@@ -232,8 +242,29 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
       stream.synchronize();
       rows.push(latencyRow('pqcache-cuda', what, t));
     }
+    const t: number[] = [];
+    for (let i = 0; i < 200 + iters; i++) {
+      const t0 = nowUs();
+      (nodeGraphs[i & 1] as GraphExec).launch(stream);
+      const value = 1 + (i & 1);
+      while (Atomics.load(flagView, 0) !== value) { /* spin on pinned memory */ }
+      if (i >= 200) t.push(nowUs() - t0);
+    }
+    stream.synchronize();
+    rows.push(latencyRow('pqcache-cuda', 'graph of 1 kernel launch + a cuStreamWriteValue32 node in the graph, host polls the word (no sync call)', t));
+    // Their device time, the stream kept busy ahead: what the node adds to a graph between events.
+    const busy = new BusyQueue();
+    try {
+      for (const [what, pair] of [['graph of 1 kernel', graphs], ['graph of 1 kernel + a cuStreamWriteValue32 node', nodeGraphs]] as const) {
+        const d = summarize(eventTimes(stream, 200 + iters, (i) => (pair[i & 1] as GraphExec).launch(stream), busy).slice(200));
+        rows.push({ impl: 'pqcache-cuda', config: { what: `${what} between events, stream kept busy ahead` }, gpu_us: { median: round3(d.median), p90: round3(d.p90), p99: round3(d.p99) } });
+      }
+    } finally {
+      busy.dispose();
+    }
   } finally {
-    for (const g of graphs) g.dispose();
+    for (const g of [...graphs, ...nodeGraphs]) g.dispose();
+    nodeArgs.dispose();
     args.dispose();
     flag.dispose();
     signal.dispose();
