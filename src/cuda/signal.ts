@@ -5,7 +5,9 @@
  * ≈ 2.6 μs after its last kernel's own store is visible (bench/NOTES.md, session 11: a graph seen
  * done by a flag in 5.2–5.6 μs, through cuStreamSynchronize in 8.2), and the spin sees the word as
  * soon as it lands. Only for work in flight: on an idle stream the write's round trip through the
- * GPU costs more than a synchronize.
+ * GPU costs more than a synchronize. The work is done and its writes visible when a wait returns;
+ * the driver's own view (cuStreamQuery, events) may catch up ≈ 2 μs later, which changes nothing for
+ * work enqueued afterwards (stream order) or for copies.
  */
 import { check, driver } from './driver.js';
 import { PinnedBuffer } from './memory.js';

@@ -219,7 +219,6 @@ test('CompletionSignal.wait returns only once the work before it is done: short 
         signal.wait(stream);
         const ms = performance.now() - t0;
         assert.equal(Atomics.load(word, 0), value, `${ns} ns: the work was done when wait() returned`);
-        assert.ok(stream.isIdle(), `${ns} ns: the stream is idle after wait()`);
         assert.ok(ms >= ns / 1e6 * 0.5, `${ns} ns: wait() took ${ms} ms, less than the work`);
       }
     }
