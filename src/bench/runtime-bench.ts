@@ -5,7 +5,6 @@
  */
 import { BusyQueue, eventTimes } from './busy-queue.js';
 import { CudaContext } from '../cuda/context.js';
-import { check, driver } from '../cuda/driver.js';
 import { GraphExec } from '../cuda/graph.js';
 import { LaunchArgs, launch } from '../cuda/launch.js';
 import { DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
@@ -219,7 +218,7 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
   const nodeGraphs = [1, 2].map((value) =>
     GraphExec.capture(stream, () => {
       launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, nodeArgs.set(1, value), stream);
-      check('cuStreamWriteValue32_v2', driver().cuStreamWriteValue32_v2(stream.handle, flag.ptr, value, 0));
+      stream.writeValue32(flag.ptr, value);
     }),
   );
   try {

@@ -9,33 +9,33 @@
  * the driver's own view (cuStreamQuery, events) may catch up ≈ 2 μs later, which changes nothing for
  * work enqueued afterwards (stream order) or for copies.
  */
-import { check, driver } from './driver.js';
 import { PinnedBuffer } from './memory.js';
 import { spinUntilWord } from './spin.js';
 import type { Stream } from './stream.js';
 
 /** How long a wait spins on the word before it hands over to cuStreamSynchronize (long work: a build). */
 const SPIN_MS = 5;
-const CU_STREAM_WRITE_VALUE_DEFAULT = 0x0;
 
 export class CompletionSignal {
-  private readonly word = new PinnedBuffer(4);
-  private readonly u32 = new Uint32Array(this.word.arrayBuffer);
+  /** Allocated at the first wait: a decode layer's or cache's own signal goes unused inside a stack. */
+  private word: { readonly buffer: PinnedBuffer; readonly u32: Uint32Array } | undefined;
   private sequence = 0;
   private inFlight = false;
-
-  constructor() {
-    Atomics.store(this.u32, 0, 0);
-  }
 
   /**
    * Returns once everything enqueued on `stream` so far has finished; CudaError if the stream
    * faulted (spinUntilWord asks the driver after 1 ms; cuStreamSynchronize after SPIN_MS).
    */
   wait(stream: Stream): void {
+    if (this.word === undefined) {
+      const buffer = new PinnedBuffer(4);
+      const u32 = new Uint32Array(buffer.arrayBuffer);
+      Atomics.store(u32, 0, 0);
+      this.word = { buffer, u32 };
+    }
     this.sequence = this.sequence === 0xffffffff ? 1 : this.sequence + 1; // never 0, the word's first value
-    check('cuStreamWriteValue32_v2', driver().cuStreamWriteValue32_v2(stream.handle, this.word.ptr, this.sequence, CU_STREAM_WRITE_VALUE_DEFAULT));
-    if (!spinUntilWord(this.u32, 0, this.sequence, SPIN_MS, stream)) stream.synchronize();
+    stream.writeValue32(this.word.buffer.ptr, this.sequence);
+    if (!spinUntilWord(this.word.u32, 0, this.sequence, SPIN_MS, stream)) stream.synchronize();
   }
 
   /** Work was enqueued (a graph launch) that the next synchronize() should wait for by the signal. */
@@ -59,6 +59,7 @@ export class CompletionSignal {
   }
 
   dispose(): void {
-    this.word.dispose();
+    this.word?.buffer.dispose();
+    this.word = undefined;
   }
 }

@@ -19,16 +19,13 @@
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import { StateError } from '../errors.js';
-import { type Handle, check, driver, driverLibraryPath } from './driver.js';
+import { type Handle, check, driverLibraryPath } from './driver.js';
 import { GraphExec } from './graph.js';
 import { PinnedBuffer } from './memory.js';
 import { registerWaitingChain } from './resident-guard.js';
 import { spinUntilWord } from './spin.js';
 import type { Stream } from './stream.js';
 
-const CU_STREAM_WAIT_VALUE_GEQ = 0x0;
-/** With a memory barrier: the step's writes are visible before `done` is. */
-const CU_STREAM_WRITE_VALUE_DEFAULT = 0x0;
 /** Chain k's doorbell at word 64k, its done at word 64k + 32 (128-byte lines of their own). */
 const BELL = 0;
 const DONE = 32;
@@ -164,15 +161,13 @@ export class StepChain {
   }
 
   private captureOne(k: number, enqueueStep: () => void): GraphExec {
-    const d = driver();
-    const s = this.stream.handle;
     const bell = this.words.ptr + BigInt(4 * (64 * k + BELL));
     const done = this.words.ptr + BigInt(4 * (64 * k + DONE));
     return GraphExec.capture(this.stream, () => {
       for (let i = 1; i <= this.length; i++) {
-        check('cuStreamWaitValue32_v2', d.cuStreamWaitValue32_v2(s, bell, i, CU_STREAM_WAIT_VALUE_GEQ));
+        this.stream.waitValue32(bell, i);
         enqueueStep();
-        check('cuStreamWriteValue32_v2', d.cuStreamWriteValue32_v2(s, done, i, CU_STREAM_WRITE_VALUE_DEFAULT));
+        this.stream.writeValue32(done, i); // with a memory barrier: the step's writes are visible before `done` is
       }
     });
   }

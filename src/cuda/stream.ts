@@ -3,9 +3,12 @@
  * stream); events time work on a stream with the GPU's own clock.
  */
 import { DisposedError } from '../errors.js';
-import { type Handle, CUDA_ERROR_NOT_READY, CUDA_SUCCESS, check, driver, out, outHandle } from './driver.js';
+import { type DevicePtr, type Handle, CUDA_ERROR_NOT_READY, CUDA_SUCCESS, check, driver, out, outHandle } from './driver.js';
 
 const CU_STREAM_NON_BLOCKING = 0x1;
+/** With a memory barrier: the work before the write is visible before the value is. */
+const CU_STREAM_WRITE_VALUE_DEFAULT = 0x0;
+const CU_STREAM_WAIT_VALUE_GEQ = 0x0;
 const CU_EVENT_DEFAULT = 0x0;
 const CU_EVENT_DISABLE_TIMING = 0x2;
 
@@ -24,6 +27,16 @@ export class Stream {
 
   synchronize(): void {
     check('cuStreamSynchronize', driver().cuStreamSynchronize(this.handle));
+  }
+
+  /** Enqueue a write of `value` to the 32-bit word at `addr` (device or mapped pinned memory) behind the work so far. */
+  writeValue32(addr: DevicePtr, value: number): void {
+    check('cuStreamWriteValue32_v2', driver().cuStreamWriteValue32_v2(this.handle, addr, value, CU_STREAM_WRITE_VALUE_DEFAULT));
+  }
+
+  /** Enqueue a wait until the 32-bit word at `addr` is ≥ `value` (wrap-around compare) before later work. */
+  waitValue32(addr: DevicePtr, value: number): void {
+    check('cuStreamWaitValue32_v2', driver().cuStreamWaitValue32_v2(this.handle, addr, value, CU_STREAM_WAIT_VALUE_GEQ));
   }
 
   /** True when all work enqueued so far has finished (no blocking). */

@@ -598,11 +598,8 @@ export function buildOnDevice(
     events?.start.record(stream);
     graph.launch(stream);
     events?.end.record(stream);
-    // The stream is idle once the rounds are reported; a kept workspace keeps its completion signal
-    // (a build's own workspace would pay a pinned allocation for it).
-    if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound);
-    if (onRound === undefined && workspace !== undefined) ws.completion().wait(stream);
-    else stream.synchronize();
+    if (onRound) waitReportingRounds(stream, rounds, iters + 1, onRound); // returns with the stream idle
+    else ws.completion().wait(stream);
     const firstBad = new BigUint64Array(outcome.host.arrayBuffer, 0, 1)[0];
     if (firstBad !== 0xffffffffffffffffn) throw new DeviceInputError('keys', 'finite values', `NaN or Inf at flat index ${firstBad}`);
     const stats = new Uint32Array(outcome.host.arrayBuffer, Number(s.stats.ptr - s.firstBad.ptr), (iters + 1) * 2);

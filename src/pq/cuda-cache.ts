@@ -534,19 +534,18 @@ export class CudaPQCache implements PQCache {
     checkCapacity('keys', this.capacity, this.hostSeqLen + n);
     let tmp: DeviceArena<'keys'> | undefined;
     try {
+      // Host keys are uploaded in their own dtype (the kernel converts f16/bf16 as it reads), contiguous.
+      const dtype = keys.dtype as FloatDType;
       let ptr: DevicePtr;
-      let dtype: FloatDType;
-      let strides = contiguousKeyStrides(this.layout, n);
+      let strides: KeyStrides;
       if (onDevice) {
         ptr = keys.ptr;
-        dtype = keys.dtype as FloatDType;
         strides = [keys.strides[0], keys.strides[1], keys.strides[2]];
       } else {
-        // Uploaded in their own dtype: the kernel converts f16/bf16 as it reads.
         tmp = DeviceArena.allocate({ keys: keys.data.byteLength });
         copies.fromHost(tmp.slices.keys, keys.data);
         ptr = tmp.slices.keys.ptr;
-        dtype = keys.dtype as FloatDType;
+        strides = contiguousKeyStrides(this.layout, n);
       }
       this.launchAppend(ptr, dtype, n, strides, this.seqSlot);
       this.seqSlot ^= 1;

@@ -558,21 +558,16 @@ test('CudaPQCache.build from device keys (bf16 K cache) equals the oracle; non-f
       // NaN everywhere else, so a key read off its strides makes the append throw or differ.
       for (const dtype of ['f32', 'bf16', 'f16'] as const) {
         const at = 4;
-        const s2 = c.D + 2;
-        const s1 = (at + n + 3) * s2;
-        const s0 = (c.Hkv + 1) * s1;
-        const kv = new Float32Array(c.B * s0).fill(NaN);
         const chunk = new Float32Array(c.B * c.Hkv * n * c.D).map(() => rng.int(-6, 6));
-        for (let b = 0; b < c.B; b++)
-          for (let h = 0; h < c.Hkv; h++)
-            for (let i = 0; i < n; i++)
-              for (let j = 0; j < c.D; j++) kv[b * s0 + h * s1 + (at + i) * s2 + j] = chunk[((b * c.Hkv + h) * n + i) * c.D + j];
-        const host = HostTensor.fromNumbers(dtype, [kv.length], kv);
-        const kvBuf = new DeviceBuffer(host.data.byteLength);
+        // The K cache's rows 0 .. at + n: NaN before the chunk, then the chunk (paddedDeviceKeys adds the rest).
+        const rowsUpTo = new Float32Array(c.B * c.Hkv * (at + n) * c.D).fill(NaN);
+        for (let bh = 0; bh < c.B * c.Hkv; bh++) rowsUpTo.set(chunk.subarray(bh * n * c.D, (bh + 1) * n * c.D), (bh * (at + n) + at) * c.D);
+        const { data, strides } = paddedDeviceKeys({ ...c, sk: at + n }, rowsUpTo, dtype, { positions: 3, batchGap: true, row: 2 });
+        const kvBuf = new DeviceBuffer(data.data.byteLength);
         buffers.push(kvBuf);
-        copies.fromHost(kvBuf, host.data);
-        const elementBytes = host.data.byteLength / kv.length;
-        cache.append(deviceTensor(dtype, [c.B, c.Hkv, n, c.D], kvBuf.ptr + BigInt(at * s2 * elementBytes), [s0, s1, s2, 1]));
+        copies.fromHost(kvBuf, data.data);
+        const elementBytes = data.data.byteLength / data.shape[0];
+        cache.append(deviceTensor(dtype, [c.B, c.Hkv, n, c.D], kvBuf.ptr + BigInt(at * strides[2] * elementBytes), strides));
         appendCodesCpu(cpu, chunk, n);
         const state = cache.exportState();
         assert.equal(state.seqLen, cpu.seqLen);
