@@ -3,8 +3,10 @@
 //
 // pq_append: codes of n new keys at positions sk .. sk+n-1 (sk = *seq_read), then *seq_write = sk + n.
 //   Launch: grid B*Hkv*n blocks (block x = (b*Hkv + kvh)*n + i), block 256 threads.
-//   Key i of row (b, kvh) starts at element b*batch_stride + kvh*head_stride + i*row_stride of `keys`
-//   (its D elements contiguous), so a slice of a K cache [B, Hkv, capacity, D] is read in place.
+//   Key i of row (b, kvh) starts at element b*batch_stride + kvh*head_stride + r*row_stride of `keys`
+//   (its D elements contiguous), r = i, or sk + i with `rows_from_seq` (a decode step's key from a
+//   K cache, `keys` its base: append_block.cuh PqStepKey), so a slice of a K cache [B, Hkv, capacity,
+//   D] is read in place.
 //   Codes as append_block.cuh. When pair_count is given (n == 1 only, M <= 2), the position that
 //   becomes eligible with this append, q = sk - W (if q >= lo), adds one to its code pair's count
 //   (select_pairs.cu). seq_read and seq_write are different slots (the host alternates them by step
@@ -15,7 +17,7 @@
 
 extern "C" __global__ void __launch_bounds__(256) pq_append(
     const void* keys, int kdtype, int n, int Hkv, uint64_t batch_stride, uint64_t head_stride, uint64_t row_stride,
-    const float* centroids, int cstride, const float* phi, uint8_t* codes,
+    int rows_from_seq, const float* centroids, int cstride, const float* phi, uint8_t* codes,
     const int* seq_read, int* seq_write, int* status, unsigned* pair_count, int D, int M, int C, int capacity, int O,
     int ip, int lo_eligible, int W) {
   __shared__ float x[PQ_APPEND_MAX_D + PQ_APPEND_MAX_M];
@@ -36,9 +38,8 @@ extern "C" __global__ void __launch_bounds__(256) pq_append(
   if (counts_q && q != p && threadIdx.x == 255)
     count_pair([&](int m) { return static_cast<int>(codes[(static_cast<int64_t>(bkv) * capacity + q) * M + m]); });
   // This block's key row, passed as key 0 (pq_append_one_key addresses keys by index·D).
-  const int b = bkv / Hkv;
-  const uint64_t row = b * batch_stride + (bkv - b * Hkv) * head_stride + i * row_stride;
-  const void* key = static_cast<const char*>(keys) + row * (kdtype == PQ_F32 ? 4 : 2);
+  const void* key = pq_key_row(keys, kdtype, bkv, Hkv, batch_stride, head_stride, row_stride,
+                               static_cast<uint64_t>(i) + (rows_from_seq ? static_cast<uint64_t>(sk) : 0u));
   pq_append_one_key<256>(key, kdtype, 0, centroids, cstride, phi, codes, status, bkv, p, D, M, C, capacity, O,
                          ip, x, dist, best_code);
   if (threadIdx.x == 0) {

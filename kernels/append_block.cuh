@@ -9,6 +9,29 @@ constexpr int PQ_APPEND_MAX_D = 1024;
 constexpr int PQ_APPEND_MAX_M = 8;
 constexpr int PQ_APPEND_MAX_ENTRIES = 2048;  // M * C
 
+// Row r of kv-head row a = b*Hkv + kvh of keys whose element strides are (batch, head, row), its D
+// elements contiguous. Unsigned arithmetic: a step key's base may lie below its allocation (below).
+__device__ __forceinline__ const void* pq_key_row(const void* keys, int kdtype, int a, int Hkv, uint64_t batch_stride,
+                                                  uint64_t head_stride, uint64_t row_stride, uint64_t r) {
+  const int b = a / Hkv;
+  const uint64_t element = b * batch_stride + static_cast<uint64_t>(a - b * Hkv) * head_stride + r * row_stride;
+  return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(keys) + element * (kdtype == PQ_F32 ? 4u : 2u));
+}
+
+// A decode step's new key [B, Hkv, 1, D] as the fused step kernels read it: row (b, kv-head) at
+// element b*batch + kvh*head + sk*row of `base`, sk being the index's length before the step (read
+// on the device). A key at a fixed address has row = 0; a slice of a K cache has its position
+// stride there and base = its address − sk·row (the host's sk), so the graph captured for one step's
+// slice reads each later step's slice too (src/pq/step-key.ts).
+struct PqStepKey {
+  const void* base;
+  int dtype;
+  uint64_t batch, head, row;
+  __device__ __forceinline__ const void* row_of(int a, int Hkv, int sk) const {
+    return pq_key_row(base, dtype, a, Hkv, batch, head, row, static_cast<uint64_t>(sk));
+  }
+};
+
 // Shared scratch: x holds D + M floats, dist M*C floats, best_code M ints. All threads must call.
 template <int NT>
 __device__ void pq_append_one_key(const void* keys, int kdtype, int64_t key_index, const float* __restrict__ centroids,

@@ -176,9 +176,12 @@ __device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint
 // The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
 // (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches.
 #define PQ_STEP_PARAMS                                                                                              \
-  const void *query, int qdtype, const void *keys, int kdtype, const float *centroids, const float *phi,            \
+  const void *query, int qdtype, const void *keys, int kdtype, unsigned long long key_batch_stride,                \
+      unsigned long long key_head_stride, unsigned long long key_row_stride, const float *centroids, const float *phi, \
       uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \
       int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,      \
       int full_threshold, int slice_len, int bits_tiles, long long *phase_clock, const int *bucket_end,        \
       const int *bucket_offsets, const int *buckets
+// The step's key as the append blocks read it (append_block.cuh), from PQ_STEP_PARAMS.
+#define PQ_STEP_KEY PqStepKey{keys, kdtype, key_batch_stride, key_head_stride, key_row_stride}

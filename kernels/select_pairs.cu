@@ -20,7 +20,8 @@
 //   block derives the same threshold; each block then writes its heavy hitters straight into the
 //   row of sparseList at the offset given by the cluster prefix of (take, tie) counts.
 //   Rows y >= rows are append blocks (only when `appended`): block a = (y - rows)*CL + x codes the
-//   new key of kv-head a at position sk_old (append_block.cuh); block 0 writes *seq_write.
+//   new key of kv-head a at position sk_old (append_block.cuh; its row from PqStepKey); block 0
+//   writes *seq_write.
 //   Programmatic dependent launch (a decode layer): every block first lets the kernel launched
 //   behind this one start (pq_allow_dependents: the attention, which waits for this grid) and last
 //   waits for the kernel before it (pq_wait_for_previous: the K/V append, not read here).
@@ -272,7 +273,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
 
 
 template <int M, int CL, bool LONG>
-__device__ void step_pairs(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
+__device__ void step_pairs(const void* __restrict__ query, int qdtype, const PqStepKey& key,
                            const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
@@ -290,7 +291,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
     // Append blocks: the code of kv-head a's new key at position sk_old.
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;
     if (a < B * Hkv) {
-      pq_append_one_key<NT>(keys, kdtype, a, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
+      pq_append_one_key<NT>(key.row_of(a, Hkv, sk_old), key.dtype, 0, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
     }
@@ -633,7 +634,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const voi
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 3) NAME(PQ_STEP_PARAMS) {                        \
     pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                 \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
-    step_pairs<M, CL, LONG>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended,        \
+    step_pairs<M, CL, LONG>(query, qdtype, PQ_STEP_KEY, centroids, phi, codes, seq_read, seq_write, appended,        \
                             pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \
                             ip, full_threshold, slice_len, bits_tiles, phase_clock);                                 \
     pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */      \

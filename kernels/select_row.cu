@@ -16,7 +16,8 @@
 //   the position entering the eligible range, it reads from global memory. Rank 1's list slots start
 //   after rank 0's (takes, ties) counts, sent to it through a mailbox (below).
 //   Blocks y >= rows append (only when `appended`): block a = (y − rows)*CL + r codes kv-head a's new key
-//   at position sk_old (append_block.cuh); block 0 writes *seq_write. Programmatic dependent launch
+//   at position sk_old (append_block.cuh; the key's row from PqStepKey: a fixed buffer, or a K cache's
+//   row sk_old); block 0 writes *seq_write. Programmatic dependent launch
 //   (a decode layer): every block first lets the kernel launched behind this one start
 //   (pq_allow_dependents: the attention, which waits for this grid before reading its outputs), and
 //   last waits for the kernel before it (pq_wait_for_previous: the K/V append, whose writes this
@@ -267,7 +268,7 @@ struct ResidentState {
 // counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
 
 template <int M, int E, int CL, int WPT, bool RESIDENT = false, bool WIDE = false>
-__device__ void step_row(const void* __restrict__ query, int qdtype, const void* keys, int kdtype,
+__device__ void step_row(const void* __restrict__ query, int qdtype, const PqStepKey& key,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
@@ -307,7 +308,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;
     const int sk_old = *seq_read;
     if (a < B * Hkv && (RESIDENT || sk_old >= 0)) {  // sk < 0: a chain's skipped step (below)
-      pq_append_one_key<NT>(keys, kdtype, a, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
+      pq_append_one_key<NT>(key.row_of(a, Hkv, sk_old), key.dtype, 0, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
     }
@@ -1128,7 +1129,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const void*
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                         \
     pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                    \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                         \
-    step_row<M, E, CL, WPT, false, WIDE>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+    step_row<M, E, CL, WPT, false, WIDE>(query, qdtype, PQ_STEP_KEY, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                             readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \
                             full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);                           \
     pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */         \
@@ -1176,7 +1177,7 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
     const int slot = static_cast<int>(bell & 1u);
     const int step_appends = static_cast<int>((bell >> 1) & 1u);
     if (step_appends || static_cast<int>(blockIdx.y) < B * H) {
-      step_row<M, E, CL, 0, true>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
+      step_row<M, E, CL, 0, true>(query, qdtype, PQ_STEP_KEY, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
                                   step_appends, pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K,
                                   O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, &state);
     }
@@ -1187,7 +1188,7 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
 #define PQ_RESIDENT_ROW_KERNEL(NAME, M, E, CL)                                                                         \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1)                                              \
       NAME(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {                        \
-    resident_row<M, E, CL>(query, qdtype, keys, kdtype, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+    resident_row<M, E, CL>(query, qdtype, keys, kdtype, key_batch_stride, key_head_stride, key_row_stride, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                            readers, sparse_list, sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, \
                            cstride, capacity, S, W, K, O, ip, full_threshold, slice_len, bits_tiles, phase_clock,         \
                            bucket_end, bucket_offsets, buckets, words, counters, first_ticket);                         \

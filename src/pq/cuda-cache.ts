@@ -33,7 +33,7 @@
  */
 import { CudaContext } from '../cuda/context.js';
 import { CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST, type DevicePtr, check, driver } from '../cuda/driver.js';
-import { GraphCache } from '../cuda/graph.js';
+import { GraphCache, type GraphExec } from '../cuda/graph.js';
 import { type ArgValues, LaunchArgs, type LaunchShape, launch } from '../cuda/launch.js';
 import { DeviceArena, DeviceBuffer, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
@@ -59,6 +59,7 @@ import {
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
+import { type StepKey, type StepKeyRows, contiguousKeyRows, stepKeyBase, stepKeyRows } from './step-key.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey, checkStepRowStrides } from './validate.js';
 
 
@@ -137,8 +138,7 @@ interface ChainBinding {
   readonly plan: StepPlan;
   readonly qptr: DevicePtr;
   readonly qdtype: FloatDType;
-  readonly kptr: DevicePtr;
-  readonly kdtype: FloatDType;
+  readonly key: StepKey;
   readonly slot: number;
 }
 
@@ -147,8 +147,8 @@ interface ResidentBinding {
   readonly plan: StepPlan;
   readonly qptr: DevicePtr;
   readonly qdtype: FloatDType;
-  readonly kptr: DevicePtr;
-  readonly kdtype: FloatDType;
+  /** Undefined: a launch without append blocks' key (select-only steps). */
+  readonly key: StepKey | undefined;
   /**
    * The tensors of the last step it served, when both are frozen device tensors: a step with these
    * very objects needs no validation (residentRepeat).
@@ -162,21 +162,14 @@ const SELECT_ARGS = [
   'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
 ] as const;
 const STEP_PAIRS_ARGS = [
-  'ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
+  'ptr', 'i32', 'ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
   'ptr', 'ptr', 'ptr',
 ] as const;
 type StepPairsValues = ArgValues<typeof STEP_PAIRS_ARGS>;
 /** Phases stamped by the pair step kernel (kernels/select_pairs.cu Phase), for `bench --phases`. */
 export const STEP_PHASES = ['lut', 'histogram', 'members', 'refine', 'classes', 'counts', 'write', 'end', 'issued', 'inputs', 'staged', 'scored', 'binned'] as const;
-const APPEND_ARGS = ['ptr', 'i32', 'i32', 'i32', 'u64', 'u64', 'u64', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-/** Element strides of keys [B, Hkv, n, D] over their first three dimensions (the last is contiguous). */
-type KeyStrides = readonly [number, number, number];
-/** The strides of contiguous keys [B, Hkv, n, D]: host keys, and a step's key (n = 1, its rows contiguous: checkStepRowStrides). */
-function contiguousKeyStrides(layout: Layout, n: number): KeyStrides {
-  const { kvHeads: Hkv, headDim: D } = layout.shape;
-  return [Hkv * n * D, n * D, D];
-}
+const APPEND_ARGS = ['ptr', 'i32', 'i32', 'i32', 'u64', 'u64', 'u64', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const PAIRS_COUNT_ARGS = ['ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const BUCKET_REBUILD_ARGS = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
 const NO_OPTIONS = {} as const;
@@ -220,8 +213,8 @@ export class CudaPQCache implements PQCache {
   private readonly owned = new Owned();
   private readonly capPad: number;
   private readonly centroidStride: number;
-  /** A step's key [B, Hkv, 1, D] as pq_append reads it. */
-  private readonly stepKeyStrides: KeyStrides;
+  /** The rows of a step's key [B, Hkv, 1, D] at a fixed address (host keys are staged so). */
+  private readonly contiguousKeyRows: StepKeyRows;
   private readonly maxSlices: number;
   private readonly arena: DeviceArena<ArenaSlice>;
   private readonly status: PinnedBuffer;
@@ -256,9 +249,9 @@ export class CudaPQCache implements PQCache {
   private graphPlan: StepPlan | undefined;
   /** prepareStep()'s answers under graphPlan, by slot, append and query dtype: the same strings every step, whose hashes V8 keeps. */
   private stepBindings: (StepBinding | undefined)[] = [];
-  /** Frozen device tensors already validated as this cache's query or key (none of their fields can change). */
+  /** Frozen device tensors already validated as this cache's query or key (none of their fields can change), the keys with their rows. */
   private readonly knownQueries = new WeakSet<DeviceTensor>();
-  private readonly knownKeys = new WeakSet<DeviceTensor>();
+  private readonly knownKeys = new WeakMap<DeviceTensor, StepKeyRows>();
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
@@ -279,8 +272,8 @@ export class CudaPQCache implements PQCache {
   private readonly pairsCountArgs = new LaunchArgs(PAIRS_COUNT_ARGS);
   private readonly bucketRebuildArgs = new LaunchArgs(BUCKET_REBUILD_ARGS);
   private readonly bucketMergeArgs = new LaunchArgs(BUCKET_MERGE_ARGS);
-  /** The step's graph binding (query, key pointers), rewritten per call instead of allocated. */
-  private readonly stepPointers: DevicePtr[] = [0n, 0n];
+  /** The step's graph binding (query pointer, key base and rows), rewritten per call instead of allocated. */
+  private readonly stepPointers: bigint[] = [0n, 0n, 0n, 0n, 0n];
   // Resident steps: the options, the launch (made at the first resident step) and what it was launched with.
   private readonly residentOptions: Required<ResidentOptions> | undefined;
   private resident: ResidentLaunch | undefined;
@@ -298,6 +291,9 @@ export class CudaPQCache implements PQCache {
   private chainSideStream: Stream | undefined;
   /** Steps served by the chain so far. */
   private chainedSteps = 0;
+  /** Step graphs and chains captured, and resident launches started, so far (stepCaptureCount). */
+  private stepCaptures = 0;
+  private residentLaunches = 0;
 
   constructor(options: CudaPQCacheOptions) {
     this.layout = makeLayout(options.shape, options.config);
@@ -320,7 +316,7 @@ export class CudaPQCache implements PQCache {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
     }
     this.appendKernel = loadKernels('append').kernel('pq_append');
-    this.stepKeyStrides = contiguousKeyStrides(this.layout, 1);
+    this.contiguousKeyRows = contiguousKeyRows(this.layout.shape.kvHeads, this.layout.shape.headDim);
     this.residentOptions = residentOptionsOf(options.resident);
     this.chainOptions = chainOptionsOf(options.chained);
     if (this.chainOptions !== undefined && this.residentOptions !== undefined) throw new ConfigError('chained', 'not with resident', true);
@@ -537,17 +533,17 @@ export class CudaPQCache implements PQCache {
       // Host keys are uploaded in their own dtype (the kernel converts f16/bf16 as it reads), contiguous.
       const dtype = keys.dtype as FloatDType;
       let ptr: DevicePtr;
-      let strides: KeyStrides;
+      const { kvHeads: Hkv, headDim: D } = this.layout.shape;
+      let strides = [Hkv * n * D, n * D, D];
       if (onDevice) {
         ptr = keys.ptr;
-        strides = [keys.strides[0], keys.strides[1], keys.strides[2]];
+        strides = keys.strides.slice(0, 3);
       } else {
         tmp = DeviceArena.allocate({ keys: keys.data.byteLength });
         copies.fromHost(tmp.slices.keys, keys.data);
         ptr = tmp.slices.keys.ptr;
-        strides = contiguousKeyStrides(this.layout, n);
       }
-      this.launchAppend(ptr, dtype, n, strides, this.seqSlot);
+      this.launchAppend(ptr, dtype, n, [BigInt(strides[0]), BigInt(strides[1]), BigInt(strides[2])], this.seqSlot);
       this.seqSlot ^= 1;
       const { initOffset: O, sinkSize: S, windowSize: W } = this.layout.config;
       // The kernel updates the pair table for one key only; count the newly eligible range here.
@@ -658,14 +654,18 @@ export class CudaPQCache implements PQCache {
   private enqueue(query: Query, key: HostTensor | DeviceTensor | undefined): FloatDType {
     const qdtype = this.queryDType(query, 'query');
     let kdtype: FloatDType = 'f32';
+    let keyRows = this.contiguousKeyRows;
     if (key !== undefined) {
       if ('device' in key) {
-        if (!this.knownKeys.has(key)) {
+        const known = this.knownKeys.get(key);
+        if (known === undefined) {
           expectDType('key', key, FLOAT_DTYPES);
           expectShape('key', key, this.keyShape.dims, this.keyShape.label);
-          // The append blocks read row (b, kv-head) at its index·D: a K cache's slice is refused, not misread.
-          checkStepRowStrides('key', key, this.layout.shape.kvHeads, this.layout.shape.headDim);
-          if (isFrozenDeviceTensor(key)) this.knownKeys.add(key);
+          // Contiguous rows, or a K cache's slice at the step's position (src/pq/step-key.ts).
+          keyRows = stepKeyRows('key', key, this.layout.shape.kvHeads, this.layout.shape.headDim, this.contiguousKeyRows);
+          if (isFrozenDeviceTensor(key)) this.knownKeys.set(key, keyRows);
+        } else {
+          keyRows = known;
         }
         kdtype = key.dtype as FloatDType;
       } else {
@@ -691,10 +691,11 @@ export class CudaPQCache implements PQCache {
       new Uint8Array(this.stagingQuery.arrayBuffer, 0, query.data.byteLength).set(new Uint8Array(query.data.buffer, query.data.byteOffset, query.data.byteLength));
       qptr = this.stagingQuery.ptr;
     }
+    // The key's base: its address, or for a K cache's slice its address − sk·row (one graph for every step's slice).
     let kptr: DevicePtr | undefined;
     if (key !== undefined) {
       if ('device' in key) {
-        kptr = key.ptr;
+        kptr = stepKeyBase(key, keyRows, this.hostSeqLen);
       } else {
         const kd = key.dtype === 'f32' ? (key.data as Float32Array) : key.toFloat32();
         new Float32Array(this.stagingKey.arrayBuffer, 0, kd.length).set(kd);
@@ -702,18 +703,19 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
-    if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype)) return qdtype;
-    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(qptr, qdtype, kptr, kdtype)) return qdtype;
+    if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype, keyRows)) return qdtype;
+    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(qptr, qdtype, kptr, kdtype, keyRows)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
     const inputs = (hostQ ? 1 : 0) | (hostK ? 2 : 0) | (kptr === undefined ? 0 : (1 + DTYPE_CODE[kdtype]) << 2);
     const signature = (binding.graphKeys[inputs] ??= `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`);
     const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
     pointers[0] = qptr;
     pointers[1] = kptr ?? 0n; // no key: the signature says so ('-')
+    pointers[2] = keyRows.batch;
+    pointers[3] = keyRows.head;
+    pointers[4] = keyRows.row;
     const graph =
-      this.graphs.find(signature, pointers) ??
-      this.graphs.capture(signature, pointers, this.stream, () =>
-        this.recordStep({ ptr: qptr, dtype: qdtype }, kptr === undefined ? undefined : { ptr: kptr, dtype: kdtype }));
+      this.graphs.find(signature, pointers) ?? this.captureStep(signature, qptr, qdtype, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     graph.launch(this.stream);
     this.completion.launched();
     if (hostQ || hostK) {
@@ -722,6 +724,25 @@ export class CudaPQCache implements PQCache {
     }
     this.commitStep(key !== undefined);
     return qdtype;
+  }
+
+  /** Capture the step's graph for these inputs (none held: enqueue()). */
+  private captureStep(signature: string, qptr: DevicePtr, qdtype: FloatDType, key: StepKey | undefined): GraphExec {
+    this.stepCaptures++;
+    return this.graphs.capture(signature, this.stepPointers, this.stream, () => this.recordStep({ ptr: qptr, dtype: qdtype }, key));
+  }
+
+  /**
+   * Diagnostics: how many step graphs and chains this cache has captured, and how many resident
+   * launches it has started. A decode loop whose inputs keep their addresses (or whose key is a K
+   * cache's slice at each step's position) captures once per plan.
+   */
+  get stepCaptureCount(): number {
+    return this.stepCaptures;
+  }
+
+  get residentLaunchCount(): number {
+    return this.residentLaunches;
   }
 
   // ---- the step for holders that capture it with other kernels (src/attention/decode-layer.ts) ----
@@ -765,23 +786,29 @@ export class CudaPQCache implements PQCache {
    * allow it: a decode layer's K/V append). The step reads nothing that kernel writes, and waits for
    * it before it ends, so whatever waits for the step waits for both (src/cuda/launch.ts).
    */
-  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: { ptr: DevicePtr; dtype: FloatDType } | undefined, overlapPrevious = false): void {
+  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: StepKey | undefined, overlapPrevious = false): void {
     const plan = this.currentPlan(this.hostSeqLen + (key !== undefined ? 1 : 0));
     const slot = this.seqSlot;
     const qcode = DTYPE_CODE[query.dtype];
     const fused = key !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
     if (fused) {
       // One launch: the append blocks ride along with the select clusters.
-      this.launchStepPairs(query.ptr, qcode, key.ptr, key.dtype, plan, slot, overlapPrevious);
+      this.launchStepPairs(query.ptr, qcode, key, plan, slot, overlapPrevious);
       return;
     }
     let readSlot = slot;
     if (key !== undefined) {
-      this.launchAppend(key.ptr, key.dtype, 1, this.stepKeyStrides, slot);
+      const { batch, head, row } = key.rows;
+      this.launchAppend(key.base, key.dtype, 1, [batch, head, row], slot, row !== 0n);
       readSlot ^= 1;
     }
-    if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, 'f32', plan, readSlot);
+    if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, plan, readSlot);
     else this.launchSelect(query.ptr, qcode, plan, readSlot);
+  }
+
+  /** A step's key with contiguous rows [B, Hkv, 1, D] at `ptr`, for recordStep (a decode layer's input). */
+  contiguousStepKey(ptr: DevicePtr, dtype: FloatDType): StepKey {
+    return { base: ptr, dtype, rows: this.contiguousKeyRows };
   }
 
   /** The step was launched: advance sk and the slot parity when it appended. */
@@ -805,20 +832,19 @@ export class CudaPQCache implements PQCache {
    * graph path). Inputs are in place (staged or on the device); returns with the step complete.
    */
   private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr | undefined,
-    kdtype: FloatDType): boolean {
+    kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     const appending = kptr !== undefined;
     if (this.pairs === 0 || (appending && this.layout.config.windowSize === 0)) return false; // no fused append
     if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
     const b = this.residentBinding;
-    const k = kptr ?? 0n;
     // A launch with the append blocks serves select-only steps too (they idle). A running launch
     // bound to this plan passed the checks below when it started.
     const bound = this.resident?.active === true && b !== undefined && b.plan === plan && b.qptr === qptr && b.qdtype === qdtype &&
-      (k === 0n || (b.kptr === k && b.kdtype === kdtype));
+      (kptr === undefined || (b.key !== undefined && sameStepKey(b.key, kptr, kdtype, keyRows)));
     if (!bound) {
       if (plan.row === undefined || !this.residentFits(plan.row)) return false;
-      this.startResident(plan, qptr, qdtype, k, kdtype);
+      this.startResident(plan, qptr, qdtype, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     }
     this.serveResident(appending);
     (this.residentBinding as ResidentBinding).lastInputs =
@@ -874,17 +900,18 @@ export class CudaPQCache implements PQCache {
     return row.cluster * (B * H) + row.cluster * Math.ceil((B * Hkv) / row.cluster) <= this.context.device.multiprocessorCount;
   }
 
-  private startResident(plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): void {
+  private startResident(plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, key: StepKey | undefined): void {
     this.stopResident();
     const options = this.residentOptions as Required<ResidentOptions>;
     this.resident ??= this.owned.add(new ResidentLaunch({ requestMs: options.requestMs }));
     // Graph steps and output resets on the cache's stream are done before the kernel reads the index.
     this.stream.synchronize();
     this.stagingPending = false;
-    const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], kptr === 0n ? undefined : kptr, kdtype, plan, 0, true);
+    const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], key, plan, 0, true);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
+    this.residentLaunches++;
     this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
-    this.residentBinding = { plan, qptr, qdtype, kptr, kdtype, lastInputs: undefined }; // one shape from the start
+    this.residentBinding = { plan, qptr, qdtype, key, lastInputs: undefined }; // one shape from the start
     // Idle: no step during a whole interval stops the kernel (its blocks spin on their multiprocessors).
     let seen = this.residentSteps;
     this.residentIdleTimer = setInterval(() => {
@@ -902,12 +929,12 @@ export class CudaPQCache implements PQCache {
    * kernel (or bucket mode) with the fused append, or a plan, the capacity or a bucket rebuild due
    * within two chains' steps. Inputs are device tensors; returns with the step complete.
    */
-  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): boolean {
+  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
     const options = this.chainOptions as Required<ChainOptions>;
     let chain = this.chain;
     const b = this.chainBinding;
-    const sameInputs = b !== undefined && b.qptr === qptr && b.qdtype === qdtype && b.kptr === kptr && b.kdtype === kdtype;
+    const sameInputs = b !== undefined && b.qptr === qptr && b.qdtype === qdtype && sameStepKey(b.key, kptr, kdtype, keyRows);
     // A waiting chain for these inputs was captured with its plan and capacity holding for two
     // chains' steps from its start (and nothing ran on the index since, or it would have been
     // drained): ring its next step.
@@ -921,7 +948,7 @@ export class CudaPQCache implements PQCache {
         skip: () => this.skipChainSteps(),
         restore: () => this.restoreSeqSlots(),
       }, options.requestMs));
-      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, qptr, qdtype, kptr, kdtype);
+      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, qptr, qdtype, { base: kptr, dtype: kdtype, rows: keyRows });
     } else if (chain.atChainStart && !this.chainFits(b.plan, 2 * options.length)) {
       // The chain launched behind this one would run past the plan or the capacity: end here (the
       // graph path takes this step and the next ones).
@@ -945,21 +972,22 @@ export class CudaPQCache implements PQCache {
   }
 
   /** Capture the chains' steps from the current sk and slot on (the host's sk restored after). */
-  private captureChain(chain: StepChain, plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType): void {
+  private captureChain(chain: StepChain, plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, key: StepKey): void {
     const sk = this.hostSeqLen;
     const slot = this.seqSlot;
     this.chainBinding = undefined;
+    this.stepCaptures++;
     try {
       chain.capture(() => {
         this.prepareStep(qdtype, true);
-        this.recordStep({ ptr: qptr, dtype: qdtype }, { ptr: kptr, dtype: kdtype });
+        this.recordStep({ ptr: qptr, dtype: qdtype }, key);
         this.commitStep(true);
       });
     } finally {
       this.hostSeqLen = sk;
       this.seqSlot = slot;
     }
-    this.chainBinding = { plan, qptr, qdtype, kptr, kdtype, slot };
+    this.chainBinding = { plan, qptr, qdtype, key, slot };
   }
 
   /**
@@ -1107,16 +1135,17 @@ export class CudaPQCache implements PQCache {
 
   /**
    * pq_append reading sk from `slot` and writing sk + n to the other slot; key i of row (b, kv-head)
-   * at element b·strides[0] + kv-head·strides[1] + i·strides[2] of `keys`.
+   * at element b·strides[0] + kv-head·strides[1] + r·strides[2] of `keys`, r = i, or sk + i with
+   * `rowsFromSeq` (a step's key from a K cache, `keys` its base: src/pq/step-key.ts).
    */
-  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number, strides: KeyStrides, slot: number): void {
+  private launchAppend(keys: DevicePtr, kdtype: FloatDType, n: number, strides: readonly [bigint, bigint, bigint], slot: number, rowsFromSeq = false): void {
     const s = this.arena.slices;
     const { headDim: D, kvHeads: Hkv } = this.layout.shape;
     const { pqGroupFactor: M, initOffset: O, sinkSize: S, windowSize: W, metric } = this.layout.config;
     const args = new LaunchArgs(APPEND_ARGS);
     try {
       args.setAll([
-        keys, DTYPE_CODE[kdtype], n, Hkv, BigInt(strides[0]), BigInt(strides[1]), BigInt(strides[2]), s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, this.seqPtr(slot),
+        keys, DTYPE_CODE[kdtype], n, Hkv, strides[0], strides[1], strides[2], rowsFromSeq ? 1 : 0, s.centroids.ptr, this.centroidStride, s.phi.ptr, s.codes.ptr, this.seqPtr(slot),
         this.seqPtr(slot ^ 1), this.status.ptr, this.pairs > 0 && n === 1 ? s.pairCount.ptr : 0n, D, M, this.layout.numCentroids,
         this.capPad, O, metric === 'ip' ? 1 : 0, Math.max(O, S), W,
       ]);
@@ -1153,9 +1182,8 @@ export class CudaPQCache implements PQCache {
    * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
-  private launchStepPairs(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number,
-    overlapPrevious = false): void {
-    const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, keys, kdtype, plan, slot, false);
+  private launchStepPairs(qptr: DevicePtr, qcode: number, key: StepKey | undefined, plan: StepPlan, slot: number, overlapPrevious = false): void {
+    const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, key, plan, slot, false);
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll(values);
@@ -1179,7 +1207,7 @@ export class CudaPQCache implements PQCache {
    * (plan.row), which takes the slot and whether a step appends from each ring: seq_read and
    * seq_write are the slot array, `appended` unused.
    */
-  private stepPairsLaunch(qptr: DevicePtr, qcode: number, keys: DevicePtr | undefined, kdtype: FloatDType, plan: StepPlan, slot: number, resident: boolean):
+  private stepPairsLaunch(qptr: DevicePtr, qcode: number, key: StepKey | undefined, plan: StepPlan, slot: number, resident: boolean):
     { kernel: Kernel; shape: LaunchShape; values: StepPairsValues } {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
@@ -1187,12 +1215,12 @@ export class CudaPQCache implements PQCache {
     const cluster = plan.numSlices;
     const kernel = loadStepKernels(plan.row !== undefined || plan.bucket !== undefined ? 'select_row' : 'select_pairs', this.phaseTiming)
       .kernel(this.stepKernelName(plan, resident));
-    const appendRows = keys !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
+    const appendRows = key !== undefined ? Math.ceil((B * Hkv) / cluster) : 0;
     const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
     const buckets = plan.bucket !== undefined;
     const values: StepPairsValues = [
-      qptr, qcode, keys ?? 0n, DTYPE_CODE[kdtype], s.centroids.ptr, s.phi.ptr, s.codes.ptr, this.seqPtr(resident ? 0 : slot),
-      this.seqPtr(resident ? 0 : slot ^ 1), keys !== undefined && !resident ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr,
+      qptr, qcode, key?.base ?? 0n, DTYPE_CODE[key?.dtype ?? 'f32'], key?.rows.batch ?? 0n, key?.rows.head ?? 0n, key?.rows.row ?? 0n,
+      s.centroids.ptr, s.phi.ptr, s.codes.ptr, this.seqPtr(resident ? 0 : slot), this.seqPtr(resident ? 0 : slot ^ 1), key !== undefined && !resident ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr,
       s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr,
       B, H, Hkv, D, this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,
       c.metric === 'ip' ? 1 : 0, fullAttentionThreshold(c, this.layout.numCentroids), plan.sliceLen, plan.bitsTiles, this.phaseBuffer?.ptr ?? 0n,
@@ -1269,6 +1297,11 @@ export class CudaPQCache implements PQCache {
     this.stopResident();
     this.owned.disposeAfter(this.stream, this.graphs);
   }
+}
+
+/** `key` is the key (base, dtype, rows) given. */
+function sameStepKey(key: StepKey, base: DevicePtr, dtype: FloatDType, rows: StepKeyRows): boolean {
+  return key.base === base && key.dtype === dtype && key.rows.batch === rows.batch && key.rows.head === rows.head && key.rows.row === rows.row;
 }
 
 function chainOptionsOf(option: boolean | ChainOptions | undefined): Required<ChainOptions> | undefined {

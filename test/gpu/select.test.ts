@@ -12,6 +12,7 @@ import { BUCKET_CHUNKED_WORDS, BUCKET_WORDS_PER_THREAD, type StepKernelChoice, p
 import { type PQIndexState, codeOffset, emptyIndexState } from '../../src/pq/index-state.js';
 import { CUDA_LIMITS, makeCase, runCase } from '../../src/pq/verify.js';
 import { type DeviceTensor, deviceTensor } from '../../src/tensor/device-tensor.js';
+import type { FloatDType } from '../../src/tensor/dtype.js';
 import { HostTensor } from '../../src/tensor/host-tensor.js';
 import { gpuSkip } from './gpu.js';
 
@@ -609,15 +610,92 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
     assert.throws(() => gpu.step(loose, k), (e: unknown) => e instanceof ShapeError && /^query/.test((e as Error).message));
     looseKey.shape[1] = H;
     assert.throws(() => gpu.step(q, looseKey), (e: unknown) => e instanceof ShapeError && /^key/.test((e as Error).message));
-    // A key sliced from a K cache [B, Hkv, capacity, D]: its rows are capacity·D apart, which the
-    // append blocks would misread as contiguous; refused by name (it used to pass the shape check).
-    const cacheSlice = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr, [Hkv * 8 * D, 8 * D, D, 1]);
-    assert.throws(() => gpu.step(q, cacheSlice), (e: unknown) => e instanceof ShapeError && /^key\.strides/.test((e as Error).message));
+    // Rows neither contiguous nor a K cache's (positions overlapping): refused by name.
+    const overlapping = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr, [Hkv * 8 * D, 8 * D, D - 1, 1]);
+    assert.throws(() => gpu.step(q, overlapping), (e: unknown) => e instanceof ShapeError && /^key\.strides/.test((e as Error).message));
     // The refused calls left nothing behind.
     for (let s = 8; s < 12; s++) check(s, q, k);
   } finally {
     arena.dispose();
     gpu.dispose();
+  }
+});
+
+test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D]; f32, bf16, f16) at each step\'s position: exact, one capture (or resident launch) for every step\'s slice, on every path', { skip }, () => {
+  const shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const base = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
+  const start = 6000;
+  const cap = 6200;
+  const steps = 10;
+  type Variant = { name: string; config?: object; options: object; layout: 'HND' | 'NHD'; dtype: FloatDType };
+  const variants: Variant[] = [
+    { name: 'row, clusters of two', options: { stepKernel: 'row', cluster: 2 }, layout: 'HND', dtype: 'f32' },
+    { name: 'bucket mode', options: { stepKernel: 'bucket', bucketTail: 64 }, layout: 'NHD', dtype: 'bf16' },
+    { name: 'pair clusters', options: { stepKernel: 'cluster' }, layout: 'HND', dtype: 'f16' },
+    { name: 'general path (M = 4: pq_append, then select)', config: { pqGroupFactor: 4, pqBits: 5 }, options: {}, layout: 'NHD', dtype: 'f32' },
+    { name: 'no window (pq_append, then the row kernel)', config: { windowSize: 0 }, options: { stepKernel: 'row' }, layout: 'HND', dtype: 'bf16' },
+    { name: 'resident', options: { stepKernel: 'row', cluster: 2, resident: true }, layout: 'NHD', dtype: 'f16' },
+    { name: 'chained', options: { stepKernel: 'row', cluster: 2, chained: { length: 4 } }, layout: 'HND', dtype: 'f32' },
+  ];
+  let seed = 300;
+  for (const v of variants) {
+    const st = integerState(start, cap, { ...base, ...v.config }, shape, seed++);
+    const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: cap, ...v.options });
+    gpu.uploadState(st);
+    const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+    const eb = v.dtype === 'f32' ? 4 : 2;
+    // The K cache, NaN wherever no step wrote its key (a misread row makes the step throw DeviceInputError).
+    const kcache = DeviceArena.allocate({ k: B * Hkv * cap * D * eb, q: B * H * D * 4 });
+    const strides = v.layout === 'HND' ? [Hkv * cap * D, cap * D, D, 1] : [cap * Hkv * D, D, Hkv * D, 1];
+    const q = deviceTensor('f32', [B, H, 1, D], kcache.slices.q.ptr);
+    let r = seed * 7919;
+    const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+    try {
+      copies.fromHost(kcache.slices.k, new Uint32Array(kcache.slices.k.bytes / 4).fill(0xffffffff));
+      let captures = 0;
+      let launches = 0;
+      for (let s = 0; s < steps; s++) {
+        const p = gpu.seqLen;
+        const qv = new Float32Array(B * H * D).map(rnd);
+        const kv = new Float32Array(B * Hkv * D).map(rnd);
+        copies.fromHost({ ptr: q.ptr, bytes: qv.byteLength }, qv);
+        const bits = HostTensor.fromNumbers(v.dtype, [B, Hkv, 1, D], Array.from(kv)).data;
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < Hkv; h++) {
+            const at = b * strides[0] + h * strides[1] + p * strides[2];
+            const row = bits.subarray((b * Hkv + h) * D, (b * Hkv + h + 1) * D);
+            copies.fromHost({ ptr: kcache.slices.k.ptr + BigInt(at * eb), bytes: D * eb }, row);
+          }
+        }
+        const slice = deviceTensor(v.dtype, [B, Hkv, 1, D], kcache.slices.k.ptr + BigInt(p * strides[2] * eb), strides);
+        const want = cpu.stepToHost(new HostTensor('f32', [B, H, 1, D], qv), new HostTensor('f32', [B, Hkv, 1, D], kv));
+        const got = gpu.step(q, slice);
+        const lists = gpu.listsToHost();
+        assert.deepEqual(lists.sparseLen, want.sparseLen.data, `${v.name}, step ${s}: sparseLen`);
+        assert.deepEqual(lists.sparseList, want.sparseList.data, `${v.name}, step ${s}: sparseList`);
+        const sk = gpu.seqLen;
+        const row = new Float32Array(sk);
+        for (let i = 0; i < B * H; i++) {
+          copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
+          assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `${v.name}, step ${s}: weights row ${i}`);
+        }
+        if (s === 0) {
+          captures = gpu.stepCaptureCount;
+          launches = gpu.residentLaunchCount;
+        }
+      }
+      // The appended codes are the oracle's (listsToHost compared the lists; the codes decide later steps too).
+      const codes = gpu.exportState().codes;
+      assert.deepEqual(codes, cpu.exportState().codes, `${v.name}: codes`);
+      assert.equal(gpu.stepCaptureCount, captures, `${v.name}: captured again for a later step's slice`);
+      assert.equal(gpu.residentLaunchCount, launches, `${v.name}: resident launch started again for a later step's slice`);
+      if (v.name === 'resident') assert.ok(launches === 1, 'the resident kernel served the steps');
+      if (v.name === 'chained') assert.equal(gpu.chainedStepCount, steps);
+    } finally {
+      kcache.dispose();
+      gpu.dispose();
+    }
   }
 });
 

@@ -1,0 +1,58 @@
+/**
+ * A decode step's new key [B, Hkv, 1, D] as the kernels that append it read it
+ * (kernels/append_block.cuh PqStepKey): row (b, kv-head) at element b·batch + kvh·head + sk·row of a
+ * base address, sk being the index's length before the step, which the kernels read on the device.
+ *
+ * - A key whose rows are contiguous ([Hkv·D, D, any, 1]) is read where it is: row = 0, base = its
+ *   address. Its graphs are keyed by that address, so a decode loop reuses one buffer.
+ * - Any other layout is taken as a slice of a K cache at the step's position, e.g.
+ *   `[Hkv·cap·D, cap·D, D, 1]` ([B, Hkv, cap, D]) or `[cap·Hkv·D, D, Hkv·D, 1]` ([B, cap, Hkv, D]):
+ *   row = its position stride, base = its address − sk·row. A loop that passes the slice at
+ *   position sk every step therefore has the same base every step, and replays one graph (or
+ *   one chain, or one resident launch) with no copy of the key and no capture per step.
+ */
+import type { DevicePtr } from '../cuda/driver.js';
+import { ShapeError } from '../errors.js';
+import type { DeviceTensor } from '../tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
+
+/** Element strides of a step key's rows (bigints: kernel arguments and graph-key parts as they are). */
+export interface StepKeyRows {
+  readonly batch: bigint;
+  readonly head: bigint;
+  /** 0: the same rows every step; else the K cache's position stride. */
+  readonly row: bigint;
+}
+
+/** A step's key as its kernels are launched with it. */
+export interface StepKey {
+  readonly base: DevicePtr;
+  readonly dtype: FloatDType;
+  readonly rows: StepKeyRows;
+}
+
+/** The rows of a contiguous step key [B, Hkv, 1, D]. */
+export function contiguousKeyRows(kvHeads: number, D: number): StepKeyRows {
+  return { batch: BigInt(kvHeads * D), head: BigInt(D), row: 0n };
+}
+
+/**
+ * The rows of a device step key (shape and dtype checked before). Contiguous rows give `fixed`;
+ * otherwise every stride must be a non-negative integer, the last 1 and the position stride ≥ D
+ * (positions of a K cache do not overlap), or it throws a ShapeError naming `<argument>.strides`.
+ */
+export function stepKeyRows(argument: string, key: DeviceTensor, kvHeads: number, D: number, fixed: StepKeyRows): StepKeyRows {
+  const st = key.strides;
+  if (st.length === 4 && st[3] === 1 && st[1] === D && st[0] === kvHeads * D) return fixed;
+  if (st.length !== 4 || st[3] !== 1 || !st.every((s) => Number.isSafeInteger(s) && s >= 0) || st[2] < D) {
+    throw new ShapeError(`${argument}.strides`, `[${kvHeads}·D, D, any, 1] (rows contiguous) or a K cache slice's [s0, s1, s2 ≥ D, 1] (D = ${D})`, [...st]);
+  }
+  return { batch: BigInt(st[0]), head: BigInt(st[1]), row: BigInt(st[2]) };
+}
+
+/** The base address of `key` with `rows` when the index holds `sk` positions before the step. */
+export function stepKeyBase(key: DeviceTensor, rows: StepKeyRows, sk: number): DevicePtr {
+  if (rows.row === 0n) return key.ptr;
+  // Wraps modulo 2^64 as the kernel's unsigned arithmetic does (pq_key_row).
+  return BigInt.asUintN(64, key.ptr - BigInt(sk) * rows.row * BigInt(BYTES_PER_ELEMENT[key.dtype as FloatDType]));
+}
