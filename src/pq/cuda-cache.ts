@@ -735,7 +735,7 @@ export class CudaPQCache implements PQCache {
   /**
    * Diagnostics: how many step graphs and chains this cache has captured, and how many resident
    * launches it has started. A decode loop whose inputs keep their addresses (or whose key is a K
-   * cache's slice at each step's position) captures once per plan.
+   * cache's slice at each step's position) captures once per plan and seq slot (steps alternate two).
    */
   get stepCaptureCount(): number {
     return this.stepCaptures;
