@@ -639,7 +639,8 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
     { name: 'chained', options: { stepKernel: 'row', cluster: 2, chained: { length: 4 } }, layout: 'HND', dtype: 'f32' },
   ];
   let seed = 300;
-  for (const v of variants) {
+  // compute-sanitizer's initcheck waits for each graph launch to complete, which a chain's never does alone.
+  for (const v of variants.filter((x) => process.env.PQCACHE_NO_CHAINED !== '1' || !('chained' in x.options))) {
     const st = integerState(start, cap, { ...base, ...v.config }, shape, seed++);
     const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: cap, ...v.options });
     gpu.uploadState(st);
