@@ -220,9 +220,10 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
   const layout = benchLayout(c);
   const sets = 8;
   const hostInputCalls = Math.min(o.iters, 100);
-  // Every call appends one key: the first checked step, warm-up, four timed loops, two host-input
-  // loops, and in bucket mode the steps between the timed bucket merges.
-  const capacity = c.sk + 1 + o.warmup + 4 * o.iters + 2 * hostInputCalls + BUCKET_MERGE_REPS * BUCKET_MAX_TAIL + 64;
+  // Every call appends one key: the first checked step, warm-up, six timed loops (two of them with
+  // the key from a K cache), two host-input loops, and in bucket mode the steps between the timed
+  // bucket merges.
+  const capacity = c.sk + 1 + o.warmup + 6 * o.iters + 2 * hostInputCalls + BUCKET_MERGE_REPS * BUCKET_MAX_TAIL + 64;
   const state = randomState(layout, c.sk - 1, capacity, o.seed);
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel });
   const inputs = randomInputs(layout, sets, o.seed + 1);
@@ -290,6 +291,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       hostEnqueue.push(nowUs() - t0);
       cache.synchronize();
     }
+    const fromCache = benchKeyFromCache(cache, layout, inputs.keys, qDev, o.iters, busy);
     const resident = plan.row !== undefined ? benchResident(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const chained = plan.row !== undefined || plan.bucket !== undefined ? benchChained(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
@@ -327,6 +329,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       host_inputs_checks_us_median: round3(summarize(hostChecks).median),
       host_inputs_enqueue_us_median: round3(summarize(hostEnqueue).median),
       host_enqueue_us_median: round3(summarize(enqueue).median),
+      ...fromCache,
       gpu_method: `CUDA events, stream kept busy ${BUSY_QUEUE_NS / 1000} μs ahead (host enqueue outside)`,
       gpu_idle_queue_us: idle,
       device: CudaContext.primary().device.name,
@@ -343,6 +346,57 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     busy.dispose();
     arena.dispose();
     cache.dispose();
+  }
+}
+
+/**
+ * Graph steps whose key is a slice of a K cache at the step's position (src/pq/step-key.ts), as a
+ * decode engine passes it: a new frozen view every step (made and validated inside the timed call),
+ * over a cache [B, positions, Hkv, D] holding the key sets in turn. The cache covers only the
+ * positions these steps append (the slice's base lies before it: the kernels add sk·row back). Wall
+ * and GPU time as the main row's loops, and the graphs captured after the first two steps (one per
+ * seq slot): 0 when every step's slice replays them.
+ */
+function benchKeyFromCache(cache: CudaPQCache, layout: Layout, keys: readonly Float32Array[], qDev: readonly DeviceTensor[], iters: number,
+  busy: BusyQueue): Record<string, unknown> {
+  const { batch: B, kvHeads: Hkv, headDim: D } = layout.shape;
+  const positions = 2 * iters;
+  const rowBytes = Hkv * D * 4; // one position of one batch entry
+  const arena = DeviceArena.allocate({ k: B * positions * rowBytes });
+  try {
+    const k = arena.slices.k;
+    for (let b = 0; b < B; b++) {
+      const at = b * positions * rowBytes;
+      const first = Math.min(keys.length, positions);
+      for (let p = 0; p < first; p++) copies.fromHost(k, keys[p].subarray(b * Hkv * D, (b + 1) * Hkv * D), at + p * rowBytes);
+      // The rest by doubling what is filled (device to device).
+      for (let filled = first; filled < positions; filled += Math.min(filled, positions - filled)) {
+        const n = Math.min(filled, positions - filled);
+        copies.deviceToDevice({ ptr: k.ptr + BigInt(at + filled * rowBytes), bytes: n * rowBytes }, { ptr: k.ptr + BigInt(at), bytes: n * rowBytes }, n * rowBytes);
+      }
+    }
+    const strides = [positions * Hkv * D, D, Hkv * D, 1];
+    const p0 = cache.seqLen;
+    const step = (i: number): void =>
+      void cache.step(qDev[i % qDev.length], deviceTensor('f32', [B, Hkv, 1, D], k.ptr + BigInt((cache.seqLen - p0) * rowBytes), strides));
+    const wall: number[] = [];
+    let captures = 0;
+    for (let i = 0; i < iters; i++) {
+      if (i === 2) captures = cache.stepCaptureCount;
+      const t0 = nowUs();
+      step(i);
+      cache.synchronize();
+      wall.push(nowUs() - t0);
+    }
+    const gpu = summarize(eventTimes(cache.stream, iters, step, busy));
+    const w = summarize(wall);
+    return {
+      kcache_key_wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
+      kcache_key_gpu_us_median: round3(gpu.median),
+      kcache_key_captures_after_two_steps: cache.stepCaptureCount - captures,
+    };
+  } finally {
+    arena.dispose();
   }
 }
 
