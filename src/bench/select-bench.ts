@@ -375,25 +375,39 @@ function benchKeyFromCache(cache: CudaPQCache, layout: Layout, keys: readonly Fl
         copies.deviceToDevice({ ptr: k.ptr + BigInt(at + filled * rowBytes), bytes: n * rowBytes }, { ptr: k.ptr + BigInt(at), bytes: n * rowBytes }, n * rowBytes);
       }
     }
-    const strides = [positions * Hkv * D, D, Hkv * D, 1];
+    // Frozen once, so deviceTensor() takes them without a copy (as an engine making a view per step would).
+    const shape = Object.freeze([B, Hkv, 1, D]);
+    const strides = Object.freeze([positions * Hkv * D, D, Hkv * D, 1]);
     const p0 = cache.seqLen;
+    // sk grows by one a step, so the loops may cross into new plans (two graphs each, one per seq slot).
+    const plans = new Set<string>();
+    const planKey = (): string => {
+      const plan = cache.planFor(cache.seqLen + 1);
+      return `${describePlan(plan)} to ${plan.maxSeqLen}`;
+    };
     const step = (i: number): void =>
-      void cache.step(qDev[i % qDev.length], deviceTensor('f32', [B, Hkv, 1, D], k.ptr + BigInt((cache.seqLen - p0) * rowBytes), strides));
+      void cache.step(qDev[i % qDev.length], deviceTensor('f32', shape, k.ptr + BigInt((cache.seqLen - p0) * rowBytes), strides));
     const wall: number[] = [];
     let captures = 0;
     for (let i = 0; i < iters; i++) {
       if (i === 2) captures = cache.stepCaptureCount;
+      if (i >= 2) plans.add(planKey());
       const t0 = nowUs();
       step(i);
       cache.synchronize();
       wall.push(nowUs() - t0);
     }
-    const gpu = summarize(eventTimes(cache.stream, iters, step, busy));
+    const gpu = summarize(eventTimes(cache.stream, iters, (i) => {
+      plans.add(planKey()); // host side: the busy queue keeps it outside the events
+      step(iters + i);
+    }, busy));
     const w = summarize(wall);
     return {
       kcache_key_wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
       kcache_key_gpu_us_median: round3(gpu.median),
+      // Equal to 2 × (plans − 1) when no step's slice needed a capture of its own.
       kcache_key_captures_after_two_steps: cache.stepCaptureCount - captures,
+      kcache_key_plans_after_two_steps: plans.size,
     };
   } finally {
     arena.dispose();

@@ -59,7 +59,7 @@ import {
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
-import { type StepKey, type StepKeyRows, contiguousKeyRows, stepKeyBase, stepKeyRows } from './step-key.js';
+import { SliceLayoutMemo, type StepKey, type StepKeyRows, contiguousKeyRows, stepKeyBase, stepKeyRows } from './step-key.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey, checkStepRowStrides } from './validate.js';
 
 
@@ -252,6 +252,8 @@ export class CudaPQCache implements PQCache {
   /** Frozen device tensors already validated as this cache's query or key (none of their fields can change), the keys with their rows. */
   private readonly knownQueries = new WeakSet<DeviceTensor>();
   private readonly knownKeys = new WeakMap<DeviceTensor, StepKeyRows>();
+  /** K cache slices (a new view every step) by their layout instead. */
+  private readonly lastSlice = new SliceLayoutMemo();
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
@@ -657,13 +659,14 @@ export class CudaPQCache implements PQCache {
     let keyRows = this.contiguousKeyRows;
     if (key !== undefined) {
       if ('device' in key) {
-        const known = this.knownKeys.get(key);
+        const known = this.knownKeys.get(key) ?? this.lastSlice.get(key);
         if (known === undefined) {
           expectDType('key', key, FLOAT_DTYPES);
           expectShape('key', key, this.keyShape.dims, this.keyShape.label);
           // Contiguous rows, or a K cache's slice at the step's position (src/pq/step-key.ts).
           keyRows = stepKeyRows('key', key, this.layout.shape.kvHeads, this.layout.shape.headDim, this.contiguousKeyRows);
-          if (isFrozenDeviceTensor(key)) this.knownKeys.set(key, keyRows);
+          if (keyRows.row !== 0n) this.lastSlice.set(key, keyRows);
+          else if (isFrozenDeviceTensor(key)) this.knownKeys.set(key, keyRows);
         } else {
           keyRows = known;
         }

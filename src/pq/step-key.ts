@@ -22,6 +22,8 @@ export interface StepKeyRows {
   readonly head: bigint;
   /** 0: the same rows every step; else the K cache's position stride. */
   readonly row: bigint;
+  /** `row` in bytes of the key's dtype (stepKeyBase). */
+  readonly rowBytes: bigint;
 }
 
 /** A step's key as its kernels are launched with it. */
@@ -33,7 +35,7 @@ export interface StepKey {
 
 /** The rows of a contiguous step key [B, Hkv, 1, D]. */
 export function contiguousKeyRows(kvHeads: number, D: number): StepKeyRows {
-  return { batch: BigInt(kvHeads * D), head: BigInt(D), row: 0n };
+  return { batch: BigInt(kvHeads * D), head: BigInt(D), row: 0n, rowBytes: 0n };
 }
 
 /**
@@ -47,12 +49,42 @@ export function stepKeyRows(argument: string, key: DeviceTensor, kvHeads: number
   if (st.length !== 4 || st[3] !== 1 || !st.every((s) => Number.isSafeInteger(s) && s >= 0) || st[2] < D) {
     throw new ShapeError(`${argument}.strides`, `[${kvHeads}·D, D, any, 1] (rows contiguous) or a K cache slice's [s0, s1, s2 ≥ D, 1] (D = ${D})`, [...st]);
   }
-  return { batch: BigInt(st[0]), head: BigInt(st[1]), row: BigInt(st[2]) };
+  return { batch: BigInt(st[0]), head: BigInt(st[1]), row: BigInt(st[2]), rowBytes: BigInt(st[2] * BYTES_PER_ELEMENT[key.dtype as FloatDType]) };
+}
+
+/**
+ * The rows of the last K cache slice validated, by its dtype, shape and strides: a decode loop makes
+ * a new view of the next position every step, which then skips the checks (and is not remembered
+ * per object, which a WeakMap entry per step would cost ≈ 1 μs of collection for).
+ */
+export class SliceLayoutMemo {
+  private dtype: string | undefined;
+  private shape: readonly number[] = [];
+  private strides: readonly number[] = [];
+  private rows: StepKeyRows | undefined;
+
+  get(key: DeviceTensor): StepKeyRows | undefined {
+    return key.dtype === this.dtype && sameNumbers(key.shape, this.shape) && sameNumbers(key.strides, this.strides) ? this.rows : undefined;
+  }
+
+  set(key: DeviceTensor, rows: StepKeyRows): void {
+    this.dtype = key.dtype;
+    this.shape = [...key.shape];
+    this.strides = [...key.strides];
+    this.rows = rows;
+  }
+}
+
+function sameNumbers(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** The base address of `key` with `rows` when the index holds `sk` positions before the step. */
 export function stepKeyBase(key: DeviceTensor, rows: StepKeyRows, sk: number): DevicePtr {
   if (rows.row === 0n) return key.ptr;
-  // Wraps modulo 2^64 as the kernel's unsigned arithmetic does (pq_key_row).
-  return BigInt.asUintN(64, key.ptr - BigInt(sk) * rows.row * BigInt(BYTES_PER_ELEMENT[key.dtype as FloatDType]));
+  const base = key.ptr - BigInt(sk) * rows.rowBytes;
+  // Below 0 it wraps modulo 2^64, as the kernel's unsigned arithmetic does (pq_key_row).
+  return base >= 0n ? base : BigInt.asUintN(64, base);
 }
