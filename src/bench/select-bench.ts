@@ -354,8 +354,8 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
  * decode engine passes it: a new frozen view every step (made and validated inside the timed call),
  * over a cache [B, positions, Hkv, D] holding the key sets in turn. The cache covers only the
  * positions these steps append (the slice's base lies before it: the kernels add sk·row back). Wall
- * and GPU time as the main row's loops, and the graphs captured after the first two steps (one per
- * seq slot): 0 when every step's slice replays them.
+ * and GPU time as the main row's loops, and the graphs captured after the first round over the
+ * query sets (one per set, its seq slot alternating with it): 0 when every step's slice replays them.
  */
 function benchKeyFromCache(cache: CudaPQCache, layout: Layout, keys: readonly Float32Array[], qDev: readonly DeviceTensor[], iters: number,
   busy: BusyQueue): Record<string, unknown> {
@@ -390,8 +390,9 @@ function benchKeyFromCache(cache: CudaPQCache, layout: Layout, keys: readonly Fl
     const wall: number[] = [];
     let captures = 0;
     for (let i = 0; i < iters; i++) {
-      if (i === 2) captures = cache.stepCaptureCount;
-      if (i >= 2) plans.add(planKey());
+      // The first round over the query sets captures their graphs (the keys' base is new).
+      if (i === qDev.length) captures = cache.stepCaptureCount;
+      if (i >= qDev.length) plans.add(planKey());
       const t0 = nowUs();
       step(i);
       cache.synchronize();
@@ -405,9 +406,9 @@ function benchKeyFromCache(cache: CudaPQCache, layout: Layout, keys: readonly Fl
     return {
       kcache_key_wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
       kcache_key_gpu_us_median: round3(gpu.median),
-      // Equal to 2 × (plans − 1) when no step's slice needed a capture of its own.
-      kcache_key_captures_after_two_steps: cache.stepCaptureCount - captures,
-      kcache_key_plans_after_two_steps: plans.size,
+      // 0 while one plan holds (a new plan: one graph per query set) when no step's slice needed a capture of its own.
+      kcache_key_captures_after_first_round: cache.stepCaptureCount - captures,
+      kcache_key_plans_after_first_round: plans.size,
     };
   } finally {
     arena.dispose();
