@@ -23,7 +23,12 @@ test('a contiguous step key keeps its address; a K cache slice gets its position
     assert.equal(stepKeyBase(slice, rows, 57), 0x100000n);
     const next = deviceTensor('f16', [2, Hkv, 1, D], at + BigInt(strides[2] * 2), strides);
     assert.equal(stepKeyBase(next, rows, 58), 0x100000n);
+    // Read at a fixed address instead (a strided buffer that did not move): the same rows, row 0.
+    const fixedToo = rows.atFixedAddress;
+    assert.deepEqual([fixedToo.batch, fixedToo.head, fixedToo.row, fixedToo.rowBytes], [rows.batch, rows.head, 0n, 0n]);
+    assert.equal(stepKeyBase(slice, fixedToo, 57), at);
   }
+  assert.equal(fixed.atFixedAddress, fixed);
   // A base below address 0 wraps modulo 2^64, as the kernels' unsigned arithmetic does.
   const low = deviceTensor('f32', [1, Hkv, 1, D], 64n, [Hkv * cap * D, cap * D, D, 1]);
   const rows = stepKeyRows('key', low, Hkv, D, fixed);

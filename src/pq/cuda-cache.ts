@@ -254,6 +254,8 @@ export class CudaPQCache implements PQCache {
   private readonly knownKeys = new WeakMap<DeviceTensor, StepKeyRows>();
   /** K cache slices (a new view every step) by their layout instead. */
   private readonly lastSlice = new SliceLayoutMemo();
+  /** The last step's device key address (a strided key there again is read at a fixed address). */
+  private lastKeyPtr: DevicePtr = -1n;
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
@@ -698,6 +700,9 @@ export class CudaPQCache implements PQCache {
     let kptr: DevicePtr | undefined;
     if (key !== undefined) {
       if ('device' in key) {
+        // A strided key where the last step's was does not move with sk: a buffer, not a K cache's slice.
+        if (key.ptr === this.lastKeyPtr) keyRows = keyRows.atFixedAddress;
+        this.lastKeyPtr = key.ptr;
         kptr = stepKeyBase(key, keyRows, this.hostSeqLen);
       } else {
         const kd = key.dtype === 'f32' ? (key.data as Float32Array) : key.toFloat32();
@@ -850,8 +855,10 @@ export class CudaPQCache implements PQCache {
       this.startResident(plan, qptr, qdtype, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     }
     this.serveResident(appending);
+    // The same key object again is the same address again: repeated only where the launch reads the
+    // key at a fixed address (one read at base + sk·row would read the next row instead).
     (this.residentBinding as ResidentBinding).lastInputs =
-      isFrozenDeviceTensor(query) && (key === undefined || isFrozenDeviceTensor(key)) ? { query, key } : undefined;
+      isFrozenDeviceTensor(query) && (key === undefined || (isFrozenDeviceTensor(key) && keyRows.row === 0n)) ? { query, key } : undefined;
     return true;
   }
 

@@ -10,6 +10,9 @@
  *   row = its position stride, base = its address − sk·row. A loop that passes the slice at
  *   position sk every step therefore has the same base every step, and replays one graph (or
  *   one chain, or one resident launch) with no copy of the key and no capture per step.
+ * - Strides alone cannot tell such a slice from a strided buffer at a fixed address (the key part of
+ *   a fused QKV output, `[(H + 2·Hkv)·D, D, any, 1]`): a key at the address of the last step's key
+ *   is read as one (`atFixedAddress`: row = 0), so such a loop captures its graphs again once.
  */
 import type { DevicePtr } from '../cuda/driver.js';
 import { ShapeError } from '../errors.js';
@@ -24,6 +27,8 @@ export interface StepKeyRows {
   readonly row: bigint;
   /** `row` in bytes of the key's dtype (stepKeyBase). */
   readonly rowBytes: bigint;
+  /** The same rows read at a fixed address (row = 0), for a strided key that does not move. */
+  readonly atFixedAddress: StepKeyRows;
 }
 
 /** A step's key as its kernels are launched with it. */
@@ -35,7 +40,13 @@ export interface StepKey {
 
 /** The rows of a contiguous step key [B, Hkv, 1, D]. */
 export function contiguousKeyRows(kvHeads: number, D: number): StepKeyRows {
-  return { batch: BigInt(kvHeads * D), head: BigInt(D), row: 0n, rowBytes: 0n };
+  return fixedRows(BigInt(kvHeads * D), BigInt(D));
+}
+
+function fixedRows(batch: bigint, head: bigint): StepKeyRows {
+  const rows = { batch, head, row: 0n, rowBytes: 0n, atFixedAddress: undefined as unknown as StepKeyRows };
+  rows.atFixedAddress = rows;
+  return rows;
 }
 
 /**
@@ -49,7 +60,9 @@ export function stepKeyRows(argument: string, key: DeviceTensor, kvHeads: number
   if (st.length !== 4 || st[3] !== 1 || !st.every((s) => Number.isSafeInteger(s) && s >= 0) || st[2] < D) {
     throw new ShapeError(`${argument}.strides`, `[${kvHeads}·D, D, any, 1] (rows contiguous) or a K cache slice's [s0, s1, s2 ≥ D, 1] (D = ${D})`, [...st]);
   }
-  return { batch: BigInt(st[0]), head: BigInt(st[1]), row: BigInt(st[2]), rowBytes: BigInt(st[2] * BYTES_PER_ELEMENT[key.dtype as FloatDType]) };
+  const batch = BigInt(st[0]);
+  const head = BigInt(st[1]);
+  return { batch, head, row: BigInt(st[2]), rowBytes: BigInt(st[2] * BYTES_PER_ELEMENT[key.dtype as FloatDType]), atFixedAddress: fixedRows(batch, head) };
 }
 
 /**

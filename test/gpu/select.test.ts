@@ -621,14 +621,15 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
   }
 });
 
-test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D]; f32, bf16, f16) at each step\'s position: exact, one capture (or resident launch) for every step\'s slice, on every path', { skip }, () => {
+test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D]; f32, bf16, f16) at each step\'s position, or from a strided buffer at a fixed address (fused QKV): exact, one capture (or resident launch) for every step\'s slice, on every path', { skip }, () => {
   const shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 };
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const base = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const start = 6000;
   const cap = 6200;
   const steps = 16;
-  type Variant = { name: string; config?: object; options: object; layout: 'HND' | 'NHD'; dtype: FloatDType };
+  // QKV: the key part of a fused projection output [B, 1, H + 2·Hkv, D], the same address every step.
+  type Variant = { name: string; config?: object; options: object; layout: 'HND' | 'NHD' | 'QKV'; dtype: FloatDType };
   const variants: Variant[] = [
     { name: 'row, clusters of two', options: { stepKernel: 'row', cluster: 2 }, layout: 'HND', dtype: 'f32' },
     { name: 'bucket mode', options: { stepKernel: 'bucket', bucketTail: 64 }, layout: 'NHD', dtype: 'bf16' },
@@ -637,7 +638,11 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
     { name: 'no window (pq_append, then the row kernel)', config: { windowSize: 0 }, options: { stepKernel: 'row' }, layout: 'HND', dtype: 'bf16' },
     { name: 'resident', options: { stepKernel: 'row', cluster: 2, resident: true }, layout: 'NHD', dtype: 'f16' },
     { name: 'chained', options: { stepKernel: 'row', cluster: 2, chained: { length: 4 } }, layout: 'HND', dtype: 'f32' },
+    { name: 'fused QKV buffer, graph steps', options: { stepKernel: 'row', cluster: 2 }, layout: 'QKV', dtype: 'bf16' },
+    { name: 'fused QKV buffer, resident', options: { stepKernel: 'row', cluster: 2, resident: true }, layout: 'QKV', dtype: 'f32' },
+    { name: 'fused QKV buffer, chained', options: { stepKernel: 'row', cluster: 2, chained: { length: 4 } }, layout: 'QKV', dtype: 'f16' },
   ];
+  const Htot = H + 2 * Hkv;
   let seed = 300;
   // compute-sanitizer's initcheck waits for each graph launch to complete, which a chain's never does alone.
   for (const v of variants.filter((x) => process.env.PQCACHE_NO_CHAINED !== '1' || !('chained' in x.options))) {
@@ -648,7 +653,10 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
     const eb = v.dtype === 'f32' ? 4 : 2;
     // The K cache, NaN wherever no step wrote its key (a misread row makes the step throw DeviceInputError).
     const kcache = DeviceArena.allocate({ k: B * Hkv * cap * D * eb, q: B * H * D * 4 });
-    const strides = v.layout === 'HND' ? [Hkv * cap * D, cap * D, D, 1] : [cap * Hkv * D, D, Hkv * D, 1];
+    const strides = v.layout === 'HND' ? [Hkv * cap * D, cap * D, D, 1] : v.layout === 'NHD' ? [cap * Hkv * D, D, Hkv * D, 1] : [Htot * D, D, Htot * D, 1];
+    // Element of the step's key row (b, h) at position p: the buffer's key part does not move.
+    const moves = v.layout !== 'QKV';
+    const element = (b: number, h: number, p: number): number => (moves ? p * strides[2] : H * D) + b * strides[0] + h * strides[1];
     const q = deviceTensor('f32', [B, H, 1, D], kcache.slices.q.ptr);
     let r = seed * 7919;
     const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
@@ -664,12 +672,12 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
         const bits = HostTensor.fromNumbers(v.dtype, [B, Hkv, 1, D], Array.from(kv)).data;
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < Hkv; h++) {
-            const at = b * strides[0] + h * strides[1] + p * strides[2];
+            const at = element(b, h, p);
             const row = bits.subarray((b * Hkv + h) * D, (b * Hkv + h + 1) * D);
             copies.fromHost({ ptr: kcache.slices.k.ptr + BigInt(at * eb), bytes: D * eb }, row);
           }
         }
-        const slice = deviceTensor(v.dtype, [B, Hkv, 1, D], kcache.slices.k.ptr + BigInt(p * strides[2] * eb), strides);
+        const slice = deviceTensor(v.dtype, [B, Hkv, 1, D], kcache.slices.k.ptr + BigInt(element(0, 0, p) * eb), strides);
         const want = cpu.stepToHost(new HostTensor('f32', [B, H, 1, D], qv), new HostTensor('f32', [B, Hkv, 1, D], kv));
         const got = gpu.step(q, slice);
         const lists = gpu.listsToHost();
@@ -681,11 +689,12 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
           copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
           assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `${v.name}, step ${s}: weights row ${i}`);
         }
-        // Graphs are captured per seq slot (steps alternate them), and two chains alternate: by step 8 all are.
+        // Graphs are captured per seq slot (steps alternate them), and two chains alternate; a fixed
+        // buffer is first taken as a slice (the second step finds it in place): by step 8 all are.
         if (s === 7) {
           captures = gpu.stepCaptureCount;
           launches = gpu.residentLaunchCount;
-          assert.ok(captures <= 2, `${v.name}: ${captures} captures in 8 steps`);
+          assert.ok(captures <= (moves ? 2 : 4), `${v.name}: ${captures} captures in 8 steps`);
         }
       }
       // The appended codes are the oracle's (listsToHost compared the lists; the codes decide later steps too).
@@ -693,8 +702,8 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
       assert.deepEqual(codes, cpu.exportState().codes, `${v.name}: codes`);
       assert.equal(gpu.stepCaptureCount, captures, `${v.name}: captured again for a later step's slice`);
       assert.equal(gpu.residentLaunchCount, launches, `${v.name}: resident launch started again for a later step's slice`);
-      if (v.name === 'resident') assert.ok(launches === 1, 'the resident kernel served the steps');
-      if (v.name === 'chained') assert.equal(gpu.chainedStepCount, steps);
+      if ('resident' in v.options) assert.ok(launches === (moves ? 1 : 2), `${v.name}: ${launches} resident launches`);
+      if ('chained' in v.options) assert.equal(gpu.chainedStepCount, steps);
     } finally {
       kcache.dispose();
       gpu.dispose();
