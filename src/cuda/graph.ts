@@ -86,7 +86,7 @@ export class GraphCache {
   find(signature: string, pointers: readonly DevicePtr[]): GraphExec | undefined {
     const bound = this.graphs.get(signature);
     if (bound !== undefined) {
-      for (const entry of bound) if (samePointers(entry.pointers, pointers)) return entry.graph;
+      for (const entry of bound) if (sameElements(entry.pointers, pointers)) return entry.graph;
     }
     return undefined;
   }
@@ -121,7 +121,8 @@ export class GraphCache {
   }
 }
 
-function samePointers(a: readonly DevicePtr[], b: readonly DevicePtr[]): boolean {
+/** Equal lengths and elements (===): graph-key pointers, tensor shapes and strides. */
+export function sameElements<T>(a: readonly T[], b: readonly T[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;

@@ -59,7 +59,7 @@ import {
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
-import { SliceLayoutMemo, type StepKey, type StepKeyRows, contiguousKeyRows, stepKeyBase, stepKeyRows } from './step-key.js';
+import { type StepKey, StepKeyReader, type StepKeyRows, stepKeyBase } from './step-key.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey, checkStepRowStrides } from './validate.js';
 
 
@@ -213,8 +213,6 @@ export class CudaPQCache implements PQCache {
   private readonly owned = new Owned();
   private readonly capPad: number;
   private readonly centroidStride: number;
-  /** The rows of a step's key [B, Hkv, 1, D] at a fixed address (host keys are staged so). */
-  private readonly contiguousKeyRows: StepKeyRows;
   private readonly maxSlices: number;
   private readonly arena: DeviceArena<ArenaSlice>;
   private readonly status: PinnedBuffer;
@@ -251,11 +249,8 @@ export class CudaPQCache implements PQCache {
   private stepBindings: (StepBinding | undefined)[] = [];
   /** Frozen device tensors already validated as this cache's query or key (none of their fields can change), the keys with their rows. */
   private readonly knownQueries = new WeakSet<DeviceTensor>();
-  private readonly knownKeys = new WeakMap<DeviceTensor, StepKeyRows>();
-  /** K cache slices (a new view every step) by their layout instead. */
-  private readonly lastSlice = new SliceLayoutMemo();
-  /** The last step's device key address (a strided key there again is read at a fixed address). */
-  private lastKeyPtr: DevicePtr = -1n;
+  /** Device step keys: checked once per tensor or K cache layout, and how each step reads them (src/pq/step-key.ts). */
+  private readonly stepKeys: StepKeyReader;
   /** The seqState slot holding the current sk (steps alternate slots). */
   private seqSlot = 0;
   private hostSeqLen = 0;
@@ -266,7 +261,6 @@ export class CudaPQCache implements PQCache {
   private disposed = false;
   // Per-step checks and results, made once: the step's host-side cost is part of its latency.
   private readonly queryShape: ExpectedShape;
-  private readonly keyShape: ExpectedShape;
   private readonly listView: DeviceTensor<'i32'>;
   private readonly lenView: DeviceTensor<'i32'>;
   private readonly weightStrides: readonly number[];
@@ -320,7 +314,6 @@ export class CudaPQCache implements PQCache {
       throw new ConfigError('bucketTail', `an integer in [1, ${BUCKET_MAX_TAIL}]`, options.bucketTail);
     }
     this.appendKernel = loadKernels('append').kernel('pq_append');
-    this.contiguousKeyRows = contiguousKeyRows(this.layout.shape.kvHeads, this.layout.shape.headDim);
     this.residentOptions = residentOptionsOf(options.resident);
     this.chainOptions = chainOptionsOf(options.chained);
     if (this.chainOptions !== undefined && this.residentOptions !== undefined) throw new ConfigError('chained', 'not with resident', true);
@@ -333,7 +326,7 @@ export class CudaPQCache implements PQCache {
     const rows = B * H;
     ({ capPad: this.capPad, centroidStride: this.centroidStride } = deviceIndexStrides(this.layout, this.capacity));
     this.queryShape = expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
-    this.keyShape = expectedShape([B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`);
+    this.stepKeys = new StepKeyReader(Hkv, D, expectedShape([B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`));
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
     const general = this.pairs === 0;
     const owned = this.owned;
@@ -538,10 +531,9 @@ export class CudaPQCache implements PQCache {
       const dtype = keys.dtype as FloatDType;
       let ptr: DevicePtr;
       const { kvHeads: Hkv, headDim: D } = this.layout.shape;
-      let strides = [Hkv * n * D, n * D, D];
+      const strides = onDevice ? keys.strides : [Hkv * n * D, n * D, D];
       if (onDevice) {
         ptr = keys.ptr;
-        strides = keys.strides.slice(0, 3);
       } else {
         tmp = DeviceArena.allocate({ keys: keys.data.byteLength });
         copies.fromHost(tmp.slices.keys, keys.data);
@@ -658,20 +650,11 @@ export class CudaPQCache implements PQCache {
   private enqueue(query: Query, key: HostTensor | DeviceTensor | undefined): FloatDType {
     const qdtype = this.queryDType(query, 'query');
     let kdtype: FloatDType = 'f32';
-    let keyRows = this.contiguousKeyRows;
+    let keyRows = this.stepKeys.contiguous;
     if (key !== undefined) {
       if ('device' in key) {
-        const known = this.knownKeys.get(key) ?? this.lastSlice.get(key);
-        if (known === undefined) {
-          expectDType('key', key, FLOAT_DTYPES);
-          expectShape('key', key, this.keyShape.dims, this.keyShape.label);
-          // Contiguous rows, or a K cache's slice at the step's position (src/pq/step-key.ts).
-          keyRows = stepKeyRows('key', key, this.layout.shape.kvHeads, this.layout.shape.headDim, this.contiguousKeyRows);
-          if (keyRows.row !== 0n) this.lastSlice.set(key, keyRows);
-          else if (isFrozenDeviceTensor(key)) this.knownKeys.set(key, keyRows);
-        } else {
-          keyRows = known;
-        }
+        // Contiguous rows, or a K cache's slice at the step's position (src/pq/step-key.ts).
+        keyRows = this.stepKeys.rowsOf(key);
         kdtype = key.dtype as FloatDType;
       } else {
         checkStepKey(this.layout, key);
@@ -700,9 +683,7 @@ export class CudaPQCache implements PQCache {
     let kptr: DevicePtr | undefined;
     if (key !== undefined) {
       if ('device' in key) {
-        // A strided key where the last step's was does not move with sk: a buffer, not a K cache's slice.
-        if (key.ptr === this.lastKeyPtr) keyRows = keyRows.atFixedAddress;
-        this.lastKeyPtr = key.ptr;
+        keyRows = this.stepKeys.placed(key, keyRows);
         kptr = stepKeyBase(key, keyRows, this.hostSeqLen);
       } else {
         const kd = key.dtype === 'f32' ? (key.data as Float32Array) : key.toFloat32();
@@ -816,7 +797,7 @@ export class CudaPQCache implements PQCache {
 
   /** A step's key with contiguous rows [B, Hkv, 1, D] at `ptr`, for recordStep (a decode layer's input). */
   contiguousStepKey(ptr: DevicePtr, dtype: FloatDType): StepKey {
-    return { base: ptr, dtype, rows: this.contiguousKeyRows };
+    return { base: ptr, dtype, rows: this.stepKeys.contiguous };
   }
 
   /** The step was launched: advance sk and the slot parity when it appended. */

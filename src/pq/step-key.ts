@@ -15,9 +15,12 @@
  *   is read as one (`atFixedAddress`: row = 0), so such a loop captures its graphs again once.
  */
 import type { DevicePtr } from '../cuda/driver.js';
+import { sameElements } from '../cuda/graph.js';
 import { ShapeError } from '../errors.js';
-import type { DeviceTensor } from '../tensor/device-tensor.js';
-import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
+import { type DeviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, FLOAT_DTYPES, type FloatDType } from '../tensor/dtype.js';
+import { type ExpectedShape, expectDType, expectShape } from '../tensor/host-tensor.js';
+import { hasContiguousRows } from './validate.js';
 
 /** Element strides of a step key's rows (bigints: kernel arguments and graph-key parts as they are). */
 export interface StepKeyRows {
@@ -55,8 +58,8 @@ function fixedRows(batch: bigint, head: bigint): StepKeyRows {
  * (positions of a K cache do not overlap), or it throws a ShapeError naming `<argument>.strides`.
  */
 export function stepKeyRows(argument: string, key: DeviceTensor, kvHeads: number, D: number, fixed: StepKeyRows): StepKeyRows {
+  if (hasContiguousRows(key, kvHeads, D)) return fixed;
   const st = key.strides;
-  if (st.length === 4 && st[3] === 1 && st[1] === D && st[0] === kvHeads * D) return fixed;
   if (st.length !== 4 || st[3] !== 1 || !st.every((s) => Number.isSafeInteger(s) && s >= 0) || st[2] < D) {
     throw new ShapeError(`${argument}.strides`, `[${kvHeads}·D, D, any, 1] (rows contiguous) or a K cache slice's [s0, s1, s2 ≥ D, 1] (D = ${D})`, [...st]);
   }
@@ -77,7 +80,7 @@ export class SliceLayoutMemo {
   private rows: StepKeyRows | undefined;
 
   get(key: DeviceTensor): StepKeyRows | undefined {
-    return key.dtype === this.dtype && sameNumbers(key.shape, this.shape) && sameNumbers(key.strides, this.strides) ? this.rows : undefined;
+    return key.dtype === this.dtype && sameElements(key.shape, this.shape) && sameElements(key.strides, this.strides) ? this.rows : undefined;
   }
 
   set(key: DeviceTensor, rows: StepKeyRows): void {
@@ -88,10 +91,40 @@ export class SliceLayoutMemo {
   }
 }
 
-function sameNumbers(a: readonly number[], b: readonly number[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+/**
+ * One cache's step keys: each device key checked (dtype, shape, strides) once per frozen tensor read
+ * at a fixed address, and K cache slices (a new view every step) once per layout; and where a step
+ * reads it, from the last step's key address.
+ */
+export class StepKeyReader {
+  /** The rows of a contiguous key (host keys are staged so). */
+  readonly contiguous: StepKeyRows;
+  private readonly known = new WeakMap<DeviceTensor, StepKeyRows>();
+  private readonly lastSlice = new SliceLayoutMemo();
+  private lastPtr: DevicePtr = -1n;
+
+  constructor(private readonly kvHeads: number, private readonly D: number, private readonly shape: ExpectedShape) {
+    this.contiguous = contiguousKeyRows(kvHeads, D);
+  }
+
+  /** The rows of device key `key` [B, Hkv, 1, D], checked (DTypeError, ShapeError naming `key`). */
+  rowsOf(key: DeviceTensor): StepKeyRows {
+    const known = this.known.get(key) ?? this.lastSlice.get(key);
+    if (known !== undefined) return known;
+    expectDType('key', key, FLOAT_DTYPES);
+    expectShape('key', key, this.shape.dims, this.shape.label);
+    const rows = stepKeyRows('key', key, this.kvHeads, this.D, this.contiguous);
+    if (rows.row !== 0n) this.lastSlice.set(key, rows);
+    else if (isFrozenDeviceTensor(key)) this.known.set(key, rows);
+    return rows;
+  }
+
+  /** The rows this step reads `key` (rowsOf's) with: a strided key where the last step's was does not move with sk. */
+  placed(key: DeviceTensor, rows: StepKeyRows): StepKeyRows {
+    const fixed = key.ptr === this.lastPtr;
+    this.lastPtr = key.ptr;
+    return fixed ? rows.atFixedAddress : rows;
+  }
 }
 
 /** The base address of `key` with `rows` when the index holds `sk` positions before the step. */

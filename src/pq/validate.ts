@@ -62,10 +62,15 @@ export function checkDeviceKeys(layout: Layout, keys: DeviceTensor, argument: st
  * a K cache [B, Hkv, capacity, D] does not: its rows are capacity·D apart).
  */
 export function checkStepRowStrides(argument: string, t: DeviceTensor, heads: number, D: number): void {
-  const st = t.strides;
-  if (st.length !== 4 || st[3] !== 1 || st[1] !== D || st[0] !== heads * D) {
-    throw new ShapeError(`${argument}.strides`, `[${heads}·D, D, any, 1] (rows contiguous, D = ${D})`, [...st]);
+  if (!hasContiguousRows(t, heads, D)) {
+    throw new ShapeError(`${argument}.strides`, `[${heads}·D, D, any, 1] (rows contiguous, D = ${D})`, [...t.strides]);
   }
+}
+
+/** Rows (b, h) of a [B, heads, 1, D] device tensor at (b·heads + h)·D: strides [heads·D, D, any, 1]. */
+export function hasContiguousRows(t: DeviceTensor, heads: number, D: number): boolean {
+  const st = t.strides;
+  return st.length === 4 && st[3] === 1 && st[1] === D && st[0] === heads * D;
 }
 
 /** The key of one decode step: [B, Hkv, 1, D], float dtype, finite. */
