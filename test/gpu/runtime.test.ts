@@ -213,9 +213,11 @@ test('CompletionSignal.wait returns only once the work before it is done: short 
       for (let rep = 0; rep < 3; rep++) {
         value += 1;
         Atomics.store(word, 0, 0);
+        // From before the launches: the spin runs while the host enqueues the publish (≥ 10 μs on a
+        // busy host), so a clock started after them could read less than the work without a defect.
+        const t0 = performance.now();
         launch(spin, { grid: [1, 1, 1], block: [1, 1, 1] }, spinArgs.setAll([BigInt(ns)]), stream);
         launch(publish, { grid: [1, 1, 1], block: [1, 1, 1] }, publishArgs.setAll([flag.ptr, value]), stream);
-        const t0 = performance.now();
         signal.wait(stream);
         const ms = performance.now() - t0;
         assert.equal(Atomics.load(word, 0), value, `${ns} ns: the work was done when wait() returned`);
