@@ -14,7 +14,8 @@
 //   (ascending position) and the last block of the row to finish (atomic counter, reset by that
 //   block) merges them with the same select and writes sparseList, sparseLen and the weights.
 //   Weights are updated incrementally: the previous list's entries are cleared, the new set.
-// Invariants the host guarantees (src/pq/cuda-select.ts):
+// Invariants the host guarantees (src/pq/cuda-cache.ts):
+//   - query row (b, h) at element b*query_batch_stride + h*query_head_stride, below 2^31 (PqStepQuery);
 //   - seq_state[0] = sk (device-side, written by pq_append in append.cu); sk <= capacity;
 //   - codes of (b, kvh) start 16-byte aligned (capacity*M % 16 == 0), centroid rows have a
 //     stride cstride % 4 == 0 floats, dsub % 4 == 0, D <= MAX_D, M*C <= MAX_LUT, K <= CE*NT;
@@ -261,7 +262,7 @@ __device__ __forceinline__ void load_candidates(const SelectShared& sm, int cand
 }
 
 template <int M, int CE>
-__device__ void select_impl(const void* __restrict__ query, int qdtype, const float* __restrict__ centroids,
+__device__ void select_impl(const PqStepQuery& query, const float* __restrict__ centroids,
                             const uint8_t* __restrict__ codes, const int* __restrict__ seq_state, float* cand_score_g,
                             int* cand_pos_g, int* cand_count_g, unsigned* counters, OutputArgs out, int* status, int H,
                             int Hkv, int D, int C, int cstride, int capacity, int S, int W, int K, int O,
@@ -297,8 +298,9 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
   }
 
   // Query row and LUT[m][c] = <q_m, centroid[b, kvh, m, c, :dsub]> (4 lanes per entry).
+  const int query_offset = query.row_offset(b, h);
   for (int d = tid; d < D; d += NT) {
-    const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
+    const float v = pq_load_float(query.ptr, query.dtype, query_offset + d);
     if (!isfinite(v)) pq_flag_status(status, PQ_STATUS_QUERY_NONFINITE);
     sm.q[d] = v;
   }
@@ -420,12 +422,13 @@ __device__ void select_impl(const void* __restrict__ query, int qdtype, const fl
 
 #define PQ_SELECT_KERNEL(M, CE)                                                                                       \
   extern "C" __global__ void __launch_bounds__(NT, 2) pq_select_m##M##_c##CE(                                           \
-      const void* query, int qdtype, const float* centroids, const uint8_t* codes, const int* seq_state,           \
+      const void* query, int qdtype, int query_batch_stride, int query_head_stride, const float* centroids,        \
+      const uint8_t* codes, const int* seq_state,                                                                  \
       float* cand_score, int* cand_pos, int* cand_count, unsigned* counters, int* sparse_list, int* sparse_len,      \
       void* weights, int wdtype, long long wstride, int L, int* status, int H, int Hkv, int D, int C, int cstride, \
       int capacity, int S, int W, int K, int O, int full_threshold, int num_slices, int slice_len) {                 \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                     \
-    select_impl<M, CE>(query, qdtype, centroids, codes, seq_state, cand_score, cand_pos, cand_count, counters, out,  \
+    select_impl<M, CE>(PQ_STEP_QUERY, centroids, codes, seq_state, cand_score, cand_pos, cand_count, counters, out,  \
                        status, H, Hkv, D, C, cstride, capacity, S, W, K, O, full_threshold, num_slices, slice_len);  \
   }
 

@@ -173,15 +173,27 @@ __device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint
   }
 }
 
+// A step's query [B, H, 1, D] as the select blocks read it: row (b, h) at element b*batch + h*head of
+// `ptr`, its D elements contiguous (contiguous rows: H*D and D; a fused QKV output's query part:
+// (H + 2*Hkv)*D and D). The host keeps every element's offset below 2^31 (src/pq/step-query.ts), so
+// the offset is 32-bit arithmetic on the b and h a block computes anyway.
+struct PqStepQuery {
+  const void* ptr;
+  int dtype;
+  int batch, head;
+  __device__ __forceinline__ int row_offset(int b, int h) const { return b * batch + h * head; }
+};
+
 // The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
 // (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches.
 #define PQ_STEP_PARAMS                                                                                              \
-  const void *query, int qdtype, const void *keys, int kdtype, unsigned long long key_batch_stride,                \
-      unsigned long long key_head_stride, unsigned long long key_row_stride, const float *centroids, const float *phi, \
-      uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \
+  const void *query, int qdtype, int query_batch_stride, int query_head_stride, const void *keys, int kdtype,      \
+      unsigned long long key_batch_stride, unsigned long long key_head_stride, unsigned long long key_row_stride,   \
+      const float *centroids, const float *phi, uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \
       int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,      \
       int full_threshold, int slice_len, int bits_tiles, long long *phase_clock, const int *bucket_end,        \
       const int *bucket_offsets, const int *buckets
-// The step's key as the append blocks read it (append_block.cuh), from PQ_STEP_PARAMS.
+// The step's query and key as the kernels read them, from PQ_STEP_PARAMS.
+#define PQ_STEP_QUERY PqStepQuery{query, qdtype, query_batch_stride, query_head_stride}
 #define PQ_STEP_KEY PqStepKey{keys, kdtype, key_batch_stride, key_head_stride, key_row_stride}

@@ -273,7 +273,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
 
 
 template <int M, int CL, bool LONG>
-__device__ void step_pairs(const void* __restrict__ query, int qdtype, const PqStepKey& key,
+__device__ void step_pairs(const PqStepQuery& query, const PqStepKey& key,
                            const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
@@ -344,8 +344,9 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const PqS
     const int i = rank * NT + tid + k * CL * NT;
     old_entries[k] = i < out.L ? list[i] : -1;
   }
+  const int query_offset = query.row_offset(b, h);
   for (int d = tid; d < D; d += NT) {
-    const float v = pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + d);
+    const float v = pq_load_float(query.ptr, query.dtype, query_offset + d);
     if (!isfinite(v)) pq_flag_status(status, PQ_STATUS_QUERY_NONFINITE);
     sm.x[d] = v;
   }
@@ -634,7 +635,7 @@ __device__ void step_pairs(const void* __restrict__ query, int qdtype, const PqS
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 3) NAME(PQ_STEP_PARAMS) {                        \
     pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                 \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                      \
-    step_pairs<M, CL, LONG>(query, qdtype, PQ_STEP_KEY, centroids, phi, codes, seq_read, seq_write, appended,        \
+    step_pairs<M, CL, LONG>(PQ_STEP_QUERY, PQ_STEP_KEY, centroids, phi, codes, seq_read, seq_write, appended,        \
                             pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, \
                             ip, full_threshold, slice_len, bits_tiles, phase_clock);                                 \
     pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */      \

@@ -230,15 +230,15 @@ __device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 #endif
 
 // Where a select block sits: its rank in the cluster, its query head (row = b*H + h), the query
-// heads per kv-head (G) and its kv-head (bkv = b*Hkv + h/G).
+// heads per kv-head (G), its kv-head (bkv = b*Hkv + h/G) and its query row's offset (PqStepQuery).
 // Three divisions (float reciprocals, ≈ 40 instructions a warp); the resident kernels compute it
 // once per launch (ResidentState) instead of every step, since the step is issue-bound: resident
 // device time 8.38 → 7.97 μs on the seed config (same-run A/B on the H100, bench/NOTES.md session 20).
 struct RowPlace {
-  int rank, row, G, bkv;
+  int rank, row, G, bkv, query_offset;
 };
 template <int CL>
-__device__ __forceinline__ RowPlace row_place(int H, int Hkv) {
+__device__ __forceinline__ RowPlace row_place(int H, int Hkv, const PqStepQuery& query) {
   RowPlace p;
   p.rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1)
   p.row = blockIdx.y;
@@ -246,6 +246,7 @@ __device__ __forceinline__ RowPlace row_place(int H, int Hkv) {
   const int h = p.row - b * H;
   p.G = pq_div_small(H, Hkv);
   p.bkv = b * Hkv + pq_div_small(h, p.G);
+  p.query_offset = query.row_offset(b, h);
   return p;
 }
 
@@ -268,7 +269,7 @@ struct ResidentState {
 // counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
 
 template <int M, int E, int CL, int WPT, bool RESIDENT = false, bool WIDE = false>
-__device__ void step_row(const void* __restrict__ query, int qdtype, const PqStepKey& key,
+__device__ void step_row(const PqStepQuery& query, const PqStepKey& key,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,
@@ -315,7 +316,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const PqSte
     finish();
     return;
   }
-  const RowPlace pl = RESIDENT ? resident->place : row_place<CL>(H, Hkv);
+  const RowPlace pl = RESIDENT ? resident->place : row_place<CL>(H, Hkv, query);
   const int rank = pl.rank, row = pl.row, G = pl.G, bkv = pl.bkv;
   // G > 1, tested by every thread as H != Hkv: the resident kernels otherwise recompute G (a division
   // by a float reciprocal) in every warp rather than keep it in a register.
@@ -332,7 +333,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const PqSte
   // counts, the LUT's first centroid rows, this thread's codes (bounded by the capacity; positions
   // past sk are masked below), the previous list, and sk last: the compiler moves sk to the uniform
   // registers right after its load, which waits for it (read first, it held back the other loads). ----
-  const float query_value = tid < D ? pq_load_float(query, qdtype, static_cast<int64_t>(row) * D + tid) : 0.0f;  // D ≤ NT
+  const float query_value = tid < D ? pq_load_float(query.ptr, query.dtype, pl.query_offset + tid) : 0.0f;  // D ≤ NT
   // Resident steps read their cache instead, once primed (see ResidentState).
   const bool cached = RESIDENT && !BUCKETS && resident->primed;
   uint4* const rcache = row_dynamic_smem;  // resident row kernels: the cache (bucket mode: the bitmaps)
@@ -1129,7 +1130,7 @@ __device__ void step_row(const void* __restrict__ query, int qdtype, const PqSte
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1) NAME(PQ_STEP_PARAMS) {                         \
     pq_allow_dependents(); /* a decode layer's attention may start now (it waits for this grid) */                    \
     const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};                                         \
-    step_row<M, E, CL, WPT, false, WIDE>(query, qdtype, PQ_STEP_KEY, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+    step_row<M, E, CL, WPT, false, WIDE>(PQ_STEP_QUERY, PQ_STEP_KEY, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                             readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,             \
                             full_threshold, phase_clock, bucket_end, bucket_offsets, buckets);                           \
     pq_wait_for_previous(); /* launched behind a decode layer's K/V append: it ends before this grid does */         \
@@ -1172,12 +1173,12 @@ namespace {
 template <int M, int E, int CL>
 __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {
   const OutputArgs out{sparse_list, sparse_len, weights, wdtype, wstride, L};
-  ResidentState state{false, -1, row_place<CL>(H, Hkv)};  // per thread, the same in every thread of the block
+  ResidentState state{false, -1, row_place<CL>(H, Hkv, PQ_STEP_QUERY)};  // per thread, the same in every thread of the block
   pq_resident_serve(words, counters, first_ticket, [&](unsigned bell) {
     const int slot = static_cast<int>(bell & 1u);
     const int step_appends = static_cast<int>((bell >> 1) & 1u);
     if (step_appends || static_cast<int>(blockIdx.y) < B * H) {
-      step_row<M, E, CL, 0, true>(query, qdtype, PQ_STEP_KEY, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
+      step_row<M, E, CL, 0, true>(PQ_STEP_QUERY, PQ_STEP_KEY, centroids, phi, codes, seq_write + slot, seq_write + (slot ^ 1),
                                   step_appends, pair_count, readers, out, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K,
                                   O, ip, full_threshold, phase_clock, bucket_end, bucket_offsets, buckets, &state);
     }
@@ -1188,7 +1189,7 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
 #define PQ_RESIDENT_ROW_KERNEL(NAME, M, E, CL)                                                                         \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1)                                              \
       NAME(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {                        \
-    resident_row<M, E, CL>(query, qdtype, keys, kdtype, key_batch_stride, key_head_stride, key_row_stride, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
+    resident_row<M, E, CL>(query, qdtype, query_batch_stride, query_head_stride, keys, kdtype, key_batch_stride, key_head_stride, key_row_stride, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
                            readers, sparse_list, sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, \
                            cstride, capacity, S, W, K, O, ip, full_threshold, slice_len, bits_tiles, phase_clock,         \
                            bucket_end, bucket_offsets, buckets, words, counters, first_ticket);                         \

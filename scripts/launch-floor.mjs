@@ -17,10 +17,12 @@ CudaContext.primary(); // current on this thread
 const stream = new Stream();
 const seq = new DeviceBuffer(16);
 // The step kernels' argument list with B = 0: no select rows, no append blocks, so every block exits.
-const STEP = ['ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
-  'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr'];
-const stepArgs = new LaunchArgs(STEP).setAll([0n, 0, 0n, 0, 0n, 0n, 0n, seq.ptr, seq.ptr, 0, 0n, 0n, 0n, 0n, 0n, 0, 0n, 0, 0n,
-  0, 1, 1, 128, 64, 6, 64, 1, 128, 128, 128, 128, 0, 0, 0, 0, 0n]);
+// (kernels/select_common.cuh PQ_STEP_PARAMS; src/pq/cuda-cache.ts STEP_PAIRS_ARGS).
+const STEP = ['ptr', 'i32', 'i32', 'i32', 'ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr',
+  'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+  'i32', 'i32', 'ptr', 'ptr', 'ptr', 'ptr'];
+const stepArgs = new LaunchArgs(STEP).setAll([0n, 0, 0, 0, 0n, 0, 0n, 0n, 0n, 0n, 0n, 0n, seq.ptr, seq.ptr, 0, 0n, 0n, 0n, 0n, 0n, 0, 0n, 0, 0n,
+  0, 1, 1, 128, 64, 6, 64, 1, 128, 128, 128, 128, 0, 0, 0, 0, 0n, 0n, 0n, 0n]);
 const none = new LaunchArgs([]);
 const cases = [
   ['pq_empty 1x1', 'runtime', 'pq_empty', [1, 1, 1], [1, 1, 1], none],

@@ -55,7 +55,7 @@ const kDev = Array.from({ length: sets }, (_, i) => deviceTensor('f32', [B, Hkv,
 const graphStep = (i) => void cache.step(qDev[i % sets], kDev[i % sets]);
 const directStep = (i) => {
   cache.prepareStep('f32', true);
-  cache.recordStep({ ptr: qDev[i % sets].ptr, dtype: 'f32' }, { ptr: kDev[i % sets].ptr, dtype: 'f32' });
+  cache.recordStep(cache.contiguousStepQuery(qDev[i % sets].ptr, 'f32'), cache.contiguousStepKey(kDev[i % sets].ptr, 'f32'));
   cache.commitStep(true);
 };
 for (let r = 0; r < 2; r++) {

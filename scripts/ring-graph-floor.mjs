@@ -149,7 +149,7 @@ const row = (name, s, m = NaN) => rows.push([name, s.median, s.p90, s.p99, m, s.
   const seed = runChain(stream, (r) => captureChain(stream, (i) => {
     const s = (base + r * N + i - 1) % sets;
     chained.prepareStep('f32', true);
-    chained.recordStep({ ptr: q[s].ptr, dtype: 'f32' }, { ptr: k[s].ptr, dtype: 'f32' });
+    chained.recordStep(chained.contiguousStepQuery(q[s].ptr, 'f32'), chained.contiguousStepKey(k[s].ptr, 'f32'));
     chained.commitStep(true);
   }), ROUNDS + 1);
   row('seed step: chain (wait, step, write)', ...seed);
@@ -164,7 +164,7 @@ const row = (name, s, m = NaN) => rows.push([name, s.median, s.p90, s.p99, m, s.
   const stepInto = (i) => {
     const s = (base2 + i - 1) % sets;
     chained.prepareStep('f32', true);
-    chained.recordStep({ ptr: q[s].ptr, dtype: 'f32' }, { ptr: k[s].ptr, dtype: 'f32' });
+    chained.recordStep(chained.contiguousStepQuery(q[s].ptr, 'f32'), chained.contiguousStepKey(k[s].ptr, 'f32'));
     chained.commitStep(true); // the host's sk runs 2N ahead of the device's from here: only the lists are compared
   };
   const chains = [captureChain(stream, stepInto, 0), captureChain(stream, stepInto, 1)];

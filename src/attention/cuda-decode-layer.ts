@@ -380,7 +380,7 @@ export class CudaDecodeLayer implements DecodeLayer {
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
           this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream, this.overlapsLaunches);
-          pq.recordStep(io.query, pq.contiguousStepKey(io.key.ptr, io.key.dtype), this.overlapsLaunches);
+          pq.recordStep(pq.contiguousStepQuery(io.query.ptr, io.query.dtype), pq.contiguousStepKey(io.key.ptr, io.key.dtype), this.overlapsLaunches);
           this.attention.launchSparse(scratch.plan, scratch, {
             query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
             sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr, listStride: sel.sparseList.strides[1],

@@ -45,8 +45,8 @@ import { Event, Stream } from '../cuda/stream.js';
 import koffi from 'koffi';
 import { ConfigError, DeviceInputError, DisposedError, ShapeError, StateError } from '../errors.js';
 import { type DeviceTensor, deviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
-import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
-import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
+import { HostTensor, expectedShape } from '../tensor/host-tensor.js';
 import { type BuildOptions, type PQCache, type PQCacheOptions, type SelectResult, hostSelectResult } from './cache.js';
 import { type Layout, fullAttentionThreshold, makeLayout, sameLayout } from './config.js';
 import { buildIndexCpu } from './cpu-build.js';
@@ -60,7 +60,8 @@ import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
 import { type StepKey, StepKeyReader, type StepKeyRows, stepKeyBase } from './step-key.js';
-import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey, checkStepRowStrides } from './validate.js';
+import { type StepQuery, StepQueryReader, sameStepQuery } from './step-query.js';
+import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
 
 export interface CudaPQCacheOptions extends PQCacheOptions {
@@ -136,8 +137,7 @@ type Query = HostTensor | DeviceTensor;
 /** What the chain graph was captured for: its steps' plan, inputs and the seq slot its first step reads. */
 interface ChainBinding {
   readonly plan: StepPlan;
-  readonly qptr: DevicePtr;
-  readonly qdtype: FloatDType;
+  readonly query: StepQuery;
   readonly key: StepKey;
   readonly slot: number;
 }
@@ -145,8 +145,7 @@ interface ChainBinding {
 /** What the running resident launch was started with (the weights dtype is the query's). */
 interface ResidentBinding {
   readonly plan: StepPlan;
-  readonly qptr: DevicePtr;
-  readonly qdtype: FloatDType;
+  readonly query: StepQuery;
   /** Undefined: a launch without append blocks' key (select-only steps). */
   readonly key: StepKey | undefined;
   /**
@@ -158,11 +157,11 @@ interface ResidentBinding {
 
 // Argument lists of the kernels (kernels/*.cu signatures, in order).
 const SELECT_ARGS = [
-  'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
+  'ptr', 'i32', 'i32', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32', 'ptr',
   'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
 ] as const;
 const STEP_PAIRS_ARGS = [
-  'ptr', 'i32', 'ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
+  'ptr', 'i32', 'i32', 'i32', 'ptr', 'i32', 'u64', 'u64', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'u64', 'i32',
   'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'ptr',
   'ptr', 'ptr', 'ptr',
 ] as const;
@@ -247,8 +246,8 @@ export class CudaPQCache implements PQCache {
   private graphPlan: StepPlan | undefined;
   /** prepareStep()'s answers under graphPlan, by slot, append and query dtype: the same strings every step, whose hashes V8 keeps. */
   private stepBindings: (StepBinding | undefined)[] = [];
-  /** Frozen device tensors already validated as this cache's query or key (none of their fields can change), the keys with their rows. */
-  private readonly knownQueries = new WeakSet<DeviceTensor>();
+  /** Device step queries: checked once per frozen tensor, with the rows the kernels read (src/pq/step-query.ts). */
+  private readonly stepQueries: StepQueryReader;
   /** Device step keys: checked once per tensor or K cache layout, and how each step reads them (src/pq/step-key.ts). */
   private readonly stepKeys: StepKeyReader;
   /** The seqState slot holding the current sk (steps alternate slots). */
@@ -260,7 +259,6 @@ export class CudaPQCache implements PQCache {
   private weightsDType: FloatDType | undefined;
   private disposed = false;
   // Per-step checks and results, made once: the step's host-side cost is part of its latency.
-  private readonly queryShape: ExpectedShape;
   private readonly listView: DeviceTensor<'i32'>;
   private readonly lenView: DeviceTensor<'i32'>;
   private readonly weightStrides: readonly number[];
@@ -270,8 +268,8 @@ export class CudaPQCache implements PQCache {
   private readonly pairsCountArgs = new LaunchArgs(PAIRS_COUNT_ARGS);
   private readonly bucketRebuildArgs = new LaunchArgs(BUCKET_REBUILD_ARGS);
   private readonly bucketMergeArgs = new LaunchArgs(BUCKET_MERGE_ARGS);
-  /** The step's graph binding (query pointer, key base and rows), rewritten per call instead of allocated. */
-  private readonly stepPointers: bigint[] = [0n, 0n, 0n, 0n, 0n];
+  /** The step's graph binding (query pointer and rows, key base and rows), rewritten per call instead of allocated. */
+  private readonly stepPointers: bigint[] = [0n, 0n, 0n, 0n, 0n, 0n];
   // Resident steps: the options, the launch (made at the first resident step) and what it was launched with.
   private readonly residentOptions: Required<ResidentOptions> | undefined;
   private resident: ResidentLaunch | undefined;
@@ -325,7 +323,7 @@ export class CudaPQCache implements PQCache {
     const K = this.layout.config.heavySize;
     const rows = B * H;
     ({ capPad: this.capPad, centroidStride: this.centroidStride } = deviceIndexStrides(this.layout, this.capacity));
-    this.queryShape = expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`);
+    this.stepQueries = new StepQueryReader(B, H, D, expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`));
     this.stepKeys = new StepKeyReader(Hkv, D, expectedShape([B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`));
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
     const general = this.pairs === 0;
@@ -551,7 +549,10 @@ export class CudaPQCache implements PQCache {
     }
   }
 
-  /** Enqueue select for a query (host [B,H,1,D] or device tensor); returns device views. */
+  /**
+   * Enqueue select for a query (host [B,H,1,D], or a device tensor whose rows may be strided, as the
+   * query part of a fused QKV output: src/pq/step-query.ts); returns device views.
+   */
   select(query: Query): SelectResult<DeviceTensor> {
     if (!this.residentRepeat(query, undefined)) {
       this.requireBuilt('select');
@@ -560,7 +561,10 @@ export class CudaPQCache implements PQCache {
     return this.outputs();
   }
 
-  /** Enqueue one decode step: append `key` [B,Hkv,1,D], then select for `query`. */
+  /**
+   * Enqueue one decode step: append `key` [B,Hkv,1,D] (contiguous rows, or a K cache's slice at the
+   * step's position: src/pq/step-key.ts), then select for `query` (as select()'s).
+   */
   step(query: Query, key: HostTensor | DeviceTensor): SelectResult<DeviceTensor> {
     if (!this.residentRepeat(query, key)) {
       this.requireBuilt('step');
@@ -628,27 +632,14 @@ export class CudaPQCache implements PQCache {
     return this.lastOutputs;
   }
 
-  /**
-   * Validate a query: host tensors fully (shape, dtype, finite values), device tensors by shape, dtype
-   * and layout, once per frozen tensor (a decode loop passes the same ones every step).
-   */
-  private queryDType(query: Query, argument: string): FloatDType {
-    if (!('device' in query)) {
-      checkQuery(this.layout, query, argument);
-      return query.dtype;
-    }
-    if (this.knownQueries.has(query)) return query.dtype as FloatDType;
-    expectDType(argument, query, FLOAT_DTYPES);
-    const { heads: H, headDim: D } = this.layout.shape;
-    expectShape(argument, query, this.queryShape.dims, this.queryShape.label);
-    checkStepRowStrides(argument, query, H, D);
-    if (isFrozenDeviceTensor(query)) this.knownQueries.add(query);
-    return query.dtype as FloatDType;
-  }
-
   /** Validate, stage host inputs, (re)capture if needed, launch the graph. Returns the weights dtype. */
   private enqueue(query: Query, key: HostTensor | DeviceTensor | undefined): FloatDType {
-    const qdtype = this.queryDType(query, 'query');
+    // A host query is checked fully (shape, dtype, finite values) and staged with contiguous rows; a
+    // device query by dtype, shape and strides, once per frozen tensor (src/pq/step-query.ts).
+    let queryRows = this.stepQueries.contiguous;
+    if ('device' in query) queryRows = this.stepQueries.rowsOf(query);
+    else checkQuery(this.layout, query, 'query');
+    const qdtype = query.dtype as FloatDType;
     let kdtype: FloatDType = 'f32';
     let keyRows = this.stepKeys.contiguous;
     if (key !== undefined) {
@@ -692,19 +683,21 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
-    if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, kptr, kdtype, keyRows)) return qdtype;
-    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(qptr, qdtype, kptr, kdtype, keyRows)) return qdtype;
+    const stepQuery: StepQuery = { ptr: qptr, dtype: qdtype, rows: queryRows };
+    if (this.residentOptions !== undefined && this.residentStep(query, key, stepQuery, kptr, kdtype, keyRows)) return qdtype;
+    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(stepQuery, kptr, kdtype, keyRows)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
     const inputs = (hostQ ? 1 : 0) | (hostK ? 2 : 0) | (kptr === undefined ? 0 : (1 + DTYPE_CODE[kdtype]) << 2);
     const signature = (binding.graphKeys[inputs] ??= `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`);
     const pointers = this.stepPointers; // reused: GraphCache copies what it keeps
     pointers[0] = qptr;
-    pointers[1] = kptr ?? 0n; // no key: the signature says so ('-')
-    pointers[2] = keyRows.batch;
-    pointers[3] = keyRows.head;
-    pointers[4] = keyRows.row;
+    pointers[1] = queryRows.graphKey;
+    pointers[2] = kptr ?? 0n; // no key: the signature says so ('-')
+    pointers[3] = keyRows.batch;
+    pointers[4] = keyRows.head;
+    pointers[5] = keyRows.row;
     const graph =
-      this.graphs.find(signature, pointers) ?? this.captureStep(signature, qptr, qdtype, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
+      this.graphs.find(signature, pointers) ?? this.captureStep(signature, stepQuery, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     graph.launch(this.stream);
     this.completion.launched();
     if (hostQ || hostK) {
@@ -716,9 +709,9 @@ export class CudaPQCache implements PQCache {
   }
 
   /** Capture the step's graph for these inputs (none held: enqueue()). */
-  private captureStep(signature: string, qptr: DevicePtr, qdtype: FloatDType, key: StepKey | undefined): GraphExec {
+  private captureStep(signature: string, query: StepQuery, key: StepKey | undefined): GraphExec {
     this.stepCaptures++;
-    return this.graphs.capture(signature, this.stepPointers, this.stream, () => this.recordStep({ ptr: qptr, dtype: qdtype }, key));
+    return this.graphs.capture(signature, this.stepPointers, this.stream, () => this.recordStep(query, key));
   }
 
   /**
@@ -775,14 +768,13 @@ export class CudaPQCache implements PQCache {
    * allow it: a decode layer's K/V append). The step reads nothing that kernel writes, and waits for
    * it before it ends, so whatever waits for the step waits for both (src/cuda/launch.ts).
    */
-  recordStep(query: { ptr: DevicePtr; dtype: FloatDType }, key: StepKey | undefined, overlapPrevious = false): void {
+  recordStep(query: StepQuery, key: StepKey | undefined, overlapPrevious = false): void {
     const plan = this.currentPlan(this.hostSeqLen + (key !== undefined ? 1 : 0));
     const slot = this.seqSlot;
-    const qcode = DTYPE_CODE[query.dtype];
     const fused = key !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
     if (fused) {
       // One launch: the append blocks ride along with the select clusters.
-      this.launchStepPairs(query.ptr, qcode, key, plan, slot, overlapPrevious);
+      this.launchStepPairs(query, key, plan, slot, overlapPrevious);
       return;
     }
     let readSlot = slot;
@@ -791,8 +783,13 @@ export class CudaPQCache implements PQCache {
       this.launchAppend(key.base, key.dtype, 1, [batch, head, row], slot, row !== 0n);
       readSlot ^= 1;
     }
-    if (this.pairs > 0) this.launchStepPairs(query.ptr, qcode, undefined, plan, readSlot);
-    else this.launchSelect(query.ptr, qcode, plan, readSlot);
+    if (this.pairs > 0) this.launchStepPairs(query, undefined, plan, readSlot);
+    else this.launchSelect(query, plan, readSlot);
+  }
+
+  /** A step's query with contiguous rows [B, H, 1, D] at `ptr`, for recordStep (a decode layer's input). */
+  contiguousStepQuery(ptr: DevicePtr, dtype: FloatDType): StepQuery {
+    return { ptr, dtype, rows: this.stepQueries.contiguous };
   }
 
   /** A step's key with contiguous rows [B, Hkv, 1, D] at `ptr`, for recordStep (a decode layer's input). */
@@ -820,20 +817,20 @@ export class CudaPQCache implements PQCache {
    * addresses or dtypes changed. False where the row kernel does not run (the caller takes the
    * graph path). Inputs are in place (staged or on the device); returns with the step complete.
    */
-  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr | undefined,
+  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, stepQuery: StepQuery, kptr: DevicePtr | undefined,
     kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     const appending = kptr !== undefined;
     if (this.pairs === 0 || (appending && this.layout.config.windowSize === 0)) return false; // no fused append
-    if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+    if (this.weightsDType !== stepQuery.dtype) this.resetOutputs(stepQuery.dtype);
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
     const b = this.residentBinding;
     // A launch with the append blocks serves select-only steps too (they idle). A running launch
     // bound to this plan passed the checks below when it started.
-    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && b.qptr === qptr && b.qdtype === qdtype &&
+    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && sameStepQuery(b.query, stepQuery) &&
       (kptr === undefined || (b.key !== undefined && sameStepKey(b.key, kptr, kdtype, keyRows)));
     if (!bound) {
       if (plan.row === undefined || !this.residentFits(plan.row)) return false;
-      this.startResident(plan, qptr, qdtype, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
+      this.startResident(plan, stepQuery, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     }
     this.serveResident(appending);
     // The same key object again is the same address again: repeated only where the launch reads the
@@ -891,18 +888,18 @@ export class CudaPQCache implements PQCache {
     return row.cluster * (B * H) + row.cluster * Math.ceil((B * Hkv) / row.cluster) <= this.context.device.multiprocessorCount;
   }
 
-  private startResident(plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, key: StepKey | undefined): void {
+  private startResident(plan: StepPlan, query: StepQuery, key: StepKey | undefined): void {
     this.stopResident();
     const options = this.residentOptions as Required<ResidentOptions>;
     this.resident ??= this.owned.add(new ResidentLaunch({ requestMs: options.requestMs }));
     // Graph steps and output resets on the cache's stream are done before the kernel reads the index.
     this.stream.synchronize();
     this.stagingPending = false;
-    const l = this.stepPairsLaunch(qptr, DTYPE_CODE[qdtype], key, plan, 0, true);
+    const l = this.stepPairsLaunch(query, key, plan, 0, true);
     this.resident.start(l.kernel, l.shape, STEP_PAIRS_ARGS, l.values);
     this.residentLaunches++;
     this.lastStepGrid = [l.shape.grid[0], l.shape.grid[1]];
-    this.residentBinding = { plan, qptr, qdtype, key, lastInputs: undefined }; // one shape from the start
+    this.residentBinding = { plan, query, key, lastInputs: undefined }; // one shape from the start
     // Idle: no step during a whole interval stops the kernel (its blocks spin on their multiprocessors).
     let seen = this.residentSteps;
     this.residentIdleTimer = setInterval(() => {
@@ -920,12 +917,12 @@ export class CudaPQCache implements PQCache {
    * kernel (or bucket mode) with the fused append, or a plan, the capacity or a bucket rebuild due
    * within two chains' steps. Inputs are device tensors; returns with the step complete.
    */
-  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
+  private chainedStep(query: StepQuery, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
     const options = this.chainOptions as Required<ChainOptions>;
     let chain = this.chain;
     const b = this.chainBinding;
-    const sameInputs = b !== undefined && b.qptr === qptr && b.qdtype === qdtype && sameStepKey(b.key, kptr, kdtype, keyRows);
+    const sameInputs = b !== undefined && sameStepQuery(b.query, query) && sameStepKey(b.key, kptr, kdtype, keyRows);
     // A waiting chain for these inputs was captured with its plan and capacity holding for two
     // chains' steps from its start (and nothing ran on the index since, or it would have been
     // drained): ring its next step.
@@ -933,13 +930,13 @@ export class CudaPQCache implements PQCache {
       if (chain?.waiting === true) this.stopResident(); // drains the chain before anything else is enqueued
       const plan = this.currentPlan(this.hostSeqLen + 1);
       if ((plan.row === undefined && plan.bucket === undefined) || !this.chainFits(plan, 2 * options.length)) return false;
-      if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
+      if (this.weightsDType !== query.dtype) this.resetOutputs(query.dtype);
       // Made at the first step the chains serve (its launcher is a worker thread).
       chain ??= this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
         skip: () => this.skipChainSteps(),
         restore: () => this.restoreSeqSlots(),
       }, options.requestMs));
-      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, qptr, qdtype, { base: kptr, dtype: kdtype, rows: keyRows });
+      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, query, { base: kptr, dtype: kdtype, rows: keyRows });
     } else if (chain.atChainStart && !this.chainFits(b.plan, 2 * options.length)) {
       // The chain launched behind this one would run past the plan or the capacity: end here (the
       // graph path takes this step and the next ones).
@@ -963,22 +960,22 @@ export class CudaPQCache implements PQCache {
   }
 
   /** Capture the chains' steps from the current sk and slot on (the host's sk restored after). */
-  private captureChain(chain: StepChain, plan: StepPlan, qptr: DevicePtr, qdtype: FloatDType, key: StepKey): void {
+  private captureChain(chain: StepChain, plan: StepPlan, query: StepQuery, key: StepKey): void {
     const sk = this.hostSeqLen;
     const slot = this.seqSlot;
     this.chainBinding = undefined;
     this.stepCaptures++;
     try {
       chain.capture(() => {
-        this.prepareStep(qdtype, true);
-        this.recordStep({ ptr: qptr, dtype: qdtype }, key);
+        this.prepareStep(query.dtype, true);
+        this.recordStep(query, key);
         this.commitStep(true);
       });
     } finally {
       this.hostSeqLen = sk;
       this.seqSlot = slot;
     }
-    this.chainBinding = { plan, qptr, qdtype, key, slot };
+    this.chainBinding = { plan, query, key, slot };
   }
 
   /**
@@ -1151,14 +1148,14 @@ export class CudaPQCache implements PQCache {
   }
 
   /** The general select kernel (M > 2 or large C), reading sk from `slot`. */
-  private launchSelect(qptr: DevicePtr, qcode: number, plan: { numSlices: number; sliceLen: number }, slot: number): void {
+  private launchSelect(query: StepQuery, plan: { numSlices: number; sliceLen: number }, slot: number): void {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
     const args = new LaunchArgs(SELECT_ARGS);
     try {
       args.setAll([
-        qptr, qcode, s.centroids.ptr, s.codes.ptr, this.seqPtr(slot), s.candScore.ptr, s.candPos.ptr, s.candCount.ptr, s.selectCounters.ptr,
+        query.ptr, DTYPE_CODE[query.dtype], query.rows.batch, query.rows.head, s.centroids.ptr, s.codes.ptr, this.seqPtr(slot), s.candScore.ptr, s.candPos.ptr, s.candCount.ptr, s.selectCounters.ptr,
         s.sparseList.ptr, s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity,
         this.status.ptr, H, Hkv, D, this.layout.numCentroids, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize,
         c.initOffset, fullAttentionThreshold(c, this.layout.numCentroids), plan.numSlices, plan.sliceLen,
@@ -1173,8 +1170,8 @@ export class CudaPQCache implements PQCache {
    * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
-  private launchStepPairs(qptr: DevicePtr, qcode: number, key: StepKey | undefined, plan: StepPlan, slot: number, overlapPrevious = false): void {
-    const { kernel, shape, values } = this.stepPairsLaunch(qptr, qcode, key, plan, slot, false);
+  private launchStepPairs(query: StepQuery, key: StepKey | undefined, plan: StepPlan, slot: number, overlapPrevious = false): void {
+    const { kernel, shape, values } = this.stepPairsLaunch(query, key, plan, slot, false);
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
       args.setAll(values);
@@ -1198,7 +1195,7 @@ export class CudaPQCache implements PQCache {
    * (plan.row), which takes the slot and whether a step appends from each ring: seq_read and
    * seq_write are the slot array, `appended` unused.
    */
-  private stepPairsLaunch(qptr: DevicePtr, qcode: number, key: StepKey | undefined, plan: StepPlan, slot: number, resident: boolean):
+  private stepPairsLaunch(query: StepQuery, key: StepKey | undefined, plan: StepPlan, slot: number, resident: boolean):
     { kernel: Kernel; shape: LaunchShape; values: StepPairsValues } {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
@@ -1210,7 +1207,7 @@ export class CudaPQCache implements PQCache {
     const threads = plan.row !== undefined || plan.bucket !== undefined ? ROW_THREADS : SELECT_THREADS;
     const buckets = plan.bucket !== undefined;
     const values: StepPairsValues = [
-      qptr, qcode, key?.base ?? 0n, DTYPE_CODE[key?.dtype ?? 'f32'], key?.rows.batch ?? 0n, key?.rows.head ?? 0n, key?.rows.row ?? 0n,
+      query.ptr, DTYPE_CODE[query.dtype], query.rows.batch, query.rows.head, key?.base ?? 0n, DTYPE_CODE[key?.dtype ?? 'f32'], key?.rows.batch ?? 0n, key?.rows.head ?? 0n, key?.rows.row ?? 0n,
       s.centroids.ptr, s.phi.ptr, s.codes.ptr, this.seqPtr(resident ? 0 : slot), this.seqPtr(resident ? 0 : slot ^ 1), key !== undefined && !resident ? 1 : 0, s.pairCount.ptr, s.readers.ptr, s.sparseList.ptr,
       s.sparseLen.ptr, s.weights.ptr, DTYPE_CODE[this.weightsDType ?? 'f32'], BigInt(this.capPad), this.layout.listCapacity, this.status.ptr,
       B, H, Hkv, D, this.layout.numCentroids, c.pqBits, this.centroidStride, this.capPad, c.sinkSize, c.windowSize, c.heavySize, c.initOffset,

@@ -613,6 +613,11 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
     // Rows neither contiguous nor a K cache's (positions overlapping): refused by name.
     const overlapping = deviceTensor('f32', [B, Hkv, 1, D], arena.slices.k.ptr, [Hkv * 8 * D, 8 * D, D - 1, 1]);
     assert.throws(() => gpu.step(q, overlapping), (e: unknown) => e instanceof ShapeError && /^key\.strides/.test((e as Error).message));
+    // A query's rows may be strided, but each row contiguous and every element below 2^31.
+    for (const strides of [[H * D, D, D, 2], [H * D, 2 ** 30, D, 1]]) {
+      const badQuery = deviceTensor('f32', [B, H, 1, D], arena.slices.q.ptr, strides);
+      assert.throws(() => gpu.step(badQuery, k), (e: unknown) => e instanceof ShapeError && /^query\.strides/.test((e as Error).message));
+    }
     // The refused calls left nothing behind.
     for (let s = 8; s < 12; s++) check(s, q, k);
   } finally {
@@ -621,14 +626,15 @@ test('graph steps check a frozen device tensor once and an unfrozen one on every
   }
 });
 
-test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D]; f32, bf16, f16) at each step\'s position, or from a strided buffer at a fixed address (fused QKV): exact, one capture (or resident launch) for every step\'s slice, on every path', { skip }, () => {
+test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D]; f32, bf16, f16) at each step\'s position, or its query and key from a fused QKV buffer at a fixed address (strided rows): exact, one capture (or resident launch) for every step\'s slice, on every path', { skip }, () => {
   const shape = { batch: 2, heads: 4, kvHeads: 2, headDim: 64 };
   const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
   const base = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
   const start = 6000;
   const cap = 6200;
   const steps = 16;
-  // QKV: the key part of a fused projection output [B, 1, H + 2·Hkv, D], the same address every step.
+  // QKV: the query and key parts of a fused projection output [B, 1, H + 2·Hkv, D], the same address
+  // every step (B = 2: neither has contiguous rows).
   type Variant = { name: string; config?: object; options: object; layout: 'HND' | 'NHD' | 'QKV'; dtype: FloatDType };
   const variants: Variant[] = [
     { name: 'row, clusters of two', options: { stepKernel: 'row', cluster: 2 }, layout: 'HND', dtype: 'f32' },
@@ -641,6 +647,9 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
     { name: 'fused QKV buffer, graph steps', options: { stepKernel: 'row', cluster: 2 }, layout: 'QKV', dtype: 'bf16' },
     { name: 'fused QKV buffer, resident', options: { stepKernel: 'row', cluster: 2, resident: true }, layout: 'QKV', dtype: 'f32' },
     { name: 'fused QKV buffer, chained', options: { stepKernel: 'row', cluster: 2, chained: { length: 4 } }, layout: 'QKV', dtype: 'f16' },
+    { name: 'fused QKV buffer, bucket mode', options: { stepKernel: 'bucket', bucketTail: 64 }, layout: 'QKV', dtype: 'f32' },
+    { name: 'fused QKV buffer, pair clusters', options: { stepKernel: 'cluster' }, layout: 'QKV', dtype: 'bf16' },
+    { name: 'fused QKV buffer, general path (M = 4)', config: { pqGroupFactor: 4, pqBits: 5 }, options: {}, layout: 'QKV', dtype: 'f16' },
   ];
   const Htot = H + 2 * Hkv;
   let seed = 300;
@@ -657,7 +666,10 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
     // Element of the step's key row (b, h) at position p: the buffer's key part does not move.
     const moves = v.layout !== 'QKV';
     const element = (b: number, h: number, p: number): number => (moves ? p * strides[2] : H * D) + b * strides[0] + h * strides[1];
-    const q = deviceTensor('f32', [B, H, 1, D], kcache.slices.q.ptr);
+    // The query: its own contiguous buffer, or the fused buffer's query part (row (b, h) at (b·Htot + h)·D).
+    const fusedQuery = v.layout === 'QKV';
+    const qdtype = fusedQuery ? v.dtype : 'f32';
+    const q = fusedQuery ? deviceTensor(v.dtype, [B, H, 1, D], kcache.slices.k.ptr, [Htot * D, D, D, 1]) : deviceTensor('f32', [B, H, 1, D], kcache.slices.q.ptr);
     let r = seed * 7919;
     const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
     try {
@@ -668,7 +680,15 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
         const p = gpu.seqLen;
         const qv = new Float32Array(B * H * D).map(rnd);
         const kv = new Float32Array(B * Hkv * D).map(rnd);
-        copies.fromHost({ ptr: q.ptr, bytes: qv.byteLength }, qv);
+        if (fusedQuery) {
+          const qbits = HostTensor.fromNumbers(qdtype, [B, H, 1, D], Array.from(qv)).data;
+          for (let i = 0; i < B * H; i++) {
+            const at = Math.floor(i / H) * Htot * D + (i % H) * D;
+            copies.fromHost({ ptr: q.ptr + BigInt(at * eb), bytes: D * eb }, qbits.subarray(i * D, (i + 1) * D));
+          }
+        } else {
+          copies.fromHost({ ptr: q.ptr, bytes: qv.byteLength }, qv);
+        }
         const bits = HostTensor.fromNumbers(v.dtype, [B, Hkv, 1, D], Array.from(kv)).data;
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < Hkv; h++) {
@@ -683,11 +703,13 @@ test('a step reads its key from a K cache ([B, Hkv, cap, D] or [B, cap, Hkv, D];
         const lists = gpu.listsToHost();
         assert.deepEqual(lists.sparseLen, want.sparseLen.data, `${v.name}, step ${s}: sparseLen`);
         assert.deepEqual(lists.sparseList, want.sparseList.data, `${v.name}, step ${s}: sparseList`);
+        // Weights in the query's dtype.
         const sk = gpu.seqLen;
-        const row = new Float32Array(sk);
+        const row = new HostTensor(qdtype, [sk]);
+        const wb = qdtype === 'f32' ? 4 : 2;
         for (let i = 0; i < B * H; i++) {
-          copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
-          assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `${v.name}, step ${s}: weights row ${i}`);
+          copies.toHost(row.data, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * wb), bytes: sk * wb });
+          assert.deepEqual(row.toFloat32(), (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `${v.name}, step ${s}: weights row ${i}`);
         }
         // Graphs are captured per seq slot (steps alternate them), and two chains alternate; a fixed
         // buffer is first taken as a slice (the second step finds it in place): by step 8 all are.
