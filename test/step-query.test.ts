@@ -23,9 +23,11 @@ test('a contiguous step query gets the shared contiguous rows; a fused QKV buffe
   // Graph keys and sameStepQuery tell layouts apart by their strides.
   assert.notEqual(fused.graphKey, contiguous.graphKey);
   assert.equal(fused.graphKey, contiguousQueryRows(Htot, D).graphKey);
-  assert.ok(sameStepQuery({ ptr: 1n, dtype: 'f32', rows: fused }, { ptr: 1n, dtype: 'f32', rows: stepQueryRows('query', deviceTensor('f32', [B, H, 1, D], 0n, [Htot * D, D, D, 1]), B, H, D, contiguous) }));
-  assert.ok(!sameStepQuery({ ptr: 1n, dtype: 'f32', rows: fused }, { ptr: 1n, dtype: 'f32', rows: contiguous }));
-  assert.ok(!sameStepQuery({ ptr: 1n, dtype: 'f32', rows: fused }, { ptr: 1n, dtype: 'bf16', rows: fused }));
+  const bound = { ptr: 1n, dtype: 'f32' as const, rows: fused };
+  assert.ok(sameStepQuery(bound, 1n, 'f32', stepQueryRows('query', deviceTensor('f32', [B, H, 1, D], 0n, [Htot * D, D, D, 1]), B, H, D, contiguous)));
+  assert.ok(!sameStepQuery(bound, 1n, 'f32', contiguous));
+  assert.ok(!sameStepQuery(bound, 1n, 'bf16', fused));
+  assert.ok(!sameStepQuery(bound, 2n, 'f32', fused));
 });
 
 test('step query strides with a strided last dimension, negative or fractional strides, or elements past 2^31 are a ShapeError naming query.strides', () => {

@@ -60,7 +60,7 @@ import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
 import { type StepKey, StepKeyReader, type StepKeyRows, stepKeyBase } from './step-key.js';
-import { type StepQuery, StepQueryReader, sameStepQuery } from './step-query.js';
+import { type StepQuery, StepQueryReader, type StepQueryRows, sameStepQuery } from './step-query.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
 
@@ -683,9 +683,8 @@ export class CudaPQCache implements PQCache {
         kdtype = 'f32';
       }
     }
-    const stepQuery: StepQuery = { ptr: qptr, dtype: qdtype, rows: queryRows };
-    if (this.residentOptions !== undefined && this.residentStep(query, key, stepQuery, kptr, kdtype, keyRows)) return qdtype;
-    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(stepQuery, kptr, kdtype, keyRows)) return qdtype;
+    if (this.residentOptions !== undefined && this.residentStep(query, key, qptr, qdtype, queryRows, kptr, kdtype, keyRows)) return qdtype;
+    if (this.chainOptions !== undefined && !hostQ && !hostK && kptr !== undefined && this.chainedStep(qptr, qdtype, queryRows, kptr, kdtype, keyRows)) return qdtype;
     const binding = this.prepareStep(qdtype, key !== undefined);
     const inputs = (hostQ ? 1 : 0) | (hostK ? 2 : 0) | (kptr === undefined ? 0 : (1 + DTYPE_CODE[kdtype]) << 2);
     const signature = (binding.graphKeys[inputs] ??= `${binding.signature}/${hostQ}/${kptr === undefined ? '-' : kdtype}/${hostK}`);
@@ -697,7 +696,8 @@ export class CudaPQCache implements PQCache {
     pointers[4] = keyRows.head;
     pointers[5] = keyRows.row;
     const graph =
-      this.graphs.find(signature, pointers) ?? this.captureStep(signature, stepQuery, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
+      this.graphs.find(signature, pointers) ??
+      this.captureStep(signature, { ptr: qptr, dtype: qdtype, rows: queryRows }, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     graph.launch(this.stream);
     this.completion.launched();
     if (hostQ || hostK) {
@@ -817,20 +817,20 @@ export class CudaPQCache implements PQCache {
    * addresses or dtypes changed. False where the row kernel does not run (the caller takes the
    * graph path). Inputs are in place (staged or on the device); returns with the step complete.
    */
-  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, stepQuery: StepQuery, kptr: DevicePtr | undefined,
-    kdtype: FloatDType, keyRows: StepKeyRows): boolean {
+  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, qptr: DevicePtr, qdtype: FloatDType, queryRows: StepQueryRows,
+    kptr: DevicePtr | undefined, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     const appending = kptr !== undefined;
     if (this.pairs === 0 || (appending && this.layout.config.windowSize === 0)) return false; // no fused append
-    if (this.weightsDType !== stepQuery.dtype) this.resetOutputs(stepQuery.dtype);
+    if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
     const plan = this.currentPlan(this.hostSeqLen + (appending ? 1 : 0));
     const b = this.residentBinding;
     // A launch with the append blocks serves select-only steps too (they idle). A running launch
     // bound to this plan passed the checks below when it started.
-    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && sameStepQuery(b.query, stepQuery) &&
+    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && sameStepQuery(b.query, qptr, qdtype, queryRows) &&
       (kptr === undefined || (b.key !== undefined && sameStepKey(b.key, kptr, kdtype, keyRows)));
     if (!bound) {
       if (plan.row === undefined || !this.residentFits(plan.row)) return false;
-      this.startResident(plan, stepQuery, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
+      this.startResident(plan, { ptr: qptr, dtype: qdtype, rows: queryRows }, kptr === undefined ? undefined : { base: kptr, dtype: kdtype, rows: keyRows });
     }
     this.serveResident(appending);
     // The same key object again is the same address again: repeated only where the launch reads the
@@ -917,12 +917,12 @@ export class CudaPQCache implements PQCache {
    * kernel (or bucket mode) with the fused append, or a plan, the capacity or a bucket rebuild due
    * within two chains' steps. Inputs are device tensors; returns with the step complete.
    */
-  private chainedStep(query: StepQuery, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
+  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, queryRows: StepQueryRows, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
     const options = this.chainOptions as Required<ChainOptions>;
     let chain = this.chain;
     const b = this.chainBinding;
-    const sameInputs = b !== undefined && sameStepQuery(b.query, query) && sameStepKey(b.key, kptr, kdtype, keyRows);
+    const sameInputs = b !== undefined && sameStepQuery(b.query, qptr, qdtype, queryRows) && sameStepKey(b.key, kptr, kdtype, keyRows);
     // A waiting chain for these inputs was captured with its plan and capacity holding for two
     // chains' steps from its start (and nothing ran on the index since, or it would have been
     // drained): ring its next step.
@@ -930,13 +930,13 @@ export class CudaPQCache implements PQCache {
       if (chain?.waiting === true) this.stopResident(); // drains the chain before anything else is enqueued
       const plan = this.currentPlan(this.hostSeqLen + 1);
       if ((plan.row === undefined && plan.bucket === undefined) || !this.chainFits(plan, 2 * options.length)) return false;
-      if (this.weightsDType !== query.dtype) this.resetOutputs(query.dtype);
+      if (this.weightsDType !== qdtype) this.resetOutputs(qdtype);
       // Made at the first step the chains serve (its launcher is a worker thread).
       chain ??= this.chain = this.owned.add(new StepChain(this.context.handle, this.stream, options.length, {
         skip: () => this.skipChainSteps(),
         restore: () => this.restoreSeqSlots(),
       }, options.requestMs));
-      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, query, { base: kptr, dtype: kdtype, rows: keyRows });
+      if (!sameInputs || b.plan !== plan || b.slot !== this.seqSlot) this.captureChain(chain, plan, { ptr: qptr, dtype: qdtype, rows: queryRows }, { base: kptr, dtype: kdtype, rows: keyRows });
     } else if (chain.atChainStart && !this.chainFits(b.plan, 2 * options.length)) {
       // The chain launched behind this one would run past the plan or the capacity: end here (the
       // graph path takes this step and the next ones).

@@ -81,7 +81,7 @@ export class StepQueryReader {
   }
 }
 
-/** Two step queries are read alike: the same address, dtype and rows. */
-export function sameStepQuery(a: StepQuery, b: StepQuery): boolean {
-  return a.ptr === b.ptr && a.dtype === b.dtype && a.rows.graphKey === b.rows.graphKey;
+/** `query` is read as the query at `ptr` of `dtype` with `rows` (compared field by field: a step allocates no StepQuery to ask). */
+export function sameStepQuery(query: StepQuery, ptr: DevicePtr, dtype: FloatDType, rows: StepQueryRows): boolean {
+  return query.ptr === ptr && query.dtype === dtype && query.rows.graphKey === rows.graphKey;
 }
