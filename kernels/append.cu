@@ -37,10 +37,9 @@ extern "C" __global__ void __launch_bounds__(256) pq_append(
   // When W > 0, q already has its code: count it now rather than on the block's tail.
   if (counts_q && q != p && threadIdx.x == 255)
     count_pair([&](int m) { return static_cast<int>(codes[(static_cast<int64_t>(bkv) * capacity + q) * M + m]); });
-  // This block's key row, passed as key 0 (pq_append_one_key addresses keys by index·D).
   const void* key = pq_key_row(keys, kdtype, bkv, Hkv, batch_stride, head_stride, row_stride,
                                static_cast<uint64_t>(i) + (rows_from_seq ? static_cast<uint64_t>(sk) : 0u));
-  pq_append_one_key<256>(key, kdtype, 0, centroids, cstride, phi, codes, status, bkv, p, D, M, C, capacity, O,
+  pq_append_one_key<256>(key, kdtype, centroids, cstride, phi, codes, status, bkv, p, D, M, C, capacity, O,
                          ip, x, dist, best_code);
   if (threadIdx.x == 0) {
     if (counts_q && q == p) count_pair([&](int m) { return best_code[m]; });  // W == 0: the new key itself

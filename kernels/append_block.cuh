@@ -32,9 +32,10 @@ struct PqStepKey {
   }
 };
 
+// The codes of one key row (`key`: its D elements, contiguous; pq_key_row, PqStepKey::row_of).
 // Shared scratch: x holds D + M floats, dist M*C floats, best_code M ints. All threads must call.
 template <int NT>
-__device__ void pq_append_one_key(const void* keys, int kdtype, int64_t key_index, const float* __restrict__ centroids,
+__device__ void pq_append_one_key(const void* key, int kdtype, const float* __restrict__ centroids,
                                   int cstride, const float* __restrict__ phi, uint8_t* codes, int* status, int bkv, int p,
                                   int D, int M, int C, int capacity, int O, int ip, float* x, float* dist, int* best_code) {
   const int tid = threadIdx.x;
@@ -43,7 +44,7 @@ __device__ void pq_append_one_key(const void* keys, int kdtype, int64_t key_inde
   const int dsub = D / M;
   const int cdim = dsub + (ip ? 1 : 0);
   for (int d = tid; d < D; d += NT) {
-    const float v = pq_load_float(keys, kdtype, key_index * D + d);
+    const float v = pq_load_float(key, kdtype, d);
     if (!isfinite(v)) pq_flag_status(status, PQ_STATUS_KEY_NONFINITE);
     x[(d / dsub) * cdim + d % dsub] = v;
   }

@@ -185,15 +185,20 @@ struct PqStepQuery {
 };
 
 // The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
-// (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches.
+// (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches; PQ_STEP_ARGS passes it on.
 #define PQ_STEP_PARAMS                                                                                              \
   const void *query, int qdtype, int query_batch_stride, int query_head_stride, const void *keys, int kdtype,      \
       unsigned long long key_batch_stride, unsigned long long key_head_stride, unsigned long long key_row_stride,   \
-      const float *centroids, const float *phi, uint8_t *codes, const int *seq_read, int *seq_write, int appended, unsigned *pair_count, unsigned *readers,  \
-      int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
+      const float *centroids, const float *phi, uint8_t *codes, const int *seq_read, int *seq_write, int appended,  \
+      unsigned *pair_count, unsigned *readers, int *sparse_list, int *sparse_len, void *weights, int wdtype, long long wstride, int L, int *status, int B,  \
       int H, int Hkv, int D, int C, int log2c, int cstride, int capacity, int S, int W, int K, int O, int ip,      \
       int full_threshold, int slice_len, int bits_tiles, long long *phase_clock, const int *bucket_end,        \
       const int *bucket_offsets, const int *buckets
+#define PQ_STEP_ARGS                                                                                                \
+  query, qdtype, query_batch_stride, query_head_stride, keys, kdtype, key_batch_stride, key_head_stride,            \
+      key_row_stride, centroids, phi, codes, seq_read, seq_write, appended, pair_count, readers, sparse_list,        \
+      sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,   \
+      full_threshold, slice_len, bits_tiles, phase_clock, bucket_end, bucket_offsets, buckets
 // The step's query and key as the kernels read them, from PQ_STEP_PARAMS.
 #define PQ_STEP_QUERY PqStepQuery{query, qdtype, query_batch_stride, query_head_stride}
 #define PQ_STEP_KEY PqStepKey{keys, kdtype, key_batch_stride, key_head_stride, key_row_stride}

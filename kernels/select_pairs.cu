@@ -291,7 +291,7 @@ __device__ void step_pairs(const PqStepQuery& query, const PqStepKey& key,
     // Append blocks: the code of kv-head a's new key at position sk_old.
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;
     if (a < B * Hkv) {
-      pq_append_one_key<NT>(key.row_of(a, Hkv, sk_old), key.dtype, 0, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
+      pq_append_one_key<NT>(key.row_of(a, Hkv, sk_old), key.dtype, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
     }

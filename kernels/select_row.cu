@@ -309,7 +309,7 @@ __device__ void step_row(const PqStepQuery& query, const PqStepKey& key,
     const int a = (blockIdx.y - rows) * CL + blockIdx.x;
     const int sk_old = *seq_read;
     if (a < B * Hkv && (RESIDENT || sk_old >= 0)) {  // sk < 0: a chain's skipped step (below)
-      pq_append_one_key<NT>(key.row_of(a, Hkv, sk_old), key.dtype, 0, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
+      pq_append_one_key<NT>(key.row_of(a, Hkv, sk_old), key.dtype, centroids, cstride, phi, codes, status, a, sk_old, D, M, C, capacity, O, ip,
                             sm.x, sm.dist, sm.best_code);
       if (a == 0 && tid == 0) *seq_write = sk_old + 1;
     }
@@ -1188,11 +1188,8 @@ __device__ void resident_row(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentC
 
 #define PQ_RESIDENT_ROW_KERNEL(NAME, M, E, CL)                                                                         \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(NT, 1)                                              \
-      NAME(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {                        \
-    resident_row<M, E, CL>(query, qdtype, query_batch_stride, query_head_stride, keys, kdtype, key_batch_stride, key_head_stride, key_row_stride, centroids, phi, codes, seq_read, seq_write, appended, pair_count, \
-                           readers, sparse_list, sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, \
-                           cstride, capacity, S, W, K, O, ip, full_threshold, slice_len, bits_tiles, phase_clock,         \
-                           bucket_end, bucket_offsets, buckets, words, counters, first_ticket);                         \
+      NAME(PQ_STEP_PARAMS, PqResidentWords* words, PqResidentCounters* counters, unsigned first_ticket) {              \
+    resident_row<M, E, CL>(PQ_STEP_ARGS, words, counters, first_ticket);                                              \
   }
 #define PQ_RESIDENT_ROW_INSTANCE(SUFFIX, M, E, CL) PQ_RESIDENT_ROW_KERNEL(pq_resident_row_##SUFFIX, M, E, CL)
 PQ_ROW_INSTANCES(PQ_RESIDENT_ROW_INSTANCE)

@@ -59,7 +59,7 @@ import {
 import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js';
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
-import { type StepKey, StepKeyReader, type StepKeyRows, stepKeyBase } from './step-key.js';
+import { type StepKey, StepKeyReader, type StepKeyRows, sameStepKey, stepKeyBase } from './step-key.js';
 import { type StepQuery, StepQueryReader, type StepQueryRows, sameStepQuery } from './step-query.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
@@ -1285,11 +1285,6 @@ export class CudaPQCache implements PQCache {
     this.stopResident();
     this.owned.disposeAfter(this.stream, this.graphs);
   }
-}
-
-/** `key` is the key (base, dtype, rows) given. */
-function sameStepKey(key: StepKey, base: DevicePtr, dtype: FloatDType, rows: StepKeyRows): boolean {
-  return key.base === base && key.dtype === dtype && key.rows.batch === rows.batch && key.rows.head === rows.head && key.rows.row === rows.row;
 }
 
 function chainOptionsOf(option: boolean | ChainOptions | undefined): Required<ChainOptions> | undefined {

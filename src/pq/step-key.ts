@@ -134,3 +134,8 @@ export function stepKeyBase(key: DeviceTensor, rows: StepKeyRows, sk: number): D
   // Below 0 it wraps modulo 2^64, as the kernel's unsigned arithmetic does (pq_key_row).
   return base >= 0n ? base : BigInt.asUintN(64, base);
 }
+
+/** `key` is read as the key at `base` of `dtype` with `rows` (compared field by field, as sameStepQuery). */
+export function sameStepKey(key: StepKey, base: DevicePtr, dtype: FloatDType, rows: StepKeyRows): boolean {
+  return key.base === base && key.dtype === dtype && key.rows.batch === rows.batch && key.rows.head === rows.head && key.rows.row === rows.row;
+}
