@@ -26,7 +26,8 @@
 //   the row's positions. In a warp, groups of LP lanes take one position each (lane_per_position),
 //   a lane holding DPL = DMAX/LP dims of q, k, v and acc; a warp loads U sub-steps of 32/LP
 //   positions (all K and V rows) before using them.
-// Layout: q [B,H,D] (qdtype), k/v caches [B,Hkv,kv_stride,D] (T), out [B,H,D] (T),
+// Layout: q [B,H,1,D] (qdtype) with row (b, h) at b*q_batch_stride + h*q_head_stride (PqStepRows,
+//   common.cuh: contiguous, or a fused QKV output's query part), k/v caches [B,Hkv,kv_stride,D] (T), out [B,H,D] (T),
 //   partial [rows, splits, GH, D+4] f32 (m, l, -, -, acc), counters [rows] u32; splits <= MAX_SPLITS.
 // sk = *seq_len + seq_add (seq_len == nullptr: sk = seq_add).
 // Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % 8 == 0 and k/v base pointers 16-byte
@@ -34,8 +35,8 @@
 //   counters zero before a launch (the merging block re-zeroes its row); splits * chunk covers
 //   the longest row.
 //
-// pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype) written at position
-//   sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
+// pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype; each at its own row strides,
+//   PqStepRows) written at position sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
 //   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
 //   when no PQ index runs). Launch: grid B*Hkv, block 128. Programmatic dependent launch (a decode
 //   layer): it first waits for the kernel before it (the previous layer's attention), then lets the
@@ -208,7 +209,7 @@ __device__ __forceinline__ float block_state(const float (&sm_m)[NW][GH], const 
 // Split-K with a global merge (grid (splits, rows), NT threads, any architecture): each block writes
 // its partial, and the last block of the row to finish (atomic counter) merges them.
 template <typename T, int DMAX, int GH, bool SPARSE>
-__device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
+__device__ void attend_block(const PqStepRows q, const T* __restrict__ kcache, const T* __restrict__ vcache,
                              const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
                              const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
                              float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
@@ -242,7 +243,7 @@ __device__ void attend_block(const void* __restrict__ q, int qdtype, const T* __
   for (int g = 0; g < GH; ++g)
 #pragma unroll
     for (int j = 0; j < DPL; ++j)
-      qf[g][j] = (g < heads && d0 + j < D) ? pq_load_float(q, qdtype, static_cast<int64_t>(b * H + first_head + g) * D + d0 + j) * scale : 0.0f;
+      qf[g][j] = (g < heads && d0 + j < D) ? q.load(b, first_head + g, d0 + j) * scale : 0.0f;
 
   // Online softmax per query head, per lane group (uniform across the LP lanes of a group).
   float m[GH], l[GH], acc[GH][DPL];
@@ -449,7 +450,7 @@ constexpr int CLUSTER_NT = 256;
 constexpr int CLUSTER_PB = 8;  // positions a warp has in flight (src/attention/cuda-attention.ts ATTEND_CLUSTER_POSITIONS_PER_WARP)
 static_assert(CLUSTER_PB <= 32, "lane k < CLUSTER_PB reads the k-th position's list entry and weight");
 template <typename T, int DMAX, int CL>
-__device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, const T* __restrict__ kcache, const T* __restrict__ vcache,
+__device__ void attend_sparse_cluster(const PqStepRows q, const T* __restrict__ kcache, const T* __restrict__ vcache,
                                       const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
                                       const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out, int* status,
                                       const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
@@ -477,7 +478,7 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
   const float scale = rsqrtf(static_cast<float>(D)) * LOG2E;
   float qf[DPL];
 #pragma unroll
-  for (int j = 0; j < DPL; ++j) qf[j] = has_dims ? pq_load_float(q, qdtype, static_cast<int64_t>(r.b * H + r.first_head) * D + d0 + j) * scale : 0.0f;
+  for (int j = 0; j < DPL; ++j) qf[j] = has_dims ? q.load(r.b, r.first_head, d0 + j) * scale : 0.0f;
   // Launched behind the decode layer's select step (overlapPrevious): the query is the caller's, so
   // it loads before the step ends; sk, the list, its weights and the K/V rows only after.
   pq_wait_for_previous();
@@ -598,21 +599,23 @@ __device__ void attend_sparse_cluster(const void* __restrict__ q, int qdtype, co
 }
 
 template <typename T>
-__device__ void kv_append(const void* key, int kdtype, const void* value, int vdtype, T* kcache, T* vcache, const int* seq_len,
-                          int* seq_write, int kv_stride, int D, int* status) {
+__device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcache, T* vcache, const int* seq_len, int* seq_write,
+                          int kv_stride, int Hkv, int D, int* status) {
   // In a decode stack it is launched behind the previous layer's attention: placed early, it waits
   // for that grid, so nothing of this layer runs before the layer before has ended; then it lets
   // this layer's select step start (which waits for this grid before it ends).
   pq_wait_for_previous();
   pq_allow_dependents();
   const int bkv = blockIdx.x;
+  const int b = bkv / Hkv;
+  const int kvh = bkv - b * Hkv;
   const int p = *seq_len;
   if (seq_write != nullptr && bkv == 0 && threadIdx.x == 0) *seq_write = p + 1;
   const int64_t dst = (static_cast<int64_t>(bkv) * kv_stride + p) * D;
   bool bad_key = false, bad_value = false;
   for (int d = threadIdx.x; d < D; d += NT) {
-    const float k = pq_load_float(key, kdtype, static_cast<int64_t>(bkv) * D + d);
-    const float v = pq_load_float(value, vdtype, static_cast<int64_t>(bkv) * D + d);
+    const float k = key.load(b, kvh, d);
+    const float v = value.load(b, kvh, d);
     bad_key |= !isfinite(k);
     bad_value |= !isfinite(v);
     kcache[dst + d] = Elem<T>::from_float(k);
@@ -624,30 +627,37 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
 
 }  // namespace
 
-#define PQ_ATTEND_SPARSE(NAME, T, DPL, DMAX)                                                                          \
-  extern "C" __global__ void __launch_bounds__(NT) pq_attend_sparse_##NAME##_d##DMAX(                                  \
-      const void* q, int qdtype, const T* kcache, const T* vcache, const int* list, const int* list_len, int list_stride, \
-      const void* weights, int wdtype, long long w_stride, T* out, float* partial, unsigned* counters, int* status,    \
-      const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                              \
-    attend_block<T, DMAX, 1, true>(q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride, out, \
-                                  partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);            \
+// A step's query as the kernel parameters give it (q_batch_stride, q_head_stride: PqStepRows).
+#define PQ_ATTEND_QUERY PqStepRows{q, qdtype, q_batch_stride, q_head_stride}
+
+#define PQ_ATTEND_SPARSE(NAME, T, DPL, DMAX)                                                                            \
+  extern "C" __global__ void __launch_bounds__(NT) pq_attend_sparse_##NAME##_d##DMAX(                                    \
+      const void* q, int qdtype, int q_batch_stride, int q_head_stride, const T* kcache, const T* vcache,               \
+      const int* list, const int* list_len, int list_stride, const void* weights, int wdtype, long long w_stride,       \
+      T* out, float* partial, unsigned* counters, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,  \
+      int kv_stride, int chunk) {                                                                                       \
+    attend_block<T, DMAX, 1, true>(PQ_ATTEND_QUERY, kcache, vcache, list, list_len, list_stride, weights, wdtype,        \
+                                   w_stride, out, partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride,    \
+                                   chunk);                                                                              \
   }
 
-#define PQ_ATTEND_SPARSE_CLUSTER(NAME, T, DMAX, CL)                                                                    \
+#define PQ_ATTEND_SPARSE_CLUSTER(NAME, T, DMAX, CL)                                                                      \
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(CLUSTER_NT) pq_attend_sparse_##NAME##_d##DMAX##_c##CL( \
-      const void* q, int qdtype, const T* kcache, const T* vcache, const int* list, const int* list_len, int list_stride, \
-      const void* weights, int wdtype, long long w_stride, T* out, float*, unsigned*, int* status, const int* seq_len,   \
-      int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                                                   \
-    attend_sparse_cluster<T, DMAX, CL>(q, qdtype, kcache, vcache, list, list_len, list_stride, weights, wdtype, w_stride, \
-                                       out, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                     \
+      const void* q, int qdtype, int q_batch_stride, int q_head_stride, const T* kcache, const T* vcache,               \
+      const int* list, const int* list_len, int list_stride, const void* weights, int wdtype, long long w_stride,       \
+      T* out, float*, unsigned*, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride,    \
+      int chunk) {                                                                                                      \
+    attend_sparse_cluster<T, DMAX, CL>(PQ_ATTEND_QUERY, kcache, vcache, list, list_len, list_stride, weights, wdtype,    \
+                                       w_stride, out, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);           \
   }
 
-#define PQ_ATTEND_DENSE(NAME, T, DPL, DMAX, GH)                                                                        \
-  extern "C" __global__ void __launch_bounds__(NT) pq_attend_dense_##NAME##_d##DMAX##_g##GH(                           \
-      const void* q, int qdtype, const T* kcache, const T* vcache, T* out, float* partial, unsigned* counters,          \
-      int* status, const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {                 \
-    attend_block<T, DMAX, GH, false>(q, qdtype, kcache, vcache, nullptr, nullptr, 0, nullptr, 0, 0, out, partial,        \
-                                    counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                  \
+#define PQ_ATTEND_DENSE(NAME, T, DPL, DMAX, GH)                                                                          \
+  extern "C" __global__ void __launch_bounds__(NT) pq_attend_dense_##NAME##_d##DMAX##_g##GH(                             \
+      const void* q, int qdtype, int q_batch_stride, int q_head_stride, const T* kcache, const T* vcache, T* out,       \
+      float* partial, unsigned* counters, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,          \
+      int kv_stride, int chunk) {                                                                                       \
+    attend_block<T, DMAX, GH, false>(PQ_ATTEND_QUERY, kcache, vcache, nullptr, nullptr, 0, nullptr, 0, 0, out, partial, \
+                                     counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                  \
   }
 
 #define PQ_ATTEND_FAMILY(NAME, T)                                                                                      \
@@ -670,9 +680,12 @@ __device__ void kv_append(const void* key, int kdtype, const void* value, int vd
   PQ_ATTEND_DENSE(NAME, T, 8, 256, 4)                                                                                       \
   PQ_ATTEND_DENSE(NAME, T, 8, 256, 8)                                                                                       \
   extern "C" __global__ void __launch_bounds__(NT) pq_kv_append_##NAME(                                               \
-      const void* key, int kdtype, const void* value, int vdtype, T* kcache, T* vcache, const int* seq_len,             \
-      int* seq_write, int kv_stride, int D, int* status) {                                                              \
-    kv_append<T>(key, kdtype, value, vdtype, kcache, vcache, seq_len, seq_write, kv_stride, D, status);                 \
+      const void* key, int kdtype, int key_batch_stride, int key_head_stride, const void* value, int vdtype,            \
+      int value_batch_stride, int value_head_stride, T* kcache, T* vcache, const int* seq_len, int* seq_write,          \
+      int kv_stride, int Hkv, int D, int* status) {                                                                     \
+    kv_append<T>(PqStepRows{key, kdtype, key_batch_stride, key_head_stride},                                           \
+                 PqStepRows{value, vdtype, value_batch_stride, value_head_stride}, kcache, vcache, seq_len, seq_write,  \
+                 kv_stride, Hkv, D, status);                                                                            \
   }
 
 PQ_ATTEND_FAMILY(f32, float)

@@ -56,6 +56,19 @@ __device__ __forceinline__ float pq_load_float(const void* p, int dtype, int64_t
   return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
 }
 
+// A decode step's input [B, heads, 1, D] read in place by rows: row (b, h) at element b*batch + h*head
+// of `ptr`, its D elements contiguous (contiguous rows: heads*D and D; a fused QKV projection output's
+// query, key or value part: (H + 2*Hkv)*D and D). The host keeps every element's offset below 2^31
+// (src/pq/step-rows.ts), so the offset is 32-bit arithmetic on the b and h a block computes anyway.
+// The select kernels read the query so, the K/V append and attention kernels a decode layer's q, k, v.
+struct PqStepRows {
+  const void* ptr;
+  int dtype;
+  int batch, head;
+  __device__ __forceinline__ int row_offset(int b, int h) const { return b * batch + h * head; }
+  __device__ __forceinline__ float load(int b, int h, int d) const { return pq_load_float(ptr, dtype, row_offset(b, h) + d); }
+};
+
 // A float element as fp32 (exact for f16 and bf16).
 __device__ __forceinline__ float pq_to_float(float v) { return v; }
 __device__ __forceinline__ float pq_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -15,7 +15,7 @@
 //   block) merges them with the same select and writes sparseList, sparseLen and the weights.
 //   Weights are updated incrementally: the previous list's entries are cleared, the new set.
 // Invariants the host guarantees (src/pq/cuda-cache.ts):
-//   - query row (b, h) at element b*query_batch_stride + h*query_head_stride, below 2^31 (PqStepQuery);
+//   - query row (b, h) at element b*query_batch_stride + h*query_head_stride, below 2^31 (PqStepRows);
 //   - seq_state[0] = sk (device-side, written by pq_append in append.cu); sk <= capacity;
 //   - codes of (b, kvh) start 16-byte aligned (capacity*M % 16 == 0), centroid rows have a
 //     stride cstride % 4 == 0 floats, dsub % 4 == 0, D <= MAX_D, M*C <= MAX_LUT, K <= CE*NT;
@@ -262,7 +262,7 @@ __device__ __forceinline__ void load_candidates(const SelectShared& sm, int cand
 }
 
 template <int M, int CE>
-__device__ void select_impl(const PqStepQuery& query, const float* __restrict__ centroids,
+__device__ void select_impl(const PqStepRows& query, const float* __restrict__ centroids,
                             const uint8_t* __restrict__ codes, const int* __restrict__ seq_state, float* cand_score_g,
                             int* cand_pos_g, int* cand_count_g, unsigned* counters, OutputArgs out, int* status, int H,
                             int Hkv, int D, int C, int cstride, int capacity, int S, int W, int K, int O,

@@ -173,17 +173,6 @@ __device__ __forceinline__ void pq_rank_members(const uint32_t* keys, const uint
   }
 }
 
-// A step's query [B, H, 1, D] as the select blocks read it: row (b, h) at element b*batch + h*head of
-// `ptr`, its D elements contiguous (contiguous rows: H*D and D; a fused QKV output's query part:
-// (H + 2*Hkv)*D and D). The host keeps every element's offset below 2^31 (src/pq/step-query.ts), so
-// the offset is 32-bit arithmetic on the b and h a block computes anyway.
-struct PqStepQuery {
-  const void* ptr;
-  int dtype;
-  int batch, head;
-  __device__ __forceinline__ int row_offset(int b, int h) const { return b * batch + h * head; }
-};
-
 // The step kernels' parameter list (select_pairs.cu, select_row.cu): one argument layout for the host
 // (src/pq/cuda-cache.ts STEP_PAIRS_ARGS) whichever family a plan launches; PQ_STEP_ARGS passes it on.
 #define PQ_STEP_PARAMS                                                                                              \
@@ -200,5 +189,5 @@ struct PqStepQuery {
       sparse_len, weights, wdtype, wstride, L, status, B, H, Hkv, D, C, log2c, cstride, capacity, S, W, K, O, ip,   \
       full_threshold, slice_len, bits_tiles, phase_clock, bucket_end, bucket_offsets, buckets
 // The step's query and key as the kernels read them, from PQ_STEP_PARAMS.
-#define PQ_STEP_QUERY PqStepQuery{query, qdtype, query_batch_stride, query_head_stride}
+#define PQ_STEP_QUERY PqStepRows{query, qdtype, query_batch_stride, query_head_stride}
 #define PQ_STEP_KEY PqStepKey{keys, kdtype, key_batch_stride, key_head_stride, key_row_stride}

@@ -273,7 +273,7 @@ __device__ void select_row(StepShared& sm, const unsigned* __restrict__ table, i
 
 
 template <int M, int CL, bool LONG>
-__device__ void step_pairs(const PqStepQuery& query, const PqStepKey& key,
+__device__ void step_pairs(const PqStepRows& query, const PqStepKey& key,
                            const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                            const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                            OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,

@@ -230,7 +230,7 @@ __device__ __forceinline__ void mailbox_inval(uint64_t*) { __trap(); }
 #endif
 
 // Where a select block sits: its rank in the cluster, its query head (row = b*H + h), the query
-// heads per kv-head (G), its kv-head (bkv = b*Hkv + h/G) and its query row's offset (PqStepQuery).
+// heads per kv-head (G), its kv-head (bkv = b*Hkv + h/G) and its query row's offset (PqStepRows).
 // Three divisions (float reciprocals, ≈ 40 instructions a warp); the resident kernels compute it
 // once per launch (ResidentState) instead of every step, since the step is issue-bound: resident
 // device time 8.38 → 7.97 μs on the seed config (same-run A/B on the H100, bench/NOTES.md session 20).
@@ -238,7 +238,7 @@ struct RowPlace {
   int rank, row, G, bkv, query_offset;
 };
 template <int CL>
-__device__ __forceinline__ RowPlace row_place(int H, int Hkv, const PqStepQuery& query) {
+__device__ __forceinline__ RowPlace row_place(int H, int Hkv, const PqStepRows& query) {
   RowPlace p;
   p.rank = CL == 1 ? 0 : static_cast<int>(blockIdx.x);  // cluster dims (CL, 1, 1)
   p.row = blockIdx.y;
@@ -269,7 +269,7 @@ struct ResidentState {
 // counts + two LUT rows) * NT * 16 bytes (src/pq/cuda-plan.ts residentCacheBytes).
 
 template <int M, int E, int CL, int WPT, bool RESIDENT = false, bool WIDE = false>
-__device__ void step_row(const PqStepQuery& query, const PqStepKey& key,
+__device__ void step_row(const PqStepRows& query, const PqStepKey& key,
                          const float* __restrict__ centroids, const float* __restrict__ phi, uint8_t* codes,
                          const int* seq_read, int* seq_write, int appended, unsigned* pair_count, unsigned* readers,
                          OutputArgs out, int* status, int B, int H, int Hkv, int D, int C, int log2c, int cstride,

@@ -19,6 +19,7 @@ import { ConfigError } from '../errors.js';
 import type { CacheShape } from '../pq/config.js';
 import { roundUp } from '../pq/cuda-plan.js';
 import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
+import type { StepInput } from '../pq/step-rows.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 
@@ -243,9 +244,8 @@ export interface SeqLenRef {
 }
 
 export interface AttendIO {
-  /** [B, H, D] (or [B, H, 1, D]), contiguous. */
-  readonly query: DevicePtr;
-  readonly queryDType: FloatDType;
+  /** [B, H, 1, D] by rows (src/pq/step-rows.ts: contiguous, or e.g. a fused QKV output's query part). */
+  readonly query: StepInput;
   readonly kv: KVCacheView;
   /** [B, H, D] in the K/V dtype. */
   readonly out: DevicePtr;
@@ -270,11 +270,13 @@ export interface SparseIO extends AttendIO {
   readonly weightsStride: number;
 }
 
+/** A step input's kernel arguments (PqStepRows): pointer, dtype, batch and head strides. */
+const ROWS_ARGS = ['ptr', 'i32', 'i32', 'i32'] as const;
 const SPARSE_ARGS = [
-  'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'i32', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+  ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'i32', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
 ] as const;
-const DENSE_ARGS = ['ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const KV_APPEND_ARGS = ['ptr', 'i32', 'ptr', 'i32', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'ptr'] as const;
+const DENSE_ARGS = [...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
+const KV_APPEND_ARGS = [...ROWS_ARGS, ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'ptr'] as const;
 
 /** Launchers of the attention kernels for one shape (capturable: no sync, no copies). */
 export class CudaAttention {
@@ -327,7 +329,7 @@ export class CudaAttention {
     const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
     if (overlapPrevious && plan.merge !== 'cluster') throw new ConfigError('overlapPrevious', "a cluster plan (its kernels wait for the previous one)", plan.merge);
     launchWith(this.kernel(plan.kernel), { ...this.grid(plan), overlapPrevious }, SPARSE_ARGS, [
-      io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
+      io.query.ptr, DTYPE_CODE[io.query.dtype], io.query.rows.batch, io.query.rows.head, io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
       DTYPE_CODE[io.weightsDType], BigInt(io.weightsStride), io.out, scratch.partial, scratch.counters, io.status, io.seqLen.ptr,
       io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
     ], stream);
@@ -336,21 +338,21 @@ export class CudaAttention {
   launchDense(plan: AttendPlan, scratch: AttendScratch, io: AttendIO, stream: Stream): void {
     const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
     launchWith(this.kernel(plan.kernel), this.grid(plan), DENSE_ARGS, [
-      io.query, DTYPE_CODE[io.queryDType], io.kv.keys, io.kv.values, io.out, scratch.partial, scratch.counters, io.status,
+      io.query.ptr, DTYPE_CODE[io.query.dtype], io.query.rows.batch, io.query.rows.head, io.kv.keys, io.kv.values, io.out, scratch.partial, scratch.counters, io.status,
       io.seqLen.ptr, io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
     ], stream);
   }
 
   /**
-   * Write the new key and value rows [B, Hkv, 1, D] at position *seqRead of the cache; with
+   * Write the new key and value rows [B, Hkv, 1, D] (each read by its rows) at position *seqRead of the cache; with
    * seqWrite (≠ 0n) also store sk + 1 there (layers without a PQ index advance sk this way).
    * `overlapPrevious`: launched with programmatic dependent launch, so its blocks are placed while
    * the kernel before it runs; they wait for that kernel before anything else (kernels/attention.cu).
    */
   launchKVAppend(
     kv: KVCacheView,
-    key: { ptr: DevicePtr; dtype: FloatDType },
-    value: { ptr: DevicePtr; dtype: FloatDType },
+    key: StepInput,
+    value: StepInput,
     seqRead: DevicePtr,
     seqWrite: DevicePtr,
     status: DevicePtr,
@@ -359,7 +361,10 @@ export class CudaAttention {
   ): void {
     launchWith(
       this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1], overlapPrevious }, KV_APPEND_ARGS,
-      [key.ptr, DTYPE_CODE[key.dtype], value.ptr, DTYPE_CODE[value.dtype], kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.headDim, status],
+      [
+        key.ptr, DTYPE_CODE[key.dtype], key.rows.batch, key.rows.head, value.ptr, DTYPE_CODE[value.dtype], value.rows.batch, value.rows.head,
+        kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.kvHeads, this.shape.headDim, status,
+      ],
       stream,
     );
   }

@@ -23,10 +23,12 @@ import type { BuildOptions } from '../pq/cache.js';
 import { type Layout, makeLayout } from '../pq/config.js';
 import { CudaPQCache, type StepBinding } from '../pq/cuda-cache.js';
 import type { PQIndexState } from '../pq/index-state.js';
-import { checkBuilt, checkCapacity, checkQuery, checkStepKey, checkStepRowStrides } from '../pq/validate.js';
-import { type DeviceTensor, deviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
-import { BYTES_PER_ELEMENT, type FloatDType, FLOAT_DTYPES } from '../tensor/dtype.js';
-import { type ExpectedShape, HostTensor, expectDType, expectShape, expectedShape } from '../tensor/host-tensor.js';
+import { fixedStepKey } from '../pq/step-key.js';
+import { type StepInput, StepRowsReader } from '../pq/step-rows.js';
+import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/validate.js';
+import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
+import { HostTensor, expectedShape } from '../tensor/host-tensor.js';
 import {
   type AttendPlan, AttendScratch, CudaAttention, KVCache, type KVCacheView, kvRowsToHost, uploadKVRows,
 } from './cuda-attention.js';
@@ -55,19 +57,15 @@ export interface CudaDecodeLayerOptions extends DecodeLayerOptions {
 }
 
 type Input = HostTensor | DeviceTensor;
-interface Bound {
-  readonly ptr: DevicePtr;
-  readonly dtype: FloatDType;
-}
-/** A step's inputs as the kernels read them (device or pinned-staging pointers). */
+/** A step's inputs as the kernels read them: device tensors by their rows, host ones from the pinned staging buffers. */
 export interface BoundInputs {
-  readonly query: Bound;
-  readonly key: Bound;
-  readonly value: Bound;
+  readonly query: StepInput;
+  readonly key: StepInput;
+  readonly value: StepInput;
   /** Some input came from the host through the staging buffers. */
   readonly staged: boolean;
 }
-/** One prepared step: its graph key (signature and the input pointers) and the launches that make it. */
+/** One prepared step: its graph key (signature, and the input pointers with their rows' graph keys) and the launches that make it. */
 export interface PreparedStep {
   readonly signature: string;
   readonly pointers: readonly DevicePtr[];
@@ -96,8 +94,6 @@ export class CudaDecodeLayer implements DecodeLayer {
   readonly kvDType: FloatDType;
   /** The output's device view (a fixed buffer): made on first use. */
   private outputView: DeviceTensor | undefined;
-  private readonly queryShape: ExpectedShape;
-  private readonly kvShape: ExpectedShape;
   readonly context: CudaContext;
   readonly stream: Stream;
   /** The PQ index (sparse layers). */
@@ -125,13 +121,13 @@ export class CudaDecodeLayer implements DecodeLayer {
   readonly overlapsLaunches: boolean;
   private readonly graphs = new GraphCache(MAX_GRAPHS);
   /**
-   * Per-step host work made once (a model steps every layer every token): frozen device tensors
-   * already validated as this layer's query, or its key or value (none of their fields can change),
-   * and prepare()'s graph keys by the inputs' dtypes, per PQ step binding (sparse) or per slot of the
+   * Per-step host work made once (a model steps every layer every token): device queries, and new
+   * keys and values, checked with their rows once per frozen tensor (none of its fields can change);
+   * prepare()'s graph keys by the inputs' dtypes, per PQ step binding (sparse) or per slot of the
    * dense plan (cleared with it).
    */
-  private readonly knownQueries = new WeakSet<DeviceTensor>();
-  private readonly knownKV = new WeakSet<DeviceTensor>();
+  private readonly queries: StepRowsReader;
+  private readonly newKV: StepRowsReader;
   private readonly sparseKeys = new WeakMap<StepBinding, (string | undefined)[]>();
   private denseKeys: [(string | undefined)[], (string | undefined)[]] = [[], []];
   /** Dense layers: sk and the slot of the device state holding it. */
@@ -157,8 +153,8 @@ export class CudaDecodeLayer implements DecodeLayer {
       if (misaligned !== undefined) throw new ConfigError('kv.keys / kv.values', '16-byte aligned device pointers', `0x${misaligned.toString(16)}`);
     }
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
-    this.queryShape = expectedShape([B, H, 1, D], `[B=${B}, ${H}, 1, D=${D}]`);
-    this.kvShape = expectedShape([B, Hkv, 1, D], `[B=${B}, ${Hkv}, 1, D=${D}]`);
+    this.queries = new StepRowsReader(B, H, D, expectedShape([B, H, 1, D], `[B=${B}, ${H}, 1, D=${D}]`));
+    this.newKV = new StepRowsReader(B, Hkv, D, expectedShape([B, Hkv, 1, D], `[B=${B}, ${Hkv}, 1, D=${D}]`));
     const owned = this.owned;
     try {
       this.stream = options.stream ?? owned.add(new Stream());
@@ -311,14 +307,14 @@ export class CudaDecodeLayer implements DecodeLayer {
   // ---- the pieces CudaDecodeStack composes ---------------------------------------------------
 
   /**
-   * Validate the inputs and give each a pointer the kernels read: device tensors as they are,
+   * Validate the inputs and give each the pointer and rows the kernels read: device tensors where
+   * they are, at their row strides (a fused QKV projection output's parts too: src/pq/step-rows.ts),
    * host tensors through the pinned staging buffers (mapped into the device's address space).
    */
   bind(inputs: StepInputs<Input>): BoundInputs {
     this.live();
     checkBuilt('step', this.filled);
     checkCapacity('key', this.capacity, this.seqLen + 1);
-    const { heads: H, kvHeads: Hkv } = this.shape;
     const layout = this.layout;
     const staged = !('device' in inputs.query) || !('device' in inputs.key) || !('device' in inputs.value);
     // Host inputs: shape, dtype and finite values, before anything is staged.
@@ -330,41 +326,27 @@ export class CudaDecodeLayer implements DecodeLayer {
       this.stagingPending = false;
     }
     let offset = 0;
-    const stage = (t: HostTensor): Bound => {
+    const stage = (t: HostTensor, reader: StepRowsReader): StepInput => {
       const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
       new Uint8Array(this.staging.arrayBuffer, offset, bytes.length).set(bytes);
       const ptr = this.staging.ptr + BigInt(offset);
       offset += stagingBytes(bytes.length);
-      return { ptr, dtype: t.dtype as FloatDType };
+      return { ptr, dtype: t.dtype as FloatDType, rows: reader.contiguous };
     };
-    const bindOne = (t: Input, name: string, heads: number): Bound => ('device' in t ? this.boundDevice(t, name, heads) : stage(t));
+    const bindOne = (t: Input, argument: string, reader: StepRowsReader): StepInput =>
+      'device' in t ? { ptr: t.ptr, dtype: t.dtype as FloatDType, rows: reader.rowsOf(t, argument) } : stage(t, reader);
     return {
-      query: bindOne(inputs.query, 'query', H),
-      key: bindOne(inputs.key, 'key', Hkv),
-      value: bindOne(inputs.value, 'value', Hkv),
+      query: bindOne(inputs.query, 'query', this.queries),
+      key: bindOne(inputs.key, 'key', this.newKV),
+      value: bindOne(inputs.value, 'value', this.newKV),
       staged,
     };
-  }
-
-  /** A device input as the kernels read it: dtype, shape and layout checked once per frozen tensor. */
-  private boundDevice(t: DeviceTensor, argument: string, heads: number): Bound {
-    const isQuery = argument === 'query';
-    const known = isQuery ? this.knownQueries : this.knownKV;
-    if (!known.has(t)) {
-      const D = this.shape.headDim;
-      expectDType(argument, t, FLOAT_DTYPES);
-      const expected = isQuery ? this.queryShape : this.kvShape;
-      expectShape(argument, t, expected.dims, expected.label);
-      checkStepRowStrides(argument, t, heads, D);
-      if (isFrozenDeviceTensor(t)) known.add(t);
-    }
-    return { ptr: t.ptr, dtype: t.dtype as FloatDType };
   }
 
   /** Plan the step for these inputs: the graph key and the kernel launches (recorded inside a capture). */
   prepare(io: BoundInputs): PreparedStep {
     const dtypeIndex = DTYPE_CODE[io.query.dtype] + 3 * DTYPE_CODE[io.key.dtype] + 9 * DTYPE_CODE[io.value.dtype];
-    const pointers = [io.query.ptr, io.key.ptr, io.value.ptr];
+    const pointers = [io.query.ptr, io.query.rows.graphKey, io.key.ptr, io.key.rows.graphKey, io.value.ptr, io.value.rows.graphKey];
     const s = this.arena.slices;
     const out = s.out.ptr;
     const status = this.status.ptr;
@@ -380,9 +362,9 @@ export class CudaDecodeLayer implements DecodeLayer {
         record: () => {
           const sel = pq.outputs(); // views of fixed buffers: built only when capturing
           this.attention.launchKVAppend(this.kv, io.key, io.value, binding.seqRead, 0n, status, this.stream, this.overlapsLaunches);
-          pq.recordStep(pq.contiguousStepQuery(io.query.ptr, io.query.dtype), pq.contiguousStepKey(io.key.ptr, io.key.dtype), this.overlapsLaunches);
+          pq.recordStep(io.query, fixedStepKey(io.key), this.overlapsLaunches);
           this.attention.launchSparse(scratch.plan, scratch, {
-            query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
+            query: io.query, kv: this.kv, out, seqLen: { ptr: binding.seqWrite, add: 0 }, status,
             sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr, listStride: sel.sparseList.strides[1],
             weights: sel.weights.ptr, weightsDType: sel.weights.dtype as FloatDType, weightsStride: sel.weights.strides[1],
           }, this.stream, this.overlapsLaunches);
@@ -399,7 +381,7 @@ export class CudaDecodeLayer implements DecodeLayer {
       pointers,
       record: () => {
         this.attention.launchKVAppend(this.kv, io.key, io.value, seqRead, seqWrite, status, this.stream);
-        this.attention.launchDense(plan, scratch, { query: io.query.ptr, queryDType: io.query.dtype, kv: this.kv, out, seqLen: { ptr: seqWrite, add: 0 }, status }, this.stream);
+        this.attention.launchDense(plan, scratch, { query: io.query, kv: this.kv, out, seqLen: { ptr: seqWrite, add: 0 }, status }, this.stream);
       },
     };
   }

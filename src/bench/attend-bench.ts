@@ -23,6 +23,7 @@ import { DeviceArena, PinnedBuffer, copies } from '../cuda/memory.js';
 import type { Stream } from '../cuda/stream.js';
 import type { CacheShape, Layout } from '../pq/config.js';
 import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
+import { contiguousRows } from '../pq/step-rows.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
@@ -211,7 +212,7 @@ function timeAttendOnly(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>
     const sel = pq.outputs();
     const graph = GraphExec.capture(layer.stream, () =>
       attention.launchSparse(plan, scratch, {
-        query: inputs.query.ptr, queryDType: inputs.query.dtype as FloatDType, kv: layer.kv, out: out.slices.out.ptr,
+        query: { ptr: inputs.query.ptr, dtype: inputs.query.dtype as FloatDType, rows: contiguousRows(layer.shape.heads, layer.shape.headDim) }, kv: layer.kv, out: out.slices.out.ptr,
         seqLen: { ptr: 0n, add: layer.seqLen }, status: status.ptr, sparseList: sel.sparseList.ptr, sparseLen: sel.sparseLen.ptr,
         listStride: sel.sparseList.strides[1], weights: sel.weights.ptr, weightsDType: sel.weights.dtype as FloatDType, weightsStride: sel.weights.strides[1],
       }, layer.stream),

@@ -60,7 +60,7 @@ import { type PQIndexState, codeOffset, emptyIndexState } from './index-state.js
 import { DTYPE_CODE, loadKernels, loadStepKernels, throwDeviceStatus } from './kernels.js';
 import { encodeIndex } from './persist.js';
 import { type StepKey, StepKeyReader, type StepKeyRows, sameStepKey, stepKeyBase } from './step-key.js';
-import { type StepQuery, StepQueryReader, type StepQueryRows, sameStepQuery } from './step-query.js';
+import { type StepInput, StepRowsReader, type StepRows, sameStepInput } from './step-rows.js';
 import { checkBuilt, checkCapacity, checkCapacityOption, checkDeviceKeys, checkKeys, checkQuery, checkStepKey } from './validate.js';
 
 
@@ -137,7 +137,7 @@ type Query = HostTensor | DeviceTensor;
 /** What the chain graph was captured for: its steps' plan, inputs and the seq slot its first step reads. */
 interface ChainBinding {
   readonly plan: StepPlan;
-  readonly query: StepQuery;
+  readonly query: StepInput;
   readonly key: StepKey;
   readonly slot: number;
 }
@@ -145,7 +145,7 @@ interface ChainBinding {
 /** What the running resident launch was started with (the weights dtype is the query's). */
 interface ResidentBinding {
   readonly plan: StepPlan;
-  readonly query: StepQuery;
+  readonly query: StepInput;
   /** Undefined: a launch without append blocks' key (select-only steps). */
   readonly key: StepKey | undefined;
   /**
@@ -246,8 +246,8 @@ export class CudaPQCache implements PQCache {
   private graphPlan: StepPlan | undefined;
   /** prepareStep()'s answers under graphPlan, by slot, append and query dtype: the same strings every step, whose hashes V8 keeps. */
   private stepBindings: (StepBinding | undefined)[] = [];
-  /** Device step queries: checked once per frozen tensor, with the rows the kernels read (src/pq/step-query.ts). */
-  private readonly stepQueries: StepQueryReader;
+  /** Device step queries: checked once per frozen tensor, with the rows the kernels read (src/pq/step-rows.ts). */
+  private readonly stepQueries: StepRowsReader;
   /** Device step keys: checked once per tensor or K cache layout, and how each step reads them (src/pq/step-key.ts). */
   private readonly stepKeys: StepKeyReader;
   /** The seqState slot holding the current sk (steps alternate slots). */
@@ -323,7 +323,7 @@ export class CudaPQCache implements PQCache {
     const K = this.layout.config.heavySize;
     const rows = B * H;
     ({ capPad: this.capPad, centroidStride: this.centroidStride } = deviceIndexStrides(this.layout, this.capacity));
-    this.stepQueries = new StepQueryReader(B, H, D, expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`));
+    this.stepQueries = new StepRowsReader(B, H, D, expectedShape([B, H, 1, D], `[B=${B}, H=${H}, 1, D=${D}]`));
     this.stepKeys = new StepKeyReader(Hkv, D, expectedShape([B, Hkv, 1, D], `[B=${B}, Hkv=${Hkv}, 1, D=${D}]`));
     this.maxSlices = maxSlicesFor(this.layout, this.context.device.multiprocessorCount);
     const general = this.pairs === 0;
@@ -551,7 +551,7 @@ export class CudaPQCache implements PQCache {
 
   /**
    * Enqueue select for a query (host [B,H,1,D], or a device tensor whose rows may be strided, as the
-   * query part of a fused QKV output: src/pq/step-query.ts); returns device views.
+   * query part of a fused QKV output: src/pq/step-rows.ts); returns device views.
    */
   select(query: Query): SelectResult<DeviceTensor> {
     if (!this.residentRepeat(query, undefined)) {
@@ -635,9 +635,9 @@ export class CudaPQCache implements PQCache {
   /** Validate, stage host inputs, (re)capture if needed, launch the graph. Returns the weights dtype. */
   private enqueue(query: Query, key: HostTensor | DeviceTensor | undefined): FloatDType {
     // A host query is checked fully (shape, dtype, finite values) and staged with contiguous rows; a
-    // device query by dtype, shape and strides, once per frozen tensor (src/pq/step-query.ts).
+    // device query by dtype, shape and strides, once per frozen tensor (src/pq/step-rows.ts).
     let queryRows = this.stepQueries.contiguous;
-    if ('device' in query) queryRows = this.stepQueries.rowsOf(query);
+    if ('device' in query) queryRows = this.stepQueries.rowsOf(query, 'query');
     else checkQuery(this.layout, query, 'query');
     const qdtype = query.dtype as FloatDType;
     let kdtype: FloatDType = 'f32';
@@ -709,7 +709,7 @@ export class CudaPQCache implements PQCache {
   }
 
   /** Capture the step's graph for these inputs (none held: enqueue()). */
-  private captureStep(signature: string, query: StepQuery, key: StepKey | undefined): GraphExec {
+  private captureStep(signature: string, query: StepInput, key: StepKey | undefined): GraphExec {
     this.stepCaptures++;
     return this.graphs.capture(signature, this.stepPointers, this.stream, () => this.recordStep(query, key));
   }
@@ -768,7 +768,7 @@ export class CudaPQCache implements PQCache {
    * allow it: a decode layer's K/V append). The step reads nothing that kernel writes, and waits for
    * it before it ends, so whatever waits for the step waits for both (src/cuda/launch.ts).
    */
-  recordStep(query: StepQuery, key: StepKey | undefined, overlapPrevious = false): void {
+  recordStep(query: StepInput, key: StepKey | undefined, overlapPrevious = false): void {
     const plan = this.currentPlan(this.hostSeqLen + (key !== undefined ? 1 : 0));
     const slot = this.seqSlot;
     const fused = key !== undefined && this.pairs > 0 && this.layout.config.windowSize > 0;
@@ -788,7 +788,7 @@ export class CudaPQCache implements PQCache {
   }
 
   /** A step's query with contiguous rows [B, H, 1, D] at `ptr`, for recordStep (a decode layer's input). */
-  contiguousStepQuery(ptr: DevicePtr, dtype: FloatDType): StepQuery {
+  contiguousStepQuery(ptr: DevicePtr, dtype: FloatDType): StepInput {
     return { ptr, dtype, rows: this.stepQueries.contiguous };
   }
 
@@ -817,7 +817,7 @@ export class CudaPQCache implements PQCache {
    * addresses or dtypes changed. False where the row kernel does not run (the caller takes the
    * graph path). Inputs are in place (staged or on the device); returns with the step complete.
    */
-  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, qptr: DevicePtr, qdtype: FloatDType, queryRows: StepQueryRows,
+  private residentStep(query: Query, key: HostTensor | DeviceTensor | undefined, qptr: DevicePtr, qdtype: FloatDType, queryRows: StepRows,
     kptr: DevicePtr | undefined, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     const appending = kptr !== undefined;
     if (this.pairs === 0 || (appending && this.layout.config.windowSize === 0)) return false; // no fused append
@@ -826,7 +826,7 @@ export class CudaPQCache implements PQCache {
     const b = this.residentBinding;
     // A launch with the append blocks serves select-only steps too (they idle). A running launch
     // bound to this plan passed the checks below when it started.
-    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && sameStepQuery(b.query, qptr, qdtype, queryRows) &&
+    const bound = this.resident?.active === true && b !== undefined && b.plan === plan && sameStepInput(b.query, qptr, qdtype, queryRows) &&
       (kptr === undefined || (b.key !== undefined && sameStepKey(b.key, kptr, kdtype, keyRows)));
     if (!bound) {
       if (plan.row === undefined || !this.residentFits(plan.row)) return false;
@@ -888,7 +888,7 @@ export class CudaPQCache implements PQCache {
     return row.cluster * (B * H) + row.cluster * Math.ceil((B * Hkv) / row.cluster) <= this.context.device.multiprocessorCount;
   }
 
-  private startResident(plan: StepPlan, query: StepQuery, key: StepKey | undefined): void {
+  private startResident(plan: StepPlan, query: StepInput, key: StepKey | undefined): void {
     this.stopResident();
     const options = this.residentOptions as Required<ResidentOptions>;
     this.resident ??= this.owned.add(new ResidentLaunch({ requestMs: options.requestMs }));
@@ -917,12 +917,12 @@ export class CudaPQCache implements PQCache {
    * kernel (or bucket mode) with the fused append, or a plan, the capacity or a bucket rebuild due
    * within two chains' steps. Inputs are device tensors; returns with the step complete.
    */
-  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, queryRows: StepQueryRows, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
+  private chainedStep(qptr: DevicePtr, qdtype: FloatDType, queryRows: StepRows, kptr: DevicePtr, kdtype: FloatDType, keyRows: StepKeyRows): boolean {
     if (this.pairs === 0 || this.layout.config.windowSize === 0) return false; // no fused append
     const options = this.chainOptions as Required<ChainOptions>;
     let chain = this.chain;
     const b = this.chainBinding;
-    const sameInputs = b !== undefined && sameStepQuery(b.query, qptr, qdtype, queryRows) && sameStepKey(b.key, kptr, kdtype, keyRows);
+    const sameInputs = b !== undefined && sameStepInput(b.query, qptr, qdtype, queryRows) && sameStepKey(b.key, kptr, kdtype, keyRows);
     // A waiting chain for these inputs was captured with its plan and capacity holding for two
     // chains' steps from its start (and nothing ran on the index since, or it would have been
     // drained): ring its next step.
@@ -960,7 +960,7 @@ export class CudaPQCache implements PQCache {
   }
 
   /** Capture the chains' steps from the current sk and slot on (the host's sk restored after). */
-  private captureChain(chain: StepChain, plan: StepPlan, query: StepQuery, key: StepKey): void {
+  private captureChain(chain: StepChain, plan: StepPlan, query: StepInput, key: StepKey): void {
     const sk = this.hostSeqLen;
     const slot = this.seqSlot;
     this.chainBinding = undefined;
@@ -1148,7 +1148,7 @@ export class CudaPQCache implements PQCache {
   }
 
   /** The general select kernel (M > 2 or large C), reading sk from `slot`. */
-  private launchSelect(query: StepQuery, plan: { numSlices: number; sliceLen: number }, slot: number): void {
+  private launchSelect(query: StepInput, plan: { numSlices: number; sliceLen: number }, slot: number): void {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;
     const c = this.layout.config;
@@ -1170,7 +1170,7 @@ export class CudaPQCache implements PQCache {
    * The pair path's step kernel: select clusters for every query head, plus (when `keys` is given)
    * the append blocks of the new key. Reads sk from `slot`; with keys, writes sk + 1 to the other.
    */
-  private launchStepPairs(query: StepQuery, key: StepKey | undefined, plan: StepPlan, slot: number, overlapPrevious = false): void {
+  private launchStepPairs(query: StepInput, key: StepKey | undefined, plan: StepPlan, slot: number, overlapPrevious = false): void {
     const { kernel, shape, values } = this.stepPairsLaunch(query, key, plan, slot, false);
     const args = new LaunchArgs(STEP_PAIRS_ARGS);
     try {
@@ -1195,7 +1195,7 @@ export class CudaPQCache implements PQCache {
    * (plan.row), which takes the slot and whether a step appends from each ring: seq_read and
    * seq_write are the slot array, `appended` unused.
    */
-  private stepPairsLaunch(query: StepQuery, key: StepKey | undefined, plan: StepPlan, slot: number, resident: boolean):
+  private stepPairsLaunch(query: StepInput, key: StepKey | undefined, plan: StepPlan, slot: number, resident: boolean):
     { kernel: Kernel; shape: LaunchShape; values: StepPairsValues } {
     const s = this.arena.slices;
     const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.layout.shape;

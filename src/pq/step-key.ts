@@ -20,6 +20,7 @@ import { ShapeError } from '../errors.js';
 import { type DeviceTensor, isFrozenDeviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, FLOAT_DTYPES, type FloatDType } from '../tensor/dtype.js';
 import { type ExpectedShape, expectDType, expectShape } from '../tensor/host-tensor.js';
+import type { StepInput } from './step-rows.js';
 import { hasContiguousRows } from './validate.js';
 
 /** Element strides of a step key's rows (bigints: kernel arguments and graph-key parts as they are). */
@@ -50,6 +51,14 @@ function fixedRows(batch: bigint, head: bigint): StepKeyRows {
   const rows = { batch, head, row: 0n, rowBytes: 0n, atFixedAddress: undefined as unknown as StepKeyRows };
   rows.atFixedAddress = rows;
   return rows;
+}
+
+/**
+ * A decode layer's new key (read by its rows: src/pq/step-rows.ts) as the PQ step's append reads
+ * it: where it lies, the same rows every step (row = 0).
+ */
+export function fixedStepKey(key: StepInput): StepKey {
+  return { base: key.ptr, dtype: key.dtype, rows: fixedRows(BigInt(key.rows.batch), BigInt(key.rows.head)) };
 }
 
 /**
@@ -135,7 +144,7 @@ export function stepKeyBase(key: DeviceTensor, rows: StepKeyRows, sk: number): D
   return base >= 0n ? base : BigInt.asUintN(64, base);
 }
 
-/** `key` is read as the key at `base` of `dtype` with `rows` (compared field by field, as sameStepQuery). */
+/** `key` is read as the key at `base` of `dtype` with `rows` (compared field by field, as sameStepInput). */
 export function sameStepKey(key: StepKey, base: DevicePtr, dtype: FloatDType, rows: StepKeyRows): boolean {
   return key.base === base && key.dtype === dtype && key.rows.batch === rows.batch && key.rows.head === rows.head && key.rows.row === rows.row;
 }

@@ -55,18 +55,6 @@ export function checkDeviceKeys(layout: Layout, keys: DeviceTensor, argument: st
   return n;
 }
 
-/**
- * The strides of a device query or step key [B, heads, 1, D] as the step and attention kernels read
- * it: row (b, h) at (b·heads + h)·D, its D elements contiguous. The size-1 dimension's stride is
- * never used, so any is taken (a [B, heads, 1, D] slice of a [B, heads, T, D] tensor qualifies; one of
- * a K cache [B, Hkv, capacity, D] does not: its rows are capacity·D apart).
- */
-export function checkStepRowStrides(argument: string, t: DeviceTensor, heads: number, D: number): void {
-  if (!hasContiguousRows(t, heads, D)) {
-    throw new ShapeError(`${argument}.strides`, `[${heads}·D, D, any, 1] (rows contiguous, D = ${D})`, [...t.strides]);
-  }
-}
-
 /** Rows (b, h) of a [B, heads, 1, D] device tensor at (b·heads + h)·D: strides [heads·D, D, any, 1]. */
 export function hasContiguousRows(t: DeviceTensor, heads: number, D: number): boolean {
   const st = t.strides;

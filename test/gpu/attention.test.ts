@@ -11,8 +11,9 @@ import { Stream } from '../../src/cuda/stream.js';
 import { ConfigError, DeviceInputError, ShapeError } from '../../src/errors.js';
 import type { CacheShape } from '../../src/pq/config.js';
 import { SplitMix32 } from '../../src/pq/rng.js';
-import { deviceTensor } from '../../src/tensor/device-tensor.js';
-import { type FloatDType } from '../../src/tensor/dtype.js';
+import { contiguousRows } from '../../src/pq/step-rows.js';
+import { type DeviceTensor, deviceTensor } from '../../src/tensor/device-tensor.js';
+import { BYTES_PER_ELEMENT, type FloatDType } from '../../src/tensor/dtype.js';
 import { HostTensor } from '../../src/tensor/host-tensor.js';
 import { gpuSkip } from './gpu.js';
 
@@ -60,6 +61,8 @@ interface KernelCase {
   sk: number;
   capacity: number;
   listCapacity: number;
+  /** The query read in place from a fused QKV buffer [B, H + 2·Hkv, D] (its key and value rows NaN), not from contiguous rows. */
+  fusedQuery?: boolean;
 }
 
 /** The sparse merges this GPU runs: through global memory always, in a cluster on sm_90. */
@@ -101,19 +104,23 @@ function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', cor
   const stream = new Stream();
   const status = new PinnedBuffer(16);
   new Int32Array(status.arrayBuffer, 0, 1)[0] = 0;
-  const arena = DeviceArena.allocate({ q: rows * D * 4, list: list.byteLength, len: len.byteLength, w: weights.byteLength, out: rows * D * 4 });
+  // The query's rows: contiguous, or the query part of a fused QKV buffer whose other rows are NaN (read by mistake, they would show).
+  const qHeads = c.fusedQuery === true ? H + 2 * Hkv : H;
+  const qRows = new Float32Array(B * qHeads * D).fill(NaN);
+  for (let b = 0; b < B; b++) qRows.set(q.subarray(b * H * D, (b + 1) * H * D), b * qHeads * D);
+  const arena = DeviceArena.allocate({ q: qRows.byteLength, list: list.byteLength, len: len.byteLength, w: weights.byteLength, out: rows * D * 4 });
   const attention = new CudaAttention(ctx, c.shape);
   const plan = kind === 'sparse' ? attention.sparsePlan(c.dtype, L, merge) : attention.densePlan(c.dtype, c.sk);
   const scratch = new AttendScratch(plan, D, stream);
   try {
     kv.upload(new HostTensor('f32', [B, Hkv, c.capacity, D], keys), new HostTensor('f32', [B, Hkv, c.capacity, D], values));
     const enc = (dtype: FloatDType, x: Float32Array): Float32Array | Uint16Array => HostTensor.fromNumbers(dtype, [x.length], x).data as Float32Array | Uint16Array;
-    copies.fromHost(arena.slices.q, enc(c.qdtype, q));
+    copies.fromHost(arena.slices.q, enc(c.qdtype, qRows));
     copies.fromHost(arena.slices.list, list);
     copies.fromHost(arena.slices.len, len);
     copies.fromHost(arena.slices.w, enc(c.wdtype, weights));
     copies.fill32Async(arena.slices.out, POISON, rows * D, stream);
-    const io = { query: arena.slices.q.ptr, queryDType: c.qdtype, kv, out: arena.slices.out.ptr, seqLen: { ptr: 0n, add: c.sk }, status: status.ptr };
+    const io = { query: { ptr: arena.slices.q.ptr, dtype: c.qdtype, rows: contiguousRows(qHeads, D) }, kv, out: arena.slices.out.ptr, seqLen: { ptr: 0n, add: c.sk }, status: status.ptr };
     const sparseIO = { ...io, sparseList: arena.slices.list.ptr, sparseLen: arena.slices.len.ptr, listStride: L, weights: arena.slices.w.ptr, weightsDType: c.wdtype, weightsStride: c.sk };
     // The split kernels do not wait for the kernel before them: no programmatic dependent launch.
     if (kind === 'sparse' && plan.merge === 'global') {
@@ -153,7 +160,7 @@ function runKernel(c: KernelCase, rng: SplitMix32, kind: 'sparse' | 'dense', cor
   }
 }
 
-test('sparse attention kernels (global and cluster merges) match the CPU oracle (GQA, padding, zero and fractional weights, all dtypes)', { skip }, () => {
+test('sparse attention kernels (global and cluster merges) match the CPU oracle (GQA, padding, zero and fractional weights, all dtypes, contiguous and fused QKV queries)', { skip }, () => {
   const rng = new SplitMix32(7);
   const failures: string[] = [];
   const shapes: CacheShape[] = [
@@ -168,7 +175,10 @@ test('sparse attention kernels (global and cluster merges) match the CPU oracle 
     for (const dtype of ['f32', 'f16', 'bf16'] as const) {
       for (const listCapacity of [1, 37, 384, 1500]) {
         const sk = 50 + Math.floor(rng.next() * 3000);
-        const c: KernelCase = { shape, dtype, qdtype: (['f32', 'bf16', 'f16'] as const)[n % 3], wdtype: (['f32', 'f16', 'bf16'] as const)[(n + 1) % 3], sk, capacity: sk + 5, listCapacity };
+        const c: KernelCase = {
+          shape, dtype, qdtype: (['f32', 'bf16', 'f16'] as const)[n % 3], wdtype: (['f32', 'f16', 'bf16'] as const)[(n + 1) % 3], sk, capacity: sk + 5, listCapacity,
+          fusedQuery: n % 2 === 1,
+        };
         n++;
         for (const merge of sparseMerges()) {
           // Remove the (rare) list wider than sk: distinct positions need listCapacity ≤ sk.
@@ -182,13 +192,13 @@ test('sparse attention kernels (global and cluster merges) match the CPU oracle 
   assert.deepEqual(failures, []);
 });
 
-test('dense attention kernel matches the CPU oracle (G = 1, 2, 4, 8, 16; all dtypes)', { skip }, () => {
+test('dense attention kernel matches the CPU oracle (G = 1, 2, 4, 8, 16; all dtypes, contiguous and fused QKV queries)', { skip }, () => {
   const rng = new SplitMix32(11);
   const failures: string[] = [];
   for (const [H, Hkv, D] of [[4, 4, 128], [8, 4, 64], [16, 4, 128], [16, 2, 128], [32, 2, 64], [8, 1, 256], [6, 2, 200]] as const) {
     for (const dtype of ['f32', 'f16', 'bf16'] as const) {
       const sk = 1 + Math.floor(rng.next() * 5000);
-      const c: KernelCase = { shape: { batch: 2, heads: H, kvHeads: Hkv, headDim: D }, dtype, qdtype: 'f32', wdtype: 'f32', sk, capacity: sk + 17, listCapacity: 1 };
+      const c: KernelCase = { shape: { batch: 2, heads: H, kvHeads: Hkv, headDim: D }, dtype, qdtype: 'f32', wdtype: 'f32', sk, capacity: sk + 17, listCapacity: 1, fusedQuery: dtype !== 'f16' };
       const { got, want } = runKernel(c, rng, 'dense');
       const err = worstRowError(got, want, D);
       if (!(err <= TOLERANCE[dtype])) failures.push(`H=${H} Hkv=${Hkv} D=${D} ${dtype} sk=${sk}: worst row rel. error ${err}`);
@@ -348,6 +358,111 @@ test('a sparse layer whose attention starts behind the select step (programmatic
       assert.deepEqual(a, b, `stack step ${s}`);
     }
   } finally {
+    for (const st of stacks) st.dispose();
+  }
+});
+
+/**
+ * A fused QKV projection output [B, 1, H + 2·Hkv, D] in device memory, its query, key and value parts
+ * as the step inputs a decode layer reads in place (row strides (H + 2·Hkv)·D and D).
+ */
+class FusedQKV {
+  readonly arena: DeviceArena<'qkv'>;
+  readonly views: { query: DeviceTensor; key: DeviceTensor; value: DeviceTensor };
+
+  constructor(private readonly shape: CacheShape, private readonly dtype: FloatDType) {
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+    const Htot = H + 2 * Hkv;
+    const bytes = BYTES_PER_ELEMENT[dtype];
+    this.arena = DeviceArena.allocate({ qkv: B * Htot * D * bytes });
+    const ptr = this.arena.slices.qkv.ptr;
+    const strides = [Htot * D, D, Htot * D, 1];
+    this.views = {
+      query: deviceTensor(dtype, [B, H, 1, D], ptr, strides),
+      key: deviceTensor(dtype, [B, Hkv, 1, D], ptr + BigInt(H * D * bytes), strides),
+      value: deviceTensor(dtype, [B, Hkv, 1, D], ptr + BigInt((H + Hkv) * D * bytes), strides),
+    };
+  }
+
+  /** Write one step's inputs (host tensors of this dtype, [B, heads, 1, D]) into the buffer. */
+  write(inputs: { query: HostTensor; key: HostTensor; value: HostTensor }): void {
+    const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = this.shape;
+    const Htot = H + 2 * Hkv;
+    const out = this.dtype === 'f32' ? new Float32Array(B * Htot * D) : new Uint16Array(B * Htot * D);
+    for (let b = 0; b < B; b++) {
+      const put = (t: HostTensor, heads: number, first: number): void =>
+        out.set((t.data as typeof out).subarray(b * heads * D, (b + 1) * heads * D), (b * Htot + first) * D);
+      put(inputs.query, H, 0);
+      put(inputs.key, Hkv, H);
+      put(inputs.value, Hkv, H + Hkv);
+    }
+    copies.fromHost(this.arena.slices.qkv, out);
+  }
+
+  dispose(): void {
+    this.arena.dispose();
+  }
+}
+
+test('decode layers and stacks read q, k and v in place from a fused QKV output at B = 2: outputs, lists and K/V caches equal those from contiguous inputs, bit for bit', { skip }, () => {
+  const shape = { batch: 2, heads: 8, kvHeads: 2, headDim: 64 };
+  const config = { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 4, initOffset: 8, kmeansIters: 0 };
+  const rng = new SplitMix32(31);
+  const sk = 1200;
+  const steps = 12;
+  const draw = (dtype: FloatDType) => ({
+    query: intTensor(rng, dtype, [2, 8, 1, 64], -1, 1),
+    key: intTensor(rng, dtype, [2, 2, 1, 64], -2, 2),
+    value: intTensor(rng, dtype, [2, 2, 1, 64], -3, 3),
+  });
+  for (const [mode, kvDType, dtype] of [['sparse', 'f32', 'f32'], ['sparse', 'bf16', 'bf16'], ['dense', 'f16', 'f16'], ['dense', 'f32', 'bf16']] as const) {
+    const options = { shape, config, capacity: sk + steps, kvDType, attention: mode };
+    const contiguous = new CudaDecodeLayer(options);
+    const fused = new CudaDecodeLayer(options);
+    const qkv = new FusedQKV(shape, dtype);
+    try {
+      const keys = intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2);
+      const values = intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3);
+      contiguous.prefill(keys, values);
+      fused.prefill(keys, values);
+      for (let s = 0; s < steps; s++) {
+        const inputs = draw(dtype);
+        qkv.write(inputs);
+        const want = contiguous.stepToHost(inputs).data;
+        fused.step(qkv.views);
+        assert.deepEqual(fused.outputToHost().data, want, `${mode} ${kvDType} ${dtype} step ${s}`);
+        if (mode === 'sparse') assert.deepEqual(fused.listsToHost().sparseList, contiguous.listsToHost().sparseList, `step ${s} lists`);
+      }
+      assert.deepEqual(fused.kvToHost(), contiguous.kvToHost(), `${mode} ${kvDType} ${dtype}: K/V caches`);
+      // A last dimension that is not contiguous is refused, naming the input.
+      const { key } = qkv.views;
+      assert.throws(() => fused.step({ ...qkv.views, key: { ...key, strides: [key.strides[0], key.strides[1], key.strides[2], 2] } }),
+        (e: unknown) => e instanceof ShapeError && /^key\.strides/.test((e as Error).message));
+    } finally {
+      qkv.dispose();
+      fused.dispose();
+      contiguous.dispose();
+    }
+  }
+
+  // Two layers in one graph, each from its own fused buffer, against a stack given the same inputs from the host.
+  const L = 2;
+  const stacks = [0, 1].map(() => new CudaDecodeStack({ shape, config, capacity: sk + steps, kvDType: 'bf16', numLayers: L }));
+  const buffers = Array.from({ length: L }, () => new FusedQKV(shape, 'bf16'));
+  try {
+    const keys = Array.from({ length: L }, () => intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2));
+    const values = Array.from({ length: L }, () => intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3));
+    for (const st of stacks) st.prefill(keys, values);
+    for (let s = 0; s < 4; s++) {
+      const inputs = Array.from({ length: L }, () => draw('bf16'));
+      inputs.forEach((x, i) => (buffers[i] as FusedQKV).write(x));
+      const want = stacks[0].stepToHost(inputs).map((t) => t.data);
+      stacks[1].step(buffers.map((b) => b.views));
+      const got = stacks[1].layers.map((l) => l.outputToHost().data);
+      assert.deepEqual(got, want, `stack step ${s}`);
+    }
+  } finally {
+    for (const b of buffers) b.dispose();
     for (const st of stacks) st.dispose();
   }
 });
