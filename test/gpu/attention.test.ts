@@ -416,7 +416,7 @@ test('decode layers and stacks read q, k and v in place from a fused QKV output 
     value: intTensor(rng, dtype, [2, 2, 1, 64], -3, 3),
   });
   for (const [mode, kvDType, dtype] of [['sparse', 'f32', 'f32'], ['sparse', 'bf16', 'bf16'], ['dense', 'f16', 'f16'], ['dense', 'f32', 'bf16']] as const) {
-    const options = { shape, config, capacity: sk + steps, kvDType, attention: mode };
+    const options = { shape, config, capacity: sk + steps + 1, kvDType, attention: mode }; // + 1: room for the refused step below
     const contiguous = new CudaDecodeLayer(options);
     const fused = new CudaDecodeLayer(options);
     const qkv = new FusedQKV(shape, dtype);
