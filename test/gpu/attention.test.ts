@@ -221,9 +221,21 @@ function intTensor(rng: SplitMix32, dtype: FloatDType, shape: number[], lo: numb
   return HostTensor.fromNumbers(dtype, shape, Array.from({ length: n }, () => rng.int(lo, hi)));
 }
 
+/** The decode-layer tests' shape (B = 2, GQA 4:1) and a config with no k-means rounds (quick builds). */
+const SMALL_LAYER = {
+  shape: { batch: 2, heads: 8, kvHeads: 2, headDim: 64 },
+  config: { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 4, initOffset: 8, kmeansIters: 0 },
+};
+
+/** Prefill the layers with the same integer keys and values [2, 2, sk, 64] (SMALL_LAYER's shape). */
+function prefillAlike(rng: SplitMix32, sk: number, ...layers: { prefill(keys: HostTensor, values: HostTensor): void }[]): void {
+  const keys = intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2);
+  const values = intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3);
+  for (const layer of layers) layer.prefill(keys, values);
+}
+
 test('decode layers (sparse and dense) match the CPU layers step by step; the stack runs all layers in one graph', { skip }, () => {
-  const shape = { batch: 2, heads: 8, kvHeads: 2, headDim: 64 };
-  const config = { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 4, initOffset: 8, kmeansIters: 0 };
+  const { shape, config } = SMALL_LAYER;
   const rng = new SplitMix32(5);
   const sk = 1500;
   const steps = 40;
@@ -232,10 +244,7 @@ test('decode layers (sparse and dense) match the CPU layers step by step; the st
     const cpu = new CpuDecodeLayer(options);
     const gpu = new CudaDecodeLayer(options);
     try {
-      const keys = intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2);
-      const values = intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3);
-      cpu.prefill(keys, values);
-      gpu.prefill(keys, values);
+      prefillAlike(rng, sk, cpu, gpu);
       for (let s = 0; s < steps; s++) {
         const inputs = {
           query: intTensor(rng, s % 2 ? 'bf16' : 'f32', [2, 8, 1, 64], -1, 1),
@@ -405,8 +414,7 @@ class FusedQKV {
 }
 
 test('decode layers and stacks read q, k and v in place from a fused QKV output at B = 2: outputs, lists and K/V caches equal those from contiguous inputs, bit for bit', { skip }, () => {
-  const shape = { batch: 2, heads: 8, kvHeads: 2, headDim: 64 };
-  const config = { sinkSize: 8, windowSize: 16, heavySize: 32, pqGroupFactor: 2, pqBits: 4, initOffset: 8, kmeansIters: 0 };
+  const { shape, config } = SMALL_LAYER;
   const rng = new SplitMix32(31);
   const sk = 1200;
   const steps = 12;
@@ -421,10 +429,7 @@ test('decode layers and stacks read q, k and v in place from a fused QKV output 
     const fused = new CudaDecodeLayer(options);
     const qkv = new FusedQKV(shape, dtype);
     try {
-      const keys = intTensor(rng, 'f32', [2, 2, sk, 64], -2, 2);
-      const values = intTensor(rng, 'f32', [2, 2, sk, 64], -3, 3);
-      contiguous.prefill(keys, values);
-      fused.prefill(keys, values);
+      prefillAlike(rng, sk, contiguous, fused);
       for (let s = 0; s < steps; s++) {
         const inputs = draw(dtype);
         qkv.write(inputs);
