@@ -36,7 +36,8 @@
 //   the longest row.
 //
 // pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype; each at its own row strides,
-//   PqStepRows) written at position sk = *seq_len of the caches, converted to T; seq_write (optional, a different slot) gets sk + 1.
+//   PqStepRows) written at position sk = *seq_len of the caches, converted to T; seq_write
+//   (optional, a different slot) gets sk + 1.
 //   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
 //   when no PQ index runs). Launch: grid B*Hkv, block 128. Programmatic dependent launch (a decode
 //   layer): it first waits for the kernel before it (the previous layer's attention), then lets the

@@ -787,12 +787,16 @@ export class CudaPQCache implements PQCache {
     else this.launchSelect(query, plan, readSlot);
   }
 
-  /** A step's query with contiguous rows [B, H, 1, D] at `ptr`, for recordStep (a decode layer's input). */
+  /**
+   * A step's query with contiguous rows [B, H, 1, D] at `ptr`, for recordStep by a holder whose query
+   * is contiguous (scripts/launch-vs-graph.mjs, ring-graph-floor.mjs; a decode layer passes the rows it
+   * checked: src/pq/step-rows.ts).
+   */
   contiguousStepQuery(ptr: DevicePtr, dtype: FloatDType): StepInput {
     return { ptr, dtype, rows: this.stepQueries.contiguous };
   }
 
-  /** A step's key with contiguous rows [B, Hkv, 1, D] at `ptr`, for recordStep (a decode layer's input). */
+  /** A step's key with contiguous rows [B, Hkv, 1, D] at `ptr`, for recordStep (as contiguousStepQuery; a decode layer's: fixedStepKey). */
   contiguousStepKey(ptr: DevicePtr, dtype: FloatDType): StepKey {
     return { base: ptr, dtype, rows: this.stepKeys.contiguous };
   }
