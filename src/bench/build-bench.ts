@@ -10,7 +10,7 @@ import { type Layout, makeLayout } from '../pq/config.js';
 import { type BuildStats, type BuildTuning, BuildWorkspace, type DeviceBuildTarget, allocateBuildTarget, buildOnDevice, readBuildTarget } from '../pq/cuda-build.js';
 import { groupId } from '../pq/index-state.js';
 import { mix32 } from '../pq/rng.js';
-import type { RecordRow } from './record.js';
+import { type RecordRow, latencyFields } from './record.js';
 import { BusyQueue } from './busy-queue.js';
 import { type LatencySummary, nowUs, round3, summarize } from './stats.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
@@ -149,8 +149,8 @@ function buildRow(c: BuildBenchConfig, layout: Layout, keys: Float32Array, t: De
   return {
     impl: source === 'host-f32' ? 'pqcache-cuda' : `pqcache-cuda-${source}`,
     config: { ...c, keys: source },
-    wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
-    gpu_us: { median: round3(g.median), p90: round3(g.p90), p99: round3(g.p99) },
+    wall_us: latencyFields(w),
+    gpu_us: latencyFields(g),
     extra: {
       quantization_error: err,
       gpu_ms_kmeans: round3(g.median / 1000),

@@ -60,6 +60,11 @@ export function writeRecord(path: string, record: BenchRecord): void {
   writeFileSync(path, JSON.stringify(record, null, 2) + '\n');
 }
 
+/** A latency summary as a record writes it: median, p90 and p99 rounded to 0.001 μs. */
+export function latencyFields(s: LatencySummary): { median: number; p90: number; p99: number } {
+  return { median: round3(s.median), p90: round3(s.p90), p99: round3(s.p99) };
+}
+
 /** A row of latency results: wall-clock (and GPU) median/p90/p99 in μs, rounded for the record. */
 export function latencyRow(
   impl: string,
@@ -69,12 +74,11 @@ export function latencyRow(
   gpu?: LatencySummary,
   matches?: boolean,
 ): RecordRow {
-  const r = (s: LatencySummary): { median: number; p90: number; p99: number } => ({ median: round3(s.median), p90: round3(s.p90), p99: round3(s.p99) });
   return {
     impl,
     config,
-    wall_us: r(wall),
-    ...(gpu ? { gpu_us: r(gpu) } : {}),
+    wall_us: latencyFields(wall),
+    ...(gpu ? { gpu_us: latencyFields(gpu) } : {}),
     ...(matches !== undefined ? { matches_oracle: matches } : {}),
     extra,
   };

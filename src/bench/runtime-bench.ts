@@ -12,7 +12,7 @@ import { ResidentLaunch } from '../cuda/resident.js';
 import { CompletionSignal } from '../cuda/signal.js';
 import { Event, Stream } from '../cuda/stream.js';
 import { loadKernels } from '../pq/kernels.js';
-import { type RecordRow, latencyRow as recordRow } from './record.js';
+import { type RecordRow, latencyFields, latencyRow as recordRow } from './record.js';
 import { nowUs, round3, summarize } from './stats.js';
 
 export interface RuntimeBenchOptions {
@@ -126,7 +126,7 @@ export function benchRuntime(o: RuntimeBenchOptions): RecordRow[] {
         busy.dispose();
       }
       const d = summarize(device);
-      rows.push({ impl: 'pqcache-cuda', config: { what: 'graph of 1 empty kernel between events, stream kept busy ahead' }, gpu_us: { median: round3(d.median), p90: round3(d.p90), p99: round3(d.p99) } });
+      rows.push({ impl: 'pqcache-cuda', config: { what: 'graph of 1 empty kernel between events, stream kept busy ahead' }, gpu_us: latencyFields(d) });
     } finally {
       single.dispose();
       ev0.dispose();
@@ -256,7 +256,7 @@ function residentFloors(iters: number, stream: Stream): RecordRow[] {
     try {
       for (const [what, pair] of [['graph of 1 kernel', graphs], ['graph of 1 kernel + a cuStreamWriteValue32 node', nodeGraphs]] as const) {
         const d = summarize(eventTimes(stream, 200 + iters, (i) => (pair[i & 1] as GraphExec).launch(stream), busy).slice(200));
-        rows.push({ impl: 'pqcache-cuda', config: { what: `${what} between events, stream kept busy ahead` }, gpu_us: { median: round3(d.median), p90: round3(d.p90), p99: round3(d.p99) } });
+        rows.push({ impl: 'pqcache-cuda', config: { what: `${what} between events, stream kept busy ahead` }, gpu_us: latencyFields(d) });
       }
     } finally {
       busy.dispose();

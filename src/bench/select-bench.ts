@@ -29,7 +29,7 @@ import { checkQuery, checkStepKey } from '../pq/validate.js';
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { HostTensor } from '../tensor/host-tensor.js';
 import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
-import { type RecordRow, latencyRow } from './record.js';
+import { type RecordRow, latencyFields, latencyRow } from './record.js';
 import { type LatencySummary, cpusAllowed, nowUs, round3, summarize } from './stats.js';
 
 export interface SelectBenchConfig {
@@ -296,7 +296,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
     const chained = plan.row !== undefined || plan.bucket !== undefined ? benchChained(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
     const gi = summarize(gpuIdle);
-    const idle = { median: round3(gi.median), p90: round3(gi.p90), p99: round3(gi.p99) };
+    const idle = latencyFields(gi);
     const planAtEnd = cache.planFor(cache.seqLen);
     const M = c.M;
     const span = Math.max(0, cache.seqLen - c.W - Math.max(c.O, c.S));
@@ -404,7 +404,7 @@ function benchKeyFromCache(cache: CudaPQCache, layout: Layout, keys: readonly Fl
     }, busy));
     const w = summarize(wall);
     return {
-      kcache_key_wall_us: { median: round3(w.median), p90: round3(w.p90), p99: round3(w.p99) },
+      kcache_key_wall_us: latencyFields(w),
       kcache_key_gpu_us_median: round3(gpu.median),
       // 0 while one plan holds (a new plan: one graph per query set) when no step's slice needed a capture of its own.
       kcache_key_captures_after_first_round: cache.stepCaptureCount - captures,
@@ -435,38 +435,93 @@ function checkFirstStep(cache: CudaPQCache, state: PQIndexState, inputs: { queri
 /**
  * Chained steps (option `chained`) on a second cache with the same index: step(query, key) +
  * synchronize per call, as the graph row, with one device query and key (the chains are captured for
- * their inputs' addresses). The steps run the graph row's kernel, so its GPU time stands; no events
- * can sit between a chain's steps. Warmed with 300 steps (sk stays within the plan at the seed config).
+ * their inputs' addresses). Warmed with 300 steps (sk stays within the plan at the seed config). No
+ * events can sit between a chain's steps (event nodes cost ≈ 8.5 μs a step, bench/NOTES.md session
+ * 41), so the row's GPU time is the back-to-back device time of chainBurstTimes, on a third cache.
  */
 function benchChained(c: SelectBenchConfig, o: BenchOptions, layout: Layout, state: PQIndexState, capacity: number,
   inputs: { queries: Float32Array[]; keys: Float32Array[] }, qDev: DeviceTensor, kDev: DeviceTensor): RecordRow {
   const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, chained: true });
+  let errors: string[];
+  let served: boolean;
+  let stepKernel: string;
+  const wall: number[] = [];
   try {
     cache.uploadState(state);
-    const errors = checkFirstStep(cache, state, inputs);
+    errors = checkFirstStep(cache, state, inputs);
     for (let i = 0; i < Math.max(o.warmup, 300); i++) {
       cache.step(qDev, kDev);
       cache.synchronize();
     }
     const before = cache.chainedStepCount;
-    const wall: number[] = [];
     for (let i = 0; i < o.iters; i++) {
       const t0 = nowUs();
       cache.step(qDev, kDev);
       cache.synchronize();
       wall.push(nowUs() - t0);
     }
-    return wallRow('pqcache-cuda-chained', c, summarize(wall), {
-      // Each chain's launch runs on the launcher thread: the mean shows whether any of it reached the steps.
-      wall_mean_us: round3(wall.reduce((a, b) => a + b, 0) / wall.length),
-      served_chained: cache.chainedStepCount - before === o.iters,
-      step_kernel: describePlan(cache.planFor(cache.seqLen)),
-      gpu_method: 'none: the chain\'s steps follow one another inside one graph (the kernel is the graph row\'s)',
-      mismatches: errors.slice(0, 3),
-    }, undefined, errors.length === 0);
+    served = cache.chainedStepCount - before === o.iters;
+    stepKernel = describePlan(cache.planFor(cache.seqLen));
   } finally {
     cache.dispose();
   }
+  const burst = chainBurstTimes(layout, state, capacity, o, qDev, kDev);
+  return wallRow('pqcache-cuda-chained', c, summarize(wall), {
+    // Each chain's launch runs on the launcher thread: the mean shows whether any of it reached the steps.
+    wall_mean_us: round3(wall.reduce((a, b) => a + b, 0) / wall.length),
+    served_chained: served,
+    step_kernel: stepKernel,
+    gpu_method: burst.chained.length === 0 ? 'none: no whole chain fitted in the plan (chainBurstTimes)' :
+      `back to back: a chain of ${CHAIN_BURST_LENGTH} steps rung at once, host clock from the ring to its last step seen done ÷ ${CHAIN_BURST_LENGTH}, a chain a sample (${burst.chained.length} chains)`,
+    // The same method on graph steps (launched back to back, one synchronize), against the graph row's events.
+    graph_burst_us_per_step: burst.graph.length === 0 ? null : latencyFields(summarize(burst.graph)),
+    mismatches: errors.slice(0, 3),
+  }, burst.chained.length === 0 ? undefined : summarize(burst.chained), errors.length === 0);
+}
+
+/** Steps in a chain of chainBurstTimes, and chains timed (fewer where the plan ends first). */
+const CHAIN_BURST_LENGTH = 32;
+const CHAIN_BURSTS = 20;
+
+/**
+ * A step's device time from steps run back to back, μs a step: fresh caches holding `state` take
+ * CHAIN_BURSTS bursts of CHAIN_BURST_LENGTH appending steps on one device query and key, each burst
+ * timed on the host clock from its start to its last step seen done and divided by its length (one
+ * start and one completion seen spread over the steps: ≈ 2 μs a burst, ≤ 0.1 μs a step). `chained`:
+ * chains of that length (option `chained`), each burst one chain rung at once (ringChainedBurst);
+ * `graph`: graph steps launched one after another and synchronized once, the same method on the path
+ * whose events the graph row reads. Each cache first runs two chains' steps (captures, warm-up); a
+ * burst that would cross the plan, the capacity or a bucket rebuild ends the chained loop.
+ */
+function chainBurstTimes(layout: Layout, state: PQIndexState, capacity: number, o: BenchOptions, qDev: DeviceTensor,
+  kDev: DeviceTensor): { chained: number[]; graph: number[] } {
+  const times = (chained: boolean, burst: (cache: CudaPQCache) => boolean): number[] => {
+    const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel,
+      ...(chained ? { chained: { length: CHAIN_BURST_LENGTH } } : {}) });
+    try {
+      cache.uploadState(state);
+      for (let i = 0; i < 2 * CHAIN_BURST_LENGTH; i++) {
+        cache.step(qDev, kDev);
+        cache.synchronize();
+      }
+      const out: number[] = [];
+      for (let i = 0; i < CHAIN_BURSTS; i++) {
+        const t0 = nowUs();
+        if (!burst(cache)) break;
+        out.push((nowUs() - t0) / CHAIN_BURST_LENGTH);
+      }
+      return out;
+    } finally {
+      cache.dispose();
+    }
+  };
+  const chained = times(true, (cache) => cache.ringChainedBurst());
+  const graph = times(false, (cache) => {
+    for (let i = 0; i < CHAIN_BURST_LENGTH; i++) cache.step(qDev, kDev);
+    cache.synchronize();
+    return true;
+  });
+  return { chained, graph };
 }
 
 /**

@@ -14,7 +14,7 @@ import { DeviceArena, allocationStats, copies } from '../cuda/memory.js';
 import { CudaPQCache } from '../pq/cuda-cache.js';
 import { SplitMix32 } from '../pq/rng.js';
 import { deviceTensor } from '../tensor/device-tensor.js';
-import type { RecordRow } from './record.js';
+import { type RecordRow, latencyFields } from './record.js';
 import { SEED_BENCH, benchLayout, randomState } from './select-bench.js';
 import { cpusAllowed, nowUs, percentile, round3, summarize } from './stats.js';
 
@@ -137,7 +137,7 @@ function soakRun(name: string, count: number, total: number, o: SoakOptions, don
   return {
     impl: name,
     config: { ...c, indexes: count, steps: total, request_len: o.requestLen },
-    wall_us: { median: round3(wall.median), p90: round3(wall.p90), p99: round3(wall.p99) },
+    wall_us: latencyFields(wall),
     extra: {
       device: CudaContext.primary().device.name,
       cpus_allowed: cpusAllowed(),

@@ -18,7 +18,7 @@
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import { StateError } from '../errors.js';
+import { ConfigError, StateError } from '../errors.js';
 import { type Handle, check, driverLibraryPath } from './driver.js';
 import { GraphExec } from './graph.js';
 import { PinnedBuffer } from './memory.js';
@@ -97,10 +97,17 @@ export class StepChain {
     }
   }
 
-  /** Ring the next step (launching a chain first when none waits); wait() for it before the next ring. */
-  ring(): void {
+  /**
+   * Ring the next step (launching a chain first when none waits); wait() for it before the next ring.
+   * `count` > 1 rings that many steps of one chain at once (a benchmark's back-to-back steps): they
+   * must fit in what is left of the current chain, or of the next one when the current one is rung
+   * to its end.
+   */
+  ring(count = 1): void {
     const graphs = this.graphs;
     if (graphs === undefined) throw new StateError('StepChain.ring', 'captured chains', 'none');
+    const left = this.waiting && this.rung < this.length ? this.length - this.rung : this.length;
+    if (!Number.isInteger(count) || count < 1 || count > left) throw new ConfigError('count', `an integer in [1, ${left}] (the steps left in the chain)`, count);
     if (!this.waiting) {
       this.current = 0;
       this.resetWords(0);
@@ -114,9 +121,10 @@ export class StepChain {
       this.rung = 0;
       this.nextLaunched = false;
     }
-    this.rung += 1;
+    const first = this.rung === 0;
+    this.rung += count;
     Atomics.store(this.u32, 64 * this.current + BELL, this.rung);
-    if (this.rung === 1) {
+    if (first) {
       // The other chain's last launch is complete (its last done was seen): launch it again behind this one.
       const other = this.current ^ 1;
       this.resetWords(other);

@@ -874,13 +874,13 @@ export class CudaPQCache implements PQCache {
    * outputs' views for it; then wait for it (an appending step not known to have happened is undone)
    * and report the inputs the kernels flagged.
    */
-  private completeRungStep(appending: boolean, served: { wait(): void }): void {
-    this.commitStep(appending);
+  private completeRungStep(appending: boolean, served: { wait(): void }, steps = 1): void {
+    for (let i = 0; i < steps; i++) this.commitStep(appending);
     this.outputs();
     try {
       served.wait();
     } catch (e) {
-      if (appending) this.uncommitStep();
+      if (appending) for (let i = 0; i < steps; i++) this.uncommitStep();
       throw e;
     }
     this.checkStatus();
@@ -950,6 +950,28 @@ export class CudaPQCache implements PQCache {
     chain.ring();
     this.chainedSteps++;
     this.completeRungStep(true, chain);
+    return true;
+  }
+
+  /**
+   * Benchmarks: ring a whole chain of steps at once — the `chained.length` steps step() would run
+   * next with the inputs the chains were captured for (a K cache's slice: each step's own row) — so
+   * they follow one another on the GPU with no host between them; returns once the last is done (the
+   * outputs are its). The host clock around the call, divided by the length, is a chained step's
+   * device time, plus one ring and one completion seen spread over the steps (bench --kind select,
+   * the chained row's gpu_us). False, with nothing run, where the chains cannot serve them: none
+   * waits at the end of its steps (step() has not run a whole chain since the chains were captured or
+   * drained), or the plan, the capacity or a bucket rebuild falls within two chains' steps.
+   */
+  ringChainedBurst(): boolean {
+    this.live();
+    const chain = this.chain;
+    const b = this.chainBinding;
+    const options = this.chainOptions;
+    if (chain === undefined || b === undefined || options === undefined || !chain.atChainStart || !this.chainFits(b.plan, 2 * options.length)) return false;
+    chain.ring(options.length);
+    this.chainedSteps += options.length;
+    this.completeRungStep(true, chain, options.length);
     return true;
   }
 

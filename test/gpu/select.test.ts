@@ -574,18 +574,24 @@ function deviceStepChecker(gpu: CudaPQCache, st: PQIndexState): (s: number, quer
     const hq = new HostTensor('f32', [B, H, 1, D], qv);
     const want = key === undefined ? cpu.selectToHost(hq) : cpu.stepToHost(hq, new HostTensor('f32', [B, Hkv, 1, D], kv));
     const got = key === undefined ? gpu.select(query) : gpu.step(query, key);
-    const lists = gpu.listsToHost();
-    assert.deepEqual(lists.sparseLen, want.sparseLen.data, `step ${s} sparseLen`);
-    assert.deepEqual(lists.sparseList, want.sparseList.data, `step ${s} sparseList`);
-    const sk = gpu.seqLen;
-    assert.equal(got.weights.shape[2], sk, `step ${s}: the weights view has this step's sk`);
-    const row = new Float32Array(sk);
-    for (let i = 0; i < B * H; i++) {
-      copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * got.weights.strides[1] * 4), bytes: sk * 4 });
-      assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `step ${s} weights row ${i}`);
-    }
-    assert.equal(L, lists.sparseList.length / (B * H));
+    assertStepEquals(gpu, got, want, `step ${s}`);
+    assert.equal(L, gpu.listsToHost().sparseList.length / (B * H));
   };
+}
+
+/** The GPU cache's last step (lists, and every weights row of `got`, f32) equals the oracle's `want`, bit for bit. */
+function assertStepEquals(gpu: CudaPQCache, got: SelectResult<DeviceTensor>, want: SelectResult<HostTensor>, label: string): void {
+  const lists = gpu.listsToHost();
+  assert.deepEqual(lists.sparseLen, want.sparseLen.data, `${label} sparseLen`);
+  assert.deepEqual(lists.sparseList, want.sparseList.data, `${label} sparseList`);
+  const sk = gpu.seqLen;
+  assert.equal(got.weights.shape[2], sk, `${label}: the weights view has this step's sk`);
+  const [B, H] = got.weights.shape;
+  const row = new Float32Array(sk);
+  for (let i = 0; i < (B as number) * (H as number); i++) {
+    copies.toHost(row, { ptr: got.weights.ptr + BigInt(i * (got.weights.strides[1] as number) * 4), bytes: sk * 4 });
+    assert.deepEqual(row, (want.weights.data as Float32Array).subarray(i * sk, (i + 1) * sk), `${label} weights row ${i}`);
+  }
 }
 
 test('graph steps check a frozen device tensor once and an unfrozen one on every call (shape and row strides); exact either way', { skip }, () => {
@@ -768,6 +774,59 @@ test('chained steps: exact over several launches of the chain; a select, an allo
   }
   assert.throws(() => new CudaPQCache({ shape, config, capacity: 100, chained: { length: 7 } }), ConfigError);
   assert.throws(() => new CudaPQCache({ shape, config, capacity: 100, chained: true, resident: true }), ConfigError);
+});
+
+test('chained steps: ringChainedBurst rings a whole chain at once, exact; false where no chain waits at its end or two chains do not fit', { skip }, () => {
+  const config = { sinkSize: 16, windowSize: 24, heavySize: 200, pqGroupFactor: 2, pqBits: 6, initOffset: 16 };
+  const shape = { batch: 1, heads: 4, kvHeads: 2, headDim: 64 };
+  const { batch: B, heads: H, kvHeads: Hkv, headDim: D } = shape;
+  const length = 8;
+  const st = integerState(6000, 6000 + 5 * length, config, shape, 96);
+  const gpu = new CudaPQCache({ shape, config: st.layout.config, capacity: st.capacity, stepKernel: 'row', cluster: 2, chained: { length } });
+  gpu.uploadState(st);
+  const cpu = CpuPQCache.fromState({ ...st, codes: st.codes.slice() });
+  const { arena, q, k } = stepInputs(shape);
+  let r = 23;
+  const rnd = (): number => ((r = (Math.imul(r, 69069) + 1) >>> 0) >>> 28) - 8;
+  // Fresh integer inputs into q and k; the oracle's twins.
+  const inputs = (): [HostTensor, HostTensor] => {
+    const qv = new Float32Array(B * H * D).map(rnd);
+    const kv = new Float32Array(B * Hkv * D).map(rnd);
+    copies.fromHost({ ptr: q.ptr, bytes: qv.byteLength }, qv);
+    copies.fromHost({ ptr: k.ptr, bytes: kv.byteLength }, kv);
+    return [new HostTensor('f32', [B, H, 1, D], qv), new HostTensor('f32', [B, Hkv, 1, D], kv)];
+  };
+  try {
+    assert.equal(gpu.ringChainedBurst(), false, 'no chain yet');
+    // One chain's steps through step(): its last leaves it at its end.
+    for (let s = 0; s < length; s++) {
+      const [hq, hk] = inputs();
+      assertStepEquals(gpu, gpu.step(q, k), cpu.stepToHost(hq, hk), `step ${s}`);
+      if (s === 0) assert.equal(gpu.ringChainedBurst(), false, 'a chain not at its end');
+    }
+    // Two bursts: each runs a chain's steps on the inputs as they stand (the same query and key each step).
+    for (let burst = 0; burst < 2; burst++) {
+      const [hq, hk] = inputs();
+      assert.equal(gpu.ringChainedBurst(), true, `burst ${burst}`);
+      let want = cpu.stepToHost(hq, hk);
+      for (let s = 1; s < length; s++) want = cpu.stepToHost(hq, hk);
+      assert.equal(gpu.seqLen, st.seqLen + (2 + burst) * length);
+      assertStepEquals(gpu, gpu.outputs(), want, `burst ${burst}`);
+    }
+    assert.equal(gpu.chainedStepCount, 3 * length);
+    // 2 chains' steps left in the capacity: a burst fits once more, then not (the graph path takes the rest).
+    const [hq3, hk3] = inputs();
+    assert.equal(gpu.ringChainedBurst(), true);
+    let want3 = cpu.stepToHost(hq3, hk3);
+    for (let s = 1; s < length; s++) want3 = cpu.stepToHost(hq3, hk3);
+    assertStepEquals(gpu, gpu.outputs(), want3, 'burst 2');
+    assert.equal(gpu.ringChainedBurst(), false, 'one chain left in the capacity');
+    const [hq, hk] = inputs();
+    assertStepEquals(gpu, gpu.step(q, k), cpu.stepToHost(hq, hk), 'a graph step after the bursts');
+  } finally {
+    arena.dispose();
+    gpu.dispose();
+  }
 });
 
 test('chained steps: near the end of the capacity the chains stop (a chain starts only when two fit) and graph steps take the last ones, exact to the last position', { skip }, () => {
