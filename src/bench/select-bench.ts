@@ -13,6 +13,7 @@ import { randomFillSync } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CudaContext } from '../cuda/context.js';
+import { GraphExec } from '../cuda/graph.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
 import { residentTrace } from '../cuda/resident.js';
 import { checkSelect } from '../pq/brute-force.js';
@@ -20,7 +21,7 @@ import { CpuPQCache } from '../pq/cache.js';
 import { type Layout, type Metric, makeLayout } from '../pq/config.js';
 import { appendCodesCpu } from '../pq/cpu-build.js';
 import { deviceIndexStrides } from '../pq/cuda-build.js';
-import { CudaPQCache, STEP_PHASES } from '../pq/cuda-cache.js';
+import { CudaPQCache, type CudaPQCacheOptions, STEP_PHASES } from '../pq/cuda-cache.js';
 import { BUCKET_MAX_TAIL, type BucketPlan, type RowPlan, type StepKernelChoice } from '../pq/cuda-plan.js';
 import { type PQIndexState, codeOffset, emptyIndexState } from '../pq/index-state.js';
 import { SplitMix32 } from '../pq/rng.js';
@@ -292,6 +293,7 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       cache.synchronize();
     }
     const fromCache = benchKeyFromCache(cache, layout, inputs.keys, qDev, o.iters, busy);
+    const backToBack = graphBackToBack(layout, state, capacity, o, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor, busy);
     const resident = plan.row !== undefined ? benchResident(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const chained = plan.row !== undefined || plan.bucket !== undefined ? benchChained(c, o, layout, state, capacity, inputs, qDev[0] as DeviceTensor, kDev[0] as DeviceTensor) : undefined;
     const g = summarize(gpu);
@@ -332,6 +334,10 @@ export function benchSelectCuda(c: SelectBenchConfig, o: BenchOptions, copyGBs: 
       ...fromCache,
       gpu_method: `CUDA events, stream kept busy ${BUSY_QUEUE_NS / 1000} μs ahead (host enqueue outside)`,
       gpu_idle_queue_us: idle,
+      // Back to back (graphBackToBack): step() × 32 then one synchronize, host clock ÷ 32; and a step
+      // as a node of a graph of 32 steps, events ÷ 32 (the gap to gpu_us is the graph launch of its own).
+      graph_burst_us_per_step: backToBack.burst.length === 0 ? null : latencyFields(summarize(backToBack.burst)),
+      in_graph_gpu_us: backToBack.inGraph.length === 0 ? null : latencyFields(summarize(backToBack.inGraph)),
       device: CudaContext.primary().device.name,
       // Host placement and the driver's wait mode both move the wall-clock (bench/NOTES.md).
       cpus_allowed: cpusAllowed(),
@@ -437,7 +443,7 @@ function checkFirstStep(cache: CudaPQCache, state: PQIndexState, inputs: { queri
  * synchronize per call, as the graph row, with one device query and key (the chains are captured for
  * their inputs' addresses). Warmed with 300 steps (sk stays within the plan at the seed config). No
  * events can sit between a chain's steps (event nodes cost ≈ 8.5 μs a step, bench/NOTES.md session
- * 41), so the row's GPU time is the back-to-back device time of chainBurstTimes, on a third cache.
+ * 41), so the row's GPU time is chainBurstTimes', on a third cache.
  */
 function benchChained(c: SelectBenchConfig, o: BenchOptions, layout: Layout, state: PQIndexState, capacity: number,
   inputs: { queries: Float32Array[]; keys: Float32Array[] }, qDev: DeviceTensor, kDev: DeviceTensor): RecordRow {
@@ -471,57 +477,95 @@ function benchChained(c: SelectBenchConfig, o: BenchOptions, layout: Layout, sta
     wall_mean_us: round3(wall.reduce((a, b) => a + b, 0) / wall.length),
     served_chained: served,
     step_kernel: stepKernel,
-    gpu_method: burst.chained.length === 0 ? 'none: no whole chain fitted in the plan (chainBurstTimes)' :
-      `back to back: a chain of ${CHAIN_BURST_LENGTH} steps rung at once, host clock from the ring to its last step seen done ÷ ${CHAIN_BURST_LENGTH}, a chain a sample (${burst.chained.length} chains)`,
-    // The same method on graph steps (launched back to back, one synchronize), against the graph row's events.
-    graph_burst_us_per_step: burst.graph.length === 0 ? null : latencyFields(summarize(burst.graph)),
+    gpu_method: burst.length === 0 ? 'none: no whole chain fitted in the plan (chainBurstTimes)' :
+      `back to back: a chain of ${BURST_LENGTH} steps rung at once, host clock from the ring to its last step seen done ÷ ${BURST_LENGTH}, a chain a sample (${burst.length} chains); graph steps by the same method: the graph row's graph_burst_us_per_step`,
     mismatches: errors.slice(0, 3),
-  }, burst.chained.length === 0 ? undefined : summarize(burst.chained), errors.length === 0);
+  }, burst.length === 0 ? undefined : summarize(burst), errors.length === 0);
 }
 
-/** Steps in a chain of chainBurstTimes, and chains timed (fewer where the plan ends first). */
-const CHAIN_BURST_LENGTH = 32;
-const CHAIN_BURSTS = 20;
+/** Steps a burst (and a chain of the chained cache that runs them), and bursts timed (fewer where the plan ends first). */
+const BURST_LENGTH = 32;
+const BURSTS = 20;
 
 /**
- * A step's device time from steps run back to back, μs a step: fresh caches holding `state` take
- * CHAIN_BURSTS bursts of CHAIN_BURST_LENGTH appending steps on one device query and key, each burst
- * timed on the host clock from its start to its last step seen done and divided by its length (one
- * start and one completion seen spread over the steps: ≈ 2 μs a burst, ≤ 0.1 μs a step). `chained`:
- * chains of that length (option `chained`), each burst one chain rung at once (ringChainedBurst);
- * `graph`: graph steps launched one after another and synchronized once, the same method on the path
- * whose events the graph row reads. Each cache first runs two chains' steps (captures, warm-up); a
- * burst that would cross the plan, the capacity or a bucket rebuild ends the chained loop.
+ * `use` on a fresh cache holding `state` (with `options`: chained, …), after two bursts' steps on
+ * `query` and `key` (captures, warm-up); disposed after.
  */
-function chainBurstTimes(layout: Layout, state: PQIndexState, capacity: number, o: BenchOptions, qDev: DeviceTensor,
-  kDev: DeviceTensor): { chained: number[]; graph: number[] } {
-  const times = (chained: boolean, burst: (cache: CudaPQCache) => boolean): number[] => {
-    const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel,
-      ...(chained ? { chained: { length: CHAIN_BURST_LENGTH } } : {}) });
-    try {
-      cache.uploadState(state);
-      for (let i = 0; i < 2 * CHAIN_BURST_LENGTH; i++) {
-        cache.step(qDev, kDev);
-        cache.synchronize();
-      }
-      const out: number[] = [];
-      for (let i = 0; i < CHAIN_BURSTS; i++) {
-        const t0 = nowUs();
-        if (!burst(cache)) break;
-        out.push((nowUs() - t0) / CHAIN_BURST_LENGTH);
-      }
-      return out;
-    } finally {
-      cache.dispose();
+function withWarmCache<T>(layout: Layout, state: PQIndexState, capacity: number, o: BenchOptions, options: Partial<CudaPQCacheOptions>,
+  query: DeviceTensor, key: DeviceTensor, use: (cache: CudaPQCache) => T): T {
+  const cache = new CudaPQCache({ shape: layout.shape, config: layout.config, capacity, sliceLen: o.sliceLen, cluster: o.cluster, stepKernel: o.stepKernel, ...options });
+  try {
+    cache.uploadState(state);
+    for (let i = 0; i < 2 * BURST_LENGTH; i++) {
+      cache.step(query, key);
+      cache.synchronize();
     }
-  };
-  const chained = times(true, (cache) => cache.ringChainedBurst());
-  const graph = times(false, (cache) => {
-    for (let i = 0; i < CHAIN_BURST_LENGTH; i++) cache.step(qDev, kDev);
+    return use(cache);
+  } finally {
+    cache.dispose();
+  }
+}
+
+/**
+ * A step's time from steps run back to back, μs a step: BURSTS bursts of BURST_LENGTH appending
+ * steps, each timed on the host clock from its start to its last step seen done and divided by its
+ * length (one start and one completion seen spread over the steps: ≈ 2 μs a burst, ≤ 0.1 μs a
+ * step). `burst` runs one; false (nothing run) ends the loop.
+ */
+function burstTimes(burst: () => boolean): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < BURSTS; i++) {
+    const t0 = nowUs();
+    if (!burst()) break;
+    out.push((nowUs() - t0) / BURST_LENGTH);
+  }
+  return out;
+}
+
+/** Chained steps back to back (the chained row's GPU time): each burst one chain of BURST_LENGTH rung at once (ringChainedBurst). */
+function chainBurstTimes(layout: Layout, state: PQIndexState, capacity: number, o: BenchOptions, query: DeviceTensor, key: DeviceTensor): number[] {
+  return withWarmCache(layout, state, capacity, o, { chained: { length: BURST_LENGTH } }, query, key, (cache) => burstTimes(() => cache.ringChainedBurst()));
+}
+
+/**
+ * Graph steps back to back (the graph row): `burst`, BURST_LENGTH step() calls and one synchronize,
+ * timed as chainBurstTimes times chains; `inGraph`, CUDA events (stream kept busy ahead) around a graph
+ * of BURST_LENGTH appending steps captured together (prepareStep/recordStep, as a decode stack
+ * captures its layers' steps), ÷ BURST_LENGTH: a step as a node of a larger graph, with no graph
+ * launch of its own; one sample a replay. The captured steps advance sk on the device only (the
+ * host's stops at the capture's end: the cache is disposed after), so `inGraph` is empty where the
+ * replays would run past the plan or the capacity, or in bucket mode (rebuilds are the host's).
+ */
+function graphBackToBack(layout: Layout, state: PQIndexState, capacity: number, o: BenchOptions, query: DeviceTensor, key: DeviceTensor,
+  busy: BusyQueue): { burst: number[]; inGraph: number[] } {
+  const burst = withWarmCache(layout, state, capacity, o, {}, query, key, (cache) => burstTimes(() => {
+    for (let i = 0; i < BURST_LENGTH; i++) cache.step(query, key);
     cache.synchronize();
     return true;
+  }));
+  const inGraph = withWarmCache(layout, state, capacity, o, {}, query, key, (cache) => {
+    const plan = cache.planFor(cache.seqLen + 1);
+    if (plan.bucket !== undefined || cache.seqLen + BURST_LENGTH * (BURSTS + 2) > Math.min(plan.maxSeqLen, cache.capacity)) return [];
+    const q = cache.contiguousStepQuery(query.ptr, 'f32');
+    const k = cache.contiguousStepKey(key.ptr, 'f32');
+    const graph = GraphExec.capture(cache.stream, () => {
+      for (let i = 0; i < BURST_LENGTH; i++) {
+        cache.prepareStep('f32', true);
+        cache.recordStep(q, k);
+        cache.commitStep(true);
+      }
+    });
+    try {
+      graph.launch(cache.stream); // untimed: the first replay
+      cache.stream.synchronize();
+      const times = eventTimes(cache.stream, BURSTS, () => graph.launch(cache.stream), busy).map((t) => t / BURST_LENGTH);
+      cache.checkStatus();
+      return times;
+    } finally {
+      graph.dispose();
+    }
   });
-  return { chained, graph };
+  return { burst, inGraph };
 }
 
 /**

@@ -789,8 +789,8 @@ export class CudaPQCache implements PQCache {
 
   /**
    * A step's query with contiguous rows [B, H, 1, D] at `ptr`, for recordStep by a holder whose query
-   * is contiguous (scripts/launch-vs-graph.mjs, ring-graph-floor.mjs; a decode layer passes the rows it
-   * checked: src/pq/step-rows.ts).
+   * is contiguous (the select bench's in-graph steps, scripts/launch-vs-graph.mjs, ring-graph-floor.mjs,
+   * chain-node-costs.mjs; a decode layer passes the rows it checked: src/pq/step-rows.ts).
    */
   contiguousStepQuery(ptr: DevicePtr, dtype: FloatDType): StepInput {
     return { ptr, dtype, rows: this.stepQueries.contiguous };
