@@ -9,7 +9,9 @@
  * A chain's own cuGraphLaunch costs ≈ 3.7 μs of host time per step (238 μs for 64 on the H100), so
  * two chains alternate, each launched behind the other by a worker thread (ChainLauncher) while the
  * other is rung: the stepping thread makes no driver call. Seed config on the H100: 12.8 μs mean wall
- * against 17.8 for graph steps (bench/NOTES.md, session 39).
+ * against 17.8 for graph steps (bench/NOTES.md, session 39). The device pays for it: the wait and
+ * write nodes cost ≈ 2.3–2.7 μs each there, so a chained step takes 12.4 μs of device time back to
+ * back against 9.0 for a graph step (session 51, scripts/chain-node-costs.mjs).
  *
  * From the first ring on, the stream always has a chain waiting for its doorbell: nothing else may be
  * enqueued on it, and driver calls that may wait for the whole device drain the chains first
