@@ -27,16 +27,19 @@
 //   a lane holding DPL = DMAX/LP dims of q, k, v and acc; a warp loads U sub-steps of 32/LP
 //   positions (all K and V rows) before using them.
 // Layout: q [B,H,1,D] (qdtype) with row (b, h) at b*q_batch_stride + h*q_head_stride (PqStepRows,
-//   common.cuh: contiguous, or a fused QKV output's query part), k/v caches [B,Hkv,kv_stride,D] (T), out [B,H,D] (T),
+//   common.cuh: contiguous, or a fused QKV output's query part); k/v caches (T) with row p of (b, kvh) at
+//   element b*kv_batch_stride + kvh*kv_head_stride + p*kv_pos_stride, its D elements contiguous (PqKVRows:
+//   [B,Hkv,cap,D] as our KVCache lays them, or e.g. [B,cap,Hkv,D]); out [B,H,D] (T),
 //   partial [rows, splits, GH, D+4] f32 (m, l, -, -, acc), counters [rows] u32; splits <= MAX_SPLITS.
 // sk = *seq_len + seq_add (seq_len == nullptr: sk = seq_add).
-// Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % 8 == 0 and k/v base pointers 16-byte
-//   aligned (so full packets are aligned vector loads; a lane past D % DPL loads element-wise);
+// Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % 8 == 0, k/v base pointers 16-byte
+//   aligned and the three K/V strides multiples of 16 bytes (so full packets are aligned vector loads;
+//   a lane past D % DPL loads element-wise); distinct rows do not overlap (kv-layout.ts checks it);
 //   counters zero before a launch (the merging block re-zeroes its row); splits * chunk covers
 //   the longest row.
 //
 // pq_kv_append_<T>: key and value rows [B,Hkv,1,D] (any float dtype; each at its own row strides,
-//   PqStepRows) written at position sk = *seq_len of the caches, converted to T; seq_write
+//   PqStepRows) written at position sk = *seq_len of the caches (PqKVRows), converted to T; seq_write
 //   (optional, a different slot) gets sk + 1.
 //   Non-finite values set PQ_STATUS_VALUE_NONFINITE (keys are checked by the PQ append, or here
 //   when no PQ index runs). Launch: grid B*Hkv, block 128. Programmatic dependent launch (a decode
@@ -53,6 +56,15 @@ namespace {
 
 constexpr int NT = 128;
 constexpr int NWARPS = NT / 32;
+
+// Where the K/V caches' rows lie, in elements: row p of (b, kvh) at row0(b, kvh) + p*pos, its D
+// elements contiguous (the same for keys and values). 64-bit: a cache may pass 2^31 elements.
+struct PqKVRows {
+  int64_t batch;
+  int64_t head;
+  int pos;
+  __device__ __forceinline__ int64_t row0(int b, int kvh) const { return b * batch + kvh * head; }
+};
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr int MAX_SPLITS = 256;  // splits per row (the merge keeps one weight per split and head)
 
@@ -214,7 +226,7 @@ __device__ void attend_block(const PqStepRows q, const T* __restrict__ kcache, c
                              const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
                              const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out,
                              float* __restrict__ partial, unsigned* __restrict__ counters, int* status, const int* seq_len,
-                             int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
+                             int seq_add, int H, int Hkv, int D, const PqKVRows kv, int chunk) {
   constexpr int LP = lanes_per_position<DMAX, GH>();
   constexpr int DPL = DMAX / LP;
   constexpr int PW = 32 / LP;
@@ -259,7 +271,7 @@ __device__ void attend_block(const PqStepRows q, const T* __restrict__ kcache, c
   const int n = SPARSE ? list_len[row] : sk;
   const int begin = split * chunk;
   const int end = min(n, begin + chunk);
-  const int64_t kv_row0 = static_cast<int64_t>(b * Hkv + kvh) * kv_stride;
+  const int64_t kv_row0 = kv.row0(b, kvh);
   for (int base = begin + warp * PER_WARP; base < end; base += NWARPS * PER_WARP) {
     int pos[U];
 #pragma unroll
@@ -284,7 +296,7 @@ __device__ void attend_block(const PqStepRows q, const T* __restrict__ kcache, c
     Packet<T, DPL> kp[U], vp[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t at = (kv_row0 + max(pos[u], 0)) * D + (lane_dims > 0 ? d0 : 0);
+      const int64_t at = kv_row0 + static_cast<int64_t>(max(pos[u], 0)) * kv.pos + (lane_dims > 0 ? d0 : 0);
       if (pos[u] >= 0 && lane_dims == DPL) {
         kp[u].load(kcache + at);
         vp[u].load(vcache + at);
@@ -454,7 +466,7 @@ template <typename T, int DMAX, int CL>
 __device__ void attend_sparse_cluster(const PqStepRows q, const T* __restrict__ kcache, const T* __restrict__ vcache,
                                       const int* __restrict__ list, const int* __restrict__ list_len, int list_stride,
                                       const void* __restrict__ weights, int wdtype, int64_t w_stride, T* __restrict__ out, int* status,
-                                      const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride, int chunk) {
+                                      const int* seq_len, int seq_add, int H, int Hkv, int D, const PqKVRows kv, int chunk) {
 #if __CUDA_ARCH__ >= 900
   constexpr int NW = CLUSTER_NT / 32;
   constexpr int DPL = DMAX / 32;
@@ -487,7 +499,7 @@ __device__ void attend_sparse_cluster(const PqStepRows q, const T* __restrict__ 
   const int n = list_len[row];
   const int begin = rank * chunk;
   const int end = min(begin + chunk, list_stride);  // not min(n, …): the list loads do not wait for n
-  const int64_t kv_row0 = static_cast<int64_t>(r.b * Hkv + r.kvh) * kv_stride;
+  const int64_t kv_row0 = kv.row0(r.b, r.kvh);
   const int* row_list = list + static_cast<int64_t>(row) * list_stride;
 
   float m = -INFINITY, l = 0.0f, acc[DPL];
@@ -512,7 +524,7 @@ __device__ void attend_sparse_cluster(const PqStepRows q, const T* __restrict__ 
 #pragma unroll
     for (int k = 0; k < PB; ++k) {
       pos[k] = __shfl_sync(0xffffffffu, p, k);
-      const int64_t at = (kv_row0 + max(pos[k], 0)) * D + d0;
+      const int64_t at = kv_row0 + static_cast<int64_t>(max(pos[k], 0)) * kv.pos + d0;
       if (pos[k] >= 0 && has_dims) {
         kp[k].load(kcache + at);
         vp[k].load(vcache + at);
@@ -601,7 +613,7 @@ __device__ void attend_sparse_cluster(const PqStepRows q, const T* __restrict__ 
 
 template <typename T>
 __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcache, T* vcache, const int* seq_len, int* seq_write,
-                          int kv_stride, int Hkv, int D, int* status) {
+                          const PqKVRows kv, int Hkv, int D, int* status) {
   // In a decode stack it is launched behind the previous layer's attention: placed early, it waits
   // for that grid, so nothing of this layer runs before the layer before has ended; then it lets
   // this layer's select step start (which waits for this grid before it ends).
@@ -612,7 +624,7 @@ __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcach
   const int kvh = bkv - b * Hkv;
   const int p = *seq_len;
   if (seq_write != nullptr && bkv == 0 && threadIdx.x == 0) *seq_write = p + 1;
-  const int64_t dst = (static_cast<int64_t>(bkv) * kv_stride + p) * D;
+  const int64_t dst = kv.row0(b, kvh) + static_cast<int64_t>(p) * kv.pos;
   bool bad_key = false, bad_value = false;
   for (int d = threadIdx.x; d < D; d += NT) {
     const float k = key.load(b, kvh, d);
@@ -630,15 +642,18 @@ __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcach
 
 // A step's query as the kernel parameters give it (q_batch_stride, q_head_stride: PqStepRows).
 #define PQ_ATTEND_QUERY PqStepRows{q, qdtype, q_batch_stride, q_head_stride}
+// The K/V caches' rows as the kernel parameters give them (kv_batch_stride, kv_head_stride, kv_pos_stride).
+#define PQ_KV_ROWS PqKVRows{kv_batch_stride, kv_head_stride, kv_pos_stride}
+#define PQ_KV_ROWS_PARAMS long long kv_batch_stride, long long kv_head_stride, int kv_pos_stride
 
 #define PQ_ATTEND_SPARSE(NAME, T, DPL, DMAX)                                                                            \
   extern "C" __global__ void __launch_bounds__(NT) pq_attend_sparse_##NAME##_d##DMAX(                                    \
       const void* q, int qdtype, int q_batch_stride, int q_head_stride, const T* kcache, const T* vcache,               \
       const int* list, const int* list_len, int list_stride, const void* weights, int wdtype, long long w_stride,       \
       T* out, float* partial, unsigned* counters, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,  \
-      int kv_stride, int chunk) {                                                                                       \
+      PQ_KV_ROWS_PARAMS, int chunk) {                                                                                   \
     attend_block<T, DMAX, 1, true>(PQ_ATTEND_QUERY, kcache, vcache, list, list_len, list_stride, weights, wdtype,        \
-                                   w_stride, out, partial, counters, status, seq_len, seq_add, H, Hkv, D, kv_stride,    \
+                                   w_stride, out, partial, counters, status, seq_len, seq_add, H, Hkv, D, PQ_KV_ROWS,   \
                                    chunk);                                                                              \
   }
 
@@ -646,19 +661,19 @@ __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcach
   extern "C" __global__ void PQ_CLUSTER_DIMS(CL) __launch_bounds__(CLUSTER_NT) pq_attend_sparse_##NAME##_d##DMAX##_c##CL( \
       const void* q, int qdtype, int q_batch_stride, int q_head_stride, const T* kcache, const T* vcache,               \
       const int* list, const int* list_len, int list_stride, const void* weights, int wdtype, long long w_stride,       \
-      T* out, float*, unsigned*, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D, int kv_stride,    \
-      int chunk) {                                                                                                      \
+      T* out, float*, unsigned*, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,                   \
+      PQ_KV_ROWS_PARAMS, int chunk) {                                                                                   \
     attend_sparse_cluster<T, DMAX, CL>(PQ_ATTEND_QUERY, kcache, vcache, list, list_len, list_stride, weights, wdtype,    \
-                                       w_stride, out, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);           \
+                                       w_stride, out, status, seq_len, seq_add, H, Hkv, D, PQ_KV_ROWS, chunk);          \
   }
 
 #define PQ_ATTEND_DENSE(NAME, T, DPL, DMAX, GH)                                                                          \
   extern "C" __global__ void __launch_bounds__(NT) pq_attend_dense_##NAME##_d##DMAX##_g##GH(                             \
       const void* q, int qdtype, int q_batch_stride, int q_head_stride, const T* kcache, const T* vcache, T* out,       \
       float* partial, unsigned* counters, int* status, const int* seq_len, int seq_add, int H, int Hkv, int D,          \
-      int kv_stride, int chunk) {                                                                                       \
+      PQ_KV_ROWS_PARAMS, int chunk) {                                                                                   \
     attend_block<T, DMAX, GH, false>(PQ_ATTEND_QUERY, kcache, vcache, nullptr, nullptr, 0, nullptr, 0, 0, out, partial, \
-                                     counters, status, seq_len, seq_add, H, Hkv, D, kv_stride, chunk);                  \
+                                     counters, status, seq_len, seq_add, H, Hkv, D, PQ_KV_ROWS, chunk);                 \
   }
 
 #define PQ_ATTEND_FAMILY(NAME, T)                                                                                      \
@@ -683,10 +698,10 @@ __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcach
   extern "C" __global__ void __launch_bounds__(NT) pq_kv_append_##NAME(                                               \
       const void* key, int kdtype, int key_batch_stride, int key_head_stride, const void* value, int vdtype,            \
       int value_batch_stride, int value_head_stride, T* kcache, T* vcache, const int* seq_len, int* seq_write,          \
-      int kv_stride, int Hkv, int D, int* status) {                                                                     \
+      PQ_KV_ROWS_PARAMS, int Hkv, int D, int* status) {                                                                 \
     kv_append<T>(PqStepRows{key, kdtype, key_batch_stride, key_head_stride},                                           \
                  PqStepRows{value, vdtype, value_batch_stride, value_head_stride}, kcache, vcache, seq_len, seq_write,  \
-                 kv_stride, Hkv, D, status);                                                                            \
+                 PQ_KV_ROWS, Hkv, D, status);                                                                           \
   }
 
 PQ_ATTEND_FAMILY(f32, float)

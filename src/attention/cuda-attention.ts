@@ -14,7 +14,7 @@ import type { DevicePtr } from '../cuda/driver.js';
 import { launchWith } from '../cuda/launch.js';
 import { DeviceArena, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
-import type { Stream } from '../cuda/stream.js';
+import { Stream } from '../cuda/stream.js';
 import { ConfigError } from '../errors.js';
 import type { CacheShape } from '../pq/config.js';
 import { roundUp } from '../pq/cuda-plan.js';
@@ -22,6 +22,7 @@ import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
 import type { StepInput } from '../pq/step-rows.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
+import { kvRowsOf } from './kv-layout.js';
 
 /** Threads per block and warps of the attention kernels (kernels/attention.cu NT). */
 export const ATTEND_THREADS = 128;
@@ -166,16 +167,25 @@ export class AttendScratch {
   }
 }
 
-/** K/V cache rows [B, Hkv, stride, D] in one dtype: ours (KVCache) or a caller's device memory. */
+/**
+ * A K/V cache in device memory, in one dtype: ours (KVCache) or a caller's. Row p of (b, kv-head) lies
+ * at element b·strides[0] + kvh·strides[1] + p·strides[2] of `keys` and of `values` (src/attention/kv-layout.ts),
+ * its D elements contiguous; without `strides`, [B, Hkv, positions, D].
+ */
 export interface KVCacheView {
   readonly dtype: FloatDType;
   readonly keys: DevicePtr;
   readonly values: DevicePtr;
-  /** Positions per (b, kv-head) row. */
-  readonly stride: number;
+  /** Positions each (b, kv-head) holds. */
+  readonly positions: number;
+  /**
+   * Element strides [batch, head, position], each a multiple of 16 bytes, distinct rows not
+   * overlapping: e.g. [positions·Hkv·D, D, Hkv·D] for a cache laid out [B, positions, Hkv, D].
+   */
+  readonly strides?: readonly [number, number, number];
 }
 
-/** A K/V cache in device memory with `capacity` positions reserved per (b, kv-head). */
+/** A K/V cache in device memory with `capacity` positions reserved per (b, kv-head), [B, Hkv, capacity, D]. */
 export class KVCache implements KVCacheView {
   private readonly arena: DeviceArena<'keys' | 'values'>;
 
@@ -192,7 +202,7 @@ export class KVCache implements KVCacheView {
     return this.arena.slices.values.ptr;
   }
 
-  get stride(): number {
+  get positions(): number {
     return this.capacity;
   }
 
@@ -206,35 +216,61 @@ export class KVCache implements KVCacheView {
   }
 }
 
-/** Write host keys/values [B, Hkv, n, D] at positions 0 … n−1 of a K/V cache (converted to its dtype). Synchronous. */
+/**
+ * Write host keys/values [B, Hkv, n, D] at positions 0 … n−1 of a K/V cache (converted to its dtype):
+ * one 2D copy a (b, kv-head), positions strides[2] apart. Synchronous.
+ */
 export function uploadKVRows(kv: KVCacheView, shape: CacheShape, keys: HostTensor, values: HostTensor): void {
   const { batch: B, kvHeads: Hkv, headDim: D } = shape;
-  const n = keys.shape[2];
+  const n = keys.shape[2] as number;
+  if (n === 0) return;
+  const rows = kvRowsOf(kv, shape);
   const eb = BYTES_PER_ELEMENT[kv.dtype];
-  const rowBytes = n * D * eb;
-  for (const [t, base] of [[keys, kv.keys], [values, kv.values]] as const) {
-    const data = t.dtype === kv.dtype ? t.data : HostTensor.fromNumbers(kv.dtype, t.shape, t.toFloat32()).data;
-    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    for (let r = 0; r < B * Hkv; r++) {
-      copies.fromHost({ ptr: base + BigInt(r * kv.stride * D * eb), bytes: rowBytes }, bytes.subarray(r * rowBytes, (r + 1) * rowBytes));
+  const rowBytes = D * eb;
+  const stream = new Stream();
+  try {
+    for (const [t, base] of [[keys, kv.keys], [values, kv.values]] as const) {
+      const data = t.dtype === kv.dtype ? t.data : HostTensor.fromNumbers(kv.dtype, t.shape, t.toFloat32()).data;
+      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < Hkv; h++) {
+          const r = b * Hkv + h;
+          const dst = { ptr: base + BigInt((b * rows.batch + h * rows.head) * eb), bytes: ((n - 1) * rows.position + D) * eb };
+          copies.fromHost2D(dst, rows.position * eb, bytes.slice(r * n * rowBytes, (r + 1) * n * rowBytes), rowBytes, rowBytes, n, stream); // slice: a view of its own buffer from byte 0
+        }
+      }
     }
+  } finally {
+    stream.dispose();
   }
 }
 
-/** Positions 0 … n−1 of a K/V cache back on the host as f32 [B, Hkv, n, D]. Synchronous. */
+/** Positions 0 … n−1 of a K/V cache back on the host as f32 [B, Hkv, n, D] (one 2D copy a (b, kv-head)). Synchronous. */
 export function kvRowsToHost(kv: KVCacheView, shape: CacheShape, n: number): { keys: Float32Array; values: Float32Array } {
   const { batch: B, kvHeads: Hkv, headDim: D } = shape;
+  const rows = kvRowsOf(kv, shape);
   const eb = BYTES_PER_ELEMENT[kv.dtype];
-  const rowBytes = n * D * eb;
+  const rowBytes = D * eb;
+  const stream = new Stream();
   const read = (base: DevicePtr): Float32Array => {
-    const raw = new Uint8Array(B * Hkv * rowBytes);
-    for (let r = 0; r < B * Hkv; r++) {
-      copies.toHost(raw.subarray(r * rowBytes, (r + 1) * rowBytes), { ptr: base + BigInt(r * kv.stride * D * eb), bytes: rowBytes });
+    const raw = new Uint8Array(B * Hkv * n * rowBytes);
+    for (let b = 0; b < B && n > 0; b++) {
+      for (let h = 0; h < Hkv; h++) {
+        const r = b * Hkv + h;
+        const src = { ptr: base + BigInt((b * rows.batch + h * rows.head) * eb), bytes: ((n - 1) * rows.position + D) * eb };
+        const head = new Uint8Array(n * rowBytes); // a buffer of its own: the copy writes from its byte 0
+        copies.toHost2D(head, rowBytes, src, rows.position * eb, rowBytes, n, stream);
+        raw.set(head, r * n * rowBytes);
+      }
     }
     const storage = kv.dtype === 'f32' ? new Float32Array(raw.buffer) : new Uint16Array(raw.buffer);
     return new HostTensor(kv.dtype, [B, Hkv, n, D], storage).toFloat32();
   };
-  return { keys: read(kv.keys), values: read(kv.values) };
+  try {
+    return { keys: read(kv.keys), values: read(kv.values) };
+  } finally {
+    stream.dispose();
+  }
 }
 
 /** sk as the kernels read it: *ptr + add (ptr 0n: sk = add). */
@@ -272,11 +308,19 @@ export interface SparseIO extends AttendIO {
 
 /** A step input's kernel arguments (PqStepRows): pointer, dtype, batch and head strides. */
 const ROWS_ARGS = ['ptr', 'i32', 'i32', 'i32'] as const;
+/** The K/V caches' rows (PqKVRows): batch, head and position strides in elements. */
+const KV_ROWS_ARGS = ['u64', 'u64', 'i32'] as const;
 const SPARSE_ARGS = [
-  ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'i32', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32',
+  ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'i32', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', ...KV_ROWS_ARGS, 'i32',
 ] as const;
-const DENSE_ARGS = [...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const;
-const KV_APPEND_ARGS = [...ROWS_ARGS, ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'ptr'] as const;
+const DENSE_ARGS = [...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', ...KV_ROWS_ARGS, 'i32'] as const;
+const KV_APPEND_ARGS = [...ROWS_ARGS, ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', ...KV_ROWS_ARGS, 'i32', 'i32', 'ptr'] as const;
+
+/** A view's rows as kernel arguments (KV_ROWS_ARGS). */
+function kvRowsArgs(kv: KVCacheView, shape: CacheShape): [bigint, bigint, number] {
+  const rows = kvRowsOf(kv, shape);
+  return [BigInt(rows.batch), BigInt(rows.head), rows.position];
+}
 
 /** Launchers of the attention kernels for one shape (capturable: no sync, no copies). */
 export class CudaAttention {
@@ -331,7 +375,7 @@ export class CudaAttention {
     launchWith(this.kernel(plan.kernel), { ...this.grid(plan), overlapPrevious }, SPARSE_ARGS, [
       io.query.ptr, DTYPE_CODE[io.query.dtype], io.query.rows.batch, io.query.rows.head, io.kv.keys, io.kv.values, io.sparseList, io.sparseLen, io.listStride, io.weights,
       DTYPE_CODE[io.weightsDType], BigInt(io.weightsStride), io.out, scratch.partial, scratch.counters, io.status, io.seqLen.ptr,
-      io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
+      io.seqLen.add, H, Hkv, D, ...kvRowsArgs(io.kv, this.shape), plan.chunk,
     ], stream);
   }
 
@@ -339,7 +383,7 @@ export class CudaAttention {
     const { heads: H, kvHeads: Hkv, headDim: D } = this.shape;
     launchWith(this.kernel(plan.kernel), this.grid(plan), DENSE_ARGS, [
       io.query.ptr, DTYPE_CODE[io.query.dtype], io.query.rows.batch, io.query.rows.head, io.kv.keys, io.kv.values, io.out, scratch.partial, scratch.counters, io.status,
-      io.seqLen.ptr, io.seqLen.add, H, Hkv, D, io.kv.stride, plan.chunk,
+      io.seqLen.ptr, io.seqLen.add, H, Hkv, D, ...kvRowsArgs(io.kv, this.shape), plan.chunk,
     ], stream);
   }
 
@@ -363,7 +407,7 @@ export class CudaAttention {
       this.kernel(`pq_kv_append_${kv.dtype}`), { grid: [this.shape.batch * this.shape.kvHeads, 1, 1], block: [ATTEND_THREADS, 1, 1], overlapPrevious }, KV_APPEND_ARGS,
       [
         key.ptr, DTYPE_CODE[key.dtype], key.rows.batch, key.rows.head, value.ptr, DTYPE_CODE[value.dtype], value.rows.batch, value.rows.head,
-        kv.keys, kv.values, seqRead, seqWrite, kv.stride, this.shape.kvHeads, this.shape.headDim, status,
+        kv.keys, kv.values, seqRead, seqWrite, ...kvRowsArgs(kv, this.shape), this.shape.kvHeads, this.shape.headDim, status,
       ],
       stream,
     );

@@ -29,6 +29,7 @@ import { checkBuilt, checkCapacity, checkQuery, checkStepKey } from '../pq/valid
 import { type DeviceTensor, deviceTensor } from '../tensor/device-tensor.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor, expectedShape } from '../tensor/host-tensor.js';
+import { kvRowsOf } from './kv-layout.js';
 import {
   type AttendPlan, AttendScratch, CudaAttention, KVCache, type KVCacheView, kvRowsToHost, uploadKVRows,
 } from './cuda-attention.js';
@@ -148,7 +149,8 @@ export class CudaDecodeLayer implements DecodeLayer {
     this.attention = new CudaAttention(this.context, this.shape);
     if (options.kv !== undefined) {
       if (options.kv.dtype !== this.kvDType) throw new ConfigError('kv.dtype', `the layer's kvDType ${this.kvDType}`, options.kv.dtype);
-      if (options.kv.stride < this.capacity) throw new ConfigError('kv.stride', `at least capacity = ${this.capacity}`, options.kv.stride);
+      if (!Number.isSafeInteger(options.kv.positions) || options.kv.positions < this.capacity) throw new ConfigError('kv.positions', `an integer of at least capacity = ${this.capacity}`, options.kv.positions);
+      kvRowsOf(options.kv, this.shape); // its strides, checked here rather than at the first step
       const misaligned = [options.kv.keys, options.kv.values].find((p) => p % 16n !== 0n);
       if (misaligned !== undefined) throw new ConfigError('kv.keys / kv.values', '16-byte aligned device pointers', `0x${misaligned.toString(16)}`);
     }
@@ -233,11 +235,11 @@ export class CudaDecodeLayer implements DecodeLayer {
     this.filled = true;
   }
 
-  /** Positions 0 … seqLen−1 of the K cache as a device tensor [B, Hkv, seqLen, D] (rows `stride` apart). */
+  /** Positions 0 … seqLen−1 of the K cache as a device tensor [B, Hkv, seqLen, D] at the cache's strides. */
   private cachedKeys(seqLen: number): DeviceTensor {
     const { batch: B, kvHeads: Hkv, headDim: D } = this.shape;
-    const row = this.kv.stride * D;
-    return deviceTensor(this.kv.dtype, [B, Hkv, seqLen, D], this.kv.keys, [Hkv * row, row, D, 1]);
+    const rows = kvRowsOf(this.kv, this.shape);
+    return deviceTensor(this.kv.dtype, [B, Hkv, seqLen, D], this.kv.keys, [rows.batch, rows.head, rows.position, 1]);
   }
 
   /** The attention output [B, H, D] of the last step (valid once the stream reaches it). */

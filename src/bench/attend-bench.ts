@@ -14,6 +14,7 @@ import { BUSY_QUEUE_NS, BusyQueue, eventTimes } from './busy-queue.js';
 import { type AttendPlan, AttendScratch, CudaAttention, KVCache, type SparseMerge } from '../attention/cuda-attention.js';
 import { GraphExec } from '../cuda/graph.js';
 import { CudaDecodeLayer } from '../attention/cuda-decode-layer.js';
+import { kvRowsOf } from '../attention/kv-layout.js';
 import type { StepInputs } from '../attention/decode-layer.js';
 import { CudaDecodeStack } from '../attention/decode-stack.js';
 import { CudaContext } from '../cuda/context.js';
@@ -130,13 +131,14 @@ function sampleRowError(layer: CudaDecodeLayer, inputs: StepInputs<DeviceTensor>
     } else {
       positions = Array.from({ length: sk }, (_, p) => p);
     }
-    // K/V rows of (b, kvh) for the positions, fetched in runs of consecutive positions.
+    // K/V rows of (b, kvh) for the positions, fetched in runs of consecutive positions where rows are adjacent.
+    const rows = kvRowsOf(layer.kv, layout.shape);
     const k = new Float32Array(positions.length * D);
     const v = new Float32Array(positions.length * D);
     for (let i = 0; i < positions.length; ) {
       let j = i + 1;
-      while (j < positions.length && positions[j] === positions[j - 1] + 1) j++;
-      const base = BigInt(((b * Hkv + kvh) * layer.kv.stride + positions[i]) * D * eb);
+      while (rows.position === D && j < positions.length && positions[j] === positions[j - 1] + 1) j++;
+      const base = BigInt((b * rows.batch + kvh * rows.head + positions[i] * rows.position) * eb);
       k.set(readFloats(layer.kv.keys + base, layer.kvDType, (j - i) * D), i * D);
       v.set(readFloats(layer.kv.values + base, layer.kvDType, (j - i) * D), i * D);
       i = j;

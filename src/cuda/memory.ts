@@ -74,6 +74,23 @@ export const copies = {
     check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
     stream.synchronize(); // pageable source: it must stay untouched until the copy is done
   },
+  /**
+   * Rows of `widthBytes` from device rows `srcPitch` apart to host rows `dstPitch` apart (fromHost2D
+   * the other way); there when it returns (the stream is synchronized).
+   */
+  toHost2D(dst: ArrayBufferView, dstPitch: number, src: DeviceRange, srcPitch: number, widthBytes: number, height: number, stream: Stream): void {
+    if (height === 0 || widthBytes === 0) return;
+    if (widthBytes > srcPitch || widthBytes > dstPitch) throw new ShapeError('widthBytes', `at most the pitches (${srcPitch}, ${dstPitch})`, String(widthBytes));
+    checkFits('src', src, 0, (height - 1) * srcPitch + widthBytes);
+    if ((height - 1) * dstPitch + widthBytes > hostBytes(dst)) throw new ShapeError('dst', `at least ${(height - 1) * dstPitch + widthBytes} bytes`, `${hostBytes(dst)} bytes`);
+    const copy = {
+      srcXInBytes: 0, srcY: 0, srcMemoryType: CU_MEMORYTYPE_DEVICE, srcHost: null, srcDevice: src.ptr, srcArray: null, srcPitch,
+      dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_HOST, dstHost: koffi.address(dst) as bigint, dstDevice: 0n, dstArray: null, dstPitch,
+      WidthInBytes: widthBytes, Height: height,
+    };
+    check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
+    stream.synchronize();
+  },
   /** Device bytes to the host, there when it returns; work of other streams that writes them must be synchronized first. */
   toHost(dst: ArrayBufferView, src: DeviceRange, srcOffset = 0): void {
     checkFits('dst', src, srcOffset, hostBytes(dst));

@@ -490,7 +490,7 @@ test('a sparse layer over an external K/V cache builds its index from the cached
     // The engine's prefill: rows of `capacity` positions, the first sk of each written.
     copies.fromHost2D(arena.slices.keys, rowBytes, keys.data, sk * 64 * 2, sk * 64 * 2, 4, stream);
     copies.fromHost2D(arena.slices.values, rowBytes, values.data, sk * 64 * 2, sk * 64 * 2, 4, stream);
-    gpu = new CudaDecodeLayer({ shape, config, capacity, kvDType: 'bf16', kv: { dtype: 'bf16', keys: arena.slices.keys.ptr, values: arena.slices.values.ptr, stride: capacity } });
+    gpu = new CudaDecodeLayer({ shape, config, capacity, kvDType: 'bf16', kv: { dtype: 'bf16', keys: arena.slices.keys.ptr, values: arena.slices.values.ptr, positions: capacity } });
     gpu.adoptPrefilled(sk);
     cpu.prefill(keys, values);
     for (let s = 0; s < 12; s++) {
@@ -506,6 +506,58 @@ test('a sparse layer over an external K/V cache builds its index from the cached
     stream.dispose();
     arena.dispose();
   }
+});
+
+test('layers over an external K/V cache laid out [B, cap, Hkv, D], or K and V interleaved [B, cap, 2, Hkv, D], step exactly as over their own cache; bad strides are refused', { skip }, () => {
+  const { shape, config } = SMALL_LAYER;
+  const { batch: B, kvHeads: Hkv, headDim: D } = shape;
+  const rng = new SplitMix32(23);
+  const sk = 300;
+  const steps = 12;
+  const cap = sk + steps + 4;
+  for (const [mode, kvDType] of [['sparse', 'bf16'], ['sparse', 'f32'], ['dense', 'f16']] as const) {
+    for (const order of ['positions-major', 'interleaved'] as const) {
+      const eb = BYTES_PER_ELEMENT[kvDType];
+      const perPosition = (order === 'interleaved' ? 2 : 1) * Hkv * D; // elements a position takes in one buffer
+      const bytes = B * cap * perPosition * eb;
+      const arena = DeviceArena.allocate(order === 'interleaved' ? { keys: bytes, values: 16 } : { keys: bytes, values: bytes });
+      // NaN everywhere first: a row read that prefill and the steps did not write shows in the outputs.
+      const fill = new Stream();
+      copies.fill32Async(arena.buffer, kvDType === 'f32' ? 0x7fc00000 : kvDType === 'f16' ? 0x7e007e00 : 0x7fc07fc0, arena.bytes / 4, fill);
+      fill.synchronize();
+      fill.dispose();
+      const keys = arena.slices.keys.ptr;
+      const values = order === 'interleaved' ? keys + BigInt(Hkv * D * eb) : arena.slices.values.ptr;
+      const strides = [cap * perPosition, D, perPosition] as const;
+      const options = { shape, config, capacity: cap - 4, kvDType, attention: mode };
+      const own = new CudaDecodeLayer(options);
+      let ext: CudaDecodeLayer | undefined;
+      try {
+        ext = new CudaDecodeLayer({ ...options, kv: { dtype: kvDType, keys, values, positions: cap, strides } });
+        prefillAlike(rng, sk, own, ext);
+        const label = `${mode} ${kvDType} ${order}`;
+        for (let s = 0; s < steps; s++) {
+          const inputs = { query: intTensor(rng, 'f32', [B, 8, 1, D], -1, 1), key: intTensor(rng, 'f32', [B, Hkv, 1, D], -2, 2), value: intTensor(rng, 'f32', [B, Hkv, 1, D], -3, 3) };
+          const want = own.stepToHost(inputs).toFloat32();
+          const got = ext.stepToHost(inputs).toFloat32();
+          assert.deepEqual(got, want, `${label} step ${s}: outputs`);
+          if (mode === 'sparse') assert.deepEqual(ext.listsToHost().sparseList, own.listsToHost().sparseList, `${label} step ${s}: lists`);
+        }
+        assert.deepEqual(ext.kvToHost(), own.kvToHost(), `${label}: the caches`);
+      } finally {
+        ext?.dispose();
+        own.dispose();
+        arena.dispose();
+      }
+    }
+  }
+  const kv = (strides: readonly [number, number, number], positions = 64) => ({ dtype: 'bf16' as const, keys: 0n, values: 0n, positions, strides });
+  const refuses = (strides: readonly [number, number, number], why: RegExp): void =>
+    assert.throws(() => new CudaDecodeLayer({ shape, config, capacity: 60, kvDType: 'bf16', kv: kv(strides) }), (e: unknown) => e instanceof ConfigError && /^kv\.strides/.test((e as Error).message) && why.test((e as Error).message));
+  refuses([64 * Hkv * D, D, D], /overlap/); // positions one row apart, heads too
+  refuses([64 * Hkv * D, D + 8, Hkv * D], /overlap/); // the heads' rows run into the next position's
+  refuses([64 * Hkv * D, D + 4, 2 * Hkv * D], /multiples of 8/); // not 16 bytes of bf16
+  assert.throws(() => new CudaDecodeLayer({ shape, config, capacity: 60, kvDType: 'bf16', kv: kv([64 * Hkv * D, D, Hkv * D], 59) }), (e: unknown) => e instanceof ConfigError && /^kv\.positions/.test((e as Error).message));
 });
 
 test('host inputs of the smallest shapes fit the staging buffers (one head, D = 32)', { skip }, () => {
