@@ -27,14 +27,14 @@
 //   a lane holding DPL = DMAX/LP dims of q, k, v and acc; a warp loads U sub-steps of 32/LP
 //   positions (all K and V rows) before using them.
 // Layout: q [B,H,1,D] (qdtype) with row (b, h) at b*q_batch_stride + h*q_head_stride (PqStepRows,
-//   common.cuh: contiguous, or a fused QKV output's query part); k/v caches (T) with row p of (b, kvh) at
-//   element b*kv_batch_stride + kvh*kv_head_stride + p*kv_pos_stride, its D elements contiguous (PqKVRows:
-//   [B,Hkv,cap,D] as our KVCache lays them, or e.g. [B,cap,Hkv,D]); out [B,H,D] (T),
+//   common.cuh: contiguous, or a fused QKV output's query part); k/v caches (T) in rows of D elements,
+//   row p of (b, kvh) being row b*kv_batch_rows + kvh*kv_head_rows + p*kv_pos_rows (PqKVRows: [B,Hkv,cap,D]
+//   as our KVCache lays them, or e.g. [B,cap,Hkv,D]); out [B,H,D] (T),
 //   partial [rows, splits, GH, D+4] f32 (m, l, -, -, acc), counters [rows] u32; splits <= MAX_SPLITS.
 // sk = *seq_len + seq_add (seq_len == nullptr: sk = seq_add).
 // Invariants (src/attention/cuda-attention.ts): D <= DMAX, D % 8 == 0, k/v base pointers 16-byte
-//   aligned and the three K/V strides multiples of 16 bytes (so full packets are aligned vector loads;
-//   a lane past D % DPL loads element-wise); distinct rows do not overlap (kv-layout.ts checks it);
+//   aligned (so full packets are aligned vector loads; a lane past D % DPL loads element-wise); every
+//   K/V row index below 2^31 and distinct rows not overlapping (src/attention/kv-layout.ts checks both);
 //   counters zero before a launch (the merging block re-zeroes its row); splits * chunk covers
 //   the longest row.
 //
@@ -57,13 +57,16 @@ namespace {
 constexpr int NT = 128;
 constexpr int NWARPS = NT / 32;
 
-// Where the K/V caches' rows lie, in elements: row p of (b, kvh) at row0(b, kvh) + p*pos, its D
-// elements contiguous (the same for keys and values). 64-bit: a cache may pass 2^31 elements.
+// Where the K/V caches' rows lie, counted in rows of D elements (the same for keys and values): row p
+// of (b, kvh) is row row0(b, kvh) + p*pos, at element (row0 + p*pos)*D. Row indices are 32-bit (the
+// host keeps them below 2^31), and only the element offset is 64-bit: with 64-bit strides, ptxas laid
+// out the cluster kernel's gather differently (+208 instructions, +0.56 us a layer in the 32-layer
+// stack, bench/NOTES.md session 51).
 struct PqKVRows {
-  int64_t batch;
-  int64_t head;
+  int batch;
+  int head;
   int pos;
-  __device__ __forceinline__ int64_t row0(int b, int kvh) const { return b * batch + kvh * head; }
+  __device__ __forceinline__ int row0(int b, int kvh) const { return b * batch + kvh * head; }
 };
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr int MAX_SPLITS = 256;  // splits per row (the merge keeps one weight per split and head)
@@ -296,7 +299,7 @@ __device__ void attend_block(const PqStepRows q, const T* __restrict__ kcache, c
     Packet<T, DPL> kp[U], vp[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t at = kv_row0 + static_cast<int64_t>(max(pos[u], 0)) * kv.pos + (lane_dims > 0 ? d0 : 0);
+      const int64_t at = (kv_row0 + max(pos[u], 0) * kv.pos) * D + (lane_dims > 0 ? d0 : 0);
       if (pos[u] >= 0 && lane_dims == DPL) {
         kp[u].load(kcache + at);
         vp[u].load(vcache + at);
@@ -524,7 +527,7 @@ __device__ void attend_sparse_cluster(const PqStepRows q, const T* __restrict__ 
 #pragma unroll
     for (int k = 0; k < PB; ++k) {
       pos[k] = __shfl_sync(0xffffffffu, p, k);
-      const int64_t at = kv_row0 + static_cast<int64_t>(max(pos[k], 0)) * kv.pos + d0;
+      const int64_t at = (kv_row0 + max(pos[k], 0) * kv.pos) * D + d0;
       if (pos[k] >= 0 && has_dims) {
         kp[k].load(kcache + at);
         vp[k].load(vcache + at);
@@ -624,7 +627,7 @@ __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcach
   const int kvh = bkv - b * Hkv;
   const int p = *seq_len;
   if (seq_write != nullptr && bkv == 0 && threadIdx.x == 0) *seq_write = p + 1;
-  const int64_t dst = kv.row0(b, kvh) + static_cast<int64_t>(p) * kv.pos;
+  const int64_t dst = static_cast<int64_t>(kv.row0(b, kvh) + p * kv.pos) * D;
   bool bad_key = false, bad_value = false;
   for (int d = threadIdx.x; d < D; d += NT) {
     const float k = key.load(b, kvh, d);
@@ -642,9 +645,9 @@ __device__ void kv_append(const PqStepRows key, const PqStepRows value, T* kcach
 
 // A step's query as the kernel parameters give it (q_batch_stride, q_head_stride: PqStepRows).
 #define PQ_ATTEND_QUERY PqStepRows{q, qdtype, q_batch_stride, q_head_stride}
-// The K/V caches' rows as the kernel parameters give them (kv_batch_stride, kv_head_stride, kv_pos_stride).
-#define PQ_KV_ROWS PqKVRows{kv_batch_stride, kv_head_stride, kv_pos_stride}
-#define PQ_KV_ROWS_PARAMS long long kv_batch_stride, long long kv_head_stride, int kv_pos_stride
+// The K/V caches' rows as the kernel parameters give them (in rows of D elements).
+#define PQ_KV_ROWS PqKVRows{kv_batch_rows, kv_head_rows, kv_pos_rows}
+#define PQ_KV_ROWS_PARAMS int kv_batch_rows, int kv_head_rows, int kv_pos_rows
 
 #define PQ_ATTEND_SPARSE(NAME, T, DPL, DMAX)                                                                            \
   extern "C" __global__ void __launch_bounds__(NT) pq_attend_sparse_##NAME##_d##DMAX(                                    \

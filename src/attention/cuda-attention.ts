@@ -22,7 +22,7 @@ import { DTYPE_CODE, loadKernels } from '../pq/kernels.js';
 import type { StepInput } from '../pq/step-rows.js';
 import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 import { HostTensor } from '../tensor/host-tensor.js';
-import { kvRowsOf } from './kv-layout.js';
+import { kvRowsInRows, kvRowsOf } from './kv-layout.js';
 
 /** Threads per block and warps of the attention kernels (kernels/attention.cu NT). */
 export const ATTEND_THREADS = 128;
@@ -179,8 +179,9 @@ export interface KVCacheView {
   /** Positions each (b, kv-head) holds. */
   readonly positions: number;
   /**
-   * Element strides [batch, head, position], each a multiple of 16 bytes, distinct rows not
-   * overlapping: e.g. [positions·Hkv·D, D, Hkv·D] for a cache laid out [B, positions, Hkv, D].
+   * Element strides [batch, head, position], each a multiple of D, distinct rows not overlapping,
+   * at most 2^31 rows of D elements spanned: e.g. [positions·Hkv·D, D, Hkv·D] for a cache laid out
+   * [B, positions, Hkv, D].
    */
   readonly strides?: readonly [number, number, number];
 }
@@ -308,8 +309,8 @@ export interface SparseIO extends AttendIO {
 
 /** A step input's kernel arguments (PqStepRows): pointer, dtype, batch and head strides. */
 const ROWS_ARGS = ['ptr', 'i32', 'i32', 'i32'] as const;
-/** The K/V caches' rows (PqKVRows): batch, head and position strides in elements. */
-const KV_ROWS_ARGS = ['u64', 'u64', 'i32'] as const;
+/** The K/V caches' rows (PqKVRows): batch, head and position strides in rows of D elements. */
+const KV_ROWS_ARGS = ['i32', 'i32', 'i32'] as const;
 const SPARSE_ARGS = [
   ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'i32', 'u64', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', ...KV_ROWS_ARGS, 'i32',
 ] as const;
@@ -317,9 +318,8 @@ const DENSE_ARGS = [...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr
 const KV_APPEND_ARGS = [...ROWS_ARGS, ...ROWS_ARGS, 'ptr', 'ptr', 'ptr', 'ptr', ...KV_ROWS_ARGS, 'i32', 'i32', 'ptr'] as const;
 
 /** A view's rows as kernel arguments (KV_ROWS_ARGS). */
-function kvRowsArgs(kv: KVCacheView, shape: CacheShape): [bigint, bigint, number] {
-  const rows = kvRowsOf(kv, shape);
-  return [BigInt(rows.batch), BigInt(rows.head), rows.position];
+function kvRowsArgs(kv: KVCacheView, shape: CacheShape): [number, number, number] {
+  return kvRowsInRows(kvRowsOf(kv, shape), shape.headDim);
 }
 
 /** Launchers of the attention kernels for one shape (capturable: no sync, no copies). */

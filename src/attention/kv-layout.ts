@@ -5,7 +5,6 @@
  * one half of a [B, positions, 2, Hkv, D] buffer, or any layout whose distinct rows do not overlap.
  */
 import { ConfigError } from '../errors.js';
-import { BYTES_PER_ELEMENT, type FloatDType } from '../tensor/dtype.js';
 
 /** Element strides of a batch, a kv-head and a position (kernels/attention.cu PqKVRows). */
 export interface KVRows {
@@ -23,25 +22,25 @@ export interface KVShape {
 
 /** [B, Hkv, positions, D], contiguous: our KVCache's rows, and a view's without `strides`. */
 export function headMajorRows(shape: KVShape, positions: number): KVRows {
-  const { kvHeads: Hkv, headDim: D } = shape;
+  const { batch: B, kvHeads: Hkv, headDim: D } = shape;
+  checkRowIndices(B * Hkv * positions, 'kv.positions', positions);
   return { batch: Hkv * positions * D, head: positions * D, position: D };
 }
 
 /**
- * Check a caller's strides [batch, head, position] for a cache of `positions` positions and the
- * view's dtype, and return them as rows: non-negative integers, each a multiple of 16 bytes (the
- * kernels' vector loads), no two rows overlapping (each stride, in ascending order over the axes of
- * extent > 1, at least the span of the axes below it, the innermost at least D), every element
- * below 2^53. ConfigError naming `argument` otherwise.
+ * Check a caller's strides [batch, head, position] for a cache of `positions` positions and return
+ * them as rows: non-negative integers, each a multiple of D (the kernels count in rows of D elements,
+ * so a row starts 16-byte aligned when the base does: D % 8 == 0), no two rows overlapping (each
+ * stride, in ascending order over the axes of extent > 1, at least the span of the axes below it, the
+ * innermost at least D), the last row's index below 2^31. ConfigError naming `argument` otherwise.
  */
-export function checkKVRows(strides: readonly number[], shape: KVShape, positions: number, dtype: FloatDType, argument: string): KVRows {
+export function checkKVRows(strides: readonly number[], shape: KVShape, positions: number, argument: string): KVRows {
   const { batch: B, kvHeads: Hkv, headDim: D } = shape;
   if (strides.length !== 3 || !strides.every((s) => Number.isSafeInteger(s) && s >= 0)) {
     throw new ConfigError(argument, '3 non-negative integer element strides [batch, head, position]', strides);
   }
   const [batch, head, position] = strides as [number, number, number];
-  const unit = 16 / BYTES_PER_ELEMENT[dtype];
-  if (strides.some((s) => s % unit !== 0)) throw new ConfigError(argument, `multiples of ${unit} elements (16 bytes of ${dtype})`, strides);
+  if (strides.some((s) => s % D !== 0)) throw new ConfigError(argument, `multiples of D = ${D} elements`, strides);
   const axes = [
     { stride: batch, extent: B },
     { stride: head, extent: Hkv },
@@ -52,18 +51,27 @@ export function checkKVRows(strides: readonly number[], shape: KVShape, position
     if (a.stride < span) throw new ConfigError(argument, `strides whose rows do not overlap (a stride of ${a.stride} is below the ${span} elements of the axes inside it)`, strides);
     span = a.stride * (a.extent - 1) + span;
   }
-  if (span > Number.MAX_SAFE_INTEGER) throw new ConfigError(argument, 'a cache below 2^53 elements', strides);
+  checkRowIndices(span / D, argument, strides);
   return { batch, head, position };
+}
+
+/** The kernels' row indices are int32 (kernels/attention.cu PqKVRows): the rows a cache spans stay within. */
+function checkRowIndices(rows: number, argument: string, actual: unknown): void {
+  if (rows > 2 ** 31) throw new ConfigError(argument, `a cache of at most 2^31 rows of D elements (got ${rows})`, actual);
+}
+
+/** A layout's strides in rows of D elements, as the kernels take them (kernels/attention.cu PqKVRows). */
+export function kvRowsInRows(rows: KVRows, D: number): [number, number, number] {
+  return [rows.batch / D, rows.head / D, rows.position / D];
 }
 
 /** What kvRowsOf reads of a K/V cache view (cuda-attention.ts KVCacheView). */
 interface KVRowsSource {
-  readonly dtype: FloatDType;
   readonly positions: number;
   readonly strides?: readonly number[];
 }
 
 /** A view's rows: its `strides`, checked (checkKVRows, as `kv.strides`), or [B, Hkv, positions, D] without them. */
 export function kvRowsOf(view: KVRowsSource, shape: KVShape): KVRows {
-  return view.strides === undefined ? headMajorRows(shape, view.positions) : checkKVRows(view.strides, shape, view.positions, view.dtype, 'kv.strides');
+  return view.strides === undefined ? headMajorRows(shape, view.positions) : checkKVRows(view.strides, shape, view.positions, 'kv.strides');
 }

@@ -555,8 +555,8 @@ test('layers over an external K/V cache laid out [B, cap, Hkv, D], or K and V in
   const refuses = (strides: readonly [number, number, number], why: RegExp): void =>
     assert.throws(() => new CudaDecodeLayer({ shape, config, capacity: 60, kvDType: 'bf16', kv: kv(strides) }), (e: unknown) => e instanceof ConfigError && /^kv\.strides/.test((e as Error).message) && why.test((e as Error).message));
   refuses([64 * Hkv * D, D, D], /overlap/); // positions one row apart, heads too
-  refuses([64 * Hkv * D, D + 8, Hkv * D], /overlap/); // the heads' rows run into the next position's
-  refuses([64 * Hkv * D, D + 4, 2 * Hkv * D], /multiples of 8/); // not 16 bytes of bf16
+  refuses([64 * Hkv * D, 2 * D, Hkv * D], /overlap/); // the heads' rows run into the next position's
+  refuses([64 * Hkv * D, D + 8, 2 * Hkv * D], /multiples of D/); // the kernels count rows of D elements
   assert.throws(() => new CudaDecodeLayer({ shape, config, capacity: 60, kvDType: 'bf16', kv: kv([64 * Hkv * D, D, Hkv * D], 59) }), (e: unknown) => e instanceof ConfigError && /^kv\.positions/.test((e as Error).message));
 });
 
