@@ -56,6 +56,8 @@ namespace {
 
 constexpr int NT = 128;
 constexpr int NWARPS = NT / 32;
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr int MAX_SPLITS = 256;  // splits per row (the merge keeps one weight per split and head)
 
 // Where the K/V caches' rows lie, counted in rows of D elements (the same for keys and values): row p
 // of (b, kvh) is row row0(b, kvh) + p*pos, at element (row0 + p*pos)*D. Row indices are 32-bit (the
@@ -68,8 +70,6 @@ struct PqKVRows {
   int pos;
   __device__ __forceinline__ int row0(int b, int kvh) const { return b * batch + kvh * head; }
 };
-constexpr float LOG2E = 1.4426950408889634f;
-constexpr int MAX_SPLITS = 256;  // splits per row (the merge keeps one weight per split and head)
 
 template <typename T>
 struct Elem;
