@@ -43,6 +43,30 @@ function checkFits(argument: string, range: DeviceRange, offset: number, bytes: 
 /** The legacy default stream (stream handle 0), where the synchronous copies run. */
 const LEGACY_STREAM: Handle = 0n;
 
+/**
+ * One cuMemcpy2DAsync between host rows `hostPitch` apart and device rows `devicePitch` apart, then a
+ * wait for `stream` (a pageable host side must stay untouched until the copy is done). Errors name the
+ * copy's src and dst as the caller sees them.
+ */
+function copyRows2D(direction: 'toDevice' | 'toHost', host: ArrayBufferView, hostPitch: number, device: DeviceRange, devicePitch: number,
+  widthBytes: number, height: number, stream: Stream): void {
+  if (height === 0 || widthBytes === 0) return;
+  const [hostName, deviceName] = direction === 'toDevice' ? ['src', 'dst'] : ['dst', 'src'];
+  if (widthBytes > hostPitch || widthBytes > devicePitch) throw new ShapeError('widthBytes', `at most the pitches (host ${hostPitch}, device ${devicePitch})`, String(widthBytes));
+  checkFits(deviceName, device, 0, (height - 1) * devicePitch + widthBytes);
+  if ((height - 1) * hostPitch + widthBytes > hostBytes(host)) throw new ShapeError(hostName, `at least ${(height - 1) * hostPitch + widthBytes} bytes`, `${hostBytes(host)} bytes`);
+  const hostSide = { MemoryType: CU_MEMORYTYPE_HOST, Host: koffi.address(host) as bigint, Device: 0n, Pitch: hostPitch };
+  const deviceSide = { MemoryType: CU_MEMORYTYPE_DEVICE, Host: null, Device: device.ptr, Pitch: devicePitch };
+  const [from, to] = direction === 'toDevice' ? [hostSide, deviceSide] : [deviceSide, hostSide];
+  const copy = {
+    srcXInBytes: 0, srcY: 0, srcMemoryType: from.MemoryType, srcHost: from.Host, srcDevice: from.Device, srcArray: null, srcPitch: from.Pitch,
+    dstXInBytes: 0, dstY: 0, dstMemoryType: to.MemoryType, dstHost: to.Host, dstDevice: to.Device, dstArray: null, dstPitch: to.Pitch,
+    WidthInBytes: widthBytes, Height: height,
+  };
+  check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
+  stream.synchronize();
+}
+
 /** Synchronous and stream-ordered copies and fills over any device range. */
 export const copies = {
   /**
@@ -62,34 +86,14 @@ export const copies = {
    * host-side repacking copy; done when it returns (the stream is synchronized).
    */
   fromHost2D(dst: DeviceRange, dstPitch: number, src: ArrayBufferView, srcPitch: number, widthBytes: number, height: number, stream: Stream): void {
-    if (height === 0 || widthBytes === 0) return;
-    if (widthBytes > srcPitch || widthBytes > dstPitch) throw new ShapeError('widthBytes', `at most the pitches (${srcPitch}, ${dstPitch})`, String(widthBytes));
-    checkFits('dst', dst, 0, (height - 1) * dstPitch + widthBytes);
-    if ((height - 1) * srcPitch + widthBytes > hostBytes(src)) throw new ShapeError('src', `at least ${(height - 1) * srcPitch + widthBytes} bytes`, `${hostBytes(src)} bytes`);
-    const copy = {
-      srcXInBytes: 0, srcY: 0, srcMemoryType: CU_MEMORYTYPE_HOST, srcHost: koffi.address(src) as bigint, srcDevice: 0n, srcArray: null, srcPitch,
-      dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_DEVICE, dstHost: null, dstDevice: dst.ptr, dstArray: null, dstPitch,
-      WidthInBytes: widthBytes, Height: height,
-    };
-    check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
-    stream.synchronize(); // pageable source: it must stay untouched until the copy is done
+    copyRows2D('toDevice', src, srcPitch, dst, dstPitch, widthBytes, height, stream);
   },
   /**
    * Rows of `widthBytes` from device rows `srcPitch` apart to host rows `dstPitch` apart (fromHost2D
    * the other way); there when it returns (the stream is synchronized).
    */
   toHost2D(dst: ArrayBufferView, dstPitch: number, src: DeviceRange, srcPitch: number, widthBytes: number, height: number, stream: Stream): void {
-    if (height === 0 || widthBytes === 0) return;
-    if (widthBytes > srcPitch || widthBytes > dstPitch) throw new ShapeError('widthBytes', `at most the pitches (${srcPitch}, ${dstPitch})`, String(widthBytes));
-    checkFits('src', src, 0, (height - 1) * srcPitch + widthBytes);
-    if ((height - 1) * dstPitch + widthBytes > hostBytes(dst)) throw new ShapeError('dst', `at least ${(height - 1) * dstPitch + widthBytes} bytes`, `${hostBytes(dst)} bytes`);
-    const copy = {
-      srcXInBytes: 0, srcY: 0, srcMemoryType: CU_MEMORYTYPE_DEVICE, srcHost: null, srcDevice: src.ptr, srcArray: null, srcPitch,
-      dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_HOST, dstHost: koffi.address(dst) as bigint, dstDevice: 0n, dstArray: null, dstPitch,
-      WidthInBytes: widthBytes, Height: height,
-    };
-    check('cuMemcpy2DAsync_v2', driver().cuMemcpy2DAsync_v2(copy, stream.handle));
-    stream.synchronize();
+    copyRows2D('toHost', dst, dstPitch, src, srcPitch, widthBytes, height, stream);
   },
   /** Device bytes to the host, there when it returns; work of other streams that writes them must be synchronized first. */
   toHost(dst: ArrayBufferView, src: DeviceRange, srcOffset = 0): void {
