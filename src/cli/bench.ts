@@ -57,7 +57,8 @@ function printSelect(rows: readonly RecordRow[]): void {
       }),
     ),
   );
-  console.log('(times in μs; wall = call → result ready on the host clock; gpu = CUDA events with the stream kept busy ahead, the device alone;');
+  console.log('(times in μs; wall = call → result ready on the host clock; gpu = CUDA events with the stream kept busy ahead, the device alone');
+  console.log(' (resident rows: the kernel\'s global timer; chained rows: chains of 32 steps rung at once, host clock ÷ 32: the extra\'s gpu_method);');
   console.log(' gpu idle-q = the same events on an idle stream, host enqueue included; enqueue = step() call → return;');
   console.log(' kcache-key wall = graph steps whose key is a new slice of a K cache at the step\'s position each call)');
 }
