@@ -12,7 +12,7 @@
 import type { CudaContext } from '../cuda/context.js';
 import type { DevicePtr } from '../cuda/driver.js';
 import { launchWith } from '../cuda/launch.js';
-import { DeviceArena, copies } from '../cuda/memory.js';
+import { DeviceArena, type DeviceRange, copies } from '../cuda/memory.js';
 import type { Kernel } from '../cuda/module.js';
 import { Stream } from '../cuda/stream.js';
 import { ConfigError } from '../errors.js';
@@ -218,60 +218,54 @@ export class KVCache implements KVCacheView {
 }
 
 /**
- * Write host keys/values [B, Hkv, n, D] at positions 0 … n−1 of a K/V cache (converted to its dtype):
- * one 2D copy a (b, kv-head), positions strides[2] apart. Synchronous.
+ * Positions 0 … n−1 of each (b, kv-head) of a K/V cache, as 2D copies see them: `copy(r, rows, pitch)`
+ * for r = b·Hkv + h, with `rows` the device range from its position 0 to its position n−1's end and
+ * `pitch` the bytes between its positions; host rows are n·D elements a (b, kv-head), contiguous.
+ * One stream for the copies, disposed after.
  */
-export function uploadKVRows(kv: KVCacheView, shape: CacheShape, keys: HostTensor, values: HostTensor): void {
-  const { batch: B, kvHeads: Hkv, headDim: D } = shape;
-  const n = keys.shape[2] as number;
+function forEachHeadRows(kv: KVCacheView, shape: CacheShape, n: number, base: DevicePtr,
+  copy: (r: number, rows: DeviceRange, pitch: number, stream: Stream) => void): void {
   if (n === 0) return;
-  const rows = kvRowsOf(kv, shape);
+  const { batch: B, kvHeads: Hkv, headDim: D } = shape;
+  const at = kvRowsOf(kv, shape);
   const eb = BYTES_PER_ELEMENT[kv.dtype];
-  const rowBytes = D * eb;
+  const bytes = ((n - 1) * at.position + D) * eb;
   const stream = new Stream();
   try {
-    for (const [t, base] of [[keys, kv.keys], [values, kv.values]] as const) {
-      const data = t.dtype === kv.dtype ? t.data : HostTensor.fromNumbers(kv.dtype, t.shape, t.toFloat32()).data;
-      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < Hkv; h++) {
-          const r = b * Hkv + h;
-          const dst = { ptr: base + BigInt((b * rows.batch + h * rows.head) * eb), bytes: ((n - 1) * rows.position + D) * eb };
-          copies.fromHost2D(dst, rows.position * eb, bytes.slice(r * n * rowBytes, (r + 1) * n * rowBytes), rowBytes, rowBytes, n, stream); // slice: a view of its own buffer from byte 0
-        }
-      }
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < Hkv; h++) copy(b * Hkv + h, { ptr: base + BigInt((b * at.batch + h * at.head) * eb), bytes }, at.position * eb, stream);
     }
   } finally {
     stream.dispose();
   }
 }
 
+/** Write host keys/values [B, Hkv, n, D] at positions 0 … n−1 of a K/V cache (converted to its dtype): one 2D copy a (b, kv-head). Synchronous. */
+export function uploadKVRows(kv: KVCacheView, shape: CacheShape, keys: HostTensor, values: HostTensor): void {
+  const n = keys.shape[2] as number;
+  const rowBytes = shape.headDim * BYTES_PER_ELEMENT[kv.dtype];
+  const headBytes = n * rowBytes;
+  for (const [t, base] of [[keys, kv.keys], [values, kv.values]] as const) {
+    const data = t.dtype === kv.dtype ? t.data : HostTensor.fromNumbers(kv.dtype, t.shape, t.toFloat32()).data;
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    forEachHeadRows(kv, shape, n, base, (r, rows, pitch, stream) =>
+      copies.fromHost2D(rows, pitch, bytes.subarray(r * headBytes, (r + 1) * headBytes), rowBytes, rowBytes, n, stream));
+  }
+}
+
 /** Positions 0 … n−1 of a K/V cache back on the host as f32 [B, Hkv, n, D] (one 2D copy a (b, kv-head)). Synchronous. */
 export function kvRowsToHost(kv: KVCacheView, shape: CacheShape, n: number): { keys: Float32Array; values: Float32Array } {
   const { batch: B, kvHeads: Hkv, headDim: D } = shape;
-  const rows = kvRowsOf(kv, shape);
-  const eb = BYTES_PER_ELEMENT[kv.dtype];
-  const rowBytes = D * eb;
-  const stream = new Stream();
+  const rowBytes = D * BYTES_PER_ELEMENT[kv.dtype];
+  const headBytes = n * rowBytes;
   const read = (base: DevicePtr): Float32Array => {
-    const raw = new Uint8Array(B * Hkv * n * rowBytes);
-    for (let b = 0; b < B && n > 0; b++) {
-      for (let h = 0; h < Hkv; h++) {
-        const r = b * Hkv + h;
-        const src = { ptr: base + BigInt((b * rows.batch + h * rows.head) * eb), bytes: ((n - 1) * rows.position + D) * eb };
-        const head = new Uint8Array(n * rowBytes); // a buffer of its own: the copy writes from its byte 0
-        copies.toHost2D(head, rowBytes, src, rows.position * eb, rowBytes, n, stream);
-        raw.set(head, r * n * rowBytes);
-      }
-    }
+    const raw = new Uint8Array(B * Hkv * headBytes);
+    forEachHeadRows(kv, shape, n, base, (r, rows, pitch, stream) =>
+      copies.toHost2D(raw.subarray(r * headBytes, (r + 1) * headBytes), rowBytes, rows, pitch, rowBytes, n, stream));
     const storage = kv.dtype === 'f32' ? new Float32Array(raw.buffer) : new Uint16Array(raw.buffer);
     return new HostTensor(kv.dtype, [B, Hkv, n, D], storage).toFloat32();
   };
-  try {
-    return { keys: read(kv.keys), values: read(kv.values) };
-  } finally {
-    stream.dispose();
-  }
+  return { keys: read(kv.keys), values: read(kv.values) };
 }
 
 /** sk as the kernels read it: *ptr + add (ptr 0n: sk = add). */
