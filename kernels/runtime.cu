@@ -6,6 +6,17 @@
 
 // Does nothing: the launch + sync round trip. Launch: any shape.
 extern "C" __global__ void pq_empty() {}
+// The same in thread-block clusters of 2 and 4 (sm_90; one block a cluster elsewhere): what a
+// clustered launch, such as the seed step's row kernel (_c2), costs the device over a plain one
+// (scripts/cluster-launch-floor.mjs). Launch: gridDim.x a multiple of the cluster size.
+extern "C" __global__ void PQ_CLUSTER_DIMS(2) pq_empty_c2() {}
+extern "C" __global__ void PQ_CLUSTER_DIMS(4) pq_empty_c4() {}
+// Does nothing with 48 64-bit parameters (384 bytes, the seed step kernel's ≈ 280 and more): whether
+// a launch's parameter block costs the device anything (scripts/cluster-launch-floor.mjs).
+#define PQ_P8(i) unsigned long long p##i##0, unsigned long long p##i##1, unsigned long long p##i##2, unsigned long long p##i##3, \
+                 unsigned long long p##i##4, unsigned long long p##i##5, unsigned long long p##i##6, unsigned long long p##i##7
+extern "C" __global__ void pq_empty_params48(PQ_P8(0), PQ_P8(1), PQ_P8(2), PQ_P8(3), PQ_P8(4), PQ_P8(5)) {}
+#undef PQ_P8
 
 // c[i] = a[i] + b[i] for i < n. Launch: 1-D grid covering n, any block size.
 extern "C" __global__ void pq_vector_add(const float* a, const float* b, float* c, int n) {
