@@ -43,27 +43,12 @@ out.kernels = [...set].map((k) => k.name).join(' ');
 if (process.env.FLOORS === '1') {
   // The empty kernel at the seed step's shape: 96 blocks of 1024 threads, with and without the
   // step's shared-memory footprint (a block of the row kernel holds ≈ 100+ KB), in one-kernel graphs.
-  const { loadKernels } = await import(join(app, 'pq/kernels.js'));
-  const { GraphExec } = await import(join(app, 'cuda/graph.js'));
-  const { LaunchArgs, launch } = await import(join(app, 'cuda/launch.js'));
-  const { Stream } = await import(join(app, 'cuda/stream.js'));
-  const { BusyQueue, eventTimes } = await import(join(app, 'bench/busy-queue.js'));
-  const { summarize } = await import(join(app, 'bench/stats.js'));
-  const empty = loadKernels('runtime').kernel('pq_empty');
-  const stream = new Stream();
-  const none = new LaunchArgs([]);
-  const busy = new BusyQueue();
-  for (const [what, shape] of [
-    ['empty 1x1', { grid: [1, 1, 1], block: [1, 1, 1] }],
-    ['empty 96x1024', { grid: [96, 1, 1], block: [1024, 1, 1] }],
-    ['empty 96x1024 smem 200K', { grid: [96, 1, 1], block: [1024, 1, 1], sharedBytes: 200 << 10 }],
-  ]) {
-    const g = GraphExec.capture(stream, () => launch(empty, shape, none, stream));
-    out[`${what} gpu`] = Math.round(summarize(eventTimes(stream, 1300, () => g.launch(stream), busy).slice(300)).median * 1000) / 1000;
-    g.dispose();
-  }
-  busy.dispose();
-  none.dispose();
-  stream.dispose();
+  const { emptyGraphFloors } = await import('./empty-graph-floor.mjs');
+  const floors = await emptyGraphFloors(app, [
+    ['empty 1x1', 'pq_empty', { grid: [1, 1, 1], block: [1, 1, 1] }],
+    ['empty 96x1024', 'pq_empty', { grid: [96, 1, 1], block: [1024, 1, 1] }],
+    ['empty 96x1024 smem 200K', 'pq_empty', { grid: [96, 1, 1], block: [1024, 1, 1], sharedBytes: 200 << 10 }],
+  ], { iters: 1300, rounds: 1 });
+  for (const [what, us] of Object.entries(floors)) if (what !== 'events alone') out[`${what} gpu`] = us;
 }
 console.log(`CARVEOUT ${JSON.stringify(out)}`);
