@@ -15,19 +15,19 @@ const app = join(process.cwd(), process.env.APP ?? '.device/app/dist/src');
 const { LaunchArgs } = await import(join(app, 'cuda/launch.js'));
 const params48 = new LaunchArgs(Array(48).fill('u64')).setAll(Array.from({ length: 48 }, (_, i) => BigInt(i)));
 const smem = 200 << 10;
-const shape = (blocks, sharedBytes = 0) => ({ grid: [blocks, 1, 1], block: [blocks > 4 ? 1024 : 1, 1, 1], sharedBytes });
+const shape = (blocks, threads, sharedBytes = 0) => ({ grid: [blocks, 1, 1], block: [threads, 1, 1], sharedBytes });
 const out = await emptyGraphFloors(app, [
-  ['plain 2x1', 'pq_empty', shape(2)],
-  ['c2 2x1', 'pq_empty_c2', shape(2)],
-  ['c4 4x1', 'pq_empty_c4', shape(4)],
-  ['plain 96x1024', 'pq_empty', shape(96)],
-  ['c2 96x1024', 'pq_empty_c2', shape(96)],
-  ['c4 96x1024', 'pq_empty_c4', shape(96)],
-  ['plain 96x1024 smem 200K', 'pq_empty', shape(96, smem)],
-  ['c2 96x1024 smem 200K', 'pq_empty_c2', shape(96, smem)],
-  ['plain 64x1024 smem 200K', 'pq_empty', shape(64, smem)],
-  ['c2 64x1024 smem 200K', 'pq_empty_c2', shape(64, smem)],
-  ['plain 96x1024, 48 u64 parameters', 'pq_empty_params48', shape(96), params48],
+  ['plain 2x1', 'pq_empty', shape(2, 1)],
+  ['c2 2x1', 'pq_empty_c2', shape(2, 1)],
+  ['c4 4x1', 'pq_empty_c4', shape(4, 1)],
+  ['plain 96x1024', 'pq_empty', shape(96, 1024)],
+  ['c2 96x1024', 'pq_empty_c2', shape(96, 1024)],
+  ['c4 96x1024', 'pq_empty_c4', shape(96, 1024)],
+  ['plain 96x1024 smem 200K', 'pq_empty', shape(96, 1024, smem)],
+  ['c2 96x1024 smem 200K', 'pq_empty_c2', shape(96, 1024, smem)],
+  ['plain 64x1024 smem 200K', 'pq_empty', shape(64, 1024, smem)],
+  ['c2 64x1024 smem 200K', 'pq_empty_c2', shape(64, 1024, smem)],
+  ['plain 96x1024, 48 u64 parameters', 'pq_empty_params48', shape(96, 1024), params48],
 ], { iters: Number(process.env.ITERS ?? 3000) });
 params48.dispose();
 console.log(`CLUSTER_FLOOR ${JSON.stringify(out)}`);
